@@ -1,0 +1,289 @@
+//! Configuration: defaults < TOML file (`--config`) < environment (`MESHFLEET_*`) < command
+//! line, parsed into one typed struct. Every problem is collected and reported at once; the
+//! binary exits with code 64 (EX_USAGE) on any of them. Secrets never appear in Debug output.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::SecretString;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// None: embedded SQLite under `data_dir`.
+    pub database_url: Option<SecretString>,
+    pub data_dir: PathBuf,
+    /// Where users and agents reach the API; defaults to `http://<listen>`.
+    pub public_url: Option<String>,
+    pub gateway_address: String,
+    pub agent_image: String,
+    pub mesh_namespace: String,
+    /// Base64 of 32 bytes. None: a key file in `data_dir`, created on first start.
+    pub sealing_key: Option<SecretString>,
+    pub log_format: LogFormat,
+    pub log: String,
+    pub db_max_connections: u32,
+    pub access_token_ttl_secs: i64,
+    pub refresh_token_ttl_secs: i64,
+    pub bootstrap_token_ttl_secs: i64,
+    pub login_max_failures_per_account: u32,
+    pub login_max_failures_per_address: u32,
+    pub login_failure_window_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from("meshfleet-data"),
+            public_url: None,
+            gateway_address: "https://127.0.0.1:8443".into(),
+            agent_image: format!("meshfleet/meshfleet-agent:{}", env!("CARGO_PKG_VERSION")),
+            mesh_namespace: "meshfleet".into(),
+            sealing_key: None,
+            log_format: LogFormat::Text,
+            log: "info".into(),
+            db_max_connections: 16,
+            access_token_ttl_secs: 15 * 60,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            bootstrap_token_ttl_secs: 3600,
+            login_max_failures_per_account: 5,
+            login_max_failures_per_address: 20,
+            login_failure_window_secs: 15 * 60,
+        }
+    }
+}
+
+/// Every setting's name; in the environment it is upper-cased behind `MESHFLEET_`.
+pub const SETTINGS: &[&str] = &[
+    "listen",
+    "database_url",
+    "data_dir",
+    "public_url",
+    "gateway_address",
+    "agent_image",
+    "mesh_namespace",
+    "sealing_key",
+    "log_format",
+    "log",
+    "db_max_connections",
+    "access_token_ttl_secs",
+    "refresh_token_ttl_secs",
+    "bootstrap_token_ttl_secs",
+    "login_max_failures_per_account",
+    "login_max_failures_per_address",
+    "login_failure_window_secs",
+];
+
+/// The process environment, behind a trait so tests pass a map instead of mutating it.
+pub trait Env {
+    fn vars(&self) -> Vec<(String, String)>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn vars(&self) -> Vec<(String, String)> {
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+    }
+}
+
+impl Env for Vec<(String, String)> {
+    fn vars(&self) -> Vec<(String, String)> {
+        self.clone()
+    }
+}
+
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// `overrides` are command-line settings as (name, value), applied last.
+    pub fn load(file: Option<&Path>, env: &dyn Env, overrides: &[(&str, String)]) -> Result<Config, ConfigErrors> {
+        let mut settings: Vec<(String, String, String)> = Vec::new(); // (name, value, source)
+        let mut errors = Vec::new();
+        if let Some(path) = file {
+            match std::fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|s| s.parse::<toml::Table>().map_err(|e| e.to_string())) {
+                Err(e) => errors.push(format!("config file {}: {e}", path.display())),
+                Ok(table) => {
+                    for (name, value) in table {
+                        let source = format!("{name} (config file {})", path.display());
+                        if !SETTINGS.contains(&name.as_str()) {
+                            errors.push(format!("{source}: unknown setting"));
+                            continue;
+                        }
+                        match value {
+                            toml::Value::String(s) => settings.push((name, s, source)),
+                            toml::Value::Integer(i) => settings.push((name, i.to_string(), source)),
+                            toml::Value::Boolean(b) => settings.push((name, b.to_string(), source)),
+                            other => errors.push(format!("{source}: expected a string or number, found {}", other.type_str())),
+                        }
+                    }
+                }
+            }
+        }
+        for (key, value) in env.vars() {
+            if let Some(name) = key.strip_prefix("MESHFLEET_").map(str::to_lowercase) {
+                if SETTINGS.contains(&name.as_str()) {
+                    settings.push((name, value, format!("{key} (environment)")));
+                }
+            }
+        }
+        for (name, value) in overrides {
+            settings.push((name.to_string(), value.clone(), format!("--{} (command line)", name.replace('_', "-"))));
+        }
+
+        let mut config = Config::default();
+        for (name, value, source) in settings {
+            if let Err(e) = config.set(&name, &value) {
+                errors.push(format!("{source}: {e}"));
+            }
+        }
+        errors.extend(config.check());
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
+        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+            v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
+        }
+        fn nonempty(v: &str) -> Result<String, String> {
+            if v.trim().is_empty() { Err("must not be empty".into()) } else { Ok(v.trim().to_owned()) }
+        }
+        match name {
+            "listen" => self.listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8080"))?,
+            "database_url" => self.database_url = Some(SecretString::from(nonempty(value)?)),
+            "data_dir" => self.data_dir = PathBuf::from(nonempty(value)?),
+            "public_url" => self.public_url = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
+            "gateway_address" => self.gateway_address = nonempty(value)?,
+            "agent_image" => self.agent_image = nonempty(value)?,
+            "mesh_namespace" => {
+                crate::domain::labels::validate_dns1123_label(value).map_err(|e| e.to_string())?;
+                self.mesh_namespace = value.to_owned();
+            }
+            "sealing_key" => {
+                crate::secrets::Sealer::from_base64(value).map_err(|e| e.to_string())?;
+                self.sealing_key = Some(SecretString::from(value.trim().to_owned()));
+            }
+            "log_format" => {
+                self.log_format = match value.trim() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => return Err(format!("{other:?} is not text or json")),
+                }
+            }
+            "log" => self.log = nonempty(value)?,
+            "db_max_connections" => self.db_max_connections = num(value)?,
+            "access_token_ttl_secs" => self.access_token_ttl_secs = num(value)?,
+            "refresh_token_ttl_secs" => self.refresh_token_ttl_secs = num(value)?,
+            "bootstrap_token_ttl_secs" => self.bootstrap_token_ttl_secs = num(value)?,
+            "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
+            "login_max_failures_per_address" => self.login_max_failures_per_address = num(value)?,
+            "login_failure_window_secs" => self.login_failure_window_secs = num(value)?,
+            other => return Err(format!("unknown setting {other}")),
+        }
+        Ok(())
+    }
+
+    /// Checks that span settings or bound values.
+    fn check(&self) -> Vec<String> {
+        use secrecy::ExposeSecret;
+        let mut errors = Vec::new();
+        if let Some(url) = &self.database_url {
+            if crate::db::Engine::of_url(url.expose_secret()).is_none() {
+                errors.push("database_url: must start with sqlite: or postgres:".to_owned());
+            }
+        }
+        if !(1..=1000).contains(&self.db_max_connections) {
+            errors.push("db_max_connections: must be between 1 and 1000".to_owned());
+        }
+        for (name, v) in [
+            ("access_token_ttl_secs", self.access_token_ttl_secs),
+            ("refresh_token_ttl_secs", self.refresh_token_ttl_secs),
+            ("bootstrap_token_ttl_secs", self.bootstrap_token_ttl_secs),
+        ] {
+            if v <= 0 {
+                errors.push(format!("{name}: must be positive"));
+            }
+        }
+        if self.login_max_failures_per_account == 0 || self.login_max_failures_per_address == 0 {
+            errors.push("login_max_failures_per_*: must be at least 1".to_owned());
+        }
+        errors
+    }
+
+    /// The public base URL of the API.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meshfleet.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nmesh_namespace = \"from-file\"\ndb_max_connections = 4\n").unwrap();
+        let c = Config::load(Some(&file), &env(&[("MESHFLEET_MESH_NAMESPACE", "from-env"), ("MESHFLEET_TEST_POSTGRES_URL", "x")]), &[])
+            .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.mesh_namespace, "from-env");
+        assert_eq!(c.db_max_connections, 4);
+        let c = Config::load(Some(&file), &env(&[]), &[("listen", "127.0.0.1:7000".into())]).unwrap();
+        assert_eq!(c.listen.port(), 7000);
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("meshfleet.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        let errs = Config::load(
+            Some(&file),
+            &env(&[("MESHFLEET_LISTEN", "nowhere"), ("MESHFLEET_LOG_FORMAT", "xml"), ("MESHFLEET_SEALING_KEY", "short")]),
+            &[("database_url", "mysql://x".into())],
+        )
+        .unwrap_err();
+        let text = errs.to_string();
+        for needle in ["lisen", "MESHFLEET_LISTEN", "MESHFLEET_LOG_FORMAT", "MESHFLEET_SEALING_KEY", "database_url"] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        assert!(!text.contains("short"), "a secret value was echoed:\n{text}");
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let c = Config::load(None, &env(&[("MESHFLEET_DATABASE_URL", "postgres://u:hunter2@h/db")]), &[]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

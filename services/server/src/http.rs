@@ -1,0 +1,89 @@
+//! The HTTP API: one router per resource, merged here with the cross-cutting layers
+//! (tracing, metrics, body limit, problem+json fallbacks) and the generated OpenAPI document.
+
+pub mod accounts;
+pub mod api_tokens;
+pub mod audit;
+pub mod auth;
+pub mod clusters;
+pub mod error;
+pub mod extract;
+pub mod members;
+pub mod ops;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+use error::ApiError;
+
+/// Request bodies above this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The path of the OpenAPI document; the one route outside the document itself.
+pub const OPENAPI_PATH: &str = "/api/openapi.json";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Meshfleet API", description = "Managed operations for service meshes across Kubernetes clusters."),
+    modifiers(&BearerAuth),
+    components(schemas(error::Problem, error::FieldError))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An access token from /api/v1/login, or an API token (mft_...)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every documented route, and the OpenAPI document describing exactly them.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(ops::router())
+        .merge(accounts::router())
+        .merge(members::router())
+        .merge(api_tokens::router())
+        .merge(clusters::router())
+        .merge(audit::router())
+        .split_for_parts()
+}
+
+pub fn router(state: AppState) -> Router {
+    let (routes, openapi) = api();
+    let openapi = Arc::new(openapi);
+    routes
+        .route(OPENAPI_PATH, get(move || async move { Json(openapi.as_ref().clone()) }))
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A validated page size.
+pub(crate) fn page_limit(requested: Option<u32>, default: u32) -> Result<u32, ApiError> {
+    match requested.unwrap_or(default) {
+        n @ 1..=500 => Ok(n),
+        _ => Err(ApiError::field("limit", "must be between 1 and 500")),
+    }
+}

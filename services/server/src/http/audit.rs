@@ -1,0 +1,107 @@
+//! The audit log: how mutations are recorded (inside their own transaction) and how owners
+//! and admins read them back.
+
+use axum::extract::State;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::auth::{Actor, Principal};
+use super::error::{ApiError, Problem};
+use super::extract::ApiQuery;
+use crate::app::AppState;
+use crate::db::to_rfc3339;
+use crate::domain::{OrgId, Role};
+use crate::store::{self, Conn};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_audit))
+}
+
+/// Appends one entry; call it in the transaction of the mutation it describes.
+pub async fn record(
+    conn: &mut Conn,
+    org: OrgId,
+    now: i64,
+    actor: &Actor,
+    action: &str,
+    target: (&str, String),
+    details: serde_json::Value,
+) -> Result<(), ApiError> {
+    let entry = store::audit::AuditEntry {
+        id: uuid::Uuid::now_v7(),
+        org_id: org,
+        at: now,
+        actor_kind: actor.kind().into(),
+        actor_id: actor.id(),
+        action: action.into(),
+        target_kind: target.0.into(),
+        target_id: target.1,
+        details,
+    };
+    store::audit::record(conn, &entry).await?;
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    pub id: uuid::Uuid,
+    pub at: chrono::DateTime<chrono::Utc>,
+    pub actor_kind: String,
+    pub actor_id: String,
+    pub action: String,
+    pub target_kind: String,
+    pub target_id: String,
+    pub details: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditPage {
+    pub items: Vec<AuditRecord>,
+    pub next_cursor: Option<String>,
+}
+
+/// The organization's audit log, newest first (owners and admins).
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 403, body = Problem)), security(("bearer" = [])))]
+async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
+    auth.require(Role::Admin)?;
+    let limit = super::page_limit(q.limit, 100)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API")))
+        .transpose()?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut rows = store::audit::list(&mut conn, auth.org_id, before, limit + 1).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|r| r.id.to_string())
+    } else {
+        None
+    };
+    let items = rows
+        .into_iter()
+        .map(|r| AuditRecord {
+            id: r.id,
+            at: to_rfc3339(r.at),
+            actor_kind: r.actor_kind,
+            actor_id: r.actor_id,
+            action: r.action,
+            target_kind: r.target_kind,
+            target_id: r.target_id,
+            details: r.details,
+        })
+        .collect();
+    Ok(Json(AuditPage { items, next_cursor }))
+}

@@ -1,0 +1,104 @@
+//! The one authentication extractor: `Authorization: Bearer` carrying either an access JWT
+//! (checked against its live session and current membership) or an API token. Handlers get a
+//! `Principal` scoped to exactly one organization.
+
+use axum::extract::FromRequestParts;
+use axum::http::{header, request::Parts};
+
+use super::error::ApiError;
+use crate::app::AppState;
+use crate::domain::{OrgId, Role, SessionId, TokenId, UserId};
+use crate::jwt::VerifyError;
+use crate::secrets::{token_hash, TokenKind};
+use crate::store;
+
+#[derive(Debug, Clone, Copy)]
+pub enum Actor {
+    User { id: UserId, session: SessionId },
+    ApiToken(TokenId),
+}
+
+impl Actor {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::User { .. } => "user",
+            Actor::ApiToken(_) => "api_token",
+        }
+    }
+
+    pub fn id(&self) -> String {
+        match self {
+            Actor::User { id, .. } => id.to_string(),
+            Actor::ApiToken(id) => id.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Principal {
+    pub org_id: OrgId,
+    pub role: Role,
+    pub actor: Actor,
+}
+
+impl Principal {
+    /// 403 unless the principal holds at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), ApiError> {
+        if self.role >= role {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!("this needs the {} role; you have {}", role.as_str(), self.role.as_str())))
+        }
+    }
+}
+
+/// Last-use times of API tokens are written at most this often, so a busy automation does
+/// not turn every read into a write.
+const TOUCH_INTERVAL_MS: i64 = 60_000;
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthenticated("send Authorization: Bearer <token>"))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::Unauthenticated("the Authorization header must be Bearer <token>"))?;
+        let now = state.clock.now_ms();
+        let mut conn = state.db.pool.acquire().await?;
+
+        if token.starts_with(TokenKind::Api.prefix()) {
+            let found = store::api_tokens::authenticate(&mut conn, &token_hash(token), now)
+                .await?
+                .ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?;
+            if found.last_used_at.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {
+                store::api_tokens::touch(&mut conn, found.id, now).await?;
+            }
+            return Ok(Principal { org_id: found.org_id, role: found.role, actor: Actor::ApiToken(found.id) });
+        }
+
+        let claims = match state.keys.verify(token, now) {
+            // A key created by another replica since we loaded ours.
+            Err(VerifyError::UnknownKey(kid)) => {
+                state.keys.reload_if_stale(&state.db, &state.sealer).await.map_err(|e| ApiError::Internal(e.into()))?;
+                if !state.keys.knows(&kid) {
+                    return Err(ApiError::Unauthenticated("the access token is invalid or expired"));
+                }
+                state.keys.verify(token, now)
+            }
+            other => other,
+        }
+        .map_err(|_| ApiError::Unauthenticated("the access token is invalid or expired"))?;
+        let role = store::sessions::live_role(&mut conn, claims.sid, claims.sub, claims.org, now)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+        Ok(Principal { org_id: claims.org, role, actor: Actor::User { id: claims.sub, session: claims.sid } })
+    }
+}

@@ -1,0 +1,310 @@
+//! Clusters of the caller's organization: create (with a bootstrap token), list with label
+//! selectors and cursors, get, relabel, delete, re-issue the bootstrap token, and render the
+//! install manifest that connects the cluster.
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+use super::audit;
+use super::auth::Principal;
+use super::error::{ApiError, FieldError, Problem};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::app::AppState;
+use crate::db::{is_unique_violation, to_rfc3339};
+use crate::domain::labels::{validate_labels, Labels, Selector};
+use crate::domain::{ClusterId, ClusterName, Role};
+use crate::secrets::{new_token, token_hash, TokenKind};
+use crate::store::{self, clusters::Cluster, Conn};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_clusters, create_cluster))
+        .routes(routes!(get_cluster, update_cluster, delete_cluster))
+        .routes(routes!(reissue_bootstrap_token))
+        .routes(routes!(install_manifest))
+}
+
+/// Status of a cluster's agent connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterStatus {
+    /// Created; no agent has connected yet.
+    Pending,
+    Connected,
+    /// Connected, but heartbeats were missed.
+    Stale,
+    Disconnected,
+}
+
+impl ClusterStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClusterStatus::Pending => "pending",
+            ClusterStatus::Connected => "connected",
+            ClusterStatus::Stale => "stale",
+            ClusterStatus::Disconnected => "disconnected",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterView {
+    pub id: ClusterId,
+    pub name: String,
+    pub labels: Labels,
+    pub status: ClusterStatus,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl TryFrom<Cluster> for ClusterView {
+    type Error = ApiError;
+    fn try_from(c: Cluster) -> Result<Self, ApiError> {
+        let status = serde_json::from_value(serde_json::Value::String(c.status.clone()))
+            .map_err(|_| ApiError::Internal(anyhow::anyhow!("cluster {} has unknown status {:?}", c.id, c.status)))?;
+        Ok(ClusterView {
+            id: c.id,
+            name: c.name,
+            labels: c.labels,
+            status,
+            created_at: to_rfc3339(c.created_at),
+            updated_at: to_rfc3339(c.updated_at),
+            last_seen_at: c.last_seen_at.map(to_rfc3339),
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BootstrapToken {
+    /// Single use; shown only in this response.
+    pub token: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClusterRequest {
+    /// A DNS-1123 label, unique within the organization.
+    pub name: String,
+    #[serde(default)]
+    pub labels: Labels,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedCluster {
+    pub cluster: ClusterView,
+    pub bootstrap_token: BootstrapToken,
+}
+
+/// Creates a cluster and its first bootstrap token.
+#[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateClusterRequest,
+    responses((status = 201, body = CreatedCluster), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+async fn create_cluster(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiJson(req): ApiJson<CreateClusterRequest>,
+) -> Result<(StatusCode, Json<CreatedCluster>), ApiError> {
+    auth.require(Role::Admin)?;
+    let mut errors = Vec::new();
+    let name = req.name.parse::<ClusterName>().map_err(|e| errors.push(FieldError::new("name", e.message))).ok();
+    if let Err(e) = validate_labels(&req.labels) {
+        errors.push(FieldError::new("labels", e.message));
+    }
+    let Some(name) = name.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let now = state.clock.now_ms();
+    let cluster = Cluster {
+        id: ClusterId::new(),
+        org_id: auth.org_id,
+        name: name.as_str().to_owned(),
+        labels: req.labels,
+        status: ClusterStatus::Pending.as_str().into(),
+        created_at: now,
+        updated_at: now,
+        last_seen_at: None,
+    };
+    let mut tx = state.db.pool.begin().await?;
+    store::clusters::insert(&mut tx, &cluster).await.map_err(|e| {
+        if is_unique_violation(&e) {
+            ApiError::Conflict { kind: "name-taken", detail: format!("a cluster named {:?} exists", cluster.name), field: Some("name".into()) }
+        } else {
+            e.into()
+        }
+    })?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.create", ("cluster", cluster.id.to_string()), serde_json::json!({ "name": cluster.name, "labels": cluster.labels }))
+        .await?;
+    let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: cluster.try_into()?, bootstrap_token })))
+}
+
+/// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
+async fn issue_bootstrap_token(state: &AppState, conn: &mut Conn, auth: &Principal, cluster: ClusterId, now: i64) -> Result<BootstrapToken, ApiError> {
+    let token = new_token(TokenKind::Bootstrap);
+    let expires_at = now + state.config.bootstrap_token_ttl_secs * 1000;
+    store::clusters::expire_bootstrap_tokens(conn, auth.org_id, cluster, now).await?;
+    store::clusters::insert_bootstrap_token(conn, &token_hash(&token), auth.org_id, cluster, now, expires_at).await?;
+    audit::record(conn, auth.org_id, now, &auth.actor, "cluster.bootstrap_token.issue", ("cluster", cluster.to_string()), serde_json::json!({})).await?;
+    Ok(BootstrapToken { token, expires_at: to_rfc3339(expires_at) })
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListClustersQuery {
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    cursor: Option<String>,
+    /// Kubernetes label selector, e.g. `env=prod,tier in (web,api),!legacy`.
+    selector: Option<String>,
+    /// pending, connected, stale or disconnected.
+    status: Option<ClusterStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterPage {
+    pub items: Vec<ClusterView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists clusters by name.
+#[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(ListClustersQuery),
+    responses((status = 200, body = ClusterPage), (status = 400, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+async fn list_clusters(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiQuery(q): ApiQuery<ListClustersQuery>,
+) -> Result<Json<ClusterPage>, ApiError> {
+    let limit = super::page_limit(q.limit, 50)?;
+    let selector: Selector = q.selector.as_deref().unwrap_or("").parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
+    let after = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| ApiError::field("cursor", "is not a cursor returned by this API"))
+        })
+        .transpose()?;
+    let mut conn = state.db.pool.acquire().await?;
+    let query = store::clusters::ListQuery { selector: &selector, status: q.status.map(ClusterStatus::as_str), after_name: after.as_deref(), limit: limit + 1 };
+    let mut rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
+    let next_cursor = if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        rows.last().map(|c| URL_SAFE_NO_PAD.encode(&c.name))
+    } else {
+        None
+    };
+    let items = rows.into_iter().map(ClusterView::try_from).collect::<Result<_, _>>()?;
+    Ok(Json(ClusterPage { items, next_cursor }))
+}
+
+async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Result<Cluster, ApiError> {
+    store::clusters::get(conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("cluster"))
+}
+
+/// One cluster.
+#[utoipa::path(get, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+    responses((status = 200, body = ClusterView), (status = 404, body = Problem)), security(("bearer" = [])))]
+async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterView>, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(Json(find(&mut conn, &auth, id).await?.try_into()?))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateClusterRequest {
+    /// Replaces all labels.
+    pub labels: Labels,
+}
+
+/// Replaces a cluster's labels.
+#[utoipa::path(patch, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+    request_body = UpdateClusterRequest,
+    responses((status = 200, body = ClusterView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+async fn update_cluster(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath(id): ApiPath<ClusterId>,
+    ApiJson(req): ApiJson<UpdateClusterRequest>,
+) -> Result<Json<ClusterView>, ApiError> {
+    auth.require(Role::Admin)?;
+    validate_labels(&req.labels).map_err(|e| ApiError::field("labels", e.message))?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    if !store::clusters::update_labels(&mut tx, auth.org_id, id, &req.labels, now).await? {
+        return Err(ApiError::NotFound("cluster"));
+    }
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.update", ("cluster", id.to_string()), serde_json::json!({ "labels": req.labels })).await?;
+    let cluster = find(&mut tx, &auth, id).await?;
+    tx.commit().await?;
+    Ok(Json(cluster.try_into()?))
+}
+
+/// Deletes a cluster.
+#[utoipa::path(delete, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
+    auth.require(Role::Admin)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    let cluster = find(&mut tx, &auth, id).await?;
+    store::clusters::delete(&mut tx, auth.org_id, id).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.delete", ("cluster", id.to_string()), serde_json::json!({ "name": cluster.name })).await?;
+    tx.commit().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Issues a new bootstrap token for the cluster; earlier unused ones stop working.
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/bootstrap-token", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+    responses((status = 201, body = BootstrapToken), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+async fn reissue_bootstrap_token(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath(id): ApiPath<ClusterId>,
+) -> Result<(StatusCode, Json<BootstrapToken>), ApiError> {
+    auth.require(Role::Admin)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    find(&mut tx, &auth, id).await?;
+    let token = issue_bootstrap_token(&state, &mut tx, &auth, id, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+/// The Kubernetes manifest that installs the agent. It embeds a freshly issued bootstrap
+/// token (earlier unused ones stop working), so it needs the admin role and is never cached.
+#[utoipa::path(get, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+    responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml", body = String),
+        (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<impl IntoResponse, ApiError> {
+    auth.require(Role::Admin)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.pool.begin().await?;
+    let cluster = find(&mut tx, &auth, id).await?;
+    let token = issue_bootstrap_token(&state, &mut tx, &auth, id, now).await?;
+    tx.commit().await?;
+    let config = &state.config;
+    let yaml = crate::install::render(&crate::install::InstallParams {
+        cluster_id: &cluster.id.to_string(),
+        cluster_name: &cluster.name,
+        org_id: &auth.org_id.to_string(),
+        bootstrap_token: &token.token,
+        api_url: &config.public_url(),
+        gateway_address: &config.gateway_address,
+        agent_image: &config.agent_image,
+        mesh_namespace: &config.mesh_namespace,
+    });
+    Ok(([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], yaml))
+}

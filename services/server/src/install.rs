@@ -1,0 +1,536 @@
+//! Renders the install manifest a customer applies to connect a cluster: the
+//! in-cluster agent's namespace, least-privilege RBAC, bootstrap Secret and Deployment.
+//! It must never build YAML by string templating or grant the agent more than it needs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
+    SecurityContext, ServiceAccount, Volume, VolumeMount,
+};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+/// Inputs for one cluster's install manifest.
+pub struct InstallParams<'a> {
+    pub cluster_id: &'a str,      // uuid string
+    pub cluster_name: &'a str,    // DNS-1123 label
+    pub org_id: &'a str,          // uuid string
+    pub bootstrap_token: &'a str, // secret, single-use
+    pub api_url: &'a str,         // e.g. "http://127.0.0.1:8080"
+    pub gateway_address: &'a str, // e.g. "https://127.0.0.1:8443"
+    pub agent_image: &'a str,     // e.g. "meshfleet/meshfleet-agent:0.1.0"
+    pub mesh_namespace: &'a str,  // namespace where the mesh control plane lives
+}
+
+/// Namespace the agent runs in.
+pub const AGENT_NAMESPACE: &str = "meshfleet-system";
+
+const AGENT_NAME: &str = "meshfleet-agent";
+const MESH_ROLE_NAME: &str = "meshfleet-agent-mesh";
+const BOOTSTRAP_SECRET: &str = "meshfleet-agent-bootstrap";
+const CLUSTER_ID_ANNOTATION: &str = "meshfleet.io/cluster-id";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Multi-document YAML ("---" separated), built from k8s-openapi typed objects
+/// (so it is structurally valid), serialized with serde_yaml_ng.
+pub fn render(p: &InstallParams) -> String {
+    let (sys, mesh) = (Some(AGENT_NAMESPACE), Some(p.mesh_namespace));
+    let cluster_rules = vec![
+        rule("", &["pods", "namespaces", "nodes", "events"], &[], READ),
+        rule("apps", WORKLOADS, &[], READ),
+        // Rollout restarts patch the pod template annotation.
+        rule("apps", RESTARTABLE, &[], &["patch"]),
+    ];
+    let mesh_rules = vec![
+        rule("", &["secrets"], &["meshfleet-issuer"], READ_WRITE),
+        rule("", &["configmaps"], &["meshfleet-trust-bundle"], READ_WRITE),
+        // Kubernetes cannot restrict `create` by resourceNames (the object's name is
+        // not part of the create authorization check), so this rule is unnamed.
+        rule("", &["secrets", "configmaps"], &[], &["create"]),
+    ];
+    let agent_rules = vec![
+        rule("", &["secrets"], &["meshfleet-agent-identity"], UPDATE),
+        rule("", &["secrets"], &[], &["create"]), // unnamed: see above
+        // Leader election.
+        rule("coordination.k8s.io", &["leases"], &[], LEADER_ELECTION),
+    ];
+    [
+        yaml(&Namespace {
+            metadata: meta(AGENT_NAMESPACE, None, Some(p.cluster_id)),
+            ..Default::default()
+        }),
+        yaml(&ServiceAccount {
+            metadata: meta(AGENT_NAME, sys, None),
+            automount_service_account_token: Some(true),
+            ..Default::default()
+        }),
+        yaml(&ClusterRole {
+            metadata: meta(AGENT_NAME, None, None),
+            rules: Some(cluster_rules),
+            aggregation_rule: None,
+        }),
+        yaml(&ClusterRoleBinding {
+            metadata: meta(AGENT_NAME, None, None),
+            role_ref: role_ref("ClusterRole", AGENT_NAME),
+            subjects: Some(vec![agent_subject()]),
+        }),
+        yaml(&Role {
+            metadata: meta(MESH_ROLE_NAME, mesh, None),
+            rules: Some(mesh_rules),
+        }),
+        yaml(&role_binding(MESH_ROLE_NAME, p.mesh_namespace)),
+        yaml(&Role {
+            metadata: meta(AGENT_NAME, sys, None),
+            rules: Some(agent_rules),
+        }),
+        yaml(&role_binding(AGENT_NAME, AGENT_NAMESPACE)),
+        yaml(&bootstrap_secret(p)),
+        yaml(&deployment(p)),
+    ]
+    .join("---\n")
+}
+
+const WORKLOADS: &[&str] = &["deployments", "replicasets", "daemonsets", "statefulsets"];
+const RESTARTABLE: &[&str] = &["deployments", "daemonsets", "statefulsets"];
+const READ: &[&str] = &["get", "list", "watch"];
+const READ_WRITE: &[&str] = &["get", "list", "watch", "update", "patch"];
+const UPDATE: &[&str] = &["get", "update", "patch"];
+const LEADER_ELECTION: &[&str] = &["get", "list", "watch", "create", "update", "patch"];
+
+fn yaml<T: Serialize>(obj: &T) -> String {
+    serde_yaml_ng::to_string(obj).expect("k8s-openapi objects always serialize to YAML")
+}
+
+fn string_map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect()
+}
+
+fn labels() -> BTreeMap<String, String> {
+    string_map([
+        ("app.kubernetes.io/name", AGENT_NAME),
+        ("app.kubernetes.io/part-of", "meshfleet"),
+        ("app.kubernetes.io/managed-by", "meshfleet"),
+        ("app.kubernetes.io/version", env!("CARGO_PKG_VERSION")),
+    ])
+}
+
+fn meta(name: &str, namespace: Option<&str>, cluster_id: Option<&str>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespace.map(Into::into),
+        labels: Some(labels()),
+        annotations: cluster_id.map(|id| string_map([(CLUSTER_ID_ANNOTATION, id)])),
+        ..Default::default()
+    }
+}
+
+fn rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
+    let list = |items: &[&str]| items.iter().map(|&s| String::from(s)).collect::<Vec<_>>();
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(list(resources)),
+        resource_names: Some(list(names)).filter(|n| !n.is_empty()),
+        verbs: list(verbs),
+        non_resource_urls: None,
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: RBAC_GROUP.into(),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+fn agent_subject() -> Subject {
+    Subject {
+        api_group: None,
+        kind: "ServiceAccount".into(),
+        name: AGENT_NAME.into(),
+        namespace: Some(AGENT_NAMESPACE.into()),
+    }
+}
+
+fn role_binding(role: &str, namespace: &str) -> RoleBinding {
+    RoleBinding {
+        metadata: meta(role, Some(namespace), None),
+        role_ref: role_ref("Role", role),
+        subjects: Some(vec![agent_subject()]),
+    }
+}
+
+fn bootstrap_secret(p: &InstallParams) -> Secret {
+    Secret {
+        metadata: meta(BOOTSTRAP_SECRET, Some(AGENT_NAMESPACE), None),
+        type_: Some("Opaque".into()),
+        string_data: Some(string_map([
+            ("MESHFLEET_BOOTSTRAP_TOKEN", p.bootstrap_token),
+            ("MESHFLEET_API_URL", p.api_url),
+            ("MESHFLEET_GATEWAY_ADDRESS", p.gateway_address),
+            ("MESHFLEET_CLUSTER_ID", p.cluster_id),
+            ("MESHFLEET_ORG_ID", p.org_id),
+            ("MESHFLEET_MESH_NAMESPACE", p.mesh_namespace),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    let field_ref = ObjectFieldSelector {
+        field_path: field_path.into(),
+        api_version: None,
+    };
+    let value_from = EnvVarSource {
+        field_ref: Some(field_ref),
+        ..Default::default()
+    };
+    EnvVar {
+        name: name.into(),
+        value_from: Some(value_from),
+        value: None,
+    }
+}
+
+fn http_probe(path: &str) -> Probe {
+    let port = IntOrString::String("http".into());
+    let get = HTTPGetAction {
+        path: Some(path.into()),
+        port,
+        ..Default::default()
+    };
+    Probe {
+        http_get: Some(get),
+        ..Default::default()
+    }
+}
+
+fn quantities(cpu: &str, memory: &str) -> Option<BTreeMap<String, Quantity>> {
+    let q = |v: &str| Quantity(v.into());
+    Some(BTreeMap::from([
+        ("cpu".into(), q(cpu)),
+        ("memory".into(), q(memory)),
+    ]))
+}
+
+fn deployment(p: &InstallParams) -> Deployment {
+    let secret_ref = SecretEnvSource {
+        name: BOOTSTRAP_SECRET.into(),
+        optional: None,
+    };
+    let container = Container {
+        name: "agent".into(),
+        image: Some(p.agent_image.into()),
+        image_pull_policy: Some("IfNotPresent".into()),
+        env_from: Some(vec![EnvFromSource {
+            secret_ref: Some(secret_ref),
+            ..Default::default()
+        }]),
+        env: Some(vec![
+            field_env("MESHFLEET_POD_NAME", "metadata.name"),
+            field_env("MESHFLEET_POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: 9090,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            ..Default::default()
+        }),
+        resources: Some(ResourceRequirements {
+            requests: quantities("50m", "64Mi"),
+            limits: quantities("500m", "256Mi"),
+            claims: None,
+        }),
+        liveness_probe: Some(http_probe("/healthz")),
+        readiness_probe: Some(http_probe("/readyz")),
+        // The root filesystem is read-only; /tmp is the only writable path.
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let seccomp = SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        localhost_profile: None,
+    };
+    let pod = PodSpec {
+        service_account_name: Some(AGENT_NAME.into()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            fs_group: Some(65532),
+            seccomp_profile: Some(seccomp),
+            ..Default::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    // The selector is immutable, so it must not include the version label.
+    let selector = string_map([("app.kubernetes.io/name", AGENT_NAME)]);
+    let pod_meta = ObjectMeta {
+        labels: Some(labels()),
+        ..Default::default()
+    };
+    Deployment {
+        metadata: meta(AGENT_NAME, Some(AGENT_NAMESPACE), Some(p.cluster_id)),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                match_expressions: None,
+            },
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::DeserializeOwned;
+    use serde::Deserialize;
+    use serde_json::{json, Value};
+
+    const TOKEN: &str = "mft_bootstrap_0123456789";
+
+    fn params(token: &str) -> InstallParams<'_> {
+        InstallParams {
+            cluster_id: "6f1c2d7e-8a9b-4c3d-9e0f-112233445566",
+            cluster_name: "prod-eu-1",
+            org_id: "0a1b2c3d-4e5f-4a6b-8c7d-8e9f00112233",
+            bootstrap_token: token,
+            api_url: "http://127.0.0.1:8080",
+            gateway_address: "https://127.0.0.1:8443",
+            agent_image: "meshfleet/meshfleet-agent:0.1.0",
+            mesh_namespace: "meshfleet",
+        }
+    }
+
+    /// Deserializes into the k8s-openapi type (which checks apiVersion/kind and
+    /// field types), then re-serializes to JSON for convenient assertions.
+    fn typed<T: DeserializeOwned + Serialize>(doc: serde_yaml_ng::Value) -> Value {
+        let obj: T = serde_yaml_ng::from_value(doc).unwrap_or_else(|e| panic!("{e}"));
+        serde_json::to_value(obj).expect("k8s object serializes to JSON")
+    }
+
+    /// Splits the manifest into YAML documents; panics on any unknown kind.
+    fn parse(yaml: &str) -> Vec<Value> {
+        serde_yaml_ng::Deserializer::from_str(yaml)
+            .map(|de| {
+                let doc = serde_yaml_ng::Value::deserialize(de).expect("valid YAML document");
+                let kind = doc["kind"]
+                    .as_str()
+                    .expect("document has a kind")
+                    .to_owned();
+                match kind.as_str() {
+                    "Namespace" => typed::<Namespace>(doc),
+                    "ServiceAccount" => typed::<ServiceAccount>(doc),
+                    "ClusterRole" => typed::<ClusterRole>(doc),
+                    "ClusterRoleBinding" => typed::<ClusterRoleBinding>(doc),
+                    "Role" => typed::<Role>(doc),
+                    "RoleBinding" => typed::<RoleBinding>(doc),
+                    "Secret" => typed::<Secret>(doc),
+                    "Deployment" => typed::<Deployment>(doc),
+                    other => panic!("unexpected kind {other}"),
+                }
+            })
+            .collect()
+    }
+
+    fn of_kind<'a>(docs: &'a [Value], kind: &'a str) -> impl Iterator<Item = &'a Value> {
+        docs.iter().filter(move |d| d["kind"] == kind)
+    }
+
+    #[test]
+    fn objects_in_apply_order_with_labels_and_annotations() {
+        let docs = parse(&render(&params(TOKEN)));
+        let got: Vec<Value> = docs
+            .iter()
+            .map(|d| json!([d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]]))
+            .collect();
+        let (agent, sys, mesh) = ("meshfleet-agent", "meshfleet-system", "meshfleet");
+        assert_eq!(
+            Value::from(got),
+            json!([
+                ["Namespace", sys, null],
+                ["ServiceAccount", agent, sys],
+                ["ClusterRole", agent, null],
+                ["ClusterRoleBinding", agent, null],
+                ["Role", "meshfleet-agent-mesh", mesh],
+                ["RoleBinding", "meshfleet-agent-mesh", mesh],
+                ["Role", agent, sys],
+                ["RoleBinding", agent, sys],
+                ["Secret", "meshfleet-agent-bootstrap", sys],
+                ["Deployment", agent, sys],
+            ])
+        );
+        let labels = json!({
+            "app.kubernetes.io/name": "meshfleet-agent", "app.kubernetes.io/part-of": "meshfleet",
+            "app.kubernetes.io/managed-by": "meshfleet", "app.kubernetes.io/version": env!("CARGO_PKG_VERSION"),
+        });
+        let annotations = json!({ "meshfleet.io/cluster-id": params(TOKEN).cluster_id });
+        for d in &docs {
+            let (kind, meta) = (&d["kind"], &d["metadata"]);
+            assert_eq!(meta["labels"], labels, "{kind}");
+            let annotated = kind == "Namespace" || kind == "Deployment";
+            assert_eq!(annotated, meta["annotations"] == annotations, "{kind}");
+        }
+    }
+
+    #[test]
+    fn rbac_is_least_privilege() {
+        const FORBIDDEN: [&str; 5] = [
+            "delete",
+            "deletecollection",
+            "escalate",
+            "bind",
+            "impersonate",
+        ];
+        let docs = parse(&render(&params(TOKEN)));
+        let roles = of_kind(&docs, "ClusterRole").chain(of_kind(&docs, "Role"));
+        let rules: Vec<&Value> = roles
+            .flat_map(|r| r["rules"].as_array().expect("rules"))
+            .collect();
+        assert_eq!(rules.len(), 9);
+        for rule in rules {
+            assert!(!rule.to_string().contains('*'), "wildcard in {rule}");
+            let verbs = rule["verbs"].as_array().expect("verbs");
+            assert!(
+                verbs
+                    .iter()
+                    .all(|v| !FORBIDDEN.contains(&v.as_str().expect("verb"))),
+                "{rule}"
+            );
+        }
+        // Cluster-wide access is read-only plus rollout-restart patches; no secrets.
+        let cluster_role = of_kind(&docs, "ClusterRole").next().expect("ClusterRole");
+        assert_eq!(
+            cluster_role["rules"],
+            json!([
+                {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "events"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "daemonsets", "statefulsets"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["apps"], "resources": ["deployments", "daemonsets", "statefulsets"], "verbs": ["patch"]},
+            ])
+        );
+        let subjects = json!([{"kind": "ServiceAccount", "name": "meshfleet-agent", "namespace": "meshfleet-system"}]);
+        for b in of_kind(&docs, "ClusterRoleBinding").chain(of_kind(&docs, "RoleBinding")) {
+            assert_eq!(b["subjects"], subjects);
+            assert_eq!(b["roleRef"]["name"], b["metadata"]["name"]);
+            assert_eq!(b["roleRef"]["apiGroup"], RBAC_GROUP);
+        }
+    }
+
+    #[test]
+    fn secret_carries_token_verbatim_even_with_yaml_special_characters() {
+        let tokens = [
+            TOKEN,
+            r#"a: b # "c'"#,
+            "---\n...\n",
+            " &x *x !t |>",
+            "true",
+            "0x1F",
+            "",
+        ];
+        for token in tokens {
+            let docs = parse(&render(&params(token)));
+            assert_eq!(docs.len(), 10, "document count for {token:?}");
+            let secret = of_kind(&docs, "Secret").next().expect("Secret");
+            assert_eq!(secret["type"], "Opaque");
+            assert_eq!(
+                secret["stringData"],
+                json!({
+                    "MESHFLEET_BOOTSTRAP_TOKEN": token,
+                    "MESHFLEET_API_URL": "http://127.0.0.1:8080",
+                    "MESHFLEET_GATEWAY_ADDRESS": "https://127.0.0.1:8443",
+                    "MESHFLEET_CLUSTER_ID": "6f1c2d7e-8a9b-4c3d-9e0f-112233445566",
+                    "MESHFLEET_ORG_ID": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f00112233",
+                    "MESHFLEET_MESH_NAMESPACE": "meshfleet",
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn deployment_is_hardened() {
+        let docs = parse(&render(&params(TOKEN)));
+        let spec = &of_kind(&docs, "Deployment").next().expect("Deployment")["spec"];
+        assert_eq!(spec["replicas"], 1);
+        let selector = json!({"matchLabels": {"app.kubernetes.io/name": "meshfleet-agent"}});
+        assert_eq!(spec["selector"], selector);
+        let pod = &spec["template"]["spec"];
+        assert_eq!(
+            spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
+            "meshfleet-agent"
+        );
+        assert_eq!(pod["serviceAccountName"], "meshfleet-agent");
+        assert_eq!(
+            pod["securityContext"],
+            json!({
+                "runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            })
+        );
+        assert_eq!(pod["volumes"], json!([{"name": "tmp", "emptyDir": {}}]));
+        let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+        assert_eq!(
+            pod["containers"],
+            json!([{
+                "name": "agent",
+                "image": "meshfleet/meshfleet-agent:0.1.0",
+                "imagePullPolicy": "IfNotPresent",
+                "envFrom": [{"secretRef": {"name": "meshfleet-agent-bootstrap"}}],
+                "env": [
+                    {"name": "MESHFLEET_POD_NAME", "valueFrom": field("metadata.name")},
+                    {"name": "MESHFLEET_POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+                ],
+                "ports": [{"name": "http", "containerPort": 9090, "protocol": "TCP"}],
+                "securityContext": {
+                    "allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                    "runAsNonRoot": true, "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {
+                    "requests": {"cpu": "50m", "memory": "64Mi"},
+                    "limits": {"cpu": "500m", "memory": "256Mi"},
+                },
+                "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }])
+        );
+    }
+}

@@ -1,0 +1,18 @@
+//! meshfleet-server: the hosted service. The HTTP API and (later) the agent gateway and
+//! background workers, over one database (embedded SQLite or PostgreSQL).
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
+pub mod install;
+pub mod jwt;
+pub mod metrics;
+pub mod secrets;
+pub mod store;
+pub mod telemetry;
+pub mod throttle;
+
+pub use app::{AppState, Server};
+pub use config::Config;

@@ -1,0 +1,79 @@
+//! The `meshfleet-server` binary: reads configuration, sets up logging and runs the service.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use meshfleet_server::config::{Config, ProcessEnv};
+use meshfleet_server::{telemetry, Server};
+
+/// Meshfleet: managed operations for service meshes.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// TOML configuration file (settings as in the README; the environment overrides it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Database URL: sqlite://PATH or postgres://... (default: SQLite under ./meshfleet-data).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+}
+
+/// EX_USAGE from sysexits.h: the configuration is wrong.
+const EXIT_CONFIG: u8 = 64;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let overrides: Vec<(&str, String)> =
+        [("database_url", args.database_url), ("listen", args.listen)].into_iter().filter_map(|(k, v)| Some((k, v?))).collect();
+    let config = match Config::load(args.config.as_deref(), &ProcessEnv, &overrides) {
+        Ok(config) => config,
+        Err(errors) => {
+            eprint!("{errors}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(&config);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "meshfleet-server failed");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let mut server = Server::start(config).await?;
+    let url = format!("http://{}", server.addr);
+    println!("meshfleet-server {} listening on {url}", env!("CARGO_PKG_VERSION"));
+    println!("  sign up:   curl -s {url}/api/v1/signup -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\",\"password\":\"a long passphrase\",\"organization\":\"Acme\"}}'");
+    println!("  API docs:  {url}/api/openapi.json    health: {url}/healthz    metrics: {url}/metrics");
+    let stop = server.stop_signal();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        if let Some(stop) = stop {
+            let _ = stop.send(());
+        }
+    });
+    server.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

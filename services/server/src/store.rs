@@ -1,0 +1,17 @@
+//! Persistence: every SQL statement of the service, one module per table family. Each
+//! function takes a connection (pool connection or transaction), so callers compose them
+//! into one transaction with the audit record. Every tenant-owned query filters on org_id.
+
+pub mod accounts;
+pub mod api_tokens;
+pub mod audit;
+pub mod clusters;
+pub mod sessions;
+pub mod signing_keys;
+
+pub type Conn = sqlx::AnyConnection;
+
+/// Parses a stored id or enum; a failure means the row was written by something else.
+pub(crate) fn parse_col<T: std::str::FromStr>(value: &str, column: &str) -> Result<T, sqlx::Error> {
+    value.parse().map_err(|_| sqlx::Error::Decode(format!("bad value in column {column}: {value:?}").into()))
+}

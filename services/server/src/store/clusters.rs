@@ -1,0 +1,221 @@
+//! Clusters, their labels (a JSON copy for reading, one row per label for selectors) and
+//! their bootstrap tokens.
+
+use sqlx::Row;
+
+use super::{parse_col, Conn};
+use crate::domain::labels::{Labels, Op, Selector};
+use crate::domain::{ClusterId, ClusterName, OrgId};
+
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub labels: Labels,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_seen_at: Option<i64>,
+}
+
+const COLUMNS: &str = "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Cluster, sqlx::Error> {
+    let labels: String = r.try_get(3)?;
+    Ok(Cluster {
+        id: parse_col(&r.try_get::<String, _>(0)?, "clusters.id")?,
+        org_id: parse_col(&r.try_get::<String, _>(1)?, "clusters.org_id")?,
+        name: r.try_get(2)?,
+        labels: serde_json::from_str(&labels).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        status: r.try_get(4)?,
+        created_at: r.try_get(5)?,
+        updated_at: r.try_get(6)?,
+        last_seen_at: r.try_get(7)?,
+    })
+}
+
+/// Fails with a unique violation when the name is taken in the organization.
+pub async fn insert(conn: &mut Conn, cluster: &Cluster) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO clusters (id, org_id, name, labels, status, created_at, updated_at, last_seen_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(cluster.id.to_string())
+    .bind(cluster.org_id.to_string())
+    .bind(&cluster.name)
+    .bind(labels_json(&cluster.labels))
+    .bind(&cluster.status)
+    .bind(cluster.created_at)
+    .bind(cluster.updated_at)
+    .bind(cluster.last_seen_at)
+    .execute(&mut *conn)
+    .await?;
+    insert_label_rows(conn, cluster.org_id, cluster.id, &cluster.labels).await
+}
+
+fn labels_json(labels: &Labels) -> String {
+    serde_json::to_string(labels).expect("a string map always serializes")
+}
+
+async fn insert_label_rows(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &Labels) -> Result<(), sqlx::Error> {
+    for (key, value) in labels {
+        sqlx::query("INSERT INTO cluster_labels (cluster_id, org_id, key, value) VALUES ($1, $2, $3, $4)")
+            .bind(id.to_string())
+            .bind(org.to_string())
+            .bind(key)
+            .bind(value)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cluster>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1 AND c.id = $2"))
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub struct ListQuery<'a> {
+    pub selector: &'a Selector,
+    pub status: Option<&'a str>,
+    /// Keyset pagination: names strictly after this one.
+    pub after_name: Option<&'a str>,
+    pub limit: u32,
+}
+
+/// A page of clusters ordered by name, filtered by label selector and status.
+pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster>, sqlx::Error> {
+    let mut sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1");
+    let mut binds: Vec<String> = vec![org.to_string()];
+    let bind = |value: &str, binds: &mut Vec<String>| {
+        binds.push(value.to_owned());
+        format!("${}", binds.len())
+    };
+    for req in &q.selector.requirements {
+        let key = bind(&req.key, &mut binds);
+        let label = |cond: &str| {
+            format!("EXISTS (SELECT 1 FROM cluster_labels l WHERE l.cluster_id = c.id AND l.key = {key}{cond})")
+        };
+        let clause = match &req.op {
+            Op::Exists => label(""),
+            Op::DoesNotExist => format!("NOT {}", label("")),
+            Op::Equals(v) => label(&format!(" AND l.value = {}", bind(v, &mut binds))),
+            Op::NotEquals(v) => format!("NOT {}", label(&format!(" AND l.value = {}", bind(v, &mut binds)))),
+            Op::In(vs) | Op::NotIn(vs) => {
+                let list: Vec<String> = vs.iter().map(|v| bind(v, &mut binds)).collect();
+                let exists = label(&format!(" AND l.value IN ({})", list.join(", ")));
+                if matches!(req.op, Op::In(_)) { exists } else { format!("NOT {exists}") }
+            }
+        };
+        sql.push_str(" AND ");
+        sql.push_str(&clause);
+    }
+    if let Some(status) = q.status {
+        sql.push_str(&format!(" AND c.status = {}", bind(status, &mut binds)));
+    }
+    if let Some(after) = q.after_name {
+        sql.push_str(&format!(" AND c.name > {}", bind(after, &mut binds)));
+    }
+    // The limit is a validated integer, not user text, so it is safe to inline.
+    sql.push_str(&format!(" ORDER BY c.name LIMIT {}", q.limit));
+    let mut query = sqlx::query(&sql);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &Labels, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE clusters SET labels = $3, updated_at = $4 WHERE org_id = $1 AND id = $2")
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .bind(labels_json(labels))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM cluster_labels WHERE org_id = $1 AND cluster_id = $2")
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .execute(&mut *conn)
+        .await?;
+    insert_label_rows(conn, org, id, labels).await?;
+    Ok(true)
+}
+
+pub async fn delete(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM clusters WHERE org_id = $1 AND id = $2")
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn name_taken(conn: &mut Conn, org: OrgId, name: &ClusterName) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clusters WHERE org_id = $1 AND name = $2")
+        .bind(org.to_string())
+        .bind(name.as_str())
+        .fetch_one(conn)
+        .await?;
+    Ok(n > 0)
+}
+
+pub async fn insert_bootstrap_token(
+    conn: &mut Conn,
+    token_hash: &str,
+    org: OrgId,
+    cluster: ClusterId,
+    now: i64,
+    expires_at: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO bootstrap_tokens (token_hash, org_id, cluster_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(token_hash)
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .bind(now)
+        .bind(expires_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Re-issuing a token retires the cluster's earlier unused ones.
+pub async fn expire_bootstrap_tokens(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE bootstrap_tokens SET expires_at = $3 WHERE org_id = $1 AND cluster_id = $2 AND used_at IS NULL AND expires_at > $3")
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Spends a bootstrap token: returns its cluster once, and never again; None when the token
+/// is unknown, expired or already used.
+pub async fn consume_bootstrap_token(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<(OrgId, ClusterId)>, sqlx::Error> {
+    let done = sqlx::query("UPDATE bootstrap_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2")
+        .bind(token_hash)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    if done.rows_affected() != 1 {
+        return Ok(None);
+    }
+    let row = sqlx::query("SELECT org_id, cluster_id FROM bootstrap_tokens WHERE token_hash = $1")
+        .bind(token_hash)
+        .fetch_one(conn)
+        .await?;
+    Ok(Some((
+        parse_col(&row.try_get::<String, _>(0)?, "bootstrap_tokens.org_id")?,
+        parse_col(&row.try_get::<String, _>(1)?, "bootstrap_tokens.cluster_id")?,
+    )))
+}

@@ -1,0 +1,133 @@
+//! Tenant isolation and roles, driven by the OpenAPI document so that a route added later is
+//! covered without editing this file: every route that takes an id answers 404 to another
+//! organization and changes nothing; every mutation answers 403 to a viewer.
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{Engine, Login, TestApp};
+use crate::on_both_engines;
+
+on_both_engines!(another_organization_gets_404_and_changes_nothing, viewers_get_403_on_every_mutation);
+
+/// Operations (method, path template) of the API, from its own OpenAPI document.
+async fn operations(app: &TestApp) -> Vec<(Method, String)> {
+    let spec: Value = app.client.get(format!("{}/api/openapi.json", app.base)).send().await.unwrap().json().await.unwrap();
+    let mut ops = Vec::new();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            ops.push((method.to_uppercase().parse().unwrap(), path.clone()));
+        }
+    }
+    assert!(ops.len() >= 15, "suspiciously few operations: {ops:?}");
+    ops
+}
+
+/// A well-formed body for each mutation, so validation cannot answer before authorization.
+fn body_for(method: &Method, path: &str) -> Option<Value> {
+    match (method.as_str(), path) {
+        ("POST", "/api/v1/clusters") => Some(json!({ "name": "intruder" })),
+        ("PATCH", "/api/v1/clusters/{id}") => Some(json!({ "labels": { "owned": "yes" } })),
+        ("POST", "/api/v1/members") => Some(json!({ "email": "mallory@example.com", "role": "viewer" })),
+        ("PATCH", "/api/v1/members/{user_id}") => Some(json!({ "role": "viewer" })),
+        ("POST", "/api/v1/tokens") => Some(json!({ "name": "x", "role": "viewer" })),
+        ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
+        _ => None,
+    }
+}
+
+/// Routes outside the organization's resources: sign-up, log-in and the caller's own session.
+fn is_account_route(path: &str) -> bool {
+    ["/api/v1/signup", "/api/v1/login", "/api/v1/token/refresh", "/api/v1/logout"].contains(&path)
+}
+
+struct Victim {
+    owner: Login,
+    cluster_id: String,
+    token_id: String,
+    user_id: String,
+}
+
+async fn victim(app: &TestApp) -> Victim {
+    let owner = app.owner("victim@example.com").await;
+    let cluster = app.create_cluster(&owner, "victim-prod", json!({ "env": "prod" })).await;
+    let (_, token) = app.post("/api/v1/tokens", &owner.access, json!({ "name": "automation", "role": "admin" })).await;
+    let admin = app.member(&owner, "victim-admin@example.com", "admin").await;
+    let user_id = app.get("/api/v1/me", &admin.access).await.1["user"]["id"].as_str().unwrap().to_owned();
+    Victim {
+        owner,
+        cluster_id: cluster["cluster"]["id"].as_str().unwrap().to_owned(),
+        token_id: token["id"].as_str().unwrap().to_owned(),
+        user_id,
+    }
+}
+
+fn fill(path: &str, v: &Victim) -> String {
+    let id = if path.starts_with("/api/v1/clusters/") { &v.cluster_id } else { &v.token_id };
+    path.replace("{id}", id).replace("{user_id}", &v.user_id)
+}
+
+/// Everything the victim organization can see about itself, to compare before and after.
+async fn snapshot(app: &TestApp, v: &Victim) -> Value {
+    let mut state = json!({});
+    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens"] {
+        state[path] = app.get(path, &v.owner.access).await.1;
+    }
+    // Last-use times move when the victim itself reads; they are not what the attacker changes.
+    for token in state["/api/v1/tokens"].as_array_mut().unwrap() {
+        token["last_used_at"] = Value::Null;
+    }
+    state
+}
+
+async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let v = victim(&app).await;
+    let attacker = app.owner("mallory@example.com").await;
+    let before = snapshot(&app, &v).await;
+
+    let mut checked = 0;
+    for (method, template) in operations(&app).await {
+        if !template.contains('{') {
+            continue;
+        }
+        let path = fill(&template, &v);
+        let (status, body) = app.call(method.clone(), &path, Some(&attacker.access), body_for(&method, &template)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {template} answered another organization: {body}");
+        assert_eq!(body["type"], "/problems/not-found", "{method} {template}: {body}");
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} id routes checked");
+    assert_eq!(snapshot(&app, &v).await, before, "the attacker changed the victim's data");
+
+    // Lists and the audit log show only the attacker's own organization.
+    let (_, clusters) = app.get("/api/v1/clusters", &attacker.access).await;
+    assert_eq!(clusters["items"], json!([]));
+    let (_, audit) = app.get("/api/v1/audit", &attacker.access).await;
+    assert!(!audit.to_string().contains(&v.cluster_id));
+    let (_, members) = app.get("/api/v1/members", &attacker.access).await;
+    assert_eq!(members.as_array().unwrap().len(), 1);
+}
+
+async fn viewers_get_403_on_every_mutation(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let v = victim(&app).await;
+    let viewer = app.member(&v.owner, "viewer@example.com", "viewer").await;
+    let before = snapshot(&app, &v).await;
+
+    let mut checked = 0;
+    for (method, template) in operations(&app).await {
+        // install.yaml is a GET that mints a bootstrap token: a mutation in disguise.
+        let mutates = method != Method::GET || template.ends_with("/install.yaml");
+        if !mutates || is_account_route(&template) {
+            continue;
+        }
+        let path = fill(&template, &v);
+        let (status, body) = app.call(method.clone(), &path, Some(&viewer.access), body_for(&method, &template)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{method} {template} allowed a viewer: {body}");
+        assert_eq!(body["type"], "/problems/forbidden");
+        checked += 1;
+    }
+    assert!(checked >= 9, "only {checked} mutations checked");
+    assert_eq!(snapshot(&app, &v).await, before, "a viewer changed something");
+}

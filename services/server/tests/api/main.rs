@@ -1,0 +1,14 @@
+//! Integration tests of meshfleet-server: real servers on 127.0.0.1:0 over SQLite, and over
+//! PostgreSQL when MESHFLEET_TEST_POSTGRES_URL is set. One test binary for the crate.
+
+mod helpers;
+
+mod accounts;
+mod api_tokens;
+mod clusters;
+mod conventions;
+mod isolation;
+mod members;
+mod quickstart;
+mod secrets_at_rest;
+mod store;
