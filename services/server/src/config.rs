@@ -175,7 +175,12 @@ impl Config {
         }
         match name {
             "listen" => self.listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8080"))?,
-            "database_url" => self.database_url = Some(SecretString::from(nonempty(value)?)),
+            "database_url" => {
+                if crate::db::Engine::of_url(value.trim()).is_none() {
+                    return Err("must start with sqlite: or postgres:".into());
+                }
+                self.database_url = Some(SecretString::from(value.trim().to_owned()));
+            }
             "data_dir" => self.data_dir = PathBuf::from(nonempty(value)?),
             "public_url" => self.public_url = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
             "gateway_address" => self.gateway_address = nonempty(value)?,
@@ -210,13 +215,7 @@ impl Config {
 
     /// Checks that span settings or bound values.
     fn check(&self) -> Vec<String> {
-        use secrecy::ExposeSecret;
         let mut errors = Vec::new();
-        if let Some(url) = &self.database_url {
-            if crate::db::Engine::of_url(url.expose_secret()).is_none() {
-                errors.push("database_url: must start with sqlite: or postgres:".to_owned());
-            }
-        }
         if !(1..=1000).contains(&self.db_max_connections) {
             errors.push("db_max_connections: must be between 1 and 1000".to_owned());
         }
@@ -275,7 +274,7 @@ mod tests {
         )
         .unwrap_err();
         let text = errs.to_string();
-        for needle in ["lisen", "MESHFLEET_LISTEN", "MESHFLEET_LOG_FORMAT", "MESHFLEET_SEALING_KEY", "database_url"] {
+        for needle in ["lisen", "MESHFLEET_LISTEN", "MESHFLEET_LOG_FORMAT", "MESHFLEET_SEALING_KEY", "--database-url"] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("short"), "a secret value was echoed:\n{text}");
