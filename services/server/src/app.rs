@@ -12,6 +12,9 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::db::{self, Clock, Db};
+use crate::gateway::ingest::Ingest;
+use crate::gateway::pki::Pki;
+use crate::gateway::registry::Registry;
 use crate::jwt::Keyring;
 use crate::metrics::Metrics;
 use crate::secrets::Sealer;
@@ -25,9 +28,13 @@ pub struct Inner {
     pub db: Db,
     pub sealer: Sealer,
     pub keys: Keyring,
-    pub clock: Clock,
+    pub clock: Arc<Clock>,
     pub throttle: LoginThrottle,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
+    pub pki: Pki,
+    /// Agent streams open on this replica.
+    pub agents: Registry,
+    pub ingest: Ingest,
 }
 
 impl Deref for AppState {
@@ -55,10 +62,18 @@ impl AppState {
                 local_sealing_key(&config.data_dir)?
             }
         };
-        let clock = Clock::default();
+        let clock = Arc::new(Clock::default());
         let keys = Keyring::load(&db, &sealer, clock.now_ms()).await.context("loading signing keys")?;
+        let pki = Pki::load_or_create(&db, &sealer, &config.gateway_hostnames, clock.now_ms()).await.context("loading the gateway PKI")?;
         let throttle = LoginThrottle::new(Duration::from_secs(config.login_failure_window_secs));
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics: Metrics::new() })))
+        let metrics = Arc::new(Metrics::new());
+        let writers = match (config.ingest_writers, db.engine) {
+            (0, db::Engine::Sqlite) => 1,
+            (0, db::Engine::Postgres) => 4,
+            (n, _) => n,
+        };
+        let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max);
+        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest })))
     }
 }
 
@@ -84,50 +99,72 @@ fn local_sealing_key(dir: &Path) -> anyhow::Result<Sealer> {
     Sealer::from_base64(&key).with_context(|| format!("{} is not a valid sealing key", path.display()))
 }
 
-/// A started server: its address, and a handle that stops it.
+/// A started server: its addresses, and a handle that stops it.
 pub struct Server {
+    /// The HTTP listener: the API (with the `api` role) and always the operational endpoints.
     pub addr: SocketAddr,
+    /// The agent gateway, with the `gateway` role.
+    pub gateway_addr: Option<SocketAddr>,
     pub state: AppState,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Server {
-    /// Binds `config.listen` (port 0 picks a free port) and serves in the background.
-    pub async fn start(config: Config) -> anyhow::Result<Server> {
+    /// Binds `config.listen` and (with the gateway role) `config.gateway_listen` (port 0
+    /// picks a free port), and serves in the background.
+    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
-        let state = AppState::build(config).await?;
-        Self::serve(listener, state).await
-    }
-
-    pub async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<Server> {
+        let gateway = match config.roles.gateway {
+            true => Some(TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding {}", config.gateway_listen))?),
+            false => None,
+        };
         let addr = listener.local_addr()?;
+        let gateway_addr = gateway.as_ref().map(|g| g.local_addr()).transpose()?;
+        // Port 0 resolved: default public addresses (API, gateway) name the real ports.
+        config.listen = addr;
+        if let Some(gateway_addr) = gateway_addr {
+            config.gateway_listen = gateway_addr;
+        }
+        let state = AppState::build(config).await?;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            }
+        };
+        let mut tasks = Vec::new();
         let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
-                })
-                .await
-        });
-        Ok(Server { addr, state, shutdown: Some(tx), task })
+        let http_stopped = stopped();
+        tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
+        if let Some(listener) = gateway {
+            crate::gateway::dispatch::spawn(state.clone());
+            tasks.push(tokio::spawn(crate::gateway::serve(state.clone(), listener, stopped())));
+        }
+        if state.config.roles.worker {
+            tokio::spawn(crate::worker::run(state.clone()));
+        }
+        Ok(Server { addr, gateway_addr, state, shutdown: Some(tx), tasks })
     }
 
     /// Waits until the server stops (after `stop` or a fatal error).
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        (&mut self.task).await??;
+        for task in self.tasks.drain(..) {
+            task.await??;
+        }
         Ok(())
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
+            let _ = tx.send(true);
         }
         self.wait().await
     }
 
-    pub fn stop_signal(&mut self) -> Option<tokio::sync::oneshot::Sender<()>> {
+    /// Send `true` to stop the server.
+    pub fn stop_signal(&mut self) -> Option<tokio::sync::watch::Sender<bool>> {
         self.shutdown.take()
     }
 }

@@ -21,7 +21,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Where users and agents reach the API; defaults to `http://<listen>`.
     pub public_url: Option<String>,
-    pub gateway_address: String,
+    /// Where agents reach the gateway; defaults to `https://<gateway_listen>`.
+    pub gateway_address: Option<String>,
     pub agent_image: String,
     pub mesh_namespace: String,
     /// Base64 of 32 bytes. None: a key file in `data_dir`, created on first start.
@@ -35,6 +36,49 @@ pub struct Config {
     pub login_max_failures_per_account: u32,
     pub login_max_failures_per_address: u32,
     pub login_failure_window_secs: u64,
+    /// Which parts this process runs: api, gateway, worker.
+    pub roles: Roles,
+    pub gateway_listen: SocketAddr,
+    /// Names and addresses the gateway's server certificate covers.
+    pub gateway_hostnames: Vec<String>,
+    pub agent_cert_ttl_secs: i64,
+    /// A connected agent unheard for this long is shown stale; for `disconnected_after_secs`, disconnected.
+    pub stale_after_secs: i64,
+    pub disconnected_after_secs: i64,
+    pub metric_retention_hours: i64,
+    /// Most reports stored in one transaction; 1 stores each report on its own.
+    pub ingest_batch_max: usize,
+    /// Writer tasks for reports (0: 1 on SQLite, 4 on PostgreSQL).
+    pub ingest_writers: usize,
+    /// Messages per second one agent stream may send, and the burst above that.
+    pub gateway_rate_per_sec: f64,
+    pub gateway_rate_burst: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    pub api: bool,
+    pub gateway: bool,
+    pub worker: bool,
+}
+
+impl std::str::FromStr for Roles {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut roles = Roles { api: false, gateway: false, worker: false };
+        for role in s.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+            match role {
+                "api" => roles.api = true,
+                "gateway" => roles.gateway = true,
+                "worker" => roles.worker = true,
+                other => return Err(format!("unknown role {other:?}: expected api, gateway or worker")),
+            }
+        }
+        if roles == (Roles { api: false, gateway: false, worker: false }) {
+            return Err("name at least one role".into());
+        }
+        Ok(roles)
+    }
 }
 
 impl Default for Config {
@@ -44,7 +88,7 @@ impl Default for Config {
             database_url: None,
             data_dir: PathBuf::from("meshfleet-data"),
             public_url: None,
-            gateway_address: "https://127.0.0.1:8443".into(),
+            gateway_address: None,
             agent_image: format!("meshfleet/meshfleet-agent:{}", env!("CARGO_PKG_VERSION")),
             mesh_namespace: "meshfleet".into(),
             sealing_key: None,
@@ -57,6 +101,17 @@ impl Default for Config {
             login_max_failures_per_account: 5,
             login_max_failures_per_address: 20,
             login_failure_window_secs: 15 * 60,
+            roles: Roles { api: true, gateway: true, worker: true },
+            gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            gateway_hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            agent_cert_ttl_secs: 7 * 24 * 3600,
+            stale_after_secs: 30,
+            disconnected_after_secs: 300,
+            metric_retention_hours: 7 * 24,
+            ingest_batch_max: 500,
+            ingest_writers: 0,
+            gateway_rate_per_sec: 50.0,
+            gateway_rate_burst: 500.0,
         }
     }
 }
@@ -80,6 +135,17 @@ pub const SETTINGS: &[&str] = &[
     "login_max_failures_per_account",
     "login_max_failures_per_address",
     "login_failure_window_secs",
+    "roles",
+    "gateway_listen",
+    "gateway_hostnames",
+    "agent_cert_ttl_secs",
+    "stale_after_secs",
+    "disconnected_after_secs",
+    "metric_retention_hours",
+    "ingest_batch_max",
+    "ingest_writers",
+    "gateway_rate_per_sec",
+    "gateway_rate_burst",
 ];
 
 /// The process environment, behind a trait so tests pass a map instead of mutating it.
@@ -183,7 +249,7 @@ impl Config {
             }
             "data_dir" => self.data_dir = PathBuf::from(nonempty(value)?),
             "public_url" => self.public_url = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
-            "gateway_address" => self.gateway_address = nonempty(value)?,
+            "gateway_address" => self.gateway_address = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
             "agent_image" => self.agent_image = nonempty(value)?,
             "mesh_namespace" => {
                 crate::domain::labels::validate_dns1123_label(value).map_err(|e| e.to_string())?;
@@ -208,6 +274,22 @@ impl Config {
             "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
             "login_max_failures_per_address" => self.login_max_failures_per_address = num(value)?,
             "login_failure_window_secs" => self.login_failure_window_secs = num(value)?,
+            "roles" => self.roles = value.parse()?,
+            "gateway_listen" => self.gateway_listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8443"))?,
+            "gateway_hostnames" => {
+                self.gateway_hostnames = value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
+                if self.gateway_hostnames.is_empty() {
+                    return Err("name at least one host".into());
+                }
+            }
+            "agent_cert_ttl_secs" => self.agent_cert_ttl_secs = num(value)?,
+            "stale_after_secs" => self.stale_after_secs = num(value)?,
+            "disconnected_after_secs" => self.disconnected_after_secs = num(value)?,
+            "metric_retention_hours" => self.metric_retention_hours = num(value)?,
+            "ingest_batch_max" => self.ingest_batch_max = num(value)?,
+            "ingest_writers" => self.ingest_writers = num(value)?,
+            "gateway_rate_per_sec" => self.gateway_rate_per_sec = num(value)?,
+            "gateway_rate_burst" => self.gateway_rate_burst = num(value)?,
             other => return Err(format!("unknown setting {other}")),
         }
         Ok(())
@@ -223,15 +305,33 @@ impl Config {
             ("access_token_ttl_secs", self.access_token_ttl_secs),
             ("refresh_token_ttl_secs", self.refresh_token_ttl_secs),
             ("bootstrap_token_ttl_secs", self.bootstrap_token_ttl_secs),
+            ("agent_cert_ttl_secs", self.agent_cert_ttl_secs),
+            ("stale_after_secs", self.stale_after_secs),
+            ("disconnected_after_secs", self.disconnected_after_secs),
+            ("metric_retention_hours", self.metric_retention_hours),
         ] {
             if v <= 0 {
                 errors.push(format!("{name}: must be positive"));
             }
         }
+        if self.disconnected_after_secs < self.stale_after_secs {
+            errors.push("disconnected_after_secs: must not be below stale_after_secs".to_owned());
+        }
+        if !(1..=10_000).contains(&self.ingest_batch_max) {
+            errors.push("ingest_batch_max: must be between 1 and 10000".to_owned());
+        }
+        if !(self.gateway_rate_per_sec > 0.0 && self.gateway_rate_burst >= 1.0) {
+            errors.push("gateway_rate_per_sec and gateway_rate_burst: must be positive".to_owned());
+        }
         if self.login_max_failures_per_account == 0 || self.login_max_failures_per_address == 0 {
             errors.push("login_max_failures_per_*: must be at least 1".to_owned());
         }
         errors
+    }
+
+    /// Where agents reach the gateway.
+    pub fn gateway_address(&self) -> String {
+        self.gateway_address.clone().unwrap_or_else(|| format!("https://{}", self.gateway_listen))
     }
 
     /// The public base URL of the API.

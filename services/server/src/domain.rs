@@ -56,6 +56,8 @@ id_type!(/// An API token for automation.
     TokenId);
 id_type!(/// One login: the family of refresh tokens rotated from it.
     SessionId);
+id_type!(/// A command for a cluster's agent.
+    CommandId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

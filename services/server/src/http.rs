@@ -2,10 +2,12 @@
 //! (tracing, metrics, body limit, problem+json fallbacks) and the generated OpenAPI document.
 
 pub mod accounts;
+pub mod agents;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
 pub mod clusters;
+pub mod commands;
 pub mod error;
 pub mod extract;
 pub mod members;
@@ -63,12 +65,16 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(members::router())
         .merge(api_tokens::router())
         .merge(clusters::router())
+        .merge(agents::router())
+        .merge(commands::router())
         .merge(audit::router())
         .split_for_parts()
 }
 
 pub fn router(state: AppState) -> Router {
     let (routes, openapi) = api();
+    // Without the api role this listener serves only the operational endpoints.
+    let routes = if state.config.roles.api { routes } else { ops::router().split_for_parts().0 };
     let openapi = Arc::new(openapi);
     routes
         .route(OPENAPI_PATH, get(move || async move { Json(openapi.as_ref().clone()) }))
@@ -85,5 +91,17 @@ pub(crate) fn page_limit(requested: Option<u32>, default: u32) -> Result<u32, Ap
     match requested.unwrap_or(default) {
         n @ 1..=500 => Ok(n),
         _ => Err(ApiError::field("limit", "must be between 1 and 500")),
+    }
+}
+
+/// Splits the `limit + 1` rows a keyset query fetched into the page and the cursor of the
+/// next page (None on the last page).
+pub(crate) fn into_page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> (Vec<T>, Option<String>) {
+    if rows.len() > limit as usize {
+        rows.truncate(limit as usize);
+        let next = rows.last().map(cursor_of);
+        (rows, next)
+    } else {
+        (rows, None)
     }
 }

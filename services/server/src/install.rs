@@ -27,6 +27,7 @@ pub struct InstallParams<'a> {
     pub bootstrap_token: &'a str, // secret, single-use
     pub api_url: &'a str,         // e.g. "http://127.0.0.1:8080"
     pub gateway_address: &'a str, // e.g. "https://127.0.0.1:8443"
+    pub gateway_ca_pem: &'a str,  // the CA the agent pins for the gateway
     pub agent_image: &'a str,     // e.g. "meshfleet/meshfleet-agent:0.1.0"
     pub mesh_namespace: &'a str,  // namespace where the mesh control plane lives
 }
@@ -180,6 +181,7 @@ fn bootstrap_secret(p: &InstallParams) -> Secret {
             ("MESHFLEET_BOOTSTRAP_TOKEN", p.bootstrap_token),
             ("MESHFLEET_API_URL", p.api_url),
             ("MESHFLEET_GATEWAY_ADDRESS", p.gateway_address),
+            ("MESHFLEET_GATEWAY_CA", p.gateway_ca_pem),
             ("MESHFLEET_CLUSTER_ID", p.cluster_id),
             ("MESHFLEET_ORG_ID", p.org_id),
             ("MESHFLEET_MESH_NAMESPACE", p.mesh_namespace),
@@ -336,6 +338,7 @@ mod tests {
             bootstrap_token: token,
             api_url: "http://127.0.0.1:8080",
             gateway_address: "https://127.0.0.1:8443",
+            gateway_ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             agent_image: "meshfleet/meshfleet-agent:0.1.0",
             mesh_namespace: "meshfleet",
         }
@@ -477,6 +480,7 @@ mod tests {
                     "MESHFLEET_BOOTSTRAP_TOKEN": token,
                     "MESHFLEET_API_URL": "http://127.0.0.1:8080",
                     "MESHFLEET_GATEWAY_ADDRESS": "https://127.0.0.1:8443",
+                    "MESHFLEET_GATEWAY_CA": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
                     "MESHFLEET_CLUSTER_ID": "6f1c2d7e-8a9b-4c3d-9e0f-112233445566",
                     "MESHFLEET_ORG_ID": "0a1b2c3d-4e5f-4a6b-8c7d-8e9f00112233",
                     "MESHFLEET_MESH_NAMESPACE": "meshfleet",

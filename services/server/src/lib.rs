@@ -1,10 +1,11 @@
-//! meshfleet-server: the hosted service. The HTTP API and (later) the agent gateway and
-//! background workers, over one database (embedded SQLite or PostgreSQL).
+//! meshfleet-server: the hosted service. The HTTP API, the agent gateway and background
+//! workers, over one database (embedded SQLite or PostgreSQL).
 
 pub mod app;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod gateway;
 pub mod http;
 pub mod install;
 pub mod jwt;
@@ -13,6 +14,7 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod worker;
 
 pub use app::{AppState, Server};
 pub use config::Config;

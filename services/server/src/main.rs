@@ -53,12 +53,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     println!("meshfleet-server {} listening on {url}", env!("CARGO_PKG_VERSION"));
     println!("  sign up:   curl -s {url}/api/v1/signup -H 'content-type: application/json' -d '{{\"email\":\"you@example.com\",\"password\":\"a long passphrase\",\"organization\":\"Acme\"}}'");
     println!("  API docs:  {url}/api/openapi.json    health: {url}/healthz    metrics: {url}/metrics");
+    if let Some(gateway) = server.gateway_addr {
+        println!("  agent gateway (gRPC, mTLS) on {gateway}");
+    }
     let stop = server.stop_signal();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         if let Some(stop) = stop {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
     });
     server.wait().await

@@ -6,7 +6,9 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use crate::app::AppState;
 
@@ -16,6 +18,11 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     pub db_pool: IntGaugeVec,
     pub logins_throttled: IntCounter,
+    pub gateway_connected: IntGauge,
+    pub gateway_reports: IntCounterVec,
+    pub gateway_rejected: IntCounterVec,
+    pub gateway_ack_seconds: Histogram,
+    pub ingest_batch_size: Histogram,
 }
 
 impl Metrics {
@@ -35,15 +42,51 @@ impl Metrics {
         let db_pool = IntGaugeVec::new(Opts::new("db_pool_connections", "Database pool connections by state"), &["state"])
             .expect("valid metric");
         let logins_throttled = IntCounter::new("logins_throttled_total", "Login attempts refused by throttling").expect("valid metric");
+        let gateway_connected = IntGauge::new("gateway_connected_agents", "Agent streams open on this replica").expect("valid metric");
+        let gateway_reports = IntCounterVec::new(
+            Opts::new("gateway_reports_total", "Agent reports by kind and outcome (stored or failed)"),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let gateway_rejected = IntCounterVec::new(
+            Opts::new("gateway_rejected_messages_total", "Agent messages refused, by reason (oversized, rate_limited, invalid field...)"),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let gateway_ack_seconds = Histogram::with_opts(
+            HistogramOpts::new("gateway_ack_seconds", "Time from receiving a report to acknowledging it (stored)")
+                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
+        )
+        .expect("valid metric");
+        let ingest_batch_size = Histogram::with_opts(
+            HistogramOpts::new("ingest_batch_size", "Reports stored per transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
+        )
+        .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
             Box::new(db_pool.clone()),
             Box::new(logins_throttled.clone()),
+            Box::new(gateway_connected.clone()),
+            Box::new(gateway_reports.clone()),
+            Box::new(gateway_rejected.clone()),
+            Box::new(gateway_ack_seconds.clone()),
+            Box::new(ingest_batch_size.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, http_requests, http_duration, db_pool, logins_throttled }
+        Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            db_pool,
+            logins_throttled,
+            gateway_connected,
+            gateway_reports,
+            gateway_rejected,
+            gateway_ack_seconds,
+            ingest_batch_size,
+        }
     }
 
     pub fn render(&self) -> String {

@@ -3,9 +3,14 @@
 //! into one transaction with the audit record. Every tenant-owned query filters on org_id.
 
 pub mod accounts;
+pub mod agents;
 pub mod api_tokens;
 pub mod audit;
 pub mod clusters;
+pub mod commands;
+pub mod inventory;
+pub mod pki;
+pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;
 
@@ -14,4 +19,12 @@ pub type Conn = sqlx::AnyConnection;
 /// Parses a stored id or enum; a failure means the row was written by something else.
 pub(crate) fn parse_col<T: std::str::FromStr>(value: &str, column: &str) -> Result<T, sqlx::Error> {
     value.parse().map_err(|_| sqlx::Error::Decode(format!("bad value in column {column}: {value:?}").into()))
+}
+
+/// `($1, $2), ($3, $4)` for a multi-row INSERT of `rows` rows of `cols` columns.
+pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -83,13 +83,8 @@ async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q):
         .map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API")))
         .transpose()?;
     let mut conn = state.db.pool.acquire().await?;
-    let mut rows = store::audit::list(&mut conn, auth.org_id, before, limit + 1).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|r| r.id.to_string())
-    } else {
-        None
-    };
+    let rows = store::audit::list(&mut conn, auth.org_id, before, limit + 1).await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |r| r.id.to_string());
     let items = rows
         .into_iter()
         .map(|r| AuditRecord {

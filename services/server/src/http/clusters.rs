@@ -21,7 +21,8 @@ use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
 use crate::domain::{ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
-use crate::store::{self, clusters::Cluster, Conn};
+use crate::store::clusters::{Cluster, Liveness};
+use crate::store::{self, Conn};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -63,23 +64,35 @@ pub struct ClusterView {
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Version of the connected agent, once one has connected.
+    pub agent_version: Option<String>,
+    pub kubernetes_version: Option<String>,
 }
 
-impl TryFrom<Cluster> for ClusterView {
-    type Error = ApiError;
-    fn try_from(c: Cluster) -> Result<Self, ApiError> {
-        let status = serde_json::from_value(serde_json::Value::String(c.status.clone()))
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("cluster {} has unknown status {:?}", c.id, c.status)))?;
-        Ok(ClusterView {
-            id: c.id,
-            name: c.name,
-            labels: c.labels,
-            status,
-            created_at: to_rfc3339(c.created_at),
-            updated_at: to_rfc3339(c.updated_at),
-            last_seen_at: c.last_seen_at.map(to_rfc3339),
-        })
+/// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
+pub(crate) fn liveness(state: &AppState) -> Liveness {
+    let now = state.clock.now_ms();
+    Liveness {
+        stale_before: now - state.config.stale_after_secs * 1000,
+        disconnected_before: now - state.config.disconnected_after_secs * 1000,
     }
+}
+
+fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
+    let status = c.effective_status(live);
+    let status = serde_json::from_value(serde_json::Value::String(status.to_owned()))
+        .map_err(|_| ApiError::Internal(anyhow::anyhow!("cluster {} has unknown status {:?}", c.id, c.status)))?;
+    Ok(ClusterView {
+        id: c.id,
+        name: c.name,
+        labels: c.labels,
+        status,
+        created_at: to_rfc3339(c.created_at),
+        updated_at: to_rfc3339(c.updated_at),
+        last_seen_at: c.last_seen_at.map(to_rfc3339),
+        agent_version: c.agent_version,
+        kubernetes_version: c.kubernetes_version,
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -132,6 +145,8 @@ async fn create_cluster(
         created_at: now,
         updated_at: now,
         last_seen_at: None,
+        agent_version: None,
+        kubernetes_version: None,
     };
     let mut tx = state.db.pool.begin().await?;
     store::clusters::insert(&mut tx, &cluster).await.map_err(|e| {
@@ -145,7 +160,7 @@ async fn create_cluster(
         .await?;
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: cluster.try_into()?, bootstrap_token })))
+    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &liveness(&state))?, bootstrap_token })))
 }
 
 /// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
@@ -196,19 +211,20 @@ async fn list_clusters(
         })
         .transpose()?;
     let mut conn = state.db.pool.acquire().await?;
-    let query = store::clusters::ListQuery { selector: &selector, status: q.status.map(ClusterStatus::as_str), after_name: after.as_deref(), limit: limit + 1 };
-    let mut rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
-    let next_cursor = if rows.len() > limit as usize {
-        rows.truncate(limit as usize);
-        rows.last().map(|c| URL_SAFE_NO_PAD.encode(&c.name))
-    } else {
-        None
+    let live = liveness(&state);
+    let query = store::clusters::ListQuery {
+        selector: &selector,
+        status: q.status.map(|s| (s.as_str(), live)),
+        after_name: after.as_deref(),
+        limit: limit + 1,
     };
-    let items = rows.into_iter().map(ClusterView::try_from).collect::<Result<_, _>>()?;
+    let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |c| URL_SAFE_NO_PAD.encode(&c.name));
+    let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
     Ok(Json(ClusterPage { items, next_cursor }))
 }
 
-async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Result<Cluster, ApiError> {
+pub(crate) async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Result<Cluster, ApiError> {
     store::clusters::get(conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("cluster"))
 }
 
@@ -217,7 +233,7 @@ async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Result<Cluste
     responses((status = 200, body = ClusterView), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
-    Ok(Json(find(&mut conn, &auth, id).await?.try_into()?))
+    Ok(Json(view(find(&mut conn, &auth, id).await?, &liveness(&state))?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -248,7 +264,7 @@ async fn update_cluster(
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.update", ("cluster", id.to_string()), serde_json::json!({ "labels": req.labels })).await?;
     let cluster = find(&mut tx, &auth, id).await?;
     tx.commit().await?;
-    Ok(Json(cluster.try_into()?))
+    Ok(Json(view(cluster, &liveness(&state))?))
 }
 
 /// Deletes a cluster.
@@ -262,6 +278,8 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
     store::clusters::delete(&mut tx, auth.org_id, id).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.delete", ("cluster", id.to_string()), serde_json::json!({ "name": cluster.name })).await?;
     tx.commit().await?;
+    // Its certificates went with it; cut a stream that is already open.
+    crate::gateway::dispatch::agent_revoked(&state, id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -302,7 +320,8 @@ async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPat
         org_id: &auth.org_id.to_string(),
         bootstrap_token: &token.token,
         api_url: &config.public_url(),
-        gateway_address: &config.gateway_address,
+        gateway_address: &config.gateway_address(),
+        gateway_ca_pem: &state.pki.gateway_ca_pem,
         agent_image: &config.agent_image,
         mesh_namespace: &config.mesh_namespace,
     });

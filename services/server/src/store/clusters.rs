@@ -17,9 +17,33 @@ pub struct Cluster {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_seen_at: Option<i64>,
+    pub agent_version: Option<String>,
+    pub kubernetes_version: Option<String>,
 }
 
-const COLUMNS: &str = "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at";
+const COLUMNS: &str =
+    "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, c.kubernetes_version";
+
+/// When a connected agent that went quiet counts as stale, then as disconnected.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// Unheard since before this (ms): stale.
+    pub stale_before: i64,
+    /// Unheard since before this (ms): disconnected.
+    pub disconnected_before: i64,
+}
+
+impl Cluster {
+    /// The status users see: a `connected` agent that stopped reporting (its replica died,
+    /// say) turns stale, then disconnected.
+    pub fn effective_status(&self, live: &Liveness) -> &str {
+        match (self.status.as_str(), self.last_seen_at) {
+            ("connected", Some(seen)) if seen < live.disconnected_before => "disconnected",
+            ("connected", Some(seen)) if seen < live.stale_before => "stale",
+            (status, _) => status,
+        }
+    }
+}
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Cluster, sqlx::Error> {
     let labels: String = r.try_get(3)?;
@@ -32,6 +56,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Cluster, sqlx::Error> {
         created_at: r.try_get(5)?,
         updated_at: r.try_get(6)?,
         last_seen_at: r.try_get(7)?,
+        agent_version: r.try_get(8)?,
+        kubernetes_version: r.try_get(9)?,
     })
 }
 
@@ -82,7 +108,8 @@ pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cl
 
 pub struct ListQuery<'a> {
     pub selector: &'a Selector,
-    pub status: Option<&'a str>,
+    /// pending, connected, stale or disconnected, as `Cluster::effective_status` tells them.
+    pub status: Option<(&'a str, Liveness)>,
     /// Keyset pagination: names strictly after this one.
     pub after_name: Option<&'a str>,
     pub limit: u32,
@@ -115,8 +142,15 @@ pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<
         sql.push_str(" AND ");
         sql.push_str(&clause);
     }
-    if let Some(status) = q.status {
-        sql.push_str(&format!(" AND c.status = {}", bind(status, &mut binds)));
+    if let Some((status, live)) = q.status {
+        // Cut-offs are integers computed here, not user text, so they are inlined.
+        let (stale, gone) = (live.stale_before, live.disconnected_before);
+        sql.push_str(&match status {
+            "connected" => format!(" AND c.status = 'connected' AND c.last_seen_at >= {stale}"),
+            "stale" => format!(" AND c.status = 'connected' AND c.last_seen_at < {stale} AND c.last_seen_at >= {gone}"),
+            "disconnected" => format!(" AND (c.status = 'disconnected' OR (c.status = 'connected' AND c.last_seen_at < {gone}))"),
+            other => format!(" AND c.status = {}", bind(other, &mut binds)),
+        });
     }
     if let Some(after) = q.after_name {
         sql.push_str(&format!(" AND c.name > {}", bind(after, &mut binds)));
@@ -218,4 +252,22 @@ pub async fn consume_bootstrap_token(conn: &mut Conn, token_hash: &str, now: i64
         parse_col(&row.try_get::<String, _>(0)?, "bootstrap_tokens.org_id")?,
         parse_col(&row.try_get::<String, _>(1)?, "bootstrap_tokens.cluster_id")?,
     )))
+}
+
+pub enum TokenState {
+    Unknown,
+    Used,
+    Expired,
+    Valid,
+}
+
+/// What became of a bootstrap token, so a refused agent is told why.
+pub async fn bootstrap_token_state(conn: &mut Conn, token_hash: &str, now: i64) -> Result<TokenState, sqlx::Error> {
+    let row = sqlx::query("SELECT used_at, expires_at FROM bootstrap_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(conn).await?;
+    Ok(match row {
+        None => TokenState::Unknown,
+        Some(r) if r.try_get::<Option<i64>, _>(0)?.is_some() => TokenState::Used,
+        Some(r) if r.try_get::<i64, _>(1)? <= now => TokenState::Expired,
+        Some(_) => TokenState::Valid,
+    })
 }

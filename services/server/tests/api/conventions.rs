@@ -64,7 +64,7 @@ async fn openapi_document_covers_every_route() {
         for (method, op) in item.as_object().unwrap() {
             operations.push(format!("{} {path}", method.to_uppercase()));
             assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} documents no responses");
-            let concrete = path.replace("{id}", &uuid::Uuid::now_v7().to_string()).replace("{user_id}", &uuid::Uuid::now_v7().to_string());
+            let concrete = ["{id}", "{user_id}", "{command_id}"].iter().fold(path.clone(), |p, param| p.replace(param, &uuid::Uuid::now_v7().to_string()));
             let (status, body) = app.call(method.to_uppercase().parse().unwrap(), &concrete, Some(&owner.access), Some(json!({}))).await;
             assert!(
                 !matches!(body["type"].as_str(), Some("/problems/route-not-found" | "/problems/method-not-allowed")),
@@ -92,6 +92,13 @@ async fn openapi_document_covers_every_route() {
         "DELETE /api/v1/clusters/{id}",
         "POST /api/v1/clusters/{id}/bootstrap-token",
         "GET /api/v1/clusters/{id}/install.yaml",
+        "GET /api/v1/clusters/{id}/inventory",
+        "GET /api/v1/clusters/{id}/metrics",
+        "GET /api/v1/clusters/{id}/events",
+        "POST /api/v1/clusters/{id}/agent/revoke",
+        "POST /api/v1/clusters/{id}/commands",
+        "GET /api/v1/clusters/{id}/commands",
+        "GET /api/v1/clusters/{id}/commands/{command_id}",
         "GET /api/v1/audit",
         "GET /healthz",
         "GET /readyz",

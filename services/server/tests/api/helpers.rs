@@ -94,6 +94,7 @@ impl Drop for TestDb {
 
 pub struct TestApp {
     pub base: String,
+    pub gateway: Option<std::net::SocketAddr>,
     pub client: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
@@ -103,6 +104,7 @@ pub struct TestApp {
 pub fn test_config(db: &TestDb) -> Config {
     let mut env = vec![
         ("MESHFLEET_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("MESHFLEET_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
         ("MESHFLEET_DATABASE_URL".into(), db.url.clone()),
         ("MESHFLEET_DATA_DIR".into(), db.dir.path().display().to_string()),
         ("MESHFLEET_SEALING_KEY".into(), Sealer::generate_key()),
@@ -129,6 +131,7 @@ impl TestApp {
         let server = Server::start(config).await.expect("server starts");
         TestApp {
             base: format!("http://{}", server.addr),
+            gateway: server.gateway_addr,
             client: reqwest::Client::new(),
             state: server.state.clone(),
             db,

@@ -31,6 +31,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/members") => Some(json!({ "email": "mallory@example.com", "role": "viewer" })),
         ("PATCH", "/api/v1/members/{user_id}") => Some(json!({ "role": "viewer" })),
         ("POST", "/api/v1/tokens") => Some(json!({ "name": "x", "role": "viewer" })),
+        ("POST", "/api/v1/clusters/{id}/commands") => Some(json!({ "kind": "ping" })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -44,6 +45,7 @@ fn is_account_route(path: &str) -> bool {
 struct Victim {
     owner: Login,
     cluster_id: String,
+    command_id: String,
     token_id: String,
     user_id: String,
 }
@@ -52,11 +54,14 @@ async fn victim(app: &TestApp) -> Victim {
     let owner = app.owner("victim@example.com").await;
     let cluster = app.create_cluster(&owner, "victim-prod", json!({ "env": "prod" })).await;
     let (_, token) = app.post("/api/v1/tokens", &owner.access, json!({ "name": "automation", "role": "admin" })).await;
+    let cluster_id = cluster["cluster"]["id"].as_str().unwrap().to_owned();
+    let (_, command) = app.post(&format!("/api/v1/clusters/{cluster_id}/commands"), &owner.access, json!({ "kind": "ping" })).await;
     let admin = app.member(&owner, "victim-admin@example.com", "admin").await;
     let user_id = app.get("/api/v1/me", &admin.access).await.1["user"]["id"].as_str().unwrap().to_owned();
     Victim {
         owner,
-        cluster_id: cluster["cluster"]["id"].as_str().unwrap().to_owned(),
+        cluster_id,
+        command_id: command["id"].as_str().unwrap().to_owned(),
         token_id: token["id"].as_str().unwrap().to_owned(),
         user_id,
     }
@@ -64,13 +69,14 @@ async fn victim(app: &TestApp) -> Victim {
 
 fn fill(path: &str, v: &Victim) -> String {
     let id = if path.starts_with("/api/v1/clusters/") { &v.cluster_id } else { &v.token_id };
-    path.replace("{id}", id).replace("{user_id}", &v.user_id)
+    path.replace("{id}", id).replace("{user_id}", &v.user_id).replace("{command_id}", &v.command_id)
 }
 
 /// Everything the victim organization can see about itself, to compare before and after.
 async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     let mut state = json!({});
-    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens"] {
+    let commands = format!("/api/v1/clusters/{}/commands", v.cluster_id);
+    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", &commands] {
         state[path] = app.get(path, &v.owner.access).await.1;
     }
     // Last-use times move when the victim itself reads; they are not what the attacker changes.

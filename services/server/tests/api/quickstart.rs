@@ -38,7 +38,7 @@ fn readme_quickstart_script() -> String {
 #[test]
 fn readme_quickstart_works_against_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = server(dir.path()).env("MESHFLEET_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = server(dir.path()).env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let child = Running(child);
     let (tx, rx) = std::sync::mpsc::channel();

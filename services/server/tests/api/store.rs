@@ -8,7 +8,7 @@ use meshfleet_server::domain::labels::{Labels, Selector};
 use meshfleet_server::domain::{ClusterId, OrgId, Role, SessionId, TokenId, UserId};
 use meshfleet_server::store::api_tokens::NewApiToken;
 use meshfleet_server::store::audit::AuditEntry;
-use meshfleet_server::store::clusters::{Cluster, ListQuery};
+use meshfleet_server::store::clusters::{Cluster, ListQuery, Liveness};
 use meshfleet_server::store::{accounts, api_tokens, audit, clusters, sessions, signing_keys};
 use sqlx::pool::PoolConnection;
 use sqlx::Any;
@@ -65,7 +65,9 @@ async fn new_cluster(conn: &mut Conn, org: OrgId, name: &str, pairs: &[(&str, &s
         status: status.into(),
         created_at: NOW,
         updated_at: NOW,
-        last_seen_at: None,
+        last_seen_at: (status == "connected").then_some(NOW),
+        agent_version: None,
+        kubernetes_version: None,
     };
     clusters::insert(conn, &c).await.unwrap();
     c
@@ -74,7 +76,8 @@ async fn new_cluster(conn: &mut Conn, org: OrgId, name: &str, pairs: &[(&str, &s
 /// Names of the org's clusters matching `selector` (and `status`), in one large page.
 async fn names(conn: &mut Conn, org: OrgId, selector: &str, status: Option<&str>) -> Vec<String> {
     let selector: Selector = selector.parse().unwrap();
-    let q = ListQuery { selector: &selector, status, after_name: None, limit: 1000 };
+    let live = Liveness { stale_before: NOW - 30_000, disconnected_before: NOW - 300_000 };
+    let q = ListQuery { selector: &selector, status: status.map(|s| (s, live)), after_name: None, limit: 1000 };
     clusters::list(conn, org, &q).await.unwrap().into_iter().map(|c| c.name).collect()
 }
 

@@ -1,0 +1,337 @@
+//! One synthetic cluster: a seeded, self-consistent inventory that evolves (pods restart or are
+//! replaced, warnings happen) and golden metrics that drift with occasional dips. Deterministic
+//! for a seed, so tests and benchmarks can reproduce a fleet.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures::future::BoxFuture;
+use meshfleet_agent_proto::v1::{self, CommandResult, CommandState};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::client::now_ms;
+use crate::Agent;
+
+pub const CURRENT_PROXY_VERSION: &str = "0.1.0";
+const OUTDATED_PROXY_VERSIONS: &[&str] = &["0.0.9", "0.0.8"];
+const KUBERNETES_VERSIONS: &[&str] = &["v1.31.4", "v1.32.2", "v1.33.1"];
+const NAMESPACES: &[&str] = &["shop", "payments", "platform", "identity", "media", "analytics"];
+const WORKLOADS: &[&str] = &[
+    "web", "api", "checkout", "cart", "catalog", "search", "auth", "orders", "inventory", "shipping", "email", "reviews", "frontend", "gateway",
+];
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone)]
+struct Workload {
+    namespace: String,
+    name: String,
+    base_rps: f64,
+    base_p50_ms: f64,
+    phase: f64,
+    /// Remaining windows of a success-rate dip, and its depth.
+    dip: (u32, f64),
+}
+
+/// A simulated cluster; implements [`Agent`] (wrap it in [`SharedCluster`] to let it evolve
+/// while a client runs).
+#[derive(Debug, Clone)]
+pub struct SyntheticCluster {
+    rng: StdRng,
+    seed: u64,
+    kubernetes_version: String,
+    node_count: u32,
+    control_plane: v1::ControlPlane,
+    namespaces: Vec<String>,
+    workloads: Vec<Workload>,
+    pods: Vec<v1::Pod>,
+    certificates: Vec<v1::CertificateInfo>,
+    last_metrics_ms: Option<i64>,
+    started_ms: i64,
+    events: u64,
+}
+
+/// A synthetic cluster for `seed`: 1-3 meshed namespaces, 3-10 workloads of 2-5 pods each.
+pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = now_ms();
+    let mut namespaces: Vec<String> = NAMESPACES.iter().map(|s| s.to_string()).collect();
+    shuffle(&mut rng, &mut namespaces);
+    namespaces.truncate(rng.gen_range(1..=3));
+    let mut names: Vec<&str> = WORKLOADS.to_vec();
+    shuffle(&mut rng, &mut names);
+    let mut workloads = Vec::new();
+    let mut pods = Vec::new();
+    for name in names.into_iter().take(rng.gen_range(3..=10)) {
+        let namespace = namespaces[rng.gen_range(0..namespaces.len())].clone();
+        let w = Workload {
+            namespace,
+            name: name.to_owned(),
+            base_rps: rng.gen_range(5.0..400.0),
+            base_p50_ms: rng.gen_range(2.0..40.0),
+            phase: rng.gen_range(0.0..std::f64::consts::TAU),
+            dip: (0, 0.0),
+        };
+        let hash = random_hex(&mut rng, 10);
+        // A few workloads run an outdated proxy, as after a partial upgrade.
+        let outdated = rng.gen_bool(0.15);
+        for _ in 0..rng.gen_range(2..=5) {
+            let version = if outdated { OUTDATED_PROXY_VERSIONS[rng.gen_range(0..OUTDATED_PROXY_VERSIONS.len())] } else { CURRENT_PROXY_VERSION };
+            pods.push(new_pod(&mut rng, &w, &hash, version));
+        }
+        workloads.push(w);
+    }
+    let replicas = if rng.gen_bool(0.8) { 3 } else { 1 };
+    let control_plane = v1::ControlPlane {
+        version: CURRENT_PROXY_VERSION.into(),
+        replicas,
+        ready_replicas: if rng.gen_bool(0.95) { replicas } else { replicas - 1 },
+        components: vec![v1::Component { name: "meshfleet-controller".into(), version: CURRENT_PROXY_VERSION.into(), ready: true }],
+    };
+    let trust_domain = format!("sim-{seed}.meshfleet.local");
+    // Some issuers expire soon, so the fleet view has something to warn about.
+    let issuer_left = if rng.gen_bool(0.15) { rng.gen_range(DAY_MS..7 * DAY_MS) } else { rng.gen_range(20 * DAY_MS..60 * DAY_MS) };
+    let certificates = vec![
+        v1::CertificateInfo {
+            role: "trust-anchor".into(),
+            subject: "CN=meshfleet trust anchor".into(),
+            sans: vec![],
+            not_before_unix_ms: now - 200 * DAY_MS,
+            not_after_unix_ms: now + rng.gen_range(100..3000) * DAY_MS,
+            sha256_fingerprint: random_hex(&mut rng, 64),
+        },
+        v1::CertificateInfo {
+            role: "issuer".into(),
+            subject: format!("CN=identity.{trust_domain}"),
+            sans: vec![format!("identity.{trust_domain}")],
+            not_before_unix_ms: now + issuer_left - 90 * DAY_MS,
+            not_after_unix_ms: now + issuer_left,
+            sha256_fingerprint: random_hex(&mut rng, 64),
+        },
+    ];
+    SyntheticCluster {
+        kubernetes_version: KUBERNETES_VERSIONS[rng.gen_range(0..KUBERNETES_VERSIONS.len())].into(),
+        node_count: rng.gen_range(3..=12),
+        control_plane,
+        namespaces,
+        workloads,
+        pods,
+        certificates,
+        last_metrics_ms: None,
+        started_ms: now,
+        events: 0,
+        seed,
+        rng,
+    }
+}
+
+impl SyntheticCluster {
+    pub fn inventory(&self) -> v1::Inventory {
+        v1::Inventory {
+            kubernetes_version: self.kubernetes_version.clone(),
+            node_count: self.node_count,
+            control_plane: Some(self.control_plane.clone()),
+            namespaces: self.namespaces.iter().map(|n| v1::MeshedNamespace { name: n.clone() }).collect(),
+            pods: self.pods.clone(),
+            certificates: self.certificates.clone(),
+        }
+    }
+
+    /// Golden metrics per workload for the window since the previous call (10 s the first
+    /// time): traffic follows a slow wave plus noise; success rates sit at 99.x % with
+    /// occasional dips that also raise latency.
+    pub fn next_metrics(&mut self, now_ms: i64) -> v1::Metrics {
+        let start = self.last_metrics_ms.filter(|s| *s < now_ms).unwrap_or(now_ms - 10_000);
+        self.last_metrics_ms = Some(now_ms);
+        let secs = (now_ms - start) as f64 / 1000.0;
+        let t = (now_ms - self.started_ms) as f64 / 1000.0;
+        let rng = &mut self.rng;
+        let workloads = self
+            .workloads
+            .iter_mut()
+            .map(|w| {
+                if w.dip.0 == 0 && rng.gen_bool(0.01) {
+                    w.dip = (rng.gen_range(1..=6), rng.gen_range(0.02..0.15));
+                }
+                let dip = if w.dip.0 > 0 {
+                    w.dip.0 -= 1;
+                    w.dip.1
+                } else {
+                    0.0
+                };
+                let wave = 1.0 + 0.3 * (t / 600.0 + w.phase).sin();
+                let rps = w.base_rps * wave * rng.gen_range(0.9..1.1);
+                let requests = (rps * secs).round().max(0.0) as u64;
+                let failure_rate = rng.gen_range(0.0005..0.008) + dip;
+                let failures = ((requests as f64) * failure_rate).round() as u64;
+                let slow = 1.0 + dip * 10.0;
+                let p50 = w.base_p50_ms * slow * rng.gen_range(0.85..1.15);
+                let p95 = p50 * rng.gen_range(2.0..3.0);
+                v1::WorkloadMetrics {
+                    namespace: w.namespace.clone(),
+                    workload: format!("Deployment/{}", w.name),
+                    requests,
+                    failures: failures.min(requests),
+                    latency_p50_ms: round2(p50),
+                    latency_p95_ms: round2(p95),
+                    latency_p99_ms: round2(p95 * rng.gen_range(1.5..2.5)),
+                }
+            })
+            .collect();
+        v1::Metrics { window_start_unix_ms: start, window_end_unix_ms: now_ms, workloads }
+    }
+
+    /// Occasionally a pod restarts (its proxy restarts with it) or is replaced.
+    pub fn next_delta(&mut self, now_ms: i64) -> Option<(v1::Delta, v1::Events)> {
+        if self.pods.is_empty() || !self.rng.gen_bool(0.05) {
+            return None;
+        }
+        let i = self.rng.gen_range(0..self.pods.len());
+        if self.rng.gen_bool(0.5) {
+            let pod = &mut self.pods[i];
+            pod.restarts += 1;
+            let pod = pod.clone();
+            let event = self.event(now_ms, "ProxyRestart", &pod.namespace, &format!("Pod/{}", pod.name), "Restarted", "proxy container restarted");
+            Some((v1::Delta { upserted_pods: vec![pod], ..Default::default() }, v1::Events { events: vec![event] }))
+        } else {
+            let old = self.pods.remove(i);
+            let hash = old.name.rsplit('-').nth(1).unwrap_or("0").to_owned();
+            let w = self.workloads.iter().find(|w| old.workload == format!("Deployment/{}", w.name)).cloned()?;
+            let new = new_pod(&mut self.rng, &w, &hash, &old.proxy_version);
+            self.pods.push(new.clone());
+            let event = self.event(now_ms, "Normal", &old.namespace, &format!("Pod/{}", old.name), "Killing", "replaced after node drain");
+            let removed = vec![v1::PodRef { namespace: old.namespace, name: old.name }];
+            Some((v1::Delta { upserted_pods: vec![new], removed_pods: removed, facts: None }, v1::Events { events: vec![event] }))
+        }
+    }
+
+    /// Occasional Warning events (failed probes, back-off).
+    pub fn next_warnings(&mut self, now_ms: i64) -> Option<v1::Events> {
+        if self.pods.is_empty() || !self.rng.gen_bool(0.03) {
+            return None;
+        }
+        let pod = self.pods[self.rng.gen_range(0..self.pods.len())].clone();
+        let (reason, message) = if self.rng.gen_bool(0.5) {
+            ("Unhealthy", "Readiness probe failed: HTTP probe failed with statuscode: 503")
+        } else {
+            ("BackOff", "Back-off restarting failed container app")
+        };
+        Some(v1::Events { events: vec![self.event(now_ms, "Warning", &pod.namespace, &format!("Pod/{}", pod.name), reason, message)] })
+    }
+
+    fn event(&mut self, now_ms: i64, kind: &str, namespace: &str, object: &str, reason: &str, message: &str) -> v1::Event {
+        self.events += 1;
+        v1::Event {
+            // Unique per simulated cluster and stable across resends.
+            id: format!("sim-{}-{}-{}", self.seed, self.started_ms, self.events),
+            at_unix_ms: now_ms,
+            r#type: kind.into(),
+            namespace: namespace.into(),
+            object: object.into(),
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Answers `ping` and `collect-diagnostics`; anything else fails with a clear message.
+    pub fn run_command(&self, command: &v1::Command) -> CommandResult {
+        let output = match command.kind.as_str() {
+            "ping" => serde_json::json!({ "pong": true, "at": now_ms() }),
+            "collect-diagnostics" => self.diagnostics(),
+            other => {
+                return CommandResult {
+                    command_id: command.id.clone(),
+                    state: CommandState::Failed as i32,
+                    message: format!("unknown command kind {other:?}: this simulated agent supports ping and collect-diagnostics"),
+                    ..Default::default()
+                }
+            }
+        };
+        CommandResult { command_id: command.id.clone(), state: CommandState::Succeeded as i32, output_json: output.to_string(), progress_percent: 100, ..Default::default() }
+    }
+
+    fn diagnostics(&self) -> serde_json::Value {
+        let mut versions: BTreeMap<&str, u32> = BTreeMap::new();
+        for p in &self.pods {
+            *versions.entry(p.proxy_version.as_str()).or_default() += 1;
+        }
+        serde_json::json!({
+            "simulated": true,
+            "kubernetes_version": self.kubernetes_version,
+            "node_count": self.node_count,
+            "namespaces": self.namespaces,
+            "workloads": self.workloads.len(),
+            "pods": self.pods.len(),
+            "ready_pods": self.pods.iter().filter(|p| p.ready).count(),
+            "proxy_versions": versions,
+            "control_plane": { "version": self.control_plane.version, "replicas": self.control_plane.replicas, "ready_replicas": self.control_plane.ready_replicas },
+            "certificates": self.certificates.iter().map(|c| serde_json::json!({ "role": c.role, "not_after_unix_ms": c.not_after_unix_ms })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+impl Agent for SyntheticCluster {
+    fn kubernetes_version(&self) -> String {
+        self.kubernetes_version.clone()
+    }
+    fn snapshot(&self) -> v1::Inventory {
+        self.inventory()
+    }
+    fn execute(&self, command: v1::Command) -> BoxFuture<'static, CommandResult> {
+        let result = self.run_command(&command);
+        Box::pin(async move { result })
+    }
+}
+
+/// A synthetic cluster that keeps evolving while a client reports for it.
+#[derive(Debug, Clone)]
+pub struct SharedCluster(pub Arc<Mutex<SyntheticCluster>>);
+
+impl SharedCluster {
+    pub fn new(cluster: SyntheticCluster) -> Self {
+        SharedCluster(Arc::new(Mutex::new(cluster)))
+    }
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, SyntheticCluster> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Agent for SharedCluster {
+    fn kubernetes_version(&self) -> String {
+        self.lock().kubernetes_version.clone()
+    }
+    fn snapshot(&self) -> v1::Inventory {
+        self.lock().inventory()
+    }
+    fn execute(&self, command: v1::Command) -> BoxFuture<'static, CommandResult> {
+        self.lock().execute(command)
+    }
+}
+
+fn new_pod(rng: &mut StdRng, w: &Workload, hash: &str, version: &str) -> v1::Pod {
+    let ready = rng.gen_bool(0.97);
+    v1::Pod {
+        namespace: w.namespace.clone(),
+        name: format!("{}-{}-{}", w.name, hash, random_hex(rng, 5)),
+        workload: format!("Deployment/{}", w.name),
+        proxy_version: version.into(),
+        ready,
+        restarts: if rng.gen_bool(0.1) { rng.gen_range(1..4) } else { 0 },
+        phase: "Running".into(),
+    }
+}
+
+fn random_hex(rng: &mut StdRng, len: usize) -> String {
+    (0..len).map(|_| char::from_digit(rng.gen_range(0..16), 16).unwrap_or('0')).collect()
+}
+
+fn shuffle<T>(rng: &mut StdRng, items: &mut [T]) {
+    rand::seq::SliceRandom::shuffle(items, rng);
+}
+
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests;

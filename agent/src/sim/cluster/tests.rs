@@ -1,0 +1,80 @@
+use super::*;
+
+#[test]
+fn synthetic_cluster_is_realistic_and_deterministic() {
+    let c = synthetic_cluster(7);
+    let inv = c.inventory();
+    assert_eq!(format!("{:?}", synthetic_cluster(7).inventory().pods.len()), format!("{:?}", inv.pods.len()));
+    assert!((1..=3).contains(&inv.namespaces.len()));
+    let workloads: std::collections::BTreeSet<_> = inv.pods.iter().map(|p| p.workload.clone()).collect();
+    assert!((3..=10).contains(&workloads.len()), "{workloads:?}");
+    assert!(workloads.iter().all(|w| w.starts_with("Deployment/")));
+    assert!(inv.pods.len() >= 2 * workloads.len() && inv.pods.len() <= 5 * workloads.len());
+    assert!(inv.pods.iter().all(|p| inv.namespaces.iter().any(|n| n.name == p.namespace)));
+    let roles: Vec<_> = inv.certificates.iter().map(|c| c.role.as_str()).collect();
+    assert_eq!(roles, ["trust-anchor", "issuer"]);
+    assert_eq!(inv.control_plane.unwrap().components[0].name, "meshfleet-controller");
+}
+
+#[test]
+fn fleet_has_some_outdated_proxies_and_soon_expiring_issuers() {
+    let fleet: Vec<_> = (0..100).map(synthetic_cluster).collect();
+    let pods: Vec<_> = fleet.iter().flat_map(|c| c.inventory().pods).collect();
+    let outdated = pods.iter().filter(|p| p.proxy_version != CURRENT_PROXY_VERSION).count();
+    assert!(outdated > 0 && outdated * 3 < pods.len(), "{outdated} of {}", pods.len());
+    let soon = fleet.iter().filter(|c| c.inventory().certificates[1].not_after_unix_ms < now_ms() + 7 * DAY_MS).count();
+    assert!(soon > 0 && soon < 50, "{soon}");
+}
+
+#[test]
+fn metrics_cover_each_workload_and_drift() {
+    let mut c = synthetic_cluster(3);
+    let t0 = now_ms();
+    let a = c.next_metrics(t0);
+    let b = c.next_metrics(t0 + 10_000);
+    assert_eq!(b.window_start_unix_ms, t0, "windows are contiguous");
+    assert_eq!(a.workloads.len(), c.workloads.len());
+    for w in &b.workloads {
+        assert!(w.failures <= w.requests && w.latency_p50_ms <= w.latency_p95_ms && w.latency_p95_ms <= w.latency_p99_ms, "{w:?}");
+    }
+    assert_ne!(a.workloads[0].requests, b.workloads[0].requests);
+    let total: u64 = b.workloads.iter().map(|w| w.requests).sum();
+    let failed: u64 = b.workloads.iter().map(|w| w.failures).sum();
+    assert!(failed * 10 < total, "mostly successful: {failed}/{total}");
+}
+
+#[test]
+fn churn_produces_deltas_and_events_with_unique_ids() {
+    let mut c = synthetic_cluster(11);
+    let pods = c.inventory().pods.len();
+    let mut ids = std::collections::HashSet::new();
+    let mut deltas = 0;
+    for i in 0..2000 {
+        if let Some((d, e)) = c.next_delta(i) {
+            deltas += 1;
+            assert_eq!(d.upserted_pods.len(), 1);
+            ids.extend(e.events.into_iter().map(|e| e.id));
+        }
+        if let Some(e) = c.next_warnings(i) {
+            assert_eq!(e.events[0].r#type, "Warning");
+            ids.extend(e.events.into_iter().map(|e| e.id));
+        }
+    }
+    assert!(deltas > 20, "{deltas}");
+    assert_eq!(ids.len() as u64, c.events, "event ids are unique");
+    assert_eq!(c.inventory().pods.len(), pods, "replacement keeps the pod count");
+}
+
+#[test]
+fn commands_ping_diagnose_and_refuse_unknown_kinds() {
+    let c = synthetic_cluster(1);
+    let cmd = |kind: &str| v1::Command { id: "c".into(), kind: kind.into(), ..Default::default() };
+    let ping = c.run_command(&cmd("ping"));
+    assert_eq!(ping.state(), CommandState::Succeeded);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&ping.output_json).unwrap()["pong"], true);
+    let diag: serde_json::Value = serde_json::from_str(&c.run_command(&cmd("collect-diagnostics")).output_json).unwrap();
+    assert_eq!(diag["pods"], c.pods.len());
+    let unknown = c.run_command(&cmd("upgrade-mesh"));
+    assert_eq!(unknown.state(), CommandState::Failed);
+    assert!(unknown.message.contains("unknown command kind \"upgrade-mesh\""), "{}", unknown.message);
+}

@@ -1,0 +1,100 @@
+//! Reaching the replica that holds an agent's stream. In-process first (the registry), then
+//! PostgreSQL LISTEN/NOTIFY to every other replica, with a one-second polling fallback for
+//! commands in case a notification is missed (or on SQLite, which has one replica).
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use crate::app::AppState;
+use crate::db::Engine;
+use crate::domain::ClusterId;
+use crate::store;
+
+const CHANNEL: &str = "meshfleet_agents";
+const POLL_EVERY: Duration = Duration::from_secs(1);
+
+/// A command was created for the cluster.
+pub async fn command_created(state: &AppState, cluster: ClusterId) {
+    state.agents.wake(cluster);
+    publish(state, &format!("wake:{cluster}")).await;
+}
+
+/// The cluster was deleted or its agent revoked: cut its stream wherever it is.
+pub async fn agent_revoked(state: &AppState, cluster: ClusterId) {
+    state.agents.revoke(cluster);
+    publish(state, &format!("revoke:{cluster}")).await;
+}
+
+/// A stream opened here: streams of the same cluster on other replicas are superseded.
+pub async fn session_opened(state: &AppState, cluster: ClusterId, session: &str) {
+    publish(state, &format!("open:{cluster}:{session}")).await;
+}
+
+async fn publish(state: &AppState, payload: &str) {
+    if state.db.engine != Engine::Postgres {
+        return;
+    }
+    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&state.db.pool).await {
+        // The polling fallback and stream revalidation still deliver, only later.
+        tracing::warn!(error = %e, "pg_notify failed");
+    }
+}
+
+fn apply(state: &AppState, payload: &str) {
+    let mut parts = payload.splitn(3, ':');
+    let (Some(kind), Some(cluster)) = (parts.next(), parts.next().and_then(|c| c.parse().ok())) else {
+        return;
+    };
+    match (kind, parts.next()) {
+        ("wake", _) => state.agents.wake(cluster),
+        ("revoke", _) => state.agents.revoke(cluster),
+        ("open", Some(session)) => state.agents.superseded_elsewhere(cluster, session),
+        _ => {}
+    }
+}
+
+/// Runs until the process ends: the notification listener (PostgreSQL) and the poller.
+pub fn spawn(state: AppState) {
+    if state.db.engine == Engine::Postgres {
+        if let Some(url) = state.config.database_url.as_ref().map(|u| u.expose_secret().to_owned()) {
+            tokio::spawn(listen(state.clone(), url));
+        }
+    }
+    tokio::spawn(poll(state));
+}
+
+async fn listen(state: AppState, url: String) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if listener.listen(CHANNEL).await.is_ok() {
+                    backoff = Duration::from_millis(200);
+                    while let Ok(n) = listener.recv().await {
+                        apply(&state, n.payload());
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; commands fall back to polling"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn poll(state: AppState) {
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if state.agents.is_empty() {
+            continue;
+        }
+        let Ok(mut conn) = state.db.pool.acquire().await else { continue };
+        match store::commands::clusters_with_pending(&mut conn, state.clock.now_ms()).await {
+            Ok(clusters) => clusters.into_iter().for_each(|c| state.agents.wake(c)),
+            Err(e) => tracing::warn!(error = %e, "polling for commands failed"),
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The write path for agent reports. Reports go to a writer task per shard (a cluster always
+//! maps to the same shard, so its reports apply in order); each writer takes everything
+//! queued, up to `batch_max`, and stores it in one transaction. A report is acknowledged to
+//! the agent only after its transaction commits.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::db::{Clock, Db};
+use crate::domain::{ClusterId, CommandId, OrgId};
+use crate::metrics::Metrics;
+use crate::store::inventory::{Facts, Pod};
+use crate::store::rollups::{Event, Window};
+use crate::store;
+
+#[derive(Debug, Clone)]
+pub enum Report {
+    Snapshot { facts: Facts, pods: Vec<Pod> },
+    Delta { upserted: Vec<Pod>, removed: Vec<(String, String)>, facts: Option<Facts> },
+    Metrics(Vec<Window>),
+    Events(Vec<Event>),
+    CommandResult { id: CommandId, state: &'static str, progress: i64, message: String, output: Option<serde_json::Value> },
+}
+
+impl Report {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Report::Snapshot { .. } => "snapshot",
+            Report::Delta { .. } => "delta",
+            Report::Metrics(_) => "metrics",
+            Report::Events(_) => "events",
+            Report::CommandResult { .. } => "command_result",
+        }
+    }
+}
+
+pub struct Job {
+    pub org: OrgId,
+    pub cluster: ClusterId,
+    pub report: Report,
+    /// true once stored; false when storing failed (the agent will resend).
+    pub done: oneshot::Sender<bool>,
+}
+
+#[derive(Clone)]
+pub struct Ingest {
+    shards: Arc<Vec<mpsc::Sender<Job>>>,
+}
+
+impl Ingest {
+    pub fn start(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, shards: usize, batch_max: usize) -> Ingest {
+        let senders = (0..shards.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
+                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), rx, batch_max.max(1)));
+                tx
+            })
+            .collect();
+        Ingest { shards: Arc::new(senders) }
+    }
+
+    /// Queues a report; waits when the writers are behind (backpressure to the agent's stream).
+    pub async fn submit(&self, job: Job) -> Result<(), Job> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        job.cluster.hash(&mut h);
+        let shard = &self.shards[(h.finish() as usize) % self.shards.len()];
+        shard.send(job).await.map_err(|e| e.0)
+    }
+}
+
+async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+    let mut batch = Vec::with_capacity(batch_max);
+    while rx.recv_many(&mut batch, batch_max).await > 0 {
+        let now = clock.now_ms();
+        metrics.ingest_batch_size.observe(batch.len() as f64);
+        match write(&db, &batch, now).await {
+            Ok(()) => finish(&metrics, batch.drain(..), true),
+            Err(e) if batch.len() > 1 => {
+                // One bad report (say, for a cluster deleted a moment ago) must not fail its
+                // neighbours: store them one by one.
+                tracing::warn!(error = %e, size = batch.len(), "ingest batch failed; retrying reports one at a time");
+                for job in batch.drain(..) {
+                    let ok = write(&db, std::slice::from_ref(&job), now).await.map_err(|e| tracing::warn!(error = %e, cluster_id = %job.cluster, "report not stored")).is_ok();
+                    finish(&metrics, std::iter::once(job), ok);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "report not stored");
+                finish(&metrics, batch.drain(..), false);
+            }
+        }
+    }
+}
+
+fn finish(metrics: &Metrics, jobs: impl Iterator<Item = Job>, ok: bool) {
+    for job in jobs {
+        let outcome = if ok { "stored" } else { "failed" };
+        metrics.gateway_reports.with_label_values(&[job.report.kind(), outcome]).inc();
+        let _ = job.done.send(ok);
+    }
+}
+
+/// Stores the jobs in one transaction: inventory changes in arrival order, metrics and events
+/// as multi-row statements.
+async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool.begin().await?;
+    let mut windows: Vec<&Window> = Vec::new();
+    let mut events = Vec::new();
+    for job in jobs {
+        let (org, cluster) = (job.org, job.cluster);
+        match &job.report {
+            Report::Snapshot { facts, pods } => store::inventory::replace(&mut tx, org, cluster, facts, pods, now).await?,
+            Report::Delta { upserted, removed, facts } => {
+                store::inventory::remove_pods(&mut tx, cluster, removed).await?;
+                store::inventory::upsert_pods(&mut tx, org, cluster, upserted, now).await?;
+                if let Some(facts) = facts {
+                    store::inventory::set_facts(&mut tx, org, cluster, facts, now).await?;
+                }
+            }
+            Report::Metrics(w) => windows.extend(w),
+            Report::Events(e) => events.extend(e.iter().map(|e| (org, cluster, e.clone()))),
+            Report::CommandResult { id, state, progress, message, output } => {
+                store::commands::record_result(&mut tx, cluster, *id, state, *progress, message, output.as_ref(), now).await?;
+            }
+        }
+    }
+    for round in distinct_key_rounds(windows) {
+        store::rollups::add_windows(&mut tx, &round).await?;
+    }
+    store::rollups::add_events(&mut tx, &events).await?;
+    let mut clusters: Vec<ClusterId> = jobs.iter().map(|j| j.cluster).collect();
+    clusters.sort();
+    clusters.dedup();
+    store::agents::touch(&mut tx, &clusters, now).await?;
+    tx.commit().await
+}
+
+/// Splits windows into rounds in which each (cluster, workload, minute) appears once, keeping
+/// each key's windows in arrival order: round k holds the k-th window of every key.
+fn distinct_key_rounds(windows: Vec<&Window>) -> Vec<Vec<Window>> {
+    let mut rounds: Vec<Vec<Window>> = Vec::new();
+    let mut seen: HashMap<(ClusterId, &str, &str, i64), usize> = HashMap::new();
+    for w in windows {
+        let n = seen.entry(w.key()).or_insert(0);
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(w.clone());
+        *n += 1;
+    }
+    rounds
+}
+
+/// Stores one report outside any batch (for the benchmark's one-insert-per-report baseline).
+pub async fn write_one(db: &Db, org: OrgId, cluster: ClusterId, report: Report, now: i64) -> Result<(), sqlx::Error> {
+    let (done, _) = oneshot::channel();
+    write(db, &[Job { org, cluster, report, done }], now).await
+}

@@ -1,0 +1,105 @@
+//! The agent streams open on this replica: one per cluster (a newer one supersedes the older),
+//! each with a wake-up for new commands and a way to cut it (cluster deleted, agent revoked).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{watch, Notify};
+
+use crate::domain::ClusterId;
+
+/// Why a stream was ended from the server side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    Open,
+    Superseded,
+    Revoked,
+}
+
+pub struct Session {
+    pub epoch: u64,
+    /// Unique across replicas: tells streams of the same cluster on other replicas apart.
+    pub id: String,
+    pub wake: Arc<Notify>,
+    pub cut: watch::Receiver<Cut>,
+}
+
+struct Entry {
+    epoch: u64,
+    id: String,
+    wake: Arc<Notify>,
+    cut: watch::Sender<Cut>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<ClusterId, Entry>>,
+    next_epoch: AtomicU64,
+}
+
+impl Registry {
+    /// Registers a new stream for the cluster, superseding any older one.
+    pub fn open(&self, cluster: ClusterId) -> Session {
+        let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
+        let (cut_tx, cut_rx) = watch::channel(Cut::Open);
+        let wake = Arc::new(Notify::new());
+        let id = uuid::Uuid::now_v7().to_string();
+        let old = self.lock().insert(cluster, Entry { epoch, id: id.clone(), wake: wake.clone(), cut: cut_tx });
+        if let Some(old) = old {
+            let _ = old.cut.send(Cut::Superseded);
+        }
+        Session { epoch, id, wake, cut: cut_rx }
+    }
+
+    /// A stream of the cluster opened elsewhere (session `id`): cut ours if it is another one.
+    pub fn superseded_elsewhere(&self, cluster: ClusterId, id: &str) {
+        let mut map = self.lock();
+        if map.get(&cluster).is_some_and(|e| e.id != id) {
+            if let Some(old) = map.remove(&cluster) {
+                let _ = old.cut.send(Cut::Superseded);
+            }
+        }
+    }
+
+    /// Forgets the stream unless a newer one replaced it; true when it was the current one.
+    pub fn close(&self, cluster: ClusterId, epoch: u64) -> bool {
+        let mut map = self.lock();
+        if map.get(&cluster).is_some_and(|e| e.epoch == epoch) {
+            map.remove(&cluster);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Tells the cluster's stream (if open here) to look for new commands.
+    pub fn wake(&self, cluster: ClusterId) {
+        if let Some(e) = self.lock().get(&cluster) {
+            e.wake.notify_one();
+        }
+    }
+
+    /// Cuts the cluster's stream, if open here.
+    pub fn revoke(&self, cluster: ClusterId) {
+        if let Some(e) = self.lock().remove(&cluster) {
+            let _ = e.cut.send(Cut::Revoked);
+        }
+    }
+
+    pub fn connected(&self) -> Vec<ClusterId> {
+        self.lock().keys().copied().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterId, Entry>> {
+        self.sessions.lock().expect("registry lock poisoned")
+    }
+}

@@ -1,0 +1,209 @@
+//! One agent's `Connect` stream: Hello first, then reports (stored through the ingest path
+//! and acknowledged once durable), heartbeats, and commands sent down as they appear. The
+//! stream ends when the agent leaves, a newer stream supersedes it, the certificate is
+//! revoked or the cluster deleted, or the agent misbehaves.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Command, ServerMessage};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+
+use super::ingest::Job;
+use super::pki::PeerAgent;
+use super::registry::Cut;
+use super::{convert, dispatch, internal, Gateway};
+use crate::domain::CommandId;
+use crate::store;
+
+pub type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an open stream re-checks its certificate (covers revocations on other replicas
+/// when notifications are unavailable).
+const REVALIDATE_EVERY: Duration = Duration::from_secs(5);
+const TOUCH_EVERY_MS: i64 = 5_000;
+
+pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        if let Err(status) = run(&gw, peer, &serial, inbound, &tx).await {
+            tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}
+
+/// A token bucket: `rate` messages per second, bursts up to `burst`.
+struct Bucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+type Out = mpsc::Sender<Result<ServerMessage, Status>>;
+
+async fn send(tx: &Out, body: server_message::Body) -> Result<(), Status> {
+    tx.send(Ok(ServerMessage { body: Some(body) })).await.map_err(|_| Status::cancelled("the agent went away"))
+}
+
+async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming<AgentMessage>, tx: &Out) -> Result<(), Status> {
+    let state = &gw.state;
+    let reject = |reason: &str| state.metrics.gateway_rejected.with_label_values(&[reason]).inc();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+        Ok(Ok(Some(AgentMessage { body: Some(Body::Hello(hello)), .. }))) => hello,
+        Ok(Err(status)) => return Err(status),
+        _ => {
+            reject("no_hello");
+            return Err(Status::invalid_argument("the first message on a stream must be Hello"));
+        }
+    };
+    let mut session = state.agents.open(peer.cluster_id);
+    let _guard = Guard { gw: gw.clone(), peer, epoch: session.epoch, id: session.id.clone() };
+    let now = state.clock.now_ms();
+    {
+        let mut conn = state.db.pool.acquire().await.map_err(internal)?;
+        let agent_version: String = hello.agent_version.chars().take(64).collect();
+        let k8s_version: String = hello.kubernetes_version.chars().take(64).collect();
+        store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, now).await.map_err(internal)?;
+    }
+    dispatch::session_opened(state, peer.cluster_id, &session.id).await;
+    state.metrics.gateway_connected.inc();
+    tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, agent_version = %hello.agent_version, "agent connected");
+
+    let cfg = &state.config;
+    let mut bucket = Bucket { rate: cfg.gateway_rate_per_sec, burst: cfg.gateway_rate_burst, tokens: cfg.gateway_rate_burst, at: Instant::now() };
+    let mut sent: HashSet<CommandId> = HashSet::new();
+    send_open_commands(gw, peer, tx, &mut sent).await?;
+    let mut acks = FuturesOrdered::new();
+    let mut last_seq = 0u64;
+    let mut last_touch = now;
+    let mut revalidate = tokio::time::interval_at(tokio::time::Instant::now() + REVALIDATE_EVERY, REVALIDATE_EVERY);
+
+    loop {
+        tokio::select! {
+            message = inbound.message() => {
+                let message = match message {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        reject(if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted { "oversized" } else { "transport" });
+                        return Err(status);
+                    }
+                };
+                if !bucket.take() {
+                    reject("rate_limited");
+                    return Err(Status::resource_exhausted(format!("more than {} messages per second; slow down", cfg.gateway_rate_per_sec)));
+                }
+                let Some(body) = message.body else {
+                    reject("empty");
+                    return Err(Status::invalid_argument("a message without a body"));
+                };
+                let report = convert::report(peer.org_id, peer.cluster_id, &body).map_err(|e| {
+                    reject(e.label());
+                    Status::invalid_argument(format!("invalid report: {e}"))
+                })?;
+                let Some(report) = report else {
+                    let now = state.clock.now_ms();
+                    if now - last_touch > TOUCH_EVERY_MS {
+                        last_touch = now;
+                        let mut conn = state.db.pool.acquire().await.map_err(internal)?;
+                        store::agents::touch(&mut conn, &[peer.cluster_id], now).await.map_err(internal)?;
+                    }
+                    continue;
+                };
+                if message.seq <= last_seq {
+                    reject("seq");
+                    return Err(Status::invalid_argument(format!("report seq {} does not increase (last {last_seq})", message.seq)));
+                }
+                last_seq = message.seq;
+                last_touch = state.clock.now_ms();
+                let (done, stored) = oneshot::channel();
+                let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done };
+                state.ingest.submit(job).await.map_err(|_| Status::unavailable("the service is shutting down"))?;
+                let (seq, received) = (message.seq, Instant::now());
+                acks.push_back(async move { (seq, received, stored.await.unwrap_or(false)) });
+            }
+            Some((seq, received, stored)) = acks.next(), if !acks.is_empty() => {
+                if !stored {
+                    // A later ack would claim this report stored; end the stream instead, so
+                    // the agent resends everything unacknowledged.
+                    return Err(Status::unavailable("a report could not be stored; reconnect and resend"));
+                }
+                state.metrics.gateway_ack_seconds.observe(received.elapsed().as_secs_f64());
+                send(tx, server_message::Body::Ack(Ack { seq })).await?;
+            }
+            _ = session.wake.notified() => send_open_commands(gw, peer, tx, &mut sent).await?,
+            changed = session.cut.changed() => {
+                let cut = if changed.is_ok() { *session.cut.borrow() } else { Cut::Revoked };
+                match cut {
+                    Cut::Superseded => return Err(Status::aborted("superseded by a newer connection of this cluster's agent")),
+                    Cut::Revoked => return Err(Status::permission_denied("this agent certificate was revoked or its cluster deleted")),
+                    Cut::Open => {}
+                }
+            }
+            _ = revalidate.tick() => gw.check_certificate(peer, serial).await?,
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+/// Sends the cluster's unfinished commands this stream has not sent yet (at least once:
+/// a reconnected stream sends them again; the agent executes each id once).
+async fn send_open_commands(gw: &Gateway, peer: PeerAgent, tx: &Out, sent: &mut HashSet<CommandId>) -> Result<(), Status> {
+    let state = &gw.state;
+    let now = state.clock.now_ms();
+    let mut conn = state.db.pool.acquire().await.map_err(internal)?;
+    for c in store::commands::open_for_cluster(&mut conn, peer.cluster_id, now).await.map_err(internal)? {
+        if !sent.insert(c.id) {
+            continue;
+        }
+        let command = Command { id: c.id.to_string(), kind: c.kind.clone(), params_json: c.params.to_string(), deadline_unix_ms: c.deadline };
+        send(tx, server_message::Body::Command(command)).await?;
+        store::commands::mark_delivered(&mut conn, c.id, now).await.map_err(internal)?;
+    }
+    Ok(())
+}
+
+/// Ends the session's bookkeeping however the stream ends.
+struct Guard {
+    gw: Gateway,
+    peer: PeerAgent,
+    epoch: u64,
+    id: String,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let state = self.gw.state.clone();
+        state.metrics.gateway_connected.dec();
+        state.agents.close(self.peer.cluster_id, self.epoch);
+        let (cluster, id) = (self.peer.cluster_id, std::mem::take(&mut self.id));
+        tokio::spawn(async move {
+            let now = state.clock.now_ms();
+            if let Ok(mut conn) = state.db.pool.acquire().await {
+                let _ = store::agents::mark_disconnected(&mut conn, cluster, &id, now).await;
+            }
+        });
+    }
+}

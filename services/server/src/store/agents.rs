@@ -1,0 +1,92 @@
+//! Agent certificates and the connection state of each cluster's agent.
+
+
+use super::Conn;
+use crate::domain::{ClusterId, OrgId};
+
+pub async fn insert_certificate(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, not_after: i64, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO agent_certificates (serial, org_id, cluster_id, not_after, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(serial)
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .bind(not_after)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// True when the certificate was issued to this cluster, is unrevoked and unexpired, and the
+/// cluster still exists.
+pub async fn certificate_is_valid(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, now: i64) -> Result<bool, sqlx::Error> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
+         WHERE a.serial = $1 AND a.org_id = $2 AND a.cluster_id = $3 AND a.revoked_at IS NULL AND a.not_after > $4",
+    )
+    .bind(serial)
+    .bind(org.to_string())
+    .bind(cluster.to_string())
+    .bind(now)
+    .fetch_one(conn)
+    .await?;
+    Ok(n > 0)
+}
+
+/// Revokes every certificate of the cluster's agent; it must register again.
+pub async fn revoke_all(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE agent_certificates SET revoked_at = $3 WHERE org_id = $1 AND cluster_id = $2 AND revoked_at IS NULL")
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn mark_connected(
+    conn: &mut Conn,
+    cluster: ClusterId,
+    session: &str,
+    agent_version: &str,
+    kubernetes_version: &str,
+    now: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE clusters SET status = 'connected', agent_session = $2, last_seen_at = $3, agent_version = $4,
+         kubernetes_version = CASE WHEN $5 = '' THEN kubernetes_version ELSE $5 END WHERE id = $1",
+    )
+    .bind(cluster.to_string())
+    .bind(session)
+    .bind(now)
+    .bind(agent_version)
+    .bind(kubernetes_version)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Marks the agent gone, unless a newer stream (perhaps on another replica) took over.
+pub async fn mark_disconnected(conn: &mut Conn, cluster: ClusterId, session: &str, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE clusters SET status = 'disconnected', last_seen_at = $3 WHERE id = $1 AND agent_session = $2")
+        .bind(cluster.to_string())
+        .bind(session)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Records that the agents of these clusters were heard from.
+pub async fn touch(conn: &mut Conn, clusters: &[ClusterId], now: i64) -> Result<(), sqlx::Error> {
+    if clusters.is_empty() {
+        return Ok(());
+    }
+    let placeholders: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 2)).collect();
+    let sql = format!("UPDATE clusters SET last_seen_at = $1 WHERE id IN ({})", placeholders.join(", "));
+    let mut q = sqlx::query(&sql).bind(now);
+    for c in clusters {
+        q = q.bind(c.to_string());
+    }
+    q.execute(conn).await?;
+    Ok(())
+}

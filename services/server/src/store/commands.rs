@@ -1,0 +1,177 @@
+//! Commands for agents: created through the API, delivered at least once by the gateway,
+//! their results stored once they are final.
+
+use sqlx::Row;
+
+use super::{parse_col, Conn};
+use crate::domain::{ClusterId, CommandId, OrgId};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: CommandId,
+    pub org_id: OrgId,
+    pub cluster_id: ClusterId,
+    pub kind: String,
+    pub params: serde_json::Value,
+    /// pending, delivered, running, succeeded, failed or expired.
+    pub state: String,
+    pub created_by: String,
+    pub created_at: i64,
+    pub deadline: i64,
+    pub attempts: i64,
+    pub delivered_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub progress: i64,
+    pub message: String,
+    pub output: Option<serde_json::Value>,
+}
+
+/// States in which a command still waits for its agent.
+pub const OPEN_STATES: &str = "('pending', 'delivered', 'running')";
+
+const COLUMNS: &str =
+    "id, org_id, cluster_id, kind, params, state, created_by, created_at, deadline, attempts, delivered_at, completed_at, progress, message, output";
+
+fn json_col(text: Option<String>) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    text.map(|t| serde_json::from_str(&t).map_err(|e| sqlx::Error::Decode(e.into()))).transpose()
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Command, sqlx::Error> {
+    Ok(Command {
+        id: parse_col(&r.try_get::<String, _>(0)?, "commands.id")?,
+        org_id: parse_col(&r.try_get::<String, _>(1)?, "commands.org_id")?,
+        cluster_id: parse_col(&r.try_get::<String, _>(2)?, "commands.cluster_id")?,
+        kind: r.try_get(3)?,
+        params: json_col(Some(r.try_get(4)?))?.unwrap_or_default(),
+        state: r.try_get(5)?,
+        created_by: r.try_get(6)?,
+        created_at: r.try_get(7)?,
+        deadline: r.try_get(8)?,
+        attempts: r.try_get(9)?,
+        delivered_at: r.try_get(10)?,
+        completed_at: r.try_get(11)?,
+        progress: r.try_get(12)?,
+        message: r.try_get(13)?,
+        output: json_col(r.try_get(14)?)?,
+    })
+}
+
+pub async fn insert(conn: &mut Conn, c: &Command) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO commands ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+        .bind(c.id.to_string())
+        .bind(c.org_id.to_string())
+        .bind(c.cluster_id.to_string())
+        .bind(&c.kind)
+        .bind(c.params.to_string())
+        .bind(&c.state)
+        .bind(&c.created_by)
+        .bind(c.created_at)
+        .bind(c.deadline)
+        .bind(c.attempts)
+        .bind(c.delivered_at)
+        .bind(c.completed_at)
+        .bind(c.progress)
+        .bind(&c.message)
+        .bind(c.output.as_ref().map(|o| o.to_string()))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut Conn, org: OrgId, cluster: ClusterId, id: CommandId) -> Result<Option<Command>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND id = $3"))
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Newest first; `before` is the last id of the previous page.
+pub async fn list(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Option<CommandId>, limit: u32) -> Result<Vec<Command>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT {limit}"
+    ))
+    .bind(org.to_string())
+    .bind(cluster.to_string())
+    .bind(before.map(|b| b.to_string()).unwrap_or_default())
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Commands the agent has not finished, oldest first: what a (re)connected agent is sent.
+pub async fn open_for_cluster(conn: &mut Conn, cluster: ClusterId, now: i64) -> Result<Vec<Command>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM commands WHERE cluster_id = $1 AND state IN {OPEN_STATES} AND deadline > $2 ORDER BY id"
+    ))
+    .bind(cluster.to_string())
+    .bind(now)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Clusters with commands never delivered: the polling fallback for cross-replica routing.
+pub async fn clusters_with_pending(conn: &mut Conn, now: i64) -> Result<Vec<ClusterId>, sqlx::Error> {
+    let rows = sqlx::query("SELECT DISTINCT cluster_id FROM commands WHERE state = 'pending' AND deadline > $1")
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(|r| parse_col(&r.try_get::<String, _>(0)?, "commands.cluster_id")).collect()
+}
+
+pub async fn mark_delivered(conn: &mut Conn, id: CommandId, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE commands SET attempts = attempts + 1, delivered_at = $2,
+         state = CASE WHEN state = 'pending' THEN 'delivered' ELSE state END WHERE id = $1",
+    )
+    .bind(id.to_string())
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies a result from the cluster's own agent; a final state is never overwritten, so a
+/// resent result is a no-op.
+pub async fn record_result(
+    conn: &mut Conn,
+    cluster: ClusterId,
+    id: CommandId,
+    state: &str,
+    progress: i64,
+    message: &str,
+    output: Option<&serde_json::Value>,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let final_state = matches!(state, "succeeded" | "failed");
+    let done = sqlx::query(&format!(
+        "UPDATE commands SET state = $3, progress = $4, message = $5, output = COALESCE($6, output),
+         completed_at = CASE WHEN $7 = 1 THEN $8 ELSE completed_at END
+         WHERE id = $1 AND cluster_id = $2 AND state IN {OPEN_STATES}"
+    ))
+    .bind(id.to_string())
+    .bind(cluster.to_string())
+    .bind(state)
+    .bind(progress)
+    .bind(message)
+    .bind(output.map(|o| o.to_string()))
+    .bind(i64::from(final_state))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn expire_overdue(conn: &mut Conn, now: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(&format!(
+        "UPDATE commands SET state = 'expired', completed_at = $1, message = 'the agent did not finish before the deadline'
+         WHERE state IN {OPEN_STATES} AND deadline <= $1"
+    ))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}

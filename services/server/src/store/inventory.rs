@@ -1,0 +1,164 @@
+//! The latest inventory each agent reported: cluster-wide facts (one JSON document) and the
+//! meshed pods (one row each, so a delta touches only what changed).
+
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use utoipa::ToSchema;
+
+use super::Conn;
+use crate::domain::{ClusterId, OrgId};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Facts {
+    pub kubernetes_version: String,
+    pub node_count: u32,
+    pub control_plane: ControlPlane,
+    pub namespaces: Vec<String>,
+    pub certificates: Vec<CertificateInfo>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ControlPlane {
+    pub version: String,
+    pub replicas: u32,
+    pub ready_replicas: u32,
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Component {
+    pub name: String,
+    pub version: String,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CertificateInfo {
+    /// `issuer` or `trust-anchor`.
+    pub role: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: i64,
+    pub not_after: i64,
+    pub sha256_fingerprint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub workload: String,
+    pub proxy_version: String,
+    pub ready: bool,
+    pub restarts: u32,
+    pub phase: String,
+}
+
+/// Replaces the cluster's whole inventory.
+pub async fn replace(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &Facts, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM cluster_pods WHERE cluster_id = $1").bind(cluster.to_string()).execute(&mut *conn).await?;
+    set_facts(conn, org, cluster, facts, now).await?;
+    upsert_pods(conn, org, cluster, pods, now).await
+}
+
+pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &Facts, now: i64) -> Result<(), sqlx::Error> {
+    let json = serde_json::to_string(facts).expect("facts always serialize");
+    sqlx::query(
+        "INSERT INTO cluster_inventory (cluster_id, org_id, facts, updated_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (cluster_id) DO UPDATE SET facts = excluded.facts, updated_at = excluded.updated_at",
+    )
+    .bind(cluster.to_string())
+    .bind(org.to_string())
+    .bind(json)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    if !facts.kubernetes_version.is_empty() {
+        sqlx::query("UPDATE clusters SET kubernetes_version = $2 WHERE id = $1")
+            .bind(cluster.to_string())
+            .bind(&facts.kubernetes_version)
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Rows per multi-row statement: 10 parameters each stays far below both engines' limits.
+const CHUNK: usize = 200;
+
+pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
+    for chunk in pods.chunks(CHUNK) {
+        let sql = format!(
+            "INSERT INTO cluster_pods (cluster_id, org_id, namespace, name, workload, proxy_version, ready, restarts, phase, updated_at)
+             VALUES {} ON CONFLICT (cluster_id, namespace, name) DO UPDATE SET workload = excluded.workload,
+             proxy_version = excluded.proxy_version, ready = excluded.ready, restarts = excluded.restarts,
+             phase = excluded.phase, updated_at = excluded.updated_at",
+            super::values_clause(chunk.len(), 10)
+        );
+        let mut q = sqlx::query(&sql);
+        for p in chunk {
+            q = q
+                .bind(cluster.to_string())
+                .bind(org.to_string())
+                .bind(&p.namespace)
+                .bind(&p.name)
+                .bind(&p.workload)
+                .bind(&p.proxy_version)
+                .bind(i64::from(p.ready))
+                .bind(i64::from(p.restarts))
+                .bind(&p.phase)
+                .bind(now);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+pub async fn remove_pods(conn: &mut Conn, cluster: ClusterId, pods: &[(String, String)]) -> Result<(), sqlx::Error> {
+    for (namespace, name) in pods {
+        sqlx::query("DELETE FROM cluster_pods WHERE cluster_id = $1 AND namespace = $2 AND name = $3")
+            .bind(cluster.to_string())
+            .bind(namespace)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+pub async fn facts(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Option<(Facts, i64)>, sqlx::Error> {
+    let row = sqlx::query("SELECT facts, updated_at FROM cluster_inventory WHERE org_id = $1 AND cluster_id = $2")
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        let json: String = r.try_get(0)?;
+        Ok((serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(e.into()))?, r.try_get(1)?))
+    })
+    .transpose()
+}
+
+pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec<Pod>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT namespace, name, workload, proxy_version, ready, restarts, phase FROM cluster_pods
+         WHERE org_id = $1 AND cluster_id = $2 ORDER BY namespace, name",
+    )
+    .bind(org.to_string())
+    .bind(cluster.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Pod {
+                namespace: r.try_get(0)?,
+                name: r.try_get(1)?,
+                workload: r.try_get(2)?,
+                proxy_version: r.try_get(3)?,
+                ready: r.try_get::<i64, _>(4)? != 0,
+                restarts: r.try_get::<i64, _>(5)?.try_into().unwrap_or(u32::MAX),
+                phase: r.try_get(6)?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,423 @@
+//! The agent gateway over real gRPC + mTLS: registration, the stream, acknowledgements,
+//! commands, revocation, and refusal of bad input. Agents here are raw protocol clients, so
+//! the tests control every byte the agent sends.
+
+use std::time::Duration;
+
+use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
+use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::Code;
+
+use crate::helpers::{Engine, Login, TestApp, TestDb};
+use crate::on_both_engines;
+
+/// A registered agent's key and certificate chain.
+pub struct AgentId {
+    pub key_pem: String,
+    pub chain_pem: String,
+}
+
+pub fn csr() -> (rcgen::KeyPair, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let der = rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec();
+    (key, der)
+}
+
+pub async fn channel(gateway: std::net::SocketAddr, ca_pem: &str, id: Option<&AgentId>) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
+    if let Some(id) = id {
+        tls = tls.identity(Identity::from_pem(&id.chain_pem, &id.key_pem));
+    }
+    Endpoint::from_shared(format!("https://{gateway}")).unwrap().tls_config(tls)?.connect_timeout(Duration::from_secs(5)).connect().await
+}
+
+pub async fn client(app: &TestApp, id: Option<&AgentId>) -> AgentGatewayClient<Channel> {
+    let ch = channel(app.state_gateway(), &app.state.pki.gateway_ca_pem, id).await.expect("TLS connection to the gateway");
+    AgentGatewayClient::new(ch)
+}
+
+pub async fn register(app: &TestApp, token: &str) -> Result<AgentId, tonic::Status> {
+    let (key, csr_der) = csr();
+    let resp = client(app, None).await.register(RegisterRequest { bootstrap_token: token.into(), csr_der, agent_version: "0.1.0-test".into() }).await?;
+    let cert = resp.into_inner().certificate.unwrap();
+    Ok(AgentId { key_pem: key.serialize_pem(), chain_pem: cert.chain_pem })
+}
+
+/// An open Connect stream.
+pub struct Stream {
+    pub tx: mpsc::Sender<AgentMessage>,
+    pub rx: tonic::Streaming<ServerMessage>,
+    seq: u64,
+}
+
+impl Stream {
+    pub async fn open(app: &TestApp, id: &AgentId) -> Result<Stream, tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(msg(0, Body::Hello(v1::Hello { agent_version: "0.1.0-test".into(), kubernetes_version: "v1.33.1".into(), ..Default::default() })))
+            .await
+            .unwrap();
+        let rx = client(app, Some(id)).await.connect(ReceiverStream::new(rx)).await?.into_inner();
+        Ok(Stream { tx, rx, seq: 0 })
+    }
+
+    /// Sends a report with the next seq; returns the seq.
+    pub async fn report(&mut self, body: Body) -> u64 {
+        self.seq += 1;
+        self.tx.send(msg(self.seq, body)).await.unwrap();
+        self.seq
+    }
+
+    /// The next message from the server, or the status that ended the stream.
+    pub async fn next(&mut self) -> Result<server_message::Body, tonic::Status> {
+        match tokio::time::timeout(Duration::from_secs(10), self.rx.message()).await.expect("the server answers within 10 s")? {
+            Some(m) => Ok(m.body.unwrap()),
+            None => Err(tonic::Status::cancelled("stream closed")),
+        }
+    }
+
+    /// Reads until the server acknowledges `seq`; returns commands seen meanwhile.
+    pub async fn acked(&mut self, seq: u64) -> Vec<v1::Command> {
+        let mut commands = Vec::new();
+        loop {
+            match self.next().await.unwrap() {
+                server_message::Body::Ack(a) if a.seq >= seq => return commands,
+                server_message::Body::Ack(_) => {}
+                server_message::Body::Command(c) => commands.push(c),
+            }
+        }
+    }
+
+    pub async fn command(&mut self) -> v1::Command {
+        loop {
+            if let server_message::Body::Command(c) = self.next().await.unwrap() {
+                return c;
+            }
+        }
+    }
+
+    /// Waits for the server to end the stream; returns its status.
+    pub async fn ended(&mut self) -> tonic::Status {
+        loop {
+            if let Err(status) = self.next().await {
+                return status;
+            }
+        }
+    }
+}
+
+pub fn msg(seq: u64, body: Body) -> AgentMessage {
+    AgentMessage { seq, body: Some(body) }
+}
+
+pub fn pod(ns: &str, name: &str, workload: &str, version: &str) -> v1::Pod {
+    v1::Pod { namespace: ns.into(), name: name.into(), workload: workload.into(), proxy_version: version.into(), ready: true, restarts: 0, phase: "Running".into() }
+}
+
+pub fn snapshot(pods: Vec<v1::Pod>) -> Body {
+    Body::Snapshot(v1::Snapshot {
+        inventory: Some(v1::Inventory {
+            kubernetes_version: "v1.33.1".into(),
+            node_count: 3,
+            control_plane: Some(v1::ControlPlane { version: "0.1.0".into(), replicas: 1, ready_replicas: 1, components: vec![] }),
+            namespaces: vec![v1::MeshedNamespace { name: "shop".into() }],
+            pods,
+            certificates: vec![v1::CertificateInfo { role: "issuer".into(), subject: "CN=issuer".into(), not_after_unix_ms: 4_000_000_000_000, ..Default::default() }],
+        }),
+    })
+}
+
+pub fn metrics(start_ms: i64, requests: u64, failures: u64) -> Body {
+    Body::Metrics(v1::Metrics {
+        window_start_unix_ms: start_ms,
+        window_end_unix_ms: start_ms + 10_000,
+        workloads: vec![v1::WorkloadMetrics {
+            namespace: "shop".into(),
+            workload: "Deployment/web".into(),
+            requests,
+            failures,
+            latency_p50_ms: 2.0,
+            latency_p95_ms: 8.0,
+            latency_p99_ms: 20.0,
+        }],
+    })
+}
+
+impl TestApp {
+    pub fn state_gateway(&self) -> std::net::SocketAddr {
+        self.gateway.expect("the test server runs the gateway")
+    }
+}
+
+/// A cluster with a registered agent.
+pub async fn registered(app: &TestApp, owner: &Login, name: &str) -> (String, AgentId) {
+    let created = app.create_cluster(owner, name, json!({})).await;
+    let id = register(app, created["bootstrap_token"]["token"].as_str().unwrap()).await.unwrap();
+    (created["cluster"]["id"].as_str().unwrap().to_owned(), id)
+}
+
+on_both_engines!(
+    register_connect_report_and_see_it_in_the_api,
+    bootstrap_tokens_and_csrs_are_checked,
+    commands_reach_the_agent_and_results_come_back,
+    deleted_or_revoked_clusters_lose_their_stream_at_once,
+);
+
+async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "prod-eu-1").await;
+    assert!(id.chain_pem.matches("BEGIN CERTIFICATE").count() == 2, "leaf and CA");
+
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0"), pod("shop", "web-2", "Deployment/web", "0.0.9")])).await;
+    let minute = (app.state.clock.now_ms() / 60_000) * 60_000;
+    stream.report(metrics(minute, 100, 2)).await;
+    stream.report(metrics(minute + 10_000, 50, 0)).await;
+    // A resent window (same window, new seq: its ack was lost) is not counted twice.
+    stream.report(metrics(minute + 10_000, 50, 0)).await;
+    let warn = v1::Event { id: "ev-1".into(), at_unix_ms: minute, r#type: "Warning".into(), namespace: "shop".into(), object: "Pod/web-1".into(), reason: "BackOff".into(), message: "restarting".into() };
+    stream.report(Body::Events(v1::Events { events: vec![warn.clone(), warn] })).await;
+    let last = stream.report(Body::Delta(v1::Delta { removed_pods: vec![v1::PodRef { namespace: "shop".into(), name: "web-2".into() }], ..Default::default() })).await;
+    stream.acked(last).await;
+
+    let (_, c) = app.get(&format!("/api/v1/clusters/{cluster}"), &owner.access).await;
+    assert_eq!(c["status"], "connected", "{c}");
+    assert_eq!(c["agent_version"], "0.1.0-test");
+    assert_eq!(c["kubernetes_version"], "v1.33.1");
+    let (_, inv) = app.get(&format!("/api/v1/clusters/{cluster}/inventory"), &owner.access).await;
+    assert_eq!(inv["pods"].as_array().unwrap().len(), 1, "{inv}");
+    assert_eq!(inv["workloads"][0]["workload"], "Deployment/web");
+    assert_eq!(inv["facts"]["node_count"], 3);
+    let (_, m) = app.get(&format!("/api/v1/clusters/{cluster}/metrics"), &owner.access).await;
+    assert_eq!(m[0]["requests"], 150, "{m}");
+    assert_eq!(m[0]["failures"], 2);
+    let (_, ev) = app.get(&format!("/api/v1/clusters/{cluster}/events"), &owner.access).await;
+    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+
+    // The agent leaves: disconnected. Silence turns a connected agent stale, then disconnected.
+    drop(stream);
+    let path = format!("/api/v1/clusters/{cluster}");
+    assert!(eventually(|| async { app.get(&path, &owner.access).await.1["status"] == "disconnected" }).await);
+    let _stream = Stream::open(&app, &id).await.unwrap();
+    assert!(eventually(|| async { app.get(&path, &owner.access).await.1["status"] == "connected" }).await);
+    app.state.clock.advance(Duration::from_secs(31));
+    assert_eq!(app.get(&path, &owner.access).await.1["status"], "stale");
+    let (_, stale) = app.get("/api/v1/clusters?status=stale", &owner.access).await;
+    assert_eq!(stale["items"].as_array().unwrap().len(), 1);
+    app.state.clock.advance(Duration::from_secs(300));
+    assert_eq!(app.get(&path, &owner.access).await.1["status"], "disconnected");
+}
+
+pub async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let created = app.create_cluster(&owner, "c1", json!({})).await;
+    let token = created["bootstrap_token"]["token"].as_str().unwrap().to_owned();
+
+    let weak = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("weak-rsa1024.csr.pem")).map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec()).unwrap();
+    for (csr, what) in [(weak, "weak"), (b"not a csr".to_vec(), "not valid DER")] {
+        let err = client(&app, None).await.register(RegisterRequest { bootstrap_token: token.clone(), csr_der: csr, agent_version: String::new() }).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        assert!(err.message().contains(what), "{err:?}");
+    }
+    // A refused CSR did not spend the token.
+    let id = register(&app, &token).await.unwrap();
+    let reused = register(&app, &token).await.err().unwrap();
+    assert_eq!((reused.code(), reused.message().contains("already used")), (Code::Unauthenticated, true), "{reused:?}");
+    let unknown = register(&app, "mfb_nope").await.err().unwrap();
+    assert_eq!(unknown.code(), Code::Unauthenticated);
+
+    // Connect needs a client certificate, from the agent CA.
+    let mut no_cert = client(&app, None).await;
+    let (_tx, rx) = mpsc::channel::<AgentMessage>(1);
+    assert_eq!(no_cert.connect(ReceiverStream::new(rx)).await.unwrap_err().code(), Code::Unauthenticated);
+    let foreign = foreign_identity(created["cluster"]["id"].as_str().unwrap());
+    let refused = match channel(app.state_gateway(), &app.state.pki.gateway_ca_pem, Some(&foreign)).await {
+        Err(_) => true,
+        Ok(ch) => {
+            let (_tx, rx) = mpsc::channel::<AgentMessage>(1);
+            AgentGatewayClient::new(ch).connect(ReceiverStream::new(rx)).await.is_err()
+        }
+    };
+    assert!(refused, "a certificate from another CA was accepted");
+
+    // Renew: a new certificate over mTLS, which then works.
+    let (key, csr_der) = csr();
+    let renewed = client(&app, Some(&id)).await.renew(v1::RenewRequest { csr_der }).await.unwrap().into_inner();
+    let renewed = AgentId { key_pem: key.serialize_pem(), chain_pem: renewed.certificate.unwrap().chain_pem };
+    let mut stream = Stream::open(&app, &renewed).await.unwrap();
+    let seq = stream.report(snapshot(vec![])).await;
+    stream.acked(seq).await;
+
+    // Last, as it moves the service's clock (certificates signed after it would not yet be
+    // valid in real time): bootstrap tokens expire after an hour.
+    let (_, fresh) = app.post(&format!("/api/v1/clusters/{}/bootstrap-token", created["cluster"]["id"].as_str().unwrap()), &owner.access, json!({})).await;
+    app.state.clock.advance(Duration::from_secs(3601));
+    let expired = register(&app, fresh["token"].as_str().unwrap()).await.err().unwrap();
+    assert_eq!((expired.code(), expired.message().contains("expired")), (Code::Unauthenticated, true), "{expired:?}");
+}
+
+/// A certificate naming the cluster, signed by a CA the gateway never saw.
+fn foreign_identity(cluster: &str) -> AgentId {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let uri = format!("spiffe://meshfleet/org/{}/cluster/{cluster}", uuid::Uuid::now_v7());
+    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    AgentId { key_pem: key.serialize_pem(), chain_pem: format!("{}{}", cert.pem(), ca_cert.pem()) }
+}
+
+async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "c1").await;
+    let commands = format!("/api/v1/clusters/{cluster}/commands");
+
+    // Created while the agent is away: sent when it connects.
+    let (status, early) = app.post(&commands, &owner.access, json!({ "kind": "collect-diagnostics" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{early}");
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let first = stream.command().await;
+    assert_eq!((first.id.as_str(), first.kind.as_str()), (early["id"].as_str().unwrap(), "collect-diagnostics"));
+
+    // Created while connected: pushed at once.
+    let started = std::time::Instant::now();
+    let (_, ping) = app.post(&commands, &owner.access, json!({ "kind": "ping" })).await;
+    let second = stream.command().await;
+    assert_eq!(second.id, ping["id"].as_str().unwrap());
+    assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
+
+    let result = |c: &v1::Command, output: &str| {
+        Body::CommandResult(v1::CommandResult { command_id: c.id.clone(), state: v1::CommandState::Succeeded as i32, message: "done".into(), output_json: output.into(), progress_percent: 100 })
+    };
+    let seq = stream.report(result(&second, r#"{"pong":true}"#)).await;
+    stream.acked(seq).await;
+    let (_, got) = app.get(&format!("{commands}/{}", second.id), &owner.access).await;
+    assert_eq!((got["state"].as_str(), got["output"]["pong"].as_bool()), (Some("succeeded"), Some(true)), "{got}");
+
+    // Unfinished commands are delivered again on reconnect; finished ones are not.
+    drop(stream);
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let again = stream.command().await;
+    assert_eq!(again.id, first.id);
+    let seq = stream.report(result(&again, "{}")).await;
+    let extra = stream.acked(seq).await;
+    assert!(extra.is_empty(), "{extra:?}");
+    let (_, got) = app.get(&format!("{commands}/{}", first.id), &owner.access).await;
+    assert_eq!(got["state"], "succeeded");
+    assert_eq!(got["attempts"], 2);
+    // A resent final result changes nothing.
+    let seq = stream.report(Body::CommandResult(v1::CommandResult { command_id: first.id.clone(), state: v1::CommandState::Failed as i32, ..Default::default() })).await;
+    stream.acked(seq).await;
+    assert_eq!(app.get(&format!("{commands}/{}", first.id), &owner.access).await.1["state"], "succeeded");
+
+    let (status, body) = app.post(&commands, &owner.access, json!({ "kind": "format-disk" })).await;
+    crate::helpers::assert_problem(status, &body, 422, "validation", Some("kind"));
+}
+
+async fn deleted_or_revoked_clusters_lose_their_stream_at_once(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+
+    // A newer stream of the same cluster supersedes the older one.
+    let (revoked, id) = registered(&app, &owner, "c1").await;
+    let mut older = Stream::open(&app, &id).await.unwrap();
+    let seq = older.report(snapshot(vec![])).await;
+    older.acked(seq).await;
+    let _newer = Stream::open(&app, &id).await.unwrap();
+    assert_eq!(older.ended().await.code(), Code::Aborted);
+
+    let started = std::time::Instant::now();
+    let (status, _) = app.call(Method::POST, &format!("/api/v1/clusters/{revoked}/agent/revoke"), Some(&owner.access), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut newer = _newer;
+    assert_eq!(newer.ended().await.code(), Code::PermissionDenied);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(Stream::open(&app, &id).await.err().map(|s| s.code()), Some(Code::PermissionDenied));
+
+    let (deleted, id) = registered(&app, &owner, "c2").await;
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![])).await;
+    stream.acked(seq).await;
+    let (status, _) = app.call(Method::DELETE, &format!("/api/v1/clusters/{deleted}"), Some(&owner.access), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(stream.ended().await.code(), Code::PermissionDenied);
+    assert!(Stream::open(&app, &id).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_oversized_and_flooding_agents_are_refused_and_counted() {
+    let db = TestDb::new(Engine::Sqlite).await;
+    let app = TestApp::spawn_with(db, |c| {
+        c.gateway_rate_per_sec = 20.0;
+        c.gateway_rate_burst = 20.0;
+    })
+    .await;
+    let owner = app.owner("ada@example.com").await;
+    let (_, id) = registered(&app, &owner, "c1").await;
+
+    let cases: Vec<(Vec<AgentMessage>, Code, &str)> = vec![
+        (vec![AgentMessage { seq: 1, body: None }], Code::InvalidArgument, "empty"),
+        (vec![msg(5, snapshot(vec![])), msg(5, snapshot(vec![]))], Code::InvalidArgument, "seq"),
+        (vec![msg(1, metrics(0, 1, 2))], Code::InvalidArgument, "metrics.window"),
+        (vec![msg(1, Body::CommandResult(v1::CommandResult { command_id: "x".into(), ..Default::default() }))], Code::InvalidArgument, "command_result.command_id"),
+        (vec![msg(1, snapshot(vec![pod("", "", "", "")]))], Code::InvalidArgument, "pod"),
+        (
+            vec![msg(1, Body::Events(v1::Events { events: vec![v1::Event { id: "big".into(), message: "x".repeat(5 * 1024 * 1024), ..Default::default() }] }))],
+            Code::OutOfRange,
+            "oversized",
+        ),
+        ((1..=100).map(|n| msg(0, Body::Heartbeat(v1::Heartbeat {})).with_seq(n)).collect(), Code::ResourceExhausted, "rate_limited"),
+    ];
+    for (messages, code, reason) in cases {
+        let mut stream = Stream::open(&app, &id).await.unwrap();
+        for m in messages {
+            if stream.tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        let status = stream.ended().await;
+        assert!(status.code() == code || (reason == "oversized" && status.code() == Code::ResourceExhausted), "{reason}: {status:?}");
+        let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
+        assert!(text.contains(&format!("meshfleet_gateway_rejected_messages_total{{reason=\"{reason}\"}}")), "{reason} not counted:\n{text}");
+    }
+    // The gateway still serves well-behaved agents.
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![])).await;
+    stream.acked(seq).await;
+}
+
+trait WithSeq {
+    fn with_seq(self, seq: u64) -> Self;
+}
+
+impl WithSeq for AgentMessage {
+    fn with_seq(mut self, seq: u64) -> Self {
+        self.seq = seq;
+        self
+    }
+}
