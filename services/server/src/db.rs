@@ -81,6 +81,16 @@ impl Db {
         Ok(Db { pool, engine })
     }
 
+    /// A write transaction. On SQLite it takes the write lock up front (BEGIN IMMEDIATE): a
+    /// deferred transaction that reads and then writes fails at once with "database is locked"
+    /// when another writer committed in between, instead of waiting its turn.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.engine {
+            Engine::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Engine::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
     }

@@ -101,7 +101,7 @@ impl AgentGateway for Gateway {
         pki::check_csr_key(&req.csr_der).map_err(csr_status)?;
         let now = self.state.clock.now_ms();
         let hash = token_hash(req.bootstrap_token.trim());
-        let mut tx = self.state.db.pool.begin().await.map_err(internal)?;
+        let mut tx = self.state.db.begin().await.map_err(internal)?;
         let (org, cluster) = match store::clusters::bootstrap_token_state(&mut tx, &hash, now).await.map_err(internal)? {
             store::clusters::TokenState::Unknown => return Err(Status::unauthenticated("unknown bootstrap token")),
             store::clusters::TokenState::Used => {

@@ -106,7 +106,7 @@ fn finish(metrics: &Metrics, jobs: impl Iterator<Item = Job>, ok: bool) {
 /// Stores the jobs in one transaction: inventory changes in arrival order, metrics and events
 /// as multi-row statements.
 async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
-    let mut tx = db.pool.begin().await?;
+    let mut tx = db.begin().await?;
     let mut windows: Vec<&Window> = Vec::new();
     let mut events = Vec::new();
     for job in jobs {

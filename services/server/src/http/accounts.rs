@@ -72,7 +72,7 @@ async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupReque
     // Hash outside the transaction: it is deliberately slow.
     let hash = tokio::task::spawn_blocking(move || secrets::hash_password(&password)).await.map_err(anyhow::Error::from)?;
     let (user_id, org_id, now) = (UserId::new(), OrgId::new(), state.clock.now_ms());
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     store::accounts::create_user(&mut tx, user_id, &email, &hash, now).await.map_err(|e| {
         if is_unique_violation(&e) {
             ApiError::Conflict { kind: "email-taken", detail: "an account with this e-mail exists; log in instead".into(), field: Some("email".into()) }
@@ -160,7 +160,7 @@ async fn login(
 async fn start_session(state: &AppState, user: UserId, org: OrgId, role: Role) -> Result<TokenResponse, ApiError> {
     let now = state.clock.now_ms();
     let session = SessionId::new();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     store::sessions::create(&mut tx, session, org, user, now, now + state.config.refresh_token_ttl_secs * 1000).await?;
     let response = issue_tokens(state, &mut tx, user, org, session, role, now).await?;
     tx.commit().await?;
@@ -202,7 +202,7 @@ pub struct RefreshRequest {
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> Result<Json<TokenResponse>, ApiError> {
     let now = state.clock.now_ms();
     let hash = token_hash(&req.refresh_token);
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let found = store::sessions::find_refresh_token(&mut tx, &hash)
         .await?
         .ok_or(ApiError::Unauthenticated("unknown refresh token"))?;

@@ -127,7 +127,7 @@ async fn events(
 async fn revoke_agent(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, id).await?;
     let revoked = store::agents::revoke_all(&mut tx, auth.org_id, id, now).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.agent.revoke", ("cluster", id.to_string()), serde_json::json!({ "certificates": revoked })).await?;

@@ -111,7 +111,7 @@ async fn create_token(
         Actor::User { id, .. } => Some(id),
         Actor::ApiToken(_) => None,
     };
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     store::api_tokens::insert(
         &mut tx,
         &store::api_tokens::NewApiToken {
@@ -141,7 +141,7 @@ async fn create_token(
 async fn revoke_token(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<TokenId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     if !store::api_tokens::revoke(&mut tx, auth.org_id, id, now).await? {
         return Err(ApiError::NotFound("API token"));
     }

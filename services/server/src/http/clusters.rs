@@ -148,7 +148,7 @@ async fn create_cluster(
         agent_version: None,
         kubernetes_version: None,
     };
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     store::clusters::insert(&mut tx, &cluster).await.map_err(|e| {
         if is_unique_violation(&e) {
             ApiError::Conflict { kind: "name-taken", detail: format!("a cluster named {:?} exists", cluster.name), field: Some("name".into()) }
@@ -257,7 +257,7 @@ async fn update_cluster(
     auth.require(Role::Admin)?;
     validate_labels(&req.labels).map_err(|e| ApiError::field("labels", e.message))?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     if !store::clusters::update_labels(&mut tx, auth.org_id, id, &req.labels, now).await? {
         return Err(ApiError::NotFound("cluster"));
     }
@@ -273,7 +273,7 @@ async fn update_cluster(
 async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let cluster = find(&mut tx, &auth, id).await?;
     store::clusters::delete(&mut tx, auth.org_id, id).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.delete", ("cluster", id.to_string()), serde_json::json!({ "name": cluster.name })).await?;
@@ -293,7 +293,7 @@ async fn reissue_bootstrap_token(
 ) -> Result<(StatusCode, Json<BootstrapToken>), ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, id).await?;
     let token = issue_bootstrap_token(&state, &mut tx, &auth, id, now).await?;
     tx.commit().await?;
@@ -309,7 +309,7 @@ async fn reissue_bootstrap_token(
 async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let cluster = find(&mut tx, &auth, id).await?;
     let token = issue_bootstrap_token(&state, &mut tx, &auth, id, now).await?;
     tx.commit().await?;

@@ -123,7 +123,7 @@ async fn create_command(
         message: String::new(),
         output: None,
     };
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, cluster).await?;
     store::commands::insert(&mut tx, &command).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "command.create", ("command", command.id.to_string()), serde_json::json!({ "cluster": cluster, "kind": command.kind }))

@@ -65,7 +65,7 @@ async fn add_member(
     owners_only_for(&auth, req.role)?;
     let email = req.email.parse::<Email>().map_err(|e| ApiError::field("email", e))?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let user = store::accounts::user_id_by_email(&mut tx, &email)
         .await?
         .ok_or_else(|| ApiError::field("email", "no account has this e-mail; ask them to sign up first"))?;
@@ -102,7 +102,7 @@ async fn update_member(
     auth.require(Role::Admin)?;
     owners_only_for(&auth, req.role)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let current = locked_member(&mut tx, auth.org_id, user).await?;
     owners_only_for(&auth, current.role)?;
     if current.role == Role::Owner && req.role != Role::Owner {
@@ -131,7 +131,7 @@ async fn update_member(
 async fn remove_member(State(state): State<AppState>, auth: Principal, ApiPath(user): ApiPath<UserId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
-    let mut tx = state.db.pool.begin().await?;
+    let mut tx = state.db.begin().await?;
     let current = locked_member(&mut tx, auth.org_id, user).await?;
     owners_only_for(&auth, current.role)?;
     if current.role == Role::Owner {

@@ -10,6 +10,8 @@ mod conventions;
 mod gateway;
 mod isolation;
 mod members;
+mod process;
+mod fleet;
 mod quickstart;
 mod secrets_at_rest;
 mod store;

@@ -1,32 +1,10 @@
 //! The README's quickstart, run for real: the `meshfleet-server` binary with its defaults
 //! (embedded SQLite under ./meshfleet-data) and the README's own shell block.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshfleet-server");
-
-/// The server binary with a clean MESHFLEET_* environment, in `dir`.
-fn server(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MESHFLEET_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd
-}
-
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use crate::process::{command as server, ServerProcess};
 
 fn readme_quickstart_script() -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
@@ -38,21 +16,10 @@ fn readme_quickstart_script() -> String {
 #[test]
 fn readme_quickstart_works_against_the_real_binary() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = server(dir.path()).env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let child = Running(child);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let address = loop {
-        let line = rx.recv_timeout(Duration::from_secs(60)).expect("the server announces its address");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break rest.trim().to_owned();
-        }
-    };
+    let mut cmd = server(dir.path());
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
+    let mut running = ServerProcess::start(cmd);
+    let address = running.api.clone();
 
     let script = readme_quickstart_script().replace("127.0.0.1:8080", &address);
     let out = Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(&script).current_dir(dir.path()).output().expect("bash runs");
@@ -64,9 +31,8 @@ fn readme_quickstart_works_against_the_real_binary() {
     assert!(dir.path().join("meshfleet-data/meshfleet.db").exists(), "the embedded database is under ./meshfleet-data");
 
     // SIGTERM: a graceful, successful exit.
-    let mut child = child;
-    Command::new("kill").arg("-TERM").arg(child.0.id().to_string()).status().unwrap();
-    let status = wait_with_timeout(&mut child.0, Duration::from_secs(20));
+    Command::new("kill").arg("-TERM").arg(running.child.id().to_string()).status().unwrap();
+    let status = wait_with_timeout(&mut running.child, Duration::from_secs(20));
     assert!(status.success(), "exit after SIGTERM: {status}");
 }
 

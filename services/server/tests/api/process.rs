@@ -1,0 +1,73 @@
+//! The real `meshfleet-server` binary as a child process, for tests that kill and restart it
+//! or run several replicas.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meshfleet-server");
+
+/// The server binary with a clean MESHFLEET_* environment, in `dir`.
+pub fn command(dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MESHFLEET_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+pub struct ServerProcess {
+    pub child: Child,
+    /// e.g. `127.0.0.1:41234`
+    pub api: String,
+    pub gateway: Option<String>,
+}
+
+impl ServerProcess {
+    /// Starts the binary and waits for it to announce its addresses.
+    pub fn start(mut cmd: Command) -> ServerProcess {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("server starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut api, mut gateway) = (None, None);
+        while api.is_none() || gateway.is_none() {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                api = Some(rest.trim().to_owned());
+            }
+            if let Some(rest) = line.split("agent gateway (gRPC, mTLS) on ").nth(1) {
+                gateway = Some(rest.trim().to_owned());
+            }
+        }
+        ServerProcess { child, api: api.expect("the server announces its address"), gateway }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port free right now (a small race with other processes is accepted in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
