@@ -64,7 +64,10 @@ impl AppState {
         };
         let clock = Arc::new(Clock::default());
         let keys = Keyring::load(&db, &sealer, clock.now_ms()).await.context("loading signing keys")?;
-        let pki = Pki::load_or_create(&db, &sealer, &config.gateway_hostnames, clock.now_ms()).await.context("loading the gateway PKI")?;
+        let mut pki = Pki::load_or_create(&db, &sealer, &config.gateway_hostnames, clock.now_ms()).await.context("loading the gateway PKI")?;
+        if let (Some(cert), Some(key), Some(ca)) = (&config.gateway_tls_cert, &config.gateway_tls_key, &config.gateway_tls_ca) {
+            pki.use_server_files(cert, key, ca).context("reading the gateway TLS files")?;
+        }
         let throttle = LoginThrottle::new(Duration::from_secs(config.login_failure_window_secs));
         let metrics = Arc::new(Metrics::new());
         let writers = match (config.ingest_writers, db.engine) {

@@ -41,6 +41,11 @@ pub struct Config {
     pub gateway_listen: SocketAddr,
     /// Names and addresses the gateway's server certificate covers.
     pub gateway_hostnames: Vec<String>,
+    /// Serve the gateway with this certificate chain and key, and tell agents to pin this CA
+    /// bundle, instead of the ones created and kept in the database. All three or none.
+    pub gateway_tls_cert: Option<PathBuf>,
+    pub gateway_tls_key: Option<PathBuf>,
+    pub gateway_tls_ca: Option<PathBuf>,
     pub agent_cert_ttl_secs: i64,
     /// A connected agent unheard for this long is shown stale; for `disconnected_after_secs`, disconnected.
     pub stale_after_secs: i64,
@@ -104,6 +109,9 @@ impl Default for Config {
             roles: Roles { api: true, gateway: true, worker: true },
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             gateway_hostnames: vec!["localhost".into(), "127.0.0.1".into()],
+            gateway_tls_cert: None,
+            gateway_tls_key: None,
+            gateway_tls_ca: None,
             agent_cert_ttl_secs: 7 * 24 * 3600,
             stale_after_secs: 30,
             disconnected_after_secs: 300,
@@ -138,6 +146,9 @@ pub const SETTINGS: &[&str] = &[
     "roles",
     "gateway_listen",
     "gateway_hostnames",
+    "gateway_tls_cert",
+    "gateway_tls_key",
+    "gateway_tls_ca",
     "agent_cert_ttl_secs",
     "stale_after_secs",
     "disconnected_after_secs",
@@ -282,6 +293,9 @@ impl Config {
                     return Err("name at least one host".into());
                 }
             }
+            "gateway_tls_cert" => self.gateway_tls_cert = Some(PathBuf::from(nonempty(value)?)),
+            "gateway_tls_key" => self.gateway_tls_key = Some(PathBuf::from(nonempty(value)?)),
+            "gateway_tls_ca" => self.gateway_tls_ca = Some(PathBuf::from(nonempty(value)?)),
             "agent_cert_ttl_secs" => self.agent_cert_ttl_secs = num(value)?,
             "stale_after_secs" => self.stale_after_secs = num(value)?,
             "disconnected_after_secs" => self.disconnected_after_secs = num(value)?,
@@ -312,6 +326,15 @@ impl Config {
         ] {
             if v <= 0 {
                 errors.push(format!("{name}: must be positive"));
+            }
+        }
+        let files = [&self.gateway_tls_cert, &self.gateway_tls_key, &self.gateway_tls_ca];
+        if files.iter().any(|f| f.is_some()) && !files.iter().all(|f| f.is_some()) {
+            errors.push("gateway_tls_cert, gateway_tls_key, gateway_tls_ca: give all three or none".to_owned());
+        }
+        for path in files.into_iter().flatten() {
+            if !path.is_file() {
+                errors.push(format!("gateway TLS file {}: not found", path.display()));
             }
         }
         if self.disconnected_after_secs < self.stale_after_secs {

@@ -132,6 +132,27 @@ impl Pki {
         })
     }
 
+    /// Serves the gateway with a certificate and key from files (say, from a public CA or a
+    /// secret manager), and has install manifests pin `ca` instead of the gateway CA.
+    pub fn use_server_files(&mut self, cert: &std::path::Path, key: &std::path::Path, ca: &std::path::Path) -> std::io::Result<()> {
+        let read = |p: &std::path::Path| std::fs::read_to_string(p);
+        let (chain, key, ca) = (read(cert)?, read(key)?, read(ca)?);
+        let invalid = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{what} is not PEM"));
+        if !chain.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid("the certificate"));
+        }
+        if !key.contains("PRIVATE KEY-----") {
+            return Err(invalid("the key"));
+        }
+        if !ca.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(invalid("the CA bundle"));
+        }
+        self.server_chain_pem = chain;
+        self.server_key_pem = SecretString::from(key);
+        self.gateway_ca_pem = ca;
+        Ok(())
+    }
+
     /// Signs an agent's CSR: the identity comes from the caller (the bootstrap token or the
     /// current certificate), never from the CSR, whose subject and extensions are ignored.
     pub fn sign_agent_csr(&self, csr_der: &[u8], org: OrgId, cluster: ClusterId, ttl_ms: i64, now: i64) -> Result<Signed, CsrError> {

@@ -421,3 +421,31 @@ impl WithSeq for AgentMessage {
         self
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_can_serve_certificates_given_as_files() {
+    let files = tempfile::tempdir().unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    for (name, pem) in [("tls.crt", server.pem()), ("tls.key", key.serialize_pem()), ("ca.crt", ca_cert.pem())] {
+        std::fs::write(files.path().join(name), pem).unwrap();
+    }
+    let db = TestDb::new(Engine::Sqlite).await;
+    let app = TestApp::spawn_with(db, |c| {
+        c.gateway_tls_cert = Some(files.path().join("tls.crt"));
+        c.gateway_tls_key = Some(files.path().join("tls.key"));
+        c.gateway_tls_ca = Some(files.path().join("ca.crt"));
+    })
+    .await;
+    assert_eq!(app.state.pki.gateway_ca_pem, ca_cert.pem(), "install manifests pin the given CA");
+    let owner = app.owner("ada@example.com").await;
+    let (_, id) = registered(&app, &owner, "c1").await;
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![])).await;
+    stream.acked(seq).await;
+}
