@@ -276,13 +276,18 @@ async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
     assert_eq!((expired.code(), expired.message().contains("expired")), (Code::Unauthenticated, true), "{expired:?}");
 }
 
-/// A certificate naming the cluster, signed by a CA the gateway never saw.
-fn foreign_identity(cluster: &str) -> AgentId {
+/// A CA of the test's own, and its certificate.
+fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Certificate) {
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    (rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap(), ca_cert)
+}
+
+/// A certificate naming the cluster, signed by a CA the gateway never saw.
+fn foreign_identity(cluster: &str) -> AgentId {
+    let (issuer, ca_cert) = test_ca();
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
     let uri = format!("spiffe://meshfleet/org/{}/cluster/{cluster}", uuid::Uuid::now_v7());
@@ -425,11 +430,7 @@ impl WithSeq for AgentMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_can_serve_certificates_given_as_files() {
     let files = tempfile::tempdir().unwrap();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap();
+    let (issuer, ca_cert) = test_ca();
     let key = rcgen::KeyPair::generate().unwrap();
     let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
     for (name, pem) in [("tls.crt", server.pem()), ("tls.key", key.serialize_pem()), ("ca.crt", ca_cert.pem())] {
