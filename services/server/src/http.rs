@@ -78,6 +78,7 @@ pub fn router(state: AppState) -> Router {
     let openapi = Arc::new(openapi);
     routes
         .route(OPENAPI_PATH, get(move || async move { Json(openapi.as_ref().clone()) }))
+        .merge(if state.config.roles.api { crate::ui::router() } else { Router::new() })
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -14,6 +14,7 @@ pub mod secrets;
 pub mod store;
 pub mod telemetry;
 pub mod throttle;
+pub mod ui;
 pub mod worker;
 
 pub use app::{AppState, Server};

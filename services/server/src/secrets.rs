@@ -20,6 +20,8 @@ pub enum TokenKind {
     Refresh,
     Api,
     Bootstrap,
+    /// The dashboard's session cookie.
+    Ui,
 }
 
 impl TokenKind {
@@ -28,6 +30,7 @@ impl TokenKind {
             TokenKind::Refresh => "mfr_",
             TokenKind::Api => "mft_",
             TokenKind::Bootstrap => "mfb_",
+            TokenKind::Ui => "mfs_",
         }
     }
 }
@@ -43,6 +46,12 @@ pub fn new_token(kind: TokenKind) -> String {
 /// needed, unlike passwords).
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The CSRF token of a dashboard session: derived from the HttpOnly cookie, so only pages the
+/// service rendered for that browser know it; another site can neither read nor compute it.
+pub fn csrf_token(cookie_token: &str) -> String {
+    hex::encode(Sha256::digest(format!("csrf:{cookie_token}").as_bytes()))
 }
 
 pub fn hash_password(password: &Password) -> String {

@@ -8,11 +8,13 @@ pub mod api_tokens;
 pub mod audit;
 pub mod clusters;
 pub mod commands;
+pub mod fleet;
 pub mod inventory;
 pub mod pki;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;
+pub mod ui_sessions;
 
 pub type Conn = sqlx::AnyConnection;
 

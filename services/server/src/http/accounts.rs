@@ -124,6 +124,17 @@ async fn login(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
+    let login = check_password(&state, peer, req).await?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    let session = create_session(&state, &mut tx, &login, now).await?;
+    let response = issue_tokens(&state, &mut tx, login.user, login.org, session, login.role, now).await?;
+    tx.commit().await?;
+    Ok(Json(response))
+}
+
+/// Checks e-mail and password, throttled per account and per client address.
+pub async fn check_password(state: &AppState, peer: SocketAddr, req: LoginRequest) -> Result<Login, ApiError> {
     let invalid = ApiError::Unauthenticated("wrong e-mail or password");
     let email = req.email.parse::<Email>().map_err(|e| ApiError::field("email", e))?;
     let cfg = &state.config;
@@ -152,19 +163,21 @@ async fn login(
         None => memberships.first(),
     }
     .ok_or_else(|| ApiError::Forbidden("you are not a member of that organization".into()))?;
-    drop(conn);
-    Ok(Json(start_session(&state, user.id, membership.org_id, membership.role).await?))
+    Ok(Login { user: user.id, org: membership.org_id, role: membership.role })
 }
 
-/// A new session with its first refresh token, and an access token for it.
-async fn start_session(state: &AppState, user: UserId, org: OrgId, role: Role) -> Result<TokenResponse, ApiError> {
-    let now = state.clock.now_ms();
+/// A user who proved their password, and the organization they act in.
+pub struct Login {
+    pub user: UserId,
+    pub org: OrgId,
+    pub role: Role,
+}
+
+/// A new login session (its refresh tokens rotate within it; logging out ends it).
+pub async fn create_session(state: &AppState, conn: &mut store::Conn, login: &Login, now: i64) -> Result<SessionId, ApiError> {
     let session = SessionId::new();
-    let mut tx = state.db.begin().await?;
-    store::sessions::create(&mut tx, session, org, user, now, now + state.config.refresh_token_ttl_secs * 1000).await?;
-    let response = issue_tokens(state, &mut tx, user, org, session, role, now).await?;
-    tx.commit().await?;
-    Ok(response)
+    store::sessions::create(conn, session, login.org, login.user, now, now + state.config.refresh_token_ttl_secs * 1000).await?;
+    Ok(session)
 }
 
 async fn issue_tokens(

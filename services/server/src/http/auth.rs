@@ -60,10 +60,9 @@ impl FromRequestParts<AppState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let value = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthenticated("send Authorization: Bearer <token>"))?;
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return from_cookie(parts, state).await;
+        };
         let token = value
             .to_str()
             .ok()
@@ -101,4 +100,40 @@ impl FromRequestParts<AppState> for Principal {
             .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
         Ok(Principal { org_id: claims.org, role, actor: Actor::User { id: claims.sub, session: claims.sid } })
     }
+}
+
+/// The dashboard's cookie, the other way in (bearer tokens keep working as before).
+pub const SESSION_COOKIE: &str = "mf_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The value of the dashboard session cookie, if the request carries one.
+pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|c| c.trim().strip_prefix(SESSION_COOKIE)?.strip_prefix('='))
+        .filter(|t| t.starts_with(TokenKind::Ui.prefix()))
+}
+
+/// A principal from the dashboard's session cookie. Requests that change anything must also
+/// carry the session's CSRF token in a header, which another site cannot know.
+async fn from_cookie(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
+    let token = session_cookie(&parts.headers).ok_or(ApiError::Unauthenticated("send Authorization: Bearer <token>"))?;
+    if !parts.method.is_safe() {
+        let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if sent != crate::secrets::csrf_token(token) {
+            return Err(ApiError::Forbidden("missing or wrong CSRF token; reload the page".into()));
+        }
+    }
+    let now = state.clock.now_ms();
+    let mut conn = state.db.pool.acquire().await?;
+    let (session, user, org) = store::ui_sessions::find(&mut conn, &token_hash(token))
+        .await?
+        .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+    let role = store::sessions::live_role(&mut conn, session, user, org, now)
+        .await?
+        .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+    Ok(Principal { org_id: org, role, actor: Actor::User { id: user, session } })
 }

@@ -7,6 +7,7 @@ mod accounts;
 mod api_tokens;
 mod clusters;
 mod conventions;
+mod dashboard;
 mod gateway;
 mod isolation;
 mod members;

@@ -1,0 +1,83 @@
+//! Read models for the dashboard: golden-metric summaries per cluster and per minute, and
+//! proxy versions, computed in SQL over the rollups the gateway stores.
+
+use std::collections::HashMap;
+
+use sqlx::Row;
+
+use super::{parse_col, Conn};
+use crate::domain::{ClusterId, OrgId};
+use crate::store::inventory::Facts;
+
+/// Golden metrics of one cluster (or one minute of it) summed over its workloads.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Golden {
+    pub requests: i64,
+    pub failures: i64,
+    /// The worst workload's p99 over the period.
+    pub p99_ms: f64,
+}
+
+impl Golden {
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.requests > 0).then(|| 1.0 - self.failures as f64 / self.requests as f64)
+    }
+}
+
+/// Per-cluster totals of every cluster in the organization since `since` (ms).
+pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT cluster_id, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+         WHERE org_id = $1 AND minute >= $2 GROUP BY cluster_id",
+    )
+    .bind(org.to_string())
+    .bind(since)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
+            Ok((id, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)? }))
+        })
+        .collect()
+}
+
+/// Per-minute totals of one cluster since `since`, oldest first.
+pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<(i64, Golden)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT minute, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+         WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 GROUP BY minute ORDER BY minute",
+    )
+    .bind(org.to_string())
+    .bind(cluster.to_string())
+    .bind(since)
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)? }))).collect()
+}
+
+/// Cluster-wide facts of every cluster in the organization that reported an inventory.
+pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Facts>, sqlx::Error> {
+    let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            let id = parse_col(&r.try_get::<String, _>(0)?, "cluster_inventory.cluster_id")?;
+            let json: String = r.try_get(1)?;
+            Ok((id, serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(e.into()))?))
+        })
+        .collect()
+}
+
+/// Pods per proxy version, per cluster, for the whole organization.
+pub async fn proxy_versions_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Vec<(String, i64)>>, sqlx::Error> {
+    let rows = sqlx::query("SELECT cluster_id, proxy_version, COUNT(*) FROM cluster_pods WHERE org_id = $1 GROUP BY cluster_id, proxy_version")
+        .bind(org.to_string())
+        .fetch_all(conn)
+        .await?;
+    let mut out: HashMap<ClusterId, Vec<(String, i64)>> = HashMap::new();
+    for r in &rows {
+        let id = parse_col(&r.try_get::<String, _>(0)?, "cluster_pods.cluster_id")?;
+        out.entry(id).or_default().push((r.try_get(1)?, r.try_get(2)?));
+    }
+    Ok(out)
+}

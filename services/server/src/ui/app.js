@@ -1,0 +1,117 @@
+// Meshfleet dashboard behaviour: live fragments over server-sent events, forms that call the
+// JSON API with the session's CSRF token, copy buttons and certificate countdowns.
+"use strict";
+window.__mfErrors = [];
+window.addEventListener("error", (e) => window.__mfErrors.push(String(e.message)));
+
+const csrf = () => document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+async function api(method, url, body) {
+  const headers = { "x-csrf-token": csrf() };
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const resp = await fetch(url, { method, headers, credentials: "same-origin", body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await resp.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
+  if (!resp.ok) {
+    // Problem documents (RFC 9457) carry a human detail and the offending fields.
+    const fields = (data && data.errors || []).map((e) => `${e.field}: ${e.message}`);
+    const detail = (data && (data.detail || data.title)) || `The request failed (${resp.status}).`;
+    throw new Error(fields.length > 1 ? fields.join("; ") : detail);
+  }
+  return data;
+}
+
+function formBody(form) {
+  const body = {};
+  for (const el of form.elements) {
+    if (!el.name) continue;
+    if (el.dataset.kind === "labels") {
+      const labels = {};
+      for (const pair of el.value.split(",").map((s) => s.trim()).filter(Boolean)) {
+        const [k, ...v] = pair.split("=");
+        labels[k.trim()] = v.join("=").trim();
+      }
+      body[el.name] = labels;
+    } else {
+      body[el.name] = el.value;
+    }
+  }
+  return body;
+}
+
+function showError(form, message) {
+  const out = form.querySelector(".form-error") || form.parentElement.querySelector(".form-error");
+  if (out) out.textContent = message;
+}
+
+document.addEventListener("submit", async (event) => {
+  const form = event.target;
+  if (form.dataset.auth) {
+    event.preventDefault();
+    const body = formBody(form);
+    try {
+      if (form.dataset.auth === "signup") await api("POST", "/api/v1/signup", body);
+      await api("POST", "/ui/session", { email: body.email, password: body.password });
+      window.location.assign("/fleet");
+    } catch (e) { showError(form, e.message); }
+    return;
+  }
+  if (!form.dataset.api) return;
+  event.preventDefault();
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+  const method = form.dataset.method || "POST";
+  try {
+    const result = await api(method, form.dataset.api, method === "DELETE" ? undefined : formBody(form));
+    const then = form.dataset.then;
+    if (then === "cluster") window.location.assign(`/clusters/${result.cluster.id}`);
+    else if (then === "token") form.querySelector("output.secret").textContent = `Copy this token now, it is shown only once: ${result.token}`;
+    else window.location.reload();
+  } catch (e) { showError(form, e.message); }
+});
+
+document.addEventListener("change", (event) => {
+  const el = event.target;
+  if (el.matches("[data-submit-on-change]")) el.form.requestSubmit();
+});
+
+document.addEventListener("click", async (event) => {
+  const el = event.target;
+  if (el.matches("[data-logout]")) {
+    try { await api("DELETE", "/ui/session"); } finally { window.location.assign("/login"); }
+  }
+  if (el.matches("[data-copy]")) {
+    const text = document.getElementById(el.dataset.copy).textContent;
+    try { await navigator.clipboard.writeText(text); } catch (_) {
+      const range = document.createRange();
+      range.selectNodeContents(document.getElementById(el.dataset.copy));
+      window.getSelection().removeAllRanges();
+      window.getSelection().addRange(range);
+    }
+    el.textContent = "Copied";
+    el.dataset.copied = "true";
+  }
+});
+
+function countdowns() {
+  const now = Date.now();
+  for (const t of document.querySelectorAll("time[data-expires]")) {
+    const delta = Math.round((Number(t.dataset.expires) - now) / 1000);
+    const abs = Math.abs(delta);
+    const text = abs < 3600 ? `${Math.floor(abs / 60)} min` : abs < 86400 ? `${Math.floor(abs / 3600)} h ${Math.floor((abs % 3600) / 60)} min` : `${Math.floor(abs / 86400)} d ${Math.floor((abs % 86400) / 3600)} h`;
+    t.textContent = delta >= 0 ? `in ${text}` : `expired ${text} ago`;
+  }
+}
+
+function live() {
+  for (const el of document.querySelectorAll("[data-live]")) {
+    const source = new EventSource(el.dataset.live);
+    source.addEventListener("update", (e) => { el.innerHTML = e.data; countdowns(); });
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  live();
+  countdowns();
+  setInterval(countdowns, 30000);
+});

@@ -1,0 +1,298 @@
+//! The fleet overview: every cluster with status, health, versions, nearest certificate
+//! expiry and golden metrics, worst first; filters, search, a summary row; kept live by
+//! server-sent events carrying the re-rendered table.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::stream::Stream;
+use maud::{html, Markup};
+use serde::Deserialize;
+
+use super::charts::sparkline;
+use super::{countdown, layout, page_error, PageResult, Viewer};
+use crate::app::AppState;
+use crate::domain::labels::Selector;
+use crate::domain::ClusterId;
+use crate::http::clusters::liveness;
+use crate::http::error::ApiError;
+use crate::store::clusters::{Cluster, ListQuery};
+use crate::store::fleet::Golden;
+use crate::store::{self};
+
+/// How worrying a cluster is; the overview lists the worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Health {
+    Critical,
+    Degraded,
+    Expiring,
+    Pending,
+    Healthy,
+}
+
+impl Health {
+    pub fn label(self) -> &'static str {
+        match self {
+            Health::Critical => "critical",
+            Health::Degraded => "degraded",
+            Health::Expiring => "expiring",
+            Health::Pending => "pending",
+            Health::Healthy => "healthy",
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+/// Golden metrics in the table cover the last five minutes.
+const RECENT_MS: i64 = 5 * 60_000;
+const TREND_MS: i64 = 30 * 60_000;
+const MAX_ROWS: usize = 200;
+
+pub struct Row {
+    pub cluster: Cluster,
+    pub status: String,
+    pub health: Health,
+    pub reason: String,
+    pub golden: Golden,
+    pub mesh_version: String,
+    pub nearest_expiry: Option<i64>,
+    pub proxies: i64,
+    pub outdated: i64,
+}
+
+/// Health and the reason for it, from status, golden metrics, certificates and control plane.
+fn health(status: &str, g: &Golden, expiry: Option<i64>, ready: Option<(u32, u32)>, now: i64) -> (Health, String) {
+    match status {
+        "disconnected" | "stale" => return (Health::Critical, format!("agent {status}")),
+        "pending" => return (Health::Pending, "no agent connected yet".into()),
+        _ => {}
+    }
+    if let Some(e) = expiry.filter(|e| *e <= now) {
+        return (Health::Critical, format!("a certificate expired {}", countdown(e, now)));
+    }
+    match g.success_rate() {
+        Some(r) if r < 0.95 => return (Health::Critical, format!("success rate {:.1}%", r * 100.0)),
+        Some(r) if r < 0.99 => return (Health::Degraded, format!("success rate {:.1}%", r * 100.0)),
+        _ => {}
+    }
+    if let Some((ready, want)) = ready.filter(|(r, w)| r < w) {
+        return (Health::Degraded, format!("control plane {ready}/{want} ready"));
+    }
+    if let Some(e) = expiry.filter(|e| *e - now < 7 * DAY_MS) {
+        return (Health::Expiring, format!("a certificate expires {}", countdown(e, now)));
+    }
+    (Health::Healthy, "all good".into())
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct Filters {
+    #[serde(default)]
+    pub q: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub selector: String,
+}
+
+/// Every cluster matching the filters, worst first.
+pub async fn rows(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<Vec<Row>, ApiError> {
+    let org = viewer.principal.org_id;
+    let selector: Selector = f.selector.parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
+    let live = liveness(state);
+    let status = match f.status.as_str() {
+        "" => None,
+        s @ ("pending" | "connected" | "stale" | "disconnected") => Some((s, live)),
+        _ => return Err(ApiError::field("status", "pick pending, connected, stale or disconnected")),
+    };
+    let now = state.clock.now_ms();
+    let mut conn = state.db.pool.acquire().await?;
+    let clusters = store::clusters::list(&mut conn, org, &ListQuery { selector: &selector, status, after_name: None, limit: 10_000 }).await?;
+    let golden = store::fleet::golden_since(&mut conn, org, now - RECENT_MS).await?;
+    let facts = store::fleet::facts_of_org(&mut conn, org).await?;
+    let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
+    let needle = f.q.trim().to_lowercase();
+    let mut rows: Vec<Row> = clusters
+        .into_iter()
+        .filter(|c| needle.is_empty() || c.name.contains(&needle))
+        .map(|cluster| {
+            let g = golden.get(&cluster.id).copied().unwrap_or_default();
+            let fact = facts.get(&cluster.id);
+            let mesh_version = fact.map(|f| f.control_plane.version.clone()).unwrap_or_default();
+            let nearest_expiry = fact.and_then(|f| f.certificates.iter().map(|c| c.not_after).min());
+            let ready = fact.map(|f| (f.control_plane.ready_replicas, f.control_plane.replicas));
+            let pods = versions.get(&cluster.id).map(Vec::as_slice).unwrap_or_default();
+            let proxies = pods.iter().map(|(_, n)| n).sum();
+            let outdated = pods.iter().filter(|(v, _)| !mesh_version.is_empty() && *v != mesh_version).map(|(_, n)| n).sum();
+            let status = cluster.effective_status(&live).to_owned();
+            let (health, reason) = health(&status, &g, nearest_expiry, ready, now);
+            Row { cluster, status, health, reason, golden: g, mesh_version, nearest_expiry, proxies, outdated }
+        })
+        .collect();
+    rows.sort_by(|a, b| a.health.cmp(&b.health).then_with(|| a.cluster.name.cmp(&b.cluster.name)));
+    Ok(rows)
+}
+
+fn percent(r: Option<f64>) -> String {
+    r.map(|r| format!("{:.2}%", r * 100.0)).unwrap_or_else(|| "–".into())
+}
+
+/// The live part of the overview: the summary and the table.
+pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<Markup, ApiError> {
+    let rows = rows(state, viewer, f).await?;
+    let now = state.clock.now_ms();
+    let count = |h: &[Health]| rows.iter().filter(|r| h.contains(&r.health)).count();
+    let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < 7 * DAY_MS)).count();
+    let shown: Vec<&Row> = rows.iter().take(MAX_ROWS).collect();
+    let trends = trends(state, viewer, &shown, now).await?;
+    Ok(html! {
+        ul.summary aria-label="Fleet summary" {
+            li.healthy { strong { (count(&[Health::Healthy])) } " healthy" }
+            li.degraded { strong { (count(&[Health::Degraded, Health::Expiring])) } " degraded" }
+            li.critical { strong { (rows.iter().filter(|r| r.status == "disconnected" || r.status == "stale").count()) } " disconnected or stale" }
+            li.expiring { strong { (expiring) } " certificates expiring within 7 days" }
+            li { strong { (count(&[Health::Pending])) } " waiting for an agent" }
+        }
+        div.table-wrap {
+            table.fleet {
+                caption { "Clusters, worst first" @if rows.len() > MAX_ROWS { " (showing " (MAX_ROWS) " of " (rows.len()) "; narrow the filters)" } }
+                thead { tr {
+                    th scope="col" { "Cluster" } th scope="col" { "Status" } th scope="col" { "Health" }
+                    th scope="col" { "Mesh" } th scope="col" { "Agent" } th scope="col" { "Nearest certificate expiry" }
+                    th scope="col" { "Success rate" } th scope="col" { "Requests/s" } th scope="col" { "p99 latency" } th scope="col" { "Trend (30 min)" }
+                } }
+                tbody {
+                    @for r in &shown {
+                        tr data-cluster=(r.cluster.name) {
+                            th scope="row" { a href=(format!("/clusters/{}", r.cluster.id)) { (r.cluster.name) } }
+                            td { span class=(format!("badge status-{}", r.status)) data-status=(r.status) { (r.status) } }
+                            td { span class=(format!("badge health-{}", r.health.label())) title=(r.reason) { (r.health.label()) } span.reason { (r.reason) } }
+                            td { (or_dash(&r.mesh_version)) @if r.outdated > 0 { " " span.warn { (r.outdated) " of " (r.proxies) " proxies outdated" } } }
+                            td { (or_dash(r.cluster.agent_version.as_deref().unwrap_or(""))) }
+                            td { @match r.nearest_expiry { Some(e) => { time data-expires=(e) { (countdown(e, now)) } }, None => { "–" } } }
+                            td { (percent(r.golden.success_rate())) }
+                            td { (format!("{:.1}", r.golden.requests as f64 / (RECENT_MS / 1000) as f64)) }
+                            td { @if r.golden.requests > 0 { (format!("{:.0} ms", r.golden.p99_ms)) } @else { "–" } }
+                            td { (sparkline(trends.get(&r.cluster.id).map(Vec::as_slice).unwrap_or_default(), &format!("requests per second of {}", r.cluster.name))) }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "–" } else { s }
+}
+
+/// Requests per second per minute over the last half hour, for the rows shown.
+async fn trends(state: &AppState, viewer: &Viewer, rows: &[&Row], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    let mut out = HashMap::new();
+    for r in rows.iter().filter(|r| r.golden.requests > 0) {
+        let minutes = store::fleet::golden_by_minute(&mut conn, viewer.principal.org_id, r.cluster.id, now - TREND_MS).await?;
+        out.insert(r.cluster.id, minutes.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect());
+    }
+    Ok(out)
+}
+
+pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query<Filters>) -> PageResult {
+    let fragment = fragment(&state, &viewer, &f).await.map_err(|e| page_error(e))?;
+    let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
+    let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
+    Ok(layout("Fleet", Some(&viewer), html! {
+        h1 { "Fleet" }
+        @if empty {
+            (first_run(&state, &viewer))
+        } @else {
+            form.filters method="get" action="/fleet" role="search" {
+                label { "Search " input type="search" name="q" value=(f.q) placeholder="cluster name"; }
+                label { "Status " select name="status" {
+                    @for s in ["", "connected", "stale", "disconnected", "pending"] {
+                        option value=(s) selected[s == f.status] { (if s.is_empty() { "any" } else { s }) }
+                    }
+                } }
+                label { "Labels " input type="text" name="selector" value=(f.selector) placeholder="env=prod,tier in (web)"; }
+                button type="submit" { "Filter" }
+            }
+            div id="live" data-live=(live) aria-live="polite" { (fragment) }
+        }
+        @if viewer.can_change() { (new_cluster_form()) }
+    }))
+}
+
+fn enc(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+fn new_cluster_form() -> Markup {
+    html! {
+        section.card {
+            h2 { "Connect a cluster" }
+            form data-api="/api/v1/clusters" data-method="POST" data-then="cluster" data-mutates {
+                label for="cluster-name" { "Name (lowercase letters, digits and dashes)" }
+                input id="cluster-name" name="name" required pattern=(r"[a-z0-9]([a-z0-9\-]*[a-z0-9])?") maxlength="63";
+                label for="cluster-labels" { "Labels (optional, e.g. env=prod,region=eu)" }
+                input id="cluster-labels" name="labels" data-kind="labels";
+                p.form-error role="alert" aria-live="polite" {}
+                button type="submit" { "Create cluster" }
+            }
+        }
+    }
+}
+
+fn first_run(state: &AppState, viewer: &Viewer) -> Markup {
+    let api = state.config.public_url();
+    html! {
+        section.card.first-run {
+            h2 { "Your fleet is empty" }
+            p { "Connect a cluster: create it below, then apply the manifest it shows you with kubectl. The agent dials out to Meshfleet and the cluster appears here as connected." }
+            p { "No cluster at hand? Start a demo fleet of simulated agents next to the server, and watch this page come alive:" }
+            pre { code { "cargo run --release -p meshfleet-agent --bin meshfleet-sim -- \\\n  --api " (api) " --email " (viewer.email) " --password '…' --clusters 50" } }
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct LiveQuery {
+    view: String,
+    id: Option<ClusterId>,
+    #[serde(flatten)]
+    filters: Filters,
+}
+
+/// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
+pub async fn live(State(state): State<AppState>, viewer: Viewer, Query(q): Query<LiveQuery>) -> Response {
+    if !matches!((q.view.as_str(), q.id), ("fleet", _) | ("cluster", Some(_))) {
+        return page_error(ApiError::field("view", "unknown live view"));
+    }
+    Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
+}
+
+fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = Result<Event, Infallible>> {
+    futures::stream::unfold((state, viewer, q, 0u64), |(state, viewer, q, last)| async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let rendered = match (q.view.as_str(), q.id) {
+                ("cluster", Some(id)) => super::cluster::fragment(&state, &viewer, id).await,
+                _ => fragment(&state, &viewer, &q.filters).await,
+            };
+            let html = match rendered {
+                Ok(m) => m.into_string(),
+                Err(e) => html! { p.form-error role="alert" { (e.problem().detail.unwrap_or_default()) } }.into_string(),
+            };
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            html.hash(&mut h);
+            let digest = h.finish();
+            if digest != last {
+                return Some((Ok(Event::default().event("update").data(html)), (state, viewer, q, digest)));
+            }
+        }
+    })
+}

@@ -1,0 +1,254 @@
+//! The dashboard in real headless Chromium (driven over WebDriver): sign up, create a
+//! cluster, copy the install command, start an agent and watch the cluster turn connected
+//! without a reload; no console errors; viewers see no mutating controls; another
+//! organization's cluster is a not-found page. Screenshots land in the test artifacts.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use meshfleet_agent::sim::{synthetic_cluster, ApiClient, SharedCluster};
+use meshfleet_agent::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+
+use crate::helpers::{Engine, TestApp, PASSWORD};
+use crate::process::free_port;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+struct Browser {
+    client: Client,
+    driver_url: String,
+    _driver: Driver,
+    _profile: tempfile::TempDir,
+}
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A headless Chromium session, or None (with a notice) where Chromium is not installed.
+/// CI installs it, so there a missing browser is a failure, not a skip.
+async fn browser() -> Option<Browser> {
+    if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
+        assert!(std::env::var_os("CI").is_none(), "CI must install chromium and chromium-driver");
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "\nNOTE: the dashboard browser tests are SKIPPED: install chromium and chromium-driver to run them.\n");
+        return None;
+    }
+    let port = free_port();
+    let driver = Driver(Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let driver_url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if http.get(format!("{driver_url}/status")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let profile = tempfile::tempdir().unwrap();
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,1000",
+                     format!("--user-data-dir={}", profile.path().display())],
+        },
+        "goog:loggingPrefs": { "browser": "ALL" },
+    });
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(caps).unwrap();
+    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver_url)
+        .await
+        .expect("a Chromium session");
+    Some(Browser { client, driver_url, _driver: driver, _profile: profile })
+}
+
+impl Browser {
+    async fn text(&self, css: &str) -> String {
+        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    }
+
+    async fn fill(&self, css: &str, value: &str) {
+        let el = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap();
+        el.clear().await.unwrap();
+        el.send_keys(value).await.unwrap();
+    }
+
+    async fn click(&self, css: &str) {
+        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+    }
+
+    async fn wait_url(&self, part: &str) {
+        for _ in 0..100 {
+            if self.client.current_url().await.unwrap().as_str().contains(part) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("never reached {part}: at {}", self.client.current_url().await.unwrap());
+    }
+
+    /// Waits until `css` shows `want`, without navigating.
+    async fn wait_text(&self, css: &str, want: &str, within: Duration) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < within {
+            if let Ok(el) = self.client.find(Locator::Css(css)).await {
+                if el.text().await.unwrap_or_default().contains(want) {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+
+    async fn screenshot(&self, name: &str) {
+        let dir = std::env::var_os("MESHFLEET_TEST_ARTIFACTS")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("meshfleet-test-artifacts"))
+            .join("screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), self.client.screenshot().await.unwrap()).unwrap();
+    }
+
+    /// Console errors and uncaught exceptions of the page so far.
+    async fn errors(&self) -> Vec<String> {
+        let mut errors: Vec<String> =
+            serde_json::from_value(self.client.execute("return window.__mfErrors || ['app.js did not load']", vec![]).await.unwrap()).unwrap_or_default();
+        let session = self.client.session_id().await.unwrap().unwrap_or_default();
+        let log: Value = reqwest::Client::new()
+            .post(format!("{}/session/{session}/se/log", self.driver_url))
+            .json(&json!({ "type": "browser" }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        for entry in log["value"].as_array().into_iter().flatten() {
+            // Chromium logs every 4xx answer; the test provokes some on purpose (a refused
+            // form, the not-found page). Those are shown to the user, not errors of the page.
+            let message = entry["message"].as_str().unwrap_or("");
+            if entry["level"] == "SEVERE" && !message.contains("the server responded with a status of 4") {
+                errors.push(entry["message"].as_str().unwrap_or("").to_owned());
+            }
+        }
+        errors
+    }
+
+    async fn assert_clean(&self, page: &str) {
+        let errors = self.errors().await;
+        assert!(errors.is_empty(), "console errors on {page}: {errors:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_up_connect_a_cluster_and_watch_it_go_live() {
+    let Some(b) = browser().await else { return };
+    let app = TestApp::spawn(Engine::Sqlite).await;
+    let base = app.base.clone();
+
+    // Sign up: the empty fleet explains what to do next.
+    b.client.goto(&format!("{base}/signup")).await.unwrap();
+    b.screenshot("signup").await;
+    b.fill("#email", "ada@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.fill("#organization", "Acme").await;
+    b.click("button[type=submit]").await;
+    b.wait_url("/fleet").await;
+    assert!(b.text("main").await.contains("Your fleet is empty"));
+    assert!(b.text("main").await.contains("meshfleet-sim"));
+    b.screenshot("fleet-empty").await;
+    b.assert_clean("the empty fleet").await;
+
+    // A bad name is explained in words, not JSON.
+    b.fill("#cluster-name", "prod-eu-1").await;
+    b.fill("#cluster-labels", "env=prod, bad key=x").await;
+    b.click("form[data-api='/api/v1/clusters'] button").await;
+    assert!(b.wait_text(".form-error", "labels", Duration::from_secs(5)).await, "validation error shown");
+    assert!(!b.text(".form-error").await.contains('{'));
+    b.fill("#cluster-labels", "env=prod").await;
+    b.click("form[data-api='/api/v1/clusters'] button").await;
+    b.wait_url("/clusters/").await;
+    let cluster_id = b.client.current_url().await.unwrap().path().rsplit('/').next().unwrap().to_owned();
+    let command = b.text("#install-command").await;
+    assert!(command.contains(&format!("/api/v1/clusters/{cluster_id}/install.yaml")) && command.contains("kubectl apply -f -"), "{command}");
+    b.click("[data-copy]").await;
+    assert!(b.wait_text("[data-copy]", "Copied", Duration::from_secs(3)).await);
+    assert_eq!(b.text("#live [data-status]").await, "pending");
+    b.screenshot("cluster-pending").await;
+
+    // An agent connects: the page turns connected by itself, with no reload.
+    b.client.execute("window.__sameDocument = true", vec![]).await.unwrap();
+    let owner = app.login("ada@example.com").await;
+    let boot = ApiClient::with_token(&base, SecretString::from(owner.access.clone())).bootstrap(&cluster_id).await.unwrap();
+    let identity = meshfleet_agent::register(&boot.gateway_address, &boot.ca_pem, boot.token.expose_secret(), "0.1.0-test").await.unwrap();
+    let cluster = SharedCluster::new(synthetic_cluster(7));
+    let handle = meshfleet_agent::spawn(ClientConfig::new(&boot.gateway_address, &boot.ca_pem), identity, Arc::new(cluster.clone()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let driver = tokio::spawn(meshfleet_agent::sim::drive(handle.reporter(), cluster, Duration::from_millis(300), stop_rx));
+    let started = std::time::Instant::now();
+    assert!(b.wait_text("#live [data-status]", "connected", Duration::from_secs(10)).await, "the page never showed the agent connected");
+    let took = started.elapsed();
+    assert_eq!(b.client.execute("return window.__sameDocument === true", vec![]).await.unwrap(), json!(true), "the page reloaded");
+    assert!(b.wait_text("#live", "Deployment/", Duration::from_secs(10)).await, "workloads appear");
+    b.screenshot("cluster-connected").await;
+    b.assert_clean("the cluster page").await;
+    eprintln!("cluster shown connected {took:?} after the agent started");
+
+    b.client.goto(&format!("{base}/fleet")).await.unwrap();
+    assert!(b.wait_text("tr[data-cluster='prod-eu-1'] [data-status]", "connected", Duration::from_secs(5)).await);
+    b.screenshot("fleet").await;
+    b.assert_clean("the fleet").await;
+
+    b.client.goto(&format!("{base}/settings")).await.unwrap();
+    b.fill("#token-name", "ci").await;
+    b.click("form[data-api='/api/v1/tokens'] button").await;
+    assert!(b.wait_text("output.secret", "mft_", Duration::from_secs(5)).await, "the new token is shown once");
+    b.screenshot("settings").await;
+    b.assert_clean("settings").await;
+
+    // A viewer sees no mutating controls; another organization's cluster is not found.
+    let viewer = meshfleet_server::domain::UserId::new();
+    let org: meshfleet_server::domain::OrgId = owner.org.parse().unwrap();
+    {
+        let mut conn = app.state.db.pool.acquire().await.unwrap();
+        let hash = meshfleet_server::secrets::hash_password(&meshfleet_server::domain::Password::parse(PASSWORD).unwrap());
+        let email = "viewer@example.com".parse().unwrap();
+        meshfleet_server::store::accounts::create_user(&mut conn, viewer, &email, &hash, 0).await.unwrap();
+        meshfleet_server::store::accounts::add_member(&mut conn, org, viewer, meshfleet_server::domain::Role::Viewer, 0).await.unwrap();
+    }
+    let other = app.owner("mallory@example.com").await;
+    let foreign = app.create_cluster(&other, "secret-cluster", json!({})).await;
+    b.click("[data-logout]").await;
+    b.wait_url("/login").await;
+    b.fill("#email", "viewer@example.com").await;
+    b.fill("#password", PASSWORD).await;
+    b.click("button[type=submit]").await;
+    b.wait_url("/fleet").await;
+    assert!(b.text(".who").await.contains("(viewer)"));
+    for path in ["/fleet".to_owned(), format!("/clusters/{cluster_id}"), "/settings".to_owned()] {
+        b.client.goto(&format!("{base}{path}")).await.unwrap();
+        let controls = b.client.find_all(Locator::Css("[data-mutates], form[data-api]")).await.unwrap();
+        assert!(controls.is_empty(), "{path}: a viewer sees {} mutating controls", controls.len());
+        b.assert_clean(&path).await;
+    }
+    b.client.goto(&format!("{base}/clusters/{}", foreign["cluster"]["id"].as_str().unwrap())).await.unwrap();
+    assert!(b.text("main").await.contains("cluster not found"));
+    b.screenshot("not-found").await;
+
+    let _ = stop_tx.send(true);
+    let _ = driver.await;
+    handle.shutdown().await;
+    b.client.close().await.unwrap();
+}
