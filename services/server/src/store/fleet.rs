@@ -56,6 +56,34 @@ pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, s
     rows.iter().map(|r| Ok((r.try_get(0)?, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)? }))).collect()
 }
 
+/// Per-minute totals of several clusters since `since`, oldest first, in one query.
+pub async fn golden_by_minute_of(
+    conn: &mut Conn,
+    org: OrgId,
+    clusters: &[ClusterId],
+    since: i64,
+) -> Result<HashMap<ClusterId, Vec<(i64, Golden)>>, sqlx::Error> {
+    let mut out: HashMap<ClusterId, Vec<(i64, Golden)>> = HashMap::new();
+    if clusters.is_empty() {
+        return Ok(out);
+    }
+    let list: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 3)).collect();
+    let sql = format!(
+        "SELECT cluster_id, minute, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+         WHERE org_id = $1 AND minute >= $2 AND cluster_id IN ({}) GROUP BY cluster_id, minute ORDER BY cluster_id, minute",
+        list.join(", ")
+    );
+    let mut q = sqlx::query(&sql).bind(org.to_string()).bind(since);
+    for c in clusters {
+        q = q.bind(c.to_string());
+    }
+    for r in q.fetch_all(conn).await? {
+        let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
+        out.entry(id).or_default().push((r.try_get(1)?, Golden { requests: r.try_get(2)?, failures: r.try_get(3)?, p99_ms: r.try_get(4)? }));
+    }
+    Ok(out)
+}
+
 /// Cluster-wide facts of every cluster in the organization that reported an inventory.
 pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Facts>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;

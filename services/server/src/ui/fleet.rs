@@ -51,7 +51,7 @@ const DAY_MS: i64 = 86_400_000;
 /// Golden metrics in the table cover the last five minutes.
 const RECENT_MS: i64 = 5 * 60_000;
 const TREND_MS: i64 = 30 * 60_000;
-const MAX_ROWS: usize = 200;
+const MAX_ROWS: usize = 100;
 
 pub struct Row {
     pub cluster: Cluster,
@@ -192,13 +192,10 @@ fn or_dash(s: &str) -> &str {
 
 /// Requests per second per minute over the last half hour, for the rows shown.
 async fn trends(state: &AppState, viewer: &Viewer, rows: &[&Row], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
+    let ids: Vec<ClusterId> = rows.iter().filter(|r| r.golden.requests > 0).map(|r| r.cluster.id).collect();
     let mut conn = state.db.pool.acquire().await?;
-    let mut out = HashMap::new();
-    for r in rows.iter().filter(|r| r.golden.requests > 0) {
-        let minutes = store::fleet::golden_by_minute(&mut conn, viewer.principal.org_id, r.cluster.id, now - TREND_MS).await?;
-        out.insert(r.cluster.id, minutes.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect());
-    }
-    Ok(out)
+    let minutes = store::fleet::golden_by_minute_of(&mut conn, viewer.principal.org_id, &ids, now - TREND_MS).await?;
+    Ok(minutes.into_iter().map(|(id, ms)| (id, ms.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect())).collect())
 }
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query<Filters>) -> PageResult {

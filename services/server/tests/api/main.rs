@@ -10,6 +10,7 @@ mod conventions;
 mod dashboard;
 mod gateway;
 mod isolation;
+mod kube_agent;
 mod members;
 mod process;
 mod fleet;
