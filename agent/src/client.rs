@@ -73,6 +73,9 @@ pub enum Report {
     Delta(v1::Delta),
     Metrics(v1::Metrics),
     Events(v1::Events),
+    /// A RUNNING result with progress for a command still executing (the final result is what
+    /// `Agent::execute` returns).
+    Progress(v1::CommandResult),
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -176,6 +179,7 @@ impl Reporter {
             Report::Delta(d) => Body::Delta(d),
             Report::Metrics(m) => Body::Metrics(m),
             Report::Events(e) => Body::Events(e),
+            Report::Progress(r) => Body::CommandResult(r),
         });
     }
 

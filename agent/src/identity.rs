@@ -64,6 +64,24 @@ impl Identity {
         })
     }
 
+    /// The identity as the JSON document `save` writes (for storing it in a Kubernetes Secret).
+    /// It contains the private key: only ever write it somewhere as private as a 0600 file.
+    pub fn to_json(&self) -> Vec<u8> {
+        let file = IdentityFile {
+            org_id: self.org_id.clone(),
+            cluster_id: self.cluster_id.clone(),
+            chain_pem: self.chain_pem.clone(),
+            key_pem: self.key_pem.expose_secret().to_owned(),
+            not_after_unix_ms: self.not_after_unix_ms,
+        };
+        serde_json::to_vec_pretty(&file).expect("identity serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Identity, serde_json::Error> {
+        let f: IdentityFile = serde_json::from_slice(bytes)?;
+        Ok(Identity { org_id: f.org_id, cluster_id: f.cluster_id, chain_pem: f.chain_pem, key_pem: f.key_pem.into(), not_after_unix_ms: f.not_after_unix_ms })
+    }
+
     pub fn load(path: &Path) -> Result<Identity> {
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_owned(), source })?;
         let f: IdentityFile = serde_json::from_slice(&bytes).map_err(|source| Error::IdentityFormat { path: path.to_owned(), source })?;

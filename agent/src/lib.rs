@@ -1,5 +1,6 @@
 //! The meshfleet agent library: the gateway client (register, stream reports, execute commands,
-//! renew the certificate) and the fleet simulator that drives many such clients in one process.
+//! renew the certificate), the in-cluster agent on Kubernetes (`k8s`), and the fleet simulator
+//! that drives many such clients in one process.
 //! It never logs key material or tokens.
 
 pub mod backoff;
@@ -7,6 +8,7 @@ pub mod buffer;
 pub mod client;
 mod error;
 pub mod identity;
+pub mod k8s;
 pub mod sim;
 mod tls;
 

@@ -1,0 +1,277 @@
+//! The object store: every object as Kubernetes JSON, one cluster-wide resourceVersion counter,
+//! and a bounded event history so watches can resume from a resourceVersion (older ones get
+//! 410 Gone, as after etcd compaction). It never interprets objects beyond their metadata.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde_json::{json, Value};
+use tokio::sync::broadcast;
+
+use crate::resources::{def, Res};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Added,
+    Modified,
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Change {
+    pub rv: u64,
+    pub res: Res,
+    pub kind: EventType,
+    /// The object after the change (for a delete: as it was, with the delete's resourceVersion).
+    pub object: Value,
+    /// The object before the change, so selector-filtered watches can turn a label change into
+    /// ADDED or DELETED as the real API server does.
+    pub old: Option<Value>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StoreError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("the object has been modified; please apply your changes to the latest version and try again")]
+    Conflict,
+    #[error("too old resource version: {0}")]
+    Gone(u64),
+    #[error("invalid object: {0}")]
+    Invalid(String),
+}
+
+type Key = (Res, String, String);
+
+struct Inner {
+    rv: u64,
+    objects: BTreeMap<Key, Value>,
+    history: VecDeque<Arc<Change>>,
+    /// Watches may resume from resourceVersions >= this.
+    floor: u64,
+    history_cap: usize,
+}
+
+pub struct Store {
+    inner: Mutex<Inner>,
+    tx: broadcast::Sender<Arc<Change>>,
+}
+
+pub fn name_of(v: &Value) -> &str {
+    v.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn namespace_of(v: &Value) -> &str {
+    v.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("")
+}
+
+pub fn rv_of(v: &Value) -> Option<u64> {
+    v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok())
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Store {
+    pub fn new(history_cap: usize) -> Store {
+        let (tx, _) = broadcast::channel(16_384);
+        Store { inner: Mutex::new(Inner { rv: 1, objects: BTreeMap::new(), history: VecDeque::new(), floor: 1, history_cap }), tx }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn current_rv(&self) -> u64 {
+        self.lock().rv
+    }
+
+    pub fn get(&self, res: Res, ns: &str, name: &str) -> Option<Value> {
+        self.lock().objects.get(&(res, ns.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// All objects of a resource (in one namespace, or all), and the resourceVersion they are at.
+    pub fn list(&self, res: Res, ns: Option<&str>) -> (Vec<Value>, u64) {
+        let inner = self.lock();
+        let items = inner.objects.range((res, String::new(), String::new())..).take_while(|((r, _, _), _)| *r == res);
+        let items = items.filter(|((_, n, _), _)| ns.is_none_or(|want| n == want)).map(|(_, v)| v.clone()).collect();
+        (items, inner.rv)
+    }
+
+    pub fn create(&self, res: Res, ns: &str, mut obj: Value) -> Result<Value, StoreError> {
+        let d = def(res);
+        let name = name_of(&obj).to_owned();
+        if name.is_empty() {
+            return Err(StoreError::Invalid("metadata.name is required".into()));
+        }
+        let mut inner = self.lock();
+        let key = (res, if d.namespaced { ns.to_owned() } else { String::new() }, name.clone());
+        if inner.objects.contains_key(&key) {
+            return Err(StoreError::AlreadyExists(format!("{} {name:?}", d.plural)));
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["apiVersion"] = json!(d.api_version());
+        obj["kind"] = json!(d.kind);
+        let meta = &mut obj["metadata"];
+        if d.namespaced {
+            meta["namespace"] = json!(ns);
+        } else if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        meta["uid"] = json!(format!("{:032x}", rand::random::<u128>()));
+        meta["resourceVersion"] = json!(rv.to_string());
+        meta["creationTimestamp"] = json!(now());
+        if obj.get("spec").is_some() {
+            obj["metadata"]["generation"] = json!(1);
+        }
+        inner.objects.insert(key, obj.clone());
+        self.publish(&mut inner, Change { rv, res, kind: EventType::Added, object: obj.clone(), old: None });
+        Ok(obj)
+    }
+
+    /// Replaces an object. A resourceVersion in `obj` must match the stored one (else 409);
+    /// `status_only` keeps the stored spec (the `/status` subresource), otherwise the stored
+    /// status is kept unless the caller sent one.
+    pub fn update(&self, res: Res, ns: &str, name: &str, obj: Value, status_only: bool) -> Result<Value, StoreError> {
+        self.write(res, ns, name, |old| {
+            if let Some(rv) = rv_of(&obj) {
+                if Some(rv) != rv_of(old) {
+                    return Err(StoreError::Conflict);
+                }
+            }
+            let mut new = obj;
+            if status_only {
+                let status = new.get("status").cloned();
+                new = old.clone();
+                if let Some(s) = status {
+                    new["status"] = s;
+                }
+            } else if new.get("status").is_none() {
+                if let Some(s) = old.get("status") {
+                    new["status"] = s.clone();
+                }
+            }
+            Ok(new)
+        })
+    }
+
+    /// Read-modify-write under the store lock (patches and the simulator): immutable metadata is
+    /// restored, the generation bumped when the spec changed, and no event sent for a no-op.
+    pub fn write(&self, res: Res, ns: &str, name: &str, f: impl FnOnce(&Value) -> Result<Value, StoreError>) -> Result<Value, StoreError> {
+        let d = def(res);
+        let mut inner = self.lock();
+        let key = (res, if d.namespaced { ns.to_owned() } else { String::new() }, name.to_owned());
+        let old = inner.objects.get(&key).ok_or_else(|| StoreError::NotFound(format!("{} {name:?}", d.plural)))?.clone();
+        let mut new = f(&old)?;
+        if !new.is_object() {
+            return Err(StoreError::Invalid("an object must be a JSON object".into()));
+        }
+        for field in ["name", "namespace", "uid", "creationTimestamp", "resourceVersion", "generation"] {
+            match old["metadata"].get(field) {
+                Some(v) => new["metadata"][field] = v.clone(),
+                None => {
+                    if let Some(m) = new["metadata"].as_object_mut() {
+                        m.remove(field);
+                    }
+                }
+            }
+        }
+        new["apiVersion"] = json!(d.api_version());
+        new["kind"] = json!(d.kind);
+        if new == old {
+            return Ok(old);
+        }
+        if new.get("spec") != old.get("spec") {
+            let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+            new["metadata"]["generation"] = json!(g + 1);
+        }
+        inner.rv += 1;
+        let rv = inner.rv;
+        new["metadata"]["resourceVersion"] = json!(rv.to_string());
+        inner.objects.insert(key, new.clone());
+        self.publish(&mut inner, Change { rv, res, kind: EventType::Modified, object: new.clone(), old: Some(old) });
+        Ok(new)
+    }
+
+    pub fn delete(&self, res: Res, ns: &str, name: &str) -> Result<Value, StoreError> {
+        let d = def(res);
+        let mut inner = self.lock();
+        let key = (res, if d.namespaced { ns.to_owned() } else { String::new() }, name.to_owned());
+        let mut old = inner.objects.remove(&key).ok_or_else(|| StoreError::NotFound(format!("{} {name:?}", d.plural)))?;
+        inner.rv += 1;
+        let rv = inner.rv;
+        old["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.publish(&mut inner, Change { rv, res, kind: EventType::Deleted, object: old.clone(), old: None });
+        Ok(old)
+    }
+
+    fn publish(&self, inner: &mut Inner, change: Change) {
+        let change = Arc::new(change);
+        inner.history.push_back(change.clone());
+        while inner.history.len() > inner.history_cap {
+            if let Some(c) = inner.history.pop_front() {
+                inner.floor = c.rv;
+            }
+        }
+        // No receivers is fine: nobody is watching.
+        let _ = self.tx.send(change);
+    }
+
+    /// Subscribes to changes after `rv` (None: from now). Returns the changes already in the
+    /// history after `rv` and a receiver for the rest, taken atomically so none is missed.
+    pub fn watch_from(&self, rv: Option<u64>) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64), StoreError> {
+        let inner = self.lock();
+        let rx = self.tx.subscribe();
+        let Some(rv) = rv else { return Ok((Vec::new(), rx, inner.rv)) };
+        if rv < inner.floor && rv < inner.rv {
+            return Err(StoreError::Gone(rv));
+        }
+        let backlog = inner.history.iter().filter(|c| c.rv > rv).cloned().collect();
+        Ok((backlog, rx, rv.max(inner.floor)))
+    }
+
+    /// Forgets the whole history, as an etcd compaction would: every watch that resumes from an
+    /// older resourceVersion gets 410 Gone.
+    pub fn compact(&self) {
+        let mut inner = self.lock();
+        inner.history.clear();
+        inner.floor = inner.rv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::find;
+
+    #[test]
+    fn stale_updates_conflict_and_history_compacts() {
+        let s = Store::new(2);
+        let cm = find("", "v1", "configmaps").unwrap();
+        let a = s.create(cm, "ns", json!({"metadata": {"name": "a"}, "data": {"k": "1"}})).unwrap();
+        let stale = a.clone();
+        let mut b = a.clone();
+        b["data"]["k"] = json!("2");
+        s.update(cm, "ns", "a", b, false).unwrap();
+        assert_eq!(s.update(cm, "ns", "a", stale, false), Err(StoreError::Conflict));
+        for i in 0..3 {
+            s.write(cm, "ns", "a", |o| Ok(json!({"metadata": o["metadata"].clone(), "data": {"k": i.to_string()}}))).unwrap();
+        }
+        assert!(matches!(s.watch_from(rv_of(&a)), Err(StoreError::Gone(_))));
+        assert_eq!(s.watch_from(Some(s.current_rv() - 1)).unwrap().0.len(), 1);
+    }
+}

@@ -1,0 +1,89 @@
+//! The fake API server through the real kube-rs client: 409 on a stale update, RBAC 403 with
+//! named-resource list rules, and rolling updates within maxSurge/maxUnavailable.
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use meshfleet_fake_kube::{Config, FakeKube, User};
+use serde_json::json;
+
+#[tokio::test]
+async fn stale_updates_conflict_and_rbac_denies_what_is_not_granted() {
+    let kube = FakeKube::start().await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(kube.client().await.unwrap(), "default");
+    let created = cms.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "x"}, "data": {"a": "1"}})).unwrap()).await.unwrap();
+    let mut newer = created.clone();
+    newer.data = Some([("a".to_string(), "2".to_string())].into());
+    cms.replace("x", &PostParams::default(), &newer).await.unwrap();
+    let err = cms.replace("x", &PostParams::default(), &created).await.unwrap_err();
+    assert!(matches!(err, kube::Error::Api(ref e) if e.code == 409), "{err}");
+
+    kube.apply_yaml(r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: r, namespace: default}
+rules:
+- {apiGroups: [""], resources: [secrets], resourceNames: [mine], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: r, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
+subjects: [{kind: ServiceAccount, name: sa, namespace: default}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: mine, namespace: default}
+stringData: {k: v}
+"#).unwrap();
+    kube.enforce_rbac(true);
+    kube.add_token("sa-token", User::service_account("default", "sa"));
+    let secrets: Api<Secret> = Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default");
+    assert_eq!(secrets.get("mine").await.unwrap().data.unwrap()["k"].0, b"v");
+    assert_eq!(secrets.list(&ListParams::default().fields("metadata.name=mine")).await.unwrap().items.len(), 1);
+    assert!(matches!(secrets.list(&ListParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403));
+    assert!(matches!(secrets.get("other").await, Err(kube::Error::Api(e)) if e.code == 403));
+    assert_eq!(kube.denials().len(), 2);
+    let anonymous: Api<Secret> = Api::namespaced(kube.client_for("nope").await.unwrap(), "default");
+    assert!(matches!(anonymous.get("mine").await, Err(kube::Error::Api(e)) if e.code == 401));
+}
+
+#[tokio::test]
+async fn a_template_change_rolls_pods_within_max_surge_and_max_unavailable() {
+    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(150), ..Config::default() }).await.unwrap();
+    let client = kube.client().await.unwrap();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+        "strategy": {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 1}},
+        "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "app", "image": "web:1"}]}}}});
+    deployments.create(&PostParams::default(), &serde_json::from_value(d).unwrap()).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let ready = |p: &Pod| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    for _ in 0..100 {
+        if pods.list(&Default::default()).await.unwrap().items.iter().filter(|p| ready(p)).count() == 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "web:2"}]}}}});
+    deployments.patch("web", &PatchParams::default(), &Patch::Strategic(&patch)).await.unwrap();
+    let (mut max_total, mut min_ready, mut done) = (0, usize::MAX, false);
+    for _ in 0..200 {
+        let items = pods.list(&Default::default()).await.unwrap().items;
+        max_total = max_total.max(items.len());
+        min_ready = min_ready.min(items.iter().filter(|p| ready(p)).count());
+        let images_v2 = items.iter().filter(|p| ready(p) && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some("web:2")).count();
+        if images_v2 == 4 && items.len() == 4 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done, "the rollout completes");
+    assert!(max_total <= 5, "maxSurge 1: at most 5 pods, saw {max_total}");
+    assert!(min_ready >= 3, "maxUnavailable 1: at least 3 ready, saw {min_ready}");
+    let d = deployments.get("web").await.unwrap();
+    assert_eq!(d.spec.unwrap().template.spec.unwrap().containers[0].image.as_deref(), Some("web:2"));
+}

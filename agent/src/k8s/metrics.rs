@@ -1,0 +1,208 @@
+//! Golden metrics: scrape every ready meshed pod's proxy admin `/metrics` (bounded concurrency,
+//! per-request timeout), turn cumulative counters into per-window deltas per pod (a counter
+//! that went down means the proxy restarted), and aggregate per workload. Inbound traffic only,
+//! so a request between two meshed pods is counted once, at the server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures::StreamExt;
+use meshfleet_agent_proto::v1;
+
+use super::inventory::MeshedPod;
+
+/// Cumulative inbound counters of one proxy.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sample {
+    pub requests: f64,
+    pub failures: f64,
+    /// `le` -> cumulative count, from `response_latency_ms_bucket`.
+    pub buckets: BTreeMap<OrderedF64, f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct OrderedF64(pub f64);
+impl Eq for OrderedF64 {}
+impl Ord for OrderedF64 {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0)
+    }
+}
+
+fn labels(s: &str) -> HashMap<&str, &str> {
+    // Label values of these metrics never contain commas or quotes; a line that is not
+    // well-formed simply yields fewer labels and is then ignored.
+    s.split(',').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))).collect()
+}
+
+/// Parses the Prometheus text the proxy serves. Unknown or malformed lines are skipped.
+pub fn parse(text: &str) -> Sample {
+    let mut s = Sample::default();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let (head, value) = match line.rsplit_once(' ') {
+            Some((h, v)) => (h.trim(), v.trim()),
+            None => continue,
+        };
+        let Ok(value) = value.parse::<f64>() else { continue };
+        let (name, l) = match head.split_once('{') {
+            Some((n, rest)) => (n, labels(rest.trim_end_matches('}'))),
+            None => (head, HashMap::new()),
+        };
+        if l.get("direction").is_some_and(|d| *d != "inbound") {
+            continue;
+        }
+        match name {
+            "request_total" => s.requests += value,
+            "response_total" if l.get("classification") == Some(&"failure") => s.failures += value,
+            "response_latency_ms_bucket" => {
+                let le = match l.get("le") {
+                    Some(&"+Inf") => f64::INFINITY,
+                    Some(v) => match v.parse() {
+                        Ok(v) => v,
+                        Err(_) => continue,
+                    },
+                    None => continue,
+                };
+                *s.buckets.entry(OrderedF64(le)).or_default() += value;
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// `now - before`, or `now` when a counter went backwards (the proxy restarted).
+pub fn delta(before: &Sample, now: &Sample) -> Sample {
+    if now.requests < before.requests {
+        return now.clone();
+    }
+    let buckets = now.buckets.iter().map(|(le, v)| (*le, (v - before.buckets.get(le).copied().unwrap_or(0.0)).max(0.0))).collect();
+    Sample { requests: now.requests - before.requests, failures: (now.failures - before.failures).max(0.0), buckets }
+}
+
+/// Quantile from cumulative buckets, interpolating linearly inside the bucket (as Prometheus'
+/// histogram_quantile does); the +Inf bucket answers with the highest finite bound.
+pub fn quantile(buckets: &BTreeMap<OrderedF64, f64>, q: f64) -> f64 {
+    let total = buckets.get(&OrderedF64(f64::INFINITY)).copied().or_else(|| buckets.values().last().copied()).unwrap_or(0.0);
+    if total <= 0.0 {
+        return 0.0;
+    }
+    let rank = q * total;
+    let (mut prev_le, mut prev_count) = (0.0, 0.0);
+    for (le, count) in buckets {
+        if *count >= rank {
+            if le.0.is_infinite() {
+                return prev_le;
+            }
+            let inside = count - prev_count;
+            return if inside <= 0.0 { le.0 } else { prev_le + (le.0 - prev_le) * (rank - prev_count) / inside };
+        }
+        prev_le = le.0;
+        prev_count = *count;
+    }
+    prev_le
+}
+
+fn add(into: &mut Sample, d: &Sample) {
+    into.requests += d.requests;
+    into.failures += d.failures;
+    for (le, v) in &d.buckets {
+        *into.buckets.entry(*le).or_default() += v;
+    }
+}
+
+/// Scrapes and remembers the last sample per pod (by uid).
+pub struct Scraper {
+    http: reqwest::Client,
+    concurrency: usize,
+    last: HashMap<String, Sample>,
+}
+
+impl Scraper {
+    pub fn new(timeout: Duration, concurrency: usize) -> Scraper {
+        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy().build().unwrap_or_default();
+        Scraper { http, concurrency: concurrency.max(1), last: HashMap::new() }
+    }
+
+    /// One round: per-workload metrics over the window since the previous round. Pods seen for
+    /// the first time only set a baseline. Returns (metrics, scrapes ok, scrapes failed).
+    pub async fn round(&mut self, pods: Vec<MeshedPod>, start_ms: i64, end_ms: i64) -> (v1::Metrics, u64, u64) {
+        let targets: Vec<MeshedPod> = pods.into_iter().filter(|p| p.pod.ready && p.ip.is_some()).collect();
+        let http = self.http.clone();
+        let results: Vec<(MeshedPod, Option<Sample>)> = futures::stream::iter(targets)
+            .map(|p| {
+                let http = http.clone();
+                async move {
+                    let url = format!("http://{}:{}/metrics", p.ip.as_deref().unwrap_or(""), p.admin_port);
+                    let text = match http.get(&url).send().await {
+                        Ok(r) if r.status().is_success() => r.text().await.ok(),
+                        _ => None,
+                    };
+                    (p, text.map(|t| parse(&t)))
+                }
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await;
+        let (mut ok, mut failed) = (0, 0);
+        let mut per_workload: BTreeMap<(String, String), Sample> = BTreeMap::new();
+        let mut seen = HashMap::new();
+        for (p, sample) in results {
+            let Some(sample) = sample else {
+                failed += 1;
+                continue;
+            };
+            ok += 1;
+            if let Some(before) = self.last.get(&p.uid) {
+                add(per_workload.entry((p.pod.namespace.clone(), p.pod.workload.clone())).or_default(), &delta(before, &sample));
+            }
+            seen.insert(p.uid.clone(), sample);
+        }
+        self.last = seen;
+        let workloads = per_workload
+            .into_iter()
+            .map(|((namespace, workload), s)| v1::WorkloadMetrics {
+                namespace,
+                workload,
+                requests: s.requests.round() as u64,
+                failures: s.failures.round() as u64,
+                latency_p50_ms: quantile(&s.buckets, 0.50),
+                latency_p95_ms: quantile(&s.buckets, 0.95),
+                latency_p99_ms: quantile(&s.buckets, 0.99),
+            })
+            .collect();
+        (v1::Metrics { window_start_unix_ms: start_ms, window_end_unix_ms: end_ms, workloads }, ok, failed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP request_total HTTP requests received
+request_total{direction="inbound",authority="web",tls="true"} 100
+request_total{direction="outbound",authority="db",tls="true"} 999
+response_total{direction="inbound",status_code="200",classification="success"} 90
+response_total{direction="inbound",status_code="500",classification="failure"} 10
+response_latency_ms_bucket{direction="inbound",status_code="200",le="1"} 0
+response_latency_ms_bucket{direction="inbound",status_code="200",le="10"} 50
+response_latency_ms_bucket{direction="inbound",status_code="200",le="100"} 100
+response_latency_ms_bucket{direction="inbound",status_code="200",le="+Inf"} 100
+garbage line without value
+"#;
+
+    #[test]
+    fn inbound_counters_and_quantiles() {
+        let s = parse(TEXT);
+        assert_eq!((s.requests, s.failures), (100.0, 10.0));
+        assert_eq!(quantile(&s.buckets, 0.5), 10.0);
+        assert!((quantile(&s.buckets, 0.99) - 98.2).abs() < 0.01);
+        let d = delta(&s, &s);
+        assert_eq!((d.requests, quantile(&d.buckets, 0.5)), (0.0, 0.0));
+        let reset = delta(&s, &Sample { requests: 5.0, ..Default::default() });
+        assert_eq!(reset.requests, 5.0, "a restarted proxy counts from zero");
+    }
+}

@@ -1,0 +1,105 @@
+//! The agent on Kubernetes: watches the mesh into a live inventory, elects a leader with a
+//! Lease, and on the leader only registers (once; the identity lives in a Secret), connects to
+//! the gateway, streams debounced Deltas, events and golden metrics, and executes commands.
+//! It never writes outside what the install manifest's RBAC grants.
+
+pub mod certs;
+pub mod commands;
+pub mod config;
+pub mod inventory;
+pub mod leader;
+pub mod metrics;
+mod session;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ::kube::Client;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::AgentConfig;
+pub use inventory::Inventory;
+pub use telemetry::Telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] ::kube::Error),
+    #[error("gateway: {0}")]
+    Gateway(#[from] crate::Error),
+    #[error("no identity in Secret {0} and no MESHFLEET_BOOTSTRAP_TOKEN to register with")]
+    NoBootstrapToken(String),
+    #[error("Secret {0} does not hold a usable identity: {1}")]
+    BadIdentity(String, String),
+    #[error("http listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The running agent (one replica). Dropping it aborts everything; `shutdown` is graceful.
+pub struct Running {
+    pub http_addr: SocketAddr,
+    pub inventory: Arc<Inventory>,
+    pub telemetry: Telemetry,
+    leader: watch::Receiver<bool>,
+    session: Arc<session::Slot>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// The gateway client's stats while this replica leads and is connected.
+    pub fn stats(&self) -> Option<crate::Stats> {
+        self.session.stats()
+    }
+
+    pub async fn shutdown(mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.session.stop().await;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts one agent replica on the current runtime.
+pub async fn start(config: AgentConfig, client: Client) -> Result<Running, Error> {
+    let telemetry = Telemetry::new();
+    let inventory = Inventory::new();
+    let version = client.apiserver_version().await?;
+    *inventory.kubernetes_version.lock().unwrap_or_else(|e| e.into_inner()) = version.git_version;
+    let mut tasks = inventory::spawn_watchers(client.clone(), &config, inventory.clone(), telemetry.clone());
+    let (http_addr, http) = telemetry::serve(config.listen, telemetry.clone(), inventory.clone()).await?;
+    tasks.push(http);
+    let (tx, leader) = watch::channel(false);
+    let elector = leader::Elector::new(client.clone(), &config.pod_namespace, config::LEASE_NAME, &config.pod_name, config.lease_duration, config.lease_renew);
+    tasks.push(tokio::spawn(elector.run(tx)));
+    let slot = Arc::new(session::Slot::default());
+    tasks.push(tokio::spawn(session::supervise(config, client, inventory.clone(), telemetry.clone(), leader.clone(), slot.clone())));
+    Ok(Running { http_addr, inventory, telemetry, leader, session: slot, tasks })
+}
+
+/// The binary's entry point: runs until SIGINT/SIGTERM.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let running = start(config, client).await?;
+    tracing::info!(addr = %running.http_addr, "meshfleet-agent started");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,276 @@
+//! The leader's session: load (or register once and store) the identity, run the gateway client
+//! with this cluster as its `Agent`, and pump Deltas, events and metrics into it. It starts when
+//! this replica becomes leader and stops as soon as it is not.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use ::kube::api::{Api, Patch, PatchParams, PostParams};
+use ::kube::runtime::watcher::{self, watcher, Event};
+use ::kube::runtime::WatchStreamExt;
+use ::kube::{Client, ResourceExt};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use meshfleet_agent_proto::v1;
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::commands::Executor;
+use super::config::{AgentConfig, IDENTITY_KEY, IDENTITY_SECRET};
+use super::inventory::Inventory;
+use super::metrics::Scraper;
+use super::telemetry::Telemetry;
+use super::Error;
+use crate::{AgentHandle, ClientConfig, Identity, Report, Reporter};
+
+/// What the service was last told, so Deltas carry only changes. The client's snapshot on
+/// every (re)connect resets it.
+#[derive(Default)]
+struct LastSent {
+    pods: HashMap<String, v1::Pod>,
+    facts: Option<v1::Inventory>,
+}
+
+struct KubeAgent {
+    inventory: Arc<Inventory>,
+    executor: Arc<Executor>,
+    last: Arc<Mutex<LastSent>>,
+}
+
+impl crate::Agent for KubeAgent {
+    fn kubernetes_version(&self) -> String {
+        self.inventory.kubernetes_version()
+    }
+
+    fn snapshot(&self) -> v1::Inventory {
+        let inv = self.inventory.snapshot();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.pods = inv.pods.iter().map(|p| (format!("{}/{}", p.namespace, p.name), p.clone())).collect();
+        last.facts = Some(v1::Inventory { pods: Vec::new(), ..inv.clone() });
+        inv
+    }
+
+    fn execute(&self, command: v1::Command) -> BoxFuture<'static, v1::CommandResult> {
+        self.executor.execute(command)
+    }
+}
+
+#[derive(Default)]
+pub struct Slot {
+    current: Mutex<Option<(AgentHandle, Vec<JoinHandle<()>>)>>,
+}
+
+impl Slot {
+    pub fn stats(&self) -> Option<crate::Stats> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(h, _)| h.stats())
+    }
+
+    pub async fn stop(&self) {
+        let taken = self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some((handle, tasks)) = taken {
+            for t in tasks {
+                t.abort();
+            }
+            handle.shutdown().await;
+        }
+    }
+}
+
+/// Follows leadership: starts a session on becoming leader, stops it on losing it.
+pub async fn supervise(config: AgentConfig, client: Client, inventory: Arc<Inventory>, telemetry: Telemetry, mut leader: watch::Receiver<bool>, slot: Arc<Slot>) {
+    // The certificate chain stored in the Secret, to notice renewals.
+    let mut stored: Option<String> = None;
+    loop {
+        let leading = *leader.borrow_and_update();
+        telemetry.leader.set(i64::from(leading));
+        let running = slot.current.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        if leading && !running {
+            match start_session(&config, &client, &inventory, &telemetry).await {
+                Ok(s) => {
+                    stored = Some(s.0.identity().chain_pem);
+                    *slot.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not start the gateway session; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    continue;
+                }
+            }
+        } else if !leading && running {
+            tracing::info!("lost leadership; stopping the gateway session");
+            slot.stop().await;
+        }
+        let mut renewal_check = tokio::time::interval(std::time::Duration::from_secs(30));
+        renewal_check.tick().await;
+        loop {
+            tokio::select! {
+                changed = leader.changed() => {
+                    if changed.is_err() {
+                        slot.stop().await;
+                        return;
+                    }
+                    break;
+                }
+                _ = renewal_check.tick() => {
+                    let current = slot.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(h, _)| h.identity());
+                    if let Some(id) = current.filter(|id| stored.as_deref() != Some(id.chain_pem.as_str())) {
+                        match save_identity(&client, &config.pod_namespace, &id).await {
+                            Ok(()) => stored = Some(id.chain_pem.clone()),
+                            Err(e) => tracing::warn!(error = %e, "could not store the renewed identity"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn load_or_register(config: &AgentConfig, client: &Client) -> Result<Identity, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.pod_namespace);
+    if let Some(s) = secrets.get_opt(IDENTITY_SECRET).await? {
+        let bytes = s.data.as_ref().and_then(|d| d.get(IDENTITY_KEY)).map(|b| b.0.clone()).unwrap_or_default();
+        return Identity::from_json(&bytes).map_err(|e| Error::BadIdentity(IDENTITY_SECRET.into(), e.to_string()));
+    }
+    let token = config.bootstrap_token.as_ref().ok_or_else(|| Error::NoBootstrapToken(IDENTITY_SECRET.into()))?;
+    let identity = crate::register(&config.gateway_address, &config.gateway_ca_pem, token.expose_secret(), env!("CARGO_PKG_VERSION")).await?;
+    let secret = Secret {
+        metadata: ObjectMeta { name: Some(IDENTITY_SECRET.into()), ..Default::default() },
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([(IDENTITY_KEY.to_owned(), ByteString(identity.to_json()))])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await?;
+    tracing::info!(cluster = %identity.cluster_id, "registered; identity stored in Secret {IDENTITY_SECRET}");
+    Ok(identity)
+}
+
+async fn start_session(config: &AgentConfig, client: &Client, inventory: &Arc<Inventory>, telemetry: &Telemetry) -> Result<(AgentHandle, Vec<JoinHandle<()>>), Error> {
+    let identity = load_or_register(config, client).await?;
+    let executor = Arc::new(Executor { client: client.clone(), config: config.clone(), inventory: inventory.clone(), reporter: Mutex::new(None) });
+    let last = Arc::new(Mutex::new(LastSent::default()));
+    let agent = Arc::new(KubeAgent { inventory: inventory.clone(), executor: executor.clone(), last: last.clone() });
+    let handle = crate::spawn(ClientConfig::new(&config.gateway_address, &config.gateway_ca_pem), identity, agent);
+    let reporter = handle.reporter();
+    *executor.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reporter.clone());
+    let tasks = vec![
+        tokio::spawn(pump(config.clone(), inventory.clone(), last, reporter.clone(), telemetry.clone())),
+        tokio::spawn(warnings(client.clone(), inventory.clone(), reporter.clone(), telemetry.clone())),
+        tokio::spawn(scrape(config.clone(), inventory.clone(), reporter.clone(), telemetry.clone())),
+    ];
+    Ok((handle, tasks))
+}
+
+/// Debounced Deltas (changed pods, removed pods, changed facts) and proxy-restart events.
+async fn pump(config: AgentConfig, inventory: Arc<Inventory>, last: Arc<Mutex<LastSent>>, reporter: Reporter, telemetry: Telemetry) {
+    let mut restarts: HashMap<String, u32> = HashMap::new();
+    loop {
+        inventory.changed.notified().await;
+        tokio::time::sleep(config.debounce).await;
+        let pods = inventory.pods();
+        telemetry.pods.set(pods.len() as i64);
+        let facts = inventory.facts();
+        let mut events = Vec::new();
+        for p in pods.values() {
+            let before = restarts.insert(p.uid.clone(), p.proxy_restarts);
+            if before.is_some_and(|b| p.proxy_restarts > b) {
+                events.push(v1::Event {
+                    id: format!("{}/proxy-restart/{}", p.uid, p.proxy_restarts),
+                    at_unix_ms: crate::client::now_ms(),
+                    r#type: "ProxyRestart".into(),
+                    namespace: p.pod.namespace.clone(),
+                    object: format!("Pod/{}", p.pod.name),
+                    reason: "ProxyRestarted".into(),
+                    message: format!("the proxy container restarted ({} restarts)", p.proxy_restarts),
+                });
+            }
+        }
+        restarts.retain(|uid, _| pods.values().any(|p| &p.uid == uid));
+        let delta = {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            let upserted: Vec<v1::Pod> = pods.iter().filter(|(k, p)| l.pods.get(*k) != Some(&p.pod)).map(|(_, p)| p.pod.clone()).collect();
+            let removed: Vec<v1::PodRef> = l.pods.iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, p)| v1::PodRef { namespace: p.namespace.clone(), name: p.name.clone() }).collect();
+            let facts_changed = l.facts.as_ref() != Some(&facts);
+            for p in &upserted {
+                l.pods.insert(format!("{}/{}", p.namespace, p.name), p.clone());
+            }
+            for r in &removed {
+                l.pods.remove(&format!("{}/{}", r.namespace, r.name));
+            }
+            if facts_changed {
+                l.facts = Some(facts.clone());
+            }
+            (!upserted.is_empty() || !removed.is_empty() || facts_changed).then(|| v1::Delta { upserted_pods: upserted, removed_pods: removed, facts: facts_changed.then_some(facts) })
+        };
+        if let Some(d) = delta {
+            telemetry.reports.with_label_values(&["delta"]).inc();
+            reporter.report(Report::Delta(d));
+        }
+        if !events.is_empty() {
+            telemetry.reports.with_label_values(&["events"]).inc();
+            reporter.report(Report::Events(v1::Events { events }));
+        }
+    }
+}
+
+/// Kubernetes Warning events in meshed namespaces. Ids are the event's uid and count, so a
+/// relist resends nothing new to the service (it stores each id once).
+async fn warnings(client: Client, inventory: Arc<Inventory>, reporter: Reporter, telemetry: Telemetry) {
+    let api: Api<KubeEvent> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default().fields("type=Warning")).default_backoff().boxed();
+    let mut seen: HashSet<String> = HashSet::new();
+    while let Some(ev) = stream.next().await {
+        telemetry.watch_event("events", ev.is_ok());
+        let e = match ev {
+            Ok(Event::Apply(e)) | Ok(Event::InitApply(e)) => e,
+            _ => continue,
+        };
+        let ns = e.namespace().unwrap_or_default();
+        if !inventory.is_meshed_namespace(&ns) {
+            continue;
+        }
+        let id = format!("{}/{}", e.uid().unwrap_or_default(), e.count.unwrap_or(1));
+        if seen.len() > 10_000 {
+            seen.clear(); // bounded; the service dedups by id anyway
+        }
+        if !seen.insert(id.clone()) {
+            continue;
+        }
+        let at = e.last_timestamp.as_ref().map(|t| t.0.as_millisecond()).or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond())).unwrap_or_else(crate::client::now_ms);
+        let object = format!("{}/{}", e.involved_object.kind.clone().unwrap_or_default(), e.involved_object.name.clone().unwrap_or_default());
+        let event = v1::Event { id, at_unix_ms: at, r#type: "Warning".into(), namespace: ns, object, reason: e.reason.clone().unwrap_or_default(), message: e.message.clone().unwrap_or_default() };
+        telemetry.reports.with_label_values(&["events"]).inc();
+        reporter.report(Report::Events(v1::Events { events: vec![event] }));
+    }
+}
+
+async fn scrape(config: AgentConfig, inventory: Arc<Inventory>, reporter: Reporter, telemetry: Telemetry) {
+    let mut scraper = Scraper::new(config.scrape_timeout, config.scrape_concurrency);
+    let mut tick = tokio::time::interval(config.scrape_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut start = crate::client::now_ms();
+    loop {
+        tick.tick().await;
+        let end = crate::client::now_ms();
+        let pods = inventory.pods().into_values().collect();
+        let (metrics, ok, failed) = scraper.round(pods, start, end).await;
+        telemetry.scrapes.with_label_values(&["ok"]).inc_by(ok);
+        telemetry.scrapes.with_label_values(&["error"]).inc_by(failed);
+        start = end;
+        if !metrics.workloads.is_empty() {
+            telemetry.reports.with_label_values(&["metrics"]).inc();
+            reporter.report(Report::Metrics(metrics));
+        }
+    }
+}
+
+/// Writes a renewed certificate back to the identity Secret, so a restart after a renewal
+/// starts with the newest identity (the old certificate stays valid for its last third anyway).
+async fn save_identity(client: &Client, namespace: &str, identity: &Identity) -> Result<(), ::kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let patch = Secret { data: Some(BTreeMap::from([(IDENTITY_KEY.to_owned(), ByteString(identity.to_json()))])), ..Default::default() };
+    api.patch(IDENTITY_SECRET, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+}
