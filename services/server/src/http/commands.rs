@@ -23,7 +23,50 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Command kinds agents understand; later issues add upgrade and rotation commands.
-pub const KINDS: &[&str] = &["ping", "collect-diagnostics"];
+pub const KINDS: &[&str] = &["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version"];
+
+/// Kinds that change nothing in the cluster, offered as one-click buttons in the dashboard.
+pub const READ_ONLY_KINDS: &[&str] = &["ping", "collect-diagnostics"];
+
+/// Checks a command's parameters here, so a mistake is a 422 now rather than a failed
+/// command later.
+fn check_params(kind: &str, params: &serde_json::Map<String, serde_json::Value>, errors: &mut Vec<FieldError>) {
+    let allowed: &[&str] = match kind {
+        "restart-workloads" => &["namespace", "selector", "batch_size", "max_unavailable", "timeout_secs"],
+        "set-control-plane-version" => &["version", "timeout_secs"],
+        _ => &[],
+    };
+    for key in params.keys().filter(|k| !allowed.contains(&k.as_str())) {
+        errors.push(FieldError::new(format!("params.{key}"), format!("not a parameter of {kind}")));
+    }
+    let positive = |key: &str, max: u64, errors: &mut Vec<FieldError>| {
+        if let Some(v) = params.get(key) {
+            if !v.as_u64().is_some_and(|n| (1..=max).contains(&n)) {
+                errors.push(FieldError::new(format!("params.{key}"), format!("must be a whole number from 1 to {max}")));
+            }
+        }
+    };
+    positive("batch_size", 1000, errors);
+    positive("timeout_secs", 86_400, errors);
+    if let Some(v) = params.get("max_unavailable") {
+        if !v.as_u64().is_some_and(|n| n <= 1000) {
+            errors.push(FieldError::new("params.max_unavailable", "must be a whole number from 0 to 1000"));
+        }
+    }
+    for key in ["namespace", "selector"] {
+        if params.get(key).is_some_and(|v| !v.is_string()) {
+            errors.push(FieldError::new(format!("params.{key}"), "must be a string"));
+        }
+    }
+    if let Some(selector) = params.get("selector").and_then(|v| v.as_str()) {
+        if let Err(e) = selector.parse::<crate::domain::labels::Selector>() {
+            errors.push(FieldError::new("params.selector", e.message));
+        }
+    }
+    if kind == "set-control-plane-version" && !params.get("version").and_then(|v| v.as_str()).is_some_and(|v| !v.trim().is_empty() && v.len() <= 128) {
+        errors.push(FieldError::new("params.version", "the version to run, e.g. 0.2.0, is required"));
+    }
+}
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CommandView {
@@ -69,9 +112,11 @@ impl From<Command> for CommandView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCommandRequest {
-    /// `ping` or `collect-diagnostics`.
+    /// `ping`, `collect-diagnostics`, `restart-workloads` or `set-control-plane-version`.
     pub kind: String,
-    /// Kind-specific parameters (a JSON object).
+    /// Kind-specific parameters (a JSON object). `restart-workloads`: namespace, selector,
+    /// batch_size, max_unavailable, timeout_secs. `set-control-plane-version`: version,
+    /// timeout_secs.
     #[serde(default)]
     pub params: Option<serde_json::Value>,
     /// Seconds the agent has to finish, 1 to 86400 (default 600).
@@ -95,8 +140,10 @@ async fn create_command(
         errors.push(FieldError::new("kind", format!("unknown command; expected one of {}", KINDS.join(", "))));
     }
     let params = req.params.unwrap_or_else(|| serde_json::json!({}));
-    if !params.is_object() {
-        errors.push(FieldError::new("params", "must be a JSON object"));
+    match params.as_object() {
+        Some(map) if errors.is_empty() => check_params(&req.kind, map, &mut errors),
+        Some(_) => {}
+        None => errors.push(FieldError::new("params", "must be a JSON object")),
     }
     let deadline_secs = req.deadline_secs.unwrap_or(600);
     if !(1..=86_400).contains(&deadline_secs) {

@@ -46,7 +46,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
             section.card {
                 h2 { "Commands" }
                 div.actions {
-                    @for kind in crate::http::commands::KINDS {
+                    @for kind in crate::http::commands::READ_ONLY_KINDS {
                         form data-api=(format!("/api/v1/clusters/{id}/commands")) data-method="POST" data-then="reload" data-mutates {
                             input type="hidden" name="kind" value=(kind);
                             button type="submit" { "Run " (kind) }

@@ -342,6 +342,17 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
 
     let (status, body) = app.post(&commands, &owner.access, json!({ "kind": "format-disk" })).await;
     crate::helpers::assert_problem(status, &body, 422, "validation", Some("kind"));
+    for (params, field) in [
+        (json!({ "kind": "set-control-plane-version" }), "params.version"),
+        (json!({ "kind": "restart-workloads", "params": { "batch_size": 0 } }), "params.batch_size"),
+        (json!({ "kind": "restart-workloads", "params": { "selector": "app in (" } }), "params.selector"),
+        (json!({ "kind": "restart-workloads", "params": { "force": true } }), "params.force"),
+    ] {
+        let (status, body) = app.post(&commands, &owner.access, params).await;
+        crate::helpers::assert_problem(status, &body, 422, "validation", Some(field));
+    }
+    let (status, body) = app.post(&commands, &owner.access, json!({ "kind": "restart-workloads", "params": { "selector": "app=web", "batch_size": 2 } })).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 async fn deleted_or_revoked_clusters_lose_their_stream_at_once(engine: Engine) {

@@ -200,6 +200,18 @@ async fn kube_agent_inventory_metrics_identity_and_failover_under_the_install_rb
     assert!(within(Duration::from_secs(5), || async { s.app.get(&cmd_path, &s.owner.access).await.1["state"] == "succeeded" }).await.is_some());
     assert_eq!(s.app.get(&cmd_path, &s.owner.access).await.1["output"]["meshed_pods"], 3);
 
+    // restart-workloads through the API: every meshed pod is replaced, under the manifest's RBAC.
+    let before = fake_meshed(&s.kube);
+    let (status, cmd) = s
+        .app
+        .post(&format!("/api/v1/clusters/{}/commands", s.cluster), &s.owner.access, json!({"kind": "restart-workloads", "params": {"namespace": "shop", "batch_size": 1}}))
+        .await;
+    assert_eq!(status.as_u16(), 201, "{cmd}");
+    let cmd_path = format!("/api/v1/clusters/{}/commands/{}", s.cluster, cmd["id"].as_str().unwrap());
+    let restarted = within(Duration::from_secs(60), || async { s.app.get(&cmd_path, &s.owner.access).await.1["state"] == "succeeded" }).await;
+    assert!(restarted.is_some(), "restart-workloads: {}", s.app.get(&cmd_path, &s.owner.access).await.1);
+    assert!(within(Duration::from_secs(10), || async { let now = fake_meshed(&s.kube); now.len() == 3 && now.is_disjoint(&before) }).await.is_some(), "every pod was replaced");
+
     // Restart: the bootstrap token is spent, so connecting again proves the stored identity.
     a.shutdown().await;
     let a = start_agent(&s, "meshfleet-agent-a").await;
