@@ -30,3 +30,14 @@ pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+/// Rows per multi-row statement. SQLite looks up each `$n` parameter by name with a linear
+/// scan, so a statement's cost grows with the square of its parameters: keep them near 100
+/// there. PostgreSQL takes large statements in its stride.
+pub(crate) fn rows_per_statement(conn: &Conn, cols: usize) -> usize {
+    if conn.backend_name() == "SQLite" {
+        (100 / cols).max(1)
+    } else {
+        200
+    }
+}

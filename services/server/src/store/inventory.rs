@@ -83,11 +83,9 @@ pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &
     Ok(())
 }
 
-/// Rows per multi-row statement: 10 parameters each stays far below both engines' limits.
-const CHUNK: usize = 200;
 
 pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
-    for chunk in pods.chunks(CHUNK) {
+    for chunk in pods.chunks(super::rows_per_statement(conn, 10)) {
         let sql = format!(
             "INSERT INTO cluster_pods (cluster_id, org_id, namespace, name, workload, proxy_version, ready, restarts, phase, updated_at)
              VALUES {} ON CONFLICT (cluster_id, namespace, name) DO UPDATE SET workload = excluded.workload,

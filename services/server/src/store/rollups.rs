@@ -34,7 +34,6 @@ impl Window {
     }
 }
 
-const CHUNK: usize = 200;
 
 /// Weighted mean of a percentile over the minute's windows (an approximation: percentiles do
 /// not add up, but weighting by requests keeps busy windows dominant).
@@ -49,7 +48,7 @@ fn merged(col: &str) -> String {
 /// later than the minute's `last_window_end` was applied already (a resend) and changes
 /// nothing. A key may appear once per statement, so callers pass windows with distinct keys.
 pub async fn add_windows(conn: &mut Conn, windows: &[Window]) -> Result<(), sqlx::Error> {
-    for chunk in windows.chunks(CHUNK) {
+    for chunk in windows.chunks(super::rows_per_statement(conn, 11)) {
         let sql = format!(
             "INSERT INTO metric_rollups (cluster_id, org_id, namespace, workload, minute, requests, failures,
                  latency_p50_ms, latency_p95_ms, latency_p99_ms, last_window_end)
@@ -143,7 +142,7 @@ pub struct Event {
 
 /// Stores events once each: a resent event (same id) is ignored.
 pub async fn add_events(conn: &mut Conn, events: &[(OrgId, ClusterId, Event)]) -> Result<(), sqlx::Error> {
-    for chunk in events.chunks(CHUNK) {
+    for chunk in events.chunks(super::rows_per_statement(conn, 9)) {
         let sql = format!(
             "INSERT INTO cluster_events (cluster_id, org_id, id, at, type, namespace, object, reason, message)
              VALUES {} ON CONFLICT (cluster_id, id) DO NOTHING",

@@ -1,0 +1,132 @@
+//! The `meshfleet.identity.v1.Identity` gRPC service: verifies the caller's token, signs its CSR
+//! with the current issuer (the identity comes from the token, never from the CSR), and streams
+//! the trust bundle. All failures map to `tonic::Status` in `From<Error>`, in one place.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rcgen::CertificateSigningRequestParams;
+use rustls::pki_types::CertificateSigningRequestDer;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use super::verifier::VerifyError;
+use super::Shared;
+use crate::certs::{self, WorkloadId};
+use crate::identity::pb;
+use crate::tls::TrustBundle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    #[error("invalid CSR: {0}")]
+    Csr(rcgen::Error),
+    #[error("identity not representable: {0}")]
+    Identity(certs::Error),
+    #[error("signing failed: {0}")]
+    Sign(certs::Error),
+}
+
+impl Error {
+    fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Verify(e) => e.metric_label(),
+            Self::Csr(_) => "invalid_csr",
+            Self::Identity(_) => "invalid_identity",
+            Self::Sign(_) => "sign",
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match &e {
+            Error::Verify(VerifyError::Unauthenticated) => Status::unauthenticated(e.to_string()),
+            Error::Verify(VerifyError::Unavailable(_)) => {
+                tracing::error!(error = %e, "token verifier unavailable");
+                Status::unavailable("token verifier unavailable")
+            }
+            Error::Csr(_) | Error::Identity(_) => Status::invalid_argument(e.to_string()),
+            Error::Sign(_) => {
+                tracing::error!(error = %e, "signing failed");
+                Status::internal("signing failed")
+            }
+        }
+    }
+}
+
+pub struct IdentityService(pub Arc<Shared>);
+
+impl IdentityService {
+    async fn certify(&self, req: pb::CertifyRequest) -> Result<pb::CertifyResponse, Error> {
+        let sa = self.0.verifier.verify(&req.token).await?;
+        let id = WorkloadId::new(&self.0.config.trust_domain, &sa.namespace, &sa.name)
+            .map_err(Error::Identity)?;
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
+            req.csr_der,
+        ))
+        .map_err(Error::Csr)?;
+        let pair = self.0.pair();
+        let wanted = SystemTime::now() + self.0.config.leaf_lifetime();
+        // A leaf never outlives the issuer that signed it.
+        let issuer_end = SystemTime::UNIX_EPOCH
+            + std::time::Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
+        let not_after = wanted.min(issuer_end);
+        let leaf = certs::issue_leaf(&pair.issuer.signer, &csr.public_key, &id, not_after)
+            .map_err(Error::Sign)?;
+        tracing::info!(identity = %id, not_after = certs::unix(not_after), "issued leaf certificate");
+        Ok(pb::CertifyResponse {
+            leaf_der: leaf.to_vec(),
+            intermediates_der: pair.issuer.chain.iter().map(|c| c.to_vec()).collect(),
+            identity: id.to_string(),
+            not_after_unix: certs::unix(not_after),
+        })
+    }
+}
+
+pub fn bundle_message(bundle: &TrustBundle) -> pb::TrustBundle {
+    pb::TrustBundle {
+        anchors_der: bundle.anchors().iter().map(|a| a.to_vec()).collect(),
+        version: bundle.version().to_string(),
+    }
+}
+
+type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundle, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::identity_server::Identity for IdentityService {
+    async fn certify(
+        &self,
+        request: Request<pb::CertifyRequest>,
+    ) -> Result<Response<pb::CertifyResponse>, Status> {
+        match IdentityService::certify(self, request.into_inner()).await {
+            Ok(resp) => {
+                self.0.metrics.issued.inc();
+                Ok(Response::new(resp))
+            }
+            Err(e) => {
+                self.0
+                    .metrics
+                    .refused
+                    .with_label_values(&[e.metric_label()])
+                    .inc();
+                tracing::warn!(error = %e, "certificate request refused");
+                Err(e.into())
+            }
+        }
+    }
+
+    type WatchTrustBundleStream = BundleStream;
+
+    async fn watch_trust_bundle(
+        &self,
+        _request: Request<pb::WatchTrustBundleRequest>,
+    ) -> Result<Response<BundleStream>, Status> {
+        // The watch stream yields the current value first, then each change.
+        let rx = self.0.bundle_tx.subscribe();
+        let stream = tokio_stream::wrappers::WatchStream::new(rx).map(|b| Ok(bundle_message(&b)));
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

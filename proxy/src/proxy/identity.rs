@@ -1,0 +1,161 @@
+//! The proxy's side of identity: obtains its leaf from the controller with a CSR for the key it
+//! generated in memory, renews at ~70% of the lifetime (with jitter), keeps the current leaf
+//! while the controller is unreachable, and follows the trust bundle stream.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+use rcgen::{CertificateParams, KeyPair};
+use rustls::pki_types::{CertificateDer, UnixTime};
+use tonic::transport::Channel;
+
+use super::metrics::Metrics;
+use super::tls::{Leaf, TlsState};
+use crate::certs;
+use crate::identity::pb::{self, identity_client::IdentityClient};
+use crate::tls::TrustBundle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read token file {0}: {1}")]
+    Token(String, std::io::Error),
+    #[error("controller refused or failed: {0}")]
+    Rpc(#[from] tonic::Status),
+    #[error("controller returned an unusable certificate: {0}")]
+    BadCert(String),
+    #[error(transparent)]
+    Certs(#[from] certs::Error),
+    #[error(transparent)]
+    Rcgen(#[from] rcgen::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::Error),
+}
+
+const MIN_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+pub struct Certifier {
+    pub state: Arc<TlsState>,
+    pub metrics: Metrics,
+    pub channel: Channel,
+    pub token_file: PathBuf,
+    pub key: KeyPair,
+}
+
+impl Certifier {
+    pub async fn run(self) {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            match self.certify().await {
+                Ok(lifetime) => {
+                    backoff = MIN_BACKOFF;
+                    // Renew at 65–75% of the remaining lifetime so a fleet does not renew in step.
+                    let fraction = rand::thread_rng().gen_range(0.65..0.75);
+                    tokio::time::sleep(lifetime.mul_f64(fraction)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "certificate request failed; keeping the current certificate");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    /// One round: CSR -> leaf, checked locally before it is used. Returns the remaining lifetime.
+    async fn certify(&self) -> Result<Duration, Error> {
+        let token = tokio::fs::read_to_string(&self.token_file)
+            .await
+            .map_err(|e| Error::Token(self.token_file.display().to_string(), e))?;
+        let csr = CertificateParams::default().serialize_request(&self.key)?;
+        let mut client = IdentityClient::new(self.channel.clone());
+        let req = pb::CertifyRequest {
+            token: token.trim().to_string(),
+            csr_der: csr.der().to_vec(),
+        };
+        let resp = client.certify(req).await?.into_inner();
+        let leaf = CertificateDer::from(resp.leaf_der);
+        let info = certs::inspect(&leaf)?;
+        if info.spki != rcgen::PublicKeyData::subject_public_key_info(&self.key) {
+            return Err(Error::BadCert("leaf is not for this proxy's key".into()));
+        }
+        let mut chain = vec![leaf];
+        chain.extend(resp.intermediates_der.into_iter().map(CertificateDer::from));
+        let bundle = self.state.bundle();
+        crate::tls::verify_chain(&chain[0], &chain[1..], bundle.roots(), UnixTime::now())
+            .map_err(|e| Error::BadCert(format!("does not chain to the trust bundle: {e}")))?;
+        let issuer = chain
+            .get(1)
+            .and_then(|c| certs::inspect(c).ok())
+            .map(|i| i.subject)
+            .unwrap_or_default();
+        let identity = info.spiffe_id().unwrap_or_default().to_string();
+        self.state.set_leaf(Leaf {
+            chain,
+            identity: identity.clone(),
+            not_after_unix: info.not_after_unix,
+            issuer,
+        })?;
+        self.metrics.cert_expiry.set(info.not_after_unix as f64);
+        self.metrics.cert_refresh.inc();
+        tracing::info!(%identity, not_after = info.not_after_unix, "obtained certificate");
+        let remaining = info.not_after_unix - certs::unix(SystemTime::now());
+        Ok(Duration::from_secs(remaining.max(1) as u64))
+    }
+}
+
+/// Follows the controller's trust bundle stream for the life of the proxy, reconnecting on error.
+pub async fn follow_bundle(state: Arc<TlsState>, metrics: Metrics, channel: Channel) {
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let mut client = IdentityClient::new(channel.clone());
+        match client
+            .watch_trust_bundle(pb::WatchTrustBundleRequest {})
+            .await
+        {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            backoff = MIN_BACKOFF;
+                            apply_bundle(&state, &metrics, msg);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "trust bundle stream ended");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot watch the trust bundle"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+fn apply_bundle(state: &TlsState, metrics: &Metrics, msg: pb::TrustBundle) {
+    let anchors = msg
+        .anchors_der
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    match TrustBundle::new(anchors) {
+        Ok(bundle) if bundle.version() == state.bundle().version() => {}
+        Ok(bundle) => {
+            tracing::info!(version = %bundle.version(), anchors = bundle.anchors().len(), "trust bundle updated");
+            if let Err(e) = state.set_bundle(bundle) {
+                tracing::error!(error = %e, "cannot apply the trust bundle");
+            } else {
+                metrics.trust_bundle_updates.inc();
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "controller sent an invalid trust bundle; keeping the current one")
+        }
+    }
+}

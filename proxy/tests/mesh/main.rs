@@ -1,0 +1,7 @@
+//! Integration tests for the mesh: the real controller and proxy binaries on 127.0.0.1.
+mod metrics;
+mod mtls;
+mod protocols;
+mod robustness;
+mod rotation;
+mod support;
