@@ -3,7 +3,6 @@
 //! without a reload; no console errors; viewers see no mutating controls; another
 //! organization's cluster is a not-found page. Screenshots land in the test artifacts.
 
-use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,9 +30,7 @@ struct Driver(Child);
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        // chromedriver leads its own process group; ending the group also ends the Chromium
-        // processes it started, even when a failed test never closed the session.
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.0.id())).status();
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
 }
@@ -48,9 +45,7 @@ async fn browser() -> Option<Browser> {
         return None;
     }
     let port = free_port();
-    let driver = Driver(
-        Command::new(CHROMEDRIVER).arg(format!("--port={port}")).process_group(0).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap(),
-    );
+    let driver = Driver(Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
     let driver_url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     for _ in 0..100 {
