@@ -35,6 +35,8 @@ pub struct Inner {
     /// Agent streams open on this replica.
     pub agents: Registry,
     pub ingest: Ingest,
+    /// The dashboard's per-organization fleet overview.
+    pub fleet_cache: crate::ui::fleet::FleetCache,
 }
 
 impl Deref for AppState {
@@ -76,7 +78,7 @@ impl AppState {
             (n, _) => n,
         };
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max);
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest })))
+        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default() })))
     }
 }
 

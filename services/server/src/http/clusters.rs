@@ -160,6 +160,7 @@ async fn create_cluster(
         .await?;
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
+    state.fleet_cache.invalidate(auth.org_id);
     Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &liveness(&state))?, bootstrap_token })))
 }
 
@@ -264,6 +265,7 @@ async fn update_cluster(
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.update", ("cluster", id.to_string()), serde_json::json!({ "labels": req.labels })).await?;
     let cluster = find(&mut tx, &auth, id).await?;
     tx.commit().await?;
+    state.fleet_cache.invalidate(auth.org_id);
     Ok(Json(view(cluster, &liveness(&state))?))
 }
 
@@ -278,6 +280,7 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
     store::clusters::delete(&mut tx, auth.org_id, id).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.delete", ("cluster", id.to_string()), serde_json::json!({ "name": cluster.name })).await?;
     tx.commit().await?;
+    state.fleet_cache.invalidate(auth.org_id);
     // Its certificates went with it; cut a stream that is already open.
     crate::gateway::dispatch::agent_revoked(&state, id).await;
     Ok(StatusCode::NO_CONTENT)

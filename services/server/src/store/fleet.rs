@@ -27,7 +27,7 @@ impl Golden {
 /// Per-cluster totals of every cluster in the organization since `since` (ms).
 pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT cluster_id, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT cluster_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 GROUP BY cluster_id",
     )
     .bind(org.to_string())
@@ -45,7 +45,7 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
 /// Per-minute totals of one cluster since `since`, oldest first.
 pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<(i64, Golden)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT minute, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
          WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 GROUP BY minute ORDER BY minute",
     )
     .bind(org.to_string())
@@ -69,7 +69,7 @@ pub async fn golden_by_minute_of(
     }
     let list: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 3)).collect();
     let sql = format!(
-        "SELECT cluster_id, minute, SUM(requests), SUM(failures), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT cluster_id, minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 AND cluster_id IN ({}) GROUP BY cluster_id, minute ORDER BY cluster_id, minute",
         list.join(", ")
     );

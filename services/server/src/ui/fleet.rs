@@ -5,7 +5,8 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -18,7 +19,7 @@ use super::charts::sparkline;
 use super::{countdown, layout, page_error, PageResult, Viewer};
 use crate::app::AppState;
 use crate::domain::labels::Selector;
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, OrgId};
 use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
 use crate::store::clusters::{Cluster, ListQuery};
@@ -99,26 +100,26 @@ pub struct Filters {
     pub selector: String,
 }
 
-/// Every cluster matching the filters, worst first.
-pub async fn rows(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<Vec<Row>, ApiError> {
-    let org = viewer.principal.org_id;
-    let selector: Selector = f.selector.parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
+/// The organization's fleet as the overview shows it.
+pub struct Snapshot {
+    /// Every cluster with its health, worst first.
+    rows: Vec<Row>,
+    /// Request-rate trends of the first page of the unfiltered overview.
+    trends: HashMap<ClusterId, Vec<(i64, f64)>>,
+}
+
+/// Reads the whole fleet, so it is cached per organization (see `FleetCache`).
+async fn compute(state: &AppState, org: OrgId) -> Result<Snapshot, ApiError> {
     let live = liveness(state);
-    let status = match f.status.as_str() {
-        "" => None,
-        s @ ("pending" | "connected" | "stale" | "disconnected") => Some((s, live)),
-        _ => return Err(ApiError::field("status", "pick pending, connected, stale or disconnected")),
-    };
     let now = state.clock.now_ms();
     let mut conn = state.db.pool.acquire().await?;
-    let clusters = store::clusters::list(&mut conn, org, &ListQuery { selector: &selector, status, after_name: None, limit: 10_000 }).await?;
+    let everything = Selector::default();
+    let clusters = store::clusters::list(&mut conn, org, &ListQuery { selector: &everything, status: None, after_name: None, limit: 100_000 }).await?;
     let golden = store::fleet::golden_since(&mut conn, org, now - RECENT_MS).await?;
     let facts = store::fleet::facts_of_org(&mut conn, org).await?;
     let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
-    let needle = f.q.trim().to_lowercase();
     let mut rows: Vec<Row> = clusters
         .into_iter()
-        .filter(|c| needle.is_empty() || c.name.contains(&needle))
         .map(|cluster| {
             let g = golden.get(&cluster.id).copied().unwrap_or_default();
             let fact = facts.get(&cluster.id);
@@ -134,7 +135,94 @@ pub async fn rows(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<Vec<
         })
         .collect();
     rows.sort_by(|a, b| a.health.cmp(&b.health).then_with(|| a.cluster.name.cmp(&b.cluster.name)));
-    Ok(rows)
+    let first_page: Vec<ClusterId> = rows.iter().take(MAX_ROWS).filter(|r| r.golden.requests > 0).map(|r| r.cluster.id).collect();
+    let trends = rates(&mut conn, org, &first_page, now).await?;
+    Ok(Snapshot { rows, trends })
+}
+
+/// Requests per second per minute over the last half hour.
+async fn rates(conn: &mut store::Conn, org: OrgId, ids: &[ClusterId], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
+    let minutes = store::fleet::golden_by_minute_of(conn, org, ids, now - TREND_MS).await?;
+    Ok(minutes.into_iter().map(|(id, ms)| (id, ms.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect())).collect())
+}
+
+/// The fleet rows of each organization, at most `FRESH` old. A request that finds them older
+/// gets them at once and starts one refresh in the background (stale-while-revalidate), so
+/// pages and live updates stay fast however large the fleet; changes show within ~2 s.
+#[derive(Default)]
+pub struct FleetCache {
+    entries: Mutex<HashMap<OrgId, CacheEntry>>,
+}
+
+struct CacheEntry {
+    at: Instant,
+    snapshot: Arc<Snapshot>,
+    refreshing: bool,
+}
+
+const FRESH: Duration = Duration::from_secs(1);
+
+impl FleetCache {
+    /// Forgets an organization's rows, after a change the user expects to see at once.
+    pub fn invalidate(&self, org: OrgId) {
+        self.entries.lock().expect("fleet cache lock poisoned").remove(&org);
+    }
+
+    async fn snapshot(state: &AppState, org: OrgId) -> Result<Arc<Snapshot>, ApiError> {
+        let cache = &state.fleet_cache;
+        let stale = {
+            let mut entries = cache.entries.lock().expect("fleet cache lock poisoned");
+            match entries.get_mut(&org) {
+                Some(e) if e.at.elapsed() < FRESH || e.refreshing => return Ok(e.snapshot.clone()),
+                Some(e) => {
+                    e.refreshing = true;
+                    Some(e.snapshot.clone())
+                }
+                None => None,
+            }
+        };
+        match stale {
+            Some(snapshot) => {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let fresh = compute(&state, org).await;
+                    let mut entries = state.fleet_cache.entries.lock().expect("fleet cache lock poisoned");
+                    match fresh {
+                        Ok(fresh) => {
+                            entries.insert(org, CacheEntry { at: Instant::now(), snapshot: Arc::new(fresh), refreshing: false });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "refreshing the fleet overview failed");
+                            if let Some(entry) = entries.get_mut(&org) {
+                                entry.refreshing = false;
+                            }
+                        }
+                    }
+                });
+                Ok(snapshot)
+            }
+            None => {
+                let snapshot = Arc::new(compute(state, org).await?);
+                cache.entries.lock().expect("fleet cache lock poisoned").insert(org, CacheEntry { at: Instant::now(), snapshot: snapshot.clone(), refreshing: false });
+                Ok(snapshot)
+            }
+        }
+    }
+}
+
+/// Keeps the rows that match the filters.
+fn matching<'a>(rows: &'a [Row], f: &Filters) -> Result<Vec<&'a Row>, ApiError> {
+    let selector: Selector = f.selector.parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
+    if !matches!(f.status.as_str(), "" | "pending" | "connected" | "stale" | "disconnected") {
+        return Err(ApiError::field("status", "pick pending, connected, stale or disconnected"));
+    }
+    let needle = f.q.trim().to_lowercase();
+    Ok(rows
+        .iter()
+        .filter(|r| f.status.is_empty() || r.status == f.status)
+        .filter(|r| needle.is_empty() || r.cluster.name.contains(&needle))
+        .filter(|r| selector.matches(&r.cluster.labels))
+        .collect())
 }
 
 fn percent(r: Option<f64>) -> String {
@@ -143,12 +231,13 @@ fn percent(r: Option<f64>) -> String {
 
 /// The live part of the overview: the summary and the table.
 pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<Markup, ApiError> {
-    let rows = rows(state, viewer, f).await?;
+    let snapshot = FleetCache::snapshot(state, viewer.principal.org_id).await?;
+    let rows = matching(&snapshot.rows, f)?;
     let now = state.clock.now_ms();
     let count = |h: &[Health]| rows.iter().filter(|r| h.contains(&r.health)).count();
     let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < 7 * DAY_MS)).count();
-    let shown: Vec<&Row> = rows.iter().take(MAX_ROWS).collect();
-    let trends = trends(state, viewer, &shown, now).await?;
+    let shown: Vec<&Row> = rows.iter().copied().take(MAX_ROWS).collect();
+    let trends = trends(state, viewer, &snapshot, &shown, now).await?;
     Ok(html! {
         ul.summary aria-label="Fleet summary" {
             li.healthy { strong { (count(&[Health::Healthy])) } " healthy" }
@@ -190,12 +279,16 @@ fn or_dash(s: &str) -> &str {
     if s.is_empty() { "–" } else { s }
 }
 
-/// Requests per second per minute over the last half hour, for the rows shown.
-async fn trends(state: &AppState, viewer: &Viewer, rows: &[&Row], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
-    let ids: Vec<ClusterId> = rows.iter().filter(|r| r.golden.requests > 0).map(|r| r.cluster.id).collect();
-    let mut conn = state.db.pool.acquire().await?;
-    let minutes = store::fleet::golden_by_minute_of(&mut conn, viewer.principal.org_id, &ids, now - TREND_MS).await?;
-    Ok(minutes.into_iter().map(|(id, ms)| (id, ms.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect())).collect())
+/// Trends of the rows shown: from the snapshot, and read for rows a filter brought in.
+async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[&Row], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
+    let missing: Vec<ClusterId> = rows.iter().filter(|r| r.golden.requests > 0 && !snapshot.trends.contains_key(&r.cluster.id)).map(|r| r.cluster.id).collect();
+    let mut out: HashMap<ClusterId, Vec<(i64, f64)>> =
+        rows.iter().filter_map(|r| snapshot.trends.get(&r.cluster.id).map(|t| (r.cluster.id, t.clone()))).collect();
+    if !missing.is_empty() {
+        let mut conn = state.db.pool.acquire().await?;
+        out.extend(rates(&mut conn, viewer.principal.org_id, &missing, now).await?);
+    }
+    Ok(out)
 }
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query<Filters>) -> PageResult {
@@ -206,7 +299,8 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query
         h1 { "Fleet" }
         @if empty {
             (first_run(&state, &viewer))
-        } @else {
+        }
+        @if !empty {
             form.filters method="get" action="/fleet" role="search" {
                 label { "Search " input type="search" name="q" value=(f.q) placeholder="cluster name"; }
                 label { "Status " select name="status" {
