@@ -17,7 +17,11 @@
 //! generator in a second 2-worker runtime: N tasks, each with its own keep-alive HTTP/1.1
 //! connection, sending the next request as soon as the previous response body has been read.
 //! Both share the machine's cores, so absolute figures understate a dedicated server.
-//! Latencies of requests started after the warm-up are collected and sorted (nearest rank).
+//! Latencies of requests started after the warm-up are collected and sorted (nearest rank);
+//! CPU use over each window comes from /proc (this process vs. everything else).
+//! Seeding goes through the store functions in one transaction; PostgreSQL is ANALYZEd after.
+//! After the load phases it prints where one unloaded list request's time goes (token check,
+//! session query, list query, HTTP round trips) and the list query's plan.
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
@@ -614,7 +618,6 @@ fn server_config(db_url: &str, data_dir: &std::path::Path, db_connections: u32) 
 struct EngineReport {
     engine: Engine,
     measurements: Vec<Measurement>,
-    load_before: Option<f64>,
     plan: Vec<String>,
     breakdown: Vec<(String, f64)>,
 }
@@ -637,7 +640,8 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
     };
     let config = server_config(&url, dir.path(), settings.db_connections)?;
 
-    // The server gets its own runtime with as many workers as `#[tokio::main]` would give it.
+    // The server gets its own 2-worker runtime: what `#[tokio::main]` gives the binary on the
+    // 2-core development machine.
     let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("server").enable_all().build()?;
     let server = server_rt.block_on(Server::start(config))?;
     let state = server.state.clone();
@@ -687,10 +691,6 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
                 is_list: true,
             },
         ];
-        let load_before = load_average();
-        if let Some(l) = load_before {
-            eprintln!("[{tag}] load average before measuring: {l:.2}{}", if l > 1.0 { "  (WARNING: something else is using the CPU)" } else { "" });
-        }
         let mut out = Vec::new();
         for target in &targets {
             let m = load_rt.block_on(drive(engine, &clients, &base, &token, target, settings))?;
@@ -720,7 +720,7 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
             breakdown.push(("remainder of an unloaded first-page request (HTTP both ends, routing, JSON)".into(), h_first - verify - session - q_first));
             breakdown.push(("remainder of an unloaded deep-page request (HTTP both ends, routing, JSON)".into(), h_deep - verify - session - q_deep));
         }
-        Ok(EngineReport { engine, measurements: out, load_before, plan, breakdown })
+        Ok(EngineReport { engine, measurements: out, plan, breakdown })
     })();
 
     // Tear down in order: connections, server, pool, runtime, database.
@@ -759,8 +759,11 @@ fn main() -> anyhow::Result<()> {
         "  NOTE: the load generator shares this {cores}-core machine with the server (separate tokio runtimes, 2 workers each, loopback TCP)"
     );
     println!(
-        "  cpu us/oth: cores busy during the window in this process (server + load generator) / in all other processes (PostgreSQL's, or anything else running)"
+        "  cpu us/oth: cores busy during the window in this process (server + load generator) / in all other processes: ~0 on SQLite unless something else runs; PostgreSQL's own processes on PostgreSQL"
     );
+    if let Some(l) = load_average() {
+        println!("  load average at start: {l:.2}{}", if l > 1.0 { " (WARNING: something else is using the CPU; see the cpu column)" } else { "" });
+    }
     if settings.postgres.is_none() {
         println!("  PostgreSQL: SKIPPED (set MESHFLEET_TEST_POSTGRES_URL or MESHFLEET_BENCH_POSTGRES_URL to include it)");
     }
@@ -824,11 +827,7 @@ fn main() -> anyhow::Result<()> {
     }
     for r in &reports {
         println!();
-        println!(
-            "{}: where a list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency){}",
-            r.engine.name(),
-            r.load_before.map(|l| format!("; load average before the run {l:.2}")).unwrap_or_default()
-        );
+        println!("{}: where a list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency)", r.engine.name());
         for (what, us) in &r.breakdown {
             println!("  {us:>9.1} µs  {what}");
         }
