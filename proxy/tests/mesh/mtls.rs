@@ -195,16 +195,7 @@ async fn allow_list_refuses_other_identities() {
         &[],
         &["--allow-identity=spiffe://cluster.local/ns/other/sa/only"],
     );
-    let a = spawn_proxy(
-        &pki,
-        &controller,
-        "tok-a",
-        app,
-        &[format!("127.0.0.1:0={}", b.addr("inbound"))],
-        &[],
-    );
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    let a = client_proxy(&pki, &controller, app, &b).await;
     let resp = fresh_client()
         .get(format!("http://{}/", a.outbound(0)))
         .send()

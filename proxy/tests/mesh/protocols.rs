@@ -44,16 +44,7 @@ async fn http2_is_proxied_as_http_and_measured() {
     let controller = spawn_controller(&pki, &[]);
     let app = spawn_h2_app().await;
     let b = spawn_proxy(&pki, &controller, "tok-b", app, &[], &[]);
-    let a = spawn_proxy(
-        &pki,
-        &controller,
-        "tok-a",
-        app,
-        &[format!("127.0.0.1:0={}", b.addr("inbound"))],
-        &[],
-    );
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    let a = client_proxy(&pki, &controller, app, &b).await;
 
     let tcp = TcpStream::connect(a.outbound(0)).await.unwrap();
     let (mut send, conn) =
@@ -108,16 +99,7 @@ async fn other_protocols_are_forwarded_as_opaque_tcp() {
     let pki = Pki::new();
     let controller = spawn_controller(&pki, &[]);
     let b = spawn_proxy(&pki, &controller, "tok-b", echo, &[], &[]);
-    let a = spawn_proxy(
-        &pki,
-        &controller,
-        "tok-a",
-        echo,
-        &[format!("127.0.0.1:0={}", b.addr("inbound"))],
-        &[],
-    );
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    let a = client_proxy(&pki, &controller, echo, &b).await;
 
     let mut tcp = TcpStream::connect(a.outbound(0)).await.unwrap();
     let msg = b"\x00\x01binary protocol hello\xff";

@@ -122,16 +122,7 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
     let (c1, c2) = (spawn_controller(&pki1, &[]), spawn_controller(&pki2, &[]));
     let app = spawn_app().await;
     let b = spawn_proxy(&pki2, &c2, "tok-b", app, &[], &[]);
-    let a = spawn_proxy(
-        &pki1,
-        &c1,
-        "tok-a",
-        app,
-        &[format!("127.0.0.1:0={}", b.addr("inbound"))],
-        &[],
-    );
-    wait_ready(&a).await;
-    wait_ready(&b).await;
+    let a = client_proxy(&pki1, &c1, app, &b).await;
     let url = format!("http://{}/", a.outbound(0));
 
     // A trusts only anchor 1, so B (anchor 2) is refused.

@@ -353,6 +353,16 @@ pub async fn drive(
     total
 }
 
+/// Proxy A in front of `app`, whose only outbound route goes to proxy `b`'s inbound listener;
+/// waits until both hold a certificate.
+pub async fn client_proxy(pki: &Pki, controller: &Process, app: SocketAddr, b: &Process) -> Process {
+    let route = format!("127.0.0.1:0={}", b.addr("inbound"));
+    let a = spawn_proxy(pki, controller, "tok-a", app, &[route], &[]);
+    wait_ready(&a).await;
+    wait_ready(b).await;
+    a
+}
+
 /// Controller + app + proxy A (client side, outbound to B) + proxy B (server side, inbound to app).
 pub struct Mesh {
     pub pki: Pki,

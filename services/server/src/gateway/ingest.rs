@@ -153,9 +153,3 @@ fn distinct_key_rounds(windows: Vec<&Window>) -> Vec<Vec<Window>> {
     }
     rounds
 }
-
-/// Stores one report outside any batch (for the benchmark's one-insert-per-report baseline).
-pub async fn write_one(db: &Db, org: OrgId, cluster: ClusterId, report: Report, now: i64) -> Result<(), sqlx::Error> {
-    let (done, _) = oneshot::channel();
-    write(db, &[Job { org, cluster, report, done }], now).await
-}

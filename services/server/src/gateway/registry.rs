@@ -87,10 +87,6 @@ impl Registry {
         }
     }
 
-    pub fn connected(&self) -> Vec<ClusterId> {
-        self.lock().keys().copied().collect()
-    }
-
     pub fn len(&self) -> usize {
         self.lock().len()
     }
