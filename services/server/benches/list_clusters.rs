@@ -20,8 +20,10 @@
 //! Latencies of requests started after the warm-up are collected and sorted (nearest rank);
 //! CPU use over each window comes from /proc (this process vs. everything else).
 //! Seeding goes through the store functions in one transaction; PostgreSQL is ANALYZEd after.
-//! After the load phases it prints where one unloaded list request's time goes (token check,
-//! session query, list query, HTTP round trips) and the list query's plan.
+//! The list is measured as the service runs by default, with its read cache (`cache`), and
+//! then, for comparison, from a second server on the same database with the cache off. After
+//! the load phases it prints where one unloaded, uncached list request's time goes (token
+//! check, session query, list query, HTTP round trips) and the list query's plan.
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
@@ -296,6 +298,8 @@ struct Target {
     paths: Vec<String>,
     auth: bool,
     is_list: bool,
+    /// Measured for comparison only, without a goal.
+    reference: bool,
 }
 
 #[derive(Default)]
@@ -311,6 +315,7 @@ struct Measurement {
     engine: Engine,
     label: &'static str,
     is_list: bool,
+    reference: bool,
     requests: usize,
     errors: u64,
     first_error: Option<String>,
@@ -428,6 +433,7 @@ async fn drive(
         engine,
         label: target.label,
         is_list: target.is_list,
+        reference: target.reference,
         requests: all.len(),
         errors,
         first_error,
@@ -597,7 +603,7 @@ fn cores_used(a: Option<CpuSample>, b: Option<CpuSample>) -> Option<(f64, f64)> 
 // ---------------------------------------------------------------------------------------------
 // One engine, start to finish.
 
-fn server_config(db_url: &str, data_dir: &std::path::Path, db_connections: u32) -> anyhow::Result<Config> {
+fn server_config(db_url: &str, data_dir: &std::path::Path, sealing_key: &str, db_connections: u32, read_cache_ms: u64) -> anyhow::Result<Config> {
     let env = vec![
         ("MESHFLEET_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         // All roles, as a single-node install runs them; no agents connect, so the gateway and
@@ -605,12 +611,15 @@ fn server_config(db_url: &str, data_dir: &std::path::Path, db_connections: u32) 
         ("MESHFLEET_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
         ("MESHFLEET_DATABASE_URL".into(), db_url.to_owned()),
         ("MESHFLEET_DATA_DIR".into(), data_dir.display().to_string()),
-        ("MESHFLEET_SEALING_KEY".into(), Sealer::generate_key()),
+        ("MESHFLEET_SEALING_KEY".into(), sealing_key.to_owned()),
         // 16 is the service default; stated so the figures say what they were measured with.
         ("MESHFLEET_DB_MAX_CONNECTIONS".into(), db_connections.to_string()),
         // Long enough that the token outlives any MESHFLEET_BENCH_SECS.
         ("MESHFLEET_ACCESS_TOKEN_TTL_SECS".into(), "86400".into()),
         ("MESHFLEET_LOG".into(), "warn".into()),
+        // The default (1000) serves repeated pages and token checks from memory; 0 measures
+        // what each request costs without it, i.e. what a cache miss costs.
+        ("MESHFLEET_READ_CACHE_MS".into(), read_cache_ms.to_string()),
     ];
     Config::load(None, &env, &[]).map_err(|e| anyhow!("{e}"))
 }
@@ -638,7 +647,8 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
         Some(db) => db.url.clone(),
         None => meshfleet_server::db::sqlite_url_in(dir.path())?,
     };
-    let config = server_config(&url, dir.path(), settings.db_connections)?;
+    let sealing_key = Sealer::generate_key();
+    let config = server_config(&url, dir.path(), &sealing_key, settings.db_connections, 1000)?;
 
     // The server gets its own 2-worker runtime: what `#[tokio::main]` gives the binary on the
     // 2-core development machine.
@@ -677,18 +687,20 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
             .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).tcp_nodelay(true).timeout(REQUEST_TIMEOUT).build())
             .collect::<Result<Vec<_>, _>>()?;
         let targets = [
-            Target { label: "GET /healthz", paths: vec!["/healthz".into()], auth: false, is_list: false },
+            Target { label: "GET /healthz", paths: vec!["/healthz".into()], auth: false, is_list: false, reference: false },
             Target {
                 label: "GET /api/v1/clusters?limit=100 (first page)",
                 paths: vec![format!("/api/v1/clusters?limit={PAGE}")],
                 auth: true,
                 is_list: true,
+                reference: false,
             },
             Target {
                 label: "GET /api/v1/clusters?limit=100&cursor=<random> (deep pages)",
                 paths: cursors.iter().map(|c| format!("/api/v1/clusters?limit={PAGE}&cursor={c}")).collect(),
                 auth: true,
                 is_list: true,
+                reference: false,
             },
         ];
         let mut out = Vec::new();
@@ -706,6 +718,21 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
             );
             out.push(m);
         }
+
+        // The same deep pages from a second server on the same database with the read cache
+        // off: what every request would cost without it, and what a miss costs.
+        let uncached = server_rt.block_on(Server::start(server_config(&url, dir.path(), &sealing_key, settings.db_connections, 0)?))?;
+        let uncached_base = format!("http://{}", uncached.addr);
+        let target = Target {
+            label: "same deep pages, read cache off (what a miss costs)",
+            paths: targets[2].paths.clone(),
+            auth: true,
+            is_list: true,
+            reference: true,
+        };
+        let m = load_rt.block_on(drive(engine, &clients, &uncached_base, &token, &target, settings))?;
+        eprintln!("[{tag}] {:<62} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms", m.label, m.rps, ms(m.p50), ms(m.p99));
+        out.push(m);
         drop(clients);
 
         let deepest = cursors.last().and_then(|c| {
@@ -714,7 +741,13 @@ fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Run
         });
         let plan = server_rt.block_on(query_plan(&state, engine, org, deepest.as_deref().unwrap_or("")))?;
         let mut breakdown = server_rt.block_on(server_side_breakdown(&state, &token, org, &cursors))?;
-        breakdown.extend(load_rt.block_on(unloaded_latency(&base, &token, &targets))?);
+        breakdown.extend(load_rt.block_on(unloaded_latency(&uncached_base, &token, &targets))?);
+        let uncached_state = uncached.state.clone();
+        server_rt.block_on(async {
+            tokio::time::timeout(REQUEST_TIMEOUT, uncached.stop()).await.map_err(|_| anyhow!("the second server did not stop"))??;
+            uncached_state.db.pool.close().await;
+            anyhow::Ok(())
+        })?;
         // [0] verify, [1] session, [2] query first, [3] query deep, [4] healthz, [5] first, [6] deep
         if let [(_, verify), (_, session), (_, q_first), (_, q_deep), (_, _), (_, h_first), (_, h_deep)] = breakdown[..] {
             breakdown.push(("remainder of an unloaded first-page request (HTTP both ends, routing, JSON)".into(), h_first - verify - session - q_first));
@@ -791,6 +824,8 @@ fn main() -> anyhow::Result<()> {
         let ratio = if healthz > 0.0 { m.rps / healthz } else { 0.0 };
         let verdict = if !m.is_list {
             "baseline".to_owned()
+        } else if m.reference {
+            "for comparison (no goal)".to_owned()
         } else {
             let mut misses = Vec::new();
             if ratio < GOAL_RATIO {
@@ -827,7 +862,7 @@ fn main() -> anyhow::Result<()> {
     }
     for r in &reports {
         println!();
-        println!("{}: where a list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency)", r.engine.name());
+        println!("{}: where an uncached list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency)", r.engine.name());
         for (what, us) in &r.breakdown {
             println!("  {us:>9.1} µs  {what}");
         }

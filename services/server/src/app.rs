@@ -37,6 +37,7 @@ pub struct Inner {
     pub ingest: Ingest,
     /// The dashboard's per-organization fleet overview.
     pub fleet_cache: crate::ui::fleet::FleetCache,
+    pub read_cache: crate::cache::ReadCache,
 }
 
 impl Deref for AppState {
@@ -78,7 +79,8 @@ impl AppState {
             (n, _) => n,
         };
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max);
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default() })))
+        let read_cache = crate::cache::ReadCache::new(Duration::from_millis(config.read_cache_ms));
+        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default(), read_cache })))
     }
 }
 

@@ -58,6 +58,9 @@ pub struct Config {
     /// Messages per second one agent stream may send, and the burst above that.
     pub gateway_rate_per_sec: f64,
     pub gateway_rate_burst: f64,
+    /// How long a token's principal and a rendered page of the cluster list may be reused
+    /// (ms); 0 turns these caches off. See `cache`.
+    pub read_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +123,7 @@ impl Default for Config {
             ingest_writers: 0,
             gateway_rate_per_sec: 50.0,
             gateway_rate_burst: 500.0,
+            read_cache_ms: 1000,
         }
     }
 }
@@ -157,6 +161,7 @@ pub const SETTINGS: &[&str] = &[
     "ingest_writers",
     "gateway_rate_per_sec",
     "gateway_rate_burst",
+    "read_cache_ms",
 ];
 
 /// The process environment, behind a trait so tests pass a map instead of mutating it.
@@ -304,6 +309,7 @@ impl Config {
             "ingest_writers" => self.ingest_writers = num(value)?,
             "gateway_rate_per_sec" => self.gateway_rate_per_sec = num(value)?,
             "gateway_rate_burst" => self.gateway_rate_burst = num(value)?,
+            "read_cache_ms" => self.read_cache_ms = num(value)?,
             other => return Err(format!("unknown setting {other}")),
         }
         Ok(())

@@ -2,6 +2,7 @@
 //! workers, over one database (embedded SQLite or PostgreSQL).
 
 pub mod app;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;

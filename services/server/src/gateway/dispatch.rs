@@ -1,6 +1,8 @@
-//! Reaching the replica that holds an agent's stream. In-process first (the registry), then
-//! PostgreSQL LISTEN/NOTIFY to every other replica, with a one-second polling fallback for
-//! commands in case a notification is missed (or on SQLite, which has one replica).
+//! Reaching the other replicas: the one that holds an agent's stream, and every replica whose
+//! caches a change makes stale. In-process first (the registry, the caches), then PostgreSQL
+//! LISTEN/NOTIFY to every other replica, with a one-second polling fallback for commands in
+//! case a notification is missed (or on SQLite, which has one replica). A missed cache notice
+//! costs at most the caches' lifetime (`read_cache_ms`).
 
 use std::time::Duration;
 
@@ -8,7 +10,7 @@ use secrecy::ExposeSecret;
 
 use crate::app::AppState;
 use crate::db::Engine;
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, OrgId};
 use crate::store;
 
 const CHANNEL: &str = "meshfleet_agents";
@@ -31,6 +33,25 @@ pub async fn session_opened(state: &AppState, cluster: ClusterId, session: &str)
     publish(state, &format!("open:{cluster}:{session}")).await;
 }
 
+/// The organization's clusters were created, relabelled, deleted, connected or disconnected:
+/// listings and the fleet overview are rebuilt, here and on every replica.
+pub async fn clusters_changed(state: &AppState, org: OrgId) {
+    forget_clusters(state, org);
+    publish(state, &format!("clusters:{org}")).await;
+}
+
+/// A session ended, or a token or membership was revoked or changed: every replica checks
+/// bearer tokens afresh.
+pub async fn access_changed(state: &AppState) {
+    state.read_cache.access_changed();
+    publish(state, "access").await;
+}
+
+fn forget_clusters(state: &AppState, org: OrgId) {
+    state.read_cache.clusters_changed(org);
+    state.fleet_cache.invalidate(org);
+}
+
 async fn publish(state: &AppState, payload: &str) {
     if state.db.engine != Engine::Postgres {
         return;
@@ -43,10 +64,17 @@ async fn publish(state: &AppState, payload: &str) {
 
 fn apply(state: &AppState, payload: &str) {
     let mut parts = payload.splitn(3, ':');
-    let (Some(kind), Some(cluster)) = (parts.next(), parts.next().and_then(|c| c.parse().ok())) else {
+    let (kind, id, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
+    if kind == "access" {
+        return state.read_cache.access_changed();
+    }
+    if kind == "clusters" {
+        return id.and_then(|org| org.parse().ok()).into_iter().for_each(|org| forget_clusters(state, org));
+    }
+    let Some(cluster) = id.and_then(|c| c.parse().ok()) else {
         return;
     };
-    match (kind, parts.next()) {
+    match (kind, rest) {
         ("wake", _) => state.agents.wake(cluster),
         ("revoke", _) => state.agents.revoke(cluster),
         ("open", Some(session)) => state.agents.superseded_elsewhere(cluster, session),

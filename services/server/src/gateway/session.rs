@@ -89,6 +89,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
         store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, now).await.map_err(internal)?;
     }
     dispatch::session_opened(state, peer.cluster_id, &session.id).await;
+    dispatch::clusters_changed(state, peer.org_id).await;
     state.metrics.gateway_connected.inc();
     tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, agent_version = %hello.agent_version, "agent connected");
 
@@ -199,12 +200,13 @@ impl Drop for Guard {
         let state = self.gw.state.clone();
         state.metrics.gateway_connected.dec();
         state.agents.close(self.peer.cluster_id, self.epoch);
-        let (cluster, id) = (self.peer.cluster_id, std::mem::take(&mut self.id));
+        let (org, cluster, id) = (self.peer.org_id, self.peer.cluster_id, std::mem::take(&mut self.id));
         tokio::spawn(async move {
             let now = state.clock.now_ms();
             if let Ok(mut conn) = state.db.pool.acquire().await {
                 let _ = store::agents::mark_disconnected(&mut conn, cluster, &id, now).await;
             }
+            dispatch::clusters_changed(&state, org).await;
         });
     }
 }

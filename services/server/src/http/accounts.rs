@@ -226,6 +226,7 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
         // Replay of a rotated token: whoever holds the family may be an attacker. End it.
         store::sessions::revoke(&mut tx, found.session_id, now).await?;
         tx.commit().await?;
+        crate::gateway::dispatch::access_changed(&state).await;
         tracing::warn!(session_id = %found.session_id, "refresh token reuse: session revoked");
         return Err(ApiError::Unauthenticated("refresh token reuse detected; the session was revoked"));
     }
@@ -249,6 +250,7 @@ async fn logout(State(state): State<AppState>, auth: Principal) -> Result<Status
     };
     let mut conn = state.db.pool.acquire().await?;
     store::sessions::revoke(&mut conn, session, state.clock.now_ms()).await?;
+    crate::gateway::dispatch::access_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

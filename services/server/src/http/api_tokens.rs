@@ -147,5 +147,6 @@ async fn revoke_token(State(state): State<AppState>, auth: Principal, ApiPath(id
     }
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "api_token.revoke", ("api_token", id.to_string()), serde_json::json!({})).await?;
     tx.commit().await?;
+    crate::gateway::dispatch::access_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }

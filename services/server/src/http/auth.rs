@@ -71,35 +71,40 @@ impl FromRequestParts<AppState> for Principal {
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthenticated("the Authorization header must be Bearer <token>"))?;
         let now = state.clock.now_ms();
-        let mut conn = state.db.pool.acquire().await?;
-
-        if token.starts_with(TokenKind::Api.prefix()) {
-            let found = store::api_tokens::authenticate(&mut conn, &token_hash(token), now)
-                .await?
-                .ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?;
-            if found.last_used_at.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {
-                store::api_tokens::touch(&mut conn, found.id, now).await?;
-            }
-            return Ok(Principal { org_id: found.org_id, role: found.role, actor: Actor::ApiToken(found.id) });
-        }
-
-        let claims = match state.keys.verify(token, now) {
-            // A key created by another replica since we loaded ours.
-            Err(VerifyError::UnknownKey(kid)) => {
-                state.keys.reload_if_stale(&state.db, &state.sealer).await.map_err(|e| ApiError::Internal(e.into()))?;
-                if !state.keys.knows(&kid) {
-                    return Err(ApiError::Unauthenticated("the access token is invalid or expired"));
-                }
-                state.keys.verify(token, now)
-            }
-            other => other,
-        }
-        .map_err(|_| ApiError::Unauthenticated("the access token is invalid or expired"))?;
-        let role = store::sessions::live_role(&mut conn, claims.sid, claims.sub, claims.org, now)
-            .await?
-            .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
-        Ok(Principal { org_id: claims.org, role, actor: Actor::User { id: claims.sub, session: claims.sid } })
+        state.read_cache.principal(token, now, check_bearer(state, token, now)).await
     }
+}
+
+/// Who a bearer token stands for, and until when (ms).
+async fn check_bearer(state: &AppState, token: &str, now: i64) -> Result<(Principal, i64), ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    if token.starts_with(TokenKind::Api.prefix()) {
+        let found = store::api_tokens::authenticate(&mut conn, &token_hash(token), now)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?;
+        if found.last_used_at.is_none_or(|t| now - t > TOUCH_INTERVAL_MS) {
+            store::api_tokens::touch(&mut conn, found.id, now).await?;
+        }
+        return Ok((Principal { org_id: found.org_id, role: found.role, actor: Actor::ApiToken(found.id) }, found.expires_at));
+    }
+
+    let claims = match state.keys.verify(token, now) {
+        // A key created by another replica since we loaded ours.
+        Err(VerifyError::UnknownKey(kid)) => {
+            state.keys.reload_if_stale(&state.db, &state.sealer).await.map_err(|e| ApiError::Internal(e.into()))?;
+            if !state.keys.knows(&kid) {
+                return Err(ApiError::Unauthenticated("the access token is invalid or expired"));
+            }
+            state.keys.verify(token, now)
+        }
+        other => other,
+    }
+    .map_err(|_| ApiError::Unauthenticated("the access token is invalid or expired"))?;
+    let role = store::sessions::live_role(&mut conn, claims.sid, claims.sub, claims.org, now)
+        .await?
+        .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+    let principal = Principal { org_id: claims.org, role, actor: Actor::User { id: claims.sub, session: claims.sid } };
+    Ok((principal, claims.exp * 1000))
 }
 
 /// The dashboard's cookie, the other way in (bearer tokens keep working as before).

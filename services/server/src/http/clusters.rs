@@ -2,7 +2,8 @@
 //! selectors and cursors, get, relabel, delete, re-issue the bootstrap token, and render the
 //! install manifest that connects the cluster.
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
+use bytes::Bytes;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
@@ -160,7 +161,7 @@ async fn create_cluster(
         .await?;
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
-    state.fleet_cache.invalidate(auth.org_id);
+    crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
     Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &liveness(&state))?, bootstrap_token })))
 }
 
@@ -194,14 +195,17 @@ pub struct ClusterPage {
     pub next_cursor: Option<String>,
 }
 
-/// Lists clusters by name.
+/// Lists clusters by name. Pages may be served from a cache up to `read_cache_ms` old; changes
+/// made through the API show at once (see `cache`).
 #[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(ListClustersQuery),
     responses((status = 200, body = ClusterPage), (status = 400, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn list_clusters(
     State(state): State<AppState>,
     auth: Principal,
+    RawQuery(raw): RawQuery,
     ApiQuery(q): ApiQuery<ListClustersQuery>,
-) -> Result<Json<ClusterPage>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
+    // Checked before the cache, so a bad request is never answered from it.
     let limit = super::page_limit(q.limit, 50)?;
     let selector: Selector = q.selector.as_deref().unwrap_or("").parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
     let after = q
@@ -211,18 +215,23 @@ async fn list_clusters(
             URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| ApiError::field("cursor", "is not a cursor returned by this API"))
         })
         .transpose()?;
-    let mut conn = state.db.pool.acquire().await?;
-    let live = liveness(&state);
-    let query = store::clusters::ListQuery {
-        selector: &selector,
-        status: q.status.map(|s| (s.as_str(), live)),
-        after_name: after.as_deref(),
-        limit: limit + 1,
+    let render = async {
+        let mut conn = state.db.pool.acquire().await?;
+        let live = liveness(&state);
+        let query = store::clusters::ListQuery {
+            selector: &selector,
+            status: q.status.map(|s| (s.as_str(), live)),
+            after_name: after.as_deref(),
+            limit: limit + 1,
+        };
+        let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
+        let (rows, next_cursor) = super::into_page(rows, limit, |c| URL_SAFE_NO_PAD.encode(&c.name));
+        let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
+        let body = serde_json::to_vec(&ClusterPage { items, next_cursor }).map_err(anyhow::Error::from)?;
+        Ok(Bytes::from(body))
     };
-    let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
-    let (rows, next_cursor) = super::into_page(rows, limit, |c| URL_SAFE_NO_PAD.encode(&c.name));
-    let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
-    Ok(Json(ClusterPage { items, next_cursor }))
+    let page = state.read_cache.clusters_page(auth.org_id, raw.as_deref().unwrap_or(""), render).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], page))
 }
 
 pub(crate) async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Result<Cluster, ApiError> {
@@ -265,7 +274,7 @@ async fn update_cluster(
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.update", ("cluster", id.to_string()), serde_json::json!({ "labels": req.labels })).await?;
     let cluster = find(&mut tx, &auth, id).await?;
     tx.commit().await?;
-    state.fleet_cache.invalidate(auth.org_id);
+    crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
     Ok(Json(view(cluster, &liveness(&state))?))
 }
 
@@ -280,7 +289,7 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
     store::clusters::delete(&mut tx, auth.org_id, id).await?;
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.delete", ("cluster", id.to_string()), serde_json::json!({ "name": cluster.name })).await?;
     tx.commit().await?;
-    state.fleet_cache.invalidate(auth.org_id);
+    crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
     // Its certificates went with it; cut a stream that is already open.
     crate::gateway::dispatch::agent_revoked(&state, id).await;
     Ok(StatusCode::NO_CONTENT)

@@ -120,6 +120,7 @@ async fn update_member(
     )
     .await?;
     tx.commit().await?;
+    crate::gateway::dispatch::access_changed(&state).await;
     Ok(Json(MemberView { role: req.role, ..current.into() }))
 }
 
@@ -141,6 +142,7 @@ async fn remove_member(State(state): State<AppState>, auth: Principal, ApiPath(u
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "member.remove", ("user", user.to_string()), serde_json::json!({ "role": current.role }))
         .await?;
     tx.commit().await?;
+    crate::gateway::dispatch::access_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

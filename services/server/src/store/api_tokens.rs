@@ -97,12 +97,13 @@ pub struct Authenticated {
     pub org_id: OrgId,
     pub role: Role,
     pub last_used_at: Option<i64>,
+    pub expires_at: i64,
 }
 
 /// A live (unrevoked, unexpired) token by its hash.
 pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<Authenticated>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, org_id, role, last_used_at FROM api_tokens
+        "SELECT id, org_id, role, last_used_at, expires_at FROM api_tokens
          WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
     )
     .bind(token_hash)
@@ -115,6 +116,7 @@ pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result
             org_id: parse_col(&r.try_get::<String, _>(1)?, "api_tokens.org_id")?,
             role: parse_col(&r.try_get::<String, _>(2)?, "api_tokens.role")?,
             last_used_at: r.try_get(3)?,
+            expires_at: r.try_get(4)?,
         })
     })
     .transpose()

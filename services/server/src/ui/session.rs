@@ -75,6 +75,7 @@ pub async fn destroy(State(state): State<AppState>, auth: Principal, _viewer: Op
     if let Actor::User { session, .. } = auth.actor {
         let mut conn = state.db.pool.acquire().await?;
         store::sessions::revoke(&mut conn, session, state.clock.now_ms()).await?;
+        crate::gateway::dispatch::access_changed(&state).await;
     }
     let mut response = StatusCode::NO_CONTENT.into_response();
     let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0");

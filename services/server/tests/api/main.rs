@@ -5,6 +5,7 @@ mod helpers;
 
 mod accounts;
 mod api_tokens;
+mod caches;
 mod clusters;
 mod conventions;
 mod dashboard;

@@ -1,0 +1,117 @@
+//! The read caches (`meshfleet_server::cache`) never hide a change: with entries kept for a
+//! minute, a change made through the API shows at once on the same replica and, through
+//! PostgreSQL notifications, on another replica; a revoked credential is refused at once.
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
+use crate::on_both_engines;
+use crate::process::{command, ServerProcess};
+
+/// Long enough that only invalidation, never expiry, can explain a fresh answer.
+const LONG_MS: &str = "60000";
+
+fn names(page: &Value) -> Vec<&str> {
+    page["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect()
+}
+
+async fn changes_show_at_once_despite_long_lived_caches(engine: Engine) {
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| c.read_cache_ms = LONG_MS.parse().unwrap()).await;
+    let owner = app.owner("ada@example.com").await;
+    let viewer = app.member(&owner, "bob@example.com", "viewer").await;
+    let list = |token: String| {
+        let app = &app;
+        async move {
+            let (status, page) = app.get("/api/v1/clusters?limit=10", &token).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            page
+        }
+    };
+
+    // Each list below would be answered from the cache if a change did not drop it.
+    assert!(names(&list(viewer.access.clone()).await).is_empty());
+    let id = app.create_cluster(&owner, "c1", json!({ "env": "dev" })).await["cluster"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(names(&list(viewer.access.clone()).await), ["c1"]);
+    let (status, _) = app.call(Method::PATCH, &format!("/api/v1/clusters/{id}"), Some(&owner.access), Some(json!({ "labels": { "env": "prod" } }))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list(viewer.access.clone()).await["items"][0]["labels"]["env"], "prod");
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/clusters/{id}"), Some(&owner.access), None).await.0, StatusCode::NO_CONTENT);
+    assert!(names(&list(viewer.access.clone()).await).is_empty());
+
+    // A demoted or removed member, a revoked API token and a logged-out session lose access at once.
+    let viewer_id = app.get("/api/v1/me", &viewer.access).await.1["user"]["id"].as_str().unwrap().to_owned();
+    let admin = app.member(&owner, "cy@example.com", "admin").await;
+    assert_eq!(app.post("/api/v1/clusters", &admin.access, json!({ "name": "c2" })).await.0, StatusCode::CREATED);
+    let admin_id = app.get("/api/v1/me", &admin.access).await.1["user"]["id"].as_str().unwrap().to_owned();
+    let demote = json!({ "role": "viewer" });
+    assert_eq!(app.call(Method::PATCH, &format!("/api/v1/members/{admin_id}"), Some(&owner.access), Some(demote)).await.0, StatusCode::OK);
+    assert_eq!(app.post("/api/v1/clusters", &admin.access, json!({ "name": "c3" })).await.0, StatusCode::FORBIDDEN);
+
+    assert_eq!(app.call(Method::DELETE, &format!("/api/v1/members/{viewer_id}"), Some(&owner.access), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/clusters", &viewer.access).await.0, StatusCode::UNAUTHORIZED);
+
+    let (_, created) = app.post("/api/v1/tokens", &owner.access, json!({ "name": "ci", "role": "viewer", "expires_in_days": 7 })).await;
+    let secret = created["token"].as_str().unwrap().to_owned();
+    assert_eq!(app.get("/api/v1/clusters", &secret).await.0, StatusCode::OK);
+    let revoke = format!("/api/v1/tokens/{}", created["id"].as_str().unwrap());
+    assert_eq!(app.call(Method::DELETE, &revoke, Some(&owner.access), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/clusters", &secret).await.0, StatusCode::UNAUTHORIZED);
+
+    assert_eq!(app.call(Method::POST, "/api/v1/logout", Some(&owner.access), None).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(app.get("/api/v1/clusters", &owner.access).await.0, StatusCode::UNAUTHORIZED);
+}
+
+on_both_engines!(changes_show_at_once_despite_long_lived_caches);
+
+/// GETs `path` from `base` until `done` holds for (status, body), for at most a second.
+async fn within_a_second(http: &reqwest::Client, base: &str, path: &str, token: &str, done: impl Fn(u16, &Value) -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        let resp = http.get(format!("{base}{path}")).bearer_auth(token).send().await.unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if done(status, &body) {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < Duration::from_secs(1), "{path} on the other replica still answers {status} {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Engine::Postgres).await;
+    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+    let replica = |name: &str| {
+        let dir = db.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = command(&dir);
+        cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
+            .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("MESHFLEET_DATABASE_URL", &db.url)
+            .env("MESHFLEET_SEALING_KEY", &sealing_key)
+            .env("MESHFLEET_READ_CACHE_MS", LONG_MS);
+        ServerProcess::start(cmd)
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let (a, b) = (a.url(), b.url());
+    let http = reqwest::Client::new();
+    let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
+    assert!(http.post(format!("{a}/api/v1/signup")).json(&body).send().await.unwrap().status().is_success());
+    let login: Value = http.post(format!("{a}/api/v1/login")).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+    let token = login["access_token"].as_str().unwrap();
+
+    // Replica B caches the empty page and the principal; A creates a cluster, then logs out.
+    within_a_second(&http, &b, "/api/v1/clusters", token, |s, p| s == 200 && names(p).is_empty()).await;
+    let created = http.post(format!("{a}/api/v1/clusters")).bearer_auth(token).json(&json!({ "name": "c1" })).send().await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    within_a_second(&http, &b, "/api/v1/clusters", token, |s, p| s == 200 && names(p) == ["c1"]).await;
+    assert_eq!(http.post(format!("{a}/api/v1/logout")).bearer_auth(token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    within_a_second(&http, &b, "/api/v1/clusters", token, |s, _| s == 401).await;
+}
