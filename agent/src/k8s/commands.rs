@@ -1,6 +1,7 @@
 //! Command execution against the cluster. Every command is idempotent by its id, also across
 //! agent restarts and leader failover: a restarted workload carries the command id in its pod
-//! template, and a version change that is already in place is not applied again.
+//! template, and a version change that is already in place is not applied again. A write that
+//! meets a 409 Conflict is re-read and retried (`conflict`).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT};
+use super::conflict::retry_on_conflict;
 use super::inventory::Inventory;
 use crate::{Report, Reporter};
 
@@ -65,6 +67,11 @@ fn done(state: CommandState, message: impl Into<String>, output: serde_json::Val
 
 fn failed(message: impl Into<String>) -> CommandResult {
     done(CommandState::Failed, message, json!({}))
+}
+
+/// The restart-workloads command that last restarted this Deployment, from its pod template.
+pub fn restarted_by(d: &Deployment) -> Option<&str> {
+    d.spec.as_ref()?.template.metadata.as_ref()?.annotations.as_ref()?.get(RESTARTED_BY).map(String::as_str)
 }
 
 /// A Deployment has fully rolled out its current template.
@@ -170,22 +177,34 @@ impl Executor {
                     }
                 }
                 if down > p.max_unavailable {
+                    let finished = i * p.batch_size.max(1);
+                    self.progress(id, (finished * 100 / total) as u32, format!("waiting: {down} selected workloads in {ns} unavailable (max_unavailable {})", p.max_unavailable));
                     self.wait_until(&nsapi, names, timeout, |d| !unavailable(d)).await?;
                 }
             }
             let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
             for d in batch {
                 let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
-                let stamped = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.as_ref()).and_then(|a| a.get(RESTARTED_BY)).is_some_and(|v| v == id);
-                if stamped {
-                    // This command already restarted it (a redelivery, or a new leader).
-                    skipped.push(format!("{ns}/{name}"));
-                } else {
+                let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
+                let (nsapi, name_ref) = (&nsapi, &name);
+                // Read again before each attempt: the stamp check and a retry after a 409 both
+                // need the Deployment as it is now.
+                let patched = retry_on_conflict("Deployment", || async move {
+                    let current = nsapi.get(name_ref).await?;
+                    if restarted_by(&current) == Some(id) {
+                        // This command already restarted it (a redelivery, or a new leader).
+                        return Ok(false);
+                    }
                     let now = k8s_openapi::jiff::Timestamp::now().to_string();
                     let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_BY: id, "kubectl.kubernetes.io/restartedAt": now}}}}});
-                    let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-                    nsapi.patch(&name, &PatchParams::default(), &Patch::Strategic(&patch)).await.map_err(|e| format!("patching Deployment {ns}/{name}: {e}"))?;
+                    nsapi.patch(name_ref, &PatchParams::default(), &Patch::Strategic(&patch)).await.map(|_| true)
+                })
+                .await
+                .map_err(|e| format!("patching Deployment {ns}/{name}: {e}"))?;
+                if patched {
                     restarted.push(format!("{ns}/{name}"));
+                } else {
+                    skipped.push(format!("{ns}/{name}"));
                 }
                 waiting.entry(ns).or_default().push(name);
             }
@@ -215,7 +234,10 @@ impl Executor {
         let image = format!("{repo}:{}", p.version);
         if current != image {
             let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container.name, "image": image}]}}}});
-            api.patch(CONTROLLER_DEPLOYMENT, &PatchParams::default(), &Patch::Strategic(&patch)).await.map_err(|e| format!("patching the controller Deployment: {e}"))?;
+            let (api, patch) = (&api, &patch);
+            retry_on_conflict("controller Deployment", || async move { api.patch(CONTROLLER_DEPLOYMENT, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ()) })
+                .await
+                .map_err(|e| format!("patching the controller Deployment: {e}"))?;
         }
         self.wait_until(&api, &[CONTROLLER_DEPLOYMENT.to_owned()], Duration::from_secs(p.timeout_secs), rolled_out).await?;
         Ok(done(CommandState::Succeeded, format!("control plane at {}", p.version), json!({"image": image, "previous_image": current})))

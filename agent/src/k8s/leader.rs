@@ -1,6 +1,8 @@
 //! Leader election with a coordination.k8s.io/v1 Lease: the holder renews every `renew`; any
 //! replica takes the Lease over once it has not been renewed for `duration`. Updates carry the
-//! resourceVersion, so two replicas racing for it cannot both win (one gets 409).
+//! resourceVersion, so two replicas racing for it cannot both win (one gets 409). On graceful
+//! shutdown the holder releases the Lease (clears the holder), so a standby takes over at its
+//! next attempt instead of waiting for the lease to expire.
 
 use std::time::Duration;
 
@@ -26,7 +28,7 @@ impl Elector {
 
     /// Runs forever, publishing whether this replica leads. A replica that cannot renew within
     /// the lease duration steps down by itself, before another can take over.
-    pub async fn run(self, tx: watch::Sender<bool>) {
+    pub async fn run(self: std::sync::Arc<Self>, tx: watch::Sender<bool>) {
         let mut last_renewed: Option<tokio::time::Instant> = None;
         loop {
             let now_leader = match self.try_acquire().await {
@@ -48,6 +50,25 @@ impl Elector {
             tx.send_if_modified(|v| std::mem::replace(v, now_leader) != now_leader);
             tokio::time::sleep(self.renew).await;
         }
+    }
+
+    /// Gives the Lease up if this replica holds it: the holder is cleared, so any replica may
+    /// take it at once. Callers stop acting as leader first (the session is stopped), so two
+    /// leaders never overlap. A 409 (a renewal raced this) is re-read and retried.
+    /// Returns whether a Lease held by this replica was released.
+    pub async fn release(&self) -> Result<bool, ::kube::Error> {
+        super::conflict::retry_on_conflict("Lease", || async move {
+            let Some(mut lease) = self.api.get_opt(&self.name).await? else { return Ok(false) };
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+                return Ok(false);
+            }
+            spec.holder_identity = None;
+            spec.lease_duration_seconds = Some(1);
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            self.api.replace(&self.name, &PostParams::default(), &lease).await.map(|_| true)
+        })
+        .await
     }
 
     async fn try_acquire(&self) -> Result<bool, ::kube::Error> {

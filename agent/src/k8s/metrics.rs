@@ -130,6 +130,7 @@ impl Scraper {
     /// One round: per-workload metrics over the window since the previous round. Pods seen for
     /// the first time only set a baseline. Returns (metrics, scrapes ok, scrapes failed).
     pub async fn round(&mut self, pods: Vec<MeshedPod>, start_ms: i64, end_ms: i64) -> (v1::Metrics, u64, u64) {
+        let present: std::collections::HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         let targets: Vec<MeshedPod> = pods.into_iter().filter(|p| p.pod.ready && p.ip.is_some()).collect();
         let http = self.http.clone();
         let results: Vec<(MeshedPod, Option<Sample>)> = futures::stream::iter(targets)
@@ -149,9 +150,10 @@ impl Scraper {
             .await;
         let (mut ok, mut failed) = (0, 0);
         let mut per_workload: BTreeMap<(String, String), Sample> = BTreeMap::new();
-        let mut seen = HashMap::new();
         for (p, sample) in results {
             let Some(sample) = sample else {
+                // The baseline stays: the next successful scrape covers this window too, so a
+                // slow or failed scrape loses no requests.
                 failed += 1;
                 continue;
             };
@@ -159,9 +161,9 @@ impl Scraper {
             if let Some(before) = self.last.get(&p.uid) {
                 add(per_workload.entry((p.pod.namespace.clone(), p.pod.workload.clone())).or_default(), &delta(before, &sample));
             }
-            seen.insert(p.uid.clone(), sample);
+            self.last.insert(p.uid.clone(), sample);
         }
-        self.last = seen;
+        self.last.retain(|uid, _| present.contains(uid));
         let workloads = per_workload
             .into_iter()
             .map(|((namespace, workload), s)| v1::WorkloadMetrics {

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod commands;
 pub mod config;
+pub mod conflict;
 pub mod inventory;
 pub mod leader;
 pub mod metrics;
@@ -21,6 +22,7 @@ use tokio::task::JoinHandle;
 
 pub use config::AgentConfig;
 pub use inventory::Inventory;
+pub use session::save_identity;
 pub use telemetry::Telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -37,13 +39,16 @@ pub enum Error {
     Io(#[from] std::io::Error),
 }
 
-/// The running agent (one replica). Dropping it aborts everything; `shutdown` is graceful.
+/// The running agent (one replica). Dropping it aborts everything, as a crash would (a standby
+/// then waits for the Lease to expire); `shutdown` is graceful and releases the Lease.
 pub struct Running {
     pub http_addr: SocketAddr,
     pub inventory: Arc<Inventory>,
     pub telemetry: Telemetry,
     leader: watch::Receiver<bool>,
     session: Arc<session::Slot>,
+    elector: Arc<leader::Elector>,
+    election: JoinHandle<()>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -57,16 +62,25 @@ impl Running {
         self.session.stats()
     }
 
+    /// Stops renewing, stops the gateway session, then releases the Lease, in that order, so a
+    /// standby can lead at once and the two never act together.
     pub async fn shutdown(mut self) {
+        self.election.abort();
         for t in self.tasks.drain(..) {
             t.abort();
         }
         self.session.stop().await;
+        match self.elector.release().await {
+            Ok(true) => tracing::info!("released the leader Lease"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not release the leader Lease; a standby takes over when it expires"),
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
+        self.election.abort();
         for t in &self.tasks {
             t.abort();
         }
@@ -80,14 +94,18 @@ pub async fn start(config: AgentConfig, client: Client) -> Result<Running, Error
     let version = client.apiserver_version().await?;
     *inventory.kubernetes_version.lock().unwrap_or_else(|e| e.into_inner()) = version.git_version;
     let mut tasks = inventory::spawn_watchers(client.clone(), &config, inventory.clone(), telemetry.clone());
-    let (http_addr, http) = telemetry::serve(config.listen, telemetry.clone(), inventory.clone()).await?;
+    let slot = Arc::new(session::Slot::default());
+    let (http_addr, http) = telemetry::serve(config.listen, telemetry.clone(), inventory.clone(), {
+        let slot = slot.clone();
+        Arc::new(move || slot.stats().is_some_and(|s| s.connected))
+    })
+    .await?;
     tasks.push(http);
     let (tx, leader) = watch::channel(false);
-    let elector = leader::Elector::new(client.clone(), &config.pod_namespace, config::LEASE_NAME, &config.pod_name, config.lease_duration, config.lease_renew);
-    tasks.push(tokio::spawn(elector.run(tx)));
-    let slot = Arc::new(session::Slot::default());
+    let elector = Arc::new(leader::Elector::new(client.clone(), &config.pod_namespace, config::LEASE_NAME, &config.pod_name, config.lease_duration, config.lease_renew));
+    let election = tokio::spawn(elector.clone().run(tx));
     tasks.push(tokio::spawn(session::supervise(config, client, inventory.clone(), telemetry.clone(), leader.clone(), slot.clone())));
-    Ok(Running { http_addr, inventory, telemetry, leader, session: slot, tasks })
+    Ok(Running { http_addr, inventory, telemetry, leader, session: slot, elector, election, tasks })
 }
 
 /// The binary's entry point: runs until SIGINT/SIGTERM.

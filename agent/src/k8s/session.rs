@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use ::kube::api::{Api, Patch, PatchParams, PostParams};
+use ::kube::api::{Api, PostParams};
 use ::kube::runtime::watcher::{self, watcher, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Client, ResourceExt};
@@ -143,7 +143,13 @@ async fn load_or_register(config: &AgentConfig, client: &Client) -> Result<Ident
         data: Some(BTreeMap::from([(IDENTITY_KEY.to_owned(), ByteString(identity.to_json()))])),
         ..Default::default()
     };
-    secrets.create(&PostParams::default(), &secret).await?;
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {}
+        // The Secret appeared since it was read (another replica, or a retried request): the
+        // identity just issued is the valid one (the token is single use), so it replaces it.
+        Err(e) if super::conflict::is_conflict(&e) => save_identity(client, &config.pod_namespace, &identity).await?,
+        Err(e) => return Err(e.into()),
+    }
     tracing::info!(cluster = %identity.cluster_id, "registered; identity stored in Secret {IDENTITY_SECRET}");
     Ok(identity)
 }
@@ -269,8 +275,16 @@ async fn scrape(config: AgentConfig, inventory: Arc<Inventory>, reporter: Report
 
 /// Writes a renewed certificate back to the identity Secret, so a restart after a renewal
 /// starts with the newest identity (the old certificate stays valid for its last third anyway).
-async fn save_identity(client: &Client, namespace: &str, identity: &Identity) -> Result<(), ::kube::Error> {
+/// A read-modify-update carrying the resourceVersion: a concurrent change of the Secret (409)
+/// is re-read and the write retried, and other keys of the Secret are kept.
+pub async fn save_identity(client: &Client, namespace: &str, identity: &Identity) -> Result<(), ::kube::Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let patch = Secret { data: Some(BTreeMap::from([(IDENTITY_KEY.to_owned(), ByteString(identity.to_json()))])), ..Default::default() };
-    api.patch(IDENTITY_SECRET, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+    let json = identity.to_json();
+    let (api, json) = (&api, &json);
+    super::conflict::retry_on_conflict("identity Secret", || async move {
+        let mut secret = api.get(IDENTITY_SECRET).await?;
+        secret.data.get_or_insert_with(BTreeMap::new).insert(IDENTITY_KEY.to_owned(), ByteString(json.clone()));
+        api.replace(IDENTITY_SECRET, &PostParams::default(), &secret).await.map(|_| ())
+    })
+    .await
 }

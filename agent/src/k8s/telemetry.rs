@@ -1,5 +1,9 @@
-//! The agent's own Prometheus metrics and its /metrics, /healthz, /readyz endpoints. Readiness
-//! means every inventory watch has completed its first list (leader or not).
+//! The agent's own Prometheus metrics and its /metrics, /healthz, /readyz endpoints (on
+//! `MESHFLEET_AGENT_LISTEN`). /healthz answers 200 while the process serves. /readyz answers 200
+//! once every inventory watch has completed its first list, on the leader and on standbys alike,
+//! and 503 before: readiness deliberately ignores leadership and the gateway connection, so a
+//! service outage or a standby role never makes pods unready (which would stall the agent's own
+//! rollouts); `meshfleet_agent_leader` and `meshfleet_agent_gateway_connected` say those instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +20,7 @@ use super::inventory::Inventory;
 pub struct Telemetry {
     pub registry: Registry,
     pub leader: IntGauge,
+    pub connected: IntGauge,
     pub pods: IntGauge,
     watch_events: IntCounterVec,
     pub scrapes: IntCounterVec,
@@ -37,6 +42,7 @@ impl Telemetry {
         };
         Telemetry {
             leader: gauge("meshfleet_agent_leader", "1 while this replica holds the leader Lease"),
+            connected: gauge("meshfleet_agent_gateway_connected", "1 while this replica's stream to the gateway is open"),
             pods: gauge("meshfleet_agent_meshed_pods", "Meshed pods in the inventory"),
             watch_events: counter("meshfleet_agent_watch_events_total", "Watch events by kind and result", &["kind", "result"]),
             scrapes: counter("meshfleet_agent_proxy_scrapes_total", "Proxy admin scrapes by result", &["result"]),
@@ -62,21 +68,32 @@ impl Default for Telemetry {
     }
 }
 
+/// Whether the gateway stream is open right now (read when /metrics is scraped).
+pub type Connected = Arc<dyn Fn() -> bool + Send + Sync>;
+
 #[derive(Clone)]
 struct Http {
     telemetry: Telemetry,
     inventory: Arc<Inventory>,
+    connected: Connected,
 }
 
 /// Binds `addr` and serves until the task is aborted; returns the bound address.
-pub async fn serve(addr: SocketAddr, telemetry: Telemetry, inventory: Arc<Inventory>) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(addr: SocketAddr, telemetry: Telemetry, inventory: Arc<Inventory>, connected: Connected) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|State(h): State<Http>| async move { if h.inventory.synced() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "inventory not synced") } }))
-        .route("/metrics", get(|State(h): State<Http>| async move { h.telemetry.render() }))
-        .with_state(Http { telemetry, inventory });
+        .route(
+            "/metrics",
+            get(|State(h): State<Http>| async move {
+                h.telemetry.connected.set(i64::from((h.connected)()));
+                h.telemetry.pods.set(h.inventory.lock().pods.len() as i64);
+                h.telemetry.render()
+            }),
+        )
+        .with_state(Http { telemetry, inventory, connected });
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "agent http server stopped");

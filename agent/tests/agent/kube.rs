@@ -117,3 +117,52 @@ async fn restart_workloads_rolls_in_batches_and_a_redelivered_command_does_not_r
     assert_eq!((out["restarted"].as_array().unwrap().len(), out["skipped"].as_array().unwrap().len()), (0, 3), "{out}");
     assert_eq!(fake_pods(&kube), after, "no pod was replaced by the redelivery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicting_writes_are_read_again_and_retried() {
+    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(50), ..Config::default() }).await.unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})).unwrap();
+    kube.apply(meshed_deployment("shop", "web", 1)).unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "meshfleet-agent-identity", "namespace": "meshfleet-system"}, "data": {"identity.json": "e30=", "note": "a2VlcA=="}})).unwrap();
+    let client = kube.client().await.unwrap();
+    let renewed = meshfleet_agent::Identity { org_id: "o".into(), cluster_id: "c".into(), chain_pem: "RENEWED CHAIN".into(), key_pem: "k".to_owned().into(), not_after_unix_ms: 1 };
+
+    // The identity Secret is updated with its resourceVersion; two 409s (a concurrent writer)
+    // are answered by reading it again, and other keys survive.
+    kube.inject(Fault { verb: Some("update".into()), resource: Some("secrets".into()), status: 409, times: 2 });
+    meshfleet_agent::k8s::save_identity(&client, "meshfleet-system", &renewed).await.expect("saved despite two conflicts");
+    let api: kube::Api<k8s_openapi::api::core::v1::Secret> = kube::Api::namespaced(client.clone(), "meshfleet-system");
+    let data = api.get("meshfleet-agent-identity").await.unwrap().data.unwrap();
+    assert_eq!(meshfleet_agent::Identity::from_json(&data["identity.json"].0).unwrap().chain_pem, "RENEWED CHAIN");
+    assert_eq!(data["note"].0, b"keep", "the rest of the Secret is kept");
+    assert_eq!(kube.faults_fired().iter().filter(|f| f.1 == "secrets" && f.2 == 409).count(), 2);
+
+    // Why: a stale resourceVersion (the Secret changed between read and write) is refused with
+    // 409 by the API server itself, which is what the retry answers.
+    let mut stale = api.get("meshfleet-agent-identity").await.unwrap();
+    kube.modify("v1", "Secret", "meshfleet-system", "meshfleet-agent-identity", |s| s["data"]["note"] = json!("Y2hhbmdlZA==")).unwrap();
+    stale.data.as_mut().unwrap().insert("note".into(), k8s_openapi::ByteString(b"lost".to_vec()));
+    let err = api.replace("meshfleet-agent-identity", &Default::default(), &stale).await.unwrap_err();
+    assert!(meshfleet_agent::k8s::conflict::is_conflict(&err), "{err}");
+
+    // Conflicts that never end are reported, not forced past.
+    kube.inject(Fault { verb: Some("update".into()), resource: Some("secrets".into()), status: 409, times: 100 });
+    let err = meshfleet_agent::k8s::save_identity(&client, "meshfleet-system", &renewed).await.unwrap_err();
+    assert!(meshfleet_agent::k8s::conflict::is_conflict(&err), "{err}");
+    let fired = kube.faults_fired().iter().filter(|f| f.1 == "secrets" && f.2 == 409).count();
+    assert_eq!(fired, 2 + meshfleet_agent::k8s::conflict::ATTEMPTS as usize);
+
+    // restart-workloads: a 409 on the Deployment patch is re-read and retried.
+    let inv = Inventory::new();
+    let _tasks = spawn_watchers(client.clone(), &config(), inv.clone(), Telemetry::new());
+    assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 1).await);
+    kube.inject(Fault { verb: Some("patch".into()), resource: Some("deployments".into()), status: 409, times: 2 });
+    let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
+    let command = v1::Command { id: "cmd-409".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop"}"#.into(), deadline_unix_ms: 0 };
+    let result = exec.execute(command).await;
+    assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
+    let out: Value = serde_json::from_str(&result.output_json).unwrap();
+    assert_eq!(out["restarted"], json!(["shop/web"]), "{out}");
+    assert_eq!(kube.faults_fired().iter().filter(|f| f.0 == "patch" && f.2 == 409).count(), 2);
+}
+

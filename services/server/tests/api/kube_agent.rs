@@ -1,10 +1,13 @@
-//! End to end on Kubernetes: the real server, the fake Kubernetes API server holding a mesh and
-//! enforcing the RBAC of the rendered install manifest, and the real agent using kube-rs.
-//! Proxy admin endpoints are served by a tiny in-test HTTP server speaking the proxy's
-//! Prometheus text (one per pod, on the pod's own loopback IP), not by meshfleet-proxy.
+//! End to end on Kubernetes: the real server, the fake Kubernetes API server holding a mesh
+//! (the controller Deployment, meshed workloads) and enforcing the RBAC of the rendered install
+//! manifest, and the real agent using kube-rs. Where golden metrics are the point, the meshed
+//! pods' admin endpoints are real `meshfleet-proxy` processes carrying real mTLS traffic
+//! (`mesh`); elsewhere nothing listens there and the agent's scrapes simply fail.
+
+mod commands;
+mod mesh;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,51 +15,15 @@ use meshfleet_agent::k8s::{self, AgentConfig};
 use meshfleet_fake_kube::{Config, FakeKube, User};
 use meshfleet_server::install::{self, InstallParams};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{Engine, Login, TestApp};
 
-fn deployment(ns: &str, name: &str, replicas: i32, admin_port: u16) -> Value {
+fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},
         "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"serviceAccountName": name, "containers": [
                 {"name": "app", "image": format!("example/{name}:1")},
-                {"name": "meshfleet-proxy", "image": "meshfleet/proxy:0.1.0", "ports": [{"name": "admin", "containerPort": admin_port}]}]}}}})
-}
-
-/// Serves Linkerd-style proxy metrics on every running pod's IP; each scrape adds 10 inbound
-/// requests (1 failing) with latencies in the 10-20 ms bucket.
-fn serve_proxy_admins(kube: Arc<FakeKube>, port: u16) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut serving = HashSet::new();
-        loop {
-            for p in kube.list("v1", "Pod", None) {
-                let Some(ip) = p.pointer("/status/podIP").and_then(Value::as_str).map(str::to_owned) else { continue };
-                if !serving.insert(ip.clone()) {
-                    continue;
-                }
-                let Ok(listener) = tokio::net::TcpListener::bind((ip.as_str(), port)).await else { continue };
-                let scrapes = Arc::new(AtomicU64::new(0));
-                tokio::spawn(async move {
-                    while let Ok((mut sock, _)) = listener.accept().await {
-                        let n = scrapes.fetch_add(1, Ordering::Relaxed) + 1;
-                        let mut buf = [0u8; 2048];
-                        let _ = sock.read(&mut buf).await;
-                        let (req, fail) = (n * 10, n);
-                        let body = format!(
-                            "# TYPE request_total counter\nrequest_total{{direction=\"inbound\",tls=\"true\"}} {req}\nrequest_total{{direction=\"outbound\",tls=\"true\"}} 7\n\
-                             response_total{{direction=\"inbound\",status_code=\"200\",classification=\"success\"}} {}\nresponse_total{{direction=\"inbound\",status_code=\"500\",classification=\"failure\"}} {fail}\n\
-                             response_latency_ms_bucket{{direction=\"inbound\",le=\"10\"}} 0\nresponse_latency_ms_bucket{{direction=\"inbound\",le=\"20\"}} {req}\nresponse_latency_ms_bucket{{direction=\"inbound\",le=\"+Inf\"}} {req}\n",
-                            req - fail
-                        );
-                        let resp = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
-                        let _ = sock.write_all(resp.as_bytes()).await;
-                    }
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+                {"name": "meshfleet-proxy", "image": "meshfleet/proxy:0.1.0", "ports": [{"name": "admin", "containerPort": mesh::ADMIN_PORT}]}]}}}})
 }
 
 async fn within<F, Fut>(limit: Duration, check: F) -> Option<Duration>
@@ -90,7 +57,7 @@ struct Setup {
     vars: HashMap<String, String>,
 }
 
-async fn setup(admin_port: u16) -> Setup {
+async fn setup() -> Setup {
     let app = TestApp::spawn(Engine::Sqlite).await;
     let owner = app.owner("ops@example.com").await;
     let created = app.create_cluster(&owner, "prod-1", json!({})).await;
@@ -128,8 +95,8 @@ async fn setup(admin_port: u16) -> Setup {
             "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "controller"}}, "template": {"metadata": {"labels": {"app": "controller"}}, "spec": {"containers": [{"name": "controller", "image": "meshfleet/controller:0.1.0"}]}}}}),
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "meshfleet-issuer", "namespace": "meshfleet"}, "stringData": {"tls.crt": cert, "tls.key": key}}),
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meshfleet-trust-bundle", "namespace": "meshfleet"}, "data": {"ca-bundle.crt": cert}}),
-        deployment("shop", "web", 2, admin_port),
-        deployment("shop", "api", 1, admin_port),
+        deployment("shop", "web", 2),
+        deployment("shop", "api", 1),
     ] {
         kube.apply_yaml(&serde_yaml_ng::to_string(&obj).unwrap()).unwrap();
     }
@@ -145,6 +112,15 @@ async fn start_agent(s: &Setup, pod: &str) -> k8s::Running {
     k8s::start(config, s.kube.client_for("agent-sa-token").await.unwrap()).await.unwrap()
 }
 
+/// Starts the agent and waits until it is connected and the API shows every meshed pod.
+async fn start_connected_agent(s: &Setup) -> k8s::Running {
+    let a = start_agent(s, "meshfleet-agent-a").await;
+    let path = format!("/api/v1/clusters/{}/inventory", s.cluster);
+    let shown = within(Duration::from_secs(10), || async { a.stats().is_some_and(|st| st.connected) && pod_names(&s.app.get(&path, &s.owner.access).await.1) == fake_meshed(&s.kube) }).await;
+    assert!(shown.is_some(), "agent connected and inventory shown: {}", s.app.get(&path, &s.owner.access).await.1);
+    a
+}
+
 fn pod_names(inv: &Value) -> HashSet<String> {
     inv["pods"].as_array().map(|a| a.iter().filter_map(|p| p["name"].as_str().map(str::to_owned)).collect()).unwrap_or_default()
 }
@@ -153,11 +129,38 @@ fn fake_meshed(kube: &FakeKube) -> HashSet<String> {
     kube.list("v1", "Pod", Some("shop")).iter().map(|p| p["metadata"]["name"].as_str().unwrap().to_owned()).collect()
 }
 
+/// Creates a command through the API; returns its path.
+async fn send_command(s: &Setup, kind: &str, params: Value) -> String {
+    let (status, cmd) = s.app.post(&format!("/api/v1/clusters/{}/commands", s.cluster), &s.owner.access, json!({"kind": kind, "params": params})).await;
+    assert_eq!(status.as_u16(), 201, "{cmd}");
+    format!("/api/v1/clusters/{}/commands/{}", s.cluster, cmd["id"].as_str().unwrap())
+}
+
+/// Polls a command until it leaves pending/running; returns it and every progress value seen
+/// while it ran.
+async fn finish(s: &Setup, path: &str, limit: Duration) -> (Value, Vec<i64>) {
+    let deadline = Instant::now() + limit;
+    let mut progress = Vec::new();
+    loop {
+        let (_, c) = s.app.get(path, &s.owner.access).await;
+        match c["state"].as_str() {
+            Some("running") => {
+                let p = c["progress"].as_i64().unwrap_or(0);
+                if progress.last() != Some(&p) {
+                    progress.push(p);
+                }
+            }
+            Some("pending" | "delivered") => {}
+            _ => return (c, progress),
+        }
+        assert!(Instant::now() < deadline, "command still {}: {c}", c["state"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kube_agent_inventory_metrics_identity_and_failover_under_the_install_rbac() {
-    let port = 20_000 + (std::process::id() % 40_000) as u16;
-    let s = setup(port).await;
-    let _admins = serve_proxy_admins(s.kube.clone(), port);
+async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
+    let s = setup().await;
     let inv_path = format!("/api/v1/clusters/{}/inventory", s.cluster);
     let inventory = || async { s.app.get(&inv_path, &s.owner.access).await.1 };
     assert!(within(Duration::from_secs(5), || async { fake_meshed(&s.kube).len() == 3 }).await.is_some(), "the mesh's pods exist");
@@ -185,50 +188,145 @@ async fn kube_agent_inventory_metrics_identity_and_failover_under_the_install_rb
     let took = within(Duration::from_secs(3), || async { let want = fake_meshed(&s.kube); want.len() == 3 && pod_names(&inventory().await) == want }).await;
     assert!(took.is_some(), "replacement pod shows");
 
-    // Golden metrics from the proxies' admin endpoints reach the API.
-    let metrics_path = format!("/api/v1/clusters/{}/metrics", s.cluster);
-    let took = within(Duration::from_secs(10), || async {
-        let (_, m) = s.app.get(&metrics_path, &s.owner.access).await;
-        m.as_array().is_some_and(|rows| rows.iter().any(|r| r["workload"] == "Deployment/web" && r["requests"].as_i64().unwrap_or(0) > 0 && r["failures"].as_i64().unwrap_or(0) > 0))
-    })
-    .await;
-    assert!(took.is_some(), "metrics: {}", s.app.get(&metrics_path, &s.owner.access).await.1);
-
     // collect-diagnostics through the API.
-    let (_, cmd) = s.app.post(&format!("/api/v1/clusters/{}/commands", s.cluster), &s.owner.access, json!({"kind": "collect-diagnostics"})).await;
-    let cmd_path = format!("/api/v1/clusters/{}/commands/{}", s.cluster, cmd["id"].as_str().unwrap());
-    assert!(within(Duration::from_secs(5), || async { s.app.get(&cmd_path, &s.owner.access).await.1["state"] == "succeeded" }).await.is_some());
-    assert_eq!(s.app.get(&cmd_path, &s.owner.access).await.1["output"]["meshed_pods"], 3);
-
-    // restart-workloads through the API: every meshed pod is replaced, under the manifest's RBAC.
-    let before = fake_meshed(&s.kube);
-    let (status, cmd) = s
-        .app
-        .post(&format!("/api/v1/clusters/{}/commands", s.cluster), &s.owner.access, json!({"kind": "restart-workloads", "params": {"namespace": "shop", "batch_size": 1}}))
-        .await;
-    assert_eq!(status.as_u16(), 201, "{cmd}");
-    let cmd_path = format!("/api/v1/clusters/{}/commands/{}", s.cluster, cmd["id"].as_str().unwrap());
-    let restarted = within(Duration::from_secs(60), || async { s.app.get(&cmd_path, &s.owner.access).await.1["state"] == "succeeded" }).await;
-    assert!(restarted.is_some(), "restart-workloads: {}", s.app.get(&cmd_path, &s.owner.access).await.1);
-    assert!(within(Duration::from_secs(10), || async { let now = fake_meshed(&s.kube); now.len() == 3 && now.is_disjoint(&before) }).await.is_some(), "every pod was replaced");
+    let path = send_command(&s, "collect-diagnostics", json!({})).await;
+    let (cmd, _) = finish(&s, &path, Duration::from_secs(5)).await;
+    assert_eq!((&cmd["state"], &cmd["output"]["meshed_pods"]), (&json!("succeeded"), &json!(3)), "{cmd}");
 
     // Restart: the bootstrap token is spent, so connecting again proves the stored identity.
     a.shutdown().await;
     let a = start_agent(&s, "meshfleet-agent-a").await;
     assert!(within(Duration::from_secs(10), || async { a.stats().is_some_and(|st| st.connected) }).await.is_some(), "restarted agent reconnects with its stored identity");
 
-    // Failover: a second replica waits; when the leader dies it takes over within 15 s.
+    // Failover: a second replica waits; the leader's graceful shutdown releases the Lease, so
+    // the standby leads and is connected within 2 s (not after the 3 s lease duration).
     let b = start_agent(&s, "meshfleet-agent-b").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(a.is_leader() && !b.is_leader(), "one leader");
     assert!(b.stats().is_none(), "only the leader connects");
+    let started = Instant::now();
     a.shutdown().await;
-    let took = within(Duration::from_secs(15), || async { b.stats().is_some_and(|st| st.connected) }).await;
-    assert!(took.is_some(), "the standby leads and connects within 15 s");
-    eprintln!("failover took {took:?}");
+    let took = within(Duration::from_secs(10), || async { b.stats().is_some_and(|st| st.connected) }).await.map(|_| started.elapsed());
+    assert!(took.is_some_and(|t| t < Duration::from_secs(2)), "the standby leads and connects within 2 s of a graceful shutdown: {took:?}");
+    eprintln!("failover after a graceful shutdown took {took:?}");
+    let lease = s.kube.get("coordination.k8s.io/v1", "Lease", "meshfleet-system", "meshfleet-agent").unwrap();
+    assert_eq!(lease["spec"]["holderIdentity"], "meshfleet-agent-b", "{lease}");
     s.kube.delete("v1", "Pod", "shop", &fake_meshed(&s.kube).into_iter().next().unwrap()).unwrap();
     assert!(within(Duration::from_secs(5), || async { let want = fake_meshed(&s.kube); want.len() == 3 && pod_names(&inventory().await) == want }).await.is_some(), "the new leader reports changes");
 
     assert_eq!(s.kube.denials(), Vec::<String>::new(), "the agent stays within the install manifest's RBAC");
     b.shutdown().await;
+}
+
+/// Sums of the API's per-minute rollups of one workload: (requests, failures, rows).
+fn totals(rows: &Value, workload: &str) -> (i64, i64, Vec<Value>) {
+    let rows: Vec<Value> = rows.as_array().into_iter().flatten().filter(|r| r["namespace"] == "shop" && r["workload"] == workload).cloned().collect();
+    (rows.iter().map(|r| r["requests"].as_i64().unwrap_or(0)).sum(), rows.iter().map(|r| r["failures"].as_i64().unwrap_or(0)).sum(), rows)
+}
+
+/// The highest of a latency column over the rows that carried requests.
+fn latency(rows: &[Value], col: &str) -> f64 {
+    rows.iter().filter(|r| r["requests"].as_i64().unwrap_or(0) > 0).map(|r| r[col].as_f64().unwrap_or(0.0)).fold(0.0, f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_proxy_traffic_shows_as_golden_metrics_of_the_right_workloads() {
+    let s = setup().await;
+    assert!(within(Duration::from_secs(5), || async { fake_meshed(&s.kube).len() == 3 }).await.is_some(), "the mesh's pods exist");
+    let mesh = mesh::Mesh::start(s.kube.clone(), &[("shop", "web"), ("shop", "api")]).await;
+    mesh.wait_ready(3).await;
+    let a = start_connected_agent(&s).await;
+    let inv = s.app.get(&format!("/api/v1/clusters/{}/inventory", s.cluster), &s.owner.access).await.1;
+    assert!(inv.to_string().contains("meshfleet dev issuer"), "the issuer the real controller signs with: {inv}");
+
+    // The first scrape of a proxy is only a baseline: wait for two full rounds over all three.
+    let ok = || a.telemetry.scrapes.with_label_values(&["ok"]).get();
+    let ok0 = ok();
+    assert!(within(Duration::from_secs(5), || async { ok() >= ok0 + 6 }).await.is_some(), "the agent scrapes the proxies: {}", a.telemetry.render());
+
+    // Real traffic over mTLS: an ingress proxy -> each pod's sidecar (inbound) -> the app.
+    let (web, api) = (mesh.pods_of("web"), mesh.pods_of("api"));
+    assert_eq!((web.len(), api.len()), (2, 1));
+    let targets: Vec<(String, String)> = web.iter().chain(&api).map(|(_, inbound, id)| (inbound.clone(), id.clone())).collect();
+    let ingress = mesh.ingress(&targets).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |addr: std::net::SocketAddr, query: &'static str, want: u16| {
+        let http = http.clone();
+        async move { http.get(format!("http://{addr}/shop?{query}")).send().await.map(|r| r.status().as_u16() == want).unwrap_or(false) }
+    };
+    // web: 12 + 8 fast successes on its two pods, one at a time; api: 20 successes and 10
+    // server errors, concurrently, each taking 60 ms in the app.
+    let mut sent = Vec::new();
+    for (i, n) in [(0, 12), (1, 8)] {
+        for _ in 0..n {
+            sent.push(get(ingress.outbound(i), "", 200).await);
+        }
+    }
+    let api_calls = (0..30).map(|i| if i % 3 == 0 { get(ingress.outbound(2), "sleep_ms=60&status=500", 500) } else { get(ingress.outbound(2), "sleep_ms=60", 200) });
+    sent.extend(futures::future::join_all(api_calls).await);
+    assert!(sent.iter().all(|ok| *ok), "every request went through the mesh with the app's status");
+
+    // They show in the API as golden metrics of the right workloads, exactly once.
+    let metrics_path = format!("/api/v1/clusters/{}/metrics", s.cluster);
+    let expected = |m: &Value| (totals(m, "Deployment/web").0, totals(m, "Deployment/web").1, totals(m, "Deployment/api").0, totals(m, "Deployment/api").1) == (20, 0, 30, 10);
+    let took = within(Duration::from_secs(10), || async { expected(&s.app.get(&metrics_path, &s.owner.access).await.1) }).await;
+    assert!(took.is_some(), "metrics: {}", s.app.get(&metrics_path, &s.owner.access).await.1);
+    eprintln!("real proxy traffic visible as golden metrics after {took:?}");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = s.app.get(&metrics_path, &s.owner.access).await.1;
+    assert!(expected(&m), "later scrapes add nothing (no double counting): {m}");
+    let (api_requests, api_failures, api_rows) = totals(&m, "Deployment/api");
+    let success_rate = 1.0 - api_failures as f64 / api_requests as f64;
+    assert!((success_rate - 2.0 / 3.0).abs() < 1e-9, "api success rate {success_rate}");
+    // Every api request spent at least 60 ms in the app, so all its percentiles lie above
+    // Linkerd's 50 ms bucket bound (how far above depends on the machine's load); web's
+    // requests are fast.
+    let api_latency: Vec<f64> = ["latency_p50_ms", "latency_p95_ms", "latency_p99_ms"].iter().map(|c| latency(&api_rows, c)).collect();
+    assert!(api_latency[0] > 50.0 && api_latency[0] <= api_latency[1] && api_latency[1] <= api_latency[2], "api p50/p95/p99 {api_latency:?}: {m}");
+    let (_, _, web_rows) = totals(&m, "Deployment/web");
+    let web_p50 = latency(&web_rows, "latency_p50_ms");
+    assert!(web_p50 > 0.0 && web_p50 < 50.0, "web p50: {m}");
+    assert!(!m.to_string().contains("Deployment/controller"), "only meshed workloads: {m}");
+    assert_eq!(s.kube.denials(), Vec::<String>::new());
+    a.shutdown().await;
+}
+
+fn event(ns: &str, name: &str, kind: &str, reason: &str, object: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": ns}, "type": kind, "reason": reason,
+        "message": format!("{reason} on {object}"), "count": 1, "involvedObject": {"kind": "Pod", "name": object, "namespace": ns},
+        "lastTimestamp": "2025-01-01T00:00:00Z"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warning_events_and_proxy_restarts_are_visible_through_the_events_api() {
+    let s = setup().await;
+    s.kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "unmeshed"}})).unwrap();
+    let a = start_connected_agent(&s).await;
+    let pod = fake_meshed(&s.kube).into_iter().find(|n| n.starts_with("api-")).unwrap();
+    // A restart counts from the restart count the leader's session saw first (its baseline);
+    // give its first debounced pass time to run.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    s.kube.apply(event("shop", "e1", "Warning", "BackOff", &pod)).unwrap();
+    s.kube.apply(event("shop", "e2", "Normal", "Pulled", &pod)).unwrap();
+    s.kube.apply(event("unmeshed", "e3", "Warning", "FailedMount", "x-1")).unwrap();
+    s.kube.restart_container("shop", &pod, "meshfleet-proxy").unwrap();
+    s.kube.restart_container("shop", &pod, "app").unwrap();
+
+    let path = format!("/api/v1/clusters/{}/events", s.cluster);
+    let reasons = || async {
+        let (_, e) = s.app.get(&path, &s.owner.access).await;
+        let mut r: Vec<String> = e.as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+        r.sort();
+        r
+    };
+    let want = vec![format!("ProxyRestart shop Pod/{pod} ProxyRestarted"), format!("Warning shop Pod/{pod} BackOff")];
+    let took = within(Duration::from_secs(5), || async { reasons().await == want }).await;
+    assert!(took.is_some(), "events: {:?}", reasons().await);
+    // Normal events, warnings outside meshed namespaces and app-container restarts are not sent;
+    // nothing arrives twice.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(reasons().await, want);
+    assert_eq!(s.kube.denials(), Vec::<String>::new());
+    a.shutdown().await;
 }
