@@ -42,6 +42,7 @@ fn store_error(e: StoreError) -> Response {
         StoreError::Conflict => status(409, "Conflict", e.to_string()),
         StoreError::Gone(_) => status(410, "Expired", e.to_string()),
         StoreError::Invalid(m) => status(422, "Invalid", m),
+        StoreError::BadRequest(m) => status(400, "BadRequest", m),
     }
 }
 
@@ -203,11 +204,25 @@ async fn serve(shared: &Arc<Shared>, t: Target, verb: &str, q: &HashMap<String, 
             None => store_error(StoreError::NotFound(format!("{} {name:?}", d.plural))),
         },
         "list" => {
-            let (items, rv) = store.list(t.res, (!ns.is_empty()).then_some(ns));
-            let items: Vec<Value> = items.into_iter().filter(|o| selector.matches(o)).collect();
-            // `limit`/`continue` are ignored: the whole list comes in one page, which the API
-            // server is allowed to do.
-            ok(StatusCode::OK, &json!({"kind": format!("{}List", d.kind), "apiVersion": d.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": items}))
+            // `limit` and `continue` page the list as kube-rs reflectors ask (500 a page).
+            let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+                None => None,
+                Some(Ok(l)) => Some(l),
+                Some(Err(_)) => return status(400, "BadRequest", "limit must be a non-negative integer"),
+            };
+            let cont = q.get("continue").map(String::as_str).filter(|c| !c.is_empty());
+            let page = match store.list_page(t.res, (!ns.is_empty()).then_some(ns), limit, cont, |o| selector.matches(o)) {
+                Ok(p) => p,
+                Err(StoreError::Gone(_)) => {
+                    return status(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
+                }
+                Err(e) => return store_error(e),
+            };
+            let mut meta = json!({"resourceVersion": page.rv.to_string()});
+            if let Some(c) = page.cont {
+                meta["continue"] = json!(c);
+            }
+            ok(StatusCode::OK, &json!({"kind": format!("{}List", d.kind), "apiVersion": d.api_version(), "metadata": meta, "items": page.items}))
         }
         "watch" => watch::serve(shared.clone(), t.res, ns.to_owned(), selector, q),
         "create" => {

@@ -51,9 +51,37 @@ pub enum StoreError {
     Gone(u64),
     #[error("invalid object: {0}")]
     Invalid(String),
+    #[error("{0}")]
+    BadRequest(String),
 }
 
 type Key = (Res, String, String);
+
+/// One page of a list and, when more follow, the token for the next.
+pub struct Page {
+    pub items: Vec<Value>,
+    pub rv: u64,
+    pub cont: Option<String>,
+}
+
+/// What a continue token carries: the list's resourceVersion and the last key served. Opaque to
+/// clients (hex of JSON, so it needs no escaping in a query string).
+struct Continue {
+    rv: u64,
+    ns: String,
+    name: String,
+}
+
+impl Continue {
+    fn encode(&self) -> String {
+        hex::encode(json!({"v": "meta.k8s.io/v1", "rv": self.rv, "ns": self.ns, "name": self.name}).to_string())
+    }
+
+    fn decode(token: &str) -> Option<Continue> {
+        let v: Value = serde_json::from_slice(&hex::decode(token).ok()?).ok()?;
+        Some(Continue { rv: v.get("rv")?.as_u64()?, ns: v.get("ns")?.as_str()?.to_owned(), name: v.get("name")?.as_str()?.to_owned() })
+    }
+}
 
 struct Inner {
     rv: u64,
@@ -104,11 +132,56 @@ impl Store {
     }
 
     /// All objects of a resource (in one namespace, or all), and the resourceVersion they are at.
+    /// One namespace is a range of the ordered map, so the simulator's per-owner lookups cost
+    /// what that namespace holds, not what the whole cluster holds.
     pub fn list(&self, res: Res, ns: Option<&str>) -> (Vec<Value>, u64) {
         let inner = self.lock();
-        let items = inner.objects.range((res, String::new(), String::new())..).take_while(|((r, _, _), _)| *r == res);
-        let items = items.filter(|((_, n, _), _)| ns.is_none_or(|want| n == want)).map(|(_, v)| v.clone()).collect();
+        let items = Self::scope(&inner, res, ns, None).map(|(_, v)| v.clone()).collect();
         (items, inner.rv)
+    }
+
+    /// The objects of `res` (in `ns`, or all) in key order, strictly after `after` if given.
+    fn scope<'a>(inner: &'a Inner, res: Res, ns: Option<&'a str>, after: Option<&(String, String)>) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+        use std::ops::Bound;
+        let start = match after {
+            Some((n, name)) => Bound::Excluded((res, n.clone(), name.clone())),
+            None => Bound::Included((res, ns.unwrap_or("").to_owned(), String::new())),
+        };
+        inner.objects.range((start, Bound::Unbounded)).take_while(move |((r, n, _), _)| *r == res && ns.is_none_or(|want| n == want))
+    }
+
+    /// One page of a list: up to `limit` objects that `keep` accepts, in key order after
+    /// `cont` (a continue token from the previous page). Every page of one list reports the
+    /// first page's resourceVersion, so a watch from it replays whatever changed while the
+    /// client was paging; later pages are read from the present, not from a snapshot (a real
+    /// API server reads etcd at that revision), which a reflector cannot tell apart because the
+    /// replayed changes are idempotent for it. A token older than the history is 410 Gone.
+    pub fn list_page(&self, res: Res, ns: Option<&str>, limit: Option<usize>, cont: Option<&str>, keep: impl Fn(&Value) -> bool) -> Result<Page, StoreError> {
+        let inner = self.lock();
+        let (rv, after) = match cont {
+            None => (inner.rv, None),
+            Some(token) => {
+                let c = Continue::decode(token).ok_or_else(|| StoreError::BadRequest("invalid continue token".into()))?;
+                if c.rv < inner.floor {
+                    return Err(StoreError::Gone(c.rv));
+                }
+                (c.rv, Some((c.ns, c.name)))
+            }
+        };
+        let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
+        let mut items = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for (key, v) in Self::scope(&inner, res, ns, after.as_ref()).filter(|(_, v)| keep(v)) {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(v.clone());
+            last = Some(key);
+        }
+        let cont = if more { last.map(|(_, n, name)| Continue { rv, ns: n.clone(), name: name.clone() }.encode()) } else { None };
+        Ok(Page { items, rv, cont })
     }
 
     pub fn create(&self, res: Res, ns: &str, mut obj: Value) -> Result<Value, StoreError> {

@@ -20,9 +20,16 @@ use crate::selectors::Selector;
 use crate::store::{namespace_of, Change, EventType, StoreError};
 use crate::Shared;
 
+/// One event line, serialized straight from the stored object (no copy of it first: with
+/// thousands of pods a watch's initial events are most of the fake server's work).
 fn line(kind: &str, object: &Value) -> Bytes {
-    let mut s = json!({"type": kind, "object": object}).to_string();
-    s.push('\n');
+    let mut s = Vec::with_capacity(256);
+    s.extend_from_slice(b"{\"type\":\"");
+    s.extend_from_slice(kind.as_bytes());
+    s.extend_from_slice(b"\",\"object\":");
+    // Serializing a Value into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut s, object);
+    s.extend_from_slice(b"}\n");
     Bytes::from(s)
 }
 
