@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::{command, ServerProcess};
+use crate::process::replica;
 
 /// Long enough that only invalidation, never expiry, can explain a fresh answer.
 const LONG_MS: &str = "60000";
@@ -88,18 +88,8 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
     }
     let db = TestDb::new(Engine::Postgres).await;
     let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
-    let replica = |name: &str| {
-        let dir = db.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = command(&dir);
-        cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
-            .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("MESHFLEET_DATABASE_URL", &db.url)
-            .env("MESHFLEET_SEALING_KEY", &sealing_key)
-            .env("MESHFLEET_READ_CACHE_MS", LONG_MS);
-        ServerProcess::start(cmd)
-    };
-    let (a, b) = (replica("a"), replica("b"));
+    let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
+    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
     let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });

@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
-use crate::process::{command, free_port, ServerProcess};
+use crate::process::{command, free_port, replica, ServerProcess};
 
 /// Counts executions per command id: the property under test is "exactly once".
 #[derive(Default)]
@@ -194,18 +194,8 @@ async fn a_command_created_on_one_replica_reaches_an_agent_on_another_within_a_s
     }
     let db = TestDb::new(Engine::Postgres).await;
     let sealing_key = Sealer::generate_key();
-    let replica = |name: &str| {
-        let dir = db.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut cmd = command(&dir);
-        cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
-            .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
-            .env("MESHFLEET_DATABASE_URL", &db.url)
-            .env("MESHFLEET_SEALING_KEY", &sealing_key);
-        ServerProcess::start(cmd)
-    };
-    let a = replica("a");
-    let b = replica("b");
+    let a = replica(&db, &sealing_key, "a", &[]);
+    let b = replica(&db, &sealing_key, "b", &[]);
     let api_a = Api::signup(&a.url(), "ada@example.com").await;
     let (cluster, handle, agent) = start_agent(&api_a, "c1", b.gateway.as_deref()).await;
 

@@ -67,6 +67,20 @@ impl Drop for ServerProcess {
     }
 }
 
+/// One of several server processes sharing the test PostgreSQL database `db` (and so one
+/// sealing key), in its own directory named `name`, with extra MESHFLEET_* settings.
+pub fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
+    let dir = db.dir.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cmd = command(&dir);
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
+        .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("MESHFLEET_DATABASE_URL", &db.url)
+        .env("MESHFLEET_SEALING_KEY", sealing_key)
+        .envs(env.iter().copied());
+    ServerProcess::start(cmd)
+}
+
 /// A port free right now (a small race with other processes is accepted in tests).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
