@@ -13,6 +13,7 @@ pub mod sim;
 mod store;
 mod validate;
 mod watch;
+pub mod workspace;
 
 use std::net::SocketAddr;
 use std::path::Path;

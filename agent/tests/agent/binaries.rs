@@ -3,36 +3,10 @@
 //! operator would try it by hand. Children are stopped by their own pid.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-
-/// A binary of another package of this workspace (Cargo only builds a package's own binaries
-/// for its tests), built once into this test's target directory; a no-op when fresh.
-fn workspace_bin(package: &str, bin: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-    let mut cmd = Command::new(cargo);
-    // Without the variables Cargo sets for this test process: build scripts track some of them
-    // (ring: CARGO_MANIFEST_DIR), and a changed value would rebuild half the dependency graph
-    // here and again in the next outer `cargo test`.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_") || key == "OUT_DIR" || ["MANIFEST_DIR", "MANIFEST_PATH", "CRATE_NAME", "BIN_NAME", "PRIMARY_PACKAGE", "TARGET_TMPDIR", "RUSTC_CURRENT_DIR"].iter().any(|k| key == format!("CARGO_{k}")) {
-            cmd.env_remove(key.as_ref());
-        }
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR")).args(["build", "--quiet", "-p", package, "--bin", bin, "--target-dir"]).arg(profile_dir.parent().unwrap()).stdout(Stdio::null());
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cmd.arg("--release");
-    }
-    let out = cmd.output().unwrap();
-    assert!(out.status.success(), "cargo build -p {package}: {}", String::from_utf8_lossy(&out.stderr));
-    profile_dir.join(bin)
-}
 
 struct Killed(Child);
 
@@ -83,7 +57,7 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconfig() {
-    let fake_bin = tokio::task::spawn_blocking(|| workspace_bin("meshfleet-fake-kube", "meshfleet-fake-kube")).await.unwrap();
+    let fake_bin = tokio::task::spawn_blocking(|| meshfleet_fake_kube::workspace::build_bins("meshfleet-fake-kube", &["meshfleet-fake-kube"]).join("meshfleet-fake-kube")).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (kubeconfig, manifest) = (dir.path().join("kubeconfig"), dir.path().join("mesh.yaml"));
     std::fs::File::create(&manifest).unwrap().write_all(MESH.as_bytes()).unwrap();

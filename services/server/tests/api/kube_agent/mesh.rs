@@ -29,33 +29,8 @@ const TRUST_DOMAIN: &str = "cluster.local";
 pub fn mesh_bin(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
-        // .../target/<profile>/deps/api-<hash> -> .../target/<profile>
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").to_path_buf();
-        let target_dir = profile_dir.parent().expect("target dir").to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| env!("CARGO").to_owned());
-        let mut cmd = Command::new(cargo);
-        // Without the variables Cargo sets for this test process: build scripts track some of them
-        // (ring: CARGO_MANIFEST_DIR), and a changed value would rebuild half the dependency graph
-        // here and again in the next outer `cargo test`.
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("CARGO_PKG_") || key == "OUT_DIR" || ["MANIFEST_DIR", "MANIFEST_PATH", "CRATE_NAME", "BIN_NAME", "PRIMARY_PACKAGE", "TARGET_TMPDIR", "RUSTC_CURRENT_DIR"].iter().any(|k| key == format!("CARGO_{k}")) {
-                cmd.env_remove(key.as_ref());
-            }
-        }
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "meshfleet-mesh", "--bin", "meshfleet-proxy", "--bin", "meshfleet-controller", "--target-dir"])
-            .arg(&target_dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
         let _ = writeln!(std::io::stderr(), "building meshfleet-proxy and meshfleet-controller for the Kubernetes end-to-end tests (a no-op when fresh)");
-        let out = cmd.output().expect("run cargo build");
-        assert!(out.status.success(), "cargo build -p meshfleet-mesh failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        profile_dir
+        meshfleet_fake_kube::workspace::build_bins("meshfleet-mesh", &["meshfleet-proxy", "meshfleet-controller"])
     });
     dir.join(name)
 }
