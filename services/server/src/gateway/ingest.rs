@@ -1,11 +1,14 @@
 //! The write path for agent reports. Reports go to a writer task per shard (a cluster always
 //! maps to the same shard, so its reports apply in order); each writer takes everything
 //! queued, up to `batch_max`, and stores it in one transaction. A report is acknowledged to
-//! the agent only after its transaction commits.
+//! the agent only after its transaction commits. Metrics are stored as one raw row per report
+//! (`store::metric_reports`), rolled up per minute off this path; when an agent was last
+//! heard from is written apart too, at most once a second per cluster (`Ingest::seen`).
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -45,9 +48,14 @@ pub struct Job {
     pub done: oneshot::Sender<bool>,
 }
 
+/// How often the times agents were last heard from are written.
+const SEEN_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Clone)]
 pub struct Ingest {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
+    /// Clusters heard from since the last flush, with the latest time.
+    seen: Arc<Mutex<HashMap<ClusterId, i64>>>,
 }
 
 impl Ingest {
@@ -59,7 +67,16 @@ impl Ingest {
                 tx
             })
             .collect();
-        Ingest { shards: Arc::new(senders) }
+        let seen = Arc::new(Mutex::new(HashMap::new()));
+        tokio::spawn(flush_seen(db, seen.clone()));
+        Ingest { shards: Arc::new(senders), seen }
+    }
+
+    /// Notes that the cluster's agent was heard from at `at` (written within `SEEN_EVERY`).
+    pub fn seen(&self, cluster: ClusterId, at: i64) {
+        let mut seen = self.seen.lock().expect("seen lock poisoned");
+        let t = seen.entry(cluster).or_insert(at);
+        *t = (*t).max(at);
     }
 
     /// Queues a report; waits when the writers are behind (backpressure to the agent's stream).
@@ -95,6 +112,35 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::
     }
 }
 
+/// Writes the noted last-seen times once a second in one statement per ~100 clusters, instead
+/// of an UPDATE of `clusters` in every report's transaction. A crash loses at most a second of
+/// them, which only makes an agent look silent a second longer.
+async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>) {
+    let mut tick = tokio::time::interval(SEEN_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut batch: Vec<(ClusterId, i64)> = std::mem::take(&mut *seen.lock().expect("seen lock poisoned")).into_iter().collect();
+        if batch.is_empty() {
+            continue;
+        }
+        // One order for every writer of these rows: no deadlock with another replica's flush.
+        batch.sort_unstable();
+        let written = async {
+            let mut conn = db.pool.acquire().await?;
+            store::agents::touch_each(&mut conn, &batch).await
+        };
+        if let Err(e) = written.await {
+            tracing::warn!(error = %e, clusters = batch.len(), "recording when agents were last seen failed; retrying");
+            let mut seen = seen.lock().expect("seen lock poisoned");
+            for (cluster, at) in batch {
+                let t = seen.entry(cluster).or_insert(at);
+                *t = (*t).max(at);
+            }
+        }
+    }
+}
+
 fn finish(metrics: &Metrics, jobs: impl Iterator<Item = Job>, ok: bool) {
     for job in jobs {
         let outcome = if ok { "stored" } else { "failed" };
@@ -103,11 +149,11 @@ fn finish(metrics: &Metrics, jobs: impl Iterator<Item = Job>, ok: bool) {
     }
 }
 
-/// Stores the jobs in one transaction: inventory changes in arrival order, metrics and events
-/// as multi-row statements.
+/// Stores the jobs in one transaction: inventory changes in arrival order, metrics (one raw
+/// row per report) and events as multi-row statements.
 async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut windows: Vec<&Window> = Vec::new();
+    let mut reports: Vec<(OrgId, ClusterId, &[Window])> = Vec::new();
     let mut events = Vec::new();
     for job in jobs {
         let (org, cluster) = (job.org, job.cluster);
@@ -120,36 +166,14 @@ async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
                     store::inventory::set_facts(&mut tx, org, cluster, facts, now).await?;
                 }
             }
-            Report::Metrics(w) => windows.extend(w),
+            Report::Metrics(w) => reports.push((org, cluster, w)),
             Report::Events(e) => events.extend(e.iter().map(|e| (org, cluster, e.clone()))),
             Report::CommandResult { id, state, progress, message, output } => {
                 store::commands::record_result(&mut tx, cluster, *id, state, *progress, message, output.as_ref(), now).await?;
             }
         }
     }
-    for round in distinct_key_rounds(windows) {
-        store::rollups::add_windows(&mut tx, &round).await?;
-    }
+    store::metric_reports::append(&mut tx, &reports).await?;
     store::rollups::add_events(&mut tx, &events).await?;
-    let mut clusters: Vec<ClusterId> = jobs.iter().map(|j| j.cluster).collect();
-    clusters.sort();
-    clusters.dedup();
-    store::agents::touch(&mut tx, &clusters, now).await?;
     tx.commit().await
-}
-
-/// Splits windows into rounds in which each (cluster, workload, minute) appears once, keeping
-/// each key's windows in arrival order: round k holds the k-th window of every key.
-fn distinct_key_rounds(windows: Vec<&Window>) -> Vec<Vec<Window>> {
-    let mut rounds: Vec<Vec<Window>> = Vec::new();
-    let mut seen: HashMap<(ClusterId, &str, &str, i64), usize> = HashMap::new();
-    for w in windows {
-        let n = seen.entry(w.key()).or_insert(0);
-        if rounds.len() <= *n {
-            rounds.push(Vec::new());
-        }
-        rounds[*n].push(w.clone());
-        *n += 1;
-    }
-    rounds
 }

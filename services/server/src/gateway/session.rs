@@ -27,7 +27,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// in-process and through NOTIFY; this is the fallback for a missed notification, kept rare
 /// because with 10,000 agents every second of it costs 2,000 queries.
 const REVALIDATE_EVERY: Duration = Duration::from_secs(30);
-const TOUCH_EVERY_MS: i64 = 5_000;
 
 pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
     let (tx, rx) = mpsc::channel(64);
@@ -99,7 +98,6 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
     send_open_commands(gw, peer, tx, &mut sent).await?;
     let mut acks = FuturesOrdered::new();
     let mut last_seq = 0u64;
-    let mut last_touch = now;
     let mut revalidate = tokio::time::interval_at(tokio::time::Instant::now() + REVALIDATE_EVERY, REVALIDATE_EVERY);
 
     loop {
@@ -125,21 +123,14 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                     reject(e.label());
                     Status::invalid_argument(format!("invalid report: {e}"))
                 })?;
-                let Some(report) = report else {
-                    let now = state.clock.now_ms();
-                    if now - last_touch > TOUCH_EVERY_MS {
-                        last_touch = now;
-                        let mut conn = state.db.pool.acquire().await.map_err(internal)?;
-                        store::agents::touch(&mut conn, &[peer.cluster_id], now).await.map_err(internal)?;
-                    }
-                    continue;
-                };
+                // Heard from: written in bulk, at most once a second per cluster.
+                state.ingest.seen(peer.cluster_id, state.clock.now_ms());
+                let Some(report) = report else { continue };
                 if message.seq <= last_seq {
                     reject("seq");
                     return Err(Status::invalid_argument(format!("report seq {} does not increase (last {last_seq})", message.seq)));
                 }
                 last_seq = message.seq;
-                last_touch = state.clock.now_ms();
                 let (done, stored) = oneshot::channel();
                 let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done };
                 state.ingest.submit(job).await.map_err(|_| Status::unavailable("the service is shutting down"))?;

@@ -76,17 +76,21 @@ pub async fn mark_disconnected(conn: &mut Conn, cluster: ClusterId, session: &st
     Ok(())
 }
 
-/// Records that the agents of these clusters were heard from.
-pub async fn touch(conn: &mut Conn, clusters: &[ClusterId], now: i64) -> Result<(), sqlx::Error> {
-    if clusters.is_empty() {
-        return Ok(());
+/// Records when each cluster's agent was last heard from, in multi-row statements; a time
+/// never moves backwards (a late flush must not undo a newer connect or disconnect).
+pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, i64)]) -> Result<(), sqlx::Error> {
+    for chunk in seen.chunks(super::rows_per_statement(conn, 2)) {
+        // VALUES columns are column1, column2 on both engines.
+        let sql = format!(
+            "UPDATE clusters SET last_seen_at = v.column2 FROM (VALUES {}) AS v
+             WHERE clusters.id = v.column1 AND (clusters.last_seen_at IS NULL OR clusters.last_seen_at < v.column2)",
+            super::values_clause(chunk.len(), 2)
+        );
+        let mut q = sqlx::query(&sql);
+        for (cluster, at) in chunk {
+            q = q.bind(cluster.to_string()).bind(*at);
+        }
+        q.execute(&mut *conn).await?;
     }
-    let placeholders: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 2)).collect();
-    let sql = format!("UPDATE clusters SET last_seen_at = $1 WHERE id IN ({})", placeholders.join(", "));
-    let mut q = sqlx::query(&sql).bind(now);
-    for c in clusters {
-        q = q.bind(c.to_string());
-    }
-    q.execute(conn).await?;
     Ok(())
 }

@@ -1,10 +1,12 @@
 //! Read models for the dashboard: golden-metric summaries per cluster and per minute, and
-//! proxy versions, computed in SQL over the rollups the gateway stores.
+//! proxy versions, computed in SQL over the rollups the gateway stores (after rolling up the
+//! reports still pending, so nothing acknowledged is missing).
 
 use std::collections::HashMap;
 
 use sqlx::Row;
 
+use super::metric_reports::{roll_up, Scope};
 use super::{parse_col, Conn};
 use crate::domain::{ClusterId, OrgId};
 use crate::store::inventory::Facts;
@@ -26,6 +28,7 @@ impl Golden {
 
 /// Per-cluster totals of every cluster in the organization since `since` (ms).
 pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
+    roll_up(conn, Scope::Org(org)).await?;
     let rows = sqlx::query(
         "SELECT cluster_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 GROUP BY cluster_id",
@@ -44,6 +47,7 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
 
 /// Per-minute totals of one cluster since `since`, oldest first.
 pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<(i64, Golden)>, sqlx::Error> {
+    roll_up(conn, Scope::Cluster(org, cluster)).await?;
     let rows = sqlx::query(
         "SELECT minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
          WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 GROUP BY minute ORDER BY minute",
@@ -67,6 +71,7 @@ pub async fn golden_by_minute_of(
     if clusters.is_empty() {
         return Ok(out);
     }
+    roll_up(conn, Scope::Org(org)).await?;
     let list: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 3)).collect();
     let sql = format!(
         "SELECT cluster_id, minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups

@@ -1,10 +1,13 @@
-//! Golden metrics per workload per minute, and the events agents report. Both are written in
-//! batches by the gateway's ingest path and are idempotent, so a resent report is a no-op.
+//! Golden metrics per workload per minute, and the events agents report. Events are written in
+//! batches by the gateway's ingest path; metrics reach metric_rollups through
+//! `metric_reports::roll_up`, which every reader here runs for its scope first. Both are
+//! idempotent, so a resent report is a no-op.
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use utoipa::ToSchema;
 
+use super::metric_reports::Scope;
 use super::{values_clause, Conn};
 use crate::domain::{ClusterId, OrgId};
 
@@ -28,10 +31,6 @@ impl Window {
     pub fn minute(&self) -> i64 {
         self.start.div_euclid(60_000) * 60_000
     }
-
-    pub fn key(&self) -> (ClusterId, &str, &str, i64) {
-        (self.cluster_id, &self.namespace, &self.workload, self.minute())
-    }
 }
 
 
@@ -47,6 +46,8 @@ fn merged(col: &str) -> String {
 /// Folds windows into their minutes. Windows of a workload do not overlap, so one that ends no
 /// later than the minute's `last_window_end` was applied already (a resend) and changes
 /// nothing. A key may appear once per statement, so callers pass windows with distinct keys.
+/// (Writes rollups directly, e.g. to seed a benchmark; agents' reports go through
+/// `metric_reports`.)
 pub async fn add_windows(conn: &mut Conn, windows: &[Window]) -> Result<(), sqlx::Error> {
     for chunk in windows.chunks(super::rows_per_statement(conn, 11)) {
         let sql = format!(
@@ -96,6 +97,7 @@ pub struct MinuteRollup {
 }
 
 pub async fn minutes_since(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<MinuteRollup>, sqlx::Error> {
+    super::metric_reports::roll_up(conn, Scope::Cluster(org, cluster)).await?;
     let rows = sqlx::query(
         "SELECT namespace, workload, minute, requests, failures, latency_p50_ms, latency_p95_ms, latency_p99_ms
          FROM metric_rollups WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 ORDER BY namespace, workload, minute",

@@ -16,5 +16,6 @@ mod members;
 mod process;
 mod fleet;
 mod quickstart;
+mod rollups;
 mod secrets_at_rest;
 mod store;
