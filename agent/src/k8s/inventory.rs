@@ -3,7 +3,7 @@
 //! reflector's cache of 5,000 full Pods would cost more memory than the whole agent budget.
 //! A relist replaces a table only when complete, so it never loses or duplicates entries.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -48,6 +48,22 @@ pub struct State {
     pub trust: HashMap<String, Vec<v1::CertificateInfo>>,
     /// Kinds whose initial list has completed.
     pub synced: BTreeSet<&'static str>,
+    /// Pod keys changed since the session's pump last took them, so a Delta costs O(changes)
+    /// rather than O(pods); `all` after a relist, which may have changed anything.
+    pub pod_changes: PodChanges,
+}
+
+#[derive(Default)]
+pub struct PodChanges {
+    pub keys: HashSet<String>,
+    pub all: bool,
+}
+
+/// What changed among the pods: everything (a full diff is needed), or these keys with their
+/// current state (`None`: gone).
+pub enum ChangedPods {
+    All(HashMap<String, MeshedPod>),
+    Some(Vec<(String, Option<MeshedPod>)>),
 }
 
 pub struct Inventory {
@@ -96,6 +112,28 @@ impl Inventory {
         self.lock().pods.clone()
     }
 
+    /// The pods changed since the previous call (all of them after a relist or `mark_all_pods_changed`).
+    pub fn take_pod_changes(&self) -> ChangedPods {
+        let mut st = self.lock();
+        let changes = std::mem::take(&mut st.pod_changes);
+        if changes.all {
+            return ChangedPods::All(st.pods.clone());
+        }
+        let mut changed = Vec::with_capacity(changes.keys.len());
+        for k in changes.keys {
+            let p = st.pods.get(&k).cloned();
+            changed.push((k, p));
+        }
+        ChangedPods::Some(changed)
+    }
+
+    /// Makes the next `take_pod_changes` return every pod (a new session starts from scratch).
+    pub fn mark_all_pods_changed(&self) {
+        let mut st = self.lock();
+        st.pod_changes.all = true;
+        st.pod_changes.keys.clear();
+    }
+
     pub fn snapshot(&self) -> v1::Inventory {
         let mut inv = self.facts();
         let mut pods: Vec<v1::Pod> = self.lock().pods.values().map(|p| p.pod.clone()).collect();
@@ -114,8 +152,43 @@ fn key<K: Resource>(o: &K) -> String {
     format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
 }
 
+/// Where a watcher keeps its projections, and whether it records changed keys (pods only).
+struct Table<P> {
+    map: fn(&mut State) -> &mut HashMap<String, P>,
+    changes: Option<fn(&mut State) -> &mut PodChanges>,
+}
+
+impl<P> Table<P> {
+    fn plain(map: fn(&mut State) -> &mut HashMap<String, P>) -> Table<P> {
+        Table { map, changes: None }
+    }
+
+    /// `None`: the whole table was replaced.
+    fn changed(&self, st: &mut State, key: Option<&str>) {
+        let Some(changes) = self.changes else { return };
+        let size = (self.map)(st).len();
+        let c = changes(st);
+        match key {
+            Some(_) if c.all => {}
+            Some(k) => {
+                c.keys.insert(k.to_owned());
+                // Nobody takes the changes on a standby replica: past the table's size a full
+                // diff is as cheap, so the set stops growing there.
+                if c.keys.len() > size.max(1024) {
+                    c.all = true;
+                    c.keys.clear();
+                }
+            }
+            None => {
+                c.all = true;
+                c.keys.clear();
+            }
+        }
+    }
+}
+
 /// Runs one watcher into one table until the process stops; errors are retried with backoff.
-async fn reflect<K, P>(api: Api<K>, config: watcher::Config, kind: &'static str, inv: Arc<Inventory>, telemetry: Telemetry, table: fn(&mut State) -> &mut HashMap<String, P>, project: impl Fn(&K) -> Option<P>)
+async fn reflect<K, P>(api: Api<K>, config: watcher::Config, kind: &'static str, inv: Arc<Inventory>, telemetry: Telemetry, table: Table<P>, project: impl Fn(&K) -> Option<P>)
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
@@ -134,15 +207,28 @@ where
             }
             Ok(Event::InitDone) => {
                 if let Some(p) = pending.take() {
-                    *table(&mut st) = p;
+                    *(table.map)(&mut st) = p;
+                    table.changed(&mut st, None);
                 }
                 st.synced.insert(kind);
+                drop(st);
+                super::release_freed_memory();
+                inv.changed.notify_one();
+                continue;
             }
-            Ok(Event::Apply(o)) => match project(&o) {
-                Some(v) => drop(table(&mut st).insert(key(&o), v)),
-                None => drop(table(&mut st).remove(&key(&o))),
-            },
-            Ok(Event::Delete(o)) => drop(table(&mut st).remove(&key(&o))),
+            Ok(Event::Apply(o)) => {
+                let k = key(&o);
+                match project(&o) {
+                    Some(v) => drop((table.map)(&mut st).insert(k.clone(), v)),
+                    None => drop((table.map)(&mut st).remove(&k)),
+                }
+                table.changed(&mut st, Some(&k));
+            }
+            Ok(Event::Delete(o)) => {
+                let k = key(&o);
+                (table.map)(&mut st).remove(&k);
+                table.changed(&mut st, Some(&k));
+            }
             Err(e) => {
                 tracing::warn!(kind, error = %e, "watch failed; retrying");
                 continue;
@@ -153,25 +239,29 @@ where
     }
 }
 
+/// Pods per list page, below kube-rs' 500: a page of full Pods (5 KB of JSON each, several
+/// times that decoded) is the agent's transient peak while it (re)lists.
+const POD_PAGE: u32 = 100;
+
 /// Starts every inventory watcher; they run until aborted.
 pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>, telemetry: Telemetry) -> Vec<tokio::task::JoinHandle<()>> {
     let mesh = config.mesh_namespace.clone();
     let named = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
     let t = telemetry;
     vec![
-        tokio::spawn(reflect(Api::<Pod>::all(client.clone()), watcher::Config::default(), "pods", inv.clone(), t.clone(), |s| &mut s.pods, meshed_pod)),
-        tokio::spawn(reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), "namespaces", inv.clone(), t.clone(), |s| &mut s.namespaces, |n: &Namespace| {
+        tokio::spawn(reflect(Api::<Pod>::all(client.clone()), watcher::Config::default().page_size(POD_PAGE), "pods", inv.clone(), t.clone(), Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) }, meshed_pod)),
+        tokio::spawn(reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), "namespaces", inv.clone(), t.clone(), Table::plain(|s| &mut s.namespaces), |n: &Namespace| {
             Some(n.labels().get(INJECT_LABEL).is_some_and(|v| v == "enabled"))
         })),
-        tokio::spawn(reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), "nodes", inv.clone(), t.clone(), |s| &mut s.nodes, |_: &Node| Some(()))),
-        tokio::spawn(reflect(Api::<Deployment>::namespaced(client.clone(), &mesh), named(CONTROLLER_DEPLOYMENT), "controller", inv.clone(), t.clone(), |s| &mut s.controller, |d: &Deployment| Some(control_plane(d)))),
+        tokio::spawn(reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), "nodes", inv.clone(), t.clone(), Table::plain(|s| &mut s.nodes), |_: &Node| Some(()))),
+        tokio::spawn(reflect(Api::<Deployment>::namespaced(client.clone(), &mesh), named(CONTROLLER_DEPLOYMENT), "controller", inv.clone(), t.clone(), Table::plain(|s| &mut s.controller), |d: &Deployment| Some(control_plane(d)))),
         // The issuer Secret holds the issuer's private key: only `tls.crt`/`crt.pem` is read.
-        tokio::spawn(reflect(Api::<Secret>::namespaced(client.clone(), &mesh), named(ISSUER_SECRET), "issuer", inv.clone(), t.clone(), |s| &mut s.issuer, |s: &Secret| {
+        tokio::spawn(reflect(Api::<Secret>::namespaced(client.clone(), &mesh), named(ISSUER_SECRET), "issuer", inv.clone(), t.clone(), Table::plain(|s| &mut s.issuer), |s: &Secret| {
             let data = s.data.as_ref()?;
             let pem = ["tls.crt", "crt.pem"].iter().find_map(|k| data.get(*k))?;
             Some(certs::describe("issuer", &pem.0))
         })),
-        tokio::spawn(reflect(Api::<ConfigMap>::namespaced(client, &mesh), named(TRUST_BUNDLE), "trust", inv, t, |s| &mut s.trust, |c: &ConfigMap| {
+        tokio::spawn(reflect(Api::<ConfigMap>::namespaced(client, &mesh), named(TRUST_BUNDLE), "trust", inv, t, Table::plain(|s| &mut s.trust), |c: &ConfigMap| {
             let data = c.data.as_ref()?;
             Some(data.iter().filter(|(k, _)| k.ends_with(".crt") || k.ends_with(".pem")).flat_map(|(_, v)| certs::describe("trust-anchor", v.as_bytes())).collect())
         })),
@@ -230,5 +320,41 @@ fn control_plane(d: &Deployment) -> v1::ControlPlane {
         replicas,
         ready_replicas,
         components: vec![v1::Component { name: CONTROLLER_DEPLOYMENT.into(), version, ready: replicas > 0 && ready_replicas >= replicas }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str) -> MeshedPod {
+        MeshedPod { pod: v1::Pod { namespace: "shop".into(), name: name.into(), ..Default::default() }, uid: format!("uid-{name}"), ip: None, admin_port: DEFAULT_ADMIN_PORT, proxy_restarts: 0 }
+    }
+
+    #[test]
+    fn the_pump_gets_changed_pods_only_and_everything_after_a_relist() {
+        let inv = Inventory::new();
+        let table: Table<MeshedPod> = Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) };
+        {
+            let mut st = inv.lock();
+            st.pods.insert("shop/a".into(), pod("a"));
+            st.pods.insert("shop/b".into(), pod("b"));
+            table.changed(&mut st, None);
+        }
+        assert!(matches!(inv.take_pod_changes(), ChangedPods::All(p) if p.len() == 2), "a relist changes everything");
+        {
+            let mut st = inv.lock();
+            st.pods.remove("shop/a");
+            table.changed(&mut st, Some("shop/a"));
+        }
+        let ChangedPods::Some(changed) = inv.take_pod_changes() else { panic!("one change is not a relist") };
+        assert_eq!(changed, vec![("shop/a".to_owned(), None)]);
+        assert!(matches!(inv.take_pod_changes(), ChangedPods::Some(c) if c.is_empty()), "taken once");
+        // Nobody taking them (a standby): the set stops growing past the table's size.
+        for i in 0..2000 {
+            table.changed(&mut inv.lock(), Some(&format!("shop/p{i}")));
+        }
+        assert!(inv.lock().pod_changes.keys.len() <= 1024);
+        assert!(matches!(inv.take_pod_changes(), ChangedPods::All(_)));
     }
 }

@@ -3,7 +3,11 @@
 //! that went down means the proxy restarted), and aggregate per workload. Inbound traffic only,
 //! so a request between two meshed pods is counted once, at the server.
 
+mod http;
+
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,9 +24,14 @@ pub struct Sample {
     pub buckets: BTreeMap<OrderedF64, f64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OrderedF64(pub f64);
 impl Eq for OrderedF64 {}
+impl PartialOrd for OrderedF64 {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
 impl Ord for OrderedF64 {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         self.0.total_cmp(&o.0)
@@ -116,15 +125,15 @@ fn add(into: &mut Sample, d: &Sample) {
 
 /// Scrapes and remembers the last sample per pod (by uid).
 pub struct Scraper {
-    http: reqwest::Client,
+    http: Arc<http::Pool>,
+    timeout: Duration,
     concurrency: usize,
     last: HashMap<String, Sample>,
 }
 
 impl Scraper {
     pub fn new(timeout: Duration, concurrency: usize) -> Scraper {
-        let http = reqwest::Client::builder().timeout(timeout).connect_timeout(timeout).no_proxy().build().unwrap_or_default();
-        Scraper { http, concurrency: concurrency.max(1), last: HashMap::new() }
+        Scraper { http: Arc::default(), timeout, concurrency: concurrency.max(1), last: HashMap::new() }
     }
 
     /// One round: per-workload metrics over the window since the previous round. Pods seen for
@@ -132,22 +141,20 @@ impl Scraper {
     pub async fn round(&mut self, pods: Vec<MeshedPod>, start_ms: i64, end_ms: i64) -> (v1::Metrics, u64, u64) {
         let present: std::collections::HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         let targets: Vec<MeshedPod> = pods.into_iter().filter(|p| p.pod.ready && p.ip.is_some()).collect();
-        let http = self.http.clone();
+        let addrs: std::collections::HashSet<SocketAddr> = targets.iter().filter_map(admin_addr).collect();
+        let (http, timeout) = (&self.http, self.timeout);
         let results: Vec<(MeshedPod, Option<Sample>)> = futures::stream::iter(targets)
-            .map(|p| {
-                let http = http.clone();
-                async move {
-                    let url = format!("http://{}:{}/metrics", p.ip.as_deref().unwrap_or(""), p.admin_port);
-                    let text = match http.get(&url).send().await {
-                        Ok(r) if r.status().is_success() => r.text().await.ok(),
-                        _ => None,
-                    };
-                    (p, text.map(|t| parse(&t)))
-                }
+            .map(|p| async move {
+                let sample = match admin_addr(&p) {
+                    Some(addr) => http.get(addr, "/metrics", timeout).await.map_err(|e| tracing::debug!(%addr, error = %e, "scrape failed")).ok().map(|t| parse(&t)),
+                    None => None,
+                };
+                (p, sample)
             })
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
+        self.http.retain(|a| addrs.contains(a));
         let (mut ok, mut failed) = (0, 0);
         let mut per_workload: BTreeMap<(String, String), Sample> = BTreeMap::new();
         for (p, sample) in results {
@@ -178,6 +185,10 @@ impl Scraper {
             .collect();
         (v1::Metrics { window_start_unix_ms: start_ms, window_end_unix_ms: end_ms, workloads }, ok, failed)
     }
+}
+
+fn admin_addr(p: &MeshedPod) -> Option<SocketAddr> {
+    Some(SocketAddr::new(p.ip.as_deref()?.parse::<IpAddr>().ok()?, p.admin_port))
 }
 
 #[cfg(test)]

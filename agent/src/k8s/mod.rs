@@ -87,6 +87,22 @@ impl Drop for Running {
     }
 }
 
+/// Hands heap pages that are free again back to the OS. A list decodes pages of full objects
+/// and a scrape round holds thousands of responses at once; glibc keeps such transient memory
+/// in its per-thread arenas, and whether it can reuse it depends on how the two interleave, so
+/// without this the agent's RSS after the initial sync of 5,000 pods was 30 MB or 58 MB from
+/// one run to the next.
+pub(crate) fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::ffi::c_int;
+        }
+        // SAFETY: malloc_trim takes the allocator's own locks and only releases free pages.
+        unsafe { malloc_trim(0) };
+    }
+}
+
 /// Starts one agent replica on the current runtime.
 pub async fn start(config: AgentConfig, client: Client) -> Result<Running, Error> {
     let telemetry = Telemetry::new();

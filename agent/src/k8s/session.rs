@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use super::commands::Executor;
 use super::config::{AgentConfig, IDENTITY_KEY, IDENTITY_SECRET};
-use super::inventory::Inventory;
+use super::inventory::{ChangedPods, Inventory, MeshedPod};
 use super::metrics::Scraper;
 use super::telemetry::Telemetry;
 use super::Error;
@@ -171,41 +171,63 @@ async fn start_session(config: &AgentConfig, client: &Client, inventory: &Arc<In
 }
 
 /// Debounced Deltas (changed pods, removed pods, changed facts) and proxy-restart events.
+/// Each round looks only at the pods the watchers changed since the previous one (all of them
+/// after a relist or at the start of a session), so following churn in a large cluster costs
+/// O(changes), not O(pods), per Delta.
 async fn pump(config: AgentConfig, inventory: Arc<Inventory>, last: Arc<Mutex<LastSent>>, reporter: Reporter, telemetry: Telemetry) {
-    let mut restarts: HashMap<String, u32> = HashMap::new();
+    // Pod key -> (uid, proxy restarts) as last seen; a restart is reported only for the same pod
+    // (uid), so a pod recreated under its name does not count as one.
+    let mut restarts: HashMap<String, (String, u32)> = HashMap::new();
+    inventory.mark_all_pods_changed();
     loop {
         inventory.changed.notified().await;
         tokio::time::sleep(config.debounce).await;
-        let pods = inventory.pods();
-        telemetry.pods.set(pods.len() as i64);
+        let changes = inventory.take_pod_changes();
         let facts = inventory.facts();
+        telemetry.pods.set(inventory.lock().pods.len() as i64);
         let mut events = Vec::new();
-        for p in pods.values() {
-            let before = restarts.insert(p.uid.clone(), p.proxy_restarts);
-            if before.is_some_and(|b| p.proxy_restarts > b) {
-                events.push(v1::Event {
-                    id: format!("{}/proxy-restart/{}", p.uid, p.proxy_restarts),
-                    at_unix_ms: crate::client::now_ms(),
-                    r#type: "ProxyRestart".into(),
-                    namespace: p.pod.namespace.clone(),
-                    object: format!("Pod/{}", p.pod.name),
-                    reason: "ProxyRestarted".into(),
-                    message: format!("the proxy container restarted ({} restarts)", p.proxy_restarts),
-                });
-            }
-        }
-        restarts.retain(|uid, _| pods.values().any(|p| &p.uid == uid));
         let delta = {
             let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
-            let upserted: Vec<v1::Pod> = pods.iter().filter(|(k, p)| l.pods.get(*k) != Some(&p.pod)).map(|(_, p)| p.pod.clone()).collect();
-            let removed: Vec<v1::PodRef> = l.pods.iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, p)| v1::PodRef { namespace: p.namespace.clone(), name: p.name.clone() }).collect();
+            let mut upserted: Vec<v1::Pod> = Vec::new();
+            let mut removed: Vec<v1::PodRef> = Vec::new();
+            match changes {
+                ChangedPods::All(pods) => {
+                    for (k, p) in &pods {
+                        saw(&mut restarts, &mut events, k, p);
+                    }
+                    restarts.retain(|k, _| pods.contains_key(k));
+                    removed.extend(l.pods.iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, p)| v1::PodRef { namespace: p.namespace.clone(), name: p.name.clone() }));
+                    for r in &removed {
+                        l.pods.remove(&format!("{}/{}", r.namespace, r.name));
+                    }
+                    for (k, p) in pods {
+                        if l.pods.get(&k) != Some(&p.pod) {
+                            upserted.push(p.pod.clone());
+                            l.pods.insert(k, p.pod);
+                        }
+                    }
+                }
+                ChangedPods::Some(changed) => {
+                    for (k, p) in changed {
+                        match p {
+                            Some(p) => {
+                                saw(&mut restarts, &mut events, &k, &p);
+                                if l.pods.get(&k) != Some(&p.pod) {
+                                    upserted.push(p.pod.clone());
+                                    l.pods.insert(k, p.pod);
+                                }
+                            }
+                            None => {
+                                restarts.remove(&k);
+                                if let Some(p) = l.pods.remove(&k) {
+                                    removed.push(v1::PodRef { namespace: p.namespace, name: p.name });
+                                }
+                            }
+                        }
+                    }
+                }
+            }
             let facts_changed = l.facts.as_ref() != Some(&facts);
-            for p in &upserted {
-                l.pods.insert(format!("{}/{}", p.namespace, p.name), p.clone());
-            }
-            for r in &removed {
-                l.pods.remove(&format!("{}/{}", r.namespace, r.name));
-            }
             if facts_changed {
                 l.facts = Some(facts.clone());
             }
@@ -219,6 +241,22 @@ async fn pump(config: AgentConfig, inventory: Arc<Inventory>, last: Arc<Mutex<La
             telemetry.reports.with_label_values(&["events"]).inc();
             reporter.report(Report::Events(v1::Events { events }));
         }
+    }
+}
+
+/// Remembers a pod's proxy restarts and queues an event when they grew for the same pod (uid).
+fn saw(restarts: &mut HashMap<String, (String, u32)>, events: &mut Vec<v1::Event>, key: &str, p: &MeshedPod) {
+    let before = restarts.insert(key.to_owned(), (p.uid.clone(), p.proxy_restarts));
+    if before.is_some_and(|(uid, b)| uid == p.uid && p.proxy_restarts > b) {
+        events.push(v1::Event {
+            id: format!("{}/proxy-restart/{}", p.uid, p.proxy_restarts),
+            at_unix_ms: crate::client::now_ms(),
+            r#type: "ProxyRestart".into(),
+            namespace: p.pod.namespace.clone(),
+            object: format!("Pod/{}", p.pod.name),
+            reason: "ProxyRestarted".into(),
+            message: format!("the proxy container restarted ({} restarts)", p.proxy_restarts),
+        });
     }
 }
 
@@ -266,6 +304,7 @@ async fn scrape(config: AgentConfig, inventory: Arc<Inventory>, reporter: Report
         telemetry.scrapes.with_label_values(&["ok"]).inc_by(ok);
         telemetry.scrapes.with_label_values(&["error"]).inc_by(failed);
         start = end;
+        super::release_freed_memory();
         if !metrics.workloads.is_empty() {
             telemetry.reports.with_label_values(&["metrics"]).inc();
             reporter.report(Report::Metrics(metrics));
