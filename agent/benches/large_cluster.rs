@@ -24,10 +24,10 @@
 //! pause, 100), MESHFLEET_BENCH_SETTLE_SECS (after the initial sync, 15). Without `--bench`
 //! (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,17 +83,7 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
 
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
-}
 
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
@@ -131,8 +121,7 @@ struct Proc {
     name: &'static str,
     child: Child,
     pid: u32,
-    log_tail: Arc<Mutex<VecDeque<String>>>,
-    stdout: std::sync::mpsc::Receiver<String>,
+    output: meshfleet_fake_kube::workspace::Output,
 }
 
 impl Proc {
@@ -140,29 +129,12 @@ impl Proc {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
-        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (tx, stdout) = std::sync::mpsc::channel::<String>();
-        for (pipe, is_stdout) in [(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), true), (child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), false)] {
-            let Some(pipe) = pipe else { continue };
-            let (tail, tx) = (log_tail.clone(), tx.clone());
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if is_stdout {
-                        let _ = tx.send(line.clone());
-                    }
-                    let mut t = tail.lock().unwrap();
-                    t.push_back(line);
-                    if t.len() > 40 {
-                        t.pop_front();
-                    }
-                }
-            });
-        }
-        Ok(Proc { name, child, pid, log_tail, stdout })
+        let output = meshfleet_fake_kube::workspace::Output::capture(&mut child);
+        Ok(Proc { name, child, pid, output })
     }
 
     fn tail(&self) -> String {
-        self.log_tail.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+        self.output.tail()
     }
 
     fn check_alive(&mut self) -> anyhow::Result<()> {
@@ -174,17 +146,7 @@ impl Proc {
 
     /// SIGTERM to this one process (never its group), SIGKILL after 15 s.
     fn stop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
+        meshfleet_fake_kube::workspace::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -226,12 +188,7 @@ struct Server {
 
 fn start_server(bin: &PathBuf) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut cmd = Command::new(bin);
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("MESHFLEET_") {
-            cmd.env_remove(&k);
-        }
-    }
+    let mut cmd = meshfleet_fake_kube::workspace::clean_command(bin);
     cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
         .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("MESHFLEET_DATA_DIR", dir.path())
@@ -240,7 +197,7 @@ fn start_server(bin: &PathBuf) -> anyhow::Result<Server> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut api, mut gateway) = (None, None);
     while api.is_none() || gateway.is_none() {
-        let line = proc.stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| anyhow::anyhow!("the server did not print its addresses within 60 s:\n{}", proc.tail()))?;
+        let line = proc.output.stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| anyhow::anyhow!("the server did not print its addresses within 60 s:\n{}", proc.tail()))?;
         if let Some(rest) = line.split("listening on http://").nth(1) {
             api = Some(format!("http://{}", rest.trim()));
         }
@@ -574,19 +531,12 @@ fn start_agent(vars: &HashMap<String, String>, kubeconfig: &std::path::Path, pod
     Ok(Agent { proc: Proc::spawn("meshfleet-agent", cmd)? })
 }
 
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut check: F) -> anyhow::Result<Duration>
+async fn wait_for<F, Fut>(what: &str, limit: Duration, check: F) -> anyhow::Result<Duration>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return Ok(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    bail!("{what}: not within {limit:?}")
+    meshfleet_fake_kube::workspace::within(limit, check).await.ok_or_else(|| anyhow::anyhow!("{what}: not within {limit:?}"))
 }
 
 fn open_fds(pid: u32) -> usize {

@@ -47,10 +47,10 @@
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
@@ -172,7 +172,7 @@ struct ServerProc {
     pid: u32,
     api: String,
     gateway: SocketAddr,
-    log_tail: Arc<Mutex<VecDeque<String>>>,
+    output: meshfleet_fake_kube::workspace::Output,
     _dir: tempfile::TempDir,
     pg: Option<PgDb>,
 }
@@ -184,13 +184,8 @@ impl ServerProc {
             Engine::Sqlite => None,
             Engine::Postgres => Some(create_pg_db(knobs.pg_admin.as_deref().expect("PostgreSQL URL")).await?),
         };
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshfleet-server"));
         // Only this benchmark's settings reach the server.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("MESHFLEET_") {
-                cmd.env_remove(&k);
-            }
-        }
+        let mut cmd = meshfleet_fake_kube::workspace::clean_command(env!("CARGO_BIN_EXE_meshfleet-server"));
         cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
             .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("MESHFLEET_DATA_DIR", dir.path())
@@ -207,32 +202,13 @@ impl ServerProc {
         }
         let mut child = cmd.spawn().context("starting meshfleet-server")?;
         let pid = child.id();
-        let log_tail = Arc::new(Mutex::new(VecDeque::new()));
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<String>();
-        for (pipe, is_stdout) in [(child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), true), (child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), false)] {
-            let Some(pipe) = pipe else { continue };
-            let tail = log_tail.clone();
-            let tx = addr_tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    if is_stdout {
-                        let _ = tx.send(line.clone());
-                    }
-                    let mut t = tail.lock().unwrap();
-                    t.push_back(line);
-                    if t.len() > 40 {
-                        t.pop_front();
-                    }
-                }
-            });
-        }
-        drop(addr_tx);
-        let mut server = ServerProc { child, pid, api: String::new(), gateway: "0.0.0.0:0".parse().unwrap(), log_tail, _dir: dir, pg };
+        let output = meshfleet_fake_kube::workspace::Output::capture(&mut child);
+        let mut server = ServerProc { child, pid, api: String::new(), gateway: "0.0.0.0:0".parse().unwrap(), output, _dir: dir, pg };
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut api, mut gateway) = (None, None);
         while api.is_none() || gateway.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = match tokio::task::block_in_place(|| addr_rx.recv_timeout(left)) {
+            let line = match tokio::task::block_in_place(|| server.output.stdout.recv_timeout(left)) {
                 Ok(line) => line,
                 Err(_) => {
                     let tail = server.tail();
@@ -253,7 +229,7 @@ impl ServerProc {
     }
 
     fn tail(&self) -> String {
-        self.log_tail.lock().unwrap().iter().cloned().collect::<Vec<_>>().join("\n")
+        self.output.tail()
     }
 
     fn rss_kb(&self) -> u64 {
@@ -277,17 +253,7 @@ impl ServerProc {
     }
 
     fn terminate(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                let _ = self.child.kill();
-            }
-            let _ = self.child.wait();
-        }
+        meshfleet_fake_kube::workspace::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -316,23 +282,12 @@ fn rss_kb(pid: u32) -> u64 {
     proc_status_kb(&pid.to_string(), "VmRSS:")
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0 };
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // After the comm field: state is field 3, utime 14, stime 15 (1-based over the whole line).
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-}
 
 /// The machine's 1-minute load average (other engineers' builds show up here).
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(f64::NAN)
 }
 
-fn clock_ticks_per_sec() -> f64 {
-    Command::new("getconf").arg("CLK_TCK").output().ok().and_then(|o| String::from_utf8(o.stdout).ok()).and_then(|s| s.trim().parse().ok()).unwrap_or(100.0)
-}
 
 /// (soft, hard) open-file limits of this process; the server inherits them.
 fn nofile_limits() -> (u64, u64) {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshfleet_agent::k8s::{self, AgentConfig};
+use meshfleet_fake_kube::workspace::within;
 use meshfleet_fake_kube::{Config, FakeKube, User};
 use meshfleet_server::install::{self, InstallParams};
 use serde_json::{json, Value};
@@ -26,20 +27,6 @@ fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
                 {"name": "meshfleet-proxy", "image": "meshfleet/proxy:0.1.0", "ports": [{"name": "admin", "containerPort": mesh::ADMIN_PORT}]}]}}}})
 }
 
-async fn within<F, Fut>(limit: Duration, check: F) -> Option<Duration>
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
-}
 
 fn issuer_pem() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();

@@ -9,13 +9,8 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_meshfleet-server");
 
 /// The server binary with a clean MESHFLEET_* environment, in `dir`.
 pub fn command(dir: &std::path::Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    let mut cmd = meshfleet_fake_kube::workspace::clean_command(BIN);
     cmd.current_dir(dir);
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("MESHFLEET_") {
-            cmd.env_remove(key);
-        }
-    }
     cmd
 }
 
