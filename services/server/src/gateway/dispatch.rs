@@ -33,11 +33,19 @@ pub async fn session_opened(state: &AppState, cluster: ClusterId, session: &str)
     publish(state, &format!("open:{cluster}:{session}")).await;
 }
 
-/// The organization's clusters were created, relabelled, deleted, connected or disconnected:
-/// listings and the fleet overview are rebuilt, here and on every replica.
+/// The organization's clusters were created, relabelled or deleted: listings and the fleet
+/// overview are rebuilt, here and on every replica.
 pub async fn clusters_changed(state: &AppState, org: OrgId) {
     forget_clusters(state, org);
     publish(state, &format!("clusters:{org}")).await;
+}
+
+/// An agent of the organization connected or disconnected: its listings are rebuilt, here and
+/// on every replica. The fleet overview is not dropped: a storm of reconnections would make
+/// every dashboard request recompute it; its own one-second refresh shows the change.
+pub async fn agent_status_changed(state: &AppState, org: OrgId) {
+    state.read_cache.clusters_changed(org);
+    publish(state, &format!("status:{org}")).await;
 }
 
 /// A session ended, or a token or membership was revoked or changed: every replica checks
@@ -68,8 +76,9 @@ fn apply(state: &AppState, payload: &str) {
     if kind == "access" {
         return state.read_cache.access_changed();
     }
-    if kind == "clusters" {
-        return id.and_then(|org| org.parse().ok()).into_iter().for_each(|org| forget_clusters(state, org));
+    if kind == "clusters" || kind == "status" {
+        let Some(org) = id.and_then(|org| org.parse().ok()) else { return };
+        return if kind == "clusters" { forget_clusters(state, org) } else { state.read_cache.clusters_changed(org) };
     }
     let Some(cluster) = id.and_then(|c| c.parse().ok()) else {
         return;
