@@ -172,12 +172,7 @@ async fn peer_with_certificate_from_another_ca_is_refused_and_counted() {
 
     // A mesh peer still gets through afterwards.
     assert_eq!(
-        fresh_client()
-            .get(mesh.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(mesh.url("/")).await,
         200
     );
 }
@@ -196,13 +191,8 @@ async fn allow_list_refuses_other_identities() {
         &["--allow-identity=spiffe://cluster.local/ns/other/sa/only"],
     );
     let a = client_proxy(&pki, &controller, app, &b).await;
-    let resp = fresh_client()
-        .get(format!("http://{}/", a.outbound(0)))
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        resp.status(),
+        get_status(format!("http://{}/", a.outbound(0))).await,
         502,
         "the refused hop surfaces as a gateway error"
     );

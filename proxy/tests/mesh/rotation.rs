@@ -104,12 +104,7 @@ async fn expired_or_foreign_issuer_is_refused_and_the_current_one_kept() {
     wait_ready(&c).await;
     assert_eq!(identity(&c).await["issuer"], "CN=test issuer 1");
     assert_eq!(
-        fresh_client()
-            .get(mesh.url("/"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(mesh.url("/")).await,
         200
     );
 }
@@ -126,7 +121,7 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
     let url = format!("http://{}/", a.outbound(0));
 
     // A trusts only anchor 1, so B (anchor 2) is refused.
-    assert_eq!(fresh_client().get(&url).send().await.unwrap().status(), 502);
+    assert_eq!(get_status(&url).await, 502);
 
     // Publish {anchor 1, anchor 2} to controller 1: it reaches A without a restart.
     pki1.write_bundle(&[&pki1.anchor, &pki2.anchor]);
@@ -142,7 +137,7 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
     }
     for _ in 0..5 {
         assert_eq!(
-            fresh_client().get(&url).send().await.unwrap().status(),
+            get_status(&url).await,
             200,
             "anchor-1 proxy -> anchor-2 proxy"
         );
@@ -158,12 +153,7 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
     );
     wait_ready(&b_out).await;
     assert_eq!(
-        fresh_client()
-            .get(format!("http://{}/", b_out.outbound(0)))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_status(format!("http://{}/", b_out.outbound(0))).await,
         200,
         "anchor-2 proxy -> anchor-1 proxy"
     );

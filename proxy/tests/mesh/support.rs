@@ -307,6 +307,11 @@ pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
 }
 
 /// A client that opens a new connection for every request, so each one handshakes afresh.
+/// The status of a GET of `url` over a new connection.
+pub async fn get_status(url: impl reqwest::IntoUrl) -> u16 {
+    fresh_client().get(url).send().await.unwrap().status().as_u16()
+}
+
 pub fn fresh_client() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
