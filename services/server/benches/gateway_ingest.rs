@@ -60,6 +60,7 @@ use meshfleet_agent::{AgentHandle, ClientConfig, Identity};
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
 use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_server::db::Engine;
 use meshfleet_server::secrets::Sealer;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
@@ -83,20 +84,6 @@ const SETUP_CONCURRENCY: usize = 32;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Sqlite => "SQLite",
-            Engine::Postgres => "PostgreSQL",
-        }
-    }
-}
 
 struct Knobs {
     smoke: bool,
@@ -804,7 +791,7 @@ async fn ingest_engine(engine: Engine, knobs: &Knobs) -> anyhow::Result<EngineRe
             env.push(("MESHFLEET_INGEST_BATCH_MAX", "1".into()));
             env.push(("MESHFLEET_INGEST_WRITERS", "1".into()));
         }
-        eprintln!("== part 2: {} / {}: {} agents, window {}", engine.name(), path.name(), knobs.ingest_agents, knobs.window);
+        eprintln!("== part 2: {} / {}: {} agents, window {}", engine.title(), path.name(), knobs.ingest_agents, knobs.window);
         let server = ServerProc::start(engine, knobs, &env).await?;
         let fleet = setup_fleet(&server, knobs.ingest_agents).await?;
         let r = ingest_run(&server, &fleet, knobs, Load::Saturate).await?;
@@ -912,7 +899,7 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
         for (name, r) in rows {
             println!(
                 "   {:<11} {:<34} {:>10.0} {:>9} {:>9} {:>9} {:>10.1} {:>11} {:>5.1}  {}",
-                e.engine.name(),
+                e.engine.title(),
                 name,
                 r.rps,
                 ms(r.p50),
@@ -924,7 +911,7 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
                 integrity(r)
             );
         }
-        println!("   {:<11} batched / one-tx-per-report: {:.1}x", e.engine.name(), e.batched.rps / e.per_report.rps.max(0.001));
+        println!("   {:<11} batched / one-tx-per-report: {:.1}x", e.engine.title(), e.batched.rps / e.per_report.rps.max(0.001));
     }
     println!("   ('load' = the machine's 1-minute load average at the end of the run, 2 cores: above 2 means other work competed)");
     println!("   (saturated runs keep {} reports queued by construction, so their latency is ~{} / throughput; 'server ack' = mean receive->ack inside the server)", knobs.ingest_agents * knobs.window, knobs.ingest_agents * knobs.window);
@@ -948,7 +935,7 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
     }
     for e in engines {
         let ratio = e.batched.rps / e.per_report.rps.max(0.001);
-        println!("   {:<66} {:>22}  {}", format!("{}: batched >= {GOAL_RATIO:.0}x one-tx-per-report", e.engine.name()), format!("{ratio:.1}x"), verdict(ratio >= GOAL_RATIO));
+        println!("   {:<66} {:>22}  {}", format!("{}: batched >= {GOAL_RATIO:.0}x one-tx-per-report", e.engine.title()), format!("{ratio:.1}x"), verdict(ratio >= GOAL_RATIO));
     }
     if knobs.pg_admin.is_none() {
         println!("\nNOTE: PostgreSQL was not measured: set MESHFLEET_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres.");

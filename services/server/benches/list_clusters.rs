@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use meshfleet_server::config::Config;
+use meshfleet_server::db::Engine;
 use meshfleet_server::domain::labels::Labels;
 use meshfleet_server::domain::{ClusterId, OrgId};
 use meshfleet_server::secrets::Sealer;
@@ -51,20 +52,6 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Every request (and the server's stop) is bounded by this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Engine {
-    Sqlite,
-    Postgres,
-}
-
-impl Engine {
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Sqlite => "sqlite",
-            Engine::Postgres => "postgres",
-        }
-    }
-}
 
 struct Settings {
     smoke: bool,
@@ -632,7 +619,7 @@ struct EngineReport {
 }
 
 fn run_engine(engine: Engine, settings: &Settings, load_rt: &tokio::runtime::Runtime) -> anyhow::Result<EngineReport> {
-    let tag = engine.name();
+    let tag = engine.as_str();
     let dir = tempfile::tempdir()?;
     let pg = match engine {
         Engine::Sqlite => None,
@@ -808,7 +795,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut reports = Vec::new();
     for engine in engines {
-        reports.push(run_engine(engine, &settings, &load_rt).with_context(|| format!("benchmarking on {}", engine.name()))?);
+        reports.push(run_engine(engine, &settings, &load_rt).with_context(|| format!("benchmarking on {}", engine.as_str()))?);
     }
     load_rt.shutdown_timeout(Duration::from_secs(5));
     let results: Vec<&Measurement> = reports.iter().flat_map(|r| &r.measurements).collect();
@@ -846,7 +833,7 @@ fn main() -> anyhow::Result<()> {
         };
         println!(
             "{:<9} {:<62} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.1} {:>11} {:>7}  {verdict}",
-            m.engine.name(),
+            m.engine.as_str(),
             m.label,
             m.rps,
             ms(m.p50),
@@ -862,11 +849,11 @@ fn main() -> anyhow::Result<()> {
     }
     for r in &reports {
         println!();
-        println!("{}: where an uncached list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency)", r.engine.name());
+        println!("{}: where an uncached list request's time goes (median of {DIAG_ITERATIONS}, one at a time, no concurrency)", r.engine.as_str());
         for (what, us) in &r.breakdown {
             println!("  {us:>9.1} µs  {what}");
         }
-        println!("{}: plan of the deepest page's query:", r.engine.name());
+        println!("{}: plan of the deepest page's query:", r.engine.as_str());
         for line in &r.plan {
             println!("  {line}");
         }

@@ -36,6 +36,14 @@ impl Engine {
             Engine::Postgres => "postgres",
         }
     }
+
+    /// The engine's own spelling, for people.
+    pub fn title(self) -> &'static str {
+        match self {
+            Engine::Sqlite => "SQLite",
+            Engine::Postgres => "PostgreSQL",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -10,11 +10,7 @@ use meshfleet_server::{AppState, Server};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    Sqlite,
-    Postgres,
-}
+pub use meshfleet_server::db::Engine;
 
 /// Runs each named `async fn(Engine)` as two tests: `<name>::sqlite` and `<name>::postgres`.
 #[macro_export]
