@@ -39,14 +39,7 @@ impl Identity {
     /// leaves a half-written key and no other user can read it.
     pub fn save(&self, path: &Path) -> Result<()> {
         let io = |source| Error::Io { path: path.to_owned(), source };
-        let file = IdentityFile {
-            org_id: self.org_id.clone(),
-            cluster_id: self.cluster_id.clone(),
-            chain_pem: self.chain_pem.clone(),
-            key_pem: self.key_pem.expose_secret().to_owned(),
-            not_after_unix_ms: self.not_after_unix_ms,
-        };
-        let json = serde_json::to_vec_pretty(&file).expect("identity serializes");
+        let json = self.to_json();
         let tmp = temp_path(path);
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create(true).truncate(true);
