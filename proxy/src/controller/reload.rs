@@ -68,6 +68,26 @@ pub(super) fn read_sources(c: &Config) -> Result<Sources, issuer::IssuerError> {
     })
 }
 
+/// Logs and counts a refused reload once per distinct error, so a bad file left in place does
+/// not repeat the same error every poll.
+fn refuse(
+    shared: &Shared,
+    last_error: &mut Option<String>,
+    msg: String,
+    label: &'static str,
+    what: &str,
+) {
+    if last_error.as_deref() != Some(msg.as_str()) {
+        tracing::error!(error = %msg, reason = label, "{what}");
+        shared
+            .metrics
+            .reloads
+            .with_label_values(&["refused", label])
+            .inc();
+        *last_error = Some(msg);
+    }
+}
+
 /// Polls the files and switches to a new pair only when it validates; a refused pair leaves
 /// the current one in place, with an error log and `identity_issuer_reload_total{result="refused"}`.
 pub(super) async fn watch_files(
@@ -109,31 +129,21 @@ pub(super) async fn watch_files(
                     last_error = None;
                     changed_issuer = true;
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_deref() != Some(msg.as_str()) {
-                        tracing::error!(error = %msg, reason = e.metric_label(), "refused new issuer/trust bundle; keeping the current one");
-                        shared
-                            .metrics
-                            .reloads
-                            .with_label_values(&["refused", e.metric_label()])
-                            .inc();
-                        last_error = Some(msg);
-                    }
-                }
+                Err(e) => refuse(
+                    &shared,
+                    &mut last_error,
+                    e.to_string(),
+                    e.metric_label(),
+                    "refused new issuer/trust bundle; keeping the current one",
+                ),
             },
-            Err(e) => {
-                let msg = e.to_string();
-                if last_error.as_deref() != Some(msg.as_str()) {
-                    tracing::error!(error = %msg, "cannot read issuer/trust bundle files; keeping the current pair");
-                    shared
-                        .metrics
-                        .reloads
-                        .with_label_values(&["refused", e.metric_label()])
-                        .inc();
-                    last_error = Some(msg);
-                }
-            }
+            Err(e) => refuse(
+                &shared,
+                &mut last_error,
+                e.to_string(),
+                e.metric_label(),
+                "cannot read issuer/trust bundle files; keeping the current pair",
+            ),
         }
         let (from, until) = *shared
             .serving
