@@ -174,12 +174,7 @@ async fn ready_is_503_until_the_proxy_holds_a_certificate() {
         .await
         .unwrap();
     assert_eq!(r.status(), 503);
-    let cm = reqwest::get(format!("http://{}/metrics", controller.addr("admin")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cm = metrics(&controller).await;
     assert!(
         metric(
             &cm,

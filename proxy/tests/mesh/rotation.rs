@@ -59,12 +59,7 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
         "failures: {failed:?} {failed2:?}"
     );
     assert!(ok > 50 && ok2 > 50);
-    let cm = reqwest::get(format!("http://{}/metrics", mesh.controller.addr("admin")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let cm = metrics(&mesh.controller).await;
     assert!(
         metric(
             &cm,

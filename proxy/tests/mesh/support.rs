@@ -276,6 +276,7 @@ pub async fn spawn_tap(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) 
     (addr, seen)
 }
 
+/// The Prometheus text a proxy or the controller serves on its admin port.
 pub async fn metrics(proxy: &Process) -> String {
     reqwest::get(format!("http://{}/metrics", proxy.addr("admin")))
         .await
