@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::db::Db;
 use crate::http::error::ApiError;
-use crate::store::login_throttle;
+use crate::store::{login_throttle, Conn};
 
 /// Attempts counted for one login, to be taken back if its password is right.
 #[must_use = "a reservation is released on success or kept as a failure"]
@@ -33,7 +33,7 @@ pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i
         }
     }
     if wait_ms > 0 {
-        reservation.release(db).await?;
+        reservation.release(&mut conn).await?;
         let secs = u64::try_from(wait_ms).unwrap_or(0).div_ceil(1000).max(1);
         return Err(ApiError::TooManyRequests { retry_after_secs: secs });
     }
@@ -42,10 +42,9 @@ pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i
 
 impl Reservation {
     /// The password was right (or the attempt was refused): it does not count as a failure.
-    pub async fn release(self, db: &Db) -> Result<(), ApiError> {
-        let mut conn = db.pool.acquire().await?;
+    pub async fn release(self, conn: &mut Conn) -> Result<(), ApiError> {
         for (subject, window_start) in &self.counted {
-            login_throttle::uncount_attempt(&mut conn, subject, *window_start).await?;
+            login_throttle::uncount_attempt(conn, subject, *window_start).await?;
         }
         Ok(())
     }

@@ -118,6 +118,12 @@ pub struct TokenResponse {
 }
 
 /// Exchanges e-mail and password for an access token and a refresh token.
+///
+/// Throttled per account (`login_max_failures_per_account`, default 5) and per client address
+/// (`login_max_failures_per_address`, default 20) within `login_failure_window_secs` (default
+/// 900) from the first failure: every attempt is counted before the password is checked (a
+/// right password gives its count back), on all replicas together. Past a limit, every
+/// attempt, even with the right password, gets 429 with `Retry-After` in seconds.
 #[utoipa::path(post, path = "/api/v1/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
 async fn login(
@@ -161,7 +167,7 @@ pub async fn check_password(state: &AppState, peer: SocketAddr, req: LoginReques
     let Some(user) = user.filter(|_| ok) else {
         return Err(invalid);
     };
-    reservation.release(&state.db).await?;
+    reservation.release(&mut conn).await?;
 
     let memberships = store::accounts::memberships_of(&mut conn, user.id).await?;
     let membership = match req.organization_id {
