@@ -18,7 +18,6 @@ use crate::gateway::registry::Registry;
 use crate::jwt::Keyring;
 use crate::metrics::Metrics;
 use crate::secrets::Sealer;
-use crate::throttle::LoginThrottle;
 
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);
@@ -29,7 +28,6 @@ pub struct Inner {
     pub sealer: Sealer,
     pub keys: Keyring,
     pub clock: Arc<Clock>,
-    pub throttle: LoginThrottle,
     pub metrics: Arc<Metrics>,
     pub pki: Pki,
     /// Agent streams open on this replica.
@@ -71,7 +69,6 @@ impl AppState {
         if let (Some(cert), Some(key), Some(ca)) = (&config.gateway_tls_cert, &config.gateway_tls_key, &config.gateway_tls_ca) {
             pki.use_server_files(cert, key, ca).context("reading the gateway TLS files")?;
         }
-        let throttle = LoginThrottle::new(Duration::from_secs(config.login_failure_window_secs));
         let metrics = Arc::new(Metrics::new());
         let writers = match (config.ingest_writers, db.engine) {
             (0, db::Engine::Sqlite) => 1,
@@ -80,7 +77,7 @@ impl AppState {
         };
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max);
         let read_cache = crate::cache::ReadCache::new(Duration::from_millis(config.read_cache_ms));
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, throttle, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default(), read_cache })))
+        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default(), read_cache })))
     }
 }
 

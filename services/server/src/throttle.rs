@@ -1,99 +1,51 @@
-//! Login throttling: failures are counted per account and per client address in a sliding
-//! window; past the limit every attempt, even with the right password, waits for the window.
-//! State is per process; behind several replicas each one enforces the limit on its own.
+//! Login throttling: attempts are counted per account and per client address in a window
+//! that starts at a subject's first attempt; past the limit every attempt, even with the
+//! right password, waits for the window to end. An attempt is counted before its password is
+//! checked and taken back once the password proved right, so a burst of parallel guesses is
+//! limited exactly like a sequence of them. The counters are rows in the database, shared by
+//! every replica; this module must never keep a count of its own.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-pub struct LoginThrottle {
-    window: Duration,
-    failures: Mutex<HashMap<String, VecDeque<Instant>>>,
+use crate::db::Db;
+use crate::http::error::ApiError;
+use crate::store::{login_throttle, Conn};
+
+/// Attempts counted for one login, to be taken back if its password is right.
+#[must_use = "a reservation is released on success or kept as a failure"]
+pub struct Reservation {
+    counted: Vec<(String, i64)>,
 }
 
-/// Beyond this many tracked keys, stale ones are swept so memory stays bounded.
-const SWEEP_AT: usize = 100_000;
-
-impl LoginThrottle {
-    pub fn new(window: Duration) -> Self {
-        LoginThrottle { window, failures: Mutex::new(HashMap::new()) }
-    }
-
-    /// Err(wait) when any key has reached its limit within the window.
-    pub fn check(&self, keys: &[(&str, u32)], now: Instant) -> Result<(), Duration> {
-        let mut map = self.failures.lock().expect("throttle lock poisoned");
-        let mut wait = Duration::ZERO;
-        for (key, limit) in keys {
-            if let Some(times) = map.get_mut(*key) {
-                prune(times, now, self.window);
-                if times.len() >= *limit as usize {
-                    let oldest = times[times.len() - *limit as usize];
-                    wait = wait.max((oldest + self.window).saturating_duration_since(now));
-                }
-            }
-        }
-        if wait.is_zero() {
-            Ok(())
-        } else {
-            Err(wait.max(Duration::from_secs(1)))
+/// Counts an attempt against every `(subject, limit)`. Err(TooManyRequests) when any subject
+/// is past its limit; that attempt is then not counted (it checks no password).
+pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i64) -> Result<Reservation, ApiError> {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let mut conn = db.pool.acquire().await?;
+    login_throttle::forget_ended(&mut conn, now, window_ms).await?;
+    let mut reservation = Reservation { counted: Vec::with_capacity(subjects.len()) };
+    let mut wait_ms = 0;
+    for (subject, limit) in subjects {
+        let (attempts, window_start) = login_throttle::count_attempt(&mut conn, subject, now, window_ms).await?;
+        reservation.counted.push(((*subject).to_owned(), window_start));
+        if attempts > i64::from(*limit) {
+            wait_ms = wait_ms.max(window_start.saturating_add(window_ms) - now);
         }
     }
-
-    pub fn record_failure(&self, keys: &[(&str, u32)], now: Instant) {
-        let mut map = self.failures.lock().expect("throttle lock poisoned");
-        if map.len() >= SWEEP_AT {
-            let window = self.window;
-            map.retain(|_, times| {
-                prune(times, now, window);
-                !times.is_empty()
-            });
-        }
-        for (key, limit) in keys {
-            let times = map.entry((*key).to_owned()).or_default();
-            times.push_back(now);
-            while times.len() > *limit as usize {
-                times.pop_front();
-            }
-        }
+    if wait_ms > 0 {
+        reservation.release(&mut conn).await?;
+        let secs = u64::try_from(wait_ms).unwrap_or(0).div_ceil(1000).max(1);
+        return Err(ApiError::TooManyRequests { retry_after_secs: secs });
     }
-
-    pub fn reset(&self, key: &str) {
-        self.failures.lock().expect("throttle lock poisoned").remove(key);
-    }
+    Ok(reservation)
 }
 
-fn prune(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
-    while times.front().is_some_and(|t| now.duration_since(*t) >= window) {
-        times.pop_front();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn limit_then_wait_then_recover() {
-        let t = LoginThrottle::new(Duration::from_secs(60));
-        let start = Instant::now();
-        let keys = [("acct:a", 3), ("addr:1", 10)];
-        for i in 0..3 {
-            assert!(t.check(&keys, start).is_ok(), "attempt {i}");
-            t.record_failure(&keys, start);
+impl Reservation {
+    /// The password was right (or the attempt was refused): it does not count as a failure.
+    pub async fn release(self, conn: &mut Conn) -> Result<(), ApiError> {
+        for (subject, window_start) in &self.counted {
+            login_throttle::uncount_attempt(conn, subject, *window_start).await?;
         }
-        let wait = t.check(&keys, start).unwrap_err();
-        assert_eq!(wait, Duration::from_secs(60));
-        assert!(t.check(&keys, start + Duration::from_secs(61)).is_ok());
-    }
-
-    #[test]
-    fn address_limit_applies_across_accounts() {
-        let t = LoginThrottle::new(Duration::from_secs(60));
-        let now = Instant::now();
-        for i in 0..4 {
-            t.record_failure(&[(&format!("acct:{i}"), 5), ("addr:1", 4)], now);
-        }
-        assert!(t.check(&[("acct:new", 5), ("addr:1", 4)], now).is_err());
-        assert!(t.check(&[("acct:new", 5), ("addr:2", 4)], now).is_ok());
+        Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Sign-up, log-in, refresh-token rotation, log-out and `me`.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -20,6 +20,7 @@ use crate::domain::{parse_display_name, Email, OrgId, Password, Role, SessionId,
 use crate::jwt::Claims;
 use crate::secrets::{self, new_token, token_hash, TokenKind};
 use crate::store;
+use crate::throttle;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -117,6 +118,12 @@ pub struct TokenResponse {
 }
 
 /// Exchanges e-mail and password for an access token and a refresh token.
+///
+/// Throttled per account (`login_max_failures_per_account`, default 5) and per client address
+/// (`login_max_failures_per_address`, default 20) within `login_failure_window_secs` (default
+/// 900) from the first failure: every attempt is counted before the password is checked (a
+/// right password gives its count back), on all replicas together. Past a limit, every
+/// attempt, even with the right password, gets 429 with `Retry-After` in seconds.
 #[utoipa::path(post, path = "/api/v1/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
 async fn login(
@@ -140,22 +147,27 @@ pub async fn check_password(state: &AppState, peer: SocketAddr, req: LoginReques
     let cfg = &state.config;
     let account_key = format!("account:{}", email.as_str());
     let address_key = format!("address:{}", peer.ip());
-    let keys = [(account_key.as_str(), cfg.login_max_failures_per_account), (address_key.as_str(), cfg.login_max_failures_per_address)];
-    // Checked before the password, so the right password past the limit still waits.
-    if let Err(wait) = state.throttle.check(&keys, Instant::now()) {
-        state.metrics.logins_throttled.inc();
-        return Err(ApiError::TooManyRequests { retry_after_secs: wait.as_secs().max(1) });
-    }
+    let subjects = [(account_key.as_str(), cfg.login_max_failures_per_account), (address_key.as_str(), cfg.login_max_failures_per_address)];
+    // Counted before the password is checked, so the right password past the limit still
+    // waits and parallel guesses cannot all pass before the first failure is recorded.
+    let window = Duration::from_secs(cfg.login_failure_window_secs);
+    let reservation = match throttle::reserve(&state.db, &subjects, window, state.clock.now_ms()).await {
+        Err(e @ ApiError::TooManyRequests { .. }) => {
+            state.metrics.logins_throttled.inc();
+            return Err(e);
+        }
+        other => other?,
+    };
     let mut conn = state.db.pool.acquire().await?;
     let user = store::accounts::find_user_by_email(&mut conn, &email).await?;
     let stored = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| secrets::dummy_password_hash().to_owned());
     let password = req.password;
     let ok = tokio::task::spawn_blocking(move || secrets::verify_password(&password, &stored)).await.map_err(anyhow::Error::from)?;
+    // A wrong password keeps its reservation: that is the failure counted.
     let Some(user) = user.filter(|_| ok) else {
-        state.throttle.record_failure(&keys, Instant::now());
         return Err(invalid);
     };
-    state.throttle.reset(&account_key);
+    reservation.release(&mut conn).await?;
 
     let memberships = store::accounts::memberships_of(&mut conn, user.id).await?;
     let membership = match req.organization_id {

@@ -1,5 +1,7 @@
 //! API tokens for automation: created with a role no higher than the creator's, shown once,
-//! listed by prefix and last use, revocable.
+//! listed by prefix and last use, revocable. A token acts for the member who created it (a
+//! token made with a token, for that token's member): it never does more than that member's
+//! current role allows, and it is revoked when the member leaves the organization.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -32,6 +34,8 @@ pub struct ApiTokenView {
     pub role: Role,
     /// The first characters of the token, to recognise it.
     pub prefix: String,
+    /// The user id of the member the token acts for (absent only on tokens revoked when
+    /// this was introduced, whose creator was unknown).
     pub created_by: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub expires_at: chrono::DateTime<chrono::Utc>,
@@ -56,6 +60,12 @@ impl From<ApiToken> for ApiTokenView {
 }
 
 /// The organization's API tokens (owners and admins).
+///
+/// A token acts for the member who created it (a token created with a token acts for that
+/// token's member). It never grants more than that member has now: after a demotion the
+/// token is capped at the member's new role (its effective role is the lower of the two,
+/// checked on every request); when the member is removed from the organization, all their
+/// tokens are revoked at once.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "api-tokens",
     responses((status = 200, body = Vec<ApiTokenView>), (status = 403, body = Problem)), security(("bearer" = [])))]
 async fn list_tokens(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
@@ -84,6 +94,12 @@ pub struct CreatedToken {
 }
 
 /// Creates an API token; the secret is shown once.
+///
+/// A token acts for the member who created it (a token created with a token acts for that
+/// token's member). It never grants more than that member has now: after a demotion the
+/// token is capped at the member's new role (its effective role is the lower of the two,
+/// checked on every request); when the member is removed from the organization, all their
+/// tokens are revoked at once.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "api-tokens", request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn create_token(
@@ -107,11 +123,14 @@ async fn create_token(
     let token = new_token(TokenKind::Api);
     let now = state.clock.now_ms();
     let id = TokenId::new();
-    let created_by = match auth.actor {
-        Actor::User { id, .. } => Some(id),
-        Actor::ApiToken(_) => None,
-    };
     let mut tx = state.db.begin().await?;
+    let created_by = match auth.actor {
+        Actor::User { id, .. } => id,
+        // Authentication found the token's member; the token may have been revoked since.
+        Actor::ApiToken(token) => store::api_tokens::creator(&mut tx, auth.org_id, token)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?,
+    };
     store::api_tokens::insert(
         &mut tx,
         &store::api_tokens::NewApiToken {

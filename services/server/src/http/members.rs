@@ -89,6 +89,8 @@ pub struct UpdateMemberRequest {
 }
 
 /// Changes a member's role.
+///
+/// The member's API tokens are capped at the new role from the next request on.
 #[utoipa::path(patch, path = "/api/v1/members/{user_id}", tag = "members", request_body = UpdateMemberRequest,
     params(("user_id" = UserId, Path, description = "The member's user id")),
     responses((status = 200, body = MemberView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
@@ -125,6 +127,8 @@ async fn update_member(
 }
 
 /// Removes a member from the organization.
+///
+/// Their sessions and API tokens stop working at once (the tokens are revoked).
 #[utoipa::path(delete, path = "/api/v1/members/{user_id}", tag = "members",
     params(("user_id" = UserId, Path, description = "The member's user id")),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
@@ -139,8 +143,11 @@ async fn remove_member(State(state): State<AppState>, auth: Principal, ApiPath(u
         keep_an_owner(&mut tx, auth.org_id).await?;
     }
     store::accounts::remove_member(&mut tx, auth.org_id, user).await?;
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "member.remove", ("user", user.to_string()), serde_json::json!({ "role": current.role }))
-        .await?;
+    // Authentication already refuses tokens of non-members; revoking them also shows it in
+    // the token list and keeps them dead if the user is added back later.
+    let tokens_revoked = store::api_tokens::revoke_created_by(&mut tx, auth.org_id, user, now).await?;
+    let details = serde_json::json!({ "role": current.role, "api_tokens_revoked": tokens_revoked });
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "member.remove", ("user", user.to_string()), details).await?;
     tx.commit().await?;
     crate::gateway::dispatch::access_changed(&state).await;
     Ok(StatusCode::NO_CONTENT)

@@ -1,4 +1,6 @@
-//! API tokens for automation: stored as SHA-256 hashes with a short display prefix.
+//! API tokens for automation: stored as SHA-256 hashes with a short display prefix. A token
+//! is bound to the member who created it: it acts with at most that member's current role,
+//! and never once they have left the organization.
 
 use sqlx::Row;
 
@@ -25,7 +27,8 @@ pub struct NewApiToken<'a> {
     pub role: Role,
     pub prefix: &'a str,
     pub token_hash: &'a str,
-    pub created_by: Option<UserId>,
+    /// The member the token acts for; it never acts with more than their current role.
+    pub created_by: UserId,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -41,7 +44,7 @@ pub async fn insert(conn: &mut Conn, t: &NewApiToken<'_>) -> Result<(), sqlx::Er
     .bind(t.role.as_str())
     .bind(t.prefix)
     .bind(t.token_hash)
-    .bind(t.created_by.map(|u| u.to_string()))
+    .bind(t.created_by.to_string())
     .bind(t.created_at)
     .bind(t.expires_at)
     .execute(conn)
@@ -95,31 +98,56 @@ pub async fn revoke(conn: &mut Conn, org: OrgId, id: TokenId, now: i64) -> Resul
 pub struct Authenticated {
     pub id: TokenId,
     pub org_id: OrgId,
+    /// The token's own role capped at its creator's current role.
     pub role: Role,
     pub last_used_at: Option<i64>,
     pub expires_at: i64,
 }
 
-/// A live (unrevoked, unexpired) token by its hash.
+/// A live (unrevoked, unexpired) token by its hash, whose creator is still a member.
 pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<Authenticated>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT id, org_id, role, last_used_at, expires_at FROM api_tokens
-         WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+        "SELECT t.id, t.org_id, t.role, m.role, t.last_used_at, t.expires_at FROM api_tokens t
+         JOIN memberships m ON m.org_id = t.org_id AND m.user_id = t.created_by
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2",
     )
     .bind(token_hash)
     .bind(now)
     .fetch_optional(conn)
     .await?;
     row.map(|r| {
+        let own: Role = parse_col(&r.try_get::<String, _>(2)?, "api_tokens.role")?;
+        let creator: Role = parse_col(&r.try_get::<String, _>(3)?, "memberships.role")?;
         Ok(Authenticated {
             id: parse_col(&r.try_get::<String, _>(0)?, "api_tokens.id")?,
             org_id: parse_col(&r.try_get::<String, _>(1)?, "api_tokens.org_id")?,
-            role: parse_col(&r.try_get::<String, _>(2)?, "api_tokens.role")?,
-            last_used_at: r.try_get(3)?,
-            expires_at: r.try_get(4)?,
+            role: own.min(creator),
+            last_used_at: r.try_get(4)?,
+            expires_at: r.try_get(5)?,
         })
     })
     .transpose()
+}
+
+/// The member a token acts for: a token made by a token acts for the same member.
+pub async fn creator(conn: &mut Conn, org: OrgId, id: TokenId) -> Result<Option<UserId>, sqlx::Error> {
+    let creator: Option<Option<String>> = sqlx::query_scalar("SELECT created_by FROM api_tokens WHERE org_id = $1 AND id = $2")
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    creator.flatten().map(|c| parse_col(&c, "api_tokens.created_by")).transpose()
+}
+
+/// Revokes every live token the member created in the organization; returns how many.
+pub async fn revoke_created_by(conn: &mut Conn, org: OrgId, user: UserId, now: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE org_id = $1 AND created_by = $2 AND revoked_at IS NULL")
+        .bind(org.to_string())
+        .bind(user.to_string())
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 pub async fn touch(conn: &mut Conn, id: TokenId, now: i64) -> Result<(), sqlx::Error> {

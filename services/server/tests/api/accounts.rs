@@ -1,12 +1,20 @@
 //! Sign-up, log-in, refresh rotation, log-out and login throttling.
 
+use futures::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{assert_problem, Engine, TestApp, TestDb, PASSWORD};
+use crate::helpers::{assert_problem, postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
+use crate::process::replica;
 
-on_both_engines!(signup_login_and_me, refresh_tokens_rotate_and_reuse_revokes_the_family, logout_ends_the_session);
+on_both_engines!(
+    signup_login_and_me,
+    refresh_tokens_rotate_and_reuse_revokes_the_family,
+    logout_ends_the_session,
+    a_parallel_burst_of_wrong_passwords_is_limited_like_a_sequence,
+    the_right_password_inside_a_burst_waits_unless_it_came_first,
+);
 
 async fn signup_login_and_me(engine: Engine) {
     let app = TestApp::spawn(engine).await;
@@ -113,4 +121,77 @@ async fn repeated_failures_throttle_even_the_right_password() {
     assert_eq!(attempt("other@example.com", "wrong password!!").await.unwrap().status(), StatusCode::TOO_MANY_REQUESTS);
     let metrics = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("meshfleet_logins_throttled_total 2"), "{metrics}");
+}
+
+/// POSTs one log-in per password to `bases` in turn, all at once; the statuses in order.
+/// A 429 must say when to come back.
+async fn login_burst(http: &reqwest::Client, bases: &[String], email: &str, passwords: &[&str]) -> Vec<StatusCode> {
+    let attempts = passwords.iter().enumerate().map(|(i, password)| {
+        let url = format!("{}/api/v1/login", bases[i % bases.len()]);
+        async move {
+            let resp = http.post(url).json(&json!({ "email": email, "password": password })).send().await.unwrap();
+            if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+                let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+                assert!((1..=900).contains(&retry_after), "{retry_after}");
+            }
+            resp.status()
+        }
+    });
+    join_all(attempts).await
+}
+
+fn count(statuses: &[StatusCode], status: StatusCode) -> usize {
+    statuses.iter().filter(|s| **s == status).count()
+}
+
+/// An app whose address limit stays out of the way of the account limit (5).
+async fn throttled_app(engine: Engine) -> TestApp {
+    TestApp::spawn_with(TestDb::new(engine).await, |c| c.login_max_failures_per_address = 1000).await
+}
+
+async fn a_parallel_burst_of_wrong_passwords_is_limited_like_a_sequence(engine: Engine) {
+    let app = throttled_app(engine).await;
+    app.owner("ada@example.com").await;
+    let statuses = login_burst(&app.client, std::slice::from_ref(&app.base), "ada@example.com", &["wrong password!!"; 40]).await;
+    assert_eq!(count(&statuses, StatusCode::UNAUTHORIZED), 5, "{statuses:?}");
+    assert_eq!(count(&statuses, StatusCode::TOO_MANY_REQUESTS), 35, "{statuses:?}");
+    let (status, _) = app.call(Method::POST, "/api/v1/login", None, Some(json!({ "email": "ada@example.com", "password": PASSWORD }))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "the right password waits too");
+}
+
+async fn the_right_password_inside_a_burst_waits_unless_it_came_first(engine: Engine) {
+    let app = throttled_app(engine).await;
+    app.owner("ada@example.com").await;
+    let mut passwords = vec!["wrong password!!"; 30];
+    passwords.insert(15, PASSWORD);
+    let statuses = login_burst(&app.client, std::slice::from_ref(&app.base), "ada@example.com", &passwords).await;
+    let right = statuses[15];
+    // Only the first five attempts are checked; the right one, if among them, takes back its
+    // count, which at most one later guess can use.
+    assert!(count(&statuses, StatusCode::UNAUTHORIZED) <= 5, "{statuses:?}");
+    assert!(right == StatusCode::OK || right == StatusCode::TOO_MANY_REQUESTS, "{right}");
+    assert!(count(&statuses, StatusCode::TOO_MANY_REQUESTS) >= 25, "{statuses:?}");
+}
+
+/// Two replicas share one limit: a burst spread over both is allowed five failures in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_login_limit() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Engine::Postgres).await;
+    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+    let env = [("MESHFLEET_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000")];
+    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
+    let bases = [a.url(), b.url()];
+    let http = reqwest::Client::new();
+    let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
+    assert!(http.post(format!("{}/api/v1/signup", bases[0])).json(&body).send().await.unwrap().status().is_success());
+    let statuses = login_burst(&http, &bases, "ada@example.com", &["wrong password!!"; 40]).await;
+    assert_eq!(count(&statuses, StatusCode::UNAUTHORIZED), 5, "{statuses:?}");
+    assert_eq!(count(&statuses, StatusCode::TOO_MANY_REQUESTS), 35, "{statuses:?}");
+    for base in &bases {
+        let resp = http.post(format!("{base}/api/v1/login")).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "{base}");
+    }
 }

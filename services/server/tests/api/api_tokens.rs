@@ -1,5 +1,6 @@
 //! Credentials that must not work: forged, expired, wrong-key and `alg: none` JWTs; revoked
-//! and expired API tokens. And the API token lifecycle and signing-key rotation.
+//! and expired API tokens; tokens of members who left or were demoted. And the API token
+//! lifecycle and signing-key rotation.
 
 use std::time::Duration;
 
@@ -10,10 +11,16 @@ use reqwest::{Method, StatusCode};
 use ring::signature::Ed25519KeyPair;
 use serde_json::json;
 
-use crate::helpers::{assert_problem, Engine, TestApp};
+use crate::helpers::{assert_problem, Engine, Login, TestApp};
 use crate::on_both_engines;
 
-on_both_engines!(forged_expired_and_unsigned_jwts_are_rejected, api_token_lifecycle, signing_key_rotation_keeps_old_tokens_valid);
+on_both_engines!(
+    forged_expired_and_unsigned_jwts_are_rejected,
+    api_token_lifecycle,
+    signing_key_rotation_keeps_old_tokens_valid,
+    a_removed_members_tokens_stop_at_once,
+    a_demoted_members_tokens_are_capped_at_the_new_role,
+);
 
 async fn forged_expired_and_unsigned_jwts_are_rejected(engine: Engine) {
     let app = TestApp::spawn(engine).await;
@@ -128,4 +135,74 @@ async fn signing_key_rotation_keeps_old_tokens_valid(engine: Engine) {
     assert_eq!(jsonwebtoken::decode_header(&after.access).unwrap().kid.unwrap(), new_kid);
     assert_eq!(app.get("/api/v1/me", &before.access).await.0, StatusCode::OK);
     assert_eq!(app.get("/api/v1/me", &after.access).await.0, StatusCode::OK);
+}
+
+/// An API token with `role` made by `who`, and the token it made in turn (same role).
+async fn token_and_grandchild(app: &TestApp, who: &Login, role: &str) -> (String, String) {
+    let (status, created) = app.post("/api/v1/tokens", &who.access, json!({ "name": "ci", "role": role })).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let token = created["token"].as_str().unwrap().to_owned();
+    let (status, child) = app.post("/api/v1/tokens", &token, json!({ "name": "ci-child", "role": role })).await;
+    assert_eq!(status, StatusCode::CREATED, "{child}");
+    assert_eq!(child["created_by"], created["created_by"], "a token made by a token acts for the same member");
+    (token, child["token"].as_str().unwrap().to_owned())
+}
+
+async fn a_removed_members_tokens_stop_at_once(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let admin = app.member(&owner, "admin@example.com", "admin").await;
+    let cluster = app.create_cluster(&owner, "c1", json!({})).await["cluster"]["id"].as_str().unwrap().to_owned();
+    let (token, child) = token_and_grandchild(&app, &admin, "admin").await;
+    let commands = format!("/api/v1/clusters/{cluster}/commands");
+    let manifest = format!("/api/v1/clusters/{cluster}/install.yaml");
+    let (_, me) = app.get("/api/v1/me", &admin.access).await;
+    let admin_id = me["user"]["id"].as_str().unwrap().to_owned();
+    let rejoin = json!({ "email": "admin@example.com", "role": "admin" });
+    for t in [&token, &child] {
+        assert_eq!(app.post(&commands, t, json!({ "kind": "ping" })).await.0, StatusCode::CREATED);
+        assert_eq!(app.get(&manifest, t).await.0, StatusCode::OK);
+    }
+
+    let (status, _) = app.call(Method::DELETE, &format!("/api/v1/members/{admin_id}"), Some(&owner.access), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for t in [&token, &child] {
+        let (status, body) = app.post(&commands, t, json!({ "kind": "ping" })).await;
+        assert_problem(status, &body, 401, "unauthenticated", None);
+        assert_eq!(app.get(&manifest, t).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(app.post("/api/v1/members", t, rejoin.clone()).await.0, StatusCode::UNAUTHORIZED);
+    }
+    let (_, list) = app.get("/api/v1/tokens", &owner.access).await;
+    assert!(list.as_array().unwrap().iter().all(|t| t["revoked_at"].is_string()), "revoked, as the list shows: {list}");
+
+    // Added back, the member gets new sessions, not their old tokens.
+    assert_eq!(app.post("/api/v1/members", &owner.access, rejoin).await.0, StatusCode::CREATED);
+    assert_eq!(app.get(&manifest, &token).await.0, StatusCode::UNAUTHORIZED);
+}
+
+async fn a_demoted_members_tokens_are_capped_at_the_new_role(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let admin = app.member(&owner, "admin@example.com", "admin").await;
+    let (token, child) = token_and_grandchild(&app, &admin, "admin").await;
+    let (_, me) = app.get("/api/v1/me", &admin.access).await;
+    let member = format!("/api/v1/members/{}", me["user"]["id"].as_str().unwrap());
+    assert_eq!(app.post("/api/v1/clusters", &token, json!({ "name": "before" })).await.0, StatusCode::CREATED);
+
+    let (status, _) = app.call(Method::PATCH, &member, Some(&owner.access), Some(json!({ "role": "viewer" }))).await;
+    assert_eq!(status, StatusCode::OK);
+    for (i, t) in [&token, &child].into_iter().enumerate() {
+        let (status, body) = app.post("/api/v1/clusters", t, json!({ "name": format!("after-{i}") })).await;
+        assert_problem(status, &body, 403, "forbidden", None);
+        assert_eq!(app.get("/api/v1/clusters", t).await.0, StatusCode::OK, "still a viewer");
+        assert_eq!(app.get("/api/v1/me", t).await.1["organization"]["role"], "viewer");
+        let (status, body) = app.post("/api/v1/tokens", t, json!({ "name": "escape", "role": "admin" })).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "no admin token out of a capped one: {body}");
+    }
+
+    // Capped, not revoked: promoted again, the token has its own role back, never more.
+    let (status, _) = app.call(Method::PATCH, &member, Some(&owner.access), Some(json!({ "role": "owner" }))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.post("/api/v1/clusters", &token, json!({ "name": "again" })).await.0, StatusCode::CREATED);
+    assert_eq!(app.get("/api/v1/me", &token).await.1["organization"]["role"], "admin");
 }

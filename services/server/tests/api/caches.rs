@@ -105,3 +105,44 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
     assert_eq!(http.post(format!("{a}/api/v1/logout")).bearer_auth(token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
     within_a_second(&http, &b, "/api/v1/clusters", token, |s, _| s == 401).await;
 }
+
+/// A removed member's API token, cached as a principal by another replica, is refused there
+/// within a second (the NOTIFY of the removal, not the cache's minute-long expiry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_replica_refuses_a_removed_members_token() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Engine::Postgres).await;
+    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+    let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
+    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
+    let (a, b) = (a.url(), b.url());
+    let http = reqwest::Client::new();
+    let post = |path: &str, token: Option<&str>, body: Value| {
+        let mut req = http.post(format!("{a}{path}")).json(&body);
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            assert!(resp.status().is_success(), "{}", resp.status());
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    for email in ["ada@example.com", "bob@example.com"] {
+        post("/api/v1/signup", None, json!({ "email": email, "password": PASSWORD, "organization": email })).await;
+    }
+    let owner = post("/api/v1/login", None, json!({ "email": "ada@example.com", "password": PASSWORD })).await;
+    let (owner, org) = (owner["access_token"].as_str().unwrap(), owner["organization_id"].clone());
+    let member = post("/api/v1/members", Some(owner), json!({ "email": "bob@example.com", "role": "admin" })).await;
+    let bob = post("/api/v1/login", None, json!({ "email": "bob@example.com", "password": PASSWORD, "organization_id": org })).await;
+    let token = post("/api/v1/tokens", Some(bob["access_token"].as_str().unwrap()), json!({ "name": "ci", "role": "admin" })).await;
+    let token = token["token"].as_str().unwrap();
+
+    // Replica B caches the token's principal; A removes its member.
+    within_a_second(&http, &b, "/api/v1/members", token, |s, _| s == 200).await;
+    let removed = http.delete(format!("{a}/api/v1/members/{}", member["user_id"].as_str().unwrap())).bearer_auth(owner).send().await.unwrap();
+    assert_eq!(removed.status(), StatusCode::NO_CONTENT);
+    within_a_second(&http, &b, "/api/v1/members", token, |s, _| s == 401).await;
+}

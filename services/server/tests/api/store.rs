@@ -9,7 +9,7 @@ use meshfleet_server::domain::{ClusterId, OrgId, Role, SessionId, TokenId, UserI
 use meshfleet_server::store::api_tokens::NewApiToken;
 use meshfleet_server::store::audit::AuditEntry;
 use meshfleet_server::store::clusters::{Cluster, ListQuery, Liveness};
-use meshfleet_server::store::{accounts, api_tokens, audit, clusters, sessions, signing_keys};
+use meshfleet_server::store::{accounts, api_tokens, audit, clusters, login_throttle, sessions, signing_keys};
 use sqlx::pool::PoolConnection;
 use sqlx::Any;
 
@@ -28,6 +28,8 @@ on_both_engines!(
     bootstrap_tokens_are_single_use,
     sessions_and_refresh_tokens,
     api_tokens_lifecycle,
+    api_tokens_follow_their_creators_membership,
+    login_attempts_count_per_window_and_ended_windows_are_forgotten,
     audit_log_pages_newest_first,
     signing_keys_newest_first,
 );
@@ -309,9 +311,9 @@ async fn sessions_and_refresh_tokens(engine: Engine) {
 }
 
 /// A new token named `name` whose hash is `hash`, alive over `[created_at, expires_at)`.
-fn api_token<'a>(org: OrgId, name: &'a str, role: Role, hash: &'a str, created_at: i64, expires_at: i64) -> NewApiToken<'a> {
+fn api_token<'a>(org: OrgId, by: UserId, name: &'a str, role: Role, hash: &'a str, created_at: i64, expires_at: i64) -> NewApiToken<'a> {
     let (id, prefix) = (TokenId::new(), "mf_abc");
-    NewApiToken { id, org_id: org, name, role, prefix, token_hash: hash, created_by: None, created_at, expires_at }
+    NewApiToken { id, org_id: org, name, role, prefix, token_hash: hash, created_by: by, created_at, expires_at }
 }
 
 async fn api_tokens_lifecycle(engine: Engine) {
@@ -319,13 +321,14 @@ async fn api_tokens_lifecycle(engine: Engine) {
     let org = new_org(&mut conn, "Acme").await;
     let rival = new_org(&mut conn, "Rival").await;
     let ada = new_user(&mut conn, "ada@example.com").await;
-    let ci = NewApiToken { created_by: Some(ada), ..api_token(org, "ci", Role::Admin, "h-ci", NOW, NOW + HOUR) };
-    let deploy = api_token(org, "deploy", Role::Viewer, "h-deploy", NOW + 1, NOW + HOUR);
-    let short = api_token(org, "short", Role::Viewer, "h-short", NOW + 2, NOW + 10);
+    accounts::add_member(&mut conn, org, ada, Role::Owner, NOW).await.unwrap();
+    let ci = api_token(org, ada, "ci", Role::Admin, "h-ci", NOW, NOW + HOUR);
+    let deploy = api_token(org, ada, "deploy", Role::Viewer, "h-deploy", NOW + 1, NOW + HOUR);
+    let short = api_token(org, ada, "short", Role::Viewer, "h-short", NOW + 2, NOW + 10);
     for t in [&ci, &deploy, &short] {
         api_tokens::insert(&mut conn, t).await.unwrap();
     }
-    let copy = api_token(rival, "copy", Role::Viewer, "h-ci", NOW, NOW + HOUR);
+    let copy = api_token(rival, ada, "copy", Role::Viewer, "h-ci", NOW, NOW + HOUR);
     let err = api_tokens::insert(&mut conn, &copy).await.unwrap_err();
     assert!(is_unique_violation(&err), "{err}");
 
@@ -354,6 +357,63 @@ async fn api_tokens_lifecycle(engine: Engine) {
     assert!(!api_tokens::revoke(&mut conn, org, deploy.id, NOW + 8).await.unwrap(), "already revoked");
     assert!(api_tokens::authenticate(&mut conn, "h-deploy", NOW + 8).await.unwrap().is_none(), "revoked");
     assert_eq!(api_tokens::get(&mut conn, org, deploy.id).await.unwrap().unwrap().revoked_at, Some(NOW + 7));
+    assert_eq!(api_tokens::creator(&mut conn, org, ci.id).await.unwrap(), Some(ada));
+    assert_eq!(api_tokens::creator(&mut conn, rival, ci.id).await.unwrap(), None);
+}
+
+async fn api_tokens_follow_their_creators_membership(engine: Engine) {
+    let (_db, _store, mut conn) = open(engine).await;
+    let (org, other) = (new_org(&mut conn, "Acme").await, new_org(&mut conn, "Other").await);
+    let (ada, bob) = (new_user(&mut conn, "ada@example.com").await, new_user(&mut conn, "bob@example.com").await);
+    accounts::add_member(&mut conn, org, ada, Role::Admin, NOW).await.unwrap();
+    accounts::add_member(&mut conn, org, bob, Role::Admin, NOW).await.unwrap();
+    accounts::add_member(&mut conn, other, ada, Role::Owner, NOW).await.unwrap();
+    let tokens = [
+        api_token(org, ada, "ada-1", Role::Admin, "h-ada-1", NOW, NOW + HOUR),
+        api_token(org, ada, "ada-2", Role::Viewer, "h-ada-2", NOW, NOW + HOUR),
+        api_token(org, bob, "bob", Role::Admin, "h-bob", NOW, NOW + HOUR),
+        api_token(other, ada, "elsewhere", Role::Owner, "h-elsewhere", NOW, NOW + HOUR),
+    ];
+    for t in &tokens {
+        api_tokens::insert(&mut conn, t).await.unwrap();
+    }
+    assert_eq!(token_role(&mut conn, "h-ada-1").await, Some(Role::Admin));
+
+    // Demoted: capped at the member's role, never above the token's own.
+    accounts::set_role(&mut conn, org, ada, Role::Viewer).await.unwrap();
+    assert_eq!(token_role(&mut conn, "h-ada-1").await, Some(Role::Viewer));
+    accounts::set_role(&mut conn, org, ada, Role::Owner).await.unwrap();
+    assert_eq!((token_role(&mut conn, "h-ada-1").await, token_role(&mut conn, "h-ada-2").await), (Some(Role::Admin), Some(Role::Viewer)));
+
+    // Removed: refused even before revocation; revocation takes only that member's tokens here.
+    accounts::remove_member(&mut conn, org, ada).await.unwrap();
+    assert_eq!(token_role(&mut conn, "h-ada-1").await, None);
+    assert_eq!(api_tokens::revoke_created_by(&mut conn, org, ada, NOW + 1).await.unwrap(), 2);
+    accounts::add_member(&mut conn, org, ada, Role::Owner, NOW + 2).await.unwrap();
+    assert_eq!((token_role(&mut conn, "h-ada-1").await, token_role(&mut conn, "h-ada-2").await), (None, None), "revoked for good");
+    assert_eq!((token_role(&mut conn, "h-bob").await, token_role(&mut conn, "h-elsewhere").await), (Some(Role::Admin), Some(Role::Owner)));
+}
+
+async fn token_role(conn: &mut Conn, hash: &str) -> Option<Role> {
+    api_tokens::authenticate(conn, hash, NOW).await.unwrap().map(|a| a.role)
+}
+
+async fn login_attempts_count_per_window_and_ended_windows_are_forgotten(engine: Engine) {
+    let (_db, _store, mut conn) = open(engine).await;
+    const WINDOW: i64 = 60_000;
+    for n in 1..=3 {
+        assert_eq!(login_throttle::count_attempt(&mut conn, "account:a", NOW + n, WINDOW).await.unwrap(), (n, NOW + 1));
+    }
+    login_throttle::uncount_attempt(&mut conn, "account:a", NOW + 1).await.unwrap();
+    login_throttle::uncount_attempt(&mut conn, "account:a", NOW).await.unwrap(); // another window: no effect
+    assert_eq!(login_throttle::count_attempt(&mut conn, "account:a", NOW + 4, WINDOW).await.unwrap(), (3, NOW + 1));
+    assert_eq!(login_throttle::count_attempt(&mut conn, "address:b", NOW + 5, WINDOW).await.unwrap(), (1, NOW + 5));
+
+    // The window ends: the next attempt starts a new one; ended rows are deleted.
+    let later = NOW + 1 + WINDOW;
+    assert_eq!(login_throttle::count_attempt(&mut conn, "account:a", later, WINDOW).await.unwrap(), (1, later));
+    assert_eq!(login_throttle::forget_ended(&mut conn, NOW + 5 + WINDOW, WINDOW).await.unwrap(), 1, "address:b only");
+    assert_eq!(login_throttle::count_attempt(&mut conn, "address:b", NOW + 6 + WINDOW, WINDOW).await.unwrap(), (1, NOW + 6 + WINDOW));
 }
 
 /// An audit entry whose (UUIDv7) id carries its time, as the service writes them.
