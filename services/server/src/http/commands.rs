@@ -46,7 +46,7 @@ fn check_params(kind: &str, params: &serde_json::Map<String, serde_json::Value>,
     positive("batch_size", 1000, errors);
     positive("timeout_secs", 86_400, errors);
     if let Some(v) = params.get("max_unavailable") {
-        if !v.as_u64().is_some_and(|n| n <= 1000) {
+        if v.as_u64().is_none_or(|n| n > 1000) {
             errors.push(FieldError::new("params.max_unavailable", "must be a whole number from 0 to 1000"));
         }
     }
