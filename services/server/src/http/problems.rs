@@ -2,7 +2,7 @@
 //! route can answer, each an `application/problem+json` `Problem`, so no route spells out a
 //! status, a content type or a description by hand. It documents; `ApiError` answers.
 //!
-//! Which ones a route lists follows from what it uses (`tests/api/conventions.rs` holds every
+//! Which ones a route lists follows from what it uses (`tests/api/openapi.rs` holds every
 //! route to it): `Principal` -> [`Unauthenticated`]; `ApiJson` -> [`JsonBody`]; `ApiPath` or
 //! `ApiQuery` -> [`BadRequest`]; a role check -> [`Forbidden`]; a lookup by id ->
 //! [`NotFound`]; checks of values -> [`Invalid`]; and every route that touches the database
