@@ -3,6 +3,7 @@
 //! cannot reach the database.
 
 pub mod labels;
+pub mod schema;
 
 use std::fmt;
 use std::str::FromStr;

@@ -12,6 +12,7 @@ pub mod error;
 pub mod extract;
 pub mod members;
 pub mod ops;
+pub mod problems;
 
 use std::sync::Arc;
 

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 pub type Labels = BTreeMap<String, String>;
 
-const MAX_LABELS: usize = 64;
-const MAX_REQUIREMENTS: usize = 20;
+pub(crate) const MAX_LABELS: usize = 64;
+pub(crate) const MAX_REQUIREMENTS: usize = 20;
 const MAX_NAME_LEN: usize = 63;
 const MAX_PREFIX_LEN: usize = 253;
 /// Longest excerpt of user input quoted in an error message.

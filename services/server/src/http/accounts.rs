@@ -12,11 +12,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::audit;
 use super::auth::{Actor, Principal};
-use super::error::{ApiError, FieldError, Problem};
+use super::error::{ApiError, FieldError};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, TooManyRequests, Unauthenticated};
 use super::extract::ApiJson;
 use crate::app::AppState;
 use crate::db::is_unique_violation;
-use crate::domain::{parse_display_name, Email, OrgId, Password, Role, SessionId, UserId};
+use crate::domain::{parse_display_name, schema, Email, OrgId, Password, Role, SessionId, UserId};
 use crate::jwt::Claims;
 use crate::secrets::{self, new_token, token_hash, TokenKind};
 use crate::store;
@@ -34,9 +35,12 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignupRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
-    /// At least 12 characters.
+    #[schema(schema_with = schema::password)]
     pub password: String,
+    /// The name of the organization created with the account.
+    #[schema(schema_with = schema::display_name)]
     pub organization: String,
 }
 
@@ -61,7 +65,7 @@ pub struct SignupResponse {
 
 /// Creates a user and an organization owned by that user.
 #[utoipa::path(post, path = "/api/v1/signup", tag = "accounts", request_body = SignupRequest,
-    responses((status = 201, body = SignupResponse), (status = 409, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = SignupResponse), JsonBody, Conflict, Internal))]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupRequest>) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
     let mut errors = Vec::new();
     let email = req.email.parse::<Email>().map_err(|e| errors.push(FieldError::new("email", e))).ok();
@@ -99,6 +103,7 @@ async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupReque
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
+    #[schema(schema_with = schema::email)]
     pub email: String,
     pub password: String,
     /// The organization to act in; defaults to the user's first organization.
@@ -125,7 +130,7 @@ pub struct TokenResponse {
 /// right password gives its count back), on all replicas together. Past a limit, every
 /// attempt, even with the right password, gets 429 with `Retry-After` in seconds.
 #[utoipa::path(post, path = "/api/v1/login", tag = "accounts", request_body = LoginRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = Problem), (status = 429, body = Problem)))]
+    responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Forbidden, TooManyRequests, Internal))]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -223,7 +228,7 @@ pub struct RefreshRequest {
 
 /// Rotates a refresh token. Presenting one that was already used revokes its whole session.
 #[utoipa::path(post, path = "/api/v1/token/refresh", tag = "accounts", request_body = RefreshRequest,
-    responses((status = 200, body = TokenResponse), (status = 401, body = Problem)))]
+    responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Internal))]
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> Result<Json<TokenResponse>, ApiError> {
     let now = state.clock.now_ms();
     let hash = token_hash(&req.refresh_token);
@@ -255,7 +260,7 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
 
 /// Ends the caller's session: its access and refresh tokens stop working at once.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "accounts",
-    responses((status = 204), (status = 400, body = Problem), (status = 401, body = Problem)), security(("bearer" = [])))]
+    responses((status = 204), BadRequest, Unauthenticated, Internal), security(("bearer" = [])))]
 async fn logout(State(state): State<AppState>, auth: Principal) -> Result<StatusCode, ApiError> {
     let Actor::User { session, .. } = auth.actor else {
         return Err(ApiError::BadRequest { detail: "API tokens have no session; revoke them with DELETE /api/v1/tokens/{id}".into(), field: None });
@@ -279,7 +284,7 @@ pub struct MeResponse {
 
 /// Who the caller is, and in which organization.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
-    responses((status = 200, body = MeResponse), (status = 401, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = MeResponse), Unauthenticated, Internal), security(("bearer" = [])))]
 async fn me(State(state): State<AppState>, auth: Principal) -> Result<Json<MeResponse>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let org_name = store::accounts::org_name(&mut conn, auth.org_id).await?.ok_or(ApiError::NotFound("organization"))?;

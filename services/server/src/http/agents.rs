@@ -13,7 +13,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, NotFound, Unauthenticated};
 use super::extract::{ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
@@ -50,7 +51,7 @@ pub struct InventoryView {
 
 /// The cluster's mesh as its agent last reported it.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/inventory", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 200, body = InventoryView), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = InventoryView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
 async fn inventory(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<InventoryView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, &auth, id).await?;
@@ -73,15 +74,17 @@ async fn inventory(State(state): State<AppState>, auth: Principal, ApiPath(id): 
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsQuery {
     /// How far back, in minutes: 1 to 1440 (default 60).
+    #[param(minimum = 1, maximum = 1440)]
     minutes: Option<u32>,
 }
 
 /// Golden metrics per workload per minute.
-#[utoipa::path(get, path = "/api/v1/clusters/{id}/metrics", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), MetricsQuery),
-    responses((status = 200, body = Vec<MinuteRollup>), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/clusters/{id}/metrics", operation_id = "cluster_metrics", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), MetricsQuery),
+    responses((status = 200, body = Vec<MinuteRollup>), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 async fn metrics(
     State(state): State<AppState>,
     auth: Principal,
@@ -99,15 +102,17 @@ async fn metrics(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// At most this many, newest first: 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
 }
 
 /// The cluster's recent events (Kubernetes warnings in meshed namespaces, proxy restarts).
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/events", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), EventsQuery),
-    responses((status = 200, body = Vec<Event>), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = Vec<Event>), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 async fn events(
     State(state): State<AppState>,
     auth: Principal,
@@ -123,7 +128,7 @@ async fn events(
 /// Revokes the agent's certificates and cuts its stream; it must register again with a new
 /// bootstrap token.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/agent/revoke", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
 async fn revoke_agent(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();

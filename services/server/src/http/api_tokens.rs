@@ -12,11 +12,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::audit;
 use super::auth::{Actor, Principal};
-use super::error::{ApiError, FieldError, Problem};
-use super::extract::{ApiJson, ApiPath};
+use super::error::{ApiError, FieldError};
+use super::problems::{BadRequest, Forbidden, Internal, JsonBody, NotFound, Unauthenticated};
+use super::extract::{whole_number, ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::{parse_display_name, Role, TokenId};
+use crate::domain::{parse_display_name, schema, Role, TokenId};
 use crate::secrets::{new_token, token_hash, TokenKind};
 use crate::store::{self, api_tokens::ApiToken};
 
@@ -67,7 +68,7 @@ impl From<ApiToken> for ApiTokenView {
 /// checked on every request); when the member is removed from the organization, all their
 /// tokens are revoked at once.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "api-tokens",
-    responses((status = 200, body = Vec<ApiTokenView>), (status = 403, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = Vec<ApiTokenView>), Unauthenticated, Forbidden, Internal), security(("bearer" = [])))]
 async fn list_tokens(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
     auth.require(Role::Admin)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -78,10 +79,13 @@ async fn list_tokens(State(state): State<AppState>, auth: Principal) -> Result<J
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTokenRequest {
+    #[schema(schema_with = schema::display_name)]
     pub name: String,
     /// At most the creator's own role.
     pub role: Role,
     /// Days until the token expires, 1 to 365 (default 90).
+    #[schema(minimum = 1, maximum = 365)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub expires_in_days: Option<u32>,
 }
 
@@ -101,7 +105,7 @@ pub struct CreatedToken {
 /// checked on every request); when the member is removed from the organization, all their
 /// tokens are revoked at once.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "api-tokens", request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedToken), (status = 403, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = CreatedToken), JsonBody, Unauthenticated, Forbidden, Internal), security(("bearer" = [])))]
 async fn create_token(
     State(state): State<AppState>,
     auth: Principal,
@@ -156,7 +160,7 @@ async fn create_token(
 /// Revokes an API token at once.
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "api-tokens",
     params(("id" = TokenId, Path, description = "Token id")),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
 async fn revoke_token(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<TokenId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();

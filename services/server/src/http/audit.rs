@@ -8,7 +8,8 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{Actor, Principal};
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, Unauthenticated};
 use super::extract::ApiQuery;
 use crate::app::AppState;
 use crate::db::to_rfc3339;
@@ -45,11 +46,14 @@ pub async fn record(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     cursor: Option<String>,
 }
 
@@ -73,7 +77,7 @@ pub struct AuditPage {
 
 /// The organization's audit log, newest first (owners and admins).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = AuditPage), (status = 403, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = AuditPage), BadRequest, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
 async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
     auth.require(Role::Admin)?;
     let limit = super::page_limit(q.limit, 100)?;

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::alphabet;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -15,12 +16,13 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::audit;
 use super::auth::Principal;
-use super::error::{ApiError, FieldError, Problem};
+use super::error::{ApiError, FieldError};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
-use crate::domain::{ClusterId, ClusterName, Role};
+use crate::domain::{schema, ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
 use crate::store::clusters::{Cluster, Liveness};
 use crate::store::{self, Conn};
@@ -106,9 +108,10 @@ pub struct BootstrapToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateClusterRequest {
-    /// A DNS-1123 label, unique within the organization.
+    #[schema(schema_with = schema::cluster_name)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = schema::labels)]
     pub labels: Labels,
 }
 
@@ -120,7 +123,7 @@ pub struct CreatedCluster {
 
 /// Creates a cluster and its first bootstrap token.
 #[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateClusterRequest,
-    responses((status = 201, body = CreatedCluster), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
+    responses((status = 201, body = CreatedCluster), JsonBody, Unauthenticated, Forbidden, Conflict, Internal),
     security(("bearer" = [])))]
 async fn create_cluster(
     State(state): State<AppState>,
@@ -176,17 +179,25 @@ async fn issue_bootstrap_token(state: &AppState, conn: &mut Conn, auth: &Princip
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListClustersQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
-    /// `next_cursor` from the previous page.
+    /// `next_cursor` from the previous page: the page starts after the name it encodes.
+    #[param(pattern = "^([A-Za-z0-9_-]{4})*([A-Za-z0-9_-]{2,3})?$")]
     cursor: Option<String>,
-    /// Kubernetes label selector, e.g. `env=prod,tier in (web,api),!legacy`.
+    #[param(schema_with = schema::selector)]
     selector: Option<String>,
     /// pending, connected, stale or disconnected.
     status: Option<ClusterStatus>,
 }
+
+/// Cursors are the last name of a page in unpadded base64url; decoding also takes the
+/// strings that differ only in unused trailing bits.
+const CURSOR: GeneralPurpose =
+    GeneralPurpose::new(&alphabet::URL_SAFE, GeneralPurposeConfig::new().with_encode_padding(false).with_decode_allow_trailing_bits(true).with_decode_padding_mode(DecodePaddingMode::RequireNone));
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterPage {
@@ -198,7 +209,7 @@ pub struct ClusterPage {
 /// Lists clusters by name. Pages may be served from a cache up to `read_cache_ms` old; changes
 /// made through the API show at once (see `cache`).
 #[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(ListClustersQuery),
-    responses((status = 200, body = ClusterPage), (status = 400, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = ClusterPage), BadRequest, Unauthenticated, Invalid, Internal), security(("bearer" = [])))]
 async fn list_clusters(
     State(state): State<AppState>,
     auth: Principal,
@@ -212,7 +223,8 @@ async fn list_clusters(
         .cursor
         .as_deref()
         .map(|c| {
-            URL_SAFE_NO_PAD.decode(c).ok().and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| ApiError::field("cursor", "is not a cursor returned by this API"))
+            // Any base64url string is a position in the name order, as the document says.
+            CURSOR.decode(c).map(|b| String::from_utf8_lossy(&b).into_owned()).map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))
         })
         .transpose()?;
     let render = async {
@@ -225,7 +237,7 @@ async fn list_clusters(
             limit: limit + 1,
         };
         let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
-        let (rows, next_cursor) = super::into_page(rows, limit, |c| URL_SAFE_NO_PAD.encode(&c.name));
+        let (rows, next_cursor) = super::into_page(rows, limit, |c| CURSOR.encode(&c.name));
         let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
         let body = serde_json::to_vec(&ClusterPage { items, next_cursor }).map_err(anyhow::Error::from)?;
         Ok(Bytes::from(body))
@@ -240,7 +252,7 @@ pub(crate) async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Re
 
 /// One cluster.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 200, body = ClusterView), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = ClusterView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     Ok(Json(view(find(&mut conn, &auth, id).await?, &liveness(&state))?))
@@ -250,13 +262,14 @@ async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id)
 #[serde(deny_unknown_fields)]
 pub struct UpdateClusterRequest {
     /// Replaces all labels.
+    #[schema(schema_with = schema::labels)]
     pub labels: Labels,
 }
 
 /// Replaces a cluster's labels.
 #[utoipa::path(patch, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     request_body = UpdateClusterRequest,
-    responses((status = 200, body = ClusterView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    responses((status = 200, body = ClusterView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
 async fn update_cluster(
     State(state): State<AppState>,
@@ -280,7 +293,7 @@ async fn update_cluster(
 
 /// Deletes a cluster.
 #[utoipa::path(delete, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
 async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
@@ -297,7 +310,7 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
 
 /// Issues a new bootstrap token for the cluster; earlier unused ones stop working.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/bootstrap-token", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 201, body = BootstrapToken), (status = 403, body = Problem), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 201, body = BootstrapToken), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
 async fn reissue_bootstrap_token(
     State(state): State<AppState>,
     auth: Principal,
@@ -315,8 +328,9 @@ async fn reissue_bootstrap_token(
 /// The Kubernetes manifest that installs the agent. It embeds a freshly issued bootstrap
 /// token (earlier unused ones stop working), so it needs the admin role and is never cached.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml", body = String),
-        (status = 403, body = Problem), (status = 404, body = Problem)),
+    // No schema: the body is a stream of YAML documents, which no one JSON Schema describes.
+    responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
+        BadRequest, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
 async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;

@@ -11,8 +11,9 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
-use super::error::{ApiError, FieldError, Problem};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::error::{ApiError, FieldError};
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
+use super::extract::{whole_number, whole_numbers, ApiJson, ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, CommandId, Role};
@@ -31,11 +32,7 @@ pub const READ_ONLY_KINDS: &[&str] = &["ping", "collect-diagnostics"];
 /// Checks a command's parameters here, so a mistake is a 422 now rather than a failed
 /// command later.
 fn check_params(kind: &str, params: &serde_json::Map<String, serde_json::Value>, errors: &mut Vec<FieldError>) {
-    let allowed: &[&str] = match kind {
-        "restart-workloads" => &["namespace", "selector", "batch_size", "max_unavailable", "timeout_secs"],
-        "set-control-plane-version" => &["version", "timeout_secs"],
-        _ => &[],
-    };
+    let allowed = allowed_params(kind);
     for key in params.keys().filter(|k| !allowed.contains(&k.as_str())) {
         errors.push(FieldError::new(format!("params.{key}"), format!("not a parameter of {kind}")));
     }
@@ -49,7 +46,7 @@ fn check_params(kind: &str, params: &serde_json::Map<String, serde_json::Value>,
     positive("batch_size", 1000, errors);
     positive("timeout_secs", 86_400, errors);
     if let Some(v) = params.get("max_unavailable") {
-        if !v.as_u64().is_some_and(|n| n <= 1000) {
+        if v.as_u64().is_none_or(|n| n > 1000) {
             errors.push(FieldError::new("params.max_unavailable", "must be a whole number from 0 to 1000"));
         }
     }
@@ -63,7 +60,8 @@ fn check_params(kind: &str, params: &serde_json::Map<String, serde_json::Value>,
             errors.push(FieldError::new("params.selector", e.message));
         }
     }
-    if kind == "set-control-plane-version" && !params.get("version").and_then(|v| v.as_str()).is_some_and(|v| !v.trim().is_empty() && v.len() <= 128) {
+    let version_ok = |v: &str| !v.trim().is_empty() && v.chars().count() <= 128;
+    if kind == "set-control-plane-version" && !params.get("version").and_then(|v| v.as_str()).is_some_and(version_ok) {
         errors.push(FieldError::new("params.version", "the version to run, e.g. 0.2.0, is required"));
     }
 }
@@ -109,24 +107,32 @@ impl From<Command> for CommandView {
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// The parameters a command kind takes.
+fn allowed_params(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "restart-workloads" => &["namespace", "selector", "batch_size", "max_unavailable", "timeout_secs"],
+        "set-control-plane-version" => &["version", "timeout_secs"],
+        _ => &[],
+    }
+}
+
+/// Documented by hand (see `schema`): which parameters are allowed depends on the kind.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCommandRequest {
-    /// `ping`, `collect-diagnostics`, `restart-workloads` or `set-control-plane-version`.
     pub kind: String,
-    /// Kind-specific parameters (a JSON object). `restart-workloads`: namespace, selector,
-    /// batch_size, max_unavailable, timeout_secs. `set-control-plane-version`: version,
-    /// timeout_secs.
     #[serde(default)]
     pub params: Option<serde_json::Value>,
-    /// Seconds the agent has to finish, 1 to 86400 (default 600).
+    #[serde(default, deserialize_with = "whole_number")]
     pub deadline_secs: Option<i64>,
 }
+
+mod schema;
 
 /// Creates a command for the cluster's agent.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/commands", tag = "commands", params(("id" = ClusterId, Path, description = "Cluster id")),
     request_body = CreateCommandRequest,
-    responses((status = 201, body = CommandView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)),
+    responses((status = 201, body = CommandView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
 async fn create_command(
     State(state): State<AppState>,
@@ -139,7 +145,10 @@ async fn create_command(
     if !KINDS.contains(&req.kind.as_str()) {
         errors.push(FieldError::new("kind", format!("unknown command; expected one of {}", KINDS.join(", "))));
     }
-    let params = req.params.unwrap_or_else(|| serde_json::json!({}));
+    let mut params = req.params.unwrap_or_else(|| serde_json::json!({}));
+    if let Some(map) = params.as_object_mut() {
+        whole_numbers(map);
+    }
     match params.as_object() {
         Some(map) if errors.is_empty() => check_params(&req.kind, map, &mut errors),
         Some(_) => {}
@@ -181,11 +190,14 @@ async fn create_command(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct CommandsQuery {
     /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
     /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
     cursor: Option<String>,
 }
 
@@ -197,7 +209,7 @@ pub struct CommandPage {
 
 /// The cluster's commands, newest first.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/commands", tag = "commands", params(("id" = ClusterId, Path, description = "Cluster id"), CommandsQuery),
-    responses((status = 200, body = CommandPage), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = CommandPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 async fn list_commands(
     State(state): State<AppState>,
     auth: Principal,
@@ -220,7 +232,7 @@ async fn list_commands(
 /// One command, with its result once the agent reported it.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/commands/{command_id}", tag = "commands",
     params(("id" = ClusterId, Path, description = "Cluster id"), ("command_id" = CommandId, Path, description = "Command id")),
-    responses((status = 200, body = CommandView), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = CommandView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
 async fn get_command(
     State(state): State<AppState>,
     auth: Principal,

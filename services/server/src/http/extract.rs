@@ -84,3 +84,33 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
         })
     }
 }
+
+/// An optional whole number in a JSON body. JSON Schema's `integer` (what the document says)
+/// includes `5.0`, which serde refuses for integer types; this takes it, and nothing fractional.
+pub fn whole_number<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::de::{Deserialize, Error};
+    let Some(n) = Option::<serde_json::Number>::deserialize(de)? else {
+        return Ok(None);
+    };
+    let whole = n.as_i64().or_else(|| as_whole(n.as_f64()?));
+    let whole = whole.ok_or_else(|| D::Error::custom(format!("invalid value: {n}, expected a whole number")))?;
+    T::try_from(whole).map(Some).map_err(|_| D::Error::custom(format!("{whole} is out of range")))
+}
+
+/// Turns the whole-number floats (`5.0`) of a JSON object into integers, in place.
+pub fn whole_numbers(map: &mut serde_json::Map<String, serde_json::Value>) {
+    for value in map.values_mut() {
+        if let Some(n) = value.as_f64().filter(|_| value.is_f64()).and_then(as_whole) {
+            *value = serde_json::Value::from(n);
+        }
+    }
+}
+
+/// `f` as an integer when it is one exactly (within the 53 bits a double holds exactly).
+fn as_whole(f: f64) -> Option<i64> {
+    (f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0).then_some(f as i64)
+}

@@ -10,11 +10,12 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::audit;
 use super::auth::Principal;
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, NotFound, Unauthenticated};
 use super::extract::{ApiJson, ApiPath};
 use crate::app::AppState;
 use crate::db::{is_unique_violation, to_rfc3339};
-use crate::domain::{Email, OrgId, Role, UserId};
+use crate::domain::{schema, Email, OrgId, Role, UserId};
 use crate::store::{self, accounts::Member, Conn};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,7 +38,7 @@ impl From<Member> for MemberView {
 
 /// Members of the organization.
 #[utoipa::path(get, path = "/api/v1/members", tag = "members",
-    responses((status = 200, body = Vec<MemberView>), (status = 401, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = Vec<MemberView>), Unauthenticated, Internal), security(("bearer" = [])))]
 async fn list_members(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<MemberView>>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let members = store::accounts::list_members(&mut conn, auth.org_id).await?;
@@ -48,13 +49,14 @@ async fn list_members(State(state): State<AppState>, auth: Principal) -> Result<
 #[serde(deny_unknown_fields)]
 pub struct AddMemberRequest {
     /// An existing user's e-mail.
+    #[schema(schema_with = schema::email)]
     pub email: String,
     pub role: Role,
 }
 
 /// Adds an existing user to the organization.
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = AddMemberRequest,
-    responses((status = 201, body = MemberView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 201, body = MemberView), JsonBody, Unauthenticated, Forbidden, Conflict, Internal),
     security(("bearer" = [])))]
 async fn add_member(
     State(state): State<AppState>,
@@ -93,7 +95,7 @@ pub struct UpdateMemberRequest {
 /// The member's API tokens are capped at the new role from the next request on.
 #[utoipa::path(patch, path = "/api/v1/members/{user_id}", tag = "members", request_body = UpdateMemberRequest,
     params(("user_id" = UserId, Path, description = "The member's user id")),
-    responses((status = 200, body = MemberView), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 200, body = MemberView), JsonBody, Unauthenticated, Forbidden, NotFound, Conflict, Internal),
     security(("bearer" = [])))]
 async fn update_member(
     State(state): State<AppState>,
@@ -131,7 +133,7 @@ async fn update_member(
 /// Their sessions and API tokens stop working at once (the tokens are revoked).
 #[utoipa::path(delete, path = "/api/v1/members/{user_id}", tag = "members",
     params(("user_id" = UserId, Path, description = "The member's user id")),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)),
+    responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Internal),
     security(("bearer" = [])))]
 async fn remove_member(State(state): State<AppState>, auth: Principal, ApiPath(user): ApiPath<UserId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::error::{ApiError, Problem};
+use super::error::ApiError;
+use super::problems::Unavailable;
 use crate::app::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -28,7 +29,7 @@ async fn healthz() -> Json<Health> {
 }
 
 /// The database is reachable.
-#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health), (status = 503, body = Problem)))]
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health), Unavailable))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match state.db.ping().await {
         Ok(()) => Ok(Json(Health { status: "ready".into(), version: env!("CARGO_PKG_VERSION").into() })),

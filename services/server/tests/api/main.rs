@@ -13,6 +13,7 @@ mod gateway;
 mod isolation;
 mod kube_agent;
 mod members;
+mod openapi;
 mod process;
 mod fleet;
 mod quickstart;
