@@ -119,9 +119,11 @@ impl Server {
     /// Binds `config.listen` and (with the gateway role) `config.gateway_listen` (port 0
     /// picks a free port), and serves in the background.
     pub async fn start(mut config: Config) -> anyhow::Result<Server> {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding the API address {} (listen)", config.listen))?;
         let gateway = match config.roles.gateway {
-            true => Some(TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding {}", config.gateway_listen))?),
+            true => Some(
+                TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding the gateway address {} (gateway_listen)", config.gateway_listen))?,
+            ),
             false => None,
         };
         let addr = listener.local_addr()?;

@@ -119,3 +119,14 @@ fn logs_to_a_pipe_carry_no_colour_and_warn_about_loopback_addresses_handed_out()
     assert!(logs.contains("WARN") && logs.contains("public_url defaults to http://0.0.0.0:"), "no warning about the loopback public_url:\n{logs}");
     assert!(!logs.contains('\x1b'), "colour codes in piped logs:\n{logs:?}");
 }
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = server(dir.path()).env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", &addr).output().unwrap();
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains(&format!("binding the gateway address {addr}")), "the error does not name {addr}:\n{shown}");
+}
