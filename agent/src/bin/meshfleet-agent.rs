@@ -7,7 +7,7 @@ use meshfleet_agent::k8s::{self, AgentConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MESHFLEET_LOG").unwrap_or_else(|_| "info".into())).init();
+    meshfleet_agent::init_tracing("MESHFLEET_LOG");
     let vars: HashMap<String, String> = std::env::vars().collect();
     let config = match AgentConfig::from_vars(&vars) {
         Ok(c) => c,

@@ -30,9 +30,10 @@ struct Args {
     /// Clusters are named `<prefix>-0000`, `<prefix>-0001`, ...
     #[arg(long, env = "MESHFLEET_SIM_PREFIX", default_value = "sim")]
     prefix: String,
-    /// Where agent identities are kept between runs.
-    #[arg(long, env = "MESHFLEET_SIM_STATE_DIR", default_value = "./meshfleet-sim-state")]
-    state_dir: PathBuf,
+    /// Where agent identities (with their private keys) are kept between runs
+    /// [default: $XDG_STATE_HOME/meshfleet-sim, or ~/.local/state/meshfleet-sim].
+    #[arg(long, env = "MESHFLEET_SIM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// How often each agent reports metrics, e.g. 10s, 500ms, 1m.
     #[arg(long, env = "MESHFLEET_SIM_METRICS_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     metrics_interval: Duration,
@@ -57,7 +58,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).init();
+    meshfleet_agent::init_tracing("RUST_LOG");
     let args = Args::parse();
     let auth = match (args.token, args.email, args.password) {
         (Some(t), _, _) => Auth::Token(SecretString::from(t)),
@@ -67,12 +68,16 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
+    let Some(state_dir) = args.state_dir.or_else(|| sim::default_state_dir(|name| std::env::var_os(name))) else {
+        eprintln!("meshfleet-sim: neither XDG_STATE_HOME nor HOME is set: give --state-dir (or MESHFLEET_SIM_STATE_DIR)");
+        return ExitCode::from(64);
+    };
     let config = FleetConfig {
         api_url: args.api,
         auth,
         clusters: args.clusters,
         prefix: args.prefix,
-        state_dir: args.state_dir,
+        state_dir,
         metrics_interval: args.metrics_interval,
         status_interval: args.status_interval,
         agent_version: format!("meshfleet-sim/{}", env!("CARGO_PKG_VERSION")),

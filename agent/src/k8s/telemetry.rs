@@ -80,7 +80,7 @@ struct Http {
 
 /// Binds `addr` and serves until the task is aborted; returns the bound address.
 pub async fn serve(addr: SocketAddr, telemetry: Telemetry, inventory: Arc<Inventory>, connected: Connected) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -83,8 +83,12 @@ async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconf
         .env("MESHFLEET_POD_NAMESPACE", "meshfleet-system")
         .env("MESHFLEET_AGENT_LISTEN", format!("127.0.0.1:{port}"))
         .env("MESHFLEET_LEASE_DURATION_MS", "3000")
-        .env("MESHFLEET_LEASE_RENEW_MS", "200");
+        .env("MESHFLEET_LEASE_RENEW_MS", "200")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut agent = Killed(agent.spawn().unwrap());
+    let logs = meshfleet_fake_kube::workspace::Output::capture(&mut agent.0);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -115,4 +119,8 @@ async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconf
     };
     assert!(status.success(), "{status}");
     assert_eq!(holder().await, None, "the Lease was released");
+    // Logs to a pipe are plain text: no colour codes.
+    let logs = logs.tail();
+    assert!(logs.contains("meshfleet-agent started"), "{logs}");
+    assert!(!logs.contains('\x1b'), "colour codes in piped logs:\n{logs:?}");
 }

@@ -166,10 +166,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
-        .context("bind gRPC")?;
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
     let admin = TcpListener::bind(config.admin_addr)
         .await
-        .context("bind admin")?;
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let addrs = serde_json::json!({"grpc": grpc.local_addr()?.to_string(), "admin": admin.local_addr()?.to_string()});
     let (drain_ctl, drain) = DrainController::new();
 

@@ -149,15 +149,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let admin = TcpListener::bind(config.admin_addr)
         .await
-        .context("bind admin")?;
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let inbound = TcpListener::bind(config.inbound_addr)
         .await
-        .context("bind inbound")?;
+        .with_context(|| format!("binding the inbound address {}", config.inbound_addr))?;
     let mut outbound = Vec::new();
     for route in &config.outbound {
         let l = TcpListener::bind(route.listen)
             .await
-            .with_context(|| format!("bind outbound {}", route.listen))?;
+            .with_context(|| format!("binding the outbound address {}", route.listen))?;
         outbound.push((l, Arc::new(route.clone())));
     }
     let addrs = serde_json::json!({

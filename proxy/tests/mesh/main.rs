@@ -5,3 +5,4 @@ mod protocols;
 mod robustness;
 mod rotation;
 mod support;
+mod walkthrough;

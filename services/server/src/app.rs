@@ -53,15 +53,13 @@ impl AppState {
             None => db::sqlite_url_in(&config.data_dir)
                 .with_context(|| format!("creating data directory {}", config.data_dir.display()))?,
         };
+        for warning in config.startup_warnings() {
+            tracing::warn!("{warning}");
+        }
         let db = Db::connect(&url, config.db_max_connections).await.context("opening the database")?;
         let sealer = match &config.sealing_key {
             Some(key) => Sealer::from_base64(key.expose_secret())?,
-            None => {
-                if db.engine == db::Engine::Postgres {
-                    tracing::warn!("MESHFLEET_SEALING_KEY is not set: using a key file in the data directory; every replica must share one key");
-                }
-                local_sealing_key(&config.data_dir)?
-            }
+            None => local_sealing_key(&config.data_dir)?,
         };
         let clock = Arc::new(Clock::default());
         let keys = Keyring::load(&db, &sealer, clock.now_ms()).await.context("loading signing keys")?;
@@ -118,9 +116,11 @@ impl Server {
     /// Binds `config.listen` and (with the gateway role) `config.gateway_listen` (port 0
     /// picks a free port), and serves in the background.
     pub async fn start(mut config: Config) -> anyhow::Result<Server> {
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding the API address {} (listen)", config.listen))?;
         let gateway = match config.roles.gateway {
-            true => Some(TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding {}", config.gateway_listen))?),
+            true => Some(
+                TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding the gateway address {} (gateway_listen)", config.gateway_listen))?,
+            ),
             false => None,
         };
         let addr = listener.local_addr()?;

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -367,6 +367,48 @@ impl Config {
     pub fn public_url(&self) -> String {
         self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.listen))
     }
+
+    /// Settings that start fine but are likely wrong for how the process is deployed; logged
+    /// as warnings at start-up. Pure, so each case is tested without starting a server.
+    pub fn startup_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let postgres = self.database_url.as_ref().and_then(|u| crate::db::Engine::of_url(u.expose_secret())) == Some(crate::db::Engine::Postgres);
+        if postgres && self.sealing_key.is_none() {
+            warnings.push(format!(
+                "sealing_key is not set: the key that seals private keys in PostgreSQL is the file {} on this machine; whoever copies it \
+                 can unseal them, and every replica needs the same one. Supply it from your secret store instead: MESHFLEET_SEALING_KEY, \
+                 or sealing_key in a --config file readable only by the service",
+                self.data_dir.join("sealing.key").display()
+            ));
+        }
+        // Reachable from elsewhere, yet telling users and agents to dial this machine itself.
+        let exposed = !self.listen.ip().is_loopback() || (self.roles.gateway && !self.gateway_listen.ip().is_loopback());
+        let handed_out = [("public_url", self.public_url.is_some(), self.public_url()), ("gateway_address", self.gateway_address.is_some(), self.gateway_address())];
+        for (name, set, url) in handed_out {
+            if exposed && names_this_machine_only(&url) {
+                let origin = if set { "is set to" } else { "defaults to" };
+                warnings.push(format!(
+                    "{name} {origin} {url}, which only this machine can reach, but the service listens on {} (gateway {}): \
+                     install manifests and links carry {url}; set {name} (MESHFLEET_{}) to the address others use",
+                    self.listen,
+                    self.gateway_listen,
+                    name.to_uppercase()
+                ));
+            }
+        }
+        warnings
+    }
+}
+
+/// Whether a URL's host is a loopback or unspecified address (`127.0.0.1`, `[::1]`, `0.0.0.0`,
+/// `localhost`): fine on a laptop, useless in an install manifest for another machine.
+fn names_this_machine_only(url: &str) -> bool {
+    let authority = url.split_once("://").map_or(url, |(_, rest)| rest).split(['/', '?', '#']).next().unwrap_or("");
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(host, _port)| host),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
 }
 
 #[cfg(test)]
@@ -407,6 +449,56 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
         assert!(!text.contains("short"), "a secret value was echoed:\n{text}");
+    }
+
+    fn warnings(pairs: &[(&str, &str)]) -> Vec<String> {
+        Config::load(None, &env(pairs), &[]).unwrap().startup_warnings()
+    }
+
+    #[test]
+    fn a_sealing_key_file_beside_postgresql_is_warned_about() {
+        let pg = ("MESHFLEET_DATABASE_URL", "postgres://u@h/db");
+        let key = ("MESHFLEET_SEALING_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        let w = warnings(&[pg]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("sealing_key is not set") && w[0].contains("meshfleet-data/sealing.key") && w[0].contains("MESHFLEET_SEALING_KEY"), "{w:?}");
+        // Supplied from outside, or the embedded database (whose folder holds the key anyway).
+        assert!(warnings(&[pg, key]).is_empty());
+        assert!(warnings(&[]).is_empty());
+        assert!(warnings(&[("MESHFLEET_DATABASE_URL", "sqlite:///var/lib/meshfleet/db")]).is_empty());
+    }
+
+    #[test]
+    fn loopback_addresses_handed_out_by_an_exposed_listener_are_warned_about() {
+        // The quickstart: everything on loopback, nothing to say.
+        assert!(warnings(&[]).is_empty());
+        // Listening everywhere with the defaults: both handed-out addresses are useless elsewhere.
+        let w = warnings(&[("MESHFLEET_LISTEN", "0.0.0.0:8080"), ("MESHFLEET_GATEWAY_LISTEN", "0.0.0.0:8443")]);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("public_url defaults to http://0.0.0.0:8080") && w[0].contains("MESHFLEET_PUBLIC_URL"), "{w:?}");
+        assert!(w[1].contains("gateway_address defaults to https://0.0.0.0:8443") && w[1].contains("MESHFLEET_GATEWAY_ADDRESS"), "{w:?}");
+        // An explicit loopback address is as useless.
+        let w = warnings(&[("MESHFLEET_LISTEN", "[::]:8080"), ("MESHFLEET_PUBLIC_URL", "http://localhost:8080"), ("MESHFLEET_GATEWAY_ADDRESS", "https://mesh.example.com:8443")]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("public_url is set to http://localhost:8080"), "{w:?}");
+        // Real names: nothing to say.
+        let named = [("MESHFLEET_LISTEN", "0.0.0.0:8080"), ("MESHFLEET_PUBLIC_URL", "https://meshfleet.example.com"), ("MESHFLEET_GATEWAY_ADDRESS", "https://[2001:db8::1]:8443")];
+        assert!(warnings(&named).is_empty());
+        // Only the gateway exposed: it hands out its own address, but manifests still carry
+        // the API's loopback URL to other machines.
+        let w = warnings(&[("MESHFLEET_GATEWAY_LISTEN", "10.0.0.5:8443")]);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("public_url defaults to http://127.0.0.1:8080"), "{w:?}");
+    }
+
+    #[test]
+    fn hosts_that_name_only_this_machine() {
+        for url in ["http://127.0.0.1:8080", "https://[::1]:8443", "http://0.0.0.0", "http://LOCALHOST:80/x", "https://[::]:1"] {
+            assert!(names_this_machine_only(url), "{url}");
+        }
+        for url in ["https://meshfleet.example.com", "https://10.0.0.5:8443", "http://[2001:db8::1]:80", "https://localhost.example.com"] {
+            assert!(!names_this_machine_only(url), "{url}");
+        }
     }
 
     #[test]

@@ -13,22 +13,61 @@ fn readme_quickstart_script() -> String {
     block.to_owned()
 }
 
+/// Runs the quickstart block with bash against the server at `address`, in `dir`.
+fn run_quickstart(script: &str, address: &str, dir: &std::path::Path) -> std::process::Output {
+    let script = script.replace("127.0.0.1:8080", address);
+    Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(&script).current_dir(dir).output().expect("bash runs")
+}
+
+/// The install manifest's documents, parsed; panics unless it is YAML with the agent's objects.
+fn install_manifest(dir: &std::path::Path) -> Vec<serde_yaml_ng::Value> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(dir.join("install.yaml")).unwrap();
+    let docs: Vec<serde_yaml_ng::Value> =
+        serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde_yaml_ng::Value::deserialize(d).expect("install.yaml is YAML")).collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    for kind in ["Namespace", "ServiceAccount", "Secret", "Deployment"] {
+        assert!(kinds.contains(&kind), "no {kind} in install.yaml: {kinds:?}\n{text}");
+    }
+    docs
+}
+
+fn bootstrap_token(docs: &[serde_yaml_ng::Value]) -> String {
+    let secret = docs.iter().find(|d| d["kind"].as_str() == Some("Secret")).unwrap();
+    secret["stringData"]["MESHFLEET_BOOTSTRAP_TOKEN"].as_str().unwrap().to_owned()
+}
+
 #[test]
-fn readme_quickstart_works_against_the_real_binary() {
+fn readme_quickstart_works_against_the_real_binary_and_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = server(dir.path());
     cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
     let mut running = ServerProcess::start(cmd);
     let address = running.api.clone();
+    let script = readme_quickstart_script();
 
-    let script = readme_quickstart_script().replace("127.0.0.1:8080", &address);
-    let out = Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(&script).current_dir(dir.path()).output().expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "quickstart failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("\"name\": \"prod-eu-1\""), "the cluster list does not show the cluster:\n{stdout}");
-    let manifest = std::fs::read_to_string(dir.path().join("install.yaml")).unwrap();
-    assert!(manifest.contains("kind: Deployment") && manifest.contains("mfb_"), "{manifest}");
+    // The second run finds the account and the cluster in the same data folder.
+    let mut tokens = Vec::new();
+    for run in ["first", "second"] {
+        let _ = std::fs::remove_file(dir.path().join("install.yaml"));
+        let out = run_quickstart(&script, &address, dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{run} quickstart run failed ({}):\n{stdout}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+        assert_eq!(stdout.matches("\"name\": \"prod-eu-1\"").count(), 1, "{run} run: the cluster list does not show the one cluster:\n{stdout}");
+        let token = bootstrap_token(&install_manifest(dir.path()));
+        assert!(token.starts_with("mfb_"), "{token}");
+        tokens.push(token);
+    }
+    assert_ne!(tokens[0], tokens[1], "each fetch of the manifest issues a fresh bootstrap token");
     assert!(dir.path().join("meshfleet-data/meshfleet.db").exists(), "the embedded database is under ./meshfleet-data");
+
+    // A refusal is visible: the account exists with another password, so the sign-up the
+    // block falls back to is refused, the run fails, and the server's reason is shown.
+    let wrong = script.replace("a long passphrase", "another long passphrase");
+    let out = run_quickstart(&wrong, &address, dir.path());
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "a refused quickstart exited 0:\n{shown}");
+    assert!(shown.contains("an account with this e-mail exists") && shown.contains("409"), "the server's reason is not shown:\n{shown}");
 
     // SIGTERM: a graceful, successful exit.
     Command::new("kill").arg("-TERM").arg(running.child.id().to_string()).status().unwrap();
@@ -62,4 +101,32 @@ fn bad_configuration_is_reported_at_once_with_exit_code_64() {
     for needle in ["listen", "not_a_setting", "--database-url", "MESHFLEET_LOG_FORMAT", "access_token_ttl_secs"] {
         assert!(stderr.contains(needle), "{needle} not reported:\n{stderr}");
     }
+}
+
+#[test]
+fn logs_to_a_pipe_carry_no_colour_and_warn_about_loopback_addresses_handed_out() {
+    use meshfleet_fake_kube::workspace::{terminate, Output};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = server(dir.path());
+    // Reachable from other machines, but public_url left to its default.
+    cmd.env("MESHFLEET_LISTEN", "0.0.0.0:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").env_remove("NO_COLOR");
+    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let output = Output::capture(&mut child);
+    let announced = std::iter::from_fn(|| output.stdout.recv_timeout(Duration::from_secs(60)).ok()).any(|line| line.contains("agent gateway"));
+    terminate(&mut child, Duration::from_secs(10));
+    let logs = output.tail();
+    assert!(announced, "the server did not start:\n{logs}");
+    assert!(logs.contains("WARN") && logs.contains("public_url defaults to http://0.0.0.0:"), "no warning about the loopback public_url:\n{logs}");
+    assert!(!logs.contains('\x1b'), "colour codes in piped logs:\n{logs:?}");
+}
+
+#[test]
+fn an_address_in_use_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = server(dir.path()).env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", &addr).output().unwrap();
+    let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{shown}");
+    assert!(shown.contains(&format!("binding the gateway address {addr}")), "the error does not name {addr}:\n{shown}");
 }
