@@ -15,7 +15,7 @@ use meshfleet_agent_proto::v1::{self, CommandResult, CommandState};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT};
+use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, RESTART_ROLE};
 use super::conflict::retry_on_conflict;
 use super::inventory::Inventory;
 use crate::{Report, Reporter};
@@ -200,7 +200,11 @@ impl Executor {
                     nsapi.patch(name_ref, &PatchParams::default(), &Patch::Strategic(&patch)).await.map(|_| true)
                 })
                 .await
-                .map_err(|e| format!("patching Deployment {ns}/{name}: {e}"))?;
+                .map_err(|e| match &e {
+                    // RBAC confines restarts to namespaces opted in with the restart Role.
+                    ::kube::Error::Api(s) if s.code == 403 => format!("may not restart Deployment {ns}/{name}: namespace {ns} has no Role {RESTART_ROLE} binding the agent ({e})"),
+                    _ => format!("patching Deployment {ns}/{name}: {e}"),
+                })?;
                 if patched {
                     restarted.push(format!("{ns}/{name}"));
                 } else {

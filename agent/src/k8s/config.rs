@@ -34,6 +34,9 @@ pub const LEASE_NAME: &str = "meshfleet-agent";
 pub const CONTROLLER_DEPLOYMENT: &str = "meshfleet-controller";
 pub const ISSUER_SECRET: &str = "meshfleet-issuer";
 pub const TRUST_BUNDLE: &str = "meshfleet-trust-bundle";
+/// The Role in a meshed namespace that lets restart-workloads patch its Deployments (the
+/// install manifest renders it; see the README's RBAC section).
+pub const RESTART_ROLE: &str = "meshfleet-agent-restart";
 
 impl AgentConfig {
     /// Reads the configuration from variables (the process environment in the binary, a map in

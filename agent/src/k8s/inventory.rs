@@ -148,8 +148,13 @@ impl Inventory {
     }
 }
 
+/// "namespace/name" for a namespaced object, the name alone for a cluster-scoped one: the
+/// namespaces table is looked up by namespace name (`is_meshed_namespace`, `facts`).
 fn key<K: Resource>(o: &K) -> String {
-    format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any())
+    match o.namespace() {
+        Some(ns) => format!("{ns}/{}", o.name_any()),
+        None => o.name_any(),
+    }
 }
 
 /// Where a watcher keeps its projections, and whether it records changed keys (pods only).
@@ -325,10 +330,19 @@ fn control_plane(d: &Deployment) -> v1::ControlPlane {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
     use super::*;
 
     fn pod(name: &str) -> MeshedPod {
         MeshedPod { pod: v1::Pod { namespace: "shop".into(), name: name.into(), ..Default::default() }, uid: format!("uid-{name}"), ip: None, admin_port: DEFAULT_ADMIN_PORT, proxy_restarts: 0 }
+    }
+
+    #[test]
+    fn cluster_scoped_objects_are_keyed_by_name_and_namespaced_ones_by_namespace_and_name() {
+        let ns = Namespace { metadata: ObjectMeta { name: Some("payments".into()), ..Default::default() }, ..Default::default() };
+        let p = Pod { metadata: ObjectMeta { name: Some("web-1".into()), namespace: Some("payments".into()), ..Default::default() }, ..Default::default() };
+        assert_eq!((key(&ns), key(&p)), ("payments".to_owned(), "payments/web-1".to_owned()));
     }
 
     #[test]

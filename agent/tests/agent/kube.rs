@@ -166,3 +166,37 @@ async fn conflicting_writes_are_read_again_and_retried() {
     assert_eq!(kube.faults_fired().iter().filter(|f| f.0 == "patch" && f.2 == 409).count(), 2);
 }
 
+
+/// A namespace labelled for injection is meshed before it has a meshed pod, so restart-workloads
+/// restarts its Deployments (the restart that gives them their sidecars).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_labelled_for_injection_is_meshed_before_its_first_meshed_pod() {
+    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(50), ..Config::default() }).await.unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "payments", "labels": {"meshfleet.io/inject": "enabled"}}})).unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "unmeshed"}})).unwrap();
+    for ns in ["payments", "unmeshed"] {
+        let mut d = meshed_deployment(ns, "ledger", 1);
+        d["spec"]["template"]["spec"]["containers"].as_array_mut().unwrap().retain(|c| c["name"] == "app");
+        kube.apply(d).unwrap();
+    }
+    let client = kube.client().await.unwrap();
+    let inv = Inventory::new();
+    let _tasks = spawn_watchers(client.clone(), &config(), inv.clone(), Telemetry::new());
+    assert!(eventually(Duration::from_secs(5), || inv.synced()).await);
+    let names: Vec<String> = inv.facts().namespaces.into_iter().map(|n| n.name).collect();
+    assert_eq!(names, ["payments"], "meshed namespaces by name");
+    assert!(inv.is_meshed_namespace("payments") && !inv.is_meshed_namespace("unmeshed"));
+    assert!(inv.snapshot().pods.is_empty(), "no meshed pod yet");
+
+    let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
+    for ns in ["payments", "unmeshed"] {
+        let command = v1::Command { id: format!("cmd-{ns}"), kind: "restart-workloads".into(), params_json: json!({"namespace": ns}).to_string(), deadline_unix_ms: 0 };
+        let result = exec.execute(command).await;
+        assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
+        let out: Value = serde_json::from_str(&result.output_json).unwrap();
+        let want = if ns == "payments" { json!(["payments/ledger"]) } else { json!([]) };
+        assert_eq!(out["restarted"], want, "{ns}: {out}");
+    }
+    let restarted = kube.get("apps/v1", "Deployment", "payments", "ledger").unwrap();
+    assert_eq!(restarted["spec"]["template"]["metadata"]["annotations"][RESTARTED_BY], "cmd-payments");
+}

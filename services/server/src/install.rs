@@ -30,41 +30,98 @@ pub struct InstallParams<'a> {
     pub gateway_ca_pem: &'a str,  // the CA the agent pins for the gateway
     pub agent_image: &'a str,     // e.g. "meshfleet/meshfleet-agent:0.1.0"
     pub mesh_namespace: &'a str,  // namespace where the mesh control plane lives
+    /// Namespaces opted into the mesh at render time: each gets the restart Role. Namespaces
+    /// opted in later get it from the README's snippet (the same objects).
+    pub meshed_namespaces: &'a [&'a str],
 }
 
 /// Namespace the agent runs in.
 pub const AGENT_NAMESPACE: &str = "meshfleet-system";
+/// The Role (and RoleBinding) in each meshed namespace that lets restart-workloads work there.
+pub const RESTART_ROLE: &str = "meshfleet-agent-restart";
 
 const AGENT_NAME: &str = "meshfleet-agent";
 const MESH_ROLE_NAME: &str = "meshfleet-agent-mesh";
 const BOOTSTRAP_SECRET: &str = "meshfleet-agent-bootstrap";
 const CLUSTER_ID_ANNOTATION: &str = "meshfleet.io/cluster-id";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+// Names the agent uses (agent/src/k8s/config.rs).
+const CONTROLLER_DEPLOYMENT: &str = "meshfleet-controller";
+const ISSUER_SECRET: &str = "meshfleet-issuer";
+const TRUST_BUNDLE: &str = "meshfleet-trust-bundle";
+const IDENTITY_SECRET: &str = "meshfleet-agent-identity";
+const LEASE_NAME: &str = "meshfleet-agent";
+
+/// Namespaces the manifest puts objects in but does not create: the mesh's (its own install
+/// creates it) and the meshed ones. Creating them here would make `kubectl delete -f` of the
+/// agent delete the mesh and the applications, so they are a documented prerequisite (README).
+pub fn prerequisite_namespaces<'a>(p: &InstallParams<'a>) -> Vec<&'a str> {
+    let mut v = vec![p.mesh_namespace];
+    v.extend(
+        p.meshed_namespaces
+            .iter()
+            .copied()
+            .filter(|ns| *ns != p.mesh_namespace && *ns != AGENT_NAMESPACE),
+    );
+    v
+}
 
 /// Multi-document YAML ("---" separated), built from k8s-openapi typed objects
 /// (so it is structurally valid), serialized with serde_yaml_ng.
+///
+/// Every rule names the agent feature that uses it (the README's RBAC table says the same).
+/// The agent can read what the inventory shows, but writes only: the control plane's own
+/// Deployment (by name), Deployments in namespaces opted into the mesh (restart), and its
+/// own identity Secret and Lease. It can change no workload in kube-system or any namespace
+/// not opted in, and read no Secret but its own and the issuer's.
 pub fn render(p: &InstallParams) -> String {
     let (sys, mesh) = (Some(AGENT_NAMESPACE), Some(p.mesh_namespace));
     let cluster_rules = vec![
-        rule("", &["pods", "namespaces", "nodes", "events"], &[], READ),
-        rule("apps", WORKLOADS, &[], READ),
-        // Rollout restarts patch the pod template annotation.
-        rule("apps", RESTARTABLE, &[], &["patch"]),
+        // Inventory: meshed pods, namespaces labelled for injection, node count.
+        rule("", &["pods", "namespaces", "nodes"], &[], LIST_WATCH),
+        // Events: Warning events of meshed namespaces.
+        rule("", &["events"], &[], LIST_WATCH),
+        // restart-workloads: selects Deployments (in every meshed namespace when it names
+        // none), gates each batch on their availability and waits for the rollout;
+        // set-control-plane-version reads the controller and waits for its rollout. Read
+        // only: the Deployments' pod templates are readable in the pods anyway.
+        rule("apps", &["deployments"], &[], &["get", "list"]),
     ];
     let mesh_rules = vec![
-        rule("", &["secrets"], &["meshfleet-issuer"], READ_WRITE),
-        rule("", &["configmaps"], &["meshfleet-trust-bundle"], READ_WRITE),
-        // Kubernetes cannot restrict `create` by resourceNames (the object's name is
-        // not part of the create authorization check), so this rule is unnamed.
-        rule("", &["secrets", "configmaps"], &[], &["create"]),
+        // Inventory: the control plane's version (a watch by name; the list is above).
+        rule(
+            "apps",
+            &["deployments"],
+            &[CONTROLLER_DEPLOYMENT],
+            &["watch"],
+        ),
+        // set-control-plane-version: the new image on the controller, and nothing else.
+        rule(
+            "apps",
+            &["deployments"],
+            &[CONTROLLER_DEPLOYMENT],
+            &["patch"],
+        ),
+        // Inventory: the issuer certificate and the trust anchors (list/watch by name).
+        rule("", &["secrets"], &[ISSUER_SECRET], LIST_WATCH),
+        rule("", &["configmaps"], &[TRUST_BUNDLE], LIST_WATCH),
     ];
     let agent_rules = vec![
-        rule("", &["secrets"], &["meshfleet-agent-identity"], UPDATE),
-        rule("", &["secrets"], &[], &["create"]), // unnamed: see above
-        // Leader election.
-        rule("coordination.k8s.io", &["leases"], &[], LEADER_ELECTION),
+        // Identity: loaded at start, the renewed certificate stored.
+        rule("", &["secrets"], &[IDENTITY_SECRET], &["get", "update"]),
+        // Registration stores the identity. Kubernetes cannot restrict `create` by
+        // resourceNames (the name is not part of its authorization), so it is unnamed.
+        rule("", &["secrets"], &[], &["create"]),
+        // Leader election: read and renew the Lease; the first replica creates it (unnamed).
+        rule(
+            "coordination.k8s.io",
+            &["leases"],
+            &[LEASE_NAME],
+            &["get", "update"],
+        ),
+        rule("coordination.k8s.io", &["leases"], &[], &["create"]),
     ];
-    [
+    let mut docs = vec![
         yaml(&Namespace {
             metadata: meta(AGENT_NAMESPACE, None, Some(p.cluster_id)),
             ..Default::default()
@@ -94,18 +151,27 @@ pub fn render(p: &InstallParams) -> String {
             rules: Some(agent_rules),
         }),
         yaml(&role_binding(AGENT_NAME, AGENT_NAMESPACE)),
-        yaml(&bootstrap_secret(p)),
-        yaml(&deployment(p)),
-    ]
-    .join("---\n")
+    ];
+    for ns in p.meshed_namespaces {
+        let (role, binding) = restart_rbac(ns);
+        docs.extend([yaml(&role), yaml(&binding)]);
+    }
+    docs.extend([yaml(&bootstrap_secret(p)), yaml(&deployment(p))]);
+    docs.join("---\n")
 }
 
-const WORKLOADS: &[&str] = &["deployments", "replicasets", "daemonsets", "statefulsets"];
-const RESTARTABLE: &[&str] = &["deployments", "daemonsets", "statefulsets"];
-const READ: &[&str] = &["get", "list", "watch"];
-const READ_WRITE: &[&str] = &["get", "list", "watch", "update", "patch"];
-const UPDATE: &[&str] = &["get", "update", "patch"];
-const LEADER_ELECTION: &[&str] = &["get", "list", "watch", "create", "update", "patch"];
+/// The Role and RoleBinding that let restart-workloads work in one meshed namespace: a restart
+/// patches the pod template's annotations, and RBAC cannot narrow `patch` to fields, so the
+/// grant is confined to namespaces their owners opted into the mesh.
+pub fn restart_rbac(namespace: &str) -> (Role, RoleBinding) {
+    let role = Role {
+        metadata: meta(RESTART_ROLE, Some(namespace), None),
+        rules: Some(vec![rule("apps", &["deployments"], &[], &["patch"])]),
+    };
+    (role, role_binding(RESTART_ROLE, namespace))
+}
+
+const LIST_WATCH: &[&str] = &["list", "watch"];
 
 fn yaml<T: Serialize>(obj: &T) -> String {
     serde_yaml_ng::to_string(obj).expect("k8s-openapi objects always serialize to YAML")
@@ -341,6 +407,7 @@ mod tests {
             gateway_ca_pem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             agent_image: "meshfleet/meshfleet-agent:0.1.0",
             mesh_namespace: "meshfleet",
+            meshed_namespaces: &["shop", "payments"],
         }
     }
 
@@ -387,6 +454,7 @@ mod tests {
             .map(|d| json!([d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]]))
             .collect();
         let (agent, sys, mesh) = ("meshfleet-agent", "meshfleet-system", "meshfleet");
+        let restart = "meshfleet-agent-restart";
         assert_eq!(
             Value::from(got),
             json!([
@@ -398,6 +466,10 @@ mod tests {
                 ["RoleBinding", "meshfleet-agent-mesh", mesh],
                 ["Role", agent, sys],
                 ["RoleBinding", agent, sys],
+                ["Role", restart, "shop"],
+                ["RoleBinding", restart, "shop"],
+                ["Role", restart, "payments"],
+                ["RoleBinding", restart, "payments"],
                 ["Secret", "meshfleet-agent-bootstrap", sys],
                 ["Deployment", agent, sys],
             ])
@@ -415,46 +487,171 @@ mod tests {
         }
     }
 
+    /// The rules of the Role or ClusterRole `name` in `namespace` (None: cluster-scoped).
+    fn rules_of(docs: &[Value], name: &str, namespace: Option<&str>) -> Value {
+        let kind = if namespace.is_some() {
+            "Role"
+        } else {
+            "ClusterRole"
+        };
+        let role = of_kind(docs, kind)
+            .find(|r| {
+                r["metadata"]["name"] == name && r["metadata"]["namespace"].as_str() == namespace
+            })
+            .unwrap_or_else(|| panic!("{kind} {name} in {namespace:?}"));
+        role["rules"].clone()
+    }
+
     #[test]
-    fn rbac_is_least_privilege() {
-        const FORBIDDEN: [&str; 5] = [
-            "delete",
-            "deletecollection",
-            "escalate",
-            "bind",
-            "impersonate",
-        ];
+    fn rbac_grants_exactly_what_the_agent_uses() {
         let docs = parse(&render(&params(TOKEN)));
-        let roles = of_kind(&docs, "ClusterRole").chain(of_kind(&docs, "Role"));
-        let rules: Vec<&Value> = roles
-            .flat_map(|r| r["rules"].as_array().expect("rules"))
-            .collect();
-        assert_eq!(rules.len(), 9);
-        for rule in rules {
-            assert!(!rule.to_string().contains('*'), "wildcard in {rule}");
-            let verbs = rule["verbs"].as_array().expect("verbs");
-            assert!(
-                verbs
-                    .iter()
-                    .all(|v| !FORBIDDEN.contains(&v.as_str().expect("verb"))),
-                "{rule}"
-            );
-        }
-        // Cluster-wide access is read-only plus rollout-restart patches; no secrets.
-        let cluster_role = of_kind(&docs, "ClusterRole").next().expect("ClusterRole");
+        let rule = |group: &str, resources: &[&str], names: &[&str], verbs: &[&str]| {
+            let mut r = json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
+            if !names.is_empty() {
+                r["resourceNames"] = json!(names);
+            }
+            r
+        };
+        let lw = ["list", "watch"];
+        // Cluster-wide: reads only, no Secrets, no writes at all.
         assert_eq!(
-            cluster_role["rules"],
+            rules_of(&docs, "meshfleet-agent", None),
             json!([
-                {"apiGroups": [""], "resources": ["pods", "namespaces", "nodes", "events"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["apps"], "resources": ["deployments", "replicasets", "daemonsets", "statefulsets"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["apps"], "resources": ["deployments", "daemonsets", "statefulsets"], "verbs": ["patch"]},
+                rule("", &["pods", "namespaces", "nodes"], &[], &lw),
+                rule("", &["events"], &[], &lw),
+                rule("apps", &["deployments"], &[], &["get", "list"]),
             ])
         );
+        // The mesh's namespace: the controller Deployment (by name) is the one patched there.
+        assert_eq!(
+            rules_of(&docs, "meshfleet-agent-mesh", Some("meshfleet")),
+            json!([
+                rule(
+                    "apps",
+                    &["deployments"],
+                    &["meshfleet-controller"],
+                    &["watch"]
+                ),
+                rule(
+                    "apps",
+                    &["deployments"],
+                    &["meshfleet-controller"],
+                    &["patch"]
+                ),
+                rule("", &["secrets"], &["meshfleet-issuer"], &lw),
+                rule("", &["configmaps"], &["meshfleet-trust-bundle"], &lw),
+            ])
+        );
+        // The agent's own namespace: its identity Secret and its Lease.
+        assert_eq!(
+            rules_of(&docs, "meshfleet-agent", Some("meshfleet-system")),
+            json!([
+                rule(
+                    "",
+                    &["secrets"],
+                    &["meshfleet-agent-identity"],
+                    &["get", "update"]
+                ),
+                rule("", &["secrets"], &[], &["create"]),
+                rule(
+                    "coordination.k8s.io",
+                    &["leases"],
+                    &["meshfleet-agent"],
+                    &["get", "update"]
+                ),
+                rule("coordination.k8s.io", &["leases"], &[], &["create"]),
+            ])
+        );
+        // Each namespace opted in: the restart's patch, and only there.
+        for ns in ["shop", "payments"] {
+            assert_eq!(
+                rules_of(&docs, RESTART_ROLE, Some(ns)),
+                json!([rule("apps", &["deployments"], &[], &["patch"])])
+            );
+        }
+        let patch_anywhere = docs
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .flat_map(|r| r["rules"].as_array().expect("rules"))
+            .any(|r| {
+                r["verbs"]
+                    .as_array()
+                    .expect("verbs")
+                    .iter()
+                    .any(|v| v != "get" && v != "list" && v != "watch")
+            });
+        assert!(!patch_anywhere, "no cluster-wide write");
+        let roles = of_kind(&docs, "ClusterRole").chain(of_kind(&docs, "Role"));
+        assert!(
+            !roles.map(|r| r.to_string()).any(|r| r.contains('*')),
+            "no wildcard"
+        );
+
         let subjects = json!([{"kind": "ServiceAccount", "name": "meshfleet-agent", "namespace": "meshfleet-system"}]);
-        for b in of_kind(&docs, "ClusterRoleBinding").chain(of_kind(&docs, "RoleBinding")) {
+        let bindings: Vec<&Value> = of_kind(&docs, "ClusterRoleBinding")
+            .chain(of_kind(&docs, "RoleBinding"))
+            .collect();
+        assert_eq!(bindings.len(), 5);
+        for b in bindings {
             assert_eq!(b["subjects"], subjects);
             assert_eq!(b["roleRef"]["name"], b["metadata"]["name"]);
             assert_eq!(b["roleRef"]["apiGroup"], RBAC_GROUP);
+        }
+    }
+
+    #[test]
+    fn every_namespace_used_is_created_by_the_manifest_or_a_documented_prerequisite() {
+        let p = params(TOKEN);
+        let docs = parse(&render(&p));
+        let created: Vec<&str> = of_kind(&docs, "Namespace")
+            .map(|n| n["metadata"]["name"].as_str().expect("name"))
+            .collect();
+        let mut used: Vec<&str> = docs
+            .iter()
+            .filter_map(|d| d["metadata"]["namespace"].as_str())
+            .filter(|ns| !created.contains(ns))
+            .collect();
+        used.sort();
+        used.dedup();
+        let mut prerequisites = prerequisite_namespaces(&p);
+        prerequisites.sort();
+        assert_eq!(used, prerequisites);
+        // ... and the README says so where it describes the manifest.
+        let readme = include_str!("../../../README.md")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let said =
+            "the mesh's namespace and every namespace listed in `meshed_namespaces` must exist";
+        assert!(readme.contains(said), "README: {said}");
+    }
+
+    /// The README's snippet for opting a namespace in later is the objects the manifest
+    /// renders for the namespaces it is given (labels aside).
+    #[test]
+    fn the_readme_snippet_for_opting_a_namespace_in_is_what_the_manifest_renders() {
+        let readme = include_str!("../../../README.md");
+        let after = readme
+            .split("<!-- restart-rbac")
+            .nth(1)
+            .expect("README marks the snippet");
+        let block = after
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|b| b.split("```").next())
+            .expect("a yaml block follows");
+        let snippet = parse(block);
+        let (role, binding) = restart_rbac("payments");
+        let rendered = parse(&format!("{}---\n{}", yaml(&role), yaml(&binding)));
+        assert_eq!(snippet.len(), 2);
+        for (mut a, mut b) in snippet.into_iter().zip(rendered) {
+            for v in [&mut a, &mut b] {
+                v["metadata"]
+                    .as_object_mut()
+                    .expect("metadata")
+                    .remove("labels");
+            }
+            assert_eq!(a, b);
         }
     }
 
@@ -471,7 +668,7 @@ mod tests {
         ];
         for token in tokens {
             let docs = parse(&render(&params(token)));
-            assert_eq!(docs.len(), 10, "document count for {token:?}");
+            assert_eq!(docs.len(), 14, "document count for {token:?}");
             let secret = of_kind(&docs, "Secret").next().expect("Secret");
             assert_eq!(secret["type"], "Opaque");
             assert_eq!(

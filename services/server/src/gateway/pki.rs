@@ -220,12 +220,13 @@ fn ip_to_string(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// Accepts ECDSA P-256/P-384 and Ed25519 keys; refuses RSA below 2048 bits and anything else.
+/// Accepts ECDSA P-256/P-384 and Ed25519 keys, as the protocol states, and refuses RSA of any
+/// size and everything else: agents generate ECDSA P-256, so an RSA key is not ours to vouch for.
 pub fn check_csr_key(der: &[u8]) -> Result<(), CsrError> {
     let (_, csr) = X509CertificationRequest::from_der(der).map_err(|_| CsrError::Malformed)?;
-    // Strength first: the signature check itself refuses weak RSA, with a vaguer message.
+    // The key first: its message says what to use instead, the signature check's would not.
     let spki = &csr.certification_request_info.subject_pki;
-    let strength = match spki.parsed() {
+    let key = match spki.parsed() {
         Ok(x509_parser::public_key::PublicKey::EC(_)) => {
             let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
             let allowed = [x509_parser::oid_registry::OID_EC_P256, x509_parser::oid_registry::OID_NIST_EC_P384];
@@ -234,12 +235,11 @@ pub fn check_csr_key(der: &[u8]) -> Result<(), CsrError> {
                 other => Err(CsrError::WeakKey(format!("elliptic curve {other:?}"))),
             }
         }
-        Ok(x509_parser::public_key::PublicKey::RSA(rsa)) if rsa.key_size() >= 2048 => Ok(()),
         Ok(x509_parser::public_key::PublicKey::RSA(rsa)) => Err(CsrError::WeakKey(format!("RSA with {} bits", rsa.key_size()))),
         _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => Ok(()),
         _ => Err(CsrError::WeakKey(format!("algorithm {}", spki.algorithm.algorithm))),
     };
-    strength?;
+    key?;
     csr.verify_signature().map_err(|_| CsrError::Malformed)
 }
 
@@ -263,4 +263,30 @@ pub fn peer_agent(cert_der: &[u8]) -> Option<(PeerAgent, String)> {
         }
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csr_of(alg: &'static rcgen::SignatureAlgorithm) -> Vec<u8> {
+        let key = KeyPair::generate_for(alg).expect("key");
+        let params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.serialize_request(&key).expect("CSR").der().to_vec()
+    }
+
+    #[test]
+    fn the_keys_the_protocol_names_are_accepted() {
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519] {
+            check_csr_key(&csr_of(alg)).unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+        }
+    }
+
+    #[test]
+    fn rsa_keys_are_refused_whatever_their_size() {
+        let pem = include_bytes!("../../tests/api/rsa2048.csr.pem");
+        let der = rustls_pki_types::pem::PemObject::from_pem_slice(pem).map(|d: CertificateSigningRequestDer| d.as_ref().to_vec()).expect("PEM CSR");
+        let err = check_csr_key(&der).expect_err("RSA-2048 accepted");
+        assert_eq!(err.to_string(), "weak or unsupported key: RSA with 2048 bits; use ECDSA P-256/P-384 or Ed25519");
+    }
 }

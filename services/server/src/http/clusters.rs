@@ -325,15 +325,43 @@ async fn reissue_bootstrap_token(
     Ok((StatusCode::CREATED, Json(token)))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct InstallQuery {
+    /// Namespaces opted into the mesh, comma-separated DNS-1123 labels (at most 100): each
+    /// gets the Role that lets restart-workloads patch its Deployments. Like the mesh's own
+    /// namespace they must exist before the manifest is applied.
+    meshed_namespaces: Option<String>,
+}
+
+const MAX_MESHED_NAMESPACES: usize = 100;
+
+fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
+    let field = "meshed_namespaces";
+    let mut names: Vec<&str> = q.meshed_namespaces.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+    for n in &names {
+        crate::domain::labels::validate_dns1123_label(n).map_err(|e| ApiError::field(field, e.message))?;
+    }
+    names.sort_unstable();
+    names.dedup();
+    if names.len() > MAX_MESHED_NAMESPACES {
+        return Err(ApiError::field(field, format!("at most {MAX_MESHED_NAMESPACES} namespaces")));
+    }
+    Ok(names)
+}
+
 /// The Kubernetes manifest that installs the agent. It embeds a freshly issued bootstrap
 /// token (earlier unused ones stop working), so it needs the admin role and is never cached.
-#[utoipa::path(get, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
+#[utoipa::path(get, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), InstallQuery),
     // No schema: the body is a stream of YAML documents, which no one JSON Schema describes.
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
-        BadRequest, Unauthenticated, Forbidden, NotFound, Internal),
+        BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
-async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<impl IntoResponse, ApiError> {
+async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>, ApiQuery(q): ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;
+    // Checked before a token is issued: a refused request spends nothing.
+    let meshed = meshed_namespaces(&q)?;
     let now = state.clock.now_ms();
     let mut tx = state.db.begin().await?;
     let cluster = find(&mut tx, &auth, id).await?;
@@ -350,6 +378,7 @@ async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPat
         gateway_ca_pem: &state.pki.gateway_ca_pem,
         agent_image: &config.agent_image,
         mesh_namespace: &config.mesh_namespace,
+        meshed_namespaces: &meshed,
     });
     Ok(([(header::CONTENT_TYPE, "application/yaml"), (header::CACHE_CONTROL, "no-store")], yaml))
 }

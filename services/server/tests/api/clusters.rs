@@ -135,7 +135,18 @@ async fn install_manifest_carries_a_working_bootstrap_token(engine: Engine) {
     let first_token = created["bootstrap_token"]["token"].as_str().unwrap().to_owned();
 
     let path = format!("/api/v1/clusters/{id}/install.yaml");
-    let resp = app.client.get(format!("{}{path}", app.base)).bearer_auth(&owner.access).send().await.unwrap();
+    // Meshed namespaces are checked before a token is issued: a refused request spends nothing.
+    for bad in ["Payments", "shop,-x", &["n"; 101].iter().enumerate().map(|(i, n)| format!("{n}{i}")).collect::<Vec<_>>().join(",")] {
+        let (status, body) = app.get(&format!("{path}?meshed_namespaces={bad}"), &owner.access).await;
+        assert_problem(status, &body, 422, "validation", Some("meshed_namespaces"));
+    }
+    let mut conn = app.state.db.pool.acquire().await.unwrap();
+    let state = store::clusters::bootstrap_token_state(&mut conn, &token_hash(&first_token), app.state.clock.now_ms()).await.unwrap();
+    assert!(matches!(state, store::clusters::TokenState::Valid), "the first token survived the refused requests");
+    drop(conn);
+
+    // The manifest CI validates has the restart Role of each meshed namespace.
+    let resp = app.client.get(format!("{}{path}?meshed_namespaces=shop,payments", app.base)).bearer_auth(&owner.access).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()["content-type"], "application/yaml");
     assert_eq!(resp.headers()["cache-control"], "no-store");
@@ -147,6 +158,12 @@ async fn install_manifest_carries_a_working_bootstrap_token(engine: Engine) {
         .find(|doc| doc["kind"] == "Secret")
         .map(|doc| serde_yaml_ng::from_value(doc).unwrap())
         .expect("the manifest has a Secret");
+    let restart_roles: Vec<(String, String)> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| serde_yaml_ng::Value::deserialize(doc).unwrap())
+        .filter(|doc| doc["kind"] == "Role" && doc["metadata"]["name"] == "meshfleet-agent-restart")
+        .map(|doc| (doc["metadata"]["namespace"].as_str().unwrap().to_owned(), doc["rules"][0]["verbs"][0].as_str().unwrap().to_owned()))
+        .collect();
+    assert_eq!(restart_roles, [("payments".to_owned(), "patch".to_owned()), ("shop".to_owned(), "patch".to_owned())]);
     let data = secret.string_data.unwrap();
     assert_eq!(data["MESHFLEET_CLUSTER_ID"], id);
     let token = data["MESHFLEET_BOOTSTRAP_TOKEN"].clone();

@@ -234,7 +234,10 @@ async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
     let token = created["bootstrap_token"]["token"].as_str().unwrap().to_owned();
 
     let weak = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("weak-rsa1024.csr.pem")).map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec()).unwrap();
-    for (csr, what) in [(weak, "weak"), (b"not a csr".to_vec(), "not valid DER")] {
+    // RSA of any size: the protocol names ECDSA P-256/P-384 and Ed25519 only.
+    let rsa2048 = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("rsa2048.csr.pem")).map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec()).unwrap();
+    let unsupported = "weak or unsupported key: RSA with 2048 bits; use ECDSA P-256/P-384 or Ed25519";
+    for (csr, what) in [(weak, "weak"), (rsa2048.clone(), unsupported), (b"not a csr".to_vec(), "not valid DER")] {
         let err = client(&app, None).await.register(RegisterRequest { bootstrap_token: token.clone(), csr_der: csr, agent_version: String::new() }).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(what), "{err:?}");
@@ -259,6 +262,10 @@ async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
         }
     };
     assert!(refused, "a certificate from another CA was accepted");
+
+    // Renew checks the key as Register does.
+    let err = client(&app, Some(&id)).await.renew(v1::RenewRequest { csr_der: rsa2048 }).await.unwrap_err();
+    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, unsupported), "{err:?}");
 
     // Renew: a new certificate over mTLS, which then works.
     let (key, csr_der) = csr();

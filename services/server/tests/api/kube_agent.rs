@@ -5,6 +5,7 @@
 //! (`mesh`); elsewhere nothing listens there and the agent's scrapes simply fail.
 
 mod commands;
+mod rbac;
 mod mesh;
 
 use std::collections::{HashMap, HashSet};
@@ -61,6 +62,7 @@ async fn setup() -> Setup {
         gateway_ca_pem: &ca,
         agent_image: "meshfleet/meshfleet-agent:test",
         mesh_namespace: "meshfleet",
+        meshed_namespaces: &["shop"],
     });
     let kube = Arc::new(FakeKube::start_with(Config { ready_delay: Duration::from_millis(200), bookmark_interval: Duration::from_secs(1), ..Config::default() }).await.unwrap());
     let applied = kube.apply_yaml(&manifest).unwrap();
