@@ -76,7 +76,7 @@ fn route(path: &str) -> Route {
 
 fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
     let target = |plural: &str, ns: &str, name: Option<&&str>, sub: Option<&&str>| match resources::find(group, version, plural) {
-        Some(res) if def(res).namespaced == !ns.is_empty() || name.is_none() => {
+        Some(res) if def(res).namespaced != ns.is_empty() || name.is_none() => {
             Route::Resource(Target { res, namespace: ns.to_owned(), name: name.map(|s| s.to_string()), subresource: sub.map(|s| s.to_string()) })
         }
         _ => Route::NotFound,
@@ -185,6 +185,8 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     serve(&shared, target, verb, &q, selector, &body, &content_type).await
 }
 
+// The error is the response to send at once, so its size does not matter.
+#[allow(clippy::result_large_err)]
 fn parse_body(body: &[u8]) -> Result<Value, Response> {
     match serde_json::from_slice::<Value>(body) {
         Ok(v) if v.is_object() => Ok(v),
@@ -236,7 +238,7 @@ async fn serve(shared: &Arc<Shared>, t: Target, verb: &str, q: &HashMap<String, 
             if let Err(e) = validate::object(t.res, &obj) {
                 return status(400, "BadRequest", e);
             }
-            if d.namespaced && !obj["metadata"]["namespace"].as_str().is_none_or(|n| n == ns) {
+            if d.namespaced && obj["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
                 return status(400, "BadRequest", "the namespace of the object does not match the namespace on the request");
             }
             match store.create(t.res, ns, obj) {

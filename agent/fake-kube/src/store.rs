@@ -113,6 +113,10 @@ fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
+/// What a watch starts from: the changes already in the history, a receiver for the rest and
+/// the resourceVersion it is current at.
+pub type WatchStart = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
+
 impl Store {
     pub fn new(history_cap: usize) -> Store {
         let (tx, _) = broadcast::channel(16_384);
@@ -306,7 +310,7 @@ impl Store {
 
     /// Subscribes to changes after `rv` (None: from now). Returns the changes already in the
     /// history after `rv` and a receiver for the rest, taken atomically so none is missed.
-    pub fn watch_from(&self, rv: Option<u64>) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64), StoreError> {
+    pub fn watch_from(&self, rv: Option<u64>) -> Result<WatchStart, StoreError> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let Some(rv) = rv else { return Ok((Vec::new(), rx, inner.rv)) };

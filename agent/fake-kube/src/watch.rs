@@ -39,18 +39,8 @@ fn gone_event(rv: u64) -> Bytes {
 }
 
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
-    let body = Body::from_stream(ReceiverStream::new(rx).map_ok());
+    let body = Body::from_stream(futures::StreamExt::map(ReceiverStream::new(rx), Ok::<_, std::convert::Infallible>));
     (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
-}
-
-trait MapOk: Sized {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>>;
-}
-
-impl<S: futures::Stream<Item = Bytes>> MapOk for S {
-    fn map_ok(self) -> futures::stream::Map<Self, fn(Bytes) -> Result<Bytes, std::convert::Infallible>> {
-        futures::StreamExt::map(self, Ok as fn(Bytes) -> Result<Bytes, std::convert::Infallible>)
-    }
 }
 
 /// A watch that answers only "410 Gone" (what a real API server streams for a compacted
