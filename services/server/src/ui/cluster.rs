@@ -3,21 +3,22 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use maud::{html, Markup};
 
 use super::charts::{line_chart, sparkline, Series};
-use super::{countdown, layout, page_error, PageResult, Viewer};
+use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::ClusterId;
 use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath;
 use crate::store;
 
 const HOUR_MS: i64 = 3_600_000;
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> PageResult {
+pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(id)): OnPage<ApiPath<String>>) -> PageResult {
     let id: ClusterId = id.parse().map_err(|_| page_error(ApiError::NotFound("cluster")))?;
     let mut conn = state.db.pool.acquire().await.map_err(page_error)?;
     let cluster = store::clusters::get(&mut conn, viewer.principal.org_id, id).await.map_err(page_error)?.ok_or_else(|| page_error(ApiError::NotFound("cluster")))?;
@@ -40,6 +41,13 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
             div.copy {
                 pre { code id="install-command" { (install) } }
                 button type="button" data-copy="install-command" { "Copy" }
+            }
+            @if viewer.can_change() {
+                p { "Or download the manifest here and apply it with " code { "kubectl apply -f install.yaml" } "." }
+                div.actions {
+                    button type="button" data-download=(format!("/api/v1/clusters/{id}/install.yaml")) data-filename="install.yaml" data-mutates { "Download install.yaml" }
+                    p.form-error role="alert" aria-live="polite" {}
+                }
             }
         }
         @if viewer.can_change() {

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::Stream;
@@ -16,12 +16,13 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::charts::sparkline;
-use super::{countdown, layout, page_error, PageResult, Viewer};
+use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::domain::labels::Selector;
 use crate::domain::{ClusterId, OrgId};
 use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiQuery;
 use crate::store::clusters::{Cluster, ListQuery};
 use crate::store::fleet::Golden;
 use crate::store::{self};
@@ -291,7 +292,7 @@ async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[
     Ok(out)
 }
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query<Filters>) -> PageResult {
+pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(f)): OnPage<ApiQuery<Filters>>) -> PageResult {
     let fragment = fragment(&state, &viewer, &f).await.map_err(|e| page_error(e))?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
     let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
@@ -358,7 +359,7 @@ pub struct LiveQuery {
 }
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
-pub async fn live(State(state): State<AppState>, viewer: Viewer, Query(q): Query<LiveQuery>) -> Response {
+pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
     if !matches!((q.view.as_str(), q.id), ("fleet", _) | ("cluster", Some(_))) {
         return page_error(ApiError::field("view", "unknown live view"));
     }

@@ -185,6 +185,9 @@ async fn sign_up_connect_a_cluster_and_watch_it_go_live() {
     assert!(command.contains(&format!("/api/v1/clusters/{cluster_id}/install.yaml")) && command.contains("kubectl apply -f -"), "{command}");
     b.click("[data-copy]").await;
     assert!(b.wait_text("[data-copy]", "Copied", Duration::from_secs(3)).await);
+    // The manifest mints a token, so the page fetches it with a POST and the CSRF token.
+    b.click("[data-download]").await;
+    assert!(b.wait_text("[data-download]", "Downloaded", Duration::from_secs(5)).await, "the manifest was not downloaded");
     assert_eq!(b.text("#live [data-status]").await, "pending");
     b.screenshot("cluster-pending").await;
 
@@ -267,11 +270,9 @@ async fn pages_render_with_live_data(engine: Engine) {
     let seq = stream.report(crate::gateway::metrics(minute, 100, 3)).await;
     stream.acked(seq).await;
 
-    let resp = app.client.post(format!("{}/ui/session", app.base)).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let session = app.dashboard_session("ada@example.com").await;
+    assert!(session.set_cookie.contains("HttpOnly") && session.set_cookie.contains("SameSite=Lax"), "{}", session.set_cookie);
+    let cookie = session.cookie.clone();
     for (path, want) in [("/fleet".to_owned(), "prod-eu-1"), (format!("/clusters/{cluster}"), "Deployment/web"), ("/settings".to_owned(), "ada@example.com")] {
         let resp = app.client.get(format!("{}{path}", app.base)).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{path}");
@@ -279,7 +280,7 @@ async fn pages_render_with_live_data(engine: Engine) {
         assert!(html.contains(want), "{path} lacks {want}");
     }
     // Mutations with the cookie need the page's CSRF token.
-    let csrf = meshfleet_server::secrets::csrf_token(cookie.split('=').nth(1).unwrap());
+    let csrf = session.csrf.clone();
     let post = |token: Option<String>| {
         let mut req = app.client.post(format!("{}/api/v1/clusters", app.base)).header("cookie", &cookie).json(&json!({ "name": "via-cookie" }));
         if let Some(t) = token {

@@ -10,6 +10,7 @@ mod clusters;
 mod conventions;
 mod dashboard;
 mod gateway;
+mod hardening;
 mod isolation;
 mod kube_agent;
 mod members;
