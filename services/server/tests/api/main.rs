@@ -15,6 +15,7 @@ mod isolation;
 mod kube_agent;
 mod members;
 mod process;
+mod figures;
 mod fleet;
 mod quickstart;
 mod rollups;
