@@ -281,7 +281,7 @@ async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[
 }
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(f)): OnPage<ApiQuery<Filters>>) -> PageResult {
-    let fragment = fragment(&state, &viewer, &f).await.map_err(|e| page_error(e))?;
+    let fragment = fragment(&state, &viewer, &f).await.map_err(page_error)?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
     let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
     Ok(layout("Fleet", Some(&viewer), html! {
