@@ -2,6 +2,7 @@
 //! Handlers and the store exchange these, never raw strings, so an unchecked value
 //! cannot reach the database.
 
+pub mod health;
 pub mod labels;
 pub mod schema;
 

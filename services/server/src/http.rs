@@ -1,5 +1,5 @@
 //! The HTTP API: one router per resource, merged here with the cross-cutting layers
-//! (tracing, metrics, body limit, problem+json fallbacks) and the generated OpenAPI document.
+//! (tracing, metrics, body limit, security headers, problem+json fallbacks) and the generated OpenAPI document.
 
 pub mod accounts;
 pub mod agents;
@@ -10,6 +10,7 @@ pub mod clusters;
 pub mod commands;
 pub mod error;
 pub mod extract;
+pub mod hardening;
 pub mod members;
 pub mod ops;
 pub mod problems;
@@ -83,6 +84,8 @@ pub fn router(state: AppState) -> Router {
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(hardening::own_errors))
+        .layer(middleware::from_fn(hardening::security_headers))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -82,6 +82,18 @@ impl axum::extract::OptionalFromRequestParts<AppState> for Viewer {
     }
 }
 
+/// An extractor of the API (`ApiQuery`, `ApiPath`) whose rejection is shown as an error page,
+/// as everything else on the dashboard, instead of a problem document.
+pub struct OnPage<E>(pub E);
+
+impl<E: FromRequestParts<AppState, Rejection = ApiError>> FromRequestParts<AppState> for OnPage<E> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        E::from_request_parts(parts, state).await.map(OnPage).map_err(|e| error_page(&e))
+    }
+}
+
 /// The page frame: navigation, the CSRF token for scripts, and the content.
 pub fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
     html! {

@@ -127,10 +127,7 @@ pub fn session_cookie(headers: &axum::http::HeaderMap) -> Option<&str> {
 async fn from_cookie(parts: &Parts, state: &AppState) -> Result<Principal, ApiError> {
     let token = session_cookie(&parts.headers).ok_or(ApiError::Unauthenticated("send Authorization: Bearer <token>"))?;
     if !parts.method.is_safe() {
-        let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if sent != crate::secrets::csrf_token(token) {
-            return Err(ApiError::Forbidden("missing or wrong CSRF token; reload the page".into()));
-        }
+        check_csrf(parts, token)?;
     }
     let now = state.clock.now_ms();
     let mut conn = state.db.pool.acquire().await?;
@@ -141,4 +138,32 @@ async fn from_cookie(parts: &Parts, state: &AppState) -> Result<Principal, ApiEr
         .await?
         .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
     Ok(Principal { org_id: org, role, actor: Actor::User { id: user, session } })
+}
+
+fn check_csrf(parts: &Parts, cookie: &str) -> Result<(), ApiError> {
+    let sent = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if sent == crate::secrets::csrf_token(cookie) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden("missing or wrong CSRF token; reload the page".into()))
+    }
+}
+
+/// A principal for a request that changes state whatever its method (a GET that mints a
+/// token). The session cookie alone is not enough: `SameSite=Lax` sends it on another site's
+/// top-level navigation, so the CSRF token is required as for any mutation. Bearer
+/// credentials are never sent by a browser on its own and need nothing more.
+pub struct Deliberate(pub Principal);
+
+impl FromRequestParts<AppState> for Deliberate {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !parts.headers.contains_key(header::AUTHORIZATION) {
+            if let Some(cookie) = session_cookie(&parts.headers) {
+                check_csrf(parts, cookie)?;
+            }
+        }
+        Principal::from_request_parts(parts, state).await.map(Deliberate)
+    }
 }

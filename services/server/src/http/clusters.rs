@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::audit;
-use super::auth::Principal;
+use super::auth::{Deliberate, Principal};
 use super::error::{ApiError, FieldError};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -32,7 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, update_cluster, delete_cluster))
         .routes(routes!(reissue_bootstrap_token))
-        .routes(routes!(install_manifest))
+        .routes(routes!(install_manifest, install_manifest_post))
 }
 
 /// Status of a cluster's agent connection.
@@ -353,12 +353,28 @@ fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
 
 /// The Kubernetes manifest that installs the agent. It embeds a freshly issued bootstrap
 /// token (earlier unused ones stop working), so it needs the admin role and is never cached.
+/// With the dashboard's session cookie it also needs the CSRF token: another site must not be
+/// able to retire a token in use by sending a browser here.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), InstallQuery),
     // No schema: the body is a stream of YAML documents, which no one JSON Schema describes.
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
-async fn install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>, ApiQuery(q): ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn install_manifest(state: State<AppState>, Deliberate(auth): Deliberate, id: ApiPath<ClusterId>, q: ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+    render_install_manifest(state, auth, id, q).await
+}
+
+/// The same manifest as `GET .../install.yaml`, for clients (the dashboard) that say with the
+/// method that the request mints a token.
+#[utoipa::path(post, path = "/api/v1/clusters/{id}/install.yaml", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), InstallQuery),
+    responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
+        BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
+    security(("bearer" = [])))]
+async fn install_manifest_post(state: State<AppState>, auth: Principal, id: ApiPath<ClusterId>, q: ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+    render_install_manifest(state, auth, id, q).await
+}
+
+async fn render_install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>, ApiQuery(q): ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;
     // Checked before a token is issued: a refused request spends nothing.
     let meshed = meshed_namespaces(&q)?;

@@ -1,5 +1,7 @@
 //! The append-only audit log of every mutation, per organization.
 
+use std::collections::{BTreeSet, HashMap};
+
 use sqlx::Row;
 
 use super::{parse_col, Conn};
@@ -63,4 +65,56 @@ pub async fn list(conn: &mut Conn, org: OrgId, before: Option<uuid::Uuid>, limit
             })
         })
         .collect()
+}
+
+/// What people call the actors and targets of `entries`: users' e-mails and the names of
+/// clusters and API tokens, keyed by (kind, id). Deleted things are missing from the map.
+pub async fn names(conn: &mut Conn, org: OrgId, entries: &[AuditEntry]) -> Result<HashMap<(String, String), String>, sqlx::Error> {
+    let mut ids: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for e in entries {
+        ids.entry(e.actor_kind.as_str()).or_default().insert(&e.actor_id);
+        ids.entry(e.target_kind.as_str()).or_default().insert(&e.target_id);
+        if let Some(cluster) = e.details.get("cluster").and_then(|c| c.as_str()) {
+            ids.entry("cluster").or_default().insert(cluster);
+        }
+    }
+    let mut out = HashMap::new();
+    // Users are not tenant rows, but these ids come from this organization's own log.
+    for (kind, table, column, scoped) in [("user", "users", "email", false), ("cluster", "clusters", "name", true), ("api_token", "api_tokens", "name", true)] {
+        let Some(wanted) = ids.get(kind).filter(|w| !w.is_empty()) else { continue };
+        let first = if scoped { 2 } else { 1 };
+        let list: Vec<String> = (0..wanted.len()).map(|i| format!("${}", i + first)).collect();
+        let org_filter = if scoped { "org_id = $1 AND " } else { "" };
+        let sql = format!("SELECT id, {column} FROM {table} WHERE {org_filter}id IN ({})", list.join(", "));
+        let mut q = sqlx::query(&sql);
+        if scoped {
+            q = q.bind(org.to_string());
+        }
+        for id in wanted {
+            q = q.bind(*id);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            out.insert((kind.to_owned(), r.try_get::<String, _>(0)?), r.try_get::<String, _>(1)?);
+        }
+        // Deleted clusters and tokens are still named by the entries that created or deleted them.
+        let gone: Vec<&str> = wanted.iter().copied().filter(|id| !out.contains_key(&(kind.to_owned(), (*id).to_owned()))).collect();
+        if scoped && !gone.is_empty() {
+            let list: Vec<String> = (0..gone.len()).map(|i| format!("${}", i + 3)).collect();
+            let sql = format!(
+                "SELECT target_id, details FROM audit_log WHERE org_id = $1 AND target_kind = $2 AND target_id IN ({}) AND action IN ('{kind}.create', '{kind}.delete')",
+                list.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(org.to_string()).bind(kind);
+            for id in &gone {
+                q = q.bind(*id);
+            }
+            for r in q.fetch_all(&mut *conn).await? {
+                let details: serde_json::Value = serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(|e| sqlx::Error::Decode(e.into()))?;
+                if let Some(name) = details.get("name").and_then(|n| n.as_str()) {
+                    out.insert((kind.to_owned(), r.try_get::<String, _>(0)?), name.to_owned());
+                }
+            }
+        }
+    }
+    Ok(out)
 }

@@ -18,6 +18,8 @@ pub struct Golden {
     pub failures: i64,
     /// The worst workload's p99 over the period.
     pub p99_ms: f64,
+    /// Start (ms) of the earliest minute with data: how much time the totals cover.
+    pub first_minute: i64,
 }
 
 impl Golden {
@@ -30,7 +32,7 @@ impl Golden {
 pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
     roll_up(conn, Scope::Org(org)).await?;
     let rows = sqlx::query(
-        "SELECT cluster_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT cluster_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms), MIN(minute) FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 GROUP BY cluster_id",
     )
     .bind(org.to_string())
@@ -40,7 +42,7 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
     rows.iter()
         .map(|r| {
             let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
-            Ok((id, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)? }))
+            Ok((id, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)?, first_minute: r.try_get(4)? }))
         })
         .collect()
 }
@@ -57,7 +59,12 @@ pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, s
     .bind(since)
     .fetch_all(conn)
     .await?;
-    rows.iter().map(|r| Ok((r.try_get(0)?, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)? }))).collect()
+    rows.iter()
+        .map(|r| {
+            let minute = r.try_get(0)?;
+            Ok((minute, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)?, first_minute: minute }))
+        })
+        .collect()
 }
 
 /// Per-minute totals of several clusters since `since`, oldest first, in one query.
@@ -84,7 +91,8 @@ pub async fn golden_by_minute_of(
     }
     for r in q.fetch_all(conn).await? {
         let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
-        out.entry(id).or_default().push((r.try_get(1)?, Golden { requests: r.try_get(2)?, failures: r.try_get(3)?, p99_ms: r.try_get(4)? }));
+        let minute = r.try_get(1)?;
+        out.entry(id).or_default().push((minute, Golden { requests: r.try_get(2)?, failures: r.try_get(3)?, p99_ms: r.try_get(4)?, first_minute: minute }));
     }
     Ok(out)
 }

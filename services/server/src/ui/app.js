@@ -80,6 +80,22 @@ document.addEventListener("click", async (event) => {
   if (el.matches("[data-logout]")) {
     try { await api("DELETE", "/ui/session"); } finally { window.location.assign("/login"); }
   }
+  if (el.matches("[data-download]")) {
+    // The manifest mints a bootstrap token, so it is fetched with a POST carrying the CSRF token.
+    const out = el.parentElement.querySelector(".form-error");
+    try {
+      const resp = await fetch(el.dataset.download, { method: "POST", headers: { "x-csrf-token": csrf() }, credentials: "same-origin" });
+      if (!resp.ok) throw new Error(`The manifest could not be made (${resp.status}).`);
+      const link = document.createElement("a");
+      link.href = URL.createObjectURL(await resp.blob());
+      link.download = el.dataset.filename || "install.yaml";
+      link.click();
+      setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+      el.textContent = "Downloaded";
+      el.dataset.downloaded = "true";
+      if (out) out.textContent = "";
+    } catch (e) { if (out) out.textContent = e.message; }
+  }
   if (el.matches("[data-copy]")) {
     const text = document.getElementById(el.dataset.copy).textContent;
     try { await navigator.clipboard.writeText(text); } catch (_) {

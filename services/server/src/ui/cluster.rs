@@ -3,21 +3,26 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use maud::{html, Markup};
 
-use super::charts::{line_chart, sparkline, Series};
-use super::{countdown, layout, page_error, PageResult, Viewer};
+use super::charts::{is_finished, line_chart, sparkline, Axis, Series};
+use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
+use crate::domain::health::rate_per_second;
 use crate::domain::ClusterId;
 use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiPath;
 use crate::store;
+use crate::store::fleet::Golden;
 
 const HOUR_MS: i64 = 3_600_000;
+/// The workloads table's figures cover the last five minutes (or less, for young workloads).
+const RECENT_MS: i64 = 5 * 60_000;
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<String>) -> PageResult {
+pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(id)): OnPage<ApiPath<String>>) -> PageResult {
     let id: ClusterId = id.parse().map_err(|_| page_error(ApiError::NotFound("cluster")))?;
     let mut conn = state.db.pool.acquire().await.map_err(page_error)?;
     let cluster = store::clusters::get(&mut conn, viewer.principal.org_id, id).await.map_err(page_error)?.ok_or_else(|| page_error(ApiError::NotFound("cluster")))?;
@@ -40,6 +45,13 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, Path(id): Path<
             div.copy {
                 pre { code id="install-command" { (install) } }
                 button type="button" data-copy="install-command" { "Copy" }
+            }
+            @if viewer.can_change() {
+                p { "Or download the manifest here and apply it with " code { "kubectl apply -f install.yaml" } "." }
+                div.actions {
+                    button type="button" data-download=(format!("/api/v1/clusters/{id}/install.yaml")) data-filename="install.yaml" data-mutates { "Download install.yaml" }
+                    p.form-error role="alert" aria-live="polite" {}
+                }
             }
         }
         @if viewer.can_change() {
@@ -73,6 +85,8 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
     let events = store::rollups::recent_events(&mut conn, org, id, 20).await?;
     let commands = store::commands::list(&mut conn, org, id, None, 10).await?;
 
+    // The charts end at the last finished minute; the table's figures include the running one.
+    let minutes: Vec<&(i64, Golden)> = minutes.iter().filter(|(m, _)| is_finished(*m, now)).collect();
     let rps: Vec<(i64, f64)> = minutes.iter().map(|(m, g)| (*m, g.requests as f64 / 60.0)).collect();
     let success: Vec<(i64, f64)> = minutes.iter().filter_map(|(m, g)| g.success_rate().map(|r| (*m, r * 100.0))).collect();
     let p99: Vec<(i64, f64)> = minutes.iter().filter(|(_, g)| g.requests > 0).map(|(m, g)| (*m, g.p99_ms)).collect();
@@ -96,9 +110,9 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
             }
         }
         section.charts aria-label="Golden metrics over the last hour" {
-            (line_chart("Requests per second", &Series { points: &rps, unit: "req/s" }))
-            (line_chart("Success rate", &Series { points: &success, unit: "%" }))
-            (line_chart("p99 latency", &Series { points: &p99, unit: "ms" }))
+            (line_chart("Requests per second", &Series { points: &rps, unit: "req/s", axis: Axis::FromZero }))
+            (line_chart("Success rate", &Series { points: &success, unit: "%", axis: Axis::Fit { ceiling: 100.0 } }))
+            (line_chart("p99 latency", &Series { points: &p99, unit: "ms", axis: Axis::FromZero }))
         }
         section.card {
             h2 { "Workloads" }
@@ -106,13 +120,15 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
                 div.table-wrap { table {
                     thead { tr { th scope="col" { "Workload" } th scope="col" { "Requests/s" } th scope="col" { "Success rate" } th scope="col" { "p99" } th scope="col" { "Last hour" } } }
                     tbody { @for ((ns, w), rs) in &workloads {
-                        @let last = rs.iter().rev().take(5).fold((0i64, 0i64, 0f64), |a, r| (a.0 + r.requests, a.1 + r.failures, a.2.max(r.latency_p99_ms)));
+                        @let recent: Vec<_> = rs.iter().filter(|r| r.minute >= now - RECENT_MS).collect();
+                        @let last = recent.iter().fold((0i64, 0i64, 0f64), |a, r| (a.0 + r.requests, a.1 + r.failures, a.2.max(r.latency_p99_ms)));
+                        @let first_minute = recent.first().map_or(now, |r| r.minute);
                         tr {
                             th scope="row" { (ns) "/" (w) }
-                            td { (format!("{:.1}", last.0 as f64 / 300.0)) }
+                            td { (format!("{:.1}", rate_per_second(last.0, first_minute, now, RECENT_MS))) }
                             td { @if last.0 > 0 { (format!("{:.2}%", 100.0 - last.1 as f64 * 100.0 / last.0 as f64)) } @else { "–" } }
-                            td { (format!("{:.0} ms", last.2)) }
-                            td { (sparkline(&rs.iter().map(|r| (r.minute, r.requests as f64 / 60.0)).collect::<Vec<_>>(), &format!("requests per second of {w}"))) }
+                            td { @if last.0 > 0 { (format!("{:.0} ms", last.2)) } @else { "–" } }
+                            td { (sparkline(&rs.iter().filter(|r| is_finished(r.minute, now)).map(|r| (r.minute, r.requests as f64 / 60.0)).collect::<Vec<_>>(), &format!("requests per second of {w}"))) }
                         }
                     } }
                 } }

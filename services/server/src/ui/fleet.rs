@@ -2,51 +2,31 @@
 //! expiry and golden metrics, worst first; filters, search, a summary row; kept live by
 //! server-sent events carrying the re-rendered table.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::stream::Stream;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::charts::sparkline;
-use super::{countdown, layout, page_error, PageResult, Viewer};
+use super::charts::{is_finished, sparkline};
+use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
+use crate::domain::health::{self, Finding, Health, Signals};
 use crate::domain::labels::Selector;
 use crate::domain::{ClusterId, OrgId};
 use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
+use crate::http::extract::ApiQuery;
 use crate::store::clusters::{Cluster, ListQuery};
 use crate::store::fleet::Golden;
 use crate::store::{self};
-
-/// How worrying a cluster is; the overview lists the worst first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Health {
-    Critical,
-    Degraded,
-    Expiring,
-    Pending,
-    Healthy,
-}
-
-impl Health {
-    pub fn label(self) -> &'static str {
-        match self {
-            Health::Critical => "critical",
-            Health::Degraded => "degraded",
-            Health::Expiring => "expiring",
-            Health::Pending => "pending",
-            Health::Healthy => "healthy",
-        }
-    }
-}
 
 const DAY_MS: i64 = 86_400_000;
 /// Golden metrics in the table cover the last five minutes.
@@ -56,6 +36,8 @@ const MAX_ROWS: usize = 100;
 
 pub struct Row {
     pub cluster: Cluster,
+    /// Whether the success rate counted as degraded: remembered for the next assessment.
+    pub success_degraded: bool,
     pub status: String,
     pub health: Health,
     pub reason: String,
@@ -66,28 +48,17 @@ pub struct Row {
     pub outdated: i64,
 }
 
-/// Health and the reason for it, from status, golden metrics, certificates and control plane.
-fn health(status: &str, g: &Golden, expiry: Option<i64>, ready: Option<(u32, u32)>, now: i64) -> (Health, String) {
-    match status {
-        "disconnected" | "stale" => return (Health::Critical, format!("agent {status}")),
-        "pending" => return (Health::Pending, "no agent connected yet".into()),
-        _ => {}
+/// The words for a health finding.
+fn reason(f: &Finding, now: i64) -> String {
+    match f {
+        Finding::AgentAway(status) => format!("agent {status}"),
+        Finding::NoAgentYet => "no agent connected yet".into(),
+        Finding::CertificateExpired(e) => format!("a certificate expired {}", countdown(*e, now)),
+        Finding::SuccessRate(r) => format!("success rate {:.1}%", r * 100.0),
+        Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
+        Finding::CertificateExpiring(e) => format!("a certificate expires {}", countdown(*e, now)),
+        Finding::AllGood => "all good".into(),
     }
-    if let Some(e) = expiry.filter(|e| *e <= now) {
-        return (Health::Critical, format!("a certificate expired {}", countdown(e, now)));
-    }
-    match g.success_rate() {
-        Some(r) if r < 0.95 => return (Health::Critical, format!("success rate {:.1}%", r * 100.0)),
-        Some(r) if r < 0.99 => return (Health::Degraded, format!("success rate {:.1}%", r * 100.0)),
-        _ => {}
-    }
-    if let Some((ready, want)) = ready.filter(|(r, w)| r < w) {
-        return (Health::Degraded, format!("control plane {ready}/{want} ready"));
-    }
-    if let Some(e) = expiry.filter(|e| *e - now < 7 * DAY_MS) {
-        return (Health::Expiring, format!("a certificate expires {}", countdown(e, now)));
-    }
-    (Health::Healthy, "all good".into())
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -118,6 +89,7 @@ async fn compute(state: &AppState, org: OrgId) -> Result<Snapshot, ApiError> {
     let golden = store::fleet::golden_since(&mut conn, org, now - RECENT_MS).await?;
     let facts = store::fleet::facts_of_org(&mut conn, org).await?;
     let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
+    let was_degraded = state.fleet_cache.degraded_of(org);
     let mut rows: Vec<Row> = clusters
         .into_iter()
         .map(|cluster| {
@@ -130,20 +102,25 @@ async fn compute(state: &AppState, org: OrgId) -> Result<Snapshot, ApiError> {
             let proxies = pods.iter().map(|(_, n)| n).sum();
             let outdated = pods.iter().filter(|(v, _)| !mesh_version.is_empty() && *v != mesh_version).map(|(_, n)| n).sum();
             let status = cluster.effective_status(&live).to_owned();
-            let (health, reason) = health(&status, &g, nearest_expiry, ready, now);
-            Row { cluster, status, health, reason, golden: g, mesh_version, nearest_expiry, proxies, outdated }
+            let success_degraded = health::success_degraded(g.success_rate(), was_degraded.contains(&cluster.id));
+            let signals = Signals { status: &status, success_rate: g.success_rate(), success_degraded, nearest_expiry, control_plane: ready, now };
+            let (health, finding) = health::assess(&signals);
+            let reason = reason(&finding, now);
+            Row { success_degraded, cluster, status, health, reason, golden: g, mesh_version, nearest_expiry, proxies, outdated }
         })
         .collect();
+    state.fleet_cache.remember_degraded(org, rows.iter().filter(|r| r.success_degraded).map(|r| r.cluster.id).collect());
     rows.sort_by(|a, b| a.health.cmp(&b.health).then_with(|| a.cluster.name.cmp(&b.cluster.name)));
     let first_page: Vec<ClusterId> = rows.iter().take(MAX_ROWS).filter(|r| r.golden.requests > 0).map(|r| r.cluster.id).collect();
     let trends = rates(&mut conn, org, &first_page, now).await?;
     Ok(Snapshot { rows, trends })
 }
 
-/// Requests per second per minute over the last half hour.
+/// Requests per second per finished minute over the last half hour.
 async fn rates(conn: &mut store::Conn, org: OrgId, ids: &[ClusterId], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
     let minutes = store::fleet::golden_by_minute_of(conn, org, ids, now - TREND_MS).await?;
-    Ok(minutes.into_iter().map(|(id, ms)| (id, ms.into_iter().map(|(m, g)| (m, g.requests as f64 / 60.0)).collect())).collect())
+    let finished = |ms: Vec<(i64, Golden)>| ms.into_iter().filter(|(m, _)| is_finished(*m, now)).map(|(m, g)| (m, g.requests as f64 / 60.0)).collect();
+    Ok(minutes.into_iter().map(|(id, ms)| (id, finished(ms))).collect())
 }
 
 /// The fleet rows of each organization, at most `FRESH` old. A request that finds them older
@@ -152,6 +129,10 @@ async fn rates(conn: &mut store::Conn, org: OrgId, ids: &[ClusterId], now: i64) 
 #[derive(Default)]
 pub struct FleetCache {
     entries: Mutex<HashMap<OrgId, CacheEntry>>,
+    /// Clusters whose success rate counted as degraded at the last assessment, for the
+    /// hysteresis of `domain::health`. Kept apart from the entries so that `invalidate` does
+    /// not reset it. Per replica: a live view stays on one replica, so it never flips.
+    degraded: Mutex<HashMap<OrgId, HashSet<ClusterId>>>,
 }
 
 struct CacheEntry {
@@ -166,6 +147,14 @@ impl FleetCache {
     /// Forgets an organization's rows, after a change the user expects to see at once.
     pub fn invalidate(&self, org: OrgId) {
         self.entries.lock().expect("fleet cache lock poisoned").remove(&org);
+    }
+
+    fn degraded_of(&self, org: OrgId) -> HashSet<ClusterId> {
+        self.degraded.lock().expect("fleet cache lock poisoned").get(&org).cloned().unwrap_or_default()
+    }
+
+    fn remember_degraded(&self, org: OrgId, ids: HashSet<ClusterId>) {
+        self.degraded.lock().expect("fleet cache lock poisoned").insert(org, ids);
     }
 
     async fn snapshot(state: &AppState, org: OrgId) -> Result<Arc<Snapshot>, ApiError> {
@@ -264,7 +253,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
                             td { (or_dash(r.cluster.agent_version.as_deref().unwrap_or(""))) }
                             td { @match r.nearest_expiry { Some(e) => { time data-expires=(e) { (countdown(e, now)) } }, None => { "–" } } }
                             td { (percent(r.golden.success_rate())) }
-                            td { (format!("{:.1}", r.golden.requests as f64 / (RECENT_MS / 1000) as f64)) }
+                            td { @if r.golden.requests > 0 { (format!("{:.1}", health::rate_per_second(r.golden.requests, r.golden.first_minute, now, RECENT_MS))) } @else { "0.0" } }
                             td { @if r.golden.requests > 0 { (format!("{:.0} ms", r.golden.p99_ms)) } @else { "–" } }
                             td { (sparkline(trends.get(&r.cluster.id).map(Vec::as_slice).unwrap_or_default(), &format!("requests per second of {}", r.cluster.name))) }
                         }
@@ -291,8 +280,8 @@ async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[
     Ok(out)
 }
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer, Query(f): Query<Filters>) -> PageResult {
-    let fragment = fragment(&state, &viewer, &f).await.map_err(|e| page_error(e))?;
+pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(f)): OnPage<ApiQuery<Filters>>) -> PageResult {
+    let fragment = fragment(&state, &viewer, &f).await.map_err(page_error)?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
     let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
     Ok(layout("Fleet", Some(&viewer), html! {
@@ -358,7 +347,7 @@ pub struct LiveQuery {
 }
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
-pub async fn live(State(state): State<AppState>, viewer: Viewer, Query(q): Query<LiveQuery>) -> Response {
+pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
     if !matches!((q.view.as_str(), q.id), ("fleet", _) | ("cluster", Some(_))) {
         return page_error(ApiError::field("view", "unknown live view"));
     }

@@ -1,24 +1,48 @@
-//! Settings: members and roles, API tokens, and the audit log.
+//! Settings: members and roles, API tokens, and the audit log (paged, with people's e-mails
+//! and things' names rather than ids).
+
+use std::collections::HashMap;
 
 use axum::extract::State;
-use maud::html;
+use maud::{html, Markup};
+use serde::Deserialize;
 
-use super::{layout, page_error, PageResult, Viewer};
+use super::{layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::Role;
+use crate::http::auth::Actor;
+use crate::http::extract::ApiQuery;
 use crate::store;
 
-pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
+/// Audit entries per page.
+const AUDIT_PAGE: u32 = 50;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SettingsQuery {
+    /// The id of the last audit entry of the previous page.
+    audit_before: Option<uuid::Uuid>,
+}
+
+pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<SettingsQuery>>) -> PageResult {
     let org = viewer.principal.org_id;
     let admin = viewer.can_change();
+    let me = match viewer.principal.actor {
+        Actor::User { id, .. } => Some(id),
+        Actor::ApiToken(_) => None,
+    };
     let mut conn = state.db.pool.acquire().await.map_err(page_error)?;
     let members = store::accounts::list_members(&mut conn, org).await.map_err(page_error)?;
-    let (tokens, audit) = if admin {
-        (store::api_tokens::list(&mut conn, org).await.map_err(page_error)?, store::audit::list(&mut conn, org, None, 50).await.map_err(page_error)?)
+    let (tokens, audit, older, names) = if admin {
+        let tokens = store::api_tokens::list(&mut conn, org).await.map_err(page_error)?;
+        let rows = store::audit::list(&mut conn, org, q.audit_before, AUDIT_PAGE + 1).await.map_err(page_error)?;
+        let (audit, older) = crate::http::into_page(rows, AUDIT_PAGE, |e| e.id.to_string());
+        let names = store::audit::names(&mut conn, org, &audit).await.map_err(page_error)?;
+        (tokens, audit, older, names)
     } else {
-        (vec![], vec![])
+        (vec![], vec![], None, HashMap::new())
     };
+    let name = |kind: &str, id: &str, details: &serde_json::Value| describe(&names, &viewer.org_name, kind, id, details);
     Ok(layout("Settings", Some(&viewer), html! {
         h1 { "Settings" }
         section.card {
@@ -37,9 +61,10 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
                             }
                         } @else { (m.role.as_str()) } }
                         @if admin { td {
-                            form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Remove {}?", m.email)) data-mutates {
+                            // Leaving the organization is not a one-click table action.
+                            @if Some(m.user_id) != me { form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Remove {}?", m.email)) data-mutates {
                                 button type="submit" { "Remove" }
-                            }
+                            } }
                         } }
                     }
                 } }
@@ -80,15 +105,57 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
                     button type="submit" { "Create token" }
                 }
             }
-            section.card {
+            section.card id="audit" {
                 h2 { "Audit log" }
+                @if audit.is_empty() { p.muted { "No entries." } }
                 div.table-wrap { table {
                     thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Target" } } }
                     tbody { @for e in &audit {
-                        tr { td { (to_rfc3339(e.at).format("%Y-%m-%d %H:%M:%S")) } td { (e.actor_kind) " " (e.actor_id) } td { (e.action) } td { (e.target_kind) " " (e.target_id) } }
+                        tr data-audit=(e.id) {
+                            td { (to_rfc3339(e.at).format("%Y-%m-%d %H:%M:%S")) }
+                            td { (name(&e.actor_kind, &e.actor_id, &serde_json::Value::Null)) }
+                            td { (e.action) }
+                            td { (name(&e.target_kind, &e.target_id, &e.details)) }
+                        }
                     } }
                 } }
+                (pager(q.audit_before.is_some(), older.as_deref()))
             }
         }
     }))
+}
+
+/// An actor or target as people know it: "user ada@example.com", "cluster prod-eu-1"; the id
+/// only when the thing is gone and nothing else names it.
+fn describe(names: &HashMap<(String, String), String>, org_name: &str, kind: &str, id: &str, details: &serde_json::Value) -> Markup {
+    let known = |kind: &str, id: &str| names.get(&(kind.to_owned(), id.to_owned())).cloned();
+    let detail = |key: &str| details.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    let (label, text) = match kind {
+        "user" => ("user", known("user", id)),
+        "api_token" => ("API token", known("api_token", id).or_else(|| detail("name"))),
+        "cluster" => ("cluster", known("cluster", id).or_else(|| detail("name"))),
+        "organization" => ("organization", Some(org_name.to_owned())),
+        "command" => {
+            let on = detail("cluster").map(|c| known("cluster", &c).unwrap_or(c));
+            let what = detail("kind").unwrap_or_default();
+            ("command", on.map(|c| format!("{what} on {c}")))
+        }
+        other => (other, None),
+    };
+    html! {
+        (label) " "
+        @match text { Some(t) => { strong { (t) } }, None => { code title="no longer exists" { (id) } } }
+    }
+}
+
+/// Links between pages of the audit log.
+fn pager(paged: bool, older: Option<&str>) -> Markup {
+    html! {
+        @if paged || older.is_some() {
+            nav.actions aria-label="Audit log pages" {
+                @if paged { a href="/settings#audit" { "Newest entries" } }
+                @if let Some(cursor) = older { a href=(format!("/settings?audit_before={cursor}#audit")) rel="next" { "Older entries" } }
+            }
+        }
+    }
 }

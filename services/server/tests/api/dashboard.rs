@@ -185,6 +185,9 @@ async fn sign_up_connect_a_cluster_and_watch_it_go_live() {
     assert!(command.contains(&format!("/api/v1/clusters/{cluster_id}/install.yaml")) && command.contains("kubectl apply -f -"), "{command}");
     b.click("[data-copy]").await;
     assert!(b.wait_text("[data-copy]", "Copied", Duration::from_secs(3)).await);
+    // The manifest mints a token, so the page fetches it with a POST and the CSRF token.
+    b.click("[data-download]").await;
+    assert!(b.wait_text("[data-download]", "Downloaded", Duration::from_secs(5)).await, "the manifest was not downloaded");
     assert_eq!(b.text("#live [data-status]").await, "pending");
     b.screenshot("cluster-pending").await;
 
@@ -267,11 +270,9 @@ async fn pages_render_with_live_data(engine: Engine) {
     let seq = stream.report(crate::gateway::metrics(minute, 100, 3)).await;
     stream.acked(seq).await;
 
-    let resp = app.client.post(format!("{}/ui/session", app.base)).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 204);
-    let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
-    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let session = app.dashboard_session("ada@example.com").await;
+    assert!(session.set_cookie.contains("HttpOnly") && session.set_cookie.contains("SameSite=Lax"), "{}", session.set_cookie);
+    let cookie = session.cookie.clone();
     for (path, want) in [("/fleet".to_owned(), "prod-eu-1"), (format!("/clusters/{cluster}"), "Deployment/web"), ("/settings".to_owned(), "ada@example.com")] {
         let resp = app.client.get(format!("{}{path}", app.base)).header("cookie", &cookie).send().await.unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{path}");
@@ -279,7 +280,7 @@ async fn pages_render_with_live_data(engine: Engine) {
         assert!(html.contains(want), "{path} lacks {want}");
     }
     // Mutations with the cookie need the page's CSRF token.
-    let csrf = meshfleet_server::secrets::csrf_token(cookie.split('=').nth(1).unwrap());
+    let csrf = session.csrf.clone();
     let post = |token: Option<String>| {
         let mut req = app.client.post(format!("{}/api/v1/clusters", app.base)).header("cookie", &cookie).json(&json!({ "name": "via-cookie" }));
         if let Some(t) = token {
@@ -293,4 +294,52 @@ async fn pages_render_with_live_data(engine: Engine) {
     // Without a session the pages send people to log in.
     let resp = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap().get(format!("{}/fleet", app.base)).send().await.unwrap();
     assert_eq!(resp.headers()["location"], "/login");
+}
+
+crate::on_both_engines!(settings_name_people_and_things_and_page_the_audit_log);
+
+/// The audit log on the settings page says who and what in words (e-mails, cluster and token
+/// names, even of a deleted cluster), comes in pages, and an owner is not offered to remove
+/// their own membership.
+async fn settings_name_people_and_things_and_page_the_audit_log(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let me = app.get("/api/v1/me", &owner.access).await.1["user"]["id"].as_str().unwrap().to_owned();
+    let grace = app.member(&owner, "grace@example.com", "admin").await;
+    let grace_id = app.get("/api/v1/me", &grace.access).await.1["user"]["id"].as_str().unwrap().to_owned();
+    let kept = app.create_cluster(&owner, "prod-eu-1", json!({})).await["cluster"]["id"].as_str().unwrap().to_owned();
+    let gone = app.create_cluster(&grace, "short-lived", json!({})).await["cluster"]["id"].as_str().unwrap().to_owned();
+    let (status, _) = app.call(reqwest::Method::DELETE, &format!("/api/v1/clusters/{gone}"), Some(&owner.access), None).await;
+    assert_eq!(status.as_u16(), 204);
+    let (status, _) = app.post("/api/v1/tokens", &owner.access, json!({ "name": "ci-deploy", "role": "admin" })).await;
+    assert_eq!(status.as_u16(), 201);
+    // Enough entries for a second page.
+    for _ in 0..50 {
+        let (status, _) = app.post(&format!("/api/v1/clusters/{kept}/bootstrap-token"), &grace.access, json!({})).await;
+        assert_eq!(status.as_u16(), 201);
+    }
+    let session = app.dashboard_session("ada@example.com").await;
+    let get = async |path: String| app.client.get(format!("{}{path}", app.base)).header("cookie", &session.cookie).send().await.unwrap().text().await.unwrap();
+
+    let first = get("/settings".into()).await;
+    let audit = first.split_once("<h2>Audit log</h2>").unwrap().1;
+    assert!(audit.contains("user <strong>grace@example.com</strong>") && audit.contains("cluster <strong>prod-eu-1</strong>"), "{audit}");
+    assert!(!audit.contains(&grace_id) && !audit.contains(&kept), "raw ids on the first page: {audit}");
+    assert_eq!(audit.matches("data-audit=").count(), 50);
+    let older = audit.split("href=\"/settings?audit_before=").nth(1).expect("a link to older entries").split('"').next().unwrap().to_owned();
+
+    let second = get(format!("/settings?audit_before={older}")).await;
+    let audit = second.split_once("<h2>Audit log</h2>").unwrap().1;
+    for words in ["user <strong>ada@example.com</strong>", "cluster <strong>short-lived</strong>", "API token <strong>ci-deploy</strong>", "organization <strong>"] {
+        assert!(audit.contains(words), "{words} missing from {audit}");
+    }
+    assert!(!audit.contains(&me) && !audit.contains(&gone), "raw ids on the second page: {audit}");
+    assert!(audit.contains("Newest entries") && !audit.contains("Older entries"), "{audit}");
+    let bad = app.client.get(format!("{}/settings?audit_before=yesterday", app.base)).header("cookie", &session.cookie).send().await.unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    // Grace can be removed; the owner's own row offers no Remove.
+    let members = first.split_once("<h2>Audit log</h2>").unwrap().0;
+    assert!(members.contains(&format!("data-api=\"/api/v1/members/{grace_id}\" data-method=\"DELETE\"")), "{members}");
+    assert!(!members.contains(&format!("data-api=\"/api/v1/members/{me}\" data-method=\"DELETE\"")), "{members}");
 }

@@ -201,11 +201,29 @@ impl TestApp {
         Login::from(&body)
     }
 
+    /// Logs in to the dashboard: the session cookie (`name=value`) and its CSRF token.
+    pub async fn dashboard_session(&self, email: &str) -> DashboardSession {
+        let resp = self.client.post(format!("{}/ui/session", self.base)).json(&json!({ "email": email, "password": PASSWORD })).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 204);
+        let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+        let cookie = set_cookie.split(';').next().unwrap().to_owned();
+        let csrf = meshfleet_server::secrets::csrf_token(cookie.split_once('=').unwrap().1);
+        DashboardSession { set_cookie, cookie, csrf }
+    }
+
     pub async fn create_cluster(&self, who: &Login, name: &str, labels: Value) -> Value {
         let (status, body) = self.post("/api/v1/clusters", &who.access, json!({ "name": name, "labels": labels })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }
+}
+
+pub struct DashboardSession {
+    /// The whole Set-Cookie header the log-in answered.
+    pub set_cookie: String,
+    /// What a browser sends back: `mf_session=...`.
+    pub cookie: String,
+    pub csrf: String,
 }
 
 pub const PASSWORD: &str = "correct horse battery staple";
