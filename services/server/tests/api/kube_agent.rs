@@ -303,7 +303,7 @@ async fn warning_events_and_proxy_restarts_are_visible_through_the_events_api() 
     let path = format!("/api/v1/clusters/{}/events", s.cluster);
     let reasons = || async {
         let (_, e) = s.app.get(&path, &s.owner.access).await;
-        let mut r: Vec<String> = e.as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+        let mut r: Vec<String> = e["items"].as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
         r.sort();
         r
     };

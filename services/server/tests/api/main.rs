@@ -16,6 +16,7 @@ mod members;
 mod process;
 mod fleet;
 mod quickstart;
+mod quotas;
 mod rollups;
 mod secrets_at_rest;
 mod store;
