@@ -91,15 +91,15 @@ pub struct Ingest {
 
 impl Ingest {
     pub fn start(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, shards: usize, batch_max: usize, quotas: Quotas) -> Ingest {
+        let refused = Refusals::default();
         let senders = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
-                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), rx, batch_max.max(1), quotas));
+                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), refused.clone(), rx, batch_max.max(1), quotas));
                 tx
             })
             .collect();
         let seen = Arc::new(Mutex::new(HashMap::new()));
-        let refused = Refusals::default();
         tokio::spawn(flush_seen(db, seen.clone(), refused.clone()));
         Ingest { shards: Arc::new(senders), seen, refused, metrics }
     }
@@ -107,12 +107,21 @@ impl Ingest {
     /// Counts a refusal in `/metrics` and (written within `SEEN_EVERY`) in the cluster's
     /// findings. `count`: messages, connections or items refused.
     pub fn refused(&self, org: OrgId, cluster: ClusterId, reason: &'static str, count: usize, at: i64) {
-        self.metrics.gateway_refused.with_label_values(&[reason]).inc_by(count as u64);
-        let mut map = self.refused.lock().expect("refused lock poisoned");
-        let n = map.entry((cluster, reason)).or_insert(Noted { org, cluster, reason, first_at: at, last_at: at, refused: 0 });
-        n.last_at = n.last_at.max(at);
-        n.refused += count as u64;
+        note(&self.metrics, &self.refused, org, cluster, reason, count, at);
     }
+}
+
+/// Counts a refusal where it is decided (not when the agent is told, which a broken stream
+/// may never do).
+fn note(metrics: &Metrics, refused: &Refusals, org: OrgId, cluster: ClusterId, reason: &'static str, count: usize, at: i64) {
+    metrics.gateway_refused.with_label_values(&[reason]).inc_by(count as u64);
+    let mut map = refused.lock().expect("refused lock poisoned");
+    let n = map.entry((cluster, reason)).or_insert(Noted { org, cluster, reason, first_at: at, last_at: at, refused: 0 });
+    n.last_at = n.last_at.max(at);
+    n.refused += count as u64;
+}
+
+impl Ingest {
 
     /// Notes that the cluster's agent was heard from at `at` (written within `SEEN_EVERY`).
     pub fn seen(&self, cluster: ClusterId, at: i64) {
@@ -130,13 +139,13 @@ impl Ingest {
     }
 }
 
-async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
+async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refusals, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
     let mut batch = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let now = clock.now_ms();
         metrics.ingest_batch_size.observe(batch.len() as f64);
         match write(&db, &batch, now, quotas).await {
-            Ok(refusals) => finish(&metrics, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
+            Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
             Err(e) if batch.len() > 1 => {
                 // One bad report (say, for a cluster deleted a moment ago) must not fail its
                 // neighbours: store them one by one.
@@ -149,12 +158,12 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::
                             Outcome::Failed
                         }
                     };
-                    finish(&metrics, std::iter::once((job, outcome)));
+                    finish(&metrics, &refused, now, std::iter::once((job, outcome)));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "report not stored");
-                finish(&metrics, batch.drain(..).map(|job| (job, Outcome::Failed)));
+                finish(&metrics, &refused, now, batch.drain(..).map(|job| (job, Outcome::Failed)));
             }
         }
     }
@@ -213,8 +222,11 @@ async fn flush_refused(db: &Db, refused: &Refusals) {
     }
 }
 
-fn finish(metrics: &Metrics, jobs: impl Iterator<Item = (Job, Outcome)>) {
+fn finish(metrics: &Metrics, refused: &Refusals, now: i64, jobs: impl Iterator<Item = (Job, Outcome)>) {
     for (job, outcome) in jobs {
+        if let Outcome::Stored(Some(r)) = &outcome {
+            note(metrics, refused, job.org, job.cluster, r.reason, r.items.max(1), now);
+        }
         let label = if outcome == Outcome::Failed { "failed" } else { "stored" };
         metrics.gateway_reports.with_label_values(&[job.report.kind(), label]).inc();
         let _ = job.done.send(outcome);

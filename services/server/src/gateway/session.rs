@@ -142,7 +142,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 };
                 if let Some(r) = refusal {
                     // Told before the Ack that settles it, so the agent counts it, not resends it.
-                    state.ingest.refused(peer.org_id, peer.cluster_id, r.reason, r.items.max(1), state.clock.now_ms());
+                    // (Counted already, where it was decided.)
                     let items = u32::try_from(r.items).unwrap_or(u32::MAX);
                     send(tx, server_message::Body::Refused(Refused { seq, reason: r.reason.to_owned(), message: r.message, refused_items: items })).await?;
                 }
@@ -175,6 +175,15 @@ enum Quota {
 /// Checks the report against the quotas kept in this process (size per kind, events per
 /// minute), taking out what exceeds them. The series quota is the ingest writer's.
 fn over_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) -> Quota {
+    let quota = check_quota(gw, peer, size, report);
+    if let Quota::Whole(r) | Quota::Partly(r) = &quota {
+        let state = &gw.state;
+        state.ingest.refused(peer.org_id, peer.cluster_id, r.reason, r.items.max(1), state.clock.now_ms());
+    }
+    quota
+}
+
+fn check_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) -> Quota {
     let state = &gw.state;
     let max = state.config.quota_bytes.of(report.kind());
     if size > max {

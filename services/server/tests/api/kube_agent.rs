@@ -207,7 +207,7 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
 
 /// Sums of the API's per-minute rollups of one workload: (requests, failures, rows).
 fn totals(rows: &Value, workload: &str) -> (i64, i64, Vec<Value>) {
-    let rows: Vec<Value> = rows.as_array().into_iter().flatten().filter(|r| r["namespace"] == "shop" && r["workload"] == workload).cloned().collect();
+    let rows: Vec<Value> = rows["items"].as_array().into_iter().flatten().filter(|r| r["namespace"] == "shop" && r["workload"] == workload).cloned().collect();
     (rows.iter().map(|r| r["requests"].as_i64().unwrap_or(0)).sum(), rows.iter().map(|r| r["failures"].as_i64().unwrap_or(0)).sum(), rows)
 }
 

@@ -254,6 +254,7 @@ async fn a_flooding_cluster_does_not_slow_another() {
         (c.gateway_rate_per_sec, c.gateway_rate_burst) = (20.0, 40.0);
         c.quota_series = 50;
         c.quota_events_per_min = 100;
+        c.quota_bytes = "events=65536".parse().unwrap();
     })
     .await;
     let owner = app.owner("ada@example.com").await;
@@ -281,8 +282,7 @@ async fn a_flooding_cluster_does_not_slow_another() {
         let app = &app;
         let flooder = &flooder;
         async move {
-            let names: Vec<String> = (0..2000).map(|i| format!("flood-{i}")).collect();
-            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let many = |prefix: String, n: usize| (0..n).map(|k| format!("{prefix}-{k}")).collect::<Vec<_>>();
             let (mut sent, mut streams) = (0u64, 0u64);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let Ok(Stream { tx, mut rx, .. }) = Stream::open(app, flooder).await else {
@@ -293,10 +293,14 @@ async fn a_flooding_cluster_does_not_slow_another() {
                 tokio::spawn(async move { while let Ok(Some(_)) = rx.message().await {} });
                 streams += 1;
                 for i in 0.. {
+                    // New workloads (series), many small events, and oversized events: what
+                    // costs the shared database most when stored.
+                    let names = many(format!("s{streams}-{i}"), 500);
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
                     let body = match i % 3 {
                         0 => workloads(minute + i, &names),
-                        1 => events(&[&format!("ev-{streams}-{i}")], minute, 4000),
-                        _ => events(&(0..200).map(|n| format!("b-{streams}-{i}-{n}")).collect::<Vec<_>>().iter().map(String::as_str).collect::<Vec<_>>(), minute, 4000),
+                        1 => events(&names[..200], minute, 100),
+                        _ => events(&names[..1], minute, 70_000),
                     };
                     if tx.send(crate::gateway::msg(sent + 1, body)).await.is_err() || stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
