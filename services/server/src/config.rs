@@ -499,6 +499,16 @@ mod tests {
     }
 
     #[test]
+    fn quota_bytes_name_kinds_and_stay_under_the_message_cap() {
+        let c = Config::load(None, &env(&[("MESHFLEET_QUOTA_BYTES", "events=4096, metrics=65536")]), &[]).unwrap();
+        assert_eq!((c.quota_bytes.events, c.quota_bytes.metrics, c.quota_bytes.snapshot), (4096, 65536, QuotaBytes::default().snapshot));
+        for bad in ["events", "logs=10", "events=lots", "events=100", "snapshot=99999999"] {
+            let errs = Config::load(None, &env(&[("MESHFLEET_QUOTA_BYTES", bad)]), &[]).unwrap_err().to_string();
+            assert!(errs.contains("quota_bytes") || errs.contains("MESHFLEET_QUOTA_BYTES"), "{bad}: {errs}");
+        }
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let c = Config::load(None, &env(&[("MESHFLEET_DATABASE_URL", "postgres://u:hunter2@h/db")]), &[]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
