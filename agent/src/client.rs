@@ -89,6 +89,13 @@ pub struct Stats {
     pub buffered: usize,
     /// Reports lost to the buffer limit (or too large to send).
     pub dropped: u64,
+    /// Reports the service refused, in whole or in part, for a quota of the cluster (it says
+    /// so before acknowledging them; they are not resent), and the items (metric windows,
+    /// events) it refused of them.
+    pub refused: u64,
+    pub refused_items: u64,
+    /// The service's explanation of the latest refusal.
+    pub last_refusal: Option<String>,
     pub commands_executed: u64,
     pub renewals: u64,
     pub last_error: Option<String>,

@@ -65,7 +65,9 @@ pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>
             End::RenewDue => continue,
             End::Lost { healthy, error } => {
                 shared.state().stats.connected = false;
-                if healthy {
+                // Refused for reconnecting or sending too fast: keep backing off, or the agent
+                // would come straight back and be refused again.
+                if healthy && !matches!(error.code(), Some(tonic::Code::ResourceExhausted)) {
                     backoff.reset();
                 }
                 if matches!(error.code(), Some(tonic::Code::PermissionDenied | tonic::Code::Unauthenticated)) {
@@ -207,6 +209,15 @@ fn handle(shared: &Arc<Shared>, msg: ServerMessage, sent_upto: u64) -> bool {
             st.stats.last_acked_seq = st.stats.last_acked_seq.max(seq);
             st.stats.last_error = None;
             true
+        }
+        Some(server_message::Body::Refused(r)) => {
+            // The Ack that follows settles the report; resending it would be refused again.
+            tracing::warn!(seq = r.seq, reason = %r.reason, items = r.refused_items, message = %r.message, "the service refused a report");
+            let mut st = shared.state();
+            st.stats.refused += 1;
+            st.stats.refused_items += u64::from(r.refused_items);
+            st.stats.last_refusal = Some(format!("{}: {}", r.reason, r.message));
+            false
         }
         Some(server_message::Body::Command(cmd)) => {
             commands::receive(shared, cmd);

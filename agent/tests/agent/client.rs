@@ -201,6 +201,30 @@ async fn garbage_from_the_server_does_not_hurt() {
 }
 
 #[tokio::test]
+async fn refused_reports_are_counted_and_not_resent() {
+    let gw = TestGateway::start("tok").await;
+    let h = spawn(config(&gw), registered(&gw).await, Arc::new(TestAgent::default()));
+    assert!(h.wait_until(WAIT, |s| s.connected && s.buffered == 0).await);
+    gw.set_auto_ack(false);
+    h.report(metrics(1));
+    gw.wait_for("the report", |r| r.messages.iter().any(|(_, m)| matches!(m.body, Some(Body::Metrics(_))))).await;
+    let seq = h.stats().last_sent_seq;
+    gw.send(server_message::Body::Refused(v1::Refused { seq, reason: "series".into(), message: "over the quota of 2000 series".into(), refused_items: 7 }));
+    gw.send(server_message::Body::Ack(Ack { seq }));
+    assert!(h.wait_until(WAIT, |s| s.buffered == 0 && s.refused == 1).await, "{:?}", h.stats());
+    let s = h.stats();
+    assert_eq!((s.refused_items, s.dropped), (7, 0), "{s:?}");
+    assert!(s.last_refusal.as_deref().is_some_and(|r| r.contains("series") && r.contains("2000")), "{s:?}");
+    // A new session resends what is unacknowledged: not the refused report.
+    gw.set_auto_ack(true);
+    gw.cut_stream();
+    assert!(h.wait_until(WAIT, |s| s.sessions >= 2 && s.connected).await, "{:?}", h.stats());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric_markers(&gw.session(2)), Vec::<i64>::new(), "the refused report was sent again");
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn simulated_cluster_reports_and_answers_commands_through_a_real_client() {
     use meshfleet_agent::sim::{drive, synthetic_cluster, SharedCluster};
     let gw = TestGateway::start("tok").await;

@@ -13,6 +13,7 @@ use tokio::net::TcpListener;
 use crate::config::Config;
 use crate::db::{self, Clock, Db};
 use crate::gateway::ingest::Ingest;
+use crate::gateway::limits::Limits;
 use crate::gateway::pki::Pki;
 use crate::gateway::registry::Registry;
 use crate::jwt::Keyring;
@@ -32,6 +33,8 @@ pub struct Inner {
     pub pki: Pki,
     /// Agent streams open on this replica.
     pub agents: Registry,
+    /// Per-cluster rate limits and quotas of the gateway on this replica.
+    pub limits: Limits,
     pub ingest: Ingest,
     /// The dashboard's per-organization fleet overview.
     pub fleet_cache: crate::ui::fleet::FleetCache,
@@ -73,9 +76,11 @@ impl AppState {
             (0, db::Engine::Postgres) => 4,
             (n, _) => n,
         };
-        let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max);
+        let quotas = crate::gateway::ingest::Quotas { series: config.quota_series };
+        let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max, quotas);
+        let limits = Limits::new(&config);
         let read_cache = crate::cache::ReadCache::new(Duration::from_millis(config.read_cache_ms));
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, metrics, pki, agents: Registry::default(), ingest, fleet_cache: Default::default(), read_cache })))
+        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, metrics, pki, agents: Registry::default(), limits, ingest, fleet_cache: Default::default(), read_cache })))
     }
 }
 

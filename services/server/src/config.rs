@@ -55,12 +55,75 @@ pub struct Config {
     pub ingest_batch_max: usize,
     /// Writer tasks for reports (0: 1 on SQLite, 4 on PostgreSQL).
     pub ingest_writers: usize,
-    /// Messages per second one agent stream may send, and the burst above that.
+    /// Messages per second one cluster's agent may send, and the burst above that. Kept per
+    /// cluster (not per stream), so reconnecting does not refill the burst.
     pub gateway_rate_per_sec: f64,
     pub gateway_rate_burst: f64,
+    /// Connections one cluster's agent may open per minute, and the burst above that.
+    pub gateway_connects_per_min: f64,
+    pub gateway_connects_burst: f64,
+    /// Quotas per cluster: distinct workloads with metrics (series), events accepted per
+    /// minute, and the largest message of each kind, in bytes (`quota_bytes`).
+    pub quota_series: u32,
+    pub quota_events_per_min: u32,
+    pub quota_bytes: QuotaBytes,
     /// How long a token's principal and a rendered page of the cluster list may be reused
     /// (ms); 0 turns these caches off. See `cache`.
     pub read_cache_ms: u64,
+}
+
+/// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaBytes {
+    pub snapshot: usize,
+    pub delta: usize,
+    pub metrics: usize,
+    pub events: usize,
+    pub command_result: usize,
+}
+
+impl QuotaBytes {
+    /// The limit for a report kind as `gateway::ingest::Report::kind` names it.
+    pub fn of(&self, kind: &str) -> usize {
+        match kind {
+            "snapshot" => self.snapshot,
+            "delta" => self.delta,
+            "metrics" => self.metrics,
+            "events" => self.events,
+            _ => self.command_result,
+        }
+    }
+}
+
+impl Default for QuotaBytes {
+    fn default() -> Self {
+        const MIB: usize = 1024 * 1024;
+        // A snapshot of 100,000 pods needs most of the 4 MiB cap; a Metrics report of 10,000
+        // workloads about 1 MiB; a command result carries up to 1 MiB of output.
+        QuotaBytes { snapshot: 4 * MIB, delta: 4 * MIB, metrics: 2 * MIB, events: MIB, command_result: 2 * MIB }
+    }
+}
+
+impl std::str::FromStr for QuotaBytes {
+    type Err = String;
+    /// `kind=bytes` pairs, comma-separated; kinds not named keep their default.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut q = QuotaBytes::default();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kind, n) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not kind=bytes"))?;
+            let n: usize = n.trim().parse().map_err(|_| format!("{n:?} is not a number of bytes"))?;
+            let slot = match kind.trim() {
+                "snapshot" => &mut q.snapshot,
+                "delta" => &mut q.delta,
+                "metrics" => &mut q.metrics,
+                "events" => &mut q.events,
+                "command_result" => &mut q.command_result,
+                other => return Err(format!("unknown kind {other:?}: expected snapshot, delta, metrics, events or command_result")),
+            };
+            *slot = n;
+        }
+        Ok(q)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +186,11 @@ impl Default for Config {
             ingest_writers: 0,
             gateway_rate_per_sec: 50.0,
             gateway_rate_burst: 500.0,
+            gateway_connects_per_min: 6.0,
+            gateway_connects_burst: 10.0,
+            quota_series: 2000,
+            quota_events_per_min: 1000,
+            quota_bytes: QuotaBytes::default(),
             read_cache_ms: 1000,
         }
     }
@@ -161,6 +229,11 @@ pub const SETTINGS: &[&str] = &[
     "ingest_writers",
     "gateway_rate_per_sec",
     "gateway_rate_burst",
+    "gateway_connects_per_min",
+    "gateway_connects_burst",
+    "quota_series",
+    "quota_events_per_min",
+    "quota_bytes",
     "read_cache_ms",
 ];
 
@@ -309,6 +382,11 @@ impl Config {
             "ingest_writers" => self.ingest_writers = num(value)?,
             "gateway_rate_per_sec" => self.gateway_rate_per_sec = num(value)?,
             "gateway_rate_burst" => self.gateway_rate_burst = num(value)?,
+            "gateway_connects_per_min" => self.gateway_connects_per_min = num(value)?,
+            "gateway_connects_burst" => self.gateway_connects_burst = num(value)?,
+            "quota_series" => self.quota_series = num(value)?,
+            "quota_events_per_min" => self.quota_events_per_min = num(value)?,
+            "quota_bytes" => self.quota_bytes = value.parse()?,
             "read_cache_ms" => self.read_cache_ms = num(value)?,
             other => return Err(format!("unknown setting {other}")),
         }
@@ -351,6 +429,17 @@ impl Config {
         }
         if !(self.gateway_rate_per_sec > 0.0 && self.gateway_rate_burst >= 1.0) {
             errors.push("gateway_rate_per_sec and gateway_rate_burst: must be positive".to_owned());
+        }
+        if !(self.gateway_connects_per_min > 0.0 && self.gateway_connects_burst >= 1.0) {
+            errors.push("gateway_connects_per_min and gateway_connects_burst: must be positive".to_owned());
+        }
+        if self.quota_series == 0 || self.quota_events_per_min == 0 {
+            errors.push("quota_series and quota_events_per_min: must be at least 1".to_owned());
+        }
+        let b = self.quota_bytes;
+        let cap = meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+        if [b.snapshot, b.delta, b.metrics, b.events, b.command_result].iter().any(|n| !(1024..=cap).contains(n)) {
+            errors.push(format!("quota_bytes: each kind's limit must be between 1024 and {cap} bytes"));
         }
         if self.login_max_failures_per_account == 0 || self.login_max_failures_per_address == 0 {
             errors.push("login_max_failures_per_*: must be at least 1".to_owned());
@@ -498,6 +587,16 @@ mod tests {
         }
         for url in ["https://meshfleet.example.com", "https://10.0.0.5:8443", "http://[2001:db8::1]:80", "https://localhost.example.com"] {
             assert!(!names_this_machine_only(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn quota_bytes_name_kinds_and_stay_under_the_message_cap() {
+        let c = Config::load(None, &env(&[("MESHFLEET_QUOTA_BYTES", "events=4096, metrics=65536")]), &[]).unwrap();
+        assert_eq!((c.quota_bytes.events, c.quota_bytes.metrics, c.quota_bytes.snapshot), (4096, 65536, QuotaBytes::default().snapshot));
+        for bad in ["events", "logs=10", "events=lots", "events=100", "snapshot=99999999"] {
+            let errs = Config::load(None, &env(&[("MESHFLEET_QUOTA_BYTES", bad)]), &[]).unwrap_err().to_string();
+            assert!(errs.contains("quota_bytes") || errs.contains("MESHFLEET_QUOTA_BYTES"), "{bad}: {errs}");
         }
     }
 

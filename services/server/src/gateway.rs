@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod dispatch;
 pub mod ingest;
+pub mod limits;
 pub mod pki;
 pub mod registry;
 pub mod session;
@@ -131,6 +132,15 @@ impl AgentGateway for Gateway {
         request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = self.authenticate(&request).await?;
+        // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
+        if let Err(wait) = self.state.limits.connect(peer.cluster_id) {
+            self.state.ingest.refused(peer.org_id, peer.cluster_id, "reconnects", 1, self.state.clock.now_ms());
+            return Err(Status::resource_exhausted(format!(
+                "this cluster's agent connects more than {} times a minute; retry in {} s",
+                self.state.config.gateway_connects_per_min,
+                wait.as_secs().max(1)
+            )));
+        }
         let serial = request
             .peer_certs()
             .and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s))

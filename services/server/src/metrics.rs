@@ -21,6 +21,7 @@ pub struct Metrics {
     pub gateway_connected: IntGauge,
     pub gateway_reports: IntCounterVec,
     pub gateway_rejected: IntCounterVec,
+    pub gateway_refused: IntCounterVec,
     pub gateway_ack_seconds: Histogram,
     pub ingest_batch_size: Histogram,
 }
@@ -53,6 +54,15 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let gateway_refused = IntCounterVec::new(
+            Opts::new(
+                "gateway_refused_total",
+                "What per-cluster limits refused of agents, by reason: messages (rate_limited), connections (reconnects), \
+                 metric windows (series), events (events_per_minute), whole reports (bytes)",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         let gateway_ack_seconds = Histogram::with_opts(
             HistogramOpts::new("gateway_ack_seconds", "Time from receiving a report to acknowledging it (stored)")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0]),
@@ -70,6 +80,7 @@ impl Metrics {
             Box::new(gateway_connected.clone()),
             Box::new(gateway_reports.clone()),
             Box::new(gateway_rejected.clone()),
+            Box::new(gateway_refused.clone()),
             Box::new(gateway_ack_seconds.clone()),
             Box::new(ingest_batch_size.clone()),
         ] {
@@ -84,6 +95,7 @@ impl Metrics {
             gateway_connected,
             gateway_reports,
             gateway_rejected,
+            gateway_refused,
             gateway_ack_seconds,
             ingest_batch_size,
         }

@@ -12,10 +12,12 @@ pub mod fleet;
 pub mod inventory;
 pub mod login_throttle;
 pub mod metric_reports;
+pub mod metric_series;
 pub mod pki;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;
+pub mod throttles;
 pub mod ui_sessions;
 
 pub type Conn = sqlx::AnyConnection;

@@ -3,7 +3,8 @@
 //! queued, up to `batch_max`, and stores it in one transaction. A report is acknowledged to
 //! the agent only after its transaction commits. Metrics are stored as one raw row per report
 //! (`store::metric_reports`), rolled up per minute off this path; when an agent was last
-//! heard from is written apart too, at most once a second per cluster (`Ingest::seen`).
+//! heard from is written apart too, at most once a second per cluster (`Ingest::seen`), and so
+//! are the refusals of over-quota reports (`Ingest::refused`), which become cluster findings.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -17,6 +18,7 @@ use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::metrics::Metrics;
 use crate::store::inventory::{Facts, Pod};
 use crate::store::rollups::{Event, Window};
+use crate::store::throttles::Noted;
 use crate::store;
 
 #[derive(Debug, Clone)]
@@ -40,13 +42,39 @@ impl Report {
     }
 }
 
+/// Part of a report refused for a quota; the rest (if any) was stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Short and stable, as in metrics and findings: `series`, `events_per_minute`, `bytes`.
+    pub reason: &'static str,
+    pub message: String,
+    /// Items (metric windows, events) refused, or 0 when the whole report was (too large).
+    pub items: usize,
+}
+
+/// What became of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored, save what the refusal names.
+    Stored(Option<Refusal>),
+    /// Not stored (the agent will resend).
+    Failed,
+}
+
 pub struct Job {
     pub org: OrgId,
     pub cluster: ClusterId,
     pub report: Report,
-    /// true once stored; false when storing failed (the agent will resend).
-    pub done: oneshot::Sender<bool>,
+    pub done: oneshot::Sender<Outcome>,
 }
+
+/// The quotas the writers check (against the database).
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas {
+    pub series: u32,
+}
+
+type Refusals = Arc<Mutex<HashMap<(ClusterId, &'static str), Noted>>>;
 
 /// How often the times agents were last heard from are written.
 const SEEN_EVERY: Duration = Duration::from_secs(1);
@@ -56,21 +84,44 @@ pub struct Ingest {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
     /// Clusters heard from since the last flush, with the latest time.
     seen: Arc<Mutex<HashMap<ClusterId, i64>>>,
+    /// Refusals since the last flush, per cluster and reason.
+    refused: Refusals,
+    metrics: Arc<Metrics>,
 }
 
 impl Ingest {
-    pub fn start(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, shards: usize, batch_max: usize) -> Ingest {
+    pub fn start(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, shards: usize, batch_max: usize, quotas: Quotas) -> Ingest {
+        let refused = Refusals::default();
         let senders = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
-                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), rx, batch_max.max(1)));
+                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), refused.clone(), rx, batch_max.max(1), quotas));
                 tx
             })
             .collect();
         let seen = Arc::new(Mutex::new(HashMap::new()));
-        tokio::spawn(flush_seen(db, seen.clone()));
-        Ingest { shards: Arc::new(senders), seen }
+        tokio::spawn(flush_seen(db, seen.clone(), refused.clone()));
+        Ingest { shards: Arc::new(senders), seen, refused, metrics }
     }
+
+    /// Counts a refusal in `/metrics` and (written within `SEEN_EVERY`) in the cluster's
+    /// findings. `count`: messages, connections or items refused.
+    pub fn refused(&self, org: OrgId, cluster: ClusterId, reason: &'static str, count: usize, at: i64) {
+        note(&self.metrics, &self.refused, org, cluster, reason, count, at);
+    }
+}
+
+/// Counts a refusal where it is decided (not when the agent is told, which a broken stream
+/// may never do).
+fn note(metrics: &Metrics, refused: &Refusals, org: OrgId, cluster: ClusterId, reason: &'static str, count: usize, at: i64) {
+    metrics.gateway_refused.with_label_values(&[reason]).inc_by(count as u64);
+    let mut map = refused.lock().expect("refused lock poisoned");
+    let n = map.entry((cluster, reason)).or_insert(Noted { org, cluster, reason, first_at: at, last_at: at, refused: 0 });
+    n.last_at = n.last_at.max(at);
+    n.refused += count as u64;
+}
+
+impl Ingest {
 
     /// Notes that the cluster's agent was heard from at `at` (written within `SEEN_EVERY`).
     pub fn seen(&self, cluster: ClusterId, at: i64) {
@@ -88,25 +139,31 @@ impl Ingest {
     }
 }
 
-async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Job>, batch_max: usize) {
+async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refusals, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
     let mut batch = Vec::with_capacity(batch_max);
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let now = clock.now_ms();
         metrics.ingest_batch_size.observe(batch.len() as f64);
-        match write(&db, &batch, now).await {
-            Ok(()) => finish(&metrics, batch.drain(..), true),
+        match write(&db, &batch, now, quotas).await {
+            Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
             Err(e) if batch.len() > 1 => {
                 // One bad report (say, for a cluster deleted a moment ago) must not fail its
                 // neighbours: store them one by one.
                 tracing::warn!(error = %e, size = batch.len(), "ingest batch failed; retrying reports one at a time");
                 for job in batch.drain(..) {
-                    let ok = write(&db, std::slice::from_ref(&job), now).await.map_err(|e| tracing::warn!(error = %e, cluster_id = %job.cluster, "report not stored")).is_ok();
-                    finish(&metrics, std::iter::once(job), ok);
+                    let outcome = match write(&db, std::slice::from_ref(&job), now, quotas).await {
+                        Ok(mut refusals) => Outcome::Stored(refusals.pop().flatten()),
+                        Err(e) => {
+                            tracing::warn!(error = %e, cluster_id = %job.cluster, "report not stored");
+                            Outcome::Failed
+                        }
+                    };
+                    finish(&metrics, &refused, now, std::iter::once((job, outcome)));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "report not stored");
-                finish(&metrics, batch.drain(..), false);
+                finish(&metrics, &refused, now, batch.drain(..).map(|job| (job, Outcome::Failed)));
             }
         }
     }
@@ -115,11 +172,12 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, mut rx: mpsc::
 /// Writes the noted last-seen times once a second in one statement per ~100 clusters, instead
 /// of an UPDATE of `clusters` in every report's transaction. A crash loses at most a second of
 /// them, which only makes an agent look silent a second longer.
-async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>) {
+async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>, refused: Refusals) {
     let mut tick = tokio::time::interval(SEEN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        flush_refused(&db, &refused).await;
         let mut batch: Vec<(ClusterId, i64)> = std::mem::take(&mut *seen.lock().expect("seen lock poisoned")).into_iter().collect();
         if batch.is_empty() {
             continue;
@@ -141,21 +199,50 @@ async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>) {
     }
 }
 
-fn finish(metrics: &Metrics, jobs: impl Iterator<Item = Job>, ok: bool) {
-    for job in jobs {
-        let outcome = if ok { "stored" } else { "failed" };
-        metrics.gateway_reports.with_label_values(&[job.report.kind(), outcome]).inc();
-        let _ = job.done.send(ok);
+/// Writes the noted refusals into the clusters' findings; on failure keeps them for the next
+/// tick (a lost finding would hide refused data from the tenant).
+async fn flush_refused(db: &Db, refused: &Refusals) {
+    let mut noted: Vec<Noted> = std::mem::take(&mut *refused.lock().expect("refused lock poisoned")).into_values().collect();
+    if noted.is_empty() {
+        return;
+    }
+    noted.sort_unstable_by_key(|n| (n.cluster, n.reason));
+    let written = async {
+        let mut conn = db.pool.acquire().await?;
+        store::throttles::record(&mut conn, &noted).await
+    };
+    if let Err(e) = written.await {
+        tracing::warn!(error = %e, "recording refused reports failed; retrying");
+        let mut map = refused.lock().expect("refused lock poisoned");
+        for n in noted {
+            let m = map.entry((n.cluster, n.reason)).or_insert(Noted { refused: 0, ..n.clone() });
+            (m.first_at, m.last_at) = (m.first_at.min(n.first_at), m.last_at.max(n.last_at));
+            m.refused += n.refused;
+        }
+    }
+}
+
+fn finish(metrics: &Metrics, refused: &Refusals, now: i64, jobs: impl Iterator<Item = (Job, Outcome)>) {
+    for (job, outcome) in jobs {
+        if let Outcome::Stored(Some(r)) = &outcome {
+            note(metrics, refused, job.org, job.cluster, r.reason, r.items.max(1), now);
+        }
+        let label = if outcome == Outcome::Failed { "failed" } else { "stored" };
+        metrics.gateway_reports.with_label_values(&[job.report.kind(), label]).inc();
+        let _ = job.done.send(outcome);
     }
 }
 
 /// Stores the jobs in one transaction: inventory changes in arrival order, metrics (one raw
-/// row per report) and events as multi-row statements.
-async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
+/// row per report, without the windows of series over the cluster's quota) and events as
+/// multi-row statements. Returns each job's refusal, if any.
+async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut reports: Vec<(OrgId, ClusterId, &[Window])> = Vec::new();
+    let mut admitted: Vec<(OrgId, ClusterId, Vec<Window>)> = Vec::new();
+    let mut refusals = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
     for job in jobs {
+        let mut refusal = None;
         let (org, cluster) = (job.org, job.cluster);
         match &job.report {
             Report::Snapshot { facts, pods } => store::inventory::replace(&mut tx, org, cluster, facts, pods, now).await?,
@@ -166,14 +253,24 @@ async fn write(db: &Db, jobs: &[Job], now: i64) -> Result<(), sqlx::Error> {
                     store::inventory::set_facts(&mut tx, org, cluster, facts, now).await?;
                 }
             }
-            Report::Metrics(w) => reports.push((org, cluster, w)),
+            Report::Metrics(w) => {
+                let (kept, over) = store::metric_series::admit(&mut tx, org, cluster, w, quotas.series, now).await?;
+                if over > 0 {
+                    let message = format!("{over} windows of workloads beyond the cluster's quota of {} series", quotas.series);
+                    refusal = Some(Refusal { reason: "series", message, items: over });
+                }
+                admitted.push((org, cluster, kept));
+            }
             Report::Events(e) => events.extend(e.iter().map(|e| (org, cluster, e.clone()))),
             Report::CommandResult { id, state, progress, message, output } => {
                 store::commands::record_result(&mut tx, cluster, *id, state, *progress, message, output.as_ref(), now).await?;
             }
         }
+        refusals.push(refusal);
     }
+    let reports: Vec<(OrgId, ClusterId, &[Window])> = admitted.iter().map(|(o, c, w)| (*o, *c, w.as_slice())).collect();
     store::metric_reports::append(&mut tx, &reports).await?;
     store::rollups::add_events(&mut tx, &events).await?;
-    tx.commit().await
+    tx.commit().await?;
+    Ok(refusals)
 }

@@ -7,13 +7,14 @@ use std::collections::HashSet;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use futures::future::Either;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
-use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Command, ServerMessage};
+use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Command, Refused, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::ingest::Job;
+use super::ingest::{Job, Outcome, Refusal, Report};
 use super::pki::PeerAgent;
 use super::registry::Cut;
 use super::{convert, dispatch, internal, Gateway};
@@ -37,28 +38,6 @@ pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<Ag
         }
     });
     Box::pin(ReceiverStream::new(rx))
-}
-
-/// A token bucket: `rate` messages per second, bursts up to `burst`.
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Bucket {
-    fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
 }
 
 type Out = mpsc::Sender<Result<ServerMessage, Status>>;
@@ -93,7 +72,6 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
     tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, agent_version = %hello.agent_version, "agent connected");
 
     let cfg = &state.config;
-    let mut bucket = Bucket { rate: cfg.gateway_rate_per_sec, burst: cfg.gateway_rate_burst, tokens: cfg.gateway_rate_burst, at: Instant::now() };
     let mut sent: HashSet<CommandId> = HashSet::new();
     send_open_commands(gw, peer, tx, &mut sent).await?;
     let mut acks = FuturesOrdered::new();
@@ -111,10 +89,13 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                         return Err(status);
                     }
                 };
-                if !bucket.take() {
+                // The cluster's bucket, not the stream's: reconnecting does not refill it.
+                if !state.limits.message(peer.cluster_id) {
                     reject("rate_limited");
-                    return Err(Status::resource_exhausted(format!("more than {} messages per second; slow down", cfg.gateway_rate_per_sec)));
+                    state.ingest.refused(peer.org_id, peer.cluster_id, "rate_limited", 1, state.clock.now_ms());
+                    return Err(Status::resource_exhausted(format!("this cluster's agent sent more than {} messages per second; slow down", cfg.gateway_rate_per_sec)));
                 }
+                let size = message.body.as_ref().map_or(0, Body::encoded_len);
                 let Some(body) = message.body else {
                     reject("empty");
                     return Err(Status::invalid_argument("a message without a body"));
@@ -125,23 +106,45 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 })?;
                 // Heard from: written in bulk, at most once a second per cluster.
                 state.ingest.seen(peer.cluster_id, state.clock.now_ms());
-                let Some(report) = report else { continue };
+                let Some(mut report) = report else { continue };
                 if message.seq <= last_seq {
                     reject("seq");
                     return Err(Status::invalid_argument(format!("report seq {} does not increase (last {last_seq})", message.seq)));
                 }
                 last_seq = message.seq;
+                let (seq, received) = (message.seq, Instant::now());
+                let refused = match over_quota(gw, peer, size, &mut report) {
+                    Quota::Whole(refusal) => {
+                        // Settled in order with the reports before it: refused, then acked.
+                        acks.push_back(Either::Left(std::future::ready((seq, received, Outcome::Stored(Some(refusal))))));
+                        continue;
+                    }
+                    Quota::Partly(refusal) => Some(refusal),
+                    Quota::Within => None,
+                };
                 let (done, stored) = oneshot::channel();
                 let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done };
                 state.ingest.submit(job).await.map_err(|_| Status::unavailable("the service is shutting down"))?;
-                let (seq, received) = (message.seq, Instant::now());
-                acks.push_back(async move { (seq, received, stored.await.unwrap_or(false)) });
+                acks.push_back(Either::Right(async move {
+                    let outcome = match stored.await.unwrap_or(Outcome::Failed) {
+                        Outcome::Stored(None) => Outcome::Stored(refused),
+                        other => other,
+                    };
+                    (seq, received, outcome)
+                }));
             }
-            Some((seq, received, stored)) = acks.next(), if !acks.is_empty() => {
-                if !stored {
+            Some((seq, received, outcome)) = acks.next(), if !acks.is_empty() => {
+                let refusal = match outcome {
                     // A later ack would claim this report stored; end the stream instead, so
                     // the agent resends everything unacknowledged.
-                    return Err(Status::unavailable("a report could not be stored; reconnect and resend"));
+                    Outcome::Failed => return Err(Status::unavailable("a report could not be stored; reconnect and resend")),
+                    Outcome::Stored(refusal) => refusal,
+                };
+                if let Some(r) = refusal {
+                    // Told before the Ack that settles it, so the agent counts it, not resends it.
+                    // (Counted already, where it was decided.)
+                    let items = u32::try_from(r.items).unwrap_or(u32::MAX);
+                    send(tx, server_message::Body::Refused(Refused { seq, reason: r.reason.to_owned(), message: r.message, refused_items: items })).await?;
                 }
                 state.metrics.gateway_ack_seconds.observe(received.elapsed().as_secs_f64());
                 send(tx, server_message::Body::Ack(Ack { seq })).await?;
@@ -159,6 +162,45 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
             _ = tx.closed() => return Ok(()),
         }
     }
+}
+
+enum Quota {
+    Within,
+    /// Some items were taken out of the report; the rest is to be stored.
+    Partly(Refusal),
+    /// Nothing of the report is to be stored.
+    Whole(Refusal),
+}
+
+/// Checks the report against the quotas kept in this process (size per kind, events per
+/// minute), taking out what exceeds them. The series quota is the ingest writer's.
+fn over_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) -> Quota {
+    let quota = check_quota(gw, peer, size, report);
+    if let Quota::Whole(r) | Quota::Partly(r) = &quota {
+        let state = &gw.state;
+        state.ingest.refused(peer.org_id, peer.cluster_id, r.reason, r.items.max(1), state.clock.now_ms());
+    }
+    quota
+}
+
+fn check_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) -> Quota {
+    let state = &gw.state;
+    let max = state.config.quota_bytes.of(report.kind());
+    if size > max {
+        let message = format!("a {} report of {size} bytes is over the limit of {max} bytes for its kind", report.kind());
+        return Quota::Whole(Refusal { reason: "bytes", message, items: 0 });
+    }
+    if let Report::Events(events) = report {
+        let n = events.len();
+        let taken = state.limits.events(peer.cluster_id, n);
+        if taken < n {
+            events.truncate(taken);
+            let per_min = state.config.quota_events_per_min;
+            let refusal = Refusal { reason: "events_per_minute", message: format!("{} events over the cluster's quota of {per_min} events per minute", n - taken), items: n - taken };
+            return if taken == 0 { Quota::Whole(refusal) } else { Quota::Partly(refusal) };
+        }
+    }
+    Quota::Within
 }
 
 /// Sends the cluster's unfinished commands this stream has not sent yet (at least once:

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -19,7 +21,9 @@ use super::extract::{ApiPath, ApiQuery};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, Role};
-use crate::store::{self, inventory::Facts, inventory::Pod, rollups::Event, rollups::MinuteRollup};
+use crate::store::inventory::{CertificateInfo, ControlPlane, Facts, Pod};
+use crate::store::rollups::{Event, MinuteKey, MinuteRollup};
+use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -40,11 +44,58 @@ pub struct WorkloadView {
     pub proxy_versions: BTreeMap<String, u32>,
 }
 
+/// A certificate of the mesh as the agent reported it (metadata only).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CertificateView {
+    /// `issuer` or `trust-anchor`.
+    pub role: String,
+    pub subject: String,
+    pub sans: Vec<String>,
+    pub not_before: chrono::DateTime<chrono::Utc>,
+    pub not_after: chrono::DateTime<chrono::Utc>,
+    pub sha256_fingerprint: String,
+}
+
+impl From<CertificateInfo> for CertificateView {
+    fn from(c: CertificateInfo) -> Self {
+        CertificateView {
+            role: c.role,
+            subject: c.subject,
+            sans: c.sans,
+            not_before: to_rfc3339(c.not_before),
+            not_after: to_rfc3339(c.not_after),
+            sha256_fingerprint: c.sha256_fingerprint,
+        }
+    }
+}
+
+/// Cluster-wide facts of the inventory.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct FactsView {
+    pub kubernetes_version: String,
+    pub node_count: u32,
+    pub control_plane: ControlPlane,
+    pub namespaces: Vec<String>,
+    pub certificates: Vec<CertificateView>,
+}
+
+impl From<Facts> for FactsView {
+    fn from(f: Facts) -> Self {
+        FactsView {
+            kubernetes_version: f.kubernetes_version,
+            node_count: f.node_count,
+            control_plane: f.control_plane,
+            namespaces: f.namespaces,
+            certificates: f.certificates.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct InventoryView {
     /// When the agent last reported a change; absent before its first snapshot.
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub facts: Facts,
+    pub facts: FactsView,
     pub workloads: Vec<WorkloadView>,
     pub pods: Vec<Pod>,
 }
@@ -70,7 +121,7 @@ async fn inventory(State(state): State<AppState>, auth: Principal, ApiPath(id): 
         w.ready_pods += u32::from(p.ready);
         *w.proxy_versions.entry(p.proxy_version.clone()).or_default() += 1;
     }
-    Ok(Json(InventoryView { updated_at: updated_at.map(to_rfc3339), facts, workloads: workloads.into_values().collect(), pods }))
+    Ok(Json(InventoryView { updated_at: updated_at.map(to_rfc3339), facts: facts.into(), workloads: workloads.into_values().collect(), pods }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -80,49 +131,146 @@ pub struct MetricsQuery {
     /// How far back, in minutes: 1 to 1440 (default 60).
     #[param(minimum = 1, maximum = 1440)]
     minutes: Option<u32>,
+    /// Page size, 1 to 500 (default 500).
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// Golden metrics per workload per minute.
+/// One workload's golden metrics over one minute.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MinuteView {
+    pub namespace: String,
+    pub workload: String,
+    /// Start of the minute.
+    pub minute: chrono::DateTime<chrono::Utc>,
+    pub requests: i64,
+    pub failures: i64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+}
+
+impl From<MinuteRollup> for MinuteView {
+    fn from(m: MinuteRollup) -> Self {
+        MinuteView {
+            namespace: m.namespace,
+            workload: m.workload,
+            minute: to_rfc3339(m.minute),
+            requests: m.requests,
+            failures: m.failures,
+            latency_p50_ms: m.latency_p50_ms,
+            latency_p95_ms: m.latency_p95_ms,
+            latency_p99_ms: m.latency_p99_ms,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MetricsPage {
+    /// Ordered by namespace, workload, minute.
+    pub items: Vec<MinuteView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// A cursor: the key of the last row of a page, as base64url JSON (opaque to clients).
+fn encode_cursor(key: &impl Serialize) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).expect("cursor keys serialize"))
+}
+
+fn decode_cursor<T: serde::de::DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+    cursor
+        .map(|c| {
+            URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor returned by this API"))
+        })
+        .transpose()
+}
+
+/// Golden metrics per workload per minute, a page at a time.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/metrics", operation_id = "cluster_metrics", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), MetricsQuery),
-    responses((status = 200, body = Vec<MinuteRollup>), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
+    responses((status = 200, body = MetricsPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 async fn metrics(
     State(state): State<AppState>,
     auth: Principal,
     ApiPath(id): ApiPath<ClusterId>,
     ApiQuery(q): ApiQuery<MetricsQuery>,
-) -> Result<Json<Vec<MinuteRollup>>, ApiError> {
+) -> Result<Json<MetricsPage>, ApiError> {
     let minutes = q.minutes.unwrap_or(60);
     if !(1..=1440).contains(&minutes) {
         return Err(ApiError::field("minutes", "must be between 1 and 1440"));
     }
+    let limit = super::page_limit(q.limit, 500)?;
+    let after: Option<MinuteKey> = decode_cursor(q.cursor.as_deref())?;
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, &auth, id).await?;
     let since = state.clock.now_ms() - i64::from(minutes) * 60_000;
-    Ok(Json(store::rollups::minutes_since(&mut conn, auth.org_id, id, since).await?))
+    let rows = store::rollups::minutes_page(&mut conn, auth.org_id, id, since, after.as_ref(), Some(limit + 1)).await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |m| encode_cursor(&(&m.namespace, &m.workload, m.minute)));
+    Ok(Json(MetricsPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// At most this many, newest first: 1 to 500 (default 100).
+    /// Page size, 1 to 500 (default 100).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// The cluster's recent events (Kubernetes warnings in meshed namespaces, proxy restarts).
+/// An event the agent reported.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventView {
+    pub id: String,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// `Warning`, `Normal` or `ProxyRestart`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub namespace: String,
+    pub object: String,
+    pub reason: String,
+    pub message: String,
+}
+
+impl From<Event> for EventView {
+    fn from(e: Event) -> Self {
+        EventView { id: e.id, at: to_rfc3339(e.at), kind: e.kind, namespace: e.namespace, object: e.object, reason: e.reason, message: e.message }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    /// Newest first.
+    pub items: Vec<EventView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The cluster's events (Kubernetes warnings in meshed namespaces, proxy restarts), newest
+/// first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/events", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), EventsQuery),
-    responses((status = 200, body = Vec<Event>), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
+    responses((status = 200, body = EventPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 async fn events(
     State(state): State<AppState>,
     auth: Principal,
     ApiPath(id): ApiPath<ClusterId>,
     ApiQuery(q): ApiQuery<EventsQuery>,
-) -> Result<Json<Vec<Event>>, ApiError> {
+) -> Result<Json<EventPage>, ApiError> {
     let limit = super::page_limit(q.limit, 100)?;
+    let before: Option<(i64, String)> = decode_cursor(q.cursor.as_deref())?;
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, &auth, id).await?;
-    Ok(Json(store::rollups::recent_events(&mut conn, auth.org_id, id, limit).await?))
+    let rows = store::rollups::events_page(&mut conn, auth.org_id, id, before.as_ref().map(|(at, id)| (*at, id.as_str())), limit + 1).await?;
+    let (rows, next_cursor) = super::into_page(rows, limit, |e| encode_cursor(&(e.at, &e.id)));
+    Ok(Json(EventPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
 }
 
 /// Revokes the agent's certificates and cuts its stream; it must register again with a new

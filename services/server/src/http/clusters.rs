@@ -250,12 +250,25 @@ pub(crate) async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Re
     store::clusters::get(conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("cluster"))
 }
 
+/// A cluster with its findings.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClusterDetail {
+    #[serde(flatten)]
+    pub cluster: ClusterView,
+    /// What the gateway is refusing of the cluster's agent (over its message or connection rate,
+    /// or over a quota: refused data is not stored), one finding per reason while it goes on;
+    /// empty when nothing is.
+    pub throttled: Vec<store::throttles::Throttle>,
+}
+
 /// One cluster.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 200, body = ClusterView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
-async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterView>, ApiError> {
+    responses((status = 200, body = ClusterDetail), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterDetail>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
-    Ok(Json(view(find(&mut conn, &auth, id).await?, &liveness(&state))?))
+    let cluster = view(find(&mut conn, &auth, id).await?, &liveness(&state))?;
+    let throttled = store::throttles::current(&mut conn, auth.org_id, id, state.clock.now_ms()).await?;
+    Ok(Json(ClusterDetail { cluster, throttled }))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

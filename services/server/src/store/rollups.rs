@@ -97,16 +97,34 @@ pub struct MinuteRollup {
 }
 
 pub async fn minutes_since(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<MinuteRollup>, sqlx::Error> {
+    minutes_page(conn, org, cluster, since, None, None).await
+}
+
+/// Where a page of minutes starts: after this (namespace, workload, minute).
+pub type MinuteKey = (String, String, i64);
+
+/// The cluster's minutes since `since` in (namespace, workload, minute) order, those after
+/// `after` only, at most `limit` of them (keyset pagination).
+pub async fn minutes_page(
+    conn: &mut Conn,
+    org: OrgId,
+    cluster: ClusterId,
+    since: i64,
+    after: Option<&MinuteKey>,
+    limit: Option<u32>,
+) -> Result<Vec<MinuteRollup>, sqlx::Error> {
     super::metric_reports::roll_up(conn, Scope::Cluster(org, cluster)).await?;
-    let rows = sqlx::query(
+    let sql = format!(
         "SELECT namespace, workload, minute, requests, failures, latency_p50_ms, latency_p95_ms, latency_p99_ms
-         FROM metric_rollups WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 ORDER BY namespace, workload, minute",
-    )
-    .bind(org.to_string())
-    .bind(cluster.to_string())
-    .bind(since)
-    .fetch_all(conn)
-    .await?;
+         FROM metric_rollups WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 {} ORDER BY namespace, workload, minute {}",
+        if after.is_some() { "AND (namespace, workload, minute) > ($4, $5, $6)" } else { "" },
+        limit.map(|n| format!("LIMIT {n}")).unwrap_or_default(),
+    );
+    let mut q = sqlx::query(&sql).bind(org.to_string()).bind(cluster.to_string()).bind(since);
+    if let Some((namespace, workload, minute)) = after {
+        q = q.bind(namespace.clone()).bind(workload.clone()).bind(*minute);
+    }
+    let rows = q.fetch_all(conn).await?;
     rows.iter()
         .map(|r| {
             Ok(MinuteRollup {
@@ -125,8 +143,11 @@ pub async fn minutes_since(conn: &mut Conn, org: OrgId, cluster: ClusterId, sinc
 
 pub async fn delete_older_than(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let metrics = sqlx::query("DELETE FROM metric_rollups WHERE minute < $1").bind(cutoff).execute(&mut *conn).await?;
-    let events = sqlx::query("DELETE FROM cluster_events WHERE at < $1").bind(cutoff).execute(conn).await?;
-    Ok(metrics.rows_affected() + events.rows_affected())
+    let events = sqlx::query("DELETE FROM cluster_events WHERE at < $1").bind(cutoff).execute(&mut *conn).await?;
+    // Series whose rollups are all gone stop counting against the cluster's series quota.
+    let series = super::metric_series::delete_unused(&mut *conn, cutoff).await?;
+    let findings = sqlx::query("DELETE FROM cluster_throttles WHERE last_at < $1").bind(cutoff).execute(conn).await?;
+    Ok(metrics.rows_affected() + events.rows_affected() + series + findings.rows_affected())
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -169,14 +190,22 @@ pub async fn add_events(conn: &mut Conn, events: &[(OrgId, ClusterId, Event)]) -
 }
 
 pub async fn recent_events(conn: &mut Conn, org: OrgId, cluster: ClusterId, limit: u32) -> Result<Vec<Event>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    events_page(conn, org, cluster, None, limit).await
+}
+
+/// The cluster's events newest first, those after `before` = (at, id) in that order only, at
+/// most `limit` of them (keyset pagination).
+pub async fn events_page(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Option<(i64, &str)>, limit: u32) -> Result<Vec<Event>, sqlx::Error> {
+    let sql = format!(
         "SELECT id, at, type, namespace, object, reason, message FROM cluster_events
-         WHERE org_id = $1 AND cluster_id = $2 ORDER BY at DESC, id LIMIT {limit}"
-    ))
-    .bind(org.to_string())
-    .bind(cluster.to_string())
-    .fetch_all(conn)
-    .await?;
+         WHERE org_id = $1 AND cluster_id = $2 {} ORDER BY at DESC, id LIMIT {limit}",
+        if before.is_some() { "AND (at < $3 OR (at = $3 AND id > $4))" } else { "" },
+    );
+    let mut q = sqlx::query(&sql).bind(org.to_string()).bind(cluster.to_string());
+    if let Some((at, id)) = before {
+        q = q.bind(at).bind(id.to_owned());
+    }
+    let rows = q.fetch_all(conn).await?;
     rows.iter()
         .map(|r| {
             Ok(Event {

@@ -102,7 +102,8 @@ fn window(start: i64, requests: u64) -> Report {
 
 async fn requests_stored(api: &Api, cluster: &str) -> i64 {
     let rollups = api.get(&format!("/api/v1/clusters/{cluster}/metrics?minutes=1440")).await;
-    rollups.as_array().unwrap().iter().map(|r| r["requests"].as_i64().unwrap()).sum()
+    assert!(rollups["next_cursor"].is_null(), "one page holds them: {rollups}");
+    rollups["items"].as_array().unwrap().iter().map(|r| r["requests"].as_i64().unwrap()).sum()
 }
 
 crate::on_both_engines!(a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once);
@@ -258,7 +259,7 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
     let has_data = crate::gateway::eventually(|| async {
         let inv = app.get(&format!("/api/v1/clusters/{cluster}/inventory"), &owner.access).await.1;
         let metrics = app.get(&format!("/api/v1/clusters/{cluster}/metrics"), &owner.access).await.1;
-        inv["pods"].as_array().is_some_and(|p| !p.is_empty()) && metrics.as_array().is_some_and(|m| !m.is_empty())
+        inv["pods"].as_array().is_some_and(|p| !p.is_empty()) && metrics["items"].as_array().is_some_and(|m| !m.is_empty())
     })
     .await;
     assert!(has_data, "inventory and metrics arrive");

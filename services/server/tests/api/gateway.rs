@@ -86,7 +86,7 @@ impl Stream {
         loop {
             match self.next().await.unwrap() {
                 server_message::Body::Ack(a) if a.seq >= seq => return commands,
-                server_message::Body::Ack(_) => {}
+                server_message::Body::Ack(_) | server_message::Body::Refused(_) => {}
                 server_message::Body::Command(c) => commands.push(c),
             }
         }
@@ -193,11 +193,14 @@ async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {
     assert_eq!(inv["pods"].as_array().unwrap().len(), 1, "{inv}");
     assert_eq!(inv["workloads"][0]["workload"], "Deployment/web");
     assert_eq!(inv["facts"]["node_count"], 3);
+    assert_eq!(inv["facts"]["certificates"][0]["not_after"], "2096-10-02T07:06:40Z", "{inv}");
     let (_, m) = app.get(&format!("/api/v1/clusters/{cluster}/metrics"), &owner.access).await;
-    assert_eq!(m[0]["requests"], 150, "{m}");
-    assert_eq!(m[0]["failures"], 2);
+    assert_eq!(m["items"][0]["requests"], 150, "{m}");
+    assert_eq!(m["items"][0]["failures"], 2);
+    assert_eq!(m["items"][0]["minute"], crate::helpers::rfc3339(minute), "{m}");
     let (_, ev) = app.get(&format!("/api/v1/clusters/{cluster}/events"), &owner.access).await;
-    assert_eq!(ev.as_array().unwrap().len(), 1, "{ev}");
+    assert_eq!(ev["items"].as_array().unwrap().len(), 1, "{ev}");
+    assert_eq!(ev["items"][0]["at"], crate::helpers::rfc3339(minute), "{ev}");
 
     // The agent leaves: disconnected. Silence turns a connected agent stale, then disconnected.
     drop(stream);

@@ -218,6 +218,11 @@ impl TestApp {
     }
 }
 
+/// Unix milliseconds as the API writes times (RFC 3339, UTC).
+pub fn rfc3339(ms: i64) -> String {
+    serde_json::to_value(chrono::DateTime::from_timestamp_millis(ms).unwrap()).unwrap().as_str().unwrap().to_owned()
+}
+
 pub struct DashboardSession {
     /// The whole Set-Cookie header the log-in answered.
     pub set_cookie: String,

@@ -209,7 +209,7 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
 
 /// Sums of the API's per-minute rollups of one workload: (requests, failures, rows).
 fn totals(rows: &Value, workload: &str) -> (i64, i64, Vec<Value>) {
-    let rows: Vec<Value> = rows.as_array().into_iter().flatten().filter(|r| r["namespace"] == "shop" && r["workload"] == workload).cloned().collect();
+    let rows: Vec<Value> = rows["items"].as_array().into_iter().flatten().filter(|r| r["namespace"] == "shop" && r["workload"] == workload).cloned().collect();
     (rows.iter().map(|r| r["requests"].as_i64().unwrap_or(0)).sum(), rows.iter().map(|r| r["failures"].as_i64().unwrap_or(0)).sum(), rows)
 }
 
@@ -305,7 +305,7 @@ async fn warning_events_and_proxy_restarts_are_visible_through_the_events_api() 
     let path = format!("/api/v1/clusters/{}/events", s.cluster);
     let reasons = || async {
         let (_, e) = s.app.get(&path, &s.owner.access).await;
-        let mut r: Vec<String> = e.as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+        let mut r: Vec<String> = e["items"].as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
         r.sort();
         r
     };

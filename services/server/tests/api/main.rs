@@ -19,6 +19,7 @@ mod process;
 mod figures;
 mod fleet;
 mod quickstart;
+mod quotas;
 mod rollups;
 mod secrets_at_rest;
 mod store;
