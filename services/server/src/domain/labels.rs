@@ -137,6 +137,25 @@ pub fn validate_dns1123_label(name: &str) -> Result<(), LabelError> {
     check_word(&subject, name, MAX_NAME_LEN, Charset::Dns)
 }
 
+/// Most items in a comma-separated list of namespaces.
+pub const MAX_NAMESPACE_LIST: usize = 100;
+
+/// A comma-separated list of namespaces (DNS-1123 labels): empty items are skipped, at most
+/// [`MAX_NAMESPACE_LIST`] items, no white space. Sorted, without duplicates.
+pub fn parse_namespace_list(list: &str) -> Result<Vec<&str>, LabelError> {
+    let items: Vec<&str> = list.split(',').collect();
+    if items.len() > MAX_NAMESPACE_LIST {
+        fail!("at most {MAX_NAMESPACE_LIST} comma-separated namespaces");
+    }
+    let mut names: Vec<&str> = items.into_iter().filter(|n| !n.is_empty()).collect();
+    for n in &names {
+        validate_dns1123_label(n)?;
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok(names)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     Equals(String),

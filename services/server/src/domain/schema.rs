@@ -80,6 +80,18 @@ pub fn selector() -> Object {
     string(&selector_pattern()).description(Some("Kubernetes label selector, e.g. `env=prod,tier in (web,api),!legacy`")).build()
 }
 
+/// The pattern of a list of namespaces (`parse_namespace_list`).
+pub fn namespace_list_pattern() -> String {
+    let label = &DNS1123_LABEL[1..DNS1123_LABEL.len() - 1];
+    let more = super::labels::MAX_NAMESPACE_LIST - 1;
+    format!("^({label})?(,({label})?){{0,{more}}}$")
+}
+
+/// Schema of a list of namespaces.
+pub fn namespace_list() -> Object {
+    string(&namespace_list_pattern()).description(Some("Comma-separated namespace names (DNS-1123 labels), at most 100")).build()
+}
+
 /// Schema of a set of labels as `validate_labels` accepts it.
 pub fn labels() -> Object {
     let key = string(LABEL_KEY).min_length(Some(1)).max_length(Some(LABEL_KEY_MAX)).build();
@@ -96,7 +108,7 @@ pub fn labels() -> Object {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::labels::{validate_dns1123_label, validate_key, validate_value, Selector};
+    use crate::domain::labels::{parse_namespace_list, validate_dns1123_label, validate_key, validate_value, Selector};
     use crate::domain::{parse_display_name, Email};
 
     fn agree(pattern: &str, samples: &[&str], parser: impl Fn(&str) -> bool) {
@@ -142,6 +154,13 @@ mod tests {
             &twenty_one, "é=1", "(a)", "a=(b)", &long_prefix,
         ];
         agree(&selector_pattern(), &samples, |s| s.parse::<Selector>().is_ok());
+    }
+
+    #[test]
+    fn namespace_list_pattern_agrees_with_the_parser() {
+        let (hundred, hundred_one) = (["shop"; 100].join(","), ["shop"; 101].join(","));
+        let samples = ["", "shop", "shop,payments", ",shop,,", "shop, payments", " shop", "Shop", "-shop", "a".repeat(63).leak(), "a".repeat(64).leak(), "a/b", &hundred, &hundred_one];
+        agree(&namespace_list_pattern(), &samples, |s| parse_namespace_list(s).is_ok());
     }
 
     #[test]

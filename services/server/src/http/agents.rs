@@ -134,7 +134,8 @@ pub struct MetricsQuery {
     /// Page size, 1 to 500 (default 500).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page. Opaque: a string the server did not issue is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
 }
 
@@ -181,7 +182,9 @@ fn encode_cursor(key: &impl Serialize) -> String {
 }
 
 fn decode_cursor<T: serde::de::DeserializeOwned>(cursor: Option<&str>) -> Result<Option<T>, ApiError> {
+    // An empty cursor is no cursor: the first page.
     cursor
+        .filter(|c| !c.is_empty())
         .map(|c| {
             URL_SAFE_NO_PAD
                 .decode(c)
@@ -222,7 +225,8 @@ pub struct EventsQuery {
     /// Page size, 1 to 500 (default 100).
     #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
-    /// `next_cursor` of the previous page.
+    /// `next_cursor` of the previous page. Opaque: a string the server did not issue is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]*$")]
     cursor: Option<String>,
 }
 

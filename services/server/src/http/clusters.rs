@@ -345,23 +345,12 @@ pub struct InstallQuery {
     /// Namespaces opted into the mesh, comma-separated DNS-1123 labels (at most 100): each
     /// gets the Role that lets restart-workloads patch its Deployments. Like the mesh's own
     /// namespace they must exist before the manifest is applied.
+    #[param(schema_with = schema::namespace_list)]
     meshed_namespaces: Option<String>,
 }
 
-const MAX_MESHED_NAMESPACES: usize = 100;
-
 fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
-    let field = "meshed_namespaces";
-    let mut names: Vec<&str> = q.meshed_namespaces.as_deref().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
-    for n in &names {
-        crate::domain::labels::validate_dns1123_label(n).map_err(|e| ApiError::field(field, e.message))?;
-    }
-    names.sort_unstable();
-    names.dedup();
-    if names.len() > MAX_MESHED_NAMESPACES {
-        return Err(ApiError::field(field, format!("at most {MAX_MESHED_NAMESPACES} namespaces")));
-    }
-    Ok(names)
+    crate::domain::labels::parse_namespace_list(q.meshed_namespaces.as_deref().unwrap_or("")).map_err(|e| ApiError::field("meshed_namespaces", e.message))
 }
 
 /// The Kubernetes manifest that installs the agent. It embeds a freshly issued bootstrap
