@@ -178,6 +178,7 @@ async fn browser_time(base: &str) {
     println!("browser: navigation to visible fleet table, 7 runs: median {:.0?}, worst {:.0?}; goal < 1 s: {verdict}", percentile(&times, 0.5), percentile(&times, 1.0));
     let _ = client.close().await;
     let _ = child.kill();
+    let _ = child.wait();
 }
 
 #[tokio::main]

@@ -888,7 +888,7 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
         knobs.warmup,
         knobs.secs
     );
-    println!("   {:<11} {:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>11} {:>5}  {}", "engine", "run", "reports/s", "p50 ack", "p99 ack", "max ack", "avg batch", "server ack", "load", "integrity");
+    println!("   {:<11} {:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>11} {:>5}  integrity", "engine", "run", "reports/s", "p50 ack", "p99 ack", "max ack", "avg batch", "server ack", "load");
     for e in engines {
         let rows = [
             (format!("{} saturated", WritePath::Batched.name()), &e.batched),
@@ -931,7 +931,7 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
                 verdict(pg.paced.p99 < GOAL_P99 && delivered)
             );
         }
-        None => println!("   {:<66} {:>22}  {}", "PostgreSQL goals", "not measured", "SKIPPED (set MESHFLEET_TEST_POSTGRES_URL)"),
+        None => println!("   {:<66} {:>22}  SKIPPED (set MESHFLEET_TEST_POSTGRES_URL)", "PostgreSQL goals", "not measured"),
     }
     for e in engines {
         let ratio = e.batched.rps / e.per_report.rps.max(0.001);

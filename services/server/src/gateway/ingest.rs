@@ -263,7 +263,8 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas) -> Result<Vec<Op
             }
             Report::Events(e) => events.extend(e.iter().map(|e| (org, cluster, e.clone()))),
             Report::CommandResult { id, state, progress, message, output } => {
-                store::commands::record_result(&mut tx, cluster, *id, state, *progress, message, output.as_ref(), now).await?;
+                let outcome = store::commands::Outcome { state, progress: *progress, message, output: output.as_ref() };
+                store::commands::record_result(&mut tx, cluster, *id, &outcome, now).await?;
             }
         }
         refusals.push(refusal);

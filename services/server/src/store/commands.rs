@@ -134,18 +134,18 @@ pub async fn mark_delivered(conn: &mut Conn, id: CommandId, now: i64) -> Result<
     Ok(())
 }
 
+/// What an agent reports about a command it runs.
+pub struct Outcome<'a> {
+    pub state: &'a str,
+    pub progress: i64,
+    pub message: &'a str,
+    pub output: Option<&'a serde_json::Value>,
+}
+
 /// Applies a result from the cluster's own agent; a final state is never overwritten, so a
 /// resent result is a no-op.
-pub async fn record_result(
-    conn: &mut Conn,
-    cluster: ClusterId,
-    id: CommandId,
-    state: &str,
-    progress: i64,
-    message: &str,
-    output: Option<&serde_json::Value>,
-    now: i64,
-) -> Result<bool, sqlx::Error> {
+pub async fn record_result(conn: &mut Conn, cluster: ClusterId, id: CommandId, outcome: &Outcome<'_>, now: i64) -> Result<bool, sqlx::Error> {
+    let Outcome { state, progress, message, output } = *outcome;
     let final_state = matches!(state, "succeeded" | "failed");
     let done = sqlx::query(&format!(
         "UPDATE commands SET state = $3, progress = $4, message = $5, output = COALESCE($6, output),

@@ -26,7 +26,9 @@ async fn bad_input_gets_a_problem_never_a_500() {
     let owner = app.owner("ada@example.com").await;
     let t = Some(owner.access.as_str());
     let json_ct = Some("application/json");
-    let cases: Vec<(Method, &str, Option<&str>, Vec<u8>, u16, &str, Option<&str>)> = vec![
+    // method, path, content type, body, status, problem type, field
+    type Case<'a> = (Method, &'a str, Option<&'a str>, Vec<u8>, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (Method::POST, "/api/v1/clusters", json_ct, b"{\"name\":".to_vec(), 400, "bad-request", None),
         (Method::POST, "/api/v1/clusters", json_ct, b"\xff\xfe".to_vec(), 400, "bad-request", None),
         (Method::POST, "/api/v1/clusters", json_ct, b"{\"name\":\"x\",\"bogus\":1}".to_vec(), 422, "validation", Some("bogus")),

@@ -143,7 +143,9 @@ async fn clusters_selectors_and_paging(engine: Engine) {
     let (_db, _store, mut conn) = open(engine).await;
     let org = new_org(&mut conn, "Acme").await;
     let rival = new_org(&mut conn, "Rival").await;
-    let fleet: [(&str, &[(&str, &str)], &str); 9] = [
+    // name, labels, status
+    type Member<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let fleet: [Member; 9] = [
         ("alpha", &[("env", "prod"), ("tier", "web")], "connected"),
         ("bravo", &[("env", "staging"), ("tier", "api"), ("legacy", "")], "pending"),
         ("charlie", &[("env", "prod"), ("tier", "db"), ("legacy", "true")], "connected"),
