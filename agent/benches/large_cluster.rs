@@ -24,10 +24,10 @@
 //! pause, 100), MESHFLEET_BENCH_SETTLE_SECS (after the initial sync, 15). Without `--bench`
 //! (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
+use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,8 +83,6 @@ fn proc_status_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").ok().map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
@@ -110,7 +108,10 @@ impl Window {
     fn close(self) -> Vec<Usage> {
         let secs = self.start.elapsed().as_secs_f64();
         let hz = clock_ticks_per_sec();
-        self.ticks.iter().map(|(pid, t0)| Usage { cpu: (cpu_ticks(*pid).saturating_sub(*t0)) as f64 / hz / secs, rss_mb: proc_status_kb(*pid, "VmRSS:") as f64 / 1024.0 }).collect()
+        self.ticks
+            .iter()
+            .map(|(pid, t0)| Usage { cpu: (cpu_ticks(*pid).saturating_sub(*t0)) as f64 / hz / secs, rss_mb: proc_status_kb(*pid, "VmRSS:") as f64 / 1024.0 })
+            .collect()
     }
 }
 
@@ -197,7 +198,11 @@ fn start_server(bin: &PathBuf) -> anyhow::Result<Server> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mut api, mut gateway) = (None, None);
     while api.is_none() || gateway.is_none() {
-        let line = proc.output.stdout.recv_timeout(deadline.saturating_duration_since(Instant::now())).map_err(|_| anyhow::anyhow!("the server did not print its addresses within 60 s:\n{}", proc.tail()))?;
+        let line = proc
+            .output
+            .stdout
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .map_err(|_| anyhow::anyhow!("the server did not print its addresses within 60 s:\n{}", proc.tail()))?;
         if let Some(rest) = line.split("listening on http://").nth(1) {
             api = Some(format!("http://{}", rest.trim()));
         }
@@ -527,7 +532,10 @@ fn start_agent(vars: &HashMap<String, String>, kubeconfig: &std::path::Path, pod
             cmd.env_remove(&k);
         }
     }
-    cmd.envs(vars).env("MESHFLEET_POD_NAME", pod_name).env("KUBECONFIG", kubeconfig).env("MESHFLEET_LOG", std::env::var("MESHFLEET_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()));
+    cmd.envs(vars)
+        .env("MESHFLEET_POD_NAME", pod_name)
+        .env("KUBECONFIG", kubeconfig)
+        .env("MESHFLEET_LOG", std::env::var("MESHFLEET_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()));
     Ok(Agent { proc: Proc::spawn("meshfleet-agent", cmd)? })
 }
 
@@ -555,7 +563,14 @@ struct Row {
 async fn main() -> anyhow::Result<()> {
     let knobs = Knobs::from_env();
     let run_started = Instant::now();
-    eprintln!("== agent watching a large cluster: {} pods in {} namespaces, churn {}/s, windows of {:?}{}", knobs.pods, knobs.namespaces, knobs.churn, knobs.window, if knobs.smoke { " (smoke)" } else { "" });
+    eprintln!(
+        "== agent watching a large cluster: {} pods in {} namespaces, churn {}/s, windows of {:?}{}",
+        knobs.pods,
+        knobs.namespaces,
+        knobs.churn,
+        knobs.window,
+        if knobs.smoke { " (smoke)" } else { "" }
+    );
     eprintln!("   load average at start: {}", loadavg());
     let server_bin = server_binary()?;
     let mut server = start_server(&server_bin)?;
@@ -564,10 +579,14 @@ async fn main() -> anyhow::Result<()> {
     // An account, a cluster and its install manifest, through the API as a user would.
     let (email, password) = ("bench@example.com", "a long bench passphrase");
     post(&http, format!("{}/api/v1/signup", server.api), None, json!({"email": email, "password": password, "organization": "Bench"})).await?;
-    let token = post(&http, format!("{}/api/v1/login", server.api), None, json!({"email": email, "password": password})).await?["access_token"].as_str().context("access_token")?.to_owned();
+    let token = post(&http, format!("{}/api/v1/login", server.api), None, json!({"email": email, "password": password})).await?["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_owned();
     let created = post(&http, format!("{}/api/v1/clusters", server.api), Some(&token), json!({"name": "large", "labels": {}})).await?;
     let cluster = created["cluster"]["id"].as_str().context("cluster id")?.to_owned();
-    let manifest = http.get(format!("{}/api/v1/clusters/{cluster}/install.yaml", server.api)).bearer_auth(&token).send().await?.error_for_status()?.text().await?;
+    let manifest =
+        http.get(format!("{}/api/v1/clusters/{cluster}/install.yaml", server.api)).bearer_auth(&token).send().await?.error_for_status()?.text().await?;
     let api = Arc::new(Api { http: http.clone(), base: server.api.clone(), token: token.clone(), cluster: cluster.clone() });
 
     // The fake API server, without its workload simulator: the churn driver is the kubelet and
@@ -575,7 +594,8 @@ async fn main() -> anyhow::Result<()> {
     // every pod twice, which with 5,000 pods of 5 KB kept this process ~85% of a core busy even
     // at one pass a second, on a machine of 2 cores.) Bookmarks once a minute, as a real API server.
     let day = Duration::from_secs(24 * 3600);
-    let kube = Arc::new(FakeKube::start_with(Config { ready_delay: day, sim_tick: day, bookmark_interval: Duration::from_secs(60), ..Config::default() }).await?);
+    let kube =
+        Arc::new(FakeKube::start_with(Config { ready_delay: day, sim_tick: day, bookmark_interval: Duration::from_secs(60), ..Config::default() }).await?);
     let applied = kube.apply_yaml(&manifest)?;
     let secret = applied.iter().find(|o| o["kind"] == "Secret").context("the manifest's Secret")?;
     let agent_ns = secret["metadata"]["namespace"].as_str().context("Secret namespace")?.to_owned();
@@ -612,7 +632,9 @@ async fn main() -> anyhow::Result<()> {
     // 1. Baseline: the agent with an empty mesh.
     eprintln!("-- baseline: empty mesh");
     let mut agent = start_agent(&vars, &kubeconfig, "meshfleet-agent-a")?;
-    wait_for("the agent's first snapshot", Duration::from_secs(60), || async { api.inventory().await.is_ok_and(|i| i.updated_at.is_some()) }).await.map_err(|e| anyhow::anyhow!("{e}; agent output:\n{}", agent.proc.tail()))?;
+    wait_for("the agent's first snapshot", Duration::from_secs(60), || async { api.inventory().await.is_ok_and(|i| i.updated_at.is_some()) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; agent output:\n{}", agent.proc.tail()))?;
     tokio::time::sleep(knobs.settle.min(Duration::from_secs(10))).await;
     let w = Window::open(&[agent.proc.pid, server.proc.pid, bench_pid]);
     tokio::time::sleep(knobs.window).await;
@@ -626,7 +648,9 @@ async fn main() -> anyhow::Result<()> {
     let keys = layout(knobs.pods, knobs.namespaces);
     let seed_start = Instant::now();
     for n in 0..knobs.namespaces {
-        kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("team-{n:03}"), "labels": {"meshfleet.io/inject": "enabled"}}}))?;
+        kube.apply(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("team-{n:03}"), "labels": {"meshfleet.io/inject": "enabled"}}}),
+        )?;
     }
     let mut churn_pods = Vec::with_capacity(keys.len());
     let mut json_bytes = 0usize;
@@ -647,7 +671,9 @@ async fn main() -> anyhow::Result<()> {
     let _ = kube.delete("coordination.k8s.io/v1", "Lease", &agent_ns, "meshfleet-agent");
     let mut agent = start_agent(&vars, &kubeconfig, "meshfleet-agent-b")?;
     let want = churn_pods.len();
-    let sync = wait_for("every pod in the API", Duration::from_secs(180), || async { api.inventory().await.is_ok_and(|i| i.pods.len() == want) }).await.map_err(|e| anyhow::anyhow!("{e}; agent output:\n{}", agent.proc.tail()))?;
+    let sync = wait_for("every pod in the API", Duration::from_secs(180), || async { api.inventory().await.is_ok_and(|i| i.pods.len() == want) })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}; agent output:\n{}", agent.proc.tail()))?;
     let sync_hwm = proc_status_kb(agent.proc.pid, "VmHWM:") as f64 / 1024.0;
     let sync_rss = proc_status_kb(agent.proc.pid, "VmRSS:") as f64 / 1024.0;
     let sync_cpu = cpu_ticks(agent.proc.pid) as f64 / clock_ticks_per_sec();
@@ -678,7 +704,13 @@ async fn main() -> anyhow::Result<()> {
     let changes = churn(kube.clone(), pods.clone(), tracker.clone(), admin_port, knobs.churn, until).await;
     let u = w.close();
     let churn_hwm = proc_status_kb(agent.proc.pid, "VmHWM:") as f64 / 1024.0;
-    rows.push(Row { phase: format!("{} pods, churn {}/s, API polled", want, knobs.churn), agent: u[0], server: u[1], bench: u[2], agent_fds: open_fds(agent.proc.pid) });
+    rows.push(Row {
+        phase: format!("{} pods, churn {}/s, API polled", want, knobs.churn),
+        agent: u[0],
+        server: u[1],
+        bench: u[2],
+        agent_fds: open_fds(agent.proc.pid),
+    });
     // Let the last changes arrive.
     let _ = wait_for("the last changes in the API", Duration::from_secs(10), || async { tracker.lock().unwrap().open.is_empty() }).await;
     stop.store(true, Ordering::Relaxed);
@@ -694,12 +726,29 @@ async fn main() -> anyhow::Result<()> {
     let mut polls = t.polls.clone();
     polls.sort();
     println!();
-    println!("meshfleet-agent watching a large cluster ({} pods in {} namespaces, {} B of JSON per pod; windows of {} s; load average now {}){}", want, knobs.namespaces, avg_pod_bytes, knobs.window.as_secs(), loadavg(), if scrape_close { "; scrapes answered with connection: close" } else { "" });
+    println!(
+        "meshfleet-agent watching a large cluster ({} pods in {} namespaces, {} B of JSON per pod; windows of {} s; load average now {}){}",
+        want,
+        knobs.namespaces,
+        avg_pod_bytes,
+        knobs.window.as_secs(),
+        loadavg(),
+        if scrape_close { "; scrapes answered with connection: close" } else { "" }
+    );
     println!();
     println!("| phase | agent CPU (% of a core) | agent RSS MB | agent open files | server CPU % | server RSS MB | bench process CPU % (fake API server, churn, poller) |");
     println!("|---|---|---|---|---|---|---|");
     for r in &rows {
-        println!("| {} | {:.2} | {:.1} | {} | {:.1} | {:.1} | {:.1} |", r.phase, r.agent.cpu * 100.0, r.agent.rss_mb, r.agent_fds, r.server.cpu * 100.0, r.server.rss_mb, r.bench.cpu * 100.0);
+        println!(
+            "| {} | {:.2} | {:.1} | {} | {:.1} | {:.1} | {:.1} |",
+            r.phase,
+            r.agent.cpu * 100.0,
+            r.agent.rss_mb,
+            r.agent_fds,
+            r.server.cpu * 100.0,
+            r.server.rss_mb,
+            r.bench.cpu * 100.0
+        );
     }
     println!();
     let base = &rows[0].agent;
@@ -719,14 +768,24 @@ async fn main() -> anyhow::Result<()> {
         }
         println!("| {op} | {} | {} | {} | {} | {} |", d.len(), ms(pct(&d, 0.5)), ms(pct(&d, 0.9)), ms(pct(&d, 0.99)), ms(*d.last().unwrap()));
     }
-    println!("inventory API response time while polling (the resolution of the figures above): p50 {}, p99 {}, {} polls", ms(pct(&polls, 0.5)), ms(pct(&polls, 0.99)), polls.len());
+    println!(
+        "inventory API response time while polling (the resolution of the figures above): p50 {}, p99 {}, {} polls",
+        ms(pct(&polls, 0.5)),
+        ms(pct(&polls, 0.99)),
+        polls.len()
+    );
     println!();
     let p99 = pct(&all, 0.99);
     let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
     println!("| goal | result |");
     println!("|---|---|");
     println!("| agent RSS under 60 MB | {:.1} MB (peak {:.1} MB): {} |", steady.rss_mb, churn_hwm.max(sync_hwm), verdict(steady.rss_mb < 60.0));
-    println!("| agent CPU under 5% of a core at steady state | {:.2}% with churn ({:.2}% baseline): {} |", steady.cpu * 100.0, base.cpu * 100.0, verdict(steady.cpu < 0.05));
+    println!(
+        "| agent CPU under 5% of a core at steady state | {:.2}% with churn ({:.2}% baseline): {} |",
+        steady.cpu * 100.0,
+        base.cpu * 100.0,
+        verdict(steady.cpu < 0.05)
+    );
     println!("| p99 change-to-API under 2 s | {}: {} |", ms(p99), verdict(!all.is_empty() && t.open.is_empty() && p99 < Duration::from_secs(2)));
     println!();
     println!("whole run: {:.0} s", run_started.elapsed().as_secs_f64());

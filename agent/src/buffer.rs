@@ -39,12 +39,7 @@ impl ReportBuffer {
     /// Renumbering keeps seq strictly increasing on the wire, so an `Ack` is always cumulative
     /// over exactly what was sent before it. Returns how many reports overflowed.
     pub fn start_session(&mut self, snapshot: Option<Body>) -> u64 {
-        let kept: Vec<Body> = self
-            .entries
-            .drain(..)
-            .map(|(_, b)| b)
-            .filter(|b| !matches!(b, Body::Snapshot(_) | Body::Delta(_)))
-            .collect();
+        let kept: Vec<Body> = self.entries.drain(..).map(|(_, b)| b).filter(|b| !matches!(b, Body::Snapshot(_) | Body::Delta(_))).collect();
         if let Some(s) = snapshot {
             self.push(s);
         }

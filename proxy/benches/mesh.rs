@@ -35,32 +35,17 @@ fn wait_file(path: &Path) -> serde_json::Value {
         if let Ok(t) = std::fs::read_to_string(path) {
             return serde_json::from_str(&t).unwrap();
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 fn spawn(bin: &str, args: &[String]) -> Proc {
-    Proc(
-        Command::new(bin)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{bin}: {e}")),
-    )
+    Proc(Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{bin}: {e}")))
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// (user+system CPU seconds, RSS KiB) of a process, from /proc.
@@ -68,15 +53,9 @@ fn usage(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
     (ticks / 100.0, rss)
 }
 
@@ -90,18 +69,14 @@ async fn backend() -> SocketAddr {
             let _ = tcp.set_nodelay(true);
             let body = body.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let body = body.clone();
-                        async move {
-                            let _ = req.into_body().collect().await;
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), svc)
-                    .await;
+                let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let body = body.clone();
+                    async move {
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, Infallible>(hyper::Response::new(Full::new(body)))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
             });
         }
     });
@@ -120,9 +95,7 @@ async fn load(target: SocketAddr, rate: u64, secs: f64) -> (Vec<u64>, usize) {
         tasks.push(tokio::spawn(async move {
             let tcp = TcpStream::connect(target).await.unwrap();
             let _ = tcp.set_nodelay(true);
-            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-                .await
-                .unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
             tokio::spawn(conn);
             let offset = per_conn.mul_f64(c as f64 / CONNS as f64);
             let (mut lat, mut errors) = (Vec::with_capacity(n), 0);
@@ -130,10 +103,7 @@ async fn load(target: SocketAddr, rate: u64, secs: f64) -> (Vec<u64>, usize) {
                 let at = start + offset + per_conn * i as u32;
                 tokio::time::sleep_until(at).await;
                 let sent = tokio::time::Instant::now();
-                let req = hyper::Request::post("/")
-                    .header("host", "app")
-                    .body(Full::new(Bytes::from(vec![b'q'; BODY])))
-                    .unwrap();
+                let req = hyper::Request::post("/").header("host", "app").body(Full::new(Bytes::from(vec![b'q'; BODY]))).unwrap();
                 let ok = match send.send_request(req).await {
                     Ok(resp) => resp.status() == 200 && resp.into_body().collect().await.is_ok(),
                     Err(_) => false,
@@ -164,33 +134,13 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
-fn haproxy_pair(
-    dir: &Path,
-    app: SocketAddr,
-    issuer: &certs::CaMaterial,
-    anchor: &certs::CaMaterial,
-) -> (Vec<Proc>, SocketAddr) {
-    let signer = rcgen::Issuer::from_ca_cert_der(
-        &issuer.cert_der,
-        certs::key_from_pem(issuer.key_pem.as_bytes()).unwrap(),
-    )
-    .unwrap();
+fn haproxy_pair(dir: &Path, app: SocketAddr, issuer: &certs::CaMaterial, anchor: &certs::CaMaterial) -> (Vec<Proc>, SocketAddr) {
+    let signer = rcgen::Issuer::from_ca_cert_der(&issuer.cert_der, certs::key_from_pem(issuer.key_pem.as_bytes()).unwrap()).unwrap();
     for (name, sa) in [("a", "client"), ("b", "server")] {
         let key = rcgen::KeyPair::generate().unwrap();
         let id = certs::WorkloadId::new("cluster.local", "bench", sa).unwrap();
-        let leaf = certs::issue_leaf(
-            &signer,
-            &key,
-            &id,
-            std::time::SystemTime::now() + Duration::from_secs(86400),
-        )
-        .unwrap();
-        let pem = format!(
-            "{}{}{}",
-            certs::cert_to_pem(&leaf),
-            issuer.cert_pem,
-            key.serialize_pem()
-        );
+        let leaf = certs::issue_leaf(&signer, &key, &id, std::time::SystemTime::now() + Duration::from_secs(86400)).unwrap();
+        let pem = format!("{}{}{}", certs::cert_to_pem(&leaf), issuer.cert_pem, key.serialize_pem());
         std::fs::write(dir.join(format!("haproxy-{name}.pem")), pem).unwrap();
     }
     std::fs::write(dir.join("haproxy-ca.pem"), &anchor.cert_pem).unwrap();
@@ -201,15 +151,7 @@ fn haproxy_pair(
     let b = format!("{global}frontend in\n  bind 127.0.0.1:{pb} ssl crt {d}/haproxy-b.pem ca-file {d}/haproxy-ca.pem verify required\n  default_backend app\nbackend app\n  http-reuse always\n  server app {app}\n");
     std::fs::write(dir.join("haproxy-a.cfg"), a).unwrap();
     std::fs::write(dir.join("haproxy-b.cfg"), b).unwrap();
-    let procs = ["a", "b"]
-        .iter()
-        .map(|n| {
-            spawn(
-                "haproxy",
-                &["-db".into(), "-f".into(), format!("{d}/haproxy-{n}.cfg")],
-            )
-        })
-        .collect();
+    let procs = ["a", "b"].iter().map(|n| spawn("haproxy", &["-db".into(), "-f".into(), format!("{d}/haproxy-{n}.cfg")])).collect();
     (procs, format!("127.0.0.1:{pa}").parse().unwrap())
 }
 
@@ -227,15 +169,10 @@ struct Row {
 async fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not, and must not run this.
     if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "mesh benchmark skipped: run it with `cargo bench -p meshfleet-mesh --bench mesh`"
-        );
+        println!("mesh benchmark skipped: run it with `cargo bench -p meshfleet-mesh --bench mesh`");
         return;
     }
-    let secs: f64 = std::env::var("MESH_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10.0);
+    let secs: f64 = std::env::var("MESH_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let year = Duration::from_secs(365 * 86400);
@@ -244,7 +181,11 @@ async fn main() {
     std::fs::write(d.join("bundle.crt"), &anchor.cert_pem).unwrap();
     std::fs::write(d.join("issuer.crt"), &issuer.cert_pem).unwrap();
     std::fs::write(d.join("issuer.key"), &issuer.key_pem).unwrap();
-    std::fs::write(d.join("tokens.json"), r#"{"tokens":{"a":{"namespace":"bench","serviceAccount":"client"},"b":{"namespace":"bench","serviceAccount":"server"}}}"#).unwrap();
+    std::fs::write(
+        d.join("tokens.json"),
+        r#"{"tokens":{"a":{"namespace":"bench","serviceAccount":"client"},"b":{"namespace":"bench","serviceAccount":"server"}}}"#,
+    )
+    .unwrap();
     std::fs::write(d.join("a"), "a").unwrap();
     std::fs::write(d.join("b"), "b").unwrap();
     let p = |n: &str| d.join(n).display().to_string();
@@ -263,10 +204,7 @@ async fn main() {
             format!("--ready-file={}", p("controller.ready")),
         ],
     );
-    let grpc = wait_file(&d.join("controller.ready"))["grpc"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let grpc = wait_file(&d.join("controller.ready"))["grpc"].as_str().unwrap().to_string();
     let proxy = |token: &str, extra: Vec<String>| {
         let mut args = vec![
             "--admin-addr=127.0.0.1:0".into(),
@@ -279,31 +217,17 @@ async fn main() {
         ];
         args.extend(extra);
         // MESH_BENCH_PROXY_ARGS: extra flags for both proxies, e.g. "--worker-threads=2".
-        args.extend(
-            std::env::var("MESH_BENCH_PROXY_ARGS")
-                .unwrap_or_default()
-                .split_whitespace()
-                .map(String::from),
-        );
+        args.extend(std::env::var("MESH_BENCH_PROXY_ARGS").unwrap_or_default().split_whitespace().map(String::from));
         let proc = spawn(env!("CARGO_BIN_EXE_meshfleet-proxy"), &args);
         (proc, wait_file(&d.join(format!("{token}.ready"))))
     };
     let (proxy_b, b_addrs) = proxy("b", vec![]);
     let b_in = b_addrs["inbound"].as_str().unwrap().to_string();
-    let (proxy_a, a_addrs) = proxy(
-        "a",
-        vec![format!(
-            "--outbound=127.0.0.1:0={b_in}#spiffe://cluster.local/ns/bench/sa/server"
-        )],
-    );
+    let (proxy_a, a_addrs) = proxy("a", vec![format!("--outbound=127.0.0.1:0={b_in}#spiffe://cluster.local/ns/bench/sa/server")]);
     let mesh: SocketAddr = a_addrs["outbound"][0].as_str().unwrap().parse().unwrap();
     for admin in [&a_addrs["admin"], &b_addrs["admin"]] {
         let url = format!("http://{}/ready", admin.as_str().unwrap());
-        while reqwest::get(&url)
-            .await
-            .map(|r| r.status() != 200)
-            .unwrap_or(true)
-        {
+        while reqwest::get(&url).await.map(|r| r.status() != 200).unwrap_or(true) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -312,16 +236,8 @@ async fn main() {
 
     let targets: [(&'static str, SocketAddr, Vec<u32>); 3] = [
         ("direct", app, vec![]),
-        (
-            "meshfleet-proxy pair",
-            mesh,
-            vec![proxy_a.0.id(), proxy_b.0.id()],
-        ),
-        (
-            "haproxy pair",
-            hap,
-            haproxies.iter().map(|h| h.0.id()).collect(),
-        ),
+        ("meshfleet-proxy pair", mesh, vec![proxy_a.0.id(), proxy_b.0.id()]),
+        ("haproxy pair", hap, haproxies.iter().map(|h| h.0.id()).collect()),
     ];
     let mut rows = Vec::new();
     for rate in [1000u64, 2000] {
@@ -332,51 +248,20 @@ async fn main() {
             let (lat, errors) = load(*addr, rate, secs).await;
             let wall = t0.elapsed().as_secs_f64();
             let after: Vec<(f64, u64)> = pids.iter().map(|p| usage(*p)).collect();
-            let cpu = before
-                .iter()
-                .zip(&after)
-                .map(|(b, a)| (a.0 - b.0) / wall / (rate as f64 / 1000.0))
-                .collect();
+            let cpu = before.iter().zip(&after).map(|(b, a)| (a.0 - b.0) / wall / (rate as f64 / 1000.0)).collect();
             let rss = after.iter().map(|a| a.1).collect();
-            rows.push(Row {
-                rate,
-                name,
-                p50: pct(&lat, 0.5),
-                p99: pct(&lat, 0.99),
-                errors,
-                cpu,
-                rss,
-            });
-            eprintln!(
-                "{rate} req/s {name}: p50 {:.3} ms p99 {:.3} ms errors {errors}",
-                pct(&lat, 0.5),
-                pct(&lat, 0.99)
-            );
+            rows.push(Row { rate, name, p50: pct(&lat, 0.5), p99: pct(&lat, 0.99), errors, cpu, rss });
+            eprintln!("{rate} req/s {name}: p50 {:.3} ms p99 {:.3} ms errors {errors}", pct(&lat, 0.5), pct(&lat, 0.99));
         }
     }
 
-    println!(
-        "\n{CONNS} connections, HTTP/1.1, {BODY} B bodies, {secs} s per scenario, open loop\n"
-    );
+    println!("\n{CONNS} connections, HTTP/1.1, {BODY} B bodies, {secs} s per scenario, open loop\n");
     println!("| rate | path | p50 ms | p99 ms | added p50 ms | added p99 ms | errors | CPU (cores) per 1k req/s, each proxy | RSS MiB, each proxy |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        let base = rows
-            .iter()
-            .find(|x| x.rate == r.rate && x.name == "direct")
-            .unwrap();
-        let cpu = r
-            .cpu
-            .iter()
-            .map(|c| format!("{c:.3}"))
-            .collect::<Vec<_>>()
-            .join(" / ");
-        let rss = r
-            .rss
-            .iter()
-            .map(|k| format!("{:.1}", *k as f64 / 1024.0))
-            .collect::<Vec<_>>()
-            .join(" / ");
+        let base = rows.iter().find(|x| x.rate == r.rate && x.name == "direct").unwrap();
+        let cpu = r.cpu.iter().map(|c| format!("{c:.3}")).collect::<Vec<_>>().join(" / ");
+        let rss = r.rss.iter().map(|k| format!("{:.1}", *k as f64 / 1024.0)).collect::<Vec<_>>().join(" / ");
         println!(
             "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
             r.rate,

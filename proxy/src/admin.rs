@@ -37,14 +37,11 @@ pub async fn serve(listener: TcpListener, handler: Handler, drain: Drain) {
                 async move {
                     let (parts, body) = req.into_parts();
                     // Bodies are never needed; read and drop them, bounded by hyper's limits.
-                    let _ = http_body_util::Limited::new(body, 64 * 1024)
-                        .collect()
-                        .await;
+                    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
                     Ok::<_, Infallible>(handler(&parts.method, parts.uri.path(), peer))
                 }
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -58,11 +55,7 @@ pub async fn serve(listener: TcpListener, handler: Handler, drain: Drain) {
 }
 
 pub fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .body(Full::new(body.into()))
-        .unwrap_or_default()
+    Response::builder().status(status).header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8").body(Full::new(body.into())).unwrap_or_default()
 }
 
 pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
@@ -78,10 +71,7 @@ pub fn metrics(registry: &Registry) -> Response<Body> {
     if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut buf) {
         return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     }
-    Response::builder()
-        .header(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT)
-        .body(Full::new(Bytes::from(buf)))
-        .unwrap_or_default()
+    Response::builder().header(http::header::CONTENT_TYPE, prometheus::TEXT_FORMAT).body(Full::new(Bytes::from(buf))).unwrap_or_default()
 }
 
 pub fn not_found() -> Response<Body> {

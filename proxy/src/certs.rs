@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,9 +35,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every certificate in a PEM blob (other PEM sections are skipped).
 pub fn certs_from_pem(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_slice_iter(pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::Pem(e.to_string()))?;
+    let certs = CertificateDer::pem_slice_iter(pem).collect::<Result<Vec<_>, _>>().map_err(|e| Error::Pem(e.to_string()))?;
     if certs.is_empty() {
         return Err(Error::NoCertificate);
     }
@@ -86,10 +84,7 @@ pub struct CertInfo {
 
 impl CertInfo {
     pub fn spiffe_id(&self) -> Option<&str> {
-        self.uri_sans
-            .iter()
-            .map(String::as_str)
-            .find(|u| u.starts_with("spiffe://"))
+        self.uri_sans.iter().map(String::as_str).find(|u| u.starts_with("spiffe://"))
     }
 
     pub fn expired_at(&self, now: SystemTime) -> bool {
@@ -98,8 +93,7 @@ impl CertInfo {
 }
 
 pub fn inspect(der: &[u8]) -> Result<CertInfo> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| Error::X509(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| Error::X509(e.to_string()))?;
     let uri_sans = match cert.subject_alternative_name() {
         Ok(Some(san)) => san
             .value
@@ -125,9 +119,7 @@ pub fn inspect(der: &[u8]) -> Result<CertInfo> {
 }
 
 pub fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 /// A workload identity: `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
@@ -143,20 +135,12 @@ impl WorkloadId {
     pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self> {
         let whole = || format!("{trust_domain}/{namespace}/{service_account}");
         for part in [trust_domain, namespace, service_account] {
-            let ok = !part.is_empty()
-                && part.len() <= 253
-                && part.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'
-                });
+            let ok = !part.is_empty() && part.len() <= 253 && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
             if !ok {
                 return Err(Error::Identity(whole()));
             }
         }
-        Ok(Self {
-            trust_domain: trust_domain.into(),
-            namespace: namespace.into(),
-            service_account: service_account.into(),
-        })
+        Ok(Self { trust_domain: trust_domain.into(), namespace: namespace.into(), service_account: service_account.into() })
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -166,11 +150,7 @@ impl WorkloadId {
 
 impl fmt::Display for WorkloadId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spiffe://{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
-        )
+        write!(f, "spiffe://{}/ns/{}/sa/{}", self.trust_domain, self.namespace, self.service_account)
     }
 }
 
@@ -200,11 +180,7 @@ fn ca_params(common_name: &str, lifetime: Duration) -> CertificateParams {
     dn.push(DnType::CommonName, common_name);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = SystemTime::now();
     params.not_before = odt(now - Duration::from_secs(60));
     params.not_after = odt(now + lifetime);
@@ -216,38 +192,21 @@ fn ca_params(common_name: &str, lifetime: Duration) -> CertificateParams {
 pub fn new_anchor(common_name: &str, lifetime: Duration) -> Result<CaMaterial> {
     let key = KeyPair::generate()?;
     let cert = ca_params(common_name, lifetime).self_signed(&key)?;
-    Ok(CaMaterial {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().clone(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CaMaterial { cert_pem: cert.pem(), cert_der: cert.der().clone(), key_pem: key.serialize_pem() })
 }
 
 /// An intermediate (cluster issuer) signed by `parent`.
-pub fn new_issuer(
-    parent: &CaMaterial,
-    common_name: &str,
-    lifetime: Duration,
-) -> Result<CaMaterial> {
+pub fn new_issuer(parent: &CaMaterial, common_name: &str, lifetime: Duration) -> Result<CaMaterial> {
     let parent_key = key_from_pem(parent.key_pem.as_bytes())?;
     let parent_issuer = Issuer::from_ca_cert_der(&parent.cert_der, parent_key)?;
     let key = KeyPair::generate()?;
     let cert = ca_params(common_name, lifetime).signed_by(&key, &parent_issuer)?;
-    Ok(CaMaterial {
-        cert_pem: cert.pem(),
-        cert_der: cert.der().clone(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(CaMaterial { cert_pem: cert.pem(), cert_der: cert.der().clone(), key_pem: key.serialize_pem() })
 }
 
 /// A leaf for `id`, valid for both ends of an mTLS connection. The validity is backdated a
 /// minute so a peer whose clock is slightly behind still accepts it.
-pub fn issue_leaf(
-    issuer: &Issuer<'_, KeyPair>,
-    public_key: &impl PublicKeyData,
-    id: &WorkloadId,
-    not_after: SystemTime,
-) -> Result<CertificateDer<'static>> {
+pub fn issue_leaf(issuer: &Issuer<'_, KeyPair>, public_key: &impl PublicKeyData, id: &WorkloadId, not_after: SystemTime) -> Result<CertificateDer<'static>> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, id.to_string());
@@ -256,10 +215,7 @@ pub fn issue_leaf(
     params.subject_alt_names = vec![SanType::URI(uri)];
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = odt(SystemTime::now() - Duration::from_secs(60));
     params.not_after = odt(not_after);
@@ -285,14 +241,7 @@ mod tests {
     fn workload_id_round_trips_and_rejects_junk() {
         let id: WorkloadId = "spiffe://cluster.local/ns/web/sa/frontend".parse().unwrap();
         assert_eq!(id.to_string(), "spiffe://cluster.local/ns/web/sa/frontend");
-        for bad in [
-            "",
-            "spiffe://",
-            "spiffe://td/ns/a/sa",
-            "http://td/ns/a/sa/b",
-            "spiffe://td/ns/A/sa/b",
-            "spiffe://td/ns/a/sa/b/c",
-        ] {
+        for bad in ["", "spiffe://", "spiffe://td/ns/a/sa", "http://td/ns/a/sa/b", "spiffe://td/ns/A/sa/b", "spiffe://td/ns/a/sa/b/c"] {
             assert!(bad.parse::<WorkloadId>().is_err(), "{bad}");
         }
     }
@@ -300,10 +249,7 @@ mod tests {
     #[test]
     fn malformed_pem_is_an_error_not_a_panic() {
         assert!(certs_from_pem(b"").is_err());
-        assert!(
-            certs_from_pem(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")
-                .is_err()
-        );
+        assert!(certs_from_pem(b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n").is_err());
         assert!(key_from_pem(b"garbage").is_err());
         assert!(inspect(b"\x30\x03\x02\x01").is_err());
     }
@@ -312,27 +258,14 @@ mod tests {
     fn leaf_carries_identity_and_chains_by_name() {
         let anchor = new_anchor("anchor", Duration::from_secs(3600)).unwrap();
         let issuer_m = new_issuer(&anchor, "issuer", Duration::from_secs(3600)).unwrap();
-        let issuer = Issuer::from_ca_cert_der(
-            &issuer_m.cert_der,
-            key_from_pem(issuer_m.key_pem.as_bytes()).unwrap(),
-        )
-        .unwrap();
+        let issuer = Issuer::from_ca_cert_der(&issuer_m.cert_der, key_from_pem(issuer_m.key_pem.as_bytes()).unwrap()).unwrap();
         let leaf_key = KeyPair::generate().unwrap();
         let id = WorkloadId::new("td", "ns1", "sa1").unwrap();
-        let leaf = issue_leaf(
-            &issuer,
-            &leaf_key,
-            &id,
-            SystemTime::now() + Duration::from_secs(60),
-        )
-        .unwrap();
+        let leaf = issue_leaf(&issuer, &leaf_key, &id, SystemTime::now() + Duration::from_secs(60)).unwrap();
         let info = inspect(&leaf).unwrap();
         assert_eq!(info.spiffe_id(), Some("spiffe://td/ns/ns1/sa/sa1"));
         assert_eq!(info.issuer, inspect(&issuer_m.cert_der).unwrap().subject);
         assert!(!info.is_ca);
-        assert_eq!(
-            certs_from_pem(cert_to_pem(&leaf).as_bytes()).unwrap()[0],
-            leaf
-        );
+        assert_eq!(certs_from_pem(cert_to_pem(&leaf).as_bytes()).unwrap()[0], leaf);
     }
 }

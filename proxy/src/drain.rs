@@ -23,27 +23,15 @@ impl DrainController {
     pub fn new() -> (Self, Drain) {
         let (signal, signal_rx) = watch::channel(false);
         let (live_tx, live_rx) = mpsc::channel(1);
-        let drain = Drain {
-            signal: signal_rx,
-            _live: live_tx.clone(),
-        };
-        (
-            Self {
-                signal,
-                live_tx: Some(live_tx),
-                live_rx,
-            },
-            drain,
-        )
+        let drain = Drain { signal: signal_rx, _live: live_tx.clone() };
+        (Self { signal, live_tx: Some(live_tx), live_rx }, drain)
     }
 
     /// Signals shutdown, then waits for every `Drain` clone to drop. Returns false on timeout.
     pub async fn drain(mut self, deadline: Duration) -> bool {
         let _ = self.signal.send(true);
         self.live_tx.take();
-        tokio::time::timeout(deadline, self.live_rx.recv())
-            .await
-            .is_ok()
+        tokio::time::timeout(deadline, self.live_rx.recv()).await.is_ok()
     }
 }
 

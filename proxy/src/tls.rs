@@ -7,9 +7,7 @@ use std::sync::Arc;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::certs;
 
@@ -52,16 +50,10 @@ impl TrustBundle {
             if !certs::inspect(a)?.is_ca {
                 return Err(Error::Anchor("not a CA certificate".into()));
             }
-            roots
-                .add(a.clone())
-                .map_err(|e| Error::Anchor(e.to_string()))?;
+            roots.add(a.clone()).map_err(|e| Error::Anchor(e.to_string()))?;
             all.extend_from_slice(a);
         }
-        Ok(Self {
-            version: certs::fingerprint(&all),
-            anchors,
-            roots: Arc::new(roots),
-        })
+        Ok(Self { version: certs::fingerprint(&all), anchors, roots: Arc::new(roots) })
     }
 
     pub fn from_pem(pem: &[u8]) -> Result<Self> {
@@ -87,21 +79,10 @@ impl TrustBundle {
 }
 
 /// Checks `end_entity` chains to `roots` through `intermediates` right now, for TLS server use.
-pub fn verify_chain(
-    end_entity: &CertificateDer<'_>,
-    intermediates: &[CertificateDer<'_>],
-    roots: &RootCertStore,
-    now: UnixTime,
-) -> Result<(), rustls::Error> {
+pub fn verify_chain(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], roots: &RootCertStore, now: UnixTime) -> Result<(), rustls::Error> {
     let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
     let algs = provider().signature_verification_algorithms;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        roots,
-        intermediates,
-        now,
-        algs.all,
-    )
+    rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, roots, intermediates, now, algs.all)
 }
 
 /// Server verification for mesh peers: chain to the bundle, then (when the caller knows whom it
@@ -125,12 +106,9 @@ impl ServerCertVerifier for PeerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         verify_chain(end_entity, intermediates, &self.roots, now)?;
         if let Some(expected) = &self.expected {
-            let info = certs::inspect(end_entity)
-                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+            let info = certs::inspect(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
             if info.spiffe_id() != Some(expected.as_str()) {
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::NotValidForName,
-                ));
+                return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
             }
         }
         Ok(ServerCertVerified::assertion())
@@ -143,29 +121,15 @@ impl ServerCertVerifier for PeerVerifier {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // Unreachable: every config here is TLS 1.3 only.
-        Err(rustls::Error::PeerIncompatible(
-            rustls::PeerIncompatible::Tls13RequiredForQuic,
-        ))
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls13RequiredForQuic))
     }
 
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -177,11 +141,7 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(PeerVerifier {
-        roots: bundle.roots.clone(),
-        expected,
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(PeerVerifier { roots: bundle.roots.clone(), expected, provider: provider.clone() });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()

@@ -82,7 +82,9 @@ fn resource_route(group: &str, version: &str, rest: &[&str]) -> Route {
         _ => Route::NotFound,
     };
     match rest {
-        ["namespaces", ns, plural, tail @ ..] if resources::find(group, version, plural).is_some() && tail.len() <= 2 => target(plural, ns, tail.first(), tail.get(1)),
+        ["namespaces", ns, plural, tail @ ..] if resources::find(group, version, plural).is_some() && tail.len() <= 2 => {
+            target(plural, ns, tail.first(), tail.get(1))
+        }
         [plural, tail @ ..] if tail.len() <= 2 => target(plural, "", tail.first(), tail.get(1)),
         _ => Route::NotFound,
     }
@@ -166,10 +168,21 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             "list" | "watch" => selector.field_name().unwrap_or("").to_owned(),
             _ => target.name.clone().unwrap_or_default(),
         };
-        let attrs = Attributes { verb, group: d.group.into(), resource: d.plural.into(), subresource: target.subresource.clone(), namespace: target.namespace.clone(), name };
+        let attrs = Attributes {
+            verb,
+            group: d.group.into(),
+            resource: d.plural.into(),
+            subresource: target.subresource.clone(),
+            namespace: target.namespace.clone(),
+            name,
+        };
         if !allowed(&shared.store, user, &attrs) {
             shared.rbac.record_denial(user, &attrs);
-            return status(403, "Forbidden", format!("{} cannot {verb} resource {:?} in API group {:?} in the namespace {:?}", user.name, d.plural, d.group, target.namespace));
+            return status(
+                403,
+                "Forbidden",
+                format!("{} cannot {verb} resource {:?} in API group {:?} in the namespace {:?}", user.name, d.plural, d.group, target.namespace),
+            );
         }
     }
     if let Some(code) = shared.faults.take(verb, d.plural) {
@@ -215,9 +228,11 @@ async fn serve(shared: &Arc<Shared>, t: Target, verb: &str, q: &HashMap<String, 
             let cont = q.get("continue").map(String::as_str).filter(|c| !c.is_empty());
             let page = match store.list_page(t.res, (!ns.is_empty()).then_some(ns), limit, cont, |o| selector.matches(o)) {
                 Ok(p) => p,
-                Err(StoreError::Gone(_)) => {
-                    return status(410, "Expired", "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.")
-                }
+                Err(StoreError::Gone(_)) => return status(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                ),
                 Err(e) => return store_error(e),
             };
             let mut meta = json!({"resourceVersion": page.rv.to_string()});

@@ -57,7 +57,13 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { ready_delay: Duration::from_millis(300), bookmark_interval: Duration::from_secs(2), sim_tick: Duration::from_millis(50), history: 50_000, addr: SocketAddr::from(([127, 0, 0, 1], 0)) }
+        Config {
+            ready_delay: Duration::from_millis(300),
+            bookmark_interval: Duration::from_secs(2),
+            sim_tick: Duration::from_millis(50),
+            history: 50_000,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        }
     }
 }
 
@@ -95,7 +101,13 @@ impl FakeKube {
     pub async fn start_with(config: Config) -> Result<FakeKube> {
         let admin_token = format!("admin-{:016x}", rand::random::<u64>());
         let (drop_watches, _) = tokio_watch::channel(0);
-        let shared = Arc::new(Shared { store: store::Store::new(config.history), rbac: rbac::Rbac::new(&admin_token), faults: Default::default(), config: config.clone(), drop_watches });
+        let shared = Arc::new(Shared {
+            store: store::Store::new(config.history),
+            rbac: rbac::Rbac::new(&admin_token),
+            faults: Default::default(),
+            config: config.clone(),
+            drop_watches,
+        });
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
         let app = http::router(shared.clone());
@@ -184,7 +196,11 @@ impl FakeKube {
     pub fn apply(&self, obj: Value) -> Result<Value> {
         let res = Self::res_of(&obj)?;
         validate::object(res, &obj).map_err(Error::Invalid)?;
-        let ns = if resources::def(res).namespaced { obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned() } else { String::new() };
+        let ns = if resources::def(res).namespaced {
+            obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned()
+        } else {
+            String::new()
+        };
         let name = store::name_of(&obj).to_owned();
         match self.shared.store.get(res, &ns, &name) {
             None => Ok(self.shared.store.create(res, &ns, obj)?),

@@ -87,7 +87,16 @@ impl Rbac {
     }
 
     pub fn record_denial(&self, user: &User, attrs: &Attributes) {
-        let line = format!("{} {} {}/{}{} ns={:?} name={:?}", user.name, attrs.verb, attrs.group, attrs.resource, attrs.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default(), attrs.namespace, attrs.name);
+        let line = format!(
+            "{} {} {}/{}{} ns={:?} name={:?}",
+            user.name,
+            attrs.verb,
+            attrs.group,
+            attrs.resource,
+            attrs.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default(),
+            attrs.namespace,
+            attrs.name
+        );
         tracing::warn!(denied = %line, "fake kube RBAC denial");
         self.lock().denials.push(line);
     }

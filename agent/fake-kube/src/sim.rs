@@ -245,7 +245,12 @@ impl Simulator {
         }
         if pods.len() > want {
             // Unready first, then the newest.
-            pods.sort_by_key(|p| (is_ready(p), std::cmp::Reverse(p.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0))));
+            pods.sort_by_key(|p| {
+                (
+                    is_ready(p),
+                    std::cmp::Reverse(p.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)),
+                )
+            });
             for p in pods.iter().take(pods.len() - want) {
                 let _ = store.delete(pods_res, &ns, name_of(p));
             }

@@ -104,7 +104,14 @@ impl Watch {
         self.tx.send(b).await.is_ok()
     }
 
-    async fn run(mut self, initial: Vec<Value>, backlog: Vec<Arc<Change>>, mut live: broadcast::Receiver<Arc<Change>>, bookmarks: bool, timeout: Option<Duration>) {
+    async fn run(
+        mut self,
+        initial: Vec<Value>,
+        backlog: Vec<Arc<Change>>,
+        mut live: broadcast::Receiver<Arc<Change>>,
+        bookmarks: bool,
+        timeout: Option<Duration>,
+    ) {
         let mut dropped = self.shared.drop_watches.subscribe();
         for obj in initial.iter().filter(|o| self.in_scope(o)) {
             if !self.send(line("ADDED", obj)).await {

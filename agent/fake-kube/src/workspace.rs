@@ -91,8 +91,10 @@ impl Output {
     pub fn capture(child: &mut Child) -> Output {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let (tx, stdout) = mpsc::channel::<String>();
-        let pipes: [(Option<Box<dyn Read + Send>>, bool); 2] =
-            [(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), true), (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), false)];
+        let pipes: [(Option<Box<dyn Read + Send>>, bool); 2] = [
+            (child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>), true),
+            (child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>), false),
+        ];
         for (pipe, is_stdout) in pipes {
             let Some(pipe) = pipe else { continue };
             let (tail, tx) = (tail.clone(), tx.clone());

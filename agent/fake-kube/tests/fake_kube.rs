@@ -20,7 +20,8 @@ async fn stale_updates_conflict_and_rbac_denies_what_is_not_granted() {
     let err = cms.replace("x", &PostParams::default(), &created).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref e) if e.code == 409), "{err}");
 
-    kube.apply_yaml(r#"
+    kube.apply_yaml(
+        r#"
 apiVersion: rbac.authorization.k8s.io/v1
 kind: Role
 metadata: {name: r, namespace: default}
@@ -37,7 +38,9 @@ apiVersion: v1
 kind: Secret
 metadata: {name: mine, namespace: default}
 stringData: {k: v}
-"#).unwrap();
+"#,
+    )
+    .unwrap();
     kube.enforce_rbac(true);
     kube.add_token("sa-token", User::service_account("default", "sa"));
     let secrets: Api<Secret> = Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default");
@@ -107,10 +110,17 @@ async fn lists_page_with_limit_and_continue_and_reflectors_see_every_object() {
     let first = in_a.list(&ListParams::default().limit(10)).await.unwrap();
     let list_rv = first.metadata.resource_version.clone().unwrap();
     assert_eq!(first.items.len(), 10);
-    kube.apply(cm("a", "cm-00".into()).as_object().cloned().map(|mut o| {
-        o.insert("data".into(), json!({"k": "changed"}));
-        serde_json::Value::Object(o)
-    }).unwrap()).unwrap();
+    kube.apply(
+        cm("a", "cm-00".into())
+            .as_object()
+            .cloned()
+            .map(|mut o| {
+                o.insert("data".into(), json!({"k": "changed"}));
+                serde_json::Value::Object(o)
+            })
+            .unwrap(),
+    )
+    .unwrap();
     let (mut names, mut token) = (first.items.iter().map(|c| c.metadata.name.clone().unwrap()).collect::<Vec<_>>(), first.metadata.continue_.clone());
     let mut pages = 1;
     while let Some(t) = token.filter(|t| !t.is_empty()) {

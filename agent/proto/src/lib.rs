@@ -29,7 +29,8 @@ mod tests {
     fn spiffe_ids_round_trip() {
         let id = agent_spiffe_id("o1", "c1");
         assert_eq!(parse_agent_spiffe_id(&id), Some(("o1", "c1")));
-        for bad in ["spiffe://meshfleet/org/o1", "spiffe://other/org/o/cluster/c", "spiffe://meshfleet/org//cluster/c", "spiffe://meshfleet/org/o/cluster/c/x"] {
+        for bad in ["spiffe://meshfleet/org/o1", "spiffe://other/org/o/cluster/c", "spiffe://meshfleet/org//cluster/c", "spiffe://meshfleet/org/o/cluster/c/x"]
+        {
             assert_eq!(parse_agent_spiffe_id(bad), None, "{bad}");
         }
     }

@@ -25,7 +25,10 @@ enum End {
     Shutdown,
     RenewDue,
     /// `healthy`: the gateway acknowledged something, so the backoff starts over.
-    Lost { healthy: bool, error: Error },
+    Lost {
+        healthy: bool,
+        error: Error,
+    },
 }
 
 pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {

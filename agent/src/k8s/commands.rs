@@ -62,7 +62,13 @@ fn five_minutes() -> u64 {
 }
 
 fn done(state: CommandState, message: impl Into<String>, output: serde_json::Value) -> CommandResult {
-    CommandResult { state: state as i32, message: message.into(), output_json: output.to_string(), progress_percent: if state == CommandState::Succeeded { 100 } else { 0 }, ..Default::default() }
+    CommandResult {
+        state: state as i32,
+        message: message.into(),
+        output_json: output.to_string(),
+        progress_percent: if state == CommandState::Succeeded { 100 } else { 0 },
+        ..Default::default()
+    }
 }
 
 fn failed(message: impl Into<String>) -> CommandResult {
@@ -107,7 +113,13 @@ impl Executor {
 
     fn progress(&self, id: &str, percent: u32, message: String) {
         if let Some(r) = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            r.report(Report::Progress(CommandResult { command_id: id.into(), state: CommandState::Running as i32, message, progress_percent: percent.min(99), ..Default::default() }));
+            r.report(Report::Progress(CommandResult {
+                command_id: id.into(),
+                state: CommandState::Running as i32,
+                message,
+                progress_percent: percent.min(99),
+                ..Default::default()
+            }));
         }
     }
 
@@ -178,7 +190,11 @@ impl Executor {
                 }
                 if down > p.max_unavailable {
                     let finished = i * p.batch_size.max(1);
-                    self.progress(id, (finished * 100 / total) as u32, format!("waiting: {down} selected workloads in {ns} unavailable (max_unavailable {})", p.max_unavailable));
+                    self.progress(
+                        id,
+                        (finished * 100 / total) as u32,
+                        format!("waiting: {down} selected workloads in {ns} unavailable (max_unavailable {})", p.max_unavailable),
+                    );
                     self.wait_until(&nsapi, names, timeout, |d| !unavailable(d)).await?;
                 }
             }
@@ -202,7 +218,9 @@ impl Executor {
                 .await
                 .map_err(|e| match &e {
                     // RBAC confines restarts to namespaces opted in with the restart Role.
-                    ::kube::Error::Api(s) if s.code == 403 => format!("may not restart Deployment {ns}/{name}: namespace {ns} has no Role {RESTART_ROLE} binding the agent ({e})"),
+                    ::kube::Error::Api(s) if s.code == 403 => {
+                        format!("may not restart Deployment {ns}/{name}: namespace {ns} has no Role {RESTART_ROLE} binding the agent ({e})")
+                    }
                     _ => format!("patching Deployment {ns}/{name}: {e}"),
                 })?;
                 if patched {
@@ -229,7 +247,8 @@ impl Executor {
         }
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.config.mesh_namespace);
         let d = api.get(CONTROLLER_DEPLOYMENT).await.map_err(|e| format!("reading the controller Deployment: {e}"))?;
-        let container = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.first()).ok_or("the controller Deployment has no container")?;
+        let container =
+            d.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.containers.first()).ok_or("the controller Deployment has no container")?;
         let current = container.image.clone().unwrap_or_default();
         let repo = match current.rsplit_once(':') {
             Some((r, tag)) if !tag.contains('/') => r.to_owned(),
@@ -239,9 +258,11 @@ impl Executor {
         if current != image {
             let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container.name, "image": image}]}}}});
             let (api, patch) = (&api, &patch);
-            retry_on_conflict("controller Deployment", || async move { api.patch(CONTROLLER_DEPLOYMENT, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ()) })
-                .await
-                .map_err(|e| format!("patching the controller Deployment: {e}"))?;
+            retry_on_conflict("controller Deployment", || async move {
+                api.patch(CONTROLLER_DEPLOYMENT, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ())
+            })
+            .await
+            .map_err(|e| format!("patching the controller Deployment: {e}"))?;
         }
         self.wait_until(&api, &[CONTROLLER_DEPLOYMENT.to_owned()], Duration::from_secs(p.timeout_secs), rolled_out).await?;
         Ok(done(CommandState::Succeeded, format!("control plane at {}", p.version), json!({"image": image, "previous_image": current})))

@@ -193,8 +193,15 @@ impl<P> Table<P> {
 }
 
 /// Runs one watcher into one table until the process stops; errors are retried with backoff.
-async fn reflect<K, P>(api: Api<K>, config: watcher::Config, kind: &'static str, inv: Arc<Inventory>, telemetry: Telemetry, table: Table<P>, project: impl Fn(&K) -> Option<P>)
-where
+async fn reflect<K, P>(
+    api: Api<K>,
+    config: watcher::Config,
+    kind: &'static str,
+    inv: Arc<Inventory>,
+    telemetry: Telemetry,
+    table: Table<P>,
+    project: impl Fn(&K) -> Option<P>,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
 {
@@ -254,22 +261,73 @@ pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>,
     let named = |n: &str| watcher::Config::default().fields(&format!("metadata.name={n}"));
     let t = telemetry;
     vec![
-        tokio::spawn(reflect(Api::<Pod>::all(client.clone()), watcher::Config::default().page_size(POD_PAGE), "pods", inv.clone(), t.clone(), Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) }, meshed_pod)),
-        tokio::spawn(reflect(Api::<Namespace>::all(client.clone()), watcher::Config::default(), "namespaces", inv.clone(), t.clone(), Table::plain(|s| &mut s.namespaces), |n: &Namespace| {
-            Some(n.labels().get(INJECT_LABEL).is_some_and(|v| v == "enabled"))
-        })),
-        tokio::spawn(reflect(Api::<Node>::all(client.clone()), watcher::Config::default(), "nodes", inv.clone(), t.clone(), Table::plain(|s| &mut s.nodes), |_: &Node| Some(()))),
-        tokio::spawn(reflect(Api::<Deployment>::namespaced(client.clone(), &mesh), named(CONTROLLER_DEPLOYMENT), "controller", inv.clone(), t.clone(), Table::plain(|s| &mut s.controller), |d: &Deployment| Some(control_plane(d)))),
+        tokio::spawn(reflect(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().page_size(POD_PAGE),
+            "pods",
+            inv.clone(),
+            t.clone(),
+            Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) },
+            meshed_pod,
+        )),
+        tokio::spawn(reflect(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            "namespaces",
+            inv.clone(),
+            t.clone(),
+            Table::plain(|s| &mut s.namespaces),
+            |n: &Namespace| Some(n.labels().get(INJECT_LABEL).is_some_and(|v| v == "enabled")),
+        )),
+        tokio::spawn(reflect(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            "nodes",
+            inv.clone(),
+            t.clone(),
+            Table::plain(|s| &mut s.nodes),
+            |_: &Node| Some(()),
+        )),
+        tokio::spawn(reflect(
+            Api::<Deployment>::namespaced(client.clone(), &mesh),
+            named(CONTROLLER_DEPLOYMENT),
+            "controller",
+            inv.clone(),
+            t.clone(),
+            Table::plain(|s| &mut s.controller),
+            |d: &Deployment| Some(control_plane(d)),
+        )),
         // The issuer Secret holds the issuer's private key: only `tls.crt`/`crt.pem` is read.
-        tokio::spawn(reflect(Api::<Secret>::namespaced(client.clone(), &mesh), named(ISSUER_SECRET), "issuer", inv.clone(), t.clone(), Table::plain(|s| &mut s.issuer), |s: &Secret| {
-            let data = s.data.as_ref()?;
-            let pem = ["tls.crt", "crt.pem"].iter().find_map(|k| data.get(*k))?;
-            Some(certs::describe("issuer", &pem.0))
-        })),
-        tokio::spawn(reflect(Api::<ConfigMap>::namespaced(client, &mesh), named(TRUST_BUNDLE), "trust", inv, t, Table::plain(|s| &mut s.trust), |c: &ConfigMap| {
-            let data = c.data.as_ref()?;
-            Some(data.iter().filter(|(k, _)| k.ends_with(".crt") || k.ends_with(".pem")).flat_map(|(_, v)| certs::describe("trust-anchor", v.as_bytes())).collect())
-        })),
+        tokio::spawn(reflect(
+            Api::<Secret>::namespaced(client.clone(), &mesh),
+            named(ISSUER_SECRET),
+            "issuer",
+            inv.clone(),
+            t.clone(),
+            Table::plain(|s| &mut s.issuer),
+            |s: &Secret| {
+                let data = s.data.as_ref()?;
+                let pem = ["tls.crt", "crt.pem"].iter().find_map(|k| data.get(*k))?;
+                Some(certs::describe("issuer", &pem.0))
+            },
+        )),
+        tokio::spawn(reflect(
+            Api::<ConfigMap>::namespaced(client, &mesh),
+            named(TRUST_BUNDLE),
+            "trust",
+            inv,
+            t,
+            Table::plain(|s| &mut s.trust),
+            |c: &ConfigMap| {
+                let data = c.data.as_ref()?;
+                Some(
+                    data.iter()
+                        .filter(|(k, _)| k.ends_with(".crt") || k.ends_with(".pem"))
+                        .flat_map(|(_, v)| certs::describe("trust-anchor", v.as_bytes()))
+                        .collect(),
+                )
+            },
+        )),
     ]
 }
 
@@ -291,7 +349,13 @@ fn meshed_pod(p: &Pod) -> Option<MeshedPod> {
     let spec = p.spec.as_ref()?;
     let proxy = spec.containers.iter().find(|c| c.name == PROXY_CONTAINER)?;
     let version = proxy.image.as_deref().and_then(|i| i.rsplit_once(':')).map(|(_, t)| t.to_owned()).unwrap_or_default();
-    let admin_port = proxy.ports.iter().flatten().find(|p| p.name.as_deref() == Some("admin")).and_then(|p| u16::try_from(p.container_port).ok()).unwrap_or(DEFAULT_ADMIN_PORT);
+    let admin_port = proxy
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("admin"))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .unwrap_or(DEFAULT_ADMIN_PORT);
     let status = p.status.as_ref();
     let statuses = status.and_then(|s| s.container_statuses.as_ref());
     let restarts: i32 = statuses.iter().flat_map(|s| s.iter()).map(|c| c.restart_count).sum();
@@ -335,7 +399,13 @@ mod tests {
     use super::*;
 
     fn pod(name: &str) -> MeshedPod {
-        MeshedPod { pod: v1::Pod { namespace: "shop".into(), name: name.into(), ..Default::default() }, uid: format!("uid-{name}"), ip: None, admin_port: DEFAULT_ADMIN_PORT, proxy_restarts: 0 }
+        MeshedPod {
+            pod: v1::Pod { namespace: "shop".into(), name: name.into(), ..Default::default() },
+            uid: format!("uid-{name}"),
+            ip: None,
+            admin_port: DEFAULT_ADMIN_PORT,
+            proxy_restarts: 0,
+        }
     }
 
     #[test]

@@ -146,7 +146,9 @@ impl Scraper {
         let results: Vec<(MeshedPod, Option<Sample>)> = futures::stream::iter(targets)
             .map(|p| async move {
                 let sample = match admin_addr(&p) {
-                    Some(addr) => http.get(addr, "/metrics", timeout).await.map_err(|e| tracing::debug!(%addr, error = %e, "scrape failed")).ok().map(|t| parse(&t)),
+                    Some(addr) => {
+                        http.get(addr, "/metrics", timeout).await.map_err(|e| tracing::debug!(%addr, error = %e, "scrape failed")).ok().map(|t| parse(&t))
+                    }
                     None => None,
                 };
                 (p, sample)

@@ -118,7 +118,8 @@ pub async fn start(config: AgentConfig, client: Client) -> Result<Running, Error
     .await?;
     tasks.push(http);
     let (tx, leader) = watch::channel(false);
-    let elector = Arc::new(leader::Elector::new(client.clone(), &config.pod_namespace, config::LEASE_NAME, &config.pod_name, config.lease_duration, config.lease_renew));
+    let elector =
+        Arc::new(leader::Elector::new(client.clone(), &config.pod_namespace, config::LEASE_NAME, &config.pod_name, config.lease_duration, config.lease_renew));
     let election = tokio::spawn(elector.clone().run(tx));
     tasks.push(tokio::spawn(session::supervise(config, client, inventory.clone(), telemetry.clone(), leader.clone(), slot.clone())));
     Ok(Running { http_addr, inventory, telemetry, leader, session: slot, elector, election, tasks })

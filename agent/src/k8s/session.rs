@@ -81,7 +81,14 @@ impl Slot {
 }
 
 /// Follows leadership: starts a session on becoming leader, stops it on losing it.
-pub async fn supervise(config: AgentConfig, client: Client, inventory: Arc<Inventory>, telemetry: Telemetry, mut leader: watch::Receiver<bool>, slot: Arc<Slot>) {
+pub async fn supervise(
+    config: AgentConfig,
+    client: Client,
+    inventory: Arc<Inventory>,
+    telemetry: Telemetry,
+    mut leader: watch::Receiver<bool>,
+    slot: Arc<Slot>,
+) {
     // The certificate chain stored in the Secret, to notice renewals.
     let mut stored: Option<String> = None;
     loop {
@@ -154,7 +161,12 @@ async fn load_or_register(config: &AgentConfig, client: &Client) -> Result<Ident
     Ok(identity)
 }
 
-async fn start_session(config: &AgentConfig, client: &Client, inventory: &Arc<Inventory>, telemetry: &Telemetry) -> Result<(AgentHandle, Vec<JoinHandle<()>>), Error> {
+async fn start_session(
+    config: &AgentConfig,
+    client: &Client,
+    inventory: &Arc<Inventory>,
+    telemetry: &Telemetry,
+) -> Result<(AgentHandle, Vec<JoinHandle<()>>), Error> {
     let identity = load_or_register(config, client).await?;
     let executor = Arc::new(Executor { client: client.clone(), config: config.clone(), inventory: inventory.clone(), reporter: Mutex::new(None) });
     let last = Arc::new(Mutex::new(LastSent::default()));
@@ -196,7 +208,9 @@ async fn pump(config: AgentConfig, inventory: Arc<Inventory>, last: Arc<Mutex<La
                         saw(&mut restarts, &mut events, k, p);
                     }
                     restarts.retain(|k, _| pods.contains_key(k));
-                    removed.extend(l.pods.iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, p)| v1::PodRef { namespace: p.namespace.clone(), name: p.name.clone() }));
+                    removed.extend(
+                        l.pods.iter().filter(|(k, _)| !pods.contains_key(*k)).map(|(_, p)| v1::PodRef { namespace: p.namespace.clone(), name: p.name.clone() }),
+                    );
                     for r in &removed {
                         l.pods.remove(&format!("{}/{}", r.namespace, r.name));
                     }
@@ -231,7 +245,11 @@ async fn pump(config: AgentConfig, inventory: Arc<Inventory>, last: Arc<Mutex<La
             if facts_changed {
                 l.facts = Some(facts.clone());
             }
-            (!upserted.is_empty() || !removed.is_empty() || facts_changed).then(|| v1::Delta { upserted_pods: upserted, removed_pods: removed, facts: facts_changed.then_some(facts) })
+            (!upserted.is_empty() || !removed.is_empty() || facts_changed).then(|| v1::Delta {
+                upserted_pods: upserted,
+                removed_pods: removed,
+                facts: facts_changed.then_some(facts),
+            })
         };
         if let Some(d) = delta {
             telemetry.reports.with_label_values(&["delta"]).inc();
@@ -283,9 +301,22 @@ async fn warnings(client: Client, inventory: Arc<Inventory>, reporter: Reporter,
         if !seen.insert(id.clone()) {
             continue;
         }
-        let at = e.last_timestamp.as_ref().map(|t| t.0.as_millisecond()).or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond())).unwrap_or_else(crate::client::now_ms);
+        let at = e
+            .last_timestamp
+            .as_ref()
+            .map(|t| t.0.as_millisecond())
+            .or_else(|| e.event_time.as_ref().map(|t| t.0.as_millisecond()))
+            .unwrap_or_else(crate::client::now_ms);
         let object = format!("{}/{}", e.involved_object.kind.clone().unwrap_or_default(), e.involved_object.name.clone().unwrap_or_default());
-        let event = v1::Event { id, at_unix_ms: at, r#type: "Warning".into(), namespace: ns, object, reason: e.reason.clone().unwrap_or_default(), message: e.message.clone().unwrap_or_default() };
+        let event = v1::Event {
+            id,
+            at_unix_ms: at,
+            r#type: "Warning".into(),
+            namespace: ns,
+            object,
+            reason: e.reason.clone().unwrap_or_default(),
+            message: e.message.clone().unwrap_or_default(),
+        };
         telemetry.reports.with_label_values(&["events"]).inc();
         reporter.report(Report::Events(v1::Events { events: vec![event] }));
     }

@@ -79,12 +79,26 @@ struct Http {
 }
 
 /// Binds `addr` and serves until the task is aborted; returns the bound address.
-pub async fn serve(addr: SocketAddr, telemetry: Telemetry, inventory: Arc<Inventory>, connected: Connected) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+pub async fn serve(
+    addr: SocketAddr,
+    telemetry: Telemetry,
+    inventory: Arc<Inventory>,
+    connected: Connected,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|State(h): State<Http>| async move { if h.inventory.synced() { (StatusCode::OK, "ready") } else { (StatusCode::SERVICE_UNAVAILABLE, "inventory not synced") } }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Http>| async move {
+                if h.inventory.synced() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "inventory not synced")
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(|State(h): State<Http>| async move {

@@ -73,8 +73,13 @@ impl ApiClient {
         struct Created {
             cluster: ClusterRef,
         }
-        let resp =
-            self.http.post(self.url("/api/v1/clusters")).bearer_auth(self.token.expose_secret()).json(&serde_json::json!({ "name": name, "labels": labels })).send().await?;
+        let resp = self
+            .http
+            .post(self.url("/api/v1/clusters"))
+            .bearer_auth(self.token.expose_secret())
+            .json(&serde_json::json!({ "name": name, "labels": labels }))
+            .send()
+            .await?;
         let created: Created = checked(&format!("create cluster {name}"), resp).await?.json().await?;
         Ok(created.cluster)
     }
@@ -114,7 +119,11 @@ pub fn parse_bootstrap(yaml: &str) -> Result<Bootstrap, SimError> {
         }
         let data = &value["stringData"];
         let get = |k: &str| data[k].as_str().map(str::to_owned).ok_or_else(|| bad(&format!("the bootstrap Secret has no stringData.{k}")));
-        return Ok(Bootstrap { token: get("MESHFLEET_BOOTSTRAP_TOKEN")?.into(), gateway_address: get("MESHFLEET_GATEWAY_ADDRESS")?, ca_pem: get("MESHFLEET_GATEWAY_CA")? });
+        return Ok(Bootstrap {
+            token: get("MESHFLEET_BOOTSTRAP_TOKEN")?.into(),
+            gateway_address: get("MESHFLEET_GATEWAY_ADDRESS")?,
+            ca_pem: get("MESHFLEET_GATEWAY_CA")?,
+        });
     }
     Err(bad("no Secret meshfleet-agent-bootstrap in the manifest"))
 }

@@ -17,9 +17,8 @@ pub const CURRENT_PROXY_VERSION: &str = "0.1.0";
 const OUTDATED_PROXY_VERSIONS: &[&str] = &["0.0.9", "0.0.8"];
 const KUBERNETES_VERSIONS: &[&str] = &["v1.31.4", "v1.32.2", "v1.33.1"];
 const NAMESPACES: &[&str] = &["shop", "payments", "platform", "identity", "media", "analytics"];
-const WORKLOADS: &[&str] = &[
-    "web", "api", "checkout", "cart", "catalog", "search", "auth", "orders", "inventory", "shipping", "email", "reviews", "frontend", "gateway",
-];
+const WORKLOADS: &[&str] =
+    &["web", "api", "checkout", "cart", "catalog", "search", "auth", "orders", "inventory", "shipping", "email", "reviews", "frontend", "gateway"];
 const DAY_MS: i64 = 86_400_000;
 
 #[derive(Debug, Clone)]
@@ -247,7 +246,13 @@ impl SyntheticCluster {
                 }
             }
         };
-        CommandResult { command_id: command.id.clone(), state: CommandState::Succeeded as i32, output_json: output.to_string(), progress_percent: 100, ..Default::default() }
+        CommandResult {
+            command_id: command.id.clone(),
+            state: CommandState::Succeeded as i32,
+            output_json: output.to_string(),
+            progress_percent: 100,
+            ..Default::default()
+        }
     }
 
     fn diagnostics(&self) -> serde_json::Value {

@@ -57,7 +57,10 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconfig() {
-    let fake_bin = tokio::task::spawn_blocking(|| meshfleet_fake_kube::workspace::build_bins("meshfleet-fake-kube", &["meshfleet-fake-kube"]).join("meshfleet-fake-kube")).await.unwrap();
+    let fake_bin =
+        tokio::task::spawn_blocking(|| meshfleet_fake_kube::workspace::build_bins("meshfleet-fake-kube", &["meshfleet-fake-kube"]).join("meshfleet-fake-kube"))
+            .await
+            .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (kubeconfig, manifest) = (dir.path().join("kubeconfig"), dir.path().join("mesh.yaml"));
     std::fs::File::create(&manifest).unwrap().write_all(MESH.as_bytes()).unwrap();

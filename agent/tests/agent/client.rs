@@ -44,7 +44,12 @@ fn metrics(marker: i64) -> Report {
 }
 
 fn metric_markers(msgs: &[v1::AgentMessage]) -> Vec<i64> {
-    msgs.iter().filter_map(|m| match &m.body { Some(Body::Metrics(x)) => Some(x.window_start_unix_ms), _ => None }).collect()
+    msgs.iter()
+        .filter_map(|m| match &m.body {
+            Some(Body::Metrics(x)) => Some(x.window_start_unix_ms),
+            _ => None,
+        })
+        .collect()
 }
 
 #[tokio::test]
@@ -107,7 +112,8 @@ async fn acked_reports_leave_the_buffer_and_unacked_ones_are_resent_after_a_cut(
 async fn buffer_overflow_drops_the_oldest_and_counts_them() {
     // Nothing listens there: every report stays buffered.
     let cfg = ClientConfig { buffer_limit: 5, ..ClientConfig::new("https://127.0.0.1:9", "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n") };
-    let id = Identity { org_id: ORG.into(), cluster_id: CLUSTER.into(), chain_pem: String::new(), key_pem: String::new().into(), not_after_unix_ms: i64::MAX / 2 };
+    let id =
+        Identity { org_id: ORG.into(), cluster_id: CLUSTER.into(), chain_pem: String::new(), key_pem: String::new().into(), not_after_unix_ms: i64::MAX / 2 };
     let h = spawn(cfg, id, Arc::new(TestAgent::default()));
     for m in 0..12 {
         h.report(metrics(m));
@@ -124,9 +130,8 @@ async fn redelivered_command_is_executed_once_and_its_result_resent() {
     let agent = Arc::new(TestAgent::default());
     let h = spawn(config(&gw), registered(&gw).await, agent.clone());
     assert!(h.wait_until(WAIT, |s| s.connected).await);
-    let results = |r: &crate::gateway::Recorded| {
-        r.messages.iter().filter(|(_, m)| matches!(&m.body, Some(Body::CommandResult(c)) if c.command_id == "c1")).count()
-    };
+    let results =
+        |r: &crate::gateway::Recorded| r.messages.iter().filter(|(_, m)| matches!(&m.body, Some(Body::CommandResult(c)) if c.command_id == "c1")).count();
     gw.command("c1", "ping");
     gw.command("c1", "ping"); // redelivered while running: nothing
     gw.wait_for("a result", |r| results(r) == 1).await;
@@ -140,7 +145,15 @@ async fn redelivered_command_is_executed_once_and_its_result_resent() {
     assert_eq!(h.stats().commands_executed, 1);
     let Some(Body::Hello(hello)) = &gw.session(2)[0].body else { panic!() };
     assert_eq!(hello.last_command_id, "c1");
-    let last = gw.session(1).into_iter().rev().find_map(|m| match m.body { Some(Body::CommandResult(c)) => Some(c), _ => None }).unwrap();
+    let last = gw
+        .session(1)
+        .into_iter()
+        .rev()
+        .find_map(|m| match m.body {
+            Some(Body::CommandResult(c)) => Some(c),
+            _ => None,
+        })
+        .unwrap();
     assert_eq!(last.state(), CommandState::Succeeded);
     h.shutdown().await;
 }
@@ -236,7 +249,10 @@ async fn simulated_cluster_reports_and_answers_commands_through_a_real_client() 
     gw.command("p1", "ping");
     gw.command("u1", "rotate-everything");
     let result = |id: &str| {
-        gw.session(1).into_iter().find_map(|m| match m.body { Some(Body::CommandResult(c)) if c.command_id == id => Some(c), _ => None })
+        gw.session(1).into_iter().find_map(|m| match m.body {
+            Some(Body::CommandResult(c)) if c.command_id == id => Some(c),
+            _ => None,
+        })
     };
     gw.wait_for("both results", |r| r.messages.iter().filter(|(_, m)| matches!(m.body, Some(Body::CommandResult(_)))).count() == 2).await;
     assert_eq!(result("p1").unwrap().state(), CommandState::Succeeded);

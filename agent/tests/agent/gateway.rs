@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use futures::Stream;
 use meshfleet_agent::v1::{
-    self, agent_gateway_server::{AgentGateway, AgentGatewayServer}, agent_message::Body, server_message, AgentMessage, Ack, RegisterRequest,
-    RegisterResponse, RenewRequest, RenewResponse, ServerMessage,
+    self,
+    agent_gateway_server::{AgentGateway, AgentGatewayServer},
+    agent_message::Body,
+    server_message, Ack, AgentMessage, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, ServerMessage,
 };
 use rcgen::{BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair, SanType};
 use rustls_pki_types::CertificateSigningRequestDer;

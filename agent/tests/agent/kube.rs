@@ -9,7 +9,7 @@ use meshfleet_agent::k8s::commands::{Executor, RESTARTED_BY};
 use meshfleet_agent::k8s::inventory::{spawn_watchers, Inventory};
 use meshfleet_agent::k8s::{AgentConfig, Telemetry};
 use meshfleet_agent::v1;
-use meshfleet_fake_kube::{Config, Fault, FakeKube};
+use meshfleet_fake_kube::{Config, FakeKube, Fault};
 use serde_json::{json, Value};
 
 pub fn config() -> AgentConfig {
@@ -45,7 +45,11 @@ async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
 }
 
 fn fake_pods(kube: &FakeKube) -> Vec<String> {
-    let mut v: Vec<String> = kube.list("v1", "Pod", None).iter().map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap())).collect();
+    let mut v: Vec<String> = kube
+        .list("v1", "Pod", None)
+        .iter()
+        .map(|p| format!("{}/{}", p["metadata"]["namespace"].as_str().unwrap(), p["metadata"]["name"].as_str().unwrap()))
+        .collect();
     v.sort();
     v
 }
@@ -58,13 +62,21 @@ fn agent_pods(inv: &Inventory) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_survive_410_500_and_dropped_watches_without_losing_or_duplicating_pods() {
-    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(50), bookmark_interval: Duration::from_millis(200), ..Config::default() }).await.unwrap();
+    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(50), bookmark_interval: Duration::from_millis(200), ..Config::default() })
+        .await
+        .unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}})).unwrap();
     kube.apply(meshed_deployment("shop", "web", 3)).unwrap();
     let inv = Inventory::new();
     let telemetry = Telemetry::new();
     let _tasks = spawn_watchers(kube.client().await.unwrap(), &config(), inv.clone(), telemetry.clone());
-    assert!(eventually(Duration::from_secs(5), || inv.synced() && agent_pods(&inv).len() == 3).await, "{:?} {:?} {}", agent_pods(&inv), inv.lock().synced, telemetry.render());
+    assert!(
+        eventually(Duration::from_secs(5), || inv.synced() && agent_pods(&inv).len() == 3).await,
+        "{:?} {:?} {}",
+        agent_pods(&inv),
+        inv.lock().synced,
+        telemetry.render()
+    );
 
     // A failed list, a 410 on the watch, a compaction, a dropped watch and pod churn between them.
     kube.inject(Fault::once("watch", "pods", 410));
@@ -76,7 +88,12 @@ async fn watches_survive_410_500_and_dropped_watches_without_losing_or_duplicati
     kube.drop_watches();
     let victim = fake_pods(&kube)[0].split('/').nth(1).unwrap().to_owned();
     kube.delete("v1", "Pod", "shop", &victim).unwrap();
-    assert!(eventually(Duration::from_secs(10), || fake_pods(&kube).len() == 5 && agent_pods(&inv) == fake_pods(&kube)).await, "agent {:?} vs fake {:?}", agent_pods(&inv), fake_pods(&kube));
+    assert!(
+        eventually(Duration::from_secs(10), || fake_pods(&kube).len() == 5 && agent_pods(&inv) == fake_pods(&kube)).await,
+        "agent {:?} vs fake {:?}",
+        agent_pods(&inv),
+        fake_pods(&kube)
+    );
     let fired = kube.faults_fired();
     assert!(fired.iter().any(|f| f.2 == 410) && fired.iter().any(|f| f.2 == 500), "{fired:?}");
     let snap = inv.snapshot();
@@ -96,7 +113,8 @@ async fn restart_workloads_rolls_in_batches_and_a_redelivered_command_does_not_r
     assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 6).await);
     let before = fake_pods(&kube);
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
-    let command = v1::Command { id: "cmd-1".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop","batch_size":2}"#.into(), deadline_unix_ms: 0 };
+    let command =
+        v1::Command { id: "cmd-1".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop","batch_size":2}"#.into(), deadline_unix_ms: 0 };
 
     let result = exec.execute(command.clone()).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
@@ -125,7 +143,13 @@ async fn conflicting_writes_are_read_again_and_retried() {
     kube.apply(meshed_deployment("shop", "web", 1)).unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "meshfleet-agent-identity", "namespace": "meshfleet-system"}, "data": {"identity.json": "e30=", "note": "a2VlcA=="}})).unwrap();
     let client = kube.client().await.unwrap();
-    let renewed = meshfleet_agent::Identity { org_id: "o".into(), cluster_id: "c".into(), chain_pem: "RENEWED CHAIN".into(), key_pem: "k".to_owned().into(), not_after_unix_ms: 1 };
+    let renewed = meshfleet_agent::Identity {
+        org_id: "o".into(),
+        cluster_id: "c".into(),
+        chain_pem: "RENEWED CHAIN".into(),
+        key_pem: "k".to_owned().into(),
+        not_after_unix_ms: 1,
+    };
 
     // The identity Secret is updated with its resourceVersion; two 409s (a concurrent writer)
     // are answered by reading it again, and other keys survive.
@@ -166,7 +190,6 @@ async fn conflicting_writes_are_read_again_and_retried() {
     assert_eq!(kube.faults_fired().iter().filter(|f| f.0 == "patch" && f.2 == 409).count(), 2);
 }
 
-
 /// A namespace labelled for injection is meshed before it has a meshed pod, so restart-workloads
 /// restarts its Deployments (the restart that gives them their sidecars).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,7 +213,8 @@ async fn a_namespace_labelled_for_injection_is_meshed_before_its_first_meshed_po
 
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
     for ns in ["payments", "unmeshed"] {
-        let command = v1::Command { id: format!("cmd-{ns}"), kind: "restart-workloads".into(), params_json: json!({"namespace": ns}).to_string(), deadline_unix_ms: 0 };
+        let command =
+            v1::Command { id: format!("cmd-{ns}"), kind: "restart-workloads".into(), params_json: json!({"namespace": ns}).to_string(), deadline_unix_ms: 0 };
         let result = exec.execute(command).await;
         assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
         let out: Value = serde_json::from_str(&result.output_json).unwrap();

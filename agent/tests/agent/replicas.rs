@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use meshfleet_agent::k8s::{self, AgentConfig};
-use meshfleet_fake_kube::{Config, Fault, FakeKube};
+use meshfleet_fake_kube::{Config, FakeKube, Fault};
 use serde_json::json;
 
 use crate::kube::meshed_deployment;

@@ -4,11 +4,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(
-    version,
-    about = "Meshfleet mesh identity controller",
-    args_conflicts_with_subcommands = true
-)]
+#[command(version, about = "Meshfleet mesh identity controller", args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -29,11 +29,7 @@ fn main() -> ExitCode {
             b
         }
     };
-    let result = builder
-        .enable_all()
-        .build()
-        .map_err(anyhow::Error::from)
-        .and_then(|rt| rt.block_on(meshfleet_mesh::proxy::run(cli.config)));
+    let result = builder.enable_all().build().map_err(anyhow::Error::from).and_then(|rt| rt.block_on(meshfleet_mesh::proxy::run(cli.config)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

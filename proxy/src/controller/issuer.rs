@@ -13,10 +13,7 @@ use crate::tls::{self, TrustBundle};
 #[derive(Debug, thiserror::Error)]
 pub enum IssuerError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("trust bundle is invalid: {0}")]
     Bundle(#[source] tls::Error),
     #[error("issuer certificate or key is invalid: {0}")]
@@ -94,27 +91,9 @@ pub fn validate(src: &Sources, now: SystemTime) -> Result<Pair, IssuerError> {
     // inconsistent (wrong anchor, path length, key usage), not just the ones listed above.
     let probe_key = KeyPair::generate()?;
     let probe_id = WorkloadId::new("probe.invalid", "probe", "probe")?;
-    let probe = certs::issue_leaf(
-        &signer,
-        &probe_key,
-        &probe_id,
-        now + Duration::from_secs(60),
-    )?;
-    tls::verify_chain(
-        &probe,
-        &chain,
-        bundle.roots(),
-        UnixTime::since_unix_epoch(since_epoch(now)),
-    )
-    .map_err(|e| IssuerError::NotChained(e.to_string()))?;
-    Ok(Pair {
-        issuer: IssuerState {
-            signer,
-            chain,
-            info,
-        },
-        bundle,
-    })
+    let probe = certs::issue_leaf(&signer, &probe_key, &probe_id, now + Duration::from_secs(60))?;
+    tls::verify_chain(&probe, &chain, bundle.roots(), UnixTime::since_unix_epoch(since_epoch(now))).map_err(|e| IssuerError::NotChained(e.to_string()))?;
+    Ok(Pair { issuer: IssuerState { signer, chain, info }, bundle })
 }
 
 fn since_epoch(t: SystemTime) -> Duration {
@@ -129,11 +108,7 @@ mod tests {
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn sources(issuer: &certs::CaMaterial, bundle: &str) -> Sources {
-        Sources {
-            issuer_cert: issuer.cert_pem.clone().into(),
-            issuer_key: issuer.key_pem.clone().into(),
-            bundle: bundle.into(),
-        }
+        Sources { issuer_cert: issuer.cert_pem.clone().into(), issuer_key: issuer.key_pem.clone().into(), bundle: bundle.into() }
     }
 
     #[test]
@@ -148,9 +123,7 @@ mod tests {
         let anchor = new_anchor("a", HOUR).unwrap();
         let other = new_anchor("b", HOUR).unwrap();
         let issuer = new_issuer(&other, "i", HOUR).unwrap();
-        let err = validate(&sources(&issuer, &anchor.cert_pem), SystemTime::now())
-            .err()
-            .unwrap();
+        let err = validate(&sources(&issuer, &anchor.cert_pem), SystemTime::now()).err().unwrap();
         assert_eq!(err.metric_label(), "not_chained", "{err}");
     }
 
@@ -159,32 +132,16 @@ mod tests {
         let anchor = new_anchor("a", HOUR).unwrap();
         let issuer = new_issuer(&anchor, "i", HOUR).unwrap();
         let later = SystemTime::now() + 2 * HOUR;
-        assert_eq!(
-            validate(&sources(&issuer, &anchor.cert_pem), later)
-                .err()
-                .unwrap()
-                .metric_label(),
-            "expired"
-        );
+        assert_eq!(validate(&sources(&issuer, &anchor.cert_pem), later).err().unwrap().metric_label(), "expired");
         let other = new_issuer(&anchor, "j", HOUR).unwrap();
         let mut src = sources(&issuer, &anchor.cert_pem);
         src.issuer_key = other.key_pem.into();
-        assert_eq!(
-            validate(&src, SystemTime::now())
-                .err()
-                .unwrap()
-                .metric_label(),
-            "key_mismatch"
-        );
+        assert_eq!(validate(&src, SystemTime::now()).err().unwrap().metric_label(), "key_mismatch");
     }
 
     #[test]
     fn garbage_files_are_errors() {
-        let src = Sources {
-            issuer_cert: b"x".to_vec(),
-            issuer_key: b"y".to_vec(),
-            bundle: b"z".to_vec(),
-        };
+        let src = Sources { issuer_cert: b"x".to_vec(), issuer_key: b"y".to_vec(), bundle: b"z".to_vec() };
         assert!(validate(&src, SystemTime::now()).is_err());
     }
 }

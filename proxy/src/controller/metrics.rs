@@ -15,39 +15,13 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let issued =
-            IntCounter::new("identity_cert_issued_total", "Leaf certificates signed").unwrap();
-        let refused = IntCounterVec::new(
-            Opts::new(
-                "identity_cert_refused_total",
-                "Certificate requests refused, by reason",
-            ),
-            &["reason"],
-        )
-        .unwrap();
-        let issuer_expiry = IntGauge::new(
-            "identity_issuer_expiration_timestamp_seconds",
-            "When the issuer certificate in use expires (Unix seconds)",
-        )
-        .unwrap();
-        let reloads = IntCounterVec::new(
-            Opts::new(
-                "identity_issuer_reload_total",
-                "Issuer/trust-bundle reloads, by result and reason",
-            ),
-            &["result", "reason"],
-        )
-        .unwrap();
-        let bundle_anchors = IntGauge::new(
-            "identity_trust_bundle_anchors",
-            "Anchors in the served trust bundle",
-        )
-        .unwrap();
-        let build = IntGaugeVec::new(
-            Opts::new("controller_build_info", "Build information"),
-            &["version"],
-        )
-        .unwrap();
+        let issued = IntCounter::new("identity_cert_issued_total", "Leaf certificates signed").unwrap();
+        let refused = IntCounterVec::new(Opts::new("identity_cert_refused_total", "Certificate requests refused, by reason"), &["reason"]).unwrap();
+        let issuer_expiry = IntGauge::new("identity_issuer_expiration_timestamp_seconds", "When the issuer certificate in use expires (Unix seconds)").unwrap();
+        let reloads =
+            IntCounterVec::new(Opts::new("identity_issuer_reload_total", "Issuer/trust-bundle reloads, by result and reason"), &["result", "reason"]).unwrap();
+        let bundle_anchors = IntGauge::new("identity_trust_bundle_anchors", "Anchors in the served trust bundle").unwrap();
+        let build = IntGaugeVec::new(Opts::new("controller_build_info", "Build information"), &["version"]).unwrap();
         build.with_label_values(&[crate::VERSION]).set(1);
         for c in [
             Box::new(issued.clone()) as Box<dyn prometheus::core::Collector>,
@@ -59,14 +33,7 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self {
-            registry,
-            issued,
-            refused,
-            issuer_expiry,
-            reloads,
-            bundle_anchors,
-        }
+        Self { registry, issued, refused, issuer_expiry, reloads, bundle_anchors }
     }
 }
 

@@ -29,40 +29,20 @@ use verifier::TokenVerifier;
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// gRPC (TLS) listen address for the identity service.
-    #[arg(
-        long,
-        env = "MESHFLEET_CONTROLLER_GRPC_ADDR",
-        default_value = "0.0.0.0:8080"
-    )]
+    #[arg(long, env = "MESHFLEET_CONTROLLER_GRPC_ADDR", default_value = "0.0.0.0:8080")]
     pub grpc_addr: SocketAddr,
     /// Admin listen address: /metrics, /ready, /live, /version.
-    #[arg(
-        long,
-        env = "MESHFLEET_CONTROLLER_ADMIN_ADDR",
-        default_value = "0.0.0.0:9990"
-    )]
+    #[arg(long, env = "MESHFLEET_CONTROLLER_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
     pub admin_addr: SocketAddr,
     #[arg(long, env = "MESHFLEET_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
     /// Issuer certificate (PEM; extra certificates after the first are sent as its chain).
-    #[arg(
-        long,
-        env = "MESHFLEET_ISSUER_CERT",
-        default_value = "/var/run/meshfleet/issuer/tls.crt"
-    )]
+    #[arg(long, env = "MESHFLEET_ISSUER_CERT", default_value = "/var/run/meshfleet/issuer/tls.crt")]
     pub issuer_cert: PathBuf,
-    #[arg(
-        long,
-        env = "MESHFLEET_ISSUER_KEY",
-        default_value = "/var/run/meshfleet/issuer/tls.key"
-    )]
+    #[arg(long, env = "MESHFLEET_ISSUER_KEY", default_value = "/var/run/meshfleet/issuer/tls.key")]
     pub issuer_key: PathBuf,
     /// Trust bundle: one or more anchor certificates, PEM.
-    #[arg(
-        long,
-        env = "MESHFLEET_TRUST_BUNDLE",
-        default_value = "/var/run/meshfleet/trust/ca-bundle.crt"
-    )]
+    #[arg(long, env = "MESHFLEET_TRUST_BUNDLE", default_value = "/var/run/meshfleet/trust/ca-bundle.crt")]
     pub trust_bundle: PathBuf,
     /// Lifetime of signed proxy leaves, in seconds.
     #[arg(long, env = "MESHFLEET_LEAF_LIFETIME_SECS", default_value_t = 86400)]
@@ -79,11 +59,7 @@ pub struct Config {
     #[arg(long, default_value = "meshfleet-identity")]
     pub token_audience: String,
     /// The controller's own namespace and service account: its serving certificate's identity.
-    #[arg(
-        long,
-        env = "MESHFLEET_CONTROLLER_NAMESPACE",
-        default_value = "meshfleet"
-    )]
+    #[arg(long, env = "MESHFLEET_CONTROLLER_NAMESPACE", default_value = "meshfleet")]
     pub namespace: String,
     #[arg(long, default_value = "meshfleet-controller")]
     pub service_account: String,
@@ -116,12 +92,8 @@ impl Shared {
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new();
     let mut problems = Vec::new();
-    let own_id = WorkloadId::new(
-        &config.trust_domain,
-        &config.namespace,
-        &config.service_account,
-    )
-    .map_err(|e| problems.push(format!("--trust-domain/--namespace/--service-account: {e}")));
+    let own_id = WorkloadId::new(&config.trust_domain, &config.namespace, &config.service_account)
+        .map_err(|e| problems.push(format!("--trust-domain/--namespace/--service-account: {e}")));
     match (config.verifier.as_str(), &config.tokens_file) {
         ("file", None) => problems.push("--verifier file needs --tokens-file".into()),
         ("file", Some(_)) | ("kubernetes", _) => {}
@@ -132,52 +104,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ => return Err(crate::ConfigError(problems).into()),
     };
     let verifier: Arc<dyn TokenVerifier> = match &config.tokens_file {
-        Some(path) if config.verifier == "file" => {
-            Arc::new(verifier::FileVerifier::new(path.clone()))
-        }
-        _ => Arc::new(
-            tokenreview::TokenReviewVerifier::from_env(vec![config.token_audience.clone()])
-                .await
-                .context("kubernetes client for TokenReview")?,
-        ),
+        Some(path) if config.verifier == "file" => Arc::new(verifier::FileVerifier::new(path.clone())),
+        _ => Arc::new(tokenreview::TokenReviewVerifier::from_env(vec![config.token_audience.clone()]).await.context("kubernetes client for TokenReview")?),
     };
     let sources = read_sources(&config)?;
-    let pair =
-        issuer::validate(&sources, SystemTime::now()).context("initial issuer and trust bundle")?;
+    let pair = issuer::validate(&sources, SystemTime::now()).context("initial issuer and trust bundle")?;
     let own_lifetime = config.leaf_lifetime().max(Duration::from_secs(3600));
     let (cert, validity) = serving_cert(&pair, &own_id, own_lifetime)?;
-    let serving = Arc::new(ServingCert {
-        current: RwLock::new(cert),
-        not_after: RwLock::new(validity),
-    });
+    let serving = Arc::new(ServingCert { current: RwLock::new(cert), not_after: RwLock::new(validity) });
     metrics.issuer_expiry.set(pair.issuer.info.not_after_unix);
-    metrics
-        .bundle_anchors
-        .set(pair.bundle.anchors().len() as i64);
+    metrics.bundle_anchors.set(pair.bundle.anchors().len() as i64);
     let (bundle_tx, _) = watch::channel(Arc::new(pair.bundle.clone()));
-    let shared = Arc::new(Shared {
-        config: config.clone(),
-        metrics,
-        verifier,
-        bundle_tx,
-        pair: RwLock::new(Arc::new(pair)),
-        serving: serving.clone(),
-    });
+    let shared = Arc::new(Shared { config: config.clone(), metrics, verifier, bundle_tx, pair: RwLock::new(Arc::new(pair)), serving: serving.clone() });
 
-    let grpc = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-    let admin = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let addrs = serde_json::json!({"grpc": grpc.local_addr()?.to_string(), "admin": admin.local_addr()?.to_string()});
     let (drain_ctl, drain) = DrainController::new();
 
-    tokio::spawn(crate::admin::serve(
-        admin,
-        admin_handler(shared.clone()),
-        drain.clone(),
-    ));
+    tokio::spawn(crate::admin::serve(admin, admin_handler(shared.clone()), drain.clone()));
     tokio::spawn(watch_files(shared.clone(), sources, own_id, own_lifetime));
     let server = tokio::spawn(serve_grpc(grpc, shared.clone(), drain.clone()));
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;
@@ -192,12 +137,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, drain: crate::drain::Drain) {
-    let mut tls = match rustls::ServerConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-    {
-        Ok(b) => b
-            .with_no_client_auth()
-            .with_cert_resolver(shared.serving.clone()),
+    let mut tls = match rustls::ServerConfig::builder_with_provider(crate::tls::provider()).with_protocol_versions(&[&rustls::version::TLS13]) {
+        Ok(b) => b.with_no_client_auth().with_cert_resolver(shared.serving.clone()),
         Err(e) => return tracing::error!(error = %e, "TLS config"),
     };
     tls.alpn_protocols = vec![b"h2".to_vec()];
@@ -230,13 +171,9 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, drain: crate::dr
             });
         }
     });
-    let svc =
-        crate::identity::pb::identity_server::IdentityServer::new(service::IdentityService(shared));
+    let svc = crate::identity::pb::identity_server::IdentityServer::new(service::IdentityService(shared));
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let result = tonic::transport::Server::builder()
-        .add_service(svc)
-        .serve_with_incoming_shutdown(incoming, async move { drain.signaled().await })
-        .await;
+    let result = tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, async move { drain.signaled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }
@@ -245,18 +182,12 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, drain: crate::dr
 fn admin_handler(shared: Arc<Shared>) -> crate::admin::Handler {
     use crate::admin;
     use http::{Method, StatusCode};
-    Arc::new(
-        move |method: &Method, path: &str, _peer| match (method, path) {
-            (&Method::GET, "/metrics") => admin::metrics(&shared.metrics.registry),
-            (&Method::GET, "/ready") | (&Method::GET, "/live") => {
-                admin::text(StatusCode::OK, "ok\n")
-            }
-            (&Method::GET, "/version") => {
-                admin::text(StatusCode::OK, format!("{}\n", crate::VERSION))
-            }
-            _ => admin::not_found(),
-        },
-    )
+    Arc::new(move |method: &Method, path: &str, _peer| match (method, path) {
+        (&Method::GET, "/metrics") => admin::metrics(&shared.metrics.registry),
+        (&Method::GET, "/ready") | (&Method::GET, "/live") => admin::text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{}\n", crate::VERSION)),
+        _ => admin::not_found(),
+    })
 }
 
 /// Writes a development anchor + issuer (and the bundle) into `dir`, for local runs.

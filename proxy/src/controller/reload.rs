@@ -24,23 +24,13 @@ pub(super) struct ServingCert {
 
 impl ResolvesServerCert for ServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(
-            self.current
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
-        )
+        Some(self.current.read().unwrap_or_else(|e| e.into_inner()).clone())
     }
 }
 
-pub(super) fn serving_cert(
-    pair: &Pair,
-    id: &WorkloadId,
-    lifetime: Duration,
-) -> anyhow::Result<(Arc<CertifiedKey>, (i64, i64))> {
+pub(super) fn serving_cert(pair: &Pair, id: &WorkloadId, lifetime: Duration) -> anyhow::Result<(Arc<CertifiedKey>, (i64, i64))> {
     let key = KeyPair::generate()?;
-    let issuer_end =
-        SystemTime::UNIX_EPOCH + Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
+    let issuer_end = SystemTime::UNIX_EPOCH + Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
     let now = SystemTime::now();
     let not_after = (now + lifetime).min(issuer_end);
     let leaf = certs::issue_leaf(&pair.issuer.signer, &key, id, not_after)?;
@@ -48,57 +38,28 @@ pub(super) fn serving_cert(
     chain.extend(pair.issuer.chain.iter().cloned());
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)?;
-    Ok((
-        Arc::new(CertifiedKey::new(chain, signing)),
-        (certs::unix(now), certs::unix(not_after)),
-    ))
+    Ok((Arc::new(CertifiedKey::new(chain, signing)), (certs::unix(now), certs::unix(not_after))))
 }
 
 pub(super) fn read_sources(c: &Config) -> Result<Sources, issuer::IssuerError> {
-    let read = |p: &PathBuf| {
-        std::fs::read(p).map_err(|source| issuer::IssuerError::Read {
-            path: p.display().to_string(),
-            source,
-        })
-    };
-    Ok(Sources {
-        issuer_cert: read(&c.issuer_cert)?,
-        issuer_key: read(&c.issuer_key)?,
-        bundle: read(&c.trust_bundle)?,
-    })
+    let read = |p: &PathBuf| std::fs::read(p).map_err(|source| issuer::IssuerError::Read { path: p.display().to_string(), source });
+    Ok(Sources { issuer_cert: read(&c.issuer_cert)?, issuer_key: read(&c.issuer_key)?, bundle: read(&c.trust_bundle)? })
 }
 
 /// Logs and counts a refused reload once per distinct error, so a bad file left in place does
 /// not repeat the same error every poll.
-fn refuse(
-    shared: &Shared,
-    last_error: &mut Option<String>,
-    msg: String,
-    label: &'static str,
-    what: &str,
-) {
+fn refuse(shared: &Shared, last_error: &mut Option<String>, msg: String, label: &'static str, what: &str) {
     if last_error.as_deref() != Some(msg.as_str()) {
         tracing::error!(error = %msg, reason = label, "{what}");
-        shared
-            .metrics
-            .reloads
-            .with_label_values(&["refused", label])
-            .inc();
+        shared.metrics.reloads.with_label_values(&["refused", label]).inc();
         *last_error = Some(msg);
     }
 }
 
 /// Polls the files and switches to a new pair only when it validates; a refused pair leaves
 /// the current one in place, with an error log and `identity_issuer_reload_total{result="refused"}`.
-pub(super) async fn watch_files(
-    shared: Arc<Shared>,
-    mut last: Sources,
-    own_id: WorkloadId,
-    own_lifetime: Duration,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(
-        shared.config.reload_interval_ms.max(50),
-    ));
+pub(super) async fn watch_files(shared: Arc<Shared>, mut last: Sources, own_id: WorkloadId, own_lifetime: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.reload_interval_ms.max(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_error: Option<String> = None;
     loop {
@@ -129,41 +90,17 @@ pub(super) async fn watch_files(
                     last_error = None;
                     changed_issuer = true;
                 }
-                Err(e) => refuse(
-                    &shared,
-                    &mut last_error,
-                    e.to_string(),
-                    e.metric_label(),
-                    "refused new issuer/trust bundle; keeping the current one",
-                ),
+                Err(e) => refuse(&shared, &mut last_error, e.to_string(), e.metric_label(), "refused new issuer/trust bundle; keeping the current one"),
             },
-            Err(e) => refuse(
-                &shared,
-                &mut last_error,
-                e.to_string(),
-                e.metric_label(),
-                "cannot read issuer/trust bundle files; keeping the current pair",
-            ),
+            Err(e) => refuse(&shared, &mut last_error, e.to_string(), e.metric_label(), "cannot read issuer/trust bundle files; keeping the current pair"),
         }
-        let (from, until) = *shared
-            .serving
-            .not_after
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let (from, until) = *shared.serving.not_after.read().unwrap_or_else(|e| e.into_inner());
         let renew_at = from + (until - from) * 7 / 10;
         if changed_issuer || certs::unix(SystemTime::now()) >= renew_at {
             match serving_cert(&shared.pair(), &own_id, own_lifetime) {
                 Ok((cert, validity)) => {
-                    *shared
-                        .serving
-                        .current
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner()) = cert;
-                    *shared
-                        .serving
-                        .not_after
-                        .write()
-                        .unwrap_or_else(|e| e.into_inner()) = validity;
+                    *shared.serving.current.write().unwrap_or_else(|e| e.into_inner()) = cert;
+                    *shared.serving.not_after.write().unwrap_or_else(|e| e.into_inner()) = validity;
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "cannot renew the controller's serving certificate")

@@ -62,20 +62,14 @@ pub struct IdentityService(pub Arc<Shared>);
 impl IdentityService {
     async fn certify(&self, req: pb::CertifyRequest) -> Result<pb::CertifyResponse, Error> {
         let sa = self.0.verifier.verify(&req.token).await?;
-        let id = WorkloadId::new(&self.0.config.trust_domain, &sa.namespace, &sa.name)
-            .map_err(Error::Identity)?;
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(
-            req.csr_der,
-        ))
-        .map_err(Error::Csr)?;
+        let id = WorkloadId::new(&self.0.config.trust_domain, &sa.namespace, &sa.name).map_err(Error::Identity)?;
+        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(req.csr_der)).map_err(Error::Csr)?;
         let pair = self.0.pair();
         let wanted = SystemTime::now() + self.0.config.leaf_lifetime();
         // A leaf never outlives the issuer that signed it.
-        let issuer_end = SystemTime::UNIX_EPOCH
-            + std::time::Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
+        let issuer_end = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
         let not_after = wanted.min(issuer_end);
-        let leaf = certs::issue_leaf(&pair.issuer.signer, &csr.public_key, &id, not_after)
-            .map_err(Error::Sign)?;
+        let leaf = certs::issue_leaf(&pair.issuer.signer, &csr.public_key, &id, not_after).map_err(Error::Sign)?;
         tracing::info!(identity = %id, not_after = certs::unix(not_after), "issued leaf certificate");
         Ok(pb::CertifyResponse {
             leaf_der: leaf.to_vec(),
@@ -87,31 +81,21 @@ impl IdentityService {
 }
 
 pub fn bundle_message(bundle: &TrustBundle) -> pb::TrustBundle {
-    pb::TrustBundle {
-        anchors_der: bundle.anchors().iter().map(|a| a.to_vec()).collect(),
-        version: bundle.version().to_string(),
-    }
+    pb::TrustBundle { anchors_der: bundle.anchors().iter().map(|a| a.to_vec()).collect(), version: bundle.version().to_string() }
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundle, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::identity_server::Identity for IdentityService {
-    async fn certify(
-        &self,
-        request: Request<pb::CertifyRequest>,
-    ) -> Result<Response<pb::CertifyResponse>, Status> {
+    async fn certify(&self, request: Request<pb::CertifyRequest>) -> Result<Response<pb::CertifyResponse>, Status> {
         match IdentityService::certify(self, request.into_inner()).await {
             Ok(resp) => {
                 self.0.metrics.issued.inc();
                 Ok(Response::new(resp))
             }
             Err(e) => {
-                self.0
-                    .metrics
-                    .refused
-                    .with_label_values(&[e.metric_label()])
-                    .inc();
+                self.0.metrics.refused.with_label_values(&[e.metric_label()]).inc();
                 tracing::warn!(error = %e, "certificate request refused");
                 Err(e.into())
             }
@@ -120,10 +104,7 @@ impl pb::identity_server::Identity for IdentityService {
 
     type WatchTrustBundleStream = BundleStream;
 
-    async fn watch_trust_bundle(
-        &self,
-        _request: Request<pb::WatchTrustBundleRequest>,
-    ) -> Result<Response<BundleStream>, Status> {
+    async fn watch_trust_bundle(&self, _request: Request<pb::WatchTrustBundleRequest>) -> Result<Response<BundleStream>, Status> {
         // The watch stream yields the current value first, then each change.
         let rx = self.0.bundle_tx.subscribe();
         let stream = tokio_stream::wrappers::WatchStream::new(rx).map(|b| Ok(bundle_message(&b)));

@@ -20,10 +20,7 @@ impl TokenReviewVerifier {
     }
 
     pub fn new(client: Client, audiences: Vec<String>) -> Self {
-        Self {
-            api: Api::all(client),
-            audiences,
-        }
+        Self { api: Api::all(client), audiences }
     }
 
     async fn review(&self, token: &str) -> Result<ServiceAccount, VerifyError> {
@@ -31,17 +28,10 @@ impl TokenReviewVerifier {
             return Err(VerifyError::Unauthenticated);
         }
         let review = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_string()),
-                audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
-            },
+            spec: TokenReviewSpec { token: Some(token.to_string()), audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()) },
             ..Default::default()
         };
-        let answer = self
-            .api
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(|e| VerifyError::Unavailable(e.to_string()))?;
+        let answer = self.api.create(&PostParams::default(), &review).await.map_err(|e| VerifyError::Unavailable(e.to_string()))?;
         evaluate(answer.status.as_ref(), &self.audiences)
     }
 }
@@ -54,10 +44,7 @@ impl TokenVerifier for TokenReviewVerifier {
 
 /// Decides from a TokenReview status: authenticated, for one of our audiences (when we asked
 /// for some), and a service-account user `system:serviceaccount:<ns>:<name>`.
-pub fn evaluate(
-    status: Option<&TokenReviewStatus>,
-    audiences: &[String],
-) -> Result<ServiceAccount, VerifyError> {
+pub fn evaluate(status: Option<&TokenReviewStatus>, audiences: &[String]) -> Result<ServiceAccount, VerifyError> {
     let status = status.ok_or(VerifyError::Unauthenticated)?;
     if status.authenticated != Some(true) {
         return Err(VerifyError::Unauthenticated);
@@ -68,11 +55,7 @@ pub fn evaluate(
             return Err(VerifyError::Unauthenticated);
         }
     }
-    let username = status
-        .user
-        .as_ref()
-        .and_then(|u| u.username.as_deref())
-        .ok_or(VerifyError::Unauthenticated)?;
+    let username = status.user.as_ref().and_then(|u| u.username.as_deref()).ok_or(VerifyError::Unauthenticated)?;
     parse_service_account(username).ok_or(VerifyError::Unauthenticated)
 }
 
@@ -82,10 +65,7 @@ fn parse_service_account(username: &str) -> Option<ServiceAccount> {
     if namespace.is_empty() || name.is_empty() || name.contains(':') {
         return None;
     }
-    Some(ServiceAccount {
-        namespace: namespace.into(),
-        name: name.into(),
-    })
+    Some(ServiceAccount { namespace: namespace.into(), name: name.into() })
 }
 
 #[cfg(test)]
@@ -98,10 +78,7 @@ mod tests {
         TokenReviewStatus {
             authenticated: Some(auth),
             audiences: Some(auds.iter().map(|s| s.to_string()).collect()),
-            user: Some(UserInfo {
-                username: Some(user.into()),
-                ..Default::default()
-            }),
+            user: Some(UserInfo { username: Some(user.into()), ..Default::default() }),
             ..Default::default()
         }
     }
@@ -109,33 +86,15 @@ mod tests {
     #[test]
     fn authenticated_service_account_maps_to_identity() {
         let aud = vec!["meshfleet-identity".to_string()];
-        let sa = evaluate(
-            Some(&status(
-                true,
-                "system:serviceaccount:web:frontend",
-                &["meshfleet-identity"],
-            )),
-            &aud,
-        )
-        .unwrap();
-        assert_eq!(
-            sa,
-            ServiceAccount {
-                namespace: "web".into(),
-                name: "frontend".into()
-            }
-        );
+        let sa = evaluate(Some(&status(true, "system:serviceaccount:web:frontend", &["meshfleet-identity"])), &aud).unwrap();
+        assert_eq!(sa, ServiceAccount { namespace: "web".into(), name: "frontend".into() });
     }
 
     #[test]
     fn unauthenticated_wrong_audience_or_user_is_refused() {
         let aud = vec!["meshfleet-identity".to_string()];
         for s in [
-            status(
-                false,
-                "system:serviceaccount:web:frontend",
-                &["meshfleet-identity"],
-            ),
+            status(false, "system:serviceaccount:web:frontend", &["meshfleet-identity"]),
             status(true, "system:serviceaccount:web:frontend", &["other"]),
             status(true, "jane@example.com", &["meshfleet-identity"]),
             status(true, "system:serviceaccount:web", &["meshfleet-identity"]),
@@ -149,9 +108,7 @@ mod tests {
     #[ignore = "needs a real Kubernetes API server and MESHFLEET_TEST_SA_TOKEN; none can run on these machines"]
     async fn real_cluster_token_review() {
         let token = std::env::var("MESHFLEET_TEST_SA_TOKEN").expect("MESHFLEET_TEST_SA_TOKEN");
-        let v = TokenReviewVerifier::from_env(vec![])
-            .await
-            .expect("kube client");
+        let v = TokenReviewVerifier::from_env(vec![]).await.expect("kube client");
         v.verify(&token).await.expect("token accepted");
     }
 }

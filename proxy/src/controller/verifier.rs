@@ -31,8 +31,7 @@ impl VerifyError {
     }
 }
 
-pub type VerifyFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<ServiceAccount, VerifyError>> + Send + 'a>>;
+pub type VerifyFuture<'a> = Pin<Box<dyn Future<Output = Result<ServiceAccount, VerifyError>> + Send + 'a>>;
 
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify<'a>(&'a self, token: &'a str) -> VerifyFuture<'a>;
@@ -56,19 +55,13 @@ impl FileVerifier {
     }
 
     async fn lookup(&self, token: &str) -> Result<ServiceAccount, VerifyError> {
-        let bytes = tokio::fs::read(&self.path)
-            .await
-            .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", self.path.display())))?;
-        let file: TokensFile = serde_json::from_slice(&bytes)
-            .map_err(|e| VerifyError::Unavailable(format!("{}: {e}", self.path.display())))?;
+        let bytes = tokio::fs::read(&self.path).await.map_err(|e| VerifyError::Unavailable(format!("{}: {e}", self.path.display())))?;
+        let file: TokensFile = serde_json::from_slice(&bytes).map_err(|e| VerifyError::Unavailable(format!("{}: {e}", self.path.display())))?;
         // An empty token must never match, even if the file maps one.
         if token.is_empty() {
             return Err(VerifyError::Unauthenticated);
         }
-        file.tokens
-            .get(token)
-            .cloned()
-            .ok_or(VerifyError::Unauthenticated)
+        file.tokens.get(token).cloned().ok_or(VerifyError::Unauthenticated)
     }
 }
 
@@ -88,25 +81,10 @@ mod tests {
         let path = dir.path().join("tokens.json");
         std::fs::write(&path, r#"{"tokens":{"t1":{"namespace":"web","serviceAccount":"frontend"},"":{"namespace":"x","serviceAccount":"y"}}}"#).unwrap();
         let v = FileVerifier::new(path.clone());
-        assert_eq!(
-            v.verify("t1").await.unwrap(),
-            ServiceAccount {
-                namespace: "web".into(),
-                name: "frontend".into()
-            }
-        );
-        assert!(matches!(
-            v.verify("nope").await,
-            Err(VerifyError::Unauthenticated)
-        ));
-        assert!(matches!(
-            v.verify("").await,
-            Err(VerifyError::Unauthenticated)
-        ));
+        assert_eq!(v.verify("t1").await.unwrap(), ServiceAccount { namespace: "web".into(), name: "frontend".into() });
+        assert!(matches!(v.verify("nope").await, Err(VerifyError::Unauthenticated)));
+        assert!(matches!(v.verify("").await, Err(VerifyError::Unauthenticated)));
         std::fs::write(&path, "{not json").unwrap();
-        assert!(matches!(
-            v.verify("t1").await,
-            Err(VerifyError::Unavailable(_))
-        ));
+        assert!(matches!(v.verify("t1").await, Err(VerifyError::Unavailable(_))));
     }
 }

@@ -37,9 +37,7 @@ pub fn channel(addr: &str, tls: TlsSource) -> Result<Channel, Error> {
         async move {
             let tcp = TcpStream::connect(&target).await?;
             let _ = tcp.set_nodelay(true);
-            let stream = TlsConnector::from(config)
-                .connect(crate::tls::mesh_server_name(), tcp)
-                .await?;
+            let stream = TlsConnector::from(config).connect(crate::tls::mesh_server_name(), tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });

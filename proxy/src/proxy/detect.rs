@@ -52,10 +52,7 @@ pub fn classify(buf: &[u8]) -> Option<Protocol> {
 }
 
 /// Reads until the protocol is known, EOF, or `timeout`; returns the bytes read so far.
-pub async fn detect<T: AsyncRead + Unpin>(
-    io: &mut T,
-    timeout: Duration,
-) -> io::Result<(Protocol, Bytes)> {
+pub async fn detect<T: AsyncRead + Unpin>(io: &mut T, timeout: Duration) -> io::Result<(Protocol, Bytes)> {
     let mut buf = BytesMut::with_capacity(1024);
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -86,11 +83,7 @@ impl<T> PrefixedIo<T> {
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        out: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(out.remaining());
             out.put_slice(&self.prefix[..n]);
@@ -102,11 +95,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for PrefixedIo<T> {
 }
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -115,11 +104,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PrefixedIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -133,10 +118,7 @@ mod tests {
 
     #[test]
     fn classifies_http_and_everything_else() {
-        assert_eq!(
-            classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
-            Some(Protocol::Http1)
-        );
+        assert_eq!(classify(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Some(Protocol::Http1));
         assert_eq!(classify(b"POST /x HTTP/1.0\r\n"), Some(Protocol::Http1));
         assert_eq!(classify(H2_PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HTT"), None);
@@ -153,9 +135,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         let (p, prefix) = detect(&mut a, Duration::from_millis(20)).await.unwrap();
         assert_eq!((p, prefix.len()), (Protocol::Opaque, 0));
-        tokio::io::AsyncWriteExt::write_all(&mut b, b"GET / HTTP/1.1\r\nrest")
-            .await
-            .unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"GET / HTTP/1.1\r\nrest").await.unwrap();
         let (p, prefix) = detect(&mut a, Duration::from_secs(1)).await.unwrap();
         assert_eq!(p, Protocol::Http1);
         let mut io = PrefixedIo::new(prefix, a);

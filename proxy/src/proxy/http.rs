@@ -23,8 +23,7 @@ use super::tcp::BoxIo;
 use crate::drain::Drain;
 
 pub type RespBody = Either<Incoming, Full<Bytes>>;
-pub type Connect =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send>> + Send + Sync>;
+pub type Connect = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send>> + Send + Sync>;
 
 /// Largest request head accepted from a client; beyond it hyper answers 431.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -62,11 +61,7 @@ pub enum Error {
 
 impl Upstream {
     pub fn new(protocol: Protocol, connect: Connect) -> Self {
-        Self {
-            protocol,
-            connect,
-            sender: Mutex::new(None),
-        }
+        Self { protocol, connect, sender: Mutex::new(None) }
     }
 
     async fn handshake(&self, io: BoxIo) -> Result<Sender, Error> {
@@ -103,9 +98,7 @@ impl Upstream {
             _ => {
                 let io = tokio::time::timeout(CONNECT_TIMEOUT, (self.connect)())
                     .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                    })??;
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
                 self.handshake(io).await?
             }
         };
@@ -139,20 +132,10 @@ pub struct Forward {
 }
 
 impl Forward {
-    async fn handle(
-        self: Arc<Self>,
-        mut req: Request<Incoming>,
-    ) -> Result<Response<RespBody>, Infallible> {
+    async fn handle(self: Arc<Self>, mut req: Request<Incoming>) -> Result<Response<RespBody>, Infallible> {
         let authority = authority_label(&req);
         let l = &self.labels;
-        let base = [
-            l.direction,
-            authority.as_str(),
-            &l.target_addr,
-            self.tls,
-            &l.client_id,
-            &l.server_id,
-        ];
+        let base = [l.direction, authority.as_str(), &l.target_addr, self.tls, &l.client_id, &l.server_id];
         self.metrics.request_total.with_label_values(&base).inc();
         strip_hop_by_hop(req.headers_mut());
         let start = Instant::now();
@@ -164,29 +147,17 @@ impl Forward {
             }
             Err(e) => {
                 tracing::debug!(error = %e, target = %l.target_addr, "forwarding failed");
-                let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(
-                    b"upstream unavailable\n",
-                ))));
+                let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream unavailable\n"))));
                 *resp.status_mut() = StatusCode::BAD_GATEWAY;
                 (StatusCode::BAD_GATEWAY, resp)
             }
         };
         let ms = start.elapsed().as_secs_f64() * 1000.0;
         let code = status.as_str();
-        let class = if status.is_server_error() {
-            "failure"
-        } else {
-            "success"
-        };
+        let class = if status.is_server_error() { "failure" } else { "success" };
         let [a, b, c, d, e, f] = base;
-        self.metrics
-            .response_latency_ms
-            .with_label_values(&[a, b, c, d, e, f, code])
-            .observe(ms);
-        self.metrics
-            .response_total
-            .with_label_values(&[a, b, c, d, e, f, code, class])
-            .inc();
+        self.metrics.response_latency_ms.with_label_values(&[a, b, c, d, e, f, code]).observe(ms);
+        self.metrics.response_total.with_label_values(&[a, b, c, d, e, f, code, class]).inc();
         Ok(resp)
     }
 }
@@ -197,8 +168,7 @@ pub async fn serve(io: BoxIo, protocol: Protocol, fwd: Arc<Forward>, drain: Drai
     let io = TokioIo::new(io);
     let result = match protocol {
         Protocol::Http2 => {
-            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, svc);
+            let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -206,10 +176,7 @@ pub async fn serve(io: BoxIo, protocol: Protocol, fwd: Arc<Forward>, drain: Drai
             }
         }
         _ => {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .max_buf_size(MAX_HEAD_BYTES)
-                .header_read_timeout(None)
-                .serve_connection(io, svc);
+            let conn = hyper::server::conn::http1::Builder::new().max_buf_size(MAX_HEAD_BYTES).header_read_timeout(None).serve_connection(io, svc);
             tokio::pin!(conn);
             tokio::select! {
                 r = conn.as_mut() => r,
@@ -229,17 +196,9 @@ fn authority_label<B>(req: &Request<B>) -> String {
         .uri()
         .authority()
         .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+        .or_else(|| req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).map(str::to_string))
         .unwrap_or_default();
-    let ok = raw.len() <= 253
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+    let ok = raw.len() <= 253 && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
     if ok {
         raw.to_ascii_lowercase()
     } else {
@@ -247,16 +206,7 @@ fn authority_label<B>(req: &Request<B>) -> String {
     }
 }
 
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: &[&str] = &["keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too (RFC 9110 7.6.1).

@@ -66,15 +66,10 @@ impl Certifier {
 
     /// One round: CSR -> leaf, checked locally before it is used. Returns the remaining lifetime.
     async fn certify(&self) -> Result<Duration, Error> {
-        let token = tokio::fs::read_to_string(&self.token_file)
-            .await
-            .map_err(|e| Error::Token(self.token_file.display().to_string(), e))?;
+        let token = tokio::fs::read_to_string(&self.token_file).await.map_err(|e| Error::Token(self.token_file.display().to_string(), e))?;
         let csr = CertificateParams::default().serialize_request(&self.key)?;
         let mut client = IdentityClient::new(self.channel.clone());
-        let req = pb::CertifyRequest {
-            token: token.trim().to_string(),
-            csr_der: csr.der().to_vec(),
-        };
+        let req = pb::CertifyRequest { token: token.trim().to_string(), csr_der: csr.der().to_vec() };
         let resp = client.certify(req).await?.into_inner();
         let leaf = CertificateDer::from(resp.leaf_der);
         let info = certs::inspect(&leaf)?;
@@ -86,18 +81,9 @@ impl Certifier {
         let bundle = self.state.bundle();
         crate::tls::verify_chain(&chain[0], &chain[1..], bundle.roots(), UnixTime::now())
             .map_err(|e| Error::BadCert(format!("does not chain to the trust bundle: {e}")))?;
-        let issuer = chain
-            .get(1)
-            .and_then(|c| certs::inspect(c).ok())
-            .map(|i| i.subject)
-            .unwrap_or_default();
+        let issuer = chain.get(1).and_then(|c| certs::inspect(c).ok()).map(|i| i.subject).unwrap_or_default();
         let identity = info.spiffe_id().unwrap_or_default().to_string();
-        self.state.set_leaf(Leaf {
-            chain,
-            identity: identity.clone(),
-            not_after_unix: info.not_after_unix,
-            issuer,
-        })?;
+        self.state.set_leaf(Leaf { chain, identity: identity.clone(), not_after_unix: info.not_after_unix, issuer })?;
         self.metrics.cert_expiry.set(info.not_after_unix as f64);
         self.metrics.cert_refresh.inc();
         tracing::info!(%identity, not_after = info.not_after_unix, "obtained certificate");
@@ -111,10 +97,7 @@ pub async fn follow_bundle(state: Arc<TlsState>, metrics: Metrics, channel: Chan
     let mut backoff = MIN_BACKOFF;
     loop {
         let mut client = IdentityClient::new(channel.clone());
-        match client
-            .watch_trust_bundle(pb::WatchTrustBundleRequest {})
-            .await
-        {
+        match client.watch_trust_bundle(pb::WatchTrustBundleRequest {}).await {
             Ok(resp) => {
                 let mut stream = resp.into_inner();
                 loop {
@@ -139,11 +122,7 @@ pub async fn follow_bundle(state: Arc<TlsState>, metrics: Metrics, channel: Chan
 }
 
 fn apply_bundle(state: &TlsState, metrics: &Metrics, msg: pb::TrustBundle) {
-    let anchors = msg
-        .anchors_der
-        .into_iter()
-        .map(CertificateDer::from)
-        .collect();
+    let anchors = msg.anchors_der.into_iter().map(CertificateDer::from).collect();
     match TrustBundle::new(anchors) {
         Ok(bundle) if bundle.version() == state.bundle().version() => {}
         Ok(bundle) => {

@@ -31,17 +31,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, drain: Drain) {
         };
         let ctx = ctx.clone();
         let drain = drain.clone();
-        tokio::spawn(
-            handle(tcp, peer, ctx, drain).instrument(tracing::debug_span!("inbound", %peer)),
-        );
+        tokio::spawn(handle(tcp, peer, ctx, drain).instrument(tracing::debug_span!("inbound", %peer)));
     }
 }
 
 fn deny(ctx: &Ctx, client_id: &str, reason: &str) {
-    ctx.metrics
-        .authz_deny
-        .with_label_values(&[&ctx.inbound_target, client_id, reason])
-        .inc();
+    ctx.metrics.authz_deny.with_label_values(&[&ctx.inbound_target, client_id, reason]).inc();
 }
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
@@ -60,12 +55,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
     let Some(config) = ctx.tls.server_config() else {
         return deny(&ctx, "", "no_identity_yet");
     };
-    let stream = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        TlsAcceptor::from(config).accept(tcp),
-    )
-    .await
-    {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = handshake_failure(&e);
@@ -74,22 +64,13 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
         }
         Err(_) => return deny(&ctx, "", "handshake_timeout"),
     };
-    let client_id =
-        crate::tls::peer_identity(stream.get_ref().1.peer_certificates()).unwrap_or_default();
+    let client_id = crate::tls::peer_identity(stream.get_ref().1.peer_certificates()).unwrap_or_default();
     if !ctx.allow.is_empty() && !ctx.allow.contains(&client_id) {
         tracing::info!(%peer, client_id, "inbound peer not in the allow-list");
         return deny(&ctx, &client_id, "not_allowed");
     }
-    ctx.metrics
-        .authz_allow
-        .with_label_values(&[&ctx.inbound_target, &client_id])
-        .inc();
-    let labels = ConnLabels {
-        direction: "inbound",
-        target_addr: ctx.inbound_target.clone(),
-        client_id,
-        server_id: String::new(),
-    };
+    ctx.metrics.authz_allow.with_label_values(&[&ctx.inbound_target, &client_id]).inc();
+    let labels = ConnLabels { direction: "inbound", target_addr: ctx.inbound_target.clone(), client_id, server_id: String::new() };
     let mut src = CountingIo::new(stream, ctx.metrics.tcp(&labels, "src", true));
     let (protocol, prefix) = match detect::detect(&mut src, ctx.detect_timeout).await {
         Ok(x) => x,
@@ -114,12 +95,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
             Err(e) => tracing::info!(error = %e, %target, "inbound target unreachable"),
         },
         p => {
-            let fwd = Forward {
-                metrics: ctx.metrics.clone(),
-                labels,
-                tls: "true",
-                upstream: Upstream::new(p, connect),
-            };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Upstream::new(p, connect) };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

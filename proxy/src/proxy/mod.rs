@@ -30,32 +30,16 @@ use tls::{InboundAuth, TlsState};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    #[arg(
-        long,
-        env = "MESHFLEET_PROXY_ADMIN_ADDR",
-        default_value = "0.0.0.0:4191"
-    )]
+    #[arg(long, env = "MESHFLEET_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
     /// Inbound (mTLS) listen address.
-    #[arg(
-        long,
-        env = "MESHFLEET_PROXY_INBOUND_ADDR",
-        default_value = "0.0.0.0:4143"
-    )]
+    #[arg(long, env = "MESHFLEET_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
     pub inbound_addr: SocketAddr,
     /// The local application's port that inbound traffic is forwarded to.
-    #[arg(
-        long,
-        env = "MESHFLEET_PROXY_INBOUND_FORWARD",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, env = "MESHFLEET_PROXY_INBOUND_FORWARD", default_value = "127.0.0.1:8080")]
     pub inbound_forward: SocketAddr,
     /// Outbound route LISTEN=TARGET[#IDENTITY]; repeat for several destinations.
-    #[arg(
-        long = "outbound",
-        env = "MESHFLEET_PROXY_OUTBOUND",
-        value_delimiter = ','
-    )]
+    #[arg(long = "outbound", env = "MESHFLEET_PROXY_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<Route>,
     /// Controller identity service, HOST:PORT.
     #[arg(long, env = "MESHFLEET_PROXY_CONTROLLER_ADDR")]
@@ -69,11 +53,7 @@ pub struct Config {
     #[arg(long, env = "MESHFLEET_PROXY_TRUST_ANCHORS")]
     pub trust_anchors: PathBuf,
     /// Proof of identity sent to the controller (a projected service-account token in Kubernetes).
-    #[arg(
-        long,
-        env = "MESHFLEET_PROXY_TOKEN_FILE",
-        default_value = "/var/run/secrets/tokens/meshfleet-identity"
-    )]
+    #[arg(long, env = "MESHFLEET_PROXY_TOKEN_FILE", default_value = "/var/run/secrets/tokens/meshfleet-identity")]
     pub token_file: PathBuf,
     /// `authenticated` (client certificate required) or `unauthenticated` (TLS required, certificate optional).
     #[arg(long, default_value = "authenticated")]
@@ -108,9 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "authenticated" => InboundAuth::Authenticated,
         "unauthenticated" => InboundAuth::Unauthenticated,
         other => {
-            problems.push(format!(
-                "--inbound-auth {other:?}: expected authenticated or unauthenticated"
-            ));
+            problems.push(format!("--inbound-auth {other:?}: expected authenticated or unauthenticated"));
             InboundAuth::Authenticated
         }
     };
@@ -122,12 +100,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let bundle = std::fs::read(&config.trust_anchors)
         .map_err(|e| e.to_string())
         .and_then(|pem| crate::tls::TrustBundle::from_pem(&pem).map_err(|e| e.to_string()))
-        .map_err(|e| {
-            problems.push(format!(
-                "--trust-anchors {}: {e}",
-                config.trust_anchors.display()
-            ))
-        });
+        .map_err(|e| problems.push(format!("--trust-anchors {}: {e}", config.trust_anchors.display())));
     if config.controller_addr.is_empty() {
         problems.push("--controller-addr is empty".into());
     }
@@ -135,29 +108,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(b) if problems.is_empty() => b,
         _ => return Err(crate::ConfigError(problems).into()),
     };
-    let controller_id = config.controller_identity.clone().unwrap_or_else(|| {
-        format!(
-            "spiffe://{}/ns/meshfleet/sa/meshfleet-controller",
-            config.trust_domain
-        )
-    });
+    let controller_id = config.controller_identity.clone().unwrap_or_else(|| format!("spiffe://{}/ns/meshfleet/sa/meshfleet-controller", config.trust_domain));
     // The key exists only in this process's memory: the CSR carries its public half.
     let key = KeyPair::generate()?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let state = Arc::new(TlsState::new(key_der, bundle, auth, controller_id)?);
     let metrics = Metrics::new();
 
-    let admin = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
-    let inbound = TcpListener::bind(config.inbound_addr)
-        .await
-        .with_context(|| format!("binding the inbound address {}", config.inbound_addr))?;
+    let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let inbound = TcpListener::bind(config.inbound_addr).await.with_context(|| format!("binding the inbound address {}", config.inbound_addr))?;
     let mut outbound = Vec::new();
     for route in &config.outbound {
-        let l = TcpListener::bind(route.listen)
-            .await
-            .with_context(|| format!("binding the outbound address {}", route.listen))?;
+        let l = TcpListener::bind(route.listen).await.with_context(|| format!("binding the outbound address {}", route.listen))?;
         outbound.push((l, Arc::new(route.clone())));
     }
     let addrs = serde_json::json!({
@@ -171,21 +133,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move || state.controller_config()) as crate::identity::TlsSource
     };
     let channel = crate::identity::channel(&config.controller_addr, tls_source)?;
-    let certifier = identity::Certifier {
-        state: state.clone(),
-        metrics: metrics.clone(),
-        channel: channel.clone(),
-        token_file: config.token_file.clone(),
-        key,
-    };
-    let background = [
-        tokio::spawn(certifier.run()),
-        tokio::spawn(identity::follow_bundle(
-            state.clone(),
-            metrics.clone(),
-            channel,
-        )),
-    ];
+    let certifier =
+        identity::Certifier { state: state.clone(), metrics: metrics.clone(), channel: channel.clone(), token_file: config.token_file.clone(), key };
+    let background = [tokio::spawn(certifier.run()), tokio::spawn(identity::follow_bundle(state.clone(), metrics.clone(), channel))];
 
     let ctx = Arc::new(Ctx {
         tls: state.clone(),
@@ -197,11 +147,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let (drain_ctl, drain) = DrainController::new();
     let shutdown = Arc::new(Notify::new());
-    tokio::spawn(crate::admin::serve(
-        admin,
-        admin::handler(state, metrics, shutdown.clone()),
-        drain.clone(),
-    ));
+    tokio::spawn(crate::admin::serve(admin, admin::handler(state, metrics, shutdown.clone()), drain.clone()));
     tokio::spawn(inbound::serve(inbound, ctx.clone(), drain.clone()));
     for (listener, route) in outbound {
         tokio::spawn(outbound::serve(listener, route, ctx.clone(), drain.clone()));
@@ -215,9 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("draining");
     drop(drain);
-    let clean = drain_ctl
-        .drain(Duration::from_secs(config.drain_timeout_secs))
-        .await;
+    let clean = drain_ctl.drain(Duration::from_secs(config.drain_timeout_secs)).await;
     background.iter().for_each(|t| t.abort());
     tracing::info!(clean, "stopped");
     Ok(())

@@ -28,17 +28,11 @@ pub struct Route {
 impl FromStr for Route {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (listen, rest) = s
-            .split_once('=')
-            .ok_or_else(|| format!("route {s:?}: expected LISTEN=TARGET[#IDENTITY]"))?;
-        let listen = listen
-            .parse()
-            .map_err(|e| format!("route {s:?}: listen address: {e}"))?;
+        let (listen, rest) = s.split_once('=').ok_or_else(|| format!("route {s:?}: expected LISTEN=TARGET[#IDENTITY]"))?;
+        let listen = listen.parse().map_err(|e| format!("route {s:?}: listen address: {e}"))?;
         let (target, identity) = match rest.split_once('#') {
             Some((t, id)) => {
-                let id = id
-                    .parse::<crate::certs::WorkloadId>()
-                    .map_err(|e| format!("route {s:?}: {e}"))?;
+                let id = id.parse::<crate::certs::WorkloadId>().map_err(|e| format!("route {s:?}: {e}"))?;
                 (t, Some(id.to_string()))
             }
             None => (rest, None),
@@ -46,11 +40,7 @@ impl FromStr for Route {
         if target.is_empty() || !target.contains(':') {
             return Err(format!("route {s:?}: target must be HOST:PORT"));
         }
-        Ok(Self {
-            listen,
-            target: target.to_string(),
-            identity,
-        })
+        Ok(Self { listen, target: target.to_string(), identity })
     }
 }
 
@@ -69,19 +59,11 @@ pub async fn serve(listener: TcpListener, route: Arc<Route>, ctx: Arc<Ctx>, drai
 }
 
 /// Dials the destination proxy with mTLS; returns the stream and the identity it proved.
-async fn dial(
-    ctx: &Ctx,
-    route: &Route,
-) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, String)> {
-    let config = ctx
-        .tls
-        .client_config(route.identity.as_deref())
-        .ok_or_else(|| std::io::Error::other("proxy has no certificate yet"))?;
+async fn dial(ctx: &Ctx, route: &Route) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, String)> {
+    let config = ctx.tls.client_config(route.identity.as_deref()).ok_or_else(|| std::io::Error::other("proxy has no certificate yet"))?;
     let tcp = TcpStream::connect(&route.target).await?;
     let _ = tcp.set_nodelay(true);
-    let stream = TlsConnector::from(config)
-        .connect(crate::tls::mesh_server_name(), tcp)
-        .await?;
+    let stream = TlsConnector::from(config).connect(crate::tls::mesh_server_name(), tcp).await?;
     let id = crate::tls::peer_identity(stream.get_ref().1.peer_certificates()).unwrap_or_default();
     Ok((stream, id))
 }
@@ -89,12 +71,7 @@ async fn dial(
 async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) {
     let _ = tcp.set_nodelay(true);
     let server_id = route.identity.clone().unwrap_or_default();
-    let labels = ConnLabels {
-        direction: "outbound",
-        target_addr: route.target.clone(),
-        client_id: String::new(),
-        server_id,
-    };
+    let labels = ConnLabels { direction: "outbound", target_addr: route.target.clone(), client_id: String::new(), server_id };
     let mut src = CountingIo::new(tcp, ctx.metrics.tcp(&labels, "src", false));
     let (protocol, prefix) = match detect::detect(&mut src, ctx.detect_timeout).await {
         Ok(x) => x,
@@ -118,8 +95,7 @@ async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) 
     if labels.server_id.is_empty() {
         labels.server_id = proven;
     }
-    let first: Option<BoxIo> =
-        first.map(|s| Box::new(CountingIo::new(s, ctx.metrics.tcp(&labels, "dst", true))) as BoxIo);
+    let first: Option<BoxIo> = first.map(|s| Box::new(CountingIo::new(s, ctx.metrics.tcp(&labels, "dst", true))) as BoxIo);
     match protocol {
         Protocol::Opaque => {
             if let Some(dst) = first {
@@ -132,10 +108,7 @@ async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) 
                 let (ctx, route, labels) = (c.clone(), r.clone(), l.clone());
                 Box::pin(async move {
                     let (s, _) = dial(&ctx, &route).await?;
-                    Ok(
-                        Box::new(CountingIo::new(s, ctx.metrics.tcp(&labels, "dst", true)))
-                            as BoxIo,
-                    )
+                    Ok(Box::new(CountingIo::new(s, ctx.metrics.tcp(&labels, "dst", true))) as BoxIo)
                 })
             });
             let upstream = Upstream::new(p, connect);
@@ -144,12 +117,7 @@ async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) 
                     tracing::debug!(error = %e, "outbound HTTP handshake failed; will redial per request");
                 }
             }
-            let fwd = Forward {
-                metrics: ctx.metrics.clone(),
-                labels,
-                tls: "true",
-                upstream,
-            };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

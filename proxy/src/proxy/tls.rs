@@ -44,31 +44,10 @@ struct Inner {
 }
 
 impl TlsState {
-    pub fn new(
-        key: PrivateKeyDer<'static>,
-        bundle: TrustBundle,
-        auth: InboundAuth,
-        controller_id: String,
-    ) -> tls::Result<Self> {
-        let controller = Arc::new(tls::client_config(
-            &bundle,
-            Some(controller_id.clone()),
-            None,
-            &[b"h2"],
-        )?);
-        let inner = Inner {
-            bundle: Arc::new(bundle),
-            leaf: None,
-            server: None,
-            clients: HashMap::new(),
-            controller,
-        };
-        Ok(Self {
-            key,
-            auth,
-            controller_id,
-            inner: RwLock::new(inner),
-        })
+    pub fn new(key: PrivateKeyDer<'static>, bundle: TrustBundle, auth: InboundAuth, controller_id: String) -> tls::Result<Self> {
+        let controller = Arc::new(tls::client_config(&bundle, Some(controller_id.clone()), None, &[b"h2"])?);
+        let inner = Inner { bundle: Arc::new(bundle), leaf: None, server: None, clients: HashMap::new(), controller };
+        Ok(Self { key, auth, controller_id, inner: RwLock::new(inner) })
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
@@ -101,12 +80,7 @@ impl TlsState {
         }
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let leaf = inner.leaf.clone()?;
-        match tls::client_config(
-            &inner.bundle,
-            key.clone(),
-            Some((leaf.chain.clone(), self.key.clone_key())),
-            &[],
-        ) {
+        match tls::client_config(&inner.bundle, key.clone(), Some((leaf.chain.clone(), self.key.clone_key())), &[]) {
             Ok(c) => {
                 let c = Arc::new(c);
                 inner.clients.insert(key, c.clone());
@@ -133,12 +107,7 @@ impl TlsState {
         if let Some(leaf) = &inner.leaf {
             inner.server = Some(self.build_server(&bundle, leaf)?);
         }
-        inner.controller = Arc::new(tls::client_config(
-            &bundle,
-            Some(self.controller_id.clone()),
-            None,
-            &[b"h2"],
-        )?);
+        inner.controller = Arc::new(tls::client_config(&bundle, Some(self.controller_id.clone()), None, &[b"h2"])?);
         inner.clients.clear();
         inner.bundle = Arc::new(bundle);
         Ok(())
@@ -146,8 +115,7 @@ impl TlsState {
 
     fn build_server(&self, bundle: &TrustBundle, leaf: &Leaf) -> tls::Result<Arc<ServerConfig>> {
         let provider = tls::provider();
-        let verifier =
-            WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone());
+        let verifier = WebPkiClientVerifier::builder_with_provider(bundle.roots().clone(), provider.clone());
         let verifier = match self.auth {
             InboundAuth::Authenticated => verifier.build()?,
             InboundAuth::Unauthenticated => verifier.allow_unauthenticated().build()?,

@@ -8,12 +8,7 @@ use meshfleet_mesh::certs;
 use crate::support::*;
 
 async fn identity(p: &Process) -> serde_json::Value {
-    reqwest::get(format!("http://{}/identity", p.addr("admin")))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    reqwest::get(format!("http://{}/identity", p.addr("admin"))).await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,62 +41,37 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
         if a["issuer"] == "CN=test issuer 2" && b["issuer"] == "CN=test issuer 2" {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "proxies never moved to the new issuer: {a} {b}"
-        );
+        assert!(Instant::now() < deadline, "proxies never moved to the new issuer: {a} {b}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (ok, failed) = traffic.await.unwrap();
     let (ok2, failed2) = pooled.await.unwrap();
-    assert!(
-        failed.is_empty() && failed2.is_empty(),
-        "failures: {failed:?} {failed2:?}"
-    );
+    assert!(failed.is_empty() && failed2.is_empty(), "failures: {failed:?} {failed2:?}");
     assert!(ok > 50 && ok2 > 50);
     let cm = metrics(&mesh.controller).await;
-    assert!(
-        metric(
-            &cm,
-            "identity_issuer_reload_total",
-            &[("result", "accepted")]
-        ) >= 1.0,
-        "{cm}"
-    );
+    assert!(metric(&cm, "identity_issuer_reload_total", &[("result", "accepted")]) >= 1.0, "{cm}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_or_foreign_issuer_is_refused_and_the_current_one_kept() {
     let mesh = Mesh::start(&[]).await;
     let foreign = certs::new_anchor("foreign", YEAR).unwrap();
-    mesh.pki
-        .write_issuer(&certs::new_issuer(&foreign, "foreign issuer", YEAR).unwrap());
+    mesh.pki.write_issuer(&certs::new_issuer(&foreign, "foreign issuer", YEAR).unwrap());
     let url = format!("http://{}/metrics", mesh.controller.addr("admin"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let cm = reqwest::get(&url).await.unwrap().text().await.unwrap();
-        if metric(
-            &cm,
-            "identity_issuer_reload_total",
-            &[("result", "refused"), ("reason", "not_chained")],
-        ) >= 1.0
-        {
+        if metric(&cm, "identity_issuer_reload_total", &[("result", "refused"), ("reason", "not_chained")]) >= 1.0 {
             break;
         }
-        assert!(
-            Instant::now() < deadline,
-            "foreign issuer was not refused: {cm}"
-        );
+        assert!(Instant::now() < deadline, "foreign issuer was not refused: {cm}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Still issuing from the old issuer: a new proxy gets a certificate and traffic flows.
     let c = spawn_proxy(&mesh.pki, &mesh.controller, "tok-a", mesh.app, &[], &[]);
     wait_ready(&c).await;
     assert_eq!(identity(&c).await["issuer"], "CN=test issuer 1");
-    assert_eq!(
-        get_status(mesh.url("/")).await,
-        200
-    );
+    assert_eq!(get_status(mesh.url("/")).await, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,43 +91,16 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
     // Publish {anchor 1, anchor 2} to controller 1: it reaches A without a restart.
     pki1.write_bundle(&[&pki1.anchor, &pki2.anchor]);
     let deadline = Instant::now() + Duration::from_secs(8);
-    while identity(&a).await["trust_bundle"]["anchors"]
-        .as_array()
-        .unwrap()
-        .len()
-        != 2
-    {
+    while identity(&a).await["trust_bundle"]["anchors"].as_array().unwrap().len() != 2 {
         assert!(Instant::now() < deadline, "bundle never reached proxy A");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     for _ in 0..5 {
-        assert_eq!(
-            get_status(&url).await,
-            200,
-            "anchor-1 proxy -> anchor-2 proxy"
-        );
+        assert_eq!(get_status(&url).await, 200, "anchor-1 proxy -> anchor-2 proxy");
     }
     // And the other way round.
-    let b_out = spawn_proxy(
-        &pki2,
-        &c2,
-        "tok-b",
-        app,
-        &[format!("127.0.0.1:0={}", a.addr("inbound"))],
-        &[],
-    );
+    let b_out = spawn_proxy(&pki2, &c2, "tok-b", app, &[format!("127.0.0.1:0={}", a.addr("inbound"))], &[]);
     wait_ready(&b_out).await;
-    assert_eq!(
-        get_status(format!("http://{}/", b_out.outbound(0))).await,
-        200,
-        "anchor-2 proxy -> anchor-1 proxy"
-    );
-    assert_eq!(
-        metric(
-            &metrics(&a).await,
-            "identity_trust_bundle_updates_total",
-            &[]
-        ),
-        1.0
-    );
+    assert_eq!(get_status(format!("http://{}/", b_out.outbound(0))).await, 200, "anchor-2 proxy -> anchor-1 proxy");
+    assert_eq!(metric(&metrics(&a).await, "identity_trust_bundle_updates_total", &[]), 1.0);
 }

@@ -27,10 +27,7 @@ impl Pki {
     pub fn new() -> Self {
         let anchor = certs::new_anchor("test anchor", YEAR).unwrap();
         let issuer = certs::new_issuer(&anchor, "test issuer 1", YEAR).unwrap();
-        let pki = Self {
-            dir: tempfile::tempdir().unwrap(),
-            anchor,
-        };
+        let pki = Self { dir: tempfile::tempdir().unwrap(), anchor };
         pki.write_issuer(&issuer);
         pki.write_bundle(&[&pki.anchor]);
         std::fs::write(
@@ -92,15 +89,9 @@ impl Process {
 fn spawn(bin: &str, args: &[String], ready: &Path) -> Process {
     let log = std::env::var_os("TEST_LOG").is_some();
     let mut cmd = Command::new(bin);
-    cmd.args(args)
-        .arg("--ready-file")
-        .arg(ready)
-        .stdout(Stdio::null());
+    cmd.args(args).arg("--ready-file").arg(ready).stdout(Stdio::null());
     cmd.stderr(if log { Stdio::inherit() } else { Stdio::null() });
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    );
+    cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     let mut child = cmd.spawn().expect("spawn binary");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -117,21 +108,9 @@ fn spawn(bin: &str, args: &[String], ready: &Path) -> Process {
 }
 
 pub fn spawn_controller(pki: &Pki, extra: &[&str]) -> Process {
-    let mut args: Vec<String> = [
-        "--grpc-addr=127.0.0.1:0",
-        "--admin-addr=127.0.0.1:0",
-        "--verifier=file",
-        "--reload-interval-ms=200",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    for (flag, file) in [
-        ("--issuer-cert", "issuer.crt"),
-        ("--issuer-key", "issuer.key"),
-        ("--trust-bundle", "bundle.crt"),
-        ("--tokens-file", "tokens.json"),
-    ] {
+    let mut args: Vec<String> =
+        ["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--verifier=file", "--reload-interval-ms=200"].iter().map(|s| s.to_string()).collect();
+    for (flag, file) in [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")] {
         args.push(format!("{flag}={}", pki.path(file).display()));
     }
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -140,14 +119,7 @@ pub fn spawn_controller(pki: &Pki, extra: &[&str]) -> Process {
 }
 
 /// A proxy whose identity comes from `token` ("tok-a" -> web/client, "tok-b" -> api/server).
-pub fn spawn_proxy(
-    pki: &Pki,
-    controller: &Process,
-    token: &str,
-    forward: SocketAddr,
-    outbound: &[String],
-    extra: &[&str],
-) -> Process {
+pub fn spawn_proxy(pki: &Pki, controller: &Process, token: &str, forward: SocketAddr, outbound: &[String], extra: &[&str]) -> Process {
     let mut args = vec![
         "--admin-addr=127.0.0.1:0".to_string(),
         "--inbound-addr=127.0.0.1:0".to_string(),
@@ -194,40 +166,17 @@ pub async fn spawn_app() -> SocketAddr {
                 continue;
             };
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: hyper::Request<hyper::body::Incoming>| async move {
-                        let status = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/status/")
-                            .and_then(|s| s.parse::<u16>().ok())
-                            .unwrap_or(200);
-                        if let Some(ms) = req
-                            .uri()
-                            .path()
-                            .strip_prefix("/sleep/")
-                            .and_then(|s| s.parse().ok())
-                        {
-                            tokio::time::sleep(Duration::from_millis(ms)).await;
-                        }
-                        let body = req
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        let mut resp = hyper::Response::new(Full::new(if body.is_empty() {
-                            Bytes::from_static(b"ok")
-                        } else {
-                            body
-                        }));
-                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
-                    .await;
+                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let status = req.uri().path().strip_prefix("/status/").and_then(|s| s.parse::<u16>().ok()).unwrap_or(200);
+                    if let Some(ms) = req.uri().path().strip_prefix("/sleep/").and_then(|s| s.parse().ok()) {
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let mut resp = hyper::Response::new(Full::new(if body.is_empty() { Bytes::from_static(b"ok") } else { body }));
+                    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, Infallible>(resp)
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
             });
         }
     });
@@ -278,12 +227,7 @@ pub async fn spawn_tap(target: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<u8>>>) 
 
 /// The Prometheus text a proxy or the controller serves on its admin port.
 pub async fn metrics(proxy: &Process) -> String {
-    reqwest::get(format!("http://{}/metrics", proxy.addr("admin")))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    reqwest::get(format!("http://{}/metrics", proxy.addr("admin"))).await.unwrap().text().await.unwrap()
 }
 
 /// Sum of every sample of `name` whose labels include all of `want`.
@@ -299,9 +243,7 @@ pub fn metric(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
             if n != name {
                 return None;
             }
-            let ok = want
-                .iter()
-                .all(|(k, v)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            let ok = want.iter().all(|(k, v)| labels.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
             ok.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
@@ -314,30 +256,17 @@ pub async fn get_status(url: impl reqwest::IntoUrl) -> u16 {
 }
 
 pub fn fresh_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// Sends requests for `duration` from `workers` tasks; returns (ok, failures).
-pub async fn drive(
-    url: String,
-    duration: Duration,
-    keepalive: bool,
-    workers: usize,
-) -> (usize, Vec<String>) {
+pub async fn drive(url: String, duration: Duration, keepalive: bool, workers: usize) -> (usize, Vec<String>) {
     let deadline = Instant::now() + duration;
     let mut tasks = Vec::new();
     for _ in 0..workers {
         let url = url.clone();
         tasks.push(tokio::spawn(async move {
-            let client = if keepalive {
-                reqwest::Client::new()
-            } else {
-                fresh_client()
-            };
+            let client = if keepalive { reqwest::Client::new() } else { fresh_client() };
             let (mut ok, mut failed) = (0, Vec::new());
             while Instant::now() < deadline {
                 match client.post(&url).body("ping").send().await {
@@ -384,27 +313,11 @@ impl Mesh {
         let controller = spawn_controller(&pki, controller_args);
         let app = spawn_app().await;
         let b = spawn_proxy(&pki, &controller, "tok-b", app, &[], &[]);
-        let route = format!(
-            "127.0.0.1:0={}#spiffe://cluster.local/ns/api/sa/server",
-            b.addr("inbound")
-        );
-        let a = spawn_proxy(
-            &pki,
-            &controller,
-            "tok-a",
-            "127.0.0.1:1".parse().unwrap(),
-            &[route],
-            &[],
-        );
+        let route = format!("127.0.0.1:0={}#spiffe://cluster.local/ns/api/sa/server", b.addr("inbound"));
+        let a = spawn_proxy(&pki, &controller, "tok-a", "127.0.0.1:1".parse().unwrap(), &[route], &[]);
         wait_ready(&a).await;
         wait_ready(&b).await;
-        Self {
-            pki,
-            controller,
-            a,
-            b,
-            app,
-        }
+        Self { pki, controller, a, b, app }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -12,16 +12,9 @@ use crate::support::Pki;
 
 /// The shell block after the README's `<!-- walkthrough` marker.
 fn readme_walkthrough() -> String {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let after = readme
-        .split("<!-- walkthrough")
-        .nth(1)
-        .expect("README marks its walkthrough block");
-    let block = after
-        .split("```sh\n")
-        .nth(1)
-        .and_then(|b| b.split("\n```").next());
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let after = readme.split("<!-- walkthrough").nth(1).expect("README marks its walkthrough block");
+    let block = after.split("```sh\n").nth(1).and_then(|b| b.split("\n```").next());
     block.expect("a sh block follows the marker").to_owned()
 }
 
@@ -30,12 +23,7 @@ fn ports(script: &str) -> Vec<u16> {
     let mut found: Vec<u16> = ["127.0.0.1:", "localhost:"]
         .iter()
         .flat_map(|host| script.split(host).skip(1))
-        .filter_map(|rest| {
-            rest.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
+        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .collect();
     found.sort_unstable();
     found.dedup();
@@ -48,18 +36,11 @@ fn rewrite_ports(script: &str, map: &HashMap<u16, u16>) -> String {
     let mut out = String::with_capacity(script.len());
     let mut rest = script;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
-        let len = rest[start..]
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len() - start);
+        let len = rest[start..].find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len() - start);
         let (before, digits) = (&rest[..start], &rest[start..start + len]);
         out.push_str(before);
         let after_separator = before.ends_with(':') || before.ends_with(' ');
-        match digits
-            .parse::<u16>()
-            .ok()
-            .and_then(|p| map.get(&p))
-            .filter(|_| after_separator)
-        {
+        match digits.parse::<u16>().ok().and_then(|p| map.get(&p)).filter(|_| after_separator) {
             Some(new) => out.push_str(&new.to_string()),
             None => out.push_str(digits),
         }
@@ -70,11 +51,7 @@ fn rewrite_ports(script: &str, map: &HashMap<u16, u16>) -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs `script` with `bash -euo pipefail` in `dir`, in a process group of its own so that
@@ -101,9 +78,7 @@ fn run_bash(script: &str, dir: &Path, limit: Duration) -> (bool, String) {
         }
         if Instant::now() > deadline {
             // The group is the one made for this script: bash and what it started, nothing else.
-            let _ = Command::new("kill")
-                .args(["-KILL", "--", &format!("-{}", child.id())])
-                .status();
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).status();
             let _ = child.wait();
             break None;
         }
@@ -121,44 +96,26 @@ fn readme_walkthrough_runs_as_written_twice() {
     let script = readme_walkthrough();
     let readme_ports = ports(&script);
     for taken in [8080, 8443] {
-        assert!(
-            !readme_ports.contains(&taken),
-            "the walkthrough uses {taken}, a meshfleet-server default: {readme_ports:?}"
-        );
+        assert!(!readme_ports.contains(&taken), "the walkthrough uses {taken}, a meshfleet-server default: {readme_ports:?}");
     }
     // Free ports instead of the README's, so the test does not depend on what else runs here.
     let map: HashMap<u16, u16> = readme_ports.iter().map(|&p| (p, free_port())).collect();
     let repo = tempfile::tempdir().unwrap();
     let state = repo.path().join("mesh");
     assert!(script.contains("D=/tmp/meshfleet-mesh;"), "{script}");
-    let script = rewrite_ports(&script, &map)
-        .replace("D=/tmp/meshfleet-mesh;", &format!("D={};", state.display()));
+    let script = rewrite_ports(&script, &map).replace("D=/tmp/meshfleet-mesh;", &format!("D={};", state.display()));
     // A checkout whose target/release holds the binaries under test; CARGO_TARGET_DIR unset.
-    let bins = Path::new(env!("CARGO_BIN_EXE_meshfleet-proxy"))
-        .parent()
-        .unwrap();
+    let bins = Path::new(env!("CARGO_BIN_EXE_meshfleet-proxy")).parent().unwrap();
     std::fs::create_dir_all(repo.path().join("target")).unwrap();
     std::os::unix::fs::symlink(bins, repo.path().join("target/release")).unwrap();
 
     for run in ["first", "second"] {
         let (ok, output) = run_bash(&script, repo.path(), Duration::from_secs(120));
         assert!(ok, "{run} run of the walkthrough failed:\n{output}");
-        assert!(
-            output.to_ascii_uppercase().contains("<!DOCTYPE HTML"),
-            "{run} run: the app's page did not come through:\n{output}"
-        );
-        assert!(
-            output.contains("request_total{"),
-            "{run} run: no request_total on proxy B:\n{output}"
-        );
-        assert!(
-            output.contains("spiffe://cluster.local/ns/web/sa/frontend"),
-            "{run} run: proxy A's identity not shown:\n{output}"
-        );
-        assert!(
-            !output.contains("\x1b["),
-            "{run} run: colour codes in piped logs:\n{output:?}"
-        );
+        assert!(output.to_ascii_uppercase().contains("<!DOCTYPE HTML"), "{run} run: the app's page did not come through:\n{output}");
+        assert!(output.contains("request_total{"), "{run} run: no request_total on proxy B:\n{output}");
+        assert!(output.contains("spiffe://cluster.local/ns/web/sa/frontend"), "{run} run: proxy A's identity not shown:\n{output}");
+        assert!(!output.contains("\x1b["), "{run} run: colour codes in piped logs:\n{output:?}");
     }
 }
 
@@ -169,44 +126,18 @@ fn a_listener_that_cannot_bind_names_its_address() {
     let addr = taken.local_addr().unwrap().to_string();
     let file = |name: &str| pki.path(name).display().to_string();
     let controller = Command::new(env!("CARGO_BIN_EXE_meshfleet-controller"))
-        .args([
-            "--verifier",
-            "file",
-            "--tokens-file",
-            &file("tokens.json"),
-            "--issuer-cert",
-            &file("issuer.crt"),
-            "--issuer-key",
-            &file("issuer.key"),
-        ])
-        .args([
-            "--trust-bundle",
-            &file("bundle.crt"),
-            "--grpc-addr",
-            &addr,
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
+        .args(["--verifier", "file", "--tokens-file", &file("tokens.json"), "--issuer-cert", &file("issuer.crt"), "--issuer-key", &file("issuer.key")])
+        .args(["--trust-bundle", &file("bundle.crt"), "--grpc-addr", &addr, "--admin-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
     let proxy = Command::new(env!("CARGO_BIN_EXE_meshfleet-proxy"))
-        .args([
-            "--controller-addr",
-            "127.0.0.1:1",
-            "--trust-anchors",
-            &file("bundle.crt"),
-            "--token-file",
-            &file("tok-a"),
-        ])
+        .args(["--controller-addr", "127.0.0.1:1", "--trust-anchors", &file("bundle.crt"), "--token-file", &file("tok-a")])
         .args(["--admin-addr", "127.0.0.1:0", "--inbound-addr", &addr])
         .output()
         .unwrap();
     for (what, out) in [("controller gRPC", controller), ("proxy inbound", proxy)] {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
-        assert!(
-            stderr.contains(&format!("address {addr}")) && stderr.contains("in use"),
-            "{what}: the error does not name {addr}:\n{stderr}"
-        );
+        assert!(stderr.contains(&format!("address {addr}")) && stderr.contains("in use"), "{what}: the error does not name {addr}:\n{stderr}");
     }
 }

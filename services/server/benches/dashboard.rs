@@ -117,8 +117,20 @@ async fn run(engine: &str, url: String, n: usize, secs: u64) {
     let server = Server::start(Config::load(None, &env, &[]).unwrap()).await.unwrap();
     let base = format!("http://{}", server.addr);
     let http = reqwest::Client::new();
-    http.post(format!("{base}/api/v1/signup")).json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" })).send().await.unwrap();
-    let login: Value = http.post(format!("{base}/api/v1/login")).json(&json!({ "email": "bench@example.com", "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+    http.post(format!("{base}/api/v1/signup"))
+        .json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" }))
+        .send()
+        .await
+        .unwrap();
+    let login: Value = http
+        .post(format!("{base}/api/v1/login"))
+        .json(&json!({ "email": "bench@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let org: OrgId = login["organization_id"].as_str().unwrap().parse().unwrap();
     let started = Instant::now();
     let cluster = seed(&server.state, org, n).await;
@@ -149,7 +161,12 @@ async fn browser_time(base: &str) {
         return;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mut child = std::process::Command::new(driver).arg(format!("--port={port}")).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = std::process::Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let profile = tempfile::tempdir().unwrap();
     let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({ "goog:chromeOptions": { "binary": chromium,
@@ -175,7 +192,11 @@ async fn browser_time(base: &str) {
     }
     times.sort();
     let verdict = if percentile(&times, 1.0) < Duration::from_secs(1) { "PASS" } else { "FAIL" };
-    println!("browser: navigation to visible fleet table, 7 runs: median {:.0?}, worst {:.0?}; goal < 1 s: {verdict}", percentile(&times, 0.5), percentile(&times, 1.0));
+    println!(
+        "browser: navigation to visible fleet table, 7 runs: median {:.0?}, worst {:.0?}; goal < 1 s: {verdict}",
+        percentile(&times, 0.5),
+        percentile(&times, 1.0)
+    );
     let _ = client.close().await;
     let _ = child.kill();
     let _ = child.wait();
@@ -185,7 +206,10 @@ async fn browser_time(base: &str) {
 async fn main() {
     let n: usize = std::env::var("MESHFLEET_BENCH_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
     let secs: u64 = std::env::var("MESHFLEET_BENCH_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
-    println!("dashboard benchmark: {n} clusters; server and load generator share this machine ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "dashboard benchmark: {n} clusters; server and load generator share this machine ({} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     let dir = tempfile::tempdir().unwrap();
     run("sqlite", meshfleet_server::db::sqlite_url_in(dir.path()).unwrap(), n, secs).await;
     if let Some(admin) = std::env::var("MESHFLEET_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty()) {

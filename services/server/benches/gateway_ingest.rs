@@ -46,9 +46,9 @@
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
+use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,7 +84,6 @@ const SETUP_CONCURRENCY: usize = 32;
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
-
 struct Knobs {
     smoke: bool,
     agents: usize,
@@ -104,9 +103,8 @@ impl Knobs {
     fn from_env() -> Knobs {
         // `cargo bench` passes --bench; anything else (cargo test --all-targets) gets a smoke run.
         let smoke = !std::env::args().any(|a| a == "--bench");
-        let pg_admin = ["MESHFLEET_BENCH_POSTGRES_URL", "MESHFLEET_TEST_POSTGRES_URL"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
+        let pg_admin =
+            ["MESHFLEET_BENCH_POSTGRES_URL", "MESHFLEET_TEST_POSTGRES_URL"].iter().find_map(|k| std::env::var(k).ok().filter(|v| !v.trim().is_empty()));
         if smoke {
             return Knobs { smoke, agents: 20, ingest_agents: 5, window: 8, secs: 1.0, warmup: 0.3, paced_rate: 100.0, pg_admin };
         }
@@ -269,12 +267,10 @@ fn rss_kb(pid: u32) -> u64 {
     proc_status_kb(&pid.to_string(), "VmRSS:")
 }
 
-
 /// The machine's 1-minute load average (other engineers' builds show up here).
 fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(f64::NAN)
 }
-
 
 /// (soft, hard) open-file limits of this process; the server inherits them.
 fn nofile_limits() -> (u64, u64) {
@@ -325,11 +321,17 @@ fn tls_endpoint(gateway: SocketAddr, ca_pem: &str, id: Option<&Identity>) -> any
 async fn setup_fleet(server: &ServerProc, n: usize) -> anyhow::Result<Fleet> {
     let http = reqwest::Client::new();
     let base = &server.api;
-    http_json(http.post(format!("{base}/api/v1/signup")).json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" })), "sign up").await?;
+    http_json(
+        http.post(format!("{base}/api/v1/signup")).json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" })),
+        "sign up",
+    )
+    .await?;
     let login = http_json(http.post(format!("{base}/api/v1/login")).json(&json!({ "email": "bench@example.com", "password": PASSWORD })), "log in").await?;
     let token = login["access_token"].as_str().ok_or_else(|| anyhow!("no access token in {login}"))?.to_owned();
     // The CA bundle, the way an agent gets it: from a cluster's install manifest.
-    let probe = http_json(http.post(format!("{base}/api/v1/clusters")).bearer_auth(&token).json(&json!({ "name": "bench-ca-probe", "labels": {} })), "create cluster").await?;
+    let probe =
+        http_json(http.post(format!("{base}/api/v1/clusters")).bearer_auth(&token).json(&json!({ "name": "bench-ca-probe", "labels": {} })), "create cluster")
+            .await?;
     let probe_id = probe["cluster"]["id"].as_str().ok_or_else(|| anyhow!("no cluster id in {probe}"))?;
     let boot = ApiClient::with_token(base, SecretString::from(token.clone())).bootstrap(probe_id).await.map_err(|e| anyhow!("install manifest: {e}"))?;
     let ca_pem = boot.ca_pem.clone();
@@ -342,7 +344,9 @@ async fn setup_fleet(server: &ServerProc, n: usize) -> anyhow::Result<Fleet> {
             let base = base.clone();
             async move {
                 let created = http_json(
-                    http.post(format!("{base}/api/v1/clusters")).bearer_auth(&token).json(&json!({ "name": format!("bench-{i:05}"), "labels": { "env": "bench" } })),
+                    http.post(format!("{base}/api/v1/clusters"))
+                        .bearer_auth(&token)
+                        .json(&json!({ "name": format!("bench-{i:05}"), "labels": { "env": "bench" } })),
                     "create cluster",
                 )
                 .await?;
@@ -581,7 +585,11 @@ async fn open_raw(gateway: SocketAddr, ca_pem: &str, id: &Identity, i: usize, wi
     let hello = v1::Hello { agent_version: "0.1.0-bench".into(), kubernetes_version: "v1.33.1".into(), ..Default::default() };
     tx.send(AgentMessage { seq: 0, body: Some(Body::Hello(hello)) }).await?;
     let mut client = client;
-    let rx = tokio::time::timeout(CALL_TIMEOUT, client.connect(ReceiverStream::new(rx))).await.context("connect timed out")?.map_err(|s| anyhow!("connect: {s}"))?.into_inner();
+    let rx = tokio::time::timeout(CALL_TIMEOUT, client.connect(ReceiverStream::new(rx)))
+        .await
+        .context("connect timed out")?
+        .map_err(|s| anyhow!("connect: {s}"))?
+        .into_inner();
     let cluster = synthetic_cluster(seed(i));
     let mut agent = RawAgent { tx, rx, seq: 1, cluster };
     agent.tx.send(AgentMessage { seq: 1, body: Some(Body::Snapshot(v1::Snapshot { inventory: Some(agent.cluster.inventory()) })) }).await?;
@@ -849,7 +857,10 @@ fn integrity(r: &RunResult) -> String {
 }
 
 fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
-    let mem_total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok())).unwrap_or(0);
+    let mem_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
     println!();
     println!("meshfleet-server: agent gateway ingest{}", if knobs.smoke { " (SMOKE RUN: tiny sizes, figures meaningless)" } else { "" });
     println!(
@@ -860,11 +871,24 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
     println!();
     println!("1. Connected agents and server memory (SQLite; real agent clients: mTLS stream, snapshot, heartbeat every 10 s)");
     println!("   open-files limit (soft/hard, inherited by the server): {}/{}", cap.nofile.0, cap.nofile.1);
-    println!("   agents connected (snapshot acked): {} of {} targeted; server gauge {}; total sessions {} (reconnects: {})", cap.reached, cap.target, cap.server_gauge, cap.sessions, cap.sessions.saturating_sub(cap.reached as u64));
+    println!(
+        "   agents connected (snapshot acked): {} of {} targeted; server gauge {}; total sessions {} (reconnects: {})",
+        cap.reached,
+        cap.target,
+        cap.server_gauge,
+        cap.sessions,
+        cap.sessions.saturating_sub(cap.reached as u64)
+    );
     if let Some(why) = &cap.why_stopped {
         println!("   stopped early / degraded: {why}");
     }
-    println!("   setup: {} clusters created + registered in {:.1} s; connected in {:.1} s ({:.0} agents/s)", cap.target, cap.register_secs, cap.connect_secs, cap.reached as f64 / cap.connect_secs.max(0.001));
+    println!(
+        "   setup: {} clusters created + registered in {:.1} s; connected in {:.1} s ({:.0} agents/s)",
+        cap.target,
+        cap.register_secs,
+        cap.connect_secs,
+        cap.reached as f64 / cap.connect_secs.max(0.001)
+    );
     println!(
         "   server RSS: {:.1} MB at start, {:.1} MB after registration (before agents), {:.1} MB with {} agents",
         cap.rss_start_kb as f64 / 1024.0,
@@ -888,7 +912,10 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
         knobs.warmup,
         knobs.secs
     );
-    println!("   {:<11} {:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>11} {:>5}  integrity", "engine", "run", "reports/s", "p50 ack", "p99 ack", "max ack", "avg batch", "server ack", "load");
+    println!(
+        "   {:<11} {:<34} {:>10} {:>9} {:>9} {:>9} {:>10} {:>11} {:>5}  integrity",
+        "engine", "run", "reports/s", "p50 ack", "p99 ack", "max ack", "avg batch", "server ack", "load"
+    );
     for e in engines {
         let rows = [
             (format!("{} saturated", WritePath::Batched.name()), &e.batched),
@@ -914,15 +941,29 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
         println!("   {:<11} batched / one-tx-per-report: {:.1}x", e.engine.title(), e.batched.rps / e.per_report.rps.max(0.001));
     }
     println!("   ('load' = the machine's 1-minute load average at the end of the run, 2 cores: above 2 means other work competed)");
-    println!("   (saturated runs keep {} reports queued by construction, so their latency is ~{} / throughput; 'server ack' = mean receive->ack inside the server)", knobs.ingest_agents * knobs.window, knobs.ingest_agents * knobs.window);
+    println!(
+        "   (saturated runs keep {} reports queued by construction, so their latency is ~{} / throughput; 'server ack' = mean receive->ack inside the server)",
+        knobs.ingest_agents * knobs.window,
+        knobs.ingest_agents * knobs.window
+    );
     println!();
     println!("Goals");
     let kb = cap.kb_per_agent();
-    println!("   {:<66} {:>22}  {}", format!("{GOAL_AGENTS} agents connected concurrently"), format!("{} reached", cap.reached), verdict(cap.reached >= GOAL_AGENTS));
+    println!(
+        "   {:<66} {:>22}  {}",
+        format!("{GOAL_AGENTS} agents connected concurrently"),
+        format!("{} reached", cap.reached),
+        verdict(cap.reached >= GOAL_AGENTS)
+    );
     println!("   {:<66} {:>22}  {}", format!("server memory per agent <= {GOAL_KB_PER_AGENT:.0} KB"), format!("{kb:.1} KB"), verdict(kb <= GOAL_KB_PER_AGENT));
     match engines.iter().find(|e| e.engine == Engine::Postgres) {
         Some(pg) => {
-            println!("   {:<66} {:>22}  {}", format!("PostgreSQL: >= {GOAL_PG_RPS:.0} reports/s stored (batched, saturated)"), format!("{:.0}/s", pg.batched.rps), verdict(pg.batched.rps >= GOAL_PG_RPS));
+            println!(
+                "   {:<66} {:>22}  {}",
+                format!("PostgreSQL: >= {GOAL_PG_RPS:.0} reports/s stored (batched, saturated)"),
+                format!("{:.0}/s", pg.batched.rps),
+                verdict(pg.batched.rps >= GOAL_PG_RPS)
+            );
             let delivered = pg.paced.rps >= 0.95 * knobs.paced_rate;
             println!(
                 "   {:<66} {:>22}  {}",
@@ -935,7 +976,12 @@ fn print_report(knobs: &Knobs, cap: &Capacity, engines: &[EngineResults]) {
     }
     for e in engines {
         let ratio = e.batched.rps / e.per_report.rps.max(0.001);
-        println!("   {:<66} {:>22}  {}", format!("{}: batched >= {GOAL_RATIO:.0}x one-tx-per-report", e.engine.title()), format!("{ratio:.1}x"), verdict(ratio >= GOAL_RATIO));
+        println!(
+            "   {:<66} {:>22}  {}",
+            format!("{}: batched >= {GOAL_RATIO:.0}x one-tx-per-report", e.engine.title()),
+            format!("{ratio:.1}x"),
+            verdict(ratio >= GOAL_RATIO)
+        );
     }
     if knobs.pg_admin.is_none() {
         println!("\nNOTE: PostgreSQL was not measured: set MESHFLEET_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres.");

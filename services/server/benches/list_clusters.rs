@@ -52,7 +52,6 @@ const PASSWORD: &str = "correct horse battery staple";
 /// Every request (and the server's stop) is bounded by this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-
 struct Settings {
     smoke: bool,
     clusters: usize,
@@ -82,9 +81,8 @@ impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         // `cargo bench` passes --bench; anything else (cargo test --all-targets) gets a smoke run.
         let smoke = !std::env::args().any(|a| a == "--bench");
-        let postgres = ["MESHFLEET_BENCH_POSTGRES_URL", "MESHFLEET_TEST_POSTGRES_URL"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|u| !u.trim().is_empty()));
+        let postgres =
+            ["MESHFLEET_BENCH_POSTGRES_URL", "MESHFLEET_TEST_POSTGRES_URL"].iter().find_map(|k| std::env::var(k).ok().filter(|u| !u.trim().is_empty()));
         let (clusters, secs, warmup) = if smoke { (300, 0.3, 0.1) } else { (10_000, 5.0, 1.0) };
         let s = Settings {
             smoke,
@@ -179,12 +177,8 @@ async fn post_json(client: &reqwest::Client, url: String, body: Value) -> anyhow
 /// Signs up a user with a new organization and logs in: (access token, organization).
 async fn sign_up_and_log_in(client: &reqwest::Client, base: &str) -> anyhow::Result<(String, OrgId)> {
     let email = "bench@example.com";
-    let (status, body) = post_json(
-        client,
-        format!("{base}/api/v1/signup"),
-        json!({ "email": email, "password": PASSWORD, "organization": "Benchmark Org" }),
-    )
-    .await?;
+    let (status, body) =
+        post_json(client, format!("{base}/api/v1/signup"), json!({ "email": email, "password": PASSWORD, "organization": "Benchmark Org" })).await?;
     if status != reqwest::StatusCode::CREATED {
         bail!("signup: {status} {body}");
     }
@@ -375,14 +369,7 @@ fn percentile(sorted: &[u64], p: f64) -> Duration {
     Duration::from_nanos(sorted[rank - 1])
 }
 
-async fn drive(
-    engine: Engine,
-    clients: &[reqwest::Client],
-    base: &str,
-    token: &str,
-    target: &Target,
-    settings: &Settings,
-) -> anyhow::Result<Measurement> {
+async fn drive(engine: Engine, clients: &[reqwest::Client], base: &str, token: &str, target: &Target, settings: &Settings) -> anyhow::Result<Measurement> {
     let base: Arc<str> = base.into();
     let token: Option<Arc<str>> = target.auth.then(|| token.into());
     let paths = Arc::new(target.paths.clone());
@@ -480,10 +467,8 @@ async fn server_side_breakdown(state: &AppState, token: &str, org: OrgId, cursor
     use store::clusters::ListQuery;
 
     let selector = meshfleet_server::domain::labels::Selector::default();
-    let names: Vec<String> = cursors
-        .iter()
-        .map(|c| Ok(String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c)?)?))
-        .collect::<anyhow::Result<_>>()?;
+    let names: Vec<String> =
+        cursors.iter().map(|c| Ok(String::from_utf8(base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c)?)?)).collect::<anyhow::Result<_>>()?;
     let mut rng = StdRng::seed_from_u64(7);
     let now = state.clock.now_ms();
     let claims = state.keys.verify(token, now).map_err(|e| anyhow!("verifying our own token: {e}"))?;
@@ -775,9 +760,7 @@ fn main() -> anyhow::Result<()> {
         settings.warmup.as_secs_f64(),
         settings.measure.as_secs_f64()
     );
-    println!(
-        "  NOTE: the load generator shares this {cores}-core machine with the server (separate tokio runtimes, 2 workers each, loopback TCP)"
-    );
+    println!("  NOTE: the load generator shares this {cores}-core machine with the server (separate tokio runtimes, 2 workers each, loopback TCP)");
     println!(
         "  cpu us/oth: cores busy during the window in this process (server + load generator) / in all other processes: ~0 on SQLite unless something else runs; PostgreSQL's own processes on PostgreSQL"
     );
@@ -859,10 +842,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     println!();
-    println!(
-        "{}",
-        if failed == 0 { "All list endpoints meet the goal.".to_owned() } else { format!("{failed} list measurement(s) miss the goal.") }
-    );
+    println!("{}", if failed == 0 { "All list endpoints meet the goal.".to_owned() } else { format!("{failed} list measurement(s) miss the goal.") });
     if settings.smoke {
         // The smoke run checks the harness works, not the figures.
         let errors: u64 = results.iter().map(|m| m.errors).sum();

@@ -53,8 +53,7 @@ impl AppState {
     pub async fn build(config: Config) -> anyhow::Result<AppState> {
         let url = match &config.database_url {
             Some(url) => url.expose_secret().to_owned(),
-            None => db::sqlite_url_in(&config.data_dir)
-                .with_context(|| format!("creating data directory {}", config.data_dir.display()))?,
+            None => db::sqlite_url_in(&config.data_dir).with_context(|| format!("creating data directory {}", config.data_dir.display()))?,
         };
         for warning in config.startup_warnings() {
             tracing::warn!("{warning}");
@@ -80,7 +79,20 @@ impl AppState {
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max, quotas);
         let limits = Limits::new(&config);
         let read_cache = crate::cache::ReadCache::new(Duration::from_millis(config.read_cache_ms));
-        Ok(AppState(Arc::new(Inner { config, db, sealer, keys, clock, metrics, pki, agents: Registry::default(), limits, ingest, fleet_cache: Default::default(), read_cache })))
+        Ok(AppState(Arc::new(Inner {
+            config,
+            db,
+            sealer,
+            keys,
+            clock,
+            metrics,
+            pki,
+            agents: Registry::default(),
+            limits,
+            ingest,
+            fleet_cache: Default::default(),
+            read_cache,
+        })))
     }
 }
 
@@ -124,7 +136,9 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding the API address {} (listen)", config.listen))?;
         let gateway = match config.roles.gateway {
             true => Some(
-                TcpListener::bind(config.gateway_listen).await.with_context(|| format!("binding the gateway address {} (gateway_listen)", config.gateway_listen))?,
+                TcpListener::bind(config.gateway_listen)
+                    .await
+                    .with_context(|| format!("binding the gateway address {} (gateway_listen)", config.gateway_listen))?,
             ),
             false => None,
         };

@@ -326,7 +326,11 @@ impl Config {
             v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
         }
         fn nonempty(v: &str) -> Result<String, String> {
-            if v.trim().is_empty() { Err("must not be empty".into()) } else { Ok(v.trim().to_owned()) }
+            if v.trim().is_empty() {
+                Err("must not be empty".into())
+            } else {
+                Ok(v.trim().to_owned())
+            }
         }
         match name {
             "listen" => self.listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8080"))?,
@@ -472,7 +476,8 @@ impl Config {
         }
         // Reachable from elsewhere, yet telling users and agents to dial this machine itself.
         let exposed = !self.listen.ip().is_loopback() || (self.roles.gateway && !self.gateway_listen.ip().is_loopback());
-        let handed_out = [("public_url", self.public_url.is_some(), self.public_url()), ("gateway_address", self.gateway_address.is_some(), self.gateway_address())];
+        let handed_out =
+            [("public_url", self.public_url.is_some(), self.public_url()), ("gateway_address", self.gateway_address.is_some(), self.gateway_address())];
         for (name, set, url) in handed_out {
             if exposed && names_this_machine_only(&url) {
                 let origin = if set { "is set to" } else { "defaults to" };
@@ -513,8 +518,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("meshfleet.toml");
         std::fs::write(&file, "listen = \"127.0.0.1:9000\"\nmesh_namespace = \"from-file\"\ndb_max_connections = 4\n").unwrap();
-        let c = Config::load(Some(&file), &env(&[("MESHFLEET_MESH_NAMESPACE", "from-env"), ("MESHFLEET_TEST_POSTGRES_URL", "x")]), &[])
-            .unwrap();
+        let c = Config::load(Some(&file), &env(&[("MESHFLEET_MESH_NAMESPACE", "from-env"), ("MESHFLEET_TEST_POSTGRES_URL", "x")]), &[]).unwrap();
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.mesh_namespace, "from-env");
         assert_eq!(c.db_max_connections, 4);
@@ -567,11 +571,19 @@ mod tests {
         assert!(w[0].contains("public_url defaults to http://0.0.0.0:8080") && w[0].contains("MESHFLEET_PUBLIC_URL"), "{w:?}");
         assert!(w[1].contains("gateway_address defaults to https://0.0.0.0:8443") && w[1].contains("MESHFLEET_GATEWAY_ADDRESS"), "{w:?}");
         // An explicit loopback address is as useless.
-        let w = warnings(&[("MESHFLEET_LISTEN", "[::]:8080"), ("MESHFLEET_PUBLIC_URL", "http://localhost:8080"), ("MESHFLEET_GATEWAY_ADDRESS", "https://mesh.example.com:8443")]);
+        let w = warnings(&[
+            ("MESHFLEET_LISTEN", "[::]:8080"),
+            ("MESHFLEET_PUBLIC_URL", "http://localhost:8080"),
+            ("MESHFLEET_GATEWAY_ADDRESS", "https://mesh.example.com:8443"),
+        ]);
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("public_url is set to http://localhost:8080"), "{w:?}");
         // Real names: nothing to say.
-        let named = [("MESHFLEET_LISTEN", "0.0.0.0:8080"), ("MESHFLEET_PUBLIC_URL", "https://meshfleet.example.com"), ("MESHFLEET_GATEWAY_ADDRESS", "https://[2001:db8::1]:8443")];
+        let named = [
+            ("MESHFLEET_LISTEN", "0.0.0.0:8080"),
+            ("MESHFLEET_PUBLIC_URL", "https://meshfleet.example.com"),
+            ("MESHFLEET_GATEWAY_ADDRESS", "https://[2001:db8::1]:8443"),
+        ];
         assert!(warnings(&named).is_empty());
         // Only the gateway exposed: it hands out its own address, but manifests still carry
         // the API's loopback URL to other machines.

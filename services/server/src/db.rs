@@ -62,8 +62,7 @@ impl Db {
     /// Connects and applies the migrations of the URL's engine.
     pub async fn connect(url: &str, max_connections: u32) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
-        let engine = Engine::of_url(url)
-            .ok_or_else(|| anyhow::anyhow!("database URL must start with sqlite: or postgres:"))?;
+        let engine = Engine::of_url(url).ok_or_else(|| anyhow::anyhow!("database URL must start with sqlite: or postgres:"))?;
         let options = AnyConnectOptions::from_str(url)?
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_millis(500))
             .log_statements(tracing::log::LevelFilter::Trace);

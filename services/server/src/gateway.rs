@@ -30,19 +30,14 @@ pub struct Gateway {
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
-pub async fn serve(
-    state: AppState,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(&state.pki.server_chain_pem, state.pki.server_key_pem.expose_secret()))
         .client_ca_root(tonic::transport::Certificate::from_pem(&state.pki.agent_ca_pem))
         // Register comes without a client certificate; the other calls check for one.
         .client_auth_optional(true);
-    let service = AgentGatewayServer::new(Gateway { state: state.clone() })
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let service =
+        AgentGatewayServer::new(Gateway { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     Server::builder()
         .tls_config(tls)?
@@ -105,9 +100,7 @@ impl AgentGateway for Gateway {
         let mut tx = self.state.db.begin().await.map_err(internal)?;
         let (org, cluster) = match store::clusters::bootstrap_token_state(&mut tx, &hash, now).await.map_err(internal)? {
             store::clusters::TokenState::Unknown => return Err(Status::unauthenticated("unknown bootstrap token")),
-            store::clusters::TokenState::Used => {
-                return Err(Status::unauthenticated("this bootstrap token was already used; issue a new one for the cluster"))
-            }
+            store::clusters::TokenState::Used => return Err(Status::unauthenticated("this bootstrap token was already used; issue a new one for the cluster")),
             store::clusters::TokenState::Expired => return Err(Status::unauthenticated("this bootstrap token has expired; issue a new one")),
             store::clusters::TokenState::Valid => store::clusters::consume_bootstrap_token(&mut tx, &hash, now)
                 .await
@@ -127,10 +120,7 @@ impl AgentGateway for Gateway {
 
     type ConnectStream = session::ServerStream;
 
-    async fn connect(
-        &self,
-        request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>,
-    ) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         let peer = self.authenticate(&request).await?;
         // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
         if let Err(wait) = self.state.limits.connect(peer.cluster_id) {
@@ -141,10 +131,7 @@ impl AgentGateway for Gateway {
                 wait.as_secs().max(1)
             )));
         }
-        let serial = request
-            .peer_certs()
-            .and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s))
-            .unwrap_or_default();
+        let serial = request.peer_certs().and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s)).unwrap_or_default();
         Ok(Response::new(session::start(self.clone(), peer, serial, request.into_inner())))
     }
 
@@ -152,12 +139,9 @@ impl AgentGateway for Gateway {
         let peer = self.authenticate(&request).await?;
         let req = request.into_inner();
         let now = self.state.clock.now_ms();
-        let signed =
-            self.state.pki.sign_agent_csr(&req.csr_der, peer.org_id, peer.cluster_id, self.certificate_ttl_ms(), now).map_err(csr_status)?;
+        let signed = self.state.pki.sign_agent_csr(&req.csr_der, peer.org_id, peer.cluster_id, self.certificate_ttl_ms(), now).map_err(csr_status)?;
         let mut conn = self.state.db.pool.acquire().await.map_err(internal)?;
-        store::agents::insert_certificate(&mut conn, &signed.serial, peer.org_id, peer.cluster_id, signed.not_after_ms, now)
-            .await
-            .map_err(internal)?;
+        store::agents::insert_certificate(&mut conn, &signed.serial, peer.org_id, peer.cluster_id, signed.not_after_ms, now).await.map_err(internal)?;
         tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, "agent certificate renewed");
         Ok(Response::new(RenewResponse { certificate: Some(Certificate { chain_pem: signed.chain_pem, not_after_unix_ms: signed.not_after_ms }) }))
     }

@@ -50,10 +50,7 @@ impl Modify for BearerAuth {
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An access token from /api/v1/login, or an API token (mft_...)"))
-                    .build(),
+                HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An access token from /api/v1/login, or an API token (mft_...)")).build(),
             ),
         );
     }

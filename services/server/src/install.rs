@@ -6,14 +6,11 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource,
-    SecurityContext, ServiceAccount, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecurityContext, ServiceAccount,
+    Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{
-    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -57,12 +54,7 @@ const LEASE_NAME: &str = "meshfleet-agent";
 /// agent delete the mesh and the applications, so they are a documented prerequisite (README).
 pub fn prerequisite_namespaces<'a>(p: &InstallParams<'a>) -> Vec<&'a str> {
     let mut v = vec![p.mesh_namespace];
-    v.extend(
-        p.meshed_namespaces
-            .iter()
-            .copied()
-            .filter(|ns| *ns != p.mesh_namespace && *ns != AGENT_NAMESPACE),
-    );
+    v.extend(p.meshed_namespaces.iter().copied().filter(|ns| *ns != p.mesh_namespace && *ns != AGENT_NAMESPACE));
     v
 }
 
@@ -89,19 +81,9 @@ pub fn render(p: &InstallParams) -> String {
     ];
     let mesh_rules = vec![
         // Inventory: the control plane's version (a watch by name; the list is above).
-        rule(
-            "apps",
-            &["deployments"],
-            &[CONTROLLER_DEPLOYMENT],
-            &["watch"],
-        ),
+        rule("apps", &["deployments"], &[CONTROLLER_DEPLOYMENT], &["watch"]),
         // set-control-plane-version: the new image on the controller, and nothing else.
-        rule(
-            "apps",
-            &["deployments"],
-            &[CONTROLLER_DEPLOYMENT],
-            &["patch"],
-        ),
+        rule("apps", &["deployments"], &[CONTROLLER_DEPLOYMENT], &["patch"]),
         // Inventory: the issuer certificate and the trust anchors (list/watch by name).
         rule("", &["secrets"], &[ISSUER_SECRET], LIST_WATCH),
         rule("", &["configmaps"], &[TRUST_BUNDLE], LIST_WATCH),
@@ -113,43 +95,21 @@ pub fn render(p: &InstallParams) -> String {
         // resourceNames (the name is not part of its authorization), so it is unnamed.
         rule("", &["secrets"], &[], &["create"]),
         // Leader election: read and renew the Lease; the first replica creates it (unnamed).
-        rule(
-            "coordination.k8s.io",
-            &["leases"],
-            &[LEASE_NAME],
-            &["get", "update"],
-        ),
+        rule("coordination.k8s.io", &["leases"], &[LEASE_NAME], &["get", "update"]),
         rule("coordination.k8s.io", &["leases"], &[], &["create"]),
     ];
     let mut docs = vec![
-        yaml(&Namespace {
-            metadata: meta(AGENT_NAMESPACE, None, Some(p.cluster_id)),
-            ..Default::default()
-        }),
-        yaml(&ServiceAccount {
-            metadata: meta(AGENT_NAME, sys, None),
-            automount_service_account_token: Some(true),
-            ..Default::default()
-        }),
-        yaml(&ClusterRole {
-            metadata: meta(AGENT_NAME, None, None),
-            rules: Some(cluster_rules),
-            aggregation_rule: None,
-        }),
+        yaml(&Namespace { metadata: meta(AGENT_NAMESPACE, None, Some(p.cluster_id)), ..Default::default() }),
+        yaml(&ServiceAccount { metadata: meta(AGENT_NAME, sys, None), automount_service_account_token: Some(true), ..Default::default() }),
+        yaml(&ClusterRole { metadata: meta(AGENT_NAME, None, None), rules: Some(cluster_rules), aggregation_rule: None }),
         yaml(&ClusterRoleBinding {
             metadata: meta(AGENT_NAME, None, None),
             role_ref: role_ref("ClusterRole", AGENT_NAME),
             subjects: Some(vec![agent_subject()]),
         }),
-        yaml(&Role {
-            metadata: meta(MESH_ROLE_NAME, mesh, None),
-            rules: Some(mesh_rules),
-        }),
+        yaml(&Role { metadata: meta(MESH_ROLE_NAME, mesh, None), rules: Some(mesh_rules) }),
         yaml(&role_binding(MESH_ROLE_NAME, p.mesh_namespace)),
-        yaml(&Role {
-            metadata: meta(AGENT_NAME, sys, None),
-            rules: Some(agent_rules),
-        }),
+        yaml(&Role { metadata: meta(AGENT_NAME, sys, None), rules: Some(agent_rules) }),
         yaml(&role_binding(AGENT_NAME, AGENT_NAMESPACE)),
     ];
     for ns in p.meshed_namespaces {
@@ -164,10 +124,7 @@ pub fn render(p: &InstallParams) -> String {
 /// patches the pod template's annotations, and RBAC cannot narrow `patch` to fields, so the
 /// grant is confined to namespaces their owners opted into the mesh.
 pub fn restart_rbac(namespace: &str) -> (Role, RoleBinding) {
-    let role = Role {
-        metadata: meta(RESTART_ROLE, Some(namespace), None),
-        rules: Some(vec![rule("apps", &["deployments"], &[], &["patch"])]),
-    };
+    let role = Role { metadata: meta(RESTART_ROLE, Some(namespace), None), rules: Some(vec![rule("apps", &["deployments"], &[], &["patch"])]) };
     (role, role_binding(RESTART_ROLE, namespace))
 }
 
@@ -178,10 +135,7 @@ fn yaml<T: Serialize>(obj: &T) -> String {
 }
 
 fn string_map<const N: usize>(pairs: [(&str, &str); N]) -> BTreeMap<String, String> {
-    pairs
-        .into_iter()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect()
+    pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect()
 }
 
 fn labels() -> BTreeMap<String, String> {
@@ -215,28 +169,15 @@ fn rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> Poli
 }
 
 fn role_ref(kind: &str, name: &str) -> RoleRef {
-    RoleRef {
-        api_group: RBAC_GROUP.into(),
-        kind: kind.into(),
-        name: name.into(),
-    }
+    RoleRef { api_group: RBAC_GROUP.into(), kind: kind.into(), name: name.into() }
 }
 
 fn agent_subject() -> Subject {
-    Subject {
-        api_group: None,
-        kind: "ServiceAccount".into(),
-        name: AGENT_NAME.into(),
-        namespace: Some(AGENT_NAMESPACE.into()),
-    }
+    Subject { api_group: None, kind: "ServiceAccount".into(), name: AGENT_NAME.into(), namespace: Some(AGENT_NAMESPACE.into()) }
 }
 
 fn role_binding(role: &str, namespace: &str) -> RoleBinding {
-    RoleBinding {
-        metadata: meta(role, Some(namespace), None),
-        role_ref: role_ref("Role", role),
-        subjects: Some(vec![agent_subject()]),
-    }
+    RoleBinding { metadata: meta(role, Some(namespace), None), role_ref: role_ref("Role", role), subjects: Some(vec![agent_subject()]) }
 }
 
 fn bootstrap_secret(p: &InstallParams) -> Secret {
@@ -257,94 +198,46 @@ fn bootstrap_secret(p: &InstallParams) -> Secret {
 }
 
 fn field_env(name: &str, field_path: &str) -> EnvVar {
-    let field_ref = ObjectFieldSelector {
-        field_path: field_path.into(),
-        api_version: None,
-    };
-    let value_from = EnvVarSource {
-        field_ref: Some(field_ref),
-        ..Default::default()
-    };
-    EnvVar {
-        name: name.into(),
-        value_from: Some(value_from),
-        value: None,
-    }
+    let field_ref = ObjectFieldSelector { field_path: field_path.into(), api_version: None };
+    let value_from = EnvVarSource { field_ref: Some(field_ref), ..Default::default() };
+    EnvVar { name: name.into(), value_from: Some(value_from), value: None }
 }
 
 fn http_probe(path: &str) -> Probe {
     let port = IntOrString::String("http".into());
-    let get = HTTPGetAction {
-        path: Some(path.into()),
-        port,
-        ..Default::default()
-    };
-    Probe {
-        http_get: Some(get),
-        ..Default::default()
-    }
+    let get = HTTPGetAction { path: Some(path.into()), port, ..Default::default() };
+    Probe { http_get: Some(get), ..Default::default() }
 }
 
 fn quantities(cpu: &str, memory: &str) -> Option<BTreeMap<String, Quantity>> {
     let q = |v: &str| Quantity(v.into());
-    Some(BTreeMap::from([
-        ("cpu".into(), q(cpu)),
-        ("memory".into(), q(memory)),
-    ]))
+    Some(BTreeMap::from([("cpu".into(), q(cpu)), ("memory".into(), q(memory))]))
 }
 
 fn deployment(p: &InstallParams) -> Deployment {
-    let secret_ref = SecretEnvSource {
-        name: BOOTSTRAP_SECRET.into(),
-        optional: None,
-    };
+    let secret_ref = SecretEnvSource { name: BOOTSTRAP_SECRET.into(), optional: None };
     let container = Container {
         name: "agent".into(),
         image: Some(p.agent_image.into()),
         image_pull_policy: Some("IfNotPresent".into()),
-        env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(secret_ref),
-            ..Default::default()
-        }]),
-        env: Some(vec![
-            field_env("MESHFLEET_POD_NAME", "metadata.name"),
-            field_env("MESHFLEET_POD_NAMESPACE", "metadata.namespace"),
-        ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: 9090,
-            protocol: Some("TCP".into()),
-            ..Default::default()
-        }]),
+        env_from: Some(vec![EnvFromSource { secret_ref: Some(secret_ref), ..Default::default() }]),
+        env: Some(vec![field_env("MESHFLEET_POD_NAME", "metadata.name"), field_env("MESHFLEET_POD_NAMESPACE", "metadata.namespace")]),
+        ports: Some(vec![ContainerPort { name: Some("http".into()), container_port: 9090, protocol: Some("TCP".into()), ..Default::default() }]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), add: None }),
             ..Default::default()
         }),
-        resources: Some(ResourceRequirements {
-            requests: quantities("50m", "64Mi"),
-            limits: quantities("500m", "256Mi"),
-            claims: None,
-        }),
+        resources: Some(ResourceRequirements { requests: quantities("50m", "64Mi"), limits: quantities("500m", "256Mi"), claims: None }),
         liveness_probe: Some(http_probe("/healthz")),
         readiness_probe: Some(http_probe("/readyz")),
         // The root filesystem is read-only; /tmp is the only writable path.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(vec![VolumeMount { name: "tmp".into(), mount_path: "/tmp".into(), ..Default::default() }]),
         ..Default::default()
     };
-    let seccomp = SeccompProfile {
-        type_: "RuntimeDefault".into(),
-        localhost_profile: None,
-    };
+    let seccomp = SeccompProfile { type_: "RuntimeDefault".into(), localhost_profile: None };
     let pod = PodSpec {
         service_account_name: Some(AGENT_NAME.into()),
         security_context: Some(PodSecurityContext {
@@ -356,31 +249,18 @@ fn deployment(p: &InstallParams) -> Deployment {
             ..Default::default()
         }),
         containers: vec![container],
-        volumes: Some(vec![Volume {
-            name: "tmp".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]),
+        volumes: Some(vec![Volume { name: "tmp".into(), empty_dir: Some(EmptyDirVolumeSource::default()), ..Default::default() }]),
         ..Default::default()
     };
     // The selector is immutable, so it must not include the version label.
     let selector = string_map([("app.kubernetes.io/name", AGENT_NAME)]);
-    let pod_meta = ObjectMeta {
-        labels: Some(labels()),
-        ..Default::default()
-    };
+    let pod_meta = ObjectMeta { labels: Some(labels()), ..Default::default() };
     Deployment {
         metadata: meta(AGENT_NAME, Some(AGENT_NAMESPACE), Some(p.cluster_id)),
         spec: Some(DeploymentSpec {
             replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(selector),
-                match_expressions: None,
-            },
-            template: PodTemplateSpec {
-                metadata: Some(pod_meta),
-                spec: Some(pod),
-            },
+            selector: LabelSelector { match_labels: Some(selector), match_expressions: None },
+            template: PodTemplateSpec { metadata: Some(pod_meta), spec: Some(pod) },
             ..Default::default()
         }),
         status: None,
@@ -423,10 +303,7 @@ mod tests {
         serde_yaml_ng::Deserializer::from_str(yaml)
             .map(|de| {
                 let doc = serde_yaml_ng::Value::deserialize(de).expect("valid YAML document");
-                let kind = doc["kind"]
-                    .as_str()
-                    .expect("document has a kind")
-                    .to_owned();
+                let kind = doc["kind"].as_str().expect("document has a kind").to_owned();
                 match kind.as_str() {
                     "Namespace" => typed::<Namespace>(doc),
                     "ServiceAccount" => typed::<ServiceAccount>(doc),
@@ -449,10 +326,7 @@ mod tests {
     #[test]
     fn objects_in_apply_order_with_labels_and_annotations() {
         let docs = parse(&render(&params(TOKEN)));
-        let got: Vec<Value> = docs
-            .iter()
-            .map(|d| json!([d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]]))
-            .collect();
+        let got: Vec<Value> = docs.iter().map(|d| json!([d["kind"], d["metadata"]["name"], d["metadata"]["namespace"]])).collect();
         let (agent, sys, mesh) = ("meshfleet-agent", "meshfleet-system", "meshfleet");
         let restart = "meshfleet-agent-restart";
         assert_eq!(
@@ -489,15 +363,9 @@ mod tests {
 
     /// The rules of the Role or ClusterRole `name` in `namespace` (None: cluster-scoped).
     fn rules_of(docs: &[Value], name: &str, namespace: Option<&str>) -> Value {
-        let kind = if namespace.is_some() {
-            "Role"
-        } else {
-            "ClusterRole"
-        };
+        let kind = if namespace.is_some() { "Role" } else { "ClusterRole" };
         let role = of_kind(docs, kind)
-            .find(|r| {
-                r["metadata"]["name"] == name && r["metadata"]["namespace"].as_str() == namespace
-            })
+            .find(|r| r["metadata"]["name"] == name && r["metadata"]["namespace"].as_str() == namespace)
             .unwrap_or_else(|| panic!("{kind} {name} in {namespace:?}"));
         role["rules"].clone()
     }
@@ -526,18 +394,8 @@ mod tests {
         assert_eq!(
             rules_of(&docs, "meshfleet-agent-mesh", Some("meshfleet")),
             json!([
-                rule(
-                    "apps",
-                    &["deployments"],
-                    &["meshfleet-controller"],
-                    &["watch"]
-                ),
-                rule(
-                    "apps",
-                    &["deployments"],
-                    &["meshfleet-controller"],
-                    &["patch"]
-                ),
+                rule("apps", &["deployments"], &["meshfleet-controller"], &["watch"]),
+                rule("apps", &["deployments"], &["meshfleet-controller"], &["patch"]),
                 rule("", &["secrets"], &["meshfleet-issuer"], &lw),
                 rule("", &["configmaps"], &["meshfleet-trust-bundle"], &lw),
             ])
@@ -546,51 +404,27 @@ mod tests {
         assert_eq!(
             rules_of(&docs, "meshfleet-agent", Some("meshfleet-system")),
             json!([
-                rule(
-                    "",
-                    &["secrets"],
-                    &["meshfleet-agent-identity"],
-                    &["get", "update"]
-                ),
+                rule("", &["secrets"], &["meshfleet-agent-identity"], &["get", "update"]),
                 rule("", &["secrets"], &[], &["create"]),
-                rule(
-                    "coordination.k8s.io",
-                    &["leases"],
-                    &["meshfleet-agent"],
-                    &["get", "update"]
-                ),
+                rule("coordination.k8s.io", &["leases"], &["meshfleet-agent"], &["get", "update"]),
                 rule("coordination.k8s.io", &["leases"], &[], &["create"]),
             ])
         );
         // Each namespace opted in: the restart's patch, and only there.
         for ns in ["shop", "payments"] {
-            assert_eq!(
-                rules_of(&docs, RESTART_ROLE, Some(ns)),
-                json!([rule("apps", &["deployments"], &[], &["patch"])])
-            );
+            assert_eq!(rules_of(&docs, RESTART_ROLE, Some(ns)), json!([rule("apps", &["deployments"], &[], &["patch"])]));
         }
         let patch_anywhere = docs
             .iter()
             .filter(|d| d["kind"] == "ClusterRole")
             .flat_map(|r| r["rules"].as_array().expect("rules"))
-            .any(|r| {
-                r["verbs"]
-                    .as_array()
-                    .expect("verbs")
-                    .iter()
-                    .any(|v| v != "get" && v != "list" && v != "watch")
-            });
+            .any(|r| r["verbs"].as_array().expect("verbs").iter().any(|v| v != "get" && v != "list" && v != "watch"));
         assert!(!patch_anywhere, "no cluster-wide write");
         let roles = of_kind(&docs, "ClusterRole").chain(of_kind(&docs, "Role"));
-        assert!(
-            !roles.map(|r| r.to_string()).any(|r| r.contains('*')),
-            "no wildcard"
-        );
+        assert!(!roles.map(|r| r.to_string()).any(|r| r.contains('*')), "no wildcard");
 
         let subjects = json!([{"kind": "ServiceAccount", "name": "meshfleet-agent", "namespace": "meshfleet-system"}]);
-        let bindings: Vec<&Value> = of_kind(&docs, "ClusterRoleBinding")
-            .chain(of_kind(&docs, "RoleBinding"))
-            .collect();
+        let bindings: Vec<&Value> = of_kind(&docs, "ClusterRoleBinding").chain(of_kind(&docs, "RoleBinding")).collect();
         assert_eq!(bindings.len(), 5);
         for b in bindings {
             assert_eq!(b["subjects"], subjects);
@@ -603,26 +437,16 @@ mod tests {
     fn every_namespace_used_is_created_by_the_manifest_or_a_documented_prerequisite() {
         let p = params(TOKEN);
         let docs = parse(&render(&p));
-        let created: Vec<&str> = of_kind(&docs, "Namespace")
-            .map(|n| n["metadata"]["name"].as_str().expect("name"))
-            .collect();
-        let mut used: Vec<&str> = docs
-            .iter()
-            .filter_map(|d| d["metadata"]["namespace"].as_str())
-            .filter(|ns| !created.contains(ns))
-            .collect();
+        let created: Vec<&str> = of_kind(&docs, "Namespace").map(|n| n["metadata"]["name"].as_str().expect("name")).collect();
+        let mut used: Vec<&str> = docs.iter().filter_map(|d| d["metadata"]["namespace"].as_str()).filter(|ns| !created.contains(ns)).collect();
         used.sort();
         used.dedup();
         let mut prerequisites = prerequisite_namespaces(&p);
         prerequisites.sort();
         assert_eq!(used, prerequisites);
         // ... and the README says so where it describes the manifest.
-        let readme = include_str!("../../../README.md")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
-        let said =
-            "the mesh's namespace and every namespace listed in `meshed_namespaces` must exist";
+        let readme = include_str!("../../../README.md").split_whitespace().collect::<Vec<_>>().join(" ");
+        let said = "the mesh's namespace and every namespace listed in `meshed_namespaces` must exist";
         assert!(readme.contains(said), "README: {said}");
     }
 
@@ -631,25 +455,15 @@ mod tests {
     #[test]
     fn the_readme_snippet_for_opting_a_namespace_in_is_what_the_manifest_renders() {
         let readme = include_str!("../../../README.md");
-        let after = readme
-            .split("<!-- restart-rbac")
-            .nth(1)
-            .expect("README marks the snippet");
-        let block = after
-            .split("```yaml\n")
-            .nth(1)
-            .and_then(|b| b.split("```").next())
-            .expect("a yaml block follows");
+        let after = readme.split("<!-- restart-rbac").nth(1).expect("README marks the snippet");
+        let block = after.split("```yaml\n").nth(1).and_then(|b| b.split("```").next()).expect("a yaml block follows");
         let snippet = parse(block);
         let (role, binding) = restart_rbac("payments");
         let rendered = parse(&format!("{}---\n{}", yaml(&role), yaml(&binding)));
         assert_eq!(snippet.len(), 2);
         for (mut a, mut b) in snippet.into_iter().zip(rendered) {
             for v in [&mut a, &mut b] {
-                v["metadata"]
-                    .as_object_mut()
-                    .expect("metadata")
-                    .remove("labels");
+                v["metadata"].as_object_mut().expect("metadata").remove("labels");
             }
             assert_eq!(a, b);
         }
@@ -657,15 +471,7 @@ mod tests {
 
     #[test]
     fn secret_carries_token_verbatim_even_with_yaml_special_characters() {
-        let tokens = [
-            TOKEN,
-            r#"a: b # "c'"#,
-            "---\n...\n",
-            " &x *x !t |>",
-            "true",
-            "0x1F",
-            "",
-        ];
+        let tokens = [TOKEN, r#"a: b # "c'"#, "---\n...\n", " &x *x !t |>", "true", "0x1F", ""];
         for token in tokens {
             let docs = parse(&render(&params(token)));
             assert_eq!(docs.len(), 14, "document count for {token:?}");
@@ -694,10 +500,7 @@ mod tests {
         let selector = json!({"matchLabels": {"app.kubernetes.io/name": "meshfleet-agent"}});
         assert_eq!(spec["selector"], selector);
         let pod = &spec["template"]["spec"];
-        assert_eq!(
-            spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"],
-            "meshfleet-agent"
-        );
+        assert_eq!(spec["template"]["metadata"]["labels"]["app.kubernetes.io/name"], "meshfleet-agent");
         assert_eq!(pod["serviceAccountName"], "meshfleet-agent");
         assert_eq!(
             pod["securityContext"],

@@ -151,10 +151,8 @@ pub enum VerifyError {
 
 async fn insert_new_key(conn: &mut store::Conn, sealer: &Sealer, now_ms: i64) -> Result<String, KeyError> {
     let rng = ring::rand::SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
-        .map_err(|_| KeyError::Key { kid: "new".into(), reason: "key generation failed".into() })?;
-    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
-        .map_err(|_| KeyError::Key { kid: "new".into(), reason: "generated key is unreadable".into() })?;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Key { kid: "new".into(), reason: "key generation failed".into() })?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| KeyError::Key { kid: "new".into(), reason: "generated key is unreadable".into() })?;
     let kid = uuid::Uuid::now_v7().simple().to_string();
     store::signing_keys::insert(
         conn,
@@ -173,9 +171,7 @@ async fn read_keys(conn: &mut store::Conn, sealer: &Sealer) -> Result<Keys, KeyE
     let rows = store::signing_keys::all(conn).await?;
     let newest = rows.first().ok_or_else(|| KeyError::Key { kid: "-".into(), reason: "no signing key".into() })?;
     let bad = |kid: &str, reason: &str| KeyError::Key { kid: kid.to_owned(), reason: reason.to_owned() };
-    let pkcs8 = sealer
-        .open(&newest.private_key_sealed)
-        .map_err(|_| bad(&newest.kid, "cannot unseal: was the sealing key changed?"))?;
+    let pkcs8 = sealer.open(&newest.private_key_sealed).map_err(|_| bad(&newest.kid, "cannot unseal: was the sealing key changed?"))?;
     let mut verifying = HashMap::new();
     for row in &rows {
         let public = STANDARD.decode(&row.public_key).map_err(|_| bad(&row.kid, "public key is not base64"))?;

@@ -6,9 +6,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 
 use crate::app::AppState;
 
@@ -29,26 +27,21 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new_custom(Some("meshfleet".into()), None).expect("valid prefix");
-        let http_requests = IntCounterVec::new(
-            Opts::new("http_requests_total", "HTTP requests by route template, method and status"),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric");
+        let http_requests =
+            IntCounterVec::new(Opts::new("http_requests_total", "HTTP requests by route template, method and status"), &["method", "route", "status"])
+                .expect("valid metric");
         let http_duration = HistogramVec::new(
             HistogramOpts::new("http_request_duration_seconds", "HTTP request latency by route template")
                 .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
             &["method", "route"],
         )
         .expect("valid metric");
-        let db_pool = IntGaugeVec::new(Opts::new("db_pool_connections", "Database pool connections by state"), &["state"])
-            .expect("valid metric");
+        let db_pool = IntGaugeVec::new(Opts::new("db_pool_connections", "Database pool connections by state"), &["state"]).expect("valid metric");
         let logins_throttled = IntCounter::new("logins_throttled_total", "Login attempts refused by throttling").expect("valid metric");
         let gateway_connected = IntGauge::new("gateway_connected_agents", "Agent streams open on this replica").expect("valid metric");
-        let gateway_reports = IntCounterVec::new(
-            Opts::new("gateway_reports_total", "Agent reports by kind and outcome (stored or failed)"),
-            &["kind", "outcome"],
-        )
-        .expect("valid metric");
+        let gateway_reports =
+            IntCounterVec::new(Opts::new("gateway_reports_total", "Agent reports by kind and outcome (stored or failed)"), &["kind", "outcome"])
+                .expect("valid metric");
         let gateway_rejected = IntCounterVec::new(
             Opts::new("gateway_rejected_messages_total", "Agent messages refused, by reason (oversized, rate_limited, invalid field...)"),
             &["reason"],

@@ -63,18 +63,14 @@ pub fn hash_password(password: &Password) -> String {
 }
 
 pub fn verify_password(password: &str, stored_hash: &str) -> bool {
-    PasswordHash::new(stored_hash)
-        .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-        .unwrap_or(false)
+    PasswordHash::new(stored_hash).map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok()).unwrap_or(false)
 }
 
 /// A hash to verify against when the account does not exist, so that a login for an unknown
 /// e-mail costs the same time as one for a known e-mail.
 pub fn dummy_password_hash() -> &'static str {
     static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HASH.get_or_init(|| {
-        hash_password(&Password::parse("not-a-real-password-at-all").expect("valid"))
-    })
+    HASH.get_or_init(|| hash_password(&Password::parse("not-a-real-password-at-all").expect("valid")))
 }
 
 /// The key-encryption key. Seals private keys and other secrets the service must read back.
@@ -108,10 +104,7 @@ impl Sealer {
     pub fn seal(&self, plaintext: &[u8]) -> String {
         let mut nonce = [0u8; 12];
         OsRng.fill_bytes(&mut nonce);
-        let ciphertext = self
-            .cipher
-            .encrypt(Nonce::from_slice(&nonce), plaintext)
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+        let ciphertext = self.cipher.encrypt(Nonce::from_slice(&nonce), plaintext).expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = nonce.to_vec();
         out.extend_from_slice(&ciphertext);
         format!("v1.{}", STANDARD.encode(out))

@@ -29,10 +29,7 @@ pub(crate) fn parse_col<T: std::str::FromStr>(value: &str, column: &str) -> Resu
 
 /// `($1, $2), ($3, $4)` for a multi-row INSERT of `rows` rows of `cols` columns.
 pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", ")))
-        .collect::<Vec<_>>()
-        .join(", ")
+    (0..rows).map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join(", ")
 }
 
 /// Rows per multi-row statement. SQLite looks up each `$n` parameter by name with a linear

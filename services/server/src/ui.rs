@@ -130,13 +130,17 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
 pub fn error_page(e: &ApiError) -> Response {
     let problem = e.problem();
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = layout(&problem.title, None, html! {
-        section.card role="alert" {
-            h1 { (problem.title) }
-            p { (problem.detail.unwrap_or_default()) }
-            p { a href="/fleet" { "Back to the fleet" } }
-        }
-    });
+    let body = layout(
+        &problem.title,
+        None,
+        html! {
+            section.card role="alert" {
+                h1 { (problem.title) }
+                p { (problem.detail.unwrap_or_default()) }
+                p { a href="/fleet" { "Back to the fleet" } }
+            }
+        },
+    );
     (status, body).into_response()
 }
 
@@ -156,6 +160,9 @@ pub fn countdown(ms: i64, now: i64) -> String {
         3600..=86_399 => format!("{} h {} min", abs / 3600, abs % 3600 / 60),
         _ => format!("{} d {} h", abs / 86_400, abs % 86_400 / 3600),
     };
-    if delta >= 0 { format!("in {text}") } else { format!("expired {text} ago") }
+    if delta >= 0 {
+        format!("in {text}")
+    } else {
+        format!("expired {text} ago")
+    }
 }
-

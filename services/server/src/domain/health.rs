@@ -34,7 +34,10 @@ pub enum Finding {
     CertificateExpired(i64),
     /// The success rate (0..=1) is below the threshold of the health it gives.
     SuccessRate(f64),
-    ControlPlaneNotReady { ready: u32, want: u32 },
+    ControlPlaneNotReady {
+        ready: u32,
+        want: u32,
+    },
     /// A certificate expires at this time (ms), within `EXPIRY_WARNING_MS`.
     CertificateExpiring(i64),
     AllGood,
@@ -143,7 +146,8 @@ mod tests {
     fn findings_come_worst_first() {
         let base = Signals { status: "connected", success_rate: None, success_degraded: false, nearest_expiry: None, control_plane: None, now: 1_000 };
         assert_eq!(assess(&Signals { status: "stale", ..base }), (Health::Critical, Finding::AgentAway("stale".into())));
-        let base = Signals { status: "connected", success_rate: None, success_degraded: false, nearest_expiry: Some(500), control_plane: Some((1, 2)), now: 1_000 };
+        let base =
+            Signals { status: "connected", success_rate: None, success_degraded: false, nearest_expiry: Some(500), control_plane: Some((1, 2)), now: 1_000 };
         assert_eq!(assess(&base), (Health::Critical, Finding::CertificateExpired(500)));
         let base = Signals { nearest_expiry: Some(2_000), ..base };
         assert_eq!(assess(&base), (Health::Degraded, Finding::ControlPlaneNotReady { ready: 1, want: 2 }));

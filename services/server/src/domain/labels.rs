@@ -268,9 +268,7 @@ impl<'a> Parser<'a> {
                 '=' => (Tok::Eq, 1),
                 '!' => (Tok::Bang, 1),
                 _ => {
-                    let len = rest
-                        .find(|c: char| is_space(c) || ",()=!".contains(c))
-                        .unwrap_or(rest.len());
+                    let len = rest.find(|c: char| is_space(c) || ",()=!".contains(c)).unwrap_or(rest.len());
                     (Tok::Ident(&rest[..len]), len)
                 }
             }
@@ -309,15 +307,8 @@ impl<'a> Parser<'a> {
             other => return self.unexpected(other, "a label key"),
         };
         validate_key(key)?;
-        let op = if negated {
-            Op::DoesNotExist
-        } else {
-            self.operator()?
-        };
-        Ok(Requirement {
-            key: key.to_owned(),
-            op,
-        })
+        let op = if negated { Op::DoesNotExist } else { self.operator()? };
+        Ok(Requirement { key: key.to_owned(), op })
     }
 
     /// The operator and operand(s) after a key; nothing at all means `Exists`.
@@ -380,10 +371,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn sel(s: &str) -> Selector {
@@ -410,10 +398,7 @@ mod tests {
         assert_eq!(validate_key(&"k".repeat(63)), Ok(()));
         assert_eq!(validate_key(&format!("{long_prefix}/n")), Ok(()));
         let e = key_err("-bad");
-        assert_eq!(
-            e,
-            r#"label key "-bad" must start and end with an alphanumeric character"#
-        );
+        assert_eq!(e, r#"label key "-bad" must start and end with an alphanumeric character"#);
         for (bad, why) in [
             ("", "must not be empty"),
             ("bad-", "must start and end"),
@@ -445,10 +430,7 @@ mod tests {
         let ok = labels(&[("env", "prod"), ("a.io/team", "")]);
         assert_eq!(validate_labels(&ok), Ok(()));
         let e = validate_labels(&labels(&[("env", "-prod")])).unwrap_err();
-        assert!(
-            e.message.starts_with(r#"label "env": label value "-prod""#),
-            "{e}"
-        );
+        assert!(e.message.starts_with(r#"label "env": label value "-prod""#), "{e}");
         assert!(validate_labels(&labels(&[("-env", "prod")])).is_err());
         let mut many: Labels = (0..64).map(|i| (format!("k{i}"), "v".into())).collect();
         assert_eq!(validate_labels(&many), Ok(()));
@@ -466,21 +448,14 @@ mod tests {
             assert!(validate_dns1123_label(bad).is_err(), "{bad:?}");
         }
         let e = validate_dns1123_label("Prod").unwrap_err().message;
-        assert_eq!(
-            e,
-            r#"name "Prod" contains invalid character 'P' (allowed: a-z, 0-9, '-')"#
-        );
+        assert_eq!(e, r#"name "Prod" contains invalid character 'P' (allowed: a-z, 0-9, '-')"#);
     }
 
     #[test]
     fn parses_every_operator() {
         let v = |xs: &str| xs.split(' ').map(String::from).collect::<Vec<_>>();
         let parsed = sel(" a=1, b == 2,c!=3 , d in (x, y),e notin(z),f, !g, h=,a.io/i in (j) ");
-        let ops: Vec<_> = parsed
-            .requirements
-            .iter()
-            .map(|r| (r.key.as_str(), &r.op))
-            .collect();
+        let ops: Vec<_> = parsed.requirements.iter().map(|r| (r.key.as_str(), &r.op)).collect();
         let expected = [
             ("a", &Op::Equals("1".into())),
             ("b", &Op::Equals("2".into())),
@@ -564,10 +539,7 @@ mod tests {
                    a in (b,,c)|,,|a,,b| , |\0|a=\0|ключ=значение|🦀|a=🦀|a in (🦀)|é!=é|\u{200b}|\
                    a\u{3000}=b|a/b/c=d|a in (b) c|a=b c|\u{feff}a=b|a=\u{301}";
         let mut inputs: Vec<String> = odd.split('|').map(String::from).collect();
-        for s in [
-            "env in (prod, staging),!legacy,tier!=db",
-            "a.io/b notin (x),c==d,e",
-        ] {
+        for s in ["env in (prod, staging),!legacy,tier!=db", "a.io/b notin (x),c==d,e"] {
             for (i, c) in s.char_indices() {
                 let rest = &s[i + c.len_utf8()..];
                 inputs.push(s[..i].to_string()); // every prefix

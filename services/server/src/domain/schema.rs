@@ -122,9 +122,36 @@ mod tests {
     }
 
     const WORDS: &[&str] = &[
-        "", "a", "A", "0", "-", "a-", "-a", "a-b", "a_b", "a.b", "A.b_c-9", "my-cluster", "Prod", "é", "a b", "a/b", "a/b/c", "/a", "a/",
-        "example.com/app", "app.kubernetes.io/name", "x-1/y", "Example.com/a", "a..b/c", "-a.com/c", "a_b.com/c", "example.com/.x", "a.b.c/D_e",
-        "a\u{0}", "k\n",
+        "",
+        "a",
+        "A",
+        "0",
+        "-",
+        "a-",
+        "-a",
+        "a-b",
+        "a_b",
+        "a.b",
+        "A.b_c-9",
+        "my-cluster",
+        "Prod",
+        "é",
+        "a b",
+        "a/b",
+        "a/b/c",
+        "/a",
+        "a/",
+        "example.com/app",
+        "app.kubernetes.io/name",
+        "x-1/y",
+        "Example.com/a",
+        "a..b/c",
+        "-a.com/c",
+        "a_b.com/c",
+        "example.com/.x",
+        "a.b.c/D_e",
+        "a\u{0}",
+        "k\n",
     ];
 
     #[test]
@@ -148,10 +175,46 @@ mod tests {
         let (twenty, twenty_one) = (["a"; 20].join(","), ["a"; 21].join(","));
         let long_prefix = format!("{}/n=v", "a".repeat(254));
         let samples = [
-            "", "  ", "env", "!env", "! env", "env=prod", "env==prod", "env!=prod", "env = prod", "env=", "env=,a", "env in (a,b)", "env in(a)",
-            "env notin ( a , b )", "env in ()", "env in (a,)", "env in", "envin (a)", "env in (a)b", "a,b", "a,", ",a", "a b", "a!b", "!a=b",
-            "a===b", "a=b(", "example.com/app=x", "in in (in)", "a\u{b}=b", "a\t,\tb", "A=b-", "a=b=c", "a in (b) , !c, d!=e", &twenty,
-            &twenty_one, "é=1", "(a)", "a=(b)", &long_prefix,
+            "",
+            "  ",
+            "env",
+            "!env",
+            "! env",
+            "env=prod",
+            "env==prod",
+            "env!=prod",
+            "env = prod",
+            "env=",
+            "env=,a",
+            "env in (a,b)",
+            "env in(a)",
+            "env notin ( a , b )",
+            "env in ()",
+            "env in (a,)",
+            "env in",
+            "envin (a)",
+            "env in (a)b",
+            "a,b",
+            "a,",
+            ",a",
+            "a b",
+            "a!b",
+            "!a=b",
+            "a===b",
+            "a=b(",
+            "example.com/app=x",
+            "in in (in)",
+            "a\u{b}=b",
+            "a\t,\tb",
+            "A=b-",
+            "a=b=c",
+            "a in (b) , !c, d!=e",
+            &twenty,
+            &twenty_one,
+            "é=1",
+            "(a)",
+            "a=(b)",
+            &long_prefix,
         ];
         agree(&selector_pattern(), &samples, |s| s.parse::<Selector>().is_ok());
     }
@@ -159,7 +222,21 @@ mod tests {
     #[test]
     fn namespace_list_pattern_agrees_with_the_parser() {
         let (hundred, hundred_one) = (["shop"; 100].join(","), ["shop"; 101].join(","));
-        let samples = ["", "shop", "shop,payments", ",shop,,", "shop, payments", " shop", "Shop", "-shop", "a".repeat(63).leak(), "a".repeat(64).leak(), "a/b", &hundred, &hundred_one];
+        let samples = [
+            "",
+            "shop",
+            "shop,payments",
+            ",shop,,",
+            "shop, payments",
+            " shop",
+            "Shop",
+            "-shop",
+            "a".repeat(63).leak(),
+            "a".repeat(64).leak(),
+            "a/b",
+            &hundred,
+            &hundred_one,
+        ];
         agree(&namespace_list_pattern(), &samples, |s| parse_namespace_list(s).is_ok());
     }
 
@@ -167,8 +244,22 @@ mod tests {
     fn display_name_pattern_agrees_with_the_parser() {
         let long = ["x".repeat(100), "x".repeat(101), format!("  {}  ", "x".repeat(100)), format!("\u{3000}{}", "y".repeat(99))];
         let samples: Vec<&str> = [
-            "", " ", "Acme", " Acme ", "\tAcme\n", "Ac me", "Ac\nme", "Ac\u{7f}me", "\u{85}Acme", "Ac\u{85}me", "\u{a0}", "\u{a0}A\u{2003}", "日本",
-            "\u{feff}", "a\u{200b}b", "Acme\u{2028}",
+            "",
+            " ",
+            "Acme",
+            " Acme ",
+            "\tAcme\n",
+            "Ac me",
+            "Ac\nme",
+            "Ac\u{7f}me",
+            "\u{85}Acme",
+            "Ac\u{85}me",
+            "\u{a0}",
+            "\u{a0}A\u{2003}",
+            "日本",
+            "\u{feff}",
+            "a\u{200b}b",
+            "Acme\u{2028}",
         ]
         .into_iter()
         .chain(long.iter().map(String::as_str))

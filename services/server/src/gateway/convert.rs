@@ -205,13 +205,7 @@ pub fn report(org: OrgId, cluster: ClusterId, body: &v1::agent_message::Body) ->
             } else {
                 Some(serde_json::from_str(&r.output_json).map_err(|_| bad("command_result.output_json", "not JSON"))?)
             };
-            Report::CommandResult {
-                id,
-                state,
-                progress: i64::from(r.progress_percent.min(100)),
-                message: text("command_result.message", &r.message)?,
-                output,
-            }
+            Report::CommandResult { id, state, progress: i64::from(r.progress_percent.min(100)), message: text("command_result.message", &r.message)?, output }
         }
     }))
 }

@@ -16,10 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::db::{Clock, Db};
 use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::metrics::Metrics;
+use crate::store;
 use crate::store::inventory::{Facts, Pod};
 use crate::store::rollups::{Event, Window};
 use crate::store::throttles::Noted;
-use crate::store;
 
 #[derive(Debug, Clone)]
 pub enum Report {
@@ -122,7 +122,6 @@ fn note(metrics: &Metrics, refused: &Refusals, org: OrgId, cluster: ClusterId, r
 }
 
 impl Ingest {
-
     /// Notes that the cluster's agent was heard from at `at` (written within `SEEN_EVERY`).
     pub fn seen(&self, cluster: ClusterId, at: i64) {
         let mut seen = self.seen.lock().expect("seen lock poisoned");

@@ -20,16 +20,12 @@ struct Bucket {
 
 impl Bucket {
     fn full(burst: f64, now: Instant) -> Bucket {
-        Bucket {
-            tokens: burst,
-            at: now,
-        }
+        Bucket { tokens: burst, at: now }
     }
 
     /// Takes a token, or says how long until one is there.
     fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), Duration> {
-        self.tokens =
-            (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst);
+        self.tokens = (self.tokens + now.saturating_duration_since(self.at).as_secs_f64() * rate).min(burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -94,17 +90,12 @@ impl Limits {
 
     /// One message of the cluster's agent (whichever stream it comes on): false when over rate.
     pub fn message(&self, cluster: ClusterId) -> bool {
-        self.with(cluster, |c, now| {
-            c.messages.take(self.rate, self.burst, now).is_ok()
-        })
+        self.with(cluster, |c, now| c.messages.take(self.rate, self.burst, now).is_ok())
     }
 
     /// One connection of the cluster's agent: Err(how long to wait) when it reconnects too often.
     pub fn connect(&self, cluster: ClusterId) -> Result<(), Duration> {
-        self.with(cluster, |c, now| {
-            c.connects
-                .take(self.connects_per_sec, self.connects_burst, now)
-        })
+        self.with(cluster, |c, now| c.connects.take(self.connects_per_sec, self.connects_burst, now))
     }
 
     /// Of `n` events, how many fit in the cluster's allowance for the current minute (they are
@@ -143,9 +134,7 @@ mod tests {
         let t = Instant::now();
         assert!(bucket.take(2.0, 1.0, t).is_ok());
         assert_eq!(bucket.take(2.0, 1.0, t), Err(Duration::from_millis(500)));
-        assert!(bucket
-            .take(2.0, 1.0, t + Duration::from_millis(500))
-            .is_ok());
+        assert!(bucket.take(2.0, 1.0, t + Duration::from_millis(500)).is_ok());
     }
 
     #[test]

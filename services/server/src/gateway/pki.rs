@@ -3,8 +3,8 @@
 //! sealed keys so every replica serves the same ones. Agent CSRs are checked here.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    SerialNumber,
 };
 use rustls_pki_types::CertificateSigningRequestDer;
 use secrecy::SecretString;
@@ -117,8 +117,7 @@ impl Pki {
                     (entry.cert_pem, key.serialize_pem())
                 } else {
                     let kept = store::pki::insert_or_get(&mut conn, SERVER, &entry).await?;
-                    let key = String::from_utf8(sealer.open(&kept.key_sealed).map_err(|_| PkiError::Unseal(SERVER))?)
-                        .map_err(|_| PkiError::Corrupt(SERVER))?;
+                    let key = String::from_utf8(sealer.open(&kept.key_sealed).map_err(|_| PkiError::Unseal(SERVER))?).map_err(|_| PkiError::Corrupt(SERVER))?;
                     (kept.cert_pem, key)
                 }
             }

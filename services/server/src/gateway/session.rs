@@ -196,7 +196,11 @@ fn check_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) 
         if taken < n {
             events.truncate(taken);
             let per_min = state.config.quota_events_per_min;
-            let refusal = Refusal { reason: "events_per_minute", message: format!("{} events over the cluster's quota of {per_min} events per minute", n - taken), items: n - taken };
+            let refusal = Refusal {
+                reason: "events_per_minute",
+                message: format!("{} events over the cluster's quota of {per_min} events per minute", n - taken),
+                items: n - taken,
+            };
             return if taken == 0 { Quota::Whole(refusal) } else { Quota::Partly(refusal) };
         }
     }

@@ -13,8 +13,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::audit;
 use super::auth::{Actor, Principal};
 use super::error::{ApiError, FieldError};
-use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, TooManyRequests, Unauthenticated};
 use super::extract::ApiJson;
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, TooManyRequests, Unauthenticated};
 use crate::app::AppState;
 use crate::db::is_unique_violation;
 use crate::domain::{parse_display_name, schema, Email, OrgId, Password, Role, SessionId, UserId};
@@ -24,12 +24,7 @@ use crate::store;
 use crate::throttle;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(signup))
-        .routes(routes!(login))
-        .routes(routes!(refresh))
-        .routes(routes!(logout))
-        .routes(routes!(me))
+    OpenApiRouter::new().routes(routes!(signup)).routes(routes!(login)).routes(routes!(refresh)).routes(routes!(logout)).routes(routes!(me))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -233,9 +228,7 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
     let now = state.clock.now_ms();
     let hash = token_hash(&req.refresh_token);
     let mut tx = state.db.begin().await?;
-    let found = store::sessions::find_refresh_token(&mut tx, &hash)
-        .await?
-        .ok_or(ApiError::Unauthenticated("unknown refresh token"))?;
+    let found = store::sessions::find_refresh_token(&mut tx, &hash).await?.ok_or(ApiError::Unauthenticated("unknown refresh token"))?;
     if found.session_revoked {
         return Err(ApiError::Unauthenticated("the session has ended; log in again"));
     }
@@ -292,11 +285,8 @@ async fn me(State(state): State<AppState>, auth: Principal) -> Result<Json<MeRes
     Ok(Json(match auth.actor {
         Actor::User { id, .. } => {
             let email = store::accounts::user_email(&mut conn, id).await?.ok_or(ApiError::Unauthenticated("unknown user"))?;
-            let organizations = store::accounts::memberships_of(&mut conn, id)
-                .await?
-                .into_iter()
-                .map(|m| OrgView { id: m.org_id, name: m.org_name, role: m.role })
-                .collect();
+            let organizations =
+                store::accounts::memberships_of(&mut conn, id).await?.into_iter().map(|m| OrgView { id: m.org_id, name: m.org_name, role: m.role }).collect();
             MeResponse { user: Some(UserView { id, email }), api_token_id: None, organization, organizations }
         }
         Actor::ApiToken(token) => MeResponse { user: None, api_token_id: Some(token), organizations: vec![], organization },

@@ -16,21 +16,17 @@ use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
 use super::error::ApiError;
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, NotFound, Unauthenticated};
 use super::extract::{ApiPath, ApiQuery};
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, Role};
+use crate::store;
 use crate::store::inventory::{CertificateInfo, ControlPlane, Facts, Pod};
 use crate::store::rollups::{Event, MinuteKey, MinuteRollup};
-use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(inventory))
-        .routes(routes!(metrics))
-        .routes(routes!(events))
-        .routes(routes!(revoke_agent))
+    OpenApiRouter::new().routes(routes!(inventory)).routes(routes!(metrics)).routes(routes!(events)).routes(routes!(revoke_agent))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -287,7 +283,8 @@ async fn revoke_agent(State(state): State<AppState>, auth: Principal, ApiPath(id
     let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, id).await?;
     let revoked = store::agents::revoke_all(&mut tx, auth.org_id, id, now).await?;
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.agent.revoke", ("cluster", id.to_string()), serde_json::json!({ "certificates": revoked })).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.agent.revoke", ("cluster", id.to_string()), serde_json::json!({ "certificates": revoked }))
+        .await?;
     tx.commit().await?;
     crate::gateway::dispatch::agent_revoked(&state, id).await;
     Ok(StatusCode::NO_CONTENT)

@@ -13,8 +13,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::audit;
 use super::auth::{Actor, Principal};
 use super::error::{ApiError, FieldError};
-use super::problems::{BadRequest, Forbidden, Internal, JsonBody, NotFound, Unauthenticated};
 use super::extract::{whole_number, ApiJson, ApiPath};
+use super::problems::{BadRequest, Forbidden, Internal, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{parse_display_name, schema, Role, TokenId};
@@ -131,9 +131,9 @@ async fn create_token(
     let created_by = match auth.actor {
         Actor::User { id, .. } => id,
         // Authentication found the token's member; the token may have been revoked since.
-        Actor::ApiToken(token) => store::api_tokens::creator(&mut tx, auth.org_id, token)
-            .await?
-            .ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?,
+        Actor::ApiToken(token) => {
+            store::api_tokens::creator(&mut tx, auth.org_id, token).await?.ok_or(ApiError::Unauthenticated("the API token is unknown, expired or revoked"))?
+        }
     };
     store::api_tokens::insert(
         &mut tx,
@@ -150,8 +150,16 @@ async fn create_token(
         },
     )
     .await?;
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "api_token.create", ("api_token", id.to_string()), serde_json::json!({ "name": name, "role": req.role }))
-        .await?;
+    audit::record(
+        &mut tx,
+        auth.org_id,
+        now,
+        &auth.actor,
+        "api_token.create",
+        ("api_token", id.to_string()),
+        serde_json::json!({ "name": name, "role": req.role }),
+    )
+    .await?;
     let info = store::api_tokens::get(&mut tx, auth.org_id, id).await?.ok_or(ApiError::NotFound("API token"))?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, info: info.into() })))

@@ -9,8 +9,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::{Actor, Principal};
 use super::error::ApiError;
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, Unauthenticated};
 use super::extract::ApiQuery;
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{OrgId, Role};
@@ -81,11 +81,8 @@ pub struct AuditPage {
 async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
     auth.require(Role::Admin)?;
     let limit = super::page_limit(q.limit, 100)?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API")))
-        .transpose()?;
+    let before =
+        q.cursor.as_deref().map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()?;
     let mut conn = state.db.pool.acquire().await?;
     let rows = store::audit::list(&mut conn, auth.org_id, before, limit + 1).await?;
     let (rows, next_cursor) = super::into_page(rows, limit, |r| r.id.to_string());

@@ -131,12 +131,9 @@ async fn from_cookie(parts: &Parts, state: &AppState) -> Result<Principal, ApiEr
     }
     let now = state.clock.now_ms();
     let mut conn = state.db.pool.acquire().await?;
-    let (session, user, org) = store::ui_sessions::find(&mut conn, &token_hash(token))
-        .await?
-        .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
-    let role = store::sessions::live_role(&mut conn, session, user, org, now)
-        .await?
-        .ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+    let (session, user, org) =
+        store::ui_sessions::find(&mut conn, &token_hash(token)).await?.ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
+    let role = store::sessions::live_role(&mut conn, session, user, org, now).await?.ok_or(ApiError::Unauthenticated("the session has ended; log in again"))?;
     Ok(Principal { org_id: org, role, actor: Actor::User { id: user, session } })
 }
 

@@ -3,13 +3,13 @@
 //! install manifest that connects the cluster.
 
 use axum::extract::{RawQuery, State};
-use bytes::Bytes;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -17,8 +17,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::audit;
 use super::auth::{Deliberate, Principal};
 use super::error::{ApiError, FieldError};
-use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
@@ -75,10 +75,7 @@ pub struct ClusterView {
 /// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
 pub(crate) fn liveness(state: &AppState) -> Liveness {
     let now = state.clock.now_ms();
-    Liveness {
-        stale_before: now - state.config.stale_after_secs * 1000,
-        disconnected_before: now - state.config.disconnected_after_secs * 1000,
-    }
+    Liveness { stale_before: now - state.config.stale_after_secs * 1000, disconnected_before: now - state.config.disconnected_after_secs * 1000 }
 }
 
 fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
@@ -160,8 +157,16 @@ async fn create_cluster(
             e.into()
         }
     })?;
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "cluster.create", ("cluster", cluster.id.to_string()), serde_json::json!({ "name": cluster.name, "labels": cluster.labels }))
-        .await?;
+    audit::record(
+        &mut tx,
+        auth.org_id,
+        now,
+        &auth.actor,
+        "cluster.create",
+        ("cluster", cluster.id.to_string()),
+        serde_json::json!({ "name": cluster.name, "labels": cluster.labels }),
+    )
+    .await?;
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
     crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
@@ -196,8 +201,10 @@ pub struct ListClustersQuery {
 
 /// Cursors are the last name of a page in unpadded base64url; decoding also takes the
 /// strings that differ only in unused trailing bits.
-const CURSOR: GeneralPurpose =
-    GeneralPurpose::new(&alphabet::URL_SAFE, GeneralPurposeConfig::new().with_encode_padding(false).with_decode_allow_trailing_bits(true).with_decode_padding_mode(DecodePaddingMode::RequireNone));
+const CURSOR: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new().with_encode_padding(false).with_decode_allow_trailing_bits(true).with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterPage {
@@ -218,7 +225,8 @@ async fn list_clusters(
 ) -> Result<impl IntoResponse, ApiError> {
     // Checked before the cache, so a bad request is never answered from it.
     let limit = super::page_limit(q.limit, 50)?;
-    let selector: Selector = q.selector.as_deref().unwrap_or("").parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
+    let selector: Selector =
+        q.selector.as_deref().unwrap_or("").parse().map_err(|e: crate::domain::labels::LabelError| ApiError::field("selector", e.message))?;
     let after = q
         .cursor
         .as_deref()
@@ -230,12 +238,8 @@ async fn list_clusters(
     let render = async {
         let mut conn = state.db.pool.acquire().await?;
         let live = liveness(&state);
-        let query = store::clusters::ListQuery {
-            selector: &selector,
-            status: q.status.map(|s| (s.as_str(), live)),
-            after_name: after.as_deref(),
-            limit: limit + 1,
-        };
+        let query =
+            store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
         let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
         let (rows, next_cursor) = super::into_page(rows, limit, |c| CURSOR.encode(&c.name));
         let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
@@ -362,7 +366,12 @@ fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
-async fn install_manifest(state: State<AppState>, Deliberate(auth): Deliberate, id: ApiPath<ClusterId>, q: ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn install_manifest(
+    state: State<AppState>,
+    Deliberate(auth): Deliberate,
+    id: ApiPath<ClusterId>,
+    q: ApiQuery<InstallQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     render_install_manifest(state, auth, id, q).await
 }
 
@@ -372,11 +381,21 @@ async fn install_manifest(state: State<AppState>, Deliberate(auth): Deliberate, 
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
-async fn install_manifest_post(state: State<AppState>, auth: Principal, id: ApiPath<ClusterId>, q: ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn install_manifest_post(
+    state: State<AppState>,
+    auth: Principal,
+    id: ApiPath<ClusterId>,
+    q: ApiQuery<InstallQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     render_install_manifest(state, auth, id, q).await
 }
 
-async fn render_install_manifest(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>, ApiQuery(q): ApiQuery<InstallQuery>) -> Result<impl IntoResponse, ApiError> {
+async fn render_install_manifest(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath(id): ApiPath<ClusterId>,
+    ApiQuery(q): ApiQuery<InstallQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     auth.require(Role::Admin)?;
     // Checked before a token is issued: a refused request spends nothing.
     let meshed = meshed_namespaces(&q)?;

@@ -12,8 +12,8 @@ use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
 use super::error::{ApiError, FieldError};
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use super::extract::{whole_number, whole_numbers, ApiJson, ApiPath, ApiQuery};
+use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, CommandId, Role};
@@ -182,8 +182,16 @@ async fn create_command(
     let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, cluster).await?;
     store::commands::insert(&mut tx, &command).await?;
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "command.create", ("command", command.id.to_string()), serde_json::json!({ "cluster": cluster, "kind": command.kind }))
-        .await?;
+    audit::record(
+        &mut tx,
+        auth.org_id,
+        now,
+        &auth.actor,
+        "command.create",
+        ("command", command.id.to_string()),
+        serde_json::json!({ "cluster": cluster, "kind": command.kind }),
+    )
+    .await?;
     tx.commit().await?;
     crate::gateway::dispatch::command_created(&state, cluster).await;
     Ok((StatusCode::CREATED, Json(command.into())))
@@ -217,11 +225,8 @@ async fn list_commands(
     ApiQuery(q): ApiQuery<CommandsQuery>,
 ) -> Result<Json<CommandPage>, ApiError> {
     let limit = super::page_limit(q.limit, 50)?;
-    let before = q
-        .cursor
-        .as_deref()
-        .map(|c| c.parse::<CommandId>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API")))
-        .transpose()?;
+    let before =
+        q.cursor.as_deref().map(|c| c.parse::<CommandId>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()?;
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, &auth, cluster).await?;
     let rows = store::commands::list(&mut conn, auth.org_id, cluster, before, limit + 1).await?;

@@ -92,23 +92,15 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (status, kind, title) = self.parts();
         let (detail, errors) = match self {
-            ApiError::BadRequest { detail, field } => {
-                (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect())
-            }
-            ApiError::Validation(errors) => {
-                (errors.first().map(|e| format!("{}: {}", e.field, e.message)), errors.clone())
-            }
-            ApiError::Conflict { detail, field, .. } => {
-                (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect())
-            }
+            ApiError::BadRequest { detail, field } => (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect()),
+            ApiError::Validation(errors) => (errors.first().map(|e| format!("{}: {}", e.field, e.message)), errors.clone()),
+            ApiError::Conflict { detail, field, .. } => (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect()),
             ApiError::Unauthenticated(d) | ApiError::Unavailable(d) => (Some((*d).to_owned()), vec![]),
             ApiError::Forbidden(d) => (Some(d.clone()), vec![]),
             ApiError::NotFound(what) => (Some(format!("{what} not found")), vec![]),
             ApiError::PayloadTooLarge => (Some("the request body exceeds 1 MiB".into()), vec![]),
             ApiError::UnsupportedMediaType => (Some("send the body as application/json".into()), vec![]),
-            ApiError::TooManyRequests { retry_after_secs } => {
-                (Some(format!("try again in {retry_after_secs} seconds")), vec![])
-            }
+            ApiError::TooManyRequests { retry_after_secs } => (Some(format!("try again in {retry_after_secs} seconds")), vec![]),
             ApiError::RouteNotFound => (Some("there is no such route; see /api/openapi.json".into()), vec![]),
             ApiError::MethodNotAllowed => (Some("the route does not accept this method".into()), vec![]),
             ApiError::Internal(_) => (Some("something went wrong on our side; it has been logged".into()), vec![]),

@@ -6,12 +6,7 @@ use super::{parse_col, Conn};
 use crate::domain::{Email, OrgId, Role, UserId};
 
 pub async fn create_org(conn: &mut Conn, id: OrgId, name: &str, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)")
-        .bind(id.to_string())
-        .bind(name)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)").bind(id.to_string()).bind(name).bind(now).execute(conn).await?;
     Ok(())
 }
 
@@ -45,14 +40,8 @@ pub struct UserCredentials {
 }
 
 pub async fn find_user_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserCredentials>, sqlx::Error> {
-    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
-        .bind(email.as_str())
-        .fetch_optional(conn)
-        .await?;
-    row.map(|r| {
-        Ok(UserCredentials { id: parse_col(&r.try_get::<String, _>(0)?, "users.id")?, password_hash: r.try_get(1)? })
-    })
-    .transpose()
+    let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1").bind(email.as_str()).fetch_optional(conn).await?;
+    row.map(|r| Ok(UserCredentials { id: parse_col(&r.try_get::<String, _>(0)?, "users.id")?, password_hash: r.try_get(1)? })).transpose()
 }
 
 pub async fn user_id_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserId>, sqlx::Error> {
@@ -144,19 +133,12 @@ pub async fn set_role(conn: &mut Conn, org: OrgId, user: UserId, role: Role) -> 
 }
 
 pub async fn remove_member(conn: &mut Conn, org: OrgId, user: UserId) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2")
-        .bind(org.to_string())
-        .bind(user.to_string())
-        .execute(conn)
-        .await?;
+    let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2").bind(org.to_string()).bind(user.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub async fn count_owners(conn: &mut Conn, org: OrgId) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = 'owner'")
-        .bind(org.to_string())
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = 'owner'").bind(org.to_string()).fetch_one(conn).await
 }
 
 /// Serialises membership changes within one organization for the rest of the transaction

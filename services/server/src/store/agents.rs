@@ -1,6 +1,5 @@
 //! Agent certificates and the connection state of each cluster's agent.
 
-
 use super::Conn;
 use crate::domain::{ClusterId, OrgId};
 

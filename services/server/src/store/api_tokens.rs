@@ -69,10 +69,8 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<ApiToken, sqlx::Error> {
 }
 
 pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<ApiToken>, sqlx::Error> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE org_id = $1 ORDER BY created_at DESC, id"))
-        .bind(org.to_string())
-        .fetch_all(conn)
-        .await?;
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE org_id = $1 ORDER BY created_at DESC, id")).bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
 }
 
@@ -151,10 +149,6 @@ pub async fn revoke_created_by(conn: &mut Conn, org: OrgId, user: UserId, now: i
 }
 
 pub async fn touch(conn: &mut Conn, id: TokenId, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
-        .bind(id.to_string())
-        .bind(now)
-        .execute(conn)
-        .await?;
+    sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1").bind(id.to_string()).bind(now).execute(conn).await?;
     Ok(())
 }

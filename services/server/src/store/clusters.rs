@@ -21,8 +21,7 @@ pub struct Cluster {
     pub kubernetes_version: Option<String>,
 }
 
-const COLUMNS: &str =
-    "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, c.kubernetes_version";
+const COLUMNS: &str = "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, c.kubernetes_version";
 
 /// When a connected agent that went quiet counts as stale, then as disconnected.
 #[derive(Debug, Clone, Copy)]
@@ -125,9 +124,7 @@ pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<
     };
     for req in &q.selector.requirements {
         let key = bind(&req.key, &mut binds);
-        let label = |cond: &str| {
-            format!("EXISTS (SELECT 1 FROM cluster_labels l WHERE l.cluster_id = c.id AND l.key = {key}{cond})")
-        };
+        let label = |cond: &str| format!("EXISTS (SELECT 1 FROM cluster_labels l WHERE l.cluster_id = c.id AND l.key = {key}{cond})");
         let clause = match &req.op {
             Op::Exists => label(""),
             Op::DoesNotExist => format!("NOT {}", label("")),
@@ -136,7 +133,11 @@ pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<
             Op::In(vs) | Op::NotIn(vs) => {
                 let list: Vec<String> = vs.iter().map(|v| bind(v, &mut binds)).collect();
                 let exists = label(&format!(" AND l.value IN ({})", list.join(", ")));
-                if matches!(req.op, Op::In(_)) { exists } else { format!("NOT {exists}") }
+                if matches!(req.op, Op::In(_)) {
+                    exists
+                } else {
+                    format!("NOT {exists}")
+                }
             }
         };
         sql.push_str(" AND ");
@@ -176,41 +177,23 @@ pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &
     if done.rows_affected() == 0 {
         return Ok(false);
     }
-    sqlx::query("DELETE FROM cluster_labels WHERE org_id = $1 AND cluster_id = $2")
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query("DELETE FROM cluster_labels WHERE org_id = $1 AND cluster_id = $2").bind(org.to_string()).bind(id.to_string()).execute(&mut *conn).await?;
     insert_label_rows(conn, org, id, labels).await?;
     Ok(true)
 }
 
 pub async fn delete(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM clusters WHERE org_id = $1 AND id = $2")
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .execute(conn)
-        .await?;
+    let done = sqlx::query("DELETE FROM clusters WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
 pub async fn name_taken(conn: &mut Conn, org: OrgId, name: &ClusterName) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM clusters WHERE org_id = $1 AND name = $2")
-        .bind(org.to_string())
-        .bind(name.as_str())
-        .fetch_one(conn)
-        .await?;
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM clusters WHERE org_id = $1 AND name = $2").bind(org.to_string()).bind(name.as_str()).fetch_one(conn).await?;
     Ok(n > 0)
 }
 
-pub async fn insert_bootstrap_token(
-    conn: &mut Conn,
-    token_hash: &str,
-    org: OrgId,
-    cluster: ClusterId,
-    now: i64,
-    expires_at: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn insert_bootstrap_token(conn: &mut Conn, token_hash: &str, org: OrgId, cluster: ClusterId, now: i64, expires_at: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO bootstrap_tokens (token_hash, org_id, cluster_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(token_hash)
         .bind(org.to_string())
@@ -244,14 +227,8 @@ pub async fn consume_bootstrap_token(conn: &mut Conn, token_hash: &str, now: i64
     if done.rows_affected() != 1 {
         return Ok(None);
     }
-    let row = sqlx::query("SELECT org_id, cluster_id FROM bootstrap_tokens WHERE token_hash = $1")
-        .bind(token_hash)
-        .fetch_one(conn)
-        .await?;
-    Ok(Some((
-        parse_col(&row.try_get::<String, _>(0)?, "bootstrap_tokens.org_id")?,
-        parse_col(&row.try_get::<String, _>(1)?, "bootstrap_tokens.cluster_id")?,
-    )))
+    let row = sqlx::query("SELECT org_id, cluster_id FROM bootstrap_tokens WHERE token_hash = $1").bind(token_hash).fetch_one(conn).await?;
+    Ok(Some((parse_col(&row.try_get::<String, _>(0)?, "bootstrap_tokens.org_id")?, parse_col(&row.try_get::<String, _>(1)?, "bootstrap_tokens.cluster_id")?)))
 }
 
 pub enum TokenState {

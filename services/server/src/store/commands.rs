@@ -90,35 +90,29 @@ pub async fn get(conn: &mut Conn, org: OrgId, cluster: ClusterId, id: CommandId)
 
 /// Newest first; `before` is the last id of the previous page.
 pub async fn list(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Option<CommandId>, limit: u32) -> Result<Vec<Command>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT {limit}"
-    ))
-    .bind(org.to_string())
-    .bind(cluster.to_string())
-    .bind(before.map(|b| b.to_string()).unwrap_or_default())
-    .fetch_all(conn)
-    .await?;
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT {limit}"))
+            .bind(org.to_string())
+            .bind(cluster.to_string())
+            .bind(before.map(|b| b.to_string()).unwrap_or_default())
+            .fetch_all(conn)
+            .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Commands the agent has not finished, oldest first: what a (re)connected agent is sent.
 pub async fn open_for_cluster(conn: &mut Conn, cluster: ClusterId, now: i64) -> Result<Vec<Command>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS} FROM commands WHERE cluster_id = $1 AND state IN {OPEN_STATES} AND deadline > $2 ORDER BY id"
-    ))
-    .bind(cluster.to_string())
-    .bind(now)
-    .fetch_all(conn)
-    .await?;
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE cluster_id = $1 AND state IN {OPEN_STATES} AND deadline > $2 ORDER BY id"))
+        .bind(cluster.to_string())
+        .bind(now)
+        .fetch_all(conn)
+        .await?;
     rows.iter().map(from_row).collect()
 }
 
 /// Clusters with commands never delivered: the polling fallback for cross-replica routing.
 pub async fn clusters_with_pending(conn: &mut Conn, now: i64) -> Result<Vec<ClusterId>, sqlx::Error> {
-    let rows = sqlx::query("SELECT DISTINCT cluster_id FROM commands WHERE state = 'pending' AND deadline > $1")
-        .bind(now)
-        .fetch_all(conn)
-        .await?;
+    let rows = sqlx::query("SELECT DISTINCT cluster_id FROM commands WHERE state = 'pending' AND deadline > $1").bind(now).fetch_all(conn).await?;
     rows.iter().map(|r| parse_col(&r.try_get::<String, _>(0)?, "commands.cluster_id")).collect()
 }
 

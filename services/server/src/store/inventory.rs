@@ -83,7 +83,6 @@ pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &
     Ok(())
 }
 
-
 pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
     for chunk in pods.chunks(super::rows_per_statement(conn, 10)) {
         let sql = format!(

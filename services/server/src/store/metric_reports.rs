@@ -21,10 +21,8 @@ const ROLLUP_LOCK: i64 = 0x6d65_7368_726f_6c6c;
 struct Stored(String, String, i64, i64, i64, i64, f64, f64, f64);
 
 fn encode(windows: &[Window]) -> String {
-    let stored: Vec<Stored> = windows
-        .iter()
-        .map(|w| Stored(w.namespace.clone(), w.workload.clone(), w.start, w.end, w.requests, w.failures, w.p50_ms, w.p95_ms, w.p99_ms))
-        .collect();
+    let stored: Vec<Stored> =
+        windows.iter().map(|w| Stored(w.namespace.clone(), w.workload.clone(), w.start, w.end, w.requests, w.failures, w.p50_ms, w.p95_ms, w.p99_ms)).collect();
     serde_json::to_string(&stored).expect("windows serialize")
 }
 
@@ -293,7 +291,10 @@ mod tests {
     #[test]
     fn windows_survive_the_round_trip_through_a_report_row() {
         let w = vec![window(60_000, 10, 8.0), window(70_000, 0, 0.5)];
-        assert_eq!(decode(w[0].org_id, w[0].cluster_id, &encode(&w)).unwrap(), vec![w[0].clone(), Window { org_id: w[0].org_id, cluster_id: w[0].cluster_id, ..w[1].clone() }]);
+        assert_eq!(
+            decode(w[0].org_id, w[0].cluster_id, &encode(&w)).unwrap(),
+            vec![w[0].clone(), Window { org_id: w[0].org_id, cluster_id: w[0].cluster_id, ..w[1].clone() }]
+        );
     }
 
     #[test]

@@ -35,11 +35,15 @@ pub async fn admit(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &[W
     }
     let new: Vec<(&str, &str)> = wanted.iter().filter(|k| !known.contains(*k)).copied().collect();
     if !new.is_empty() {
-        let count: i64 = sqlx::query("SELECT COUNT(*) FROM metric_series WHERE cluster_id = $1").bind(cluster.to_string()).fetch_one(&mut *conn).await?.try_get(0)?;
+        let count: i64 =
+            sqlx::query("SELECT COUNT(*) FROM metric_series WHERE cluster_id = $1").bind(cluster.to_string()).fetch_one(&mut *conn).await?.try_get(0)?;
         let room = usize::try_from(i64::from(quota) - count).unwrap_or(0);
         let admitted = &new[..new.len().min(room)];
         for chunk in admitted.chunks(super::rows_per_statement(conn, 5)) {
-            let sql = format!("INSERT INTO metric_series (cluster_id, org_id, namespace, workload, first_seen) VALUES {} ON CONFLICT DO NOTHING", super::values_clause(chunk.len(), 5));
+            let sql = format!(
+                "INSERT INTO metric_series (cluster_id, org_id, namespace, workload, first_seen) VALUES {} ON CONFLICT DO NOTHING",
+                super::values_clause(chunk.len(), 5)
+            );
             let mut q = sqlx::query(&sql);
             for (ns, wl) in chunk {
                 q = q.bind(cluster.to_string()).bind(org.to_string()).bind(*ns).bind(*wl).bind(now);

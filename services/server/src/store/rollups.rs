@@ -33,7 +33,6 @@ impl Window {
     }
 }
 
-
 /// Weighted mean of a percentile over the minute's windows (an approximation: percentiles do
 /// not add up, but weighting by requests keeps busy windows dominant).
 fn merged(col: &str) -> String {

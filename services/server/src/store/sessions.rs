@@ -17,14 +17,7 @@ pub async fn create(conn: &mut Conn, id: SessionId, org: OrgId, user: UserId, no
     Ok(())
 }
 
-pub async fn insert_refresh_token(
-    conn: &mut Conn,
-    token_hash: &str,
-    session: SessionId,
-    org: OrgId,
-    now: i64,
-    expires_at: i64,
-) -> Result<(), sqlx::Error> {
+pub async fn insert_refresh_token(conn: &mut Conn, token_hash: &str, session: SessionId, org: OrgId, now: i64, expires_at: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO refresh_tokens (token_hash, session_id, org_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(token_hash)
         .bind(session.to_string())
@@ -68,21 +61,13 @@ pub async fn find_refresh_token(conn: &mut Conn, token_hash: &str) -> Result<Opt
 
 /// Marks the token used; false when another request used it first (a replay race).
 pub async fn use_refresh_token(conn: &mut Conn, token_hash: &str, now: i64) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL")
-        .bind(token_hash)
-        .bind(now)
-        .execute(conn)
-        .await?;
+    let done = sqlx::query("UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL").bind(token_hash).bind(now).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Revokes the session: its refresh tokens and the access tokens issued from it stop working.
 pub async fn revoke(conn: &mut Conn, session: SessionId, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
-        .bind(session.to_string())
-        .bind(now)
-        .execute(conn)
-        .await?;
+    sqlx::query("UPDATE sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL").bind(session.to_string()).bind(now).execute(conn).await?;
     Ok(())
 }
 

@@ -60,18 +60,14 @@ pub struct Throttle {
 }
 
 /// The cluster's episodes still going on at `now` (a refusal within the episode gap).
-pub async fn current(
-    conn: &mut Conn,
-    org: OrgId,
-    cluster: ClusterId,
-    now: i64,
-) -> Result<Vec<Throttle>, sqlx::Error> {
-    let rows = sqlx::query("SELECT reason, since, last_at, refused FROM cluster_throttles WHERE org_id = $1 AND cluster_id = $2 AND last_at >= $3 ORDER BY reason")
-        .bind(org.to_string())
-        .bind(cluster.to_string())
-        .bind(now - EPISODE_GAP_MS)
-        .fetch_all(conn)
-        .await?;
+pub async fn current(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<Vec<Throttle>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT reason, since, last_at, refused FROM cluster_throttles WHERE org_id = $1 AND cluster_id = $2 AND last_at >= $3 ORDER BY reason")
+            .bind(org.to_string())
+            .bind(cluster.to_string())
+            .bind(now - EPISODE_GAP_MS)
+            .fetch_all(conn)
+            .await?;
     rows.iter()
         .map(|r| {
             Ok(Throttle {

@@ -25,7 +25,8 @@ const RECENT_MS: i64 = 5 * 60_000;
 pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(id)): OnPage<ApiPath<String>>) -> PageResult {
     let id: ClusterId = id.parse().map_err(|_| page_error(ApiError::NotFound("cluster")))?;
     let mut conn = state.db.pool.acquire().await.map_err(page_error)?;
-    let cluster = store::clusters::get(&mut conn, viewer.principal.org_id, id).await.map_err(page_error)?.ok_or_else(|| page_error(ApiError::NotFound("cluster")))?;
+    let cluster =
+        store::clusters::get(&mut conn, viewer.principal.org_id, id).await.map_err(page_error)?.ok_or_else(|| page_error(ApiError::NotFound("cluster")))?;
     drop(conn);
     let live = fragment(&state, &viewer, id).await.map_err(page_error)?;
     let install = format!(
@@ -33,42 +34,46 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(
         state.config.public_url(),
         cluster.id
     );
-    Ok(layout(&cluster.name, Some(&viewer), html! {
-        p { a href="/fleet" { "← Fleet" } }
-        h1 { (cluster.name) }
-        p.labels { @for (k, v) in &cluster.labels { span.label { (k) "=" (v) } " " } }
-        div id="live" data-live=(format!("/ui/live?view=cluster&id={id}")) aria-live="polite" { (live) }
-        section.card {
-            h2 { "Connect this cluster" }
-            p { "Run this where kubectl points at the cluster. The manifest carries a fresh single-use bootstrap token (valid one hour); "
-                code { "MESHFLEET_TOKEN" } " is an API token or access token of an admin." }
-            div.copy {
-                pre { code id="install-command" { (install) } }
-                button type="button" data-copy="install-command" { "Copy" }
+    Ok(layout(
+        &cluster.name,
+        Some(&viewer),
+        html! {
+            p { a href="/fleet" { "← Fleet" } }
+            h1 { (cluster.name) }
+            p.labels { @for (k, v) in &cluster.labels { span.label { (k) "=" (v) } " " } }
+            div id="live" data-live=(format!("/ui/live?view=cluster&id={id}")) aria-live="polite" { (live) }
+            section.card {
+                h2 { "Connect this cluster" }
+                p { "Run this where kubectl points at the cluster. The manifest carries a fresh single-use bootstrap token (valid one hour); "
+                    code { "MESHFLEET_TOKEN" } " is an API token or access token of an admin." }
+                div.copy {
+                    pre { code id="install-command" { (install) } }
+                    button type="button" data-copy="install-command" { "Copy" }
+                }
+                @if viewer.can_change() {
+                    p { "Or download the manifest here and apply it with " code { "kubectl apply -f install.yaml" } "." }
+                    div.actions {
+                        button type="button" data-download=(format!("/api/v1/clusters/{id}/install.yaml")) data-filename="install.yaml" data-mutates { "Download install.yaml" }
+                        p.form-error role="alert" aria-live="polite" {}
+                    }
+                }
             }
             @if viewer.can_change() {
-                p { "Or download the manifest here and apply it with " code { "kubectl apply -f install.yaml" } "." }
-                div.actions {
-                    button type="button" data-download=(format!("/api/v1/clusters/{id}/install.yaml")) data-filename="install.yaml" data-mutates { "Download install.yaml" }
+                section.card {
+                    h2 { "Commands" }
+                    div.actions {
+                        @for kind in crate::http::commands::READ_ONLY_KINDS {
+                            form data-api=(format!("/api/v1/clusters/{id}/commands")) data-method="POST" data-then="reload" data-mutates {
+                                input type="hidden" name="kind" value=(kind);
+                                button type="submit" { "Run " (kind) }
+                            }
+                        }
+                    }
                     p.form-error role="alert" aria-live="polite" {}
                 }
             }
-        }
-        @if viewer.can_change() {
-            section.card {
-                h2 { "Commands" }
-                div.actions {
-                    @for kind in crate::http::commands::READ_ONLY_KINDS {
-                        form data-api=(format!("/api/v1/clusters/{id}/commands")) data-method="POST" data-then="reload" data-mutates {
-                            input type="hidden" name="kind" value=(kind);
-                            button type="submit" { "Run " (kind) }
-                        }
-                    }
-                }
-                p.form-error role="alert" aria-live="polite" {}
-            }
-        }
-    }))
+        },
+    ))
 }
 
 /// The live part of the page.
@@ -94,7 +99,8 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
     for p in &pods {
         *by_version.entry(p.proxy_version.as_str()).or_default() += 1;
     }
-    let outdated: usize = by_version.iter().filter(|(v, _)| !facts.control_plane.version.is_empty() && **v != facts.control_plane.version).map(|(_, n)| n).sum();
+    let outdated: usize =
+        by_version.iter().filter(|(v, _)| !facts.control_plane.version.is_empty() && **v != facts.control_plane.version).map(|(_, n)| n).sum();
     let mut workloads: BTreeMap<(&str, &str), Vec<&store::rollups::MinuteRollup>> = BTreeMap::new();
     for r in &rollups {
         workloads.entry((r.namespace.as_str(), r.workload.as_str())).or_default().push(r);

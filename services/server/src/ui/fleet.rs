@@ -192,7 +192,11 @@ impl FleetCache {
             }
             None => {
                 let snapshot = Arc::new(compute(state, org).await?);
-                cache.entries.lock().expect("fleet cache lock poisoned").insert(org, CacheEntry { at: Instant::now(), snapshot: snapshot.clone(), refreshing: false });
+                cache
+                    .entries
+                    .lock()
+                    .expect("fleet cache lock poisoned")
+                    .insert(org, CacheEntry { at: Instant::now(), snapshot: snapshot.clone(), refreshing: false });
                 Ok(snapshot)
             }
         }
@@ -265,7 +269,11 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
 }
 
 fn or_dash(s: &str) -> &str {
-    if s.is_empty() { "–" } else { s }
+    if s.is_empty() {
+        "–"
+    } else {
+        s
+    }
 }
 
 /// Trends of the rows shown: from the snapshot, and read for rows a filter brought in.
@@ -284,26 +292,30 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery
     let fragment = fragment(&state, &viewer, &f).await.map_err(page_error)?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
     let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
-    Ok(layout("Fleet", Some(&viewer), html! {
-        h1 { "Fleet" }
-        @if empty {
-            (first_run(&state, &viewer))
-        }
-        @if !empty {
-            form.filters method="get" action="/fleet" role="search" {
-                label { "Search " input type="search" name="q" value=(f.q) placeholder="cluster name"; }
-                label { "Status " select name="status" {
-                    @for s in ["", "connected", "stale", "disconnected", "pending"] {
-                        option value=(s) selected[s == f.status] { (if s.is_empty() { "any" } else { s }) }
-                    }
-                } }
-                label { "Labels " input type="text" name="selector" value=(f.selector) placeholder="env=prod,tier in (web)"; }
-                button type="submit" { "Filter" }
+    Ok(layout(
+        "Fleet",
+        Some(&viewer),
+        html! {
+            h1 { "Fleet" }
+            @if empty {
+                (first_run(&state, &viewer))
             }
-            div id="live" data-live=(live) aria-live="polite" { (fragment) }
-        }
-        @if viewer.can_change() { (new_cluster_form()) }
-    }))
+            @if !empty {
+                form.filters method="get" action="/fleet" role="search" {
+                    label { "Search " input type="search" name="q" value=(f.q) placeholder="cluster name"; }
+                    label { "Status " select name="status" {
+                        @for s in ["", "connected", "stale", "disconnected", "pending"] {
+                            option value=(s) selected[s == f.status] { (if s.is_empty() { "any" } else { s }) }
+                        }
+                    } }
+                    label { "Labels " input type="text" name="selector" value=(f.selector) placeholder="env=prod,tier in (web)"; }
+                    button type="submit" { "Filter" }
+                }
+                div id="live" data-live=(live) aria-live="polite" { (fragment) }
+            }
+            @if viewer.can_change() { (new_cluster_form()) }
+        },
+    ))
 }
 
 fn enc(s: &str) -> String {

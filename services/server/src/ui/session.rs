@@ -18,28 +18,32 @@ use crate::secrets::{new_token, token_hash, TokenKind};
 use crate::store;
 
 fn auth_page(title: &str, action: &str, signup: bool) -> maud::Markup {
-    layout(title, None, html! {
-        section.card.narrow {
-            h1 { (title) }
-            form data-auth=(action) {
-                label for="email" { "E-mail" }
-                input id="email" name="email" type="email" autocomplete="email" required;
-                label for="password" { "Password" @if signup { " (at least 12 characters)" } }
-                input id="password" name="password" type="password" autocomplete=(if signup { "new-password" } else { "current-password" }) required minlength=(if signup { "12" } else { "1" });
-                @if signup {
-                    label for="organization" { "Organization" }
-                    input id="organization" name="organization" type="text" autocomplete="organization" required;
+    layout(
+        title,
+        None,
+        html! {
+            section.card.narrow {
+                h1 { (title) }
+                form data-auth=(action) {
+                    label for="email" { "E-mail" }
+                    input id="email" name="email" type="email" autocomplete="email" required;
+                    label for="password" { "Password" @if signup { " (at least 12 characters)" } }
+                    input id="password" name="password" type="password" autocomplete=(if signup { "new-password" } else { "current-password" }) required minlength=(if signup { "12" } else { "1" });
+                    @if signup {
+                        label for="organization" { "Organization" }
+                        input id="organization" name="organization" type="text" autocomplete="organization" required;
+                    }
+                    p.form-error role="alert" aria-live="polite" {}
+                    button type="submit" { (title) }
                 }
-                p.form-error role="alert" aria-live="polite" {}
-                button type="submit" { (title) }
+                @if signup {
+                    p { "Have an account? " a href="/login" { "Log in" } }
+                } @else {
+                    p { "New here? " a href="/signup" { "Sign up" } }
+                }
             }
-            @if signup {
-                p { "Have an account? " a href="/login" { "Log in" } }
-            } @else {
-                p { "New here? " a href="/signup" { "Sign up" } }
-            }
-        }
-    })
+        },
+    )
 }
 
 pub async fn login_page() -> maud::Markup {

@@ -43,86 +43,90 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery
         (vec![], vec![], None, HashMap::new())
     };
     let name = |kind: &str, id: &str, details: &serde_json::Value| describe(&names, &viewer.org_name, kind, id, details);
-    Ok(layout("Settings", Some(&viewer), html! {
-        h1 { "Settings" }
-        section.card {
-            h2 { "Members" }
-            div.table-wrap { table {
-                thead { tr { th scope="col" { "E-mail" } th scope="col" { "Role" } @if admin { th scope="col" { "Actions" } } } }
-                tbody { @for m in &members {
-                    tr {
-                        th scope="row" { (m.email) }
-                        td { @if admin {
-                            form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="PATCH" data-then="reload" data-mutates {
-                                label.visually-hidden for=(format!("role-{}", m.user_id)) { "Role of " (m.email) }
-                                select id=(format!("role-{}", m.user_id)) name="role" data-submit-on-change {
-                                    @for r in [Role::Owner, Role::Admin, Role::Viewer] { option value=(r.as_str()) selected[r == m.role] { (r.as_str()) } }
-                                }
-                            }
-                        } @else { (m.role.as_str()) } }
-                        @if admin { td {
-                            // Leaving the organization is not a one-click table action.
-                            @if Some(m.user_id) != me { form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Remove {}?", m.email)) data-mutates {
-                                button type="submit" { "Remove" }
-                            } }
-                        } }
-                    }
-                } }
-            } }
-            @if admin {
-                form data-api="/api/v1/members" data-method="POST" data-then="reload" data-mutates {
-                    label for="member-email" { "Add an existing user by e-mail" }
-                    input id="member-email" name="email" type="email" required;
-                    label for="member-role" { "Role" }
-                    select id="member-role" name="role" { option value="viewer" { "viewer" } option value="admin" { "admin" } option value="owner" { "owner" } }
-                    p.form-error role="alert" aria-live="polite" {}
-                    button type="submit" { "Add member" }
-                }
-            }
-        }
-        @if admin {
+    Ok(layout(
+        "Settings",
+        Some(&viewer),
+        html! {
+            h1 { "Settings" }
             section.card {
-                h2 { "API tokens" }
-                @if tokens.is_empty() { p.muted { "No API tokens." } }
-                ul { @for t in &tokens {
-                    li {
-                        strong { (t.name) } " " code { (t.prefix) "…" } " " (t.role.as_str())
-                        " · last used " (t.last_used_at.map(|t| to_rfc3339(t).format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()))
-                        @if t.revoked_at.is_some() { " · revoked" } @else {
-                            form.inline data-api=(format!("/api/v1/tokens/{}", t.id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Revoke {}?", t.name)) data-mutates {
-                                button type="submit" { "Revoke" }
-                            }
-                        }
-                    }
-                } }
-                form data-api="/api/v1/tokens" data-method="POST" data-then="token" data-mutates {
-                    label for="token-name" { "Name" }
-                    input id="token-name" name="name" required;
-                    label for="token-role" { "Role" }
-                    select id="token-role" name="role" { option value="viewer" { "viewer" } option value="admin" { "admin" } option value="owner" { "owner" } }
-                    p.form-error role="alert" aria-live="polite" {}
-                    output.secret aria-live="polite" {}
-                    button type="submit" { "Create token" }
-                }
-            }
-            section.card id="audit" {
-                h2 { "Audit log" }
-                @if audit.is_empty() { p.muted { "No entries." } }
+                h2 { "Members" }
                 div.table-wrap { table {
-                    thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Target" } } }
-                    tbody { @for e in &audit {
-                        tr data-audit=(e.id) {
-                            td { (to_rfc3339(e.at).format("%Y-%m-%d %H:%M:%S")) }
-                            td { (name(&e.actor_kind, &e.actor_id, &serde_json::Value::Null)) }
-                            td { (e.action) }
-                            td { (name(&e.target_kind, &e.target_id, &e.details)) }
+                    thead { tr { th scope="col" { "E-mail" } th scope="col" { "Role" } @if admin { th scope="col" { "Actions" } } } }
+                    tbody { @for m in &members {
+                        tr {
+                            th scope="row" { (m.email) }
+                            td { @if admin {
+                                form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="PATCH" data-then="reload" data-mutates {
+                                    label.visually-hidden for=(format!("role-{}", m.user_id)) { "Role of " (m.email) }
+                                    select id=(format!("role-{}", m.user_id)) name="role" data-submit-on-change {
+                                        @for r in [Role::Owner, Role::Admin, Role::Viewer] { option value=(r.as_str()) selected[r == m.role] { (r.as_str()) } }
+                                    }
+                                }
+                            } @else { (m.role.as_str()) } }
+                            @if admin { td {
+                                // Leaving the organization is not a one-click table action.
+                                @if Some(m.user_id) != me { form.inline data-api=(format!("/api/v1/members/{}", m.user_id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Remove {}?", m.email)) data-mutates {
+                                    button type="submit" { "Remove" }
+                                } }
+                            } }
                         }
                     } }
                 } }
-                (pager(q.audit_before.is_some(), older.as_deref()))
+                @if admin {
+                    form data-api="/api/v1/members" data-method="POST" data-then="reload" data-mutates {
+                        label for="member-email" { "Add an existing user by e-mail" }
+                        input id="member-email" name="email" type="email" required;
+                        label for="member-role" { "Role" }
+                        select id="member-role" name="role" { option value="viewer" { "viewer" } option value="admin" { "admin" } option value="owner" { "owner" } }
+                        p.form-error role="alert" aria-live="polite" {}
+                        button type="submit" { "Add member" }
+                    }
+                }
             }
-        }
-    }))
+            @if admin {
+                section.card {
+                    h2 { "API tokens" }
+                    @if tokens.is_empty() { p.muted { "No API tokens." } }
+                    ul { @for t in &tokens {
+                        li {
+                            strong { (t.name) } " " code { (t.prefix) "…" } " " (t.role.as_str())
+                            " · last used " (t.last_used_at.map(|t| to_rfc3339(t).format("%Y-%m-%d %H:%M").to_string()).unwrap_or_else(|| "never".into()))
+                            @if t.revoked_at.is_some() { " · revoked" } @else {
+                                form.inline data-api=(format!("/api/v1/tokens/{}", t.id)) data-method="DELETE" data-then="reload" data-confirm=(format!("Revoke {}?", t.name)) data-mutates {
+                                    button type="submit" { "Revoke" }
+                                }
+                            }
+                        }
+                    } }
+                    form data-api="/api/v1/tokens" data-method="POST" data-then="token" data-mutates {
+                        label for="token-name" { "Name" }
+                        input id="token-name" name="name" required;
+                        label for="token-role" { "Role" }
+                        select id="token-role" name="role" { option value="viewer" { "viewer" } option value="admin" { "admin" } option value="owner" { "owner" } }
+                        p.form-error role="alert" aria-live="polite" {}
+                        output.secret aria-live="polite" {}
+                        button type="submit" { "Create token" }
+                    }
+                }
+                section.card id="audit" {
+                    h2 { "Audit log" }
+                    @if audit.is_empty() { p.muted { "No entries." } }
+                    div.table-wrap { table {
+                        thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "What" } th scope="col" { "Target" } } }
+                        tbody { @for e in &audit {
+                            tr data-audit=(e.id) {
+                                td { (to_rfc3339(e.at).format("%Y-%m-%d %H:%M:%S")) }
+                                td { (name(&e.actor_kind, &e.actor_id, &serde_json::Value::Null)) }
+                                td { (e.action) }
+                                td { (name(&e.target_kind, &e.target_id, &e.details)) }
+                            }
+                        } }
+                    } }
+                    (pager(q.audit_before.is_some(), older.as_deref()))
+                }
+            }
+        },
+    ))
 }
 
 /// An actor or target as people know it: "user ada@example.com", "cluster prod-eu-1"; the id

@@ -18,20 +18,17 @@ on_both_engines!(
 
 async fn signup_login_and_me(engine: Engine) {
     let app = TestApp::spawn(engine).await;
-    let (status, body) = app
-        .call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "Ada@Example.com", "password": PASSWORD, "organization": "Acme" })))
-        .await;
+    let (status, body) =
+        app.call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "Ada@Example.com", "password": PASSWORD, "organization": "Acme" }))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["user"]["email"], "ada@example.com");
     assert_eq!(body["organization"]["role"], "owner");
 
-    let (status, body) = app
-        .call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Again" })))
-        .await;
+    let (status, body) =
+        app.call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Again" }))).await;
     assert_problem(status, &body, 409, "email-taken", Some("email"));
 
-    let (status, body) =
-        app.call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "nope", "password": "short", "organization": " " }))).await;
+    let (status, body) = app.call(Method::POST, "/api/v1/signup", None, Some(json!({ "email": "nope", "password": "short", "organization": " " }))).await;
     assert_problem(status, &body, 422, "validation", Some("email"));
     for field in ["password", "organization"] {
         assert_problem(status, &body, 422, "validation", Some(field));

@@ -94,7 +94,8 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
     let http = reqwest::Client::new();
     let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
     assert!(http.post(format!("{a}/api/v1/signup")).json(&body).send().await.unwrap().status().is_success());
-    let login: Value = http.post(format!("{a}/api/v1/login")).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+    let login: Value =
+        http.post(format!("{a}/api/v1/login")).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
     let token = login["access_token"].as_str().unwrap();
 
     // Replica B caches the empty page and the principal; A creates a cluster, then logs out.

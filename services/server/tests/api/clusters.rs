@@ -121,9 +121,7 @@ async fn list_pages_and_selects(engine: Engine) {
 }
 
 fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect()
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
 }
 
 async fn install_manifest_carries_a_working_bootstrap_token(engine: Engine) {
@@ -191,10 +189,8 @@ async fn install_manifest_carries_a_working_bootstrap_token(engine: Engine) {
 /// Writes a file CI inspects after the tests (the install manifest goes through an
 /// independent Kubernetes schema validator).
 fn save_artifact(name: &str, contents: &str) {
-    let dir = std::env::var_os("MESHFLEET_TEST_ARTIFACTS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("meshfleet-test-artifacts"));
+    let dir =
+        std::env::var_os("MESHFLEET_TEST_ARTIFACTS").map(std::path::PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("meshfleet-test-artifacts"));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), contents).unwrap();
 }
-

@@ -330,7 +330,9 @@ async fn settings_name_people_and_things_and_page_the_audit_log(engine: Engine) 
 
     let second = get(format!("/settings?audit_before={older}")).await;
     let audit = second.split_once("<h2>Audit log</h2>").unwrap().1;
-    for words in ["user <strong>ada@example.com</strong>", "cluster <strong>short-lived</strong>", "API token <strong>ci-deploy</strong>", "organization <strong>"] {
+    for words in
+        ["user <strong>ada@example.com</strong>", "cluster <strong>short-lived</strong>", "API token <strong>ci-deploy</strong>", "organization <strong>"]
+    {
         assert!(audit.contains(words), "{words} missing from {audit}");
     }
     assert!(!audit.contains(&me) && !audit.contains(&gone), "raw ids on the second page: {audit}");

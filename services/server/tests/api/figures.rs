@@ -2,7 +2,7 @@
 //! charts of finished minutes only with a success axis fitted to the data, and fleet health
 //! that does not flip around its threshold.
 
-use crate::gateway::{metrics, registered, snapshot, pod, Stream};
+use crate::gateway::{metrics, pod, registered, snapshot, Stream};
 use crate::helpers::{Engine, TestApp};
 
 crate::on_both_engines!(young_workloads_show_their_real_rate_and_charts_end_at_the_last_finished_minute, fleet_health_has_hysteresis);

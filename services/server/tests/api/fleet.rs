@@ -35,7 +35,12 @@ impl Agent for CountingAgent {
         self.executed.lock().unwrap().entry(command.id.clone()).or_insert((0, Instant::now())).0 += 1;
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            v1::CommandResult { command_id: command.id, state: v1::CommandState::Succeeded as i32, output_json: r#"{"pong":true}"#.into(), ..Default::default() }
+            v1::CommandResult {
+                command_id: command.id,
+                state: v1::CommandState::Succeeded as i32,
+                output_json: r#"{"pong":true}"#.into(),
+                ..Default::default()
+            }
         })
     }
 }
@@ -58,7 +63,8 @@ impl Api {
 
     async fn login(base: &str, email: &str) -> Api {
         let http = reqwest::Client::new();
-        let resp: Value = http.post(format!("{base}/api/v1/login")).json(&json!({ "email": email, "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+        let resp: Value =
+            http.post(format!("{base}/api/v1/login")).json(&json!({ "email": email, "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
         Api { base: base.to_owned(), token: resp["access_token"].as_str().unwrap().to_owned(), http }
     }
 
@@ -96,7 +102,13 @@ fn window(start: i64, requests: u64) -> Report {
     Report::Metrics(v1::Metrics {
         window_start_unix_ms: start,
         window_end_unix_ms: start + 10_000,
-        workloads: vec![v1::WorkloadMetrics { namespace: "shop".into(), workload: "Deployment/web".into(), requests, latency_p99_ms: 5.0, ..Default::default() }],
+        workloads: vec![v1::WorkloadMetrics {
+            namespace: "shop".into(),
+            workload: "Deployment/web".into(),
+            requests,
+            latency_p99_ms: 5.0,
+            ..Default::default()
+        }],
     })
 }
 
@@ -150,7 +162,10 @@ async fn a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once
     let mut commands = Vec::new();
     for (cluster, _, _) in &agents {
         for kind in ["ping", "collect-diagnostics"] {
-            commands.push((cluster.clone(), api.post(&format!("/api/v1/clusters/{cluster}/commands"), json!({ "kind": kind })).await["id"].as_str().unwrap().to_owned()));
+            commands.push((
+                cluster.clone(),
+                api.post(&format!("/api/v1/clusters/{cluster}/commands"), json!({ "kind": kind })).await["id"].as_str().unwrap().to_owned(),
+            ));
         }
     }
 
@@ -216,10 +231,13 @@ async fn a_command_created_on_one_replica_reaches_an_agent_on_another_within_a_s
     assert!(worst < Duration::from_secs(1), "slowest cross-replica delivery took {worst:?}");
     // Replica A's API sees the results the agent sent to replica B.
     let (_, page) = (0, api_a.get(&format!("/api/v1/clusters/{cluster}/commands")).await);
-    assert!(crate::gateway::eventually(|| async {
-        api_a.get(&format!("/api/v1/clusters/{cluster}/commands")).await["items"].as_array().unwrap().iter().all(|c| c["state"] == "succeeded")
-    })
-    .await, "{page}");
+    assert!(
+        crate::gateway::eventually(|| async {
+            api_a.get(&format!("/api/v1/clusters/{cluster}/commands")).await["items"].as_array().unwrap().iter().all(|c| c["state"] == "succeeded")
+        })
+        .await,
+        "{page}"
+    );
     handle.shutdown().await;
 }
 

@@ -115,7 +115,15 @@ pub fn msg(seq: u64, body: Body) -> AgentMessage {
 }
 
 pub fn pod(ns: &str, name: &str, workload: &str, version: &str) -> v1::Pod {
-    v1::Pod { namespace: ns.into(), name: name.into(), workload: workload.into(), proxy_version: version.into(), ready: true, restarts: 0, phase: "Running".into() }
+    v1::Pod {
+        namespace: ns.into(),
+        name: name.into(),
+        workload: workload.into(),
+        proxy_version: version.into(),
+        ready: true,
+        restarts: 0,
+        phase: "Running".into(),
+    }
 }
 
 pub fn snapshot(pods: Vec<v1::Pod>) -> Body {
@@ -126,7 +134,12 @@ pub fn snapshot(pods: Vec<v1::Pod>) -> Body {
             control_plane: Some(v1::ControlPlane { version: "0.1.0".into(), replicas: 1, ready_replicas: 1, components: vec![] }),
             namespaces: vec![v1::MeshedNamespace { name: "shop".into() }],
             pods,
-            certificates: vec![v1::CertificateInfo { role: "issuer".into(), subject: "CN=issuer".into(), not_after_unix_ms: 4_000_000_000_000, ..Default::default() }],
+            certificates: vec![v1::CertificateInfo {
+                role: "issuer".into(),
+                subject: "CN=issuer".into(),
+                not_after_unix_ms: 4_000_000_000_000,
+                ..Default::default()
+            }],
         }),
     })
 }
@@ -180,9 +193,18 @@ async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {
     stream.report(metrics(minute + 10_000, 50, 0)).await;
     // A resent window (same window, new seq: its ack was lost) is not counted twice.
     stream.report(metrics(minute + 10_000, 50, 0)).await;
-    let warn = v1::Event { id: "ev-1".into(), at_unix_ms: minute, r#type: "Warning".into(), namespace: "shop".into(), object: "Pod/web-1".into(), reason: "BackOff".into(), message: "restarting".into() };
+    let warn = v1::Event {
+        id: "ev-1".into(),
+        at_unix_ms: minute,
+        r#type: "Warning".into(),
+        namespace: "shop".into(),
+        object: "Pod/web-1".into(),
+        reason: "BackOff".into(),
+        message: "restarting".into(),
+    };
     stream.report(Body::Events(v1::Events { events: vec![warn.clone(), warn] })).await;
-    let last = stream.report(Body::Delta(v1::Delta { removed_pods: vec![v1::PodRef { namespace: "shop".into(), name: "web-2".into() }], ..Default::default() })).await;
+    let last =
+        stream.report(Body::Delta(v1::Delta { removed_pods: vec![v1::PodRef { namespace: "shop".into(), name: "web-2".into() }], ..Default::default() })).await;
     stream.acked(last).await;
 
     let (_, c) = app.get(&format!("/api/v1/clusters/{cluster}"), &owner.access).await;
@@ -236,12 +258,20 @@ async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
     let created = app.create_cluster(&owner, "c1", json!({})).await;
     let token = created["bootstrap_token"]["token"].as_str().unwrap().to_owned();
 
-    let weak = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("weak-rsa1024.csr.pem")).map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec()).unwrap();
+    let weak = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("weak-rsa1024.csr.pem"))
+        .map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec())
+        .unwrap();
     // RSA of any size: the protocol names ECDSA P-256/P-384 and Ed25519 only.
-    let rsa2048 = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("rsa2048.csr.pem")).map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec()).unwrap();
+    let rsa2048 = rustls_pki_types::pem::PemObject::from_pem_slice(include_bytes!("rsa2048.csr.pem"))
+        .map(|d: rustls_pki_types::CertificateSigningRequestDer| d.as_ref().to_vec())
+        .unwrap();
     let unsupported = "weak or unsupported key: RSA with 2048 bits; use ECDSA P-256/P-384 or Ed25519";
     for (csr, what) in [(weak, "weak"), (rsa2048.clone(), unsupported), (b"not a csr".to_vec(), "not valid DER")] {
-        let err = client(&app, None).await.register(RegisterRequest { bootstrap_token: token.clone(), csr_der: csr, agent_version: String::new() }).await.unwrap_err();
+        let err = client(&app, None)
+            .await
+            .register(RegisterRequest { bootstrap_token: token.clone(), csr_der: csr, agent_version: String::new() })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains(what), "{err:?}");
     }
@@ -327,7 +357,13 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
     assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
 
     let result = |c: &v1::Command, output: &str| {
-        Body::CommandResult(v1::CommandResult { command_id: c.id.clone(), state: v1::CommandState::Succeeded as i32, message: "done".into(), output_json: output.into(), progress_percent: 100 })
+        Body::CommandResult(v1::CommandResult {
+            command_id: c.id.clone(),
+            state: v1::CommandState::Succeeded as i32,
+            message: "done".into(),
+            output_json: output.into(),
+            progress_percent: 100,
+        })
     };
     let seq = stream.report(result(&second, r#"{"pong":true}"#)).await;
     stream.acked(seq).await;
@@ -346,7 +382,9 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
     assert_eq!(got["state"], "succeeded");
     assert_eq!(got["attempts"], 2);
     // A resent final result changes nothing.
-    let seq = stream.report(Body::CommandResult(v1::CommandResult { command_id: first.id.clone(), state: v1::CommandState::Failed as i32, ..Default::default() })).await;
+    let seq = stream
+        .report(Body::CommandResult(v1::CommandResult { command_id: first.id.clone(), state: v1::CommandState::Failed as i32, ..Default::default() }))
+        .await;
     stream.acked(seq).await;
     assert_eq!(app.get(&format!("{commands}/{}", first.id), &owner.access).await.1["state"], "succeeded");
 
@@ -410,7 +448,11 @@ async fn malformed_oversized_and_flooding_agents_are_refused_and_counted() {
         (vec![AgentMessage { seq: 1, body: None }], Code::InvalidArgument, "empty"),
         (vec![msg(5, snapshot(vec![])), msg(5, snapshot(vec![]))], Code::InvalidArgument, "seq"),
         (vec![msg(1, metrics(0, 1, 2))], Code::InvalidArgument, "metrics.window"),
-        (vec![msg(1, Body::CommandResult(v1::CommandResult { command_id: "x".into(), ..Default::default() }))], Code::InvalidArgument, "command_result.command_id"),
+        (
+            vec![msg(1, Body::CommandResult(v1::CommandResult { command_id: "x".into(), ..Default::default() }))],
+            Code::InvalidArgument,
+            "command_result.command_id",
+        ),
         (vec![msg(1, snapshot(vec![pod("", "", "", "")]))], Code::InvalidArgument, "pod"),
         (
             vec![msg(1, Body::Events(v1::Events { events: vec![v1::Event { id: "big".into(), message: "x".repeat(5 * 1024 * 1024), ..Default::default() }] }))],

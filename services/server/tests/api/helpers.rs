@@ -193,9 +193,8 @@ impl TestApp {
         let own = self.owner(email).await;
         let (status, body) = self.post("/api/v1/members", &owner.access, json!({ "email": email, "role": role })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");
-        let (status, body) = self
-            .call(Method::POST, "/api/v1/login", None, Some(json!({ "email": email, "password": PASSWORD, "organization_id": owner.org })))
-            .await;
+        let (status, body) =
+            self.call(Method::POST, "/api/v1/login", None, Some(json!({ "email": email, "password": PASSWORD, "organization_id": owner.org }))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let _ = own;
         Login::from(&body)

@@ -58,13 +58,7 @@ async fn victim(app: &TestApp) -> Victim {
     let (_, command) = app.post(&format!("/api/v1/clusters/{cluster_id}/commands"), &owner.access, json!({ "kind": "ping" })).await;
     let admin = app.member(&owner, "victim-admin@example.com", "admin").await;
     let user_id = app.get("/api/v1/me", &admin.access).await.1["user"]["id"].as_str().unwrap().to_owned();
-    Victim {
-        owner,
-        cluster_id,
-        command_id: command["id"].as_str().unwrap().to_owned(),
-        token_id: token["id"].as_str().unwrap().to_owned(),
-        user_id,
-    }
+    Victim { owner, cluster_id, command_id: command["id"].as_str().unwrap().to_owned(), token_id: token["id"].as_str().unwrap().to_owned(), user_id }
 }
 
 fn fill(path: &str, v: &Victim) -> String {

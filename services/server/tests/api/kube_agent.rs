@@ -5,8 +5,8 @@
 //! (`mesh`); elsewhere nothing listens there and the agent's scrapes simply fail.
 
 mod commands;
-mod rbac;
 mod mesh;
+mod rbac;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,7 +27,6 @@ fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
                 {"name": "app", "image": format!("example/{name}:1")},
                 {"name": "meshfleet-proxy", "image": "meshfleet/proxy:0.1.0", "ports": [{"name": "admin", "containerPort": mesh::ADMIN_PORT}]}]}}}})
 }
-
 
 fn issuer_pem() -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -64,13 +63,27 @@ async fn setup() -> Setup {
         mesh_namespace: "meshfleet",
         meshed_namespaces: &["shop"],
     });
-    let kube = Arc::new(FakeKube::start_with(Config { ready_delay: Duration::from_millis(200), bookmark_interval: Duration::from_secs(1), ..Config::default() }).await.unwrap());
+    let kube = Arc::new(
+        FakeKube::start_with(Config { ready_delay: Duration::from_millis(200), bookmark_interval: Duration::from_secs(1), ..Config::default() }).await.unwrap(),
+    );
     let applied = kube.apply_yaml(&manifest).unwrap();
     // The agent reads exactly the install Secret's keys (what `envFrom` gives it in a cluster).
     let secret = applied.iter().find(|o| o["kind"] == "Secret").unwrap();
     use base64::Engine as _;
-    let mut vars: HashMap<String, String> = secret["data"].as_object().unwrap().iter().map(|(k, v)| (k.clone(), String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap())).collect();
-    for (k, v) in [("MESHFLEET_POD_NAMESPACE", "meshfleet-system"), ("MESHFLEET_AGENT_LISTEN", "127.0.0.1:0"), ("MESHFLEET_SCRAPE_INTERVAL_MS", "500"), ("MESHFLEET_DEBOUNCE_MS", "100"), ("MESHFLEET_LEASE_DURATION_MS", "3000"), ("MESHFLEET_LEASE_RENEW_MS", "500")] {
+    let mut vars: HashMap<String, String> = secret["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap()))
+        .collect();
+    for (k, v) in [
+        ("MESHFLEET_POD_NAMESPACE", "meshfleet-system"),
+        ("MESHFLEET_AGENT_LISTEN", "127.0.0.1:0"),
+        ("MESHFLEET_SCRAPE_INTERVAL_MS", "500"),
+        ("MESHFLEET_DEBOUNCE_MS", "100"),
+        ("MESHFLEET_LEASE_DURATION_MS", "3000"),
+        ("MESHFLEET_LEASE_RENEW_MS", "500"),
+    ] {
         vars.insert(k.into(), v.into());
     }
 
@@ -105,7 +118,10 @@ async fn start_agent(s: &Setup, pod: &str) -> k8s::Running {
 async fn start_connected_agent(s: &Setup) -> k8s::Running {
     let a = start_agent(s, "meshfleet-agent-a").await;
     let path = format!("/api/v1/clusters/{}/inventory", s.cluster);
-    let shown = within(Duration::from_secs(10), || async { a.stats().is_some_and(|st| st.connected) && pod_names(&s.app.get(&path, &s.owner.access).await.1) == fake_meshed(&s.kube) }).await;
+    let shown = within(Duration::from_secs(10), || async {
+        a.stats().is_some_and(|st| st.connected) && pod_names(&s.app.get(&path, &s.owner.access).await.1) == fake_meshed(&s.kube)
+    })
+    .await;
     assert!(shown.is_some(), "agent connected and inventory shown: {}", s.app.get(&path, &s.owner.access).await.1);
     a
 }
@@ -156,9 +172,12 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
 
     // First start: registers with the bootstrap token; the inventory shows within 5 s.
     let a = start_agent(&s, "meshfleet-agent-a").await;
-    let took = within(Duration::from_secs(5), || async { let inv = inventory().await; pod_names(&inv) == fake_meshed(&s.kube) })
-        .await
-        .unwrap_or_else(|| panic!("inventory within 5 s; have {}", futures::executor::block_on(inventory())));
+    let took = within(Duration::from_secs(5), || async {
+        let inv = inventory().await;
+        pod_names(&inv) == fake_meshed(&s.kube)
+    })
+    .await
+    .unwrap_or_else(|| panic!("inventory within 5 s; have {}", futures::executor::block_on(inventory())));
     let inv = inventory().await;
     let text = inv.to_string();
     assert!(text.contains("meshfleet issuer"), "certificate metadata: {inv}");
@@ -174,7 +193,11 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
     s.kube.delete("v1", "Pod", "shop", &victim).unwrap();
     let took = within(Duration::from_secs(2), || async { !pod_names(&inventory().await).contains(&victim) }).await;
     assert!(took.is_some(), "deleted pod gone from the API within 2 s");
-    let took = within(Duration::from_secs(3), || async { let want = fake_meshed(&s.kube); want.len() == 3 && pod_names(&inventory().await) == want }).await;
+    let took = within(Duration::from_secs(3), || async {
+        let want = fake_meshed(&s.kube);
+        want.len() == 3 && pod_names(&inventory().await) == want
+    })
+    .await;
     assert!(took.is_some(), "replacement pod shows");
 
     // collect-diagnostics through the API.
@@ -185,7 +208,10 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
     // Restart: the bootstrap token is spent, so connecting again proves the stored identity.
     a.shutdown().await;
     let a = start_agent(&s, "meshfleet-agent-a").await;
-    assert!(within(Duration::from_secs(10), || async { a.stats().is_some_and(|st| st.connected) }).await.is_some(), "restarted agent reconnects with its stored identity");
+    assert!(
+        within(Duration::from_secs(10), || async { a.stats().is_some_and(|st| st.connected) }).await.is_some(),
+        "restarted agent reconnects with its stored identity"
+    );
 
     // Failover: a second replica waits; the leader's graceful shutdown releases the Lease, so
     // the standby leads and is connected within 2 s (not after the 3 s lease duration).
@@ -201,7 +227,15 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
     let lease = s.kube.get("coordination.k8s.io/v1", "Lease", "meshfleet-system", "meshfleet-agent").unwrap();
     assert_eq!(lease["spec"]["holderIdentity"], "meshfleet-agent-b", "{lease}");
     s.kube.delete("v1", "Pod", "shop", &fake_meshed(&s.kube).into_iter().next().unwrap()).unwrap();
-    assert!(within(Duration::from_secs(5), || async { let want = fake_meshed(&s.kube); want.len() == 3 && pod_names(&inventory().await) == want }).await.is_some(), "the new leader reports changes");
+    assert!(
+        within(Duration::from_secs(5), || async {
+            let want = fake_meshed(&s.kube);
+            want.len() == 3 && pod_names(&inventory().await) == want
+        })
+        .await
+        .is_some(),
+        "the new leader reports changes"
+    );
 
     assert_eq!(s.kube.denials(), Vec::<String>::new(), "the agent stays within the install manifest's RBAC");
     b.shutdown().await;
@@ -251,13 +285,16 @@ async fn real_proxy_traffic_shows_as_golden_metrics_of_the_right_workloads() {
             sent.push(get(ingress.outbound(i), "", 200).await);
         }
     }
-    let api_calls = (0..30).map(|i| if i % 3 == 0 { get(ingress.outbound(2), "sleep_ms=60&status=500", 500) } else { get(ingress.outbound(2), "sleep_ms=60", 200) });
+    let api_calls =
+        (0..30).map(|i| if i % 3 == 0 { get(ingress.outbound(2), "sleep_ms=60&status=500", 500) } else { get(ingress.outbound(2), "sleep_ms=60", 200) });
     sent.extend(futures::future::join_all(api_calls).await);
     assert!(sent.iter().all(|ok| *ok), "every request went through the mesh with the app's status");
 
     // They show in the API as golden metrics of the right workloads, exactly once.
     let metrics_path = format!("/api/v1/clusters/{}/metrics", s.cluster);
-    let expected = |m: &Value| (totals(m, "Deployment/web").0, totals(m, "Deployment/web").1, totals(m, "Deployment/api").0, totals(m, "Deployment/api").1) == (20, 0, 30, 10);
+    let expected = |m: &Value| {
+        (totals(m, "Deployment/web").0, totals(m, "Deployment/web").1, totals(m, "Deployment/api").0, totals(m, "Deployment/api").1) == (20, 0, 30, 10)
+    };
     let took = within(Duration::from_secs(10), || async { expected(&s.app.get(&metrics_path, &s.owner.access).await.1) }).await;
     assert!(took.is_some(), "metrics: {}", s.app.get(&metrics_path, &s.owner.access).await.1);
     eprintln!("real proxy traffic visible as golden metrics after {took:?}");
@@ -305,7 +342,20 @@ async fn warning_events_and_proxy_restarts_are_visible_through_the_events_api() 
     let path = format!("/api/v1/clusters/{}/events", s.cluster);
     let reasons = || async {
         let (_, e) = s.app.get(&path, &s.owner.access).await;
-        let mut r: Vec<String> = e["items"].as_array().into_iter().flatten().map(|e| format!("{} {} {} {}", e["type"].as_str().unwrap_or(""), e["namespace"].as_str().unwrap_or(""), e["object"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+        let mut r: Vec<String> = e["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{} {} {} {}",
+                    e["type"].as_str().unwrap_or(""),
+                    e["namespace"].as_str().unwrap_or(""),
+                    e["object"].as_str().unwrap_or(""),
+                    e["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
         r.sort();
         r
     };

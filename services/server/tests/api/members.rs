@@ -23,8 +23,7 @@ async fn members_roles_and_the_last_owner(engine: Engine) {
 
     let (status, members) = app.get("/api/v1/members", &viewer.access).await;
     assert_eq!(status, StatusCode::OK);
-    let roles: Vec<(&str, &str)> =
-        members.as_array().unwrap().iter().map(|m| (m["email"].as_str().unwrap(), m["role"].as_str().unwrap())).collect();
+    let roles: Vec<(&str, &str)> = members.as_array().unwrap().iter().map(|m| (m["email"].as_str().unwrap(), m["role"].as_str().unwrap())).collect();
     assert_eq!(roles, [("owner@example.com", "owner"), ("admin@example.com", "admin"), ("viewer@example.com", "viewer")]);
 
     // Adding: unknown e-mail, duplicate.

@@ -56,8 +56,7 @@ async fn openapi_parameters_are_where_the_document_says() {
     let (_, ops) = document(&app).await;
     let mut ids = BTreeSet::new();
     for o in &ops {
-        let templated: BTreeSet<String> =
-            o.path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).map(str::to_owned).collect();
+        let templated: BTreeSet<String> = o.path.split('/').filter_map(|s| s.strip_prefix('{')?.strip_suffix('}')).map(str::to_owned).collect();
         // A query parameter declared `in: path` made the document invalid and clients broken.
         assert_eq!(o.params_in("path"), templated, "{}: path parameters differ from the path's template", o.name());
         let params = o.op["parameters"].as_array().into_iter().flatten();

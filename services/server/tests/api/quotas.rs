@@ -39,7 +39,15 @@ fn events(ids: &[&str], at: i64, message_len: usize) -> Body {
     Body::Events(v1::Events {
         events: ids
             .iter()
-            .map(|id| v1::Event { id: (*id).into(), at_unix_ms: at, r#type: "Warning".into(), namespace: "shop".into(), object: "Pod/web-1".into(), reason: "BackOff".into(), message: "x".repeat(message_len) })
+            .map(|id| v1::Event {
+                id: (*id).into(),
+                at_unix_ms: at,
+                r#type: "Warning".into(),
+                namespace: "shop".into(),
+                object: "Pod/web-1".into(),
+                reason: "BackOff".into(),
+                message: "x".repeat(message_len),
+            })
             .collect(),
     })
 }
@@ -106,7 +114,12 @@ async fn reconnecting_does_not_refill_the_message_bucket_and_reconnects_are_limi
     finding(&app, &owner, &cluster, "rate_limited").await;
 }
 
-on_both_engines!(series_over_the_quota_are_refused_and_shown, events_over_the_minute_quota_are_refused, reports_over_their_kinds_byte_limit_are_refused, metrics_and_events_are_read_a_page_at_a_time);
+on_both_engines!(
+    series_over_the_quota_are_refused_and_shown,
+    events_over_the_minute_quota_are_refused,
+    reports_over_their_kinds_byte_limit_are_refused,
+    metrics_and_events_are_read_a_page_at_a_time
+);
 
 async fn series_over_the_quota_are_refused_and_shown(engine: Engine) {
     let db = TestDb::new(engine).await;
@@ -226,7 +239,8 @@ async fn metrics_and_events_are_read_a_page_at_a_time(engine: Engine) {
     let metrics_path = format!("/api/v1/clusters/{cluster}/metrics");
     let got = pages(metrics_path.clone(), 4).await;
     assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [4, 2]);
-    let keys: Vec<(String, String)> = got.concat().iter().map(|r| (r["workload"].as_str().unwrap().to_owned(), r["minute"].as_str().unwrap().to_owned())).collect();
+    let keys: Vec<(String, String)> =
+        got.concat().iter().map(|r| (r["workload"].as_str().unwrap().to_owned(), r["minute"].as_str().unwrap().to_owned())).collect();
     let mut sorted = keys.clone();
     sorted.sort();
     sorted.dedup();

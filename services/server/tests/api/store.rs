@@ -85,11 +85,7 @@ async fn names(conn: &mut Conn, org: OrgId, selector: &str, status: Option<&str>
 
 /// Rows of `table` still pointing at the cluster (to observe cascades).
 async fn rows_of(conn: &mut Conn, table: &str, cluster: ClusterId) -> i64 {
-    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE cluster_id = $1"))
-        .bind(cluster.to_string())
-        .fetch_one(&mut **conn)
-        .await
-        .unwrap()
+    sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table} WHERE cluster_id = $1")).bind(cluster.to_string()).fetch_one(&mut **conn).await.unwrap()
 }
 
 async fn accounts_and_memberships(engine: Engine) {
@@ -468,12 +464,7 @@ async fn signing_keys_newest_first(engine: Engine) {
     let (_db, _store, mut conn) = open(engine).await;
     assert!(signing_keys::all(&mut conn).await.unwrap().is_empty());
     for (kid, created_at) in [("k-old", NOW), ("k-new", NOW + HOUR)] {
-        let key = signing_keys::SigningKey {
-            kid: kid.into(),
-            private_key_sealed: format!("sealed-{kid}"),
-            public_key: format!("public-{kid}"),
-            created_at,
-        };
+        let key = signing_keys::SigningKey { kid: kid.into(), private_key_sealed: format!("sealed-{kid}"), public_key: format!("public-{kid}"), created_at };
         signing_keys::insert(&mut conn, &key).await.unwrap();
     }
     let keys = signing_keys::all(&mut conn).await.unwrap();

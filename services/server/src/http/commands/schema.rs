@@ -2,9 +2,7 @@
 //! takes depend on its kind: one alternative per kind, built from `KINDS` and
 //! `allowed_params`, so the document changes when the rules do.
 
-use utoipa::openapi::schema::{
-    AdditionalProperties, Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type,
-};
+use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, OneOfBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
@@ -15,11 +13,7 @@ use crate::domain::schema as rules;
 const BLANK: &str = "\\t\\n\\u000b\\u000c\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
 
 fn integer(min: i64, max: i64) -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Integer)
-        .minimum(Some(min))
-        .maximum(Some(max))
-        .build()
+    ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(min)).maximum(Some(max)).build()
 }
 
 fn nullable(t: Type) -> SchemaType {
@@ -45,17 +39,9 @@ fn param(name: &str) -> Schema {
 
 /// The request for one kind: its parameters, which of them are required, and nothing else.
 fn for_kind(kind: &str) -> Object {
-    let required: &[&str] = if kind == "set-control-plane-version" {
-        &["version"]
-    } else {
-        &[]
-    };
+    let required: &[&str] = if kind == "set-control-plane-version" { &["version"] } else { &[] };
     let mut params = ObjectBuilder::new()
-        .schema_type(if required.is_empty() {
-            nullable(Type::Object)
-        } else {
-            SchemaType::Type(Type::Object)
-        })
+        .schema_type(if required.is_empty() { nullable(Type::Object) } else { SchemaType::Type(Type::Object) })
         .additional_properties(Some(AdditionalProperties::FreeForm(false)));
     for name in allowed_params(kind) {
         params = params.property(*name, param(name));
@@ -70,17 +56,9 @@ fn for_kind(kind: &str) -> Object {
         .description(Some("Seconds the agent has to finish (default 600)"));
     let mut request = ObjectBuilder::new()
         .schema_type(Type::Object)
-        .property(
-            "kind",
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .enum_values(Some([kind])),
-        )
+        .property("kind", ObjectBuilder::new().schema_type(Type::String).enum_values(Some([kind])))
         .required("kind")
-        .property(
-            "params",
-            params.description(Some("The kind's parameters, a JSON object")),
-        )
+        .property("params", params.description(Some("The kind's parameters, a JSON object")))
         .property("deadline_secs", deadline)
         .additional_properties(Some(AdditionalProperties::FreeForm(false)));
     if !required.is_empty() {
@@ -91,12 +69,8 @@ fn for_kind(kind: &str) -> Object {
 
 impl PartialSchema for CreateCommandRequest {
     fn schema() -> RefOr<Schema> {
-        let one_of = KINDS
-            .iter()
-            .fold(OneOfBuilder::new(), |b, kind| b.item(for_kind(kind)));
-        one_of
-            .description(Some("A command; `kind` decides which `params` it takes"))
-            .into()
+        let one_of = KINDS.iter().fold(OneOfBuilder::new(), |b, kind| b.item(for_kind(kind)));
+        one_of.description(Some("A command; `kind` decides which `params` it takes")).into()
     }
 }
 

@@ -36,7 +36,14 @@ async fn restart_workloads_rolls_in_batches_within_max_unavailable_and_reports_p
     let mut search = deployment("shop", "search", 1);
     search["spec"]["template"]["metadata"]["annotations"] = json!({"fake.meshfleet.io/never-ready": "true"});
     s.kube.apply(search).unwrap();
-    let unavailable = || s.kube.list("apps/v1", "Deployment", Some("shop")).iter().filter(|d| d["status"]["unavailableReplicas"].as_i64() != Some(0)).map(|d| d["metadata"]["name"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    let unavailable = || {
+        s.kube
+            .list("apps/v1", "Deployment", Some("shop"))
+            .iter()
+            .filter(|d| d["status"]["unavailableReplicas"].as_i64() != Some(0))
+            .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
     assert!(within(Duration::from_secs(5), || async { fake_meshed(&s.kube).len() == 6 && unavailable() == ["search"] }).await.is_some(), "{:?}", unavailable());
     let a = start_connected_agent(&s).await;
 

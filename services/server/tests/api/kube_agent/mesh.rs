@@ -155,7 +155,7 @@ impl Mesh {
         let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
         kube.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "meshfleet-issuer", "namespace": "meshfleet"},
             "data": {"tls.crt": b64(&read("issuer.crt")), "tls.key": b64(&read("issuer.key"))}}))
-        .unwrap();
+            .unwrap();
         kube.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meshfleet-trust-bundle", "namespace": "meshfleet"}, "data": {"ca-bundle.crt": read("ca-bundle.crt")}})).unwrap();
 
         let mut tokens = serde_json::Map::new();
