@@ -89,6 +89,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
     let rollups = store::rollups::minutes_since(&mut conn, org, id, now - HOUR_MS).await?;
     let events = store::rollups::recent_events(&mut conn, org, id, 20).await?;
     let commands = store::commands::list(&mut conn, org, id, None, 10).await?;
+    let throttled = store::throttles::current(&mut conn, org, id, now).await?;
 
     // The charts end at the last finished minute; the table's figures include the running one.
     let minutes: Vec<&(i64, Golden)> = minutes.iter().filter(|(m, _)| is_finished(*m, now)).collect();
@@ -113,6 +114,15 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
                 dt { "Kubernetes" } dd { (cluster.kubernetes_version.as_deref().unwrap_or("–")) " · " (facts.node_count) " nodes" }
                 dt { "Mesh control plane" } dd { (if facts.control_plane.version.is_empty() { "–" } else { &facts.control_plane.version }) " · " (facts.control_plane.ready_replicas) "/" (facts.control_plane.replicas) " ready" }
                 dt { "Last heard from" } dd { @match cluster.last_seen_at { Some(t) => { (countdown(t, now).replace("expired ", "")) }, None => { "never" } } }
+            }
+        }
+        @if !throttled.is_empty() {
+            section.card.alert role="alert" {
+                h2 { "The service is refusing some of this cluster's data" }
+                ul { @for t in &throttled {
+                    li data-throttled=(t.reason) { (refusal_words(&t.reason)) ": " (t.refused) " refused since " (t.since.format("%Y-%m-%d %H:%M UTC")) }
+                } }
+                p.muted { "Refused data is not stored. The limits are the service's rate limits and quotas per cluster." }
             }
         }
         section.charts aria-label="Golden metrics over the last hour" {
@@ -164,4 +174,16 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
             ul { @for c in &commands { li data-command=(c.id) { (c.kind) " — " span class=(format!("badge command-{}", c.state)) { (c.state) } " " (c.message) } } }
         }
     })
+}
+
+/// What a refusal reason (`store::throttles::Throttle::reason`) means, for people.
+fn refusal_words(reason: &str) -> &'static str {
+    match reason {
+        "rate_limited" => "The agent sends more messages than its rate limit",
+        "reconnects" => "The agent reconnects more often than allowed",
+        "series" => "The cluster reports more workloads than its quota of series",
+        "events_per_minute" => "The cluster reports more events per minute than its quota",
+        "bytes" => "Reports larger than the limit for their kind",
+        _ => "Refused",
+    }
 }

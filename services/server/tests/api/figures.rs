@@ -16,12 +16,6 @@ fn mid_minute(app: &TestApp) -> i64 {
     now - now.rem_euclid(60_000)
 }
 
-async fn page(app: &TestApp, cookie: &str, path: &str) -> String {
-    let resp = app.client.get(format!("{}{path}", app.base)).header("cookie", cookie).send().await.unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{path}");
-    resp.text().await.unwrap()
-}
-
 async fn young_workloads_show_their_real_rate_and_charts_end_at_the_last_finished_minute(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let minute = mid_minute(&app);
@@ -35,7 +29,7 @@ async fn young_workloads_show_their_real_rate_and_charts_end_at_the_last_finishe
     let seq = stream.report(metrics(minute, 30, 0)).await;
     stream.acked(seq).await;
     let session = app.dashboard_session("ada@example.com").await;
-    let html = page(&app, &session.cookie, &format!("/clusters/{cluster}")).await;
+    let html = app.page(&session.cookie, &format!("/clusters/{cluster}")).await;
 
     // 630 requests over the 90 s the data covers is 7/s; over 300 s it would read 2.1/s.
     let row = html.split("Deployment/web").nth(1).expect("the workload row");
@@ -58,7 +52,7 @@ async fn fleet_health_has_hysteresis(engine: Engine) {
         let seq = stream.report(metrics(start, requests, failures)).await;
         stream.acked(seq).await;
         app.state.fleet_cache.invalidate(org);
-        let html = page(&app, &session.cookie, "/fleet").await;
+        let html = app.page(&session.cookie, "/fleet").await;
         let row = html.split("data-cluster=\"prod-eu-1\"").nth(1).expect("the cluster row").to_owned();
         let badge = row.split("badge health-").nth(1).unwrap().split('"').next().unwrap().to_owned();
         badge

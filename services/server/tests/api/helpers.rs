@@ -210,6 +210,13 @@ impl TestApp {
         DashboardSession { set_cookie, cookie, csrf }
     }
 
+    /// A dashboard page's HTML, as the browser with this session cookie gets it.
+    pub async fn page(&self, cookie: &str, path: &str) -> String {
+        let resp = self.client.get(format!("{}{path}", self.base)).header("cookie", cookie).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path}");
+        resp.text().await.unwrap()
+    }
+
     pub async fn create_cluster(&self, who: &Login, name: &str, labels: Value) -> Value {
         let (status, body) = self.post("/api/v1/clusters", &who.access, json!({ "name": name, "labels": labels })).await;
         assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -150,6 +150,10 @@ async fn series_over_the_quota_are_refused_and_shown(engine: Engine) {
     assert_eq!(refused_total(&app, "series").await, 3);
     let f = finding(&app, &owner, &cluster, "series").await;
     assert!(eventually(|| async { finding(&app, &owner, &cluster, "series").await["refused"] == 3 }).await, "{f}");
+    // The organization sees it on the cluster's page too.
+    let session = app.dashboard_session("ada@example.com").await;
+    let html = app.page(&session.cookie, &format!("/clusters/{cluster}")).await;
+    assert!(html.contains("data-throttled=\"series\"") && html.contains("more workloads than its quota"), "{html}");
 }
 
 async fn events_over_the_minute_quota_are_refused(engine: Engine) {
