@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{assert_problem, postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::replica;
+use crate::process::two_replicas;
 
 on_both_engines!(
     signup_login_and_me,
@@ -177,9 +177,8 @@ async fn replicas_share_the_login_limit() {
         return;
     }
     let db = TestDb::new(Engine::Postgres).await;
-    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
     let env = [("MESHFLEET_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000")];
-    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
+    let (a, b) = two_replicas(&db, &env);
     let bases = [a.url(), b.url()];
     let http = reqwest::Client::new();
     let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::replica;
+use crate::process::two_replicas;
 
 /// Long enough that only invalidation, never expiry, can explain a fresh answer.
 const LONG_MS: &str = "60000";
@@ -87,9 +87,8 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
         return;
     }
     let db = TestDb::new(Engine::Postgres).await;
-    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
     let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
-    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
+    let (a, b) = two_replicas(&db, &env);
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
     let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
@@ -115,9 +114,8 @@ async fn another_replica_refuses_a_removed_members_token() {
         return;
     }
     let db = TestDb::new(Engine::Postgres).await;
-    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
     let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
-    let (a, b) = (replica(&db, &sealing_key, "a", &env), replica(&db, &sealing_key, "b", &env));
+    let (a, b) = two_replicas(&db, &env);
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
     let post = |path: &str, token: Option<&str>, body: Value| {

@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
-use crate::process::{command, free_port, replica, ServerProcess};
+use crate::process::{command, free_port, two_replicas, ServerProcess};
 
 /// Counts executions per command id: the property under test is "exactly once".
 #[derive(Default)]
@@ -209,9 +209,7 @@ async fn a_command_created_on_one_replica_reaches_an_agent_on_another_within_a_s
         return;
     }
     let db = TestDb::new(Engine::Postgres).await;
-    let sealing_key = Sealer::generate_key();
-    let a = replica(&db, &sealing_key, "a", &[]);
-    let b = replica(&db, &sealing_key, "b", &[]);
+    let (a, b) = two_replicas(&db, &[]);
     let api_a = Api::signup(&a.url(), "ada@example.com").await;
     let (cluster, handle, agent) = start_agent(&api_a, "c1", b.gateway.as_deref()).await;
 

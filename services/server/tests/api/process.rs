@@ -64,7 +64,7 @@ impl Drop for ServerProcess {
 
 /// One of several server processes sharing the test PostgreSQL database `db` (and so one
 /// sealing key), in its own directory named `name`, with extra MESHFLEET_* settings.
-pub fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
+fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
     let dir = db.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = command(&dir);
@@ -74,6 +74,12 @@ pub fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: 
         .env("MESHFLEET_SEALING_KEY", sealing_key)
         .envs(env.iter().copied());
     ServerProcess::start(cmd)
+}
+
+/// Two replicas `a` and `b` on the test PostgreSQL database `db`, sharing a new sealing key.
+pub fn two_replicas(db: &crate::helpers::TestDb, env: &[(&str, &str)]) -> (ServerProcess, ServerProcess) {
+    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+    (replica(db, &sealing_key, "a", env), replica(db, &sealing_key, "b", env))
 }
 
 /// A port free right now (a small race with other processes is accepted in tests).
