@@ -161,8 +161,10 @@ impl Server {
         let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let http_stopped = stopped();
         tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
+        // Every role keeps caches that other replicas' changes make stale, so every replica
+        // listens for their notifications, not only the gateway.
+        crate::gateway::dispatch::spawn(state.clone());
         if let Some(listener) = gateway {
-            crate::gateway::dispatch::spawn(state.clone());
             tasks.push(tokio::spawn(crate::gateway::serve(state.clone(), listener, stopped())));
         }
         if state.config.roles.worker {
