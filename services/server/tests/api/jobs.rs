@@ -100,3 +100,20 @@ async fn another_replica_takes_over_the_jobs_of_a_dead_lease_holder() {
     assert!(runs(other.url()).await > before, "the new holder runs the job");
     eprintln!("rollups lease taken over {took:?} after its holder was killed (lease {LEASE:?})");
 }
+
+#[test]
+fn a_lease_renewed_no_sooner_than_it_expires_is_refused() {
+    let load = |lease: &str, renew: &str| {
+        let env = vec![("MESHFLEET_JOB_LEASE_MS".to_string(), lease.to_string()), ("MESHFLEET_JOB_LEASE_RENEW_MS".to_string(), renew.to_string())];
+        meshfleet_server::Config::load(None, &env, &[]).map(|c| (c.job_lease_ms, c.job_lease_renew_ms)).map_err(|e| e.to_string())
+    };
+    assert_eq!(
+        meshfleet_server::Config::load(None, &Vec::<(String, String)>::new(), &[]).map(|c| (c.job_lease_ms, c.job_lease_renew_ms)).unwrap(),
+        (15_000, 5_000)
+    );
+    assert_eq!(load("2000", "500").unwrap(), (2_000, 500));
+    for (lease, renew) in [("2000", "2000"), ("2000", "0")] {
+        let err = load(lease, renew).unwrap_err();
+        assert!(err.contains("job_lease_renew_ms"), "{err}");
+    }
+}
