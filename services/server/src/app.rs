@@ -127,6 +127,7 @@ pub struct Server {
     pub state: AppState,
     shutdown: Option<tokio::sync::watch::Sender<bool>>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    jobs: Option<crate::jobs::Jobs>,
 }
 
 impl Server {
@@ -162,21 +163,33 @@ impl Server {
         let http_stopped = stopped();
         tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
         if let Some(listener) = gateway {
-            crate::gateway::dispatch::spawn(state.clone());
             tasks.push(tokio::spawn(crate::gateway::serve(state.clone(), listener, stopped())));
         }
-        if state.config.roles.worker {
-            tokio::spawn(crate::worker::run(state.clone()));
-        }
-        Ok(Server { addr, gateway_addr, state, shutdown: Some(tx), tasks })
+        // Every role keeps caches that other replicas' changes make stale, so every replica
+        // runs the notification listener (`jobs::registered`), not only the gateway.
+        let jobs = crate::jobs::Jobs::start(&state, crate::jobs::registered(&state));
+        Ok(Server { addr, gateway_addr, state, shutdown: Some(tx), tasks, jobs: Some(jobs) })
     }
 
     /// Waits until the server stops (after `stop` or a fatal error).
+    /// Background jobs are stopped once the listeners have stopped.
     pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut result = Ok(());
         for task in self.tasks.drain(..) {
-            task.await??;
+            result = task.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(())
+        if let Some(jobs) = self.jobs.take() {
+            jobs.stop().await;
+        }
+        result
+    }
+
+    /// The background jobs still running (empty once `stop` has returned).
+    pub fn running_jobs(&self) -> crate::jobs::Running {
+        self.jobs.as_ref().map(|j| j.running()).unwrap_or_default()
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {

@@ -70,6 +70,10 @@ pub struct Config {
     /// How long a token's principal and a rendered page of the cluster list may be reused
     /// (ms); 0 turns these caches off. See `cache`.
     pub read_cache_ms: u64,
+    /// How long a replica holds a background job's lease without renewing it, and how often it
+    /// renews: a dead holder's jobs move to another replica within `job_lease_ms`.
+    pub job_lease_ms: u64,
+    pub job_lease_renew_ms: u64,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -192,6 +196,8 @@ impl Default for Config {
             quota_events_per_min: 1000,
             quota_bytes: QuotaBytes::default(),
             read_cache_ms: 1000,
+            job_lease_ms: 15_000,
+            job_lease_renew_ms: 5_000,
         }
     }
 }
@@ -235,6 +241,8 @@ pub const SETTINGS: &[&str] = &[
     "quota_events_per_min",
     "quota_bytes",
     "read_cache_ms",
+    "job_lease_ms",
+    "job_lease_renew_ms",
 ];
 
 /// The process environment, behind a trait so tests pass a map instead of mutating it.
@@ -392,6 +400,8 @@ impl Config {
             "quota_events_per_min" => self.quota_events_per_min = num(value)?,
             "quota_bytes" => self.quota_bytes = value.parse()?,
             "read_cache_ms" => self.read_cache_ms = num(value)?,
+            "job_lease_ms" => self.job_lease_ms = num(value)?,
+            "job_lease_renew_ms" => self.job_lease_renew_ms = num(value)?,
             other => return Err(format!("unknown setting {other}")),
         }
         Ok(())
@@ -427,6 +437,9 @@ impl Config {
         }
         if self.disconnected_after_secs < self.stale_after_secs {
             errors.push("disconnected_after_secs: must not be below stale_after_secs".to_owned());
+        }
+        if self.job_lease_renew_ms == 0 || self.job_lease_renew_ms >= self.job_lease_ms {
+            errors.push("job_lease_renew_ms: must be positive and below job_lease_ms".to_owned());
         }
         if !(1..=10_000).contains(&self.ingest_batch_max) {
             errors.push("ingest_batch_max: must be between 1 and 10000".to_owned());

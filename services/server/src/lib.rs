@@ -9,6 +9,7 @@ pub mod domain;
 pub mod gateway;
 pub mod http;
 pub mod install;
+pub mod jobs;
 pub mod jwt;
 pub mod metrics;
 pub mod secrets;

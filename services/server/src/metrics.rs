@@ -22,6 +22,10 @@ pub struct Metrics {
     pub gateway_refused: IntCounterVec,
     pub gateway_ack_seconds: Histogram,
     pub ingest_batch_size: Histogram,
+    /// Background jobs (`jobs`), by job name.
+    pub job_runs: IntCounterVec,
+    pub job_failures: IntCounterVec,
+    pub job_lease_changes: IntCounterVec,
 }
 
 impl Metrics {
@@ -65,6 +69,14 @@ impl Metrics {
             HistogramOpts::new("ingest_batch_size", "Reports stored per transaction").buckets(vec![1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0]),
         )
         .expect("valid metric");
+        let job_runs = IntCounterVec::new(Opts::new("job_runs_total", "Runs of background jobs on this replica, by job"), &["job"]).expect("valid metric");
+        let job_failures =
+            IntCounterVec::new(Opts::new("job_failures_total", "Failed runs of background jobs on this replica, by job"), &["job"]).expect("valid metric");
+        let job_lease_changes = IntCounterVec::new(
+            Opts::new("job_lease_changes_total", "Leases of background jobs this replica acquired or lost (or released), by job"),
+            &["job", "change"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -76,6 +88,9 @@ impl Metrics {
             Box::new(gateway_refused.clone()),
             Box::new(gateway_ack_seconds.clone()),
             Box::new(ingest_batch_size.clone()),
+            Box::new(job_runs.clone()),
+            Box::new(job_failures.clone()),
+            Box::new(job_lease_changes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -91,6 +106,9 @@ impl Metrics {
             gateway_refused,
             gateway_ack_seconds,
             ingest_batch_size,
+            job_runs,
+            job_failures,
+            job_lease_changes,
         }
     }
 

@@ -10,6 +10,7 @@ pub mod clusters;
 pub mod commands;
 pub mod fleet;
 pub mod inventory;
+pub mod leases;
 pub mod login_throttle;
 pub mod metric_reports;
 pub mod metric_series;

@@ -4,17 +4,22 @@
 //! case a notification is missed (or on SQLite, which has one replica). A missed cache notice
 //! costs at most the caches' lifetime (`read_cache_ms`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use secrecy::ExposeSecret;
 
 use crate::app::AppState;
 use crate::db::Engine;
 use crate::domain::{ClusterId, OrgId};
+use crate::jobs::{Job, Scope};
 use crate::store;
 
 const CHANNEL: &str = "meshfleet_agents";
 const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How soon a broken LISTEN connection is opened again.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// A command was created for the cluster.
 pub async fn command_created(state: &AppState, cluster: ClusterId) {
@@ -91,47 +96,39 @@ fn apply(state: &AppState, payload: &str) {
     }
 }
 
-/// Runs until the process ends: the notification listener (PostgreSQL) and the poller.
-pub fn spawn(state: AppState) {
+/// The notification listener (PostgreSQL, on every replica: each keeps caches) and, with the
+/// gateway role, the command poller.
+pub fn jobs(state: &AppState) -> Vec<Job> {
+    let mut jobs = Vec::new();
     if state.db.engine == Engine::Postgres {
         if let Some(url) = state.config.database_url.as_ref().map(|u| u.expose_secret().to_owned()) {
-            tokio::spawn(listen(state.clone(), url));
+            let url = Arc::new(url);
+            jobs.push(Job::new("notifications", LISTEN_RETRY, Scope::EveryReplica, move |state| listen(state, url.clone())));
         }
     }
-    tokio::spawn(poll(state));
+    if state.config.roles.gateway {
+        jobs.push(Job::new("command-poll", POLL_EVERY, Scope::EveryReplica, poll));
+    }
+    jobs
 }
 
-async fn listen(state: AppState, url: String) {
-    let mut backoff = Duration::from_millis(200);
+/// Applies notifications until the connection fails (the runner reconnects after `LISTEN_RETRY`).
+async fn listen(state: AppState, url: Arc<String>) -> anyhow::Result<()> {
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.context("LISTEN connection failed; commands fall back to polling")?;
+    listener.listen(CHANNEL).await.context("LISTEN failed")?;
     loop {
-        match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut listener) => {
-                if listener.listen(CHANNEL).await.is_ok() {
-                    backoff = Duration::from_millis(200);
-                    while let Ok(n) = listener.recv().await {
-                        apply(&state, n.payload());
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "LISTEN connection failed; commands fall back to polling"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        let n = listener.recv().await.context("the LISTEN connection broke")?;
+        apply(&state, n.payload());
     }
 }
 
-async fn poll(state: AppState) {
-    let mut tick = tokio::time::interval(POLL_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if state.agents.is_empty() {
-            continue;
-        }
-        let Ok(mut conn) = state.db.pool.acquire().await else { continue };
-        match store::commands::clusters_with_pending(&mut conn, state.clock.now_ms()).await {
-            Ok(clusters) => clusters.into_iter().for_each(|c| state.agents.wake(c)),
-            Err(e) => tracing::warn!(error = %e, "polling for commands failed"),
-        }
+/// Wakes the streams on this replica whose clusters have pending commands.
+async fn poll(state: AppState) -> anyhow::Result<()> {
+    if state.agents.is_empty() {
+        return Ok(());
     }
+    let mut conn = state.db.pool.acquire().await?;
+    let clusters = store::commands::clusters_with_pending(&mut conn, state.clock.now_ms()).await.context("polling for commands")?;
+    clusters.into_iter().for_each(|c| state.agents.wake(c));
+    Ok(())
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::two_replicas;
+use crate::process::{replica, two_replicas};
 
 /// Long enough that only invalidation, never expiry, can explain a fresh answer.
 const LONG_MS: &str = "60000";
@@ -144,4 +144,31 @@ async fn another_replica_refuses_a_removed_members_token() {
     let removed = http.delete(format!("{a}/api/v1/members/{}", member["user_id"].as_str().unwrap())).bearer_auth(owner).send().await.unwrap();
     assert_eq!(removed.status(), StatusCode::NO_CONTENT);
     within_a_second(&http, &b, "/api/v1/members", token, |s, _| s == 401).await;
+}
+
+/// A replica started with the api role alone (no gateway) still hears the other replicas'
+/// notifications: a logout made elsewhere is refused there within a second, not after
+/// `read_cache_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_only_replica_refuses_a_token_logged_out_elsewhere() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Engine::Postgres).await;
+    let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+    let a = replica(&db, &sealing_key, "a", &[("MESHFLEET_READ_CACHE_MS", LONG_MS)]);
+    let b = replica(&db, &sealing_key, "b", &[("MESHFLEET_READ_CACHE_MS", LONG_MS), ("MESHFLEET_ROLES", "api")]);
+    assert!(b.gateway.is_none(), "replica b runs without the gateway role");
+    let (a, b) = (a.url(), b.url());
+    let http = reqwest::Client::new();
+    let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
+    assert!(http.post(format!("{a}/api/v1/signup")).json(&body).send().await.unwrap().status().is_success());
+    let login: Value =
+        http.post(format!("{a}/api/v1/login")).json(&json!({ "email": "ada@example.com", "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+    let token = login["access_token"].as_str().unwrap();
+
+    // Replica B caches the principal; A logs out.
+    within_a_second(&http, &b, "/api/v1/clusters", token, |s, _| s == 200).await;
+    assert_eq!(http.post(format!("{a}/api/v1/logout")).bearer_auth(token).send().await.unwrap().status(), StatusCode::NO_CONTENT);
+    within_a_second(&http, &b, "/api/v1/clusters", token, |s, _| s == 401).await;
 }

@@ -14,6 +14,7 @@ mod fleet;
 mod gateway;
 mod hardening;
 mod isolation;
+mod jobs;
 mod kube_agent;
 mod members;
 mod openapi;

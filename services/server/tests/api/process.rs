@@ -24,6 +24,9 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary and waits for it to announce its addresses.
     pub fn start(mut cmd: Command) -> ServerProcess {
+        // A process without the gateway role (MESHFLEET_ROLES) announces no gateway address.
+        let roles = cmd.get_envs().find(|(k, _)| *k == "MESHFLEET_ROLES").and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+        let expects_gateway = roles.is_none_or(|roles| roles.contains("gateway"));
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("server starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -33,7 +36,7 @@ impl ServerProcess {
             }
         });
         let (mut api, mut gateway) = (None, None);
-        while api.is_none() || gateway.is_none() {
+        while api.is_none() || (expects_gateway && gateway.is_none()) {
             let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else { break };
             if let Some(rest) = line.split("listening on http://").nth(1) {
                 api = Some(rest.trim().to_owned());
@@ -63,8 +66,9 @@ impl Drop for ServerProcess {
 }
 
 /// One of several server processes sharing the test PostgreSQL database `db` (and so one
-/// sealing key), in its own directory named `name`, with extra MESHFLEET_* settings.
-fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
+/// sealing key), in its own directory named `name`, with extra MESHFLEET_* settings
+/// (`MESHFLEET_ROLES` among them picks its roles).
+pub fn replica(db: &crate::helpers::TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
     let dir = db.dir.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     let mut cmd = command(&dir);
