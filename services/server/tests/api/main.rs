@@ -16,6 +16,7 @@ mod hardening;
 mod isolation;
 mod kube_agent;
 mod members;
+mod migrations;
 mod openapi;
 mod process;
 mod quickstart;
