@@ -29,7 +29,9 @@ pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i
         let (attempts, window_start) = login_throttle::count_attempt(&mut conn, subject, now, window_ms).await?;
         reservation.counted.push(((*subject).to_owned(), window_start));
         if attempts > i64::from(*limit) {
-            wait_ms = wait_ms.max(window_start.saturating_add(window_ms) - now);
+            // A concurrent attempt read a later clock and opened the window after our `now`:
+            // the wait is still at most one window.
+            wait_ms = wait_ms.max((window_start.saturating_add(window_ms) - now).min(window_ms));
         }
     }
     if wait_ms > 0 {
