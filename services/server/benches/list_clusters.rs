@@ -442,13 +442,13 @@ async fn query_plan(state: &AppState, engine: Engine, org: OrgId, after: &str) -
             .fetch_all(&state.db.pool)
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>(3))
+            .map(|r| r.try_get::<String, _>("detail"))
             .collect::<Result<Vec<_>, _>>()?,
         Engine::Postgres => sqlx::query(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"))
             .fetch_all(&state.db.pool)
             .await?
             .iter()
-            .map(|r| r.try_get::<String, _>(0))
+            .map(|r| r.try_get::<String, _>("QUERY PLAN"))
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(lines)

@@ -41,7 +41,7 @@ pub struct UserCredentials {
 
 pub async fn find_user_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserCredentials>, sqlx::Error> {
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1").bind(email.as_str()).fetch_optional(conn).await?;
-    row.map(|r| Ok(UserCredentials { id: parse_col(&r.try_get::<String, _>(0)?, "users.id")?, password_hash: r.try_get(1)? })).transpose()
+    row.map(|r| Ok(UserCredentials { id: parse_col(&r.try_get::<String, _>("id")?, "users.id")?, password_hash: r.try_get("password_hash")? })).transpose()
 }
 
 pub async fn user_id_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserId>, sqlx::Error> {
@@ -64,7 +64,7 @@ pub struct OrgMembership {
 /// The user's organizations, oldest membership first (the default one to log into).
 pub async fn memberships_of(conn: &mut Conn, user: UserId) -> Result<Vec<OrgMembership>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT o.id, o.name, m.role, m.created_at FROM memberships m JOIN organizations o ON o.id = m.org_id
+        "SELECT o.id AS org_id, o.name AS org_name, m.role AS role, m.created_at AS since FROM memberships m JOIN organizations o ON o.id = m.org_id
          WHERE m.user_id = $1 ORDER BY m.created_at, o.id",
     )
     .bind(user.to_string())
@@ -73,10 +73,10 @@ pub async fn memberships_of(conn: &mut Conn, user: UserId) -> Result<Vec<OrgMemb
     rows.iter()
         .map(|r| {
             Ok(OrgMembership {
-                org_id: parse_col(&r.try_get::<String, _>(0)?, "organizations.id")?,
-                org_name: r.try_get(1)?,
-                role: parse_col(&r.try_get::<String, _>(2)?, "memberships.role")?,
-                since: r.try_get(3)?,
+                org_id: parse_col(&r.try_get::<String, _>("org_id")?, "organizations.id")?,
+                org_name: r.try_get("org_name")?,
+                role: parse_col(&r.try_get::<String, _>("role")?, "memberships.role")?,
+                since: r.try_get("since")?,
             })
         })
         .collect()
@@ -92,7 +92,7 @@ pub struct Member {
 
 pub async fn list_members(conn: &mut Conn, org: OrgId) -> Result<Vec<Member>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT u.id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id
+        "SELECT u.id AS user_id, u.email AS email, m.role AS role, m.created_at AS since FROM memberships m JOIN users u ON u.id = m.user_id
          WHERE m.org_id = $1 ORDER BY m.created_at, u.id",
     )
     .bind(org.to_string())
@@ -103,7 +103,7 @@ pub async fn list_members(conn: &mut Conn, org: OrgId) -> Result<Vec<Member>, sq
 
 pub async fn get_member(conn: &mut Conn, org: OrgId, user: UserId) -> Result<Option<Member>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT u.id, u.email, m.role, m.created_at FROM memberships m JOIN users u ON u.id = m.user_id
+        "SELECT u.id AS user_id, u.email AS email, m.role AS role, m.created_at AS since FROM memberships m JOIN users u ON u.id = m.user_id
          WHERE m.org_id = $1 AND m.user_id = $2",
     )
     .bind(org.to_string())
@@ -115,10 +115,10 @@ pub async fn get_member(conn: &mut Conn, org: OrgId, user: UserId) -> Result<Opt
 
 fn member_from_row(r: &sqlx::any::AnyRow) -> Result<Member, sqlx::Error> {
     Ok(Member {
-        user_id: parse_col(&r.try_get::<String, _>(0)?, "users.id")?,
-        email: r.try_get(1)?,
-        role: parse_col(&r.try_get::<String, _>(2)?, "memberships.role")?,
-        since: r.try_get(3)?,
+        user_id: parse_col(&r.try_get::<String, _>("user_id")?, "users.id")?,
+        email: r.try_get("email")?,
+        role: parse_col(&r.try_get::<String, _>("role")?, "memberships.role")?,
+        since: r.try_get("since")?,
     })
 }
 

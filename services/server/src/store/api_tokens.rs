@@ -56,15 +56,15 @@ const COLUMNS: &str = "id, name, role, prefix, created_by, created_at, expires_a
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<ApiToken, sqlx::Error> {
     Ok(ApiToken {
-        id: parse_col(&r.try_get::<String, _>(0)?, "api_tokens.id")?,
-        name: r.try_get(1)?,
-        role: parse_col(&r.try_get::<String, _>(2)?, "api_tokens.role")?,
-        prefix: r.try_get(3)?,
-        created_by: r.try_get(4)?,
-        created_at: r.try_get(5)?,
-        expires_at: r.try_get(6)?,
-        last_used_at: r.try_get(7)?,
-        revoked_at: r.try_get(8)?,
+        id: parse_col(&r.try_get::<String, _>("id")?, "api_tokens.id")?,
+        name: r.try_get("name")?,
+        role: parse_col(&r.try_get::<String, _>("role")?, "api_tokens.role")?,
+        prefix: r.try_get("prefix")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        last_used_at: r.try_get("last_used_at")?,
+        revoked_at: r.try_get("revoked_at")?,
     })
 }
 
@@ -105,7 +105,8 @@ pub struct Authenticated {
 /// A live (unrevoked, unexpired) token by its hash, whose creator is still a member.
 pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<Authenticated>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT t.id, t.org_id, t.role, m.role, t.last_used_at, t.expires_at FROM api_tokens t
+        "SELECT t.id AS id, t.org_id AS org_id, t.role AS own_role, m.role AS creator_role, t.last_used_at AS last_used_at, t.expires_at AS expires_at
+         FROM api_tokens t
          JOIN memberships m ON m.org_id = t.org_id AND m.user_id = t.created_by
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND t.expires_at > $2",
     )
@@ -114,14 +115,14 @@ pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result
     .fetch_optional(conn)
     .await?;
     row.map(|r| {
-        let own: Role = parse_col(&r.try_get::<String, _>(2)?, "api_tokens.role")?;
-        let creator: Role = parse_col(&r.try_get::<String, _>(3)?, "memberships.role")?;
+        let own: Role = parse_col(&r.try_get::<String, _>("own_role")?, "api_tokens.role")?;
+        let creator: Role = parse_col(&r.try_get::<String, _>("creator_role")?, "memberships.role")?;
         Ok(Authenticated {
-            id: parse_col(&r.try_get::<String, _>(0)?, "api_tokens.id")?,
-            org_id: parse_col(&r.try_get::<String, _>(1)?, "api_tokens.org_id")?,
+            id: parse_col(&r.try_get::<String, _>("id")?, "api_tokens.id")?,
+            org_id: parse_col(&r.try_get::<String, _>("org_id")?, "api_tokens.org_id")?,
             role: own.min(creator),
-            last_used_at: r.try_get(4)?,
-            expires_at: r.try_get(5)?,
+            last_used_at: r.try_get("last_used_at")?,
+            expires_at: r.try_get("expires_at")?,
         })
     })
     .transpose()

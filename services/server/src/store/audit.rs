@@ -51,16 +51,16 @@ pub async fn list(conn: &mut Conn, org: OrgId, before: Option<uuid::Uuid>, limit
     .await?;
     rows.iter()
         .map(|r| {
-            let details: String = r.try_get(8)?;
+            let details: String = r.try_get("details")?;
             Ok(AuditEntry {
-                id: parse_col(&r.try_get::<String, _>(0)?, "audit_log.id")?,
-                org_id: parse_col(&r.try_get::<String, _>(1)?, "audit_log.org_id")?,
-                at: r.try_get(2)?,
-                actor_kind: r.try_get(3)?,
-                actor_id: r.try_get(4)?,
-                action: r.try_get(5)?,
-                target_kind: r.try_get(6)?,
-                target_id: r.try_get(7)?,
+                id: parse_col(&r.try_get::<String, _>("id")?, "audit_log.id")?,
+                org_id: parse_col(&r.try_get::<String, _>("org_id")?, "audit_log.org_id")?,
+                at: r.try_get("at")?,
+                actor_kind: r.try_get("actor_kind")?,
+                actor_id: r.try_get("actor_id")?,
+                action: r.try_get("action")?,
+                target_kind: r.try_get("target_kind")?,
+                target_id: r.try_get("target_id")?,
                 details: serde_json::from_str(&details).map_err(|e| sqlx::Error::Decode(e.into()))?,
             })
         })
@@ -85,7 +85,7 @@ pub async fn names(conn: &mut Conn, org: OrgId, entries: &[AuditEntry]) -> Resul
         let first = if scoped { 2 } else { 1 };
         let list: Vec<String> = (0..wanted.len()).map(|i| format!("${}", i + first)).collect();
         let org_filter = if scoped { "org_id = $1 AND " } else { "" };
-        let sql = format!("SELECT id, {column} FROM {table} WHERE {org_filter}id IN ({})", list.join(", "));
+        let sql = format!("SELECT id, {column} AS label FROM {table} WHERE {org_filter}id IN ({})", list.join(", "));
         let mut q = sqlx::query(&sql);
         if scoped {
             q = q.bind(org.to_string());
@@ -94,7 +94,7 @@ pub async fn names(conn: &mut Conn, org: OrgId, entries: &[AuditEntry]) -> Resul
             q = q.bind(*id);
         }
         for r in q.fetch_all(&mut *conn).await? {
-            out.insert((kind.to_owned(), r.try_get::<String, _>(0)?), r.try_get::<String, _>(1)?);
+            out.insert((kind.to_owned(), r.try_get::<String, _>("id")?), r.try_get::<String, _>("label")?);
         }
         // Deleted clusters and tokens are still named by the entries that created or deleted them.
         let gone: Vec<&str> = wanted.iter().copied().filter(|id| !out.contains_key(&(kind.to_owned(), (*id).to_owned()))).collect();
@@ -109,9 +109,9 @@ pub async fn names(conn: &mut Conn, org: OrgId, entries: &[AuditEntry]) -> Resul
                 q = q.bind(*id);
             }
             for r in q.fetch_all(&mut *conn).await? {
-                let details: serde_json::Value = serde_json::from_str(&r.try_get::<String, _>(1)?).map_err(|e| sqlx::Error::Decode(e.into()))?;
+                let details: serde_json::Value = serde_json::from_str(&r.try_get::<String, _>("details")?).map_err(|e| sqlx::Error::Decode(e.into()))?;
                 if let Some(name) = details.get("name").and_then(|n| n.as_str()) {
-                    out.insert((kind.to_owned(), r.try_get::<String, _>(0)?), name.to_owned());
+                    out.insert((kind.to_owned(), r.try_get::<String, _>("target_id")?), name.to_owned());
                 }
             }
         }

@@ -21,7 +21,8 @@ pub struct Cluster {
     pub kubernetes_version: Option<String>,
 }
 
-const COLUMNS: &str = "c.id, c.org_id, c.name, c.labels, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, c.kubernetes_version";
+// Aliased: SQLite does not promise the name of an unaliased `c.x` column.
+const COLUMNS: &str = "c.id AS id, c.org_id AS org_id, c.name AS name, c.labels AS labels, c.status AS status, c.created_at AS created_at, c.updated_at AS updated_at, c.last_seen_at AS last_seen_at, c.agent_version AS agent_version, c.kubernetes_version AS kubernetes_version";
 
 /// When a connected agent that went quiet counts as stale, then as disconnected.
 #[derive(Debug, Clone, Copy)]
@@ -45,18 +46,18 @@ impl Cluster {
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Cluster, sqlx::Error> {
-    let labels: String = r.try_get(3)?;
+    let labels: String = r.try_get("labels")?;
     Ok(Cluster {
-        id: parse_col(&r.try_get::<String, _>(0)?, "clusters.id")?,
-        org_id: parse_col(&r.try_get::<String, _>(1)?, "clusters.org_id")?,
-        name: r.try_get(2)?,
+        id: parse_col(&r.try_get::<String, _>("id")?, "clusters.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "clusters.org_id")?,
+        name: r.try_get("name")?,
         labels: serde_json::from_str(&labels).map_err(|e| sqlx::Error::Decode(e.into()))?,
-        status: r.try_get(4)?,
-        created_at: r.try_get(5)?,
-        updated_at: r.try_get(6)?,
-        last_seen_at: r.try_get(7)?,
-        agent_version: r.try_get(8)?,
-        kubernetes_version: r.try_get(9)?,
+        status: r.try_get("status")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        last_seen_at: r.try_get("last_seen_at")?,
+        agent_version: r.try_get("agent_version")?,
+        kubernetes_version: r.try_get("kubernetes_version")?,
     })
 }
 
@@ -228,7 +229,10 @@ pub async fn consume_bootstrap_token(conn: &mut Conn, token_hash: &str, now: i64
         return Ok(None);
     }
     let row = sqlx::query("SELECT org_id, cluster_id FROM bootstrap_tokens WHERE token_hash = $1").bind(token_hash).fetch_one(conn).await?;
-    Ok(Some((parse_col(&row.try_get::<String, _>(0)?, "bootstrap_tokens.org_id")?, parse_col(&row.try_get::<String, _>(1)?, "bootstrap_tokens.cluster_id")?)))
+    Ok(Some((
+        parse_col(&row.try_get::<String, _>("org_id")?, "bootstrap_tokens.org_id")?,
+        parse_col(&row.try_get::<String, _>("cluster_id")?, "bootstrap_tokens.cluster_id")?,
+    )))
 }
 
 pub enum TokenState {
@@ -243,8 +247,8 @@ pub async fn bootstrap_token_state(conn: &mut Conn, token_hash: &str, now: i64) 
     let row = sqlx::query("SELECT used_at, expires_at FROM bootstrap_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(conn).await?;
     Ok(match row {
         None => TokenState::Unknown,
-        Some(r) if r.try_get::<Option<i64>, _>(0)?.is_some() => TokenState::Used,
-        Some(r) if r.try_get::<i64, _>(1)? <= now => TokenState::Expired,
+        Some(r) if r.try_get::<Option<i64>, _>("used_at")?.is_some() => TokenState::Used,
+        Some(r) if r.try_get::<i64, _>("expires_at")? <= now => TokenState::Expired,
         Some(_) => TokenState::Valid,
     })
 }

@@ -38,21 +38,21 @@ fn json_col(text: Option<String>) -> Result<Option<serde_json::Value>, sqlx::Err
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Command, sqlx::Error> {
     Ok(Command {
-        id: parse_col(&r.try_get::<String, _>(0)?, "commands.id")?,
-        org_id: parse_col(&r.try_get::<String, _>(1)?, "commands.org_id")?,
-        cluster_id: parse_col(&r.try_get::<String, _>(2)?, "commands.cluster_id")?,
-        kind: r.try_get(3)?,
-        params: json_col(Some(r.try_get(4)?))?.unwrap_or_default(),
-        state: r.try_get(5)?,
-        created_by: r.try_get(6)?,
-        created_at: r.try_get(7)?,
-        deadline: r.try_get(8)?,
-        attempts: r.try_get(9)?,
-        delivered_at: r.try_get(10)?,
-        completed_at: r.try_get(11)?,
-        progress: r.try_get(12)?,
-        message: r.try_get(13)?,
-        output: json_col(r.try_get(14)?)?,
+        id: parse_col(&r.try_get::<String, _>("id")?, "commands.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "commands.org_id")?,
+        cluster_id: parse_col(&r.try_get::<String, _>("cluster_id")?, "commands.cluster_id")?,
+        kind: r.try_get("kind")?,
+        params: json_col(Some(r.try_get("params")?))?.unwrap_or_default(),
+        state: r.try_get("state")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+        deadline: r.try_get("deadline")?,
+        attempts: r.try_get("attempts")?,
+        delivered_at: r.try_get("delivered_at")?,
+        completed_at: r.try_get("completed_at")?,
+        progress: r.try_get("progress")?,
+        message: r.try_get("message")?,
+        output: json_col(r.try_get("output")?)?,
     })
 }
 
@@ -113,7 +113,7 @@ pub async fn open_for_cluster(conn: &mut Conn, cluster: ClusterId, now: i64) -> 
 /// Clusters with commands never delivered: the polling fallback for cross-replica routing.
 pub async fn clusters_with_pending(conn: &mut Conn, now: i64) -> Result<Vec<ClusterId>, sqlx::Error> {
     let rows = sqlx::query("SELECT DISTINCT cluster_id FROM commands WHERE state = 'pending' AND deadline > $1").bind(now).fetch_all(conn).await?;
-    rows.iter().map(|r| parse_col(&r.try_get::<String, _>(0)?, "commands.cluster_id")).collect()
+    rows.iter().map(|r| parse_col(&r.try_get::<String, _>("cluster_id")?, "commands.cluster_id")).collect()
 }
 
 pub async fn mark_delivered(conn: &mut Conn, id: CommandId, now: i64) -> Result<(), sqlx::Error> {

@@ -32,7 +32,8 @@ impl Golden {
 pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
     roll_up(conn, Scope::Org(org)).await?;
     let rows = sqlx::query(
-        "SELECT cluster_id, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms), MIN(minute) FROM metric_rollups
+        "SELECT cluster_id, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(failures) AS BIGINT) AS failures, MAX(latency_p99_ms) AS p99_ms, MIN(minute) AS first_minute
+         FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 GROUP BY cluster_id",
     )
     .bind(org.to_string())
@@ -41,8 +42,16 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
     .await?;
     rows.iter()
         .map(|r| {
-            let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
-            Ok((id, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)?, first_minute: r.try_get(4)? }))
+            let id = parse_col(&r.try_get::<String, _>("cluster_id")?, "metric_rollups.cluster_id")?;
+            Ok((
+                id,
+                Golden {
+                    requests: r.try_get("requests")?,
+                    failures: r.try_get("failures")?,
+                    p99_ms: r.try_get("p99_ms")?,
+                    first_minute: r.try_get("first_minute")?,
+                },
+            ))
         })
         .collect()
 }
@@ -51,7 +60,7 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
 pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<(i64, Golden)>, sqlx::Error> {
     roll_up(conn, Scope::Cluster(org, cluster)).await?;
     let rows = sqlx::query(
-        "SELECT minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(failures) AS BIGINT) AS failures, MAX(latency_p99_ms) AS p99_ms FROM metric_rollups
          WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 GROUP BY minute ORDER BY minute",
     )
     .bind(org.to_string())
@@ -61,8 +70,8 @@ pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, s
     .await?;
     rows.iter()
         .map(|r| {
-            let minute = r.try_get(0)?;
-            Ok((minute, Golden { requests: r.try_get(1)?, failures: r.try_get(2)?, p99_ms: r.try_get(3)?, first_minute: minute }))
+            let minute = r.try_get("minute")?;
+            Ok((minute, Golden { requests: r.try_get("requests")?, failures: r.try_get("failures")?, p99_ms: r.try_get("p99_ms")?, first_minute: minute }))
         })
         .collect()
 }
@@ -81,7 +90,8 @@ pub async fn golden_by_minute_of(
     roll_up(conn, Scope::Org(org)).await?;
     let list: Vec<String> = (0..clusters.len()).map(|i| format!("${}", i + 3)).collect();
     let sql = format!(
-        "SELECT cluster_id, minute, CAST(SUM(requests) AS BIGINT), CAST(SUM(failures) AS BIGINT), MAX(latency_p99_ms) FROM metric_rollups
+        "SELECT cluster_id, minute, CAST(SUM(requests) AS BIGINT) AS requests, CAST(SUM(failures) AS BIGINT) AS failures, MAX(latency_p99_ms) AS p99_ms
+         FROM metric_rollups
          WHERE org_id = $1 AND minute >= $2 AND cluster_id IN ({}) GROUP BY cluster_id, minute ORDER BY cluster_id, minute",
         list.join(", ")
     );
@@ -90,9 +100,11 @@ pub async fn golden_by_minute_of(
         q = q.bind(c.to_string());
     }
     for r in q.fetch_all(conn).await? {
-        let id = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
-        let minute = r.try_get(1)?;
-        out.entry(id).or_default().push((minute, Golden { requests: r.try_get(2)?, failures: r.try_get(3)?, p99_ms: r.try_get(4)?, first_minute: minute }));
+        let id = parse_col(&r.try_get::<String, _>("cluster_id")?, "metric_rollups.cluster_id")?;
+        let minute = r.try_get("minute")?;
+        out.entry(id)
+            .or_default()
+            .push((minute, Golden { requests: r.try_get("requests")?, failures: r.try_get("failures")?, p99_ms: r.try_get("p99_ms")?, first_minute: minute }));
     }
     Ok(out)
 }
@@ -102,8 +114,8 @@ pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<Cluster
     let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter()
         .map(|r| {
-            let id = parse_col(&r.try_get::<String, _>(0)?, "cluster_inventory.cluster_id")?;
-            let json: String = r.try_get(1)?;
+            let id = parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_inventory.cluster_id")?;
+            let json: String = r.try_get("facts")?;
             Ok((id, serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(e.into()))?))
         })
         .collect()
@@ -111,14 +123,14 @@ pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<Cluster
 
 /// Pods per proxy version, per cluster, for the whole organization.
 pub async fn proxy_versions_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Vec<(String, i64)>>, sqlx::Error> {
-    let rows = sqlx::query("SELECT cluster_id, proxy_version, COUNT(*) FROM cluster_pods WHERE org_id = $1 GROUP BY cluster_id, proxy_version")
+    let rows = sqlx::query("SELECT cluster_id, proxy_version, COUNT(*) AS pods FROM cluster_pods WHERE org_id = $1 GROUP BY cluster_id, proxy_version")
         .bind(org.to_string())
         .fetch_all(conn)
         .await?;
     let mut out: HashMap<ClusterId, Vec<(String, i64)>> = HashMap::new();
     for r in &rows {
-        let id = parse_col(&r.try_get::<String, _>(0)?, "cluster_pods.cluster_id")?;
-        out.entry(id).or_default().push((r.try_get(1)?, r.try_get(2)?));
+        let id = parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_pods.cluster_id")?;
+        out.entry(id).or_default().push((r.try_get("proxy_version")?, r.try_get("pods")?));
     }
     Ok(out)
 }

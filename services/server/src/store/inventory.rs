@@ -130,8 +130,8 @@ pub async fn facts(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Op
         .fetch_optional(conn)
         .await?;
     row.map(|r| {
-        let json: String = r.try_get(0)?;
-        Ok((serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(e.into()))?, r.try_get(1)?))
+        let json: String = r.try_get("facts")?;
+        Ok((serde_json::from_str(&json).map_err(|e| sqlx::Error::Decode(e.into()))?, r.try_get("updated_at")?))
     })
     .transpose()
 }
@@ -148,13 +148,13 @@ pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec
     rows.iter()
         .map(|r| {
             Ok(Pod {
-                namespace: r.try_get(0)?,
-                name: r.try_get(1)?,
-                workload: r.try_get(2)?,
-                proxy_version: r.try_get(3)?,
-                ready: r.try_get::<i64, _>(4)? != 0,
-                restarts: r.try_get::<i64, _>(5)?.try_into().unwrap_or(u32::MAX),
-                phase: r.try_get(6)?,
+                namespace: r.try_get("namespace")?,
+                name: r.try_get("name")?,
+                workload: r.try_get("workload")?,
+                proxy_version: r.try_get("proxy_version")?,
+                ready: r.try_get::<i64, _>("ready")? != 0,
+                restarts: r.try_get::<i64, _>("restarts")?.try_into().unwrap_or(u32::MAX),
+                phase: r.try_get("phase")?,
             })
         })
         .collect()

@@ -21,7 +21,7 @@ pub async fn count_attempt(conn: &mut Conn, subject: &str, now: i64, window_ms: 
     .bind(window_ms)
     .fetch_one(conn)
     .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?))
+    Ok((row.try_get("attempts")?, row.try_get("window_start")?))
 }
 
 /// Takes back one attempt counted in the window that started at `window_start` (a later

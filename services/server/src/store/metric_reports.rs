@@ -170,10 +170,10 @@ pub async fn roll_up(conn: &mut Conn, scope: Scope) -> Result<usize, sqlx::Error
     let rows = scope.bind(sqlx::query(&sql)).fetch_all(&mut *tx).await?;
     let mut reports = Vec::with_capacity(rows.len());
     for r in &rows {
-        let id: i64 = r.try_get(0)?;
-        let org: OrgId = parse_col(&r.try_get::<String, _>(1)?, "metric_reports.org_id")?;
-        let cluster: ClusterId = parse_col(&r.try_get::<String, _>(2)?, "metric_reports.cluster_id")?;
-        match decode(org, cluster, &r.try_get::<String, _>(3)?) {
+        let id: i64 = r.try_get("id")?;
+        let org: OrgId = parse_col(&r.try_get::<String, _>("org_id")?, "metric_reports.org_id")?;
+        let cluster: ClusterId = parse_col(&r.try_get::<String, _>("cluster_id")?, "metric_reports.cluster_id")?;
+        match decode(org, cluster, &r.try_get::<String, _>("windows")?) {
             Ok(windows) => reports.push((id, windows)),
             // Nothing can ever read it: drop it rather than block every later pass.
             Err(e) => tracing::error!(error = %e, report = id, cluster = %cluster, "undecodable metrics report dropped"),
@@ -214,16 +214,16 @@ async fn load(conn: &mut Conn, minutes: &mut BTreeMap<Key, Option<Minute>>) -> R
             q = q.bind(cluster.to_string()).bind(namespace).bind(workload).bind(*minute);
         }
         for r in q.fetch_all(&mut *conn).await? {
-            let cluster = parse_col(&r.try_get::<String, _>(0)?, "metric_rollups.cluster_id")?;
-            let key = (cluster, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?);
+            let cluster = parse_col(&r.try_get::<String, _>("cluster_id")?, "metric_rollups.cluster_id")?;
+            let key = (cluster, r.try_get("namespace")?, r.try_get("workload")?, r.try_get("minute")?);
             let minute = Minute {
-                org_id: parse_col(&r.try_get::<String, _>(4)?, "metric_rollups.org_id")?,
-                requests: r.try_get(5)?,
-                failures: r.try_get(6)?,
-                p50_ms: r.try_get(7)?,
-                p95_ms: r.try_get(8)?,
-                p99_ms: r.try_get(9)?,
-                last_window_end: r.try_get(10)?,
+                org_id: parse_col(&r.try_get::<String, _>("org_id")?, "metric_rollups.org_id")?,
+                requests: r.try_get("requests")?,
+                failures: r.try_get("failures")?,
+                p50_ms: r.try_get("latency_p50_ms")?,
+                p95_ms: r.try_get("latency_p95_ms")?,
+                p99_ms: r.try_get("latency_p99_ms")?,
+                last_window_end: r.try_get("last_window_end")?,
                 changed: false,
             };
             if let Some(slot) = minutes.get_mut(&key) {

@@ -26,7 +26,7 @@ pub async fn admit(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &[W
             q = q.bind(*ns).bind(*wl);
         }
         for r in q.fetch_all(&mut *conn).await? {
-            let (ns, wl): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let (ns, wl): (String, String) = (r.try_get("namespace")?, r.try_get("workload")?);
             // Keep the borrowed key of `wanted`, which the found row equals.
             if let Some(k) = chunk.iter().find(|(n, w)| *n == ns && *w == wl) {
                 known.insert(*k);
@@ -35,8 +35,7 @@ pub async fn admit(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &[W
     }
     let new: Vec<(&str, &str)> = wanted.iter().filter(|k| !known.contains(*k)).copied().collect();
     if !new.is_empty() {
-        let count: i64 =
-            sqlx::query("SELECT COUNT(*) FROM metric_series WHERE cluster_id = $1").bind(cluster.to_string()).fetch_one(&mut *conn).await?.try_get(0)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM metric_series WHERE cluster_id = $1").bind(cluster.to_string()).fetch_one(&mut *conn).await?;
         let room = usize::try_from(i64::from(quota) - count).unwrap_or(0);
         let admitted = &new[..new.len().min(room)];
         for chunk in admitted.chunks(super::rows_per_statement(conn, 5)) {

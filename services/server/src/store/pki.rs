@@ -12,7 +12,7 @@ pub struct PkiEntry {
 
 pub async fn get(conn: &mut Conn, name: &str) -> Result<Option<PkiEntry>, sqlx::Error> {
     let row = sqlx::query("SELECT cert_pem, key_sealed, created_at FROM pki WHERE name = $1").bind(name).fetch_optional(conn).await?;
-    row.map(|r| Ok(PkiEntry { cert_pem: r.try_get(0)?, key_sealed: r.try_get(1)?, created_at: r.try_get(2)? })).transpose()
+    row.map(|r| Ok(PkiEntry { cert_pem: r.try_get("cert_pem")?, key_sealed: r.try_get("key_sealed")?, created_at: r.try_get("created_at")? })).transpose()
 }
 
 /// Inserts the entry unless another replica got there first; returns what is stored.

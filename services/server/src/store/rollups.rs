@@ -127,14 +127,14 @@ pub async fn minutes_page(
     rows.iter()
         .map(|r| {
             Ok(MinuteRollup {
-                namespace: r.try_get(0)?,
-                workload: r.try_get(1)?,
-                minute: r.try_get(2)?,
-                requests: r.try_get(3)?,
-                failures: r.try_get(4)?,
-                latency_p50_ms: r.try_get(5)?,
-                latency_p95_ms: r.try_get(6)?,
-                latency_p99_ms: r.try_get(7)?,
+                namespace: r.try_get("namespace")?,
+                workload: r.try_get("workload")?,
+                minute: r.try_get("minute")?,
+                requests: r.try_get("requests")?,
+                failures: r.try_get("failures")?,
+                latency_p50_ms: r.try_get("latency_p50_ms")?,
+                latency_p95_ms: r.try_get("latency_p95_ms")?,
+                latency_p99_ms: r.try_get("latency_p99_ms")?,
             })
         })
         .collect()
@@ -208,13 +208,13 @@ pub async fn events_page(conn: &mut Conn, org: OrgId, cluster: ClusterId, before
     rows.iter()
         .map(|r| {
             Ok(Event {
-                id: r.try_get(0)?,
-                at: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                namespace: r.try_get(3)?,
-                object: r.try_get(4)?,
-                reason: r.try_get(5)?,
-                message: r.try_get(6)?,
+                id: r.try_get("id")?,
+                at: r.try_get("at")?,
+                kind: r.try_get("type")?,
+                namespace: r.try_get("namespace")?,
+                object: r.try_get("object")?,
+                reason: r.try_get("reason")?,
+                message: r.try_get("message")?,
             })
         })
         .collect()

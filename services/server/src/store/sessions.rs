@@ -40,7 +40,7 @@ pub struct RefreshToken {
 
 pub async fn find_refresh_token(conn: &mut Conn, token_hash: &str) -> Result<Option<RefreshToken>, sqlx::Error> {
     let row = sqlx::query(
-        "SELECT s.id, s.org_id, s.user_id, r.expires_at, r.used_at, s.revoked_at
+        "SELECT s.id AS session_id, s.org_id AS org_id, s.user_id AS user_id, r.expires_at AS expires_at, r.used_at AS used_at, s.revoked_at AS revoked_at
          FROM refresh_tokens r JOIN sessions s ON s.id = r.session_id WHERE r.token_hash = $1",
     )
     .bind(token_hash)
@@ -48,12 +48,12 @@ pub async fn find_refresh_token(conn: &mut Conn, token_hash: &str) -> Result<Opt
     .await?;
     row.map(|r| {
         Ok(RefreshToken {
-            session_id: parse_col(&r.try_get::<String, _>(0)?, "sessions.id")?,
-            org_id: parse_col(&r.try_get::<String, _>(1)?, "sessions.org_id")?,
-            user_id: parse_col(&r.try_get::<String, _>(2)?, "sessions.user_id")?,
-            expires_at: r.try_get(3)?,
-            used: r.try_get::<Option<i64>, _>(4)?.is_some(),
-            session_revoked: r.try_get::<Option<i64>, _>(5)?.is_some(),
+            session_id: parse_col(&r.try_get::<String, _>("session_id")?, "sessions.id")?,
+            org_id: parse_col(&r.try_get::<String, _>("org_id")?, "sessions.org_id")?,
+            user_id: parse_col(&r.try_get::<String, _>("user_id")?, "sessions.user_id")?,
+            expires_at: r.try_get("expires_at")?,
+            used: r.try_get::<Option<i64>, _>("used_at")?.is_some(),
+            session_revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
         })
     })
     .transpose()

@@ -26,6 +26,13 @@ pub async fn insert(conn: &mut Conn, key: &SigningKey) -> Result<(), sqlx::Error
 pub async fn all(conn: &mut Conn) -> Result<Vec<SigningKey>, sqlx::Error> {
     let rows = sqlx::query("SELECT kid, private_key_sealed, public_key, created_at FROM signing_keys ORDER BY created_at DESC, kid").fetch_all(conn).await?;
     rows.iter()
-        .map(|r| Ok(SigningKey { kid: r.try_get(0)?, private_key_sealed: r.try_get(1)?, public_key: r.try_get(2)?, created_at: r.try_get(3)? }))
+        .map(|r| {
+            Ok(SigningKey {
+                kid: r.try_get("kid")?,
+                private_key_sealed: r.try_get("private_key_sealed")?,
+                public_key: r.try_get("public_key")?,
+                created_at: r.try_get("created_at")?,
+            })
+        })
         .collect()
 }

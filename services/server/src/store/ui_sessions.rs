@@ -17,15 +17,17 @@ pub async fn insert(conn: &mut Conn, token_hash: &str, session: SessionId, now: 
 
 /// The login session behind a cookie token (whether it is still live is checked by the caller).
 pub async fn find(conn: &mut Conn, token_hash: &str) -> Result<Option<(SessionId, UserId, OrgId)>, sqlx::Error> {
-    let row = sqlx::query("SELECT s.id, s.user_id, s.org_id FROM ui_sessions u JOIN sessions s ON s.id = u.session_id WHERE u.token_hash = $1")
-        .bind(token_hash)
-        .fetch_optional(conn)
-        .await?;
+    let row = sqlx::query(
+        "SELECT s.id AS session_id, s.user_id AS user_id, s.org_id AS org_id FROM ui_sessions u JOIN sessions s ON s.id = u.session_id WHERE u.token_hash = $1",
+    )
+    .bind(token_hash)
+    .fetch_optional(conn)
+    .await?;
     row.map(|r| {
         Ok((
-            parse_col(&r.try_get::<String, _>(0)?, "sessions.id")?,
-            parse_col(&r.try_get::<String, _>(1)?, "sessions.user_id")?,
-            parse_col(&r.try_get::<String, _>(2)?, "sessions.org_id")?,
+            parse_col(&r.try_get::<String, _>("session_id")?, "sessions.id")?,
+            parse_col(&r.try_get::<String, _>("user_id")?, "sessions.user_id")?,
+            parse_col(&r.try_get::<String, _>("org_id")?, "sessions.org_id")?,
         ))
     })
     .transpose()

@@ -473,7 +473,9 @@ async fn malformed_oversized_and_flooding_agents_are_refused_and_counted() {
         let text = app.client.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
         assert!(text.contains(&format!("meshfleet_gateway_rejected_messages_total{{reason=\"{reason}\"}}")), "{reason} not counted:\n{text}");
     }
-    // The gateway still serves well-behaved agents.
+    // The gateway still serves well-behaved agents, once the flood's bucket has refilled
+    // (20 a second: without the wait, a fast run finds it still empty and is refused).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let mut stream = Stream::open(&app, &id).await.unwrap();
     let seq = stream.report(snapshot(vec![])).await;
     stream.acked(seq).await;

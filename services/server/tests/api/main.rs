@@ -17,6 +17,7 @@ mod isolation;
 mod jobs;
 mod kube_agent;
 mod members;
+mod migrations;
 mod openapi;
 mod process;
 mod quickstart;
