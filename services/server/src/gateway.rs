@@ -102,6 +102,7 @@ impl AgentGateway for Gateway {
 }
 
 impl Gateway {
+    #[tracing::instrument(name = "register", skip_all, fields(agent_version = %req.agent_version, org_id, cluster_id))]
     async fn do_register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
         pki::check_csr_key(&req.csr_der)?;
         let now = self.state.clock.now_ms();
@@ -113,6 +114,7 @@ impl Gateway {
             store::clusters::TokenState::Expired => return Err(Error::TokenExpired),
             store::clusters::TokenState::Valid => store::clusters::consume_bootstrap_token(&mut tx, &hash, now).await?.ok_or(Error::TokenUsed)?,
         };
+        tracing::Span::current().record("org_id", tracing::field::display(org)).record("cluster_id", tracing::field::display(cluster));
         let signed = self.state.pki.sign_agent_csr(&req.csr_der, org, cluster, self.certificate_ttl_ms(), now)?;
         store::agents::insert_certificate(&mut tx, &signed.serial, org, cluster, signed.not_after_ms, now).await?;
         tx.commit().await?;
@@ -124,6 +126,7 @@ impl Gateway {
         })
     }
 
+    #[tracing::instrument(name = "connect", skip_all)]
     async fn do_connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<session::ServerStream> {
         let peer = self.authenticate(&request).await?;
         // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
@@ -135,6 +138,7 @@ impl Gateway {
         Ok(session::start(self.clone(), peer, serial, request.into_inner()))
     }
 
+    #[tracing::instrument(name = "renew", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]
     async fn do_renew(&self, peer: PeerAgent, req: RenewRequest) -> Result<RenewResponse> {
         let now = self.state.clock.now_ms();
         let signed = self.state.pki.sign_agent_csr(&req.csr_der, peer.org_id, peer.cluster_id, self.certificate_ttl_ms(), now)?;

@@ -13,6 +13,7 @@ use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentM
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::ingest::{Job, Outcome, Refusal, Report};
 use super::pki::PeerAgent;
@@ -31,13 +32,17 @@ const REVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
 pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        if let Err(e) = run(&gw, peer, &serial, inbound, &tx).await {
-            let status = Status::from(e);
-            tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
-            let _ = tx.send(Err(status)).await;
+    tokio::spawn(
+        async move {
+            if let Err(e) = run(&gw, peer, &serial, inbound, &tx).await {
+                let status = Status::from(e);
+                tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
+                let _ = tx.send(Err(status)).await;
+            }
         }
-    });
+        // One span per stream, so everything it logs (reports refused, the end) names the cluster.
+        .instrument(tracing::info_span!("agent_stream", org_id = %peer.org_id, cluster_id = %peer.cluster_id)),
+    );
     Box::pin(ReceiverStream::new(rx))
 }
 

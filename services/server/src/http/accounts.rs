@@ -61,6 +61,7 @@ pub struct SignupResponse {
 /// Creates a user and an organization owned by that user.
 #[utoipa::path(post, path = "/api/v1/signup", tag = "accounts", request_body = SignupRequest,
     responses((status = 201, body = SignupResponse), JsonBody, Conflict, Internal))]
+#[tracing::instrument(skip_all)]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupRequest>) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
     let mut errors = Vec::new();
     let email = req.email.parse::<Email>().map_err(|e| errors.push(FieldError::new("email", e))).ok();
@@ -126,6 +127,7 @@ pub struct TokenResponse {
 /// attempt, even with the right password, gets 429 with `Retry-After` in seconds.
 #[utoipa::path(post, path = "/api/v1/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Forbidden, TooManyRequests, Internal))]
+#[tracing::instrument(skip_all)]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -224,6 +226,7 @@ pub struct RefreshRequest {
 /// Rotates a refresh token. Presenting one that was already used revokes its whole session.
 #[utoipa::path(post, path = "/api/v1/token/refresh", tag = "accounts", request_body = RefreshRequest,
     responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Internal))]
+#[tracing::instrument(skip_all)]
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> Result<Json<TokenResponse>, ApiError> {
     let now = state.clock.now_ms();
     let hash = token_hash(&req.refresh_token);
@@ -254,6 +257,7 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
 /// Ends the caller's session: its access and refresh tokens stop working at once.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "accounts",
     responses((status = 204), BadRequest, Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn logout(State(state): State<AppState>, auth: Principal) -> Result<StatusCode, ApiError> {
     let Actor::User { session, .. } = auth.actor else {
         return Err(ApiError::BadRequest { detail: "API tokens have no session; revoke them with DELETE /api/v1/tokens/{id}".into(), field: None });
@@ -278,6 +282,7 @@ pub struct MeResponse {
 /// Who the caller is, and in which organization.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
     responses((status = 200, body = MeResponse), Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn me(State(state): State<AppState>, auth: Principal) -> Result<Json<MeResponse>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let org_name = store::accounts::org_name(&mut conn, auth.org_id).await?.ok_or(ApiError::NotFound("organization"))?;

@@ -122,6 +122,7 @@ pub struct CreatedCluster {
 #[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateClusterRequest,
     responses((status = 201, body = CreatedCluster), JsonBody, Unauthenticated, Forbidden, Conflict, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn create_cluster(
     State(state): State<AppState>,
     auth: Principal,
@@ -217,6 +218,7 @@ pub struct ClusterPage {
 /// made through the API show at once (see `cache`).
 #[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(ListClustersQuery),
     responses((status = 200, body = ClusterPage), BadRequest, Unauthenticated, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_clusters(
     State(state): State<AppState>,
     auth: Principal,
@@ -268,6 +270,7 @@ pub struct ClusterDetail {
 /// One cluster.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 200, body = ClusterDetail), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterDetail>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let cluster = view(find(&mut conn, &auth, id).await?, &liveness(&state))?;
@@ -288,6 +291,7 @@ pub struct UpdateClusterRequest {
     request_body = UpdateClusterRequest,
     responses((status = 200, body = ClusterView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn update_cluster(
     State(state): State<AppState>,
     auth: Principal,
@@ -311,6 +315,7 @@ async fn update_cluster(
 /// Deletes a cluster.
 #[utoipa::path(delete, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
@@ -328,6 +333,7 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
 /// Issues a new bootstrap token for the cluster; earlier unused ones stop working.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/bootstrap-token", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 201, body = BootstrapToken), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn reissue_bootstrap_token(
     State(state): State<AppState>,
     auth: Principal,
@@ -366,6 +372,7 @@ fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id.0))]
 async fn install_manifest(
     state: State<AppState>,
     Deliberate(auth): Deliberate,
@@ -381,6 +388,7 @@ async fn install_manifest(
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id.0))]
 async fn install_manifest_post(
     state: State<AppState>,
     auth: Principal,
@@ -390,6 +398,7 @@ async fn install_manifest_post(
     render_install_manifest(state, auth, id, q).await
 }
 
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn render_install_manifest(
     State(state): State<AppState>,
     auth: Principal,
