@@ -79,7 +79,7 @@ impl Gateway {
     }
 
     fn certificate_ttl_ms(&self) -> i64 {
-        self.state.config.agent_cert_ttl_secs * 1000
+        crate::config::ms(self.state.config.agent_cert_ttl)
     }
 }
 

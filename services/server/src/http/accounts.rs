@@ -1,7 +1,6 @@
 //! Sign-up, log-in, refresh-token rotation, log-out and `me`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -16,6 +15,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::ApiJson;
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, TooManyRequests, Unauthenticated};
 use crate::app::AppState;
+use crate::config::ms;
 use crate::db::is_unique_violation;
 use crate::domain::{parse_display_name, schema, Email, OrgId, Password, Role, SessionId, UserId};
 use crate::jwt::Claims;
@@ -152,7 +152,7 @@ pub async fn check_password(state: &AppState, peer: SocketAddr, req: LoginReques
     let subjects = [(account_key.as_str(), cfg.login_max_failures_per_account), (address_key.as_str(), cfg.login_max_failures_per_address)];
     // Counted before the password is checked, so the right password past the limit still
     // waits and parallel guesses cannot all pass before the first failure is recorded.
-    let window = Duration::from_secs(cfg.login_failure_window_secs);
+    let window = cfg.login_failure_window;
     let reservation = match throttle::reserve(&state.db, &subjects, window, state.clock.now_ms()).await {
         Err(e @ ApiError::TooManyRequests { .. }) => {
             state.metrics.logins_throttled.inc();
@@ -190,7 +190,7 @@ pub struct Login {
 /// A new login session (its refresh tokens rotate within it; logging out ends it).
 pub async fn create_session(state: &AppState, conn: &mut store::Conn, login: &Login, now: i64) -> Result<SessionId, ApiError> {
     let session = SessionId::new();
-    store::sessions::create(conn, session, login.org, login.user, now, now + state.config.refresh_token_ttl_secs * 1000).await?;
+    store::sessions::create(conn, session, login.org, login.user, now, now + ms(state.config.refresh_token_ttl)).await?;
     Ok(session)
 }
 
@@ -204,13 +204,13 @@ async fn issue_tokens(
     now: i64,
 ) -> Result<TokenResponse, ApiError> {
     let refresh_token = new_token(TokenKind::Refresh);
-    let ttl = state.config.refresh_token_ttl_secs * 1000;
+    let ttl = ms(state.config.refresh_token_ttl);
     store::sessions::insert_refresh_token(conn, &token_hash(&refresh_token), session, org, now, now + ttl).await?;
-    let claims = Claims::new(user, org, session, now, state.config.access_token_ttl_secs);
+    let claims = Claims::new(user, org, session, now, state.config.access_token_ttl);
     Ok(TokenResponse {
         access_token: state.keys.sign(&claims),
         token_type: "Bearer".into(),
-        expires_in: state.config.access_token_ttl_secs,
+        expires_in: i64::try_from(state.config.access_token_ttl.as_secs()).unwrap_or(i64::MAX),
         refresh_token,
         organization_id: org,
         role,

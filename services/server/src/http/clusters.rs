@@ -20,6 +20,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
+use crate::config::ms;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
 use crate::domain::{schema, ClusterId, ClusterName, Role};
@@ -75,7 +76,7 @@ pub struct ClusterView {
 /// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
 pub(crate) fn liveness(state: &AppState) -> Liveness {
     let now = state.clock.now_ms();
-    Liveness { stale_before: now - state.config.stale_after_secs * 1000, disconnected_before: now - state.config.disconnected_after_secs * 1000 }
+    Liveness { stale_before: now - ms(state.config.stale_after), disconnected_before: now - ms(state.config.disconnected_after) }
 }
 
 fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
@@ -177,7 +178,7 @@ async fn create_cluster(
 /// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
 async fn issue_bootstrap_token(state: &AppState, conn: &mut Conn, auth: &Principal, cluster: ClusterId, now: i64) -> Result<BootstrapToken, ApiError> {
     let token = new_token(TokenKind::Bootstrap);
-    let expires_at = now + state.config.bootstrap_token_ttl_secs * 1000;
+    let expires_at = now + ms(state.config.bootstrap_token_ttl);
     store::clusters::expire_bootstrap_tokens(conn, auth.org_id, cluster, now).await?;
     store::clusters::insert_bootstrap_token(conn, &token_hash(&token), auth.org_id, cluster, now, expires_at).await?;
     audit::record(conn, auth.org_id, now, &auth.actor, "cluster.bootstrap_token.issue", ("cluster", cluster.to_string()), serde_json::json!({})).await?;
