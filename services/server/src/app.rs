@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
@@ -78,7 +77,7 @@ impl AppState {
         let quotas = crate::gateway::ingest::Quotas { series: config.quota_series };
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max, quotas);
         let limits = Limits::new(&config);
-        let read_cache = crate::cache::ReadCache::new(Duration::from_millis(config.read_cache_ms));
+        let read_cache = crate::cache::ReadCache::new(config.read_cache);
         Ok(AppState(Arc::new(Inner {
             config,
             db,

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,12 +31,12 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log: String,
     pub db_max_connections: u32,
-    pub access_token_ttl_secs: i64,
-    pub refresh_token_ttl_secs: i64,
-    pub bootstrap_token_ttl_secs: i64,
+    pub access_token_ttl: Duration,
+    pub refresh_token_ttl: Duration,
+    pub bootstrap_token_ttl: Duration,
     pub login_max_failures_per_account: u32,
     pub login_max_failures_per_address: u32,
-    pub login_failure_window_secs: u64,
+    pub login_failure_window: Duration,
     /// Which parts this process runs: api, gateway, worker.
     pub roles: Roles,
     pub gateway_listen: SocketAddr,
@@ -46,10 +47,10 @@ pub struct Config {
     pub gateway_tls_cert: Option<PathBuf>,
     pub gateway_tls_key: Option<PathBuf>,
     pub gateway_tls_ca: Option<PathBuf>,
-    pub agent_cert_ttl_secs: i64,
+    pub agent_cert_ttl: Duration,
     /// A connected agent unheard for this long is shown stale; for `disconnected_after_secs`, disconnected.
-    pub stale_after_secs: i64,
-    pub disconnected_after_secs: i64,
+    pub stale_after: Duration,
+    pub disconnected_after: Duration,
     pub metric_retention_hours: i64,
     /// Most reports stored in one transaction; 1 stores each report on its own.
     pub ingest_batch_max: usize,
@@ -69,11 +70,11 @@ pub struct Config {
     pub quota_bytes: QuotaBytes,
     /// How long a token's principal and a rendered page of the cluster list may be reused
     /// (ms); 0 turns these caches off. See `cache`.
-    pub read_cache_ms: u64,
+    pub read_cache: Duration,
     /// How long a replica holds a background job's lease without renewing it, and how often it
     /// renews: a dead holder's jobs move to another replica within `job_lease_ms`.
-    pub job_lease_ms: u64,
-    pub job_lease_renew_ms: u64,
+    pub job_lease: Duration,
+    pub job_lease_renew: Duration,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -170,21 +171,21 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log: "info".into(),
             db_max_connections: 16,
-            access_token_ttl_secs: 15 * 60,
-            refresh_token_ttl_secs: 30 * 24 * 3600,
-            bootstrap_token_ttl_secs: 3600,
+            access_token_ttl: Duration::from_secs(15 * 60),
+            refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
+            bootstrap_token_ttl: Duration::from_secs(3600),
             login_max_failures_per_account: 5,
             login_max_failures_per_address: 20,
-            login_failure_window_secs: 15 * 60,
+            login_failure_window: Duration::from_secs(15 * 60),
             roles: Roles { api: true, gateway: true, worker: true },
             gateway_listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             gateway_hostnames: vec!["localhost".into(), "127.0.0.1".into()],
             gateway_tls_cert: None,
             gateway_tls_key: None,
             gateway_tls_ca: None,
-            agent_cert_ttl_secs: 7 * 24 * 3600,
-            stale_after_secs: 30,
-            disconnected_after_secs: 300,
+            agent_cert_ttl: Duration::from_secs(7 * 24 * 3600),
+            stale_after: Duration::from_secs(30),
+            disconnected_after: Duration::from_secs(300),
             metric_retention_hours: 7 * 24,
             ingest_batch_max: 500,
             ingest_writers: 0,
@@ -195,9 +196,9 @@ impl Default for Config {
             quota_series: 2000,
             quota_events_per_min: 1000,
             quota_bytes: QuotaBytes::default(),
-            read_cache_ms: 1000,
-            job_lease_ms: 15_000,
-            job_lease_renew_ms: 5_000,
+            read_cache: Duration::from_millis(1000),
+            job_lease: Duration::from_millis(15_000),
+            job_lease_renew: Duration::from_millis(5_000),
         }
     }
 }
@@ -333,6 +334,13 @@ impl Config {
         fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
             v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
         }
+        /// A positive number of seconds (the name says the unit: `_secs`).
+        fn secs(name: &str, v: &str) -> Result<Duration, String> {
+            match num::<u64>(v) {
+                Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+                _ => Err(format!("{name}: {v:?} is not a positive number of seconds")),
+            }
+        }
         fn nonempty(v: &str) -> Result<String, String> {
             if v.trim().is_empty() {
                 Err("must not be empty".into())
@@ -369,12 +377,12 @@ impl Config {
             }
             "log" => self.log = nonempty(value)?,
             "db_max_connections" => self.db_max_connections = num(value)?,
-            "access_token_ttl_secs" => self.access_token_ttl_secs = num(value)?,
-            "refresh_token_ttl_secs" => self.refresh_token_ttl_secs = num(value)?,
-            "bootstrap_token_ttl_secs" => self.bootstrap_token_ttl_secs = num(value)?,
+            "access_token_ttl_secs" => self.access_token_ttl = secs(name, value)?,
+            "refresh_token_ttl_secs" => self.refresh_token_ttl = secs(name, value)?,
+            "bootstrap_token_ttl_secs" => self.bootstrap_token_ttl = secs(name, value)?,
             "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
             "login_max_failures_per_address" => self.login_max_failures_per_address = num(value)?,
-            "login_failure_window_secs" => self.login_failure_window_secs = num(value)?,
+            "login_failure_window_secs" => self.login_failure_window = Duration::from_secs(num(value)?),
             "roles" => self.roles = value.parse()?,
             "gateway_listen" => self.gateway_listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8443"))?,
             "gateway_hostnames" => {
@@ -386,9 +394,9 @@ impl Config {
             "gateway_tls_cert" => self.gateway_tls_cert = Some(PathBuf::from(nonempty(value)?)),
             "gateway_tls_key" => self.gateway_tls_key = Some(PathBuf::from(nonempty(value)?)),
             "gateway_tls_ca" => self.gateway_tls_ca = Some(PathBuf::from(nonempty(value)?)),
-            "agent_cert_ttl_secs" => self.agent_cert_ttl_secs = num(value)?,
-            "stale_after_secs" => self.stale_after_secs = num(value)?,
-            "disconnected_after_secs" => self.disconnected_after_secs = num(value)?,
+            "agent_cert_ttl_secs" => self.agent_cert_ttl = secs(name, value)?,
+            "stale_after_secs" => self.stale_after = secs(name, value)?,
+            "disconnected_after_secs" => self.disconnected_after = secs(name, value)?,
             "metric_retention_hours" => self.metric_retention_hours = num(value)?,
             "ingest_batch_max" => self.ingest_batch_max = num(value)?,
             "ingest_writers" => self.ingest_writers = num(value)?,
@@ -399,9 +407,9 @@ impl Config {
             "quota_series" => self.quota_series = num(value)?,
             "quota_events_per_min" => self.quota_events_per_min = num(value)?,
             "quota_bytes" => self.quota_bytes = value.parse()?,
-            "read_cache_ms" => self.read_cache_ms = num(value)?,
-            "job_lease_ms" => self.job_lease_ms = num(value)?,
-            "job_lease_renew_ms" => self.job_lease_renew_ms = num(value)?,
+            "read_cache_ms" => self.read_cache = Duration::from_millis(num(value)?),
+            "job_lease_ms" => self.job_lease = Duration::from_millis(num(value)?),
+            "job_lease_renew_ms" => self.job_lease_renew = Duration::from_millis(num(value)?),
             other => return Err(format!("unknown setting {other}")),
         }
         Ok(())
@@ -413,15 +421,7 @@ impl Config {
         if !(1..=1000).contains(&self.db_max_connections) {
             errors.push("db_max_connections: must be between 1 and 1000".to_owned());
         }
-        for (name, v) in [
-            ("access_token_ttl_secs", self.access_token_ttl_secs),
-            ("refresh_token_ttl_secs", self.refresh_token_ttl_secs),
-            ("bootstrap_token_ttl_secs", self.bootstrap_token_ttl_secs),
-            ("agent_cert_ttl_secs", self.agent_cert_ttl_secs),
-            ("stale_after_secs", self.stale_after_secs),
-            ("disconnected_after_secs", self.disconnected_after_secs),
-            ("metric_retention_hours", self.metric_retention_hours),
-        ] {
+        for (name, v) in [("metric_retention_hours", self.metric_retention_hours)] {
             if v <= 0 {
                 errors.push(format!("{name}: must be positive"));
             }
@@ -435,10 +435,10 @@ impl Config {
                 errors.push(format!("gateway TLS file {}: not found", path.display()));
             }
         }
-        if self.disconnected_after_secs < self.stale_after_secs {
+        if self.disconnected_after < self.stale_after {
             errors.push("disconnected_after_secs: must not be below stale_after_secs".to_owned());
         }
-        if self.job_lease_renew_ms == 0 || self.job_lease_renew_ms >= self.job_lease_ms {
+        if self.job_lease_renew.is_zero() || self.job_lease_renew >= self.job_lease {
             errors.push("job_lease_renew_ms: must be positive and below job_lease_ms".to_owned());
         }
         if !(1..=10_000).contains(&self.ingest_batch_max) {
@@ -505,6 +505,11 @@ impl Config {
         }
         warnings
     }
+}
+
+/// A duration as the milliseconds the clock (`Clock::now_ms`) counts in.
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Whether a URL's host is a loopback or unspecified address (`127.0.0.1`, `[::1]`, `0.0.0.0`,
@@ -622,6 +627,17 @@ mod tests {
         for bad in ["events", "logs=10", "events=lots", "events=100", "snapshot=99999999"] {
             let errs = Config::load(None, &env(&[("MESHFLEET_QUOTA_BYTES", bad)]), &[]).unwrap_err().to_string();
             assert!(errs.contains("quota_bytes") || errs.contains("MESHFLEET_QUOTA_BYTES"), "{bad}: {errs}");
+        }
+    }
+
+    #[test]
+    fn durations_are_read_once_in_the_unit_their_name_says() {
+        let c = Config::load(None, &env(&[("MESHFLEET_ACCESS_TOKEN_TTL_SECS", "90"), ("MESHFLEET_READ_CACHE_MS", "250")]), &[]).unwrap();
+        assert_eq!((c.access_token_ttl, c.read_cache), (Duration::from_secs(90), Duration::from_millis(250)));
+        assert_eq!(ms(c.access_token_ttl), 90_000);
+        for bad in ["0", "-5", "soon"] {
+            let errs = Config::load(None, &env(&[("MESHFLEET_STALE_AFTER_SECS", bad)]), &[]).unwrap_err().to_string();
+            assert!(errs.contains("stale_after_secs: ") && errs.contains("is not a positive number of seconds"), "{bad}: {errs}");
         }
     }
 

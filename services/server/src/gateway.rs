@@ -4,6 +4,7 @@
 
 pub mod convert;
 pub mod dispatch;
+pub mod error;
 pub mod ingest;
 pub mod limits;
 pub mod pki;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status};
 use crate::app::AppState;
 use crate::secrets::token_hash;
 use crate::store;
+pub use error::{Error, Result};
 use pki::PeerAgent;
 
 #[derive(Clone)]
@@ -58,91 +60,91 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 impl Gateway {
     /// The agent behind the request's client certificate, if that certificate is still valid:
     /// issued to this cluster, unrevoked, and the cluster not deleted.
-    pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<PeerAgent, Status> {
-        let certs = request.peer_certs().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let leaf = certs.first().ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
-        let (peer, serial) = pki::peer_agent(leaf.as_ref()).ok_or_else(|| Status::unauthenticated("the certificate names no Meshfleet agent"))?;
+    pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<PeerAgent> {
+        let certs = request.peer_certs().ok_or(Error::NoClientCertificate)?;
+        let leaf = certs.first().ok_or(Error::NoClientCertificate)?;
+        let (peer, serial) = pki::peer_agent(leaf.as_ref()).ok_or(Error::NotAnAgent)?;
         self.check_certificate(peer, &serial).await?;
         Ok(peer)
     }
 
-    pub(crate) async fn check_certificate(&self, peer: PeerAgent, serial: &str) -> Result<(), Status> {
-        let mut conn = self.state.db.pool.acquire().await.map_err(internal)?;
+    pub(crate) async fn check_certificate(&self, peer: PeerAgent, serial: &str) -> Result<()> {
+        let mut conn = self.state.db.pool.acquire().await?;
         let now = self.state.clock.now_ms();
-        if store::agents::certificate_is_valid(&mut conn, serial, peer.org_id, peer.cluster_id, now).await.map_err(internal)? {
+        if store::agents::certificate_is_valid(&mut conn, serial, peer.org_id, peer.cluster_id, now).await? {
             Ok(())
         } else {
-            Err(Status::permission_denied("this agent certificate was revoked or its cluster deleted; register again"))
+            Err(Error::CertificateInvalid)
         }
     }
 
     fn certificate_ttl_ms(&self) -> i64 {
-        self.state.config.agent_cert_ttl_secs * 1000
+        crate::config::ms(self.state.config.agent_cert_ttl)
     }
-}
-
-pub(crate) fn internal(e: impl std::fmt::Display) -> Status {
-    tracing::error!(error = %e, "gateway call failed");
-    Status::internal("internal error; it has been logged")
-}
-
-fn csr_status(e: pki::CsrError) -> Status {
-    Status::invalid_argument(e.to_string())
 }
 
 #[tonic::async_trait]
 impl AgentGateway for Gateway {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
-        let req = request.into_inner();
-        pki::check_csr_key(&req.csr_der).map_err(csr_status)?;
-        let now = self.state.clock.now_ms();
-        let hash = token_hash(req.bootstrap_token.trim());
-        let mut tx = self.state.db.begin().await.map_err(internal)?;
-        let (org, cluster) = match store::clusters::bootstrap_token_state(&mut tx, &hash, now).await.map_err(internal)? {
-            store::clusters::TokenState::Unknown => return Err(Status::unauthenticated("unknown bootstrap token")),
-            store::clusters::TokenState::Used => return Err(Status::unauthenticated("this bootstrap token was already used; issue a new one for the cluster")),
-            store::clusters::TokenState::Expired => return Err(Status::unauthenticated("this bootstrap token has expired; issue a new one")),
-            store::clusters::TokenState::Valid => store::clusters::consume_bootstrap_token(&mut tx, &hash, now)
-                .await
-                .map_err(internal)?
-                .ok_or_else(|| Status::unauthenticated("this bootstrap token was already used; issue a new one for the cluster"))?,
-        };
-        let signed = self.state.pki.sign_agent_csr(&req.csr_der, org, cluster, self.certificate_ttl_ms(), now).map_err(csr_status)?;
-        store::agents::insert_certificate(&mut tx, &signed.serial, org, cluster, signed.not_after_ms, now).await.map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
-        tracing::info!(%org, %cluster, agent_version = %req.agent_version, "agent registered");
-        Ok(Response::new(RegisterResponse {
-            organization_id: org.to_string(),
-            cluster_id: cluster.to_string(),
-            certificate: Some(Certificate { chain_pem: signed.chain_pem, not_after_unix_ms: signed.not_after_ms }),
-        }))
+        Ok(Response::new(self.do_register(request.into_inner()).await?))
     }
 
     type ConnectStream = session::ServerStream;
 
     async fn connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
-        let peer = self.authenticate(&request).await?;
-        // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
-        if let Err(wait) = self.state.limits.connect(peer.cluster_id) {
-            self.state.ingest.refused(peer.org_id, peer.cluster_id, "reconnects", 1, self.state.clock.now_ms());
-            return Err(Status::resource_exhausted(format!(
-                "this cluster's agent connects more than {} times a minute; retry in {} s",
-                self.state.config.gateway_connects_per_min,
-                wait.as_secs().max(1)
-            )));
-        }
-        let serial = request.peer_certs().and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s)).unwrap_or_default();
-        Ok(Response::new(session::start(self.clone(), peer, serial, request.into_inner())))
+        Ok(Response::new(self.do_connect(request).await?))
     }
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let peer = self.authenticate(&request).await?;
-        let req = request.into_inner();
+        Ok(Response::new(self.do_renew(peer, request.into_inner()).await?))
+    }
+}
+
+impl Gateway {
+    #[tracing::instrument(name = "register", skip_all, fields(agent_version = %req.agent_version, org_id, cluster_id))]
+    async fn do_register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
+        pki::check_csr_key(&req.csr_der)?;
         let now = self.state.clock.now_ms();
-        let signed = self.state.pki.sign_agent_csr(&req.csr_der, peer.org_id, peer.cluster_id, self.certificate_ttl_ms(), now).map_err(csr_status)?;
-        let mut conn = self.state.db.pool.acquire().await.map_err(internal)?;
-        store::agents::insert_certificate(&mut conn, &signed.serial, peer.org_id, peer.cluster_id, signed.not_after_ms, now).await.map_err(internal)?;
+        let hash = token_hash(req.bootstrap_token.trim());
+        let mut tx = self.state.db.begin().await?;
+        let (org, cluster) = match store::clusters::bootstrap_token_state(&mut tx, &hash, now).await? {
+            store::clusters::TokenState::Unknown => return Err(Error::UnknownToken),
+            store::clusters::TokenState::Used => return Err(Error::TokenUsed),
+            store::clusters::TokenState::Expired => return Err(Error::TokenExpired),
+            store::clusters::TokenState::Valid => store::clusters::consume_bootstrap_token(&mut tx, &hash, now).await?.ok_or(Error::TokenUsed)?,
+        };
+        tracing::Span::current().record("org_id", tracing::field::display(org)).record("cluster_id", tracing::field::display(cluster));
+        let signed = self.state.pki.sign_agent_csr(&req.csr_der, org, cluster, self.certificate_ttl_ms(), now)?;
+        store::agents::insert_certificate(&mut tx, &signed.serial, org, cluster, signed.not_after_ms, now).await?;
+        tx.commit().await?;
+        tracing::info!(%org, %cluster, agent_version = %req.agent_version, "agent registered");
+        Ok(RegisterResponse {
+            organization_id: org.to_string(),
+            cluster_id: cluster.to_string(),
+            certificate: Some(Certificate { chain_pem: signed.chain_pem, not_after_unix_ms: signed.not_after_ms }),
+        })
+    }
+
+    #[tracing::instrument(name = "connect", skip_all)]
+    async fn do_connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<session::ServerStream> {
+        let peer = self.authenticate(&request).await?;
+        // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
+        if let Err(retry_in) = self.state.limits.connect(peer.cluster_id) {
+            self.state.ingest.refused(peer.org_id, peer.cluster_id, "reconnects", 1, self.state.clock.now_ms());
+            return Err(Error::Reconnects { per_min: self.state.config.gateway_connects_per_min, retry_in });
+        }
+        let serial = request.peer_certs().and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s)).unwrap_or_default();
+        Ok(session::start(self.clone(), peer, serial, request.into_inner()))
+    }
+
+    #[tracing::instrument(name = "renew", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]
+    async fn do_renew(&self, peer: PeerAgent, req: RenewRequest) -> Result<RenewResponse> {
+        let now = self.state.clock.now_ms();
+        let signed = self.state.pki.sign_agent_csr(&req.csr_der, peer.org_id, peer.cluster_id, self.certificate_ttl_ms(), now)?;
+        let mut conn = self.state.db.pool.acquire().await?;
+        store::agents::insert_certificate(&mut conn, &signed.serial, peer.org_id, peer.cluster_id, signed.not_after_ms, now).await?;
         tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, "agent certificate renewed");
-        Ok(Response::new(RenewResponse { certificate: Some(Certificate { chain_pem: signed.chain_pem, not_after_unix_ms: signed.not_after_ms }) }))
+        Ok(RenewResponse { certificate: Some(Certificate { chain_pem: signed.chain_pem, not_after_unix_ms: signed.not_after_ms }) })
     }
 }

@@ -154,8 +154,8 @@ async fn every_replica(state: &AppState, job: &Job, stop: &CancellationToken) {
 /// Runs the job while this replica holds its lease, renewing it every `job_lease_renew_ms`
 /// (also during a run: a run is dropped as soon as the lease is lost), and releases it on stop.
 async fn leased(state: &AppState, job: &Job, stop: &CancellationToken, holder: &str) {
-    let lease = Lease { state, job: job.name, holder, ttl: Duration::from_millis(state.config.job_lease_ms) };
-    let mut renew = ticker(Duration::from_millis(state.config.job_lease_renew_ms));
+    let lease = Lease { state, job: job.name, holder, ttl: state.config.job_lease };
+    let mut renew = ticker(state.config.job_lease_renew);
     let mut tick = ticker(job.every);
     let mut valid_until: Option<Instant> = None;
     'outer: loop {

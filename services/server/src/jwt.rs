@@ -31,9 +31,9 @@ pub struct Claims {
 }
 
 impl Claims {
-    pub fn new(user: UserId, org: OrgId, session: SessionId, now_ms: i64, ttl_secs: i64) -> Claims {
+    pub fn new(user: UserId, org: OrgId, session: SessionId, now_ms: i64, ttl: std::time::Duration) -> Claims {
         let iat = now_ms / 1000;
-        Claims { sub: user, org, sid: session, iat, exp: iat + ttl_secs, iss: ISSUER.into(), aud: AUDIENCE.into() }
+        Claims { sub: user, org, sid: session, iat, exp: iat + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX), iss: ISSUER.into(), aud: AUDIENCE.into() }
     }
 }
 

@@ -13,11 +13,12 @@ use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentM
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
+use tracing::Instrument;
 
 use super::ingest::{Job, Outcome, Refusal, Report};
 use super::pki::PeerAgent;
 use super::registry::Cut;
-use super::{convert, dispatch, internal, Gateway};
+use super::{convert, dispatch, Error, Gateway, Result};
 use crate::domain::CommandId;
 use crate::store;
 
@@ -31,40 +32,45 @@ const REVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
 pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        if let Err(status) = run(&gw, peer, &serial, inbound, &tx).await {
-            tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
-            let _ = tx.send(Err(status)).await;
+    tokio::spawn(
+        async move {
+            if let Err(e) = run(&gw, peer, &serial, inbound, &tx).await {
+                let status = Status::from(e);
+                tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
+                let _ = tx.send(Err(status)).await;
+            }
         }
-    });
+        // One span per stream, so everything it logs (reports refused, the end) names the cluster.
+        .instrument(tracing::info_span!("agent_stream", org_id = %peer.org_id, cluster_id = %peer.cluster_id)),
+    );
     Box::pin(ReceiverStream::new(rx))
 }
 
 type Out = mpsc::Sender<Result<ServerMessage, Status>>;
 
-async fn send(tx: &Out, body: server_message::Body) -> Result<(), Status> {
-    tx.send(Ok(ServerMessage { body: Some(body) })).await.map_err(|_| Status::cancelled("the agent went away"))
+async fn send(tx: &Out, body: server_message::Body) -> Result<()> {
+    tx.send(Ok(ServerMessage { body: Some(body) })).await.map_err(|_| Error::AgentGone)
 }
 
-async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming<AgentMessage>, tx: &Out) -> Result<(), Status> {
+async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming<AgentMessage>, tx: &Out) -> Result<()> {
     let state = &gw.state;
     let reject = |reason: &str| state.metrics.gateway_rejected.with_label_values(&[reason]).inc();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
         Ok(Ok(Some(AgentMessage { body: Some(Body::Hello(hello)), .. }))) => hello,
-        Ok(Err(status)) => return Err(status),
+        Ok(Err(status)) => return Err(Error::Transport(status)),
         _ => {
             reject("no_hello");
-            return Err(Status::invalid_argument("the first message on a stream must be Hello"));
+            return Err(Error::NoHello);
         }
     };
     let mut session = state.agents.open(peer.cluster_id);
     let _guard = Guard { gw: gw.clone(), peer, epoch: session.epoch, id: session.id.clone() };
     let now = state.clock.now_ms();
     {
-        let mut conn = state.db.pool.acquire().await.map_err(internal)?;
+        let mut conn = state.db.pool.acquire().await?;
         let agent_version: String = hello.agent_version.chars().take(64).collect();
         let k8s_version: String = hello.kubernetes_version.chars().take(64).collect();
-        store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, now).await.map_err(internal)?;
+        store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, now).await?;
     }
     dispatch::session_opened(state, peer.cluster_id, &session.id).await;
     dispatch::agent_status_changed(state, peer.org_id).await;
@@ -86,30 +92,27 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                     Ok(None) => return Ok(()),
                     Err(status) => {
                         reject(if status.code() == tonic::Code::OutOfRange || status.code() == tonic::Code::ResourceExhausted { "oversized" } else { "transport" });
-                        return Err(status);
+                        return Err(Error::Transport(status));
                     }
                 };
                 // The cluster's bucket, not the stream's: reconnecting does not refill it.
                 if !state.limits.message(peer.cluster_id) {
                     reject("rate_limited");
                     state.ingest.refused(peer.org_id, peer.cluster_id, "rate_limited", 1, state.clock.now_ms());
-                    return Err(Status::resource_exhausted(format!("this cluster's agent sent more than {} messages per second; slow down", cfg.gateway_rate_per_sec)));
+                    return Err(Error::RateLimited { per_sec: cfg.gateway_rate_per_sec });
                 }
                 let size = message.body.as_ref().map_or(0, Body::encoded_len);
                 let Some(body) = message.body else {
                     reject("empty");
-                    return Err(Status::invalid_argument("a message without a body"));
+                    return Err(Error::EmptyMessage);
                 };
-                let report = convert::report(peer.org_id, peer.cluster_id, &body).map_err(|e| {
-                    reject(e.label());
-                    Status::invalid_argument(format!("invalid report: {e}"))
-                })?;
+                let report = convert::report(peer.org_id, peer.cluster_id, &body).inspect_err(|e| reject(e.label()))?;
                 // Heard from: written in bulk, at most once a second per cluster.
                 state.ingest.seen(peer.cluster_id, state.clock.now_ms());
                 let Some(mut report) = report else { continue };
                 if message.seq <= last_seq {
                     reject("seq");
-                    return Err(Status::invalid_argument(format!("report seq {} does not increase (last {last_seq})", message.seq)));
+                    return Err(Error::SeqNotIncreasing { seq: message.seq, last: last_seq });
                 }
                 last_seq = message.seq;
                 let (seq, received) = (message.seq, Instant::now());
@@ -124,7 +127,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 };
                 let (done, stored) = oneshot::channel();
                 let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done };
-                state.ingest.submit(job).await.map_err(|_| Status::unavailable("the service is shutting down"))?;
+                state.ingest.submit(job).await.map_err(|_| Error::ShuttingDown)?;
                 acks.push_back(Either::Right(async move {
                     let outcome = match stored.await.unwrap_or(Outcome::Failed) {
                         Outcome::Stored(None) => Outcome::Stored(refused),
@@ -137,7 +140,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 let refusal = match outcome {
                     // A later ack would claim this report stored; end the stream instead, so
                     // the agent resends everything unacknowledged.
-                    Outcome::Failed => return Err(Status::unavailable("a report could not be stored; reconnect and resend")),
+                    Outcome::Failed => return Err(Error::NotStored),
                     Outcome::Stored(refusal) => refusal,
                 };
                 if let Some(r) = refusal {
@@ -153,8 +156,8 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
             changed = session.cut.changed() => {
                 let cut = if changed.is_ok() { *session.cut.borrow() } else { Cut::Revoked };
                 match cut {
-                    Cut::Superseded => return Err(Status::aborted("superseded by a newer connection of this cluster's agent")),
-                    Cut::Revoked => return Err(Status::permission_denied("this agent certificate was revoked or its cluster deleted")),
+                    Cut::Superseded => return Err(Error::Superseded),
+                    Cut::Revoked => return Err(Error::Revoked),
                     Cut::Open => {}
                 }
             }
@@ -209,17 +212,17 @@ fn check_quota(gw: &Gateway, peer: PeerAgent, size: usize, report: &mut Report) 
 
 /// Sends the cluster's unfinished commands this stream has not sent yet (at least once:
 /// a reconnected stream sends them again; the agent executes each id once).
-async fn send_open_commands(gw: &Gateway, peer: PeerAgent, tx: &Out, sent: &mut HashSet<CommandId>) -> Result<(), Status> {
+async fn send_open_commands(gw: &Gateway, peer: PeerAgent, tx: &Out, sent: &mut HashSet<CommandId>) -> Result<()> {
     let state = &gw.state;
     let now = state.clock.now_ms();
-    let mut conn = state.db.pool.acquire().await.map_err(internal)?;
-    for c in store::commands::open_for_cluster(&mut conn, peer.cluster_id, now).await.map_err(internal)? {
+    let mut conn = state.db.pool.acquire().await?;
+    for c in store::commands::open_for_cluster(&mut conn, peer.cluster_id, now).await? {
         if !sent.insert(c.id) {
             continue;
         }
         let command = Command { id: c.id.to_string(), kind: c.kind.clone(), params_json: c.params.to_string(), deadline_unix_ms: c.deadline };
         send(tx, server_message::Body::Command(command)).await?;
-        store::commands::mark_delivered(&mut conn, c.id, now).await.map_err(internal)?;
+        store::commands::mark_delivered(&mut conn, c.id, now).await?;
     }
     Ok(())
 }

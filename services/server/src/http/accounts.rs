@@ -1,7 +1,6 @@
 //! Sign-up, log-in, refresh-token rotation, log-out and `me`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
@@ -16,6 +15,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::ApiJson;
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, TooManyRequests, Unauthenticated};
 use crate::app::AppState;
+use crate::config::ms;
 use crate::db::is_unique_violation;
 use crate::domain::{parse_display_name, schema, Email, OrgId, Password, Role, SessionId, UserId};
 use crate::jwt::Claims;
@@ -61,6 +61,7 @@ pub struct SignupResponse {
 /// Creates a user and an organization owned by that user.
 #[utoipa::path(post, path = "/api/v1/signup", tag = "accounts", request_body = SignupRequest,
     responses((status = 201, body = SignupResponse), JsonBody, Conflict, Internal))]
+#[tracing::instrument(skip_all)]
 async fn signup(State(state): State<AppState>, ApiJson(req): ApiJson<SignupRequest>) -> Result<(StatusCode, Json<SignupResponse>), ApiError> {
     let mut errors = Vec::new();
     let email = req.email.parse::<Email>().map_err(|e| errors.push(FieldError::new("email", e))).ok();
@@ -126,6 +127,7 @@ pub struct TokenResponse {
 /// attempt, even with the right password, gets 429 with `Retry-After` in seconds.
 #[utoipa::path(post, path = "/api/v1/login", tag = "accounts", request_body = LoginRequest,
     responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Forbidden, TooManyRequests, Internal))]
+#[tracing::instrument(skip_all)]
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -150,7 +152,7 @@ pub async fn check_password(state: &AppState, peer: SocketAddr, req: LoginReques
     let subjects = [(account_key.as_str(), cfg.login_max_failures_per_account), (address_key.as_str(), cfg.login_max_failures_per_address)];
     // Counted before the password is checked, so the right password past the limit still
     // waits and parallel guesses cannot all pass before the first failure is recorded.
-    let window = Duration::from_secs(cfg.login_failure_window_secs);
+    let window = cfg.login_failure_window;
     let reservation = match throttle::reserve(&state.db, &subjects, window, state.clock.now_ms()).await {
         Err(e @ ApiError::TooManyRequests { .. }) => {
             state.metrics.logins_throttled.inc();
@@ -188,7 +190,7 @@ pub struct Login {
 /// A new login session (its refresh tokens rotate within it; logging out ends it).
 pub async fn create_session(state: &AppState, conn: &mut store::Conn, login: &Login, now: i64) -> Result<SessionId, ApiError> {
     let session = SessionId::new();
-    store::sessions::create(conn, session, login.org, login.user, now, now + state.config.refresh_token_ttl_secs * 1000).await?;
+    store::sessions::create(conn, session, login.org, login.user, now, now + ms(state.config.refresh_token_ttl)).await?;
     Ok(session)
 }
 
@@ -202,13 +204,13 @@ async fn issue_tokens(
     now: i64,
 ) -> Result<TokenResponse, ApiError> {
     let refresh_token = new_token(TokenKind::Refresh);
-    let ttl = state.config.refresh_token_ttl_secs * 1000;
+    let ttl = ms(state.config.refresh_token_ttl);
     store::sessions::insert_refresh_token(conn, &token_hash(&refresh_token), session, org, now, now + ttl).await?;
-    let claims = Claims::new(user, org, session, now, state.config.access_token_ttl_secs);
+    let claims = Claims::new(user, org, session, now, state.config.access_token_ttl);
     Ok(TokenResponse {
         access_token: state.keys.sign(&claims),
         token_type: "Bearer".into(),
-        expires_in: state.config.access_token_ttl_secs,
+        expires_in: i64::try_from(state.config.access_token_ttl.as_secs()).unwrap_or(i64::MAX),
         refresh_token,
         organization_id: org,
         role,
@@ -224,6 +226,7 @@ pub struct RefreshRequest {
 /// Rotates a refresh token. Presenting one that was already used revokes its whole session.
 #[utoipa::path(post, path = "/api/v1/token/refresh", tag = "accounts", request_body = RefreshRequest,
     responses((status = 200, body = TokenResponse), JsonBody, Unauthenticated, Internal))]
+#[tracing::instrument(skip_all)]
 async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshRequest>) -> Result<Json<TokenResponse>, ApiError> {
     let now = state.clock.now_ms();
     let hash = token_hash(&req.refresh_token);
@@ -254,6 +257,7 @@ async fn refresh(State(state): State<AppState>, ApiJson(req): ApiJson<RefreshReq
 /// Ends the caller's session: its access and refresh tokens stop working at once.
 #[utoipa::path(post, path = "/api/v1/logout", tag = "accounts",
     responses((status = 204), BadRequest, Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn logout(State(state): State<AppState>, auth: Principal) -> Result<StatusCode, ApiError> {
     let Actor::User { session, .. } = auth.actor else {
         return Err(ApiError::BadRequest { detail: "API tokens have no session; revoke them with DELETE /api/v1/tokens/{id}".into(), field: None });
@@ -278,6 +282,7 @@ pub struct MeResponse {
 /// Who the caller is, and in which organization.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
     responses((status = 200, body = MeResponse), Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn me(State(state): State<AppState>, auth: Principal) -> Result<Json<MeResponse>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let org_name = store::accounts::org_name(&mut conn, auth.org_id).await?.ok_or(ApiError::NotFound("organization"))?;

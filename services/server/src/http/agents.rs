@@ -99,6 +99,7 @@ pub struct InventoryView {
 /// The cluster's mesh as its agent last reported it.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/inventory", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 200, body = InventoryView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn inventory(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<InventoryView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, &auth, id).await?;
@@ -194,6 +195,7 @@ fn decode_cursor<T: serde::de::DeserializeOwned>(cursor: Option<&str>) -> Result
 /// Golden metrics per workload per minute, a page at a time.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/metrics", operation_id = "cluster_metrics", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), MetricsQuery),
     responses((status = 200, body = MetricsPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn metrics(
     State(state): State<AppState>,
     auth: Principal,
@@ -258,6 +260,7 @@ pub struct EventPage {
 /// first, a page at a time.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/events", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id"), EventsQuery),
     responses((status = 200, body = EventPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn events(
     State(state): State<AppState>,
     auth: Principal,
@@ -277,6 +280,7 @@ async fn events(
 /// bootstrap token.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/agent/revoke", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn revoke_agent(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();

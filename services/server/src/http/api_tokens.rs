@@ -69,6 +69,7 @@ impl From<ApiToken> for ApiTokenView {
 /// tokens are revoked at once.
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "api-tokens",
     responses((status = 200, body = Vec<ApiTokenView>), Unauthenticated, Forbidden, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_tokens(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<ApiTokenView>>, ApiError> {
     auth.require(Role::Admin)?;
     let mut conn = state.db.pool.acquire().await?;
@@ -106,6 +107,7 @@ pub struct CreatedToken {
 /// tokens are revoked at once.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "api-tokens", request_body = CreateTokenRequest,
     responses((status = 201, body = CreatedToken), JsonBody, Unauthenticated, Forbidden, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn create_token(
     State(state): State<AppState>,
     auth: Principal,
@@ -169,6 +171,7 @@ async fn create_token(
 #[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "api-tokens",
     params(("id" = TokenId, Path, description = "Token id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, token_id = %id))]
 async fn revoke_token(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<TokenId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();

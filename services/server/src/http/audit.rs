@@ -78,6 +78,7 @@ pub struct AuditPage {
 /// The organization's audit log, newest first (owners and admins).
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = AuditPage), BadRequest, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
     auth.require(Role::Admin)?;
     let limit = super::page_limit(q.limit, 100)?;

@@ -20,6 +20,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
+use crate::config::ms;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
 use crate::domain::{schema, ClusterId, ClusterName, Role};
@@ -75,7 +76,7 @@ pub struct ClusterView {
 /// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
 pub(crate) fn liveness(state: &AppState) -> Liveness {
     let now = state.clock.now_ms();
-    Liveness { stale_before: now - state.config.stale_after_secs * 1000, disconnected_before: now - state.config.disconnected_after_secs * 1000 }
+    Liveness { stale_before: now - ms(state.config.stale_after), disconnected_before: now - ms(state.config.disconnected_after) }
 }
 
 fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
@@ -122,6 +123,7 @@ pub struct CreatedCluster {
 #[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = CreateClusterRequest,
     responses((status = 201, body = CreatedCluster), JsonBody, Unauthenticated, Forbidden, Conflict, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn create_cluster(
     State(state): State<AppState>,
     auth: Principal,
@@ -176,7 +178,7 @@ async fn create_cluster(
 /// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
 async fn issue_bootstrap_token(state: &AppState, conn: &mut Conn, auth: &Principal, cluster: ClusterId, now: i64) -> Result<BootstrapToken, ApiError> {
     let token = new_token(TokenKind::Bootstrap);
-    let expires_at = now + state.config.bootstrap_token_ttl_secs * 1000;
+    let expires_at = now + ms(state.config.bootstrap_token_ttl);
     store::clusters::expire_bootstrap_tokens(conn, auth.org_id, cluster, now).await?;
     store::clusters::insert_bootstrap_token(conn, &token_hash(&token), auth.org_id, cluster, now, expires_at).await?;
     audit::record(conn, auth.org_id, now, &auth.actor, "cluster.bootstrap_token.issue", ("cluster", cluster.to_string()), serde_json::json!({})).await?;
@@ -217,6 +219,7 @@ pub struct ClusterPage {
 /// made through the API show at once (see `cache`).
 #[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters", params(ListClustersQuery),
     responses((status = 200, body = ClusterPage), BadRequest, Unauthenticated, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_clusters(
     State(state): State<AppState>,
     auth: Principal,
@@ -268,6 +271,7 @@ pub struct ClusterDetail {
 /// One cluster.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 200, body = ClusterDetail), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterDetail>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let cluster = view(find(&mut conn, &auth, id).await?, &liveness(&state))?;
@@ -288,6 +292,7 @@ pub struct UpdateClusterRequest {
     request_body = UpdateClusterRequest,
     responses((status = 200, body = ClusterView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn update_cluster(
     State(state): State<AppState>,
     auth: Principal,
@@ -311,6 +316,7 @@ async fn update_cluster(
 /// Deletes a cluster.
 #[utoipa::path(delete, path = "/api/v1/clusters/{id}", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
@@ -328,6 +334,7 @@ async fn delete_cluster(State(state): State<AppState>, auth: Principal, ApiPath(
 /// Issues a new bootstrap token for the cluster; earlier unused ones stop working.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/bootstrap-token", tag = "clusters", params(("id" = ClusterId, Path, description = "Cluster id")),
     responses((status = 201, body = BootstrapToken), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn reissue_bootstrap_token(
     State(state): State<AppState>,
     auth: Principal,
@@ -366,6 +373,7 @@ fn meshed_namespaces(q: &InstallQuery) -> Result<Vec<&str>, ApiError> {
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id.0))]
 async fn install_manifest(
     state: State<AppState>,
     Deliberate(auth): Deliberate,
@@ -381,6 +389,7 @@ async fn install_manifest(
     responses((status = 200, description = "Multi-document Kubernetes YAML", content_type = "application/yaml"),
         BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id.0))]
 async fn install_manifest_post(
     state: State<AppState>,
     auth: Principal,
@@ -390,6 +399,7 @@ async fn install_manifest_post(
     render_install_manifest(state, auth, id, q).await
 }
 
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn render_install_manifest(
     State(state): State<AppState>,
     auth: Principal,

@@ -134,6 +134,7 @@ mod schema;
     request_body = CreateCommandRequest,
     responses((status = 201, body = CommandView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %cluster))]
 async fn create_command(
     State(state): State<AppState>,
     auth: Principal,
@@ -218,6 +219,7 @@ pub struct CommandPage {
 /// The cluster's commands, newest first.
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/commands", tag = "commands", params(("id" = ClusterId, Path, description = "Cluster id"), CommandsQuery),
     responses((status = 200, body = CommandPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %cluster))]
 async fn list_commands(
     State(state): State<AppState>,
     auth: Principal,
@@ -238,6 +240,7 @@ async fn list_commands(
 #[utoipa::path(get, path = "/api/v1/clusters/{id}/commands/{command_id}", tag = "commands",
     params(("id" = ClusterId, Path, description = "Cluster id"), ("command_id" = CommandId, Path, description = "Command id")),
     responses((status = 200, body = CommandView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %cluster, command_id = %id))]
 async fn get_command(
     State(state): State<AppState>,
     auth: Principal,

@@ -39,6 +39,7 @@ impl From<Member> for MemberView {
 /// Members of the organization.
 #[utoipa::path(get, path = "/api/v1/members", tag = "members",
     responses((status = 200, body = Vec<MemberView>), Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_members(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<MemberView>>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let members = store::accounts::list_members(&mut conn, auth.org_id).await?;
@@ -58,6 +59,7 @@ pub struct AddMemberRequest {
 #[utoipa::path(post, path = "/api/v1/members", tag = "members", request_body = AddMemberRequest,
     responses((status = 201, body = MemberView), JsonBody, Unauthenticated, Forbidden, Conflict, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn add_member(
     State(state): State<AppState>,
     auth: Principal,
@@ -97,6 +99,7 @@ pub struct UpdateMemberRequest {
     params(("user_id" = UserId, Path, description = "The member's user id")),
     responses((status = 200, body = MemberView), JsonBody, Unauthenticated, Forbidden, NotFound, Conflict, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, user_id = %user))]
 async fn update_member(
     State(state): State<AppState>,
     auth: Principal,
@@ -135,6 +138,7 @@ async fn update_member(
     params(("user_id" = UserId, Path, description = "The member's user id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Internal),
     security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, user_id = %user))]
 async fn remove_member(State(state): State<AppState>, auth: Principal, ApiPath(user): ApiPath<UserId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();

@@ -30,6 +30,7 @@ async fn healthz() -> Json<Health> {
 
 /// The database is reachable.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health), Unavailable))]
+#[tracing::instrument(skip_all)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
     match state.db.ping().await {
         Ok(()) => Ok(Json(Health { status: "ready".into(), version: env!("CARGO_PKG_VERSION").into() })),
@@ -42,6 +43,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError>
 
 /// Prometheus text exposition: requests by route and status, latency, database pool.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain", body = String)))]
+#[tracing::instrument(skip_all)]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let pool = &state.db.pool;
     let idle = pool.num_idle() as i64;

@@ -68,7 +68,7 @@ pub async fn create(
     store::ui_sessions::insert(&mut tx, &token_hash(&token), session, now).await?;
     tx.commit().await?;
     let secure = if state.config.public_url().starts_with("https://") { "; Secure" } else { "" };
-    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", state.config.refresh_token_ttl_secs);
+    let cookie = format!("{SESSION_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={}{secure}", state.config.refresh_token_ttl.as_secs());
     let mut response = StatusCode::NO_CONTENT.into_response();
     response.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).map_err(anyhow::Error::from)?);
     Ok(response)

@@ -19,7 +19,7 @@ fn names(page: &Value) -> Vec<&str> {
 }
 
 async fn changes_show_at_once_despite_long_lived_caches(engine: Engine) {
-    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| c.read_cache_ms = LONG_MS.parse().unwrap()).await;
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| c.read_cache = std::time::Duration::from_millis(LONG_MS.parse().unwrap())).await;
     let owner = app.owner("ada@example.com").await;
     let viewer = app.member(&owner, "bob@example.com", "viewer").await;
     let list = |token: String| {

@@ -105,10 +105,10 @@ async fn another_replica_takes_over_the_jobs_of_a_dead_lease_holder() {
 fn a_lease_renewed_no_sooner_than_it_expires_is_refused() {
     let load = |lease: &str, renew: &str| {
         let env = vec![("MESHFLEET_JOB_LEASE_MS".to_string(), lease.to_string()), ("MESHFLEET_JOB_LEASE_RENEW_MS".to_string(), renew.to_string())];
-        meshfleet_server::Config::load(None, &env, &[]).map(|c| (c.job_lease_ms, c.job_lease_renew_ms)).map_err(|e| e.to_string())
+        meshfleet_server::Config::load(None, &env, &[]).map(|c| (c.job_lease.as_millis(), c.job_lease_renew.as_millis())).map_err(|e| e.to_string())
     };
     assert_eq!(
-        meshfleet_server::Config::load(None, &Vec::<(String, String)>::new(), &[]).map(|c| (c.job_lease_ms, c.job_lease_renew_ms)).unwrap(),
+        meshfleet_server::Config::load(None, &Vec::<(String, String)>::new(), &[]).map(|c| (c.job_lease.as_millis(), c.job_lease_renew.as_millis())).unwrap(),
         (15_000, 5_000)
     );
     assert_eq!(load("2000", "500").unwrap(), (2_000, 500));
