@@ -22,7 +22,6 @@ pub struct Reservation {
 pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i64) -> Result<Reservation, ApiError> {
     let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
     let mut conn = db.pool.acquire().await?;
-    login_throttle::forget_ended(&mut conn, now, window_ms).await?;
     let mut reservation = Reservation { counted: Vec::with_capacity(subjects.len()) };
     let mut wait_ms = 0;
     for (subject, limit) in subjects {

@@ -41,6 +41,10 @@ async fn retention(state: AppState) -> anyhow::Result<()> {
         0 => {}
         n => tracing::info!(rows = n, "deleted metrics and events past retention"),
     }
+    // Ended log-in windows count for nothing (a new attempt restarts its window): drop them here,
+    // off the log-in path.
+    let window_ms = i64::try_from(state.config.login_failure_window.as_millis()).unwrap_or(i64::MAX);
+    store::login_throttle::forget_ended(&mut conn, state.clock.now_ms(), window_ms).await.context("forgetting ended log-in windows")?;
     Ok(())
 }
 
