@@ -6,6 +6,7 @@
 //! heard from is written apart too, at most once a second per cluster (`Ingest::seen`), and so
 //! are the refusals of over-quota reports (`Ingest::refused`), which become cluster findings.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
@@ -18,6 +19,7 @@ use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::store::inventory::{Facts, Pod};
+use crate::store::metric_series::{Admitted, Known};
 use crate::store::rollups::{Event, Window};
 use crate::store::throttles::Noted;
 
@@ -140,17 +142,20 @@ impl Ingest {
 
 async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refusals, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
     let mut batch = Vec::with_capacity(batch_max);
+    // This shard's clusters' series seen in the database (a cluster always maps to one shard).
+    let mut known = Known::default();
     while rx.recv_many(&mut batch, batch_max).await > 0 {
         let now = clock.now_ms();
         metrics.ingest_batch_size.observe(batch.len() as f64);
-        match write(&db, &batch, now, quotas).await {
+        known.expire();
+        match write(&db, &batch, now, quotas, &mut known).await {
             Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
             Err(e) if batch.len() > 1 => {
                 // One bad report (say, for a cluster deleted a moment ago) must not fail its
                 // neighbours: store them one by one.
                 tracing::warn!(error = %e, size = batch.len(), "ingest batch failed; retrying reports one at a time");
                 for job in batch.drain(..) {
-                    let outcome = match write(&db, std::slice::from_ref(&job), now, quotas).await {
+                    let outcome = match write(&db, std::slice::from_ref(&job), now, quotas, &mut known).await {
                         Ok(mut refusals) => Outcome::Stored(refusals.pop().flatten()),
                         Err(e) => {
                             tracing::warn!(error = %e, cluster_id = %job.cluster, "report not stored");
@@ -234,10 +239,12 @@ fn finish(metrics: &Metrics, refused: &Refusals, now: i64, jobs: impl Iterator<I
 
 /// Stores the jobs in one transaction: inventory changes in arrival order, metrics (one raw
 /// row per report, without the windows of series over the cluster's quota) and events as
-/// multi-row statements. Returns each job's refusal, if any.
-async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
+/// multi-row statements. Returns each job's refusal, if any; once committed, `known` learns
+/// the series the transaction found or registered.
+async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Known) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut admitted: Vec<(OrgId, ClusterId, Vec<Window>)> = Vec::new();
+    let mut admitted: Vec<(OrgId, ClusterId, Cow<[Window]>)> = Vec::new();
+    let mut learned = Vec::new();
     let mut refusals = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
     for job in jobs {
@@ -253,7 +260,10 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas) -> Result<Vec<Op
                 }
             }
             Report::Metrics(w) => {
-                let (kept, over) = store::metric_series::admit(&mut tx, org, cluster, w, quotas.series, now).await?;
+                let Admitted { kept, refused: over, learned: series } = store::metric_series::admit(&mut tx, org, cluster, w, quotas.series, now, known).await?;
+                if !series.is_empty() {
+                    learned.push((cluster, series));
+                }
                 if over > 0 {
                     let message = format!("{over} windows of workloads beyond the cluster's quota of {} series", quotas.series);
                     refusal = Some(Refusal { reason: "series", message, items: over });
@@ -268,9 +278,12 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas) -> Result<Vec<Op
         }
         refusals.push(refusal);
     }
-    let reports: Vec<(OrgId, ClusterId, &[Window])> = admitted.iter().map(|(o, c, w)| (*o, *c, w.as_slice())).collect();
+    let reports: Vec<(OrgId, ClusterId, &[Window])> = admitted.iter().map(|(o, c, w)| (*o, *c, w.as_ref())).collect();
     store::metric_reports::append(&mut tx, &reports).await?;
     store::rollups::add_events(&mut tx, &events).await?;
     tx.commit().await?;
+    for (cluster, series) in learned {
+        known.learn(cluster, series);
+    }
     Ok(refusals)
 }

@@ -1,8 +1,11 @@
 //! The distinct workloads (series) each cluster has reported metrics for, so the series quota
 //! is checked against the database. Only the ingest writer adds series; retention forgets
-//! series without rollups left.
+//! series without rollups left. Each ingest writer remembers the series it has seen in the
+//! database (`Known`), so a report of known series, the steady state, costs no query.
 
-use std::collections::BTreeSet;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use sqlx::Row;
 
@@ -10,12 +13,84 @@ use super::rollups::Window;
 use super::Conn;
 use crate::domain::{ClusterId, OrgId};
 
+/// How long a writer trusts what it learnt: retention may forget a series that went quiet,
+/// and another replica may have registered series since.
+const KNOWN_FOR: Duration = Duration::from_secs(300);
+
+/// Series a writer has seen registered in the database, per cluster (namespace -> workloads).
+/// Learnt only from committed transactions, and forgotten after `KNOWN_FOR`.
+#[derive(Default)]
+pub struct Known {
+    clusters: HashMap<ClusterId, Learnt>,
+    swept: Option<Instant>,
+}
+
+struct Learnt {
+    at: Instant,
+    series: HashMap<String, HashSet<String>>,
+    count: usize,
+}
+
+impl Known {
+    fn contains(&self, cluster: ClusterId, namespace: &str, workload: &str) -> bool {
+        self.clusters.get(&cluster).and_then(|l| l.series.get(namespace)).is_some_and(|w| w.contains(workload))
+    }
+
+    /// Whether the cluster is known to have `quota` series already: its new series are refused
+    /// without asking the database.
+    fn full(&self, cluster: ClusterId, quota: u32) -> bool {
+        self.clusters.get(&cluster).is_some_and(|l| l.count >= quota as usize)
+    }
+
+    /// Remembers series found or registered by a transaction that has committed.
+    pub fn learn(&mut self, cluster: ClusterId, series: Vec<(String, String)>) {
+        let l = self.clusters.entry(cluster).or_insert_with(|| Learnt { at: Instant::now(), series: HashMap::new(), count: 0 });
+        for (ns, wl) in series {
+            if l.series.entry(ns).or_default().insert(wl) {
+                l.count += 1;
+            }
+        }
+    }
+
+    /// Forgets what was learnt more than `KNOWN_FOR` ago (looking at most once a second).
+    pub fn expire(&mut self) {
+        if self.swept.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        self.clusters.retain(|_, l| l.at.elapsed() < KNOWN_FOR);
+    }
+}
+
+/// What `admit` kept of a report.
+pub struct Admitted<'a> {
+    pub kept: Cow<'a, [Window]>,
+    /// Windows refused: their series would exceed the quota.
+    pub refused: usize,
+    /// Series found in or added to the database: `Known::learn` them once committed.
+    pub learned: Vec<(String, String)>,
+}
+
+impl<'a> Admitted<'a> {
+    fn only(windows: &'a [Window], keep: impl Fn(&Window) -> bool, learned: Vec<(String, String)>) -> Self {
+        let kept: Vec<Window> = windows.iter().filter(|w| keep(w)).cloned().collect();
+        Admitted { refused: windows.len() - kept.len(), kept: Cow::Owned(kept), learned }
+    }
+}
+
 /// Keeps the windows of series the cluster already has, and of new series while the cluster
-/// stays within `quota` series (registering them). Returns the windows kept and how many were
-/// refused. Call inside the transaction that stores the windows.
-pub async fn admit(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &[Window], quota: u32, now: i64) -> Result<(Vec<Window>, usize), sqlx::Error> {
+/// stays within `quota` series (registering them). Call inside the transaction that stores
+/// the windows.
+pub async fn admit<'a>(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &'a [Window], quota: u32, now: i64, cache: &Known) -> Result<Admitted<'a>, sqlx::Error> {
+    if windows.iter().all(|w| cache.contains(cluster, &w.namespace, &w.workload)) {
+        return Ok(Admitted { kept: Cow::Borrowed(windows), refused: 0, learned: Vec::new() });
+    }
+    if cache.full(cluster, quota) {
+        return Ok(Admitted::only(windows, |w| cache.contains(cluster, &w.namespace, &w.workload), Vec::new()));
+    }
     // No more than `quota` series of one report can ever be kept: that bounds the work.
-    let all: BTreeSet<(&str, &str)> = windows.iter().map(|w| (w.namespace.as_str(), w.workload.as_str())).collect();
+    let all: BTreeSet<(&str, &str)> =
+        windows.iter().filter(|w| !cache.contains(cluster, &w.namespace, &w.workload)).map(|w| (w.namespace.as_str(), w.workload.as_str())).collect();
     let wanted: Vec<(&str, &str)> = all.into_iter().take(quota as usize).collect();
     let mut known: BTreeSet<(&str, &str)> = BTreeSet::new();
     for chunk in wanted.chunks(super::rows_per_statement(conn, 2)) {
@@ -51,8 +126,9 @@ pub async fn admit(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &[W
         }
         known.extend(admitted);
     }
-    let (kept, refused): (Vec<&Window>, Vec<&Window>) = windows.iter().partition(|w| known.contains(&(w.namespace.as_str(), w.workload.as_str())));
-    Ok((kept.into_iter().cloned().collect(), refused.len()))
+    let learned = known.iter().map(|(ns, wl)| (ns.to_string(), wl.to_string())).collect();
+    let keep = |w: &Window| known.contains(&(w.namespace.as_str(), w.workload.as_str())) || cache.contains(cluster, &w.namespace, &w.workload);
+    Ok(Admitted::only(windows, keep, learned))
 }
 
 /// Forgets series first seen before `cutoff` that have no rollups left (retention removed them).
