@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingest;
 pub mod limits;
 pub mod pki;
+pub mod recheck;
 pub mod registry;
 pub mod session;
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -52,6 +53,12 @@ impl Job {
 /// The jobs this replica runs, by its roles and database.
 pub fn registered(state: &AppState) -> Vec<Job> {
     let mut jobs = crate::gateway::dispatch::jobs(state);
+    if state.config.roles.gateway {
+        jobs.push(crate::gateway::recheck::job());
+    }
+    if state.config.roles.api {
+        jobs.push(crate::fleet::refresh_job());
+    }
     if state.config.roles.worker {
         jobs.extend(crate::worker::jobs());
     }
@@ -151,44 +158,45 @@ async fn every_replica(state: &AppState, job: &Job, stop: &CancellationToken) {
     }
 }
 
-/// Runs the job while this replica holds its lease, renewing it every `job_lease_renew_ms`
-/// (also during a run: a run is dropped as soon as the lease is lost), and releases it on stop.
+/// Runs the job while this replica holds its lease, renewing it every `job_lease_renew_ms`,
+/// and releases it on stop. The renewals run beside the job's runs, never in between their
+/// awaits: a run holding SQLite's write lock while its lease write waited for that lock would
+/// stall both (and every ingest commit) for the whole busy timeout. A run is dropped as soon
+/// as the lease is lost.
 async fn leased(state: &AppState, job: &Job, stop: &CancellationToken, holder: &str) {
     let lease = Lease { state, job: job.name, holder, ttl: state.config.job_lease };
-    let mut renew = ticker(state.config.job_lease_renew);
-    let mut tick = ticker(job.every);
-    let mut valid_until: Option<Instant> = None;
-    'outer: loop {
-        tokio::select! {
-            biased;
-            _ = stop.cancelled() => break,
-            _ = renew.tick() => {
-                valid_until = lease.renew(valid_until).await;
+    let (held_tx, held) = watch::channel(false);
+    let keep = async {
+        let mut renew = ticker(state.config.job_lease_renew);
+        let mut valid_until: Option<Instant> = None;
+        loop {
+            renew.tick().await;
+            valid_until = lease.renew(valid_until).await;
+            held_tx.send_replace(valid_until.is_some());
+        }
+    };
+    let work = async {
+        let mut tick = ticker(job.every);
+        let mut held = held.clone();
+        loop {
+            let _ = held.wait_for(|h| *h).await;
+            tick.tick().await;
+            if !*held.borrow() {
                 continue;
             }
-            _ = tick.tick(), if valid_until.is_some() => {}
-        }
-        state.metrics.job_runs.with_label_values(&[job.name]).inc();
-        let run = (job.run)(state.clone());
-        tokio::pin!(run);
-        loop {
+            state.metrics.job_runs.with_label_values(&[job.name]).inc();
             tokio::select! {
-                biased;
-                _ = stop.cancelled() => break 'outer,
-                _ = renew.tick() => {
-                    valid_until = lease.renew(valid_until).await;
-                    if valid_until.is_none() {
-                        break;
-                    }
-                }
-                result = &mut run => {
-                    record(state, job, result);
-                    break;
-                }
+                result = (job.run)(state.clone()) => record(state, job, result),
+                _ = held.wait_for(|h| !*h) => {}
             }
         }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = keep => {}
+        _ = work => {}
     }
-    if valid_until.is_some() {
+    if *held.borrow() {
         lease.release().await;
     }
 }

@@ -260,7 +260,8 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Know
                 }
             }
             Report::Metrics(w) => {
-                let Admitted { kept, refused: over, learned: series } = store::metric_series::admit(&mut tx, org, cluster, w, quotas.series, now, known).await?;
+                let Admitted { kept, refused: over, learned: series } =
+                    store::metric_series::admit(&mut tx, org, cluster, w, quotas.series, now, known).await?;
                 if !series.is_empty() {
                     learned.push((cluster, series));
                 }

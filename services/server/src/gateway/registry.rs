@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
 
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, OrgId};
 
 /// Why a stream was ended from the server side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +15,8 @@ pub enum Cut {
     Open,
     Superseded,
     Revoked,
+    /// The re-check found its certificate expired or revoked (a missed notification).
+    CertificateInvalid,
 }
 
 pub struct Session {
@@ -28,6 +30,9 @@ pub struct Session {
 struct Entry {
     epoch: u64,
     id: String,
+    org: OrgId,
+    /// The serial of the certificate the stream was opened with.
+    serial: String,
     wake: Arc<Notify>,
     cut: watch::Sender<Cut>,
 }
@@ -39,13 +44,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Registers a new stream for the cluster, superseding any older one.
-    pub fn open(&self, cluster: ClusterId) -> Session {
+    /// Registers a new stream for the cluster, opened with the certificate `serial`,
+    /// superseding any older one.
+    pub fn open(&self, org: OrgId, cluster: ClusterId, serial: &str) -> Session {
         let epoch = self.next_epoch.fetch_add(1, Ordering::Relaxed);
         let (cut_tx, cut_rx) = watch::channel(Cut::Open);
         let wake = Arc::new(Notify::new());
         let id = uuid::Uuid::now_v7().to_string();
-        let old = self.lock().insert(cluster, Entry { epoch, id: id.clone(), wake: wake.clone(), cut: cut_tx });
+        let old = self.lock().insert(cluster, Entry { epoch, id: id.clone(), org, serial: serial.to_owned(), wake: wake.clone(), cut: cut_tx });
         if let Some(old) = old {
             let _ = old.cut.send(Cut::Superseded);
         }
@@ -82,8 +88,26 @@ impl Registry {
 
     /// Cuts the cluster's stream, if open here.
     pub fn revoke(&self, cluster: ClusterId) {
-        if let Some(e) = self.lock().remove(&cluster) {
-            let _ = e.cut.send(Cut::Revoked);
+        self.cut(cluster, None, Cut::Revoked);
+    }
+
+    /// The open streams' (org, cluster, certificate serial).
+    pub fn certificates(&self) -> Vec<(OrgId, ClusterId, String)> {
+        self.lock().iter().map(|(cluster, e)| (e.org, *cluster, e.serial.clone())).collect()
+    }
+
+    /// Cuts the cluster's stream if it is still the one opened with `serial`: its certificate
+    /// was found invalid.
+    pub fn certificate_invalid(&self, cluster: ClusterId, serial: &str) {
+        self.cut(cluster, Some(serial), Cut::CertificateInvalid);
+    }
+
+    fn cut(&self, cluster: ClusterId, serial: Option<&str>, why: Cut) {
+        let mut map = self.lock();
+        if map.get(&cluster).is_some_and(|e| serial.is_none_or(|s| s == e.serial)) {
+            if let Some(e) = map.remove(&cluster) {
+                let _ = e.cut.send(why);
+            }
         }
     }
 

@@ -25,10 +25,6 @@ use crate::store;
 pub type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>> + Send>>;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How often an open stream re-checks its certificate. Revocations reach streams at once
-/// in-process and through NOTIFY; this is the fallback for a missed notification, kept rare
-/// because with 10,000 agents every second of it costs 2,000 queries.
-const REVALIDATE_EVERY: Duration = Duration::from_secs(30);
 
 pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
     let (tx, rx) = mpsc::channel(64);
@@ -63,7 +59,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
             return Err(Error::NoHello);
         }
     };
-    let mut session = state.agents.open(peer.cluster_id);
+    let mut session = state.agents.open(peer.org_id, peer.cluster_id, serial);
     let _guard = Guard { gw: gw.clone(), peer, epoch: session.epoch, id: session.id.clone() };
     let now = state.clock.now_ms();
     {
@@ -82,7 +78,6 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
     send_open_commands(gw, peer, tx, &mut sent).await?;
     let mut acks = FuturesOrdered::new();
     let mut last_seq = 0u64;
-    let mut revalidate = tokio::time::interval_at(tokio::time::Instant::now() + REVALIDATE_EVERY, REVALIDATE_EVERY);
 
     loop {
         tokio::select! {
@@ -158,10 +153,10 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 match cut {
                     Cut::Superseded => return Err(Error::Superseded),
                     Cut::Revoked => return Err(Error::Revoked),
+                    Cut::CertificateInvalid => return Err(Error::CertificateInvalid),
                     Cut::Open => {}
                 }
             }
-            _ = revalidate.tick() => gw.check_certificate(peer, serial).await?,
             _ = tx.closed() => return Ok(()),
         }
     }

@@ -1,5 +1,7 @@
 //! Agent certificates and the connection state of each cluster's agent.
 
+use sqlx::Row;
+
 use super::Conn;
 use crate::domain::{ClusterId, OrgId};
 
@@ -29,6 +31,31 @@ pub async fn certificate_is_valid(conn: &mut Conn, serial: &str, org: OrgId, clu
     .fetch_one(conn)
     .await?;
     Ok(n > 0)
+}
+
+/// Of the streams' (org, cluster, serial), those whose certificate is no longer valid (see
+/// `certificate_is_valid`), in a few statements however many streams there are.
+pub async fn invalid_certificates(conn: &mut Conn, open: &[(OrgId, ClusterId, String)], now: i64) -> Result<Vec<(ClusterId, String)>, sqlx::Error> {
+    let mut valid = std::collections::HashSet::new();
+    for chunk in open.chunks(super::rows_per_statement(conn, 1)) {
+        let serials = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT a.serial, a.org_id, a.cluster_id FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
+             WHERE a.revoked_at IS NULL AND a.not_after > $1 AND a.serial IN ({serials})"
+        );
+        let mut q = sqlx::query(&sql).bind(now);
+        for (_, _, serial) in chunk {
+            q = q.bind(serial);
+        }
+        for r in q.fetch_all(&mut *conn).await? {
+            valid.insert((r.try_get::<String, _>("org_id")?, r.try_get::<String, _>("cluster_id")?, r.try_get::<String, _>("serial")?));
+        }
+    }
+    Ok(open
+        .iter()
+        .filter(|(org, cluster, serial)| !valid.contains(&(org.to_string(), cluster.to_string(), serial.clone())))
+        .map(|(_, cluster, serial)| (*cluster, serial.clone()))
+        .collect())
 }
 
 /// Revokes every certificate of the cluster's agent; it must register again.

@@ -178,6 +178,7 @@ on_both_engines!(
     bootstrap_tokens_and_csrs_are_checked,
     commands_reach_the_agent_and_results_come_back,
     deleted_or_revoked_clusters_lose_their_stream_at_once,
+    the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed,
 );
 
 async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {
@@ -431,6 +432,31 @@ async fn deleted_or_revoked_clusters_lose_their_stream_at_once(engine: Engine) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(stream.ended().await.code(), Code::PermissionDenied);
     assert!(Stream::open(&app, &id).await.is_err());
+}
+
+/// The fallback for a missed notification and for certificates that expire while connected:
+/// the `certificate-recheck` job, run here directly rather than waiting for its 30 s tick.
+async fn the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (silently_revoked, id1) = registered(&app, &owner, "c1").await;
+    let (_, id2) = registered(&app, &owner, "c2").await;
+    let mut first = Stream::open(&app, &id1).await.unwrap();
+    let mut second = Stream::open(&app, &id2).await.unwrap();
+
+    // Revoked behind the service's back: no in-process cut, no NOTIFY.
+    sqlx::query("UPDATE agent_certificates SET revoked_at = 1 WHERE cluster_id = $1").bind(&silently_revoked).execute(&app.state.db.pool).await.unwrap();
+    meshfleet_server::gateway::recheck::recheck(app.state.clone()).await.unwrap();
+    let ended = first.ended().await;
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    // The other stream is untouched.
+    let seq = second.report(snapshot(vec![])).await;
+    second.acked(seq).await;
+
+    // Its certificate expires while connected.
+    app.state.clock.advance(app.state.config.agent_cert_ttl + Duration::from_secs(1));
+    meshfleet_server::gateway::recheck::recheck(app.state.clone()).await.unwrap();
+    assert_eq!(second.ended().await.code(), Code::PermissionDenied);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
