@@ -36,7 +36,7 @@ pub struct Inner {
     pub limits: Limits,
     pub ingest: Ingest,
     /// The dashboard's per-organization fleet overview.
-    pub fleet_cache: crate::ui::fleet::FleetCache,
+    pub fleet_cache: crate::fleet::FleetCache,
     pub read_cache: crate::cache::ReadCache,
 }
 
@@ -92,6 +92,13 @@ impl AppState {
             fleet_cache: Default::default(),
             read_cache,
         })))
+    }
+}
+
+impl AppState {
+    /// Cluster liveness now, by the `stale_after_secs` and `disconnected_after_secs` settings.
+    pub fn liveness(&self) -> crate::domain::liveness::Liveness {
+        crate::domain::liveness::Liveness::at(self.clock.now_ms(), self.config.stale_after, self.config.disconnected_after)
     }
 }
 

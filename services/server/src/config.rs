@@ -51,7 +51,8 @@ pub struct Config {
     /// A connected agent unheard for this long is shown stale; for `disconnected_after_secs`, disconnected.
     pub stale_after: Duration,
     pub disconnected_after: Duration,
-    pub metric_retention_hours: i64,
+    /// How long per-minute metrics and events are kept (`metric_retention_hours`).
+    pub metric_retention: Duration,
     /// Most reports stored in one transaction; 1 stores each report on its own.
     pub ingest_batch_max: usize,
     /// Writer tasks for reports (0: 1 on SQLite, 4 on PostgreSQL).
@@ -75,6 +76,9 @@ pub struct Config {
     /// renews: a dead holder's jobs move to another replica within `job_lease_ms`.
     pub job_lease: Duration,
     pub job_lease_renew: Duration,
+    /// Fleet health: the success rates below which a cluster is critical or degraded (and at
+    /// which a degraded one recovers), and how long before expiry a certificate is a finding.
+    pub health: crate::domain::health::Thresholds,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -186,7 +190,7 @@ impl Default for Config {
             agent_cert_ttl: Duration::from_secs(7 * 24 * 3600),
             stale_after: Duration::from_secs(30),
             disconnected_after: Duration::from_secs(300),
-            metric_retention_hours: 7 * 24,
+            metric_retention: Duration::from_secs(7 * 24 * 3600),
             ingest_batch_max: 500,
             ingest_writers: 0,
             gateway_rate_per_sec: 50.0,
@@ -199,52 +203,117 @@ impl Default for Config {
             read_cache: Duration::from_millis(1000),
             job_lease: Duration::from_millis(15_000),
             job_lease_renew: Duration::from_millis(5_000),
+            health: Default::default(),
         }
     }
 }
 
-/// Every setting's name; in the environment it is upper-cased behind `MESHFLEET_`.
-pub const SETTINGS: &[&str] = &[
-    "listen",
-    "database_url",
-    "data_dir",
-    "public_url",
-    "gateway_address",
-    "agent_image",
-    "mesh_namespace",
-    "sealing_key",
-    "log_format",
-    "log",
-    "db_max_connections",
-    "access_token_ttl_secs",
-    "refresh_token_ttl_secs",
-    "bootstrap_token_ttl_secs",
-    "login_max_failures_per_account",
-    "login_max_failures_per_address",
-    "login_failure_window_secs",
-    "roles",
-    "gateway_listen",
-    "gateway_hostnames",
-    "gateway_tls_cert",
-    "gateway_tls_key",
-    "gateway_tls_ca",
-    "agent_cert_ttl_secs",
-    "stale_after_secs",
-    "disconnected_after_secs",
-    "metric_retention_hours",
-    "ingest_batch_max",
-    "ingest_writers",
-    "gateway_rate_per_sec",
-    "gateway_rate_burst",
-    "gateway_connects_per_min",
-    "gateway_connects_burst",
-    "quota_series",
-    "quota_events_per_min",
-    "quota_bytes",
-    "read_cache_ms",
-    "job_lease_ms",
-    "job_lease_renew_ms",
+type Setter = fn(&mut Config, &str, &str) -> Result<(), String>;
+
+/// Every setting, each named once: its name (in the environment upper-cased behind
+/// `MESHFLEET_`; units in the name are parsed here, once) and how a value sets it. The README's
+/// settings table lists exactly these (a test checks).
+#[allow(clippy::unit_arg)] // `Ok(c.field = value?)` keeps each setting on one line.
+pub const SETTINGS: &[(&str, Setter)] = &[
+    ("listen", |c, _, v| Ok(c.listen = address(v, "127.0.0.1:8080")?)),
+    ("database_url", |c, _, v| {
+        if crate::db::Engine::of_url(v.trim()).is_none() {
+            return Err("must start with sqlite: or postgres:".into());
+        }
+        Ok(c.database_url = Some(SecretString::from(v.trim().to_owned())))
+    }),
+    ("data_dir", |c, _, v| Ok(c.data_dir = PathBuf::from(nonempty(v)?))),
+    ("public_url", |c, _, v| Ok(c.public_url = Some(nonempty(v)?.trim_end_matches('/').to_owned()))),
+    ("gateway_address", |c, _, v| Ok(c.gateway_address = Some(nonempty(v)?.trim_end_matches('/').to_owned()))),
+    ("agent_image", |c, _, v| Ok(c.agent_image = nonempty(v)?)),
+    ("mesh_namespace", |c, _, v| {
+        crate::domain::labels::validate_dns1123_label(v).map_err(|e| e.to_string())?;
+        Ok(c.mesh_namespace = v.to_owned())
+    }),
+    ("sealing_key", |c, _, v| {
+        crate::secrets::Sealer::from_base64(v).map_err(|e| e.to_string())?;
+        Ok(c.sealing_key = Some(SecretString::from(v.trim().to_owned())))
+    }),
+    ("log_format", |c, _, v| {
+        c.log_format = match v.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(format!("{other:?} is not text or json")),
+        };
+        Ok(())
+    }),
+    ("log", |c, _, v| Ok(c.log = nonempty(v)?)),
+    ("db_max_connections", |c, _, v| Ok(c.db_max_connections = num(v)?)),
+    ("access_token_ttl_secs", |c, n, v| Ok(c.access_token_ttl = secs(n, v)?)),
+    ("refresh_token_ttl_secs", |c, n, v| Ok(c.refresh_token_ttl = secs(n, v)?)),
+    ("bootstrap_token_ttl_secs", |c, n, v| Ok(c.bootstrap_token_ttl = secs(n, v)?)),
+    ("login_max_failures_per_account", |c, _, v| Ok(c.login_max_failures_per_account = num(v)?)),
+    ("login_max_failures_per_address", |c, _, v| Ok(c.login_max_failures_per_address = num(v)?)),
+    ("login_failure_window_secs", |c, n, v| Ok(c.login_failure_window = secs(n, v)?)),
+    ("roles", |c, _, v| Ok(c.roles = v.parse()?)),
+    ("gateway_listen", |c, _, v| Ok(c.gateway_listen = address(v, "127.0.0.1:8443")?)),
+    ("gateway_hostnames", |c, _, v| {
+        c.gateway_hostnames = v.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
+        if c.gateway_hostnames.is_empty() {
+            return Err("name at least one host".into());
+        }
+        Ok(())
+    }),
+    ("gateway_tls_cert", |c, _, v| Ok(c.gateway_tls_cert = Some(PathBuf::from(nonempty(v)?)))),
+    ("gateway_tls_key", |c, _, v| Ok(c.gateway_tls_key = Some(PathBuf::from(nonempty(v)?)))),
+    ("gateway_tls_ca", |c, _, v| Ok(c.gateway_tls_ca = Some(PathBuf::from(nonempty(v)?)))),
+    ("agent_cert_ttl_secs", |c, n, v| Ok(c.agent_cert_ttl = secs(n, v)?)),
+    ("stale_after_secs", |c, n, v| Ok(c.stale_after = secs(n, v)?)),
+    ("disconnected_after_secs", |c, n, v| Ok(c.disconnected_after = secs(n, v)?)),
+    ("metric_retention_hours", |c, n, v| Ok(c.metric_retention = Duration::from_secs(3600) * positive(n, v)?)),
+    ("ingest_batch_max", |c, _, v| Ok(c.ingest_batch_max = num(v)?)),
+    ("ingest_writers", |c, _, v| Ok(c.ingest_writers = num(v)?)),
+    ("gateway_rate_per_sec", |c, _, v| Ok(c.gateway_rate_per_sec = num(v)?)),
+    ("gateway_rate_burst", |c, _, v| Ok(c.gateway_rate_burst = num(v)?)),
+    ("gateway_connects_per_min", |c, _, v| Ok(c.gateway_connects_per_min = num(v)?)),
+    ("gateway_connects_burst", |c, _, v| Ok(c.gateway_connects_burst = num(v)?)),
+    ("quota_series", |c, _, v| Ok(c.quota_series = num(v)?)),
+    ("quota_events_per_min", |c, _, v| Ok(c.quota_events_per_min = num(v)?)),
+    ("quota_bytes", |c, _, v| Ok(c.quota_bytes = v.parse()?)),
+    ("read_cache_ms", |c, _, v| Ok(c.read_cache = Duration::from_millis(num(v)?))),
+    ("job_lease_ms", |c, _, v| Ok(c.job_lease = Duration::from_millis(num(v)?))),
+    ("job_lease_renew_ms", |c, _, v| Ok(c.job_lease_renew = Duration::from_millis(num(v)?))),
+    ("health_critical_below", |c, _, v| Ok(c.health.critical_below = num(v)?)),
+    ("health_degraded_below", |c, _, v| Ok(c.health.degraded_below = num(v)?)),
+    ("health_recovered_at", |c, _, v| Ok(c.health.recovered_at = num(v)?)),
+    ("health_expiry_warning_secs", |c, n, v| Ok(c.health.expiry_warning = secs(n, v)?)),
 ];
+
+fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+    v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
+}
+
+fn positive(name: &str, v: &str) -> Result<u32, String> {
+    match num::<u32>(v) {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("{name}: {v:?} is not a positive whole number")),
+    }
+}
+
+/// A positive number of seconds (the name says the unit: `_secs`).
+fn secs(name: &str, v: &str) -> Result<Duration, String> {
+    match num::<u64>(v) {
+        Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
+        _ => Err(format!("{name}: {v:?} is not a positive number of seconds")),
+    }
+}
+
+fn nonempty(v: &str) -> Result<String, String> {
+    if v.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(v.trim().to_owned())
+    }
+}
+
+fn address(v: &str, example: &str) -> Result<SocketAddr, String> {
+    v.trim().parse().map_err(|_| format!("{v:?} is not an address like {example}"))
+}
 
 /// The process environment, behind a trait so tests pass a map instead of mutating it.
 pub trait Env {
@@ -291,7 +360,7 @@ impl Config {
                 Ok(table) => {
                     for (name, value) in table {
                         let source = format!("{name} (config file {})", path.display());
-                        if !SETTINGS.contains(&name.as_str()) {
+                        if !SETTINGS.iter().any(|(n, _)| *n == name) {
                             errors.push(format!("{source}: unknown setting"));
                             continue;
                         }
@@ -307,7 +376,7 @@ impl Config {
         }
         for (key, value) in env.vars() {
             if let Some(name) = key.strip_prefix("MESHFLEET_").map(str::to_lowercase) {
-                if SETTINGS.contains(&name.as_str()) {
+                if SETTINGS.iter().any(|(n, _)| *n == name) {
                     settings.push((name, value, format!("{key} (environment)")));
                 }
             }
@@ -331,88 +400,10 @@ impl Config {
     }
 
     fn set(&mut self, name: &str, value: &str) -> Result<(), String> {
-        fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-            v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))
+        match SETTINGS.iter().find(|(n, _)| *n == name) {
+            Some((name, set)) => set(self, name, value),
+            None => Err(format!("unknown setting {name}")),
         }
-        /// A positive number of seconds (the name says the unit: `_secs`).
-        fn secs(name: &str, v: &str) -> Result<Duration, String> {
-            match num::<u64>(v) {
-                Ok(n) if n > 0 => Ok(Duration::from_secs(n)),
-                _ => Err(format!("{name}: {v:?} is not a positive number of seconds")),
-            }
-        }
-        fn nonempty(v: &str) -> Result<String, String> {
-            if v.trim().is_empty() {
-                Err("must not be empty".into())
-            } else {
-                Ok(v.trim().to_owned())
-            }
-        }
-        match name {
-            "listen" => self.listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8080"))?,
-            "database_url" => {
-                if crate::db::Engine::of_url(value.trim()).is_none() {
-                    return Err("must start with sqlite: or postgres:".into());
-                }
-                self.database_url = Some(SecretString::from(value.trim().to_owned()));
-            }
-            "data_dir" => self.data_dir = PathBuf::from(nonempty(value)?),
-            "public_url" => self.public_url = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
-            "gateway_address" => self.gateway_address = Some(nonempty(value)?.trim_end_matches('/').to_owned()),
-            "agent_image" => self.agent_image = nonempty(value)?,
-            "mesh_namespace" => {
-                crate::domain::labels::validate_dns1123_label(value).map_err(|e| e.to_string())?;
-                self.mesh_namespace = value.to_owned();
-            }
-            "sealing_key" => {
-                crate::secrets::Sealer::from_base64(value).map_err(|e| e.to_string())?;
-                self.sealing_key = Some(SecretString::from(value.trim().to_owned()));
-            }
-            "log_format" => {
-                self.log_format = match value.trim() {
-                    "text" => LogFormat::Text,
-                    "json" => LogFormat::Json,
-                    other => return Err(format!("{other:?} is not text or json")),
-                }
-            }
-            "log" => self.log = nonempty(value)?,
-            "db_max_connections" => self.db_max_connections = num(value)?,
-            "access_token_ttl_secs" => self.access_token_ttl = secs(name, value)?,
-            "refresh_token_ttl_secs" => self.refresh_token_ttl = secs(name, value)?,
-            "bootstrap_token_ttl_secs" => self.bootstrap_token_ttl = secs(name, value)?,
-            "login_max_failures_per_account" => self.login_max_failures_per_account = num(value)?,
-            "login_max_failures_per_address" => self.login_max_failures_per_address = num(value)?,
-            "login_failure_window_secs" => self.login_failure_window = Duration::from_secs(num(value)?),
-            "roles" => self.roles = value.parse()?,
-            "gateway_listen" => self.gateway_listen = value.trim().parse().map_err(|_| format!("{value:?} is not an address like 127.0.0.1:8443"))?,
-            "gateway_hostnames" => {
-                self.gateway_hostnames = value.split(',').map(str::trim).filter(|h| !h.is_empty()).map(str::to_owned).collect();
-                if self.gateway_hostnames.is_empty() {
-                    return Err("name at least one host".into());
-                }
-            }
-            "gateway_tls_cert" => self.gateway_tls_cert = Some(PathBuf::from(nonempty(value)?)),
-            "gateway_tls_key" => self.gateway_tls_key = Some(PathBuf::from(nonempty(value)?)),
-            "gateway_tls_ca" => self.gateway_tls_ca = Some(PathBuf::from(nonempty(value)?)),
-            "agent_cert_ttl_secs" => self.agent_cert_ttl = secs(name, value)?,
-            "stale_after_secs" => self.stale_after = secs(name, value)?,
-            "disconnected_after_secs" => self.disconnected_after = secs(name, value)?,
-            "metric_retention_hours" => self.metric_retention_hours = num(value)?,
-            "ingest_batch_max" => self.ingest_batch_max = num(value)?,
-            "ingest_writers" => self.ingest_writers = num(value)?,
-            "gateway_rate_per_sec" => self.gateway_rate_per_sec = num(value)?,
-            "gateway_rate_burst" => self.gateway_rate_burst = num(value)?,
-            "gateway_connects_per_min" => self.gateway_connects_per_min = num(value)?,
-            "gateway_connects_burst" => self.gateway_connects_burst = num(value)?,
-            "quota_series" => self.quota_series = num(value)?,
-            "quota_events_per_min" => self.quota_events_per_min = num(value)?,
-            "quota_bytes" => self.quota_bytes = value.parse()?,
-            "read_cache_ms" => self.read_cache = Duration::from_millis(num(value)?),
-            "job_lease_ms" => self.job_lease = Duration::from_millis(num(value)?),
-            "job_lease_renew_ms" => self.job_lease_renew = Duration::from_millis(num(value)?),
-            other => return Err(format!("unknown setting {other}")),
-        }
-        Ok(())
     }
 
     /// Checks that span settings or bound values.
@@ -420,11 +411,6 @@ impl Config {
         let mut errors = Vec::new();
         if !(1..=1000).contains(&self.db_max_connections) {
             errors.push("db_max_connections: must be between 1 and 1000".to_owned());
-        }
-        for (name, v) in [("metric_retention_hours", self.metric_retention_hours)] {
-            if v <= 0 {
-                errors.push(format!("{name}: must be positive"));
-            }
         }
         let files = [&self.gateway_tls_cert, &self.gateway_tls_key, &self.gateway_tls_ca];
         if files.iter().any(|f| f.is_some()) && !files.iter().all(|f| f.is_some()) {
@@ -461,6 +447,7 @@ impl Config {
         if self.login_max_failures_per_account == 0 || self.login_max_failures_per_address == 0 {
             errors.push("login_max_failures_per_*: must be at least 1".to_owned());
         }
+        errors.extend(self.health.validate().err());
         errors
     }
 
@@ -631,10 +618,25 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_lists_every_setting_and_no_other() {
+        let readme = include_str!("../../../README.md");
+        let table = readme.split("| setting | default |").nth(1).expect("the README has a settings table");
+        let mut listed: Vec<&str> =
+            table.lines().skip(2).take_while(|l| l.starts_with('|')).flat_map(|l| l.split('|').nth(1).unwrap_or("").split('`').skip(1).step_by(2)).collect();
+        let mut known: Vec<&str> = SETTINGS.iter().map(|(n, _)| *n).collect();
+        listed.sort_unstable();
+        known.sort_unstable();
+        assert_eq!(listed, known);
+    }
+
+    #[test]
     fn durations_are_read_once_in_the_unit_their_name_says() {
         let c = Config::load(None, &env(&[("MESHFLEET_ACCESS_TOKEN_TTL_SECS", "90"), ("MESHFLEET_READ_CACHE_MS", "250")]), &[]).unwrap();
         assert_eq!((c.access_token_ttl, c.read_cache), (Duration::from_secs(90), Duration::from_millis(250)));
         assert_eq!(ms(c.access_token_ttl), 90_000);
+        let c = Config::load(None, &env(&[("MESHFLEET_METRIC_RETENTION_HOURS", "48")]), &[]).unwrap();
+        assert_eq!(c.metric_retention, Duration::from_secs(48 * 3600));
+        assert!(Config::load(None, &env(&[("MESHFLEET_METRIC_RETENTION_HOURS", "0")]), &[]).is_err());
         for bad in ["0", "-5", "soon"] {
             let errs = Config::load(None, &env(&[("MESHFLEET_STALE_AFTER_SECS", bad)]), &[]).unwrap_err().to_string();
             assert!(errs.contains("stale_after_secs: ") && errs.contains("is not a positive number of seconds"), "{bad}: {errs}");

@@ -1,9 +1,11 @@
-//! Domain types: typed ids, roles and strings that can only exist once validated.
-//! Handlers and the store exchange these, never raw strings, so an unchecked value
-//! cannot reach the database.
+//! The domain layer: typed ids, roles and strings that can only exist once validated, and
+//! the rules of the service as plain functions (fleet health, cluster liveness). Handlers and
+//! the store exchange these, never raw strings, so an unchecked value cannot reach the
+//! database; `http/` and `ui/` call the rules, they do not restate them.
 
 pub mod health;
 pub mod labels;
+pub mod liveness;
 pub mod schema;
 
 use std::fmt;

@@ -11,6 +11,7 @@ pub mod commands;
 pub mod error;
 pub mod extract;
 pub mod hardening;
+pub mod health;
 pub mod members;
 pub mod ops;
 pub mod problems;
@@ -64,6 +65,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(members::router())
         .merge(api_tokens::router())
         .merge(clusters::router())
+        .merge(health::router())
         .merge(agents::router())
         .merge(commands::router())
         .merge(audit::router())

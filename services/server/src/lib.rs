@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 pub mod db;
 pub mod domain;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod install;

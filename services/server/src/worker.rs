@@ -36,7 +36,7 @@ async fn expire_commands(state: AppState) -> anyhow::Result<()> {
 
 async fn retention(state: AppState) -> anyhow::Result<()> {
     let mut conn = state.db.pool.acquire().await?;
-    let cutoff = state.clock.now_ms() - state.config.metric_retention_hours * 3_600_000;
+    let cutoff = state.clock.now_ms() - crate::config::ms(state.config.metric_retention);
     match store::rollups::delete_older_than(&mut conn, cutoff).await.context("deleting metrics and events past retention")? {
         0 => {}
         n => tracing::info!(rows = n, "deleted metrics and events past retention"),

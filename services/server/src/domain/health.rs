@@ -1,9 +1,13 @@
-//! Fleet health: how worrying a cluster is and why, from its agent status, golden metrics,
-//! certificates and control plane; and the request rate over the time data actually covers.
-//! Pure rules, no I/O and no wording: adapters remember state and render the findings.
+//! Fleet health: the findings about a cluster (its agent, certificates, golden metrics,
+//! control plane and proxy versions), how urgent each is, and the cluster's health, which its
+//! worst finding decides. Pure rules and their wording, no I/O: adapters gather the signals,
+//! remember what the rules need between assessments (the success-rate hysteresis, when a
+//! finding was first seen) and show the findings (dashboard, `/api/v1/.../health`).
+
+use std::time::Duration;
 
 /// How worrying a cluster is; the overview lists the worst first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Health {
     Critical,
     Degraded,
@@ -24,79 +28,272 @@ impl Health {
     }
 }
 
-/// Why a cluster has its health.
+/// How urgent a finding is, in the words alerting uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Critical,
+    Warning,
+    Info,
+}
+
+impl Severity {
+    pub fn label(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
+/// The thresholds of the rules (settings `health_*`; the defaults are below).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Below this success rate a cluster is critical.
+    pub critical_below: f64,
+    /// Below this success rate a healthy cluster becomes degraded ...
+    pub degraded_below: f64,
+    /// ... and a degraded one recovers only at or above this one. The gap keeps a cluster whose
+    /// rate wanders around the threshold from flipping between healthy and degraded every few
+    /// seconds.
+    pub recovered_at: f64,
+    /// A certificate expiring sooner than this makes its cluster "expiring".
+    pub expiry_warning: Duration,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds { critical_below: 0.95, degraded_below: 0.99, recovered_at: 0.995, expiry_warning: Duration::from_secs(7 * 86_400) }
+    }
+}
+
+impl Thresholds {
+    /// The rates must be fractions in order: critical <= degraded <= recovered.
+    pub fn validate(&self) -> Result<(), String> {
+        let (c, d, r) = (self.critical_below, self.degraded_below, self.recovered_at);
+        if !(0.0..=1.0).contains(&c) || !(0.0..=1.0).contains(&d) || !(0.0..=1.0).contains(&r) {
+            return Err("health_critical_below, health_degraded_below and health_recovered_at are fractions between 0 and 1".into());
+        }
+        if !(c <= d && d <= r) {
+            return Err(format!("health thresholds must satisfy critical_below ({c}) <= degraded_below ({d}) <= recovered_at ({r})"));
+        }
+        Ok(())
+    }
+
+    fn expiry_warning_ms(&self) -> i64 {
+        i64::try_from(self.expiry_warning.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// Whether a success rate counts as degraded (or worse), given whether it did last time.
+    /// No traffic is no evidence of errors.
+    pub fn success_degraded(&self, rate: Option<f64>, was_degraded: bool) -> bool {
+        match rate {
+            Some(r) if was_degraded => r < self.recovered_at,
+            Some(r) => r < self.degraded_below,
+            None => false,
+        }
+    }
+}
+
+/// Something worth knowing about a cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finding {
-    /// The agent is stale or disconnected (the status).
-    AgentAway(String),
+    /// The agent is stale or disconnected (the status); last heard from at `last_seen` (ms).
+    AgentAway {
+        status: String,
+        last_seen: Option<i64>,
+    },
     NoAgentYet,
-    /// A certificate expired at this time (ms).
-    CertificateExpired(i64),
-    /// The success rate (0..=1) is below the threshold of the health it gives.
-    SuccessRate(f64),
+    /// The certificate of this role expired at `not_after` (ms).
+    CertificateExpired {
+        role: String,
+        not_after: i64,
+    },
+    /// The success rate (0..=1) is below a threshold: the critical one, or the degraded one.
+    SuccessRate {
+        rate: f64,
+        critical: bool,
+    },
     ControlPlaneNotReady {
         ready: u32,
         want: u32,
     },
-    /// A certificate expires at this time (ms), within `EXPIRY_WARNING_MS`.
-    CertificateExpiring(i64),
-    AllGood,
+    /// The certificate of this role expires at `not_after` (ms), within the warning period.
+    CertificateExpiring {
+        role: String,
+        not_after: i64,
+    },
+    /// Proxies run another version than the control plane's.
+    ProxiesOutdated {
+        outdated: i64,
+        total: i64,
+        control_plane: String,
+    },
 }
 
-/// Below this success rate a cluster is critical.
-pub const CRITICAL_BELOW: f64 = 0.95;
-/// Below this success rate a healthy cluster becomes degraded ...
-pub const DEGRADED_BELOW: f64 = 0.99;
-/// ... and a degraded one recovers only at or above this one. The gap keeps a cluster whose
-/// rate wanders around 99% from flipping between healthy and degraded every few seconds.
-pub const RECOVERED_AT: f64 = 0.995;
-pub const EXPIRY_WARNING_MS: i64 = 7 * 86_400_000;
+impl Finding {
+    /// The check that made the finding: stable, for API clients and alert rules.
+    pub fn check(&self) -> &'static str {
+        match self {
+            Finding::AgentAway { .. } | Finding::NoAgentYet => "agent",
+            Finding::CertificateExpired { .. } | Finding::CertificateExpiring { .. } => "certificate_expiry",
+            Finding::SuccessRate { .. } => "success_rate",
+            Finding::ControlPlaneNotReady { .. } => "control_plane",
+            Finding::ProxiesOutdated { .. } => "proxy_versions",
+        }
+    }
 
-/// Whether a success rate counts as degraded (or worse), given whether it did last time.
-/// No traffic is no evidence of errors.
-pub fn success_degraded(rate: Option<f64>, was_degraded: bool) -> bool {
-    match rate {
-        Some(r) if was_degraded => r < RECOVERED_AT,
-        Some(r) => r < DEGRADED_BELOW,
-        None => false,
+    /// The health the finding gives its cluster; `None`: it informs, the health stays.
+    pub fn health(&self) -> Option<Health> {
+        match self {
+            Finding::AgentAway { .. } | Finding::CertificateExpired { .. } | Finding::SuccessRate { critical: true, .. } => Some(Health::Critical),
+            Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } => Some(Health::Degraded),
+            Finding::CertificateExpiring { .. } => Some(Health::Expiring),
+            Finding::NoAgentYet => Some(Health::Pending),
+            Finding::ProxiesOutdated { .. } => None,
+        }
+    }
+
+    pub fn severity(&self) -> Severity {
+        match self.health() {
+            Some(Health::Critical) => Severity::Critical,
+            Some(Health::Degraded | Health::Expiring) => Severity::Warning,
+            _ => Severity::Info,
+        }
+    }
+
+    /// What the finding is about: `Agent`, `Cluster` (its traffic), `ControlPlane`, `Proxies`
+    /// or `Certificate/<role>`.
+    pub fn object(&self) -> String {
+        match self {
+            Finding::AgentAway { .. } | Finding::NoAgentYet => "Agent".into(),
+            Finding::CertificateExpired { role, .. } | Finding::CertificateExpiring { role, .. } => format!("Certificate/{role}"),
+            Finding::SuccessRate { .. } => "Cluster".into(),
+            Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
+            Finding::ProxiesOutdated { .. } => "Proxies".into(),
+        }
+    }
+
+    /// When the condition began, where the signals tell; otherwise adapters use when they first
+    /// saw the finding.
+    pub fn began(&self, t: &Thresholds) -> Option<i64> {
+        match self {
+            Finding::AgentAway { last_seen, .. } => *last_seen,
+            Finding::CertificateExpired { not_after, .. } => Some(*not_after),
+            Finding::CertificateExpiring { not_after, .. } => Some(not_after - t.expiry_warning_ms()),
+            _ => None,
+        }
+    }
+
+    /// The finding in a few words, as the dashboard and the API show it.
+    pub fn message(&self, now: i64) -> String {
+        match self {
+            Finding::AgentAway { status, .. } => format!("agent {status}"),
+            Finding::NoAgentYet => "no agent connected yet".into(),
+            Finding::CertificateExpired { role, not_after } => format!("the {role} certificate expired {} ago", span(now - not_after)),
+            Finding::SuccessRate { rate, .. } => format!("success rate {:.1}%", rate * 100.0),
+            Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
+            Finding::CertificateExpiring { role, not_after } => format!("the {role} certificate expires in {}", span(not_after - now)),
+            Finding::ProxiesOutdated { outdated, total, control_plane } => {
+                format!("{outdated} of {total} proxies are not at the control plane's {control_plane}")
+            }
+        }
     }
 }
 
-/// What the health rule looks at.
+/// A duration in ms, in the largest units that read well: `12 min`, `3 h 5 min`, `2 d 4 h`, `7 d`.
+pub fn span(ms: i64) -> String {
+    let secs = (ms / 1000).unsigned_abs();
+    let (big, small) = match secs {
+        0..=3599 => return format!("{} min", secs / 60),
+        3600..=86_399 => ((secs / 3600, "h"), (secs % 3600 / 60, "min")),
+        _ => ((secs / 86_400, "d"), (secs % 86_400 / 3600, "h")),
+    };
+    match small.0 {
+        0 => format!("{} {}", big.0, big.1),
+        _ => format!("{} {} {} {}", big.0, big.1, small.0, small.1),
+    }
+}
+
+/// A certificate as the rules see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Certificate<'a> {
+    pub role: &'a str,
+    pub not_after: i64,
+}
+
+/// What the rules look at.
 pub struct Signals<'a> {
     /// The agent's effective status: pending, connected, stale or disconnected.
     pub status: &'a str,
+    pub last_seen: Option<i64>,
     pub success_rate: Option<f64>,
-    /// The result of `success_degraded` for this cluster, which carries the hysteresis.
+    /// The result of `Thresholds::success_degraded` for this cluster, which carries the hysteresis.
     pub success_degraded: bool,
-    pub nearest_expiry: Option<i64>,
+    pub certificates: &'a [Certificate<'a>],
     /// (ready, wanted) control-plane replicas, when reported.
     pub control_plane: Option<(u32, u32)>,
+    /// The control plane's version, when reported.
+    pub mesh_version: &'a str,
+    /// Proxies not at `mesh_version`, and all proxies.
+    pub proxies: (i64, i64),
     pub now: i64,
 }
 
-/// The cluster's health and the most important reason for it.
-pub fn assess(s: &Signals) -> (Health, Finding) {
-    match s.status {
-        "disconnected" | "stale" => return (Health::Critical, Finding::AgentAway(s.status.to_owned())),
-        "pending" => return (Health::Pending, Finding::NoAgentYet),
-        _ => {}
+/// A cluster's health and its findings, the one that decides the health first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assessment {
+    pub health: Health,
+    pub findings: Vec<Finding>,
+}
+
+/// Assesses a cluster. Metrics and the control plane count only while the agent is connected
+/// (otherwise they are old news); certificates always do, their times are absolute.
+pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
+    let mut findings = Vec::new();
+    let connected = match s.status {
+        "disconnected" | "stale" => {
+            findings.push(Finding::AgentAway { status: s.status.to_owned(), last_seen: s.last_seen });
+            false
+        }
+        "pending" => {
+            findings.push(Finding::NoAgentYet);
+            false
+        }
+        _ => true,
+    };
+    let mut certificates = s.certificates.to_vec();
+    certificates.sort_by_key(|c| c.not_after);
+    let warn_before = s.now.saturating_add(t.expiry_warning_ms());
+    for c in certificates.iter().filter(|c| c.not_after <= s.now) {
+        findings.push(Finding::CertificateExpired { role: c.role.to_owned(), not_after: c.not_after });
     }
-    if let Some(e) = s.nearest_expiry.filter(|e| *e <= s.now) {
-        return (Health::Critical, Finding::CertificateExpired(e));
+    if connected {
+        match s.success_rate {
+            Some(rate) if rate < t.critical_below => findings.push(Finding::SuccessRate { rate, critical: true }),
+            Some(rate) if s.success_degraded => findings.push(Finding::SuccessRate { rate, critical: false }),
+            _ => {}
+        }
+        if let Some((ready, want)) = s.control_plane.filter(|(r, w)| r < w) {
+            findings.push(Finding::ControlPlaneNotReady { ready, want });
+        }
     }
-    match s.success_rate {
-        Some(r) if r < CRITICAL_BELOW => return (Health::Critical, Finding::SuccessRate(r)),
-        Some(r) if s.success_degraded => return (Health::Degraded, Finding::SuccessRate(r)),
-        _ => {}
+    for c in certificates.iter().filter(|c| c.not_after > s.now && c.not_after < warn_before) {
+        findings.push(Finding::CertificateExpiring { role: c.role.to_owned(), not_after: c.not_after });
     }
-    if let Some((ready, want)) = s.control_plane.filter(|(r, w)| r < w) {
-        return (Health::Degraded, Finding::ControlPlaneNotReady { ready, want });
+    if connected && s.proxies.0 > 0 && !s.mesh_version.is_empty() {
+        findings.push(Finding::ProxiesOutdated { outdated: s.proxies.0, total: s.proxies.1, control_plane: s.mesh_version.to_owned() });
     }
-    if let Some(e) = s.nearest_expiry.filter(|e| *e - s.now < EXPIRY_WARNING_MS) {
-        return (Health::Expiring, Finding::CertificateExpiring(e));
-    }
-    (Health::Healthy, Finding::AllGood)
+    // Stable: within a level, the order above (the agent first, then certificates, ...).
+    findings.sort_by_key(|f| f.health().unwrap_or(Health::Healthy));
+    let health = findings.first().and_then(Finding::health).unwrap_or(Health::Healthy);
+    Assessment { health, findings }
+}
+
+/// Whether the minute starting at `minute` is over: the minute still running has only part
+/// of its requests, and plotted or rated as a whole minute it looks like a drop.
+pub fn is_finished(minute: i64, now: i64) -> bool {
+    minute + 60_000 <= now
 }
 
 /// Requests per second over a window of `window_ms` ending at `now`, of data whose earliest
@@ -111,9 +308,25 @@ pub fn rate_per_second(requests: i64, first_minute: i64, now: i64, window_ms: i6
 mod tests {
     use super::*;
 
+    const T: Thresholds = Thresholds { critical_below: 0.95, degraded_below: 0.99, recovered_at: 0.995, expiry_warning: Duration::from_secs(7 * 86_400) };
+
+    fn signals<'a>(status: &'a str, certificates: &'a [Certificate<'a>]) -> Signals<'a> {
+        Signals {
+            status,
+            last_seen: Some(900),
+            success_rate: None,
+            success_degraded: false,
+            certificates,
+            control_plane: None,
+            mesh_version: "",
+            proxies: (0, 0),
+            now: 1_000,
+        }
+    }
+
     fn connected(rate: f64, was_degraded: bool) -> Health {
-        let degraded = success_degraded(Some(rate), was_degraded);
-        assess(&Signals { status: "connected", success_rate: Some(rate), success_degraded: degraded, nearest_expiry: None, control_plane: None, now: 0 }).0
+        let degraded = T.success_degraded(Some(rate), was_degraded);
+        assess(&Signals { success_rate: Some(rate), success_degraded: degraded, ..signals("connected", &[]) }, &T).health
     }
 
     #[test]
@@ -129,7 +342,7 @@ mod tests {
         let flips = [0.989, 0.991, 0.9895, 0.992, 0.9893, 0.994]
             .iter()
             .map(|r| {
-                let now = success_degraded(Some(*r), was);
+                let now = T.success_degraded(Some(*r), was);
                 let flipped = now != was;
                 was = now;
                 flipped
@@ -139,21 +352,57 @@ mod tests {
         assert_eq!(flips, 1);
         // Critical and no-traffic cases keep their meaning.
         assert_eq!(connected(0.94, true), Health::Critical);
-        assert!(!success_degraded(None, true));
+        assert!(!T.success_degraded(None, true));
     }
 
     #[test]
-    fn findings_come_worst_first() {
-        let base = Signals { status: "connected", success_rate: None, success_degraded: false, nearest_expiry: None, control_plane: None, now: 1_000 };
-        assert_eq!(assess(&Signals { status: "stale", ..base }), (Health::Critical, Finding::AgentAway("stale".into())));
-        let base =
-            Signals { status: "connected", success_rate: None, success_degraded: false, nearest_expiry: Some(500), control_plane: Some((1, 2)), now: 1_000 };
-        assert_eq!(assess(&base), (Health::Critical, Finding::CertificateExpired(500)));
-        let base = Signals { nearest_expiry: Some(2_000), ..base };
-        assert_eq!(assess(&base), (Health::Degraded, Finding::ControlPlaneNotReady { ready: 1, want: 2 }));
-        let base = Signals { control_plane: Some((2, 2)), ..base };
-        assert_eq!(assess(&base), (Health::Expiring, Finding::CertificateExpiring(2_000)));
-        assert_eq!(assess(&Signals { status: "pending", ..base }), (Health::Pending, Finding::NoAgentYet));
+    fn findings_come_worst_first_and_the_worst_decides() {
+        let stale = assess(&signals("stale", &[]), &T);
+        assert_eq!((stale.health, stale.findings[0].check()), (Health::Critical, "agent"));
+        assert_eq!(stale.findings[0].began(&T), Some(900));
+
+        let certs = [Certificate { role: "issuer", not_after: 2_000 }, Certificate { role: "anchor", not_after: 500 }];
+        let s = Signals { control_plane: Some((1, 2)), ..signals("connected", &certs) };
+        let a = assess(&s, &T);
+        assert_eq!(a.health, Health::Critical);
+        let checks: Vec<(String, Severity)> = a.findings.iter().map(|f| (f.object(), f.severity())).collect();
+        assert_eq!(
+            checks,
+            [("Certificate/anchor".into(), Severity::Critical), ("ControlPlane".into(), Severity::Warning), ("Certificate/issuer".into(), Severity::Warning)]
+        );
+        assert_eq!(a.findings[0].message(1_000 + 3_600_000), "the anchor certificate expired 1 h ago");
+        assert_eq!((span(7 * 86_400_000), span(90_061_000), span(59_000)), ("7 d".into(), "1 d 1 h".into(), "0 min".into()));
+
+        let certs = [Certificate { role: "issuer", not_after: 2_000 }];
+        let a = assess(&Signals { control_plane: Some((2, 2)), ..signals("connected", &certs) }, &T);
+        assert_eq!(a.health, Health::Expiring);
+        assert_eq!(a.findings[0].began(&T), Some(2_000 - 7 * 86_400_000));
+        assert_eq!(assess(&signals("pending", &[]), &T).health, Health::Pending);
+        assert_eq!(assess(&signals("connected", &[]), &T), Assessment { health: Health::Healthy, findings: vec![] });
+    }
+
+    #[test]
+    fn metrics_and_the_control_plane_count_only_while_the_agent_is_connected() {
+        let s = Signals { success_rate: Some(0.5), control_plane: Some((0, 1)), mesh_version: "1.2.0", proxies: (3, 4), ..signals("disconnected", &[]) };
+        assert_eq!(assess(&s, &T).findings.len(), 1);
+        let a = assess(&Signals { status: "connected", ..s }, &T);
+        let checks: Vec<&str> = a.findings.iter().map(Finding::check).collect();
+        assert_eq!(checks, ["success_rate", "control_plane", "proxy_versions"]);
+        // Outdated proxies inform; they do not change the health.
+        let a = assess(&Signals { mesh_version: "1.2.0", proxies: (3, 4), ..signals("connected", &[]) }, &T);
+        assert_eq!((a.health, a.findings[0].severity()), (Health::Healthy, Severity::Info));
+        assert_eq!(a.findings[0].message(0), "3 of 4 proxies are not at the control plane's 1.2.0");
+    }
+
+    #[test]
+    fn thresholds_come_from_settings_and_must_be_in_order() {
+        let strict = Thresholds { degraded_below: 0.999, recovered_at: 0.9995, ..T };
+        assert!(strict.success_degraded(Some(0.998), false));
+        assert!(!T.success_degraded(Some(0.998), false));
+        assert!(Thresholds { critical_below: 0.99, degraded_below: 0.95, ..T }.validate().is_err());
+        assert!(Thresholds { recovered_at: 1.5, ..T }.validate().is_err());
+        assert!(T.validate().is_ok());
+        assert_eq!(Thresholds::default(), T);
     }
 
     #[test]
@@ -166,5 +415,7 @@ mod tests {
         // Older data is cut at the window; a minute that starts now counts a second.
         assert_eq!(rate_per_second(3_000, -600_000, window, window), 10.0);
         assert_eq!(rate_per_second(5, 1_000, 1_000, window), 5.0);
+        assert!(is_finished(0, 60_000));
+        assert!(!is_finished(60_000, 119_999));
     }
 }

@@ -23,9 +23,10 @@ use crate::app::AppState;
 use crate::config::ms;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::labels::{validate_labels, Labels, Selector};
+use crate::domain::liveness::Liveness;
 use crate::domain::{schema, ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
-use crate::store::clusters::{Cluster, Liveness};
+use crate::store::clusters::Cluster;
 use crate::store::{self, Conn};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -74,11 +75,6 @@ pub struct ClusterView {
 }
 
 /// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
-pub(crate) fn liveness(state: &AppState) -> Liveness {
-    let now = state.clock.now_ms();
-    Liveness { stale_before: now - ms(state.config.stale_after), disconnected_before: now - ms(state.config.disconnected_after) }
-}
-
 fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
     let status = c.effective_status(live);
     let status = serde_json::from_value(serde_json::Value::String(status.to_owned()))
@@ -172,7 +168,7 @@ async fn create_cluster(
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
     crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
-    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &liveness(&state))?, bootstrap_token })))
+    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &state.liveness())?, bootstrap_token })))
 }
 
 /// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
@@ -240,7 +236,7 @@ async fn list_clusters(
         .transpose()?;
     let render = async {
         let mut conn = state.db.pool.acquire().await?;
-        let live = liveness(&state);
+        let live = state.liveness();
         let query =
             store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
         let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
@@ -274,7 +270,7 @@ pub struct ClusterDetail {
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterDetail>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
-    let cluster = view(find(&mut conn, &auth, id).await?, &liveness(&state))?;
+    let cluster = view(find(&mut conn, &auth, id).await?, &state.liveness())?;
     let throttled = store::throttles::current(&mut conn, auth.org_id, id, state.clock.now_ms()).await?;
     Ok(Json(ClusterDetail { cluster, throttled }))
 }
@@ -310,7 +306,7 @@ async fn update_cluster(
     let cluster = find(&mut tx, &auth, id).await?;
     tx.commit().await?;
     crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
-    Ok(Json(view(cluster, &liveness(&state))?))
+    Ok(Json(view(cluster, &state.liveness())?))
 }
 
 /// Deletes a cluster.

@@ -5,6 +5,7 @@ use sqlx::Row;
 
 use super::{parse_col, Conn};
 use crate::domain::labels::{Labels, Op, Selector};
+use crate::domain::liveness::Liveness;
 use crate::domain::{ClusterId, ClusterName, OrgId};
 
 #[derive(Debug, Clone)]
@@ -24,24 +25,11 @@ pub struct Cluster {
 // Aliased: SQLite does not promise the name of an unaliased `c.x` column.
 const COLUMNS: &str = "c.id AS id, c.org_id AS org_id, c.name AS name, c.labels AS labels, c.status AS status, c.created_at AS created_at, c.updated_at AS updated_at, c.last_seen_at AS last_seen_at, c.agent_version AS agent_version, c.kubernetes_version AS kubernetes_version";
 
-/// When a connected agent that went quiet counts as stale, then as disconnected.
-#[derive(Debug, Clone, Copy)]
-pub struct Liveness {
-    /// Unheard since before this (ms): stale.
-    pub stale_before: i64,
-    /// Unheard since before this (ms): disconnected.
-    pub disconnected_before: i64,
-}
-
 impl Cluster {
     /// The status users see: a `connected` agent that stopped reporting (its replica died,
     /// say) turns stale, then disconnected.
     pub fn effective_status(&self, live: &Liveness) -> &str {
-        match (self.status.as_str(), self.last_seen_at) {
-            ("connected", Some(seen)) if seen < live.disconnected_before => "disconnected",
-            ("connected", Some(seen)) if seen < live.stale_before => "stale",
-            (status, _) => status,
-        }
+        live.status(&self.status, self.last_seen_at)
     }
 }
 

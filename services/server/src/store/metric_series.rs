@@ -81,7 +81,15 @@ impl<'a> Admitted<'a> {
 /// Keeps the windows of series the cluster already has, and of new series while the cluster
 /// stays within `quota` series (registering them). Call inside the transaction that stores
 /// the windows.
-pub async fn admit<'a>(conn: &mut Conn, org: OrgId, cluster: ClusterId, windows: &'a [Window], quota: u32, now: i64, cache: &Known) -> Result<Admitted<'a>, sqlx::Error> {
+pub async fn admit<'a>(
+    conn: &mut Conn,
+    org: OrgId,
+    cluster: ClusterId,
+    windows: &'a [Window],
+    quota: u32,
+    now: i64,
+    cache: &Known,
+) -> Result<Admitted<'a>, sqlx::Error> {
     if windows.iter().all(|w| cache.contains(cluster, &w.namespace, &w.workload)) {
         return Ok(Admitted { kept: Cow::Borrowed(windows), refused: 0, learned: Vec::new() });
     }

@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use maud::{html, Markup};
 
-use super::charts::{is_finished, line_chart, sparkline, Axis, Series};
+use super::charts::{line_chart, sparkline, Axis, Series};
 use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::health::rate_per_second;
+use crate::domain::health::{is_finished, rate_per_second};
 use crate::domain::ClusterId;
-use crate::http::clusters::liveness;
 use crate::http::error::ApiError;
 use crate::http::extract::ApiPath;
 use crate::store;
@@ -82,7 +81,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
     let now = state.clock.now_ms();
     let mut conn = state.db.pool.acquire().await?;
     let cluster = store::clusters::get(&mut conn, org, id).await?.ok_or(ApiError::NotFound("cluster"))?;
-    let status = cluster.effective_status(&liveness(state)).to_owned();
+    let status = cluster.effective_status(&state.liveness()).to_owned();
     let facts = store::inventory::facts(&mut conn, org, id).await?.map(|(f, _)| f).unwrap_or_default();
     let pods = store::inventory::pods(&mut conn, org, id).await?;
     let minutes = store::fleet::golden_by_minute(&mut conn, org, id, now - HOUR_MS).await?;

@@ -2,11 +2,10 @@
 //! expiry and golden metrics, worst first; filters, search, a summary row; kept live by
 //! server-sent events carrying the re-rendered table.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -15,51 +14,18 @@ use futures::stream::Stream;
 use maud::{html, Markup};
 use serde::Deserialize;
 
-use super::charts::{is_finished, sparkline};
+use super::charts::sparkline;
 use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
-use crate::domain::health::{self, Finding, Health, Signals};
+use crate::domain::health::{self, Health};
 use crate::domain::labels::Selector;
-use crate::domain::{ClusterId, OrgId};
-use crate::http::clusters::liveness;
+use crate::domain::ClusterId;
+use crate::fleet::{rates, FleetCache, Row, Snapshot, RECENT_MS};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
-use crate::store::clusters::{Cluster, ListQuery};
-use crate::store::fleet::Golden;
-use crate::store::{self};
 
-const DAY_MS: i64 = 86_400_000;
-/// Golden metrics in the table cover the last five minutes.
-const RECENT_MS: i64 = 5 * 60_000;
-const TREND_MS: i64 = 30 * 60_000;
-const MAX_ROWS: usize = 100;
-
-pub struct Row {
-    pub cluster: Cluster,
-    /// Whether the success rate counted as degraded: remembered for the next assessment.
-    pub success_degraded: bool,
-    pub status: String,
-    pub health: Health,
-    pub reason: String,
-    pub golden: Golden,
-    pub mesh_version: String,
-    pub nearest_expiry: Option<i64>,
-    pub proxies: i64,
-    pub outdated: i64,
-}
-
-/// The words for a health finding.
-fn reason(f: &Finding, now: i64) -> String {
-    match f {
-        Finding::AgentAway(status) => format!("agent {status}"),
-        Finding::NoAgentYet => "no agent connected yet".into(),
-        Finding::CertificateExpired(e) => format!("a certificate expired {}", countdown(*e, now)),
-        Finding::SuccessRate(r) => format!("success rate {:.1}%", r * 100.0),
-        Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
-        Finding::CertificateExpiring(e) => format!("a certificate expires {}", countdown(*e, now)),
-        Finding::AllGood => "all good".into(),
-    }
-}
+/// Rows the overview shows at most.
+const MAX_ROWS: usize = crate::fleet::TRENDED_ROWS;
 
 #[derive(Debug, Default, Clone, Deserialize)]
 pub struct Filters {
@@ -71,136 +37,9 @@ pub struct Filters {
     pub selector: String,
 }
 
-/// The organization's fleet as the overview shows it.
-pub struct Snapshot {
-    /// Every cluster with its health, worst first.
-    rows: Vec<Row>,
-    /// Request-rate trends of the first page of the unfiltered overview.
-    trends: HashMap<ClusterId, Vec<(i64, f64)>>,
-}
-
-/// Reads the whole fleet, so it is cached per organization (see `FleetCache`).
-async fn compute(state: &AppState, org: OrgId) -> Result<Snapshot, ApiError> {
-    let live = liveness(state);
-    let now = state.clock.now_ms();
-    let mut conn = state.db.pool.acquire().await?;
-    let everything = Selector::default();
-    let clusters = store::clusters::list(&mut conn, org, &ListQuery { selector: &everything, status: None, after_name: None, limit: 100_000 }).await?;
-    let golden = store::fleet::golden_since(&mut conn, org, now - RECENT_MS).await?;
-    let facts = store::fleet::facts_of_org(&mut conn, org).await?;
-    let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
-    let was_degraded = state.fleet_cache.degraded_of(org);
-    let mut rows: Vec<Row> = clusters
-        .into_iter()
-        .map(|cluster| {
-            let g = golden.get(&cluster.id).copied().unwrap_or_default();
-            let fact = facts.get(&cluster.id);
-            let mesh_version = fact.map(|f| f.control_plane.version.clone()).unwrap_or_default();
-            let nearest_expiry = fact.and_then(|f| f.certificates.iter().map(|c| c.not_after).min());
-            let ready = fact.map(|f| (f.control_plane.ready_replicas, f.control_plane.replicas));
-            let pods = versions.get(&cluster.id).map(Vec::as_slice).unwrap_or_default();
-            let proxies = pods.iter().map(|(_, n)| n).sum();
-            let outdated = pods.iter().filter(|(v, _)| !mesh_version.is_empty() && *v != mesh_version).map(|(_, n)| n).sum();
-            let status = cluster.effective_status(&live).to_owned();
-            let success_degraded = health::success_degraded(g.success_rate(), was_degraded.contains(&cluster.id));
-            let signals = Signals { status: &status, success_rate: g.success_rate(), success_degraded, nearest_expiry, control_plane: ready, now };
-            let (health, finding) = health::assess(&signals);
-            let reason = reason(&finding, now);
-            Row { success_degraded, cluster, status, health, reason, golden: g, mesh_version, nearest_expiry, proxies, outdated }
-        })
-        .collect();
-    state.fleet_cache.remember_degraded(org, rows.iter().filter(|r| r.success_degraded).map(|r| r.cluster.id).collect());
-    rows.sort_by(|a, b| a.health.cmp(&b.health).then_with(|| a.cluster.name.cmp(&b.cluster.name)));
-    let first_page: Vec<ClusterId> = rows.iter().take(MAX_ROWS).filter(|r| r.golden.requests > 0).map(|r| r.cluster.id).collect();
-    let trends = rates(&mut conn, org, &first_page, now).await?;
-    Ok(Snapshot { rows, trends })
-}
-
-/// Requests per second per finished minute over the last half hour.
-async fn rates(conn: &mut store::Conn, org: OrgId, ids: &[ClusterId], now: i64) -> Result<HashMap<ClusterId, Vec<(i64, f64)>>, ApiError> {
-    let minutes = store::fleet::golden_by_minute_of(conn, org, ids, now - TREND_MS).await?;
-    let finished = |ms: Vec<(i64, Golden)>| ms.into_iter().filter(|(m, _)| is_finished(*m, now)).map(|(m, g)| (m, g.requests as f64 / 60.0)).collect();
-    Ok(minutes.into_iter().map(|(id, ms)| (id, finished(ms))).collect())
-}
-
-/// The fleet rows of each organization, at most `FRESH` old. A request that finds them older
-/// gets them at once and starts one refresh in the background (stale-while-revalidate), so
-/// pages and live updates stay fast however large the fleet; changes show within ~2 s.
-#[derive(Default)]
-pub struct FleetCache {
-    entries: Mutex<HashMap<OrgId, CacheEntry>>,
-    /// Clusters whose success rate counted as degraded at the last assessment, for the
-    /// hysteresis of `domain::health`. Kept apart from the entries so that `invalidate` does
-    /// not reset it. Per replica: a live view stays on one replica, so it never flips.
-    degraded: Mutex<HashMap<OrgId, HashSet<ClusterId>>>,
-}
-
-struct CacheEntry {
-    at: Instant,
-    snapshot: Arc<Snapshot>,
-    refreshing: bool,
-}
-
-const FRESH: Duration = Duration::from_secs(1);
-
-impl FleetCache {
-    /// Forgets an organization's rows, after a change the user expects to see at once.
-    pub fn invalidate(&self, org: OrgId) {
-        self.entries.lock().expect("fleet cache lock poisoned").remove(&org);
-    }
-
-    fn degraded_of(&self, org: OrgId) -> HashSet<ClusterId> {
-        self.degraded.lock().expect("fleet cache lock poisoned").get(&org).cloned().unwrap_or_default()
-    }
-
-    fn remember_degraded(&self, org: OrgId, ids: HashSet<ClusterId>) {
-        self.degraded.lock().expect("fleet cache lock poisoned").insert(org, ids);
-    }
-
-    async fn snapshot(state: &AppState, org: OrgId) -> Result<Arc<Snapshot>, ApiError> {
-        let cache = &state.fleet_cache;
-        let stale = {
-            let mut entries = cache.entries.lock().expect("fleet cache lock poisoned");
-            match entries.get_mut(&org) {
-                Some(e) if e.at.elapsed() < FRESH || e.refreshing => return Ok(e.snapshot.clone()),
-                Some(e) => {
-                    e.refreshing = true;
-                    Some(e.snapshot.clone())
-                }
-                None => None,
-            }
-        };
-        match stale {
-            Some(snapshot) => {
-                let state = state.clone();
-                tokio::spawn(async move {
-                    let fresh = compute(&state, org).await;
-                    let mut entries = state.fleet_cache.entries.lock().expect("fleet cache lock poisoned");
-                    match fresh {
-                        Ok(fresh) => {
-                            entries.insert(org, CacheEntry { at: Instant::now(), snapshot: Arc::new(fresh), refreshing: false });
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "refreshing the fleet overview failed");
-                            if let Some(entry) = entries.get_mut(&org) {
-                                entry.refreshing = false;
-                            }
-                        }
-                    }
-                });
-                Ok(snapshot)
-            }
-            None => {
-                let snapshot = Arc::new(compute(state, org).await?);
-                cache
-                    .entries
-                    .lock()
-                    .expect("fleet cache lock poisoned")
-                    .insert(org, CacheEntry { at: Instant::now(), snapshot: snapshot.clone(), refreshing: false });
-                Ok(snapshot)
-            }
-        }
-    }
+/// The words for a row's health: its deciding finding, or that all is well.
+fn reason(r: &Row, now: i64) -> String {
+    r.findings.iter().find(|(f, _)| f.health().is_some()).map_or_else(|| "all good".to_owned(), |(f, _)| f.message(now))
 }
 
 /// Keeps the rows that match the filters.
@@ -228,7 +67,9 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
     let rows = matching(&snapshot.rows, f)?;
     let now = state.clock.now_ms();
     let count = |h: &[Health]| rows.iter().filter(|r| h.contains(&r.health)).count();
-    let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < 7 * DAY_MS)).count();
+    let warning = state.config.health.expiry_warning;
+    let warn_ms = i64::try_from(warning.as_millis()).unwrap_or(i64::MAX);
+    let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < warn_ms)).count();
     let shown: Vec<&Row> = rows.iter().copied().take(MAX_ROWS).collect();
     let trends = trends(state, viewer, &snapshot, &shown, now).await?;
     Ok(html! {
@@ -236,7 +77,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
             li.healthy { strong { (count(&[Health::Healthy])) } " healthy" }
             li.degraded { strong { (count(&[Health::Degraded, Health::Expiring])) } " degraded" }
             li.critical { strong { (rows.iter().filter(|r| r.status == "disconnected" || r.status == "stale").count()) } " disconnected or stale" }
-            li.expiring { strong { (expiring) } " certificates expiring within 7 days" }
+            li.expiring { strong { (expiring) } " certificates expiring within " (health::span(warn_ms)) }
             li { strong { (count(&[Health::Pending])) } " waiting for an agent" }
         }
         div.table-wrap {
@@ -252,7 +93,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
                         tr data-cluster=(r.cluster.name) {
                             th scope="row" { a href=(format!("/clusters/{}", r.cluster.id)) { (r.cluster.name) } }
                             td { span class=(format!("badge status-{}", r.status)) data-status=(r.status) { (r.status) } }
-                            td { span class=(format!("badge health-{}", r.health.label())) title=(r.reason) { (r.health.label()) } span.reason { (r.reason) } }
+                            td { @let reason = reason(r, now); span class=(format!("badge health-{}", r.health.label())) title=(reason) { (r.health.label()) } span.reason { (reason) } }
                             td { (or_dash(&r.mesh_version)) @if r.outdated > 0 { " " span.warn { (r.outdated) " of " (r.proxies) " proxies outdated" } } }
                             td { (or_dash(r.cluster.agent_version.as_deref().unwrap_or(""))) }
                             td { @match r.nearest_expiry { Some(e) => { time data-expires=(e) { (countdown(e, now)) } }, None => { "–" } } }

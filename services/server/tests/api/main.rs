@@ -13,6 +13,7 @@ mod figures;
 mod fleet;
 mod gateway;
 mod hardening;
+mod health;
 mod isolation;
 mod jobs;
 mod kube_agent;

@@ -5,10 +5,11 @@ use std::collections::BTreeSet;
 
 use meshfleet_server::db::{is_unique_violation, Db};
 use meshfleet_server::domain::labels::{Labels, Selector};
+use meshfleet_server::domain::liveness::Liveness;
 use meshfleet_server::domain::{ClusterId, OrgId, Role, SessionId, TokenId, UserId};
 use meshfleet_server::store::api_tokens::NewApiToken;
 use meshfleet_server::store::audit::AuditEntry;
-use meshfleet_server::store::clusters::{Cluster, ListQuery, Liveness};
+use meshfleet_server::store::clusters::{Cluster, ListQuery};
 use meshfleet_server::store::{accounts, api_tokens, audit, clusters, login_throttle, sessions, signing_keys};
 use sqlx::pool::PoolConnection;
 use sqlx::Any;
