@@ -123,8 +123,8 @@ fn key(token: &str) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::audit::Actor;
     use crate::domain::{Role, TokenId};
-    use crate::http::auth::Actor;
 
     fn principal() -> Principal {
         Principal { org_id: OrgId::new(), role: Role::Viewer, actor: Actor::ApiToken(TokenId::new()) }

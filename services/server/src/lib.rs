@@ -12,6 +12,7 @@ pub mod http;
 pub mod install;
 pub mod jobs;
 pub mod jwt;
+pub mod login;
 pub mod metrics;
 pub mod secrets;
 pub mod store;

@@ -66,7 +66,7 @@ impl FromRequestParts<AppState> for Viewer {
             ApiError::Unauthenticated(_) => to_login(),
             other => error_page(&other),
         })?;
-        let crate::http::auth::Actor::User { id, .. } = principal.actor else { return Err(to_login()) };
+        let crate::domain::audit::Actor::User { id, .. } = principal.actor else { return Err(to_login()) };
         let mut conn = state.db.pool.acquire().await.map_err(|e| error_page(&e.into()))?;
         let email = store::accounts::user_email(&mut conn, id).await.ok().flatten().unwrap_or_default();
         let org_name = store::accounts::org_name(&mut conn, principal.org_id).await.ok().flatten().unwrap_or_default();

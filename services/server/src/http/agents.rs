@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
 use super::error::ApiError;
@@ -22,6 +21,7 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, Role};
 use crate::store;
+use crate::store::audit;
 use crate::store::inventory::{CertificateInfo, ControlPlane, Facts, Pod};
 use crate::store::rollups::{Event, MinuteKey, MinuteRollup};
 

@@ -10,15 +10,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::audit;
-use super::auth::{Actor, Principal};
+use super::auth::Principal;
 use super::error::{ApiError, FieldError};
 use super::extract::{whole_number, ApiJson, ApiPath};
 use super::problems::{BadRequest, Forbidden, Internal, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
+use crate::domain::audit::Actor;
 use crate::domain::{parse_display_name, schema, Role, TokenId};
 use crate::secrets::{new_token, token_hash, TokenKind};
+use crate::store::audit;
 use crate::store::{self, api_tokens::ApiToken};
 
 pub fn router() -> OpenApiRouter<AppState> {

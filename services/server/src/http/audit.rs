@@ -1,5 +1,5 @@
-//! The audit log: how mutations are recorded (inside their own transaction) and how owners
-//! and admins read them back.
+//! The audit log as owners and admins read it back (entries are written by
+//! `store::audit::record`, in the transaction of each mutation).
 
 use axum::extract::State;
 use axum::Json;
@@ -7,42 +7,17 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::auth::{Actor, Principal};
+use super::auth::Principal;
 use super::error::ApiError;
 use super::extract::ApiQuery;
 use super::problems::{BadRequest, Forbidden, Internal, Invalid, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::{OrgId, Role};
-use crate::store::{self, Conn};
+use crate::domain::Role;
+use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))
-}
-
-/// Appends one entry; call it in the transaction of the mutation it describes.
-pub async fn record(
-    conn: &mut Conn,
-    org: OrgId,
-    now: i64,
-    actor: &Actor,
-    action: &str,
-    target: (&str, String),
-    details: serde_json::Value,
-) -> Result<(), ApiError> {
-    let entry = store::audit::AuditEntry {
-        id: uuid::Uuid::now_v7(),
-        org_id: org,
-        at: now,
-        actor_kind: actor.kind().into(),
-        actor_id: actor.id(),
-        action: action.into(),
-        target_kind: target.0.into(),
-        target_id: target.1,
-        details,
-    };
-    store::audit::record(conn, &entry).await?;
-    Ok(())
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -7,32 +7,11 @@ use axum::http::{header, request::Parts};
 
 use super::error::ApiError;
 use crate::app::AppState;
-use crate::domain::{OrgId, Role, SessionId, TokenId, UserId};
+use crate::domain::audit::Actor;
+use crate::domain::{OrgId, Role};
 use crate::jwt::VerifyError;
 use crate::secrets::{token_hash, TokenKind};
 use crate::store;
-
-#[derive(Debug, Clone, Copy)]
-pub enum Actor {
-    User { id: UserId, session: SessionId },
-    ApiToken(TokenId),
-}
-
-impl Actor {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Actor::User { .. } => "user",
-            Actor::ApiToken(_) => "api_token",
-        }
-    }
-
-    pub fn id(&self) -> String {
-        match self {
-            Actor::User { id, .. } => id.to_string(),
-            Actor::ApiToken(id) => id.to_string(),
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Principal {

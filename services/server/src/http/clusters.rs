@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::audit;
 use super::auth::{Deliberate, Principal};
 use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -26,6 +25,7 @@ use crate::domain::labels::{validate_labels, Labels, Selector};
 use crate::domain::liveness::Liveness;
 use crate::domain::{schema, ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
+use crate::store::audit;
 use crate::store::clusters::Cluster;
 use crate::store::{self, Conn};
 

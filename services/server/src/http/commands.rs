@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::audit;
 use super::auth::Principal;
 use super::clusters::find;
 use super::error::{ApiError, FieldError};
@@ -17,6 +16,7 @@ use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFou
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, CommandId, Role};
+use crate::store::audit;
 use crate::store::{self, commands::Command};
 
 pub fn router() -> OpenApiRouter<AppState> {

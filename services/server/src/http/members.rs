@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::audit;
 use super::auth::Principal;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath};
@@ -16,6 +15,7 @@ use super::problems::{BadRequest, Conflict, Forbidden, Internal, JsonBody, NotFo
 use crate::app::AppState;
 use crate::db::{is_unique_violation, to_rfc3339};
 use crate::domain::{schema, Email, OrgId, Role, UserId};
+use crate::store::audit;
 use crate::store::{self, accounts::Member, Conn};
 
 pub fn router() -> OpenApiRouter<AppState> {

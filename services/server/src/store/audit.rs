@@ -5,22 +5,23 @@ use std::collections::{BTreeSet, HashMap};
 use sqlx::Row;
 
 use super::{parse_col, Conn};
+use crate::domain::audit::{Actor, AuditEntry};
 use crate::domain::OrgId;
 
-#[derive(Debug, Clone)]
-pub struct AuditEntry {
-    pub id: uuid::Uuid,
-    pub org_id: OrgId,
-    pub at: i64,
-    pub actor_kind: String,
-    pub actor_id: String,
-    pub action: String,
-    pub target_kind: String,
-    pub target_id: String,
-    pub details: serde_json::Value,
+/// Appends that `actor` did `action` to `target`; call it in the transaction of the mutation.
+pub async fn record(
+    conn: &mut Conn,
+    org: OrgId,
+    now: i64,
+    actor: &Actor,
+    action: &str,
+    target: (&str, String),
+    details: serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    insert(conn, &AuditEntry::new(org, now, actor, action, target, details)).await
 }
 
-pub async fn record(conn: &mut Conn, e: &AuditEntry) -> Result<(), sqlx::Error> {
+pub async fn insert(conn: &mut Conn, e: &AuditEntry) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO audit_log (id, org_id, at, actor_kind, actor_id, action, target_kind, target_id, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

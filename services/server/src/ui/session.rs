@@ -10,10 +10,12 @@ use maud::html;
 
 use super::{layout, Viewer};
 use crate::app::AppState;
-use crate::http::accounts::{check_password, create_session, LoginRequest};
-use crate::http::auth::{Actor, Principal, SESSION_COOKIE};
+use crate::domain::audit::Actor;
+use crate::http::accounts::LoginRequest;
+use crate::http::auth::{Principal, SESSION_COOKIE};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiJson;
+use crate::login::{check_password, create_session};
 use crate::secrets::{new_token, token_hash, TokenKind};
 use crate::store;
 
@@ -60,7 +62,7 @@ pub async fn create(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(req): ApiJson<LoginRequest>,
 ) -> Result<Response, ApiError> {
-    let login = check_password(&state, peer, req).await?;
+    let login = check_password(&state, peer, &req.email, req.password, req.organization_id).await?;
     let now = state.clock.now_ms();
     let token = new_token(TokenKind::Ui);
     let mut tx = state.db.begin().await?;

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use super::{layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
+use crate::domain::audit::Actor;
 use crate::domain::Role;
-use crate::http::auth::Actor;
 use crate::http::extract::ApiQuery;
 use crate::store;
 

@@ -9,6 +9,7 @@ mod caches;
 mod clusters;
 mod conventions;
 mod dashboard;
+mod deploy;
 mod figures;
 mod fleet;
 mod gateway;

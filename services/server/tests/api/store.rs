@@ -4,11 +4,11 @@
 use std::collections::BTreeSet;
 
 use meshfleet_server::db::{is_unique_violation, Db};
+use meshfleet_server::domain::audit::AuditEntry;
 use meshfleet_server::domain::labels::{Labels, Selector};
 use meshfleet_server::domain::liveness::Liveness;
 use meshfleet_server::domain::{ClusterId, OrgId, Role, SessionId, TokenId, UserId};
 use meshfleet_server::store::api_tokens::NewApiToken;
-use meshfleet_server::store::audit::AuditEntry;
 use meshfleet_server::store::clusters::{Cluster, ListQuery};
 use meshfleet_server::store::{accounts, api_tokens, audit, clusters, login_throttle, sessions, signing_keys};
 use sqlx::pool::PoolConnection;
@@ -437,7 +437,7 @@ async fn audit_log_pages_newest_first(engine: Engine) {
     let rival = new_org(&mut conn, "Rival").await;
     let entries: Vec<AuditEntry> = (0..7).map(|i| audit_entry(org, NOW + i * 1000, &format!("action.{i}"))).collect();
     for e in entries.iter().rev().chain([&audit_entry(rival, NOW + 500, "rival.a"), &audit_entry(rival, NOW + 9000, "rival.b")]) {
-        audit::record(&mut conn, e).await.unwrap();
+        audit::insert(&mut conn, e).await.unwrap();
     }
 
     let (mut seen, mut before) = (Vec::new(), None);
