@@ -28,6 +28,17 @@ impl Liveness {
             (status, _) => status,
         }
     }
+
+    /// `status` as an SQL expression over the stored status and last-seen columns, for queries
+    /// that filter or render by it (the cut-offs are integers, inlined).
+    pub fn status_sql(&self, status: &str, last_seen: &str) -> String {
+        format!(
+            "(CASE WHEN {status} = 'connected' AND {last_seen} < {gone} THEN 'disconnected' \
+             WHEN {status} = 'connected' AND {last_seen} < {stale} THEN 'stale' ELSE {status} END)",
+            gone = self.disconnected_before,
+            stale = self.stale_before
+        )
+    }
 }
 
 #[cfg(test)]

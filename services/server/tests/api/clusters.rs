@@ -11,7 +11,65 @@ use serde_json::{json, Value};
 use crate::helpers::{assert_problem, Engine, TestApp};
 use crate::on_both_engines;
 
-on_both_engines!(cluster_lifecycle_and_validation, list_pages_and_selects, install_manifest_carries_a_working_bootstrap_token);
+on_both_engines!(
+    cluster_lifecycle_and_validation,
+    list_pages_and_selects,
+    install_manifest_carries_a_working_bootstrap_token,
+    listed_clusters_are_exactly_what_get_shows
+);
+
+/// (name, labels, stored status, last seen, agent version)
+type Case<'a> = (&'a str, Value, &'a str, Option<i64>, Option<&'a str>);
+
+/// The list renders its items in SQL (`store::clusters::list_json`); they must be exactly the
+/// clusters `GET /api/v1/clusters/{id}` renders in Rust, whatever the status, times and labels.
+async fn listed_clusters_are_exactly_what_get_shows(engine: Engine) {
+    let db = crate::helpers::TestDb::new(engine).await;
+    let app = TestApp::spawn_with(db, |c| c.read_cache = std::time::Duration::ZERO).await;
+    let owner = app.owner("ada@example.com").await;
+    let now = app.state.clock.now_ms();
+    let cases: [Case; 6] = [
+        ("a-pending", json!({}), "pending", None, None),
+        ("b-connected", json!({ "env": "prod", "team.example.com/owner": "ops" }), "connected", Some(now - 1_000), Some("0.1.0")),
+        ("c-whole-second", json!({ "tier": "web" }), "connected", Some((now / 1000 - 5) * 1000), Some("1.2.3 \"quoted\" \\ back\u{1}")),
+        ("d-stale", json!({}), "connected", Some(now - 40_007), Some("ünïcødé")),
+        ("e-gone", json!({}), "connected", Some(now - 400_000), None),
+        ("f-disconnected", json!({}), "disconnected", Some(now - 5), Some("0.0.9")),
+    ];
+    for (name, labels, status, seen, version) in &cases {
+        let id = app.create_cluster(&owner, name, labels.clone()).await["cluster"]["id"].as_str().unwrap().to_owned();
+        sqlx::query("UPDATE clusters SET status = $1, last_seen_at = $2, agent_version = $3, updated_at = $4 WHERE id = $5")
+            .bind(*status)
+            .bind(*seen)
+            .bind(version.map(str::to_owned))
+            .bind(now + 123)
+            .bind(&id)
+            .execute(&app.state.db.pool)
+            .await
+            .unwrap();
+    }
+    let (status, page) = app.get("/api/v1/clusters?limit=4", &owner.access).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let (_, rest) = app.get(&format!("/api/v1/clusters?limit=4&cursor={}", page["next_cursor"].as_str().unwrap()), &owner.access).await;
+    assert_eq!(rest["next_cursor"], Value::Null, "{rest}");
+    let listed: Vec<Value> = page["items"].as_array().unwrap().iter().chain(rest["items"].as_array().unwrap()).cloned().collect();
+    assert_eq!(listed.len(), cases.len());
+    let statuses: Vec<&str> = listed.iter().map(|c| c["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["pending", "connected", "connected", "stale", "disconnected", "disconnected"]);
+    for item in &listed {
+        let (_, mut one) = app.get(&format!("/api/v1/clusters/{}", item["id"].as_str().unwrap()), &owner.access).await;
+        one.as_object_mut().unwrap().remove("throttled");
+        assert_eq!(item, &one);
+    }
+    // The status filter follows the same rule.
+    for (wanted, names) in
+        [("stale", vec!["d-stale"]), ("disconnected", vec!["e-gone", "f-disconnected"]), ("connected", vec!["b-connected", "c-whole-second"])]
+    {
+        let (_, page) = app.get(&format!("/api/v1/clusters?status={wanted}"), &owner.access).await;
+        let got: Vec<&str> = page["items"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert_eq!(got, names, "{wanted}");
+    }
+}
 
 async fn cluster_lifecycle_and_validation(engine: Engine) {
     let app = TestApp::spawn(engine).await;
