@@ -237,21 +237,15 @@ async fn list_clusters(
     let render = async {
         let mut conn = state.db.pool.acquire().await?;
         let live = state.liveness();
-        let query =
-            store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
+        let query = store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit };
         // Items come rendered by the database (`list_json`); the page around them is written
         // here, in `ClusterPage`'s shape (a test holds the two to `view`).
-        let rows = store::clusters::list_json(&mut conn, auth.org_id, &query, &live).await?;
-        let (rows, next_cursor) = super::into_page(rows, limit, |(name, _)| CURSOR.encode(name));
-        let mut body = Vec::with_capacity(64 + rows.iter().map(|(_, item)| item.len() + 1).sum::<usize>());
-        body.extend_from_slice(b"{\"items\":[");
-        for (i, (_, item)) in rows.iter().enumerate() {
-            if i > 0 {
-                body.push(b',');
-            }
-            body.extend_from_slice(item.as_bytes());
-        }
-        body.extend_from_slice(b"],\"next_cursor\":");
+        let (items, last) = store::clusters::list_json(&mut conn, auth.org_id, &query, &live).await?;
+        let next_cursor = last.map(|name| CURSOR.encode(name));
+        let mut body = Vec::with_capacity(items.len() + 64);
+        body.extend_from_slice(b"{\"items\":");
+        body.extend_from_slice(items.as_bytes());
+        body.extend_from_slice(b",\"next_cursor\":");
         serde_json::to_writer(&mut body, &next_cursor).map_err(anyhow::Error::from)?;
         body.push(b'}');
         Ok(Bytes::from(body))

@@ -94,6 +94,7 @@ pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cl
     row.as_ref().map(from_row).transpose()
 }
 
+#[derive(Clone, Copy)]
 pub struct ListQuery<'a> {
     pub selector: &'a Selector,
     /// pending, connected, stale or disconnected, as `Cluster::effective_status` tells them.
@@ -114,11 +115,13 @@ pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<
     rows.iter().map(from_row).collect()
 }
 
-/// The same page as `list`, each cluster already rendered as the API's JSON object (status as
-/// `live` tells it, times in RFC 3339 as chrono writes them, labels as stored): (name, JSON).
-/// The database builds the JSON, so a row is two values to copy instead of ten to copy,
-/// convert, parse and serialize again: this is the cluster list's uncached path.
-pub async fn list_json(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>, live: &Liveness) -> Result<Vec<(String, String)>, sqlx::Error> {
+/// A page of `q.limit` clusters as `list` reads them, rendered by the database as the API's
+/// JSON array (status as `live` tells it, times in RFC 3339 as chrono writes them, labels as
+/// stored), and the name of its last cluster when more follow. One row comes back however
+/// large the page: rows cross from the driver's thread one by one, and building the JSON in
+/// Rust meant ten values per cluster to copy, convert, parse and serialize again. This is
+/// the cluster list's uncached path.
+pub async fn list_json(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>, live: &Liveness) -> Result<(String, Option<String>), sqlx::Error> {
     let postgres = conn.backend_name() != "SQLite";
     let time = |col: &str| rfc3339_sql(col, postgres);
     let fields = [
@@ -133,13 +136,28 @@ pub async fn list_json(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>, live: &Li
         ("kubernetes_version", "c.kubernetes_version".to_owned()),
     ];
     let pairs = fields.iter().map(|(k, v)| format!("'{k}', {v}")).collect::<Vec<_>>().join(", ");
-    let object = if postgres { format!("json_build_object({pairs})::text") } else { format!("json_object({pairs})") };
-    let (sql, binds) = page_sql(&format!("c.name AS name, {object} AS item"), org, q);
+    let (object, array) = if postgres {
+        (format!("json_build_object({pairs})"), "COALESCE(json_agg(item ORDER BY name) FILTER (WHERE n <= {limit}), '[]')::text")
+    } else {
+        (format!("json_object({pairs})"), "json_group_array(json(item) ORDER BY name) FILTER (WHERE n <= {limit})")
+    };
+    // One more than the page tells whether another page follows.
+    let probe = ListQuery { limit: q.limit + 1, ..*q };
+    let (rows, binds) = page_sql(&format!("c.name AS name, {object} AS item, row_number() OVER (ORDER BY c.name) AS n"), org, &probe);
+    let limit = q.limit;
+    let sql = format!(
+        "SELECT COUNT(*) AS found, {} AS items, MAX(name) FILTER (WHERE n <= {limit}) AS last_name FROM ({rows}) AS page",
+        array.replace("{limit}", &limit.to_string())
+    );
     let mut query = sqlx::query(&sql);
     for b in &binds {
         query = query.bind(b.as_str());
     }
-    query.fetch_all(conn).await?.iter().map(|r| Ok((r.try_get("name")?, r.try_get("item")?))).collect()
+    let row = query.fetch_one(conn).await?;
+    let found: i64 = row.try_get("found")?;
+    let items: Option<String> = row.try_get("items")?;
+    let more = found > i64::from(limit);
+    Ok((items.unwrap_or_else(|| "[]".into()), if more { row.try_get("last_name")? } else { None }))
 }
 
 /// A time column (ms since the epoch) as chrono serializes it: RFC 3339 in UTC with `Z`, and
