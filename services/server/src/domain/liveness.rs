@@ -30,7 +30,7 @@ impl Liveness {
     }
 
     /// `status` as an SQL expression over the stored status and last-seen columns, for queries
-    /// that filter or render by it (the cut-offs are integers, inlined).
+    /// that filter by it (the cut-offs are integers, inlined).
     pub fn status_sql(&self, status: &str, last_seen: &str) -> String {
         format!(
             "(CASE WHEN {status} = 'connected' AND {last_seen} < {gone} THEN 'disconnected' \

@@ -237,17 +237,12 @@ async fn list_clusters(
     let render = async {
         let mut conn = state.db.pool.acquire().await?;
         let live = state.liveness();
-        let query = store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit };
-        // Items come rendered by the database (`list_json`); the page around them is written
-        // here, in `ClusterPage`'s shape (a test holds the two to `view`).
-        let (items, last) = store::clusters::list_json(&mut conn, auth.org_id, &query, &live).await?;
-        let next_cursor = last.map(|name| CURSOR.encode(name));
-        let mut body = Vec::with_capacity(items.len() + 64);
-        body.extend_from_slice(b"{\"items\":");
-        body.extend_from_slice(items.as_bytes());
-        body.extend_from_slice(b",\"next_cursor\":");
-        serde_json::to_writer(&mut body, &next_cursor).map_err(anyhow::Error::from)?;
-        body.push(b'}');
+        let query =
+            store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
+        let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
+        let (rows, next_cursor) = super::into_page(rows, limit, |c| CURSOR.encode(&c.name));
+        let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
+        let body = serde_json::to_vec(&ClusterPage { items, next_cursor }).map_err(anyhow::Error::from)?;
         Ok(Bytes::from(body))
     };
     let page = state.read_cache.clusters_page(auth.org_id, raw.as_deref().unwrap_or(""), render).await?;

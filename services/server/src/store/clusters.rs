@@ -94,7 +94,6 @@ pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cl
     row.as_ref().map(from_row).transpose()
 }
 
-#[derive(Clone, Copy)]
 pub struct ListQuery<'a> {
     pub selector: &'a Selector,
     /// pending, connected, stale or disconnected, as `Cluster::effective_status` tells them.
@@ -106,75 +105,7 @@ pub struct ListQuery<'a> {
 
 /// A page of clusters ordered by name, filtered by label selector and status.
 pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster>, sqlx::Error> {
-    let (sql, binds) = page_sql(COLUMNS, org, q);
-    let mut query = sqlx::query(&sql);
-    for b in &binds {
-        query = query.bind(b.as_str());
-    }
-    let rows = query.fetch_all(conn).await?;
-    rows.iter().map(from_row).collect()
-}
-
-/// A page of `q.limit` clusters as `list` reads them, rendered by the database as the API's
-/// JSON array (status as `live` tells it, times in RFC 3339 as chrono writes them, labels as
-/// stored), and the name of its last cluster when more follow. One row comes back however
-/// large the page: rows cross from the driver's thread one by one, and building the JSON in
-/// Rust meant ten values per cluster to copy, convert, parse and serialize again. This is
-/// the cluster list's uncached path.
-pub async fn list_json(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>, live: &Liveness) -> Result<(String, Option<String>), sqlx::Error> {
-    let postgres = conn.backend_name() != "SQLite";
-    let time = |col: &str| rfc3339_sql(col, postgres);
-    let fields = [
-        ("id", "c.id".to_owned()),
-        ("name", "c.name".to_owned()),
-        ("labels", if postgres { "c.labels::json".to_owned() } else { "json(c.labels)".to_owned() }),
-        ("status", live.status_sql("c.status", "c.last_seen_at")),
-        ("created_at", time("c.created_at")),
-        ("updated_at", time("c.updated_at")),
-        ("last_seen_at", time("c.last_seen_at")),
-        ("agent_version", "c.agent_version".to_owned()),
-        ("kubernetes_version", "c.kubernetes_version".to_owned()),
-    ];
-    let pairs = fields.iter().map(|(k, v)| format!("'{k}', {v}")).collect::<Vec<_>>().join(", ");
-    let (object, array) = if postgres {
-        (format!("json_build_object({pairs})"), "COALESCE(json_agg(item ORDER BY name) FILTER (WHERE n <= {limit}), '[]')::text")
-    } else {
-        (format!("json_object({pairs})"), "json_group_array(json(item) ORDER BY name) FILTER (WHERE n <= {limit})")
-    };
-    // One more than the page tells whether another page follows.
-    let probe = ListQuery { limit: q.limit + 1, ..*q };
-    let (rows, binds) = page_sql(&format!("c.name AS name, {object} AS item, row_number() OVER (ORDER BY c.name) AS n"), org, &probe);
-    let limit = q.limit;
-    let sql = format!(
-        "SELECT COUNT(*) AS found, {} AS items, MAX(name) FILTER (WHERE n <= {limit}) AS last_name FROM ({rows}) AS page",
-        array.replace("{limit}", &limit.to_string())
-    );
-    let mut query = sqlx::query(&sql);
-    for b in &binds {
-        query = query.bind(b.as_str());
-    }
-    let row = query.fetch_one(conn).await?;
-    let found: i64 = row.try_get("found")?;
-    let items: Option<String> = row.try_get("items")?;
-    let more = found > i64::from(limit);
-    Ok((items.unwrap_or_else(|| "[]".into()), if more { row.try_get("last_name")? } else { None }))
-}
-
-/// A time column (ms since the epoch) as chrono serializes it: RFC 3339 in UTC with `Z`, and
-/// milliseconds only when there are some. NULL stays NULL.
-fn rfc3339_sql(col: &str, postgres: bool) -> String {
-    if postgres {
-        format!(
-            "to_char(to_timestamp({col} / 1000) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS') || CASE WHEN {col} % 1000 = 0 THEN '' ELSE '.' || lpad(({col} % 1000)::text, 3, '0') END || 'Z'"
-        )
-    } else {
-        format!("strftime('%Y-%m-%dT%H:%M:%S', {col} / 1000, 'unixepoch') || CASE WHEN {col} % 1000 = 0 THEN '' ELSE printf('.%03d', {col} % 1000) END || 'Z'")
-    }
-}
-
-/// The statement of a page of clusters selecting `columns`, and its parameters.
-fn page_sql(columns: &str, org: OrgId, q: &ListQuery<'_>) -> (String, Vec<String>) {
-    let mut sql = format!("SELECT {columns} FROM clusters c WHERE c.org_id = $1");
+    let mut sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1");
     let mut binds: Vec<String> = vec![org.to_string()];
     let bind = |value: &str, binds: &mut Vec<String>| {
         binds.push(value.to_owned());
@@ -210,7 +141,12 @@ fn page_sql(columns: &str, org: OrgId, q: &ListQuery<'_>) -> (String, Vec<String
     }
     // The limit is a validated integer, not user text, so it is safe to inline.
     sql.push_str(&format!(" ORDER BY c.name LIMIT {}", q.limit));
-    (sql, binds)
+    let mut query = sqlx::query(&sql);
+    for b in &binds {
+        query = query.bind(b.as_str());
+    }
+    let rows = query.fetch_all(conn).await?;
+    rows.iter().map(from_row).collect()
 }
 
 pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &Labels, now: i64) -> Result<bool, sqlx::Error> {

@@ -21,8 +21,9 @@ on_both_engines!(
 /// (name, labels, stored status, last seen, agent version)
 type Case<'a> = (&'a str, Value, &'a str, Option<i64>, Option<&'a str>);
 
-/// The list renders its items in SQL (`store::clusters::list_json`); they must be exactly the
-/// clusters `GET /api/v1/clusters/{id}` renders in Rust, whatever the status, times and labels.
+/// Listed clusters are exactly what `GET /api/v1/clusters/{id}` shows, whatever the status,
+/// times and labels, and the status filter (SQL, from `domain::liveness`) agrees with the
+/// status shown (Rust, the same rule).
 async fn listed_clusters_are_exactly_what_get_shows(engine: Engine) {
     let db = crate::helpers::TestDb::new(engine).await;
     let app = TestApp::spawn_with(db, |c| c.read_cache = std::time::Duration::ZERO).await;
