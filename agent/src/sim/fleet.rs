@@ -14,7 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::{synthetic_cluster, ApiClient, ClusterRef, SharedCluster, SimError};
+use meshfleet_client::{Client, Cluster};
+
+use super::{synthetic_cluster, SharedCluster, SimError};
 use crate::client::now_ms;
 use crate::{register, spawn, AgentHandle, ClientConfig, Identity, Report, Reporter};
 
@@ -87,13 +89,13 @@ impl std::fmt::Display for FleetStatus {
 pub async fn run(config: FleetConfig, shutdown: impl Future<Output = ()>) -> Result<FleetStatus, SimError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|source| SimError::Io { path: config.state_dir.clone(), source })?;
     let api = match &config.auth {
-        Auth::Password { email, password } => ApiClient::login(&config.api_url, email, password).await?,
-        Auth::Token(t) => ApiClient::with_token(&config.api_url, t.clone()),
+        Auth::Password { email, password } => Client::login(&config.api_url, email, password).await?,
+        Auth::Token(t) => Client::with_token(&config.api_url, t.clone()),
     };
-    let existing: HashMap<String, ClusterRef> = api.list_clusters().await?.into_iter().map(|c| (c.name.clone(), c)).collect();
+    let existing: HashMap<String, Cluster> = api.list_clusters().await?.into_iter().map(|c| (c.name.clone(), c)).collect();
     let gateway_path = config.state_dir.join("gateway.json");
     let gateway = Arc::new(Mutex::new(read_json::<GatewayFile>(&gateway_path)));
-    let prepared: Vec<(usize, ClusterRef, Identity)> = futures::stream::iter(0..config.clusters)
+    let prepared: Vec<(usize, Cluster, Identity)> = futures::stream::iter(0..config.clusters)
         .map(|i| prepare(&config, &api, &existing, &gateway, i))
         .buffer_unordered(config.setup_concurrency.max(1))
         .try_collect()
@@ -173,15 +175,15 @@ pub async fn drive(reporter: Reporter, cluster: SharedCluster, interval: Duratio
 
 async fn prepare(
     config: &FleetConfig,
-    api: &ApiClient,
-    existing: &HashMap<String, ClusterRef>,
+    api: &Client,
+    existing: &HashMap<String, Cluster>,
     gateway: &Mutex<Option<GatewayFile>>,
     i: usize,
-) -> Result<(usize, ClusterRef, Identity), SimError> {
+) -> Result<(usize, Cluster, Identity), SimError> {
     let name = format!("{}-{i:04}", config.prefix);
     let cluster = match existing.get(&name) {
         Some(c) => c.clone(),
-        None => api.create_cluster(&name, &labels(i)).await?,
+        None => api.create_cluster(&name, &labels(i)).await?.cluster,
     };
     let path = identity_path(&config.state_dir, &name);
     match Identity::load(&path) {

@@ -55,11 +55,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use meshfleet_agent::sim::{synthetic_cluster, ApiClient, SharedCluster, SyntheticCluster};
+use meshfleet_agent::sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
 use meshfleet_agent::{AgentHandle, ClientConfig, Identity};
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
 use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_client::Client;
 use meshfleet_server::db::Engine;
 use meshfleet_server::secrets::Sealer;
 use rand::Rng;
@@ -333,7 +334,7 @@ async fn setup_fleet(server: &ServerProc, n: usize) -> anyhow::Result<Fleet> {
         http_json(http.post(format!("{base}/api/v1/clusters")).bearer_auth(&token).json(&json!({ "name": "bench-ca-probe", "labels": {} })), "create cluster")
             .await?;
     let probe_id = probe["cluster"]["id"].as_str().ok_or_else(|| anyhow!("no cluster id in {probe}"))?;
-    let boot = ApiClient::with_token(base, SecretString::from(token.clone())).bootstrap(probe_id).await.map_err(|e| anyhow!("install manifest: {e}"))?;
+    let boot = Client::with_token(base, SecretString::from(token.clone())).bootstrap(probe_id).await.map_err(|e| anyhow!("install manifest: {e}"))?;
     let ca_pem = boot.ca_pem.clone();
     let channel = tls_endpoint(server.gateway, &ca_pem, None)?.connect().await.context("TLS connection to the gateway")?;
     let started = Instant::now();

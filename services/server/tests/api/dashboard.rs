@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use meshfleet_agent::sim::{synthetic_cluster, ApiClient, SharedCluster};
+use meshfleet_agent::sim::{synthetic_cluster, SharedCluster};
 use meshfleet_agent::ClientConfig;
+use meshfleet_client::Client as ApiClient;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 

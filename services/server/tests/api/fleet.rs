@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use meshfleet_agent::sim::ApiClient;
 use meshfleet_agent::{v1, Agent, AgentHandle, ClientConfig, Report};
+use meshfleet_client::Client;
 use meshfleet_server::secrets::Sealer;
 use secrecy::SecretString;
 use serde_json::{json, Value};
@@ -83,7 +83,7 @@ impl Api {
 /// the install manifest).
 async fn start_agent(api: &Api, name: &str, gateway: Option<&str>) -> (String, AgentHandle, Arc<CountingAgent>) {
     let cluster = api.post("/api/v1/clusters", json!({ "name": name })).await["cluster"]["id"].as_str().unwrap().to_owned();
-    let boot = ApiClient::with_token(&api.base, SecretString::from(api.token.clone())).bootstrap(&cluster).await.unwrap();
+    let boot = Client::with_token(&api.base, SecretString::from(api.token.clone())).bootstrap(&cluster).await.unwrap();
     let address = gateway.map(|g| format!("https://{g}")).unwrap_or(boot.gateway_address);
     let identity = meshfleet_agent::register(&address, &boot.ca_pem, secrecy::ExposeSecret::expose_secret(&boot.token), "0.1.0-test").await.unwrap();
     let agent = Arc::new(CountingAgent::default());

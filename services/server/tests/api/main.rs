@@ -6,6 +6,7 @@ mod helpers;
 mod accounts;
 mod api_tokens;
 mod caches;
+mod client;
 mod clusters;
 mod conventions;
 mod dashboard;
