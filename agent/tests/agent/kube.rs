@@ -113,8 +113,13 @@ async fn restart_workloads_rolls_in_batches_and_a_redelivered_command_does_not_r
     assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 6).await);
     let before = fake_pods(&kube);
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
-    let command =
-        v1::Command { id: "cmd-1".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop","batch_size":2}"#.into(), deadline_unix_ms: 0 };
+    let command = v1::Command {
+        id: "cmd-1".into(),
+        kind: "restart-workloads".into(),
+        params_json: r#"{"namespace":"shop","batch_size":2}"#.into(),
+        deadline_unix_ms: 0,
+        body: None,
+    };
 
     let result = exec.execute(command.clone()).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
@@ -182,7 +187,8 @@ async fn conflicting_writes_are_read_again_and_retried() {
     assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 1).await);
     kube.inject(Fault { verb: Some("patch".into()), resource: Some("deployments".into()), status: 409, times: 2 });
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
-    let command = v1::Command { id: "cmd-409".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop"}"#.into(), deadline_unix_ms: 0 };
+    let command =
+        v1::Command { id: "cmd-409".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop"}"#.into(), deadline_unix_ms: 0, body: None };
     let result = exec.execute(command).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
     let out: Value = serde_json::from_str(&result.output_json).unwrap();
@@ -213,8 +219,13 @@ async fn a_namespace_labelled_for_injection_is_meshed_before_its_first_meshed_po
 
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
     for ns in ["payments", "unmeshed"] {
-        let command =
-            v1::Command { id: format!("cmd-{ns}"), kind: "restart-workloads".into(), params_json: json!({"namespace": ns}).to_string(), deadline_unix_ms: 0 };
+        let command = v1::Command {
+            id: format!("cmd-{ns}"),
+            kind: "restart-workloads".into(),
+            params_json: json!({"namespace": ns}).to_string(),
+            deadline_unix_ms: 0,
+            body: None,
+        };
         let result = exec.execute(command).await;
         assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
         let out: Value = serde_json::from_str(&result.output_json).unwrap();

@@ -220,7 +220,7 @@ async fn send_open_commands(gw: &Gateway, peer: PeerAgent, tx: &Out, sent: &mut 
         if !sent.insert(c.id) {
             continue;
         }
-        let command = Command { id: c.id.to_string(), kind: c.kind.clone(), params_json: c.params.to_string(), deadline_unix_ms: c.deadline };
+        let command = Command { id: c.id.to_string(), kind: c.kind.clone(), params_json: c.params.to_string(), deadline_unix_ms: c.deadline, body: None };
         send(tx, server_message::Body::Command(command)).await?;
         store::commands::mark_delivered(&mut conn, c.id, now).await?;
     }
