@@ -7,6 +7,7 @@ mod commands;
 mod session;
 
 pub(crate) use commands::now_ms;
+pub use commands::unsupported;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -61,9 +62,11 @@ impl ClientConfig {
 pub trait Agent: Send + Sync + 'static {
     fn kubernetes_version(&self) -> String;
     fn snapshot(&self) -> v1::Inventory;
-    /// Runs one command; called at most once per command id per process (the client dedups and
-    /// resends the stored result when the server redelivers).
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, v1::CommandResult>;
+    /// Runs the command `id`; called at most once per command id per process (the client dedups
+    /// and resends the stored result when the server redelivers). Commands the agent cannot read
+    /// never get here: the client answers them. A kind this agent cannot run is answered with
+    /// `unsupported`.
+    fn execute(&self, id: String, command: v1::command::Body) -> BoxFuture<'static, v1::CommandResult>;
 }
 
 /// A report for the service. Snapshots are not reports the caller sends: the client takes one

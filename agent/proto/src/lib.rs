@@ -1,8 +1,20 @@
 //! `meshfleet.agent.v1`: messages and the `AgentGateway` service, generated from
 //! `proto/meshfleet/agent/v1/agent.proto` at build time.
 
+pub mod commands;
+
 pub mod v1 {
     tonic::include_proto!("meshfleet.agent.v1");
+}
+
+/// `meshfleet.agent.v1` as released before typed commands (`tests/frozen/`): what agents and
+/// servers of that time encode and decode, for the tests that they still work with this one.
+#[cfg(any(test, feature = "frozen"))]
+#[doc(hidden)]
+pub mod frozen {
+    pub mod v1 {
+        include!(concat!(env!("OUT_DIR"), "/frozen/meshfleet.agent.v1.rs"));
+    }
 }
 
 /// Messages larger than this are refused by both sides.

@@ -1,11 +1,14 @@
 //! At-most-once command execution per id: the server delivers at least once, so a redelivered id
 //! gets its stored result resent (or nothing while it still runs), never a second execution.
-//! The memory of ids is bounded; only very old finished commands are forgotten.
+//! The memory of ids is bounded; only very old finished commands are forgotten. A command the
+//! agent cannot read (a kind newer than it, or parameters from an older server that do not parse)
+//! is answered here, FAILED, and never reaches `Agent::execute`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meshfleet_agent_proto::commands::Untyped;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, CommandResult, CommandState};
 
 use super::Shared;
@@ -13,6 +16,7 @@ use super::Shared;
 /// Far more than the commands a cluster sees between two reconnects.
 const REMEMBERED: usize = 4096;
 const MAX_ID_LEN: usize = 256;
+const MAX_KIND_SHOWN: usize = 100;
 
 #[derive(Default)]
 pub(super) struct Commands {
@@ -76,18 +80,21 @@ pub(super) fn receive(shared: &Arc<Shared>, command: v1::Command) {
 
 async fn execute(shared: Arc<Shared>, command: v1::Command) {
     let id = command.id.clone();
-    let kind = command.kind.clone();
+    let typed = command.typed();
+    let kind = typed.as_ref().map_or_else(|e| e.kind().to_owned(), |b| b.kind().to_owned());
     let remaining_ms = match command.deadline_unix_ms {
         0 => None,
         d => Some(d - now_ms()),
     };
-    let result = match remaining_ms {
-        Some(ms) if ms <= 0 => failed("the command's deadline passed before it could run"),
-        _ => {
-            let agent = shared.agent.clone();
+    let result = match (typed, remaining_ms) {
+        (Err(Untyped::Unsupported { kind: unknown }), _) => unsupported(&unknown),
+        (Err(e @ Untyped::BadParams { .. }), _) => failed(&e.to_string()),
+        (Ok(_), Some(ms)) if ms <= 0 => failed("the command's deadline passed before it could run"),
+        (Ok(body), _) => {
+            let (agent, id) = (shared.agent.clone(), id.clone());
             // A separate task, so a panicking command handler becomes a FAILED result instead of
             // a command stuck in "running" forever.
-            let mut task = tokio::spawn(async move { agent.execute(command).await });
+            let mut task = tokio::spawn(async move { agent.execute(id, body).await });
             let waited = match remaining_ms {
                 Some(ms) => tokio::time::timeout(Duration::from_millis(ms as u64), &mut task).await.ok(),
                 None => Some((&mut task).await),
@@ -114,6 +121,19 @@ async fn execute(shared: Arc<Shared>, command: v1::Command) {
 
 fn failed(message: &str) -> CommandResult {
     CommandResult { state: CommandState::Failed as i32, message: message.to_owned(), ..Default::default() }
+}
+
+/// The answer to a command of a kind this agent cannot run (one newer than the agent), so the
+/// server learns it at once instead of at the deadline.
+pub fn unsupported(kind: &str) -> CommandResult {
+    // Bounded, so the server never refuses the answer as too long.
+    let kind: String = kind.chars().take(MAX_KIND_SHOWN).collect();
+    CommandResult {
+        state: CommandState::Failed as i32,
+        message: format!("unsupported command kind {kind:?}: agent {} cannot run it", env!("CARGO_PKG_VERSION")),
+        output_json: serde_json::json!({ "unsupported": kind }).to_string(),
+        ..Default::default()
+    }
 }
 
 pub fn now_ms() -> i64 {

@@ -11,8 +11,7 @@ use ::kube::api::{Api, ListParams, Patch, PatchParams};
 use ::kube::{Client, ResourceExt};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
-use meshfleet_agent_proto::v1::{self, CommandResult, CommandState};
-use serde::Deserialize;
+use meshfleet_agent_proto::v1::{self, command::Body, CommandResult, CommandState};
 use serde_json::json;
 
 use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, RESTART_ROLE};
@@ -30,36 +29,29 @@ pub struct Executor {
     pub reporter: Mutex<Option<Reporter>>,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `RestartWorkloads` with its defaults applied.
 struct RestartParams {
-    /// Only this namespace (default: every meshed namespace).
     namespace: Option<String>,
-    /// Label selector on the Deployments.
     selector: Option<String>,
-    #[serde(default = "one")]
     batch_size: usize,
-    /// How many selected workloads may be not fully available before the next batch starts.
-    #[serde(default)]
     max_unavailable: usize,
-    #[serde(default = "five_minutes")]
     timeout_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct VersionParams {
-    version: String,
-    #[serde(default = "five_minutes")]
-    timeout_secs: u64,
+impl From<v1::RestartWorkloads> for RestartParams {
+    fn from(p: v1::RestartWorkloads) -> Self {
+        RestartParams {
+            namespace: p.namespace,
+            selector: p.selector,
+            batch_size: p.batch_size.unwrap_or(1).max(1) as usize,
+            max_unavailable: p.max_unavailable.unwrap_or(0) as usize,
+            timeout_secs: p.timeout_secs.map_or(DEFAULT_TIMEOUT_SECS, u64::from),
+        }
+    }
 }
 
-fn one() -> usize {
-    1
-}
-fn five_minutes() -> u64 {
-    300
-}
+/// How long a command waits for a rollout unless told otherwise.
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 fn done(state: CommandState, message: impl Into<String>, output: serde_json::Value) -> CommandResult {
     CommandResult {
@@ -91,22 +83,14 @@ pub fn rolled_out(d: &Deployment) -> bool {
 }
 
 impl Executor {
-    pub fn execute(self: &Arc<Self>, command: v1::Command) -> BoxFuture<'static, CommandResult> {
+    pub fn execute(self: &Arc<Self>, id: String, command: Body) -> BoxFuture<'static, CommandResult> {
         let this = self.clone();
         Box::pin(async move {
-            let params = if command.params_json.trim().is_empty() { "{}" } else { command.params_json.as_str() };
-            match command.kind.as_str() {
-                "ping" => done(CommandState::Succeeded, "pong", json!({"pong": true})),
-                "collect-diagnostics" => this.diagnostics(),
-                "restart-workloads" => match serde_json::from_str::<RestartParams>(params) {
-                    Ok(p) => this.restart(&command.id, p).await.unwrap_or_else(|e| failed(e.to_string())),
-                    Err(e) => failed(format!("bad parameters: {e}")),
-                },
-                "set-control-plane-version" => match serde_json::from_str::<VersionParams>(params) {
-                    Ok(p) => this.set_version(p).await.unwrap_or_else(|e| failed(e.to_string())),
-                    Err(e) => failed(format!("bad parameters: {e}")),
-                },
-                other => failed(format!("unknown command kind {other:?}")),
+            match command {
+                Body::Ping(_) => done(CommandState::Succeeded, "pong", json!({"pong": true})),
+                Body::CollectDiagnostics(_) => this.diagnostics(),
+                Body::RestartWorkloads(p) => this.restart(&id, p.into()).await.unwrap_or_else(|e| failed(e.to_string())),
+                Body::SetControlPlaneVersion(p) => this.set_version(p).await.unwrap_or_else(|e| failed(e.to_string())),
             }
         })
     }
@@ -177,7 +161,7 @@ impl Executor {
         for d in &targets {
             by_ns.entry(d.namespace().unwrap_or_default()).or_default().push(d.name_any());
         }
-        for (i, batch) in targets.chunks(p.batch_size.max(1)).enumerate() {
+        for (i, batch) in targets.chunks(p.batch_size).enumerate() {
             // Health gate: do not make things worse while other selected workloads are down.
             for (ns, names) in &by_ns {
                 let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
@@ -189,7 +173,7 @@ impl Executor {
                     }
                 }
                 if down > p.max_unavailable {
-                    let finished = i * p.batch_size.max(1);
+                    let finished = i * p.batch_size;
                     self.progress(
                         id,
                         (finished * 100 / total) as u32,
@@ -234,14 +218,14 @@ impl Executor {
                 let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
                 self.wait_until(&nsapi, names, timeout, rolled_out).await?;
             }
-            let finished = ((i + 1) * p.batch_size.max(1)).min(total);
+            let finished = ((i + 1) * p.batch_size).min(total);
             self.progress(id, (finished * 100 / total) as u32, format!("batch {} done: {finished}/{} workloads", i + 1, targets.len()));
         }
         let message = format!("restarted {} workloads ({} already restarted by this command)", restarted.len(), skipped.len());
-        Ok(done(CommandState::Succeeded, message, json!({"restarted": restarted, "skipped": skipped, "batch_size": p.batch_size.max(1)})))
+        Ok(done(CommandState::Succeeded, message, json!({"restarted": restarted, "skipped": skipped, "batch_size": p.batch_size})))
     }
 
-    async fn set_version(&self, p: VersionParams) -> Result<CommandResult, String> {
+    async fn set_version(&self, p: v1::SetControlPlaneVersion) -> Result<CommandResult, String> {
         if p.version.is_empty() || !p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c)) {
             return Err(format!("invalid version {:?}", p.version));
         }
@@ -264,7 +248,8 @@ impl Executor {
             .await
             .map_err(|e| format!("patching the controller Deployment: {e}"))?;
         }
-        self.wait_until(&api, &[CONTROLLER_DEPLOYMENT.to_owned()], Duration::from_secs(p.timeout_secs), rolled_out).await?;
+        let timeout = Duration::from_secs(p.timeout_secs.map_or(DEFAULT_TIMEOUT_SECS, u64::from));
+        self.wait_until(&api, &[CONTROLLER_DEPLOYMENT.to_owned()], timeout, rolled_out).await?;
         Ok(done(CommandState::Succeeded, format!("control plane at {}", p.version), json!({"image": image, "previous_image": current})))
     }
 }

@@ -54,8 +54,8 @@ impl crate::Agent for KubeAgent {
         inv
     }
 
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, v1::CommandResult> {
-        self.executor.execute(command)
+    fn execute(&self, id: String, command: v1::command::Body) -> BoxFuture<'static, v1::CommandResult> {
+        self.executor.execute(id, command)
     }
 }
 

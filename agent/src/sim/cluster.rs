@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use meshfleet_agent_proto::v1::{self, CommandResult, CommandState};
+use meshfleet_agent_proto::v1::{self, command::Body, CommandResult, CommandState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::client::now_ms;
+use crate::client::{now_ms, unsupported};
 use crate::Agent;
 
 pub const CURRENT_PROXY_VERSION: &str = "0.1.0";
@@ -232,22 +232,16 @@ impl SyntheticCluster {
         }
     }
 
-    /// Answers `ping` and `collect-diagnostics`; anything else fails with a clear message.
-    pub fn run_command(&self, command: &v1::Command) -> CommandResult {
-        let output = match command.kind.as_str() {
-            "ping" => serde_json::json!({ "pong": true, "at": now_ms() }),
-            "collect-diagnostics" => self.diagnostics(),
-            other => {
-                return CommandResult {
-                    command_id: command.id.clone(),
-                    state: CommandState::Failed as i32,
-                    message: format!("unknown command kind {other:?}: this simulated agent supports ping and collect-diagnostics"),
-                    ..Default::default()
-                }
-            }
+    /// Answers `ping` and `collect-diagnostics`; the kinds that change a cluster are not
+    /// simulated and answered as unsupported.
+    pub fn run_command(&self, id: &str, command: &Body) -> CommandResult {
+        let output = match command {
+            Body::Ping(_) => serde_json::json!({ "pong": true, "at": now_ms() }),
+            Body::CollectDiagnostics(_) => self.diagnostics(),
+            Body::RestartWorkloads(_) | Body::SetControlPlaneVersion(_) => return CommandResult { command_id: id.into(), ..unsupported(command.kind()) },
         };
         CommandResult {
-            command_id: command.id.clone(),
+            command_id: id.into(),
             state: CommandState::Succeeded as i32,
             output_json: output.to_string(),
             progress_percent: 100,
@@ -282,8 +276,8 @@ impl Agent for SyntheticCluster {
     fn snapshot(&self) -> v1::Inventory {
         self.inventory()
     }
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, CommandResult> {
-        let result = self.run_command(&command);
+    fn execute(&self, id: String, command: Body) -> BoxFuture<'static, CommandResult> {
+        let result = self.run_command(&id, &command);
         Box::pin(async move { result })
     }
 }
@@ -308,8 +302,8 @@ impl Agent for SharedCluster {
     fn snapshot(&self) -> v1::Inventory {
         self.lock().inventory()
     }
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, CommandResult> {
-        self.lock().execute(command)
+    fn execute(&self, id: String, command: Body) -> BoxFuture<'static, CommandResult> {
+        self.lock().execute(id, command)
     }
 }
 

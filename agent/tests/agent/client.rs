@@ -1,10 +1,12 @@
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use meshfleet_agent::v1::{self, agent_message::Body, server_message, Ack, CommandState};
+use meshfleet_agent::v1::{self, agent_message::Body, command::Body as Command, server_message, Ack, CommandState};
 use meshfleet_agent::{register, spawn, Agent, ClientConfig, Error, Identity, Report};
+use meshfleet_agent_proto::frozen::v1 as old;
+use prost::Message;
 
 use crate::gateway::{TestGateway, CLUSTER, ORG};
 
@@ -13,6 +15,8 @@ const WAIT: Duration = Duration::from_secs(10);
 #[derive(Default)]
 struct TestAgent {
     executions: AtomicU64,
+    /// What it was asked to run: (command id, typed command).
+    executed: Mutex<Vec<(String, Command)>>,
 }
 
 impl Agent for TestAgent {
@@ -22,11 +26,13 @@ impl Agent for TestAgent {
     fn snapshot(&self) -> v1::Inventory {
         v1::Inventory { kubernetes_version: "v1.33.1".into(), node_count: 3, ..Default::default() }
     }
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, v1::CommandResult> {
+    fn execute(&self, id: String, command: Command) -> BoxFuture<'static, v1::CommandResult> {
         self.executions.fetch_add(1, Ordering::SeqCst);
+        let kind = command.kind();
+        self.executed.lock().unwrap().push((id, command));
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            v1::CommandResult { state: CommandState::Succeeded as i32, output_json: format!("{{\"kind\":{:?}}}", command.kind), ..Default::default() }
+            v1::CommandResult { state: CommandState::Succeeded as i32, output_json: format!("{{\"kind\":{kind:?}}}"), ..Default::default() }
         })
     }
 }
@@ -155,6 +161,56 @@ async fn redelivered_command_is_executed_once_and_its_result_resent() {
         })
         .unwrap();
     assert_eq!(last.state(), CommandState::Succeeded);
+    h.shutdown().await;
+}
+
+/// An agent newer than the server runs what an older server sends (kind and JSON, encoded as
+/// that server did); a kind it does not know, from either side, is answered, never run.
+#[tokio::test]
+async fn commands_from_older_and_newer_servers_run_typed_or_are_answered_unsupported() {
+    let gw = TestGateway::start("tok").await;
+    let agent = Arc::new(TestAgent::default());
+    let h = spawn(config(&gw), registered(&gw).await, agent.clone());
+    assert!(h.wait_until(WAIT, |s| s.connected).await);
+    let send_encoded = |bytes: Vec<u8>| gw.send(server_message::Body::Command(v1::Command::decode(bytes.as_slice()).unwrap()));
+    let from_old_server = |id: &str, kind: &str, params_json: &str| {
+        old::Command { id: id.into(), kind: kind.into(), params_json: params_json.into(), deadline_unix_ms: 0 }.encode_to_vec()
+    };
+    send_encoded(from_old_server("old-restart", "restart-workloads", r#"{"namespace":"shop","batch_size":2}"#));
+    send_encoded(from_old_server("old-unknown", "upgrade-mesh", "{}"));
+    send_encoded(from_old_server("old-bad", "set-control-plane-version", r#"{"version":"0.2.0","force":true}"#));
+    // A newer server's command: a `body` variant this agent does not know (field 99), and its kind.
+    let mut newer = v1::Command { id: "new-unknown".into(), kind: "upgrade-mesh".into(), params_json: "{}".into(), ..Default::default() }.encode_to_vec();
+    newer.extend_from_slice(&[0x9a, 0x06, 0x00]);
+    send_encoded(newer);
+    // This server: typed, and `body` wins over the deprecated fields.
+    let typed =
+        v1::Command { id: "new-ping".into(), kind: "ping".into(), params_json: "{}".into(), body: Some(Command::Ping(v1::Ping {})), ..Default::default() };
+    gw.send(server_message::Body::Command(typed));
+
+    let results = |r: &crate::gateway::Recorded| {
+        r.messages.iter().filter_map(|(_, m)| if let Some(Body::CommandResult(c)) = &m.body { Some(c.clone()) } else { None }).collect::<Vec<_>>()
+    };
+    gw.wait_for("five results", |r| results(r).len() == 5).await;
+    let result = |id: &str| gw.recorded(results).into_iter().find(|c| c.command_id == id).unwrap();
+    for id in ["old-restart", "new-ping"] {
+        assert_eq!(result(id).state(), CommandState::Succeeded, "{id}");
+    }
+    for id in ["old-unknown", "new-unknown"] {
+        let r = result(id);
+        assert_eq!(r.state(), CommandState::Failed, "{id}");
+        assert!(r.message.starts_with(r#"unsupported command kind "upgrade-mesh""#), "{id}: {}", r.message);
+        assert_eq!(r.output_json, r#"{"unsupported":"upgrade-mesh"}"#, "{id}");
+    }
+    let bad = result("old-bad");
+    assert_eq!(bad.state(), CommandState::Failed);
+    assert!(bad.message.starts_with("bad parameters for set-control-plane-version: unknown field `force`"), "{}", bad.message);
+
+    let restart = v1::RestartWorkloads { namespace: Some("shop".into()), batch_size: Some(2), ..Default::default() };
+    let mut executed = agent.executed.lock().unwrap().clone();
+    executed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(executed, [("new-ping".to_owned(), Command::Ping(v1::Ping {})), ("old-restart".to_owned(), Command::RestartWorkloads(restart))]);
+    assert_eq!(h.stats().commands_executed, 5, "every command was answered");
     h.shutdown().await;
 }
 

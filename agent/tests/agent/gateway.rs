@@ -117,6 +117,7 @@ impl TestGateway {
         tx.try_send(Ok(ServerMessage { body: Some(msg) })).unwrap();
     }
 
+    /// A command by kind alone, as servers sent it before typed commands.
     pub fn command(&self, id: &str, kind: &str) {
         self.send(server_message::Body::Command(v1::Command { id: id.into(), kind: kind.into(), ..Default::default() }));
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use meshfleet_agent::k8s::commands::{Executor, RESTARTED_BY};
 use meshfleet_agent::k8s::inventory::{spawn_watchers, Inventory};
 use meshfleet_agent::k8s::{AgentConfig, Telemetry};
-use meshfleet_agent::v1;
+use meshfleet_agent::v1::{self, command::Body};
 use meshfleet_fake_kube::{Config, FakeKube, Fault};
 use serde_json::{json, Value};
 
@@ -113,10 +113,9 @@ async fn restart_workloads_rolls_in_batches_and_a_redelivered_command_does_not_r
     assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 6).await);
     let before = fake_pods(&kube);
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
-    let command =
-        v1::Command { id: "cmd-1".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop","batch_size":2}"#.into(), deadline_unix_ms: 0 };
+    let command = Body::RestartWorkloads(v1::RestartWorkloads { namespace: Some("shop".into()), batch_size: Some(2), ..Default::default() });
 
-    let result = exec.execute(command.clone()).await;
+    let result = exec.execute("cmd-1".into(), command.clone()).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
     let out: Value = serde_json::from_str(&result.output_json).unwrap();
     assert_eq!(out["restarted"].as_array().unwrap().len(), 3, "{out}");
@@ -129,7 +128,7 @@ async fn restart_workloads_rolls_in_batches_and_a_redelivered_command_does_not_r
     }
 
     // Redelivery (e.g. after a reconnect or on a new leader): nothing restarts again.
-    let second = exec.execute(command).await;
+    let second = exec.execute("cmd-1".into(), command).await;
     assert_eq!(second.state, v1::CommandState::Succeeded as i32);
     let out: Value = serde_json::from_str(&second.output_json).unwrap();
     assert_eq!((out["restarted"].as_array().unwrap().len(), out["skipped"].as_array().unwrap().len()), (0, 3), "{out}");
@@ -182,8 +181,8 @@ async fn conflicting_writes_are_read_again_and_retried() {
     assert!(eventually(Duration::from_secs(5), || inv.snapshot().pods.iter().filter(|p| p.ready).count() == 1).await);
     kube.inject(Fault { verb: Some("patch".into()), resource: Some("deployments".into()), status: 409, times: 2 });
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
-    let command = v1::Command { id: "cmd-409".into(), kind: "restart-workloads".into(), params_json: r#"{"namespace":"shop"}"#.into(), deadline_unix_ms: 0 };
-    let result = exec.execute(command).await;
+    let command = Body::RestartWorkloads(v1::RestartWorkloads { namespace: Some("shop".into()), ..Default::default() });
+    let result = exec.execute("cmd-409".into(), command).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
     let out: Value = serde_json::from_str(&result.output_json).unwrap();
     assert_eq!(out["restarted"], json!(["shop/web"]), "{out}");
@@ -213,9 +212,8 @@ async fn a_namespace_labelled_for_injection_is_meshed_before_its_first_meshed_po
 
     let exec = Arc::new(Executor { client, config: config(), inventory: inv.clone(), reporter: Mutex::new(None) });
     for ns in ["payments", "unmeshed"] {
-        let command =
-            v1::Command { id: format!("cmd-{ns}"), kind: "restart-workloads".into(), params_json: json!({"namespace": ns}).to_string(), deadline_unix_ms: 0 };
-        let result = exec.execute(command).await;
+        let command = Body::RestartWorkloads(v1::RestartWorkloads { namespace: Some(ns.into()), ..Default::default() });
+        let result = exec.execute(format!("cmd-{ns}"), command).await;
         assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
         let out: Value = serde_json::from_str(&result.output_json).unwrap();
         let want = if ns == "payments" { json!(["payments/ledger"]) } else { json!([]) };

@@ -66,15 +66,15 @@ fn churn_produces_deltas_and_events_with_unique_ids() {
 }
 
 #[test]
-fn commands_ping_diagnose_and_refuse_unknown_kinds() {
+fn commands_ping_diagnose_and_refuse_what_they_do_not_simulate() {
     let c = synthetic_cluster(1);
-    let cmd = |kind: &str| v1::Command { id: "c".into(), kind: kind.into(), ..Default::default() };
-    let ping = c.run_command(&cmd("ping"));
-    assert_eq!(ping.state(), CommandState::Succeeded);
+    let ping = c.run_command("c", &Body::Ping(v1::Ping {}));
+    assert_eq!((ping.state(), ping.command_id.as_str()), (CommandState::Succeeded, "c"));
     assert_eq!(serde_json::from_str::<serde_json::Value>(&ping.output_json).unwrap()["pong"], true);
-    let diag: serde_json::Value = serde_json::from_str(&c.run_command(&cmd("collect-diagnostics")).output_json).unwrap();
+    let diag: serde_json::Value = serde_json::from_str(&c.run_command("c", &Body::CollectDiagnostics(v1::CollectDiagnostics {})).output_json).unwrap();
     assert_eq!(diag["pods"], c.pods.len());
-    let unknown = c.run_command(&cmd("upgrade-mesh"));
-    assert_eq!(unknown.state(), CommandState::Failed);
-    assert!(unknown.message.contains("unknown command kind \"upgrade-mesh\""), "{}", unknown.message);
+    let restart = c.run_command("c", &Body::RestartWorkloads(v1::RestartWorkloads::default()));
+    assert_eq!((restart.state(), restart.command_id.as_str()), (CommandState::Failed, "c"));
+    assert!(restart.message.starts_with("unsupported command kind \"restart-workloads\""), "{}", restart.message);
+    assert_eq!(restart.output_json, r#"{"unsupported":"restart-workloads"}"#);
 }

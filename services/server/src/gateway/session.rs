@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
-use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Command, Refused, ServerMessage};
+use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Refused, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -215,8 +215,7 @@ async fn send_open_commands(gw: &Gateway, peer: PeerAgent, tx: &Out, sent: &mut 
         if !sent.insert(c.id) {
             continue;
         }
-        let command = Command { id: c.id.to_string(), kind: c.kind.clone(), params_json: c.params.to_string(), deadline_unix_ms: c.deadline };
-        send(tx, server_message::Body::Command(command)).await?;
+        send(tx, server_message::Body::Command(crate::http::commands::typed::to_message(&c))).await?;
         store::commands::mark_delivered(&mut conn, c.id, now).await?;
     }
     Ok(())

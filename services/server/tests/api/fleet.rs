@@ -31,16 +31,11 @@ impl Agent for CountingAgent {
         v1::Inventory { kubernetes_version: "v1.33.1".into(), node_count: 1, ..Default::default() }
     }
 
-    fn execute(&self, command: v1::Command) -> BoxFuture<'static, v1::CommandResult> {
-        self.executed.lock().unwrap().entry(command.id.clone()).or_insert((0, Instant::now())).0 += 1;
+    fn execute(&self, id: String, _command: v1::command::Body) -> BoxFuture<'static, v1::CommandResult> {
+        self.executed.lock().unwrap().entry(id.clone()).or_insert((0, Instant::now())).0 += 1;
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
-            v1::CommandResult {
-                command_id: command.id,
-                state: v1::CommandState::Succeeded as i32,
-                output_json: r#"{"pong":true}"#.into(),
-                ..Default::default()
-            }
+            v1::CommandResult { command_id: id, state: v1::CommandState::Succeeded as i32, output_json: r#"{"pong":true}"#.into(), ..Default::default() }
         })
     }
 }

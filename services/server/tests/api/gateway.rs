@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use meshfleet_agent_proto::frozen::v1 as old;
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
 use reqwest::{Method, StatusCode};
@@ -177,6 +178,7 @@ on_both_engines!(
     register_connect_report_and_see_it_in_the_api,
     bootstrap_tokens_and_csrs_are_checked,
     commands_reach_the_agent_and_results_come_back,
+    an_agent_older_than_the_server_gets_kind_and_params,
     deleted_or_revoked_clusters_lose_their_stream_at_once,
     the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed,
 );
@@ -349,6 +351,7 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
     let mut stream = Stream::open(&app, &id).await.unwrap();
     let first = stream.command().await;
     assert_eq!((first.id.as_str(), first.kind.as_str()), (early["id"].as_str().unwrap(), "collect-diagnostics"));
+    assert_eq!(first.body, Some(v1::command::Body::CollectDiagnostics(v1::CollectDiagnostics {})));
 
     // Created while connected: pushed at once.
     let started = std::time::Instant::now();
@@ -402,6 +405,61 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
     }
     let (status, body) = app.post(&commands, &owner.access, json!({ "kind": "restart-workloads", "params": { "selector": "app=web", "batch_size": 2 } })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+}
+
+/// A stream of an agent that predates typed commands: the frozen protocol's own client.
+async fn open_frozen(app: &TestApp, id: &AgentId) -> (mpsc::Sender<old::AgentMessage>, tonic::Streaming<old::ServerMessage>) {
+    let (tx, rx) = mpsc::channel(16);
+    let hello = old::Hello { agent_version: "0.1.0-frozen".into(), kubernetes_version: "v1.33.1".into(), ..Default::default() };
+    tx.send(old::AgentMessage { seq: 0, body: Some(old::agent_message::Body::Hello(hello)) }).await.unwrap();
+    let ch = channel(app.state_gateway(), &app.state.pki.gateway_ca_pem, Some(id)).await.expect("TLS connection to the gateway");
+    let rx = old::agent_gateway_client::AgentGatewayClient::new(ch).connect(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    (tx, rx)
+}
+
+async fn next_old(rx: &mut tonic::Streaming<old::ServerMessage>) -> old::server_message::Body {
+    let message = tokio::time::timeout(Duration::from_secs(10), rx.message()).await.expect("the server answers within 10 s");
+    message.unwrap().expect("the stream is open").body.unwrap()
+}
+
+/// An agent older than the server (the frozen protocol, over the real gateway) gets a typed
+/// command's kind and JSON as servers always sent them, and its result is stored.
+async fn an_agent_older_than_the_server_gets_kind_and_params(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "c1").await;
+    let commands = format!("/api/v1/clusters/{cluster}/commands");
+    let params = json!({ "namespace": "shop", "selector": "app=web", "batch_size": 2 });
+    let (status, created) = app.post(&commands, &owner.access, json!({ "kind": "restart-workloads", "params": params })).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+
+    let (tx, mut rx) = open_frozen(&app, &id).await;
+    let command = loop {
+        if let old::server_message::Body::Command(c) = next_old(&mut rx).await {
+            break c;
+        }
+    };
+    assert_eq!((command.id.as_str(), command.kind.as_str()), (created["id"].as_str().unwrap(), "restart-workloads"));
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&command.params_json).unwrap(), params);
+    assert!(command.deadline_unix_ms > app.state.clock.now_ms());
+
+    let result = old::CommandResult {
+        command_id: command.id.clone(),
+        state: old::CommandState::Succeeded as i32,
+        message: "restarted 1 workloads".into(),
+        output_json: r#"{"restarted":["shop/web"]}"#.into(),
+        progress_percent: 100,
+    };
+    tx.send(old::AgentMessage { seq: 1, body: Some(old::agent_message::Body::CommandResult(result)) }).await.unwrap();
+    loop {
+        if let old::server_message::Body::Ack(a) = next_old(&mut rx).await {
+            if a.seq >= 1 {
+                break;
+            }
+        }
+    }
+    let (_, got) = app.get(&format!("{commands}/{}", command.id), &owner.access).await;
+    assert_eq!((got["state"].as_str(), got["output"]["restarted"][0].as_str()), (Some("succeeded"), Some("shop/web")), "{got}");
 }
 
 async fn deleted_or_revoked_clusters_lose_their_stream_at_once(engine: Engine) {

@@ -6,7 +6,8 @@ use utoipa::openapi::schema::{AdditionalProperties, Object, ObjectBuilder, OneOf
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
-use super::{allowed_params, CreateCommandRequest, KINDS};
+use super::typed::allowed_params;
+use super::{CreateCommandRequest, KINDS};
 use crate::domain::schema as rules;
 
 /// Characters `str::trim` removes; a version of only these is blank.
@@ -20,7 +21,7 @@ fn nullable(t: Type) -> SchemaType {
     SchemaType::Array(vec![t, Type::Null])
 }
 
-/// The schema of one parameter, as `check_params` checks it.
+/// The schema of one parameter, as `typed::from_rest` checks it.
 fn param(name: &str) -> Schema {
     Schema::Object(match name {
         "selector" => rules::selector(),
