@@ -14,7 +14,7 @@ pub enum Error {
     #[error("gateway said {:?}: {}", .0.code(), .0.message())]
     Status(Box<tonic::Status>),
     #[error("key or certificate request: {0}")]
-    Crypto(#[from] rcgen::Error),
+    Crypto(#[from] meshfleet_pki::Error),
     #[error("the gateway sent an unusable certificate: {0}")]
     BadCertificate(String),
     #[error("{path}: {source}")]

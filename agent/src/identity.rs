@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use meshfleet_agent_proto::v1::{self, RegisterRequest, RenewRequest};
-use rcgen::{CertificateParams, KeyPair, PublicKeyData, PKCS_ECDSA_P256_SHA256};
+use meshfleet_pki::inspect::{inspect, CertInfo};
+use meshfleet_pki::{KeyPair, PublicKeyData};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -83,7 +84,7 @@ impl Identity {
 
     /// The certificate's notBefore, if the chain parses.
     pub fn not_before_unix_ms(&self) -> Option<i64> {
-        leaf(&self.chain_pem).ok().map(|l| l.not_before_ms)
+        leaf(&self.chain_pem).ok().map(|l| l.not_before_unix * 1000)
     }
 
     /// When to renew: two thirds into the certificate's lifetime.
@@ -97,14 +98,14 @@ impl Identity {
     fn from_issued(org_id: String, cluster_id: String, cert: Option<v1::Certificate>, key: &KeyPair) -> Result<Identity> {
         let cert = cert.ok_or_else(|| Error::BadCertificate("no certificate in the answer".into()))?;
         let leaf = leaf(&cert.chain_pem)?;
-        if leaf.spki_der != key.subject_public_key_info() {
+        if leaf.spki != key.subject_public_key_info() {
             return Err(Error::BadCertificate("the certificate is not for this agent's key".into()));
         }
         let want = meshfleet_agent_proto::agent_spiffe_id(&org_id, &cluster_id);
-        if !leaf.uris.contains(&want) {
+        if !leaf.uris().any(|u| u == want) {
             return Err(Error::BadCertificate(format!("the certificate does not name {want}")));
         }
-        Ok(Identity { org_id, cluster_id, chain_pem: cert.chain_pem, key_pem: key.serialize_pem().into(), not_after_unix_ms: leaf.not_after_ms })
+        Ok(Identity { org_id, cluster_id, chain_pem: cert.chain_pem, key_pem: key.serialize_pem().into(), not_after_unix_ms: leaf.not_after_unix * 1000 })
     }
 }
 
@@ -134,41 +135,17 @@ pub async fn renew(gateway_url: &str, ca_pem: &str, identity: &Identity) -> Resu
 }
 
 fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let key = meshfleet_pki::mint::new_key()?;
     // The gateway decides the subject and SAN; the CSR only proves possession of the key.
-    let csr = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
-    Ok((key, csr.der().to_vec()))
+    let csr = meshfleet_pki::csr::new_csr(&key)?;
+    Ok((key, csr))
 }
 
-struct Leaf {
-    spki_der: Vec<u8>,
-    uris: Vec<String>,
-    not_before_ms: i64,
-    not_after_ms: i64,
-}
-
-fn leaf(chain_pem: &str) -> Result<Leaf> {
-    let bad = |e: &dyn std::fmt::Display| Error::BadCertificate(e.to_string());
-    let (_, pem) = x509_parser::pem::parse_x509_pem(chain_pem.as_bytes()).map_err(|e| bad(&e))?;
-    let cert = pem.parse_x509().map_err(|e| bad(&e))?;
-    let uris = match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
-                _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok(Leaf {
-        spki_der: cert.public_key().raw.to_vec(),
-        uris,
-        not_before_ms: cert.validity().not_before.timestamp() * 1000,
-        not_after_ms: cert.validity().not_after.timestamp() * 1000,
-    })
+/// What the first certificate of a chain (the agent's own) says.
+fn leaf(chain_pem: &str) -> Result<CertInfo> {
+    let bad = |e: meshfleet_pki::Error| Error::BadCertificate(e.to_string());
+    let certs = meshfleet_pki::pem::certs_from_pem(chain_pem.as_bytes()).map_err(bad)?;
+    inspect(&certs[0]).map_err(bad)
 }
 
 fn temp_path(path: &Path) -> PathBuf {

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use meshfleet_mesh::certs;
+use meshfleet_pki::mint::{self, CaMaterial, CaProfile, LeafProfile};
+use meshfleet_pki::spiffe::WorkloadId;
 use tokio::net::{TcpListener, TcpStream};
 
 const CONNS: usize = 16;
@@ -134,13 +135,13 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
 }
 
-fn haproxy_pair(dir: &Path, app: SocketAddr, issuer: &certs::CaMaterial, anchor: &certs::CaMaterial) -> (Vec<Proc>, SocketAddr) {
-    let signer = rcgen::Issuer::from_ca_cert_der(&issuer.cert_der, certs::key_from_pem(issuer.key_pem.as_bytes()).unwrap()).unwrap();
+fn haproxy_pair(dir: &Path, app: SocketAddr, issuer: &CaMaterial, anchor: &CaMaterial) -> (Vec<Proc>, SocketAddr) {
+    let signer = issuer.signer().unwrap();
     for (name, sa) in [("a", "client"), ("b", "server")] {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let id = certs::WorkloadId::new("cluster.local", "bench", sa).unwrap();
-        let leaf = certs::issue_leaf(&signer, &key, &id, std::time::SystemTime::now() + Duration::from_secs(86400)).unwrap();
-        let pem = format!("{}{}{}", certs::cert_to_pem(&leaf), issuer.cert_pem, key.serialize_pem());
+        let key = mint::new_key().unwrap();
+        let id = WorkloadId::new("cluster.local", "bench", sa).unwrap();
+        let leaf = mint::issue_leaf(&signer, &key, &LeafProfile::workload(&id, std::time::SystemTime::now() + Duration::from_secs(86400))).unwrap();
+        let pem = format!("{}{}{}", leaf.pem(), issuer.cert_pem, key.serialize_pem());
         std::fs::write(dir.join(format!("haproxy-{name}.pem")), pem).unwrap();
     }
     std::fs::write(dir.join("haproxy-ca.pem"), &anchor.cert_pem).unwrap();
@@ -176,8 +177,8 @@ async fn main() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let year = Duration::from_secs(365 * 86400);
-    let anchor = certs::new_anchor("bench anchor", year).unwrap();
-    let issuer = certs::new_issuer(&anchor, "bench issuer", year).unwrap();
+    let anchor = mint::new_anchor(&CaProfile::new("bench anchor", year)).unwrap();
+    let issuer = mint::new_issuer(&anchor, &CaProfile::new("bench issuer", year)).unwrap();
     std::fs::write(d.join("bundle.crt"), &anchor.cert_pem).unwrap();
     std::fs::write(d.join("issuer.crt"), &issuer.cert_pem).unwrap();
     std::fs::write(d.join("issuer.key"), &issuer.key_pem).unwrap();

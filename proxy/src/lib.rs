@@ -3,7 +3,6 @@
 //! Both stand alone: neither needs the Meshfleet agent or service to run.
 
 pub mod admin;
-pub mod certs;
 pub mod controller;
 pub mod drain;
 pub mod identity;

@@ -1,24 +1,22 @@
-//! TLS building blocks shared by controller and proxy: the trust bundle, a verifier that checks a
-//! peer's chain against the bundle and its SPIFFE identity (webpki does not match URI SANs), and
-//! TLS-1.3-only rustls configs. Never accepts TLS 1.2 and never skips chain verification.
+//! TLS building blocks shared by controller and proxy: a rustls verifier that checks a peer the
+//! way `meshfleet_pki::verify` does (chain to the trust bundle, then its SPIFFE identity, which
+//! webpki does not match), and TLS-1.3-only rustls configs. Never accepts TLS 1.2 and never skips
+//! chain verification.
 
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::certs;
+use meshfleet_pki::inspect::inspect;
+use meshfleet_pki::verify::{verify_peer, TrustBundle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("trust bundle is empty")]
-    EmptyBundle,
-    #[error("trust anchor rejected: {0}")]
-    Anchor(String),
     #[error(transparent)]
-    Certs(#[from] certs::Error),
+    Pki(#[from] meshfleet_pki::Error),
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
@@ -29,60 +27,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// One or more trust anchors; more than one while an anchor rotates.
-#[derive(Clone, Debug)]
-pub struct TrustBundle {
-    anchors: Vec<CertificateDer<'static>>,
-    roots: Arc<RootCertStore>,
-    version: String,
-}
-
-impl TrustBundle {
-    pub fn new(anchors: Vec<CertificateDer<'static>>) -> Result<Self> {
-        if anchors.is_empty() {
-            return Err(Error::EmptyBundle);
-        }
-        let mut roots = RootCertStore::empty();
-        let mut all = Vec::new();
-        for a in &anchors {
-            if !certs::inspect(a)?.is_ca {
-                return Err(Error::Anchor("not a CA certificate".into()));
-            }
-            roots.add(a.clone()).map_err(|e| Error::Anchor(e.to_string()))?;
-            all.extend_from_slice(a);
-        }
-        Ok(Self { version: certs::fingerprint(&all), anchors, roots: Arc::new(roots) })
-    }
-
-    pub fn from_pem(pem: &[u8]) -> Result<Self> {
-        Self::new(certs::certs_from_pem(pem)?)
-    }
-
-    pub fn anchors(&self) -> &[CertificateDer<'static>] {
-        &self.anchors
-    }
-
-    pub fn roots(&self) -> &Arc<RootCertStore> {
-        &self.roots
-    }
-
-    /// Hex SHA-256 over all anchors: changes exactly when the bundle does.
-    pub fn version(&self) -> &str {
-        &self.version
-    }
-
-    pub fn fingerprints(&self) -> Vec<String> {
-        self.anchors.iter().map(|a| certs::fingerprint(a)).collect()
-    }
-}
-
-/// Checks `end_entity` chains to `roots` through `intermediates` right now, for TLS server use.
-pub fn verify_chain(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], roots: &RootCertStore, now: UnixTime) -> Result<(), rustls::Error> {
-    let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-    let algs = provider().signature_verification_algorithms;
-    rustls::client::verify_server_cert_signed_by_trust_anchor(&parsed, roots, intermediates, now, algs.all)
 }
 
 /// Server verification for mesh peers: chain to the bundle, then (when the caller knows whom it
@@ -104,13 +48,7 @@ impl ServerCertVerifier for PeerVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        verify_chain(end_entity, intermediates, &self.roots, now)?;
-        if let Some(expected) = &self.expected {
-            let info = certs::inspect(end_entity).map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            if info.spiffe_id() != Some(expected.as_str()) {
-                return Err(rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
-            }
-        }
+        verify_peer(end_entity, intermediates, &self.roots, self.expected.as_deref(), now)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -141,7 +79,7 @@ pub fn client_config(
     alpn: &[&[u8]],
 ) -> Result<ClientConfig> {
     let provider = provider();
-    let verifier = Arc::new(PeerVerifier { roots: bundle.roots.clone(), expected, provider: provider.clone() });
+    let verifier = Arc::new(PeerVerifier { roots: bundle.roots().clone(), expected, provider: provider.clone() });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -162,5 +100,5 @@ pub fn mesh_server_name() -> ServerName<'static> {
 /// The first SPIFFE identity in a peer's presented chain, if any.
 pub fn peer_identity(peer_certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
     let leaf = peer_certs?.first()?;
-    certs::inspect(leaf).ok()?.spiffe_id().map(str::to_string)
+    inspect(leaf).ok()?.spiffe_id().map(str::to_string)
 }

@@ -1,4 +1,4 @@
-//! A small in-test gateway: tonic over rustls with an rcgen CA, client certificates optional
+//! A small in-test gateway: tonic over rustls with a meshfleet-pki CA, client certificates optional
 //! (only Register may go without). It records what agents send and lets a test withhold acks,
 //! cut streams, push commands and refuse agents.
 
@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::Stream;
 use meshfleet_agent::v1::{
@@ -15,8 +15,8 @@ use meshfleet_agent::v1::{
     agent_message::Body,
     server_message, Ack, AgentMessage, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, ServerMessage,
 };
-use rcgen::{BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair, SanType};
-use rustls_pki_types::CertificateSigningRequestDer;
+use meshfleet_pki::mint::{self, CaProfile, LeafProfile, Usage};
+use meshfleet_pki::{Issuer, KeyPair};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
@@ -59,13 +59,20 @@ struct Svc {
 
 impl TestGateway {
     pub async fn start(token: &str) -> TestGateway {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
-        let ca = Arc::new(Issuer::new(ca_params, ca_key));
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap().signed_by(&server_key, &ca).unwrap();
+        let ca = mint::new_anchor(&CaProfile::new("test gateway CA", Duration::from_secs(86400))).unwrap();
+        let ca_pem = ca.cert_pem.clone();
+        let ca = Arc::new(ca.signer().unwrap());
+        let server_key = mint::new_key().unwrap();
+        let now = SystemTime::now();
+        let server = LeafProfile {
+            common_name: "test gateway".into(),
+            uris: Vec::new(),
+            hosts: vec!["localhost".into(), "127.0.0.1".into()],
+            usage: Usage::Server,
+            not_before: now - mint::BACKDATE,
+            not_after: now + Duration::from_secs(86400),
+        };
+        let server_cert = mint::issue_leaf(&ca, &server_key, &server).unwrap();
         let control = Arc::new(Mutex::new(Control {
             tokens: [token.to_owned()].into(),
             auto_ack: true,
@@ -144,17 +151,19 @@ impl TestGateway {
 
 impl Svc {
     fn issue(&self, csr_der: &[u8], cluster: &str) -> Result<v1::Certificate, Status> {
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr_der.to_vec()))
-            .map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
+        let public_key = meshfleet_pki::csr::check(csr_der).map_err(|e| Status::invalid_argument(format!("bad CSR: {e}")))?;
         let lifetime = self.control.lock().unwrap().cert_lifetime;
-        let mut params = CertificateParams::default();
-        let now = time::OffsetDateTime::now_utc();
-        params.not_before = now;
-        params.not_after = now + lifetime;
-        params.subject_alt_names = vec![SanType::URI(meshfleet_agent_proto::agent_spiffe_id(ORG, cluster).try_into().unwrap())];
-        let cert = params.signed_by(&csr.public_key, &self.ca).unwrap();
-        let chain_pem = format!("{}{}", cert.pem(), "");
-        Ok(v1::Certificate { chain_pem, not_after_unix_ms: (params.not_after.unix_timestamp()) * 1000 })
+        let now = SystemTime::now();
+        let profile = LeafProfile {
+            common_name: String::new(),
+            uris: vec![meshfleet_agent_proto::agent_spiffe_id(ORG, cluster)],
+            hosts: Vec::new(),
+            usage: Usage::Client,
+            not_before: now,
+            not_after: now + lifetime,
+        };
+        let cert = mint::issue_leaf(&self.ca, &public_key, &profile).unwrap();
+        Ok(v1::Certificate { chain_pem: cert.pem(), not_after_unix_ms: meshfleet_pki::unix(profile.not_after) * 1000 })
     }
 
     fn authenticate<T>(&self, req: &Request<T>) -> Result<String, Status> {
@@ -162,17 +171,10 @@ impl Svc {
             return Err(Status::permission_denied("cluster deleted"));
         }
         let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
-        let (_, cert) = x509_parser::parse_x509_certificate(certs.first().ok_or_else(|| Status::unauthenticated("no certificate"))?)
+        let cert = meshfleet_pki::inspect::inspect(certs.first().ok_or_else(|| Status::unauthenticated("no certificate"))?)
             .map_err(|_| Status::unauthenticated("bad certificate"))?;
-        let san = cert.subject_alternative_name().ok().flatten().ok_or_else(|| Status::unauthenticated("no SAN"))?;
-        for name in &san.value.general_names {
-            if let x509_parser::extensions::GeneralName::URI(u) = name {
-                if let Some((_, cluster)) = meshfleet_agent_proto::parse_agent_spiffe_id(u) {
-                    return Ok(cluster.to_owned());
-                }
-            }
-        }
-        Err(Status::unauthenticated("not an agent certificate"))
+        let cluster = cert.uris().find_map(|u| meshfleet_agent_proto::parse_agent_spiffe_id(u).map(|(_, cluster)| cluster.to_owned()));
+        cluster.ok_or_else(|| Status::unauthenticated("not an agent certificate"))
     }
 }
 

@@ -15,12 +15,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use meshfleet_pki::mint::{self, CaProfile};
+use meshfleet_pki::spiffe::WorkloadId;
+use meshfleet_pki::verify::TrustBundle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::certs::{self, WorkloadId};
 use crate::drain::{self, DrainController};
-use crate::tls::TrustBundle;
 use issuer::Pair;
 use metrics::Metrics;
 use reload::{read_sources, serving_cert, watch_files, ServingCert};
@@ -193,8 +194,8 @@ fn admin_handler(shared: Arc<Shared>) -> crate::admin::Handler {
 /// Writes a development anchor + issuer (and the bundle) into `dir`, for local runs.
 pub fn write_dev_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     let year = Duration::from_secs(365 * 86400);
-    let anchor = certs::new_anchor("meshfleet dev trust anchor", year)?;
-    let issuer = certs::new_issuer(&anchor, "meshfleet dev issuer", year / 2)?;
+    let anchor = mint::new_anchor(&CaProfile::new("meshfleet dev trust anchor", year))?;
+    let issuer = mint::new_issuer(&anchor, &CaProfile::new("meshfleet dev issuer", year / 2))?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("anchor.crt"), &anchor.cert_pem)?;
     std::fs::write(dir.join("anchor.key"), &anchor.key_pem)?;

@@ -6,14 +6,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rcgen::KeyPair;
+use meshfleet_pki::mint::{issue_leaf, new_key, LeafProfile};
+use meshfleet_pki::spiffe::WorkloadId;
+use meshfleet_pki::unix;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use super::issuer::{self, Pair, Sources};
 use super::{Config, Shared};
-use crate::certs::{self, WorkloadId};
 
 /// The controller's own TLS certificate, swapped in place when the issuer changes.
 #[derive(Debug)]
@@ -29,16 +30,16 @@ impl ResolvesServerCert for ServingCert {
 }
 
 pub(super) fn serving_cert(pair: &Pair, id: &WorkloadId, lifetime: Duration) -> anyhow::Result<(Arc<CertifiedKey>, (i64, i64))> {
-    let key = KeyPair::generate()?;
+    let key = new_key()?;
     let issuer_end = SystemTime::UNIX_EPOCH + Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
     let now = SystemTime::now();
     let not_after = (now + lifetime).min(issuer_end);
-    let leaf = certs::issue_leaf(&pair.issuer.signer, &key, id, not_after)?;
-    let mut chain = vec![leaf];
+    let leaf = issue_leaf(&pair.issuer.signer, &key, &LeafProfile::workload(id, not_after))?;
+    let mut chain = vec![leaf.der];
     chain.extend(pair.issuer.chain.iter().cloned());
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let signing = rustls::crypto::ring::sign::any_supported_type(&der)?;
-    Ok((Arc::new(CertifiedKey::new(chain, signing)), (certs::unix(now), certs::unix(not_after))))
+    Ok((Arc::new(CertifiedKey::new(chain, signing)), (unix(now), unix(not_after))))
 }
 
 pub(super) fn read_sources(c: &Config) -> Result<Sources, issuer::IssuerError> {
@@ -96,7 +97,7 @@ pub(super) async fn watch_files(shared: Arc<Shared>, mut last: Sources, own_id: 
         }
         let (from, until) = *shared.serving.not_after.read().unwrap_or_else(|e| e.into_inner());
         let renew_at = from + (until - from) * 7 / 10;
-        if changed_issuer || certs::unix(SystemTime::now()) >= renew_at {
+        if changed_issuer || unix(SystemTime::now()) >= renew_at {
             match serving_cert(&shared.pair(), &own_id, own_lifetime) {
                 Ok((cert, validity)) => {
                     *shared.serving.current.write().unwrap_or_else(|e| e.into_inner()) = cert;

@@ -6,27 +6,27 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use rcgen::CertificateSigningRequestParams;
-use rustls::pki_types::CertificateSigningRequestDer;
+use meshfleet_pki::csr::CsrError;
+use meshfleet_pki::mint::{issue_leaf, LeafProfile};
+use meshfleet_pki::spiffe::WorkloadId;
+use meshfleet_pki::verify::TrustBundle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::verifier::VerifyError;
 use super::Shared;
-use crate::certs::{self, WorkloadId};
 use crate::identity::pb;
-use crate::tls::TrustBundle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Verify(#[from] VerifyError),
     #[error("invalid CSR: {0}")]
-    Csr(rcgen::Error),
+    Csr(CsrError),
     #[error("identity not representable: {0}")]
-    Identity(certs::Error),
+    Identity(meshfleet_pki::Error),
     #[error("signing failed: {0}")]
-    Sign(certs::Error),
+    Sign(meshfleet_pki::Error),
 }
 
 impl Error {
@@ -63,19 +63,19 @@ impl IdentityService {
     async fn certify(&self, req: pb::CertifyRequest) -> Result<pb::CertifyResponse, Error> {
         let sa = self.0.verifier.verify(&req.token).await?;
         let id = WorkloadId::new(&self.0.config.trust_domain, &sa.namespace, &sa.name).map_err(Error::Identity)?;
-        let csr = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(req.csr_der)).map_err(Error::Csr)?;
+        let public_key = meshfleet_pki::csr::check(&req.csr_der).map_err(Error::Csr)?;
         let pair = self.0.pair();
         let wanted = SystemTime::now() + self.0.config.leaf_lifetime();
         // A leaf never outlives the issuer that signed it.
         let issuer_end = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
         let not_after = wanted.min(issuer_end);
-        let leaf = certs::issue_leaf(&pair.issuer.signer, &csr.public_key, &id, not_after).map_err(Error::Sign)?;
-        tracing::info!(identity = %id, not_after = certs::unix(not_after), "issued leaf certificate");
+        let leaf = issue_leaf(&pair.issuer.signer, &public_key, &LeafProfile::workload(&id, not_after)).map_err(Error::Sign)?;
+        tracing::info!(identity = %id, not_after = meshfleet_pki::unix(not_after), "issued leaf certificate");
         Ok(pb::CertifyResponse {
-            leaf_der: leaf.to_vec(),
+            leaf_der: leaf.der.to_vec(),
             intermediates_der: pair.issuer.chain.iter().map(|c| c.to_vec()).collect(),
             identity: id.to_string(),
-            not_after_unix: certs::unix(not_after),
+            not_after_unix: meshfleet_pki::unix(not_after),
         })
     }
 }

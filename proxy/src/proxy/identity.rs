@@ -6,16 +6,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use meshfleet_pki::inspect::inspect;
+use meshfleet_pki::verify::{verify_chain, TrustBundle};
+use meshfleet_pki::{KeyPair, PublicKeyData};
 use rand::Rng;
-use rcgen::{CertificateParams, KeyPair};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tonic::transport::Channel;
 
 use super::metrics::Metrics;
 use super::tls::{Leaf, TlsState};
-use crate::certs;
 use crate::identity::pb::{self, identity_client::IdentityClient};
-use crate::tls::TrustBundle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -26,9 +26,7 @@ pub enum Error {
     #[error("controller returned an unusable certificate: {0}")]
     BadCert(String),
     #[error(transparent)]
-    Certs(#[from] certs::Error),
-    #[error(transparent)]
-    Rcgen(#[from] rcgen::Error),
+    Pki(#[from] meshfleet_pki::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::Error),
 }
@@ -67,28 +65,27 @@ impl Certifier {
     /// One round: CSR -> leaf, checked locally before it is used. Returns the remaining lifetime.
     async fn certify(&self) -> Result<Duration, Error> {
         let token = tokio::fs::read_to_string(&self.token_file).await.map_err(|e| Error::Token(self.token_file.display().to_string(), e))?;
-        let csr = CertificateParams::default().serialize_request(&self.key)?;
+        let csr_der = meshfleet_pki::csr::new_csr(&self.key)?;
         let mut client = IdentityClient::new(self.channel.clone());
-        let req = pb::CertifyRequest { token: token.trim().to_string(), csr_der: csr.der().to_vec() };
+        let req = pb::CertifyRequest { token: token.trim().to_string(), csr_der };
         let resp = client.certify(req).await?.into_inner();
         let leaf = CertificateDer::from(resp.leaf_der);
-        let info = certs::inspect(&leaf)?;
-        if info.spki != rcgen::PublicKeyData::subject_public_key_info(&self.key) {
+        let info = inspect(&leaf)?;
+        if info.spki != self.key.subject_public_key_info() {
             return Err(Error::BadCert("leaf is not for this proxy's key".into()));
         }
         let mut chain = vec![leaf];
         chain.extend(resp.intermediates_der.into_iter().map(CertificateDer::from));
         let bundle = self.state.bundle();
-        crate::tls::verify_chain(&chain[0], &chain[1..], bundle.roots(), UnixTime::now())
+        verify_chain(&chain[0], &chain[1..], bundle.roots(), UnixTime::now())
             .map_err(|e| Error::BadCert(format!("does not chain to the trust bundle: {e}")))?;
-        let issuer = chain.get(1).and_then(|c| certs::inspect(c).ok()).map(|i| i.subject).unwrap_or_default();
+        let issuer = chain.get(1).and_then(|c| inspect(c).ok()).map(|i| i.subject).unwrap_or_default();
         let identity = info.spiffe_id().unwrap_or_default().to_string();
         self.state.set_leaf(Leaf { chain, identity: identity.clone(), not_after_unix: info.not_after_unix, issuer })?;
         self.metrics.cert_expiry.set(info.not_after_unix as f64);
         self.metrics.cert_refresh.inc();
         tracing::info!(%identity, not_after = info.not_after_unix, "obtained certificate");
-        let remaining = info.not_after_unix - certs::unix(SystemTime::now());
-        Ok(Duration::from_secs(remaining.max(1) as u64))
+        Ok(info.remaining(SystemTime::now()).max(Duration::from_secs(1)))
     }
 }
 

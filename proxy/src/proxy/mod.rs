@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use rcgen::KeyPair;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -93,13 +92,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     for id in &config.allow_identities {
-        if let Err(e) = id.parse::<crate::certs::WorkloadId>() {
+        if let Err(e) = id.parse::<meshfleet_pki::spiffe::WorkloadId>() {
             problems.push(format!("--allow-identity: {e}"));
         }
     }
     let bundle = std::fs::read(&config.trust_anchors)
         .map_err(|e| e.to_string())
-        .and_then(|pem| crate::tls::TrustBundle::from_pem(&pem).map_err(|e| e.to_string()))
+        .and_then(|pem| meshfleet_pki::verify::TrustBundle::from_pem(&pem).map_err(|e| e.to_string()))
         .map_err(|e| problems.push(format!("--trust-anchors {}: {e}", config.trust_anchors.display())));
     if config.controller_addr.is_empty() {
         problems.push("--controller-addr is empty".into());
@@ -110,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let controller_id = config.controller_identity.clone().unwrap_or_else(|| format!("spiffe://{}/ns/meshfleet/sa/meshfleet-controller", config.trust_domain));
     // The key exists only in this process's memory: the CSR carries its public half.
-    let key = KeyPair::generate()?;
+    let key = meshfleet_pki::mint::new_key()?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let state = Arc::new(TlsState::new(key_der, bundle, auth, controller_id)?);
     let metrics = Metrics::new();

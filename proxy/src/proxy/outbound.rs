@@ -32,7 +32,7 @@ impl FromStr for Route {
         let listen = listen.parse().map_err(|e| format!("route {s:?}: listen address: {e}"))?;
         let (target, identity) = match rest.split_once('#') {
             Some((t, id)) => {
-                let id = id.parse::<crate::certs::WorkloadId>().map_err(|e| format!("route {s:?}: {e}"))?;
+                let id = id.parse::<meshfleet_pki::spiffe::WorkloadId>().map_err(|e| format!("route {s:?}: {e}"))?;
                 (t, Some(id.to_string()))
             }
             None => (rest, None),

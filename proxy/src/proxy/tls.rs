@@ -9,7 +9,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::tls::{self, TrustBundle};
+use meshfleet_pki::verify::TrustBundle;
+
+use crate::tls;
 
 /// Inbound client-certificate policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -3,8 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use meshfleet_mesh::certs::{self, WorkloadId};
-use meshfleet_mesh::tls::{client_config, mesh_server_name, TrustBundle};
+use meshfleet_mesh::tls::{client_config, mesh_server_name};
+use meshfleet_pki::mint::{self, CaProfile, LeafProfile};
+use meshfleet_pki::spiffe::WorkloadId;
+use meshfleet_pki::verify::TrustBundle;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -55,12 +57,12 @@ async fn plaintext_client_to_inbound_is_refused_and_counted() {
 async fn peer_with_certificate_from_another_ca_is_refused_and_counted() {
     let mesh = Mesh::start(&[]).await;
     // A client that trusts B's anchor but holds a leaf from a CA outside B's bundle.
-    let foreign = certs::new_anchor("foreign anchor", YEAR).unwrap();
-    let foreign_issuer = certs::new_issuer(&foreign, "foreign issuer", YEAR).unwrap();
-    let signer = rcgen::Issuer::from_ca_cert_der(&foreign_issuer.cert_der, certs::key_from_pem(foreign_issuer.key_pem.as_bytes()).unwrap()).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
+    let foreign = mint::new_anchor(&CaProfile::new("foreign anchor", YEAR)).unwrap();
+    let foreign_issuer = mint::new_issuer(&foreign, &CaProfile::new("foreign issuer", YEAR)).unwrap();
+    let key = mint::new_key().unwrap();
     let id = WorkloadId::new("cluster.local", "web", "client").unwrap();
-    let leaf = certs::issue_leaf(&signer, &key, &id, SystemTime::now() + Duration::from_secs(600)).unwrap();
+    let leaf =
+        mint::issue_leaf(&foreign_issuer.signer().unwrap(), &key, &LeafProfile::workload(&id, SystemTime::now() + Duration::from_secs(600))).unwrap().der;
     let bundle = TrustBundle::from_pem(mesh.pki.anchor.cert_pem.as_bytes()).unwrap();
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let config = client_config(&bundle, None, Some((vec![leaf, foreign_issuer.cert_der.clone()], key_der)), &[]).unwrap();

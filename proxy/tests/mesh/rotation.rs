@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use meshfleet_mesh::certs;
+use meshfleet_pki::mint::{self, CaProfile};
 
 use crate::support::*;
 
@@ -32,7 +32,7 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
     let traffic = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(9), false, 2));
     let pooled = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(9), true, 1));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let next = certs::new_issuer(&mesh.pki.anchor, "test issuer 2", YEAR).unwrap();
+    let next = mint::new_issuer(&mesh.pki.anchor, &CaProfile::new("test issuer 2", YEAR)).unwrap();
     mesh.pki.write_issuer(&next);
 
     let deadline = Instant::now() + Duration::from_secs(8);
@@ -55,8 +55,8 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_or_foreign_issuer_is_refused_and_the_current_one_kept() {
     let mesh = Mesh::start(&[]).await;
-    let foreign = certs::new_anchor("foreign", YEAR).unwrap();
-    mesh.pki.write_issuer(&certs::new_issuer(&foreign, "foreign issuer", YEAR).unwrap());
+    let foreign = mint::new_anchor(&CaProfile::new("foreign", YEAR)).unwrap();
+    mesh.pki.write_issuer(&mint::new_issuer(&foreign, &CaProfile::new("foreign issuer", YEAR)).unwrap());
     let url = format!("http://{}/metrics", mesh.controller.addr("admin"));
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

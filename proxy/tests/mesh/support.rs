@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use meshfleet_mesh::certs::{self, CaMaterial};
+use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,8 +25,8 @@ pub struct Pki {
 
 impl Pki {
     pub fn new() -> Self {
-        let anchor = certs::new_anchor("test anchor", YEAR).unwrap();
-        let issuer = certs::new_issuer(&anchor, "test issuer 1", YEAR).unwrap();
+        let anchor = mint::new_anchor(&CaProfile::new("test anchor", YEAR)).unwrap();
+        let issuer = mint::new_issuer(&anchor, &CaProfile::new("test issuer 1", YEAR)).unwrap();
         let pki = Self { dir: tempfile::tempdir().unwrap(), anchor };
         pki.write_issuer(&issuer);
         pki.write_bundle(&[&pki.anchor]);

@@ -367,8 +367,8 @@ async fn setup_fleet(server: &ServerProc, n: usize) -> anyhow::Result<Fleet> {
 }
 
 async fn register(channel: Channel, bootstrap_token: &str) -> anyhow::Result<Identity> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let csr_der = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.der().to_vec();
+    let key = meshfleet_pki::mint::new_key()?;
+    let csr_der = meshfleet_pki::csr::new_csr(&key)?;
     let mut req = tonic::Request::new(RegisterRequest { bootstrap_token: bootstrap_token.to_owned(), csr_der, agent_version: "0.1.0-bench".into() });
     req.set_timeout(CALL_TIMEOUT);
     let resp = AgentGatewayClient::new(channel).register(req).await.map_err(|s| anyhow!("register: {s}"))?.into_inner();

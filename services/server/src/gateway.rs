@@ -105,7 +105,8 @@ impl AgentGateway for Gateway {
 impl Gateway {
     #[tracing::instrument(name = "register", skip_all, fields(agent_version = %req.agent_version, org_id, cluster_id))]
     async fn do_register(&self, req: RegisterRequest) -> Result<RegisterResponse> {
-        pki::check_csr_key(&req.csr_der)?;
+        // Before the token is spent, so a refused CSR leaves it usable.
+        meshfleet_pki::csr::check(&req.csr_der)?;
         let now = self.state.clock.now_ms();
         let hash = token_hash(req.bootstrap_token.trim());
         let mut tx = self.state.db.begin().await?;

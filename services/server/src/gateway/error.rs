@@ -7,7 +7,7 @@ use std::time::Duration;
 use tonic::Status;
 
 use super::convert::Invalid;
-use super::pki::CsrError;
+use meshfleet_pki::csr::CsrError;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -56,6 +56,9 @@ pub enum Error {
     Transport(Status),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// Minting for a key that passed the CSR check: a fault of the service, not the agent.
+    #[error("cannot sign the certificate: {0}")]
+    Sign(#[from] meshfleet_pki::Error),
 }
 
 impl Error {
@@ -70,7 +73,7 @@ impl Error {
             Error::ShuttingDown | Error::NotStored => Code::Unavailable,
             Error::AgentGone => Code::Cancelled,
             Error::Transport(status) => status.code(),
-            Error::Database(_) => Code::Internal,
+            Error::Database(_) | Error::Sign(_) => Code::Internal,
         }
     }
 }
@@ -79,7 +82,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::Transport(status) => status,
-            Error::Database(_) => {
+            Error::Database(_) | Error::Sign(_) => {
                 tracing::error!(error = %e, "gateway call failed");
                 Status::internal("internal error; it has been logged")
             }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use meshfleet_agent_proto::frozen::v1 as old;
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
+use meshfleet_pki::mint::{self, CaMaterial, CaProfile, LeafProfile, Usage};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -23,9 +24,9 @@ pub struct AgentId {
     pub chain_pem: String,
 }
 
-pub fn csr() -> (rcgen::KeyPair, Vec<u8>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let der = rcgen::CertificateParams::default().serialize_request(&key).unwrap().der().to_vec();
+pub fn csr() -> (meshfleet_pki::KeyPair, Vec<u8>) {
+    let key = mint::new_key().unwrap();
+    let der = meshfleet_pki::csr::new_csr(&key).unwrap();
     (key, der)
 }
 
@@ -319,24 +320,26 @@ async fn bootstrap_tokens_and_csrs_are_checked(engine: Engine) {
     assert_eq!((expired.code(), expired.message().contains("expired")), (Code::Unauthenticated, true), "{expired:?}");
 }
 
-/// A CA of the test's own, and its certificate.
-fn test_ca() -> (rcgen::Issuer<'static, rcgen::KeyPair>, rcgen::Certificate) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    (rcgen::Issuer::from_ca_cert_pem(&ca_cert.pem(), ca_key).unwrap(), ca_cert)
+/// A CA of the test's own.
+fn test_ca() -> CaMaterial {
+    mint::new_anchor(&CaProfile::new("test CA", Duration::from_secs(86400))).unwrap()
+}
+
+/// A leaf for a new key, valid for a day.
+fn test_leaf(ca: &CaMaterial, uris: Vec<String>, hosts: Vec<String>, usage: Usage) -> (meshfleet_pki::KeyPair, String) {
+    let key = mint::new_key().unwrap();
+    let now = std::time::SystemTime::now();
+    let profile = LeafProfile { common_name: String::new(), uris, hosts, usage, not_before: now - mint::BACKDATE, not_after: now + Duration::from_secs(86400) };
+    let cert = mint::issue_leaf(&ca.signer().unwrap(), &key, &profile).unwrap();
+    (key, cert.pem())
 }
 
 /// A certificate naming the cluster, signed by a CA the gateway never saw.
 fn foreign_identity(cluster: &str) -> AgentId {
-    let (issuer, ca_cert) = test_ca();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let ca = test_ca();
     let uri = format!("spiffe://meshfleet/org/{}/cluster/{cluster}", uuid::Uuid::now_v7());
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri.try_into().unwrap())];
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    AgentId { key_pem: key.serialize_pem(), chain_pem: format!("{}{}", cert.pem(), ca_cert.pem()) }
+    let (key, cert_pem) = test_leaf(&ca, vec![uri], Vec::new(), Usage::Client);
+    AgentId { key_pem: key.serialize_pem(), chain_pem: format!("{cert_pem}{}", ca.cert_pem) }
 }
 
 async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
@@ -579,10 +582,9 @@ impl WithSeq for AgentMessage {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_can_serve_certificates_given_as_files() {
     let files = tempfile::tempdir().unwrap();
-    let (issuer, ca_cert) = test_ca();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
-    for (name, pem) in [("tls.crt", server.pem()), ("tls.key", key.serialize_pem()), ("ca.crt", ca_cert.pem())] {
+    let ca = test_ca();
+    let (key, server_pem) = test_leaf(&ca, Vec::new(), vec!["127.0.0.1".to_owned()], Usage::Server);
+    for (name, pem) in [("tls.crt", server_pem), ("tls.key", key.serialize_pem()), ("ca.crt", ca.cert_pem.clone())] {
         std::fs::write(files.path().join(name), pem).unwrap();
     }
     let db = TestDb::new(Engine::Sqlite).await;
@@ -592,7 +594,7 @@ async fn the_gateway_can_serve_certificates_given_as_files() {
         c.gateway_tls_ca = Some(files.path().join("ca.crt"));
     })
     .await;
-    assert_eq!(app.state.pki.gateway_ca_pem, ca_cert.pem(), "install manifests pin the given CA");
+    assert_eq!(app.state.pki.gateway_ca_pem, ca.cert_pem, "install manifests pin the given CA");
     let owner = app.owner("ada@example.com").await;
     let (_, id) = registered(&app, &owner, "c1").await;
     let mut stream = Stream::open(&app, &id).await.unwrap();

@@ -29,11 +29,8 @@ fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
 }
 
 fn issuer_pem() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec!["identity.meshfleet.cluster.local".into()]).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "meshfleet issuer");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+    let ca = meshfleet_pki::mint::new_anchor(&meshfleet_pki::mint::CaProfile::new("meshfleet issuer", Duration::from_secs(365 * 86400))).unwrap();
+    (ca.cert_pem, ca.key_pem)
 }
 
 struct Setup {
