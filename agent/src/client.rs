@@ -6,7 +6,7 @@
 mod commands;
 mod session;
 
-pub(crate) use commands::now_ms;
+pub use commands::now_ms;
 pub use commands::unsupported;
 
 use std::path::PathBuf;

@@ -1,6 +1,6 @@
 //! The meshfleet agent library: the gateway client (register, stream reports, execute commands,
-//! renew the certificate), the in-cluster agent on Kubernetes (`k8s`), and the fleet simulator
-//! that drives many such clients in one process.
+//! renew the certificate) and the in-cluster agent on Kubernetes (`k8s`). The fleet simulator,
+//! which drives many such clients in one process, is its own crate (`agent/sim`).
 //! It never logs key material or tokens.
 
 pub mod backoff;
@@ -9,7 +9,6 @@ pub mod client;
 mod error;
 pub mod identity;
 pub mod k8s;
-pub mod sim;
 mod tls;
 
 pub use client::{spawn, Agent, AgentHandle, ClientConfig, Report, Reporter, Stats};

@@ -295,7 +295,7 @@ async fn refused_reports_are_counted_and_not_resent() {
 
 #[tokio::test]
 async fn simulated_cluster_reports_and_answers_commands_through_a_real_client() {
-    use meshfleet_agent::sim::{drive, synthetic_cluster, SharedCluster};
+    use meshfleet_sim::{drive, synthetic_cluster, SharedCluster};
     let gw = TestGateway::start("tok").await;
     let cluster = SharedCluster::new(synthetic_cluster(42));
     let h = spawn(config(&gw), registered(&gw).await, Arc::new(cluster.clone()));

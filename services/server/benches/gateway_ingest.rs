@@ -55,7 +55,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use meshfleet_agent::sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
+use meshfleet_sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
 use meshfleet_agent::{AgentHandle, ClientConfig, Identity};
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};

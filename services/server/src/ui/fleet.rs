@@ -186,7 +186,7 @@ fn first_run(state: &AppState, viewer: &Viewer) -> Markup {
             h2 { "Your fleet is empty" }
             p { "Connect a cluster: create it below, then apply the manifest it shows you with kubectl. The agent dials out to Meshfleet and the cluster appears here as connected." }
             p { "No cluster at hand? Start a demo fleet of simulated agents next to the server, and watch this page come alive:" }
-            pre { code { "cargo run --release -p meshfleet-agent --bin meshfleet-sim -- \\\n  --api " (api) " --email " (viewer.email) " --password '…' --clusters 50" } }
+            pre { code { "cargo run --release -p meshfleet-sim -- \\\n  --api " (api) " --email " (viewer.email) " --password '…' --clusters 50" } }
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use meshfleet_agent::sim::{synthetic_cluster, SharedCluster};
+use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use meshfleet_agent::ClientConfig;
 use meshfleet_client::Client as ApiClient;
 use secrecy::{ExposeSecret, SecretString};
@@ -200,7 +200,7 @@ async fn sign_up_connect_a_cluster_and_watch_it_go_live() {
     let cluster = SharedCluster::new(synthetic_cluster(7));
     let handle = meshfleet_agent::spawn(ClientConfig::new(&boot.gateway_address, &boot.ca_pem), identity, Arc::new(cluster.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let driver = tokio::spawn(meshfleet_agent::sim::drive(handle.reporter(), cluster, Duration::from_millis(300), stop_rx));
+    let driver = tokio::spawn(meshfleet_sim::drive(handle.reporter(), cluster, Duration::from_millis(300), stop_rx));
     let started = std::time::Instant::now();
     assert!(b.wait_text("#live [data-status]", "connected", Duration::from_secs(10)).await, "the page never showed the agent connected");
     let took = started.elapsed();

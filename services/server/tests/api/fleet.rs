@@ -239,9 +239,9 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
     let app = TestApp::spawn(Engine::Sqlite).await;
     let owner = app.owner("ada@example.com").await;
     let state_dir = tempfile::tempdir().unwrap();
-    let config = meshfleet_agent::sim::FleetConfig {
+    let config = meshfleet_sim::FleetConfig {
         api_url: app.base.clone(),
-        auth: meshfleet_agent::sim::Auth::Password { email: "ada@example.com".into(), password: SecretString::from(PASSWORD.to_owned()) },
+        auth: meshfleet_sim::Auth::Password { email: "ada@example.com".into(), password: SecretString::from(PASSWORD.to_owned()) },
         clusters: 3,
         prefix: "sim".into(),
         state_dir: state_dir.path().to_owned(),
@@ -251,7 +251,7 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
         setup_concurrency: 3,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let fleet = tokio::spawn(meshfleet_agent::sim::run(config, async move {
+    let fleet = tokio::spawn(meshfleet_sim::run(config, async move {
         let _ = stop_rx.await;
     }));
 
@@ -290,7 +290,7 @@ async fn the_simulator_binary_keeps_identities_in_the_state_directory_and_logs_p
     use meshfleet_fake_kube::workspace::{build_bins, terminate, within, Output};
     let app = TestApp::spawn(Engine::Sqlite).await;
     app.owner("ada@example.com").await;
-    let bin = tokio::task::spawn_blocking(|| build_bins("meshfleet-agent", &["meshfleet-sim"]).join("meshfleet-sim")).await.unwrap();
+    let bin = tokio::task::spawn_blocking(|| build_bins("meshfleet-sim", &["meshfleet-sim"]).join("meshfleet-sim")).await.unwrap();
     let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut cmd = meshfleet_fake_kube::workspace::clean_command(bin);
     cmd.current_dir(work.path())

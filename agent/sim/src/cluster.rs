@@ -10,8 +10,8 @@ use meshfleet_agent_proto::v1::{self, command::Body, CommandResult, CommandState
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::client::{now_ms, unsupported};
-use crate::Agent;
+use meshfleet_agent::client::{now_ms, unsupported};
+use meshfleet_agent::Agent;
 
 pub const CURRENT_PROXY_VERSION: &str = "0.1.0";
 const OUTDATED_PROXY_VERSIONS: &[&str] = &["0.0.9", "0.0.8"];

@@ -1,5 +1,5 @@
 //! `meshfleet-sim`: the demo fleet and load generator. Parses flags, sets up logging and runs
-//! `meshfleet_agent::sim::run` until Ctrl-C.
+//! `meshfleet_sim::run` until Ctrl-C.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use meshfleet_agent::sim::{self, Auth, FleetConfig};
+use meshfleet_sim::{self as sim, Auth, FleetConfig};
 use secrecy::SecretString;
 
 #[derive(Parser)]

@@ -17,8 +17,8 @@ use tokio::sync::watch;
 use meshfleet_client::{Client, Cluster};
 
 use super::{synthetic_cluster, SharedCluster, SimError};
-use crate::client::now_ms;
-use crate::{register, spawn, AgentHandle, ClientConfig, Identity, Report, Reporter};
+use meshfleet_agent::client::now_ms;
+use meshfleet_agent::{register, spawn, AgentHandle, ClientConfig, Identity, Report, Reporter};
 
 pub enum Auth {
     Password { email: String, password: SecretString },

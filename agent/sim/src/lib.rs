@@ -24,7 +24,7 @@ pub enum SimError {
     #[error(transparent)]
     Api(#[from] meshfleet_client::Error),
     #[error(transparent)]
-    Agent(#[from] crate::Error),
+    Agent(#[from] meshfleet_agent::Error),
     #[error("{path}: {source}")]
     Io { path: std::path::PathBuf, source: std::io::Error },
 }
