@@ -55,7 +55,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use futures::{StreamExt, TryStreamExt};
-use meshfleet_sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
 use meshfleet_agent::{AgentHandle, ClientConfig, Identity};
 use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
 use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
@@ -63,6 +62,7 @@ use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
 use meshfleet_client::Client;
 use meshfleet_server::db::Engine;
 use meshfleet_server::secrets::Sealer;
+use meshfleet_sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};

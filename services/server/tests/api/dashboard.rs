@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
-use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use meshfleet_agent::ClientConfig;
 use meshfleet_client::Client as ApiClient;
+use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
