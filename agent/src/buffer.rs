@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use meshfleet_agent_proto::v1::{agent_message::Body, AgentMessage};
+use meshfleet_agent_protocol::v1::{agent_message::Body, AgentMessage};
 
 #[derive(Debug)]
 pub struct ReportBuffer {
@@ -92,7 +92,7 @@ impl ReportBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshfleet_agent_proto::v1::{Delta, Events, Metrics, Snapshot};
+    use meshfleet_agent_protocol::v1::{Delta, Events, Metrics, Snapshot};
 
     fn metrics(start: i64) -> Body {
         Body::Metrics(Metrics { window_start_unix_ms: start, ..Default::default() })

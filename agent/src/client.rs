@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use meshfleet_agent_proto::v1::{self, agent_message::Body};
-use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_agent_protocol::v1::{self, agent_message::Body};
+use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshfleet_agent_proto::v1::{self, RegisterRequest, RenewRequest};
+use meshfleet_agent_protocol::v1::{self, RegisterRequest, RenewRequest};
 use meshfleet_pki::inspect::{inspect, CertInfo};
 use meshfleet_pki::{KeyPair, PublicKeyData};
 use secrecy::{ExposeSecret, SecretString};
@@ -101,7 +101,7 @@ impl Identity {
         if leaf.spki != key.subject_public_key_info() {
             return Err(Error::BadCertificate("the certificate is not for this agent's key".into()));
         }
-        let want = meshfleet_agent_proto::agent_spiffe_id(&org_id, &cluster_id);
+        let want = meshfleet_agent_protocol::agent_spiffe_id(&org_id, &cluster_id);
         if !leaf.uris().any(|u| u == want) {
             return Err(Error::BadCertificate(format!("the certificate does not name {want}")));
         }

@@ -14,7 +14,7 @@ mod tls;
 pub use client::{spawn, Agent, AgentHandle, ClientConfig, Report, Reporter, Stats};
 pub use error::{Error, Result};
 pub use identity::{register, renew, Identity};
-pub use meshfleet_agent_proto::v1;
+pub use meshfleet_agent_protocol::v1;
 
 /// Logging for the binaries: the filter from the environment variable `filter_var` (default
 /// `info`), to stdout, coloured only on a terminal (unless NO_COLOR), so files and pipes get

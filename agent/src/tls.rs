@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
-use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_agent_protocol::v1::agent_gateway_client::AgentGatewayClient;
+use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use secrecy::ExposeSecret;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 

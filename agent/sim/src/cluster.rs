@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
-use meshfleet_agent_proto::v1::{self, command::Body, CommandResult, CommandState};
+use meshfleet_agent_protocol::v1::{self, command::Body, CommandResult, CommandState};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 

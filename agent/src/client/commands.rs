@@ -8,8 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfleet_agent_proto::commands::Untyped;
-use meshfleet_agent_proto::v1::{self, agent_message::Body, CommandResult, CommandState};
+use meshfleet_agent_protocol::commands::Untyped;
+use meshfleet_agent_protocol::v1::{self, agent_message::Body, CommandResult, CommandState};
 
 use super::Shared;
 

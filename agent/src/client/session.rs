@@ -5,8 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshfleet_agent_proto::v1::{agent_message::Body, server_message, AgentMessage, Heartbeat, Hello, ServerMessage, Snapshot};
-use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_agent_protocol::v1::{agent_message::Body, server_message, AgentMessage, Heartbeat, Hello, ServerMessage, Snapshot};
+use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;

@@ -1,7 +1,7 @@
 //! Certificate metadata from PEM (subject, SANs, validity, SHA-256 fingerprint). It is only ever
 //! given certificate PEM; a private key must never reach this module or leave the cluster.
 
-use meshfleet_agent_proto::v1::CertificateInfo;
+use meshfleet_agent_protocol::v1::CertificateInfo;
 use meshfleet_pki::inspect::{inspect, San};
 
 /// Every certificate in `pem` up to a malformed PEM section; unparsable certificates are

@@ -11,7 +11,7 @@ use ::kube::api::{Api, ListParams, Patch, PatchParams};
 use ::kube::{Client, ResourceExt};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
-use meshfleet_agent_proto::v1::{self, command::Body, CommandResult, CommandState};
+use meshfleet_agent_protocol::v1::{self, command::Body, CommandResult, CommandState};
 use serde_json::json;
 
 use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, RESTART_ROLE};

@@ -13,7 +13,7 @@ use ::kube::{Api, Client, Resource, ResourceExt};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
-use meshfleet_agent_proto::v1;
+use meshfleet_agent_protocol::v1;
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use meshfleet_agent_proto::v1;
+use meshfleet_agent_protocol::v1;
 
 use super::inventory::MeshedPod;
 

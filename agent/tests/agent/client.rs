@@ -5,7 +5,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use meshfleet_agent::v1::{self, agent_message::Body, command::Body as Command, server_message, Ack, CommandState};
 use meshfleet_agent::{register, spawn, Agent, ClientConfig, Error, Identity, Report};
-use meshfleet_agent_proto::frozen::v1 as old;
+use meshfleet_agent_protocol::frozen::v1 as old;
 use prost::Message;
 
 use crate::gateway::{TestGateway, CLUSTER, ORG};

@@ -156,7 +156,7 @@ impl Svc {
         let now = SystemTime::now();
         let profile = LeafProfile {
             common_name: String::new(),
-            uris: vec![meshfleet_agent_proto::agent_spiffe_id(ORG, cluster)],
+            uris: vec![meshfleet_agent_protocol::agent_spiffe_id(ORG, cluster)],
             hosts: Vec::new(),
             usage: Usage::Client,
             not_before: now,
@@ -173,7 +173,7 @@ impl Svc {
         let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
         let cert = meshfleet_pki::inspect::inspect(certs.first().ok_or_else(|| Status::unauthenticated("no certificate"))?)
             .map_err(|_| Status::unauthenticated("bad certificate"))?;
-        let cluster = cert.uris().find_map(|u| meshfleet_agent_proto::parse_agent_spiffe_id(u).map(|(_, cluster)| cluster.to_owned()));
+        let cluster = cert.uris().find_map(|u| meshfleet_agent_protocol::parse_agent_spiffe_id(u).map(|(_, cluster)| cluster.to_owned()));
         cluster.ok_or_else(|| Status::unauthenticated("not an agent certificate"))
     }
 }

@@ -440,7 +440,7 @@ impl Config {
             errors.push("quota_series and quota_events_per_min: must be at least 1".to_owned());
         }
         let b = self.quota_bytes;
-        let cap = meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+        let cap = meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
         if [b.snapshot, b.delta, b.metrics, b.events, b.command_result].iter().any(|n| !(1024..=cap).contains(n)) {
             errors.push(format!("quota_bytes: each kind's limit must be between 1024 and {cap} bytes"));
         }

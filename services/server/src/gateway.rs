@@ -14,9 +14,9 @@ pub mod session;
 
 use std::net::SocketAddr;
 
-use meshfleet_agent_proto::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
-use meshfleet_agent_proto::v1::{Certificate, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
-use meshfleet_agent_proto::MAX_MESSAGE_BYTES;
+use meshfleet_agent_protocol::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
+use meshfleet_agent_protocol::v1::{Certificate, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
+use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use secrecy::ExposeSecret;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
@@ -92,7 +92,7 @@ impl AgentGateway for Gateway {
 
     type ConnectStream = session::ServerStream;
 
-    async fn connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
+    async fn connect(&self, request: Request<tonic::Streaming<meshfleet_agent_protocol::v1::AgentMessage>>) -> Result<Response<Self::ConnectStream>, Status> {
         Ok(Response::new(self.do_connect(request).await?))
     }
 
@@ -129,7 +129,7 @@ impl Gateway {
     }
 
     #[tracing::instrument(name = "connect", skip_all)]
-    async fn do_connect(&self, request: Request<tonic::Streaming<meshfleet_agent_proto::v1::AgentMessage>>) -> Result<session::ServerStream> {
+    async fn do_connect(&self, request: Request<tonic::Streaming<meshfleet_agent_protocol::v1::AgentMessage>>) -> Result<session::ServerStream> {
         let peer = self.authenticate(&request).await?;
         // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
         if let Err(retry_in) = self.state.limits.connect(peer.cluster_id) {

@@ -1,7 +1,7 @@
 //! Agent reports, checked and turned into what the store keeps. Anything out of bounds is
 //! refused with a reason (counted in metrics), never stored and never a panic.
 
-use meshfleet_agent_proto::v1;
+use meshfleet_agent_protocol::v1;
 
 use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::store::inventory::{CertificateInfo, Component, ControlPlane, Facts, Pod};

@@ -132,7 +132,7 @@ impl Pki {
         let not_after_ms = now + ttl_ms;
         let profile = LeafProfile {
             common_name: format!("meshfleet-agent {cluster}"),
-            uris: vec![meshfleet_agent_proto::agent_spiffe_id(&org.to_string(), &cluster.to_string())],
+            uris: vec![meshfleet_agent_protocol::agent_spiffe_id(&org.to_string(), &cluster.to_string())],
             hosts: Vec::new(),
             usage: Usage::Client,
             not_before: at_ms(now - 60_000),
@@ -184,7 +184,7 @@ pub struct PeerAgent {
 pub fn peer_agent(cert_der: &[u8]) -> Option<(PeerAgent, String)> {
     let cert = inspect(cert_der).ok()?;
     let peer = cert.uris().find_map(|uri| {
-        let (org, cluster) = meshfleet_agent_proto::parse_agent_spiffe_id(uri)?;
+        let (org, cluster) = meshfleet_agent_protocol::parse_agent_spiffe_id(uri)?;
         Some(PeerAgent { org_id: org.parse().ok()?, cluster_id: cluster.parse().ok()? })
     })?;
     Some((peer, cert.serial_hex))

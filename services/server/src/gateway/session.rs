@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
-use meshfleet_agent_proto::v1::{agent_message::Body, server_message, Ack, AgentMessage, Refused, ServerMessage};
+use meshfleet_agent_protocol::v1::{agent_message::Body, server_message, Ack, AgentMessage, Refused, ServerMessage};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};

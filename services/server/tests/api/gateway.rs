@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use meshfleet_agent_proto::frozen::v1 as old;
-use meshfleet_agent_proto::v1::agent_gateway_client::AgentGatewayClient;
-use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
+use meshfleet_agent_protocol::frozen::v1 as old;
+use meshfleet_agent_protocol::v1::agent_gateway_client::AgentGatewayClient;
+use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile, LeafProfile, Usage};
 use reqwest::{Method, StatusCode};
 use serde_json::json;

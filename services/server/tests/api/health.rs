@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use meshfleet_agent_proto::v1::{self, agent_message::Body};
+use meshfleet_agent_protocol::v1::{self, agent_message::Body};
 use reqwest::StatusCode;
 use serde_json::Value;
 

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use meshfleet_agent_proto::v1::{self, agent_message::Body, server_message};
+use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message};
 use serde_json::Value;
 use tonic::Code;
 

@@ -2,7 +2,7 @@
 //! commands meet: a request is checked by turning it into a `Command.body`, and a stored command
 //! becomes the message its agent gets.
 
-use meshfleet_agent_proto::v1::{self, command::Body};
+use meshfleet_agent_protocol::v1::{self, command::Body};
 use serde_json::{Map, Value};
 
 use crate::domain::labels::Selector;

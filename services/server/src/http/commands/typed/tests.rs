@@ -1,5 +1,5 @@
-use meshfleet_agent_proto::frozen::v1 as old;
-use meshfleet_agent_proto::v1::server_message;
+use meshfleet_agent_protocol::frozen::v1 as old;
+use meshfleet_agent_protocol::v1::server_message;
 use prost::Message;
 use serde_json::json;
 
