@@ -58,6 +58,11 @@ impl Client {
         Self::login(base, email, password).await
     }
 
+    /// The token the client acts with (for a caller that also speaks HTTP itself).
+    pub fn token(&self) -> &SecretString {
+        &self.token
+    }
+
     /// Every cluster of the organization, following cursors (`GET /api/v1/clusters`).
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>> {
         #[derive(Deserialize)]

@@ -494,10 +494,7 @@ impl Config {
     }
 }
 
-/// A duration as the milliseconds the clock (`Clock::now_ms`) counts in.
-pub fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+pub use crate::domain::ms;
 
 /// Whether a URL's host is a loopback or unspecified address (`127.0.0.1`, `[::1]`, `0.0.0.0`,
 /// `localhost`): fine on a laptop, useless in an install manifest for another machine.

@@ -11,10 +11,16 @@ pub mod schema;
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+/// A duration as the milliseconds the clock (`Clock::now_ms`) and the database count in.
+pub fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {

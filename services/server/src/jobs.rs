@@ -215,7 +215,7 @@ impl Lease<'_> {
         let asked = Instant::now();
         let now = self.state.clock.now_ms();
         let result = match self.state.db.pool.acquire().await {
-            Ok(mut conn) => store::leases::take(&mut conn, self.job, self.holder, now, now + self.ttl.as_millis() as i64).await,
+            Ok(mut conn) => store::leases::take(&mut conn, self.job, self.holder, now, now + crate::config::ms(self.ttl)).await,
             Err(e) => Err(e),
         };
         let next = match result {

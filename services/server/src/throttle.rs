@@ -20,7 +20,7 @@ pub struct Reservation {
 /// Counts an attempt against every `(subject, limit)`. Err(TooManyRequests) when any subject
 /// is past its limit; that attempt is then not counted (it checks no password).
 pub async fn reserve(db: &Db, subjects: &[(&str, u32)], window: Duration, now: i64) -> Result<Reservation, ApiError> {
-    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    let window_ms = crate::config::ms(window);
     let mut conn = db.pool.acquire().await?;
     let mut reservation = Reservation { counted: Vec::with_capacity(subjects.len()) };
     let mut wait_ms = 0;

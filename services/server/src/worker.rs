@@ -43,7 +43,7 @@ async fn retention(state: AppState) -> anyhow::Result<()> {
     }
     // Ended log-in windows count for nothing (a new attempt restarts its window): drop them here,
     // off the log-in path.
-    let window_ms = i64::try_from(state.config.login_failure_window.as_millis()).unwrap_or(i64::MAX);
+    let window_ms = crate::config::ms(state.config.login_failure_window);
     store::login_throttle::forget_ended(&mut conn, state.clock.now_ms(), window_ms).await.context("forgetting ended log-in windows")?;
     Ok(())
 }

@@ -6,12 +6,17 @@
 
 use std::time::Duration;
 
-/// How worrying a cluster is; the overview lists the worst first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// How worrying a cluster is; its worst finding decides, and the overview lists the worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Health {
     Critical,
     Degraded,
     Expiring,
+    /// No agent has connected yet.
     Pending,
     Healthy,
 }
@@ -29,21 +34,12 @@ impl Health {
 }
 
 /// How urgent a finding is, in the words alerting uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Severity {
     Critical,
     Warning,
     Info,
-}
-
-impl Severity {
-    pub fn label(self) -> &'static str {
-        match self {
-            Severity::Critical => "critical",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        }
-    }
 }
 
 /// The thresholds of the rules (settings `health_*`; the defaults are below).
@@ -81,7 +77,7 @@ impl Thresholds {
     }
 
     fn expiry_warning_ms(&self) -> i64 {
-        i64::try_from(self.expiry_warning.as_millis()).unwrap_or(i64::MAX)
+        super::ms(self.expiry_warning)
     }
 
     /// Whether a success rate counts as degraded (or worse), given whether it did last time.

@@ -16,7 +16,7 @@ pub struct Liveness {
 impl Liveness {
     /// At `now` (ms), with the `stale_after_secs` and `disconnected_after_secs` settings.
     pub fn at(now: i64, stale_after: Duration, disconnected_after: Duration) -> Liveness {
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        use super::ms;
         Liveness { stale_before: now.saturating_sub(ms(stale_after)), disconnected_before: now.saturating_sub(ms(disconnected_after)) }
     }
 

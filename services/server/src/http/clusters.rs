@@ -58,6 +58,14 @@ impl ClusterStatus {
             ClusterStatus::Disconnected => "disconnected",
         }
     }
+
+    /// The status a stored (effective) status names; another value is the database's fault.
+    pub fn parse(cluster: ClusterId, status: &str) -> Result<Self, ApiError> {
+        [ClusterStatus::Pending, ClusterStatus::Connected, ClusterStatus::Stale, ClusterStatus::Disconnected]
+            .into_iter()
+            .find(|s| s.as_str() == status)
+            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("cluster {cluster} has unknown status {status:?}")))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -74,11 +82,9 @@ pub struct ClusterView {
     pub kubernetes_version: Option<String>,
 }
 
-/// The cut-offs that turn a quiet agent stale, then disconnected, as of now.
+/// A cluster as the API shows it, with its status as `live` tells it.
 fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
-    let status = c.effective_status(live);
-    let status = serde_json::from_value(serde_json::Value::String(status.to_owned()))
-        .map_err(|_| ApiError::Internal(anyhow::anyhow!("cluster {} has unknown status {:?}", c.id, c.status)))?;
+    let status = ClusterStatus::parse(c.id, c.effective_status(live))?;
     Ok(ClusterView {
         id: c.id,
         name: c.name,

@@ -24,49 +24,6 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(cluster_health)).routes(routes!(fleet_health))
 }
 
-/// How worrying a cluster is; its worst finding decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum HealthLevel {
-    Critical,
-    Degraded,
-    Expiring,
-    /// No agent has connected yet.
-    Pending,
-    Healthy,
-}
-
-impl From<Health> for HealthLevel {
-    fn from(h: Health) -> Self {
-        match h {
-            Health::Critical => HealthLevel::Critical,
-            Health::Degraded => HealthLevel::Degraded,
-            Health::Expiring => HealthLevel::Expiring,
-            Health::Pending => HealthLevel::Pending,
-            Health::Healthy => HealthLevel::Healthy,
-        }
-    }
-}
-
-/// How urgent a finding is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FindingSeverity {
-    Critical,
-    Warning,
-    Info,
-}
-
-impl From<Severity> for FindingSeverity {
-    fn from(s: Severity) -> Self {
-        match s {
-            Severity::Critical => FindingSeverity::Critical,
-            Severity::Warning => FindingSeverity::Warning,
-            Severity::Info => FindingSeverity::Info,
-        }
-    }
-}
-
 /// Something worth knowing about a cluster.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Finding {
@@ -74,9 +31,9 @@ pub struct Finding {
     /// `control_plane` or `proxy_versions`.
     #[schema(example = "certificate_expiry")]
     pub check: String,
-    pub severity: FindingSeverity,
+    pub severity: Severity,
     /// The health it gives its cluster; null for findings that only inform.
-    pub health: Option<HealthLevel>,
+    pub health: Option<Health>,
     #[schema(example = "the issuer certificate expires in 2 d 4 h")]
     pub message: String,
     /// When the condition began: from the data where it tells (the agent last heard from, a
@@ -94,7 +51,7 @@ pub struct ClusterHealth {
     pub cluster_id: ClusterId,
     pub name: String,
     pub status: ClusterStatus,
-    pub health: HealthLevel,
+    pub health: Health,
     pub findings: Vec<Finding>,
     /// When the assessment was made (at most a few seconds ago).
     pub evaluated_at: DateTime<Utc>,
@@ -120,21 +77,20 @@ pub struct FleetHealth {
 }
 
 fn view(r: &Row, at: i64) -> Result<ClusterHealth, ApiError> {
-    let status = serde_json::from_value(serde_json::Value::String(r.status.clone()))
-        .map_err(|_| ApiError::Internal(anyhow::anyhow!("cluster {} has unknown status {:?}", r.cluster.id, r.status)))?;
+    let status = ClusterStatus::parse(r.cluster.id, &r.status)?;
     let findings = r
         .findings
         .iter()
         .map(|(f, since)| Finding {
             check: f.check().to_owned(),
-            severity: f.severity().into(),
-            health: f.health().map(HealthLevel::from),
+            severity: f.severity(),
+            health: f.health(),
             message: f.message(at),
             since: to_rfc3339(*since),
             object: f.object(),
         })
         .collect();
-    Ok(ClusterHealth { cluster_id: r.cluster.id, name: r.cluster.name.clone(), status, health: r.health.into(), findings, evaluated_at: to_rfc3339(at) })
+    Ok(ClusterHealth { cluster_id: r.cluster.id, name: r.cluster.name.clone(), status, health: r.health, findings, evaluated_at: to_rfc3339(at) })
 }
 
 /// A cluster's health and findings.

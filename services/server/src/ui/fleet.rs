@@ -67,8 +67,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
     let rows = matching(&snapshot.rows, f)?;
     let now = state.clock.now_ms();
     let count = |h: &[Health]| rows.iter().filter(|r| h.contains(&r.health)).count();
-    let warning = state.config.health.expiry_warning;
-    let warn_ms = i64::try_from(warning.as_millis()).unwrap_or(i64::MAX);
+    let warn_ms = crate::config::ms(state.config.health.expiry_warning);
     let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < warn_ms)).count();
     let shown: Vec<&Row> = rows.iter().copied().take(MAX_ROWS).collect();
     let trends = trends(state, viewer, &snapshot, &shown, now).await?;

@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
@@ -82,19 +83,10 @@ async fn within_a_second(http: &reqwest::Client, base: &str, path: &str, token: 
 }
 
 /// Signs up an owner through the replica at `base`, logs in and returns the access token.
-async fn signed_up_owner(http: &reqwest::Client, base: &str) -> String {
-    let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });
-    assert!(http.post(format!("{base}/api/v1/signup")).json(&body).send().await.unwrap().status().is_success());
-    let login: Value = http
-        .post(format!("{base}/api/v1/login"))
-        .json(&json!({ "email": "ada@example.com", "password": PASSWORD }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    login["access_token"].as_str().unwrap().to_owned()
+async fn signed_up_owner(base: &str) -> String {
+    let password = SecretString::from(PASSWORD.to_owned());
+    let owner = meshfleet_client::Client::signup(base, "ada@example.com", &password, "Acme").await.unwrap();
+    owner.token().expose_secret().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +99,7 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
     let (a, b) = two_replicas(&db, &env);
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
-    let token = &signed_up_owner(&http, &a).await;
+    let token = &signed_up_owner(&a).await;
 
     // Replica B caches the empty page and the principal; A creates a cluster, then logs out.
     within_a_second(&http, &b, "/api/v1/clusters", token, |s, p| s == 200 && names(p).is_empty()).await;
@@ -173,7 +165,7 @@ async fn an_api_only_replica_refuses_a_token_logged_out_elsewhere() {
     assert!(b.gateway.is_none(), "replica b runs without the gateway role");
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
-    let token = &signed_up_owner(&http, &a).await;
+    let token = &signed_up_owner(&a).await;
 
     // Replica B caches the principal; A logs out.
     within_a_second(&http, &b, "/api/v1/clusters", token, |s, _| s == 200).await;
