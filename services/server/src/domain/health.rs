@@ -12,6 +12,8 @@ use utoipa::ToSchema;
 /// How worrying a cluster is; its worst finding decides, and the overview lists the worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+// Named apart from `/healthz`'s `Health` schema in the OpenAPI document.
+#[schema(as = HealthLevel)]
 pub enum Health {
     Critical,
     Degraded,
@@ -36,6 +38,7 @@ impl Health {
 /// How urgent a finding is, in the words alerting uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = FindingSeverity)]
 pub enum Severity {
     Critical,
     Warning,
