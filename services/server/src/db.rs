@@ -69,12 +69,18 @@ impl Db {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
+            // An embedded SQLite connection cannot drop, so pinging it before each use only
+            // costs a round trip to its thread; a PostgreSQL one can (a restarted server).
+            .test_before_acquire(engine == Engine::Postgres)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if engine == Engine::Sqlite {
                         // WAL lets readers proceed during a write; the busy timeout queues
                         // writers instead of failing them; foreign keys enforce cascades.
-                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;").await?;
+                        // Memory-mapped reads share the OS page cache between the pool's
+                        // connections instead of copying each page into every connection's
+                        // own small cache (BENCHMARKS.md, "listing clusters").
+                        conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA mmap_size = 1073741824;").await?;
                     }
                     Ok(())
                 })
