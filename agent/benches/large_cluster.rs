@@ -24,7 +24,6 @@
 //! pause, 100), MESHFLEET_BENCH_SETTLE_SECS (after the initial sync, 15). Without `--bench`
 //! (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
-use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use meshfleet_fake_kube::{Config, FakeKube, User};
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use rand::seq::SliceRandom;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -122,7 +122,7 @@ struct Proc {
     name: &'static str,
     child: Child,
     pid: u32,
-    output: meshfleet_fake_kube::workspace::Output,
+    output: meshfleet_test_support::process::Output,
 }
 
 impl Proc {
@@ -130,7 +130,7 @@ impl Proc {
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
-        let output = meshfleet_fake_kube::workspace::Output::capture(&mut child);
+        let output = meshfleet_test_support::process::Output::capture(&mut child);
         Ok(Proc { name, child, pid, output })
     }
 
@@ -147,7 +147,7 @@ impl Proc {
 
     /// SIGTERM to this one process (never its group), SIGKILL after 15 s.
     fn stop(&mut self) {
-        meshfleet_fake_kube::workspace::terminate(&mut self.child, Duration::from_secs(15));
+        meshfleet_test_support::process::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 
@@ -189,7 +189,7 @@ struct Server {
 
 fn start_server(bin: &PathBuf) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let mut cmd = meshfleet_fake_kube::workspace::clean_command(bin);
+    let mut cmd = meshfleet_test_support::process::clean_command(bin);
     cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
         .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
         .env("MESHFLEET_DATA_DIR", dir.path())
@@ -541,7 +541,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    meshfleet_fake_kube::workspace::within(limit, check).await.ok_or_else(|| anyhow::anyhow!("{what}: not within {limit:?}"))
+    meshfleet_test_support::process::within(limit, check).await.ok_or_else(|| anyhow::anyhow!("{what}: not within {limit:?}"))
 }
 
 fn open_fds(pid: u32) -> usize {

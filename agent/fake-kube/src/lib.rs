@@ -13,7 +13,6 @@ pub mod sim;
 mod store;
 mod validate;
 mod watch;
-pub mod workspace;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -57,10 +57,11 @@ async fn get(url: &str) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconfig() {
-    let fake_bin =
-        tokio::task::spawn_blocking(|| meshfleet_fake_kube::workspace::build_bins("meshfleet-fake-kube", &["meshfleet-fake-kube"]).join("meshfleet-fake-kube"))
-            .await
-            .unwrap();
+    let fake_bin = tokio::task::spawn_blocking(|| {
+        meshfleet_test_support::process::build_bins("meshfleet-fake-kube", &["meshfleet-fake-kube"]).join("meshfleet-fake-kube")
+    })
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let (kubeconfig, manifest) = (dir.path().join("kubeconfig"), dir.path().join("mesh.yaml"));
     std::fs::File::create(&manifest).unwrap().write_all(MESH.as_bytes()).unwrap();
@@ -91,7 +92,7 @@ async fn the_agent_binary_runs_against_the_fake_kube_binary_through_its_kubeconf
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut agent = Killed(agent.spawn().unwrap());
-    let logs = meshfleet_fake_kube::workspace::Output::capture(&mut agent.0);
+    let logs = meshfleet_test_support::process::Output::capture(&mut agent.0);
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {

@@ -46,7 +46,6 @@
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
-use meshfleet_fake_kube::workspace::{clock_ticks_per_sec, cpu_ticks};
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -63,6 +62,7 @@ use meshfleet_client::Client;
 use meshfleet_server::db::Engine;
 use meshfleet_server::secrets::Sealer;
 use meshfleet_sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
@@ -158,7 +158,7 @@ struct ServerProc {
     pid: u32,
     api: String,
     gateway: SocketAddr,
-    output: meshfleet_fake_kube::workspace::Output,
+    output: meshfleet_test_support::process::Output,
     _dir: tempfile::TempDir,
     pg: Option<PgDb>,
 }
@@ -171,7 +171,7 @@ impl ServerProc {
             Engine::Postgres => Some(create_pg_db(knobs.pg_admin.as_deref().expect("PostgreSQL URL")).await?),
         };
         // Only this benchmark's settings reach the server.
-        let mut cmd = meshfleet_fake_kube::workspace::clean_command(env!("CARGO_BIN_EXE_meshfleet-server"));
+        let mut cmd = meshfleet_test_support::process::clean_command(env!("CARGO_BIN_EXE_meshfleet-server"));
         cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
             .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
             .env("MESHFLEET_DATA_DIR", dir.path())
@@ -188,7 +188,7 @@ impl ServerProc {
         }
         let mut child = cmd.spawn().context("starting meshfleet-server")?;
         let pid = child.id();
-        let output = meshfleet_fake_kube::workspace::Output::capture(&mut child);
+        let output = meshfleet_test_support::process::Output::capture(&mut child);
         let mut server = ServerProc { child, pid, api: String::new(), gateway: "0.0.0.0:0".parse().unwrap(), output, _dir: dir, pg };
         let deadline = Instant::now() + Duration::from_secs(60);
         let (mut api, mut gateway) = (None, None);
@@ -239,7 +239,7 @@ impl ServerProc {
     }
 
     fn terminate(&mut self) {
-        meshfleet_fake_kube::workspace::terminate(&mut self.child, Duration::from_secs(15));
+        meshfleet_test_support::process::terminate(&mut self.child, Duration::from_secs(15));
     }
 }
 

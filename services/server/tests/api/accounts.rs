@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::helpers::{assert_problem, postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::two_replicas;
+use crate::process::server;
 
 on_both_engines!(
     signup_login_and_me,
@@ -178,7 +178,7 @@ async fn replicas_share_the_login_limit() {
     }
     let db = TestDb::new(Engine::Postgres).await;
     let env = [("MESHFLEET_LOGIN_MAX_FAILURES_PER_ADDRESS", "1000")];
-    let (a, b) = two_replicas(&db, &env);
+    let (a, b) = server().two_replicas(&db, &env);
     let bases = [a.url(), b.url()];
     let http = reqwest::Client::new();
     let body = json!({ "email": "ada@example.com", "password": PASSWORD, "organization": "Acme" });

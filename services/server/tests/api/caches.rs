@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
 use crate::on_both_engines;
-use crate::process::{replica, two_replicas};
+use crate::process::server;
 
 /// Long enough that only invalidation, never expiry, can explain a fresh answer.
 const LONG_MS: &str = "60000";
@@ -96,7 +96,7 @@ async fn another_replica_drops_its_cached_pages_and_principals_when_told() {
     }
     let db = TestDb::new(Engine::Postgres).await;
     let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
-    let (a, b) = two_replicas(&db, &env);
+    let (a, b) = server().two_replicas(&db, &env);
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
     let token = &signed_up_owner(&a).await;
@@ -119,7 +119,7 @@ async fn another_replica_refuses_a_removed_members_token() {
     }
     let db = TestDb::new(Engine::Postgres).await;
     let env = [("MESHFLEET_READ_CACHE_MS", LONG_MS)];
-    let (a, b) = two_replicas(&db, &env);
+    let (a, b) = server().two_replicas(&db, &env);
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();
     let post = |path: &str, token: Option<&str>, body: Value| {
@@ -160,8 +160,8 @@ async fn an_api_only_replica_refuses_a_token_logged_out_elsewhere() {
     }
     let db = TestDb::new(Engine::Postgres).await;
     let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
-    let a = replica(&db, &sealing_key, "a", &[("MESHFLEET_READ_CACHE_MS", LONG_MS)]);
-    let b = replica(&db, &sealing_key, "b", &[("MESHFLEET_READ_CACHE_MS", LONG_MS), ("MESHFLEET_ROLES", "api")]);
+    let a = server().replica(&db, &sealing_key, "a", &[("MESHFLEET_READ_CACHE_MS", LONG_MS)]);
+    let b = server().replica(&db, &sealing_key, "b", &[("MESHFLEET_READ_CACHE_MS", LONG_MS), ("MESHFLEET_ROLES", "api")]);
     assert!(b.gateway.is_none(), "replica b runs without the gateway role");
     let (a, b) = (a.url(), b.url());
     let http = reqwest::Client::new();

@@ -11,11 +11,11 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use meshfleet_agent::ClientConfig;
 use meshfleet_client::Client as ApiClient;
 use meshfleet_sim::{synthetic_cluster, SharedCluster};
+use meshfleet_test_support::process::free_port;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
 use crate::helpers::{Engine, TestApp, PASSWORD};
-use crate::process::free_port;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";

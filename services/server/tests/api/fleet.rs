@@ -10,11 +10,13 @@ use futures::future::BoxFuture;
 use meshfleet_agent::{v1, Agent, AgentHandle, ClientConfig, Report};
 use meshfleet_client::Client;
 use meshfleet_server::secrets::Sealer;
+use meshfleet_test_support::process::free_port;
+use meshfleet_test_support::server::ServerProcess;
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
 use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
-use crate::process::{command, free_port, two_replicas, ServerProcess};
+use crate::process::server;
 
 /// Counts executions per command id: the property under test is "exactly once".
 #[derive(Default)]
@@ -120,7 +122,7 @@ async fn a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once
     let sealing_key = Sealer::generate_key();
     let (api_port, gateway_port) = (free_port(), free_port());
     let start = || {
-        let mut cmd = command(db.dir.path());
+        let mut cmd = server().command(db.dir.path());
         cmd.env("MESHFLEET_LISTEN", format!("127.0.0.1:{api_port}"))
             .env("MESHFLEET_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}"))
             .env("MESHFLEET_DATABASE_URL", &db.url)
@@ -204,7 +206,7 @@ async fn a_command_created_on_one_replica_reaches_an_agent_on_another_within_a_s
         return;
     }
     let db = TestDb::new(Engine::Postgres).await;
-    let (a, b) = two_replicas(&db, &[]);
+    let (a, b) = server().two_replicas(&db, &[]);
     let api_a = Api::signup(&a.url(), "ada@example.com").await;
     let (cluster, handle, agent) = start_agent(&api_a, "c1", b.gateway.as_deref()).await;
 
@@ -281,35 +283,4 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
     let _ = stop_tx.send(());
     let status = fleet.await.unwrap().unwrap();
     assert_eq!((status.total, status.dropped), (3, 0), "{status}");
-}
-
-/// The `meshfleet-sim` binary as a user runs it from a checkout: agent identities (private keys)
-/// go to the user's state directory, not the working folder, and its piped logs carry no colour.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_binary_keeps_identities_in_the_state_directory_and_logs_plainly() {
-    use meshfleet_fake_kube::workspace::{build_bins, terminate, within, Output};
-    let app = TestApp::spawn(Engine::Sqlite).await;
-    app.owner("ada@example.com").await;
-    let bin = tokio::task::spawn_blocking(|| build_bins("meshfleet-sim", &["meshfleet-sim"]).join("meshfleet-sim")).await.unwrap();
-    let (home, work) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let mut cmd = meshfleet_fake_kube::workspace::clean_command(bin);
-    cmd.current_dir(work.path())
-        .env("HOME", home.path())
-        .env_remove("XDG_STATE_HOME")
-        .env_remove("NO_COLOR")
-        .env_remove("RUST_LOG")
-        .args(["--api", &app.base, "--email", "ada@example.com", "--password", PASSWORD, "--clusters", "1", "--status-interval", "1s"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut sim = cmd.spawn().unwrap();
-    let output = Output::capture(&mut sim);
-    let identity = home.path().join(".local/state/meshfleet-sim/sim-0000.identity.json");
-    let running = within(Duration::from_secs(30), || async { identity.exists() && output.tail().contains("connected 1/1") }).await;
-    terminate(&mut sim, Duration::from_secs(10));
-    let logs = output.tail();
-    assert!(running.is_some(), "no identity at {} or no connected agent:\n{logs}", identity.display());
-    assert!(logs.contains("registered"), "{logs}");
-    assert!(!logs.contains('\x1b'), "colour codes in piped logs:\n{logs:?}");
-    let left_in_work: Vec<_> = std::fs::read_dir(work.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert!(left_in_work.is_empty(), "the simulator wrote into the working folder: {left_in_work:?}");
 }

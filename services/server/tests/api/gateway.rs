@@ -162,12 +162,6 @@ pub fn metrics(start_ms: i64, requests: u64, failures: u64) -> Body {
     })
 }
 
-impl TestApp {
-    pub fn state_gateway(&self) -> std::net::SocketAddr {
-        self.gateway.expect("the test server runs the gateway")
-    }
-}
-
 /// A cluster with a registered agent.
 pub async fn registered(app: &TestApp, owner: &Login, name: &str) -> (String, AgentId) {
     let created = app.create_cluster(owner, name, json!({})).await;

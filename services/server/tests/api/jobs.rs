@@ -9,7 +9,7 @@ use meshfleet_server::Server;
 
 use crate::helpers::{postgres_url, test_config, Engine, TestDb};
 use crate::on_both_engines;
-use crate::process::two_replicas;
+use crate::process::server;
 
 on_both_engines!(a_lease_has_one_holder_until_it_expires, a_stopped_server_leaves_no_job_running);
 
@@ -62,7 +62,7 @@ async fn another_replica_takes_over_the_jobs_of_a_dead_lease_holder() {
     }
     const LEASE: Duration = Duration::from_secs(2);
     let db = TestDb::new(Engine::Postgres).await;
-    let (a, b) = two_replicas(&db, &[("MESHFLEET_JOB_LEASE_MS", "2000"), ("MESHFLEET_JOB_LEASE_RENEW_MS", "500")]);
+    let (a, b) = server().two_replicas(&db, &[("MESHFLEET_JOB_LEASE_MS", "2000"), ("MESHFLEET_JOB_LEASE_RENEW_MS", "500")]);
     let http = reqwest::Client::new();
     let acquired = |base: String| {
         let http = http.clone();

@@ -1,7 +1,10 @@
 //! Integration tests of meshfleet-server: real servers on 127.0.0.1:0 over SQLite, and over
-//! PostgreSQL when MESHFLEET_TEST_POSTGRES_URL is set. One test binary for the crate.
+//! PostgreSQL when MESHFLEET_TEST_POSTGRES_URL is set. One test binary for the crate. The
+//! end-to-end suites with the agent, Kubernetes and the mesh are in the workspace's tests/.
 
 mod helpers;
+mod process;
+use meshfleet_test_support::on_both_engines;
 
 mod accounts;
 mod api_tokens;
@@ -18,12 +21,9 @@ mod hardening;
 mod health;
 mod isolation;
 mod jobs;
-mod kube_agent;
 mod members;
 mod migrations;
 mod openapi;
-mod process;
-mod quickstart;
 mod quotas;
 mod rollups;
 mod secrets_at_rest;

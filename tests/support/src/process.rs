@@ -143,3 +143,8 @@ pub fn clean_command(bin: impl AsRef<std::ffi::OsStr>) -> Command {
     }
     cmd
 }
+
+/// A port free right now (a small race with other processes is accepted in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -13,12 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshfleet_agent::k8s::{self, AgentConfig};
-use meshfleet_fake_kube::workspace::within;
 use meshfleet_fake_kube::{Config, FakeKube, User};
 use meshfleet_server::install::{self, InstallParams};
+use meshfleet_test_support::app::{Engine, Login, TestApp};
+use meshfleet_test_support::process::within;
 use serde_json::{json, Value};
-
-use crate::helpers::{Engine, Login, TestApp};
 
 fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": ns},

@@ -30,7 +30,7 @@ pub fn mesh_bin(name: &str) -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     let dir = DIR.get_or_init(|| {
         let _ = writeln!(std::io::stderr(), "building meshfleet-proxy and meshfleet-controller for the Kubernetes end-to-end tests (a no-op when fresh)");
-        meshfleet_fake_kube::workspace::build_bins("meshfleet-mesh", &["meshfleet-proxy", "meshfleet-controller"])
+        meshfleet_test_support::process::build_bins("meshfleet-mesh", &["meshfleet-proxy", "meshfleet-controller"])
     });
     dir.join(name)
 }

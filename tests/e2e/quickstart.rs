@@ -4,10 +4,15 @@
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use crate::process::{command as server, ServerProcess};
+use meshfleet_test_support::server::{ServerBin, ServerProcess};
+
+/// The server binary in `dir`, with a clean MESHFLEET_* environment.
+fn server(dir: &std::path::Path) -> Command {
+    ServerBin::built().command(dir)
+}
 
 fn readme_quickstart_script() -> String {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let after = readme.split("<!-- quickstart").nth(1).expect("README marks its quickstart block");
     let block = after.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a sh block follows the marker");
     block.to_owned()
@@ -105,7 +110,7 @@ fn bad_configuration_is_reported_at_once_with_exit_code_64() {
 
 #[test]
 fn logs_to_a_pipe_carry_no_colour_and_warn_about_loopback_addresses_handed_out() {
-    use meshfleet_fake_kube::workspace::{terminate, Output};
+    use meshfleet_test_support::process::{terminate, Output};
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = server(dir.path());
     // Reachable from other machines, but public_url left to its default.

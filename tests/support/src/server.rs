@@ -1,0 +1,112 @@
+//! The real `meshfleet-server` binary as a child process, for tests that kill and restart it
+//! or run several replicas.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::app::TestDb;
+use crate::process::{build_bins, clean_command};
+
+/// Where the server binary is. The server's own tests pass Cargo's `CARGO_BIN_EXE_meshfleet-server`
+/// (no second build); tests in other packages build it with [`ServerBin::built`].
+#[derive(Debug, Clone)]
+pub struct ServerBin(PathBuf);
+
+impl ServerBin {
+    pub fn at(path: impl Into<PathBuf>) -> ServerBin {
+        ServerBin(path.into())
+    }
+
+    /// Builds the binary into this test binary's target directory, once per test process (a
+    /// no-op when fresh).
+    pub fn built() -> ServerBin {
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        ServerBin(BIN.get_or_init(|| build_bins("meshfleet-server", &["meshfleet-server"]).join("meshfleet-server")).clone())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The server binary with a clean MESHFLEET_* environment, in `dir`.
+    pub fn command(&self, dir: &Path) -> Command {
+        let mut cmd = clean_command(&self.0);
+        cmd.current_dir(dir);
+        cmd
+    }
+
+    /// One of several server processes sharing the test PostgreSQL database `db` (and so one
+    /// sealing key), in its own directory named `name`, with extra MESHFLEET_* settings
+    /// (`MESHFLEET_ROLES` among them picks its roles).
+    pub fn replica(&self, db: &TestDb, sealing_key: &str, name: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let dir = db.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cmd = self.command(&dir);
+        cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0")
+            .env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0")
+            .env("MESHFLEET_DATABASE_URL", &db.url)
+            .env("MESHFLEET_SEALING_KEY", sealing_key)
+            .envs(env.iter().copied());
+        ServerProcess::start(cmd)
+    }
+
+    /// Two replicas `a` and `b` on the test PostgreSQL database `db`, sharing a new sealing key.
+    pub fn two_replicas(&self, db: &TestDb, env: &[(&str, &str)]) -> (ServerProcess, ServerProcess) {
+        let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
+        (self.replica(db, &sealing_key, "a", env), self.replica(db, &sealing_key, "b", env))
+    }
+}
+
+pub struct ServerProcess {
+    pub child: Child,
+    /// e.g. `127.0.0.1:41234`
+    pub api: String,
+    pub gateway: Option<String>,
+}
+
+impl ServerProcess {
+    /// Starts the binary and waits for it to announce its addresses.
+    pub fn start(mut cmd: Command) -> ServerProcess {
+        // A process without the gateway role (MESHFLEET_ROLES) announces no gateway address.
+        let roles = cmd.get_envs().find(|(k, _)| *k == "MESHFLEET_ROLES").and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
+        let expects_gateway = roles.is_none_or(|roles| roles.contains("gateway"));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("server starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut api, mut gateway) = (None, None);
+        while api.is_none() || (expects_gateway && gateway.is_none()) {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                api = Some(rest.trim().to_owned());
+            }
+            if let Some(rest) = line.split("agent gateway (gRPC, mTLS) on ").nth(1) {
+                gateway = Some(rest.trim().to_owned());
+            }
+        }
+        ServerProcess { child, api: api.expect("the server announces its address"), gateway }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    /// SIGKILL: no graceful anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
