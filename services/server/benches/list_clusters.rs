@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use meshfleet_server::config::Config;
 use meshfleet_server::db::Engine;
-use meshfleet_server::domain::labels::Labels;
+use meshfleet_server::domain::labels::{Labels, LabelsJson};
 use meshfleet_server::domain::{ClusterId, OrgId};
 use meshfleet_server::secrets::Sealer;
 use meshfleet_server::store;
@@ -499,7 +499,7 @@ async fn server_side_breakdown(state: &AppState, token: &str, org: OrgId, cursor
             let q = ListQuery { selector: &selector, status: None, after_name: after, limit: PAGE as u32 + 1 };
             let s = Instant::now();
             let mut conn = state.db.pool.acquire().await?;
-            std::hint::black_box(store::clusters::list(&mut conn, org, &q).await?);
+            std::hint::black_box(store::clusters::list::<LabelsJson>(&mut conn, org, &q).await?);
             drop(conn);
             t.push(s.elapsed().as_nanos() as u64);
         }

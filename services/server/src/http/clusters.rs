@@ -21,7 +21,7 @@ use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBo
 use crate::app::AppState;
 use crate::config::ms;
 use crate::db::{is_unique_violation, to_rfc3339};
-use crate::domain::labels::{validate_labels, Labels, Selector};
+use crate::domain::labels::{validate_labels, Labels, LabelsJson, Selector};
 use crate::domain::liveness::Liveness;
 use crate::domain::{schema, ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
@@ -72,7 +72,8 @@ impl ClusterStatus {
 pub struct ClusterView {
     pub id: ClusterId,
     pub name: String,
-    pub labels: Labels,
+    #[schema(schema_with = schema::labels)]
+    pub labels: LabelsJson,
     pub status: ClusterStatus,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -83,12 +84,12 @@ pub struct ClusterView {
 }
 
 /// A cluster as the API shows it, with its status as `live` tells it.
-fn view(c: Cluster, live: &Liveness) -> Result<ClusterView, ApiError> {
+fn view<L: Into<LabelsJson>>(c: Cluster<L>, live: &Liveness) -> Result<ClusterView, ApiError> {
     let status = ClusterStatus::parse(c.id, c.effective_status(live))?;
     Ok(ClusterView {
         id: c.id,
         name: c.name,
-        labels: c.labels,
+        labels: c.labels.into(),
         status,
         created_at: to_rfc3339(c.created_at),
         updated_at: to_rfc3339(c.updated_at),
@@ -245,7 +246,7 @@ async fn list_clusters(
         let live = state.liveness();
         let query =
             store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
-        let rows = store::clusters::list(&mut conn, auth.org_id, &query).await?;
+        let rows = store::clusters::list::<LabelsJson>(&mut conn, auth.org_id, &query).await?;
         let (rows, next_cursor) = super::into_page(rows, limit, |c| CURSOR.encode(&c.name));
         let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
         let body = serde_json::to_vec(&ClusterPage { items, next_cursor }).map_err(anyhow::Error::from)?;

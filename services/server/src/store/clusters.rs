@@ -8,12 +8,13 @@ use crate::domain::labels::{Labels, Op, Selector};
 use crate::domain::liveness::Liveness;
 use crate::domain::{ClusterId, ClusterName, OrgId};
 
+/// `L` is how the labels are held: a map to work with, or `LabelsJson` to pass on as read.
 #[derive(Debug, Clone)]
-pub struct Cluster {
+pub struct Cluster<L = Labels> {
     pub id: ClusterId,
     pub org_id: OrgId,
     pub name: String,
-    pub labels: Labels,
+    pub labels: L,
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -25,7 +26,7 @@ pub struct Cluster {
 // Aliased: SQLite does not promise the name of an unaliased `c.x` column.
 const COLUMNS: &str = "c.id AS id, c.org_id AS org_id, c.name AS name, c.labels AS labels, c.status AS status, c.created_at AS created_at, c.updated_at AS updated_at, c.last_seen_at AS last_seen_at, c.agent_version AS agent_version, c.kubernetes_version AS kubernetes_version";
 
-impl Cluster {
+impl<L> Cluster<L> {
     /// The status users see: a `connected` agent that stopped reporting (its replica died,
     /// say) turns stale, then disconnected.
     pub fn effective_status(&self, live: &Liveness) -> &str {
@@ -104,7 +105,7 @@ pub struct ListQuery<'a> {
 }
 
 /// A page of clusters ordered by name, filtered by label selector and status.
-pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster>, sqlx::Error> {
+pub async fn list<L: serde::de::DeserializeOwned>(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster<L>>, sqlx::Error> {
     let mut sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1");
     let mut binds: Vec<String> = vec![org.to_string()];
     let bind = |value: &str, binds: &mut Vec<String>| {
@@ -142,16 +143,19 @@ pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<
     // The limit is a validated integer, not user text, so it is safe to inline.
     sql.push_str(&format!(" ORDER BY c.name LIMIT {}", q.limit));
     let sql = if conn.backend_name() == "SQLite" {
-        format!("SELECT json_group_array(json_array({}) ORDER BY c.name) FROM ({sql}) c", page_row("json(c.labels)"))
+        format!("SELECT json_group_array(json_array({})) FROM ({sql}) c", page_row("json(c.labels)"))
     } else {
-        format!("SELECT COALESCE(json_agg(json_build_array({}) ORDER BY c.name), '[]')::text FROM ({sql}) c", page_row("c.labels::json"))
+        format!("SELECT COALESCE(json_agg(json_build_array({})), '[]')::text FROM ({sql}) c", page_row("c.labels::json"))
     };
     let mut query = sqlx::query(&sql);
     for b in &binds {
         query = query.bind(b.as_str());
     }
     let page: String = query.fetch_one(conn).await?.try_get(0)?;
-    let rows: Vec<PageRow> = serde_json::from_str(&page).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    let mut rows: Vec<PageRow<L>> = serde_json::from_str(&page).map_err(|e| sqlx::Error::Decode(e.into()))?;
+    // Sorted here: neither engine promises an aggregate the subquery's order, and an ORDER BY
+    // inside the aggregate costs the database a sort of the rendered rows.
+    rows.sort_unstable_by(|a, b| a.2.cmp(&b.2));
     Ok(rows.into_iter().map(Cluster::from).collect())
 }
 
@@ -163,10 +167,10 @@ fn page_row(labels_as_json: &str) -> String {
 }
 
 #[derive(serde::Deserialize)]
-struct PageRow(ClusterId, OrgId, String, Labels, String, i64, i64, Option<i64>, Option<String>, Option<String>);
+struct PageRow<L>(ClusterId, OrgId, String, L, String, i64, i64, Option<i64>, Option<String>, Option<String>);
 
-impl From<PageRow> for Cluster {
-    fn from(PageRow(id, org_id, name, labels, status, created_at, updated_at, last_seen_at, agent_version, kubernetes_version): PageRow) -> Cluster {
+impl<L> From<PageRow<L>> for Cluster<L> {
+    fn from(PageRow(id, org_id, name, labels, status, created_at, updated_at, last_seen_at, agent_version, kubernetes_version): PageRow<L>) -> Cluster<L> {
         Cluster { id, org_id, name, labels, status, created_at, updated_at, last_seen_at, agent_version, kubernetes_version }
     }
 }
