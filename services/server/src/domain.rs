@@ -3,6 +3,7 @@
 //! the store exchange these, never raw strings, so an unchecked value cannot reach the
 //! database; `http/` and `ui/` call the rules, they do not restate them.
 
+pub mod alerting;
 pub mod audit;
 pub mod health;
 pub mod labels;
