@@ -79,6 +79,11 @@ pub struct Config {
     /// Fleet health: the success rates below which a cluster is critical or degraded (and at
     /// which a degraded one recovers), and how long before expiry a certificate is a finding.
     pub health: crate::domain::health::Thresholds,
+    /// How often alert rules are evaluated on every cluster's findings, and how long a firing
+    /// alert's condition must stay gone before it resolves (so a flapping one does not notify
+    /// on every flap).
+    pub alert_evaluation: Duration,
+    pub alert_resolve_delay: Duration,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -204,6 +209,8 @@ impl Default for Config {
             job_lease: Duration::from_millis(15_000),
             job_lease_renew: Duration::from_millis(5_000),
             health: Default::default(),
+            alert_evaluation: Duration::from_secs(1),
+            alert_resolve_delay: Duration::from_secs(10),
         }
     }
 }
@@ -282,6 +289,8 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("health_degraded_below", |c, _, v| Ok(c.health.degraded_below = num(v)?)),
     ("health_recovered_at", |c, _, v| Ok(c.health.recovered_at = num(v)?)),
     ("health_expiry_warning_secs", |c, n, v| Ok(c.health.expiry_warning = secs(n, v)?)),
+    ("alert_evaluation_ms", |c, _, v| Ok(c.alert_evaluation = Duration::from_millis(num(v)?))),
+    ("alert_resolve_delay_ms", |c, _, v| Ok(c.alert_resolve_delay = Duration::from_millis(num(v)?))),
 ];
 
 fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
@@ -426,6 +435,9 @@ impl Config {
         }
         if self.job_lease_renew.is_zero() || self.job_lease_renew >= self.job_lease {
             errors.push("job_lease_renew_ms: must be positive and below job_lease_ms".to_owned());
+        }
+        if self.alert_evaluation.is_zero() {
+            errors.push("alert_evaluation_ms: must be positive".to_owned());
         }
         if !(1..=10_000).contains(&self.ingest_batch_max) {
             errors.push("ingest_batch_max: must be between 1 and 10000".to_owned());

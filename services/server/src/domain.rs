@@ -70,6 +70,8 @@ id_type!(/// One login: the family of refresh tokens rotated from it.
     SessionId);
 id_type!(/// A command for a cluster's agent.
     CommandId);
+id_type!(/// An alert: one rule's finding about one object of a cluster, from pending to resolved.
+    AlertId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

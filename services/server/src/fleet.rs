@@ -187,6 +187,14 @@ impl FleetCache {
         entries.insert(org, CacheEntry { at: now, read, snapshot, wanted: false });
     }
 
+    /// The organization's fleet assessed now, for alert evaluation, which must not act on a
+    /// stale view; readers of the cache get it too.
+    pub async fn fresh(state: &AppState, org: OrgId) -> Result<Arc<Snapshot>, ApiError> {
+        let snapshot = Arc::new(compute(state, org).await?);
+        state.fleet_cache.put(org, snapshot.clone());
+        Ok(snapshot)
+    }
+
     /// The organization's assessed fleet.
     pub async fn snapshot(state: &AppState, org: OrgId) -> Result<Arc<Snapshot>, ApiError> {
         let cache = &state.fleet_cache;

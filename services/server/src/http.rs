@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
@@ -69,6 +70,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(agents::router())
         .merge(commands::router())
         .merge(audit::router())
+        .merge(alerts::router())
         .split_for_parts()
 }
 

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod clusters;

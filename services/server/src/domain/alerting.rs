@@ -97,3 +97,131 @@ pub struct AlertEvent {
     /// The cluster's page on the dashboard, when `public_url` is set.
     pub dashboard_url: Option<String>,
 }
+
+/// A built-in rule: alerts on one health check's findings (`health::Finding::check`).
+#[derive(Debug, Clone, Copy)]
+pub struct BuiltinRule {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// How long a finding must hold before its alert fires, unless the organization says
+    /// otherwise. Zero where the check already waits (an agent turns stale only after
+    /// `agent_stale_ms` of silence).
+    pub default_for_ms: i64,
+}
+
+/// The built-in rules, on for every organization until it turns one off.
+pub const BUILTIN_RULES: [BuiltinRule; 5] = [
+    BuiltinRule { name: "agent", description: "The cluster's agent is stale or disconnected", default_for_ms: 0 },
+    BuiltinRule { name: "certificate_expiry", description: "A mesh certificate expired or expires within the warning period", default_for_ms: 0 },
+    BuiltinRule { name: "success_rate", description: "The cluster's success rate is under the health thresholds", default_for_ms: 60_000 },
+    BuiltinRule { name: "control_plane", description: "Control plane replicas are not ready", default_for_ms: 30_000 },
+    BuiltinRule { name: "proxy_versions", description: "Proxies run another version than the control plane", default_for_ms: 300_000 },
+];
+
+pub fn builtin_rule(name: &str) -> Option<&'static BuiltinRule> {
+    BUILTIN_RULES.iter().find(|r| r.name == name)
+}
+
+/// The alert's identity over its life: its rule, cluster and object, hashed as Alertmanager
+/// shows fingerprints (16 hex digits).
+pub fn fingerprint(rule: &str, cluster: ClusterId, object: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new().chain_update(rule).chain_update([0]).chain_update(cluster.to_string()).chain_update([0]).chain_update(object).finalize();
+    hex::encode(&digest[..8])
+}
+
+/// An open (pending or firing) alert as evaluation remembers it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Open {
+    pub state: AlertState,
+    pub starts_at: i64,
+    /// Since when its condition no longer holds (a firing alert waits `resolve_delay` before it
+    /// resolves, so a flapping condition does not notify on every flap).
+    pub cleared_at: Option<i64>,
+}
+
+/// What one evaluation does to one alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to record.
+    Keep,
+    /// A new alert, firing at once when its "for" duration is zero.
+    Open { firing: bool },
+    /// A pending alert's condition held for its "for" duration.
+    Fire,
+    /// The condition stopped holding; the alert resolves if it stays so.
+    Clear,
+    /// The condition holds again before the alert resolved.
+    Unclear,
+    /// Resolved: a firing alert tells its channels, a pending one goes silently.
+    Resolve { notify: bool },
+}
+
+/// The alert state machine: pending -> firing -> resolved, with a "for" duration before firing
+/// and a resolve delay before resolving.
+pub fn step(open: Option<&Open>, holds: bool, since: i64, now: i64, for_ms: i64, resolve_delay_ms: i64) -> Step {
+    match (open, holds) {
+        (None, false) => Step::Keep,
+        (None, true) => Step::Open { firing: now - since >= for_ms },
+        (Some(a), true) => match (a.state, a.cleared_at) {
+            (_, Some(_)) => Step::Unclear,
+            (AlertState::Pending, None) if now - a.starts_at >= for_ms => Step::Fire,
+            _ => Step::Keep,
+        },
+        (Some(a), false) => match (a.state, a.cleared_at) {
+            (AlertState::Pending, _) => Step::Resolve { notify: false },
+            (_, None) if resolve_delay_ms > 0 => Step::Clear,
+            (_, Some(at)) if now - at < resolve_delay_ms => Step::Keep,
+            _ => Step::Resolve { notify: true },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FOR: i64 = 60_000;
+    const DELAY: i64 = 10_000;
+
+    fn open(state: AlertState, starts_at: i64, cleared_at: Option<i64>) -> Open {
+        Open { state, starts_at, cleared_at }
+    }
+
+    #[test]
+    fn an_alert_waits_its_for_duration_before_firing() {
+        assert_eq!(step(None, true, 0, 0, FOR, DELAY), Step::Open { firing: false });
+        let pending = open(AlertState::Pending, 0, None);
+        assert_eq!(step(Some(&pending), true, 0, FOR - 1, FOR, DELAY), Step::Keep);
+        assert_eq!(step(Some(&pending), true, 0, FOR, FOR, DELAY), Step::Fire);
+        // A condition that began long before it was seen fires at once.
+        assert_eq!(step(None, true, 0, FOR, FOR, DELAY), Step::Open { firing: true });
+        assert_eq!(step(None, true, 5, 5, 0, DELAY), Step::Open { firing: true });
+    }
+
+    #[test]
+    fn a_pending_alert_that_clears_goes_silently() {
+        assert_eq!(step(Some(&open(AlertState::Pending, 0, None)), false, 0, 10, FOR, DELAY), Step::Resolve { notify: false });
+    }
+
+    #[test]
+    fn a_flapping_condition_does_not_resolve_and_refire() {
+        let firing = open(AlertState::Firing, 0, None);
+        assert_eq!(step(Some(&firing), false, 0, 100, FOR, DELAY), Step::Clear);
+        let cleared = open(AlertState::Firing, 0, Some(100));
+        assert_eq!(step(Some(&cleared), false, 0, 100 + DELAY - 1, FOR, DELAY), Step::Keep);
+        assert_eq!(step(Some(&cleared), true, 0, 100 + DELAY - 1, FOR, DELAY), Step::Unclear);
+        assert_eq!(step(Some(&cleared), false, 0, 100 + DELAY, FOR, DELAY), Step::Resolve { notify: true });
+        // Without a delay a firing alert resolves at once.
+        assert_eq!(step(Some(&firing), false, 0, 100, FOR, 0), Step::Resolve { notify: true });
+    }
+
+    #[test]
+    fn fingerprints_are_stable_and_distinct() {
+        let c = ClusterId(uuid::Uuid::nil());
+        assert_eq!(fingerprint("agent", c, "Agent"), fingerprint("agent", c, "Agent"));
+        assert_ne!(fingerprint("agent", c, "Agent"), fingerprint("agent", c, "Agen"));
+        assert_ne!(fingerprint("ab", c, "c"), fingerprint("a", c, "bc"));
+        assert_eq!(fingerprint("agent", c, "Agent").len(), 16);
+    }
+}

@@ -45,6 +45,16 @@ pub enum Severity {
     Info,
 }
 
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Critical => "critical",
+            Severity::Warning => "warning",
+            Severity::Info => "info",
+        }
+    }
+}
+
 /// The thresholds of the rules (settings `health_*`; the defaults are below).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {

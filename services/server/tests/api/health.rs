@@ -17,7 +17,7 @@ const DAY_MS: i64 = 86_400_000;
 
 /// A connected cluster whose issuer expires in two days, with one of two controller replicas
 /// ready, one outdated proxy, and a success rate of 90% (the last report after the minute).
-async fn troubled(app: &TestApp, owner: &Login) -> String {
+pub(crate) async fn troubled(app: &TestApp, owner: &Login) -> String {
     let (cluster, id) = registered(app, owner, "troubled").await;
     let mut stream = Stream::open(app, &id).await.unwrap();
     let now = app.state.clock.now_ms();

@@ -1,0 +1,140 @@
+//! Evaluation of the built-in rules: every `alert_evaluation_ms`, on one replica at a time, each
+//! organization's fleet is assessed afresh and every finding of an enabled rule moves its alert
+//! through pending -> firing -> resolved (`domain::alerting::step`). Each change is written in
+//! its own transaction, together with the notifications it makes.
+//!
+//! Inhibition: while a cluster's agent is disconnected, its other alerts are held as they are
+//! (neither raised nor resolved): the data they would be judged on is stale, and the one alert
+//! that matters is the agent's.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::app::AppState;
+use crate::domain::alerting::{self, builtin_rule, AlertState, Open, Step};
+use crate::domain::health::{Finding, Severity};
+use crate::domain::{ms, AlertId, OrgId};
+use crate::fleet::{FleetCache, Row};
+use crate::jobs::{Job, Scope};
+use crate::store;
+use crate::store::alerts::{Alert, RuleChange};
+
+pub fn job(state: &AppState) -> Job {
+    Job::new("alert-evaluation", state.config.alert_evaluation, Scope::Leased, evaluate_all)
+}
+
+async fn evaluate_all(state: AppState) -> anyhow::Result<()> {
+    let orgs = store::alerts::orgs_with_clusters(&mut *state.db.pool.acquire().await?).await?;
+    for org in orgs {
+        evaluate(&state, org).await?;
+    }
+    Ok(())
+}
+
+/// A rule as an organization runs it: the built-in defaults with its changes.
+#[derive(Debug, Clone, Copy)]
+pub struct Effective {
+    pub enabled: bool,
+    pub severity: Option<Severity>,
+    pub for_ms: i64,
+}
+
+pub fn effective(rule: &alerting::BuiltinRule, change: Option<&RuleChange>) -> Effective {
+    let change = change.copied().unwrap_or_default();
+    Effective { enabled: !change.disabled, severity: change.severity, for_ms: change.for_ms.unwrap_or(rule.default_for_ms) }
+}
+
+/// Evaluates one organization's rules on its fleet as it is now.
+pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
+    let snapshot = FleetCache::fresh(state, org).await.map_err(|e| anyhow::anyhow!("assessing the fleet of {org}: {e}"))?;
+    let now = snapshot.at;
+    let resolve_delay = ms(state.config.alert_resolve_delay);
+    let (changes, mut open) = {
+        let mut conn = state.db.pool.acquire().await?;
+        let changes = store::alerts::rule_changes(&mut conn, org).await?;
+        let open: HashMap<String, Alert> = store::alerts::open_of_org(&mut conn, org).await?.into_iter().map(|a| (a.fingerprint.clone(), a)).collect();
+        (changes, open)
+    };
+    let mut seen = HashSet::new();
+    for row in &snapshot.rows {
+        let held = row.status == "disconnected";
+        if held {
+            seen.extend(open.values().filter(|a| a.cluster_id == row.cluster.id && a.rule != "agent").map(|a| a.fingerprint.clone()));
+        }
+        for (finding, since) in &row.findings {
+            let Some(rule) = builtin_rule(finding.check()) else { continue };
+            let cfg = effective(rule, changes.get(rule.name));
+            // A cluster waiting for its first agent is not a problem to page anyone about.
+            if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || (held && rule.name != "agent") {
+                continue;
+            }
+            let fingerprint = alerting::fingerprint(rule.name, row.cluster.id, &finding.object());
+            seen.insert(fingerprint.clone());
+            let current = open.remove(&fingerprint);
+            let was = current.as_ref().map(|a| Open { state: a.state, starts_at: a.starts_at, cleared_at: a.cleared_at });
+            let step = alerting::step(was.as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
+            let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, finding, *since));
+            let alert = Alert { severity: cfg.severity.unwrap_or_else(|| finding.severity()), summary: finding.message(now), ..alert };
+            apply(state, alert, step, now).await?;
+        }
+    }
+    for (fingerprint, alert) in open {
+        if seen.contains(&fingerprint) {
+            continue;
+        }
+        let was = Open { state: alert.state, starts_at: alert.starts_at, cleared_at: alert.cleared_at };
+        let step = alerting::step(Some(&was), false, alert.starts_at, now, 0, resolve_delay);
+        apply(state, alert, step, now).await?;
+    }
+    Ok(())
+}
+
+fn new_alert(org: OrgId, row: &Row, rule: &str, finding: &Finding, since: i64) -> Alert {
+    let object = finding.object();
+    let mut labels = row.cluster.labels.clone();
+    labels.insert("cluster".into(), row.cluster.name.clone());
+    labels.insert("check".into(), rule.into());
+    labels.insert("object".into(), object.clone());
+    Alert {
+        id: AlertId::new(),
+        org_id: org,
+        cluster_id: row.cluster.id,
+        fingerprint: alerting::fingerprint(rule, row.cluster.id, &object),
+        rule: rule.into(),
+        object,
+        severity: finding.severity(),
+        summary: String::new(),
+        labels,
+        state: AlertState::Pending,
+        starts_at: since,
+        fired_at: None,
+        cleared_at: None,
+        ends_at: None,
+    }
+}
+
+/// Records one step of one alert.
+async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyhow::Result<()> {
+    let fresh = matches!(step, Step::Open { .. });
+    match step {
+        Step::Keep => return Ok(()),
+        Step::Open { firing: false } => {}
+        Step::Open { firing: true } | Step::Fire => {
+            alert.state = AlertState::Firing;
+            alert.fired_at = Some(now);
+        }
+        Step::Clear => alert.cleared_at = Some(now),
+        Step::Unclear => alert.cleared_at = None,
+        Step::Resolve { .. } => {
+            alert.state = AlertState::Resolved;
+            alert.ends_at = Some(now);
+        }
+    }
+    let mut tx = state.db.begin().await?;
+    if fresh {
+        store::alerts::insert(&mut tx, &alert, now).await?;
+    } else {
+        store::alerts::update(&mut tx, &alert, now).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,179 @@
+//! Alerts and the organizations' changes to the built-in rules.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sqlx::Row;
+
+use super::{parse_col, Conn};
+use crate::domain::alerting::AlertState;
+use crate::domain::health::Severity;
+use crate::domain::{AlertId, ClusterId, OrgId};
+
+#[derive(Debug, Clone)]
+pub struct Alert {
+    pub id: AlertId,
+    pub org_id: OrgId,
+    pub cluster_id: ClusterId,
+    pub fingerprint: String,
+    pub rule: String,
+    pub object: String,
+    pub severity: Severity,
+    pub summary: String,
+    pub labels: BTreeMap<String, String>,
+    pub state: AlertState,
+    pub starts_at: i64,
+    pub fired_at: Option<i64>,
+    pub cleared_at: Option<i64>,
+    pub ends_at: Option<i64>,
+}
+
+const COLUMNS: &str = "id, org_id, cluster_id, fingerprint, rule, object, severity, summary, labels, state, starts_at, fired_at, cleared_at, ends_at";
+
+/// One of our enums, stored as the word it serializes to.
+fn word<T: serde::de::DeserializeOwned>(value: String, column: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(value)).map_err(|e| sqlx::Error::Decode(format!("bad value in column {column}: {e}").into()))
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
+    Ok(Alert {
+        id: parse_col(&r.try_get::<String, _>("id")?, "alerts.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "alerts.org_id")?,
+        cluster_id: parse_col(&r.try_get::<String, _>("cluster_id")?, "alerts.cluster_id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        rule: r.try_get("rule")?,
+        object: r.try_get("object")?,
+        severity: word(r.try_get("severity")?, "alerts.severity")?,
+        summary: r.try_get("summary")?,
+        labels: serde_json::from_str(&r.try_get::<String, _>("labels")?).map_err(|e| sqlx::Error::Decode(e.into()))?,
+        state: word(r.try_get("state")?, "alerts.state")?,
+        starts_at: r.try_get("starts_at")?,
+        fired_at: r.try_get("fired_at")?,
+        cleared_at: r.try_get("cleared_at")?,
+        ends_at: r.try_get("ends_at")?,
+    })
+}
+
+pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO alerts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+        .bind(a.id.to_string())
+        .bind(a.org_id.to_string())
+        .bind(a.cluster_id.to_string())
+        .bind(&a.fingerprint)
+        .bind(&a.rule)
+        .bind(&a.object)
+        .bind(a.severity.as_str())
+        .bind(&a.summary)
+        .bind(serde_json::to_string(&a.labels).expect("a string map always serializes"))
+        .bind(a.state.as_str())
+        .bind(a.starts_at)
+        .bind(a.fired_at)
+        .bind(a.cleared_at)
+        .bind(a.ends_at)
+        .bind(now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Writes an alert's changed state, summary and times.
+pub async fn update(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE alerts SET state = $3, severity = $4, summary = $5, fired_at = $6, cleared_at = $7, ends_at = $8, updated_at = $9
+         WHERE org_id = $1 AND id = $2",
+    )
+    .bind(a.org_id.to_string())
+    .bind(a.id.to_string())
+    .bind(a.state.as_str())
+    .bind(a.severity.as_str())
+    .bind(&a.summary)
+    .bind(a.fired_at)
+    .bind(a.cleared_at)
+    .bind(a.ends_at)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The organization's pending and firing alerts.
+pub async fn open_of_org(conn: &mut Conn, org: OrgId) -> Result<Vec<Alert>, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND state <> 'resolved'")).bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn get(conn: &mut Conn, org: OrgId, id: AlertId) -> Result<Option<Alert>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND id = $2"))
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// Newest first (ids are time-ordered); `before` is the last id of the previous page.
+pub async fn list(
+    conn: &mut Conn,
+    org: OrgId,
+    states: &[AlertState],
+    cluster: Option<ClusterId>,
+    before: Option<AlertId>,
+    limit: u32,
+) -> Result<Vec<Alert>, sqlx::Error> {
+    // The states are our own words, not user text, so they are safe to inline.
+    let states = states.iter().map(|s| format!("'{}'", s.as_str())).collect::<Vec<_>>().join(", ");
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND state IN ({states}) AND ($2 = '' OR cluster_id = $2) AND ($3 = '' OR id < $3)
+         ORDER BY id DESC LIMIT {limit}"
+    ))
+    .bind(org.to_string())
+    .bind(cluster.map(|c| c.to_string()).unwrap_or_default())
+    .bind(before.map(|b| b.to_string()).unwrap_or_default())
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Organizations with at least one cluster: those evaluation looks at.
+pub async fn orgs_with_clusters(conn: &mut Conn) -> Result<Vec<OrgId>, sqlx::Error> {
+    let rows = sqlx::query("SELECT DISTINCT org_id FROM clusters").fetch_all(conn).await?;
+    rows.iter().map(|r| parse_col(&r.try_get::<String, _>("org_id")?, "clusters.org_id")).collect()
+}
+
+/// An organization's change to a built-in rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RuleChange {
+    pub disabled: bool,
+    pub severity: Option<Severity>,
+    pub for_ms: Option<i64>,
+}
+
+pub async fn rule_changes(conn: &mut Conn, org: OrgId) -> Result<HashMap<String, RuleChange>, sqlx::Error> {
+    let rows = sqlx::query("SELECT rule, disabled_at, severity, for_ms FROM alert_rules WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            let severity: Option<String> = r.try_get("severity")?;
+            let change = RuleChange {
+                disabled: r.try_get::<Option<i64>, _>("disabled_at")?.is_some(),
+                severity: severity.map(|s| word(s, "alert_rules.severity")).transpose()?,
+                for_ms: r.try_get("for_ms")?,
+            };
+            Ok((r.try_get("rule")?, change))
+        })
+        .collect()
+}
+
+pub async fn set_rule(conn: &mut Conn, org: OrgId, rule: &str, change: &RuleChange, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO alert_rules (org_id, rule, disabled_at, severity, for_ms, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (org_id, rule) DO UPDATE SET disabled_at = $3, severity = $4, for_ms = $5, updated_at = $6",
+    )
+    .bind(org.to_string())
+    .bind(rule)
+    .bind(change.disabled.then_some(now))
+    .bind(change.severity.map(Severity::as_str))
+    .bind(change.for_ms)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,139 @@
+//! Alert evaluation: the built-in rules raise alerts from the health findings through pending
+//! -> firing -> resolved, honour each organization's rule changes, and stay in their tenant.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::health::troubled;
+use crate::helpers::{assert_problem, Engine, Login, TestApp, TestDb};
+use crate::on_both_engines;
+
+on_both_engines!(findings_raise_alerts_that_fire_after_their_for_duration_and_resolve, rules_are_per_organization_and_admin_only);
+
+async fn alerts(app: &TestApp, who: &Login, query: &str, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        let (status, body) = app.get(&format!("/api/v1/alerts{query}"), &who.access).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let items = body["items"].as_array().unwrap().clone();
+        if until(&items) {
+            return items;
+        }
+        last = body;
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (_, all) = app.get("/api/v1/alerts?state=all", &who.access).await;
+    panic!("/api/v1/alerts{query} never became what the test waits for; last: {last}; all: {all}");
+}
+
+fn by_rule<'a>(items: &'a [Value], rule: &str) -> Option<&'a Value> {
+    items.iter().find(|a| a["rule"] == rule)
+}
+
+async fn spawn(engine: Engine) -> TestApp {
+    TestApp::spawn_with(TestDb::new(engine).await, |c| {
+        c.alert_evaluation = Duration::from_millis(50);
+        c.alert_resolve_delay = Duration::from_secs(5);
+        // The tests move the clock past "for" durations; the agent must not turn stale meanwhile.
+        c.stale_after = Duration::from_secs(600);
+        c.disconnected_after = Duration::from_secs(1200);
+    })
+    .await
+}
+
+async fn findings_raise_alerts_that_fire_after_their_for_duration_and_resolve(engine: Engine) {
+    let app = spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let cluster = troubled(&app, &owner).await;
+
+    // The expiring issuer fires at once (its rule waits 0 s); the success rate, the control
+    // plane and the outdated proxy wait for their "for" durations (60 s, 30 s, 5 min).
+    let open = alerts(&app, &owner, "", |a| a.len() == 4).await;
+    let cert = by_rule(&open, "certificate_expiry").unwrap();
+    assert_eq!(
+        (cert["state"].as_str(), cert["severity"].as_str(), cert["object"].as_str()),
+        (Some("firing"), Some("warning"), Some("Certificate/issuer")),
+        "{cert}"
+    );
+    assert_eq!(cert["cluster_id"], cluster.as_str());
+    assert_eq!(cert["labels"]["cluster"], "troubled");
+    assert_eq!(cert["fingerprint"].as_str().unwrap().len(), 16);
+    for rule in ["success_rate", "control_plane", "proxy_versions"] {
+        assert_eq!(by_rule(&open, rule).unwrap()["state"], "pending", "{rule}: {open:?}");
+    }
+    // No alert is raised for a cluster still waiting for its agent.
+    app.create_cluster(&owner, "waiting", json!({})).await;
+
+    // Past the control plane's 30 s the pending alert fires, keeping its id and start.
+    let before = by_rule(&open, "control_plane").unwrap().clone();
+    app.state.clock.advance(Duration::from_secs(31));
+    let open = alerts(&app, &owner, "", |a| by_rule(a, "control_plane").is_some_and(|c| c["state"] == "firing")).await;
+    let after = by_rule(&open, "control_plane").unwrap();
+    assert_eq!((&after["id"], &after["starts_at"]), (&before["id"], &before["starts_at"]));
+    assert!(after["fired_at"].is_string());
+    assert_eq!(open.len(), 4, "{open:?}");
+
+    // Turning the certificate rule off clears its alert: it resolves after the resolve delay.
+    let (status, body) = app.call(Method::PUT, "/api/v1/alert-rules/certificate_expiry", Some(&owner.access), Some(json!({ "enabled": false }))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["enabled"], false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, firing) = app.get("/api/v1/alerts?state=firing", &owner.access).await;
+    assert!(by_rule(firing["items"].as_array().unwrap(), "certificate_expiry").is_some(), "resolved before the delay: {firing}");
+    app.state.clock.advance(Duration::from_secs(6));
+    let resolved = alerts(&app, &owner, "?state=resolved", |a| !a.is_empty()).await;
+    assert_eq!(resolved.len(), 1);
+    assert_eq!((resolved[0]["rule"].as_str(), resolved[0]["id"].as_str()), (Some("certificate_expiry"), cert["id"].as_str()));
+    assert!(resolved[0]["ends_at"].is_string());
+    let (status, one) = app.get(&format!("/api/v1/alerts/{}", cert["id"].as_str().unwrap()), &owner.access).await;
+    assert_eq!((status, one["state"].as_str()), (StatusCode::OK, Some("resolved")));
+
+    // Filters: by cluster, and a page of one with a cursor.
+    let (_, page) = app.get(&format!("/api/v1/alerts?state=all&cluster_id={cluster}&limit=1"), &owner.access).await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    let cursor = page["next_cursor"].as_str().unwrap();
+    let (status, next) = app.get(&format!("/api/v1/alerts?state=all&limit=1&cursor={cursor}"), &owner.access).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(next["items"][0]["id"], page["items"][0]["id"]);
+}
+
+async fn rules_are_per_organization_and_admin_only(engine: Engine) {
+    let app = spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let viewer = app.member(&owner, "vic@example.com", "viewer").await;
+    let other = app.owner("eve@example.com").await;
+    troubled(&app, &owner).await;
+    alerts(&app, &owner, "", |a| a.len() == 4).await;
+
+    let (status, rules) = app.get("/api/v1/alert-rules", &viewer.access).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = rules.as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
+    assert_eq!(names, ["agent", "certificate_expiry", "success_rate", "control_plane", "proxy_versions"]);
+    assert_eq!((rules[2]["enabled"].as_bool(), rules[2]["for_seconds"].as_u64()), (Some(true), Some(60)));
+
+    let change = json!({ "enabled": true, "severity": "critical", "for_seconds": 0 });
+    let (status, body) = app.call(Method::PUT, "/api/v1/alert-rules/proxy_versions", Some(&viewer.access), Some(change.clone())).await;
+    assert_problem(status, &body, 403, "forbidden", None);
+    let (status, body) = app.call(Method::PUT, "/api/v1/alert-rules/no_such_rule", Some(&owner.access), Some(change.clone())).await;
+    assert_problem(status, &body, 404, "not-found", None);
+    let (status, body) =
+        app.call(Method::PUT, "/api/v1/alert-rules/proxy_versions", Some(&owner.access), Some(json!({ "enabled": true, "for_seconds": 86_401 }))).await;
+    assert_problem(status, &body, 422, "validation", Some("for_seconds"));
+
+    // Re-severitised and without a wait, the outdated proxies fire as critical.
+    let (status, body) = app.call(Method::PUT, "/api/v1/alert-rules/proxy_versions", Some(&owner.access), Some(change)).await;
+    assert_eq!((status, body["severity"].as_str(), body["for_seconds"].as_u64()), (StatusCode::OK, Some("critical"), Some(0)), "{body}");
+    let open = alerts(&app, &owner, "", |a| by_rule(a, "proxy_versions").is_some_and(|p| p["state"] == "firing" && p["severity"] == "critical")).await;
+    assert_eq!(open.len(), 4);
+
+    // Another organization sees none of it and keeps the defaults.
+    let (_, theirs) = app.get("/api/v1/alerts?state=all", &other.access).await;
+    assert_eq!(theirs["items"], json!([]));
+    let (status, body) = app.get(&format!("/api/v1/alerts/{}", open[0]["id"].as_str().unwrap()), &other.access).await;
+    assert_problem(status, &body, 404, "not-found", None);
+    let (_, their_rules) = app.get("/api/v1/alert-rules", &other.access).await;
+    assert_eq!(their_rules[4]["severity"], Value::Null);
+    assert_eq!(their_rules[4]["for_seconds"], 300);
+}
