@@ -1,6 +1,7 @@
 //! meshfleet-server: the hosted service. The HTTP API, the agent gateway and background
 //! workers, over one database (embedded SQLite or PostgreSQL).
 
+pub mod alerting;
 pub mod app;
 pub mod cache;
 pub mod config;
