@@ -2,5 +2,7 @@
 //! Standard Webhooks signing, the SSRF guard and the delivery job of the notification outbox.
 //! Deciding *whether* to alert is not here.
 
+pub mod channels;
+pub mod delivery;
 pub mod signing;
 pub mod ssrf;

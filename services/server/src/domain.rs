@@ -70,6 +70,8 @@ id_type!(/// One login: the family of refresh tokens rotated from it.
     SessionId);
 id_type!(/// A command for a cluster's agent.
     CommandId);
+id_type!(/// Where alerts are sent: a webhook, or a Slack, PagerDuty or Alertmanager receiver.
+    ChannelId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
+pub mod channels;
 pub mod clusters;
 pub mod commands;
 pub mod error;
@@ -69,6 +70,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(agents::router())
         .merge(commands::router())
         .merge(audit::router())
+        .merge(channels::router())
         .split_for_parts()
 }
 
