@@ -1,5 +1,6 @@
 -- Alert channels and the notification outbox. A channel's URL and signing secrets are sealed
--- (`secrets::Sealer`); `url_display` is the part safe to show (scheme and host).
+-- (`secrets::Sealer`), as is a PagerDuty routing key; `url_display` is the part safe to show
+-- (scheme and host).
 CREATE TABLE alert_channels (
     id                      TEXT PRIMARY KEY,
     org_id                  TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
@@ -8,6 +9,8 @@ CREATE TABLE alert_channels (
     url_sealed              TEXT NOT NULL,
     url_display             TEXT NOT NULL,
     secret_sealed           TEXT NOT NULL,
+    -- PagerDuty's integration key; added to the body only when sending.
+    routing_key_sealed      TEXT,
     -- The secret before the last rotation, still signing beside the new one until then.
     previous_secret_sealed  TEXT,
     previous_secret_until   BIGINT,

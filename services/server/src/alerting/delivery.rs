@@ -12,7 +12,7 @@ use anyhow::Context;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
-use super::{signing, ssrf};
+use super::{channels, signing, ssrf};
 use crate::app::AppState;
 use crate::domain::ChannelId;
 use crate::jobs::{Job, Scope};
@@ -171,6 +171,10 @@ async fn send(state: &AppState, channel: &Channel, n: &Claimed, at: i64) -> anyh
             secrets.push(String::from_utf8(state.sealer.open(previous)?)?);
         }
     }
+    let body = match &channel.routing_key_sealed {
+        Some(sealed) => channels::with_routing_key(&n.body, &String::from_utf8(state.sealer.open(sealed)?)?)?,
+        None => n.body.clone(),
+    };
     let failed = |error: String| Answer { status: None, retry_after: None, excerpt: String::new(), error: Some(error) };
     let addr = match ssrf::resolve(&url, &state.config.alert_webhook_allow).await {
         Ok(addr) => addr,
@@ -185,10 +189,10 @@ async fn send(state: &AppState, channel: &Channel, n: &Claimed, at: i64) -> anyh
         .context("building the webhook client")?;
     let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let mut request = client.post(url).header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    for (name, value) in signing::headers(&secret_refs, &n.id, at / 1000, n.body.as_bytes()) {
+    for (name, value) in signing::headers(&secret_refs, &n.id, at / 1000, body.as_bytes()) {
         request = request.header(name, value);
     }
-    let mut response = match request.body(n.body.clone()).send().await {
+    let mut response = match request.body(body).send().await {
         Ok(r) => r,
         Err(e) if e.is_timeout() => return Ok(failed("no answer within alert_delivery_timeout_ms".into())),
         Err(e) => return Ok(failed(format!("sending failed: {}", without_url(e)))),

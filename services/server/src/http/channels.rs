@@ -13,7 +13,7 @@ use super::auth::Principal;
 use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
-use crate::alerting::channels::{test_event, ChannelKind};
+use crate::alerting::channels::{test_event, ChannelKind, PAGERDUTY_EVENTS_URL};
 use crate::alerting::{signing, ssrf};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
@@ -68,9 +68,13 @@ pub struct CreateAlertChannel {
     #[schema(schema_with = schema::display_name)]
     pub name: String,
     pub kind: ChannelKind,
-    /// https, or http for hosts in `alert_webhook_allow`. Loopback, private, link-local and
-    /// metadata addresses are refused (here, and again after DNS at every send).
-    pub url: String,
+    /// The receiver: https, or http for hosts in `alert_webhook_allow`. Loopback, private,
+    /// link-local and metadata addresses are refused (here, and again after DNS at every
+    /// send). Required, except for `pagerduty` (default: the Events API v2 URL). Kept sealed.
+    pub url: Option<String>,
+    /// PagerDuty's integration (routing) key: required for `pagerduty`, refused otherwise.
+    /// Kept sealed.
+    pub routing_key: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -117,7 +121,9 @@ async fn list_channels(State(state): State<AppState>, auth: Principal) -> Result
 /// Creates an alert channel (admins); its signing secret is in the response.
 ///
 /// Every enabled channel receives every alert event. A webhook receives the versioned event as
-/// JSON, signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`, `webhook-signature`).
+/// JSON; Slack, PagerDuty (Events API v2) and Alertmanager receivers get it in their own
+/// format. Every request is signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
+/// `webhook-signature`), and the `webhook-id` is the same on every attempt.
 #[utoipa::path(post, path = "/api/v1/alert-channels", tag = "alert-channels", request_body = CreateAlertChannel,
     responses((status = 201, body = CreatedAlertChannel), JsonBody, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
@@ -129,14 +135,28 @@ async fn create_channel(
     auth.require(Role::Admin)?;
     let mut errors = Vec::new();
     let name = parse_display_name(&req.name).map_err(|e| errors.push(FieldError::new("name", e))).ok();
-    let url = match req.url.trim().parse::<reqwest::Url>() {
+    let url = match (req.url.as_deref(), req.kind) {
+        (None, ChannelKind::Pagerduty) => Some(PAGERDUTY_EVENTS_URL),
+        (None, _) => {
+            errors.push(FieldError::new("url", "is required"));
+            None
+        }
+        (Some(url), _) => Some(url.trim()),
+    };
+    let url = url.and_then(|u| match u.parse::<reqwest::Url>() {
         Ok(url) => ssrf::check_url(&url, &state.config.alert_webhook_allow).map(|()| url).map_err(|e| errors.push(FieldError::new("url", e.to_string()))).ok(),
         Err(_) => {
             errors.push(FieldError::new("url", "is not a URL"));
             None
         }
-    };
-    let (Some(name), Some(url)) = (name, url) else {
+    });
+    let routing_key = req.routing_key.as_deref().map(str::trim);
+    match (req.kind, routing_key) {
+        (ChannelKind::Pagerduty, None | Some("")) => errors.push(FieldError::new("routing_key", "is required for pagerduty")),
+        (ChannelKind::Pagerduty, _) | (_, None) => {}
+        (_, Some(_)) => errors.push(FieldError::new("routing_key", "is only for pagerduty")),
+    }
+    let (Some(name), Some(url), true) = (name, url, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
     let secret = signing::new_secret();
@@ -149,6 +169,7 @@ async fn create_channel(
         url_sealed: state.sealer.seal(url.as_str().as_bytes()),
         url_display: display_target(&url),
         secret_sealed: state.sealer.seal(secret.as_bytes()),
+        routing_key_sealed: routing_key.map(|k| state.sealer.seal(k.as_bytes())),
         previous_secret_sealed: None,
         previous_secret_until: None,
         enabled: true,

@@ -16,6 +16,7 @@ pub struct Channel {
     pub url_sealed: String,
     pub url_display: String,
     pub secret_sealed: String,
+    pub routing_key_sealed: Option<String>,
     pub previous_secret_sealed: Option<String>,
     pub previous_secret_until: Option<i64>,
     pub enabled: bool,
@@ -24,7 +25,7 @@ pub struct Channel {
     pub created_at: i64,
 }
 
-const COLUMNS: &str = "id, org_id, name, kind, url_sealed, url_display, secret_sealed, previous_secret_sealed, previous_secret_until, enabled, disabled_reason, failing_since, created_at";
+const COLUMNS: &str = "id, org_id, name, kind, url_sealed, url_display, secret_sealed, routing_key_sealed, previous_secret_sealed, previous_secret_until, enabled, disabled_reason, failing_since, created_at";
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Channel, sqlx::Error> {
     Ok(Channel {
@@ -35,6 +36,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Channel, sqlx::Error> {
         url_sealed: r.try_get("url_sealed")?,
         url_display: r.try_get("url_display")?,
         secret_sealed: r.try_get("secret_sealed")?,
+        routing_key_sealed: r.try_get("routing_key_sealed")?,
         previous_secret_sealed: r.try_get("previous_secret_sealed")?,
         previous_secret_until: r.try_get("previous_secret_until")?,
         enabled: r.try_get::<i64, _>("enabled")? != 0,
@@ -45,7 +47,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Channel, sqlx::Error> {
 }
 
 pub async fn insert(conn: &mut Conn, c: &Channel) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO alert_channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"))
+    sqlx::query(&format!("INSERT INTO alert_channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
         .bind(c.id.to_string())
         .bind(c.org_id.to_string())
         .bind(&c.name)
@@ -53,6 +55,7 @@ pub async fn insert(conn: &mut Conn, c: &Channel) -> Result<(), sqlx::Error> {
         .bind(&c.url_sealed)
         .bind(&c.url_display)
         .bind(&c.secret_sealed)
+        .bind(c.routing_key_sealed.clone())
         .bind(c.previous_secret_sealed.clone())
         .bind(c.previous_secret_until)
         .bind(i64::from(c.enabled))

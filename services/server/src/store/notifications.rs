@@ -38,7 +38,7 @@ pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent,
     .bind(channel.org_id.to_string())
     .bind(channel.id.to_string())
     .bind(event.event_type.as_str())
-    .bind(channels::render(channel.kind, event, &id))
+    .bind(channels::render(channel.kind, &channel.name, event, &id))
     .bind(now)
     .execute(conn)
     .await?;

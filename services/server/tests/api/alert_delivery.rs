@@ -23,6 +23,7 @@ on_both_engines!(
     internal_targets_are_refused_on_create_and_at_send_time,
     redelivery_keeps_the_webhook_id,
     enqueue_queues_one_message_per_enabled_channel,
+    slack_pagerduty_and_alertmanager_get_their_own_shapes,
 );
 
 /// A status to answer with, and a `Retry-After` value.
@@ -83,7 +84,11 @@ async fn app(engine: Engine, schedule: &str) -> TestApp {
 }
 
 async fn create_channel(app: &TestApp, who: &Login, url: &str) -> (String, String) {
-    let (status, body) = app.post("/api/v1/alert-channels", &who.access, json!({ "name": "on-call", "kind": "webhook", "url": url })).await;
+    create(app, who, json!({ "name": "on-call", "kind": "webhook", "url": url })).await
+}
+
+async fn create(app: &TestApp, who: &Login, channel: Value) -> (String, String) {
+    let (status, body) = app.post("/api/v1/alert-channels", &who.access, channel).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     (body["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
 }
@@ -294,4 +299,83 @@ async fn enqueue_queues_one_message_per_enabled_channel(engine: Engine) {
     assert_eq!(body["type"], "alert.firing");
     assert_eq!(body["id"], got_a[0].0["webhook-id"].to_str().unwrap());
     assert!(c.got.lock().unwrap().is_empty(), "another organization's channel got the event");
+}
+
+/// A firing or resolved event as alert evaluation makes them.
+fn event(org: &str, event_type: meshfleet_server::domain::alerting::EventType) -> AlertEvent {
+    use meshfleet_server::domain::alerting::{AlertState, EventType};
+    let mut event = meshfleet_server::alerting::channels::test_event(org.parse().unwrap(), chrono::Utc::now());
+    event.event_type = event_type;
+    event.alert.fingerprint = "f1ngerpr1nt".into();
+    event.alert.rule = "agent".into();
+    event.alert.severity = meshfleet_server::domain::health::Severity::Critical;
+    event.alert.summary = "the agent is disconnected".into();
+    event.dashboard_url = Some("https://meshfleet.example.com/clusters/example".into());
+    if event_type == EventType::Resolved {
+        event.alert.state = AlertState::Resolved;
+        event.alert.ends_at = Some(chrono::Utc::now());
+    }
+    event
+}
+
+async fn slack_pagerduty_and_alertmanager_get_their_own_shapes(engine: Engine) {
+    use meshfleet_server::domain::alerting::EventType;
+    let app = app(engine, "0ms").await;
+    let owner = app.owner("ops@example.com").await;
+    let (slack, pd, am) = (Receiver::start(&[]).await, Receiver::start(&[]).await, Receiver::start(&[]).await);
+    let (status, body) = app.post("/api/v1/alert-channels", &owner.access, json!({ "name": "pd", "kind": "pagerduty", "url": pd.url })).await;
+    assert_problem(status, &body, 422, "validation", Some("routing_key"));
+    create(&app, &owner, json!({ "name": "chat", "kind": "slack", "url": slack.url })).await;
+    create(&app, &owner, json!({ "name": "pd", "kind": "pagerduty", "url": pd.url, "routing_key": "R0UT1NGKEY" })).await;
+    create(&app, &owner, json!({ "name": "team-receiver", "kind": "alertmanager", "url": am.url })).await;
+
+    let now = app.state.clock.now_ms();
+    let mut tx = app.state.db.begin().await.unwrap();
+    assert_eq!(notifications::enqueue(&mut tx, owner.org.parse().unwrap(), &event(&owner.org, EventType::Firing), now).await.unwrap(), 3);
+    notifications::enqueue(&mut tx, owner.org.parse().unwrap(), &event(&owner.org, EventType::Resolved), now).await.unwrap();
+    tx.commit().await.unwrap();
+    let body = |r: &(HeaderMap, String)| serde_json::from_str::<Value>(&r.1).unwrap();
+
+    let got = slack.wait_for(2, Duration::from_secs(10)).await;
+    let firing = got.iter().map(body).find(|b| b["text"].as_str().unwrap().contains("[FIRING]")).unwrap();
+    assert_eq!(firing["text"], "[FIRING] example: the agent is disconnected");
+    assert_eq!(firing["blocks"][0]["type"], "section");
+    assert!(firing["blocks"][0]["text"]["text"].as_str().unwrap().contains("<https://meshfleet.example.com/clusters/example|"));
+
+    let got: Vec<Value> = pd.wait_for(2, Duration::from_secs(10)).await.iter().map(body).collect();
+    let actions: Vec<&str> = got.iter().map(|b| b["event_action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"trigger") && actions.contains(&"resolve"), "{got:?}");
+    for b in &got {
+        assert_eq!(b["routing_key"], "R0UT1NGKEY");
+        assert_eq!(b["dedup_key"], "f1ngerpr1nt");
+    }
+    let trigger = got.iter().find(|b| b["event_action"] == "trigger").unwrap();
+    assert_eq!(trigger["payload"]["severity"], "critical");
+    assert_eq!(trigger["payload"]["source"], "example");
+    assert_eq!(trigger["links"][0]["href"], "https://meshfleet.example.com/clusters/example");
+
+    let got: Vec<Value> = am.wait_for(2, Duration::from_secs(10)).await.iter().map(body).collect();
+    let firing = got.iter().find(|b| b["status"] == "firing").unwrap();
+    assert_eq!(firing["version"], "4");
+    assert_eq!(firing["receiver"], "team-receiver");
+    assert_eq!(firing["groupLabels"], json!({ "alertname": "agent" }));
+    assert_eq!(firing["commonLabels"]["severity"], "critical");
+    assert_eq!(firing["commonAnnotations"]["summary"], "the agent is disconnected");
+    assert!(firing["groupKey"].is_string() && firing["externalURL"].is_string());
+    let alert = &firing["alerts"][0];
+    assert_eq!(alert["labels"]["alertname"], "agent");
+    assert_eq!(alert["fingerprint"], "f1ngerpr1nt");
+    assert_eq!(alert["endsAt"], "0001-01-01T00:00:00Z");
+    assert_eq!(alert["generatorURL"], "https://meshfleet.example.com/clusters/example");
+    assert!(chrono::DateTime::parse_from_rfc3339(alert["startsAt"].as_str().unwrap()).is_ok());
+    let resolved = got.iter().find(|b| b["status"] == "resolved").unwrap();
+    assert!(chrono::DateTime::parse_from_rfc3339(resolved["alerts"][0]["endsAt"].as_str().unwrap()).is_ok());
+
+    // The routing key and the receivers' URLs are secrets: never in reads, the outbox or the log.
+    let (_, listed) = app.get("/api/v1/alert-channels", &owner.access).await;
+    let (_, audit) = app.get("/api/v1/audit", &owner.access).await;
+    let bodies: Vec<String> = sqlx::query_scalar("SELECT body FROM notifications").fetch_all(&app.state.db.pool).await.unwrap();
+    for shown in [listed.to_string(), audit.to_string(), bodies.join("\n")] {
+        assert!(!shown.contains("R0UT1NGKEY") && !shown.contains("/hook"), "secret shown: {shown}");
+    }
 }
