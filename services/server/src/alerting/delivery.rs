@@ -26,6 +26,8 @@ const PER_CHANNEL: usize = 4;
 const BATCH: u32 = 100;
 /// How much of a receiver's answer the delivery log keeps.
 const EXCERPT_BYTES: usize = 1024;
+/// How long a claim outlives the delivery timeout.
+const CLAIM_MARGIN_MS: i64 = 5_000;
 /// A channel failing without a success for this long is disabled.
 const FAILING_FOR: i64 = 5 * 24 * 3600 * 1000;
 /// The longest `Retry-After` honoured.
@@ -72,8 +74,9 @@ impl Drop for Slot {
 
 async fn run(state: AppState) -> anyhow::Result<()> {
     let now = state.clock.now_ms();
-    // A claim outlives the longest send, with room for settling it.
-    let claim_until = now + crate::config::ms(state.config.alert_delivery_timeout) + 30_000;
+    // A claim outlives the longest send, with room for settling it (one short transaction);
+    // should it expire first, the message may go twice, with the same id.
+    let claim_until = now + crate::config::ms(state.config.alert_delivery_timeout) + CLAIM_MARGIN_MS;
     let mut tx = state.db.begin().await?;
     let claimed = notifications::claim(&mut tx, now, claim_until, &state.deliveries.busy(), BATCH).await.context("claiming notifications")?;
     tx.commit().await?;

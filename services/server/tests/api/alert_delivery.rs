@@ -11,8 +11,9 @@ use meshfleet_server::domain::alerting::AlertEvent;
 use meshfleet_server::store::notifications;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, Engine, Login, TestApp, TestDb};
+use crate::helpers::{assert_problem, Api, Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
+use crate::process::server;
 
 on_both_engines!(
     a_test_event_arrives_signed_and_is_logged,
@@ -24,6 +25,8 @@ on_both_engines!(
     redelivery_keeps_the_webhook_id,
     enqueue_queues_one_message_per_enabled_channel,
     slack_pagerduty_and_alertmanager_get_their_own_shapes,
+    a_server_killed_before_delivering_loses_nothing,
+    a_server_killed_between_sending_and_recording_resends_with_the_same_id,
 );
 
 /// A status to answer with, and a `Retry-After` value.
@@ -33,7 +36,7 @@ type Answer = (u16, Option<&'static str>);
 #[derive(Clone, Default)]
 struct Receiver {
     got: Arc<Mutex<Vec<(HeaderMap, String)>>>,
-    /// Answers to give, in order; 200 once they run out.
+    /// Answers to give, in order; 200 once they run out. Status 0: never answer.
     answers: Arc<Mutex<VecDeque<Answer>>>,
     url: String,
 }
@@ -49,6 +52,9 @@ impl Receiver {
             axum::routing::post(move |headers: HeaderMap, body: String| async move {
                 got.lock().unwrap().push((headers, body));
                 let (status, retry_after) = answers.lock().unwrap().pop_front().unwrap_or((200, None));
+                if status == 0 {
+                    std::future::pending::<()>().await;
+                }
                 let mut response = (StatusCode::from_u16(status).unwrap(), "receiver says hello").into_response();
                 if let Some(secs) = retry_after {
                     response.headers_mut().insert("retry-after", secs.parse().unwrap());
@@ -378,4 +384,56 @@ async fn slack_pagerduty_and_alertmanager_get_their_own_shapes(engine: Engine) {
     for shown in [listed.to_string(), audit.to_string(), bodies.join("\n")] {
         assert!(!shown.contains("R0UT1NGKEY") && !shown.contains("/hook"), "secret shown: {shown}");
     }
+}
+
+/// A server process on `db` that may deliver to 127.0.0.1, with `roles`.
+fn process(db: &TestDb, key: &str, name: &str, roles: &str) -> meshfleet_test_support::server::ServerProcess {
+    let env = [("MESHFLEET_ROLES", roles), ("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1"), ("MESHFLEET_ALERT_DELIVERY_TIMEOUT_MS", "2000")];
+    server().replica(db, key, name, &env)
+}
+
+/// Queued, then the server is killed before anything could send it (it has no worker role);
+/// the next server delivers it.
+async fn a_server_killed_before_delivering_loses_nothing(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let key = meshfleet_server::secrets::Sealer::generate_key();
+    let receiver = Receiver::start(&[]).await;
+    let mut a = process(&db, &key, "a", "api");
+    let api = Api::signup(&a.url(), "ops@example.com").await;
+    let channel = api.post("/api/v1/alert-channels", json!({ "name": "on-call", "kind": "webhook", "url": receiver.url })).await;
+    let message_id = api.post(&format!("/api/v1/alert-channels/{}/test", channel["id"].as_str().unwrap()), json!({})).await["message_id"].clone();
+    a.kill();
+    assert!(receiver.got.lock().unwrap().is_empty());
+
+    let _b = process(&db, &key, "b", "api,worker");
+    let got = receiver.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0["webhook-id"], message_id.as_str().unwrap());
+}
+
+/// The receiver has the request but the server dies before recording the answer: the next
+/// server sends it again, with the same id and body, once its claim has expired.
+async fn a_server_killed_between_sending_and_recording_resends_with_the_same_id(engine: Engine) {
+    let db = TestDb::new(engine).await;
+    let key = meshfleet_server::secrets::Sealer::generate_key();
+    let receiver = Receiver::start(&[(0, None)]).await;
+    let mut a = process(&db, &key, "a", "api,worker");
+    let api = Api::signup(&a.url(), "ops@example.com").await;
+    let channel = api.post("/api/v1/alert-channels", json!({ "name": "on-call", "kind": "webhook", "url": receiver.url })).await;
+    let channel = channel["id"].as_str().unwrap().to_owned();
+    let message_id = api.post(&format!("/api/v1/alert-channels/{channel}/test"), json!({})).await["message_id"].clone();
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    a.kill();
+
+    let b = process(&db, &key, "b", "api,worker");
+    let got = receiver.wait_for(2, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 2, "sent more than once after the restart");
+    for (headers, body) in &got {
+        assert_eq!(headers["webhook-id"], message_id.as_str().unwrap());
+        assert_eq!(body, &got[0].1);
+    }
+    let api = Api::login(&b.url(), "ops@example.com").await;
+    let log = api.get(&format!("/api/v1/alert-channels/{channel}/deliveries")).await;
+    assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
+    assert_eq!(log["items"][0]["status_code"], 200);
 }
