@@ -11,7 +11,7 @@ use meshfleet_server::domain::alerting::AlertEvent;
 use meshfleet_server::store::notifications;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, Api, Engine, Login, TestApp, TestDb};
+use crate::helpers::{assert_problem, postgres_url, Api, Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
 use crate::process::server;
 
@@ -27,6 +27,8 @@ on_both_engines!(
     slack_pagerduty_and_alertmanager_get_their_own_shapes,
     a_server_killed_before_delivering_loses_nothing,
     a_server_killed_between_sending_and_recording_resends_with_the_same_id,
+    a_hanging_endpoint_does_not_delay_another,
+    a_channel_failing_for_5_days_is_disabled,
 );
 
 /// A status to answer with, and a `Retry-After` value.
@@ -436,4 +438,65 @@ async fn a_server_killed_between_sending_and_recording_resends_with_the_same_id(
     let log = api.get(&format!("/api/v1/alert-channels/{channel}/deliveries")).await;
     assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
     assert_eq!(log["items"][0]["status_code"], 200);
+}
+
+async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {
+    let app = app(engine, "0ms").await;
+    let owner = app.owner("ops@example.com").await;
+    let dead = Receiver::start(&[(0, None); 8]).await;
+    let alive = Receiver::start(&[]).await;
+    let (dead_channel, _) = create_channel(&app, &owner, &dead.url).await;
+    let (alive_channel, _) = create_channel(&app, &owner, &alive.url).await;
+    for _ in 0..8 {
+        send_test(&app, &owner, &dead_channel).await;
+    }
+    dead.wait_for(4, Duration::from_secs(10)).await;
+    let sent = Instant::now();
+    send_test(&app, &owner, &alive_channel).await;
+    alive.wait_for(1, Duration::from_secs(3)).await;
+    assert!(sent.elapsed() < Duration::from_secs(3), "the live endpoint waited {:?}", sent.elapsed());
+    assert_eq!(dead.got.lock().unwrap().len(), 4, "more than 4 sends in flight to one channel");
+}
+
+async fn a_channel_failing_for_5_days_is_disabled(engine: Engine) {
+    let app = app(engine, "0ms,100ms,100ms,100ms").await;
+    let owner = app.owner("ops@example.com").await;
+    let receiver = Receiver::start(&[(500, None); 4]).await;
+    let (channel, _) = create_channel(&app, &owner, &receiver.url).await;
+    send_test(&app, &owner, &channel).await;
+    log_until(&app, &owner, &channel, |l| !l.is_empty()).await;
+    let (_, failing) = app.get(&format!("/api/v1/alert-channels/{channel}"), &owner.access).await;
+    assert!(failing["failing_since"].is_string() && failing["enabled"] == true, "{failing}");
+    app.state.clock.advance(Duration::from_secs(5 * 24 * 3600));
+    let owner = app.login("ops@example.com").await;
+    log_until(&app, &owner, &channel, |l| l.len() >= 2).await;
+    let (_, now) = app.get(&format!("/api/v1/alert-channels/{channel}"), &owner.access).await;
+    assert_eq!(now["enabled"], false, "{now}");
+    assert_eq!(now["disabled_reason"], "every delivery failed for 5 days");
+}
+
+/// Two replicas on one PostgreSQL deliver a backlog together, each message once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_deliver_each_message_once() {
+    if postgres_url().is_none() {
+        return;
+    }
+    let db = TestDb::new(Engine::Postgres).await;
+    let key = meshfleet_server::secrets::Sealer::generate_key();
+    let receiver = Receiver::start(&[]).await;
+    let a = process(&db, &key, "a", "api");
+    let api = Api::signup(&a.url(), "ops@example.com").await;
+    let channel = api.post("/api/v1/alert-channels", json!({ "name": "on-call", "kind": "webhook", "url": receiver.url })).await;
+    let path = format!("/api/v1/alert-channels/{}/test", channel["id"].as_str().unwrap());
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        ids.insert(api.post(&path, json!({})).await["message_id"].as_str().unwrap().to_owned());
+    }
+    let (_b, _c) = (process(&db, &key, "b", "worker"), process(&db, &key, "c", "worker"));
+    let got = receiver.wait_for(40, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got_ids: Vec<String> = receiver.got.lock().unwrap().iter().map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned()).collect();
+    assert_eq!(got_ids.len(), 40, "some messages were sent twice");
+    assert_eq!(got_ids.into_iter().collect::<std::collections::BTreeSet<_>>(), ids);
+    drop(got);
 }
