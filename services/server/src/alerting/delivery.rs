@@ -16,8 +16,7 @@ use super::{channels, signing, ssrf};
 use crate::app::AppState;
 use crate::domain::ChannelId;
 use crate::jobs::{Job, Scope};
-use crate::store::alert_channels;
-use crate::store::alert_channels::Channel;
+use crate::store::alert_channels::{self, Channel};
 use crate::store::notifications::{self, Attempt, Claimed, Next};
 
 const EVERY: Duration = Duration::from_millis(250);

@@ -71,6 +71,7 @@ pub struct CreateAlertChannel {
     /// The receiver: https, or http for hosts in `alert_webhook_allow`. Loopback, private,
     /// link-local and metadata addresses are refused (here, and again after DNS at every
     /// send). Required, except for `pagerduty` (default: the Events API v2 URL). Kept sealed.
+    #[schema(pattern = r"^https?://[^\s/?#]+(/\S*)?$", max_length = 2048)]
     pub url: Option<String>,
     /// PagerDuty's integration (routing) key: required for `pagerduty`, refused otherwise.
     /// Kept sealed.
