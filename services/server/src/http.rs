@@ -40,7 +40,8 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 #[openapi(
     info(title = "Meshfleet API", description = "Managed operations for service meshes across Kubernetes clusters."),
     modifiers(&BearerAuth),
-    components(schemas(error::Problem, error::FieldError))
+    // AlertEvent is no route's body: it is what webhook channels receive, documented here.
+    components(schemas(error::Problem, error::FieldError, crate::domain::alerting::AlertEvent))
 )]
 struct ApiDoc;
 
