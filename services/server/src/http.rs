@@ -112,3 +112,23 @@ pub(crate) fn into_page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) 
         (rows, None)
     }
 }
+
+/// A page of a log paged by time-ordered ids, newest first (the audit log, a delivery log).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The id the page starts below.
+    pub fn uuid_cursor(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.cursor.as_deref().map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()
+    }
+}

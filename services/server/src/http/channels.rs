@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::Principal;
@@ -293,18 +293,6 @@ async fn send_test(
     Ok((StatusCode::ACCEPTED, Json(QueuedNotification { message_id })))
 }
 
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct DeliveriesQuery {
-    /// Page size, 1 to 500 (default 100).
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(format = Uuid)]
-    cursor: Option<String>,
-}
-
 /// One attempt to deliver a notification.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeliveryAttempt {
@@ -328,18 +316,17 @@ pub struct DeliveryPage {
 
 /// The channel's delivery log, newest first.
 #[utoipa::path(get, path = "/api/v1/alert-channels/{id}/deliveries", tag = "alert-channels",
-    params(("id" = ChannelId, Path, description = "Channel id"), DeliveriesQuery),
+    params(("id" = ChannelId, Path, description = "Channel id"), super::PageQuery),
     responses((status = 200, body = DeliveryPage), BadRequest, Unauthenticated, NotFound, Invalid, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, channel_id = %id))]
 async fn list_deliveries(
     State(state): State<AppState>,
     auth: Principal,
     ApiPath(id): ApiPath<ChannelId>,
-    ApiQuery(q): ApiQuery<DeliveriesQuery>,
+    ApiQuery(q): ApiQuery<super::PageQuery>,
 ) -> Result<Json<DeliveryPage>, ApiError> {
     let limit = super::page_limit(q.limit, 100)?;
-    let before =
-        q.cursor.as_deref().map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()?;
+    let before = q.uuid_cursor()?;
     let mut conn = state.db.pool.acquire().await?;
     find(&mut conn, auth.org_id, id).await?;
     let rows = notifications::attempts(&mut conn, auth.org_id, id, before, limit + 1).await?;
