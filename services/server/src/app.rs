@@ -38,6 +38,8 @@ pub struct Inner {
     /// The dashboard's per-organization fleet overview.
     pub fleet_cache: crate::fleet::FleetCache,
     pub read_cache: crate::cache::ReadCache,
+    /// Alert notifications being sent by this replica, per channel.
+    pub deliveries: crate::alerting::delivery::InFlight,
 }
 
 impl Deref for AppState {
@@ -91,6 +93,7 @@ impl AppState {
             ingest,
             fleet_cache: Default::default(),
             read_cache,
+            deliveries: Default::default(),
         })))
     }
 }

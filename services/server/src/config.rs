@@ -84,6 +84,13 @@ pub struct Config {
     /// on every flap).
     pub alert_evaluation: Duration,
     pub alert_resolve_delay: Duration,
+    /// Alert delivery: the delay before each attempt of a notification (the first is usually
+    /// 0s; after the last, it has failed), hosts and networks admitted despite the SSRF guard,
+    /// how long a receiver has to answer, and how long a rotated-out secret keeps signing.
+    pub alert_retry_schedule: Vec<Duration>,
+    pub alert_webhook_allow: crate::alerting::ssrf::Allow,
+    pub alert_delivery_timeout: Duration,
+    pub alert_secret_overlap: Duration,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -211,6 +218,10 @@ impl Default for Config {
             health: Default::default(),
             alert_evaluation: Duration::from_secs(1),
             alert_resolve_delay: Duration::from_secs(10),
+            alert_retry_schedule: schedule("0s,5s,5m,30m,2h,5h,10h,10h").expect("valid default"),
+            alert_webhook_allow: Default::default(),
+            alert_delivery_timeout: Duration::from_millis(15_000),
+            alert_secret_overlap: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -291,7 +302,31 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("health_expiry_warning_secs", |c, n, v| Ok(c.health.expiry_warning = secs(n, v)?)),
     ("alert_evaluation_ms", |c, _, v| Ok(c.alert_evaluation = Duration::from_millis(num(v)?))),
     ("alert_resolve_delay_ms", |c, _, v| Ok(c.alert_resolve_delay = Duration::from_millis(num(v)?))),
+    ("alert_retry_schedule", |c, _, v| Ok(c.alert_retry_schedule = schedule(v)?)),
+    ("alert_webhook_allow", |c, _, v| Ok(c.alert_webhook_allow = v.parse()?)),
+    ("alert_delivery_timeout_ms", |c, _, v| Ok(c.alert_delivery_timeout = Duration::from_millis(num(v)?))),
+    ("alert_secret_overlap_secs", |c, n, v| Ok(c.alert_secret_overlap = secs(n, v)?)),
 ];
+
+/// Comma-separated durations with a unit each: `0s,5s,5m,30m,2h,250ms`.
+fn schedule(v: &str) -> Result<Vec<Duration>, String> {
+    let parsed: Result<Vec<Duration>, String> = v
+        .split(',')
+        .map(str::trim)
+        .map(|d| {
+            let split = d.find(|c: char| !c.is_ascii_digit()).unwrap_or(d.len());
+            let n: u64 = d[..split].parse().map_err(|_| format!("{d:?} is not a duration like 5s"))?;
+            match &d[split..] {
+                "ms" => Ok(Duration::from_millis(n)),
+                "s" => Ok(Duration::from_secs(n)),
+                "m" => Ok(Duration::from_secs(n * 60)),
+                "h" => Ok(Duration::from_secs(n * 3600)),
+                _ => Err(format!("{d:?}: give a unit (ms, s, m or h)")),
+            }
+        })
+        .collect();
+    parsed.and_then(|s| if s.is_empty() { Err("name at least one attempt".into()) } else { Ok(s) })
+}
 
 fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
     v.trim().parse().map_err(|_| format!("{v:?} is not a valid number"))

@@ -72,6 +72,8 @@ id_type!(/// A command for a cluster's agent.
     CommandId);
 id_type!(/// An alert: one rule's finding about one object of a cluster, from pending to resolved.
     AlertId);
+id_type!(/// Where alerts are sent: a webhook, or a Slack, PagerDuty or Alertmanager receiver.
+    ChannelId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
+pub mod channels;
 pub mod clusters;
 pub mod commands;
 pub mod error;
@@ -40,7 +41,8 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
 #[openapi(
     info(title = "Meshfleet API", description = "Managed operations for service meshes across Kubernetes clusters."),
     modifiers(&BearerAuth),
-    components(schemas(error::Problem, error::FieldError))
+    // AlertEvent is no route's body: it is what webhook channels receive, documented here.
+    components(schemas(error::Problem, error::FieldError, crate::domain::alerting::AlertEvent))
 )]
 struct ApiDoc;
 
@@ -71,6 +73,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(commands::router())
         .merge(audit::router())
         .merge(alerts::router())
+        .merge(channels::router())
         .split_for_parts()
 }
 
@@ -109,5 +112,25 @@ pub(crate) fn into_page<T>(mut rows: Vec<T>, limit: u32, cursor_of: impl Fn(&T) 
         (rows, next)
     } else {
         (rows, None)
+    }
+}
+
+/// A page of a log paged by time-ordered ids, newest first (the audit log, a delivery log).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    /// Page size, 1 to 500 (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    #[param(format = Uuid)]
+    pub cursor: Option<String>,
+}
+
+impl PageQuery {
+    /// The id the page starts below.
+    pub fn uuid_cursor(&self) -> Result<Option<uuid::Uuid>, ApiError> {
+        self.cursor.as_deref().map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()
     }
 }

@@ -62,6 +62,7 @@ pub fn registered(state: &AppState) -> Vec<Job> {
     if state.config.roles.worker {
         jobs.extend(crate::worker::jobs());
         jobs.push(crate::alerting::rules::job(state));
+        jobs.push(crate::alerting::delivery::job());
     }
     jobs
 }

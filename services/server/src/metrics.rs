@@ -26,6 +26,8 @@ pub struct Metrics {
     pub job_runs: IntCounterVec,
     pub job_failures: IntCounterVec,
     pub job_lease_changes: IntCounterVec,
+    /// Alert notification attempts by outcome (delivered, retry, failed).
+    pub alert_deliveries: IntCounterVec,
 }
 
 impl Metrics {
@@ -77,8 +79,17 @@ impl Metrics {
             &["job", "change"],
         )
         .expect("valid metric");
+        let alert_deliveries = IntCounterVec::new(
+            Opts::new(
+                "alert_deliveries_total",
+                "Attempts to deliver alert notifications, by outcome: delivered, retry (failed, will retry) or failed (for good)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(alert_deliveries.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_requests.clone()),
             Box::new(http_duration.clone()),
             Box::new(db_pool.clone()),
             Box::new(logins_throttled.clone()),
@@ -109,6 +120,7 @@ impl Metrics {
             job_runs,
             job_failures,
             job_lease_changes,
+            alert_deliveries,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod agents;
+pub mod alert_channels;
 pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
@@ -15,6 +16,7 @@ pub mod leases;
 pub mod login_throttle;
 pub mod metric_reports;
 pub mod metric_series;
+pub mod notifications;
 pub mod pki;
 pub mod rollups;
 pub mod sessions;

@@ -1,7 +1,8 @@
 //! Evaluation of the built-in rules: every `alert_evaluation_ms`, on one replica at a time, each
 //! organization's fleet is assessed afresh and every finding of an enabled rule moves its alert
 //! through pending -> firing -> resolved (`domain::alerting::step`). Each change is written in
-//! its own transaction, together with the notifications it makes.
+//! its own transaction, together with the notifications it makes (`alert.firing` when an alert
+//! fires, `alert.resolved` when a firing one resolves), which the delivery job then sends.
 //!
 //! Inhibition: while a cluster's agent is disconnected, its other alerts are held as they are
 //! (neither raised nor resolved): the data they would be judged on is stale, and the one alert
@@ -10,7 +11,8 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::app::AppState;
-use crate::domain::alerting::{self, builtin_rule, AlertState, Open, Step};
+use crate::db::to_rfc3339;
+use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, EventType, Open, Step};
 use crate::domain::health::{Finding, Severity};
 use crate::domain::{ms, AlertId, OrgId};
 use crate::fleet::{FleetCache, Row};
@@ -129,12 +131,45 @@ async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyh
             alert.ends_at = Some(now);
         }
     }
+    let notify = match step {
+        Step::Open { firing: true } | Step::Fire => Some(EventType::Firing),
+        Step::Resolve { notify: true } => Some(EventType::Resolved),
+        _ => None,
+    };
+    // The state change and its notifications commit together: a crash loses neither alone.
     let mut tx = state.db.begin().await?;
     if fresh {
         store::alerts::insert(&mut tx, &alert, now).await?;
     } else {
         store::alerts::update(&mut tx, &alert, now).await?;
     }
+    if let Some(event_type) = notify {
+        store::notifications::enqueue(&mut tx, alert.org_id, &event(state, &alert, event_type, now), now).await?;
+    }
     tx.commit().await?;
     Ok(())
+}
+
+/// The event channels receive about `alert`.
+pub fn event(state: &AppState, alert: &Alert, event_type: EventType, now: i64) -> AlertEvent {
+    AlertEvent {
+        // Each channel's message gets its own `webhook-id` when queued (`store::notifications`).
+        id: String::new(),
+        event_type,
+        version: alerting::EVENT_VERSION.into(),
+        timestamp: to_rfc3339(now),
+        org_id: alert.org_id,
+        cluster: AlertCluster { id: alert.cluster_id, name: alert.labels.get("cluster").cloned().unwrap_or_default() },
+        alert: AlertBody {
+            fingerprint: alert.fingerprint.clone(),
+            rule: alert.rule.clone(),
+            severity: alert.severity,
+            state: alert.state,
+            summary: alert.summary.clone(),
+            labels: alert.labels.clone(),
+            starts_at: to_rfc3339(alert.starts_at),
+            ends_at: alert.ends_at.map(to_rfc3339),
+        },
+        dashboard_url: Some(format!("{}/clusters/{}", state.config.public_url(), alert.cluster_id)),
+    }
 }

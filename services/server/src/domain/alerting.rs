@@ -13,6 +13,7 @@ pub const EVENT_VERSION: &str = "1";
 
 /// What happened to an alert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[schema(as = AlertEventType)]
 pub enum EventType {
     #[serde(rename = "alert.firing")]
     Firing,

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::Principal;
@@ -18,18 +18,6 @@ use crate::store;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct AuditQuery {
-    /// Page size, 1 to 500 (default 100).
-    #[param(minimum = 1, maximum = 500)]
-    limit: Option<u32>,
-    /// `next_cursor` of the previous page.
-    #[param(format = Uuid)]
-    cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -51,14 +39,13 @@ pub struct AuditPage {
 }
 
 /// The organization's audit log, newest first (owners and admins).
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(super::PageQuery),
     responses((status = 200, body = AuditPage), BadRequest, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
-async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<AuditQuery>) -> Result<Json<AuditPage>, ApiError> {
+async fn list_audit(State(state): State<AppState>, auth: Principal, ApiQuery(q): ApiQuery<super::PageQuery>) -> Result<Json<AuditPage>, ApiError> {
     auth.require(Role::Admin)?;
     let limit = super::page_limit(q.limit, 100)?;
-    let before =
-        q.cursor.as_deref().map(|c| c.parse::<uuid::Uuid>().map_err(|_| ApiError::field("cursor", "is not a cursor returned by this API"))).transpose()?;
+    let before = q.uuid_cursor()?;
     let mut conn = state.db.pool.acquire().await?;
     let rows = store::audit::list(&mut conn, auth.org_id, before, limit + 1).await?;
     let (rows, next_cursor) = super::into_page(rows, limit, |r| r.id.to_string());

@@ -6,11 +6,16 @@ use std::time::Duration;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::alert_delivery::{create_channel, verify, Receiver};
 use crate::health::troubled;
 use crate::helpers::{assert_problem, Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
 
-on_both_engines!(findings_raise_alerts_that_fire_after_their_for_duration_and_resolve, rules_are_per_organization_and_admin_only);
+on_both_engines!(
+    findings_raise_alerts_that_fire_after_their_for_duration_and_resolve,
+    rules_are_per_organization_and_admin_only,
+    a_firing_alert_and_its_resolution_reach_a_signed_webhook
+);
 
 async fn alerts(app: &TestApp, who: &Login, query: &str, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut last = Value::Null;
@@ -39,6 +44,8 @@ async fn spawn(engine: Engine) -> TestApp {
         // The tests move the clock past "for" durations; the agent must not turn stale meanwhile.
         c.stale_after = Duration::from_secs(600);
         c.disconnected_after = Duration::from_secs(1200);
+        c.alert_webhook_allow = "127.0.0.1".parse().unwrap();
+        c.alert_retry_schedule = vec![Duration::ZERO];
     })
     .await
 }
@@ -136,4 +143,40 @@ async fn rules_are_per_organization_and_admin_only(engine: Engine) {
     let (_, their_rules) = app.get("/api/v1/alert-rules", &other.access).await;
     assert_eq!(their_rules[4]["severity"], Value::Null);
     assert_eq!(their_rules[4]["for_seconds"], 300);
+}
+
+async fn a_firing_alert_and_its_resolution_reach_a_signed_webhook(engine: Engine) {
+    let app = spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let receiver = Receiver::start(&[]).await;
+    let (_, secret) = create_channel(&app, &owner, &receiver.url).await;
+    let cluster = troubled(&app, &owner).await;
+
+    // The expiring issuer's alert fires at once; the others are pending, so nothing else is sent.
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (headers, body) = &got[0];
+    assert!(verify(&secret, headers, body), "the signature does not verify: {headers:?}");
+    let event: Value = serde_json::from_str(body).unwrap();
+    assert_eq!((event["type"].as_str(), event["version"].as_str()), (Some("alert.firing"), Some("1")), "{event}");
+    assert_eq!(event["id"], headers["webhook-id"].to_str().unwrap());
+    assert_eq!((event["cluster"]["id"].as_str(), event["cluster"]["name"].as_str()), (Some(cluster.as_str()), Some("troubled")));
+    assert_eq!((event["alert"]["rule"].as_str(), event["alert"]["state"].as_str()), (Some("certificate_expiry"), Some("firing")));
+    assert!(event["dashboard_url"].as_str().unwrap().ends_with(&format!("/clusters/{cluster}")), "{event}");
+    let (_, open) = app.get("/api/v1/alerts?state=firing", &owner.access).await;
+    assert_eq!(event["alert"]["fingerprint"], open["items"][0]["fingerprint"]);
+
+    // Turned off, the rule's alert resolves after the resolve delay, and that is sent too.
+    let (status, _) = app.call(Method::PUT, "/api/v1/alert-rules/certificate_expiry", Some(&owner.access), Some(json!({ "enabled": false }))).await;
+    assert_eq!(status, StatusCode::OK);
+    app.state.clock.advance(Duration::from_secs(6));
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 2, "{got:?}");
+    let (headers, body) = &got[1];
+    assert!(verify(&secret, headers, body));
+    let resolved: Value = serde_json::from_str(body).unwrap();
+    assert_eq!((resolved["type"].as_str(), resolved["alert"]["state"].as_str()), (Some("alert.resolved"), Some("resolved")), "{resolved}");
+    assert_eq!(resolved["alert"]["fingerprint"], event["alert"]["fingerprint"]);
+    assert!(resolved["alert"]["ends_at"].is_string());
+    assert_ne!(resolved["id"], event["id"]);
 }

@@ -13,9 +13,9 @@ use meshfleet_server::secrets::Sealer;
 use meshfleet_test_support::process::free_port;
 use meshfleet_test_support::server::ServerProcess;
 use secrecy::SecretString;
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::helpers::{postgres_url, Engine, TestApp, TestDb, PASSWORD};
+use crate::helpers::{postgres_url, Api, Engine, TestApp, TestDb, PASSWORD};
 use crate::process::server;
 
 /// Counts executions per command id: the property under test is "exactly once".
@@ -39,40 +39,6 @@ impl Agent for CountingAgent {
             tokio::time::sleep(Duration::from_millis(50)).await;
             v1::CommandResult { command_id: id, state: v1::CommandState::Succeeded as i32, output_json: r#"{"pong":true}"#.into(), ..Default::default() }
         })
-    }
-}
-
-/// A small HTTP client for a server process.
-struct Api {
-    base: String,
-    token: String,
-    http: reqwest::Client,
-}
-
-impl Api {
-    async fn signup(base: &str, email: &str) -> Api {
-        let http = reqwest::Client::new();
-        let body = json!({ "email": email, "password": PASSWORD, "organization": "Acme" });
-        let resp = http.post(format!("{base}/api/v1/signup")).json(&body).send().await.unwrap();
-        assert!(resp.status().is_success());
-        Api::login(base, email).await
-    }
-
-    async fn login(base: &str, email: &str) -> Api {
-        let http = reqwest::Client::new();
-        let resp: Value =
-            http.post(format!("{base}/api/v1/login")).json(&json!({ "email": email, "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
-        Api { base: base.to_owned(), token: resp["access_token"].as_str().unwrap().to_owned(), http }
-    }
-
-    async fn get(&self, path: &str) -> Value {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap().json().await.unwrap()
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let resp = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        resp.json().await.unwrap()
     }
 }
 

@@ -2,7 +2,7 @@
 //! in tests/ use it too); what only these tests need is here.
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 pub use meshfleet_test_support::app::*;
 
@@ -20,5 +20,39 @@ pub fn assert_problem(status: StatusCode, body: &Value, want_status: u16, want_t
     if let Some(field) = want_field {
         let fields: Vec<&str> = body["errors"].as_array().into_iter().flatten().filter_map(|e| e["field"].as_str()).collect();
         assert!(fields.contains(&field), "field {field} not named in {body}");
+    }
+}
+
+/// A small HTTP client for a server process.
+pub struct Api {
+    pub base: String,
+    pub token: String,
+    pub http: reqwest::Client,
+}
+
+impl Api {
+    pub async fn signup(base: &str, email: &str) -> Api {
+        let http = reqwest::Client::new();
+        let body = json!({ "email": email, "password": PASSWORD, "organization": "Acme" });
+        let resp = http.post(format!("{base}/api/v1/signup")).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success());
+        Api::login(base, email).await
+    }
+
+    pub async fn login(base: &str, email: &str) -> Api {
+        let http = reqwest::Client::new();
+        let resp: Value =
+            http.post(format!("{base}/api/v1/login")).json(&json!({ "email": email, "password": PASSWORD })).send().await.unwrap().json().await.unwrap();
+        Api { base: base.to_owned(), token: resp["access_token"].as_str().unwrap().to_owned(), http }
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.unwrap().json().await.unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Value {
+        let resp = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap()
     }
 }

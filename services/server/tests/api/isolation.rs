@@ -32,6 +32,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("PATCH", "/api/v1/members/{user_id}") => Some(json!({ "role": "viewer" })),
         ("POST", "/api/v1/tokens") => Some(json!({ "name": "x", "role": "viewer" })),
         ("POST", "/api/v1/clusters/{id}/commands") => Some(json!({ "kind": "ping" })),
+        ("POST", "/api/v1/alert-channels") => Some(json!({ "name": "intruder", "kind": "webhook", "url": "https://hooks.example.com/x" })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -48,6 +49,8 @@ struct Victim {
     command_id: String,
     token_id: String,
     user_id: String,
+    channel_id: String,
+    message_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -58,24 +61,45 @@ async fn victim(app: &TestApp) -> Victim {
     let (_, command) = app.post(&format!("/api/v1/clusters/{cluster_id}/commands"), &owner.access, json!({ "kind": "ping" })).await;
     let admin = app.member(&owner, "victim-admin@example.com", "admin").await;
     let user_id = app.get("/api/v1/me", &admin.access).await.1["user"]["id"].as_str().unwrap().to_owned();
-    Victim { owner, cluster_id, command_id: command["id"].as_str().unwrap().to_owned(), token_id: token["id"].as_str().unwrap().to_owned(), user_id }
+    let (_, channel) =
+        app.post("/api/v1/alert-channels", &owner.access, json!({ "name": "on-call", "kind": "webhook", "url": "https://hooks.example.com/x" })).await;
+    let channel_id = channel["id"].as_str().unwrap().to_owned();
+    let (_, queued) = app.post(&format!("/api/v1/alert-channels/{channel_id}/test"), &owner.access, json!({})).await;
+    let message_id = queued["message_id"].as_str().unwrap().to_owned();
+    Victim {
+        owner,
+        cluster_id,
+        command_id: command["id"].as_str().unwrap().to_owned(),
+        token_id: token["id"].as_str().unwrap().to_owned(),
+        user_id,
+        channel_id,
+        message_id,
+    }
 }
 
 fn fill(path: &str, v: &Victim) -> String {
-    let id = if path.starts_with("/api/v1/clusters/") { &v.cluster_id } else { &v.token_id };
-    path.replace("{id}", id).replace("{user_id}", &v.user_id).replace("{command_id}", &v.command_id)
+    let id = match path {
+        p if p.starts_with("/api/v1/clusters/") => &v.cluster_id,
+        p if p.starts_with("/api/v1/alert-channels/") => &v.channel_id,
+        _ => &v.token_id,
+    };
+    path.replace("{id}", id).replace("{user_id}", &v.user_id).replace("{command_id}", &v.command_id).replace("{message_id}", &v.message_id)
 }
 
 /// Everything the victim organization can see about itself, to compare before and after.
 async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     let mut state = json!({});
     let commands = format!("/api/v1/clusters/{}/commands", v.cluster_id);
-    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", &commands] {
+    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", &commands] {
         state[path] = app.get(path, &v.owner.access).await.1;
     }
     // Last-use times move when the victim itself reads; they are not what the attacker changes.
     for token in state["/api/v1/tokens"].as_array_mut().unwrap() {
         token["last_used_at"] = Value::Null;
+    }
+    // So do a channel's failures: its delivery job runs (hooks.example.com is unreachable here).
+    for channel in state["/api/v1/alert-channels"].as_array_mut().unwrap() {
+        channel["failing_since"] = Value::Null;
     }
     state
 }

@@ -7,6 +7,7 @@ mod process;
 use meshfleet_test_support::on_both_engines;
 
 mod accounts;
+mod alert_delivery;
 mod alerts;
 mod api_tokens;
 mod caches;

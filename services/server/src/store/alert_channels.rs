@@ -1,0 +1,132 @@
+//! Alert channels of an organization. URLs and signing secrets are stored sealed; only
+//! `delivery` and an admin's explicit reveal open them.
+
+use sqlx::Row;
+
+use super::{parse_col, Conn};
+use crate::alerting::channels::ChannelKind;
+use crate::domain::{ChannelId, OrgId};
+
+#[derive(Debug, Clone)]
+pub struct Channel {
+    pub id: ChannelId,
+    pub org_id: OrgId,
+    pub name: String,
+    pub kind: ChannelKind,
+    pub url_sealed: String,
+    pub url_display: String,
+    pub secret_sealed: String,
+    pub routing_key_sealed: Option<String>,
+    pub previous_secret_sealed: Option<String>,
+    pub previous_secret_until: Option<i64>,
+    pub enabled: bool,
+    pub disabled_reason: Option<String>,
+    pub failing_since: Option<i64>,
+    pub created_at: i64,
+}
+
+const COLUMNS: &str = "id, org_id, name, kind, url_sealed, url_display, secret_sealed, routing_key_sealed, previous_secret_sealed, previous_secret_until, enabled, disabled_reason, failing_since, created_at";
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<Channel, sqlx::Error> {
+    Ok(Channel {
+        id: parse_col(&r.try_get::<String, _>("id")?, "alert_channels.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "alert_channels.org_id")?,
+        name: r.try_get("name")?,
+        kind: parse_col(&r.try_get::<String, _>("kind")?, "alert_channels.kind")?,
+        url_sealed: r.try_get("url_sealed")?,
+        url_display: r.try_get("url_display")?,
+        secret_sealed: r.try_get("secret_sealed")?,
+        routing_key_sealed: r.try_get("routing_key_sealed")?,
+        previous_secret_sealed: r.try_get("previous_secret_sealed")?,
+        previous_secret_until: r.try_get("previous_secret_until")?,
+        enabled: r.try_get::<i64, _>("enabled")? != 0,
+        disabled_reason: r.try_get("disabled_reason")?,
+        failing_since: r.try_get("failing_since")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+pub async fn insert(conn: &mut Conn, c: &Channel) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO alert_channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
+        .bind(c.id.to_string())
+        .bind(c.org_id.to_string())
+        .bind(&c.name)
+        .bind(c.kind.as_str())
+        .bind(&c.url_sealed)
+        .bind(&c.url_display)
+        .bind(&c.secret_sealed)
+        .bind(c.routing_key_sealed.clone())
+        .bind(c.previous_secret_sealed.clone())
+        .bind(c.previous_secret_until)
+        .bind(i64::from(c.enabled))
+        .bind(c.disabled_reason.clone())
+        .bind(c.failing_since)
+        .bind(c.created_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<Channel>, sqlx::Error> {
+    let rows =
+        sqlx::query(&format!("SELECT {COLUMNS} FROM alert_channels WHERE org_id = $1 ORDER BY created_at, id")).bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn list_enabled(conn: &mut Conn, org: OrgId) -> Result<Vec<Channel>, sqlx::Error> {
+    Ok(list(conn, org).await?.into_iter().filter(|c| c.enabled).collect())
+}
+
+pub async fn get(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<Option<Channel>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_channels WHERE org_id = $1 AND id = $2"))
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn delete(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM alert_channels WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Makes `secret_sealed` the signing secret; the current one keeps signing until `until`.
+pub async fn rotate_secret(conn: &mut Conn, org: OrgId, id: ChannelId, secret_sealed: &str, until: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE alert_channels SET previous_secret_sealed = secret_sealed, previous_secret_until = $3, secret_sealed = $4 WHERE org_id = $1 AND id = $2",
+    )
+    .bind(org.to_string())
+    .bind(id.to_string())
+    .bind(until)
+    .bind(secret_sealed)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Records the outcome of a delivery for the channel's health: a success clears the run of
+/// failures; a failure starts one (if none is running).
+pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, ok: bool, now: i64) -> Result<(), sqlx::Error> {
+    let q = match ok {
+        true => sqlx::query("UPDATE alert_channels SET failing_since = NULL WHERE org_id = $1 AND id = $2"),
+        false => sqlx::query("UPDATE alert_channels SET failing_since = COALESCE(failing_since, $3) WHERE org_id = $1 AND id = $2"),
+    };
+    let q = q.bind(org.to_string()).bind(id.to_string());
+    match ok {
+        true => q.execute(conn).await?,
+        false => q.bind(now).execute(conn).await?,
+    };
+    Ok(())
+}
+
+/// Stops deliveries to the channel, saying why (shown in the API).
+pub async fn disable(conn: &mut Conn, org: OrgId, id: ChannelId, reason: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE alert_channels SET enabled = 0, disabled_reason = $3 WHERE org_id = $1 AND id = $2")
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .bind(reason)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

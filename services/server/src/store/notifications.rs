@@ -1,0 +1,189 @@
+//! The notification outbox and its delivery log. A notification is queued in the transaction
+//! of the change that causes it, claimed by one replica at a time (PostgreSQL: `FOR UPDATE
+//! SKIP LOCKED`; SQLite has one writer), and kept until delivered or out of retries.
+
+use sqlx::Row;
+
+use super::alert_channels::Channel;
+use super::{parse_col, Conn};
+use crate::alerting::channels;
+use crate::domain::alerting::AlertEvent;
+use crate::domain::{ChannelId, OrgId};
+
+/// A fresh message id: `msg_` + a UUIDv7 (32 hex digits), unique per (event, channel).
+pub fn new_message_id() -> String {
+    format!("msg_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Queues `event` for every enabled channel of `org`, in the caller's transaction; returns
+/// how many notifications were queued. Each gets its own message id (`msg_…`, the
+/// `webhook-id`, also the `id` inside its body, so `event.id` itself is not sent) and its body
+/// rendered now: every attempt sends the same bytes.
+pub async fn enqueue(conn: &mut Conn, org: OrgId, event: &AlertEvent, now: i64) -> Result<usize, sqlx::Error> {
+    let targets = super::alert_channels::list_enabled(&mut *conn, org).await?;
+    for channel in &targets {
+        enqueue_for(&mut *conn, channel, event, now).await?;
+    }
+    Ok(targets.len())
+}
+
+/// Queues `event` for one channel; returns the message id.
+pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent, now: i64) -> Result<String, sqlx::Error> {
+    let id = new_message_id();
+    sqlx::query(
+        "INSERT INTO notifications (id, org_id, channel_id, event_type, body, created_at, status, attempts, next_attempt_at, claimed_until)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $6, 0)",
+    )
+    .bind(&id)
+    .bind(channel.org_id.to_string())
+    .bind(channel.id.to_string())
+    .bind(event.event_type.as_str())
+    .bind(channels::render(channel.kind, &channel.name, event, &id))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(id)
+}
+
+/// A notification claimed for sending.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub org_id: OrgId,
+    pub channel_id: ChannelId,
+    pub body: String,
+    pub attempts: u32,
+}
+
+/// Claims up to `limit` due notifications of enabled channels until `claim_until`, skipping
+/// the channels in `busy` (at their concurrency limit on this replica). A claim that is not
+/// settled by then (the replica died) makes the notification due again.
+pub async fn claim(conn: &mut Conn, now: i64, claim_until: i64, busy: &[ChannelId], limit: u32) -> Result<Vec<Claimed>, sqlx::Error> {
+    let skip_locked = if conn.backend_name() == "SQLite" { "" } else { "FOR UPDATE OF n SKIP LOCKED" };
+    let busy_list: Vec<String> = (0..busy.len()).map(|i| format!("${}", i + 3)).collect();
+    let not_busy = if busy.is_empty() { String::new() } else { format!("AND n.channel_id NOT IN ({})", busy_list.join(", ")) };
+    let sql = format!(
+        "UPDATE notifications SET claimed_until = $2 WHERE id IN (
+             SELECT n.id FROM notifications n JOIN alert_channels c ON c.id = n.channel_id AND c.org_id = n.org_id
+             WHERE n.status = 'pending' AND n.next_attempt_at <= $1 AND n.claimed_until <= $1 AND c.enabled = 1 {not_busy}
+             ORDER BY n.next_attempt_at LIMIT {limit} {skip_locked})
+         RETURNING id, org_id, channel_id, body, attempts"
+    );
+    let mut q = sqlx::query(&sql).bind(now).bind(claim_until);
+    for c in busy {
+        q = q.bind(c.to_string());
+    }
+    let rows = q.fetch_all(conn).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Claimed {
+                id: r.try_get("id")?,
+                org_id: parse_col(&r.try_get::<String, _>("org_id")?, "notifications.org_id")?,
+                channel_id: parse_col(&r.try_get::<String, _>("channel_id")?, "notifications.channel_id")?,
+                body: r.try_get("body")?,
+                attempts: u32::try_from(r.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+            })
+        })
+        .collect()
+}
+
+/// What became of a notification after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Delivered,
+    RetryAt(i64),
+    /// Out of retries, or its channel is gone for good.
+    Failed,
+}
+
+/// One attempt, for the delivery log.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub id: uuid::Uuid,
+    pub message_id: String,
+    pub at: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub latency_ms: i64,
+    pub response_excerpt: String,
+}
+
+/// Logs the attempt and settles the notification (releasing its claim).
+pub async fn settle(conn: &mut Conn, n: &Claimed, attempt: &Attempt, next: Next) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO delivery_attempts (id, org_id, channel_id, message_id, at, status_code, error, latency_ms, response_excerpt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(attempt.id.to_string())
+    .bind(n.org_id.to_string())
+    .bind(n.channel_id.to_string())
+    .bind(&n.id)
+    .bind(attempt.at)
+    .bind(attempt.status_code.map(i64::from))
+    .bind(attempt.error.clone())
+    .bind(attempt.latency_ms)
+    .bind(&attempt.response_excerpt)
+    .execute(&mut *conn)
+    .await?;
+    let (status, next_at) = match next {
+        Next::Delivered => ("delivered", attempt.at),
+        Next::RetryAt(at) => ("pending", at),
+        Next::Failed => ("failed", attempt.at),
+    };
+    sqlx::query("UPDATE notifications SET status = $2, next_attempt_at = $3, attempts = attempts + 1, claimed_until = 0 WHERE id = $1")
+        .bind(&n.id)
+        .bind(status)
+        .bind(next_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The channel's attempts, newest first; `before` is the last attempt id of the previous page.
+pub async fn attempts(conn: &mut Conn, org: OrgId, channel: ChannelId, before: Option<uuid::Uuid>, limit: u32) -> Result<Vec<Attempt>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT id, message_id, at, status_code, error, latency_ms, response_excerpt FROM delivery_attempts
+         WHERE org_id = $1 AND channel_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT {limit}"
+    ))
+    .bind(org.to_string())
+    .bind(channel.to_string())
+    .bind(before.map(|b| b.to_string()).unwrap_or_default())
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                id: parse_col(&r.try_get::<String, _>("id")?, "delivery_attempts.id")?,
+                message_id: r.try_get("message_id")?,
+                at: r.try_get("at")?,
+                status_code: r.try_get::<Option<i64>, _>("status_code")?.and_then(|s| u16::try_from(s).ok()),
+                error: r.try_get("error")?,
+                latency_ms: r.try_get("latency_ms")?,
+                response_excerpt: r.try_get("response_excerpt")?,
+            })
+        })
+        .collect()
+}
+
+/// Sends a message again, from the start of the retry schedule, with the same id and body.
+pub async fn redeliver(conn: &mut Conn, org: OrgId, channel: ChannelId, message_id: &str, now: i64) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE notifications SET status = 'pending', attempts = 0, next_attempt_at = $4, claimed_until = 0
+         WHERE org_id = $1 AND channel_id = $2 AND id = $3",
+    )
+    .bind(org.to_string())
+    .bind(channel.to_string())
+    .bind(message_id)
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// Gives claimed notifications back at once (this replica will not send them now).
+pub async fn release(conn: &mut Conn, ids: &[String]) -> Result<(), sqlx::Error> {
+    for id in ids {
+        sqlx::query("UPDATE notifications SET claimed_until = 0 WHERE id = $1").bind(id).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
