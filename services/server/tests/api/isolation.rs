@@ -33,6 +33,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/tokens") => Some(json!({ "name": "x", "role": "viewer" })),
         ("POST", "/api/v1/clusters/{id}/commands") => Some(json!({ "kind": "ping" })),
         ("POST", "/api/v1/alert-channels") => Some(json!({ "name": "intruder", "kind": "webhook", "url": "https://hooks.example.com/x" })),
+        ("PUT", "/api/v1/alert-rules/{rule}") => Some(json!({ "enabled": false })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -83,14 +84,18 @@ fn fill(path: &str, v: &Victim) -> String {
         p if p.starts_with("/api/v1/alert-channels/") => &v.channel_id,
         _ => &v.token_id,
     };
-    path.replace("{id}", id).replace("{user_id}", &v.user_id).replace("{command_id}", &v.command_id).replace("{message_id}", &v.message_id)
+    path.replace("{id}", id)
+        .replace("{rule}", "proxy_versions")
+        .replace("{user_id}", &v.user_id)
+        .replace("{command_id}", &v.command_id)
+        .replace("{message_id}", &v.message_id)
 }
 
 /// Everything the victim organization can see about itself, to compare before and after.
 async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     let mut state = json!({});
     let commands = format!("/api/v1/clusters/{}/commands", v.cluster_id);
-    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", &commands] {
+    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", "/api/v1/alert-rules", &commands] {
         state[path] = app.get(path, &v.owner.access).await.1;
     }
     // Last-use times move when the victim itself reads; they are not what the attacker changes.
@@ -112,7 +117,9 @@ async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
 
     let mut checked = 0;
     for (method, template) in operations(&app).await {
-        if !template.contains('{') {
+        // A rule's name is not the victim's object: the attacker changes its own organization's
+        // rule, and the snapshot shows the victim's rules unchanged.
+        if !template.contains('{') || template.starts_with("/api/v1/alert-rules/") {
             continue;
         }
         let path = fill(&template, &v);
@@ -122,6 +129,8 @@ async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} id routes checked");
+    let (status, _) = app.call(Method::PUT, "/api/v1/alert-rules/proxy_versions", Some(&attacker.access), Some(json!({ "enabled": false }))).await;
+    assert_eq!(status, StatusCode::OK, "the attacker's own rule");
     assert_eq!(snapshot(&app, &v).await, before, "the attacker changed the victim's data");
 
     // Lists and the audit log show only the attacker's own organization.
