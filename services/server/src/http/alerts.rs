@@ -9,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::Principal;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{whole_number, ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::alerting::rules::effective;
 use crate::app::AppState;
@@ -170,6 +170,7 @@ pub struct UpdateRuleRequest {
     /// How long a finding must hold before its alert fires (at most a day); absent or null:
     /// the rule's default.
     #[schema(maximum = 86400)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub for_seconds: Option<u32>,
 }
 
