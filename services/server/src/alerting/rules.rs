@@ -69,12 +69,12 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || (held && rule.name != "agent") {
                 continue;
             }
-            let fingerprint = alerting::fingerprint(rule.name, row.cluster.id, &finding.object());
+            let object = finding.object();
+            let fingerprint = alerting::fingerprint(rule.name, row.cluster.id, &object);
             seen.insert(fingerprint.clone());
             let current = open.remove(&fingerprint);
-            let was = current.as_ref().map(|a| Open { state: a.state, starts_at: a.starts_at, cleared_at: a.cleared_at });
-            let step = alerting::step(was.as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
-            let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, finding, *since));
+            let step = alerting::step(current.as_ref().map(remembered).as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
+            let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, object, fingerprint, *since));
             let alert = Alert { severity: cfg.severity.unwrap_or_else(|| finding.severity()), summary: finding.message(now), ..alert };
             apply(state, alert, step, now).await?;
         }
@@ -83,15 +83,19 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         if seen.contains(&fingerprint) {
             continue;
         }
-        let was = Open { state: alert.state, starts_at: alert.starts_at, cleared_at: alert.cleared_at };
-        let step = alerting::step(Some(&was), false, alert.starts_at, now, 0, resolve_delay);
+        let step = alerting::step(Some(&remembered(&alert)), false, alert.starts_at, now, 0, resolve_delay);
         apply(state, alert, step, now).await?;
     }
     Ok(())
 }
 
-fn new_alert(org: OrgId, row: &Row, rule: &str, finding: &Finding, since: i64) -> Alert {
-    let object = finding.object();
+/// What the state machine needs of a stored alert.
+fn remembered(a: &Alert) -> Open {
+    Open { state: a.state, starts_at: a.starts_at, cleared_at: a.cleared_at }
+}
+
+/// A pending alert for a finding first seen now; its severity and summary are set by the caller.
+fn new_alert(org: OrgId, row: &Row, rule: &str, object: String, fingerprint: String, since: i64) -> Alert {
     let mut labels = row.cluster.labels.clone();
     labels.insert("cluster".into(), row.cluster.name.clone());
     labels.insert("check".into(), rule.into());
@@ -100,10 +104,10 @@ fn new_alert(org: OrgId, row: &Row, rule: &str, finding: &Finding, since: i64) -
         id: AlertId::new(),
         org_id: org,
         cluster_id: row.cluster.id,
-        fingerprint: alerting::fingerprint(rule, row.cluster.id, &object),
+        fingerprint,
         rule: rule.into(),
         object,
-        severity: finding.severity(),
+        severity: Severity::Info,
         summary: String::new(),
         labels,
         state: AlertState::Pending,
