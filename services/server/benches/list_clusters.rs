@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use meshfleet_server::config::Config;
 use meshfleet_server::db::Engine;
-use meshfleet_server::domain::labels::{Labels, LabelsJson};
+use meshfleet_server::domain::labels::Labels;
 use meshfleet_server::domain::{ClusterId, OrgId};
 use meshfleet_server::secrets::Sealer;
 use meshfleet_server::store;
@@ -499,7 +499,7 @@ async fn server_side_breakdown(state: &AppState, token: &str, org: OrgId, cursor
             let q = ListQuery { selector: &selector, status: None, after_name: after, limit: PAGE as u32 + 1 };
             let s = Instant::now();
             let mut conn = state.db.pool.acquire().await?;
-            std::hint::black_box(store::clusters::list::<LabelsJson>(&mut conn, org, &q).await?);
+            std::hint::black_box(store::clusters::page(&mut conn, org, &q).await?.rows()?.len());
             drop(conn);
             t.push(s.elapsed().as_nanos() as u64);
         }
@@ -579,7 +579,7 @@ fn server_config(db_url: &str, data_dir: &std::path::Path, sealing_key: &str, db
     let env = vec![
         ("MESHFLEET_LISTEN".to_string(), "127.0.0.1:0".to_string()),
         // All roles, as a single-node install runs them; no agents connect, so the gateway and
-        // the worker stay idle.
+        // the worker stay idle (but for alert evaluation, below).
         ("MESHFLEET_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
         ("MESHFLEET_DATABASE_URL".into(), db_url.to_owned()),
         ("MESHFLEET_DATA_DIR".into(), data_dir.display().to_string()),
@@ -592,7 +592,11 @@ fn server_config(db_url: &str, data_dir: &std::path::Path, sealing_key: &str, db
         // The default (1000) serves repeated pages and token checks from memory; 0 measures
         // what each request costs without it, i.e. what a cache miss costs.
         ("MESHFLEET_READ_CACHE_MS".into(), read_cache_ms.to_string()),
+        // Alert evaluation assesses all 10,000 clusters every second, and would be measured here
+        // as noise on both sides; its cost is the alert benchmark's to show.
+        ("MESHFLEET_ALERT_EVALUATION_MS".into(), "3600000".into()),
     ];
+
     Config::load(None, &env, &[]).map_err(|e| anyhow!("{e}"))
 }
 

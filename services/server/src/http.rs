@@ -17,6 +17,7 @@ pub mod health;
 pub mod members;
 pub mod ops;
 pub mod problems;
+pub mod timestamp;
 
 use std::sync::Arc;
 

@@ -46,7 +46,16 @@ struct Keys {
 pub struct Keyring {
     keys: RwLock<Keys>,
     last_reload: std::sync::Mutex<std::time::Instant>,
+    /// Tokens whose signature, issuer and audience checked out, with their claims. A signature
+    /// stays valid for as long as its key is loaded, so this is no staleness: it spares each
+    /// request an Ed25519 verification (about 80 µs; BENCHMARKS.md, "Uncached list"). Expiry is
+    /// still checked on every use, and a reload of the keys empties it.
+    verified: moka::sync::Cache<String, Claims>,
 }
+
+/// How many verified tokens `Keyring` remembers, and for how long at most.
+const VERIFIED_CAPACITY: u64 = 10_000;
+const VERIFIED_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Tokens with an unknown `kid` trigger a reload at most this often, so forged kids cannot
 /// turn into a stream of database reads.
@@ -69,7 +78,8 @@ impl Keyring {
         }
         let keys = read_keys(&mut conn, sealer).await?;
         let last_reload = std::sync::Mutex::new(std::time::Instant::now());
-        Ok(Keyring { keys: RwLock::new(keys), last_reload })
+        let verified = moka::sync::Cache::builder().max_capacity(VERIFIED_CAPACITY).time_to_live(VERIFIED_TTL).build();
+        Ok(Keyring { keys: RwLock::new(keys), last_reload, verified })
     }
 
     /// Adds a new signing key; tokens signed by the older keys stay valid until they expire.
@@ -83,7 +93,11 @@ impl Keyring {
     pub async fn reload(&self, db: &Db, sealer: &Sealer) -> Result<(), KeyError> {
         let mut conn = db.pool.acquire().await?;
         let keys = read_keys(&mut conn, sealer).await?;
-        *self.keys.write().expect("keyring lock poisoned") = keys;
+        let mut current = self.keys.write().expect("keyring lock poisoned");
+        *current = keys;
+        // Under the write lock: `check_signature` remembers under the read lock, so nothing
+        // verified with a key that is now gone can be remembered after this.
+        self.verified.invalidate_all();
         Ok(())
     }
 
@@ -118,6 +132,18 @@ impl Keyring {
     /// Verifies signature, algorithm, expiry, issuer and audience. Only EdDSA is accepted,
     /// so `alg: none` and HMAC-with-the-public-key confusions fail here.
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<Claims, VerifyError> {
+        let claims = match self.verified.get(token) {
+            Some(claims) => claims,
+            None => self.check_signature(token)?,
+        };
+        if claims.exp * 1000 <= now_ms {
+            return Err(VerifyError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// Verifies the signature and remembers the claims if it holds.
+    fn check_signature(&self, token: &str) -> Result<Claims, VerifyError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| VerifyError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(VerifyError::Malformed);
@@ -128,13 +154,11 @@ impl Keyring {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
-        // Expiry is checked against the service's clock below, not the library's.
+        // Expiry is checked against the service's clock in `verify`, not the library's.
         validation.validate_exp = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation).map(|d| d.claims).map_err(|_| VerifyError::Invalid)?;
-        if claims.exp * 1000 <= now_ms {
-            return Err(VerifyError::Invalid);
-        }
+        self.verified.insert(token.to_owned(), claims.clone());
         Ok(claims)
     }
 }

@@ -6,19 +6,6 @@ use std::collections::BTreeMap;
 
 pub type Labels = BTreeMap<String, String>;
 
-/// Labels as the JSON object text they are stored as. A page of clusters carries them from the
-/// database into the response as they are, instead of building a map per cluster and escaping
-/// it again (most of what an uncached list cost after the query; BENCHMARKS.md).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct LabelsJson(Box<serde_json::value::RawValue>);
-
-impl From<Labels> for LabelsJson {
-    fn from(labels: Labels) -> LabelsJson {
-        LabelsJson(serde_json::value::to_raw_value(&labels).expect("a string map always serializes"))
-    }
-}
-
 pub(crate) const MAX_LABELS: usize = 64;
 pub(crate) const MAX_REQUIREMENTS: usize = 20;
 const MAX_NAME_LEN: usize = 63;

@@ -2,6 +2,8 @@
 //! selectors and cursors, get, relabel, delete, re-issue the bootstrap token, and render the
 //! install manifest that connects the cluster.
 
+use std::borrow::Cow;
+
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -11,6 +13,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -21,12 +24,12 @@ use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBo
 use crate::app::AppState;
 use crate::config::ms;
 use crate::db::{is_unique_violation, to_rfc3339};
-use crate::domain::labels::{validate_labels, Labels, LabelsJson, Selector};
+use crate::domain::labels::{validate_labels, Labels, Selector};
 use crate::domain::liveness::Liveness;
 use crate::domain::{schema, ClusterId, ClusterName, Role};
 use crate::secrets::{new_token, token_hash, TokenKind};
 use crate::store::audit;
-use crate::store::clusters::Cluster;
+use crate::store::clusters::{Cluster, PageRow};
 use crate::store::{self, Conn};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -68,35 +71,61 @@ impl ClusterStatus {
     }
 }
 
+/// A cluster as the API shows it. Borrowed where it can be: a page of them is written straight
+/// from the database's text (`store::clusters::Page`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ClusterView {
+pub struct ClusterView<'a> {
     pub id: ClusterId,
-    pub name: String,
+    #[schema(value_type = String)]
+    pub name: Cow<'a, str>,
     #[schema(schema_with = schema::labels)]
-    pub labels: LabelsJson,
+    pub labels: Cow<'a, RawValue>,
     pub status: ClusterStatus,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub created_at: chrono::DateTime<chrono::Utc>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(serialize_with = "super::timestamp::option")]
     pub last_seen_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Version of the connected agent, once one has connected.
-    pub agent_version: Option<String>,
-    pub kubernetes_version: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub agent_version: Option<Cow<'a, str>>,
+    #[schema(value_type = Option<String>)]
+    pub kubernetes_version: Option<Cow<'a, str>>,
 }
 
-/// A cluster as the API shows it, with its status as `live` tells it.
-fn view<L: Into<LabelsJson>>(c: Cluster<L>, live: &Liveness) -> Result<ClusterView, ApiError> {
-    let status = ClusterStatus::parse(c.id, c.effective_status(live))?;
-    Ok(ClusterView {
-        id: c.id,
-        name: c.name,
-        labels: c.labels.into(),
-        status,
-        created_at: to_rfc3339(c.created_at),
-        updated_at: to_rfc3339(c.updated_at),
-        last_seen_at: c.last_seen_at.map(to_rfc3339),
-        agent_version: c.agent_version,
-        kubernetes_version: c.kubernetes_version,
-    })
+impl ClusterView<'static> {
+    fn of(c: Cluster, live: &Liveness) -> Result<ClusterView<'static>, ApiError> {
+        let status = ClusterStatus::parse(c.id, c.effective_status(live))?;
+        Ok(ClusterView {
+            id: c.id,
+            name: c.name.into(),
+            labels: Cow::Owned(serde_json::value::to_raw_value(&c.labels).expect("a string map always serializes")),
+            status,
+            created_at: to_rfc3339(c.created_at),
+            updated_at: to_rfc3339(c.updated_at),
+            last_seen_at: c.last_seen_at.map(to_rfc3339),
+            agent_version: c.agent_version.map(Cow::Owned),
+            kubernetes_version: c.kubernetes_version.map(Cow::Owned),
+        })
+    }
+}
+
+impl<'a> ClusterView<'a> {
+    fn of_row(r: &'a PageRow<'a>, live: &Liveness) -> Result<ClusterView<'a>, ApiError> {
+        let status = ClusterStatus::parse(r.id, live.status(&r.status, r.last_seen_at))?;
+        Ok(ClusterView {
+            id: r.id,
+            name: Cow::Borrowed(&r.name),
+            labels: Cow::Borrowed(r.labels),
+            status,
+            created_at: to_rfc3339(r.created_at),
+            updated_at: to_rfc3339(r.updated_at),
+            last_seen_at: r.last_seen_at.map(to_rfc3339),
+            agent_version: r.agent_version.as_deref().map(Cow::Borrowed),
+            kubernetes_version: r.kubernetes_version.as_deref().map(Cow::Borrowed),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -118,7 +147,7 @@ pub struct CreateClusterRequest {
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedCluster {
-    pub cluster: ClusterView,
+    pub cluster: ClusterView<'static>,
     pub bootstrap_token: BootstrapToken,
 }
 
@@ -175,7 +204,7 @@ async fn create_cluster(
     let bootstrap_token = issue_bootstrap_token(&state, &mut tx, &auth, cluster.id, now).await?;
     tx.commit().await?;
     crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
-    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: view(cluster, &state.liveness())?, bootstrap_token })))
+    Ok((StatusCode::CREATED, Json(CreatedCluster { cluster: ClusterView::of(cluster, &state.liveness())?, bootstrap_token })))
 }
 
 /// A new single-use bootstrap token; the cluster's earlier unused tokens stop working.
@@ -212,8 +241,8 @@ const CURSOR: GeneralPurpose = GeneralPurpose::new(
 );
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ClusterPage {
-    pub items: Vec<ClusterView>,
+pub struct ClusterPage<'a> {
+    pub items: Vec<ClusterView<'a>>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
 }
@@ -246,9 +275,9 @@ async fn list_clusters(
         let live = state.liveness();
         let query =
             store::clusters::ListQuery { selector: &selector, status: q.status.map(|s| (s.as_str(), live)), after_name: after.as_deref(), limit: limit + 1 };
-        let rows = store::clusters::list::<LabelsJson>(&mut conn, auth.org_id, &query).await?;
-        let (rows, next_cursor) = super::into_page(rows, limit, |c| CURSOR.encode(&c.name));
-        let items = rows.into_iter().map(|c| view(c, &live)).collect::<Result<_, _>>()?;
+        let page = store::clusters::page(&mut conn, auth.org_id, &query).await?;
+        let (rows, next_cursor) = super::into_page(page.rows()?, limit, |r| CURSOR.encode(r.name.as_bytes()));
+        let items = rows.iter().map(|r| ClusterView::of_row(r, &live)).collect::<Result<_, _>>()?;
         let body = serde_json::to_vec(&ClusterPage { items, next_cursor }).map_err(anyhow::Error::from)?;
         Ok(Bytes::from(body))
     };
@@ -264,7 +293,7 @@ pub(crate) async fn find(conn: &mut Conn, auth: &Principal, id: ClusterId) -> Re
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClusterDetail {
     #[serde(flatten)]
-    pub cluster: ClusterView,
+    pub cluster: ClusterView<'static>,
     /// What the gateway is refusing of the cluster's agent (over its message or connection rate,
     /// or over a quota: refused data is not stored), one finding per reason while it goes on;
     /// empty when nothing is.
@@ -277,7 +306,7 @@ pub struct ClusterDetail {
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
 async fn get_cluster(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<ClusterDetail>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
-    let cluster = view(find(&mut conn, &auth, id).await?, &state.liveness())?;
+    let cluster = ClusterView::of(find(&mut conn, &auth, id).await?, &state.liveness())?;
     let throttled = store::throttles::current(&mut conn, auth.org_id, id, state.clock.now_ms()).await?;
     Ok(Json(ClusterDetail { cluster, throttled }))
 }
@@ -301,7 +330,7 @@ async fn update_cluster(
     auth: Principal,
     ApiPath(id): ApiPath<ClusterId>,
     ApiJson(req): ApiJson<UpdateClusterRequest>,
-) -> Result<Json<ClusterView>, ApiError> {
+) -> Result<Json<ClusterView<'static>>, ApiError> {
     auth.require(Role::Admin)?;
     validate_labels(&req.labels).map_err(|e| ApiError::field("labels", e.message))?;
     let now = state.clock.now_ms();
@@ -313,7 +342,7 @@ async fn update_cluster(
     let cluster = find(&mut tx, &auth, id).await?;
     tx.commit().await?;
     crate::gateway::dispatch::clusters_changed(&state, auth.org_id).await;
-    Ok(Json(view(cluster, &state.liveness())?))
+    Ok(Json(ClusterView::of(cluster, &state.liveness())?))
 }
 
 /// Deletes a cluster.

@@ -1,6 +1,9 @@
 //! Clusters, their labels (a JSON copy for reading, one row per label for selectors) and
 //! their bootstrap tokens.
 
+use std::borrow::Cow;
+
+use serde_json::value::RawValue;
 use sqlx::Row;
 
 use super::{parse_col, Conn};
@@ -8,13 +11,12 @@ use crate::domain::labels::{Labels, Op, Selector};
 use crate::domain::liveness::Liveness;
 use crate::domain::{ClusterId, ClusterName, OrgId};
 
-/// `L` is how the labels are held: a map to work with, or `LabelsJson` to pass on as read.
 #[derive(Debug, Clone)]
-pub struct Cluster<L = Labels> {
+pub struct Cluster {
     pub id: ClusterId,
     pub org_id: OrgId,
     pub name: String,
-    pub labels: L,
+    pub labels: Labels,
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
@@ -26,7 +28,7 @@ pub struct Cluster<L = Labels> {
 // Aliased: SQLite does not promise the name of an unaliased `c.x` column.
 const COLUMNS: &str = "c.id AS id, c.org_id AS org_id, c.name AS name, c.labels AS labels, c.status AS status, c.created_at AS created_at, c.updated_at AS updated_at, c.last_seen_at AS last_seen_at, c.agent_version AS agent_version, c.kubernetes_version AS kubernetes_version";
 
-impl<L> Cluster<L> {
+impl Cluster {
     /// The status users see: a `connected` agent that stopped reporting (its replica died,
     /// say) turns stale, then disconnected.
     pub fn effective_status(&self, live: &Liveness) -> &str {
@@ -105,7 +107,67 @@ pub struct ListQuery<'a> {
 }
 
 /// A page of clusters ordered by name, filtered by label selector and status.
-pub async fn list<L: serde::de::DeserializeOwned>(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster<L>>, sqlx::Error> {
+pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster>, sqlx::Error> {
+    let page = page(conn, org, q).await?;
+    let decode = |e: serde_json::Error| sqlx::Error::Decode(e.into());
+    page.rows()?
+        .into_iter()
+        .map(|r| {
+            Ok(Cluster {
+                id: r.id,
+                org_id: org,
+                name: r.name.into_owned(),
+                labels: serde_json::from_str(r.labels.get()).map_err(decode)?,
+                status: r.status.into_owned(),
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                last_seen_at: r.last_seen_at,
+                agent_version: r.agent_version.map(Cow::into_owned),
+                kubernetes_version: r.kubernetes_version.map(Cow::into_owned),
+            })
+        })
+        .collect()
+}
+
+/// A page of clusters as the database wrote it: one JSON array, one element per cluster,
+/// rather than a row per cluster. sqlx copies every value of every row, across a thread on
+/// SQLite, and that was most of an uncached list request's cost; read through `rows`, the page
+/// is borrowed, not copied again (BENCHMARKS.md, "Uncached list").
+pub struct Page(String);
+
+/// One cluster of a `Page`, borrowing its text. The database writes it as an array, in this
+/// order (a derived `Deserialize` reads a struct from an array field by field).
+#[derive(serde::Deserialize)]
+pub struct PageRow<'a> {
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    pub id: ClusterId,
+    /// The JSON object of the labels, as stored.
+    #[serde(borrow)]
+    pub labels: &'a RawValue,
+    #[serde(borrow)]
+    pub status: Cow<'a, str>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_seen_at: Option<i64>,
+    #[serde(borrow)]
+    pub agent_version: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub kubernetes_version: Option<Cow<'a, str>>,
+}
+
+impl Page {
+    /// The clusters in name order.
+    pub fn rows(&self) -> Result<Vec<PageRow<'_>>, sqlx::Error> {
+        let mut rows: Vec<PageRow<'_>> = serde_json::from_str(&self.0).map_err(|e| sqlx::Error::Decode(e.into()))?;
+        // Sorted here: neither engine promises an aggregate the subquery's order, and an ORDER BY
+        // inside the aggregate costs the database a sort of the rendered rows.
+        rows.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        Ok(rows)
+    }
+}
+
+pub async fn page(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Page, sqlx::Error> {
     let mut sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1");
     let mut binds: Vec<String> = vec![org.to_string()];
     let bind = |value: &str, binds: &mut Vec<String>| {
@@ -142,37 +204,26 @@ pub async fn list<L: serde::de::DeserializeOwned>(conn: &mut Conn, org: OrgId, q
     }
     // The limit is a validated integer, not user text, so it is safe to inline.
     sql.push_str(&format!(" ORDER BY c.name LIMIT {}", q.limit));
+    // The labels column holds a JSON object's text; on SQLite, `json()` would parse and print it
+    // again, so the element is put together as text instead (every other value is quoted by
+    // `json_quote` or is a number).
     let sql = if conn.backend_name() == "SQLite" {
-        format!("SELECT json_group_array(json_array({})) FROM ({sql}) c", page_row("json(c.labels)"))
+        format!(
+            "SELECT '[' || COALESCE(group_concat('[' || json_quote(c.name) || ',' || json_quote(c.id) || ',' || c.labels || ',' || json_quote(c.status) || ',' \
+             || c.created_at || ',' || c.updated_at || ',' || json_quote(c.last_seen_at) || ',' || json_quote(c.agent_version) || ',' \
+             || json_quote(c.kubernetes_version) || ']', ','), '') || ']' FROM ({sql}) c"
+        )
     } else {
-        format!("SELECT COALESCE(json_agg(json_build_array({})), '[]')::text FROM ({sql}) c", page_row("c.labels::json"))
+        format!(
+            "SELECT COALESCE(json_agg(json_build_array(c.name, c.id, c.labels::json, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, \
+             c.kubernetes_version)), '[]')::text FROM ({sql}) c"
+        )
     };
     let mut query = sqlx::query(&sql);
     for b in &binds {
         query = query.bind(b.as_str());
     }
-    let page: String = query.fetch_one(conn).await?.try_get(0)?;
-    let mut rows: Vec<PageRow<L>> = serde_json::from_str(&page).map_err(|e| sqlx::Error::Decode(e.into()))?;
-    // Sorted here: neither engine promises an aggregate the subquery's order, and an ORDER BY
-    // inside the aggregate costs the database a sort of the rendered rows.
-    rows.sort_unstable_by(|a, b| a.2.cmp(&b.2));
-    Ok(rows.into_iter().map(Cluster::from).collect())
-}
-
-/// A page comes back as one JSON array of these (one row, one text value) rather than as a
-/// row per cluster: sqlx copies every value of every row, across a thread on SQLite, and that
-/// was most of an uncached list request's cost (BENCHMARKS.md, "listing clusters").
-fn page_row(labels_as_json: &str) -> String {
-    format!("c.id, c.org_id, c.name, {labels_as_json}, c.status, c.created_at, c.updated_at, c.last_seen_at, c.agent_version, c.kubernetes_version")
-}
-
-#[derive(serde::Deserialize)]
-struct PageRow<L>(ClusterId, OrgId, String, L, String, i64, i64, Option<i64>, Option<String>, Option<String>);
-
-impl<L> From<PageRow<L>> for Cluster<L> {
-    fn from(PageRow(id, org_id, name, labels, status, created_at, updated_at, last_seen_at, agent_version, kubernetes_version): PageRow<L>) -> Cluster<L> {
-        Cluster { id, org_id, name, labels, status, created_at, updated_at, last_seen_at, agent_version, kubernetes_version }
-    }
+    Ok(Page(query.fetch_one(conn).await?.try_get(0)?))
 }
 
 pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &Labels, now: i64) -> Result<bool, sqlx::Error> {

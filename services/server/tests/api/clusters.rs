@@ -39,7 +39,7 @@ async fn listed_clusters_are_exactly_what_get_shows(engine: Engine) {
     ];
     for (name, labels, status, seen, version) in &cases {
         let id = app.create_cluster(&owner, name, labels.clone()).await["cluster"]["id"].as_str().unwrap().to_owned();
-        sqlx::query("UPDATE clusters SET status = $1, last_seen_at = $2, agent_version = $3, updated_at = $4 WHERE id = $5")
+        sqlx::query("UPDATE clusters SET status = $1, last_seen_at = $2, agent_version = $3, kubernetes_version = $3, updated_at = $4 WHERE id = $5")
             .bind(*status)
             .bind(*seen)
             .bind(version.map(str::to_owned))

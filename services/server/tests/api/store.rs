@@ -81,7 +81,7 @@ async fn names(conn: &mut Conn, org: OrgId, selector: &str, status: Option<&str>
     let selector: Selector = selector.parse().unwrap();
     let live = Liveness { stale_before: NOW - 30_000, disconnected_before: NOW - 300_000 };
     let q = ListQuery { selector: &selector, status: status.map(|s| (s, live)), after_name: None, limit: 1000 };
-    clusters::list::<Labels>(conn, org, &q).await.unwrap().into_iter().map(|c| c.name).collect()
+    clusters::list(conn, org, &q).await.unwrap().into_iter().map(|c| c.name).collect()
 }
 
 /// Rows of `table` still pointing at the cluster (to observe cascades).
@@ -195,7 +195,7 @@ async fn clusters_selectors_and_paging(engine: Engine) {
         let (mut seen, mut after) = (Vec::new(), None::<String>);
         loop {
             let q = ListQuery { selector: &selector, status: None, after_name: after.as_deref(), limit };
-            let page = clusters::list::<Labels>(&mut conn, org, &q).await.unwrap();
+            let page = clusters::list(&mut conn, org, &q).await.unwrap();
             assert!(page.len() <= limit as usize);
             let Some(last) = page.last() else { break };
             after = Some(last.name.clone());
