@@ -24,7 +24,7 @@ use crate::store::{self, audit, notifications};
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_channels, create_channel))
-        .routes(routes!(get_channel, delete_channel))
+        .routes(routes!(get_channel, update_channel, delete_channel))
         .routes(routes!(reveal_secret))
         .routes(routes!(rotate_secret))
         .routes(routes!(send_test))
@@ -78,6 +78,23 @@ pub struct CreateAlertChannel {
     pub routing_key: Option<String>,
 }
 
+/// What to change of a channel; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateAlertChannel {
+    #[schema(schema_with = schema::display_name)]
+    pub name: Option<String>,
+    /// A new receiver, checked as on creation.
+    #[schema(pattern = r"^https?://[^\s/?#]+(/\S*)?$", max_length = 2048)]
+    pub url: Option<String>,
+    /// A new PagerDuty routing key (pagerduty channels only).
+    pub routing_key: Option<String>,
+    /// `true` turns deliveries back on after the channel was disabled (by a 410, by 5 days of
+    /// failures, or by an admin), and the notifications held meanwhile are sent; `false` stops
+    /// deliveries, holding new notifications until it is enabled again.
+    pub enabled: Option<bool>,
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedAlertChannel {
     /// The signing secret (`whsec_...`). Shown in this response; an admin can reveal it later.
@@ -99,6 +116,23 @@ pub struct AlertChannelSecret {
 pub struct QueuedNotification {
     /// The message id, sent as `webhook-id` (and the event's `id`) on every attempt.
     pub message_id: String,
+}
+
+/// A receiver URL as given, if it is one the service may send to (`ssrf::check_url`).
+fn receiver(state: &AppState, url: &str) -> Result<reqwest::Url, FieldError> {
+    let url = url.parse::<reqwest::Url>().map_err(|_| FieldError::new("url", "is not a URL"))?;
+    ssrf::check_url(&url, &state.config.alert_webhook_allow).map_err(|e| FieldError::new("url", e.to_string()))?;
+    Ok(url)
+}
+
+/// A routing key belongs to pagerduty channels, which must have one (`required`: on creation).
+fn check_routing_key(kind: ChannelKind, key: Option<&str>, required: bool) -> Result<(), FieldError> {
+    match (kind, key) {
+        (ChannelKind::Pagerduty, Some("")) => Err(FieldError::new("routing_key", "is required for pagerduty")),
+        (ChannelKind::Pagerduty, None) if required => Err(FieldError::new("routing_key", "is required for pagerduty")),
+        (ChannelKind::Pagerduty, _) | (_, None) => Ok(()),
+        (_, Some(_)) => Err(FieldError::new("routing_key", "is only for pagerduty")),
+    }
 }
 
 /// Where the channel points, safe to show: its scheme and host.
@@ -144,18 +178,10 @@ async fn create_channel(
         }
         (Some(url), _) => Some(url.trim()),
     };
-    let url = url.and_then(|u| match u.parse::<reqwest::Url>() {
-        Ok(url) => ssrf::check_url(&url, &state.config.alert_webhook_allow).map(|()| url).map_err(|e| errors.push(FieldError::new("url", e.to_string()))).ok(),
-        Err(_) => {
-            errors.push(FieldError::new("url", "is not a URL"));
-            None
-        }
-    });
+    let url = url.and_then(|u| receiver(&state, u).map_err(|e| errors.push(e)).ok());
     let routing_key = req.routing_key.as_deref().map(str::trim);
-    match (req.kind, routing_key) {
-        (ChannelKind::Pagerduty, None | Some("")) => errors.push(FieldError::new("routing_key", "is required for pagerduty")),
-        (ChannelKind::Pagerduty, _) | (_, None) => {}
-        (_, Some(_)) => errors.push(FieldError::new("routing_key", "is only for pagerduty")),
+    if let Err(e) = check_routing_key(req.kind, routing_key, true) {
+        errors.push(e);
     }
     let (Some(name), Some(url), true) = (name, url, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
@@ -194,6 +220,76 @@ async fn create_channel(
 async fn get_channel(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ChannelId>) -> Result<Json<AlertChannel>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     Ok(Json(find(&mut conn, auth.org_id, id).await?.into()))
+}
+
+/// Renames an alert channel, points it at another receiver, or turns it on or off (admins).
+#[utoipa::path(patch, path = "/api/v1/alert-channels/{id}", tag = "alert-channels", request_body = UpdateAlertChannel,
+    params(("id" = ChannelId, Path, description = "Channel id")),
+    responses((status = 200, body = AlertChannel), JsonBody, Unauthenticated, Forbidden, NotFound, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, channel_id = %id))]
+async fn update_channel(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath(id): ApiPath<ChannelId>,
+    ApiJson(req): ApiJson<UpdateAlertChannel>,
+) -> Result<Json<AlertChannel>, ApiError> {
+    auth.require(Role::Admin)?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    let mut channel = find(&mut tx, auth.org_id, id).await?;
+    let mut errors = Vec::new();
+    let mut changed = serde_json::Map::new();
+    if let Some(name) = &req.name {
+        match parse_display_name(name) {
+            Ok(name) => channel.name = name,
+            Err(e) => errors.push(FieldError::new("name", e)),
+        }
+        changed.insert("name".into(), channel.name.clone().into());
+    }
+    if let Some(url) = &req.url {
+        match receiver(&state, url.trim()) {
+            Ok(url) => {
+                channel.url_sealed = state.sealer.seal(url.as_str().as_bytes());
+                channel.url_display = display_target(&url);
+            }
+            Err(e) => errors.push(e),
+        }
+        changed.insert("target".into(), channel.url_display.clone().into());
+    }
+    let routing_key = req.routing_key.as_deref().map(str::trim);
+    match check_routing_key(channel.kind, routing_key, false) {
+        Ok(()) => {
+            if let Some(key) = routing_key {
+                channel.routing_key_sealed = Some(state.sealer.seal(key.as_bytes()));
+                changed.insert("routing_key".into(), "changed".into());
+            }
+        }
+        Err(e) => errors.push(e),
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    match req.enabled {
+        Some(true) if !channel.enabled => {
+            channel.enabled = true;
+            channel.disabled_reason = None;
+            // A fresh start: the 5-day clock of failures begins again.
+            channel.failing_since = None;
+        }
+        Some(false) if channel.enabled => {
+            channel.enabled = false;
+            channel.disabled_reason = Some("disabled by an admin".into());
+        }
+        _ => {}
+    }
+    if let Some(enabled) = req.enabled {
+        changed.insert("enabled".into(), enabled.into());
+    }
+    alert_channels::update(&mut tx, &channel).await?;
+    let target = ("alert_channel", id.to_string());
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "alert_channel.update", target, serde_json::Value::Object(changed)).await?;
+    tx.commit().await?;
+    Ok(Json(channel.into()))
 }
 
 /// Deletes an alert channel and its undelivered notifications and log (admins).

@@ -120,6 +120,26 @@ pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, ok: bool
     Ok(())
 }
 
+/// Writes what an admin can change of a channel: its name, receiver and whether it is enabled.
+pub async fn update(conn: &mut Conn, c: &Channel) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE alert_channels SET name = $3, url_sealed = $4, url_display = $5, routing_key_sealed = $6, enabled = $7, disabled_reason = $8, \
+         failing_since = $9 WHERE org_id = $1 AND id = $2",
+    )
+    .bind(c.org_id.to_string())
+    .bind(c.id.to_string())
+    .bind(&c.name)
+    .bind(&c.url_sealed)
+    .bind(&c.url_display)
+    .bind(c.routing_key_sealed.clone())
+    .bind(i64::from(c.enabled))
+    .bind(c.disabled_reason.clone())
+    .bind(c.failing_since)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Stops deliveries to the channel, saying why (shown in the API).
 pub async fn disable(conn: &mut Conn, org: OrgId, id: ChannelId, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE alert_channels SET enabled = 0, disabled_reason = $3 WHERE org_id = $1 AND id = $2")

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
+use reqwest::Method;
 use axum::response::IntoResponse;
 use meshfleet_server::domain::alerting::AlertEvent;
 use meshfleet_server::store::notifications;
@@ -20,6 +21,7 @@ on_both_engines!(
     during_rotation_both_secrets_verify,
     a_failing_receiver_gets_the_message_on_a_scheduled_retry,
     gone_disables_the_channel,
+    an_admin_renames_repoints_and_pauses_a_channel,
     retry_after_is_honoured,
     internal_targets_are_refused_on_create_and_at_send_time,
     redelivery_keeps_the_webhook_id,
@@ -99,6 +101,10 @@ async fn create(app: &TestApp, who: &Login, channel: Value) -> (String, String) 
     let (status, body) = app.post("/api/v1/alert-channels", &who.access, channel).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     (body["id"].as_str().unwrap().to_owned(), body["secret"].as_str().unwrap().to_owned())
+}
+
+async fn patch_channel(app: &TestApp, access: String, channel: String, body: Value) -> (StatusCode, Value) {
+    app.call(Method::PATCH, &format!("/api/v1/alert-channels/{channel}"), Some(&access), Some(body)).await
 }
 
 async fn send_test(app: &TestApp, who: &Login, channel: &str) -> String {
@@ -227,6 +233,58 @@ async fn gone_disables_the_channel(engine: Engine) {
     send_test(&app, &owner, &channel).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(receiver.got.lock().unwrap().len(), 1, "a disabled channel was sent to");
+
+    // An admin turns it back on: the message held meanwhile goes out.
+    let (status, now) = patch_channel(&app, owner.access.clone(), channel.clone(), json!({ "enabled": true })).await;
+    assert_eq!(status, StatusCode::OK, "{now}");
+    assert_eq!((now["enabled"].as_bool(), &now["disabled_reason"], &now["failing_since"]), (Some(true), &Value::Null, &Value::Null), "{now}");
+    assert_eq!(receiver.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+}
+
+async fn an_admin_renames_repoints_and_pauses_a_channel(engine: Engine) {
+    let app = app(engine, "0ms").await;
+    let owner = app.owner("ops@example.com").await;
+    let viewer = app.member(&owner, "viewer@example.com", "viewer").await;
+    let (first, second) = (Receiver::start(&[]).await, Receiver::start(&[]).await);
+    let (channel, secret) = create_channel(&app, &owner, &first.url).await;
+    let patch = |who: &Login, body: Value| patch_channel(&app, who.access.clone(), channel.clone(), body);
+
+    let (status, body) = patch(&viewer, json!({ "enabled": false })).await;
+    assert_problem(status, &body, 403, "forbidden", None);
+    for (bad, field) in [
+        (json!({ "url": "not a url" }), "url"),
+        (json!({ "url": "http://169.254.169.254/latest" }), "url"),
+        (json!({ "name": "" }), "name"),
+        (json!({ "routing_key": "abc" }), "routing_key"),
+    ] {
+        let (status, body) = patch(&owner, bad.clone()).await;
+        assert_problem(status, &body, 422, "validation", Some(field));
+    }
+    let (status, body) = patch(&owner, json!({ "secret": "mine" })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+
+    // Renamed and pointed at the second receiver: the next message goes there, still signed
+    // with the channel's secret.
+    let (status, body) = patch(&owner, json!({ "name": "pager", "url": second.url })).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["name"], "pager");
+    send_test(&app, &owner, &channel).await;
+    let got = second.wait_for(1, Duration::from_secs(10)).await;
+    assert!(verify(&secret, &got[0].0, &got[0].1));
+    assert!(first.got.lock().unwrap().is_empty());
+
+    // Paused by an admin: held, then sent when resumed.
+    let (_, body) = patch(&owner, json!({ "enabled": false })).await;
+    assert_eq!((body["enabled"].as_bool(), body["disabled_reason"].as_str()), (Some(false), Some("disabled by an admin")), "{body}");
+    send_test(&app, &owner, &channel).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(second.got.lock().unwrap().len(), 1, "a paused channel was sent to");
+    patch(&owner, json!({ "enabled": true })).await;
+    assert_eq!(second.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+
+    let (_, audit) = app.get("/api/v1/audit", &owner.access).await;
+    let updates = audit["items"].as_array().unwrap().iter().filter(|e| e["action"] == "alert_channel.update").count();
+    assert_eq!(updates, 3, "{audit}");
 }
 
 async fn retry_after_is_honoured(engine: Engine) {

@@ -34,6 +34,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/clusters/{id}/commands") => Some(json!({ "kind": "ping" })),
         ("POST", "/api/v1/alert-channels") => Some(json!({ "name": "intruder", "kind": "webhook", "url": "https://hooks.example.com/x" })),
         ("PUT", "/api/v1/alert-rules/{rule}") => Some(json!({ "enabled": false })),
+        ("PATCH", "/api/v1/alert-channels/{id}") => Some(json!({ "name": "pwned", "enabled": false })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
