@@ -110,6 +110,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
                 control_plane: fact.map(|f| (f.control_plane.ready_replicas, f.control_plane.replicas)),
                 mesh_version: &mesh_version,
                 proxies: (outdated, proxies),
+                proxy_versions: pods,
                 now,
             };
             let Assessment { health, findings } = health::assess(&signals, thresholds);

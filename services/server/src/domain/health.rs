@@ -138,6 +138,13 @@ pub enum Finding {
         total: i64,
         control_plane: String,
     },
+    /// `proxies` proxies run a version more than one major version away from the control
+    /// plane's, which the mesh does not support; `farthest` is the farthest of them.
+    VersionSkew {
+        proxies: i64,
+        farthest: String,
+        control_plane: String,
+    },
 }
 
 impl Finding {
@@ -149,13 +156,16 @@ impl Finding {
             Finding::SuccessRate { .. } => "success_rate",
             Finding::ControlPlaneNotReady { .. } => "control_plane",
             Finding::ProxiesOutdated { .. } => "proxy_versions",
+            Finding::VersionSkew { .. } => "version_skew",
         }
     }
 
     /// The health the finding gives its cluster; `None`: it informs, the health stays.
     pub fn health(&self) -> Option<Health> {
         match self {
-            Finding::AgentAway { .. } | Finding::CertificateExpired { .. } | Finding::SuccessRate { critical: true, .. } => Some(Health::Critical),
+            Finding::AgentAway { .. } | Finding::CertificateExpired { .. } | Finding::SuccessRate { critical: true, .. } | Finding::VersionSkew { .. } => {
+                Some(Health::Critical)
+            }
             Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } => Some(Health::Degraded),
             Finding::CertificateExpiring { .. } => Some(Health::Expiring),
             Finding::NoAgentYet => Some(Health::Pending),
@@ -179,7 +189,7 @@ impl Finding {
             Finding::CertificateExpired { role, .. } | Finding::CertificateExpiring { role, .. } => format!("Certificate/{role}"),
             Finding::SuccessRate { .. } => "Cluster".into(),
             Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
-            Finding::ProxiesOutdated { .. } => "Proxies".into(),
+            Finding::ProxiesOutdated { .. } | Finding::VersionSkew { .. } => "Proxies".into(),
         }
     }
 
@@ -205,6 +215,10 @@ impl Finding {
             Finding::CertificateExpiring { role, not_after } => format!("the {role} certificate expires in {}", span(not_after - now)),
             Finding::ProxiesOutdated { outdated, total, control_plane } => {
                 format!("{outdated} of {total} proxies are not at the control plane's {control_plane}")
+            }
+            Finding::VersionSkew { proxies, farthest, control_plane } => {
+                let run = if *proxies == 1 { "proxy runs a version" } else { "proxies run versions" };
+                format!("{proxies} {run} more than one major version from the control plane's {control_plane} (as far as {farthest})")
             }
         }
     }
@@ -246,6 +260,8 @@ pub struct Signals<'a> {
     pub mesh_version: &'a str,
     /// Proxies not at `mesh_version`, and all proxies.
     pub proxies: (i64, i64),
+    /// How many proxies run each version.
+    pub proxy_versions: &'a [(String, i64)],
     pub now: i64,
 }
 
@@ -293,10 +309,24 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
     if connected && s.proxies.0 > 0 && !s.mesh_version.is_empty() {
         findings.push(Finding::ProxiesOutdated { outdated: s.proxies.0, total: s.proxies.1, control_plane: s.mesh_version.to_owned() });
     }
+    if let (true, Some(cp)) = (connected, major(s.mesh_version)) {
+        let skewed: Vec<(&str, u64, i64)> =
+            s.proxy_versions.iter().filter_map(|(v, n)| major(v).map(|m| (v.as_str(), m.abs_diff(cp), *n))).filter(|(_, d, _)| *d > 1).collect();
+        if let Some((farthest, _, _)) = skewed.iter().min_by_key(|(_, d, _)| std::cmp::Reverse(*d)) {
+            let proxies = skewed.iter().map(|(_, _, n)| n).sum();
+            findings.push(Finding::VersionSkew { proxies, farthest: (*farthest).to_owned(), control_plane: s.mesh_version.to_owned() });
+        }
+    }
     // Stable: within a level, the order above (the agent first, then certificates, ...).
     findings.sort_by_key(|f| f.health().unwrap_or(Health::Healthy));
     let health = findings.first().and_then(Finding::health).unwrap_or(Health::Healthy);
     Assessment { health, findings }
+}
+
+/// The major version of a mesh version such as `1.4.2` or `v2.0.0-rc.1`, by semantic-version
+/// rules; `None` when it is not one.
+pub fn major(version: &str) -> Option<u64> {
+    semver::Version::parse(version.strip_prefix('v').unwrap_or(version)).ok().map(|v| v.major)
 }
 
 /// Whether the minute starting at `minute` is over: the minute still running has only part
@@ -329,6 +359,7 @@ mod tests {
             control_plane: None,
             mesh_version: "",
             proxies: (0, 0),
+            proxy_versions: &[],
             now: 1_000,
         }
     }
@@ -426,5 +457,34 @@ mod tests {
         assert_eq!(rate_per_second(5, 1_000, 1_000, window), 5.0);
         assert!(is_finished(0, 60_000));
         assert!(!is_finished(60_000, 119_999));
+    }
+
+    #[test]
+    fn proxies_more_than_one_major_version_away_are_critical() {
+        let assess_versions = |cp: &str, versions: &[(String, i64)], status: &str| {
+            let outdated = versions.iter().filter(|(v, _)| v != cp).map(|(_, n)| n).sum();
+            let total = versions.iter().map(|(_, n)| n).sum();
+            assess(&Signals { mesh_version: cp, proxies: (outdated, total), proxy_versions: versions, ..signals(status, &[]) }, &T)
+        };
+        let v = |s: &str, n: i64| (s.to_owned(), n);
+        // One major apart is supported: outdated, informational only.
+        let a = assess_versions("2.1.0", &[v("2.1.0", 5), v("1.9.3", 2)], "connected");
+        assert_eq!(a.health, Health::Healthy);
+        assert_eq!(a.findings.iter().map(Finding::check).collect::<Vec<_>>(), ["proxy_versions"]);
+        // Two majors apart (either way), counted over every such version; `v` prefixes and
+        // pre-releases parse; what is not a version is not judged.
+        let a = assess_versions("v3.0.0-rc.1", &[v("3.0.0", 4), v("1.2.0", 2), v("v5.0.1", 1), v("edge-24.1", 7)], "connected");
+        assert_eq!(a.health, Health::Critical);
+        let skew = a.findings.iter().find(|f| f.check() == "version_skew").unwrap();
+        assert_eq!(skew, &Finding::VersionSkew { proxies: 3, farthest: "1.2.0".into(), control_plane: "v3.0.0-rc.1".into() });
+        assert_eq!((skew.object(), skew.severity()), ("Proxies".to_owned(), Severity::Critical));
+        assert!(skew.message(0).contains("3 proxies"), "{}", skew.message(0));
+        // Ties go to the first farthest; 10 vs 2 is a numeric comparison, not a string one.
+        assert_eq!(major("10.0.0"), Some(10));
+        assert!(assess_versions("10.0.0", &[v("2.0.0", 1)], "connected").findings.iter().any(|f| f.check() == "version_skew"));
+        assert!(!assess_versions("10.0.0", &[v("9.0.0", 1)], "connected").findings.iter().any(|f| f.check() == "version_skew"));
+        // An unknown control-plane version, or an agent away: not judged.
+        assert!(!assess_versions("main", &[v("1.0.0", 1)], "connected").findings.iter().any(|f| f.check() == "version_skew"));
+        assert!(!assess_versions("3.0.0", &[v("1.0.0", 1)], "stale").findings.iter().any(|f| f.check() == "version_skew"));
     }
 }

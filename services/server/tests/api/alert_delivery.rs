@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use reqwest::Method;
 use axum::response::IntoResponse;
 use meshfleet_server::domain::alerting::AlertEvent;
 use meshfleet_server::store::notifications;
+use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::{assert_problem, postgres_url, Api, Engine, Login, TestApp, TestDb};

@@ -11,7 +11,7 @@ use crate::gateway::{metrics, pod, registered, snapshot, Stream};
 use crate::helpers::{Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
 
-on_both_engines!(findings_are_served_worst_first_with_when_they_began, thresholds_are_settings);
+on_both_engines!(findings_are_served_worst_first_with_when_they_began, thresholds_are_settings, proxies_two_major_versions_behind_are_critical);
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -117,4 +117,36 @@ async fn thresholds_are_settings(engine: Engine) {
     assert_eq!(h["health"], "degraded", "{h}");
     let checks: Vec<&str> = h["findings"].as_array().unwrap().iter().map(|f| f["check"].as_str().unwrap()).collect();
     assert_eq!(checks, ["success_rate", "control_plane", "proxy_versions"], "{h}");
+}
+
+async fn proxies_two_major_versions_behind_are_critical(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "skewed").await;
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let pods = vec![
+        pod("shop", "web-1", "Deployment/web", "v2.3.0"),
+        pod("shop", "web-2", "Deployment/web", "0.9.1"),
+        pod("shop", "web-3", "Deployment/web", "1.8.0"),
+    ];
+    let Body::Snapshot(mut s) = snapshot(pods) else { unreachable!() };
+    s.inventory.as_mut().unwrap().control_plane = Some(v1::ControlPlane { version: "2.3.0".into(), replicas: 1, ready_replicas: 1, components: vec![] });
+    let last = stream.report(Body::Snapshot(s)).await;
+    stream.acked(last).await;
+
+    let path = format!("/api/v1/clusters/{cluster}/health");
+    let h = health(&app, &owner, &path, |h| h["health"] == "critical").await;
+    let skew = h["findings"].as_array().unwrap().iter().find(|f| f["check"] == "version_skew").unwrap_or_else(|| panic!("{h}"));
+    assert_eq!((skew["severity"].as_str(), skew["object"].as_str()), (Some("critical"), Some("Proxies")), "{h}");
+    assert_eq!(skew["message"], "1 proxy runs a version more than one major version from the control plane's 2.3.0 (as far as 0.9.1)");
+
+    // The built-in rule fires at once (its "for" is 0 s).
+    for _ in 0..100 {
+        let (_, alerts) = app.get("/api/v1/alerts?state=firing", &owner.access).await;
+        if alerts["items"].as_array().unwrap().iter().any(|a| a["rule"] == "version_skew" && a["severity"] == "critical") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no firing version_skew alert");
 }
