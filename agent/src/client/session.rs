@@ -129,6 +129,7 @@ async fn session(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>, ren
         agent_version: cfg.agent_version.clone(),
         kubernetes_version: shared.agent.kubernetes_version(),
         last_command_id: shared.state().commands.last_seen.clone(),
+        sent_at_unix_ms: unix_ms(),
     };
     // Queued before the call: a gateway may wait for Hello before it answers with headers.
     let _ = tx.try_send(AgentMessage { seq: 0, body: Some(Body::Hello(hello)) });
@@ -182,7 +183,7 @@ async fn session(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>, ren
             }
             _ = shared.wake.notified(), if !pending => {}
             _ = heartbeat.tick() => {
-                let _ = tx.try_send(AgentMessage { seq: 0, body: Some(Body::Heartbeat(Heartbeat {})) });
+                let _ = tx.try_send(AgentMessage { seq: 0, body: Some(Body::Heartbeat(Heartbeat { sent_at_unix_ms: unix_ms() })) });
             }
             _ = &mut renew => return End::RenewDue,
         }
@@ -228,4 +229,9 @@ fn handle(shared: &Arc<Shared>, msg: ServerMessage, sent_upto: u64) -> bool {
         }
         None => false,
     }
+}
+
+/// This machine's clock, which the service compares with its own (clock skew).
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -71,6 +71,9 @@ async fn registered_agent_connects_and_sends_hello_then_snapshot() {
     let s1 = gw.session(1);
     let Some(Body::Hello(hello)) = &s1[0].body else { panic!("first message is not Hello: {:?}", s1[0]) };
     assert_eq!(hello.kubernetes_version, "v1.33.1");
+    // Its clock, for the service's clock-skew check.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!((now - hello.sent_at_unix_ms).abs() < 60_000, "sent_at_unix_ms {}", hello.sent_at_unix_ms);
     let Some(Body::Snapshot(snap)) = &s1[1].body else { panic!("second message is not a Snapshot") };
     assert_eq!(snap.inventory.as_ref().unwrap().node_count, 3);
     assert!(h.wait_until(WAIT, |s| s.connected && s.buffered == 0 && s.last_acked_seq == s.last_sent_seq).await, "{:?}", h.stats());

@@ -300,6 +300,7 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("health_degraded_below", |c, _, v| Ok(c.health.degraded_below = num(v)?)),
     ("health_recovered_at", |c, _, v| Ok(c.health.recovered_at = num(v)?)),
     ("health_expiry_warning_secs", |c, n, v| Ok(c.health.expiry_warning = secs(n, v)?)),
+    ("health_clock_skew_secs", |c, n, v| Ok(c.health.clock_skew = secs(n, v)?)),
     ("alert_evaluation_ms", |c, _, v| Ok(c.alert_evaluation = Duration::from_millis(num(v)?))),
     ("alert_resolve_delay_ms", |c, _, v| Ok(c.alert_resolve_delay = Duration::from_millis(num(v)?))),
     ("alert_retry_schedule", |c, _, v| Ok(c.alert_retry_schedule = schedule(v)?)),

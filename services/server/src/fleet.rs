@@ -83,6 +83,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
     let golden = store::fleet::golden_since(&mut conn, org, now - RECENT_MS).await?;
     let facts = store::fleet::facts_of_org(&mut conn, org).await?;
     let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
+    let skews = store::fleet::clock_skews_of_org(&mut conn, org).await?;
     let memory = state.fleet_cache.memory.lock().expect("fleet cache lock poisoned").get(&org).cloned().unwrap_or_default();
     let mut next = Memory::default();
     let mut rows: Vec<Row> = clusters
@@ -111,6 +112,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
                 mesh_version: &mesh_version,
                 proxies: (outdated, proxies),
                 proxy_versions: pods,
+                clock_skew: skews.get(&cluster.id).copied(),
                 now,
             };
             let Assessment { health, findings } = health::assess(&signals, thresholds);

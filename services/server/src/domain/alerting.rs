@@ -111,12 +111,13 @@ pub struct BuiltinRule {
 }
 
 /// The built-in rules, on for every organization until it turns one off.
-pub const BUILTIN_RULES: [BuiltinRule; 6] = [
+pub const BUILTIN_RULES: [BuiltinRule; 7] = [
     BuiltinRule { name: "agent", description: "The cluster's agent is stale or disconnected", default_for_ms: 0 },
     BuiltinRule { name: "certificate_expiry", description: "A mesh certificate expired or expires within the warning period", default_for_ms: 0 },
     BuiltinRule { name: "success_rate", description: "The cluster's success rate is under the health thresholds", default_for_ms: 60_000 },
     BuiltinRule { name: "control_plane", description: "Control plane replicas are not ready", default_for_ms: 30_000 },
     BuiltinRule { name: "proxy_versions", description: "Proxies run another version than the control plane", default_for_ms: 300_000 },
+    BuiltinRule { name: "clock_skew", description: "The cluster's clock is further from the service's than health_clock_skew_secs", default_for_ms: 60_000 },
     BuiltinRule {
         name: "version_skew",
         description: "Proxies run a version more than one major version from the control plane's, which the mesh does not support",

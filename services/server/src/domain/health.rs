@@ -68,11 +68,20 @@ pub struct Thresholds {
     pub recovered_at: f64,
     /// A certificate expiring sooner than this makes its cluster "expiring".
     pub expiry_warning: Duration,
+    /// A cluster clock further than this from the service's is a finding: certificates and
+    /// tokens are checked against validity windows, so it breaks mTLS and agent sign-in.
+    pub clock_skew: Duration,
 }
 
 impl Default for Thresholds {
     fn default() -> Self {
-        Thresholds { critical_below: 0.95, degraded_below: 0.99, recovered_at: 0.995, expiry_warning: Duration::from_secs(7 * 86_400) }
+        Thresholds {
+            critical_below: 0.95,
+            degraded_below: 0.99,
+            recovered_at: 0.995,
+            expiry_warning: Duration::from_secs(7 * 86_400),
+            clock_skew: Duration::from_secs(60),
+        }
     }
 }
 
@@ -138,6 +147,10 @@ pub enum Finding {
         total: i64,
         control_plane: String,
     },
+    /// The cluster's clock is `skew_ms` from the service's (positive: ahead), beyond the threshold.
+    ClockSkew {
+        skew_ms: i64,
+    },
     /// `proxies` proxies run a version more than one major version away from the control
     /// plane's, which the mesh does not support; `farthest` is the farthest of them.
     VersionSkew {
@@ -157,6 +170,7 @@ impl Finding {
             Finding::ControlPlaneNotReady { .. } => "control_plane",
             Finding::ProxiesOutdated { .. } => "proxy_versions",
             Finding::VersionSkew { .. } => "version_skew",
+            Finding::ClockSkew { .. } => "clock_skew",
         }
     }
 
@@ -166,7 +180,7 @@ impl Finding {
             Finding::AgentAway { .. } | Finding::CertificateExpired { .. } | Finding::SuccessRate { critical: true, .. } | Finding::VersionSkew { .. } => {
                 Some(Health::Critical)
             }
-            Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } => Some(Health::Degraded),
+            Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } | Finding::ClockSkew { .. } => Some(Health::Degraded),
             Finding::CertificateExpiring { .. } => Some(Health::Expiring),
             Finding::NoAgentYet => Some(Health::Pending),
             Finding::ProxiesOutdated { .. } => None,
@@ -186,6 +200,7 @@ impl Finding {
     pub fn object(&self) -> String {
         match self {
             Finding::AgentAway { .. } | Finding::NoAgentYet => "Agent".into(),
+            Finding::ClockSkew { .. } => "Clock".into(),
             Finding::CertificateExpired { role, .. } | Finding::CertificateExpiring { role, .. } => format!("Certificate/{role}"),
             Finding::SuccessRate { .. } => "Cluster".into(),
             Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
@@ -209,6 +224,10 @@ impl Finding {
         match self {
             Finding::AgentAway { status, .. } => format!("agent {status}"),
             Finding::NoAgentYet => "no agent connected yet".into(),
+            Finding::ClockSkew { skew_ms } => {
+                let (secs, way) = (skew_ms.unsigned_abs() / 1000, if *skew_ms > 0 { "ahead of" } else { "behind" });
+                format!("the cluster's clock is {secs} s {way} the service's")
+            }
             Finding::CertificateExpired { role, not_after } => format!("the {role} certificate expired {} ago", span(now - not_after)),
             Finding::SuccessRate { rate, .. } => format!("success rate {:.1}%", rate * 100.0),
             Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
@@ -262,6 +281,8 @@ pub struct Signals<'a> {
     pub proxies: (i64, i64),
     /// How many proxies run each version.
     pub proxy_versions: &'a [(String, i64)],
+    /// The cluster's clock minus the service's (ms), as the agent last told.
+    pub clock_skew: Option<i64>,
     pub now: i64,
 }
 
@@ -298,6 +319,9 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
             Some(rate) if rate < t.critical_below => findings.push(Finding::SuccessRate { rate, critical: true }),
             Some(rate) if s.success_degraded => findings.push(Finding::SuccessRate { rate, critical: false }),
             _ => {}
+        }
+        if let Some(skew_ms) = s.clock_skew.filter(|s| s.unsigned_abs() > t.clock_skew.as_millis() as u64) {
+            findings.push(Finding::ClockSkew { skew_ms });
         }
         if let Some((ready, want)) = s.control_plane.filter(|(r, w)| r < w) {
             findings.push(Finding::ControlPlaneNotReady { ready, want });
@@ -347,7 +371,13 @@ pub fn rate_per_second(requests: i64, first_minute: i64, now: i64, window_ms: i6
 mod tests {
     use super::*;
 
-    const T: Thresholds = Thresholds { critical_below: 0.95, degraded_below: 0.99, recovered_at: 0.995, expiry_warning: Duration::from_secs(7 * 86_400) };
+    const T: Thresholds = Thresholds {
+        critical_below: 0.95,
+        degraded_below: 0.99,
+        recovered_at: 0.995,
+        expiry_warning: Duration::from_secs(7 * 86_400),
+        clock_skew: Duration::from_secs(60),
+    };
 
     fn signals<'a>(status: &'a str, certificates: &'a [Certificate<'a>]) -> Signals<'a> {
         Signals {
@@ -360,6 +390,7 @@ mod tests {
             mesh_version: "",
             proxies: (0, 0),
             proxy_versions: &[],
+            clock_skew: None,
             now: 1_000,
         }
     }
@@ -486,5 +517,18 @@ mod tests {
         // An unknown control-plane version, or an agent away: not judged.
         assert!(!assess_versions("main", &[v("1.0.0", 1)], "connected").findings.iter().any(|f| f.check() == "version_skew"));
         assert!(!assess_versions("3.0.0", &[v("1.0.0", 1)], "stale").findings.iter().any(|f| f.check() == "version_skew"));
+    }
+
+    #[test]
+    fn a_clock_beyond_the_threshold_either_way_degrades_a_connected_cluster() {
+        let with_skew = |skew: Option<i64>, status: &str| assess(&Signals { clock_skew: skew, ..signals(status, &[]) }, &T);
+        assert_eq!(with_skew(Some(60_000), "connected").health, Health::Healthy);
+        assert_eq!(with_skew(None, "connected").health, Health::Healthy);
+        let ahead = with_skew(Some(90_500), "connected");
+        assert_eq!(ahead.health, Health::Degraded);
+        assert_eq!(ahead.findings[0].message(0), "the cluster's clock is 90 s ahead of the service's");
+        assert_eq!(with_skew(Some(-61_000), "connected").findings[0].message(0), "the cluster's clock is 61 s behind the service's");
+        // An agent away tells nothing new about its clock.
+        assert!(!with_skew(Some(-61_000), "stale").findings.iter().any(|f| f.check() == "clock_skew"));
     }
 }

@@ -18,6 +18,7 @@ use crate::db::{Clock, Db};
 use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::metrics::Metrics;
 use crate::store;
+use crate::store::agents::Seen;
 use crate::store::inventory::{Facts, Pod};
 use crate::store::metric_series::{Admitted, Known};
 use crate::store::rollups::{Event, Window};
@@ -85,7 +86,7 @@ const SEEN_EVERY: Duration = Duration::from_secs(1);
 pub struct Ingest {
     shards: Arc<Vec<mpsc::Sender<Job>>>,
     /// Clusters heard from since the last flush, with the latest time.
-    seen: Arc<Mutex<HashMap<ClusterId, i64>>>,
+    seen: Arc<Mutex<HashMap<ClusterId, Seen>>>,
     /// Refusals since the last flush, per cluster and reason.
     refused: Refusals,
     metrics: Arc<Metrics>,
@@ -124,11 +125,10 @@ fn note(metrics: &Metrics, refused: &Refusals, org: OrgId, cluster: ClusterId, r
 }
 
 impl Ingest {
-    /// Notes that the cluster's agent was heard from at `at` (written within `SEEN_EVERY`).
-    pub fn seen(&self, cluster: ClusterId, at: i64) {
-        let mut seen = self.seen.lock().expect("seen lock poisoned");
-        let t = seen.entry(cluster).or_insert(at);
-        *t = (*t).max(at);
+    /// Notes that the cluster's agent was heard from at `at`, and how far its clock was from
+    /// ours if the message told (written within `SEEN_EVERY`).
+    pub fn seen(&self, cluster: ClusterId, at: i64, clock_skew: Option<i64>) {
+        merge_seen(&mut self.seen.lock().expect("seen lock poisoned"), cluster, Seen { at, clock_skew });
     }
 
     /// Queues a report; waits when the writers are behind (backpressure to the agent's stream).
@@ -176,13 +176,19 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refus
 /// Writes the noted last-seen times once a second in one statement per ~100 clusters, instead
 /// of an UPDATE of `clusters` in every report's transaction. A crash loses at most a second of
 /// them, which only makes an agent look silent a second longer.
-async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>, refused: Refusals) {
+/// Keeps the latest time, and the latest skew told.
+fn merge_seen(seen: &mut HashMap<ClusterId, Seen>, cluster: ClusterId, new: Seen) {
+    let old = seen.entry(cluster).or_insert(new);
+    *old = Seen { at: old.at.max(new.at), clock_skew: new.clock_skew.or(old.clock_skew) };
+}
+
+async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, Seen>>>, refused: Refusals) {
     let mut tick = tokio::time::interval(SEEN_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         flush_refused(&db, &refused).await;
-        let mut batch: Vec<(ClusterId, i64)> = std::mem::take(&mut *seen.lock().expect("seen lock poisoned")).into_iter().collect();
+        let mut batch: Vec<(ClusterId, Seen)> = std::mem::take(&mut *seen.lock().expect("seen lock poisoned")).into_iter().collect();
         if batch.is_empty() {
             continue;
         }
@@ -195,9 +201,13 @@ async fn flush_seen(db: Db, seen: Arc<Mutex<HashMap<ClusterId, i64>>>, refused: 
         if let Err(e) = written.await {
             tracing::warn!(error = %e, clusters = batch.len(), "recording when agents were last seen failed; retrying");
             let mut seen = seen.lock().expect("seen lock poisoned");
-            for (cluster, at) in batch {
-                let t = seen.entry(cluster).or_insert(at);
-                *t = (*t).max(at);
+            for (cluster, was) in batch {
+                // Noted since: newer, so it wins.
+                let newer = seen.remove(&cluster);
+                merge_seen(&mut seen, cluster, was);
+                if let Some(newer) = newer {
+                    merge_seen(&mut seen, cluster, newer);
+                }
             }
         }
     }

@@ -66,7 +66,8 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
         let mut conn = state.db.pool.acquire().await?;
         let agent_version: String = hello.agent_version.chars().take(64).collect();
         let k8s_version: String = hello.kubernetes_version.chars().take(64).collect();
-        store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, now).await?;
+        let skew = clock_skew(hello.sent_at_unix_ms, now);
+        store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, skew, now).await?;
     }
     dispatch::session_opened(state, peer.cluster_id, &session.id).await;
     dispatch::agent_status_changed(state, peer.org_id).await;
@@ -103,7 +104,9 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                 };
                 let report = convert::report(peer.org_id, peer.cluster_id, &body).inspect_err(|e| reject(e.label()))?;
                 // Heard from: written in bulk, at most once a second per cluster.
-                state.ingest.seen(peer.cluster_id, state.clock.now_ms());
+                let now = state.clock.now_ms();
+                let skew = match &body { Body::Heartbeat(h) => clock_skew(h.sent_at_unix_ms, now), _ => None };
+                state.ingest.seen(peer.cluster_id, now, skew);
                 let Some(mut report) = report else { continue };
                 if message.seq <= last_seq {
                     reject("seq");
@@ -243,4 +246,11 @@ impl Drop for Guard {
             dispatch::agent_status_changed(&state, org).await;
         });
     }
+}
+
+/// The agent's clock minus ours (ms), from the time it says it sent a message; `None` when it
+/// does not say (older agents). The message's transit time counts as skew: milliseconds,
+/// against thresholds of a minute.
+fn clock_skew(sent_at_unix_ms: i64, now: i64) -> Option<i64> {
+    (sent_at_unix_ms > 0).then(|| sent_at_unix_ms.saturating_sub(now))
 }

@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Finding {
     /// The check that found it: `agent`, `certificate_expiry`, `success_rate`,
-    /// `control_plane`, `proxy_versions` or `version_skew`.
+    /// `control_plane`, `clock_skew`, `proxy_versions` or `version_skew`.
     #[schema(example = "certificate_expiry")]
     pub check: String,
     pub severity: Severity,

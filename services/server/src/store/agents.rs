@@ -69,23 +69,27 @@ pub async fn revoke_all(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i6
     Ok(done.rows_affected())
 }
 
+/// `clock_skew`: the agent's clock minus ours (ms), when its Hello told; an agent that does not
+/// tell leaves none.
 pub async fn mark_connected(
     conn: &mut Conn,
     cluster: ClusterId,
     session: &str,
     agent_version: &str,
     kubernetes_version: &str,
+    clock_skew: Option<i64>,
     now: i64,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE clusters SET status = 'connected', agent_session = $2, last_seen_at = $3, agent_version = $4,
-         kubernetes_version = CASE WHEN $5 = '' THEN kubernetes_version ELSE $5 END WHERE id = $1",
+         kubernetes_version = CASE WHEN $5 = '' THEN kubernetes_version ELSE $5 END, clock_skew_ms = $6 WHERE id = $1",
     )
     .bind(cluster.to_string())
     .bind(session)
     .bind(now)
     .bind(agent_version)
     .bind(kubernetes_version)
+    .bind(clock_skew)
     .execute(conn)
     .await?;
     Ok(())
@@ -102,19 +106,28 @@ pub async fn mark_disconnected(conn: &mut Conn, cluster: ClusterId, session: &st
     Ok(())
 }
 
-/// Records when each cluster's agent was last heard from, in multi-row statements; a time
-/// never moves backwards (a late flush must not undo a newer connect or disconnect).
-pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, i64)]) -> Result<(), sqlx::Error> {
-    for chunk in seen.chunks(super::rows_per_statement(conn, 2)) {
-        // VALUES columns are column1, column2 on both engines.
+/// When an agent was last heard from, and its clock's skew (its clock minus ours, ms) as last told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seen {
+    pub at: i64,
+    pub clock_skew: Option<i64>,
+}
+
+/// Records when each cluster's agent was last heard from, and its clock skew when told, in
+/// multi-row statements; a time never moves backwards (a late flush must not undo a newer
+/// connect or disconnect).
+pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, Seen)]) -> Result<(), sqlx::Error> {
+    for chunk in seen.chunks(super::rows_per_statement(conn, 3)) {
+        // VALUES columns are column1, column2, ... on both engines; a NULL's type is stated.
         let sql = format!(
-            "UPDATE clusters SET last_seen_at = v.column2 FROM (VALUES {}) AS v
+            "UPDATE clusters SET last_seen_at = v.column2, clock_skew_ms = COALESCE(CAST(v.column3 AS BIGINT), clusters.clock_skew_ms)
+             FROM (VALUES {}) AS v
              WHERE clusters.id = v.column1 AND (clusters.last_seen_at IS NULL OR clusters.last_seen_at < v.column2)",
-            super::values_clause(chunk.len(), 2)
+            super::values_clause(chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
-        for (cluster, at) in chunk {
-            q = q.bind(cluster.to_string()).bind(*at);
+        for (cluster, seen) in chunk {
+            q = q.bind(cluster.to_string()).bind(seen.at).bind(seen.clock_skew);
         }
         q.execute(&mut *conn).await?;
     }

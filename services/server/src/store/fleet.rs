@@ -122,6 +122,13 @@ pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<Cluster
 }
 
 /// Pods per proxy version, per cluster, for the whole organization.
+/// Each cluster's clock skew (ms), where its agent told.
+pub async fn clock_skews_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, i64>, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT id, clock_skew_ms FROM clusters WHERE org_id = $1 AND clock_skew_ms IS NOT NULL").bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter().map(|r| Ok((parse_col(&r.try_get::<String, _>("id")?, "clusters.id")?, r.try_get("clock_skew_ms")?))).collect()
+}
+
 pub async fn proxy_versions_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Vec<(String, i64)>>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, proxy_version, COUNT(*) AS pods FROM cluster_pods WHERE org_id = $1 GROUP BY cluster_id, proxy_version")
         .bind(org.to_string())

@@ -117,7 +117,7 @@ async fn rules_are_per_organization_and_admin_only(engine: Engine) {
     let (status, rules) = app.get("/api/v1/alert-rules", &viewer.access).await;
     assert_eq!(status, StatusCode::OK);
     let names: Vec<&str> = rules.as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
-    assert_eq!(names, ["agent", "certificate_expiry", "success_rate", "control_plane", "proxy_versions", "version_skew"]);
+    assert_eq!(names, ["agent", "certificate_expiry", "success_rate", "control_plane", "proxy_versions", "clock_skew", "version_skew"]);
     assert_eq!((rules[2]["enabled"].as_bool(), rules[2]["for_seconds"].as_u64()), (Some(true), Some(60)));
 
     let change = json!({ "enabled": true, "severity": "critical", "for_seconds": 0 });

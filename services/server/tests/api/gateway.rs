@@ -540,7 +540,7 @@ async fn malformed_oversized_and_flooding_agents_are_refused_and_counted() {
             Code::OutOfRange,
             "oversized",
         ),
-        ((1..=100).map(|n| msg(0, Body::Heartbeat(v1::Heartbeat {})).with_seq(n)).collect(), Code::ResourceExhausted, "rate_limited"),
+        ((1..=100).map(|n| msg(0, Body::Heartbeat(v1::Heartbeat::default())).with_seq(n)).collect(), Code::ResourceExhausted, "rate_limited"),
     ];
     for (messages, code, reason) in cases {
         let mut stream = Stream::open(&app, &id).await.unwrap();

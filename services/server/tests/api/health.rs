@@ -7,11 +7,16 @@ use meshfleet_agent_protocol::v1::{self, agent_message::Body};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::gateway::{metrics, pod, registered, snapshot, Stream};
+use crate::gateway::{metrics, msg, pod, registered, snapshot, Stream};
 use crate::helpers::{Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
 
-on_both_engines!(findings_are_served_worst_first_with_when_they_began, thresholds_are_settings, proxies_two_major_versions_behind_are_critical);
+on_both_engines!(
+    findings_are_served_worst_first_with_when_they_began,
+    thresholds_are_settings,
+    proxies_two_major_versions_behind_are_critical,
+    a_cluster_clock_away_from_the_service_is_a_finding,
+);
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -149,4 +154,34 @@ async fn proxies_two_major_versions_behind_are_critical(engine: Engine) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no firing version_skew alert");
+}
+
+async fn a_cluster_clock_away_from_the_service_is_a_finding(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "drifting").await;
+    let stream = Stream::open(&app, &id).await.unwrap();
+    let path = format!("/api/v1/clusters/{cluster}/health");
+    let skew = |h: &Value| h["findings"].as_array().and_then(|f| f.iter().find(|f| f["check"] == "clock_skew").cloned());
+    let heartbeat = |sent_at_unix_ms: i64| msg(0, Body::Heartbeat(v1::Heartbeat { sent_at_unix_ms }));
+
+    // The agent's clock runs five minutes ahead; its heartbeat says so.
+    stream.tx.send(heartbeat(app.state.clock.now_ms() + 300_000)).await.unwrap();
+    let h = health(&app, &owner, &path, |h| skew(h).is_some()).await;
+    let found = skew(&h).unwrap();
+    assert_eq!((found["severity"].as_str(), found["health"].as_str(), found["object"].as_str()), (Some("warning"), Some("degraded"), Some("Clock")), "{h}");
+    let message = found["message"].as_str().unwrap();
+    // 300 s less the message's transit time.
+    let secs: i64 = message.strip_prefix("the cluster's clock is ").and_then(|m| m.strip_suffix(" s ahead of the service's")).unwrap().parse().unwrap();
+    assert!((295..=300).contains(&secs), "{message}");
+
+    // Within the threshold (60 s) is no finding; the latest heartbeat is what counts.
+    stream.tx.send(heartbeat(app.state.clock.now_ms() - 20_000)).await.unwrap();
+    let h = health(&app, &owner, &path, |h| skew(h).is_none()).await;
+    assert_eq!(h["health"], "healthy", "{h}");
+    // Behind by two minutes.
+    stream.tx.send(heartbeat(app.state.clock.now_ms() - 120_000)).await.unwrap();
+    let h = health(&app, &owner, &path, |h| skew(h).is_some()).await;
+    assert!(skew(&h).unwrap()["message"].as_str().unwrap().ends_with(" s behind the service's"), "{h}");
+    std::mem::forget(stream);
 }

@@ -5,6 +5,7 @@
 
 use meshfleet_server::db::Db;
 use meshfleet_server::domain::{ClusterId, OrgId};
+use meshfleet_server::store::agents::Seen;
 use meshfleet_server::store::metric_reports::{self, Scope};
 use meshfleet_server::store::rollups::{self, MinuteRollup, Window};
 use meshfleet_server::store::{accounts, agents, clusters, fleet};
@@ -163,7 +164,7 @@ async fn a_crash_between_storing_and_rolling_up_loses_nothing(engine: Engine) {
 async fn last_seen_times_never_move_backwards(engine: Engine) {
     let (_test_db, db, org, a, b) = setup(engine).await;
     let mut conn = db.pool.acquire().await.unwrap();
-    agents::touch_each(&mut conn, &[(a, MINUTE + 5_000), (b, MINUTE - 5_000)]).await.unwrap();
+    agents::touch_each(&mut conn, &[(a, Seen { at: MINUTE + 5_000, clock_skew: None }), (b, Seen { at: MINUTE - 5_000, clock_skew: None })]).await.unwrap();
     let seen = |id: ClusterId| {
         let db = db.clone();
         async move { clusters::get(&mut db.pool.acquire().await.unwrap(), org, id).await.unwrap().unwrap().last_seen_at }
