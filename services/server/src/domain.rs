@@ -9,6 +9,7 @@ pub mod health;
 pub mod labels;
 pub mod liveness;
 pub mod schema;
+pub mod silences;
 
 use std::fmt;
 use std::str::FromStr;
@@ -74,6 +75,8 @@ id_type!(/// An alert: one rule's finding about one object of a cluster, from pe
     AlertId);
 id_type!(/// Where alerts are sent: a webhook, or a Slack, PagerDuty or Alertmanager receiver.
     ChannelId);
+id_type!(/// A silence: mutes the notifications of the alerts its matchers match, for a while.
+    SilenceId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

@@ -17,6 +17,7 @@ pub mod health;
 pub mod members;
 pub mod ops;
 pub mod problems;
+pub mod silences;
 pub mod timestamp;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(audit::router())
         .merge(alerts::router())
         .merge(channels::router())
+        .merge(silences::router())
         .split_for_parts()
 }
 

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;
+pub mod silences;
 pub mod throttles;
 pub mod ui_sessions;
 

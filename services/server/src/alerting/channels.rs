@@ -124,9 +124,7 @@ fn pagerduty(event: &AlertEvent) -> Value {
 fn alertmanager(receiver: &str, event: &AlertEvent) -> Value {
     let a = &event.alert;
     let status = if a.state == AlertState::Resolved { "resolved" } else { "firing" };
-    let mut labels = a.labels.clone();
-    labels.insert("alertname".into(), a.rule.clone());
-    labels.insert("severity".into(), severity(a.severity).into());
+    let labels = crate::domain::alerting::matchable_labels(&a.labels, &a.rule, a.severity);
     let annotations = json!({ "summary": a.summary });
     // Alertmanager's zero time means "not ended".
     let ends_at = a.ends_at.map(|t| t.to_rfc3339()).unwrap_or_else(|| "0001-01-01T00:00:00Z".into());

@@ -4,6 +4,11 @@
 //! its own transaction, together with the notifications it makes (`alert.firing` when an alert
 //! fires, `alert.resolved` when a firing one resolves), which the delivery job then sends.
 //!
+//! Silences: an alert an active silence matches still moves through its states, but its
+//! `alert.firing` is withheld. Once no active silence matches it (expired, or run out) while it
+//! still fires, the next evaluation sends it. `alert.resolved` goes only to alerts whose firing
+//! was sent, silenced or not by then: a receiver that opened an incident hears it closed.
+//!
 //! Inhibition: while a cluster's agent is disconnected, its other alerts are held as they are
 //! (neither raised nor resolved): the data they would be judged on is stale, and the one alert
 //! that matters is the agent's.
@@ -14,6 +19,7 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, EventType, Open, Step};
 use crate::domain::health::{Finding, Severity};
+use crate::domain::silences::Silence;
 use crate::domain::{ms, AlertId, OrgId};
 use crate::fleet::{FleetCache, Row};
 use crate::jobs::{Job, Scope};
@@ -50,11 +56,12 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     let snapshot = FleetCache::fresh(state, org).await.map_err(|e| anyhow::anyhow!("assessing the fleet of {org}: {e}"))?;
     let now = snapshot.at;
     let resolve_delay = ms(state.config.alert_resolve_delay);
-    let (changes, mut open) = {
+    let (changes, mut open, silences) = {
         let mut conn = state.db.pool.acquire().await?;
         let changes = store::alerts::rule_changes(&mut conn, org).await?;
         let open: HashMap<String, Alert> = store::alerts::open_of_org(&mut conn, org).await?.into_iter().map(|a| (a.fingerprint.clone(), a)).collect();
-        (changes, open)
+        let silences = store::silences::active(&mut conn, org, now).await?;
+        (changes, open, silences)
     };
     let mut seen = HashSet::new();
     for row in &snapshot.rows {
@@ -76,7 +83,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             let step = alerting::step(current.as_ref().map(remembered).as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
             let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, object, fingerprint, *since));
             let alert = Alert { severity: cfg.severity.unwrap_or_else(|| finding.severity()), summary: finding.message(now), ..alert };
-            apply(state, alert, step, now).await?;
+            apply(state, alert, step, &silences, now).await?;
         }
     }
     for (fingerprint, alert) in open {
@@ -84,7 +91,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             continue;
         }
         let step = alerting::step(Some(&remembered(&alert)), false, alert.starts_at, now, 0, resolve_delay);
-        apply(state, alert, step, now).await?;
+        apply(state, alert, step, &silences, now).await?;
     }
     Ok(())
 }
@@ -115,15 +122,22 @@ fn new_alert(org: OrgId, row: &Row, rule: &str, object: String, fingerprint: Str
         fired_at: None,
         cleared_at: None,
         ends_at: None,
+        notified_at: None,
     }
 }
 
-/// Records one step of one alert.
-async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyhow::Result<()> {
+/// Whether an active silence mutes the alert now.
+fn silenced(alert: &Alert, silences: &[Silence], now: i64) -> bool {
+    let labels = alerting::matchable_labels(&alert.labels, &alert.rule, alert.severity);
+    silences.iter().any(|s| s.mutes(&labels, now))
+}
+
+/// Records one step of one alert, and sends what it owes its channels: a firing alert's
+/// `alert.firing` once no silence mutes it (at once, or after a silence ends).
+async fn apply(state: &AppState, mut alert: Alert, step: Step, silences: &[Silence], now: i64) -> anyhow::Result<()> {
     let fresh = matches!(step, Step::Open { .. });
     match step {
-        Step::Keep => return Ok(()),
-        Step::Open { firing: false } => {}
+        Step::Keep | Step::Open { firing: false } => {}
         Step::Open { firing: true } | Step::Fire => {
             alert.state = AlertState::Firing;
             alert.fired_at = Some(now);
@@ -135,11 +149,19 @@ async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyh
             alert.ends_at = Some(now);
         }
     }
-    let notify = match step {
-        Step::Open { firing: true } | Step::Fire => Some(EventType::Firing),
-        Step::Resolve { notify: true } => Some(EventType::Resolved),
+    let notify = match (alert.state, step) {
+        // A firing alert whose condition is clearing is not worth paging about any more; if it
+        // comes back (Unclear), the firing is sent then.
+        (AlertState::Firing, _) if alert.notified_at.is_none() && alert.cleared_at.is_none() && !silenced(&alert, silences, now) => {
+            alert.notified_at = Some(now);
+            Some(EventType::Firing)
+        }
+        (AlertState::Resolved, Step::Resolve { notify: true }) if alert.notified_at.is_some() => Some(EventType::Resolved),
         _ => None,
     };
+    if step == Step::Keep && notify.is_none() {
+        return Ok(());
+    }
     // The state change and its notifications commit together: a crash loses neither alone.
     let mut tx = state.db.begin().await?;
     if fresh {

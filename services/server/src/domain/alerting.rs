@@ -2,6 +2,8 @@
 //! (`alert.firing`, `alert.resolved`, `alert.test`). Evaluation (`alerting::rules`) makes them;
 //! delivery (`alerting::delivery`) renders them for each kind of channel and sends them.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -137,6 +139,16 @@ pub fn fingerprint(rule: &str, cluster: ClusterId, object: &str) -> String {
     hex::encode(&digest[..8])
 }
 
+/// An alert's labels as silences match them and an Alertmanager receiver gets them: its own
+/// (the cluster's labels, `cluster`, `check`, `object`) with `alertname` (the rule) and
+/// `severity`.
+pub fn matchable_labels(labels: &BTreeMap<String, String>, rule: &str, severity: Severity) -> BTreeMap<String, String> {
+    let mut labels = labels.clone();
+    labels.insert("alertname".into(), rule.to_owned());
+    labels.insert("severity".into(), severity.as_str().to_owned());
+    labels
+}
+
 /// An open (pending or firing) alert as evaluation remembers it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Open {
@@ -160,7 +172,8 @@ pub enum Step {
     Clear,
     /// The condition holds again before the alert resolved.
     Unclear,
-    /// Resolved: a firing alert tells its channels, a pending one goes silently.
+    /// Resolved: a firing alert tells its channels (if they were told it fired: a silence may
+    /// have withheld that), a pending one goes silently.
     Resolve { notify: bool },
 }
 

@@ -14,9 +14,10 @@ use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFou
 use crate::alerting::rules::effective;
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::alerting::{builtin_rule, AlertState, BUILTIN_RULES};
+use crate::domain::alerting::{builtin_rule, matchable_labels, AlertState, BUILTIN_RULES};
 use crate::domain::health::Severity;
-use crate::domain::{AlertId, ClusterId, Role};
+use crate::domain::silences::Silence;
+use crate::domain::{AlertId, ClusterId, Role, SilenceId};
 use crate::store::alerts::{Alert, RuleChange};
 use crate::store::{self, audit};
 
@@ -83,10 +84,21 @@ pub struct AlertView {
     pub starts_at: chrono::DateTime<chrono::Utc>,
     pub fired_at: Option<chrono::DateTime<chrono::Utc>>,
     pub ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The active silences that match the alert now, muting its notifications (always empty
+    /// for a resolved alert). Matchers see its labels with `alertname` (the rule) and `severity`.
+    pub silenced_by: Vec<SilenceId>,
 }
 
-impl From<Alert> for AlertView {
-    fn from(a: Alert) -> AlertView {
+impl AlertView {
+    /// The alert as shown at `now`, with the organization's `active` silences.
+    fn new(a: Alert, active: &[Silence], now: i64) -> AlertView {
+        let silenced_by = match a.state {
+            AlertState::Resolved => vec![],
+            _ => {
+                let labels = matchable_labels(&a.labels, &a.rule, a.severity);
+                active.iter().filter(|s| s.mutes(&labels, now)).map(|s| s.id).collect()
+            }
+        };
         AlertView {
             id: a.id,
             fingerprint: a.fingerprint,
@@ -100,6 +112,7 @@ impl From<Alert> for AlertView {
             starts_at: to_rfc3339(a.starts_at),
             fired_at: a.fired_at.map(to_rfc3339),
             ends_at: a.ends_at.map(to_rfc3339),
+            silenced_by,
         }
     }
 }
@@ -120,7 +133,9 @@ async fn list_alerts(State(state): State<AppState>, auth: Principal, ApiQuery(q)
     let mut conn = state.db.pool.acquire().await?;
     let rows = store::alerts::list(&mut conn, auth.org_id, q.state.unwrap_or_default().states(), q.cluster_id, before, limit + 1).await?;
     let (rows, next_cursor) = super::into_page(rows, limit, |a| a.id.to_string());
-    Ok(Json(AlertPage { items: rows.into_iter().map(AlertView::from).collect(), next_cursor }))
+    let now = state.clock.now_ms();
+    let active = store::silences::active(&mut conn, auth.org_id, now).await?;
+    Ok(Json(AlertPage { items: rows.into_iter().map(|a| AlertView::new(a, &active, now)).collect(), next_cursor }))
 }
 
 /// One alert.
@@ -130,7 +145,9 @@ async fn list_alerts(State(state): State<AppState>, auth: Principal, ApiQuery(q)
 async fn get_alert(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<AlertId>) -> Result<Json<AlertView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let alert = store::alerts::get(&mut conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("alert"))?;
-    Ok(Json(alert.into()))
+    let now = state.clock.now_ms();
+    let active = store::silences::active(&mut conn, auth.org_id, now).await?;
+    Ok(Json(AlertView::new(alert, &active, now)))
 }
 
 /// A built-in rule as the organization runs it.

@@ -25,9 +25,12 @@ pub struct Alert {
     pub fired_at: Option<i64>,
     pub cleared_at: Option<i64>,
     pub ends_at: Option<i64>,
+    /// When its `alert.firing` was queued: None while pending, and while a silence mutes it.
+    pub notified_at: Option<i64>,
 }
 
-const COLUMNS: &str = "id, org_id, cluster_id, fingerprint, rule, object, severity, summary, labels, state, starts_at, fired_at, cleared_at, ends_at";
+const COLUMNS: &str =
+    "id, org_id, cluster_id, fingerprint, rule, object, severity, summary, labels, state, starts_at, fired_at, cleared_at, ends_at, notified_at";
 
 /// One of our enums, stored as the word it serializes to.
 fn word<T: serde::de::DeserializeOwned>(value: String, column: &str) -> Result<T, sqlx::Error> {
@@ -50,11 +53,12 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
         fired_at: r.try_get("fired_at")?,
         cleared_at: r.try_get("cleared_at")?,
         ends_at: r.try_get("ends_at")?,
+        notified_at: r.try_get("notified_at")?,
     })
 }
 
 pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO alerts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
+    sqlx::query(&format!("INSERT INTO alerts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"))
         .bind(a.id.to_string())
         .bind(a.org_id.to_string())
         .bind(a.cluster_id.to_string())
@@ -69,6 +73,7 @@ pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Er
         .bind(a.fired_at)
         .bind(a.cleared_at)
         .bind(a.ends_at)
+        .bind(a.notified_at)
         .bind(now)
         .execute(conn)
         .await?;
@@ -78,7 +83,7 @@ pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Er
 /// Writes an alert's changed state, summary and times.
 pub async fn update(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
-        "UPDATE alerts SET state = $3, severity = $4, summary = $5, fired_at = $6, cleared_at = $7, ends_at = $8, updated_at = $9
+        "UPDATE alerts SET state = $3, severity = $4, summary = $5, fired_at = $6, cleared_at = $7, ends_at = $8, notified_at = $9, updated_at = $10
          WHERE org_id = $1 AND id = $2",
     )
     .bind(a.org_id.to_string())
@@ -89,6 +94,7 @@ pub async fn update(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Er
     .bind(a.fired_at)
     .bind(a.cleared_at)
     .bind(a.ends_at)
+    .bind(a.notified_at)
     .bind(now)
     .execute(conn)
     .await?;

@@ -70,6 +70,11 @@ impl Receiver {
         r
     }
 
+    /// What arrived so far.
+    pub(crate) fn received(&self) -> Vec<(HeaderMap, String)> {
+        self.got.lock().unwrap().clone()
+    }
+
     /// Waits until `n` requests have arrived (and a little longer, to catch extras).
     pub(crate) async fn wait_for(&self, n: usize, within: Duration) -> Vec<(HeaderMap, String)> {
         let start = Instant::now();

@@ -17,7 +17,7 @@ on_both_engines!(
     a_firing_alert_and_its_resolution_reach_a_signed_webhook
 );
 
-async fn alerts(app: &TestApp, who: &Login, query: &str, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+pub(crate) async fn alerts(app: &TestApp, who: &Login, query: &str, until: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let mut last = Value::Null;
     for _ in 0..200 {
         let (status, body) = app.get(&format!("/api/v1/alerts{query}"), &who.access).await;
@@ -33,11 +33,12 @@ async fn alerts(app: &TestApp, who: &Login, query: &str, until: impl Fn(&[Value]
     panic!("/api/v1/alerts{query} never became what the test waits for; last: {last}; all: {all}");
 }
 
-fn by_rule<'a>(items: &'a [Value], rule: &str) -> Option<&'a Value> {
+pub(crate) fn by_rule<'a>(items: &'a [Value], rule: &str) -> Option<&'a Value> {
     items.iter().find(|a| a["rule"] == rule)
 }
 
-async fn spawn(engine: Engine) -> TestApp {
+/// A server evaluating alerts every 50 ms and delivering to 127.0.0.1 at once.
+pub(crate) async fn spawn(engine: Engine) -> TestApp {
     TestApp::spawn_with(TestDb::new(engine).await, |c| {
         c.alert_evaluation = Duration::from_millis(50);
         c.alert_resolve_delay = Duration::from_secs(5);

@@ -5,7 +5,7 @@
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-use crate::helpers::{Engine, Login, TestApp};
+use crate::helpers::{rfc3339, Engine, Login, TestApp};
 use crate::on_both_engines;
 
 on_both_engines!(another_organization_gets_404_and_changes_nothing, viewers_get_403_on_every_mutation);
@@ -35,6 +35,10 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/alert-channels") => Some(json!({ "name": "intruder", "kind": "webhook", "url": "https://hooks.example.com/x" })),
         ("PUT", "/api/v1/alert-rules/{rule}") => Some(json!({ "enabled": false })),
         ("PATCH", "/api/v1/alert-channels/{id}") => Some(json!({ "name": "pwned", "enabled": false })),
+        // Well-formed is enough: the role is checked before the values.
+        ("POST", "/api/v1/silences") => {
+            Some(json!({ "matchers": [{ "name": "cluster", "op": "=", "value": "victim-prod" }], "ends_at": "2099-01-01T00:00:00Z", "comment": "intruder" }))
+        }
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -53,6 +57,7 @@ struct Victim {
     user_id: String,
     channel_id: String,
     message_id: String,
+    silence_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -68,6 +73,10 @@ async fn victim(app: &TestApp) -> Victim {
     let channel_id = channel["id"].as_str().unwrap().to_owned();
     let (_, queued) = app.post(&format!("/api/v1/alert-channels/{channel_id}/test"), &owner.access, json!({})).await;
     let message_id = queued["message_id"].as_str().unwrap().to_owned();
+    let ends_at = rfc3339(app.state.clock.now_ms() + 3_600_000);
+    let matchers = json!([{ "name": "cluster", "op": "=", "value": "victim-prod" }]);
+    let (status, silence) = app.post("/api/v1/silences", &owner.access, json!({ "matchers": matchers, "ends_at": ends_at, "comment": "maintenance" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{silence}");
     Victim {
         owner,
         cluster_id,
@@ -76,6 +85,7 @@ async fn victim(app: &TestApp) -> Victim {
         user_id,
         channel_id,
         message_id,
+        silence_id: silence["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -83,6 +93,7 @@ fn fill(path: &str, v: &Victim) -> String {
     let id = match path {
         p if p.starts_with("/api/v1/clusters/") => &v.cluster_id,
         p if p.starts_with("/api/v1/alert-channels/") => &v.channel_id,
+        p if p.starts_with("/api/v1/silences/") => &v.silence_id,
         _ => &v.token_id,
     };
     path.replace("{id}", id)
@@ -96,7 +107,8 @@ fn fill(path: &str, v: &Victim) -> String {
 async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     let mut state = json!({});
     let commands = format!("/api/v1/clusters/{}/commands", v.cluster_id);
-    for path in ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", "/api/v1/alert-rules", &commands] {
+    let paths = ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", "/api/v1/alert-rules", "/api/v1/silences", &commands];
+    for path in paths {
         state[path] = app.get(path, &v.owner.access).await.1;
     }
     // Last-use times move when the victim itself reads; they are not what the attacker changes.
@@ -137,6 +149,8 @@ async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
     // Lists and the audit log show only the attacker's own organization.
     let (_, clusters) = app.get("/api/v1/clusters", &attacker.access).await;
     assert_eq!(clusters["items"], json!([]));
+    let (_, silences) = app.get("/api/v1/silences", &attacker.access).await;
+    assert_eq!(silences["items"], json!([]));
     let (_, audit) = app.get("/api/v1/audit", &attacker.access).await;
     assert!(!audit.to_string().contains(&v.cluster_id));
     let (_, members) = app.get("/api/v1/members", &attacker.access).await;

@@ -29,4 +29,5 @@ mod openapi;
 mod quotas;
 mod rollups;
 mod secrets_at_rest;
+mod silences;
 mod store;
