@@ -43,7 +43,9 @@ async fn a_stopped_server_leaves_no_job_running(engine: Engine) {
         expected.sort();
     }
     assert_eq!(running.names(), expected);
-    tokio::time::timeout(Duration::from_secs(5), server.stop()).await.expect("the server stops within 5 s").unwrap();
+    // A guard against a hang, not a latency goal: on a loaded machine the lease releases may
+    // wait for SQLite's write lock (seen to pass 5 s about once in five runs beside a build).
+    tokio::time::timeout(Duration::from_secs(20), server.stop()).await.expect("the server stops within 20 s").unwrap();
     assert!(running.names().is_empty(), "jobs still running after stop: {:?}", running.names());
 }
 
