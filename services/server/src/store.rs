@@ -33,6 +33,23 @@ pub(crate) fn parse_col<T: std::str::FromStr>(value: &str, column: &str) -> Resu
 }
 
 /// `($1, $2), ($3, $4)` for a multi-row INSERT of `rows` rows of `cols` columns.
+/// The row of `table` (its `columns`) with this `id` in the organization, read by `from_row`.
+pub(crate) async fn one_of_org<T>(
+    conn: &mut Conn,
+    table: &str,
+    columns: &str,
+    org: crate::domain::OrgId,
+    id: impl ToString,
+    from_row: fn(&sqlx::any::AnyRow) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {columns} FROM {table} WHERE org_id = $1 AND id = $2"))
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
 pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
     (0..rows).map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join(", ")
 }

@@ -78,12 +78,7 @@ pub async fn list_enabled(conn: &mut Conn, org: OrgId) -> Result<Vec<Channel>, s
 }
 
 pub async fn get(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<Option<Channel>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alert_channels WHERE org_id = $1 AND id = $2"))
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::one_of_org(conn, "alert_channels", COLUMNS, org, id, from_row).await
 }
 
 pub async fn delete(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<bool, sqlx::Error> {

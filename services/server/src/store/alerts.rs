@@ -108,12 +108,7 @@ pub async fn open_of_org(conn: &mut Conn, org: OrgId) -> Result<Vec<Alert>, sqlx
 }
 
 pub async fn get(conn: &mut Conn, org: OrgId, id: AlertId) -> Result<Option<Alert>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND id = $2"))
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::one_of_org(conn, "alerts", COLUMNS, org, id, from_row).await
 }
 
 /// Newest first (ids are time-ordered); `before` is the last id of the previous page.

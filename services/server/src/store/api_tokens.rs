@@ -75,12 +75,7 @@ pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<ApiToken>, sqlx::Er
 }
 
 pub async fn get(conn: &mut Conn, org: OrgId, id: TokenId) -> Result<Option<ApiToken>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE org_id = $1 AND id = $2"))
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::one_of_org(conn, "api_tokens", COLUMNS, org, id, from_row).await
 }
 
 pub async fn revoke(conn: &mut Conn, org: OrgId, id: TokenId, now: i64) -> Result<bool, sqlx::Error> {

@@ -44,12 +44,7 @@ pub async fn insert(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
 }
 
 pub async fn get(conn: &mut Conn, org: OrgId, id: SilenceId) -> Result<Option<Silence>, sqlx::Error> {
-    let row = sqlx::query(&format!("SELECT {COLUMNS} FROM silences WHERE org_id = $1 AND id = $2"))
-        .bind(org.to_string())
-        .bind(id.to_string())
-        .fetch_optional(conn)
-        .await?;
-    row.as_ref().map(from_row).transpose()
+    super::one_of_org(conn, "silences", COLUMNS, org, id, from_row).await
 }
 
 /// Newest first (ids are time-ordered), those in `state` at `now` (all when None); `before` is
