@@ -53,6 +53,9 @@ pub struct Config {
     pub disconnected_after: Duration,
     /// How long per-minute metrics and events are kept (`metric_retention_hours`).
     pub metric_retention: Duration,
+    /// How long resolved alerts, sent notifications with their delivery log, and expired
+    /// silences are kept (`alert_retention_days`).
+    pub alert_retention: Duration,
     /// Most reports stored in one transaction; 1 stores each report on its own.
     pub ingest_batch_max: usize,
     /// Writer tasks for reports (0: 1 on SQLite, 4 on PostgreSQL).
@@ -203,6 +206,7 @@ impl Default for Config {
             stale_after: Duration::from_secs(30),
             disconnected_after: Duration::from_secs(300),
             metric_retention: Duration::from_secs(7 * 24 * 3600),
+            alert_retention: Duration::from_secs(90 * 24 * 3600),
             ingest_batch_max: 500,
             ingest_writers: 0,
             gateway_rate_per_sec: 50.0,
@@ -284,6 +288,7 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("stale_after_secs", |c, n, v| Ok(c.stale_after = secs(n, v)?)),
     ("disconnected_after_secs", |c, n, v| Ok(c.disconnected_after = secs(n, v)?)),
     ("metric_retention_hours", |c, n, v| Ok(c.metric_retention = Duration::from_secs(3600) * positive(n, v)?)),
+    ("alert_retention_days", |c, n, v| Ok(c.alert_retention = Duration::from_secs(86_400) * positive(n, v)?)),
     ("ingest_batch_max", |c, _, v| Ok(c.ingest_batch_max = num(v)?)),
     ("ingest_writers", |c, _, v| Ok(c.ingest_writers = num(v)?)),
     ("gateway_rate_per_sec", |c, _, v| Ok(c.gateway_rate_per_sec = num(v)?)),

@@ -1,6 +1,6 @@
 //! Background maintenance, as jobs of `jobs`: commands past their deadline expire, metrics
-//! and events past the retention period are deleted, and pending metrics reports are rolled
-//! up. Each runs on one replica at a time under its lease; all are idempotent, so the short
+//! and events, resolved alerts, sent notifications and expired silences past their retention
+//! periods are deleted, and pending metrics reports are rolled up. Each runs on one replica at a time under its lease; all are idempotent, so the short
 //! overlap a lease handover may allow is harmless.
 
 use std::time::Duration;
@@ -34,12 +34,20 @@ async fn expire_commands(state: AppState) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn retention(state: AppState) -> anyhow::Result<()> {
+/// One pass of the `retention` job.
+pub async fn retention(state: AppState) -> anyhow::Result<()> {
     let mut conn = state.db.pool.acquire().await?;
     let cutoff = state.clock.now_ms() - crate::config::ms(state.config.metric_retention);
     match store::rollups::delete_older_than(&mut conn, cutoff).await.context("deleting metrics and events past retention")? {
         0 => {}
         n => tracing::info!(rows = n, "deleted metrics and events past retention"),
+    }
+    let cutoff = state.clock.now_ms() - crate::config::ms(state.config.alert_retention);
+    let alerts = store::alerts::delete_resolved_before(&mut conn, cutoff).await.context("deleting resolved alerts past retention")?;
+    let sent = store::notifications::delete_settled_before(&mut conn, cutoff).await.context("deleting sent notifications past retention")?;
+    let silences = store::silences::delete_ended_before(&mut conn, cutoff).await.context("deleting expired silences past retention")?;
+    if alerts + sent + silences > 0 {
+        tracing::info!(alerts, notifications = sent, silences, "deleted alerting history past retention");
     }
     // Ended log-in windows count for nothing (a new attempt restarts its window): drop them here,
     // off the log-in path.

@@ -178,3 +178,9 @@ pub async fn set_rule(conn: &mut Conn, org: OrgId, rule: &str, change: &RuleChan
     .await?;
     Ok(())
 }
+
+/// Deletes alerts that resolved before `cutoff`; returns how many.
+pub async fn delete_resolved_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND ends_at < $1").bind(cutoff).execute(conn).await?;
+    Ok(done.rows_affected())
+}

@@ -187,3 +187,12 @@ pub async fn release(conn: &mut Conn, ids: &[String]) -> Result<(), sqlx::Error>
     }
     Ok(())
 }
+
+/// Deletes notifications created before `cutoff` that are no longer pending (delivered, or
+/// failed after the whole schedule), with their delivery log; returns how many.
+pub async fn delete_settled_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
+    const SETTLED: &str = "SELECT id FROM notifications WHERE status <> 'pending' AND created_at < $1";
+    sqlx::query(&format!("DELETE FROM delivery_attempts WHERE message_id IN ({SETTLED})")).bind(cutoff).execute(&mut *conn).await?;
+    let done = sqlx::query(&format!("DELETE FROM notifications WHERE id IN ({SETTLED})")).bind(cutoff).execute(conn).await?;
+    Ok(done.rows_affected())
+}

@@ -106,3 +106,9 @@ pub async fn expire(conn: &mut Conn, org: OrgId, id: SilenceId, now: i64) -> Res
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Deletes silences that ended before `cutoff`; returns how many.
+pub async fn delete_ended_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM silences WHERE ends_at < $1").bind(cutoff).execute(conn).await?;
+    Ok(done.rows_affected())
+}

@@ -8,11 +8,15 @@ use std::time::{Duration, Instant};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use meshfleet_server::domain::alerting::AlertEvent;
-use meshfleet_server::store::notifications;
+use meshfleet_server::domain::alerting::AlertState;
+use meshfleet_server::domain::health::Severity;
+use meshfleet_server::domain::AlertId;
+use meshfleet_server::store::alerts::Alert;
+use meshfleet_server::store::{self, notifications};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_problem, postgres_url, Api, Engine, Login, TestApp, TestDb};
+use crate::helpers::{self, assert_problem, postgres_url, Api, Engine, Login, TestApp, TestDb};
 use crate::on_both_engines;
 use crate::process::server;
 
@@ -22,6 +26,7 @@ on_both_engines!(
     a_failing_receiver_gets_the_message_on_a_scheduled_retry,
     gone_disables_the_channel,
     an_admin_renames_repoints_and_pauses_a_channel,
+    alerting_history_is_kept_for_alert_retention_days,
     retry_after_is_honoured,
     internal_targets_are_refused_on_create_and_at_send_time,
     redelivery_keeps_the_webhook_id,
@@ -562,4 +567,57 @@ async fn two_replicas_deliver_each_message_once() {
     assert_eq!(got_ids.len(), 40, "some messages were sent twice");
     assert_eq!(got_ids.into_iter().collect::<std::collections::BTreeSet<_>>(), ids);
     drop(got);
+}
+
+async fn alerting_history_is_kept_for_alert_retention_days(engine: Engine) {
+    let app = app(engine, "0ms").await;
+    let owner = app.owner("ops@example.com").await;
+    let receiver = Receiver::start(&[]).await;
+    let (channel, _) = create_channel(&app, &owner, &receiver.url).await;
+    send_test(&app, &owner, &channel).await;
+    log_until(&app, &owner, &channel, |l| !l.is_empty()).await;
+    let now = app.state.clock.now_ms();
+    let silence =
+        json!({ "matchers": [{ "name": "cluster", "op": "=", "value": "prod" }], "ends_at": helpers::rfc3339(now + 60_000), "comment": "maintenance" });
+    let (status, silence) = app.post("/api/v1/silences", &owner.access, silence).await;
+    assert_eq!(status, StatusCode::CREATED, "{silence}");
+    let (status, _) = app.call(Method::DELETE, &format!("/api/v1/silences/{}", silence["id"].as_str().unwrap()), Some(&owner.access), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let cluster = app.create_cluster(&owner, "prod", json!({})).await;
+    let resolved = Alert {
+        id: AlertId::new(),
+        org_id: owner.org.parse().unwrap(),
+        cluster_id: cluster["cluster"]["id"].as_str().unwrap().parse().unwrap(),
+        fingerprint: "0123456789abcdef".into(),
+        rule: "agent".into(),
+        object: "Agent".into(),
+        severity: Severity::Critical,
+        summary: "agent disconnected".into(),
+        labels: Default::default(),
+        state: AlertState::Resolved,
+        starts_at: now - 60_000,
+        fired_at: Some(now - 60_000),
+        cleared_at: Some(now - 10_000),
+        ends_at: Some(now),
+        notified_at: Some(now - 60_000),
+    };
+    store::alerts::insert(&mut app.state.db.pool.acquire().await.unwrap(), &resolved, now).await.unwrap();
+    // A paused channel's notification stays pending: it is not history, whatever its age.
+    patch_channel(&app, owner.access.clone(), channel.clone(), json!({ "enabled": false })).await;
+    send_test(&app, &owner, &channel).await;
+
+    // Within the 90 days: all kept.
+    meshfleet_server::worker::retention(app.state.clone()).await.unwrap();
+    let count = |table: &'static str| {
+        let pool = app.state.db.pool.clone();
+        async move { sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&pool).await.unwrap() }
+    };
+    let before = [count("alerts").await, count("notifications").await, count("delivery_attempts").await, count("silences").await];
+    assert_eq!(before, [1, 2, 1, 1]);
+
+    // 91 days on: the resolved alert, the sent message with its log and the expired silence go.
+    app.state.clock.advance(Duration::from_secs(91 * 86_400));
+    meshfleet_server::worker::retention(app.state.clone()).await.unwrap();
+    let after = [count("alerts").await, count("notifications").await, count("delivery_attempts").await, count("silences").await];
+    assert_eq!(after, [0, 1, 0, 0], "the held notification must stay");
 }
