@@ -68,7 +68,8 @@ struct Memory {
 enum Extent {
     /// With the request-rate trends of the overview's first rows.
     Overview,
-    /// The findings only, for alert evaluation (the trends were a third of the cost).
+    /// The findings only, for alert evaluation: the trend query is one more read of the metrics
+    /// (about 100 ms for 5,000 clusters on PostgreSQL; BENCHMARKS.md, "dashboard").
     Findings,
 }
 
