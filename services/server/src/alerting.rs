@@ -4,6 +4,7 @@
 
 pub mod channels;
 pub mod delivery;
+pub mod routing;
 pub mod rules;
 pub mod signing;
 pub mod ssrf;

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod health;
 pub mod labels;
 pub mod liveness;
+pub mod policies;
 pub mod schema;
 pub mod silences;
 
@@ -77,6 +78,8 @@ id_type!(/// Where alerts are sent: a webhook, or a Slack, PagerDuty or Alertman
     ChannelId);
 id_type!(/// A silence: mutes the notifications of the alerts its matchers match, for a while.
     SilenceId);
+id_type!(/// A notification policy: which channels the alerts it matches go to, grouped how.
+    PolicyId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

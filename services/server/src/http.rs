@@ -16,6 +16,7 @@ pub mod hardening;
 pub mod health;
 pub mod members;
 pub mod ops;
+pub mod policies;
 pub mod problems;
 pub mod silences;
 pub mod timestamp;
@@ -77,6 +78,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(alerts::router())
         .merge(channels::router())
         .merge(silences::router())
+        .merge(policies::router())
         .split_for_parts()
 }
 

@@ -18,6 +18,7 @@ pub mod metric_reports;
 pub mod metric_series;
 pub mod notifications;
 pub mod pki;
+pub mod policies;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;

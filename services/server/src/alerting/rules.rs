@@ -1,11 +1,10 @@
 //! Evaluation of the built-in rules: every `alert_evaluation_ms`, on one replica at a time, each
 //! organization's fleet is assessed afresh and every finding of an enabled rule moves its alert
-//! through pending -> firing -> resolved (`domain::alerting::step`). Each change is written in
-//! its own transaction, together with the notifications it makes (`alert.firing` when an alert
-//! fires, `alert.resolved` when a firing one resolves), which the delivery job then sends.
+//! through pending -> firing -> resolved (`domain::alerting::step`), each change in its own
+//! transaction. Then `routing::notify` tells the channels, by the notification policies.
 //!
 //! Silences: an alert an active silence matches still moves through its states, but its
-//! `alert.firing` is withheld. Once no active silence matches it (expired, or run out) while it
+//! firing is not notified. Once no active silence matches it (expired, or run out) while it
 //! still fires, the next evaluation sends it. `alert.resolved` goes only to alerts whose firing
 //! was sent, silenced or not by then: a receiver that opened an incident hears it closed.
 //!
@@ -19,7 +18,6 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, EventType, Open, Step};
 use crate::domain::health::{Finding, Severity};
-use crate::domain::silences::Silence;
 use crate::domain::{ms, AlertId, OrgId};
 use crate::fleet::{FleetCache, Row};
 use crate::jobs::{Job, Scope};
@@ -83,7 +81,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             let step = alerting::step(current.as_ref().map(remembered).as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
             let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, object, fingerprint, *since));
             let alert = Alert { severity: cfg.severity.unwrap_or_else(|| finding.severity()), summary: finding.message(now), ..alert };
-            apply(state, alert, step, &silences, now).await?;
+            apply(state, alert, step, now).await?;
         }
     }
     for (fingerprint, alert) in open {
@@ -91,9 +89,9 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             continue;
         }
         let step = alerting::step(Some(&remembered(&alert)), false, alert.starts_at, now, 0, resolve_delay);
-        apply(state, alert, step, &silences, now).await?;
+        apply(state, alert, step, now).await?;
     }
-    Ok(())
+    super::routing::notify(state, org, &silences, now).await
 }
 
 /// What the state machine needs of a stored alert.
@@ -126,51 +124,28 @@ fn new_alert(org: OrgId, row: &Row, rule: &str, object: String, fingerprint: Str
     }
 }
 
-/// Whether an active silence mutes the alert now.
-fn silenced(alert: &Alert, silences: &[Silence], now: i64) -> bool {
-    let labels = alerting::matchable_labels(&alert.labels, &alert.rule, alert.severity);
-    silences.iter().any(|s| s.mutes(&labels, now))
-}
-
-/// Records one step of one alert, and sends what it owes its channels: a firing alert's
-/// `alert.firing` once no silence mutes it (at once, or after a silence ends).
-async fn apply(state: &AppState, mut alert: Alert, step: Step, silences: &[Silence], now: i64) -> anyhow::Result<()> {
-    let fresh = matches!(step, Step::Open { .. });
+/// Records one step of one alert, in its own transaction. What its channels are told is
+/// decided afterwards, for all alerts together (`routing::notify`).
+async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyhow::Result<()> {
     match step {
-        Step::Keep | Step::Open { firing: false } => {}
+        Step::Keep => return Ok(()),
+        Step::Open { firing: false } => {}
         Step::Open { firing: true } | Step::Fire => {
             alert.state = AlertState::Firing;
             alert.fired_at = Some(now);
         }
         Step::Clear => alert.cleared_at = Some(now),
         Step::Unclear => alert.cleared_at = None,
-        Step::Resolve { .. } => {
+        Step::Resolve => {
             alert.state = AlertState::Resolved;
             alert.ends_at = Some(now);
         }
     }
-    let notify = match (alert.state, step) {
-        // A firing alert whose condition is clearing is not worth paging about any more; if it
-        // comes back (Unclear), the firing is sent then.
-        (AlertState::Firing, _) if alert.notified_at.is_none() && alert.cleared_at.is_none() && !silenced(&alert, silences, now) => {
-            alert.notified_at = Some(now);
-            Some(EventType::Firing)
-        }
-        (AlertState::Resolved, Step::Resolve { notify: true }) if alert.notified_at.is_some() => Some(EventType::Resolved),
-        _ => None,
-    };
-    if step == Step::Keep && notify.is_none() {
-        return Ok(());
-    }
-    // The state change and its notifications commit together: a crash loses neither alone.
     let mut tx = state.db.begin().await?;
-    if fresh {
+    if matches!(step, Step::Open { .. }) {
         store::alerts::insert(&mut tx, &alert, now).await?;
     } else {
         store::alerts::update(&mut tx, &alert, now).await?;
-    }
-    if let Some(event_type) = notify {
-        store::notifications::enqueue(&mut tx, alert.org_id, &event(state, &alert, event_type, now), now).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -172,9 +172,8 @@ pub enum Step {
     Clear,
     /// The condition holds again before the alert resolved.
     Unclear,
-    /// Resolved: a firing alert tells its channels (if they were told it fired: a silence may
-    /// have withheld that), a pending one goes silently.
-    Resolve { notify: bool },
+    /// Resolved. Its channels hear of it if they were told it fired (`alerting::routing`).
+    Resolve,
 }
 
 /// The alert state machine: pending -> firing -> resolved, with a "for" duration before firing
@@ -189,10 +188,10 @@ pub fn step(open: Option<&Open>, holds: bool, since: i64, now: i64, for_ms: i64,
             _ => Step::Keep,
         },
         (Some(a), false) => match (a.state, a.cleared_at) {
-            (AlertState::Pending, _) => Step::Resolve { notify: false },
+            (AlertState::Pending, _) => Step::Resolve,
             (_, None) if resolve_delay_ms > 0 => Step::Clear,
             (_, Some(at)) if now - at < resolve_delay_ms => Step::Keep,
-            _ => Step::Resolve { notify: true },
+            _ => Step::Resolve,
         },
     }
 }
@@ -221,7 +220,7 @@ mod tests {
 
     #[test]
     fn a_pending_alert_that_clears_goes_silently() {
-        assert_eq!(step(Some(&open(AlertState::Pending, 0, None)), false, 0, 10, FOR, DELAY), Step::Resolve { notify: false });
+        assert_eq!(step(Some(&open(AlertState::Pending, 0, None)), false, 0, 10, FOR, DELAY), Step::Resolve);
     }
 
     #[test]
@@ -231,9 +230,9 @@ mod tests {
         let cleared = open(AlertState::Firing, 0, Some(100));
         assert_eq!(step(Some(&cleared), false, 0, 100 + DELAY - 1, FOR, DELAY), Step::Keep);
         assert_eq!(step(Some(&cleared), true, 0, 100 + DELAY - 1, FOR, DELAY), Step::Unclear);
-        assert_eq!(step(Some(&cleared), false, 0, 100 + DELAY, FOR, DELAY), Step::Resolve { notify: true });
+        assert_eq!(step(Some(&cleared), false, 0, 100 + DELAY, FOR, DELAY), Step::Resolve);
         // Without a delay a firing alert resolves at once.
-        assert_eq!(step(Some(&firing), false, 0, 100, FOR, 0), Step::Resolve { notify: true });
+        assert_eq!(step(Some(&firing), false, 0, 100, FOR, 0), Step::Resolve);
     }
 
     #[test]

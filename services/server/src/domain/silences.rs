@@ -139,6 +139,16 @@ impl Matchers {
         if specs.is_empty() {
             return Err(vec![("matchers".into(), "must hold at least one matcher".into())]);
         }
+        let matchers = Matchers::parse_route(specs)?;
+        // Such a silence would mute every alert, even those without the labels it names.
+        if matchers.0.iter().all(|m| m.matches_value("")) {
+            return Err(vec![("matchers".into(), "must hold at least one matcher that does not match the empty string".into())]);
+        }
+        Ok(matchers)
+    }
+
+    /// Checks matchers as a notification policy takes them: none at all matches every alert.
+    pub fn parse_route(specs: &[MatcherSpec]) -> Result<Matchers, Vec<(String, String)>> {
         if specs.len() > MAX_MATCHERS {
             return Err(vec![("matchers".into(), format!("must hold at most {MAX_MATCHERS} matchers"))]);
         }
@@ -153,10 +163,6 @@ impl Matchers {
         }
         if !errors.is_empty() {
             return Err(errors);
-        }
-        // Such a silence would mute every alert, even those without the labels it names.
-        if matchers.iter().all(|m| m.matches_value("")) {
-            return Err(vec![("matchers".into(), "must hold at least one matcher that does not match the empty string".into())]);
         }
         Ok(Matchers(matchers))
     }

@@ -155,7 +155,8 @@ async fn list_channels(State(state): State<AppState>, auth: Principal) -> Result
 
 /// Creates an alert channel (admins); its signing secret is in the response.
 ///
-/// Every enabled channel receives every alert event. A webhook receives the versioned event as
+/// Enabled channels receive the alerts the notification policies route to them (all alerts no
+/// policy takes go to every enabled channel). A webhook receives the versioned event as
 /// JSON; Slack, PagerDuty (Events API v2) and Alertmanager receivers get it in their own
 /// format. Every request is signed per Standard Webhooks (`webhook-id`, `webhook-timestamp`,
 /// `webhook-signature`), and the `webhook-id` is the same on every attempt.
@@ -303,6 +304,7 @@ async fn delete_channel(State(state): State<AppState>, auth: Principal, ApiPath(
     let mut tx = state.db.begin().await?;
     let channel = find(&mut tx, auth.org_id, id).await?;
     alert_channels::delete(&mut tx, auth.org_id, id).await?;
+    store::policies::drop_channel(&mut tx, auth.org_id, id).await?;
     audit::record(
         &mut tx,
         auth.org_id,

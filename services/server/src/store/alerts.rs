@@ -184,3 +184,32 @@ pub async fn delete_resolved_before(conn: &mut Conn, cutoff: i64) -> Result<u64,
     let done = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND ends_at < $1").bind(cutoff).execute(conn).await?;
     Ok(done.rows_affected())
 }
+
+/// The last alert of each fingerprint that resolved: what a group tells its channels resolved.
+pub async fn last_resolved(conn: &mut Conn, org: OrgId, fingerprints: &[&str]) -> Result<Vec<Alert>, sqlx::Error> {
+    let mut found = Vec::new();
+    for fingerprint in fingerprints {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND fingerprint = $2 AND state = 'resolved' ORDER BY ends_at DESC, id DESC LIMIT 1"
+        ))
+        .bind(org.to_string())
+        .bind(*fingerprint)
+        .fetch_optional(&mut *conn)
+        .await?;
+        found.extend(row.as_ref().map(from_row).transpose()?);
+    }
+    Ok(found)
+}
+
+/// Records that the firing of these open alerts was sent (the first time only).
+pub async fn mark_notified(conn: &mut Conn, org: OrgId, ids: &[AlertId], now: i64) -> Result<(), sqlx::Error> {
+    for id in ids {
+        sqlx::query("UPDATE alerts SET notified_at = $3 WHERE org_id = $1 AND id = $2 AND notified_at IS NULL")
+            .bind(org.to_string())
+            .bind(id.to_string())
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}

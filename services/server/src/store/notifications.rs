@@ -29,6 +29,17 @@ pub async fn enqueue(conn: &mut Conn, org: OrgId, event: &AlertEvent, now: i64) 
 
 /// Queues `event` for one channel; returns the message id.
 pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent, now: i64) -> Result<String, sqlx::Error> {
+    enqueue_rendered(conn, channel, event.event_type.as_str(), now, |id| channels::render(channel.kind, &channel.name, event, id)).await
+}
+
+/// Queues for one channel the body `render` makes for the new message id; returns the id.
+pub async fn enqueue_rendered(
+    conn: &mut Conn,
+    channel: &Channel,
+    event_type: &str,
+    now: i64,
+    render: impl FnOnce(&str) -> String,
+) -> Result<String, sqlx::Error> {
     let id = new_message_id();
     sqlx::query(
         "INSERT INTO notifications (id, org_id, channel_id, event_type, body, created_at, status, attempts, next_attempt_at, claimed_until)
@@ -37,8 +48,8 @@ pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent,
     .bind(&id)
     .bind(channel.org_id.to_string())
     .bind(channel.id.to_string())
-    .bind(event.event_type.as_str())
-    .bind(channels::render(channel.kind, &channel.name, event, &id))
+    .bind(event_type)
+    .bind(render(&id))
     .bind(now)
     .execute(conn)
     .await?;

@@ -39,6 +39,9 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/silences") => {
             Some(json!({ "matchers": [{ "name": "cluster", "op": "=", "value": "victim-prod" }], "ends_at": "2099-01-01T00:00:00Z", "comment": "intruder" }))
         }
+        ("POST", "/api/v1/notification-policies") | ("PUT", "/api/v1/notification-policies/{id}") => {
+            Some(json!({ "name": "intruder", "channel_ids": ["0190a0b0-0000-7000-8000-000000000000"] }))
+        }
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -58,6 +61,7 @@ struct Victim {
     channel_id: String,
     message_id: String,
     silence_id: String,
+    policy_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -77,6 +81,8 @@ async fn victim(app: &TestApp) -> Victim {
     let matchers = json!([{ "name": "cluster", "op": "=", "value": "victim-prod" }]);
     let (status, silence) = app.post("/api/v1/silences", &owner.access, json!({ "matchers": matchers, "ends_at": ends_at, "comment": "maintenance" })).await;
     assert_eq!(status, StatusCode::CREATED, "{silence}");
+    let (status, policy) = app.post("/api/v1/notification-policies", &owner.access, json!({ "name": "prod", "channel_ids": [channel_id] })).await;
+    assert_eq!(status, StatusCode::CREATED, "{policy}");
     Victim {
         owner,
         cluster_id,
@@ -86,6 +92,7 @@ async fn victim(app: &TestApp) -> Victim {
         channel_id,
         message_id,
         silence_id: silence["id"].as_str().unwrap().to_owned(),
+        policy_id: policy["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -94,6 +101,7 @@ fn fill(path: &str, v: &Victim) -> String {
         p if p.starts_with("/api/v1/clusters/") => &v.cluster_id,
         p if p.starts_with("/api/v1/alert-channels/") => &v.channel_id,
         p if p.starts_with("/api/v1/silences/") => &v.silence_id,
+        p if p.starts_with("/api/v1/notification-policies/") => &v.policy_id,
         _ => &v.token_id,
     };
     path.replace("{id}", id)
@@ -107,7 +115,16 @@ fn fill(path: &str, v: &Victim) -> String {
 async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     let mut state = json!({});
     let commands = format!("/api/v1/clusters/{}/commands", v.cluster_id);
-    let paths = ["/api/v1/clusters", "/api/v1/members", "/api/v1/tokens", "/api/v1/alert-channels", "/api/v1/alert-rules", "/api/v1/silences", &commands];
+    let paths = [
+        "/api/v1/clusters",
+        "/api/v1/members",
+        "/api/v1/tokens",
+        "/api/v1/alert-channels",
+        "/api/v1/alert-rules",
+        "/api/v1/silences",
+        "/api/v1/notification-policies",
+        &commands,
+    ];
     for path in paths {
         state[path] = app.get(path, &v.owner.access).await.1;
     }

@@ -26,6 +26,7 @@ mod jobs;
 mod members;
 mod migrations;
 mod openapi;
+mod policies;
 mod quotas;
 mod rollups;
 mod secrets_at_rest;
