@@ -8,6 +8,7 @@ pub mod audit;
 pub mod health;
 pub mod labels;
 pub mod liveness;
+pub mod metric_rules;
 pub mod policies;
 pub mod schema;
 pub mod silences;
@@ -80,6 +81,8 @@ id_type!(/// A silence: mutes the notifications of the alerts its matchers match
     SilenceId);
 id_type!(/// A notification policy: which channels the alerts it matches go to, grouped how.
     PolicyId);
+id_type!(/// A custom alert rule on the golden metrics of workloads.
+    MetricRuleId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

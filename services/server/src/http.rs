@@ -15,6 +15,7 @@ pub mod extract;
 pub mod hardening;
 pub mod health;
 pub mod members;
+pub mod metric_rules;
 pub mod ops;
 pub mod policies;
 pub mod problems;
@@ -79,6 +80,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(channels::router())
         .merge(silences::router())
         .merge(policies::router())
+        .merge(metric_rules::router())
         .split_for_parts()
 }
 

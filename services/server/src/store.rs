@@ -15,6 +15,7 @@ pub mod inventory;
 pub mod leases;
 pub mod login_throttle;
 pub mod metric_reports;
+pub mod metric_rules;
 pub mod metric_series;
 pub mod notifications;
 pub mod pki;
@@ -33,7 +34,17 @@ pub(crate) fn parse_col<T: std::str::FromStr>(value: &str, column: &str) -> Resu
     value.parse().map_err(|_| sqlx::Error::Decode(format!("bad value in column {column}: {value:?}").into()))
 }
 
-/// `($1, $2), ($3, $4)` for a multi-row INSERT of `rows` rows of `cols` columns.
+/// A stored enum written as its serde word (`"critical"`).
+pub(crate) fn word<T: serde::de::DeserializeOwned>(value: String, column: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(value)).map_err(|e| sqlx::Error::Decode(format!("bad value in column {column}: {e}").into()))
+}
+
+/// A column holding JSON.
+pub(crate) fn json_col<T: serde::de::DeserializeOwned>(r: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error> {
+    use sqlx::Row;
+    serde_json::from_str(&r.try_get::<String, _>(column)?).map_err(|e| sqlx::Error::Decode(format!("bad value in column {column}: {e}").into()))
+}
+
 /// The row of `table` (its `columns`) with this `id` in the organization, read by `from_row`.
 pub(crate) async fn one_of_org<T>(
     conn: &mut Conn,
@@ -51,6 +62,7 @@ pub(crate) async fn one_of_org<T>(
     row.as_ref().map(from_row).transpose()
 }
 
+/// `($1, $2), ($3, $4)` for a multi-row INSERT of `rows` rows of `cols` columns.
 pub(crate) fn values_clause(rows: usize, cols: usize) -> String {
     (0..rows).map(|r| format!("({})", (1..=cols).map(|c| format!("${}", r * cols + c)).collect::<Vec<_>>().join(", "))).collect::<Vec<_>>().join(", ")
 }

@@ -12,13 +12,14 @@
 //! (neither raised nor resolved): the data they would be judged on is stale, and the one alert
 //! that matters is the agent's.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, EventType, Open, Step};
 use crate::domain::health::{Finding, Severity};
-use crate::domain::{ms, AlertId, OrgId};
+use crate::domain::metric_rules::{MetricRule, Sample};
+use crate::domain::{ms, AlertId, ClusterId, OrgId};
 use crate::fleet::{FleetCache, Row};
 use crate::jobs::{Job, Scope};
 use crate::store;
@@ -54,18 +55,21 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     let snapshot = FleetCache::fresh(state, org).await.map_err(|e| anyhow::anyhow!("assessing the fleet of {org}: {e}"))?;
     let now = snapshot.at;
     let resolve_delay = ms(state.config.alert_resolve_delay);
-    let (changes, mut open, silences) = {
+    let (changes, open, silences) = {
         let mut conn = state.db.pool.acquire().await?;
         let changes = store::alerts::rule_changes(&mut conn, org).await?;
         let open: HashMap<String, Alert> = store::alerts::open_of_org(&mut conn, org).await?.into_iter().map(|a| (a.fingerprint.clone(), a)).collect();
         let silences = store::silences::active(&mut conn, org, now).await?;
         (changes, open, silences)
     };
-    let mut seen = HashSet::new();
+    let metric_rules: Vec<MetricRule> = store::metric_rules::list(&mut *state.db.pool.acquire().await?, org).await?.into_iter().filter(|r| r.enabled).collect();
+    let samples = workload_samples(state, org, &metric_rules, now).await?;
+    let mut eval = Evaluation { state, org, now, resolve_delay, open, seen: HashSet::new() };
     for row in &snapshot.rows {
         let held = row.status == "disconnected";
         if held {
-            seen.extend(open.values().filter(|a| a.cluster_id == row.cluster.id && a.rule != "agent").map(|a| a.fingerprint.clone()));
+            let cluster = row.cluster.id;
+            eval.seen.extend(eval.open.values().filter(|a| a.cluster_id == cluster && a.rule != "agent").map(|a| a.fingerprint.clone()));
         }
         for (finding, since) in &row.findings {
             let Some(rule) = builtin_rule(finding.check()) else { continue };
@@ -74,16 +78,28 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || (held && rule.name != "agent") {
                 continue;
             }
-            let object = finding.object();
-            let fingerprint = alerting::fingerprint(rule.name, row.cluster.id, &object);
-            seen.insert(fingerprint.clone());
-            let current = open.remove(&fingerprint);
-            let step = alerting::step(current.as_ref().map(remembered).as_ref(), true, *since, now, cfg.for_ms, resolve_delay);
-            let alert = current.unwrap_or_else(|| new_alert(org, row, rule.name, object, fingerprint, *since));
-            let alert = Alert { severity: cfg.severity.unwrap_or_else(|| finding.severity()), summary: finding.message(now), ..alert };
-            apply(state, alert, step, now).await?;
+            let severity = cfg.severity.unwrap_or_else(|| finding.severity());
+            let condition = Condition { rule: rule.name, object: finding.object(), severity, summary: finding.message(now), since: *since, for_ms: cfg.for_ms };
+            eval.holds(row, condition, &[]).await?;
+        }
+        if held {
+            continue;
+        }
+        for rule in &metric_rules {
+            let workloads = samples.get(&(rule.window_ms, row.cluster.id)).map(Vec::as_slice).unwrap_or_default();
+            for (namespace, workload, sample) in workloads {
+                if !rule.covers(&row.cluster.labels, namespace, workload) {
+                    continue;
+                }
+                let Some(value) = rule.breached(sample) else { continue };
+                let object = format!("{namespace}/{workload}");
+                let summary = rule.summary(&object, value);
+                let condition = Condition { rule: &rule.name, object, severity: rule.severity, summary, since: now, for_ms: rule.for_ms };
+                eval.holds(row, condition, &[("namespace", namespace), ("workload", workload)]).await?;
+            }
         }
     }
+    let Evaluation { open, seen, .. } = eval;
     for (fingerprint, alert) in open {
         if seen.contains(&fingerprint) {
             continue;
@@ -92,6 +108,61 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         apply(state, alert, step, now).await?;
     }
     super::routing::notify(state, org, &silences, now).await
+}
+
+/// Each cluster's workloads (namespace, workload, sample) over each window the rules use, by
+/// (window, cluster).
+type Samples = HashMap<(i64, ClusterId), Vec<(String, String, Sample)>>;
+
+async fn workload_samples(state: &AppState, org: OrgId, rules: &[MetricRule], now: i64) -> anyhow::Result<Samples> {
+    let windows: BTreeSet<i64> = rules.iter().map(|r| r.window_ms).collect();
+    // Complete minutes only: the current one is still being reported.
+    let minute = now.div_euclid(60_000) * 60_000;
+    let mut by_cluster = Samples::new();
+    for window in windows {
+        let samples = store::metric_rules::samples(&mut *state.db.pool.acquire().await?, org, minute - window, minute).await?;
+        for ((cluster, namespace, workload), sample) in samples {
+            by_cluster.entry((window, cluster)).or_default().push((namespace, workload, sample));
+        }
+    }
+    Ok(by_cluster)
+}
+
+/// A rule's condition holding for one object of a cluster now.
+struct Condition<'a> {
+    rule: &'a str,
+    object: String,
+    severity: Severity,
+    summary: String,
+    /// When the condition began (now, where nothing tells earlier).
+    since: i64,
+    for_ms: i64,
+}
+
+/// One organization's evaluation under way: its open alerts not yet judged, and the
+/// fingerprints of those whose condition holds (or that are held as they are).
+struct Evaluation<'a> {
+    state: &'a AppState,
+    org: OrgId,
+    now: i64,
+    resolve_delay: i64,
+    open: HashMap<String, Alert>,
+    seen: HashSet<String>,
+}
+
+impl Evaluation<'_> {
+    /// Opens, fires or keeps the alert of a condition that holds; `labels` go beside the
+    /// cluster's on a new alert.
+    async fn holds(&mut self, row: &Row, c: Condition<'_>, labels: &[(&str, &str)]) -> anyhow::Result<()> {
+        let fingerprint = alerting::fingerprint(c.rule, row.cluster.id, &c.object);
+        self.seen.insert(fingerprint.clone());
+        let current = self.open.remove(&fingerprint);
+        let step = alerting::step(current.as_ref().map(remembered).as_ref(), true, c.since, self.now, c.for_ms, self.resolve_delay);
+        let mut alert = current.unwrap_or_else(|| new_alert(self.org, row, c.rule, c.object, fingerprint, c.since));
+        alert.labels.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+        let alert = Alert { severity: c.severity, summary: c.summary, ..alert };
+        apply(self.state, alert, step, self.now).await
+    }
 }
 
 /// What the state machine needs of a stored alert.

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use sqlx::Row;
 
-use super::{parse_col, Conn};
+use super::{parse_col, word, Conn};
 use crate::domain::alerting::AlertState;
 use crate::domain::health::Severity;
 use crate::domain::{AlertId, ClusterId, OrgId};
@@ -33,10 +33,6 @@ const COLUMNS: &str =
     "id, org_id, cluster_id, fingerprint, rule, object, severity, summary, labels, state, starts_at, fired_at, cleared_at, ends_at, notified_at";
 
 /// One of our enums, stored as the word it serializes to.
-fn word<T: serde::de::DeserializeOwned>(value: String, column: &str) -> Result<T, sqlx::Error> {
-    serde_json::from_value(serde_json::Value::String(value)).map_err(|e| sqlx::Error::Decode(format!("bad value in column {column}: {e}").into()))
-}
-
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
     Ok(Alert {
         id: parse_col(&r.try_get::<String, _>("id")?, "alerts.id")?,

@@ -4,17 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sqlx::Row;
 
-use super::{parse_col, Conn};
+use super::{json_col, parse_col, Conn};
 use crate::domain::policies::{GroupBy, Notified, Policy, Timing};
 use crate::domain::silences::{MatcherSpec, Matchers};
 use crate::domain::{ChannelId, OrgId, PolicyId};
 
 const COLUMNS: &str =
     "id, org_id, name, position, matchers, channel_ids, group_by, group_wait_ms, group_interval_ms, repeat_interval_ms, continue_matching, created_at, updated_at";
-
-fn json_col<T: serde::de::DeserializeOwned>(r: &sqlx::any::AnyRow, column: &str) -> Result<T, sqlx::Error> {
-    serde_json::from_str(&r.try_get::<String, _>(column)?).map_err(|e| sqlx::Error::Decode(format!("bad value in column {column}: {e}").into()))
-}
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<Policy, sqlx::Error> {
     let bad = |column: &str, e: String| sqlx::Error::Decode(format!("bad value in column notification_policies.{column}: {e}").into());

@@ -42,6 +42,9 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/notification-policies") | ("PUT", "/api/v1/notification-policies/{id}") => {
             Some(json!({ "name": "intruder", "channel_ids": ["0190a0b0-0000-7000-8000-000000000000"] }))
         }
+        ("POST", "/api/v1/metric-rules") | ("PUT", "/api/v1/metric-rules/{id}") => {
+            Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
+        }
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -62,6 +65,7 @@ struct Victim {
     message_id: String,
     silence_id: String,
     policy_id: String,
+    metric_rule_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -83,6 +87,9 @@ async fn victim(app: &TestApp) -> Victim {
     assert_eq!(status, StatusCode::CREATED, "{silence}");
     let (status, policy) = app.post("/api/v1/notification-policies", &owner.access, json!({ "name": "prod", "channel_ids": [channel_id] })).await;
     assert_eq!(status, StatusCode::CREATED, "{policy}");
+    let rule = json!({ "name": "checkout_errors", "metric": "success_rate", "comparison": "<", "threshold": 0.99 });
+    let (status, rule) = app.post("/api/v1/metric-rules", &owner.access, rule).await;
+    assert_eq!(status, StatusCode::CREATED, "{rule}");
     Victim {
         owner,
         cluster_id,
@@ -93,6 +100,7 @@ async fn victim(app: &TestApp) -> Victim {
         message_id,
         silence_id: silence["id"].as_str().unwrap().to_owned(),
         policy_id: policy["id"].as_str().unwrap().to_owned(),
+        metric_rule_id: rule["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -102,6 +110,7 @@ fn fill(path: &str, v: &Victim) -> String {
         p if p.starts_with("/api/v1/alert-channels/") => &v.channel_id,
         p if p.starts_with("/api/v1/silences/") => &v.silence_id,
         p if p.starts_with("/api/v1/notification-policies/") => &v.policy_id,
+        p if p.starts_with("/api/v1/metric-rules/") => &v.metric_rule_id,
         _ => &v.token_id,
     };
     path.replace("{id}", id)

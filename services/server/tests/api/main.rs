@@ -24,6 +24,7 @@ mod health;
 mod isolation;
 mod jobs;
 mod members;
+mod metric_rules;
 mod migrations;
 mod openapi;
 mod policies;
