@@ -119,12 +119,21 @@ function countdowns() {
   }
 }
 
+const sources = [];
+
 function live() {
   for (const el of document.querySelectorAll("[data-live]")) {
     const source = new EventSource(el.dataset.live);
     source.addEventListener("update", (e) => { el.innerHTML = e.data; countdowns(); });
+    sources.push(source);
   }
 }
+
+// A page left for another may be kept (the back-forward cache) with its streams open; the
+// browser allows six connections to a host, so a few live pages visited in turn would leave
+// none for the next. Streams close when the page is hidden and open again if it comes back.
+window.addEventListener("pagehide", () => { for (const source of sources.splice(0)) source.close(); });
+window.addEventListener("pageshow", (e) => { if (e.persisted) live(); });
 
 document.addEventListener("DOMContentLoaded", () => {
   live();
