@@ -1,6 +1,6 @@
 //! The fleet overview: every cluster with status, health, versions, nearest certificate
-//! expiry and golden metrics, worst first; filters, search, a summary row; kept live by
-//! server-sent events carrying the re-rendered table.
+//! expiry and golden metrics, worst first; filters, search, a summary row, the firing alerts;
+//! kept live by server-sent events carrying the re-rendered table (as are the other live views).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,6 +71,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
     let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < warn_ms)).count();
     let shown: Vec<&Row> = rows.iter().copied().take(MAX_ROWS).collect();
     let trends = trends(state, viewer, &snapshot, &shown, now).await?;
+    let firing = super::alerts::firing_card(state, viewer, None).await?;
     Ok(html! {
         ul.summary aria-label="Fleet summary" {
             li.healthy { strong { (count(&[Health::Healthy])) } " healthy" }
@@ -79,6 +80,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
             li.expiring { strong { (expiring) } " certificates expiring within " (health::span(warn_ms)) }
             li { strong { (count(&[Health::Pending])) } " waiting for an agent" }
         }
+        (firing)
         div.table-wrap {
             table.fleet {
                 caption { "Clusters, worst first" @if rows.len() > MAX_ROWS { " (showing " (MAX_ROWS) " of " (rows.len()) "; narrow the filters)" } }
@@ -200,7 +202,7 @@ pub struct LiveQuery {
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
 pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
-    if !matches!((q.view.as_str(), q.id), ("fleet", _) | ("cluster", Some(_))) {
+    if !matches!((q.view.as_str(), q.id), ("fleet" | "alerts" | "channels", _) | ("cluster", Some(_))) {
         return page_error(ApiError::field("view", "unknown live view"));
     }
     Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
@@ -213,6 +215,8 @@ fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = 
             tick.tick().await;
             let rendered = match (q.view.as_str(), q.id) {
                 ("cluster", Some(id)) => super::cluster::fragment(&state, &viewer, id).await,
+                ("alerts", _) => super::alerts::fragment(&state, &viewer).await,
+                ("channels", _) => super::channels::fragment(&state, &viewer).await,
                 _ => fragment(&state, &viewer, &q.filters).await,
             };
             let html = match rendered {
