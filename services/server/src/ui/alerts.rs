@@ -14,8 +14,10 @@ use crate::http::error::ApiError;
 use crate::store;
 use crate::store::alerts::Alert;
 
-/// Open alerts shown at most, on this page and on the fleet's and a cluster's cards.
+/// Open alerts read at most, for this page and the firing cards.
 const MAX_OPEN: u32 = 200;
+/// Rows of a firing card (the fleet's, a cluster's); the alerts page has them all.
+const CARD_ROWS: usize = 10;
 /// Resolved alerts the history shows.
 const MAX_HISTORY: u32 = 50;
 /// Silences listed, newest first.
@@ -87,7 +89,8 @@ pub async fn firing_card(state: &AppState, viewer: &Viewer, cluster: Option<Clus
         section.card.firing aria-label="Firing alerts" {
             h2 { "Firing alerts " span.badge.count.severity-critical[!alerts.is_empty()] data-firing-count=(alerts.len()) { (alerts.len()) } }
             @if alerts.is_empty() { p.muted { "No alert is firing." } } @else {
-                (open_table(&alerts, &active, now, "Firing now, most severe first"))
+                @let caption = if alerts.len() > CARD_ROWS { format!("Firing now, most severe first (the first {CARD_ROWS})") } else { "Firing now, most severe first".to_owned() };
+                (open_table(&alerts[..alerts.len().min(CARD_ROWS)], &active, now, &caption))
             }
             p { a href="/alerts" { "All alerts and silences" } }
         }
