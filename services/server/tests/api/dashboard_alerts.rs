@@ -66,10 +66,15 @@ async fn alerts_show_live_and_silences_and_channels_are_run_from_the_dashboard()
     assert!(b.wait_text("#silence-form .form-error", "matchers[0].value", Duration::from_secs(5)).await, "the API's error is not shown");
     b.screenshot("silence-refused").await;
     b.fill("#matcher-value", "certificate_.*").await;
+    b.click("#silence-form [data-add-matcher]").await;
+    b.fill("#silence-form [data-matcher]:nth-of-type(2) [data-part='name']", "cluster").await;
+    b.fill("#silence-form [data-matcher]:nth-of-type(2) [data-part='value']", "troubled").await;
     b.click("#silence-form button[type=submit]").await;
     assert!(b.wait_text("#silences tr[data-silence]", "active", Duration::from_secs(5)).await, "the new silence is not listed");
     let row = b.text("#silences tr[data-silence]").await;
-    assert!(row.contains("alertname =~ \"certificate_.*\"") && row.contains("renewing the <b>issuer</b>") && row.contains("ada@example.com"), "{row}");
+    for want in ["alertname =~ \"certificate_.*\"", "cluster = \"troubled\"", "renewing the <b>issuer</b>", "ada@example.com"] {
+        assert!(row.contains(want), "{want} missing from the silence: {row}");
+    }
     // It mutes the certificate's alert, and the page says so (the comment as text, not markup).
     assert!(b.wait_text("#live tr[data-alert='certificate_expiry'] .silenced-by", "renewing the <b>issuer</b>", Duration::from_secs(5)).await);
     let firing = alerts(&app, &owner, "?state=firing", |a| by_rule(a, "certificate_expiry").is_some()).await;
