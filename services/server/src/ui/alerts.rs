@@ -122,7 +122,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
         Some(&viewer),
         html! {
             h1 { "Alerts" }
-            section.card { div id="live" data-live="/ui/live?view=alerts" aria-live="polite" { (live) } }
+            section.card { div id="live" data-live=(super::fleet::live_url("view=alerts", &live)) aria-live="polite" { (live) } }
             section.card id="history" {
                 h2 { "Recently resolved" }
                 @if history.is_empty() { p.muted { "No alert has resolved yet." } } @else {

@@ -25,7 +25,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
         html! {
             h1 { "Alert channels" }
             p.muted { "Every enabled channel receives every alert event. Channels are created and changed through the API (README, \u{201c}Alert channels\u{201d})." }
-            div id="live" data-live="/ui/live?view=channels" aria-live="polite" { (live) }
+            div id="live" data-live=(super::fleet::live_url("view=channels", &live)) aria-live="polite" { (live) }
         },
     ))
 }

@@ -40,7 +40,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(
             p { a href="/fleet" { "← Fleet" } }
             h1 { (cluster.name) }
             p.labels { @for (k, v) in &cluster.labels { span.label { (k) "=" (v) } " " } }
-            div id="live" data-live=(format!("/ui/live?view=cluster&id={id}")) aria-live="polite" { (live) }
+            div id="live" data-live=(super::fleet::live_url(&format!("view=cluster&id={id}"), &live)) aria-live="polite" { (live) }
             section.card {
                 h2 { "Connect this cluster" }
                 p { "Run this where kubectl points at the cluster. The manifest carries a fresh single-use bootstrap token (valid one hour); "

@@ -133,7 +133,7 @@ async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[
 pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(f)): OnPage<ApiQuery<Filters>>) -> PageResult {
     let fragment = fragment(&state, &viewer, &f).await.map_err(page_error)?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
-    let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
+    let live = live_url(&format!("view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector)), &fragment);
     Ok(layout(
         "Fleet",
         Some(&viewer),
@@ -196,8 +196,25 @@ fn first_run(state: &AppState, viewer: &Viewer) -> Markup {
 pub struct LiveQuery {
     view: String,
     id: Option<ClusterId>,
+    /// The digest of the fragment the page was rendered with (a string: numbers do not survive
+    /// `flatten` in a query string).
+    #[serde(default)]
+    shown: String,
     #[serde(flatten)]
     filters: Filters,
+}
+
+/// A digest of a rendered fragment, to tell whether it changed.
+fn digest(html: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    html.hash(&mut h);
+    h.finish()
+}
+
+/// The live stream of a view (`query`), starting from the fragment the page shows: the stream
+/// sends nothing until it changes, so a fresh page is not redrawn (a click on it not lost).
+pub fn live_url(query: &str, shown: &Markup) -> String {
+    format!("/ui/live?{query}&shown={}", digest(&shown.0))
 }
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
@@ -209,7 +226,8 @@ pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery
 }
 
 fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((state, viewer, q, 0u64), |(state, viewer, q, last)| async move {
+    let shown = q.shown.parse().unwrap_or(0u64);
+    futures::stream::unfold((state, viewer, q, shown), |(state, viewer, q, last)| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
@@ -223,9 +241,7 @@ fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = 
                 Ok(m) => m.into_string(),
                 Err(e) => html! { p.form-error role="alert" { (e.problem().detail.unwrap_or_default()) } }.into_string(),
             };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            html.hash(&mut h);
-            let digest = h.finish();
+            let digest = digest(&html);
             if digest != last {
                 return Some((Ok(Event::default().event("update").data(html)), (state, viewer, q, digest)));
             }
