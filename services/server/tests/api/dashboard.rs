@@ -94,7 +94,15 @@ impl Browser {
     }
 
     pub(crate) async fn click(&self, css: &str) {
-        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+        // As in `text`: a live update may replace the element between finding and clicking it.
+        for _ in 0..10 {
+            let el = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap();
+            match el.click().await {
+                Err(fantoccini::error::CmdError::Standard(e)) if e.error == fantoccini::error::ErrorStatus::StaleElementReference => continue,
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{css} kept being replaced");
     }
 
     pub(crate) async fn wait_url(&self, part: &str) {
