@@ -2,6 +2,8 @@
 //! re-rendered fragments, and mutations through the JSON API with the session's CSRF token.
 //! Assets are served by the server itself; nothing needs a build step beyond cargo.
 
+pub mod alerts;
+pub mod channels;
 pub mod charts;
 pub mod cluster;
 pub mod fleet;
@@ -28,6 +30,8 @@ pub fn router() -> Router<AppState> {
         .route("/ui/session", axum::routing::post(session::create).delete(session::destroy))
         .route("/fleet", get(fleet::page))
         .route("/clusters/{id}", get(cluster::page))
+        .route("/alerts", get(alerts::page))
+        .route("/channels", get(channels::page))
         .route("/settings", get(settings::page))
         .route("/ui/live", get(fleet::live))
         .route("/ui/app.css", get(|| async { asset("text/css", include_str!("ui/app.css")) }))
@@ -114,6 +118,8 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
                     @if let Some(v) = viewer {
                         nav aria-label="Main" {
                             a href="/fleet" { "Fleet" }
+                            a href="/alerts" { "Alerts" }
+                            a href="/channels" { "Channels" }
                             a href="/settings" { "Settings" }
                         }
                         span.who { (v.email) " · " (v.org_name) " (" (v.principal.role.as_str()) ")" }
@@ -165,4 +171,19 @@ pub fn countdown(ms: i64, now: i64) -> String {
     } else {
         format!("expired {text} ago")
     }
+}
+
+/// Human time since `ms` (e.g. "3 min ago"); "just now" within a minute, or for a moment a
+/// little ahead of `now` (another replica's clock).
+pub fn ago(ms: i64, now: i64) -> String {
+    if now - ms < 60_000 {
+        "just now".into()
+    } else {
+        countdown(ms, now).replace("expired ", "")
+    }
+}
+
+/// A moment as the dashboard writes it: UTC, to the second.
+pub fn timestamp(ms: i64) -> String {
+    crate::db::to_rfc3339(ms).format("%Y-%m-%d %H:%M:%S").to_string()
 }

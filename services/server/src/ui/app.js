@@ -1,5 +1,6 @@
 // Meshfleet dashboard behaviour: live fragments over server-sent events, forms that call the
-// JSON API with the session's CSRF token, copy buttons and certificate countdowns.
+// JSON API with the session's CSRF token (the silence form shaped as the API takes it), copy
+// buttons and certificate countdowns.
 "use strict";
 window.__mfErrors = [];
 window.addEventListener("error", (e) => window.__mfErrors.push(String(e.message)));
@@ -40,6 +41,21 @@ function formBody(form) {
   return body;
 }
 
+// A silence's body: the matcher rows, an end (the chosen time, or now plus the duration) and
+// the comment, as POST /api/v1/silences takes them.
+function silenceBody(form) {
+  const matchers = [];
+  for (const row of form.querySelectorAll("[data-matcher]")) {
+    const part = (name) => row.querySelector(`[data-part="${name}"]`).value;
+    if (!part("name").trim() && !part("value")) continue;
+    matchers.push({ name: part("name").trim(), op: part("op"), value: part("value") });
+  }
+  const until = form.elements.ends_at.value;
+  const ends = until ? new Date(until) : new Date(Date.now() + Number(form.elements.duration.value) * 1000);
+  if (Number.isNaN(ends.getTime())) throw new Error("ends_at: is not a date and time");
+  return { matchers, ends_at: ends.toISOString(), comment: form.elements.comment.value };
+}
+
 function showError(form, message) {
   const out = form.querySelector(".form-error") || form.parentElement.querySelector(".form-error");
   if (out) out.textContent = message;
@@ -62,7 +78,8 @@ document.addEventListener("submit", async (event) => {
   if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
   const method = form.dataset.method || "POST";
   try {
-    const result = await api(method, form.dataset.api, method === "DELETE" ? undefined : formBody(form));
+    const body = method === "DELETE" ? undefined : form.dataset.shape === "silence" ? silenceBody(form) : formBody(form);
+    const result = await api(method, form.dataset.api, body);
     const then = form.dataset.then;
     if (then === "cluster") window.location.assign(`/clusters/${result.cluster.id}`);
     else if (then === "token") form.querySelector("output.secret").textContent = `Copy this token now, it is shown only once: ${result.token}`;
@@ -96,6 +113,16 @@ document.addEventListener("click", async (event) => {
       if (out) out.textContent = "";
     } catch (e) { if (out) out.textContent = e.message; }
   }
+  if (el.matches("[data-add-matcher]")) {
+    const rows = el.form.querySelector("[data-matchers]");
+    const row = rows.querySelector("[data-matcher]").cloneNode(true);
+    for (const input of row.querySelectorAll("input, select")) {
+      input.removeAttribute("id");
+      input.removeAttribute("required");
+      if (input.tagName === "INPUT") input.value = "";
+    }
+    rows.appendChild(row);
+  }
   if (el.matches("[data-copy]")) {
     const text = document.getElementById(el.dataset.copy).textContent;
     try { await navigator.clipboard.writeText(text); } catch (_) {
@@ -119,12 +146,21 @@ function countdowns() {
   }
 }
 
+const sources = [];
+
 function live() {
   for (const el of document.querySelectorAll("[data-live]")) {
     const source = new EventSource(el.dataset.live);
     source.addEventListener("update", (e) => { el.innerHTML = e.data; countdowns(); });
+    sources.push(source);
   }
 }
+
+// A page left for another may be kept (the back-forward cache) with its streams open; the
+// browser allows six connections to a host, so a few live pages visited in turn would leave
+// none for the next. Streams close when the page is hidden and open again if it comes back.
+window.addEventListener("pagehide", () => { for (const source of sources.splice(0)) source.close(); });
+window.addEventListener("pageshow", (e) => { if (e.persisted) live(); });
 
 document.addEventListener("DOMContentLoaded", () => {
   live();

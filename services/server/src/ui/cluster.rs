@@ -7,7 +7,7 @@ use axum::extract::State;
 use maud::{html, Markup};
 
 use super::charts::{line_chart, sparkline, Axis, Series};
-use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
+use super::{ago, countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::health::{is_finished, rate_per_second};
@@ -40,7 +40,7 @@ pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiPath(
             p { a href="/fleet" { "← Fleet" } }
             h1 { (cluster.name) }
             p.labels { @for (k, v) in &cluster.labels { span.label { (k) "=" (v) } " " } }
-            div id="live" data-live=(format!("/ui/live?view=cluster&id={id}")) aria-live="polite" { (live) }
+            div id="live" data-live=(super::fleet::live_url(&format!("view=cluster&id={id}"), &live)) aria-live="polite" { (live) }
             section.card {
                 h2 { "Connect this cluster" }
                 p { "Run this where kubectl points at the cluster. The manifest carries a fresh single-use bootstrap token (valid one hour); "
@@ -89,6 +89,8 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
     let events = store::rollups::recent_events(&mut conn, org, id, 20).await?;
     let commands = store::commands::list(&mut conn, org, id, None, 10).await?;
     let throttled = store::throttles::current(&mut conn, org, id, now).await?;
+    drop(conn);
+    let firing = super::alerts::firing_card(state, viewer, Some(id)).await?;
 
     // The charts end at the last finished minute; the table's figures include the running one.
     let minutes: Vec<&(i64, Golden)> = minutes.iter().filter(|(m, _)| is_finished(*m, now)).collect();
@@ -112,9 +114,10 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, id: ClusterId) -> Resul
                 dt { "Agent" } dd { (cluster.agent_version.as_deref().unwrap_or("–")) }
                 dt { "Kubernetes" } dd { (cluster.kubernetes_version.as_deref().unwrap_or("–")) " · " (facts.node_count) " nodes" }
                 dt { "Mesh control plane" } dd { (if facts.control_plane.version.is_empty() { "–" } else { &facts.control_plane.version }) " · " (facts.control_plane.ready_replicas) "/" (facts.control_plane.replicas) " ready" }
-                dt { "Last heard from" } dd { @match cluster.last_seen_at { Some(t) => { (countdown(t, now).replace("expired ", "")) }, None => { "never" } } }
+                dt { "Last heard from" } dd { @match cluster.last_seen_at { Some(t) => { (ago(t, now)) }, None => { "never" } } }
             }
         }
+        (firing)
         @if !throttled.is_empty() {
             section.card.alert role="alert" {
                 h2 { "The service is refusing some of this cluster's data" }

@@ -1,6 +1,6 @@
 //! The fleet overview: every cluster with status, health, versions, nearest certificate
-//! expiry and golden metrics, worst first; filters, search, a summary row; kept live by
-//! server-sent events carrying the re-rendered table.
+//! expiry and golden metrics, worst first; filters, search, a summary row, the firing alerts;
+//! kept live by server-sent events carrying the re-rendered table (as are the other live views).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -71,6 +71,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
     let expiring = rows.iter().filter(|r| r.nearest_expiry.is_some_and(|e| e - now < warn_ms)).count();
     let shown: Vec<&Row> = rows.iter().copied().take(MAX_ROWS).collect();
     let trends = trends(state, viewer, &snapshot, &shown, now).await?;
+    let firing = super::alerts::firing_card(state, viewer, None).await?;
     Ok(html! {
         ul.summary aria-label="Fleet summary" {
             li.healthy { strong { (count(&[Health::Healthy])) } " healthy" }
@@ -79,6 +80,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer, f: &Filters) -> Result<
             li.expiring { strong { (expiring) } " certificates expiring within " (health::span(warn_ms)) }
             li { strong { (count(&[Health::Pending])) } " waiting for an agent" }
         }
+        (firing)
         div.table-wrap {
             table.fleet {
                 caption { "Clusters, worst first" @if rows.len() > MAX_ROWS { " (showing " (MAX_ROWS) " of " (rows.len()) "; narrow the filters)" } }
@@ -131,7 +133,7 @@ async fn trends(state: &AppState, viewer: &Viewer, snapshot: &Snapshot, rows: &[
 pub async fn page(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(f)): OnPage<ApiQuery<Filters>>) -> PageResult {
     let fragment = fragment(&state, &viewer, &f).await.map_err(page_error)?;
     let empty = f.q.is_empty() && f.status.is_empty() && f.selector.is_empty() && !fragment.0.contains("data-cluster=");
-    let live = format!("/ui/live?view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector));
+    let live = live_url(&format!("view=fleet&q={}&status={}&selector={}", enc(&f.q), enc(&f.status), enc(&f.selector)), &fragment);
     Ok(layout(
         "Fleet",
         Some(&viewer),
@@ -194,34 +196,52 @@ fn first_run(state: &AppState, viewer: &Viewer) -> Markup {
 pub struct LiveQuery {
     view: String,
     id: Option<ClusterId>,
+    /// The digest of the fragment the page was rendered with (a string: numbers do not survive
+    /// `flatten` in a query string).
+    #[serde(default)]
+    shown: String,
     #[serde(flatten)]
     filters: Filters,
 }
 
+/// A digest of a rendered fragment, to tell whether it changed.
+fn digest(html: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    html.hash(&mut h);
+    h.finish()
+}
+
+/// The live stream of a view (`query`), starting from the fragment the page shows: the stream
+/// sends nothing until it changes, so a fresh page is not redrawn (a click on it not lost).
+pub fn live_url(query: &str, shown: &Markup) -> String {
+    format!("/ui/live?{query}&shown={}", digest(&shown.0))
+}
+
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
 pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
-    if !matches!((q.view.as_str(), q.id), ("fleet", _) | ("cluster", Some(_))) {
+    if !matches!((q.view.as_str(), q.id), ("fleet" | "alerts" | "channels", _) | ("cluster", Some(_))) {
         return page_error(ApiError::field("view", "unknown live view"));
     }
     Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = Result<Event, Infallible>> {
-    futures::stream::unfold((state, viewer, q, 0u64), |(state, viewer, q, last)| async move {
+    let shown = q.shown.parse().unwrap_or(0u64);
+    futures::stream::unfold((state, viewer, q, shown), |(state, viewer, q, last)| async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             let rendered = match (q.view.as_str(), q.id) {
                 ("cluster", Some(id)) => super::cluster::fragment(&state, &viewer, id).await,
+                ("alerts", _) => super::alerts::fragment(&state, &viewer).await,
+                ("channels", _) => super::channels::fragment(&state, &viewer).await,
                 _ => fragment(&state, &viewer, &q.filters).await,
             };
             let html = match rendered {
                 Ok(m) => m.into_string(),
                 Err(e) => html! { p.form-error role="alert" { (e.problem().detail.unwrap_or_default()) } }.into_string(),
             };
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            html.hash(&mut h);
-            let digest = h.finish();
+            let digest = digest(&html);
             if digest != last {
                 return Some((Ok(Event::default().event("update").data(html)), (state, viewer, q, digest)));
             }

@@ -20,8 +20,8 @@ use crate::helpers::{Engine, TestApp, PASSWORD};
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 
-struct Browser {
-    client: Client,
+pub(crate) struct Browser {
+    pub(crate) client: Client,
     driver_url: String,
     _driver: Driver,
     _profile: tempfile::TempDir,
@@ -38,7 +38,7 @@ impl Drop for Driver {
 
 /// A headless Chromium session, or None (with a notice) where Chromium is not installed.
 /// CI installs it, so there a missing browser is a failure, not a skip.
-async fn browser() -> Option<Browser> {
+pub(crate) async fn browser() -> Option<Browser> {
     if !std::path::Path::new(CHROMIUM).exists() || !std::path::Path::new(CHROMEDRIVER).exists() {
         assert!(std::env::var_os("CI").is_none(), "CI must install chromium and chromium-driver");
         use std::io::Write;
@@ -75,21 +75,37 @@ async fn browser() -> Option<Browser> {
 }
 
 impl Browser {
-    async fn text(&self, css: &str) -> String {
-        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap().text().await.unwrap()
+    pub(crate) async fn text(&self, css: &str) -> String {
+        // A live update may replace the element between finding and reading it: find it again.
+        for _ in 0..10 {
+            let el = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap();
+            match el.text().await {
+                Err(fantoccini::error::CmdError::Standard(e)) if e.error == fantoccini::error::ErrorStatus::StaleElementReference => continue,
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{css} kept being replaced");
     }
 
-    async fn fill(&self, css: &str, value: &str) {
+    pub(crate) async fn fill(&self, css: &str, value: &str) {
         let el = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap();
         el.clear().await.unwrap();
         el.send_keys(value).await.unwrap();
     }
 
-    async fn click(&self, css: &str) {
-        self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap().click().await.unwrap();
+    pub(crate) async fn click(&self, css: &str) {
+        // As in `text`: a live update may replace the element between finding and clicking it.
+        for _ in 0..10 {
+            let el = self.client.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(css)).await.unwrap();
+            match el.click().await {
+                Err(fantoccini::error::CmdError::Standard(e)) if e.error == fantoccini::error::ErrorStatus::StaleElementReference => continue,
+                other => return other.unwrap(),
+            }
+        }
+        panic!("{css} kept being replaced");
     }
 
-    async fn wait_url(&self, part: &str) {
+    pub(crate) async fn wait_url(&self, part: &str) {
         for _ in 0..100 {
             if self.client.current_url().await.unwrap().as_str().contains(part) {
                 return;
@@ -100,7 +116,7 @@ impl Browser {
     }
 
     /// Waits until `css` shows `want`, without navigating.
-    async fn wait_text(&self, css: &str, want: &str, within: Duration) -> bool {
+    pub(crate) async fn wait_text(&self, css: &str, want: &str, within: Duration) -> bool {
         let start = std::time::Instant::now();
         while start.elapsed() < within {
             if let Ok(el) = self.client.find(Locator::Css(css)).await {
@@ -113,7 +129,7 @@ impl Browser {
         false
     }
 
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let dir = std::env::var_os("MESHFLEET_TEST_ARTIFACTS")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("meshfleet-test-artifacts"))
@@ -123,7 +139,7 @@ impl Browser {
     }
 
     /// Console errors and uncaught exceptions of the page so far.
-    async fn errors(&self) -> Vec<String> {
+    pub(crate) async fn errors(&self) -> Vec<String> {
         let mut errors: Vec<String> =
             serde_json::from_value(self.client.execute("return window.__mfErrors || ['app.js did not load']", vec![]).await.unwrap()).unwrap_or_default();
         let session = self.client.session_id().await.unwrap().unwrap_or_default();
@@ -147,10 +163,44 @@ impl Browser {
         errors
     }
 
-    async fn assert_clean(&self, page: &str) {
+    pub(crate) async fn assert_clean(&self, page: &str) {
         let errors = self.errors().await;
         assert!(errors.is_empty(), "console errors on {page}: {errors:?}");
     }
+
+    /// Logs in through the log-in page and waits for the fleet.
+    pub(crate) async fn log_in(&self, base: &str, email: &str) {
+        self.client.goto(&format!("{base}/login")).await.unwrap();
+        self.fill("#email", email).await;
+        self.fill("#password", PASSWORD).await;
+        self.click("button[type=submit]").await;
+        self.wait_url("/fleet").await;
+    }
+
+    /// Logs out through the page header.
+    pub(crate) async fn log_out(&self) {
+        self.click("[data-logout]").await;
+        self.wait_url("/login").await;
+    }
+
+    /// Asserts that the page at `path` offers no control that changes anything.
+    pub(crate) async fn assert_read_only(&self, base: &str, path: &str) {
+        self.client.goto(&format!("{base}{path}")).await.unwrap();
+        let controls = self.client.find_all(Locator::Css("[data-mutates], form[data-api], [data-add-matcher]")).await.unwrap();
+        assert!(controls.is_empty(), "{path}: a viewer sees {} mutating controls", controls.len());
+        self.assert_clean(path).await;
+    }
+}
+
+/// A user who is a viewer of `org` only (so the log-in page logs them in to it).
+pub(crate) async fn viewer_of(app: &TestApp, org: &str, email: &str) {
+    let viewer = meshfleet_server::domain::UserId::new();
+    let org: meshfleet_server::domain::OrgId = org.parse().unwrap();
+    let mut conn = app.state.db.pool.acquire().await.unwrap();
+    let hash = meshfleet_server::secrets::hash_password(&meshfleet_server::domain::Password::parse(PASSWORD).unwrap());
+    let email = email.parse().unwrap();
+    meshfleet_server::store::accounts::create_user(&mut conn, viewer, &email, &hash, 0).await.unwrap();
+    meshfleet_server::store::accounts::add_member(&mut conn, org, viewer, meshfleet_server::domain::Role::Viewer, 0).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,29 +273,14 @@ async fn sign_up_connect_a_cluster_and_watch_it_go_live() {
     b.assert_clean("settings").await;
 
     // A viewer sees no mutating controls; another organization's cluster is not found.
-    let viewer = meshfleet_server::domain::UserId::new();
-    let org: meshfleet_server::domain::OrgId = owner.org.parse().unwrap();
-    {
-        let mut conn = app.state.db.pool.acquire().await.unwrap();
-        let hash = meshfleet_server::secrets::hash_password(&meshfleet_server::domain::Password::parse(PASSWORD).unwrap());
-        let email = "viewer@example.com".parse().unwrap();
-        meshfleet_server::store::accounts::create_user(&mut conn, viewer, &email, &hash, 0).await.unwrap();
-        meshfleet_server::store::accounts::add_member(&mut conn, org, viewer, meshfleet_server::domain::Role::Viewer, 0).await.unwrap();
-    }
+    viewer_of(&app, &owner.org, "viewer@example.com").await;
     let other = app.owner("mallory@example.com").await;
     let foreign = app.create_cluster(&other, "secret-cluster", json!({})).await;
-    b.click("[data-logout]").await;
-    b.wait_url("/login").await;
-    b.fill("#email", "viewer@example.com").await;
-    b.fill("#password", PASSWORD).await;
-    b.click("button[type=submit]").await;
-    b.wait_url("/fleet").await;
+    b.log_out().await;
+    b.log_in(&base, "viewer@example.com").await;
     assert!(b.text(".who").await.contains("(viewer)"));
     for path in ["/fleet".to_owned(), format!("/clusters/{cluster_id}"), "/settings".to_owned()] {
-        b.client.goto(&format!("{base}{path}")).await.unwrap();
-        let controls = b.client.find_all(Locator::Css("[data-mutates], form[data-api]")).await.unwrap();
-        assert!(controls.is_empty(), "{path}: a viewer sees {} mutating controls", controls.len());
-        b.assert_clean(&path).await;
+        b.assert_read_only(&base, &path).await;
     }
     b.client.goto(&format!("{base}/clusters/{}", foreign["cluster"]["id"].as_str().unwrap())).await.unwrap();
     assert!(b.text("main").await.contains("cluster not found"));

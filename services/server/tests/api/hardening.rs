@@ -54,7 +54,8 @@ async fn every_response_carries_the_security_headers() {
     let owner = app.owner("ada@example.com").await;
     let cluster = app.create_cluster(&owner, "prod-eu-1", json!({})).await["cluster"]["id"].as_str().unwrap().to_owned();
     let session = app.dashboard_session("ada@example.com").await;
-    let pages = ["/login", "/signup", "/fleet", "/settings", &format!("/clusters/{cluster}"), "/clusters/not-an-id", "/ui/live", "/ui/app.js"];
+    let pages =
+        ["/login", "/signup", "/fleet", "/alerts", "/channels", "/settings", &format!("/clusters/{cluster}"), "/clusters/not-an-id", "/ui/live", "/ui/app.js"];
     let api = ["/api/v1/clusters", "/api/v1/nowhere", "/healthz"];
     for path in pages.iter().chain(api.iter()) {
         let resp = app.client.get(format!("{}{path}", app.base)).header("cookie", &session.cookie).send().await.unwrap();

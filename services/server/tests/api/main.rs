@@ -15,6 +15,7 @@ mod client;
 mod clusters;
 mod conventions;
 mod dashboard;
+mod dashboard_alerts;
 mod deploy;
 mod figures;
 mod fleet;
