@@ -43,7 +43,7 @@ pub async fn notify(state: &AppState, org: OrgId, silences: &[Silence], now: i64
         let labels = alerting::matchable_labels(&alert.labels, &alert.rule, alert.severity);
         // A firing alert whose condition is clearing is not worth paging about any more; if it
         // comes back, it is told then.
-        let notifiable = alert.cleared_at.is_none() && !silences.iter().any(|s| s.mutes(&labels, now));
+        let notifiable = alert.cleared_at.is_none() && alert.muted_by(silences, now).is_empty();
         for route in policies::routes(&policies, &labels) {
             let (key, group_labels) = route.group(&labels, &alert.fingerprint);
             let group = found.entry((route.id(), key)).or_insert_with(|| Found { route, labels: group_labels, members: Members::default() });

@@ -14,7 +14,7 @@ use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFou
 use crate::alerting::rules::effective;
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::alerting::{builtin_rule, matchable_labels, AlertState, BUILTIN_RULES};
+use crate::domain::alerting::{builtin_rule, AlertState, BUILTIN_RULES};
 use crate::domain::health::Severity;
 use crate::domain::silences::Silence;
 use crate::domain::{AlertId, ClusterId, Role, SilenceId};
@@ -92,13 +92,7 @@ pub struct AlertView {
 impl AlertView {
     /// The alert as shown at `now`, with the organization's `active` silences.
     fn new(a: Alert, active: &[Silence], now: i64) -> AlertView {
-        let silenced_by = match a.state {
-            AlertState::Resolved => vec![],
-            _ => {
-                let labels = matchable_labels(&a.labels, &a.rule, a.severity);
-                active.iter().filter(|s| s.mutes(&labels, now)).map(|s| s.id).collect()
-            }
-        };
+        let silenced_by = a.muted_by(active, now).iter().map(|s| s.id).collect();
         AlertView {
             id: a.id,
             fingerprint: a.fingerprint,

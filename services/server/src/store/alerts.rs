@@ -7,6 +7,7 @@ use sqlx::Row;
 use super::{parse_col, word, Conn};
 use crate::domain::alerting::AlertState;
 use crate::domain::health::Severity;
+use crate::domain::silences::Silence;
 use crate::domain::{AlertId, ClusterId, OrgId};
 
 #[derive(Debug, Clone)]
@@ -27,6 +28,17 @@ pub struct Alert {
     pub ends_at: Option<i64>,
     /// When its `alert.firing` was queued: None while pending, and while a silence mutes it.
     pub notified_at: Option<i64>,
+}
+
+impl Alert {
+    /// The active silences that mute it now (none once it resolved): its `silenced_by`.
+    pub fn muted_by<'s>(&self, silences: &'s [Silence], now: i64) -> Vec<&'s Silence> {
+        if self.state == AlertState::Resolved {
+            return vec![];
+        }
+        let labels = crate::domain::alerting::matchable_labels(&self.labels, &self.rule, self.severity);
+        silences.iter().filter(|s| s.mutes(&labels, now)).collect()
+    }
 }
 
 const COLUMNS: &str =

@@ -7,7 +7,7 @@ use maud::{html, Markup};
 
 use super::{ago, layout, page_error, timestamp, PageResult, Viewer};
 use crate::app::AppState;
-use crate::domain::alerting::{matchable_labels, AlertState};
+use crate::domain::alerting::AlertState;
 use crate::domain::silences::{MatchOp, Silence, SilenceState};
 use crate::domain::{ClusterId, OrgId};
 use crate::http::error::ApiError;
@@ -28,15 +28,6 @@ const DURATIONS: [(u32, &str); 6] = [(3600, "1 hour"), (7200, "2 hours"), (14_40
 
 /// The labels a matcher can name besides the cluster's own (README, "Silences").
 const MATCHER_LABELS: [&str; 5] = ["alertname", "severity", "cluster", "check", "object"];
-
-/// The active silences that mute `a` now, as the API's `silenced_by` has them.
-fn muting<'a>(a: &Alert, active: &'a [Silence], now: i64) -> Vec<&'a Silence> {
-    if a.state == AlertState::Resolved {
-        return vec![];
-    }
-    let labels = matchable_labels(&a.labels, &a.rule, a.severity);
-    active.iter().filter(|s| s.mutes(&labels, now)).collect()
-}
 
 /// The organization's alerts in `states` (of one cluster, when given), worst first, and the
 /// silences active now.
@@ -71,7 +62,7 @@ fn open_table(alerts: &[Alert], active: &[Silence], now: i64, caption: &str) -> 
                     th scope="row" { (a.rule) @if !a.object.is_empty() { span.reason { (a.object) } } }
                     td { (a.summary) }
                     td { time datetime=(crate::db::to_rfc3339(since).to_rfc3339()) title=(timestamp(since)) { (ago(since, now)) } }
-                    td { @let by = muting(a, active, now); @if by.is_empty() { "–" } @else {
+                    td { @let by = a.muted_by(active, now); @if by.is_empty() { "–" } @else {
                         @for s in by { a.silenced-by href=(format!("/alerts#silence-{}", s.id)) title=(s.comment) { (s.comment) } " " }
                     } }
                 }
