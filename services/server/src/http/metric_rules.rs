@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::auth::Principal;
 use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath};
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::health::Severity;
@@ -22,7 +22,7 @@ use crate::domain::{MetricRuleId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_rules, create_rule)).routes(routes!(get_rule, replace_rule, delete_rule))
+    OpenApiRouter::new().routes(routes!(list_metric_rules, create_metric_rule)).routes(routes!(get_metric_rule, replace_metric_rule, delete_metric_rule))
 }
 
 /// A custom alert rule: for each workload of the clusters `cluster_selector` picks (and, when
@@ -76,7 +76,7 @@ impl From<MetricRule> for MetricRuleView {
 #[serde(deny_unknown_fields)]
 pub struct MetricRuleRequest {
     /// 1 to 63 of `[a-z0-9_]`, starting with a letter; unique in the organization and not a
-    /// built-in rule's name.
+    /// built-in rule's name (a taken name: 409 `name-taken`).
     #[schema(pattern = "^[a-z][a-z0-9_]{0,62}$")]
     pub name: String,
     /// Default: every cluster.
@@ -123,17 +123,7 @@ async fn checked(
 ) -> Result<MetricRule, ApiError> {
     let mut errors = Vec::new();
     let existing = store::metric_rules::list(conn, auth.org_id).await?;
-    let name = match metric_rules::parse_name(&req.name) {
-        Ok(name) if existing.iter().any(|r| r.name == name && r.id != id) => {
-            errors.push(FieldError::new("name", "is taken by another rule"));
-            None
-        }
-        Ok(name) => Some(name),
-        Err(e) => {
-            errors.push(FieldError::new("name", e));
-            None
-        }
-    };
+    let name = metric_rules::parse_name(&req.name).map_err(|e| errors.push(FieldError::new("name", e))).ok();
     if !existing.iter().any(|r| r.id == id) && existing.len() >= metric_rules::MAX_RULES {
         errors.push(FieldError::new("name", format!("an organization has at most {} metric rules", metric_rules::MAX_RULES)));
     }
@@ -165,6 +155,10 @@ async fn checked(
     let (Some(name), Some(selector), true) = (name, selector, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
+    if existing.iter().any(|r| r.name == name && r.id != id) {
+        let detail = format!("a metric rule named {name:?} exists");
+        return Err(ApiError::Conflict { kind: "name-taken", detail, field: Some("name".into()) });
+    }
     Ok(MetricRule {
         id,
         org_id: auth.org_id,
@@ -192,16 +186,16 @@ async fn find(conn: &mut store::Conn, auth: &Principal, id: MetricRuleId) -> Res
 #[utoipa::path(get, path = "/api/v1/metric-rules", tag = "alert-rules",
     responses((status = 200, body = Vec<MetricRuleView>), Unauthenticated, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
-async fn list_rules(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<MetricRuleView>>, ApiError> {
+async fn list_metric_rules(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<MetricRuleView>>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     Ok(Json(store::metric_rules::list(&mut conn, auth.org_id).await?.into_iter().map(Into::into).collect()))
 }
 
 /// Creates a custom metric rule (admins).
 #[utoipa::path(post, path = "/api/v1/metric-rules", tag = "alert-rules", request_body = MetricRuleRequest,
-    responses((status = 201, body = MetricRuleView), JsonBody, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
+    responses((status = 201, body = MetricRuleView), JsonBody, Unauthenticated, Forbidden, Conflict, Invalid, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
-async fn create_rule(
+async fn create_metric_rule(
     State(state): State<AppState>,
     auth: Principal,
     ApiJson(req): ApiJson<MetricRuleRequest>,
@@ -222,7 +216,7 @@ async fn create_rule(
     params(("id" = MetricRuleId, Path, description = "Rule id")),
     responses((status = 200, body = MetricRuleView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rule_id = %id))]
-async fn get_rule(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<MetricRuleId>) -> Result<Json<MetricRuleView>, ApiError> {
+async fn get_metric_rule(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<MetricRuleId>) -> Result<Json<MetricRuleView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     Ok(Json(find(&mut conn, &auth, id).await?.into()))
 }
@@ -231,9 +225,9 @@ async fn get_rule(State(state): State<AppState>, auth: Principal, ApiPath(id): A
 /// under the new name.
 #[utoipa::path(put, path = "/api/v1/metric-rules/{id}", tag = "alert-rules", request_body = MetricRuleRequest,
     params(("id" = MetricRuleId, Path, description = "Rule id")),
-    responses((status = 200, body = MetricRuleView), JsonBody, BadRequest, Unauthenticated, Forbidden, NotFound, Invalid, Internal), security(("bearer" = [])))]
+    responses((status = 200, body = MetricRuleView), JsonBody, BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Invalid, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rule_id = %id))]
-async fn replace_rule(
+async fn replace_metric_rule(
     State(state): State<AppState>,
     auth: Principal,
     ApiPath(id): ApiPath<MetricRuleId>,
@@ -256,7 +250,7 @@ async fn replace_rule(
     params(("id" = MetricRuleId, Path, description = "Rule id")),
     responses((status = 204), BadRequest, Unauthenticated, Forbidden, NotFound, Internal), security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rule_id = %id))]
-async fn delete_rule(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<MetricRuleId>) -> Result<StatusCode, ApiError> {
+async fn delete_metric_rule(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<MetricRuleId>) -> Result<StatusCode, ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
     let mut tx = state.db.begin().await?;

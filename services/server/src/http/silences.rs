@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::auth::Principal;
 use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::audit::Actor;
@@ -21,7 +21,7 @@ use crate::domain::{Role, SilenceId};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_silences, create_silence)).routes(routes!(get_silence, expire_silence))
+    OpenApiRouter::new().routes(routes!(list_silences, create_silence)).routes(routes!(get_silence, edit_silence, expire_silence))
 }
 
 /// A silence: while active, the alerts all its matchers match send no notifications.
@@ -154,28 +154,65 @@ async fn create_silence(
 ) -> Result<(StatusCode, Json<SilenceView>), ApiError> {
     auth.require(Role::Admin)?;
     let now = state.clock.now_ms();
+    let (matchers, (starts_at, ends_at), comment) = checked(&req, now)?;
+    let mut tx = state.db.begin().await?;
+    let created_by = CreatedBy { kind: auth.actor.kind().into(), id: auth.actor.id(), name: actor_name(&mut tx, &auth).await? };
+    let silence = Silence { id: SilenceId::new(), org_id: auth.org_id, matchers, starts_at, ends_at, comment, created_by, created_at: now, updated_at: now };
+    store::silences::insert(&mut tx, &silence).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "silence.create", ("silence", silence.id.to_string()), details(&silence)).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(SilenceView::new(silence, now))))
+}
+
+/// What the audit log keeps of a silence as made or edited.
+fn details(s: &Silence) -> serde_json::Value {
+    serde_json::json!({ "matchers": s.matchers.specs(), "starts_at": to_rfc3339(s.starts_at), "ends_at": to_rfc3339(s.ends_at), "comment": s.comment })
+}
+
+/// Checks a silence's matchers, window and comment.
+fn checked(req: &CreateSilence, now: i64) -> Result<(Matchers, (i64, i64), String), ApiError> {
     let mut errors = Vec::new();
     let matchers = Matchers::parse(&req.matchers).map_err(|e| errors.extend(e.into_iter().map(|(f, m)| FieldError::new(f, m)))).ok();
     let window = silences::window(req.starts_at.map(|t| t.timestamp_millis()), req.ends_at.timestamp_millis(), now)
         .map_err(|(f, m)| errors.push(FieldError::new(f, m)))
         .ok();
     let comment = silences::parse_comment(&req.comment).map_err(|m| errors.push(FieldError::new("comment", m))).ok();
-    let (Some(matchers), Some((starts_at, ends_at)), Some(comment), true) = (matchers, window, comment, errors.is_empty()) else {
-        return Err(ApiError::Validation(errors));
-    };
+    match (matchers, window, comment, errors.is_empty()) {
+        (Some(matchers), Some(window), Some(comment), true) => Ok((matchers, window, comment)),
+        _ => Err(ApiError::Validation(errors)),
+    }
+}
+
+/// Edits a pending or active silence in place (admins): its matchers, window and comment, as on
+/// creation. An active silence keeps its start unless the request gives one. An expired
+/// silence is history: 409 `silence-expired`; create a new one instead.
+#[utoipa::path(put, path = "/api/v1/silences/{id}", tag = "silences", request_body = CreateSilence,
+    params(("id" = SilenceId, Path, description = "Silence id")),
+    responses((status = 200, body = SilenceView), JsonBody, BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Invalid, Internal),
+    security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, silence_id = %id))]
+async fn edit_silence(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath(id): ApiPath<SilenceId>,
+    ApiJson(req): ApiJson<CreateSilence>,
+) -> Result<Json<SilenceView>, ApiError> {
+    auth.require(Role::Admin)?;
+    let now = state.clock.now_ms();
     let mut tx = state.db.begin().await?;
-    let created_by = CreatedBy { kind: auth.actor.kind().into(), id: auth.actor.id(), name: actor_name(&mut tx, &auth).await? };
-    let silence = Silence { id: SilenceId::new(), org_id: auth.org_id, matchers, starts_at, ends_at, comment, created_by, created_at: now, updated_at: now };
-    store::silences::insert(&mut tx, &silence).await?;
-    let details = serde_json::json!({
-        "matchers": silence.matchers.specs(),
-        "starts_at": to_rfc3339(starts_at),
-        "ends_at": to_rfc3339(ends_at),
-        "comment": silence.comment,
-    });
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "silence.create", ("silence", silence.id.to_string()), details).await?;
+    let silence = find(&mut tx, &auth, id).await?;
+    let was = silence.state(now);
+    if was == SilenceState::Expired {
+        let detail = "the silence has expired; create a new one".into();
+        return Err(ApiError::Conflict { kind: "silence-expired", detail, field: None });
+    }
+    let active_start = (was == SilenceState::Active && req.starts_at.is_none()).then_some(silence.starts_at);
+    let (matchers, (starts_at, ends_at), comment) = checked(&req, now)?;
+    let edited = Silence { matchers, starts_at: active_start.unwrap_or(starts_at), ends_at, comment, updated_at: now, ..silence };
+    store::silences::update(&mut tx, &edited).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "silence.update", ("silence", id.to_string()), details(&edited)).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(SilenceView::new(silence, now))))
+    Ok(Json(SilenceView::new(edited, now)))
 }
 
 /// One silence, with where it stands now.

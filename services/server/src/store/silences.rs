@@ -107,6 +107,21 @@ pub async fn expire(conn: &mut Conn, org: OrgId, id: SilenceId, now: i64) -> Res
     Ok(done.rows_affected() == 1)
 }
 
+/// Replaces what a silence mutes, when, and why (who made it stays).
+pub async fn update(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE silences SET matchers = $3, starts_at = $4, ends_at = $5, comment = $6, updated_at = $7 WHERE org_id = $1 AND id = $2")
+        .bind(s.org_id.to_string())
+        .bind(s.id.to_string())
+        .bind(serde_json::to_string(&s.matchers.specs()).expect("matchers always serialize"))
+        .bind(s.starts_at)
+        .bind(s.ends_at)
+        .bind(&s.comment)
+        .bind(s.updated_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Deletes silences that ended before `cutoff`; returns how many.
 pub async fn delete_ended_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM silences WHERE ends_at < $1").bind(cutoff).execute(conn).await?;

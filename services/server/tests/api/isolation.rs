@@ -36,7 +36,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("PUT", "/api/v1/alert-rules/{rule}") => Some(json!({ "enabled": false })),
         ("PATCH", "/api/v1/alert-channels/{id}") => Some(json!({ "name": "pwned", "enabled": false })),
         // Well-formed is enough: the role is checked before the values.
-        ("POST", "/api/v1/silences") => {
+        ("POST", "/api/v1/silences") | ("PUT", "/api/v1/silences/{id}") => {
             Some(json!({ "matchers": [{ "name": "cluster", "op": "=", "value": "victim-prod" }], "ends_at": "2099-01-01T00:00:00Z", "comment": "intruder" }))
         }
         ("POST", "/api/v1/notification-policies") | ("PUT", "/api/v1/notification-policies/{id}") => {

@@ -90,8 +90,9 @@ async fn metric_rules_are_checked_and_admin_only(engine: Engine) {
         body[field] = value;
         body
     };
+    let (status, body) = app.post("/api/v1/metric-rules", &owner.access, good.clone()).await;
+    assert_problem(status, &body, 409, "name-taken", Some("name"));
     let cases = [
-        (good.clone(), "name"), // taken
         (with("name", json!("agent")), "name"),
         (with("name", json!("Bad-Name")), "name"),
         (with("cluster_selector", json!("env in (prod")), "cluster_selector"),
@@ -101,7 +102,7 @@ async fn metric_rules_are_checked_and_admin_only(engine: Engine) {
         (with("namespace", json!("")), "namespace"),
     ];
     for (mut body, field) in cases {
-        // Each case wrong in one field only: not also the taken name.
+        // Each case wrong in one field only (the name is not taken either).
         if field != "name" {
             body["name"] = json!("other");
         }

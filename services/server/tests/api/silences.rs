@@ -18,6 +18,7 @@ on_both_engines!(
     invalid_silences_are_refused_naming_the_field,
     a_muted_alert_notifies_once_its_silence_is_expired,
     a_silence_that_runs_out_releases_the_firing_and_a_resolution_while_muted_is_not_sent,
+    a_silence_is_edited_in_place_until_it_expires,
 );
 
 const MINUTE: i64 = 60_000;
@@ -283,4 +284,43 @@ async fn a_silence_that_runs_out_releases_the_firing_and_a_resolution_while_mute
     assert!(about_control_plane.is_empty(), "{about_control_plane:?}");
     let about_cert: Vec<Value> = events(&receiver).into_iter().filter(|e| e["alert"]["rule"] == "certificate_expiry").collect();
     assert_eq!(about_cert.len(), 1, "the released firing was sent once: {about_cert:?}");
+}
+
+async fn a_silence_is_edited_in_place_until_it_expires(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let viewer = app.member(&owner, "vic@example.com", "viewer").await;
+    let now = app.state.clock.now_ms();
+    let matchers = json!([{ "name": "cluster", "op": "=", "value": "prod-eu-1" }]);
+    let silence = create(&app, &owner, json!({ "matchers": matchers, "ends_at": rfc3339(now + HOUR), "comment": "upgrade" })).await;
+    let path = format!("/api/v1/silences/{}", silence["id"].as_str().unwrap());
+    app.state.clock.advance(Duration::from_secs(60));
+
+    // Wider, longer, explained better; the start and the author stay.
+    let edit =
+        json!({ "matchers": [{ "name": "cluster", "op": "=~", "value": "prod-eu-.*" }], "ends_at": rfc3339(now + 2 * HOUR), "comment": "upgrade, all of eu" });
+    let (status, body) = app.call(Method::PUT, &path, Some(&viewer.access), Some(edit.clone())).await;
+    assert_problem(status, &body, 403, "forbidden", None);
+    let (status, edited) = app.call(Method::PUT, &path, Some(&owner.access), Some(edit.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{edited}");
+    assert_eq!((&edited["id"], &edited["starts_at"], &edited["created_by"]), (&silence["id"], &silence["starts_at"], &silence["created_by"]));
+    assert_eq!(
+        (edited["matchers"][0]["op"].as_str(), edited["comment"].as_str(), edited["state"].as_str()),
+        (Some("=~"), Some("upgrade, all of eu"), Some("active"))
+    );
+    assert_eq!(ms(&edited["ends_at"]), now + 2 * HOUR);
+    assert!(ms(&edited["updated_at"]) > ms(&silence["updated_at"]));
+    assert_eq!(app.get(&path, &viewer.access).await.1["comment"], "upgrade, all of eu");
+
+    // Checked as on creation.
+    let bad = json!({ "matchers": [{ "name": "cluster", "op": "=~", "value": "(eu" }], "ends_at": rfc3339(now + HOUR), "comment": "x" });
+    let (status, body) = app.call(Method::PUT, &path, Some(&owner.access), Some(bad)).await;
+    assert_problem(status, &body, 422, "validation", Some("matchers[0].value"));
+
+    // Expired, it is history.
+    expire(&app, &owner, silence["id"].as_str().unwrap()).await;
+    let (status, body) = app.call(Method::PUT, &path, Some(&owner.access), Some(edit)).await;
+    assert_problem(status, &body, 409, "silence-expired", None);
+    let (_, audit) = app.get("/api/v1/audit", &owner.access).await;
+    assert!(audit.to_string().contains("silence.update"));
 }
