@@ -18,7 +18,7 @@ use crate::db::to_rfc3339;
 use crate::domain::health::Severity;
 use crate::domain::labels::Selector;
 use crate::domain::metric_rules::{self, Comparison, Metric, MetricRule};
-use crate::domain::{MetricRuleId, Role};
+use crate::domain::{schema, MetricRuleId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -81,13 +81,14 @@ pub struct MetricRuleRequest {
     pub name: String,
     /// Default: every cluster.
     #[serde(default)]
-    #[schema(max_length = 4096)]
+    #[schema(schema_with = schema::selector)]
     pub cluster_selector: String,
-    /// Default: every namespace. 1 to 253 characters.
-    #[schema(min_length = 1, max_length = 253)]
+    /// Default: every namespace. 1 to 253 characters, no control characters.
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub namespace: Option<String>,
-    /// Default: every workload (e.g. `Deployment/web`). 1 to 253 characters.
-    #[schema(min_length = 1, max_length = 253)]
+    /// Default: every workload (e.g. `Deployment/web`). 1 to 253 characters, no control
+    /// characters.
+    #[schema(min_length = 1, max_length = 253, pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$")]
     pub workload: Option<String>,
     pub metric: Metric,
     pub comparison: Comparison,
@@ -127,12 +128,7 @@ async fn checked(
     if !existing.iter().any(|r| r.id == id) && existing.len() >= metric_rules::MAX_RULES {
         errors.push(FieldError::new("name", format!("an organization has at most {} metric rules", metric_rules::MAX_RULES)));
     }
-    let selector = if req.cluster_selector.len() > 4096 {
-        errors.push(FieldError::new("cluster_selector", "must be at most 4096 bytes"));
-        None
-    } else {
-        req.cluster_selector.parse::<Selector>().map_err(|e| errors.push(FieldError::new("cluster_selector", e.message))).ok()
-    };
+    let selector = req.cluster_selector.parse::<Selector>().map_err(|e| errors.push(FieldError::new("cluster_selector", e.message))).ok();
     let namespace = filter(req.namespace, "namespace", &mut errors);
     let workload = filter(req.workload, "workload", &mut errors);
     let threshold = metric_rules::check_threshold(req.metric, req.threshold).map_err(|e| errors.push(FieldError::new("threshold", e))).unwrap_or_default();

@@ -17,7 +17,7 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::policies::{self, GroupBy, Policy, Timing};
 use crate::domain::silences::{MatcherSpec, Matchers};
-use crate::domain::{parse_display_name, ChannelId, PolicyId, Role};
+use crate::domain::{parse_display_name, schema, ChannelId, PolicyId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -77,7 +77,7 @@ impl From<Policy> for NotificationPolicy {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRequest {
-    /// 1 to 100 characters.
+    #[schema(schema_with = schema::display_name)]
     pub name: String,
     /// Default: after every other policy. 0 to 1,000,000.
     #[schema(minimum = 0, maximum = 1_000_000)]
