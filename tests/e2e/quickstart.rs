@@ -11,17 +11,25 @@ fn server(dir: &std::path::Path) -> Command {
     ServerBin::built().command(dir)
 }
 
-fn readme_quickstart_script() -> String {
+/// The README's sh block after `<!-- {marker}`.
+fn readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
-    let after = readme.split("<!-- quickstart").nth(1).expect("README marks its quickstart block");
+    let after = readme.split(&format!("<!-- {marker}")).nth(1).unwrap_or_else(|| panic!("README marks its {marker} block"));
     let block = after.split("```sh\n").nth(1).and_then(|b| b.split("```").next()).expect("a sh block follows the marker");
     block.to_owned()
 }
 
+fn readme_quickstart_script() -> String {
+    readme_block("quickstart")
+}
+
 /// Runs the quickstart block with bash against the server at `address`, in `dir`.
 fn run_quickstart(script: &str, address: &str, dir: &std::path::Path) -> std::process::Output {
-    let script = script.replace("127.0.0.1:8080", address);
-    Command::new("bash").arg("-euo").arg("pipefail").arg("-c").arg(&script).current_dir(dir).output().expect("bash runs")
+    run_script(script.replace("127.0.0.1:8080", address), Command::new("bash").current_dir(dir))
+}
+
+fn run_script(script: String, bash: &mut Command) -> std::process::Output {
+    bash.arg("-euo").arg("pipefail").arg("-c").arg(&script).output().expect("bash runs")
 }
 
 /// The install manifest's documents, parsed; panics unless it is YAML with the agent's objects.
@@ -134,4 +142,40 @@ fn an_address_in_use_is_named_in_the_error() {
     let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{shown}");
     assert!(shown.contains(&format!("binding the gateway address {addr}")), "the error does not name {addr}:\n{shown}");
+}
+
+/// The README's alerts walkthrough, after its quickstart, twice: the demo fleet (the real
+/// `meshfleet-sim` binary) fires alerts that reach `meshfleet-receiver`, which verifies their
+/// signatures with another implementation than the server's.
+#[test]
+fn readme_alerts_walkthrough_delivers_signed_events_and_again() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim", "meshfleet-receiver"]);
+    let mut cmd = server(dir.path());
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").env("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1");
+    let mut running = ServerProcess::start(cmd);
+    let receiver = format!("127.0.0.1:{}", meshfleet_test_support::process::free_port());
+    let script = format!("{}\n{}", readme_quickstart_script(), readme_block("alerts walkthrough"))
+        .replace("127.0.0.1:8080", &running.api)
+        .replace("127.0.0.1:9000", &receiver);
+    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+
+    for run in ["first", "second"] {
+        let out = run_script(script.clone(), Command::new("bash").current_dir(dir.path()).env("PATH", &path).env("HOME", home.path()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown = format!(
+            "{stdout}\n{}\nsim.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default()
+        );
+        assert!(out.status.success(), "{run} run failed ({}):\n{shown}", out.status);
+        let deliveries: Vec<&str> = stdout.lines().filter(|l| l.starts_with("verified msg_")).collect();
+        assert!(deliveries.iter().any(|l| l.contains(" alert.test ")), "{run} run: no verified test event:\n{shown}");
+        if run == "first" {
+            assert!(deliveries.iter().any(|l| l.contains(" alert.firing ")), "the demo fleet's alerts did not arrive:\n{shown}");
+        }
+        assert!(!stdout.contains("REJECTED") && !stdout.contains("\n0 alerts firing"), "{run} run:\n{shown}");
+    }
+    running.child.kill().unwrap();
+    let _ = running.child.wait();
 }
