@@ -40,6 +40,8 @@ pub struct Inner {
     pub read_cache: crate::cache::ReadCache,
     /// Alert notifications being sent by this replica, per channel.
     pub deliveries: crate::alerting::delivery::InFlight,
+    /// Workloads' golden metrics as alert evaluation last read them.
+    pub workload_samples: crate::alerting::rules::SampleMemo,
 }
 
 impl Deref for AppState {
@@ -80,6 +82,7 @@ impl AppState {
         let ingest = Ingest::start(db.clone(), clock.clone(), metrics.clone(), writers, config.ingest_batch_max, quotas);
         let limits = Limits::new(&config);
         let read_cache = crate::cache::ReadCache::new(config.read_cache);
+        let workload_samples = crate::alerting::rules::SampleMemo::new(config.alert_evaluation);
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -94,6 +97,7 @@ impl AppState {
             fleet_cache: Default::default(),
             read_cache,
             deliveries: Default::default(),
+            workload_samples,
         })))
     }
 }

@@ -9,6 +9,7 @@ pub mod health;
 pub mod labels;
 pub mod liveness;
 pub mod metric_rules;
+pub mod objectives;
 pub mod policies;
 pub mod schema;
 pub mod silences;

@@ -13,12 +13,14 @@
 //! that matters is the agent's.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, EventType, Open, Step};
+use crate::domain::alerting::{self, builtin_rule, AlertBody, AlertCluster, AlertEvent, AlertState, BuiltinRule, EventType, Open, Step};
 use crate::domain::health::{Finding, Severity};
 use crate::domain::metric_rules::{MetricRule, Sample};
+use crate::domain::objectives;
 use crate::domain::{ms, AlertId, ClusterId, OrgId};
 use crate::fleet::{FleetCache, Row};
 use crate::jobs::{Job, Scope};
@@ -62,8 +64,21 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         let silences = store::silences::active(&mut conn, org, now).await?;
         (changes, open, silences)
     };
-    let metric_rules: Vec<MetricRule> = store::metric_rules::list(&mut *state.db.pool.acquire().await?, org).await?.into_iter().filter(|r| r.enabled).collect();
-    let samples = workload_samples(state, org, &metric_rules, now).await?;
+    let (metric_rules, objectives) = {
+        let mut conn = state.db.pool.acquire().await?;
+        let rules: Vec<MetricRule> = store::metric_rules::list(&mut conn, org).await?.into_iter().filter(|r| r.enabled).collect();
+        (rules, store::metric_rules::objectives(&mut conn, org).await?)
+    };
+    // Stored objectives were checked when set.
+    let selectors = objectives::check(&objectives).unwrap_or_default();
+    let objective_rules: Vec<(&BuiltinRule, Effective)> =
+        ["workload_success_rate", "workload_latency"].iter().filter_map(|n| builtin_rule(n)).map(|r| (r, effective(r, changes.get(r.name)))).collect();
+    let mut windows: BTreeSet<i64> = metric_rules.iter().map(|r| r.window_ms).collect();
+    if objective_rules.iter().any(|(_, cfg)| cfg.enabled) {
+        windows.insert(objectives::WINDOW_MS);
+    }
+    let samples = workload_samples(state, org, windows, now).await?;
+    let workloads_of = |window: i64, cluster: ClusterId| samples.get(&window).and_then(|s| s.get(&cluster)).map(Vec::as_slice).unwrap_or_default();
     let mut eval = Evaluation { state, org, now, resolve_delay, open, seen: HashSet::new() };
     for row in &snapshot.rows {
         let held = row.status == "disconnected";
@@ -85,9 +100,19 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         if held {
             continue;
         }
+        let targets = objectives.for_cluster(&selectors, &row.cluster.labels);
+        for (namespace, workload, sample) in workloads_of(objectives::WINDOW_MS, row.cluster.id) {
+            for miss in objectives::misses(targets, sample) {
+                let Some((rule, cfg)) = objective_rules.iter().find(|(r, cfg)| r.name == miss.rule && cfg.enabled) else { continue };
+                let object = format!("{namespace}/{workload}");
+                let summary = miss.summary(&object);
+                let severity = cfg.severity.unwrap_or(Severity::Warning);
+                let condition = Condition { rule: rule.name, object, severity, summary, since: now, for_ms: cfg.for_ms };
+                eval.holds(row, condition, &[("namespace", namespace), ("workload", workload)]).await?;
+            }
+        }
         for rule in &metric_rules {
-            let workloads = samples.get(&(rule.window_ms, row.cluster.id)).map(Vec::as_slice).unwrap_or_default();
-            for (namespace, workload, sample) in workloads {
+            for (namespace, workload, sample) in workloads_of(rule.window_ms, row.cluster.id) {
                 if !rule.covers(&row.cluster.labels, namespace, workload) {
                     continue;
                 }
@@ -110,22 +135,46 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     super::routing::notify(state, org, &silences, now).await
 }
 
-/// Each cluster's workloads (namespace, workload, sample) over each window the rules use, by
-/// (window, cluster).
-type Samples = HashMap<(i64, ClusterId), Vec<(String, String, Sample)>>;
+/// Each cluster's workloads (namespace, workload, sample) over one window.
+pub type WorkloadSamples = HashMap<ClusterId, Vec<(String, String, Sample)>>;
 
-async fn workload_samples(state: &AppState, org: OrgId, rules: &[MetricRule], now: i64) -> anyhow::Result<Samples> {
-    let windows: BTreeSet<i64> = rules.iter().map(|r| r.window_ms).collect();
+/// Workloads' samples by (organization, window, minute). They cover complete minutes only, so
+/// they change as the last minute's late reports arrive, not with every evaluation: each is
+/// read again after ten evaluation intervals (at most 15 s), which keeps the per-workload scan
+/// of the rollups out of most evaluations.
+pub struct SampleMemo(moka::sync::Cache<(OrgId, i64, i64), Arc<WorkloadSamples>>);
+
+impl SampleMemo {
+    pub fn new(evaluation: std::time::Duration) -> SampleMemo {
+        let ttl = (evaluation * 10).min(std::time::Duration::from_secs(15));
+        SampleMemo(moka::sync::Cache::builder().max_capacity(10_000).time_to_live(ttl).build())
+    }
+}
+
+/// The samples over each window in `windows`, by window.
+async fn workload_samples(state: &AppState, org: OrgId, windows: BTreeSet<i64>, now: i64) -> anyhow::Result<HashMap<i64, Arc<WorkloadSamples>>> {
     // Complete minutes only: the current one is still being reported.
     let minute = now.div_euclid(60_000) * 60_000;
-    let mut by_cluster = Samples::new();
+    let mut by_window = HashMap::new();
     for window in windows {
-        let samples = store::metric_rules::samples(&mut *state.db.pool.acquire().await?, org, minute - window, minute).await?;
-        for ((cluster, namespace, workload), sample) in samples {
-            by_cluster.entry((window, cluster)).or_default().push((namespace, workload, sample));
-        }
+        let key = (org, window, minute);
+        let samples = match state.workload_samples.0.get(&key) {
+            Some(samples) => samples,
+            None => {
+                let mut by_cluster = WorkloadSamples::new();
+                for ((cluster, namespace, workload), sample) in
+                    store::metric_rules::samples(&mut *state.db.pool.acquire().await?, org, minute - window, minute).await?
+                {
+                    by_cluster.entry(cluster).or_default().push((namespace, workload, sample));
+                }
+                let samples = Arc::new(by_cluster);
+                state.workload_samples.0.insert(key, samples.clone());
+                samples
+            }
+        };
+        by_window.insert(window, samples);
     }
-    Ok(by_cluster)
+    Ok(by_window)
 }
 
 /// A rule's condition holding for one object of a cluster now.

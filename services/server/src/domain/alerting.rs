@@ -113,7 +113,7 @@ pub struct BuiltinRule {
 }
 
 /// The built-in rules, on for every organization until it turns one off.
-pub const BUILTIN_RULES: [BuiltinRule; 7] = [
+pub const BUILTIN_RULES: [BuiltinRule; 9] = [
     BuiltinRule { name: "agent", description: "The cluster's agent is stale or disconnected", default_for_ms: 0 },
     BuiltinRule { name: "certificate_expiry", description: "A mesh certificate expired or expires within the warning period", default_for_ms: 0 },
     BuiltinRule { name: "success_rate", description: "The cluster's success rate is under the health thresholds", default_for_ms: 60_000 },
@@ -124,6 +124,16 @@ pub const BUILTIN_RULES: [BuiltinRule; 7] = [
         name: "version_skew",
         description: "Proxies run a version more than one major version from the control plane's, which the mesh does not support",
         default_for_ms: 0,
+    },
+    BuiltinRule {
+        name: "workload_success_rate",
+        description: "A workload's success rate over 5 minutes is under its objective (workload objectives)",
+        default_for_ms: 300_000,
+    },
+    BuiltinRule {
+        name: "workload_latency",
+        description: "A workload's p99 latency over 5 minutes is over its objective (workload objectives)",
+        default_for_ms: 300_000,
     },
 ];
 

@@ -1,6 +1,8 @@
-//! Custom alert rules on workloads' golden metrics (`domain::metric_rules`): admins create,
-//! replace and delete them; everyone reads them. Evaluation (`alerting::rules`) runs them with
-//! the built-in rules, and their alerts route, group and silence like any other.
+//! Alerting on workloads' golden metrics: custom rules (`domain::metric_rules`) and the
+//! organization's workload objectives (`domain::objectives`, judged by the built-in rules
+//! `workload_success_rate` and `workload_latency`). Admins change them; everyone reads them.
+//! Evaluation (`alerting::rules`) runs them with the other built-in rules, and their alerts
+//! route, group and silence like any other.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -18,11 +20,15 @@ use crate::db::to_rfc3339;
 use crate::domain::health::Severity;
 use crate::domain::labels::Selector;
 use crate::domain::metric_rules::{self, Comparison, Metric, MetricRule};
+use crate::domain::objectives::{self, Objectives};
 use crate::domain::{schema, MetricRuleId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_metric_rules, create_metric_rule)).routes(routes!(get_metric_rule, replace_metric_rule, delete_metric_rule))
+    OpenApiRouter::new()
+        .routes(routes!(list_metric_rules, create_metric_rule))
+        .routes(routes!(get_metric_rule, replace_metric_rule, delete_metric_rule))
+        .routes(routes!(get_objectives, set_objectives))
 }
 
 /// A custom alert rule: for each workload of the clusters `cluster_selector` picks (and, when
@@ -256,6 +262,37 @@ async fn delete_metric_rule(State(state): State<AppState>, auth: Principal, ApiP
         .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The organization's workload objectives (until an admin sets them: a 99% success rate, no
+/// latency objective). The built-in rules `workload_success_rate` and `workload_latency` alert on
+/// each workload that misses its objective over 5 minutes of complete minutes, after their "for"
+/// (5 minutes by default; `PUT /api/v1/alert-rules/{rule}` changes it, the severity, or turns
+/// them off).
+#[utoipa::path(get, path = "/api/v1/workload-objectives", tag = "alert-rules",
+    responses((status = 200, body = Objectives), Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn get_objectives(State(state): State<AppState>, auth: Principal) -> Result<Json<Objectives>, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(Json(store::metric_rules::objectives(&mut conn, auth.org_id).await?))
+}
+
+/// Sets the organization's workload objectives (admins): the defaults, and overrides for the
+/// clusters a label selector picks (the first that matches wins; what it leaves out is the
+/// default's).
+#[utoipa::path(put, path = "/api/v1/workload-objectives", tag = "alert-rules", request_body = Objectives,
+    responses((status = 200, body = Objectives), JsonBody, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn set_objectives(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<Objectives>) -> Result<Json<Objectives>, ApiError> {
+    auth.require(Role::Admin)?;
+    objectives::check(&req).map_err(|e| ApiError::Validation(e.into_iter().map(|(f, m)| FieldError::new(f, m)).collect()))?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    store::metric_rules::set_objectives(&mut tx, auth.org_id, &req, now).await?;
+    let details = serde_json::to_value(&req).expect("objectives always serialize");
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "workload_objectives.update", ("organization", auth.org_id.to_string()), details).await?;
+    tx.commit().await?;
+    Ok(Json(req))
 }
 
 /// What the audit log keeps of a rule: all of it but the timestamps.

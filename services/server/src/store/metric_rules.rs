@@ -1,4 +1,5 @@
-//! Custom metric rules of an organization, and the per-workload samples they are judged on.
+//! Custom metric rules and workload objectives of an organization, and the per-workload samples
+//! they are judged on.
 
 use std::collections::HashMap;
 
@@ -7,6 +8,7 @@ use sqlx::Row;
 use super::metric_reports::{roll_up, Scope};
 use super::{parse_col, word, Conn};
 use crate::domain::metric_rules::{MetricRule, Sample};
+use crate::domain::objectives::Objectives;
 use crate::domain::{ClusterId, MetricRuleId, OrgId};
 
 const COLUMNS: &str =
@@ -105,4 +107,23 @@ pub async fn samples(conn: &mut Conn, org: OrgId, from: i64, to: i64) -> Result<
             Ok((key, sample))
         })
         .collect()
+}
+
+/// The organization's workload objectives; the defaults until it sets its own.
+pub async fn objectives(conn: &mut Conn, org: OrgId) -> Result<Objectives, sqlx::Error> {
+    let row = sqlx::query("SELECT document FROM workload_objectives WHERE org_id = $1").bind(org.to_string()).fetch_optional(conn).await?;
+    Ok(row.as_ref().map(|r| super::json_col(r, "document")).transpose()?.unwrap_or_default())
+}
+
+pub async fn set_objectives(conn: &mut Conn, org: OrgId, objectives: &Objectives, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO workload_objectives (org_id, document, updated_at) VALUES ($1, $2, $3)
+         ON CONFLICT (org_id) DO UPDATE SET document = $2, updated_at = $3",
+    )
+    .bind(org.to_string())
+    .bind(serde_json::to_string(objectives).expect("objectives always serialize"))
+    .bind(now)
+    .execute(conn)
+    .await?;
+    Ok(())
 }

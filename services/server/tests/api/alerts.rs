@@ -51,9 +51,18 @@ pub(crate) async fn spawn(engine: Engine) -> TestApp {
     .await
 }
 
+/// Turns off the workload objectives' success-rate rule: the troubled cluster's one workload
+/// misses the default 99% too, and these tests count the alerts of the cluster-level checks.
+pub(crate) async fn without_workload_objectives(app: &TestApp, who: &Login) {
+    let off = json!({ "enabled": false });
+    let (status, body) = app.call(Method::PUT, "/api/v1/alert-rules/workload_success_rate", Some(&who.access), Some(off)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 async fn findings_raise_alerts_that_fire_after_their_for_duration_and_resolve(engine: Engine) {
     let app = spawn(engine).await;
     let owner = app.owner("ada@example.com").await;
+    without_workload_objectives(&app, &owner).await;
     let cluster = troubled(&app, &owner).await;
 
     // The expiring issuer fires at once (its rule waits 0 s); the success rate, the control
@@ -112,13 +121,27 @@ async fn rules_are_per_organization_and_admin_only(engine: Engine) {
     let owner = app.owner("ada@example.com").await;
     let viewer = app.member(&owner, "vic@example.com", "viewer").await;
     let other = app.owner("eve@example.com").await;
+    without_workload_objectives(&app, &owner).await;
     troubled(&app, &owner).await;
     alerts(&app, &owner, "", |a| a.len() == 4).await;
 
     let (status, rules) = app.get("/api/v1/alert-rules", &viewer.access).await;
     assert_eq!(status, StatusCode::OK);
     let names: Vec<&str> = rules.as_array().unwrap().iter().map(|r| r["rule"].as_str().unwrap()).collect();
-    assert_eq!(names, ["agent", "certificate_expiry", "success_rate", "control_plane", "proxy_versions", "clock_skew", "version_skew"]);
+    assert_eq!(
+        names,
+        [
+            "agent",
+            "certificate_expiry",
+            "success_rate",
+            "control_plane",
+            "proxy_versions",
+            "clock_skew",
+            "version_skew",
+            "workload_success_rate",
+            "workload_latency"
+        ]
+    );
     assert_eq!((rules[2]["enabled"].as_bool(), rules[2]["for_seconds"].as_u64()), (Some(true), Some(60)));
 
     let change = json!({ "enabled": true, "severity": "critical", "for_seconds": 0 });
@@ -151,6 +174,7 @@ async fn a_firing_alert_and_its_resolution_reach_a_signed_webhook(engine: Engine
     let owner = app.owner("ada@example.com").await;
     let receiver = Receiver::start(&[]).await;
     let (_, secret) = create_channel(&app, &owner, &receiver.url).await;
+    without_workload_objectives(&app, &owner).await;
     let cluster = troubled(&app, &owner).await;
 
     // The expiring issuer's alert fires at once; the others are pending, so nothing else is sent.

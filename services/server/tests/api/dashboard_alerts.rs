@@ -28,6 +28,7 @@ async fn alerts_show_live_and_silences_and_channels_are_run_from_the_dashboard()
     b.log_in(&base, "ada@example.com").await;
     assert_eq!(b.text("#live [data-firing-count]").await, "0");
     b.client.execute("window.__sameDocument = true", vec![]).await.unwrap();
+    crate::alerts::without_workload_objectives(&app, &owner).await;
     let cluster = troubled(&app, &owner).await;
     assert!(b.wait_text("#live .firing", "certificate_expiry", Duration::from_secs(10)).await, "the firing alert never showed on the fleet");
     assert_eq!(b.text("#live [data-firing-count]").await, "1");

@@ -13,7 +13,11 @@ use crate::health::troubled;
 use crate::helpers::{assert_problem, Engine, TestApp};
 use crate::on_both_engines;
 
-on_both_engines!(a_metric_rule_alerts_per_workload_waits_its_for_and_resolves, metric_rules_are_checked_and_admin_only);
+on_both_engines!(
+    a_metric_rule_alerts_per_workload_waits_its_for_and_resolves,
+    metric_rules_are_checked_and_admin_only,
+    workloads_that_miss_their_objectives_alert_until_an_override_excuses_them
+);
 
 async fn a_metric_rule_alerts_per_workload_waits_its_for_and_resolves(engine: Engine) {
     let app = spawn(engine).await;
@@ -116,4 +120,52 @@ async fn metric_rules_are_checked_and_admin_only(engine: Engine) {
     assert_eq!(listed.as_array().unwrap().len(), 1);
     let (_, audit) = app.get("/api/v1/audit", &owner.access).await;
     assert!(audit.to_string().contains("metric_rule.create"));
+}
+
+async fn workloads_that_miss_their_objectives_alert_until_an_override_excuses_them(engine: Engine) {
+    let app = spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let viewer = app.member(&owner, "vic@example.com", "viewer").await;
+    let (_, defaults) = app.get("/api/v1/workload-objectives", &viewer.access).await;
+    assert_eq!(defaults, json!({ "success_rate": 0.99, "latency_p99_ms": null, "overrides": [] }));
+    // Without waiting their 5 minutes, so the test need not outlive the cluster's one minute of
+    // metrics.
+    for rule in ["workload_success_rate", "workload_latency"] {
+        let (status, _) =
+            app.call(Method::PUT, &format!("/api/v1/alert-rules/{rule}"), Some(&owner.access), Some(json!({ "enabled": true, "for_seconds": 0 }))).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let strict = json!({ "success_rate": 0.99, "latency_p99_ms": 10 });
+    let (status, body) = app.call(Method::PUT, "/api/v1/workload-objectives", Some(&viewer.access), Some(strict.clone())).await;
+    assert_problem(status, &body, 403, "forbidden", None);
+    let (status, body) = app.call(Method::PUT, "/api/v1/workload-objectives", Some(&owner.access), Some(strict)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // shop/Deployment/web: 90% success, p99 20 ms.
+    troubled(&app, &owner).await;
+    let open = alerts(&app, &owner, "?state=firing", |a| by_rule(a, "workload_success_rate").is_some() && by_rule(a, "workload_latency").is_some()).await;
+    let missed = by_rule(&open, "workload_success_rate").unwrap();
+    assert_eq!((missed["object"].as_str(), missed["severity"].as_str()), (Some("shop/Deployment/web"), Some("warning")));
+    assert_eq!(missed["summary"], "shop/Deployment/web answers 90.00% of requests, under its objective of 99.00%");
+    assert_eq!(by_rule(&open, "workload_latency").unwrap()["summary"], "shop/Deployment/web has a p99 latency of 20 ms, over its objective of 10 ms");
+
+    // An override for clusters without an `env` label excuses the success rate; the latency
+    // objective it leaves out is still the default's.
+    let excused = json!({ "success_rate": 0.99, "latency_p99_ms": 10, "overrides": [{ "cluster_selector": "!env", "success_rate": 0.5 }] });
+    let (status, body) = app.call(Method::PUT, "/api/v1/workload-objectives", Some(&owner.access), Some(excused)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    app.state.clock.advance(Duration::from_secs(6));
+    alerts(&app, &owner, "?state=resolved", |a| by_rule(a, "workload_success_rate").is_some()).await;
+    let (_, firing) = app.get("/api/v1/alerts?state=firing", &owner.access).await;
+    assert!(by_rule(firing["items"].as_array().unwrap(), "workload_latency").is_some(), "{firing}");
+
+    for (body, field) in [
+        (json!({ "success_rate": 1.5 }), "success_rate"),
+        (json!({ "latency_p99_ms": 0 }), "latency_p99_ms"),
+        (json!({ "overrides": [{ "cluster_selector": "env in (" }] }), "overrides[0].cluster_selector"),
+    ] {
+        let (status, answer) = app.call(Method::PUT, "/api/v1/workload-objectives", Some(&owner.access), Some(body)).await;
+        assert_problem(status, &answer, 422, "validation", Some(field));
+    }
 }
