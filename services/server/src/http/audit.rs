@@ -16,6 +16,18 @@ use crate::db::to_rfc3339;
 use crate::domain::Role;
 use crate::store;
 
+/// What the audit log keeps of a resource as an API response shows it: all of it but its id
+/// (the entry's target) and its timestamps (the entry's own time).
+pub fn details(view: &impl Serialize) -> serde_json::Value {
+    let mut value = serde_json::to_value(view).expect("API views always serialize");
+    if let Some(fields) = value.as_object_mut() {
+        for key in ["id", "created_at", "updated_at"] {
+            fields.remove(key);
+        }
+    }
+    value
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_audit))
 }

@@ -208,7 +208,7 @@ async fn create_metric_rule(
     let rule = checked(&mut tx, &auth, req, MetricRuleId::new(), now, now).await?;
     store::metric_rules::upsert(&mut tx, &rule).await?;
     let view = MetricRuleView::from(rule);
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "metric_rule.create", ("metric_rule", view.id.to_string()), details(&view)).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "metric_rule.create", ("metric_rule", view.id.to_string()), super::audit::details(&view)).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -242,7 +242,7 @@ async fn replace_metric_rule(
     let rule = checked(&mut tx, &auth, req, id, old.created_at, now).await?;
     store::metric_rules::upsert(&mut tx, &rule).await?;
     let view = MetricRuleView::from(rule);
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "metric_rule.update", ("metric_rule", id.to_string()), details(&view)).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "metric_rule.update", ("metric_rule", id.to_string()), super::audit::details(&view)).await?;
     tx.commit().await?;
     Ok(Json(view))
 }
@@ -289,19 +289,8 @@ async fn set_objectives(State(state): State<AppState>, auth: Principal, ApiJson(
     let now = state.clock.now_ms();
     let mut tx = state.db.begin().await?;
     store::metric_rules::set_objectives(&mut tx, auth.org_id, &req, now).await?;
-    let details = serde_json::to_value(&req).expect("objectives always serialize");
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "workload_objectives.update", ("organization", auth.org_id.to_string()), details).await?;
+    let target = ("organization", auth.org_id.to_string());
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "workload_objectives.update", target, super::audit::details(&req)).await?;
     tx.commit().await?;
     Ok(Json(req))
-}
-
-/// What the audit log keeps of a rule: all of it but the timestamps.
-fn details(r: &MetricRuleView) -> serde_json::Value {
-    let mut v = serde_json::to_value(r).expect("a rule always serializes");
-    if let Some(o) = v.as_object_mut() {
-        o.remove("created_at");
-        o.remove("updated_at");
-        o.remove("id");
-    }
-    v
 }

@@ -214,7 +214,16 @@ async fn create_policy(
     let policy = checked(&mut tx, &auth, req, PolicyId::new(), now, now).await?;
     store::policies::upsert(&mut tx, &policy).await?;
     let view = NotificationPolicy::from(policy);
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "notification_policy.create", ("notification_policy", view.id.to_string()), details(&view)).await?;
+    audit::record(
+        &mut tx,
+        auth.org_id,
+        now,
+        &auth.actor,
+        "notification_policy.create",
+        ("notification_policy", view.id.to_string()),
+        super::audit::details(&view),
+    )
+    .await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -249,7 +258,8 @@ async fn replace_policy(
     store::policies::upsert(&mut tx, &policy).await?;
     store::policies::forget_groups_of(&mut tx, auth.org_id, &id.to_string()).await?;
     let view = NotificationPolicy::from(policy);
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "notification_policy.update", ("notification_policy", id.to_string()), details(&view)).await?;
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "notification_policy.update", ("notification_policy", id.to_string()), super::audit::details(&view))
+        .await?;
     tx.commit().await?;
     Ok(Json(view))
 }
@@ -269,19 +279,4 @@ async fn delete_policy(State(state): State<AppState>, auth: Principal, ApiPath(i
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "notification_policy.delete", target, serde_json::json!({ "name": policy.name })).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// What the audit log keeps of a policy: all of it but the timestamps.
-fn details(p: &NotificationPolicy) -> serde_json::Value {
-    serde_json::json!({
-        "name": p.name,
-        "position": p.position,
-        "matchers": p.matchers,
-        "channel_ids": p.channel_ids,
-        "group_by": p.group_by,
-        "group_wait_seconds": p.group_wait_seconds,
-        "group_interval_seconds": p.group_interval_seconds,
-        "repeat_interval_seconds": p.repeat_interval_seconds,
-        "continue": p.continue_matching,
-    })
 }
