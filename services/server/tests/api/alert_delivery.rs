@@ -35,6 +35,7 @@ on_both_engines!(
     a_server_killed_before_delivering_loses_nothing,
     a_server_killed_between_sending_and_recording_resends_with_the_same_id,
     a_hanging_endpoint_does_not_delay_another,
+    a_backlog_larger_than_one_claim_goes_out_in_one_run,
     a_channel_failing_for_5_days_is_disabled,
 );
 
@@ -506,6 +507,41 @@ async fn a_server_killed_between_sending_and_recording_resends_with_the_same_id(
     let log = api.get(&format!("/api/v1/alert-channels/{channel}/deliveries")).await;
     assert_eq!(log["items"].as_array().unwrap().len(), 1, "{log}");
     assert_eq!(log["items"][0]["status_code"], 200);
+}
+
+/// 240 messages for 60 channels: more than one claim takes (100), and exactly what every
+/// channel may have in flight (4), so one run of the delivery job sends them all.
+async fn a_backlog_larger_than_one_claim_goes_out_in_one_run(engine: Engine) {
+    // Without the worker role nothing but this test runs the delivery job.
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| {
+        c.roles.worker = false;
+        c.alert_webhook_allow = "127.0.0.1".parse().unwrap();
+    })
+    .await;
+    let owner = app.owner("ops@example.com").await;
+    let mut receivers = Vec::new();
+    for i in 0..60 {
+        let r = Receiver::start(&[]).await;
+        create(&app, &owner, json!({ "name": format!("on-call-{i}"), "kind": "webhook", "url": r.url })).await;
+        receivers.push(r);
+    }
+    let org = owner.org.parse().unwrap();
+    let mut tx = app.state.db.begin().await.unwrap();
+    for _ in 0..4 {
+        let mut event = meshfleet_server::alerting::channels::test_event(org, chrono::Utc::now());
+        event.event_type = meshfleet_server::domain::alerting::EventType::Firing;
+        assert_eq!(notifications::enqueue(&mut tx, org, &event, app.state.clock.now_ms()).await.unwrap(), 60);
+    }
+    tx.commit().await.unwrap();
+
+    meshfleet_server::alerting::delivery::run(app.state.clone()).await.unwrap();
+    let received = || receivers.iter().map(|r| r.got.lock().unwrap().len()).sum::<usize>();
+    let start = Instant::now();
+    while received() < 240 && start.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(received(), 240, "one run sent only part of the backlog");
+    assert!(receivers.iter().all(|r| r.got.lock().unwrap().len() == 4));
 }
 
 async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {

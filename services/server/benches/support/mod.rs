@@ -1,0 +1,174 @@
+//! What the alerting benchmarks share: the machine's load, percentiles, a fresh PostgreSQL
+//! database per run, a signed-up owner, local webhook receivers, and an in-process server
+//! started the way the dashboard benchmark starts it. Each bench uses part of it.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use meshfleet_server::config::Config;
+use meshfleet_server::secrets::Sealer;
+use meshfleet_server::Server;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn env_num<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+/// The machine's 1-minute load average (2 cores shared with other engineers' builds).
+pub fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(f64::NAN)
+}
+
+/// Nearest-rank percentile of sorted samples (p in 0..=100).
+pub fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+pub fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// `VmRSS` of a process in KiB (`self` for this one).
+pub fn rss_kb(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// The admin URL of the benchmark PostgreSQL, when one is configured.
+pub fn pg_admin() -> Option<String> {
+    std::env::var("MESHFLEET_BENCH_POSTGRES_URL").ok().or_else(|| std::env::var("MESHFLEET_TEST_POSTGRES_URL").ok()).filter(|u| !u.is_empty())
+}
+
+/// A database of its own for one run, dropped by `drop_pg_db`.
+pub struct PgDb {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+pub async fn create_pg_db(admin: &str) -> anyhow::Result<PgDb> {
+    use sqlx::Connection;
+    let name = format!("meshfleet_bench_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(admin).await.context("connecting to the benchmark PostgreSQL")?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.context("creating the benchmark database")?;
+    let _ = conn.close().await;
+    let base = admin.split('?').next().unwrap_or(admin);
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    Ok(PgDb { admin: admin.to_owned(), url: format!("{base}/{name}"), name })
+}
+
+pub async fn drop_pg_db(db: &PgDb) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(&db.admin).await {
+        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)).execute(&mut conn).await {
+            eprintln!("warning: could not drop {}: {e}", db.name);
+        }
+        let _ = conn.close().await;
+    }
+}
+
+/// The engines to run: SQLite always, PostgreSQL when configured.
+pub fn engines() -> Vec<&'static str> {
+    let mut engines = vec!["sqlite"];
+    if pg_admin().is_some() {
+        engines.push("postgres");
+    }
+    engines
+}
+
+/// A database URL for `engine` (a file in `dir`, or a fresh PostgreSQL database).
+pub async fn database(engine: &str, dir: &std::path::Path) -> anyhow::Result<(String, Option<PgDb>)> {
+    match engine {
+        "sqlite" => Ok((meshfleet_server::db::sqlite_url_in(dir)?, None)),
+        _ => {
+            let pg = create_pg_db(&pg_admin().context("no PostgreSQL URL")?).await?;
+            Ok((pg.url.clone(), Some(pg)))
+        }
+    }
+}
+
+/// The server in this process, on 127.0.0.1:0, with `extra` settings (`MESHFLEET_…`).
+pub async fn start_in_process(url: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> anyhow::Result<Server> {
+    let mut env = vec![
+        ("MESHFLEET_LISTEN".to_string(), "127.0.0.1:0".to_string()),
+        ("MESHFLEET_GATEWAY_LISTEN".into(), "127.0.0.1:0".into()),
+        ("MESHFLEET_DATABASE_URL".into(), url.to_owned()),
+        ("MESHFLEET_DATA_DIR".into(), dir.display().to_string()),
+        ("MESHFLEET_SEALING_KEY".into(), Sealer::generate_key()),
+        ("MESHFLEET_LOG".into(), std::env::var("MESHFLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into())),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let config = Config::load(None, &env, &[]).map_err(|e| anyhow::anyhow!("configuration: {e:?}"))?;
+    Server::start(config).await
+}
+
+pub async fn http_json(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
+    let resp = req.timeout(Duration::from_secs(30)).send().await.with_context(|| what.to_owned())?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{what}: {status} {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Signs up `bench@example.com` and returns its access token and organization id.
+pub async fn owner(http: &reqwest::Client, base: &str) -> anyhow::Result<(String, String)> {
+    http_json(
+        http.post(format!("{base}/api/v1/signup")).json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" })),
+        "sign up",
+    )
+    .await?;
+    let login = http_json(http.post(format!("{base}/api/v1/login")).json(&json!({ "email": "bench@example.com", "password": PASSWORD })), "log in").await?;
+    let token = login["access_token"].as_str().context("no access token")?.to_owned();
+    let org = login["organization_id"].as_str().context("no organization id")?.to_owned();
+    Ok((token, org))
+}
+
+/// A webhook channel of the owner's organization pointing at `url`; returns its id.
+pub async fn webhook_channel(http: &reqwest::Client, base: &str, token: &str, name: &str, url: &str) -> anyhow::Result<String> {
+    let body = http_json(
+        http.post(format!("{base}/api/v1/alert-channels")).bearer_auth(token).json(&json!({ "name": name, "kind": "webhook", "url": url })),
+        "create channel",
+    )
+    .await?;
+    Ok(body["id"].as_str().context("no channel id")?.to_owned())
+}
+
+/// One request a receiver got: when, and its body.
+pub struct Receipt {
+    pub at: Instant,
+    pub body: String,
+}
+
+/// An HTTP receiver on 127.0.0.1:0 answering `POST /hook` with 200, or never (`hang`), and
+/// passing every request it gets to `got` the moment it has read it.
+pub async fn receiver(hang: bool, got: mpsc::UnboundedSender<Receipt>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| {
+            let at = Instant::now();
+            let _ = got.send(Receipt { at, body });
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
