@@ -93,7 +93,7 @@ async fn claim_and_send(state: &AppState) -> anyhow::Result<usize> {
     // should it expire first, the message may go twice, with the same id.
     let claim_until = now + crate::config::ms(state.config.alert_delivery_timeout) + CLAIM_MARGIN_MS;
     let mut tx = state.db.begin().await?;
-    let claimed = notifications::claim(&mut tx, now, claim_until, &state.deliveries.busy(), BATCH).await.context("claiming notifications")?;
+    let claimed = notifications::claim(&mut tx, now, claim_until, &state.deliveries.busy(), PER_CHANNEL, BATCH).await.context("claiming notifications")?;
     tx.commit().await?;
     let count = claimed.len();
     let mut over = Vec::new();

@@ -66,18 +66,26 @@ pub struct Claimed {
     pub attempts: u32,
 }
 
-/// Claims up to `limit` due notifications of enabled channels until `claim_until`, skipping
-/// the channels in `busy` (at their concurrency limit on this replica). A claim that is not
-/// settled by then (the replica died) makes the notification due again.
-pub async fn claim(conn: &mut Conn, now: i64, claim_until: i64, busy: &[ChannelId], limit: u32) -> Result<Vec<Claimed>, sqlx::Error> {
-    let skip_locked = if conn.backend_name() == "SQLite" { "" } else { "FOR UPDATE OF n SKIP LOCKED" };
+/// Claims up to `limit` due notifications of enabled channels until `claim_until`, at most
+/// `per_channel` of each channel (the oldest due), skipping the channels in `busy` (at their
+/// concurrency limit on this replica). The cap keeps one channel's backlog from filling a
+/// claim that other channels' messages are waiting for. A claim that is not settled by then
+/// (the replica died) makes the notification due again.
+pub async fn claim(conn: &mut Conn, now: i64, claim_until: i64, busy: &[ChannelId], per_channel: usize, limit: u32) -> Result<Vec<Claimed>, sqlx::Error> {
+    // PostgreSQL locks outside the ranking: FOR UPDATE may not share a level with a window.
+    let skip_locked = if conn.backend_name() == "SQLite" { "" } else { "FOR UPDATE SKIP LOCKED" };
     let busy_list: Vec<String> = (0..busy.len()).map(|i| format!("${}", i + 3)).collect();
     let not_busy = if busy.is_empty() { String::new() } else { format!("AND n.channel_id NOT IN ({})", busy_list.join(", ")) };
     let sql = format!(
         "UPDATE notifications SET claimed_until = $2 WHERE id IN (
-             SELECT n.id FROM notifications n JOIN alert_channels c ON c.id = n.channel_id AND c.org_id = n.org_id
-             WHERE n.status = 'pending' AND n.next_attempt_at <= $1 AND n.claimed_until <= $1 AND c.enabled = 1 {not_busy}
-             ORDER BY n.next_attempt_at LIMIT {limit} {skip_locked})
+             SELECT id FROM notifications WHERE id IN (
+                 SELECT id FROM (
+                     SELECT n.id, n.next_attempt_at,
+                            ROW_NUMBER() OVER (PARTITION BY n.channel_id ORDER BY n.next_attempt_at, n.id) AS rank
+                     FROM notifications n JOIN alert_channels c ON c.id = n.channel_id AND c.org_id = n.org_id
+                     WHERE n.status = 'pending' AND n.next_attempt_at <= $1 AND n.claimed_until <= $1 AND c.enabled = 1 {not_busy}
+                 ) ranked WHERE rank <= {per_channel} ORDER BY next_attempt_at LIMIT {limit})
+             AND claimed_until <= $1 {skip_locked})
          RETURNING id, org_id, channel_id, body, attempts"
     );
     let mut q = sqlx::query(&sql).bind(now).bind(claim_until);
@@ -193,8 +201,14 @@ pub async fn redeliver(conn: &mut Conn, org: OrgId, channel: ChannelId, message_
 
 /// Gives claimed notifications back at once (this replica will not send them now).
 pub async fn release(conn: &mut Conn, ids: &[String]) -> Result<(), sqlx::Error> {
-    for id in ids {
-        sqlx::query("UPDATE notifications SET claimed_until = 0 WHERE id = $1").bind(id).execute(&mut *conn).await?;
+    for chunk in ids.chunks(100) {
+        let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+        let sql = format!("UPDATE notifications SET claimed_until = 0 WHERE id IN ({})", list.join(", "));
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use meshfleet_server::domain::alerting::AlertEvent;
 use meshfleet_server::domain::alerting::AlertState;
 use meshfleet_server::domain::health::Severity;
-use meshfleet_server::domain::AlertId;
+use meshfleet_server::domain::{AlertId, ChannelId};
 use meshfleet_server::store::alerts::Alert;
 use meshfleet_server::store::{self, notifications};
 use reqwest::Method;
@@ -36,6 +36,7 @@ on_both_engines!(
     a_server_killed_between_sending_and_recording_resends_with_the_same_id,
     a_hanging_endpoint_does_not_delay_another,
     a_backlog_larger_than_one_claim_goes_out_in_one_run,
+    one_channels_backlog_does_not_fill_a_claim,
     a_channel_failing_for_5_days_is_disabled,
 );
 
@@ -542,6 +543,34 @@ async fn a_backlog_larger_than_one_claim_goes_out_in_one_run(engine: Engine) {
     }
     assert_eq!(received(), 240, "one run sent only part of the backlog");
     assert!(receivers.iter().all(|r| r.got.lock().unwrap().len() == 4));
+}
+
+/// A claim takes at most a channel's in-flight limit of its messages: a backlog on one channel
+/// (older than everything else) leaves room for the others'.
+async fn one_channels_backlog_does_not_fill_a_claim(engine: Engine) {
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| c.roles.worker = false).await;
+    let owner = app.owner("ops@example.com").await;
+    let (backlogged, _) = create(&app, &owner, json!({ "name": "slow", "kind": "webhook", "url": "https://hooks.example.com/slow" })).await;
+    let backlogged: ChannelId = backlogged.parse().unwrap();
+    let org = owner.org.parse().unwrap();
+    let mut tx = app.state.db.begin().await.unwrap();
+    let channel = store::alert_channels::get(&mut tx, org, backlogged).await.unwrap().unwrap();
+    let event = meshfleet_server::alerting::channels::test_event(org, chrono::Utc::now());
+    for _ in 0..150 {
+        notifications::enqueue_for(&mut tx, &channel, &event, app.state.clock.now_ms() - 60_000).await.unwrap();
+    }
+    tx.commit().await.unwrap();
+    create(&app, &owner, json!({ "name": "fast", "kind": "webhook", "url": "https://hooks.example.com/fast" })).await;
+    let mut tx = app.state.db.begin().await.unwrap();
+    notifications::enqueue(&mut tx, org, &event, app.state.clock.now_ms()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let now = app.state.clock.now_ms();
+    let mut tx = app.state.db.begin().await.unwrap();
+    let claimed = notifications::claim(&mut tx, now, now + 60_000, &[], 4, 100).await.unwrap();
+    tx.commit().await.unwrap();
+    let of_backlogged = claimed.iter().filter(|n| n.channel_id == backlogged).count();
+    assert_eq!((claimed.len(), of_backlogged), (5, 4), "4 of the backlog's 151 messages and the other channel's one: {claimed:?}");
 }
 
 async fn a_hanging_endpoint_does_not_delay_another(engine: Engine) {
