@@ -37,6 +37,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 ApiError::BadRequest { detail: "could not read the request body".into(), field: None }
             }
         })?;
+        // Every request body of the API is an object; serde would also take a struct written as
+        // an array of its fields (`[null, null]`), which no schema allows.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::Validation(vec![FieldError::new("body", "must be a JSON object")]));
+        }
         parse_json(&body).map(ApiJson)
     }
 }

@@ -35,6 +35,8 @@ async fn bad_input_gets_a_problem_never_a_500() {
         (Method::POST, "/api/v1/clusters", json_ct, b"{\"name\":42}".to_vec(), 422, "validation", Some("name")),
         (Method::POST, "/api/v1/clusters", json_ct, b"{\"name\":\"x\",\"labels\":{\"a\":1}}".to_vec(), 422, "validation", Some("labels.a")),
         (Method::POST, "/api/v1/clusters", json_ct, b"[]".to_vec(), 422, "validation", Some("body")),
+        // A struct written as the array of its fields, which serde would take.
+        (Method::PUT, "/api/v1/workload-objectives", json_ct, b" [null, null]".to_vec(), 422, "validation", Some("body")),
         (Method::POST, "/api/v1/clusters", None, b"{\"name\":\"x\"}".to_vec(), 415, "unsupported-media-type", None),
         (Method::POST, "/api/v1/clusters", Some("text/plain"), b"{\"name\":\"x\"}".to_vec(), 415, "unsupported-media-type", None),
         (Method::POST, "/api/v1/clusters", json_ct, vec![b' '; 1024 * 1024 + 1], 413, "payload-too-large", None),
