@@ -32,6 +32,7 @@ use anyhow::{bail, Context};
 use meshfleet_server::secrets::Sealer;
 use meshfleet_test_support::process::{clean_command, clock_ticks_per_sec, cpu_ticks, free_port, terminate, Output};
 use secrecy::SecretString;
+use support::metric;
 
 struct Knobs {
     clusters: usize,
@@ -88,18 +89,6 @@ async fn scrape(api: &str) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
-}
-
-/// Sum of the samples whose metric name ends with `name` and whose labels contain every `label`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric_name = series.split('{').next()?;
-            (metric_name.ends_with(name) && labels.iter().all(|lab| series.contains(lab))).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 /// utime+stime of every `postgres` process on the machine, in clock ticks.

@@ -46,6 +46,8 @@
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
+mod support;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -66,6 +68,7 @@ use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
+use support::{create_pg_db, drop_pg_db, metric, PgDb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -124,34 +127,6 @@ impl Knobs {
 
 // ---------------------------------------------------------------------------------------------
 // The server process and its database
-
-/// A fresh PostgreSQL database, dropped by `drop_db`.
-struct PgDb {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-async fn create_pg_db(admin: &str) -> anyhow::Result<PgDb> {
-    use sqlx::Connection;
-    let name = format!("meshfleet_bench_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(admin).await.context("connecting to the benchmark PostgreSQL")?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.context("creating the benchmark database")?;
-    let _ = conn.close().await;
-    let base = admin.split('?').next().unwrap_or(admin);
-    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
-    Ok(PgDb { admin: admin.to_owned(), url: format!("{base}/{name}"), name })
-}
-
-async fn drop_pg_db(db: &PgDb) {
-    use sqlx::Connection;
-    if let Ok(mut conn) = sqlx::PgConnection::connect(&db.admin).await {
-        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", db.name)).execute(&mut conn).await {
-            eprintln!("warning: could not drop {}: {e}", db.name);
-        }
-        let _ = conn.close().await;
-    }
-}
 
 struct ServerProc {
     child: Child,
@@ -392,18 +367,6 @@ async fn scrape(server: &ServerProc) -> String {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     }
-}
-
-/// Sum of the samples whose metric name ends with `name` and whose labels contain every `label`.
-fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric_name = series.split('{').next()?;
-            (metric_name.ends_with(name) && labels.iter().all(|lab| series.contains(lab))).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-//! What the alerting benchmarks share: the machine's load, percentiles, a fresh PostgreSQL
-//! database per run, a signed-up owner, local webhook receivers, and an in-process server
-//! started the way the dashboard benchmark starts it. Each bench uses part of it.
+//! What the benchmarks share: the machine's load, percentiles, a fresh PostgreSQL database per
+//! run, sums over the Prometheus text format, a signed-up owner, local webhook receivers, and an
+//! in-process server started the way the dashboard benchmark starts it. Each bench uses part of
+//! it.
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
@@ -171,4 +172,16 @@ pub async fn receiver(hang: bool, got: mpsc::UnboundedSender<Receipt>) -> anyhow
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
+}
+
+/// Sum of the samples whose metric name ends with `name` and whose labels contain every `label`.
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let metric_name = series.split('{').next()?;
+            (metric_name.ends_with(name) && labels.iter().all(|lab| series.contains(lab))).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
 }
