@@ -27,17 +27,17 @@ struct Found<'a> {
     members: Members,
 }
 
-/// Notifies every group of `org` that is due at `now`.
-pub async fn notify(state: &AppState, org: OrgId, silences: &[Silence], now: i64) -> anyhow::Result<()> {
-    let (policies, channels, open, stored) = {
+/// Notifies every group of `org` that is due at `now`, given its `alerts` as evaluation just
+/// left them.
+pub async fn notify(state: &AppState, org: OrgId, alerts: &[Alert], silences: &[Silence], now: i64) -> anyhow::Result<()> {
+    let (policies, channels, stored) = {
         let mut conn = state.db.pool.acquire().await?;
         let policies = store::policies::list(&mut conn, org).await?;
         let channels = store::alert_channels::list_enabled(&mut conn, org).await?;
-        let open = store::alerts::open_of_org(&mut conn, org).await?;
         let stored = store::policies::groups(&mut conn, org).await?;
-        (policies, channels, open, stored)
+        (policies, channels, stored)
     };
-    let firing: HashMap<&str, &Alert> = open.iter().filter(|a| a.state == AlertState::Firing).map(|a| (a.fingerprint.as_str(), a)).collect();
+    let firing: HashMap<&str, &Alert> = alerts.iter().filter(|a| a.state == AlertState::Firing).map(|a| (a.fingerprint.as_str(), a)).collect();
     let mut found: BTreeMap<(String, String), Found> = BTreeMap::new();
     for alert in firing.values() {
         let labels = alerting::matchable_labels(&alert.labels, &alert.rule, alert.severity);

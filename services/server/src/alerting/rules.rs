@@ -79,7 +79,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     }
     let samples = workload_samples(state, org, windows, now).await?;
     let workloads_of = |window: i64, cluster: ClusterId| samples.get(&window).and_then(|s| s.get(&cluster)).map(Vec::as_slice).unwrap_or_default();
-    let mut eval = Evaluation { state, org, now, resolve_delay, open, seen: HashSet::new() };
+    let mut eval = Evaluation { state, org, now, resolve_delay, open, seen: HashSet::new(), judged: Vec::new() };
     for row in &snapshot.rows {
         let held = row.status == "disconnected";
         if held {
@@ -124,15 +124,17 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             }
         }
     }
-    let Evaluation { open, seen, .. } = eval;
+    let Evaluation { open, seen, mut judged, .. } = eval;
     for (fingerprint, alert) in open {
         if seen.contains(&fingerprint) {
+            // Held as it is (its cluster's agent is disconnected).
+            judged.push(alert);
             continue;
         }
         let step = alerting::step(Some(&remembered(&alert)), false, alert.starts_at, now, 0, resolve_delay);
-        apply(state, alert, step, now).await?;
+        judged.push(apply(state, alert, step, now).await?);
     }
-    super::routing::notify(state, org, &silences, now).await
+    super::routing::notify(state, org, &judged, &silences, now).await
 }
 
 /// Each cluster's workloads (namespace, workload, sample) over one window.
@@ -197,6 +199,8 @@ struct Evaluation<'a> {
     resolve_delay: i64,
     open: HashMap<String, Alert>,
     seen: HashSet<String>,
+    /// The alerts judged so far, as they are now.
+    judged: Vec<Alert>,
 }
 
 impl Evaluation<'_> {
@@ -210,7 +214,8 @@ impl Evaluation<'_> {
         let mut alert = current.unwrap_or_else(|| new_alert(self.org, row, c.rule, c.object, fingerprint, c.since));
         alert.labels.extend(labels.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
         let alert = Alert { severity: c.severity, summary: c.summary, ..alert };
-        apply(self.state, alert, step, self.now).await
+        self.judged.push(apply(self.state, alert, step, self.now).await?);
+        Ok(())
     }
 }
 
@@ -244,11 +249,12 @@ fn new_alert(org: OrgId, row: &Row, rule: &str, object: String, fingerprint: Str
     }
 }
 
-/// Records one step of one alert, in its own transaction. What its channels are told is
-/// decided afterwards, for all alerts together (`routing::notify`).
-async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyhow::Result<()> {
+/// Records one step of one alert, in its own transaction, and returns the alert as it is now.
+/// What its channels are told is decided afterwards, for all alerts together
+/// (`routing::notify`).
+async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyhow::Result<Alert> {
     match step {
-        Step::Keep => return Ok(()),
+        Step::Keep => return Ok(alert),
         Step::Open { firing: false } => {}
         Step::Open { firing: true } | Step::Fire => {
             alert.state = AlertState::Firing;
@@ -268,7 +274,7 @@ async fn apply(state: &AppState, mut alert: Alert, step: Step, now: i64) -> anyh
         store::alerts::update(&mut tx, &alert, now).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(alert)
 }
 
 /// The event channels receive about `alert`.
