@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context};
 use meshfleet_agent::Identity;
 use meshfleet_agent_protocol::v1::agent_gateway_client::AgentGatewayClient;
-use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
+use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message, AgentMessage, ServerMessage};
 use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use meshfleet_client::Client;
 use rand::Rng;
@@ -45,27 +45,12 @@ const GOAL_P99: Duration = Duration::from_secs(2);
 const WAIT: Duration = Duration::from_secs(30);
 const DAY_MS: i64 = 86_400_000;
 
-fn tls_endpoint(gateway: SocketAddr, ca_pem: &str, id: Option<&Identity>) -> anyhow::Result<Endpoint> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
-    if let Some(id) = id {
-        tls = tls.identity(tonic::transport::Identity::from_pem(&id.chain_pem, id.key_pem.expose_secret()));
-    }
+fn tls_endpoint(gateway: SocketAddr, ca_pem: &str, id: &Identity) -> anyhow::Result<Endpoint> {
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("127.0.0.1")
+        .identity(tonic::transport::Identity::from_pem(&id.chain_pem, id.key_pem.expose_secret()));
     Ok(Endpoint::from_shared(format!("https://{gateway}"))?.tls_config(tls)?.connect_timeout(Duration::from_secs(10)).tcp_nodelay(true))
-}
-
-async fn register(endpoint: Endpoint, bootstrap_token: &str) -> anyhow::Result<Identity> {
-    let key = meshfleet_pki::mint::new_key()?;
-    let csr_der = meshfleet_pki::csr::new_csr(&key)?;
-    let req = RegisterRequest { bootstrap_token: bootstrap_token.to_owned(), csr_der, agent_version: "0.1.0-bench".into() };
-    let resp = AgentGatewayClient::new(endpoint.connect().await?).register(req).await.map_err(|s| anyhow!("register: {s}"))?.into_inner();
-    let cert = resp.certificate.ok_or_else(|| anyhow!("register: no certificate"))?;
-    Ok(Identity {
-        org_id: resp.organization_id,
-        cluster_id: resp.cluster_id,
-        chain_pem: cert.chain_pem,
-        key_pem: SecretString::from(key.serialize_pem()),
-        not_after_unix_ms: cert.not_after_unix_ms,
-    })
 }
 
 fn now_ms() -> i64 {
@@ -98,7 +83,7 @@ struct Agent {
 
 impl Agent {
     async fn connect(gateway: SocketAddr, ca_pem: &str, id: &Identity) -> anyhow::Result<Agent> {
-        let channel = tls_endpoint(gateway, ca_pem, Some(id))?.connect().await.context("mTLS connection")?;
+        let channel = tls_endpoint(gateway, ca_pem, id)?.connect().await.context("mTLS connection")?;
         let mut client = AgentGatewayClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(16);
         let hello = v1::Hello { agent_version: "0.1.0-bench".into(), kubernetes_version: "v1.33.1".into(), sent_at_unix_ms: now_ms(), ..Default::default() };
@@ -171,7 +156,7 @@ async fn run(engine: &str, rounds: usize) -> anyhow::Result<Rounds> {
     let boot = Client::with_token(&base, SecretString::from(token.clone())).bootstrap(cluster_id).await.map_err(|e| anyhow!("install manifest: {e}"))?;
     let ca_pem = boot.ca_pem.clone();
     let gateway = server.gateway_addr.context("no gateway")?;
-    let id = register(tls_endpoint(gateway, &ca_pem, None)?, boot.token.expose_secret()).await?;
+    let id = meshfleet_agent::register(&format!("https://{gateway}"), &ca_pem, boot.token.expose_secret(), "0.1.0-bench").await?;
     let mut agent = Agent::connect(gateway, &ca_pem, &id).await?;
 
     let mut out = Rounds { ack: Vec::new(), delivery: Vec::new(), resolved: Vec::new(), load: (support::loadavg(), 0.0) };
