@@ -1,7 +1,10 @@
 //! Golden metrics: scrape every ready meshed pod's proxy admin `/metrics` (bounded concurrency,
 //! per-request timeout), turn cumulative counters into per-window deltas per pod (a counter
 //! that went down means the proxy restarted), and aggregate per workload. Inbound traffic only,
-//! so a request between two meshed pods is counted once, at the server.
+//! so a request between two meshed pods is counted once, at the server. Requests are counted
+//! when answered (`response_total`), not when received (`request_total`): a scrape during
+//! in-flight requests would otherwise see requests whose failures land in a later window, which
+//! the service refuses as more failures than requests.
 
 mod http;
 
@@ -64,8 +67,12 @@ pub fn parse(text: &str) -> Sample {
             continue;
         }
         match name {
-            "request_total" => s.requests += value,
-            "response_total" if l.get("classification") == Some(&"failure") => s.failures += value,
+            "response_total" => {
+                s.requests += value;
+                if l.get("classification") == Some(&"failure") {
+                    s.failures += value;
+                }
+            }
             "response_latency_ms_bucket" => {
                 let le = match l.get("le") {
                     Some(&"+Inf") => f64::INFINITY,
@@ -198,8 +205,9 @@ mod tests {
     use super::*;
 
     const TEXT: &str = r#"# HELP request_total HTTP requests received
-request_total{direction="inbound",authority="web",tls="true"} 100
+request_total{direction="inbound",authority="web",tls="true"} 103
 request_total{direction="outbound",authority="db",tls="true"} 999
+response_total{direction="outbound",status_code="200",classification="success"} 999
 response_total{direction="inbound",status_code="200",classification="success"} 90
 response_total{direction="inbound",status_code="500",classification="failure"} 10
 response_latency_ms_bucket{direction="inbound",status_code="200",le="1"} 0
@@ -212,12 +220,25 @@ garbage line without value
     #[test]
     fn inbound_counters_and_quantiles() {
         let s = parse(TEXT);
-        assert_eq!((s.requests, s.failures), (100.0, 10.0));
+        assert_eq!((s.requests, s.failures), (100.0, 10.0), "answered inbound requests, not the 3 in flight");
         assert_eq!(quantile(&s.buckets, 0.5), 10.0);
         assert!((quantile(&s.buckets, 0.99) - 98.2).abs() < 0.01);
         let d = delta(&s, &s);
         assert_eq!((d.requests, quantile(&d.buckets, 0.5)), (0.0, 0.0));
         let reset = delta(&s, &Sample { requests: 5.0, ..Default::default() });
         assert_eq!(reset.requests, 5.0, "a restarted proxy counts from zero");
+    }
+
+    #[test]
+    fn a_scrape_between_request_and_response_never_counts_more_failures_than_requests() {
+        let in_flight = parse("request_total{direction=\"inbound\"} 30\n");
+        let answered = parse(concat!(
+            "request_total{direction=\"inbound\"} 30\n",
+            "response_total{direction=\"inbound\",classification=\"success\"} 20\n",
+            "response_total{direction=\"inbound\",classification=\"failure\"} 10\n",
+        ));
+        let (first, second) = (delta(&Sample::default(), &in_flight), delta(&in_flight, &answered));
+        assert_eq!((first.requests, first.failures), (0.0, 0.0));
+        assert_eq!((second.requests, second.failures), (30.0, 10.0));
     }
 }
