@@ -1,4 +1,4 @@
-//! X.509 and SPIFFE for Meshfleet, in one place: minting anchors, issuers and leaves ([`mint`]),
+//! X.509 and SPIFFE for Meshfleet, in one place: checking uploaded anchors ([`anchor`]), minting anchors, issuers and leaves ([`mint`]),
 //! checking CSRs ([`csr`]), workload SPIFFE ids ([`spiffe`]), verifying chains exactly as proxies
 //! verify peers ([`verify`]), reading what a certificate says and when it expires ([`inspect`]),
 //! and PEM in and out ([`pem`]).
@@ -7,6 +7,7 @@
 //! way round, so what the service signs is checked by the same code the controller and proxies
 //! run. Nothing here writes a key to disk, and malformed input is an [`Error`], never a panic.
 
+pub mod anchor;
 pub mod csr;
 pub mod inspect;
 pub mod mint;

@@ -32,6 +32,13 @@ pub struct CaMaterial {
     pub key_pem: String,
 }
 
+/// The key stays out of logs and panic messages.
+impl std::fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaMaterial").field("cert_pem", &self.cert_pem).field("key_pem", &"<redacted>").finish()
+    }
+}
+
 impl CaMaterial {
     /// A CA kept as PEM; the key must be the certificate's.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
@@ -96,6 +103,12 @@ pub fn new_issuer(parent: &CaMaterial, profile: &CaProfile<'_>) -> Result<CaMate
     let key = new_key()?;
     let cert = profile.params().signed_by(&key, &parent.signer()?)?;
     Ok(CaMaterial { cert_pem: cert.pem(), cert_der: cert.der().clone(), key_pem: key.serialize_pem() })
+}
+
+/// A CA certificate for a key held elsewhere (a cluster's issuer, whose key never leaves the
+/// cluster: `public_key` comes from a checked CSR), signed by `parent`.
+pub fn sign_ca(parent: &CaMaterial, public_key: &impl PublicKeyData, profile: &CaProfile<'_>) -> Result<CertificateDer<'static>> {
+    Ok(profile.params().signed_by(public_key, &parent.signer()?)?.der().clone())
 }
 
 /// Which end of a TLS connection a leaf may be.
