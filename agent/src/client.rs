@@ -183,6 +183,11 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// The agent's current identity (it changes when the certificate is renewed).
+    pub fn identity(&self) -> Identity {
+        self.shared.current_identity()
+    }
+
     /// Buffers a report (assigning its seq) until the gateway acknowledges it. Never blocks.
     pub fn report(&self, report: Report) {
         self.shared.push(match report {

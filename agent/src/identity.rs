@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use meshfleet_agent_protocol::v1::{self, RegisterRequest, RenewRequest};
+use meshfleet_agent_protocol::v1::{self, RegisterRequest, RenewRequest, SignIssuerRequest, SignIssuerResponse};
 use meshfleet_pki::inspect::{inspect, CertInfo};
 use meshfleet_pki::{KeyPair, PublicKeyData};
 use secrecy::{ExposeSecret, SecretString};
@@ -132,6 +132,15 @@ pub async fn renew(gateway_url: &str, ca_pem: &str, identity: &Identity) -> Resu
     req.set_timeout(CALL_TIMEOUT);
     let resp = client.renew(req).await?.into_inner();
     Identity::from_issued(identity.org_id.clone(), identity.cluster_id.clone(), resp.certificate, &key)
+}
+
+/// The mesh issuer for `csr_der` (a key made in the cluster), while the gateway's rotate-issuer
+/// command `command_id` is open, requested over mTLS with the current identity.
+pub async fn sign_issuer(gateway_url: &str, ca_pem: &str, identity: &Identity, command_id: &str, csr_der: Vec<u8>) -> Result<SignIssuerResponse, Error> {
+    let mut client = tls::connect(gateway_url, ca_pem, Some(identity)).await?;
+    let mut req = tonic::Request::new(SignIssuerRequest { command_id: command_id.to_owned(), csr_der });
+    req.set_timeout(CALL_TIMEOUT);
+    Ok(client.sign_issuer(req).await?.into_inner())
 }
 
 fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {

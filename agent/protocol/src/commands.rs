@@ -10,7 +10,7 @@ use crate::v1::{CollectDiagnostics, Command, Ping, RestartWorkloads, SetControlP
 
 impl Body {
     /// Every kind, by name; `kind()` of each variant.
-    pub const KINDS: [&'static str; 4] = ["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version"];
+    pub const KINDS: [&'static str; 5] = ["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version", "rotate-issuer"];
 
     /// The kind's name: the REST API's `kind`, and `Command.kind` for agents that predate `body`.
     pub fn kind(&self) -> &'static str {
@@ -19,6 +19,7 @@ impl Body {
             Body::CollectDiagnostics(_) => "collect-diagnostics",
             Body::RestartWorkloads(_) => "restart-workloads",
             Body::SetControlPlaneVersion(_) => "set-control-plane-version",
+            Body::RotateIssuer(_) => "rotate-issuer",
         }
     }
 }

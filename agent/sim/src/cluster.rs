@@ -238,7 +238,9 @@ impl SyntheticCluster {
         let output = match command {
             Body::Ping(_) => serde_json::json!({ "pong": true, "at": now_ms() }),
             Body::CollectDiagnostics(_) => self.diagnostics(),
-            Body::RestartWorkloads(_) | Body::SetControlPlaneVersion(_) => return CommandResult { command_id: id.into(), ..unsupported(command.kind()) },
+            Body::RestartWorkloads(_) | Body::SetControlPlaneVersion(_) | Body::RotateIssuer(_) => {
+                return CommandResult { command_id: id.into(), ..unsupported(command.kind()) }
+            }
         };
         CommandResult {
             command_id: id.into(),

@@ -53,7 +53,7 @@ impl From<v1::RestartWorkloads> for RestartParams {
 /// How long a command waits for a rollout unless told otherwise.
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
-fn done(state: CommandState, message: impl Into<String>, output: serde_json::Value) -> CommandResult {
+pub(super) fn done(state: CommandState, message: impl Into<String>, output: serde_json::Value) -> CommandResult {
     CommandResult {
         state: state as i32,
         message: message.into(),
@@ -91,6 +91,7 @@ impl Executor {
                 Body::CollectDiagnostics(_) => this.diagnostics(),
                 Body::RestartWorkloads(p) => this.restart(&id, p.into()).await.unwrap_or_else(|e| failed(e.to_string())),
                 Body::SetControlPlaneVersion(p) => this.set_version(p).await.unwrap_or_else(|e| failed(e.to_string())),
+                Body::RotateIssuer(_) => this.rotate_issuer(&id).await.unwrap_or_else(failed),
             }
         })
     }

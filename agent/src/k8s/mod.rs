@@ -8,6 +8,7 @@ pub mod commands;
 pub mod config;
 pub mod conflict;
 pub mod inventory;
+pub mod issuer;
 pub mod leader;
 pub mod metrics;
 mod session;

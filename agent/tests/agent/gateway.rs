@@ -13,7 +13,7 @@ use meshfleet_agent::v1::{
     self,
     agent_gateway_server::{AgentGateway, AgentGatewayServer},
     agent_message::Body,
-    server_message, Ack, AgentMessage, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, ServerMessage,
+    server_message, Ack, AgentMessage, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, ServerMessage, SignIssuerRequest, SignIssuerResponse,
 };
 use meshfleet_pki::mint::{self, CaProfile, LeafProfile, Usage};
 use meshfleet_pki::{Issuer, KeyPair};
@@ -196,6 +196,11 @@ impl AgentGateway for Svc {
         let certificate = self.issue(&req.into_inner().csr_der, &cluster)?;
         self.recorded.lock().unwrap().renewals += 1;
         Ok(Response::new(RenewResponse { certificate: Some(certificate) }))
+    }
+
+    async fn sign_issuer(&self, _req: Request<SignIssuerRequest>) -> Result<Response<SignIssuerResponse>, Status> {
+        // The agent's transport tests need no mesh issuer; the real gateway's is tested there.
+        Err(Status::unimplemented("not part of this stand-in"))
     }
 
     type ConnectStream = OutStream;

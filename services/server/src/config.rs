@@ -94,6 +94,13 @@ pub struct Config {
     pub alert_webhook_allow: crate::alerting::ssrf::Allow,
     pub alert_delivery_timeout: Duration,
     pub alert_secret_overlap: Duration,
+    /// The mesh's PKI: lifetimes of generated trust anchors and of signed cluster issuers, the
+    /// share of an issuer's lifetime left when it is signed again, and how often the
+    /// `issuer-rotation` job looks for issuers that are due.
+    pub anchor_lifetime: Duration,
+    pub issuer_lifetime: Duration,
+    pub issuer_renew_fraction: f64,
+    pub issuer_rotation_check: Duration,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -226,6 +233,10 @@ impl Default for Config {
             alert_webhook_allow: Default::default(),
             alert_delivery_timeout: Duration::from_millis(15_000),
             alert_secret_overlap: Duration::from_secs(24 * 3600),
+            anchor_lifetime: Duration::from_secs(365 * 24 * 3600),
+            issuer_lifetime: Duration::from_secs(30 * 24 * 3600),
+            issuer_renew_fraction: 0.5,
+            issuer_rotation_check: Duration::from_secs(30),
         }
     }
 }
@@ -312,6 +323,10 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("alert_webhook_allow", |c, _, v| Ok(c.alert_webhook_allow = v.parse()?)),
     ("alert_delivery_timeout_ms", |c, _, v| Ok(c.alert_delivery_timeout = Duration::from_millis(num(v)?))),
     ("alert_secret_overlap_secs", |c, n, v| Ok(c.alert_secret_overlap = secs(n, v)?)),
+    ("anchor_lifetime_secs", |c, n, v| Ok(c.anchor_lifetime = secs(n, v)?)),
+    ("issuer_lifetime_secs", |c, n, v| Ok(c.issuer_lifetime = secs(n, v)?)),
+    ("issuer_renew_fraction", |c, _, v| Ok(c.issuer_renew_fraction = num(v)?)),
+    ("issuer_rotation_check_ms", |c, _, v| Ok(c.issuer_rotation_check = Duration::from_millis(num(v)?))),
 ];
 
 /// Comma-separated durations with a unit each: `0s,5s,5m,30m,2h,250ms`.
@@ -479,6 +494,12 @@ impl Config {
         }
         if self.alert_evaluation.is_zero() {
             errors.push("alert_evaluation_ms: must be positive".to_owned());
+        }
+        if !(self.issuer_renew_fraction > 0.0 && self.issuer_renew_fraction < 1.0) {
+            errors.push("issuer_renew_fraction: must be above 0 and below 1".to_owned());
+        }
+        if self.issuer_rotation_check.is_zero() {
+            errors.push("issuer_rotation_check_ms: must be positive".to_owned());
         }
         if !(1..=10_000).contains(&self.ingest_batch_max) {
             errors.push("ingest_batch_max: must be between 1 and 10000".to_owned());

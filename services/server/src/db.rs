@@ -125,6 +125,11 @@ impl Clock {
         chrono::Utc::now().timestamp_millis() + self.offset_ms.load(Ordering::Relaxed)
     }
 
+    /// `now_ms` as a `SystemTime`, for certificates.
+    pub fn now_system(&self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + Duration::from_millis(self.now_ms().max(0) as u64)
+    }
+
     pub fn advance(&self, by: Duration) {
         self.offset_ms.fetch_add(by.as_millis() as i64, Ordering::Relaxed);
     }

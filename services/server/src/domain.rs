@@ -13,6 +13,7 @@ pub mod objectives;
 pub mod policies;
 pub mod schema;
 pub mod silences;
+pub mod trust;
 
 use std::fmt;
 use std::str::FromStr;

@@ -6,6 +6,7 @@ pub mod convert;
 pub mod dispatch;
 pub mod error;
 pub mod ingest;
+mod issuer;
 pub mod limits;
 pub mod pki;
 pub mod recheck;
@@ -15,7 +16,7 @@ pub mod session;
 use std::net::SocketAddr;
 
 use meshfleet_agent_protocol::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
-use meshfleet_agent_protocol::v1::{Certificate, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse};
+use meshfleet_agent_protocol::v1::{Certificate, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, SignIssuerRequest, SignIssuerResponse};
 use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use secrecy::ExposeSecret;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
@@ -99,6 +100,11 @@ impl AgentGateway for Gateway {
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
         let peer = self.authenticate(&request).await?;
         Ok(Response::new(self.do_renew(peer, request.into_inner()).await?))
+    }
+
+    async fn sign_issuer(&self, request: Request<SignIssuerRequest>) -> Result<Response<SignIssuerResponse>, Status> {
+        let peer = self.authenticate(&request).await?;
+        Ok(Response::new(self.do_sign_issuer(peer, request.into_inner()).await?))
     }
 }
 

@@ -21,6 +21,7 @@ pub mod policies;
 pub mod problems;
 pub mod silences;
 pub mod timestamp;
+pub mod trust;
 
 use std::sync::Arc;
 
@@ -81,6 +82,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(silences::router())
         .merge(policies::router())
         .merge(metric_rules::router())
+        .merge(trust::router())
         .split_for_parts()
 }
 

@@ -87,6 +87,10 @@ pub fn render(p: &InstallParams) -> String {
         // Inventory: the issuer certificate and the trust anchors (list/watch by name).
         rule("", &["secrets"], &[ISSUER_SECRET], LIST_WATCH),
         rule("", &["configmaps"], &[TRUST_BUNDLE], LIST_WATCH),
+        // rotate-issuer: the bundle, then the new issuer (key made in the cluster). Both exist
+        // once the mesh is installed; `create` could not be narrowed to their names.
+        rule("", &["secrets"], &[ISSUER_SECRET], &["get", "update"]),
+        rule("", &["configmaps"], &[TRUST_BUNDLE], &["get", "update"]),
     ];
     let agent_rules = vec![
         // Identity: loaded at start, the renewed certificate stored.
@@ -398,6 +402,8 @@ mod tests {
                 rule("apps", &["deployments"], &["meshfleet-controller"], &["patch"]),
                 rule("", &["secrets"], &["meshfleet-issuer"], &lw),
                 rule("", &["configmaps"], &["meshfleet-trust-bundle"], &lw),
+                rule("", &["secrets"], &["meshfleet-issuer"], &["get", "update"]),
+                rule("", &["configmaps"], &["meshfleet-trust-bundle"], &["get", "update"]),
             ])
         );
         // The agent's own namespace: its identity Secret and its Lease.

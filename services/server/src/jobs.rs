@@ -63,6 +63,7 @@ pub fn registered(state: &AppState) -> Vec<Job> {
         jobs.extend(crate::worker::jobs());
         jobs.push(crate::alerting::rules::job(state));
         jobs.push(crate::alerting::delivery::job());
+        jobs.push(crate::certificates::issuer_rotation_job(state));
     }
     jobs
 }

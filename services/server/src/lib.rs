@@ -4,6 +4,7 @@
 pub mod alerting;
 pub mod app;
 pub mod cache;
+pub mod certificates;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -25,6 +25,7 @@ pub mod sessions;
 pub mod signing_keys;
 pub mod silences;
 pub mod throttles;
+pub mod trust;
 pub mod ui_sessions;
 
 pub type Conn = sqlx::AnyConnection;

@@ -17,6 +17,7 @@ fn one_of_each() -> Vec<Body> {
             ..Default::default()
         }),
         Body::SetControlPlaneVersion(SetControlPlaneVersion { version: "0.2.0".into(), timeout_secs: Some(60) }),
+        Body::RotateIssuer(v1::RotateIssuer {}),
     ]
 }
 

@@ -56,6 +56,22 @@ impl AuditEntry {
             details,
         }
     }
+
+    /// The service itself did it: a job (`issuer-rotation`) or the gateway for an agent
+    /// (`agent:<cluster>`), named by `by`.
+    pub fn by_service(org: OrgId, at: i64, by: &str, action: &str, target: (&str, String), details: serde_json::Value) -> AuditEntry {
+        AuditEntry {
+            id: uuid::Uuid::now_v7(),
+            org_id: org,
+            at,
+            actor_kind: "service".into(),
+            actor_id: by.into(),
+            action: action.into(),
+            target_kind: target.0.into(),
+            target_id: target.1,
+            details,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -54,9 +54,14 @@ pub enum Error {
     /// What the transport (or the agent's side of the stream) ended it with, passed on as is.
     #[error("{}", .0.message())]
     Transport(Status),
+    #[error("no open rotate-issuer command {0:?} for this cluster")]
+    NoIssuerRotation(String),
+    #[error("the organization has no active trust anchor to sign issuers with")]
+    NoAnchor,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// Minting for a key that passed the CSR check: a fault of the service, not the agent.
+    /// Minting for a key that passed the CSR check (or opening the anchor's sealed key): a
+    /// fault of the service, not the agent.
     #[error("cannot sign the certificate: {0}")]
     Sign(#[from] meshfleet_pki::Error),
 }
@@ -70,6 +75,7 @@ impl Error {
             Error::Csr(_) | Error::NoHello | Error::EmptyMessage | Error::InvalidReport(_) | Error::SeqNotIncreasing { .. } => Code::InvalidArgument,
             Error::Reconnects { .. } | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Superseded => Code::Aborted,
+            Error::NoIssuerRotation(_) | Error::NoAnchor => Code::FailedPrecondition,
             Error::ShuttingDown | Error::NotStored => Code::Unavailable,
             Error::AgentGone => Code::Cancelled,
             Error::Transport(status) => status.code(),

@@ -13,7 +13,7 @@ use super::auth::Principal;
 use super::clusters::find;
 use super::error::{ApiError, FieldError};
 use super::extract::{whole_number, whole_numbers, ApiJson, ApiPath, ApiQuery};
-use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, CommandId, Role};
@@ -88,7 +88,7 @@ pub mod typed;
 /// Creates a command for the cluster's agent.
 #[utoipa::path(post, path = "/api/v1/clusters/{id}/commands", tag = "commands", params(("id" = ClusterId, Path, description = "Cluster id")),
     request_body = CreateCommandRequest,
-    responses((status = 201, body = CommandView), JsonBody, Unauthenticated, Forbidden, NotFound, Internal),
+    responses((status = 201, body = CommandView), JsonBody, Unauthenticated, Forbidden, NotFound, Conflict, Invalid, Internal),
     security(("bearer" = [])))]
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %cluster))]
 async fn create_command(
@@ -112,25 +112,15 @@ async fn create_command(
         return Err(ApiError::Validation(errors));
     }
     let now = state.clock.now_ms();
-    let command = Command {
-        id: CommandId::new(),
-        org_id: auth.org_id,
-        cluster_id: cluster,
-        kind: req.kind,
-        params,
-        state: "pending".into(),
-        created_by: format!("{}:{}", auth.actor.kind(), auth.actor.id()),
-        created_at: now,
-        deadline: now + deadline_secs * 1000,
-        attempts: 0,
-        delivered_at: None,
-        completed_at: None,
-        progress: 0,
-        message: String::new(),
-        output: None,
-    };
+    let created_by = format!("{}:{}", auth.actor.kind(), auth.actor.id());
+    let command = Command::pending(auth.org_id, cluster, req.kind, params, created_by, now, deadline_secs * 1000);
     let mut tx = state.db.begin().await?;
     find(&mut tx, &auth, cluster).await?;
+    let active = crate::domain::trust::AnchorState::Active;
+    if command.kind == "rotate-issuer" && store::trust::anchor_in(&mut tx, auth.org_id, active).await?.is_none() {
+        let detail = "the organization has no trust anchor to sign the issuer with; create one at /api/v1/trust-anchors".to_owned();
+        return Err(ApiError::Conflict { kind: "no-trust-anchor", detail, field: Some("kind".into()) });
+    }
     store::commands::insert(&mut tx, &command).await?;
     audit::record(
         &mut tx,

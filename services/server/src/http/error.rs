@@ -48,6 +48,10 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("conflict: {detail}")]
     Conflict { kind: &'static str, detail: String, field: Option<String> },
+    /// Well-formed but refused for a reason with its own problem type (an uploaded trust anchor
+    /// that is not a CA, say): 422 like `Validation`, with `kind` naming the reason.
+    #[error("refused: {detail}")]
+    Refused { kind: &'static str, detail: String, field: &'static str },
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("unsupported media type")]
@@ -78,6 +82,7 @@ impl ApiError {
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Not allowed"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Conflict { kind, .. } => (StatusCode::CONFLICT, kind, "Conflict"),
+            Refused { kind, .. } => (StatusCode::UNPROCESSABLE_ENTITY, kind, "The request was refused"),
             PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "The request body is too large"),
             UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
             TooManyRequests { .. } => (StatusCode::TOO_MANY_REQUESTS, "too-many-requests", "Too many requests"),
@@ -95,6 +100,7 @@ impl ApiError {
             ApiError::BadRequest { detail, field } => (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect()),
             ApiError::Validation(errors) => (errors.first().map(|e| format!("{}: {}", e.field, e.message)), errors.clone()),
             ApiError::Conflict { detail, field, .. } => (Some(detail.clone()), field.iter().map(|f| FieldError::new(f, detail)).collect()),
+            ApiError::Refused { detail, field, .. } => (Some(detail.clone()), vec![FieldError::new(*field, detail)]),
             ApiError::Unauthenticated(d) | ApiError::Unavailable(d) => (Some((*d).to_owned()), vec![]),
             ApiError::Forbidden(d) => (Some(d.clone()), vec![]),
             ApiError::NotFound(what) => (Some(format!("{what} not found")), vec![]),

@@ -26,6 +26,29 @@ pub struct Command {
     pub output: Option<serde_json::Value>,
 }
 
+impl Command {
+    /// A new command waiting for its agent, due within `deadline_ms`.
+    pub fn pending(org_id: OrgId, cluster_id: ClusterId, kind: String, params: serde_json::Value, created_by: String, now: i64, deadline_ms: i64) -> Command {
+        Command {
+            id: CommandId::new(),
+            org_id,
+            cluster_id,
+            kind,
+            params,
+            state: "pending".into(),
+            created_by,
+            created_at: now,
+            deadline: now + deadline_ms,
+            attempts: 0,
+            delivered_at: None,
+            completed_at: None,
+            progress: 0,
+            message: String::new(),
+            output: None,
+        }
+    }
+}
+
 /// States in which a command still waits for its agent.
 pub const OPEN_STATES: &str = "('pending', 'delivered', 'running')";
 

@@ -26,6 +26,7 @@ pub fn from_rest(kind: &str, params: &Value) -> Result<Body, Vec<FieldError>> {
         "collect-diagnostics" => Body::CollectDiagnostics(v1::CollectDiagnostics {}),
         "restart-workloads" => Body::RestartWorkloads(v1::RestartWorkloads::default()),
         "set-control-plane-version" => Body::SetControlPlaneVersion(v1::SetControlPlaneVersion::default()),
+        "rotate-issuer" => Body::RotateIssuer(v1::RotateIssuer {}),
         _ => {
             let mut errors = vec![FieldError::new("kind", format!("unknown command; expected one of {}", Body::KINDS.join(", ")))];
             if !params.is_object() {
@@ -40,7 +41,7 @@ pub fn from_rest(kind: &str, params: &Value) -> Result<Body, Vec<FieldError>> {
         p.errors.push(FieldError::new(format!("params.{key}"), format!("not a parameter of {kind}")));
     }
     match &mut body {
-        Body::Ping(_) | Body::CollectDiagnostics(_) => {}
+        Body::Ping(_) | Body::CollectDiagnostics(_) | Body::RotateIssuer(_) => {}
         Body::RestartWorkloads(r) => {
             r.batch_size = p.whole("batch_size", 1, 1000);
             r.timeout_secs = p.whole("timeout_secs", 1, 86_400);

@@ -60,7 +60,10 @@ fn requests_become_typed_commands() {
 fn problems_name_their_fields() {
     assert_eq!(
         fields("format-disk", json!([])),
-        ["kind: unknown command; expected one of ping, collect-diagnostics, restart-workloads, set-control-plane-version", "params: must be a JSON object"]
+        [
+            "kind: unknown command; expected one of ping, collect-diagnostics, restart-workloads, set-control-plane-version, rotate-issuer",
+            "params: must be a JSON object"
+        ]
     );
     assert_eq!(fields("ping", json!("x")), ["params: must be a JSON object"]);
     assert_eq!(fields("ping", json!({ "namespace": "shop" })), ["params.namespace: not a parameter of ping"]);

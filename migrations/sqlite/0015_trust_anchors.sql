@@ -1,0 +1,33 @@
+-- The mesh's PKI run by the service (`domain::trust`): each organization's trust domain and
+-- trust anchors (keys sealed), and the issuer the service last signed for each cluster (its
+-- key stays in the cluster: only the certificate is here).
+ALTER TABLE organizations ADD COLUMN trust_domain TEXT NOT NULL DEFAULT 'cluster.local';
+
+CREATE TABLE trust_anchors (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    fingerprint  TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    cert_pem     TEXT NOT NULL,
+    key_sealed   TEXT NOT NULL,
+    not_before   BIGINT NOT NULL,
+    not_after    BIGINT NOT NULL,
+    state        TEXT NOT NULL,
+    source       TEXT NOT NULL,
+    created_by   TEXT NOT NULL,
+    created_at   BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX trust_anchors_org_fingerprint ON trust_anchors (org_id, fingerprint);
+
+CREATE TABLE cluster_issuers (
+    cluster_id          TEXT PRIMARY KEY REFERENCES clusters(id) ON DELETE CASCADE,
+    org_id              TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    command_id          TEXT NOT NULL,
+    fingerprint         TEXT NOT NULL,
+    anchor_fingerprint  TEXT NOT NULL,
+    cert_pem            TEXT NOT NULL,
+    not_before          BIGINT NOT NULL,
+    not_after           BIGINT NOT NULL,
+    signed_at           BIGINT NOT NULL
+);
+CREATE INDEX cluster_issuers_org ON cluster_issuers (org_id);

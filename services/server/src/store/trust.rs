@@ -1,0 +1,143 @@
+//! The mesh's PKI as stored: organizations' trust domains and anchors (keys sealed), and the
+//! issuer last signed for each cluster.
+
+use sqlx::Row;
+
+use super::{parse_col, word, Conn};
+use crate::domain::trust::{Anchor, AnchorState, SignedIssuer};
+use crate::domain::{ClusterId, OrgId};
+
+const ANCHOR_COLUMNS: &str = "id, org_id, fingerprint, subject, cert_pem, not_before, not_after, state, source, created_by, created_at";
+
+fn anchor(r: &sqlx::any::AnyRow) -> Result<Anchor, sqlx::Error> {
+    Ok(Anchor {
+        id: parse_col(&r.try_get::<String, _>("id")?, "trust_anchors.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "trust_anchors.org_id")?,
+        fingerprint: r.try_get("fingerprint")?,
+        subject: r.try_get("subject")?,
+        cert_pem: r.try_get("cert_pem")?,
+        not_before: r.try_get("not_before")?,
+        not_after: r.try_get("not_after")?,
+        state: word(r.try_get("state")?, "trust_anchors.state")?,
+        source: word(r.try_get("source")?, "trust_anchors.source")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+pub async fn trust_domain(conn: &mut Conn, org: OrgId) -> Result<String, sqlx::Error> {
+    sqlx::query("SELECT trust_domain FROM organizations WHERE id = $1").bind(org.to_string()).fetch_one(conn).await?.try_get("trust_domain")
+}
+
+/// The organization's anchors, oldest first.
+pub async fn anchors(conn: &mut Conn, org: OrgId) -> Result<Vec<Anchor>, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT {ANCHOR_COLUMNS} FROM trust_anchors WHERE org_id = $1 ORDER BY created_at, id"))
+        .bind(org.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(anchor).collect()
+}
+
+/// The anchor in `state` and its sealed key (at most one is active, one next).
+pub async fn anchor_in(conn: &mut Conn, org: OrgId, state: AnchorState) -> Result<Option<(Anchor, String)>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {ANCHOR_COLUMNS}, key_sealed FROM trust_anchors WHERE org_id = $1 AND state = $2"))
+        .bind(org.to_string())
+        .bind(state.as_str())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| Ok((anchor(&r)?, r.try_get("key_sealed")?))).transpose()
+}
+
+pub async fn insert_anchor(conn: &mut Conn, a: &Anchor, key_sealed: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO trust_anchors ({ANCHOR_COLUMNS}, key_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
+        .bind(a.id.to_string())
+        .bind(a.org_id.to_string())
+        .bind(&a.fingerprint)
+        .bind(&a.subject)
+        .bind(&a.cert_pem)
+        .bind(a.not_before)
+        .bind(a.not_after)
+        .bind(a.state.as_str())
+        .bind(a.source.as_str())
+        .bind(&a.created_by)
+        .bind(a.created_at)
+        .bind(key_sealed)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const ISSUER_COLUMNS: &str = "cluster_id, org_id, command_id, fingerprint, anchor_fingerprint, cert_pem, not_before, not_after, signed_at";
+
+/// Replaces the cluster's record of its last signed issuer.
+pub async fn record_issuer(conn: &mut Conn, i: &SignedIssuer) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM cluster_issuers WHERE cluster_id = $1").bind(i.cluster_id.to_string()).execute(&mut *conn).await?;
+    sqlx::query(&format!("INSERT INTO cluster_issuers ({ISSUER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
+        .bind(i.cluster_id.to_string())
+        .bind(i.org_id.to_string())
+        .bind(i.command_id.to_string())
+        .bind(&i.fingerprint)
+        .bind(&i.anchor_fingerprint)
+        .bind(&i.cert_pem)
+        .bind(i.not_before)
+        .bind(i.not_after)
+        .bind(i.signed_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn issuer(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Option<SignedIssuer>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {ISSUER_COLUMNS} FROM cluster_issuers WHERE org_id = $1 AND cluster_id = $2"))
+        .bind(org.to_string())
+        .bind(cluster.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.map(|r| {
+        Ok(SignedIssuer {
+            cluster_id: parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_issuers.cluster_id")?,
+            org_id: parse_col(&r.try_get::<String, _>("org_id")?, "cluster_issuers.org_id")?,
+            command_id: parse_col(&r.try_get::<String, _>("command_id")?, "cluster_issuers.command_id")?,
+            fingerprint: r.try_get("fingerprint")?,
+            anchor_fingerprint: r.try_get("anchor_fingerprint")?,
+            cert_pem: r.try_get("cert_pem")?,
+            not_before: r.try_get("not_before")?,
+            not_after: r.try_get("not_after")?,
+            signed_at: r.try_get("signed_at")?,
+        })
+    })
+    .transpose()
+}
+
+/// A connected cluster of an organization that has an active anchor, with no rotate-issuer
+/// command open: what its agent last reported about its certificates, and the active anchor.
+pub struct RotationCandidate {
+    pub org_id: OrgId,
+    pub cluster_id: ClusterId,
+    pub facts_json: String,
+    pub active_fingerprint: String,
+}
+
+pub async fn rotation_candidates(conn: &mut Conn) -> Result<Vec<RotationCandidate>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT c.org_id AS org_id, c.id AS cluster_id, i.facts AS facts, a.fingerprint AS active
+         FROM clusters c
+         JOIN cluster_inventory i ON i.cluster_id = c.id
+         JOIN trust_anchors a ON a.org_id = c.org_id AND a.state = 'active'
+         WHERE c.status = 'connected'
+           AND NOT EXISTS (SELECT 1 FROM commands m WHERE m.cluster_id = c.id AND m.kind = 'rotate-issuer' AND m.state IN {})",
+        super::commands::OPEN_STATES
+    ))
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(RotationCandidate {
+                org_id: parse_col(&r.try_get::<String, _>("org_id")?, "clusters.org_id")?,
+                cluster_id: parse_col(&r.try_get::<String, _>("cluster_id")?, "clusters.id")?,
+                facts_json: r.try_get("facts")?,
+                active_fingerprint: r.try_get("active")?,
+            })
+        })
+        .collect()
+}
