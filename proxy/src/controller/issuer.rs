@@ -1,4 +1,4 @@
-//! Loads an (issuer, trust bundle) pair from files and decides whether it may be used, with
+//! Decides whether an (issuer, trust bundle) pair, as a source read it, may be used, with
 //! `meshfleet_pki::verify::check_issuer` (key matches, current CA, a leaf it signs verifies
 //! against the bundle exactly as proxies will verify it). A refused pair is never used.
 
@@ -10,6 +10,8 @@ use meshfleet_pki::verify::{check_issuer, AcceptedIssuer, IssuerError as Refused
 pub enum IssuerError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{0} is missing")]
+    Missing(String),
     #[error("trust bundle is invalid: {0}")]
     Bundle(#[source] meshfleet_pki::Error),
     #[error(transparent)]
@@ -20,6 +22,7 @@ impl IssuerError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Read { .. } => "read",
+            Self::Missing(_) => "missing",
             Self::Bundle(_) => "bundle_invalid",
             Self::Refused(e) => e.reason(),
         }
@@ -32,7 +35,7 @@ pub struct Pair {
     pub bundle: TrustBundle,
 }
 
-/// Raw file contents, so the watcher can tell a change from a re-read.
+/// Raw contents as a source read them, so the switch can tell a change from a re-read.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sources {
     pub issuer_cert: Vec<u8>,
