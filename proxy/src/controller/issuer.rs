@@ -33,6 +33,8 @@ impl IssuerError {
 pub struct Pair {
     pub issuer: AcceptedIssuer,
     pub bundle: TrustBundle,
+    /// Hex SHA-256 of the issuer certificate, announced to proxies so they renew when it changes.
+    pub issuer_fingerprint: String,
 }
 
 /// Raw contents as a source read them, so the switch can tell a change from a re-read.
@@ -46,7 +48,8 @@ pub struct Sources {
 pub fn validate(src: &Sources, now: SystemTime) -> Result<Pair, IssuerError> {
     let bundle = TrustBundle::from_pem(&src.bundle).map_err(IssuerError::Bundle)?;
     let issuer = check_issuer(&src.issuer_cert, &src.issuer_key, &bundle, now)?;
-    Ok(Pair { issuer, bundle })
+    let issuer_fingerprint = issuer.chain.first().map(|c| meshfleet_pki::pem::fingerprint(c)).unwrap_or_default();
+    Ok(Pair { issuer, bundle, issuer_fingerprint })
 }
 
 #[cfg(test)]

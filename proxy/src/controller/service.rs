@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use meshfleet_pki::csr::CsrError;
 use meshfleet_pki::mint::{issue_leaf, LeafProfile};
 use meshfleet_pki::spiffe::WorkloadId;
-use meshfleet_pki::verify::TrustBundle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::issuer::Pair;
 use super::verifier::VerifyError;
 use super::Shared;
 use crate::identity::pb;
@@ -84,8 +84,12 @@ impl IdentityService {
     }
 }
 
-pub fn bundle_message(bundle: &TrustBundle) -> pb::TrustBundle {
-    pb::TrustBundle { anchors_der: bundle.anchors().iter().map(|a| a.to_vec()).collect(), version: bundle.version().to_string() }
+pub fn bundle_message(pair: &Pair) -> pb::TrustBundle {
+    pb::TrustBundle {
+        anchors_der: pair.bundle.anchors().iter().map(|a| a.to_vec()).collect(),
+        version: pair.bundle.version().to_string(),
+        issuer_fingerprint: pair.issuer_fingerprint.clone(),
+    }
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundle, Status>> + Send>>;
@@ -113,7 +117,7 @@ impl pb::identity_server::Identity for IdentityService {
         // the message as it was (nothing a proxy acts on changed) is not sent again.
         let mut last = None;
         let stream = tokio_stream::wrappers::WatchStream::new(self.0.subscribe()).filter_map(move |pair| {
-            let msg = bundle_message(&pair?.bundle);
+            let msg = bundle_message(pair.as_deref()?);
             (last.as_ref() != Some(&msg)).then(|| {
                 last = Some(msg.clone());
                 Ok(msg)

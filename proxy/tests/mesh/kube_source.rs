@@ -1,7 +1,7 @@
 //! The controller's Kubernetes issuer source, against the fake API server in-process: the issuer
 //! Secret and bundle ConfigMap are watched, a replaced Secret signs the next leaves within about a
 //! second, a bad one is refused and counted once while the current issuer keeps signing, and a
-//! changed ConfigMap reaches `WatchTrustBundle` streams.
+//! new issuer or a changed ConfigMap reaches `WatchTrustBundle` streams.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,6 +15,7 @@ use meshfleet_fake_kube::FakeKube;
 use meshfleet_mesh::identity::pb::{self, identity_client::IdentityClient};
 use meshfleet_pki::inspect::inspect;
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
+use meshfleet_pki::pem::fingerprint;
 use meshfleet_pki::verify::TrustBundle;
 use tonic::transport::Channel;
 
@@ -116,7 +117,7 @@ async fn kubernetes_source_rotates_the_issuer_live_and_refuses_a_bad_secret() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubernetes_source_streams_a_changed_trust_bundle() {
+async fn kubernetes_source_streams_a_changed_issuer_and_trust_bundle() {
     let (kube, pki, controller, _kc) = start().await;
     let issuer = mint::new_issuer(&pki.anchor, &CaProfile::new("kube issuer 1", YEAR)).unwrap();
     kube.apply_typed(&issuer_secret(&issuer, &issuer)).unwrap();
@@ -126,6 +127,13 @@ async fn kubernetes_source_streams_a_changed_trust_bundle() {
     let mut stream = client.watch_trust_bundle(pb::WatchTrustBundleRequest {}).await.unwrap().into_inner();
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(first.anchors_der, vec![pki.anchor.cert_der.to_vec()]);
+    assert_eq!(first.issuer_fingerprint, fingerprint(&issuer.cert_der));
+
+    // A new issuer with the same bundle is announced on the stream all the same.
+    let issuer2 = mint::new_issuer(&pki.anchor, &CaProfile::new("kube issuer 2", YEAR)).unwrap();
+    kube.apply_typed(&issuer_secret(&issuer2, &issuer2)).unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(3), stream.message()).await.expect("no announcement within 3 s").unwrap().unwrap();
+    assert_eq!((msg.version.as_str(), msg.issuer_fingerprint), (first.version.as_str(), fingerprint(&issuer2.cert_der)));
 
     let next = mint::new_anchor(&CaProfile::new("next anchor", YEAR)).unwrap();
     kube.apply_typed(&bundle_map(&[&pki.anchor, &next])).unwrap();

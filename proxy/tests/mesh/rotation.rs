@@ -1,5 +1,6 @@
 //! Rotation never fails a request: short-lived leaves renew under traffic, the issuer files are
-//! replaced under traffic, and a two-anchor bundle (pushed live) accepts peers of both anchors.
+//! replaced under traffic, proxies with long-lived leaves renew as soon as the controller
+//! announces a new issuer, and a two-anchor bundle (pushed live) accepts peers of both anchors.
 
 use std::time::{Duration, Instant};
 
@@ -50,6 +51,37 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
     assert!(ok > 50 && ok2 > 50);
     let cm = metrics(&mesh.controller).await;
     assert!(metric(&cm, "identity_issuer_reload_total", &[("result", "accepted")]) >= 1.0, "{cm}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_renew_early_when_the_issuer_changes_without_failures_or_restarts() {
+    // Day-long leaves: only the controller's announcement can move the proxies to the new issuer.
+    let mut mesh = Mesh::start(&[]).await;
+    let traffic = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(5), false, 2));
+    let pooled = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(5), true, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let next = mint::new_issuer(&mesh.pki.anchor, &CaProfile::new("test issuer 2", YEAR)).unwrap();
+    mesh.pki.write_issuer(&next);
+    let replaced = Instant::now();
+
+    let deadline = replaced + Duration::from_secs(3);
+    loop {
+        let (a, b) = (identity(&mesh.a).await, identity(&mesh.b).await);
+        if a["issuer"] == "CN=test issuer 2" && b["issuer"] == "CN=test issuer 2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxies did not renew early: {a} {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (ok, failed) = traffic.await.unwrap();
+    let (ok2, failed2) = pooled.await.unwrap();
+    assert!(failed.is_empty() && failed2.is_empty(), "failures: {failed:?} {failed2:?}");
+    assert!(ok > 50 && ok2 > 50, "enough traffic: {ok} {ok2}");
+    for p in [&mut mesh.a, &mut mesh.b] {
+        assert!(p.child.try_wait().unwrap().is_none(), "proxy restarted");
+        // The leaf from start-up and the early renewal: nothing else renews a day-long leaf.
+        assert_eq!(metric(&metrics(p).await, "identity_cert_refresh_count", &[]), 2.0);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
