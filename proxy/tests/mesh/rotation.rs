@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use meshfleet_pki::mint::{self, CaProfile};
+use meshfleet_pki::pem::fingerprint;
 
 use crate::support::*;
 
@@ -73,6 +74,11 @@ async fn proxies_renew_early_when_the_issuer_changes_without_failures_or_restart
         assert!(Instant::now() < deadline, "proxies did not renew early: {a} {b}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    for p in [&mesh.a, &mesh.b] {
+        let leaf = &identity(p).await["leaf"];
+        assert_eq!(leaf["issuer_fingerprint"], fingerprint(&next.cert_der).as_str());
+        assert_eq!(leaf["anchor_fingerprint"], fingerprint(&mesh.pki.anchor.cert_der).as_str());
+    }
     let (ok, failed) = traffic.await.unwrap();
     let (ok2, failed2) = pooled.await.unwrap();
     assert!(failed.is_empty() && failed2.is_empty(), "failures: {failed:?} {failed2:?}");
@@ -127,6 +133,10 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
         assert!(Instant::now() < deadline, "bundle never reached proxy A");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let id = identity(&a).await;
+    let (fp1, fp2) = (fingerprint(&pki1.anchor.cert_der), fingerprint(&pki2.anchor.cert_der));
+    assert_eq!(id["bundle_fingerprints"], serde_json::json!([fp1, fp2]));
+    assert_eq!(id["leaf"]["anchor_fingerprint"], fp1.as_str(), "A's leaf still chains to anchor 1");
     for _ in 0..5 {
         assert_eq!(get_status(&url).await, 200, "anchor-1 proxy -> anchor-2 proxy");
     }
