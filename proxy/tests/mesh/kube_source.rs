@@ -27,9 +27,15 @@ fn meta(name: &str) -> ObjectMeta {
     ObjectMeta { name: Some(name.into()), namespace: Some(NS.into()), ..Default::default() }
 }
 
+/// A Secret as cert-manager writes one; `ca.crt` is not read, so it holds nothing useful here.
 fn issuer_secret(cert: &CaMaterial, key: &CaMaterial) -> Secret {
-    let data = [("tls.crt", &cert.cert_pem), ("tls.key", &key.key_pem)].map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes())));
-    Secret { metadata: meta("meshfleet-issuer"), type_: Some("kubernetes.io/tls".into()), data: Some(BTreeMap::from(data)), ..Default::default() }
+    named_secret("meshfleet-issuer", cert, key)
+}
+
+fn named_secret(name: &str, cert: &CaMaterial, key: &CaMaterial) -> Secret {
+    let data = [("tls.crt", cert.cert_pem.as_str()), ("tls.key", key.key_pem.as_str()), ("ca.crt", "ignored")];
+    let data = data.map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())));
+    Secret { metadata: meta(name), type_: Some("kubernetes.io/tls".into()), data: Some(BTreeMap::from(data)), ..Default::default() }
 }
 
 fn bundle_map(anchors: &[&CaMaterial]) -> ConfigMap {
@@ -38,10 +44,12 @@ fn bundle_map(anchors: &[&CaMaterial]) -> ConfigMap {
 }
 
 /// The fake API server and a controller with `--issuer-source=kubernetes` pointed at it (no
-/// Secret or ConfigMap yet).
+/// issuer Secret or ConfigMap yet; another Secret it must not take for the issuer's).
 async fn start() -> (FakeKube, Pki, Process, PathBuf) {
     let kube = FakeKube::start().await.unwrap();
     let pki = Pki::new();
+    let foreign = mint::new_anchor(&CaProfile::new("foreign", YEAR)).unwrap();
+    kube.apply_typed(&named_secret("another-tls", &foreign, &foreign)).unwrap();
     let kubeconfig = pki.path("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, &kube.admin_token).unwrap();
     let controller = spawn_controller_with_env(&pki, &["--issuer-source=kubernetes", "--namespace=meshfleet"], &[("KUBECONFIG", &kubeconfig)]);
@@ -113,6 +121,12 @@ async fn kubernetes_source_rotates_the_issuer_live_and_refuses_a_bad_secret() {
     assert_eq!(refused(&text, "key_mismatch"), 1.0, "a bad Secret left in place is counted once: {text}");
     assert_eq!(metric(&text, "identity_issuer_reload_total", &[("result", "accepted")]), 1.0, "{text}");
     assert_eq!(ready_status(&controller).await, 200, "a refused Secret does not make a serving controller unready");
+    assert_eq!(certify(&mut client).await.0, "CN=kube issuer 2");
+
+    // A deleted Secret is refused the same way: the pair in use stays.
+    let before = refused(&metrics(&controller).await, "missing");
+    kube.delete("v1", "Secret", NS, "meshfleet-issuer").unwrap();
+    wait_until("deleted Secret was not refused", Duration::from_secs(5), async || refused(&metrics(&controller).await, "missing") == before + 1.0).await;
     assert_eq!(certify(&mut client).await.0, "CN=kube issuer 2");
 }
 

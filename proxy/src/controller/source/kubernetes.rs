@@ -40,7 +40,7 @@ where
     let name = name.to_owned();
     // Init and InitApply are a re-list in progress: the store changes only at InitDone.
     reflector(writer, watcher(api, config)).default_backoff().filter_map(move |event| match event {
-        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(store.state().into_iter().next()),
+        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => Some(store.state().into_iter().find(|o| o.meta().name.as_deref() == Some(&name))),
         Ok(Event::Init | Event::InitApply(_)) => None,
         Err(e) => {
             tracing::warn!(error = %e, object = %name, "watch failed; retrying");
