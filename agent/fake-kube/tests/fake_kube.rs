@@ -1,5 +1,6 @@
 //! The fake API server through the real kube-rs client: 409 on a stale update, RBAC 403 with
-//! named-resource list rules, and rolling updates within maxSurge/maxUnavailable.
+//! named-resource list rules, a watch by name (what the mesh controller runs on its issuer
+//! Secret), and rolling updates within maxSurge/maxUnavailable.
 
 use std::time::Duration;
 
@@ -158,4 +159,55 @@ async fn lists_page_with_limit_and_continue_and_reflectors_see_every_object() {
         }
     }
     assert_eq!(seen.len(), 51);
+}
+
+#[tokio::test]
+async fn a_watch_by_name_sees_only_that_object_with_rbac_for_that_name() {
+    use futures::StreamExt;
+    use kube::runtime::watcher::{self, watcher, Event};
+    let kube = FakeKube::start().await.unwrap();
+    kube.apply_yaml(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: r, namespace: default}
+rules:
+- {apiGroups: [""], resources: [secrets], resourceNames: [mine], verbs: [get, list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: r, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
+subjects: [{kind: ServiceAccount, name: sa, namespace: default}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: other, namespace: default}
+stringData: {k: other}
+"#,
+    )
+    .unwrap();
+    kube.enforce_rbac(true);
+    kube.add_token("sa-token", User::service_account("default", "sa"));
+    let secrets: Api<Secret> = Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default");
+    let mut stream = watcher(secrets, watcher::Config::default().fields("metadata.name=mine")).boxed();
+    let mut next = async || tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("an event").unwrap().unwrap();
+    assert!(matches!(next().await, Event::Init));
+    assert!(matches!(next().await, Event::InitDone), "nothing named mine yet");
+    let secret = |v: &str| json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine", "namespace": "default"}, "stringData": {"k": v}});
+    kube.apply_yaml(&serde_json::to_string(&secret("1")).unwrap()).unwrap();
+    kube.apply_yaml(
+        &serde_json::to_string(
+            &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other", "namespace": "default"}, "stringData": {"k": "changed"}}),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    kube.apply_yaml(&serde_json::to_string(&secret("2")).unwrap()).unwrap();
+    kube.delete("v1", "Secret", "default", "mine").unwrap();
+    let data = |s: &Secret| s.data.as_ref().unwrap()["k"].0.clone();
+    assert!(matches!(next().await, Event::Apply(s) if data(&s) == b"1"));
+    assert!(matches!(next().await, Event::Apply(s) if data(&s) == b"2"), "the change to `other` is not sent");
+    assert!(matches!(next().await, Event::Delete(s) if s.metadata.name.as_deref() == Some("mine")));
+    assert!(kube.denials().is_empty(), "{:?}", kube.denials());
 }

@@ -60,6 +60,15 @@ impl TrustBundle {
     pub fn fingerprints(&self) -> Vec<String> {
         self.anchors.iter().map(|a| fingerprint(a)).collect()
     }
+
+    /// The anchor `end_entity` chains to through `intermediates` at `now`, if any: which of
+    /// several anchors a certificate depends on while they rotate.
+    pub fn anchor_of(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Option<&CertificateDer<'static>> {
+        self.anchors.iter().find(|a| {
+            let mut one = RootCertStore::empty();
+            one.add((*a).clone()).is_ok() && verify_chain(end_entity, intermediates, &one, now).is_ok()
+        })
+    }
 }
 
 /// Checks `end_entity` chains to `roots` through `intermediates` at `now`, for TLS server use.
@@ -189,6 +198,18 @@ mod tests {
         assert_eq!(other, rustls::Error::InvalidCertificate(CertificateError::NotValidForName));
         // Without the intermediate there is no path to the anchor.
         assert!(verify_chain(&leaf, &[], &roots, UnixTime::now()).is_err());
+    }
+
+    #[test]
+    fn anchor_of_names_the_anchor_a_leaf_chains_to_or_none() {
+        let (a, b) = (new_anchor(&CaProfile::new("a", HOUR)).unwrap(), new_anchor(&CaProfile::new("b", HOUR)).unwrap());
+        let issuer = new_issuer(&b, &CaProfile::new("issuer", HOUR)).unwrap();
+        let leaf = leaf(&issuer, "spiffe://td/ns/web/sa/client");
+        let both = TrustBundle::new(vec![a.cert_der.clone(), b.cert_der.clone()]).unwrap();
+        let inter = [issuer.cert_der.clone()];
+        assert_eq!(both.anchor_of(&leaf, &inter, UnixTime::now()), Some(&b.cert_der));
+        assert_eq!(bundle(&a).anchor_of(&leaf, &inter, UnixTime::now()), None);
+        assert_eq!(both.anchor_of(&leaf, &[], UnixTime::now()), None);
     }
 
     #[test]

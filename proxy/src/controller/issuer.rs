@@ -1,4 +1,4 @@
-//! Loads an (issuer, trust bundle) pair from files and decides whether it may be used, with
+//! Decides whether an (issuer, trust bundle) pair, as a source read it, may be used, with
 //! `meshfleet_pki::verify::check_issuer` (key matches, current CA, a leaf it signs verifies
 //! against the bundle exactly as proxies will verify it). A refused pair is never used.
 
@@ -10,6 +10,8 @@ use meshfleet_pki::verify::{check_issuer, AcceptedIssuer, IssuerError as Refused
 pub enum IssuerError {
     #[error("cannot read {path}: {source}")]
     Read { path: String, source: std::io::Error },
+    #[error("{0} is missing")]
+    Missing(String),
     #[error("trust bundle is invalid: {0}")]
     Bundle(#[source] meshfleet_pki::Error),
     #[error(transparent)]
@@ -20,6 +22,7 @@ impl IssuerError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Read { .. } => "read",
+            Self::Missing(_) => "missing",
             Self::Bundle(_) => "bundle_invalid",
             Self::Refused(e) => e.reason(),
         }
@@ -30,9 +33,11 @@ impl IssuerError {
 pub struct Pair {
     pub issuer: AcceptedIssuer,
     pub bundle: TrustBundle,
+    /// Hex SHA-256 of the issuer certificate, announced to proxies so they renew when it changes.
+    pub issuer_fingerprint: String,
 }
 
-/// Raw file contents, so the watcher can tell a change from a re-read.
+/// Raw contents as a source read them, so the switch can tell a change from a re-read.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Sources {
     pub issuer_cert: Vec<u8>,
@@ -43,7 +48,8 @@ pub struct Sources {
 pub fn validate(src: &Sources, now: SystemTime) -> Result<Pair, IssuerError> {
     let bundle = TrustBundle::from_pem(&src.bundle).map_err(IssuerError::Bundle)?;
     let issuer = check_issuer(&src.issuer_cert, &src.issuer_key, &bundle, now)?;
-    Ok(Pair { issuer, bundle })
+    let issuer_fingerprint = issuer.chain.first().map(|c| meshfleet_pki::pem::fingerprint(c)).unwrap_or_default();
+    Ok(Pair { issuer, bundle, issuer_fingerprint })
 }
 
 #[cfg(test)]

@@ -1,30 +1,32 @@
 //! meshfleet-controller: the cluster's identity CA. Owns the current (issuer, bundle) pair,
-//! reloads it from files without a restart, signs proxy leaves over gRPC and streams the bundle.
-//! It never switches to a pair that fails validation, and writes key material only in `dev-certs`.
+//! follows it from files or the Kubernetes API without a restart, signs proxy leaves over gRPC
+//! and streams the bundle. It never switches to a pair that fails validation, and writes key
+//! material only in `dev-certs`.
 
 pub mod issuer;
 pub mod metrics;
 mod reload;
 pub mod service;
+pub mod source;
 pub mod tokenreview;
 pub mod verifier;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use meshfleet_pki::mint::{self, CaProfile};
 use meshfleet_pki::spiffe::WorkloadId;
-use meshfleet_pki::verify::TrustBundle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::drain::{self, DrainController};
 use issuer::Pair;
 use metrics::Metrics;
-use reload::{read_sources, serving_cert, watch_files, ServingCert};
+use reload::{ServingCert, Switch};
+use source::IssuerSource;
 use verifier::TokenVerifier;
 
 #[derive(Clone, Debug, clap::Args)]
@@ -37,6 +39,16 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     #[arg(long, env = "MESHFLEET_TRUST_DOMAIN", default_value = "cluster.local")]
     pub trust_domain: String,
+    /// Where the issuer and trust bundle come from: `file` (the paths below, polled) or
+    /// `kubernetes` (the Secret and ConfigMap below in --namespace, watched).
+    #[arg(long, env = "MESHFLEET_ISSUER_SOURCE", value_enum, default_value_t = IssuerSource::File)]
+    pub issuer_source: IssuerSource,
+    /// The issuer Secret (`tls.crt`, `tls.key`) for `--issuer-source kubernetes`.
+    #[arg(long, env = "MESHFLEET_ISSUER_SECRET", default_value = "meshfleet-issuer")]
+    pub issuer_secret: String,
+    /// The trust-bundle ConfigMap (`ca-bundle.crt`) for `--issuer-source kubernetes`.
+    #[arg(long, env = "MESHFLEET_TRUST_BUNDLE_CONFIGMAP", default_value = "meshfleet-trust-bundle")]
+    pub trust_bundle_configmap: String,
     /// Issuer certificate (PEM; extra certificates after the first are sent as its chain).
     #[arg(long, env = "MESHFLEET_ISSUER_CERT", default_value = "/var/run/meshfleet/issuer/tls.crt")]
     pub issuer_cert: PathBuf,
@@ -48,7 +60,7 @@ pub struct Config {
     /// Lifetime of signed proxy leaves, in seconds.
     #[arg(long, env = "MESHFLEET_LEAF_LIFETIME_SECS", default_value_t = 86400)]
     pub leaf_lifetime_secs: u64,
-    /// How often the issuer and bundle files are re-read, in milliseconds.
+    /// How often the issuer and bundle files are re-read, in milliseconds (`file` source).
     #[arg(long, default_value_t = 1000)]
     pub reload_interval_ms: u64,
     /// `file` (tokens from --tokens-file) or `kubernetes` (TokenReview).
@@ -59,7 +71,8 @@ pub struct Config {
     /// Audience the projected service-account tokens must carry (TokenReview only).
     #[arg(long, default_value = "meshfleet-identity")]
     pub token_audience: String,
-    /// The controller's own namespace and service account: its serving certificate's identity.
+    /// The controller's own namespace and service account: its serving certificate's identity,
+    /// and where the `kubernetes` source finds the issuer Secret and bundle ConfigMap.
     #[arg(long, env = "MESHFLEET_CONTROLLER_NAMESPACE", default_value = "meshfleet")]
     pub namespace: String,
     #[arg(long, default_value = "meshfleet-controller")]
@@ -79,14 +92,18 @@ pub struct Shared {
     pub config: Config,
     pub metrics: Metrics,
     pub verifier: Arc<dyn TokenVerifier>,
-    pub bundle_tx: watch::Sender<Arc<TrustBundle>>,
-    pair: RwLock<Arc<Pair>>,
+    /// The pair in use (None until the first valid one); bundle streams subscribe to it.
+    current: watch::Sender<Option<Arc<Pair>>>,
     serving: Arc<ServingCert>,
 }
 
 impl Shared {
-    pub fn pair(&self) -> Arc<Pair> {
-        self.pair.read().unwrap_or_else(|e| e.into_inner()).clone()
+    pub fn pair(&self) -> Option<Arc<Pair>> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Pair>>> {
+        self.current.subscribe()
     }
 }
 
@@ -104,33 +121,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Ok(id) if problems.is_empty() => id,
         _ => return Err(crate::ConfigError(problems).into()),
     };
+    // One client for TokenReview and the issuer source, made only when either needs it.
+    let kube = tokio::sync::OnceCell::new();
+    let kube_client = || kube.get_or_try_init(|| async { kube::Client::try_default().await.context("kubernetes client (TokenReview, issuer source)") });
     let verifier: Arc<dyn TokenVerifier> = match &config.tokens_file {
         Some(path) if config.verifier == "file" => Arc::new(verifier::FileVerifier::new(path.clone())),
-        _ => Arc::new(tokenreview::TokenReviewVerifier::from_env(vec![config.token_audience.clone()]).await.context("kubernetes client for TokenReview")?),
+        _ => Arc::new(tokenreview::TokenReviewVerifier::new(kube_client().await?.clone(), vec![config.token_audience.clone()])),
     };
-    let sources = read_sources(&config)?;
-    let pair = issuer::validate(&sources, SystemTime::now()).context("initial issuer and trust bundle")?;
     let own_lifetime = config.leaf_lifetime().max(Duration::from_secs(3600));
-    let (cert, validity) = serving_cert(&pair, &own_id, own_lifetime)?;
-    let serving = Arc::new(ServingCert { current: RwLock::new(cert), not_after: RwLock::new(validity) });
-    metrics.issuer_expiry.set(pair.issuer.info.not_after_unix);
-    metrics.bundle_anchors.set(pair.bundle.anchors().len() as i64);
-    let (bundle_tx, _) = watch::channel(Arc::new(pair.bundle.clone()));
-    let shared = Arc::new(Shared { config: config.clone(), metrics, verifier, bundle_tx, pair: RwLock::new(Arc::new(pair)), serving: serving.clone() });
+    let (current, _) = watch::channel(None);
+    let shared = Arc::new(Shared { config: config.clone(), metrics, verifier, current, serving: Arc::new(ServingCert::default()) });
+    let mut switch = Switch::new(shared.clone(), own_id, own_lifetime);
+    let (offers, offered) = mpsc::channel(16);
+    let source = match config.issuer_source {
+        IssuerSource::File => {
+            // Files must hold a valid pair at start, as they always had to.
+            let sources = source::files::read(&config)?;
+            let pair = issuer::validate(&sources, SystemTime::now()).context("initial issuer and trust bundle")?;
+            switch.install(sources, pair);
+            tokio::spawn(source::files::poll(config.clone(), offers))
+        }
+        IssuerSource::Kubernetes => tokio::spawn(source::kubernetes::watch(kube_client().await?.clone(), config.clone(), offers)),
+    };
 
     let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
     let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let addrs = serde_json::json!({"grpc": grpc.local_addr()?.to_string(), "admin": admin.local_addr()?.to_string()});
     let (drain_ctl, drain) = DrainController::new();
 
+    let switch = tokio::spawn(switch.run(offered));
     tokio::spawn(crate::admin::serve(admin, admin_handler(shared.clone()), drain.clone()));
-    tokio::spawn(watch_files(shared.clone(), sources, own_id, own_lifetime));
     let server = tokio::spawn(serve_grpc(grpc, shared.clone(), drain.clone()));
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;
-    tracing::info!(%addrs, "controller ready");
+    tracing::info!(%addrs, source = ?config.issuer_source, "controller listening");
 
     drain::os_signal().await;
     tracing::info!("shutting down");
+    source.abort();
+    switch.abort();
     drop(drain);
     drain_ctl.drain(Duration::from_secs(5)).await;
     server.abort();
@@ -185,7 +213,12 @@ fn admin_handler(shared: Arc<Shared>) -> crate::admin::Handler {
     use http::{Method, StatusCode};
     Arc::new(move |method: &Method, path: &str, _peer| match (method, path) {
         (&Method::GET, "/metrics") => admin::metrics(&shared.metrics.registry),
-        (&Method::GET, "/ready") | (&Method::GET, "/live") => admin::text(StatusCode::OK, "ok\n"),
+        // Ready only with a valid pair: before it, nothing can be signed or served.
+        (&Method::GET, "/ready") => match shared.pair() {
+            Some(_) => admin::text(StatusCode::OK, "ok\n"),
+            None => admin::text(StatusCode::SERVICE_UNAVAILABLE, "no valid issuer and trust bundle yet\n"),
+        },
+        (&Method::GET, "/live") => admin::text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{}\n", crate::VERSION)),
         _ => admin::not_found(),
     })

@@ -9,10 +9,10 @@ use std::time::SystemTime;
 use meshfleet_pki::csr::CsrError;
 use meshfleet_pki::mint::{issue_leaf, LeafProfile};
 use meshfleet_pki::spiffe::WorkloadId;
-use meshfleet_pki::verify::TrustBundle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::issuer::Pair;
 use super::verifier::VerifyError;
 use super::Shared;
 use crate::identity::pb;
@@ -27,6 +27,8 @@ pub enum Error {
     Identity(meshfleet_pki::Error),
     #[error("signing failed: {0}")]
     Sign(meshfleet_pki::Error),
+    #[error("no valid issuer yet")]
+    NotReady,
 }
 
 impl Error {
@@ -36,6 +38,7 @@ impl Error {
             Self::Csr(_) => "invalid_csr",
             Self::Identity(_) => "invalid_identity",
             Self::Sign(_) => "sign",
+            Self::NotReady => "not_ready",
         }
     }
 }
@@ -53,6 +56,7 @@ impl From<Error> for Status {
                 tracing::error!(error = %e, "signing failed");
                 Status::internal("signing failed")
             }
+            Error::NotReady => Status::unavailable(e.to_string()),
         }
     }
 }
@@ -64,7 +68,7 @@ impl IdentityService {
         let sa = self.0.verifier.verify(&req.token).await?;
         let id = WorkloadId::new(&self.0.config.trust_domain, &sa.namespace, &sa.name).map_err(Error::Identity)?;
         let public_key = meshfleet_pki::csr::check(&req.csr_der).map_err(Error::Csr)?;
-        let pair = self.0.pair();
+        let pair = self.0.pair().ok_or(Error::NotReady)?;
         let wanted = SystemTime::now() + self.0.config.leaf_lifetime();
         // A leaf never outlives the issuer that signed it.
         let issuer_end = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(pair.issuer.info.not_after_unix.max(0) as u64);
@@ -80,8 +84,12 @@ impl IdentityService {
     }
 }
 
-pub fn bundle_message(bundle: &TrustBundle) -> pb::TrustBundle {
-    pb::TrustBundle { anchors_der: bundle.anchors().iter().map(|a| a.to_vec()).collect(), version: bundle.version().to_string() }
+pub fn bundle_message(pair: &Pair) -> pb::TrustBundle {
+    pb::TrustBundle {
+        anchors_der: pair.bundle.anchors().iter().map(|a| a.to_vec()).collect(),
+        version: pair.bundle.version().to_string(),
+        issuer_fingerprint: pair.issuer_fingerprint.clone(),
+    }
 }
 
 type BundleStream = Pin<Box<dyn Stream<Item = Result<pb::TrustBundle, Status>> + Send>>;
@@ -105,9 +113,16 @@ impl pb::identity_server::Identity for IdentityService {
     type WatchTrustBundleStream = BundleStream;
 
     async fn watch_trust_bundle(&self, _request: Request<pb::WatchTrustBundleRequest>) -> Result<Response<BundleStream>, Status> {
-        // The watch stream yields the current value first, then each change.
-        let rx = self.0.bundle_tx.subscribe();
-        let stream = tokio_stream::wrappers::WatchStream::new(rx).map(|b| Ok(bundle_message(&b)));
+        // The watch stream yields the current pair first, then each switch; a switch that leaves
+        // the message as it was (nothing a proxy acts on changed) is not sent again.
+        let mut last = None;
+        let stream = tokio_stream::wrappers::WatchStream::new(self.0.subscribe()).filter_map(move |pair| {
+            let msg = bundle_message(pair.as_deref()?);
+            (last.as_ref() != Some(&msg)).then(|| {
+                last = Some(msg.clone());
+                Ok(msg)
+            })
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -132,9 +132,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::new(move || state.controller_config()) as crate::identity::TlsSource
     };
     let channel = crate::identity::channel(&config.controller_addr, tls_source)?;
-    let certifier =
-        identity::Certifier { state: state.clone(), metrics: metrics.clone(), channel: channel.clone(), token_file: config.token_file.clone(), key };
-    let background = [tokio::spawn(certifier.run()), tokio::spawn(identity::follow_bundle(state.clone(), metrics.clone(), channel))];
+    let (issuer_tx, announced_issuer) = tokio::sync::watch::channel(String::new());
+    let certifier = identity::Certifier {
+        state: state.clone(),
+        metrics: metrics.clone(),
+        channel: channel.clone(),
+        token_file: config.token_file.clone(),
+        key,
+        announced_issuer,
+    };
+    let background = [tokio::spawn(certifier.run()), tokio::spawn(identity::follow_bundle(state.clone(), metrics.clone(), channel, issuer_tx))];
 
     let ctx = Arc::new(Ctx {
         tls: state.clone(),

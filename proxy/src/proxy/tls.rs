@@ -26,8 +26,12 @@ pub enum InboundAuth {
 pub struct Leaf {
     pub chain: Vec<CertificateDer<'static>>,
     pub identity: String,
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
+    /// The issuer's subject name.
     pub issuer: String,
+    /// Hex SHA-256 of the issuer certificate (the chain's second), as the controller announces it.
+    pub issuer_fingerprint: String,
 }
 
 pub struct TlsState {

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use meshfleet_pki::pem::{certs_from_pem, fingerprint};
+
 use crate::support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,6 +52,16 @@ async fn admin_endpoints_report_identity_and_shutdown_drains() {
     assert_eq!(id["issuer"], "CN=test issuer 1");
     assert_eq!(id["trust_bundle"]["anchors"].as_array().unwrap().len(), 1);
     assert!(id["not_after_unix"].as_i64().unwrap() > 1_700_000_000);
+    // What it trusts: the bundle's anchors, and the issuer and anchor its leaf depends on.
+    let anchor = fingerprint(&mesh.pki.anchor.cert_der);
+    let issuer = fingerprint(&certs_from_pem(&std::fs::read(mesh.pki.path("issuer.crt")).unwrap()).unwrap()[0]);
+    assert_eq!(id["bundle_fingerprints"], serde_json::json!([anchor]));
+    let leaf = &id["leaf"];
+    assert_eq!(leaf["issuer_fingerprint"], issuer.as_str());
+    assert_eq!(leaf["anchor_fingerprint"], anchor.as_str());
+    assert_eq!(leaf["not_after_unix"], id["not_after_unix"]);
+    let now = meshfleet_pki::unix(std::time::SystemTime::now());
+    assert!(leaf["not_before_unix"].as_i64().unwrap() <= now && now < leaf["not_after_unix"].as_i64().unwrap(), "{leaf}");
     assert_eq!(reqwest::get(format!("http://{admin}/live")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(format!("http://{admin}/version")).await.unwrap().text().await.unwrap().trim(), env!("CARGO_PKG_VERSION"));
     assert_eq!(reqwest::get(format!("http://{admin}/shutdown")).await.unwrap().status(), 405);

@@ -1,9 +1,11 @@
 //! Rotation never fails a request: short-lived leaves renew under traffic, the issuer files are
-//! replaced under traffic, and a two-anchor bundle (pushed live) accepts peers of both anchors.
+//! replaced under traffic, proxies with long-lived leaves renew as soon as the controller
+//! announces a new issuer, and a two-anchor bundle (pushed live) accepts peers of both anchors.
 
 use std::time::{Duration, Instant};
 
 use meshfleet_pki::mint::{self, CaProfile};
+use meshfleet_pki::pem::fingerprint;
 
 use crate::support::*;
 
@@ -53,6 +55,42 @@ async fn issuer_files_replaced_under_traffic_without_failures() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_renew_early_when_the_issuer_changes_without_failures_or_restarts() {
+    // Day-long leaves: only the controller's announcement can move the proxies to the new issuer.
+    let mut mesh = Mesh::start(&[]).await;
+    let traffic = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(5), false, 2));
+    let pooled = tokio::spawn(drive(mesh.url("/"), Duration::from_secs(5), true, 1));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let next = mint::new_issuer(&mesh.pki.anchor, &CaProfile::new("test issuer 2", YEAR)).unwrap();
+    mesh.pki.write_issuer(&next);
+    let replaced = Instant::now();
+
+    let deadline = replaced + Duration::from_secs(3);
+    loop {
+        let (a, b) = (identity(&mesh.a).await, identity(&mesh.b).await);
+        if a["issuer"] == "CN=test issuer 2" && b["issuer"] == "CN=test issuer 2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "proxies did not renew early: {a} {b}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in [&mesh.a, &mesh.b] {
+        let leaf = &identity(p).await["leaf"];
+        assert_eq!(leaf["issuer_fingerprint"], fingerprint(&next.cert_der).as_str());
+        assert_eq!(leaf["anchor_fingerprint"], fingerprint(&mesh.pki.anchor.cert_der).as_str());
+    }
+    let (ok, failed) = traffic.await.unwrap();
+    let (ok2, failed2) = pooled.await.unwrap();
+    assert!(failed.is_empty() && failed2.is_empty(), "failures: {failed:?} {failed2:?}");
+    assert!(ok > 50 && ok2 > 50, "enough traffic: {ok} {ok2}");
+    for p in [&mut mesh.a, &mut mesh.b] {
+        assert!(p.child.try_wait().unwrap().is_none(), "proxy restarted");
+        // The leaf from start-up and the early renewal: nothing else renews a day-long leaf.
+        assert_eq!(metric(&metrics(p).await, "identity_cert_refresh_count", &[]), 2.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_or_foreign_issuer_is_refused_and_the_current_one_kept() {
     let mesh = Mesh::start(&[]).await;
     let foreign = mint::new_anchor(&CaProfile::new("foreign", YEAR)).unwrap();
@@ -95,6 +133,10 @@ async fn two_anchor_bundle_reaches_proxies_live_and_accepts_peers_from_both() {
         assert!(Instant::now() < deadline, "bundle never reached proxy A");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let id = identity(&a).await;
+    let (fp1, fp2) = (fingerprint(&pki1.anchor.cert_der), fingerprint(&pki2.anchor.cert_der));
+    assert_eq!(id["bundle_fingerprints"], serde_json::json!([fp1, fp2]));
+    assert_eq!(id["leaf"]["anchor_fingerprint"], fp1.as_str(), "A's leaf still chains to anchor 1");
     for _ in 0..5 {
         assert_eq!(get_status(&url).await, 200, "anchor-1 proxy -> anchor-2 proxy");
     }

@@ -86,10 +86,10 @@ impl Process {
     }
 }
 
-fn spawn(bin: &str, args: &[String], ready: &Path) -> Process {
+fn spawn(bin: &str, args: &[String], envs: &[(&str, &Path)], ready: &Path) -> Process {
     let log = std::env::var_os("TEST_LOG").is_some();
     let mut cmd = Command::new(bin);
-    cmd.args(args).arg("--ready-file").arg(ready).stdout(Stdio::null());
+    cmd.args(args).envs(envs.iter().copied()).arg("--ready-file").arg(ready).stdout(Stdio::null());
     cmd.stderr(if log { Stdio::inherit() } else { Stdio::null() });
     cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
     let mut child = cmd.spawn().expect("spawn binary");
@@ -108,6 +108,11 @@ fn spawn(bin: &str, args: &[String], ready: &Path) -> Process {
 }
 
 pub fn spawn_controller(pki: &Pki, extra: &[&str]) -> Process {
+    spawn_controller_with_env(pki, extra, &[])
+}
+
+/// A controller with extra environment, e.g. `KUBECONFIG` for the Kubernetes issuer source.
+pub fn spawn_controller_with_env(pki: &Pki, extra: &[&str], envs: &[(&str, &Path)]) -> Process {
     let mut args: Vec<String> =
         ["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0", "--verifier=file", "--reload-interval-ms=200"].iter().map(|s| s.to_string()).collect();
     for (flag, file) in [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")] {
@@ -115,7 +120,7 @@ pub fn spawn_controller(pki: &Pki, extra: &[&str]) -> Process {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let ready = pki.path(&format!("controller-{}.ready", rand_suffix()));
-    spawn(env!("CARGO_BIN_EXE_meshfleet-controller"), &args, &ready)
+    spawn(env!("CARGO_BIN_EXE_meshfleet-controller"), &args, envs, &ready)
 }
 
 /// A proxy whose identity comes from `token` ("tok-a" -> web/client, "tok-b" -> api/server).
@@ -133,7 +138,7 @@ pub fn spawn_proxy(pki: &Pki, controller: &Process, token: &str, forward: Socket
     args.extend(outbound.iter().map(|r| format!("--outbound={r}")));
     args.extend(extra.iter().map(|s| s.to_string()));
     let ready = pki.path(&format!("proxy-{}.ready", rand_suffix()));
-    spawn(env!("CARGO_BIN_EXE_meshfleet-proxy"), &args, &ready)
+    spawn(env!("CARGO_BIN_EXE_meshfleet-proxy"), &args, &[], &ready)
 }
 
 fn rand_suffix() -> u64 {
