@@ -4,6 +4,7 @@
 //! pods' admin endpoints are real `meshfleet-proxy` processes carrying real mTLS traffic
 //! (`mesh`); elsewhere nothing listens there and the agent's scrapes simply fail.
 
+mod certificates;
 mod commands;
 mod mesh;
 mod rbac;
@@ -41,7 +42,11 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let app = TestApp::spawn(Engine::Sqlite).await;
+    setup_with(|_| {}).await
+}
+
+async fn setup_with(tweak: impl FnOnce(&mut meshfleet_server::config::Config)) -> Setup {
+    let app = TestApp::spawn_with(meshfleet_test_support::app::TestDb::new(Engine::Sqlite).await, tweak).await;
     let owner = app.owner("ops@example.com").await;
     let created = app.create_cluster(&owner, "prod-1", json!({})).await;
     let cluster = created["cluster"]["id"].as_str().unwrap().to_owned();

@@ -43,9 +43,14 @@ pub struct Process {
 
 impl Process {
     fn spawn(bin: &str, args: &[String], ready: &Path) -> Process {
+        Self::spawn_with_env(bin, args, &[], ready)
+    }
+
+    fn spawn_with_env(bin: &str, args: &[String], env: &[(&str, &Path)], ready: &Path) -> Process {
         let log = std::env::var_os("TEST_LOG").is_some();
         let mut child = Command::new(mesh_bin(bin))
             .args(args)
+            .envs(env.iter().copied())
             .arg("--ready-file")
             .arg(ready)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
@@ -64,6 +69,10 @@ impl Process {
             assert!(Instant::now() < deadline, "{bin} never became ready");
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn addr(&self, key: &str) -> SocketAddr {
@@ -122,6 +131,16 @@ impl Drop for Mesh {
     }
 }
 
+/// Where the controller takes its issuer and trust bundle from.
+pub enum IssuerSource {
+    /// Files written from the development PKI (reloaded by polling).
+    Files,
+    /// The fake cluster's issuer Secret and trust ConfigMap, watched through the API server as
+    /// the controller's own service account (`meshfleet/meshfleet-controller`), which the test
+    /// grants reading exactly those two objects.
+    Kubernetes,
+}
+
 /// An HTTP app behind every sidecar: `?status=N` answers N, `?sleep_ms=M` waits first.
 async fn spawn_app() -> SocketAddr {
     async fn handle(Query(q): Query<HashMap<String, u64>>) -> (StatusCode, &'static str) {
@@ -147,6 +166,10 @@ impl Mesh {
     /// written into the fake cluster's issuer Secret and trust ConfigMap, as an install would),
     /// and runs a sidecar for every running pod of `workloads` ((namespace, app) pairs).
     pub async fn start(kube: Arc<FakeKube>, workloads: &[(&str, &str)]) -> Mesh {
+        Self::start_with(kube, workloads, IssuerSource::Files).await
+    }
+
+    pub async fn start_with(kube: Arc<FakeKube>, workloads: &[(&str, &str)], source: IssuerSource) -> Mesh {
         // The first call may build the binaries: off the runtime's worker threads.
         tokio::task::spawn_blocking(|| mesh_bin("meshfleet-proxy")).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -165,19 +188,34 @@ impl Mesh {
         }
         std::fs::write(dir.path().join("tokens.json"), json!({ "tokens": tokens }).to_string()).unwrap();
         let path = |f: &str| dir.path().join(f).display().to_string();
-        let controller = Process::spawn(
-            "meshfleet-controller",
-            &[
-                "--grpc-addr=127.0.0.1:0".into(),
-                "--admin-addr=127.0.0.1:0".into(),
-                "--verifier=file".into(),
-                format!("--tokens-file={}", path("tokens.json")),
-                format!("--issuer-cert={}", path("issuer.crt")),
-                format!("--issuer-key={}", path("issuer.key")),
-                format!("--trust-bundle={}", path("ca-bundle.crt")),
-            ],
-            &dir.path().join("controller.ready"),
-        );
+        let mut args = vec![
+            "--grpc-addr=127.0.0.1:0".into(),
+            "--admin-addr=127.0.0.1:0".into(),
+            "--verifier=file".into(),
+            format!("--tokens-file={}", path("tokens.json")),
+            format!("--issuer-cert={}", path("issuer.crt")),
+            format!("--issuer-key={}", path("issuer.key")),
+            format!("--trust-bundle={}", path("ca-bundle.crt")),
+        ];
+        let kubeconfig = dir.path().join("kubeconfig");
+        if let IssuerSource::Kubernetes = source {
+            let token = "controller-sa-token";
+            kube.add_token(token, meshfleet_fake_kube::User::service_account("meshfleet", "meshfleet-controller"));
+            kube.apply(
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "meshfleet-controller", "namespace": "meshfleet"},
+                "rules": [{"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["meshfleet-issuer"], "verbs": ["get", "list", "watch"]},
+                          {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["meshfleet-trust-bundle"], "verbs": ["get", "list", "watch"]}]}),
+            )
+            .unwrap();
+            kube.apply(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "meshfleet-controller", "namespace": "meshfleet"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "meshfleet-controller"},
+                "subjects": [{"kind": "ServiceAccount", "name": "meshfleet-controller", "namespace": "meshfleet"}]}))
+            .unwrap();
+            kube.write_kubeconfig(&kubeconfig, token).unwrap();
+            args.extend(["--issuer-source=kubernetes".into(), "--namespace=meshfleet".into()]);
+        }
+        let env: &[(&str, &Path)] = if matches!(source, IssuerSource::Kubernetes) { &[("KUBECONFIG", &kubeconfig)] } else { &[] };
+        let controller = Process::spawn_with_env("meshfleet-controller", &args, env, &dir.path().join("controller.ready"));
 
         let app = spawn_app().await;
         let sidecars: Arc<Mutex<HashMap<String, Sidecar>>> = Arc::default();

@@ -1,0 +1,136 @@
+//! The mesh's issuer run by the service, end to end: the organization's trust anchor made
+//! through the API, a rotate-issuer command whose key is made by the real agent in the fake
+//! cluster and signed by the gateway, the real controller picking the new issuer up through the
+//! API server, real proxies renewing early, and the `issuer-rotation` job doing it again by
+//! itself at half the issuer's lifetime. Traffic flows through the mesh all along: not one
+//! request may fail, and no proxy restarts.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meshfleet_pki::pem::{certs_from_pem, fingerprint};
+use meshfleet_pki::verify::TrustBundle;
+use meshfleet_test_support::process::within;
+use serde_json::{json, Value};
+
+use super::mesh::{IssuerSource, Mesh};
+use super::*;
+
+fn decode(v: &Value) -> String {
+    use base64::Engine as _;
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).unwrap()).unwrap()
+}
+
+/// The issuer in the fake cluster's Secret (fingerprint, PEM) and the anchors of its bundle.
+fn in_cluster(kube: &FakeKube) -> (String, String, Vec<String>) {
+    let secret = kube.get("v1", "Secret", "meshfleet", "meshfleet-issuer").unwrap();
+    let pem = decode(&secret["data"]["tls.crt"]);
+    let issuer = fingerprint(&certs_from_pem(pem.as_bytes()).unwrap()[0]);
+    let map = kube.get("v1", "ConfigMap", "meshfleet", "meshfleet-trust-bundle").unwrap();
+    let bundle = TrustBundle::from_pem(map["data"]["ca-bundle.crt"].as_str().unwrap().as_bytes()).unwrap();
+    (issuer, pem, bundle.fingerprints())
+}
+
+/// The anchor each sidecar's leaf chains to, as its admin `/identity` says.
+async fn leaf_anchors(mesh: &Mesh) -> Vec<Option<String>> {
+    let admins: Vec<String> = mesh.sidecars.lock().unwrap().values().map(|s| s.process.addr("admin").to_string()).collect();
+    let mut out = Vec::new();
+    for a in admins {
+        let id: Value = reqwest::get(format!("http://{a}/identity")).await.unwrap().json().await.unwrap();
+        out.push(id["leaf"]["anchor_fingerprint"].as_str().map(str::to_owned));
+    }
+    out
+}
+
+fn pids(mesh: &Mesh) -> Vec<u32> {
+    let mut p: Vec<u32> = mesh.sidecars.lock().unwrap().values().map(|s| s.process.pid()).collect();
+    p.sort();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_signs_each_cluster_issuer_and_rotates_it_by_itself_with_no_failed_request() {
+    // An issuer lives 90 s (plus the minute it is backdated): due again 15 s after signing.
+    let s = setup_with(|c| {
+        c.issuer_lifetime = Duration::from_secs(90);
+        c.issuer_rotation_check = Duration::from_millis(300);
+    })
+    .await;
+    let mesh = Mesh::start_with(s.kube.clone(), &[("shop", "web"), ("shop", "api")], IssuerSource::Kubernetes).await;
+    mesh.wait_ready(3).await;
+    let before = pids(&mesh);
+    let a = start_connected_agent(&s).await;
+    let (dev_issuer, _, dev_bundle) = in_cluster(&s.kube);
+
+    // Without an anchor there is nothing to sign with: refused when asked, not failed later.
+    let path = format!("/api/v1/clusters/{}/commands", s.cluster);
+    let (status, problem) = s.app.post(&path, &s.owner.access, json!({"kind": "rotate-issuer"})).await;
+    assert_eq!((status.as_u16(), problem["type"].as_str()), (409, Some("/problems/no-trust-anchor")), "{problem}");
+    let (status, anchor) = s.app.post("/api/v1/trust-anchors", &s.owner.access, json!({})).await;
+    assert_eq!(status.as_u16(), 201, "{anchor}");
+    let org_anchor = anchor["fingerprint"].as_str().unwrap().to_owned();
+    assert!(!anchor.to_string().contains("PRIVATE KEY"));
+
+    // Traffic through the mesh all along: the ingress proxy to every pod, one request at a time.
+    let targets: Vec<(String, String)> = mesh.pods_of("web").into_iter().chain(mesh.pods_of("api")).map(|(_, inbound, id)| (inbound, id)).collect();
+    let ingress = mesh.ingress(&targets).await;
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let traffic = {
+        let (sent, failed) = (sent.clone(), failed.clone());
+        let outs: Vec<std::net::SocketAddr> = (0..targets.len()).map(|i| ingress.outbound(i)).collect();
+        tokio::spawn(async move {
+            let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+            for i in 0.. {
+                let ok = http.get(format!("http://{}/t", outs[i % outs.len()])).send().await.is_ok_and(|r| r.status().is_success());
+                sent.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+
+    // An admin asks: the agent makes the key, the gateway signs it with the organization's anchor.
+    let command = send_command(&s, "rotate-issuer", json!({})).await;
+    let (done, _) = finish(&s, &command, Duration::from_secs(20)).await;
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let signed = done["output"]["issuer_fingerprint"].as_str().unwrap().to_owned();
+    assert_eq!(done["output"]["anchor_fingerprint"], org_anchor);
+    let (issuer, issuer_pem, bundle) = in_cluster(&s.kube);
+    assert_eq!(issuer, signed, "the Secret holds the issuer the service signed");
+    assert_ne!(issuer, dev_issuer);
+    assert!(dev_bundle.iter().chain([&org_anchor]).all(|f| bundle.contains(f)), "the bundle grew, it lost nothing: {bundle:?}");
+    let record = s.app.get(&format!("/api/v1/clusters/{}/issuer", s.cluster), &s.owner.access).await.1;
+    assert_eq!((record["fingerprint"].as_str(), record["anchor_fingerprint"].as_str()), (Some(signed.as_str()), Some(org_anchor.as_str())), "{record}");
+    assert_eq!(record["certificate_pem"].as_str(), Some(issuer_pem.as_str()));
+
+    // The controller takes it from the API server and the proxies renew at once: every leaf
+    // chains to the organization's anchor within seconds, not at their next renewal.
+    let moved = within(Duration::from_secs(15), || async { leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(org_anchor.as_str())) }).await;
+    assert!(moved.is_some(), "leaves chain to {org_anchor}: {:?}", leaf_anchors(&mesh).await);
+    eprintln!("proxies on the service-signed issuer after {moved:?}");
+
+    // The agent reports the new issuer; once half its lifetime is left the job asks for another.
+    let next = within(Duration::from_secs(40), || async { in_cluster(&s.kube).0 != signed }).await;
+    assert!(next.is_some(), "the issuer-rotation job signed a new issuer by itself");
+    let audit = s.app.get("/api/v1/audit", &s.owner.access).await.1.to_string();
+    assert!(audit.contains("issuer-rotation") && audit.contains("issuer.sign") && audit.contains("trust_anchor.generated"), "{audit}");
+    let (rotated, _, _) = in_cluster(&s.kube);
+    let settled = within(Duration::from_secs(15), || async {
+        let record = s.app.get(&format!("/api/v1/clusters/{}/issuer", s.cluster), &s.owner.access).await.1;
+        record["fingerprint"] == rotated.as_str() && leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(org_anchor.as_str()))
+    })
+    .await;
+    assert!(settled.is_some());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    traffic.abort();
+
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{sent} requests through two issuer rotations, {failed} failed");
+    assert!(sent > 100, "traffic flowed: {sent}");
+    assert_eq!(failed, 0, "no request failed during the rotations");
+    assert_eq!(pids(&mesh), before, "no proxy restarted");
+    assert_eq!(s.kube.denials(), Vec::<String>::new(), "within the install's RBAC");
+    a.shutdown().await;
+}
