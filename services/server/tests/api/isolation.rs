@@ -45,6 +45,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/metric-rules") | ("PUT", "/api/v1/metric-rules/{id}") => {
             Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
         }
+        ("POST", "/api/v1/trust-anchors/upload") => Some(json!({ "certificate_pem": "x", "private_key_pem": "y" })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -90,6 +91,8 @@ async fn victim(app: &TestApp) -> Victim {
     let rule = json!({ "name": "checkout_errors", "metric": "success_rate", "comparison": "<", "threshold": 0.99 });
     let (status, rule) = app.post("/api/v1/metric-rules", &owner.access, rule).await;
     assert_eq!(status, StatusCode::CREATED, "{rule}");
+    let (status, anchor) = app.post("/api/v1/trust-anchors", &owner.access, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{anchor}");
     Victim {
         owner,
         cluster_id,
@@ -132,6 +135,7 @@ async fn snapshot(app: &TestApp, v: &Victim) -> Value {
         "/api/v1/alert-rules",
         "/api/v1/silences",
         "/api/v1/notification-policies",
+        "/api/v1/trust-anchors",
         &commands,
     ];
     for path in paths {
@@ -181,6 +185,8 @@ async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
     assert!(!audit.to_string().contains(&v.cluster_id));
     let (_, members) = app.get("/api/v1/members", &attacker.access).await;
     assert_eq!(members.as_array().unwrap().len(), 1);
+    let (_, trust) = app.get("/api/v1/trust-anchors", &attacker.access).await;
+    assert_eq!(trust["anchors"], json!([]));
 }
 
 async fn viewers_get_403_on_every_mutation(engine: Engine) {

@@ -36,8 +36,17 @@ async fn a_stopped_server_leaves_no_job_running(engine: Engine) {
     let db = TestDb::new(engine).await;
     let server = Server::start(test_config(&db)).await.expect("server starts");
     let running = server.running_jobs();
-    let mut expected =
-        vec!["alert-delivery", "alert-evaluation", "certificate-recheck", "command-expiry", "command-poll", "fleet-overview", "retention", "rollups"];
+    let mut expected = vec![
+        "alert-delivery",
+        "alert-evaluation",
+        "certificate-recheck",
+        "command-expiry",
+        "command-poll",
+        "fleet-overview",
+        "issuer-rotation",
+        "retention",
+        "rollups",
+    ];
     if engine == Engine::Postgres {
         expected.push("notifications");
         expected.sort();

@@ -34,3 +34,4 @@ mod rollups;
 mod secrets_at_rest;
 mod silences;
 mod store;
+mod trust;

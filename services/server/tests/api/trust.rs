@@ -1,0 +1,181 @@
+//! The organization's trust anchors and the issuers the gateway signs with them: uploads are
+//! checked (each refusal its own problem type and field), keys are sealed and never returned,
+//! and `SignIssuer` signs only for the calling agent's own open rotate-issuer command, only what
+//! an issuer needs, only with its own organization's anchor.
+
+use std::time::{Duration, SystemTime};
+
+use meshfleet_agent_protocol::v1::SignIssuerRequest;
+use meshfleet_pki::inspect::inspect;
+use meshfleet_pki::mint::{self, CaProfile, LeafProfile};
+use meshfleet_pki::pem::{certs_from_pem, fingerprint};
+use meshfleet_pki::spiffe::WorkloadId;
+use meshfleet_pki::verify::{check_issuer, TrustBundle};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::Row;
+use tonic::Code;
+
+use crate::gateway::{client, registered};
+use crate::helpers::{assert_problem, Engine, TestApp};
+use crate::on_both_engines;
+
+on_both_engines!(anchors_are_checked_sealed_and_never_show_their_key, issuers_are_signed_only_for_the_callers_own_open_rotation);
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn upload(app: &TestApp, access: &str, cert: &str, key: &str) -> (StatusCode, Value) {
+    app.post("/api/v1/trust-anchors/upload", access, json!({ "certificate_pem": cert, "private_key_pem": key })).await
+}
+
+async fn anchors_are_checked_sealed_and_never_show_their_key(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("pki@example.com").await;
+    let (_, empty) = app.get("/api/v1/trust-anchors", &owner.access).await;
+    assert_eq!(empty, json!({ "trust_domain": "cluster.local", "anchors": [] }));
+
+    // Every refusal names its reason and the input at fault.
+    let good = mint::new_anchor(&CaProfile::new("ours", 365 * DAY)).unwrap();
+    let other = mint::new_anchor(&CaProfile::new("other", DAY)).unwrap();
+    let issuer = mint::new_issuer(&good, &CaProfile::new("an intermediate", DAY)).unwrap();
+    let mut expired_profile = CaProfile::new("expired", DAY);
+    (expired_profile.not_before, expired_profile.not_after) = (SystemTime::now() - 3 * DAY, SystemTime::now() - DAY);
+    let expired = mint::new_anchor(&expired_profile).unwrap();
+    let key = mint::new_key().unwrap();
+    let leaf =
+        mint::issue_leaf(&good.signer().unwrap(), &key, &LeafProfile::workload(&WorkloadId::new("td", "ns", "sa").unwrap(), SystemTime::now() + DAY)).unwrap();
+    for (cert, key, kind, field) in [
+        (good.cert_pem.as_str(), other.key_pem.as_str(), "key-mismatch", "private_key_pem"),
+        (&leaf.pem(), &key.serialize_pem(), "not-a-ca", "certificate_pem"),
+        (&issuer.cert_pem, &issuer.key_pem, "not-self-signed", "certificate_pem"),
+        (&expired.cert_pem, &expired.key_pem, "expired", "certificate_pem"),
+        ("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", &good.key_pem, "malformed-certificate", "certificate_pem"),
+        (&good.cert_pem, "no key here", "malformed-key", "private_key_pem"),
+    ] {
+        let (status, body) = upload(&app, &owner.access, cert, key).await;
+        assert_problem(status, &body, 422, kind, Some(field));
+    }
+    let viewer = app.member(&owner, "viewer@example.com", "viewer").await;
+    let (status, _) = upload(&app, &viewer.access, &good.cert_pem, &good.key_pem).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let (status, anchor) = upload(&app, &owner.access, &good.cert_pem, &good.key_pem).await;
+    assert_eq!(status, StatusCode::CREATED, "{anchor}");
+    assert_eq!((anchor["state"].as_str(), anchor["source"].as_str()), (Some("active"), Some("uploaded")));
+    assert_eq!(anchor["fingerprint"], fingerprint(&good.cert_der));
+    let (status, body) = app.post("/api/v1/trust-anchors", &owner.access, json!({})).await;
+    assert_problem(status, &body, 409, "anchor-exists", None);
+    let (status, body) = app.post("/api/v1/trust-anchors", &owner.access, json!({ "lifetime_days": 0 })).await;
+    assert_problem(status, &body, 422, "validation", Some("lifetime_days"));
+
+    // Listed with its certificate, never its key: not in the API, not in the database.
+    let (_, listed) = app.get("/api/v1/trust-anchors", &owner.access).await;
+    assert_eq!(listed["anchors"].as_array().unwrap().len(), 1);
+    assert!(!listed.to_string().contains("PRIVATE KEY"));
+    let key_body: String = good.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let mut conn = app.state.db.pool.acquire().await.unwrap();
+    let sealed: String = sqlx::query("SELECT key_sealed FROM trust_anchors").fetch_one(&mut *conn).await.unwrap().try_get("key_sealed").unwrap();
+    assert!(sealed.starts_with("v1.") && !sealed.contains("PRIVATE") && !sealed.contains(&key_body[..40]));
+    drop(conn);
+    let (_, audit) = app.get("/api/v1/audit", &owner.access).await;
+    assert!(audit.to_string().contains("trust_anchor.uploaded"), "{audit}");
+
+    // Another organization generates its own, with the service's defaults.
+    let other_org = app.owner("other@example.com").await;
+    let (status, generated) = app.post("/api/v1/trust-anchors", &other_org.access, json!({ "lifetime_days": 30 })).await;
+    assert_eq!(status, StatusCode::CREATED, "{generated}");
+    let cert = inspect(&certs_from_pem(generated["certificate_pem"].as_str().unwrap().as_bytes()).unwrap()[0]).unwrap();
+    assert!(cert.is_ca && cert.subject.contains("meshfleet trust anchor cluster.local"));
+    assert!((cert.not_after_unix - cert.not_before_unix - 30 * 86_400 - 60).abs() <= 1, "30 days (and the backdated minute)");
+    let (_, mine) = app.get("/api/v1/trust-anchors", &owner.access).await;
+    assert_eq!(mine, listed, "each organization sees only its own anchors");
+}
+
+async fn rotate_issuer(app: &TestApp, access: &str, cluster: &str) -> String {
+    let (status, command) = app.post(&format!("/api/v1/clusters/{cluster}/commands"), access, json!({ "kind": "rotate-issuer" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{command}");
+    command["id"].as_str().unwrap().to_owned()
+}
+
+/// A CSR for `key` asking for a CA with `path_len` and, when given, a SAN URI and a subject.
+fn csr_asking(key: &meshfleet_pki::KeyPair, path_len: Option<u8>, uri: Option<&str>) -> Vec<u8> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(rcgen::DnType::CommonName, "root of everything");
+    if let Some(n) = path_len {
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(n));
+    }
+    if let Some(uri) = uri {
+        params.subject_alt_names.push(rcgen::SanType::URI(uri.try_into().unwrap()));
+    }
+    params.serialize_request(key).unwrap().der().to_vec()
+}
+
+async fn issuers_are_signed_only_for_the_callers_own_open_rotation(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let (alice, bob) = (app.owner("alice@example.com").await, app.owner("bob@example.com").await);
+    let (a_anchor, b_anchor) =
+        (app.post("/api/v1/trust-anchors", &alice.access, json!({})).await.1, app.post("/api/v1/trust-anchors", &bob.access, json!({})).await.1);
+    let (a_cluster, a_agent) = registered(&app, &alice, "a-prod").await;
+    let (b_cluster, b_agent) = registered(&app, &bob, "b-prod").await;
+    let a_command = rotate_issuer(&app, &alice.access, &a_cluster).await;
+    let (_, ping) = app.post(&format!("/api/v1/clusters/{b_cluster}/commands"), &bob.access, json!({ "kind": "ping" })).await;
+    let key = mint::new_key().unwrap();
+    let sign = |id: &str, csr: Vec<u8>| SignIssuerRequest { command_id: id.into(), csr_der: csr };
+    let good_csr = meshfleet_pki::csr::new_csr(&key).unwrap();
+
+    // Bob's agent cannot use Alice's rotation, its own ping, a made-up id, or no certificate.
+    let mut b = client(&app, Some(&b_agent)).await;
+    for id in [a_command.as_str(), ping["id"].as_str().unwrap(), "0190a0b0-0000-7000-8000-000000000000", "not an id"] {
+        let refused = b.sign_issuer(sign(id, good_csr.clone())).await.unwrap_err();
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{id}: {refused:?}");
+    }
+    let anonymous = client(&app, None).await.sign_issuer(sign(&a_command, good_csr.clone())).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    // Alice's agent asking for more than an issuer is refused, and told why.
+    let mut a = client(&app, Some(&a_agent)).await;
+    let too_much = a.sign_issuer(sign(&a_command, csr_asking(&key, Some(1), None))).await.unwrap_err();
+    assert_eq!(too_much.code(), Code::InvalidArgument);
+    assert!(too_much.message().contains("path length"), "{}", too_much.message());
+    let elsewhere = a.sign_issuer(sign(&a_command, csr_asking(&key, None, Some("spiffe://bank.example/ns/x")))).await.unwrap_err();
+    assert_eq!(elsewhere.code(), Code::InvalidArgument);
+    assert!(elsewhere.message().contains("trust domain"), "{}", elsewhere.message());
+
+    // What it may have, the service decides: an issuer of path length 0 under Alice's anchor.
+    let signed = a.sign_issuer(sign(&a_command, csr_asking(&key, Some(0), Some("spiffe://cluster.local/ns/x")))).await.unwrap().into_inner();
+    assert_eq!(signed.anchor_fingerprint, a_anchor["fingerprint"].as_str().unwrap());
+    let cert = inspect(&certs_from_pem(signed.issuer_pem.as_bytes()).unwrap()[0]).unwrap();
+    assert!(cert.is_ca && cert.subject.contains(&format!("meshfleet issuer {a_cluster}")) && !cert.subject.contains("root of everything"), "{}", cert.subject);
+    assert!(cert.sans.is_empty(), "no name from the CSR is copied: {:?}", cert.sans);
+    let days = (cert.not_after_unix - cert.not_before_unix) as f64 / 86_400.0;
+    assert!((days - 30.0).abs() < 0.01, "the default issuer lifetime, 30 days: {days}");
+    let ours = TrustBundle::from_pem(signed.trust_bundle_pem.as_bytes()).unwrap();
+    assert_eq!(ours.fingerprints(), [a_anchor["fingerprint"].as_str().unwrap()]);
+    check_issuer(signed.issuer_pem.as_bytes(), key.serialize_pem().as_bytes(), &ours, SystemTime::now()).expect("a usable issuer under Alice's anchor");
+    let theirs = TrustBundle::from_pem(b_anchor["certificate_pem"].as_str().unwrap().as_bytes()).unwrap();
+    assert!(check_issuer(signed.issuer_pem.as_bytes(), key.serialize_pem().as_bytes(), &theirs, SystemTime::now()).is_err(), "not under Bob's");
+    // An issuer of path length 0 signs leaves, never another CA.
+    let sub = mint::CaMaterial::from_pem(&signed.issuer_pem, &key.serialize_pem()).unwrap();
+    let nested = mint::new_issuer(&sub, &CaProfile::new("nested", DAY)).unwrap();
+    let probe_key = mint::new_key().unwrap();
+    let probe = mint::issue_leaf(
+        &nested.signer().unwrap(),
+        &probe_key,
+        &LeafProfile::workload(&WorkloadId::new("cluster.local", "x", "y").unwrap(), SystemTime::now() + DAY),
+    )
+    .unwrap();
+    let chain = [probe.der.clone(), nested.cert_der.clone(), certs_from_pem(signed.issuer_pem.as_bytes()).unwrap()[0].clone()];
+    let now = rustls_pki_types::UnixTime::now();
+    assert!(meshfleet_pki::verify::verify_chain(&chain[0], &chain[1..], ours.roots(), now).is_err(), "path length 0 holds");
+
+    let (_, record) = app.get(&format!("/api/v1/clusters/{a_cluster}/issuer"), &alice.access).await;
+    assert_eq!(
+        (record["fingerprint"].as_str(), record["command_id"].as_str()),
+        (Some(signed.issuer_fingerprint.as_str()), Some(a_command.as_str())),
+        "{record}"
+    );
+    let (status, _) = app.get(&format!("/api/v1/clusters/{a_cluster}/issuer"), &bob.access).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, audit) = app.get("/api/v1/audit", &alice.access).await;
+    assert!(audit.to_string().contains("issuer.sign"), "{audit}");
+}
