@@ -77,6 +77,7 @@ pub struct GenerateAnchorRequest {
     pub common_name: Option<String>,
     /// 1 to 3650; default the `anchor_lifetime_secs` setting (1 year).
     #[schema(minimum = 1, maximum = 3650)]
+    #[serde(default, deserialize_with = "super::extract::whole_number")]
     pub lifetime_days: Option<i64>,
 }
 
