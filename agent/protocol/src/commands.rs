@@ -10,7 +10,7 @@ use crate::v1::{CollectDiagnostics, Command, Ping, RestartWorkloads, SetControlP
 
 impl Body {
     /// Every kind, by name; `kind()` of each variant.
-    pub const KINDS: [&'static str; 5] = ["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version", "rotate-issuer"];
+    pub const KINDS: [&'static str; 6] = ["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version", "rotate-issuer", "set-trust-bundle"];
 
     /// The kind's name: the REST API's `kind`, and `Command.kind` for agents that predate `body`.
     pub fn kind(&self) -> &'static str {
@@ -20,6 +20,7 @@ impl Body {
             Body::RestartWorkloads(_) => "restart-workloads",
             Body::SetControlPlaneVersion(_) => "set-control-plane-version",
             Body::RotateIssuer(_) => "rotate-issuer",
+            Body::SetTrustBundle(_) => "set-trust-bundle",
         }
     }
 }

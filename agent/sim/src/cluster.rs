@@ -238,7 +238,7 @@ impl SyntheticCluster {
         let output = match command {
             Body::Ping(_) => serde_json::json!({ "pong": true, "at": now_ms() }),
             Body::CollectDiagnostics(_) => self.diagnostics(),
-            Body::RestartWorkloads(_) | Body::SetControlPlaneVersion(_) | Body::RotateIssuer(_) => {
+            Body::RestartWorkloads(_) | Body::SetControlPlaneVersion(_) | Body::RotateIssuer(_) | Body::SetTrustBundle(_) => {
                 return CommandResult { command_id: id.into(), ..unsupported(command.kind()) }
             }
         };
@@ -319,6 +319,7 @@ fn new_pod(rng: &mut StdRng, w: &Workload, hash: &str, version: &str) -> v1::Pod
         ready,
         restarts: if rng.gen_bool(0.1) { rng.gen_range(1..4) } else { 0 },
         phase: "Running".into(),
+        ..Default::default()
     }
 }
 

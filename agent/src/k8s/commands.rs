@@ -92,6 +92,7 @@ impl Executor {
                 Body::RestartWorkloads(p) => this.restart(&id, p.into()).await.unwrap_or_else(|e| failed(e.to_string())),
                 Body::SetControlPlaneVersion(p) => this.set_version(p).await.unwrap_or_else(|e| failed(e.to_string())),
                 Body::RotateIssuer(_) => this.rotate_issuer(&id).await.unwrap_or_else(failed),
+                Body::SetTrustBundle(p) => this.set_trust_bundle(&p.bundle_pem).await.unwrap_or_else(failed),
             }
         })
     }

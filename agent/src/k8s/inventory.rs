@@ -370,6 +370,7 @@ fn meshed_pod(p: &Pod) -> Option<MeshedPod> {
             ready,
             restarts: restarts.max(0) as u32,
             phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
+            ..Default::default()
         },
         uid: p.uid().unwrap_or_default(),
         ip: status.and_then(|s| s.pod_ip.clone()),

@@ -85,6 +85,35 @@ impl Executor {
     }
 }
 
+impl Executor {
+    pub(super) async fn set_trust_bundle(&self, bundle_pem: &str) -> Result<CommandResult, String> {
+        let wanted = TrustBundle::from_pem(bundle_pem.as_bytes()).map_err(|e| format!("the bundle is unusable: {e}"))?;
+        let ns = &self.config.mesh_namespace;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
+        // The current issuer must still verify under the new bundle, or every proxy would
+        // refuse its peers' next leaves: retiring an anchor comes after re-issuing.
+        let secret = secrets.get(ISSUER_SECRET).await.map_err(|e| format!("reading the issuer Secret in {ns}: {e}"))?;
+        let data = secret.data.unwrap_or_default();
+        let (cert, key) = (data.get(CERT_KEY).map(|b| b.0.as_slice()).unwrap_or_default(), data.get(KEY_KEY).map(|b| b.0.as_slice()).unwrap_or_default());
+        check_issuer(cert, key, &wanted, SystemTime::now()).map_err(|e| format!("refused: the current issuer would not verify under this bundle: {e}"))?;
+        let pem = merged(&[bundle_pem]);
+        let output = json!({ "bundle_fingerprints": wanted.fingerprints() });
+        retry_on_conflict("trust bundle", || async {
+            let mut map = maps.get(TRUST_BUNDLE).await?;
+            if map.data.as_ref().and_then(|d| d.get(BUNDLE_KEY)) == Some(&pem) {
+                return Ok(());
+            }
+            map.data = Some(BTreeMap::from([(BUNDLE_KEY.to_owned(), pem.clone())]));
+            maps.replace(TRUST_BUNDLE, &PostParams::default(), &map).await.map(|_| ())
+        })
+        .await
+        .map_err(|e| format!("writing the trust bundle: {e}"))?;
+        tracing::info!(anchors = ?wanted.fingerprints(), "trust bundle set");
+        Ok(done(CommandState::Succeeded, "trust bundle set", output))
+    }
+}
+
 /// The result of this command when it already wrote the issuer (a redelivery after a restart).
 fn already_rotated(secret: &Secret, id: &str) -> Option<CommandResult> {
     (secret.metadata.annotations.as_ref()?.get(ROTATED_BY)? == id).then_some(())?;

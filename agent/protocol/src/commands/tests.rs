@@ -18,6 +18,7 @@ fn one_of_each() -> Vec<Body> {
         }),
         Body::SetControlPlaneVersion(SetControlPlaneVersion { version: "0.2.0".into(), timeout_secs: Some(60) }),
         Body::RotateIssuer(v1::RotateIssuer {}),
+        Body::SetTrustBundle(v1::SetTrustBundle { bundle_pem: "-----BEGIN CERTIFICATE-----".into() }),
     ]
 }
 

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use meshfleet_agent_protocol::v1::command::Body;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -24,8 +23,13 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(list_commands, create_command)).routes(routes!(get_command))
 }
 
-/// Command kinds agents understand: one typed message each in the agent protocol.
-pub const KINDS: &[&str] = &Body::KINDS;
+/// Command kinds the API takes: every typed message of the agent protocol (`Body::KINDS`) but
+/// those only the service sends, as steps of a workflow it runs (`SERVICE_KINDS`).
+pub const KINDS: &[&str] = &["ping", "collect-diagnostics", "restart-workloads", "set-control-plane-version", "rotate-issuer"];
+
+/// set-trust-bundle: trust-anchor rotation's distribute and retire steps; a bundle set by hand
+/// would bypass the organization's anchors and their audit trail.
+pub const SERVICE_KINDS: &[&str] = &["set-trust-bundle"];
 
 /// Kinds that change nothing in the cluster, offered as one-click buttons in the dashboard.
 pub const READ_ONLY_KINDS: &[&str] = &["ping", "collect-diagnostics"];
@@ -103,7 +107,11 @@ async fn create_command(
         whole_numbers(map);
     }
     // Checked by conversion; what is stored and shown is the JSON as given.
-    let mut errors = typed::from_rest(&req.kind, &params).err().unwrap_or_default();
+    let mut errors = if KINDS.contains(&req.kind.as_str()) || !SERVICE_KINDS.contains(&req.kind.as_str()) {
+        typed::from_rest(&req.kind, &params).err().unwrap_or_default()
+    } else {
+        vec![FieldError::new("kind", format!("{} is sent by the service itself (trust-anchor rotation), not through this API", req.kind))]
+    };
     let deadline_secs = req.deadline_secs.unwrap_or(600);
     if !(1..=86_400).contains(&deadline_secs) {
         errors.push(FieldError::new("deadline_secs", "must be between 1 and 86400"));

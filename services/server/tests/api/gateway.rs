@@ -125,6 +125,7 @@ pub fn pod(ns: &str, name: &str, workload: &str, version: &str) -> v1::Pod {
         ready: true,
         restarts: 0,
         phase: "Running".into(),
+        ..Default::default()
     }
 }
 

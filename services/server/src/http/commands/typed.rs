@@ -14,6 +14,7 @@ pub fn allowed_params(kind: &str) -> &'static [&'static str] {
     match kind {
         "restart-workloads" => &["namespace", "selector", "batch_size", "max_unavailable", "timeout_secs"],
         "set-control-plane-version" => &["version", "timeout_secs"],
+        "set-trust-bundle" => &["bundle_pem"],
         _ => &[],
     }
 }
@@ -27,8 +28,9 @@ pub fn from_rest(kind: &str, params: &Value) -> Result<Body, Vec<FieldError>> {
         "restart-workloads" => Body::RestartWorkloads(v1::RestartWorkloads::default()),
         "set-control-plane-version" => Body::SetControlPlaneVersion(v1::SetControlPlaneVersion::default()),
         "rotate-issuer" => Body::RotateIssuer(v1::RotateIssuer {}),
+        "set-trust-bundle" => Body::SetTrustBundle(v1::SetTrustBundle::default()),
         _ => {
-            let mut errors = vec![FieldError::new("kind", format!("unknown command; expected one of {}", Body::KINDS.join(", ")))];
+            let mut errors = vec![FieldError::new("kind", format!("unknown command; expected one of {}", super::KINDS.join(", ")))];
             if !params.is_object() {
                 errors.push(not_an_object());
             }
@@ -41,7 +43,7 @@ pub fn from_rest(kind: &str, params: &Value) -> Result<Body, Vec<FieldError>> {
         p.errors.push(FieldError::new(format!("params.{key}"), format!("not a parameter of {kind}")));
     }
     match &mut body {
-        Body::Ping(_) | Body::CollectDiagnostics(_) | Body::RotateIssuer(_) => {}
+        Body::Ping(_) | Body::CollectDiagnostics(_) | Body::RotateIssuer(_) | Body::SetTrustBundle(_) => {}
         Body::RestartWorkloads(r) => {
             r.batch_size = p.whole("batch_size", 1, 1000);
             r.timeout_secs = p.whole("timeout_secs", 1, 86_400);
@@ -59,6 +61,12 @@ pub fn from_rest(kind: &str, params: &Value) -> Result<Body, Vec<FieldError>> {
                 Some(version) => v.version = version.to_owned(),
                 None => p.errors.push(FieldError::new("params.version", "the version to run, e.g. 0.2.0, is required")),
             }
+        }
+    }
+    if let Body::SetTrustBundle(b) = &mut body {
+        match map.get("bundle_pem").and_then(Value::as_str).filter(|s| s.contains("-----BEGIN CERTIFICATE-----")) {
+            Some(pem) => b.bundle_pem = pem.to_owned(),
+            None => p.errors.push(FieldError::new("params.bundle_pem", "the anchors, PEM, are required")),
         }
     }
     if p.errors.is_empty() {
