@@ -51,7 +51,11 @@ fn requests_become_typed_commands() {
     let version = v1::SetControlPlaneVersion { version: "0.2.0".into(), timeout_secs: None };
     assert_eq!(typed("set-control-plane-version", json!({ "version": "0.2.0" })), Body::SetControlPlaneVersion(version));
     for kind in Body::KINDS {
-        let params = if kind == "set-control-plane-version" { json!({ "version": "1.0.0" }) } else { json!({}) };
+        let params = match kind {
+            "set-control-plane-version" => json!({ "version": "1.0.0" }),
+            "set-trust-bundle" => json!({ "bundle_pem": "-----BEGIN CERTIFICATE-----\n" }),
+            _ => json!({}),
+        };
         assert_eq!(typed(kind, params).kind(), kind, "every kind of the protocol is one of the API");
     }
 }
