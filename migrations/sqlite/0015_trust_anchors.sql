@@ -31,3 +31,9 @@ CREATE TABLE cluster_issuers (
     signed_at           BIGINT NOT NULL
 );
 CREATE INDEX cluster_issuers_org ON cluster_issuers (org_id);
+
+-- What each pod's proxy trusts and presents, as its agent reads it from the proxy's admin
+-- `/identity`: trust-anchor rotation waits on these.
+ALTER TABLE cluster_pods ADD COLUMN bundle_fingerprints TEXT NOT NULL DEFAULT '';
+ALTER TABLE cluster_pods ADD COLUMN leaf_anchor TEXT;
+ALTER TABLE cluster_pods ADD COLUMN leaf_not_after BIGINT;

@@ -73,6 +73,7 @@ async fn seed(state: &meshfleet_server::AppState, org: OrgId, n: usize) -> Clust
                 ready: true,
                 restarts: 0,
                 phase: "Running".into(),
+                ..Default::default()
             })
             .collect();
         inventory::replace(&mut tx, org, id, &facts, &pods, now).await.unwrap();

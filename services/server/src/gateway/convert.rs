@@ -65,7 +65,24 @@ fn pod(p: &v1::Pod) -> Result<Pod, Invalid> {
         ready: p.ready,
         restarts: p.restarts,
         phase: name("pod.phase", &p.phase)?,
+        bundle_fingerprints: {
+            count("pod.bundle_fingerprints", &p.bundle_fingerprints, 16)?;
+            p.bundle_fingerprints.iter().map(|f| fingerprint("pod.bundle_fingerprints", f)).collect::<Result<_, _>>()?
+        },
+        leaf_anchor_fingerprint: Some(&p.leaf_anchor_fingerprint)
+            .filter(|f| !f.is_empty())
+            .map(|f| fingerprint("pod.leaf_anchor_fingerprint", f))
+            .transpose()?,
+        leaf_not_after: (p.leaf_not_after_unix_ms > 0).then_some(p.leaf_not_after_unix_ms),
     })
+}
+
+/// A SHA-256 fingerprint as the mesh writes them: 64 lowercase hex digits.
+fn fingerprint(field: &'static str, f: &str) -> Result<String, Invalid> {
+    if f.len() != 64 || !f.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(bad(field, "not a SHA-256 fingerprint (64 lowercase hex digits)"));
+    }
+    Ok(f.to_owned())
 }
 
 fn facts(inv: &v1::Inventory) -> Result<Facts, Invalid> {

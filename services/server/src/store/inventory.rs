@@ -43,7 +43,7 @@ pub struct CertificateInfo {
     pub sha256_fingerprint: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Pod {
     pub namespace: String,
     pub name: String,
@@ -52,6 +52,15 @@ pub struct Pod {
     pub ready: bool,
     pub restarts: u32,
     pub phase: String,
+    /// What the pod's proxy trusts: SHA-256 fingerprints of its bundle's anchors (empty until
+    /// its agent has read them).
+    #[serde(default)]
+    pub bundle_fingerprints: Vec<String>,
+    /// The anchor the proxy's leaf certificate chains to, and when the leaf expires (ms).
+    #[serde(default)]
+    pub leaf_anchor_fingerprint: Option<String>,
+    #[serde(default)]
+    pub leaf_not_after: Option<i64>,
 }
 
 /// Replaces the cluster's whole inventory.
@@ -84,13 +93,15 @@ pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &
 }
 
 pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
-    for chunk in pods.chunks(super::rows_per_statement(conn, 10)) {
+    for chunk in pods.chunks(super::rows_per_statement(conn, 13)) {
         let sql = format!(
-            "INSERT INTO cluster_pods (cluster_id, org_id, namespace, name, workload, proxy_version, ready, restarts, phase, updated_at)
+            "INSERT INTO cluster_pods (cluster_id, org_id, namespace, name, workload, proxy_version, ready, restarts, phase, updated_at,
+             bundle_fingerprints, leaf_anchor, leaf_not_after)
              VALUES {} ON CONFLICT (cluster_id, namespace, name) DO UPDATE SET workload = excluded.workload,
              proxy_version = excluded.proxy_version, ready = excluded.ready, restarts = excluded.restarts,
-             phase = excluded.phase, updated_at = excluded.updated_at",
-            super::values_clause(chunk.len(), 10)
+             phase = excluded.phase, updated_at = excluded.updated_at, bundle_fingerprints = excluded.bundle_fingerprints,
+             leaf_anchor = excluded.leaf_anchor, leaf_not_after = excluded.leaf_not_after",
+            super::values_clause(chunk.len(), 13)
         );
         let mut q = sqlx::query(&sql);
         for p in chunk {
@@ -104,7 +115,10 @@ pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: 
                 .bind(i64::from(p.ready))
                 .bind(i64::from(p.restarts))
                 .bind(&p.phase)
-                .bind(now);
+                .bind(now)
+                .bind(p.bundle_fingerprints.join(","))
+                .bind(p.leaf_anchor_fingerprint.clone())
+                .bind(p.leaf_not_after);
         }
         q.execute(&mut *conn).await?;
     }
@@ -138,7 +152,7 @@ pub async fn facts(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Op
 
 pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec<Pod>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT namespace, name, workload, proxy_version, ready, restarts, phase FROM cluster_pods
+        "SELECT namespace, name, workload, proxy_version, ready, restarts, phase, bundle_fingerprints, leaf_anchor, leaf_not_after FROM cluster_pods
          WHERE org_id = $1 AND cluster_id = $2 ORDER BY namespace, name",
     )
     .bind(org.to_string())
@@ -155,6 +169,9 @@ pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec
                 ready: r.try_get::<i64, _>("ready")? != 0,
                 restarts: r.try_get::<i64, _>("restarts")?.try_into().unwrap_or(u32::MAX),
                 phase: r.try_get("phase")?,
+                bundle_fingerprints: r.try_get::<String, _>("bundle_fingerprints")?.split(',').filter(|f| !f.is_empty()).map(str::to_owned).collect(),
+                leaf_anchor_fingerprint: r.try_get("leaf_anchor")?,
+                leaf_not_after: r.try_get("leaf_not_after")?,
             })
         })
         .collect()
