@@ -37,3 +37,20 @@ CREATE INDEX cluster_issuers_org ON cluster_issuers (org_id);
 ALTER TABLE cluster_pods ADD COLUMN bundle_fingerprints TEXT NOT NULL DEFAULT '';
 ALTER TABLE cluster_pods ADD COLUMN leaf_anchor TEXT;
 ALTER TABLE cluster_pods ADD COLUMN leaf_not_after BIGINT;
+
+-- Trust-anchor rotations (`domain::trust::RotationPhase`), one organization's at a time: run by
+-- the leased `anchor-rotation` job, each cluster's progress in the current phase as JSON.
+CREATE TABLE anchor_rotations (
+    id           TEXT PRIMARY KEY,
+    org_id       TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    old_anchor   TEXT NOT NULL,
+    new_anchor   TEXT NOT NULL,
+    phase        TEXT NOT NULL,
+    paused       BIGINT NOT NULL,
+    excluded     TEXT NOT NULL,
+    clusters     TEXT NOT NULL,
+    started_by   TEXT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    updated_at   BIGINT NOT NULL
+);
+CREATE INDEX anchor_rotations_org ON anchor_rotations (org_id, created_at);

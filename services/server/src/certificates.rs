@@ -1,10 +1,13 @@
 //! The mesh's certificates, run by the service: the `issuer-rotation` job signs each cluster's
-//! issuer again before it expires. It asks the cluster's agent (a rotate-issuer command); the
-//! agent makes the key and gets it signed through the gateway (`gateway::issuer`).
+//! issuer again before it expires, and the `anchor-rotation` job walks each trust-anchor
+//! rotation through its phases (`domain::trust::RotationPhase`). Both act through the clusters'
+//! agents (rotate-issuer and set-trust-bundle commands); an issuer's key is made by the agent
+//! and signed through the gateway (`gateway::issuer`).
 
 use crate::app::AppState;
 use crate::domain::audit::AuditEntry;
-use crate::domain::trust::issuer_due_at;
+use crate::domain::trust::{issuer_due_at, Anchor, ClusterProgress, Rotation, Step};
+use crate::domain::ClusterId;
 use crate::jobs::{Job, Scope};
 use crate::store::{self, commands::Command, inventory::Facts};
 
@@ -14,6 +17,14 @@ const ROTATE_DEADLINE_MS: i64 = 10 * 60 * 1000;
 
 pub fn issuer_rotation_job(state: &AppState) -> Job {
     Job::new("issuer-rotation", state.config.issuer_rotation_check, Scope::Leased, rotate_due_issuers)
+}
+
+/// How often running anchor rotations are looked at: each look sends what is due and reads
+/// what came back, so a phase takes seconds, not minutes.
+const ROTATION_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub fn anchor_rotation_job() -> Job {
+    Job::new("anchor-rotation", ROTATION_TICK, Scope::Leased, advance_rotations)
 }
 
 /// Whether a cluster's issuer, as its agent last reported it, is due: the cluster already
@@ -49,6 +60,132 @@ async fn rotate_due_issuers(state: AppState) -> anyhow::Result<()> {
         tx.commit().await?;
         tracing::info!(org = %c.org_id, cluster = %c.cluster_id, command = %command.id, "cluster issuer due: rotation requested");
         crate::gateway::dispatch::command_created(&state, c.cluster_id).await;
+    }
+    Ok(())
+}
+
+async fn advance_rotations(state: AppState) -> anyhow::Result<()> {
+    let mut conn = state.db.pool.acquire().await?;
+    let rotations = store::trust::running_rotations(&mut conn).await?;
+    drop(conn);
+    for r in rotations {
+        advance(&state, r).await?;
+    }
+    Ok(())
+}
+
+/// What one step asks of a cluster's agent: a command kind and its parameters.
+fn command_for(step: Step, old: &Anchor, new: &Anchor) -> (&'static str, serde_json::Value) {
+    match step {
+        Step::Distribute => ("set-trust-bundle", serde_json::json!({ "bundle_pem": format!("{}{}", old.cert_pem, new.cert_pem) })),
+        Step::Reissue { .. } => ("rotate-issuer", serde_json::json!({})),
+        Step::Narrow { to_new } => ("set-trust-bundle", serde_json::json!({ "bundle_pem": if to_new { &new.cert_pem } else { &old.cert_pem } })),
+    }
+}
+
+/// Whether a pod's proxy has done its part of the step, from what its agent reported.
+fn pod_done(step: Step, pod: &store::inventory::Pod, old: &Anchor, new: &Anchor) -> bool {
+    let target = |to_new: bool| if to_new { &new.fingerprint } else { &old.fingerprint };
+    match step {
+        Step::Distribute => pod.bundle_fingerprints.contains(&new.fingerprint),
+        Step::Reissue { to_new } => pod.leaf_anchor_fingerprint.as_ref() == Some(target(to_new)),
+        Step::Narrow { to_new } => pod.bundle_fingerprints == [target(to_new).clone()],
+    }
+}
+
+/// One look at a rotation: for each cluster, send this phase's command if it has none, and
+/// read how far it got; once every cluster (but the excluded) is done, the next phase.
+async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
+    let Some(step) = r.phase.step() else { return Ok(()) };
+    let read_phase = r.phase;
+    let now = state.clock.now_ms();
+    let live = state.liveness();
+    let mut conn = state.db.pool.acquire().await?;
+    let anchors = store::trust::anchors(&mut conn, r.org_id).await?;
+    let (Some(old), Some(new)) = (anchors.iter().find(|a| a.id == r.old_anchor), anchors.iter().find(|a| a.id == r.new_anchor)) else {
+        anyhow::bail!("rotation {} names an anchor that is gone", r.id);
+    };
+    let clusters = store::trust::org_clusters(&mut conn, r.org_id).await?;
+    let mut sent: Vec<(ClusterId, Command)> = Vec::new();
+    for (cluster, status, last_seen) in &clusters {
+        let progress = r.clusters.entry(*cluster).or_default();
+        if r.excluded.contains(cluster) {
+            *progress = ClusterProgress { phase: Some(r.phase), state: "excluded".into(), message: "excluded by an admin".into(), ..Default::default() };
+            continue;
+        }
+        if progress.phase != Some(r.phase) {
+            *progress = ClusterProgress { phase: Some(r.phase), ..Default::default() };
+        }
+        if progress.state == "done" {
+            continue;
+        }
+        let Some(command_id) = progress.command_id else {
+            if live.status(status, *last_seen) != "connected" {
+                progress.state = "waiting_for_agent".into();
+                progress.message = format!("the agent is {}: this phase waits for it (or exclude the cluster)", live.status(status, *last_seen));
+                continue;
+            }
+            let (kind, params) = command_for(step, old, new);
+            let command = Command::pending(r.org_id, *cluster, kind.into(), params, "service:anchor-rotation".into(), now, ROTATE_DEADLINE_MS);
+            progress.command_id = Some(command.id);
+            progress.state = "waiting_for_agent".into();
+            progress.message = format!("{kind} sent");
+            sent.push((*cluster, command));
+            continue;
+        };
+        let Some(command) = store::commands::get(&mut conn, r.org_id, *cluster, command_id).await? else { continue };
+        match command.state.as_str() {
+            "succeeded" => {
+                let pods = store::inventory::pods(&mut conn, r.org_id, *cluster).await?;
+                let done = pods.iter().filter(|p| pod_done(step, p, old, new)).count();
+                (progress.pods_done, progress.pods_total) = (done as u32, pods.len() as u32);
+                if done == pods.len() {
+                    progress.state = "done".into();
+                    progress.message = format!("every proxy ({done}) has done its part");
+                } else {
+                    progress.state = "waiting_for_proxies".into();
+                    progress.message = format!("{done} of {} proxies have done their part", pods.len());
+                }
+            }
+            "failed" | "expired" => {
+                progress.state = "failed".into();
+                progress.message = format!("{} {}: {} (resume to retry, or exclude the cluster)", command.kind, command.state, command.message);
+            }
+            other => {
+                progress.state = "waiting_for_agent".into();
+                progress.message = format!("{} {other}", command.kind);
+            }
+        }
+    }
+    // Deleted clusters have no say; progress is kept for the record.
+    let moving = clusters.iter().all(|(id, ..)| r.clusters.get(id).is_some_and(|p| p.state == "done" || p.state == "excluded"));
+    let mut tx = state.db.begin().await?;
+    if moving {
+        let (next, states) = r.phase.next();
+        if let Some((old_state, new_state)) = states {
+            store::trust::set_anchor_state(&mut tx, r.org_id, old.id, old_state).await?;
+            store::trust::set_anchor_state(&mut tx, r.org_id, new.id, new_state).await?;
+        }
+        let details = serde_json::json!({ "from": r.phase, "to": next, "old": old.fingerprint, "new": new.fingerprint });
+        store::audit::insert(
+            &mut tx,
+            &AuditEntry::by_service(r.org_id, now, "anchor-rotation", "trust_anchor.rotation.phase", ("anchor_rotation", r.id.to_string()), details),
+        )
+        .await?;
+        tracing::info!(org = %r.org_id, rotation = %r.id, from = r.phase.as_str(), to = next.as_str(), "trust-anchor rotation moves on");
+        r.phase = next;
+    }
+    r.updated_at = now;
+    for (_, command) in &sent {
+        store::commands::insert(&mut tx, command).await?;
+    }
+    if !store::trust::save_rotation(&mut tx, &r, read_phase).await? {
+        // An admin aborted (or another replica moved it) meanwhile: nothing of this look stands.
+        return Ok(());
+    }
+    tx.commit().await?;
+    for (cluster, _) in sent {
+        crate::gateway::dispatch::command_created(state, cluster).await;
     }
     Ok(())
 }

@@ -19,6 +19,7 @@ pub mod metric_rules;
 pub mod ops;
 pub mod policies;
 pub mod problems;
+pub mod rotations;
 pub mod silences;
 pub mod timestamp;
 pub mod trust;
@@ -83,6 +84,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(policies::router())
         .merge(metric_rules::router())
         .merge(trust::router())
+        .merge(rotations::router())
         .split_for_parts()
 }
 

@@ -64,6 +64,7 @@ pub fn registered(state: &AppState) -> Vec<Job> {
         jobs.push(crate::alerting::rules::job(state));
         jobs.push(crate::alerting::delivery::job());
         jobs.push(crate::certificates::issuer_rotation_job(state));
+        jobs.push(crate::certificates::anchor_rotation_job());
     }
     jobs
 }

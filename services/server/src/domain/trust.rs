@@ -91,9 +91,147 @@ pub fn issuer_due_at(not_before: i64, not_after: i64, renew_fraction: f64) -> i6
     not_after - (lifetime * renew_fraction.clamp(0.0, 1.0)) as i64
 }
 
+/// Where a trust-anchor rotation stands. Forward: every cluster's bundle gains the new anchor
+/// (`distribute`), its issuer is signed by the new anchor (`reissue`), the old anchor leaves its
+/// bundle (`retire`). Aborted before `retire`, it walks back the way it came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RotationPhase {
+    Distribute,
+    Reissue,
+    Retire,
+    Done,
+    /// Aborted during `reissue`: issuers are signed by the old anchor again.
+    RollbackReissue,
+    /// Aborted: the new anchor leaves every bundle.
+    RollbackDistribute,
+    Aborted,
+}
+
+/// What each cluster must do in a phase, and what shows it is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// set-trust-bundle with these anchors; done when every pod's proxy trusts `new`.
+    Distribute,
+    /// rotate-issuer; done when every pod's leaf chains to `anchor`.
+    Reissue { to_new: bool },
+    /// set-trust-bundle with one anchor; done when every pod's proxy trusts exactly it.
+    Narrow { to_new: bool },
+}
+
+impl RotationPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RotationPhase::Distribute => "distribute",
+            RotationPhase::Reissue => "reissue",
+            RotationPhase::Retire => "retire",
+            RotationPhase::Done => "done",
+            RotationPhase::RollbackReissue => "rollback_reissue",
+            RotationPhase::RollbackDistribute => "rollback_distribute",
+            RotationPhase::Aborted => "aborted",
+        }
+    }
+
+    pub fn finished(self) -> bool {
+        matches!(self, RotationPhase::Done | RotationPhase::Aborted)
+    }
+
+    /// The step each cluster takes in this phase (none once finished).
+    pub fn step(self) -> Option<Step> {
+        match self {
+            RotationPhase::Distribute => Some(Step::Distribute),
+            RotationPhase::Reissue => Some(Step::Reissue { to_new: true }),
+            RotationPhase::Retire => Some(Step::Narrow { to_new: true }),
+            RotationPhase::RollbackReissue => Some(Step::Reissue { to_new: false }),
+            RotationPhase::RollbackDistribute => Some(Step::Narrow { to_new: false }),
+            RotationPhase::Done | RotationPhase::Aborted => None,
+        }
+    }
+
+    /// The phase after every cluster has done this one's step, and the anchor states it
+    /// starts with: (old, new).
+    pub fn next(self) -> (RotationPhase, Option<(AnchorState, AnchorState)>) {
+        match self {
+            RotationPhase::Distribute => (RotationPhase::Reissue, Some((AnchorState::Retiring, AnchorState::Active))),
+            RotationPhase::Reissue => (RotationPhase::Retire, None),
+            RotationPhase::Retire => (RotationPhase::Done, Some((AnchorState::Inactive, AnchorState::Active))),
+            RotationPhase::RollbackReissue => (RotationPhase::RollbackDistribute, None),
+            RotationPhase::RollbackDistribute => (RotationPhase::Aborted, Some((AnchorState::Active, AnchorState::Inactive))),
+            done => (done, None),
+        }
+    }
+
+    /// Where an abort leads, and the anchor states it starts with; `None`: too late (the old
+    /// anchor is leaving bundles) or already finished.
+    pub fn abort(self) -> Option<(RotationPhase, Option<(AnchorState, AnchorState)>)> {
+        match self {
+            RotationPhase::Distribute => Some((RotationPhase::RollbackDistribute, None)),
+            RotationPhase::Reissue => Some((RotationPhase::RollbackReissue, Some((AnchorState::Active, AnchorState::Next)))),
+            _ => None,
+        }
+    }
+}
+
+/// One cluster's part in a rotation's current phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterProgress {
+    /// The phase this progress is for; a cluster behind the rotation's phase starts it afresh.
+    pub phase: Option<RotationPhase>,
+    /// The command sent for this phase.
+    pub command_id: Option<super::CommandId>,
+    /// `waiting_for_agent`, `waiting_for_proxies`, `done`, `failed` or `excluded`.
+    pub state: String,
+    pub message: String,
+    /// Pods whose proxies have done this phase's part, of all the cluster's meshed pods.
+    pub pods_done: u32,
+    pub pods_total: u32,
+}
+
+/// A trust-anchor rotation of one organization, from `old` to `new` (anchor ids).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rotation {
+    pub id: uuid::Uuid,
+    pub org_id: super::OrgId,
+    pub old_anchor: uuid::Uuid,
+    pub new_anchor: uuid::Uuid,
+    pub phase: RotationPhase,
+    pub paused: bool,
+    /// Clusters an admin took out of the rotation (their agent is gone for good, say).
+    pub excluded: Vec<super::ClusterId>,
+    /// Each cluster's progress, by cluster id.
+    pub clusters: std::collections::BTreeMap<super::ClusterId, ClusterProgress>,
+    pub started_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotation_walks_forward_or_back_the_way_it_came() {
+        let mut phase = RotationPhase::Distribute;
+        let mut seen = vec![phase];
+        while !phase.finished() {
+            phase = phase.next().0;
+            seen.push(phase);
+        }
+        assert_eq!(seen, [RotationPhase::Distribute, RotationPhase::Reissue, RotationPhase::Retire, RotationPhase::Done]);
+        let (mut phase, _) = RotationPhase::Reissue.abort().unwrap();
+        let mut back = vec![phase];
+        while !phase.finished() {
+            phase = phase.next().0;
+            back.push(phase);
+        }
+        assert_eq!(back, [RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted]);
+        assert!(RotationPhase::Retire.abort().is_none(), "too late: the old anchor is leaving bundles");
+        // Every phase's anchor states leave exactly one active anchor.
+        for (from, to) in [RotationPhase::Distribute.next().1, RotationPhase::Retire.next().1, RotationPhase::RollbackDistribute.next().1].into_iter().flatten()
+        {
+            assert!((from == AnchorState::Active) != (to == AnchorState::Active));
+        }
+    }
 
     #[test]
     fn an_issuer_is_due_with_the_configured_share_of_its_lifetime_left() {

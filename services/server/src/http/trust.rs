@@ -114,6 +114,12 @@ async fn generate_anchor(
     ApiJson(req): ApiJson<GenerateAnchorRequest>,
 ) -> Result<(StatusCode, Json<AnchorView>), ApiError> {
     auth.require(Role::Admin)?;
+    let material = generated(&state, &auth, &req).await?;
+    keep(&state, &auth, material, AnchorSource::Generated).await
+}
+
+/// A new anchor as the request asks, with the service's defaults.
+pub(super) async fn generated(state: &AppState, auth: &Principal, req: &GenerateAnchorRequest) -> Result<CaMaterial, ApiError> {
     let lifetime = match req.lifetime_days {
         None => state.config.anchor_lifetime,
         Some(d) if (1..=3650).contains(&d) => Duration::from_secs(d as u64 * 86_400),
@@ -131,8 +137,16 @@ async fn generate_anchor(
     let mut profile = CaProfile::new(req.common_name.as_deref().unwrap_or(&default_cn), lifetime);
     profile.not_before = state.clock.now_system() - mint::BACKDATE;
     profile.not_after = profile.not_before + mint::BACKDATE + lifetime;
-    let material = mint::new_anchor(&profile).map_err(|e| ApiError::Internal(e.into()))?;
-    keep(&state, &auth, material, AnchorSource::Generated).await
+    mint::new_anchor(&profile).map_err(|e| ApiError::Internal(e.into()))
+}
+
+/// An uploaded anchor, once it passes every check.
+pub(super) fn uploaded(state: &AppState, req: &UploadAnchorRequest) -> Result<CaMaterial, ApiError> {
+    check_upload(&req.certificate_pem, &req.private_key_pem, state.clock.now_system()).map_err(|e| ApiError::Refused {
+        kind: e.reason(),
+        detail: e.to_string(),
+        field: e.field(),
+    })
 }
 
 /// Uploads the organization's trust anchor (admins), checked first: each refusal is a 422
@@ -149,18 +163,34 @@ async fn upload_anchor(
     ApiJson(req): ApiJson<UploadAnchorRequest>,
 ) -> Result<(StatusCode, Json<AnchorView>), ApiError> {
     auth.require(Role::Admin)?;
-    let material = check_upload(&req.certificate_pem, &req.private_key_pem, state.clock.now_system()).map_err(|e| ApiError::Refused {
-        kind: e.reason(),
-        detail: e.to_string(),
-        field: e.field(),
-    })?;
+    let material = uploaded(&state, &req)?;
     keep(&state, &auth, material, AnchorSource::Uploaded).await
 }
 
 /// Stores a new anchor as the organization's active one, its key sealed, with an audit entry.
 async fn keep(state: &AppState, auth: &Principal, material: CaMaterial, source: AnchorSource) -> Result<(StatusCode, Json<AnchorView>), ApiError> {
-    let info = meshfleet_pki::inspect::inspect(&material.cert_der).map_err(|e| ApiError::Internal(e.into()))?;
     let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    if store::trust::anchors(&mut tx, auth.org_id).await?.iter().any(|a| a.state.trusted()) {
+        let detail = "the organization has a trust anchor; replacing it is a trust-anchor rotation".to_owned();
+        return Err(ApiError::Conflict { kind: "anchor-exists", detail, field: None });
+    }
+    let view = insert(state, &mut tx, auth, material, source, AnchorState::Active, now).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Inserts a new anchor in `anchor_state`, its key sealed, with an audit entry.
+pub(super) async fn insert(
+    state: &AppState,
+    conn: &mut store::Conn,
+    auth: &Principal,
+    material: CaMaterial,
+    source: AnchorSource,
+    anchor_state: AnchorState,
+    now: i64,
+) -> Result<AnchorView, ApiError> {
+    let info = meshfleet_pki::inspect::inspect(&material.cert_der).map_err(|e| ApiError::Internal(e.into()))?;
     let anchor = Anchor {
         id: uuid::Uuid::now_v7(),
         org_id: auth.org_id,
@@ -169,23 +199,16 @@ async fn keep(state: &AppState, auth: &Principal, material: CaMaterial, source: 
         cert_pem: meshfleet_pki::pem::cert_to_pem(&material.cert_der),
         not_before: info.not_before_unix * 1000,
         not_after: info.not_after_unix * 1000,
-        state: AnchorState::Active,
+        state: anchor_state,
         source,
         created_by: format!("{}:{}", auth.actor.kind(), auth.actor.id()),
         created_at: now,
     };
-    let key_sealed = state.sealer.seal(material.key_pem.as_bytes());
-    let mut tx = state.db.begin().await?;
-    if store::trust::anchors(&mut tx, auth.org_id).await?.iter().any(|a| a.state.trusted()) {
-        let detail = "the organization has a trust anchor; replacing it is a trust-anchor rotation".to_owned();
-        return Err(ApiError::Conflict { kind: "anchor-exists", detail, field: None });
-    }
-    store::trust::insert_anchor(&mut tx, &anchor, &key_sealed).await?;
+    store::trust::insert_anchor(conn, &anchor, &state.sealer.seal(material.key_pem.as_bytes())).await?;
     let view = AnchorView::from(anchor);
-    let details = serde_json::json!({ "fingerprint": view.fingerprint, "subject": view.subject, "not_after": view.not_after, "source": view.source });
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, &format!("trust_anchor.{}", source.as_str()), ("trust_anchor", view.id.to_string()), details).await?;
-    tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(view)))
+    let details = serde_json::json!({ "fingerprint": view.fingerprint, "subject": view.subject, "not_after": view.not_after, "state": view.state });
+    audit::record(conn, auth.org_id, now, &auth.actor, &format!("trust_anchor.{}", source.as_str()), ("trust_anchor", view.id.to_string()), details).await?;
+    Ok(view)
 }
 
 /// The issuer the service last signed for a cluster (its key never left the cluster), and when

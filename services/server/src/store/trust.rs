@@ -4,7 +4,7 @@
 use sqlx::Row;
 
 use super::{parse_col, word, Conn};
-use crate::domain::trust::{Anchor, AnchorState, SignedIssuer};
+use crate::domain::trust::{Anchor, AnchorState, Rotation, RotationPhase, SignedIssuer};
 use crate::domain::{ClusterId, OrgId};
 
 const ANCHOR_COLUMNS: &str = "id, org_id, fingerprint, subject, cert_pem, not_before, not_after, state, source, created_by, created_at";
@@ -140,4 +140,93 @@ pub async fn rotation_candidates(conn: &mut Conn) -> Result<Vec<RotationCandidat
             })
         })
         .collect()
+}
+
+/// Moves an anchor to `state`.
+pub async fn set_anchor_state(conn: &mut Conn, org: OrgId, anchor: uuid::Uuid, state: AnchorState) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE trust_anchors SET state = $3 WHERE org_id = $1 AND id = $2")
+        .bind(org.to_string())
+        .bind(anchor.to_string())
+        .bind(state.as_str())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+const ROTATION_COLUMNS: &str = "id, org_id, old_anchor, new_anchor, phase, paused, excluded, clusters, started_by, created_at, updated_at";
+
+fn rotation(r: &sqlx::any::AnyRow) -> Result<Rotation, sqlx::Error> {
+    Ok(Rotation {
+        id: parse_col(&r.try_get::<String, _>("id")?, "anchor_rotations.id")?,
+        org_id: parse_col(&r.try_get::<String, _>("org_id")?, "anchor_rotations.org_id")?,
+        old_anchor: parse_col(&r.try_get::<String, _>("old_anchor")?, "anchor_rotations.old_anchor")?,
+        new_anchor: parse_col(&r.try_get::<String, _>("new_anchor")?, "anchor_rotations.new_anchor")?,
+        phase: word(r.try_get("phase")?, "anchor_rotations.phase")?,
+        paused: r.try_get::<i64, _>("paused")? != 0,
+        excluded: super::json_col(r, "excluded")?,
+        clusters: super::json_col(r, "clusters")?,
+        started_by: r.try_get("started_by")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+pub async fn insert_rotation(conn: &mut Conn, r: &Rotation) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!("INSERT INTO anchor_rotations ({ROTATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+        .bind(r.id.to_string())
+        .bind(r.org_id.to_string())
+        .bind(r.old_anchor.to_string())
+        .bind(r.new_anchor.to_string())
+        .bind(r.phase.as_str())
+        .bind(i64::from(r.paused))
+        .bind(serde_json::to_string(&r.excluded).unwrap_or_default())
+        .bind(serde_json::to_string(&r.clusters).unwrap_or_default())
+        .bind(&r.started_by)
+        .bind(r.created_at)
+        .bind(r.updated_at)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Saves a rotation's phase, pause, exclusions and progress, unless its phase moved on since it
+/// was read as `read_phase` (an abort by an admin, say): false then, and nothing is written.
+pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read_phase: RotationPhase) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE anchor_rotations SET phase = $3, paused = $4, excluded = $5, clusters = $6, updated_at = $7
+         WHERE org_id = $1 AND id = $2 AND phase = $8",
+    )
+    .bind(r.org_id.to_string())
+    .bind(r.id.to_string())
+    .bind(r.phase.as_str())
+    .bind(i64::from(r.paused))
+    .bind(serde_json::to_string(&r.excluded).unwrap_or_default())
+    .bind(serde_json::to_string(&r.clusters).unwrap_or_default())
+    .bind(r.updated_at)
+    .bind(read_phase.as_str())
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The organization's rotations, newest first.
+pub async fn rotations(conn: &mut Conn, org: OrgId) -> Result<Vec<Rotation>, sqlx::Error> {
+    let rows = sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE org_id = $1 ORDER BY created_at DESC, id DESC"))
+        .bind(org.to_string())
+        .fetch_all(conn)
+        .await?;
+    rows.iter().map(rotation).collect()
+}
+
+/// Every organization's unfinished rotations that are not paused.
+pub async fn running_rotations(conn: &mut Conn) -> Result<Vec<Rotation>, sqlx::Error> {
+    let rows =
+        sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE paused = 0 AND phase NOT IN ('done', 'aborted')")).fetch_all(conn).await?;
+    rows.iter().map(rotation).collect()
+}
+
+/// The organization's clusters: id, status and when it was last seen.
+pub async fn org_clusters(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, String, Option<i64>)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT id, status, last_seen_at FROM clusters WHERE org_id = $1 ORDER BY id").bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter().map(|r| Ok((parse_col(&r.try_get::<String, _>("id")?, "clusters.id")?, r.try_get("status")?, r.try_get("last_seen_at")?))).collect()
 }
