@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod issuer;
 pub mod leader;
 pub mod metrics;
+pub mod proxy_identity;
 mod session;
 pub mod telemetry;
 
