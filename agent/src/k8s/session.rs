@@ -331,14 +331,16 @@ async fn scrape(config: AgentConfig, inventory: Arc<Inventory>, reporter: Report
         tick.tick().await;
         let end = crate::client::now_ms();
         let pods = inventory.pods().into_values().collect();
-        let (metrics, ok, failed) = scraper.round(pods, start, end).await;
-        telemetry.scrapes.with_label_values(&["ok"]).inc_by(ok);
-        telemetry.scrapes.with_label_values(&["error"]).inc_by(failed);
+        let round = scraper.round(pods, start, end).await;
+        telemetry.scrapes.with_label_values(&["ok"]).inc_by(round.ok);
+        telemetry.scrapes.with_label_values(&["error"]).inc_by(round.failed);
         start = end;
+        // Changed identities reach the service in the pump's next Delta.
+        inventory.set_proxy_identities(round.identities);
         super::release_freed_memory();
-        if !metrics.workloads.is_empty() {
+        if !round.metrics.workloads.is_empty() {
             telemetry.reports.with_label_values(&["metrics"]).inc();
-            reporter.report(Report::Metrics(metrics));
+            reporter.report(Report::Metrics(round.metrics));
         }
     }
 }
