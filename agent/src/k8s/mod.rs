@@ -64,6 +64,12 @@ impl Running {
         self.session.stats()
     }
 
+    /// The pods as this replica last reported them to the service, while it leads: what the
+    /// service was told, whether or not it stores every field.
+    pub fn reported_pods(&self) -> Option<Vec<meshfleet_agent_protocol::v1::Pod>> {
+        self.session.reported_pods()
+    }
+
     /// Stops renewing, stops the gateway session, then releases the Lease, in that order, so a
     /// standby can lead at once and the two never act together.
     pub async fn shutdown(mut self) {
