@@ -268,4 +268,34 @@ garbage line without value
         assert_eq!((first.requests, first.failures), (0.0, 0.0));
         assert_eq!((second.requests, second.failures), (30.0, 10.0));
     }
+
+    /// A proxy admin endpoint serving `TEXT` and this `/identity` answer (status, body).
+    async fn proxy(name: &str, identity: (u16, &'static str)) -> MeshedPod {
+        use axum::http::StatusCode;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { TEXT }))
+            .route("/identity", axum::routing::get(move || async move { (StatusCode::from_u16(identity.0).unwrap(), identity.1) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        MeshedPod {
+            pod: v1::Pod { namespace: "shop".into(), name: name.into(), workload: "Deployment/web".into(), ready: true, ..Default::default() },
+            uid: format!("uid-{name}"),
+            ip: Some("127.0.0.1".into()),
+            admin_port: port,
+            proxy_restarts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_reads_identities_and_ignores_bad_ones_without_losing_metrics() {
+        const GOOD: &str = r#"{"bundle_fingerprints":["00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"],"leaf":null}"#;
+        let pods = vec![proxy("good", (200, GOOD)).await, proxy("garbage", (200, "{\"bundle_fingerprints\": [1")).await, proxy("old", (404, "")).await];
+        let mut scraper = Scraper::new(Duration::from_secs(5), 2);
+        let round = scraper.round(pods, 0, 1).await;
+        assert_eq!((round.ok, round.failed), (3, 0), "every proxy's metrics were read");
+        let uids: Vec<&str> = round.identities.iter().map(|(uid, _)| uid.as_str()).collect();
+        assert_eq!(uids, ["uid-good"]);
+        assert_eq!(round.identities[0].1.bundle_fingerprints.len(), 1);
+    }
 }
