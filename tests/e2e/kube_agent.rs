@@ -7,6 +7,7 @@
 mod certificates;
 mod commands;
 mod mesh;
+mod proxy_identity;
 mod rbac;
 
 use std::collections::{HashMap, HashSet};

@@ -20,6 +20,7 @@ const NAMESPACES: &[&str] = &["shop", "payments", "platform", "identity", "media
 const WORKLOADS: &[&str] =
     &["web", "api", "checkout", "cart", "catalog", "search", "auth", "orders", "inventory", "shipping", "email", "reviews", "frontend", "gateway"];
 const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
 
 #[derive(Debug, Clone)]
 struct Workload {
@@ -108,6 +109,10 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
             sha256_fingerprint: random_hex(&mut rng, 64),
         },
     ];
+    let anchor = certificates[0].sha256_fingerprint.clone();
+    for p in &mut pods {
+        present_leaf(&mut rng, p, &anchor, now);
+    }
     SyntheticCluster {
         kubernetes_version: KUBERNETES_VERSIONS[rng.gen_range(0..KUBERNETES_VERSIONS.len())].into(),
         node_count: rng.gen_range(3..=12),
@@ -189,6 +194,8 @@ impl SyntheticCluster {
         if self.rng.gen_bool(0.5) {
             let pod = &mut self.pods[i];
             pod.restarts += 1;
+            // A restarted proxy asks for a fresh leaf.
+            pod.leaf_not_after_unix_ms = now_ms + DAY_MS;
             let pod = pod.clone();
             let event = self.event(now_ms, "ProxyRestart", &pod.namespace, &format!("Pod/{}", pod.name), "Restarted", "proxy container restarted");
             Some((v1::Delta { upserted_pods: vec![pod], ..Default::default() }, v1::Events { events: vec![event] }))
@@ -196,12 +203,19 @@ impl SyntheticCluster {
             let old = self.pods.remove(i);
             let hash = old.name.rsplit('-').nth(1).unwrap_or("0").to_owned();
             let w = self.workloads.iter().find(|w| old.workload == format!("Deployment/{}", w.name)).cloned()?;
-            let new = new_pod(&mut self.rng, &w, &hash, &old.proxy_version);
+            let mut new = new_pod(&mut self.rng, &w, &hash, &old.proxy_version);
+            let anchor = self.trust_anchor();
+            present_leaf(&mut self.rng, &mut new, &anchor, now_ms);
             self.pods.push(new.clone());
             let event = self.event(now_ms, "Normal", &old.namespace, &format!("Pod/{}", old.name), "Killing", "replaced after node drain");
             let removed = vec![v1::PodRef { namespace: old.namespace, name: old.name }];
             Some((v1::Delta { upserted_pods: vec![new], removed_pods: removed, facts: None }, v1::Events { events: vec![event] }))
         }
+    }
+
+    /// The fingerprint of the cluster's simulated trust anchor.
+    fn trust_anchor(&self) -> String {
+        self.certificates.iter().find(|c| c.role == "trust-anchor").map(|c| c.sha256_fingerprint.clone()).unwrap_or_default()
     }
 
     /// Occasional Warning events (failed probes, back-off).
@@ -321,6 +335,14 @@ fn new_pod(rng: &mut StdRng, w: &Workload, hash: &str, version: &str) -> v1::Pod
         phase: "Running".into(),
         ..Default::default()
     }
+}
+
+/// The pod's proxy trusts the cluster's one anchor and presents a 24-hour leaf chaining to it,
+/// renewed at some point of its life.
+fn present_leaf(rng: &mut StdRng, pod: &mut v1::Pod, anchor: &str, now_ms: i64) {
+    pod.bundle_fingerprints = vec![anchor.to_owned()];
+    pod.leaf_anchor_fingerprint = anchor.to_owned();
+    pod.leaf_not_after_unix_ms = now_ms + rng.gen_range(HOUR_MS..=DAY_MS);
 }
 
 fn random_hex(rng: &mut StdRng, len: usize) -> String {

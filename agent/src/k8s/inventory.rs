@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 
 use super::certs;
 use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, ISSUER_SECRET, TRUST_BUNDLE};
+use super::proxy_identity::ProxyIdentity;
 use super::telemetry::Telemetry;
 
 /// A pod is meshed when it carries a container with this name (the injected sidecar).
@@ -57,6 +58,28 @@ pub struct State {
 pub struct PodChanges {
     pub keys: HashSet<String>,
     pub all: bool,
+}
+
+impl PodChanges {
+    /// Records a changed pod key (`None`: the whole table was replaced) in a table of `size` pods.
+    fn record(&mut self, key: Option<&str>, size: usize) {
+        match key {
+            Some(_) if self.all => {}
+            Some(k) => {
+                self.keys.insert(k.to_owned());
+                // Nobody takes the changes on a standby replica: past the table's size a full
+                // diff is as cheap, so the set stops growing there.
+                if self.keys.len() > size.max(1024) {
+                    self.all = true;
+                    self.keys.clear();
+                }
+            }
+            None => {
+                self.all = true;
+                self.keys.clear();
+            }
+        }
+    }
 }
 
 /// What changed among the pods: everything (a full diff is needed), or these keys with their
@@ -146,6 +169,34 @@ impl Inventory {
         let st = self.lock();
         st.namespaces.get(ns).copied().unwrap_or(false) || st.pods.values().any(|p| p.pod.namespace == ns)
     }
+
+    /// Records what the proxies of pods (by uid) said about their identity. A pod whose
+    /// identity changed is marked changed, so the next Delta carries it; a pod replaced or gone
+    /// since it was read is left alone.
+    pub fn set_proxy_identities(&self, read: Vec<(String, ProxyIdentity)>) {
+        if read.is_empty() {
+            return;
+        }
+        let mut st = self.lock();
+        let by_uid: HashMap<String, ProxyIdentity> = read.into_iter().collect();
+        let mut changed = Vec::new();
+        for (k, p) in st.pods.iter_mut() {
+            if let Some(id) = by_uid.get(&p.uid) {
+                if id.clone().write_to(&mut p.pod) {
+                    changed.push(k.clone());
+                }
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        let size = st.pods.len();
+        for k in &changed {
+            st.pod_changes.record(Some(k), size);
+        }
+        drop(st);
+        self.changed.notify_one();
+    }
 }
 
 /// "namespace/name" for a namespaced object, the name alone for a cluster-scoped one: the
@@ -157,38 +208,61 @@ fn key<K: Resource>(o: &K) -> String {
     }
 }
 
-/// Where a watcher keeps its projections, and whether it records changed keys (pods only).
+/// Where a watcher keeps its projections, whether it records changed keys (pods only), and
+/// what of a replaced projection it keeps (pods: what their proxy said, which the object does
+/// not hold).
 struct Table<P> {
     map: fn(&mut State) -> &mut HashMap<String, P>,
     changes: Option<fn(&mut State) -> &mut PodChanges>,
+    keep: Option<fn(&P, &mut P)>,
 }
 
 impl<P> Table<P> {
     fn plain(map: fn(&mut State) -> &mut HashMap<String, P>) -> Table<P> {
-        Table { map, changes: None }
+        Table { map, changes: None, keep: None }
     }
 
     /// `None`: the whole table was replaced.
     fn changed(&self, st: &mut State, key: Option<&str>) {
         let Some(changes) = self.changes else { return };
         let size = (self.map)(st).len();
-        let c = changes(st);
-        match key {
-            Some(_) if c.all => {}
-            Some(k) => {
-                c.keys.insert(k.to_owned());
-                // Nobody takes the changes on a standby replica: past the table's size a full
-                // diff is as cheap, so the set stops growing there.
-                if c.keys.len() > size.max(1024) {
-                    c.all = true;
-                    c.keys.clear();
+        changes(st).record(key, size);
+    }
+
+    /// Inserts `v` under `k`, keeping what `keep` says of the entry it replaces.
+    fn insert(&self, st: &mut State, k: String, mut v: P) {
+        let map = (self.map)(st);
+        if let (Some(keep), Some(old)) = (self.keep, map.get(&k)) {
+            keep(old, &mut v);
+        }
+        map.insert(k, v);
+    }
+
+    /// Replaces the whole table with a complete relist.
+    fn replace(&self, st: &mut State, mut new: HashMap<String, P>) {
+        let map = (self.map)(st);
+        if let Some(keep) = self.keep {
+            for (k, v) in new.iter_mut() {
+                if let Some(old) = map.get(k) {
+                    keep(old, v);
                 }
             }
-            None => {
-                c.all = true;
-                c.keys.clear();
-            }
         }
+        *map = new;
+    }
+}
+
+impl Table<MeshedPod> {
+    fn pods() -> Table<MeshedPod> {
+        Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes), keep: Some(keep_proxy_identity) }
+    }
+}
+
+/// A pod's update from the API server keeps what its proxy said until the proxy is read
+/// again; a new pod under the same name (another uid) starts without it.
+fn keep_proxy_identity(old: &MeshedPod, new: &mut MeshedPod) {
+    if old.uid == new.uid {
+        ProxyIdentity::of(&old.pod).write_to(&mut new.pod);
     }
 }
 
@@ -219,7 +293,7 @@ async fn reflect<K, P>(
             }
             Ok(Event::InitDone) => {
                 if let Some(p) = pending.take() {
-                    *(table.map)(&mut st) = p;
+                    table.replace(&mut st, p);
                     table.changed(&mut st, None);
                 }
                 st.synced.insert(kind);
@@ -231,7 +305,7 @@ async fn reflect<K, P>(
             Ok(Event::Apply(o)) => {
                 let k = key(&o);
                 match project(&o) {
-                    Some(v) => drop((table.map)(&mut st).insert(k.clone(), v)),
+                    Some(v) => table.insert(&mut st, k.clone(), v),
                     None => drop((table.map)(&mut st).remove(&k)),
                 }
                 table.changed(&mut st, Some(&k));
@@ -267,7 +341,7 @@ pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>,
             "pods",
             inv.clone(),
             t.clone(),
-            Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) },
+            Table::pods(),
             meshed_pod,
         )),
         tokio::spawn(reflect(
@@ -394,52 +468,4 @@ fn control_plane(d: &Deployment) -> v1::ControlPlane {
 }
 
 #[cfg(test)]
-mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
-    use super::*;
-
-    fn pod(name: &str) -> MeshedPod {
-        MeshedPod {
-            pod: v1::Pod { namespace: "shop".into(), name: name.into(), ..Default::default() },
-            uid: format!("uid-{name}"),
-            ip: None,
-            admin_port: DEFAULT_ADMIN_PORT,
-            proxy_restarts: 0,
-        }
-    }
-
-    #[test]
-    fn cluster_scoped_objects_are_keyed_by_name_and_namespaced_ones_by_namespace_and_name() {
-        let ns = Namespace { metadata: ObjectMeta { name: Some("payments".into()), ..Default::default() }, ..Default::default() };
-        let p = Pod { metadata: ObjectMeta { name: Some("web-1".into()), namespace: Some("payments".into()), ..Default::default() }, ..Default::default() };
-        assert_eq!((key(&ns), key(&p)), ("payments".to_owned(), "payments/web-1".to_owned()));
-    }
-
-    #[test]
-    fn the_pump_gets_changed_pods_only_and_everything_after_a_relist() {
-        let inv = Inventory::new();
-        let table: Table<MeshedPod> = Table { map: |s| &mut s.pods, changes: Some(|s| &mut s.pod_changes) };
-        {
-            let mut st = inv.lock();
-            st.pods.insert("shop/a".into(), pod("a"));
-            st.pods.insert("shop/b".into(), pod("b"));
-            table.changed(&mut st, None);
-        }
-        assert!(matches!(inv.take_pod_changes(), ChangedPods::All(p) if p.len() == 2), "a relist changes everything");
-        {
-            let mut st = inv.lock();
-            st.pods.remove("shop/a");
-            table.changed(&mut st, Some("shop/a"));
-        }
-        let ChangedPods::Some(changed) = inv.take_pod_changes() else { panic!("one change is not a relist") };
-        assert_eq!(changed, vec![("shop/a".to_owned(), None)]);
-        assert!(matches!(inv.take_pod_changes(), ChangedPods::Some(c) if c.is_empty()), "taken once");
-        // Nobody taking them (a standby): the set stops growing past the table's size.
-        for i in 0..2000 {
-            table.changed(&mut inv.lock(), Some(&format!("shop/p{i}")));
-        }
-        assert!(inv.lock().pod_changes.keys.len() <= 1024);
-        assert!(matches!(inv.take_pod_changes(), ChangedPods::All(_)));
-    }
-}
+mod tests;

@@ -4,7 +4,8 @@
 //! so a request between two meshed pods is counted once, at the server. Requests are counted
 //! when answered (`response_total`), not when received (`request_total`): a scrape during
 //! in-flight requests would otherwise see requests whose failures land in a later window, which
-//! the service refuses as more failures than requests.
+//! the service refuses as more failures than requests. The same round reads each proxy's
+//! admin `/identity` (what it trusts and presents) over the same connection and bound.
 
 mod http;
 
@@ -17,6 +18,7 @@ use futures::StreamExt;
 use meshfleet_agent_protocol::v1;
 
 use super::inventory::MeshedPod;
+use super::proxy_identity::ProxyIdentity;
 
 /// Cumulative inbound counters of one proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -130,6 +132,17 @@ fn add(into: &mut Sample, d: &Sample) {
     }
 }
 
+/// What one round found.
+pub struct Round {
+    /// Per-workload metrics over the window since the previous round.
+    pub metrics: v1::Metrics,
+    /// `/metrics` scrapes that succeeded and failed.
+    pub ok: u64,
+    pub failed: u64,
+    /// Pod uid -> what its proxy's `/identity` said, for the proxies that answered well.
+    pub identities: Vec<(String, ProxyIdentity)>,
+}
+
 /// Scrapes and remembers the last sample per pod (by uid).
 pub struct Scraper {
     http: Arc<http::Pool>,
@@ -143,22 +156,27 @@ impl Scraper {
         Scraper { http: Arc::default(), timeout, concurrency: concurrency.max(1), last: HashMap::new() }
     }
 
-    /// One round: per-workload metrics over the window since the previous round. Pods seen for
-    /// the first time only set a baseline. Returns (metrics, scrapes ok, scrapes failed).
-    pub async fn round(&mut self, pods: Vec<MeshedPod>, start_ms: i64, end_ms: i64) -> (v1::Metrics, u64, u64) {
+    /// One round over the ready pods: metrics (pods seen for the first time only set a
+    /// baseline) and identities.
+    pub async fn round(&mut self, pods: Vec<MeshedPod>, start_ms: i64, end_ms: i64) -> Round {
         let present: std::collections::HashSet<String> = pods.iter().map(|p| p.uid.clone()).collect();
         let targets: Vec<MeshedPod> = pods.into_iter().filter(|p| p.pod.ready && p.ip.is_some()).collect();
         let addrs: std::collections::HashSet<SocketAddr> = targets.iter().filter_map(admin_addr).collect();
         let (http, timeout) = (&self.http, self.timeout);
-        let results: Vec<(MeshedPod, Option<Sample>)> = futures::stream::iter(targets)
+        let results: Vec<(MeshedPod, Option<Sample>, Option<ProxyIdentity>)> = futures::stream::iter(targets)
             .map(|p| async move {
-                let sample = match admin_addr(&p) {
-                    Some(addr) => {
-                        http.get(addr, "/metrics", timeout).await.map_err(|e| tracing::debug!(%addr, error = %e, "scrape failed")).ok().map(|t| parse(&t))
-                    }
-                    None => None,
+                let Some(addr) = admin_addr(&p) else { return (p, None, None) };
+                let metrics = read(http, addr, "/metrics", timeout).await;
+                // A proxy that did not answer is not asked again within the round: a second
+                // timeout would hold one of the round's slots twice as long.
+                let identity = match &metrics {
+                    Err(http::FetchError::Timeout | http::FetchError::Io(_)) => None,
+                    _ => read(http, addr, "/identity", timeout)
+                        .await
+                        .ok()
+                        .and_then(|t| ProxyIdentity::parse(&t).map_err(|e| tracing::debug!(%addr, error = %e, "ignoring a malformed /identity")).ok()),
                 };
-                (p, sample)
+                (p, metrics.ok().map(|t| parse(&t)), identity)
             })
             .buffer_unordered(self.concurrency)
             .collect()
@@ -166,7 +184,11 @@ impl Scraper {
         self.http.retain(|a| addrs.contains(a));
         let (mut ok, mut failed) = (0, 0);
         let mut per_workload: BTreeMap<(String, String), Sample> = BTreeMap::new();
-        for (p, sample) in results {
+        let mut identities = Vec::new();
+        for (p, sample, identity) in results {
+            if let Some(id) = identity {
+                identities.push((p.uid.clone(), id));
+            }
             let Some(sample) = sample else {
                 // The baseline stays: the next successful scrape covers this window too, so a
                 // slow or failed scrape loses no requests.
@@ -192,8 +214,13 @@ impl Scraper {
                 latency_p99_ms: quantile(&s.buckets, 0.99),
             })
             .collect();
-        (v1::Metrics { window_start_unix_ms: start_ms, window_end_unix_ms: end_ms, workloads }, ok, failed)
+        Round { metrics: v1::Metrics { window_start_unix_ms: start_ms, window_end_unix_ms: end_ms, workloads }, ok, failed, identities }
     }
+}
+
+/// `GET path` on a proxy's admin address; failures are logged here, once.
+async fn read(http: &http::Pool, addr: SocketAddr, path: &str, timeout: Duration) -> Result<String, http::FetchError> {
+    http.get(addr, path, timeout).await.inspect_err(|e| tracing::debug!(%addr, path, error = %e, "proxy admin read failed"))
 }
 
 fn admin_addr(p: &MeshedPod) -> Option<SocketAddr> {
@@ -240,5 +267,35 @@ garbage line without value
         let (first, second) = (delta(&Sample::default(), &in_flight), delta(&in_flight, &answered));
         assert_eq!((first.requests, first.failures), (0.0, 0.0));
         assert_eq!((second.requests, second.failures), (30.0, 10.0));
+    }
+
+    /// A proxy admin endpoint serving `TEXT` and this `/identity` answer (status, body).
+    async fn proxy(name: &str, identity: (u16, &'static str)) -> MeshedPod {
+        use axum::http::StatusCode;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = axum::Router::new()
+            .route("/metrics", axum::routing::get(|| async { TEXT }))
+            .route("/identity", axum::routing::get(move || async move { (StatusCode::from_u16(identity.0).unwrap(), identity.1) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        MeshedPod {
+            pod: v1::Pod { namespace: "shop".into(), name: name.into(), workload: "Deployment/web".into(), ready: true, ..Default::default() },
+            uid: format!("uid-{name}"),
+            ip: Some("127.0.0.1".into()),
+            admin_port: port,
+            proxy_restarts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_round_reads_identities_and_ignores_bad_ones_without_losing_metrics() {
+        const GOOD: &str = r#"{"bundle_fingerprints":["00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"],"leaf":null}"#;
+        let pods = vec![proxy("good", (200, GOOD)).await, proxy("garbage", (200, "{\"bundle_fingerprints\": [1")).await, proxy("old", (404, "")).await];
+        let mut scraper = Scraper::new(Duration::from_secs(5), 2);
+        let round = scraper.round(pods, 0, 1).await;
+        assert_eq!((round.ok, round.failed), (3, 0), "every proxy's metrics were read");
+        let uids: Vec<&str> = round.identities.iter().map(|(uid, _)| uid.as_str()).collect();
+        assert_eq!(uids, ["uid-good"]);
+        assert_eq!(round.identities[0].1.bundle_fingerprints.len(), 1);
     }
 }

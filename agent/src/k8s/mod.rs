@@ -11,6 +11,7 @@ pub mod inventory;
 pub mod issuer;
 pub mod leader;
 pub mod metrics;
+pub mod proxy_identity;
 mod session;
 pub mod telemetry;
 
@@ -61,6 +62,12 @@ impl Running {
     /// The gateway client's stats while this replica leads and is connected.
     pub fn stats(&self) -> Option<crate::Stats> {
         self.session.stats()
+    }
+
+    /// The pods as this replica last reported them to the service, while it leads: what the
+    /// service was told, whether or not it stores every field.
+    pub fn reported_pods(&self) -> Option<Vec<meshfleet_agent_protocol::v1::Pod>> {
+        self.session.reported_pods()
     }
 
     /// Stops renewing, stops the gateway session, then releases the Lease, in that order, so a

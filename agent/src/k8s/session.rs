@@ -59,19 +59,35 @@ impl crate::Agent for KubeAgent {
     }
 }
 
+/// A running session: the gateway client, its pumps, and what it last told the service.
+struct Session {
+    handle: AgentHandle,
+    tasks: Vec<JoinHandle<()>>,
+    last: Arc<Mutex<LastSent>>,
+}
+
 #[derive(Default)]
 pub struct Slot {
-    current: Mutex<Option<(AgentHandle, Vec<JoinHandle<()>>)>>,
+    current: Mutex<Option<Session>>,
 }
 
 impl Slot {
     pub fn stats(&self) -> Option<crate::Stats> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(h, _)| h.stats())
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.handle.stats())
+    }
+
+    /// The pods as the session last reported them (in a Snapshot or a Delta), sorted by key.
+    pub fn reported_pods(&self) -> Option<Vec<v1::Pod>> {
+        let last = self.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.last.clone())?;
+        let last = last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pods: Vec<(&String, &v1::Pod)> = last.pods.iter().collect();
+        pods.sort_by_key(|(k, _)| *k);
+        Some(pods.into_iter().map(|(_, p)| p.clone()).collect())
     }
 
     pub async fn stop(&self) {
         let taken = self.current.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((handle, tasks)) = taken {
+        if let Some(Session { handle, tasks, .. }) = taken {
             for t in tasks {
                 t.abort();
             }
@@ -98,7 +114,7 @@ pub async fn supervise(
         if leading && !running {
             match start_session(&config, &client, &inventory, &telemetry).await {
                 Ok(s) => {
-                    stored = Some(s.0.identity().chain_pem);
+                    stored = Some(s.handle.identity().chain_pem);
                     *slot.current.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
                 }
                 Err(e) => {
@@ -123,7 +139,7 @@ pub async fn supervise(
                     break;
                 }
                 _ = renewal_check.tick() => {
-                    let current = slot.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(h, _)| h.identity());
+                    let current = slot.current.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|s| s.handle.identity());
                     if let Some(id) = current.filter(|id| stored.as_deref() != Some(id.chain_pem.as_str())) {
                         match save_identity(&client, &config.pod_namespace, &id).await {
                             Ok(()) => stored = Some(id.chain_pem.clone()),
@@ -161,12 +177,7 @@ async fn load_or_register(config: &AgentConfig, client: &Client) -> Result<Ident
     Ok(identity)
 }
 
-async fn start_session(
-    config: &AgentConfig,
-    client: &Client,
-    inventory: &Arc<Inventory>,
-    telemetry: &Telemetry,
-) -> Result<(AgentHandle, Vec<JoinHandle<()>>), Error> {
+async fn start_session(config: &AgentConfig, client: &Client, inventory: &Arc<Inventory>, telemetry: &Telemetry) -> Result<Session, Error> {
     let identity = load_or_register(config, client).await?;
     let executor = Arc::new(Executor { client: client.clone(), config: config.clone(), inventory: inventory.clone(), reporter: Mutex::new(None) });
     let last = Arc::new(Mutex::new(LastSent::default()));
@@ -175,11 +186,11 @@ async fn start_session(
     let reporter = handle.reporter();
     *executor.reporter.lock().unwrap_or_else(|e| e.into_inner()) = Some(reporter.clone());
     let tasks = vec![
-        tokio::spawn(pump(config.clone(), inventory.clone(), last, reporter.clone(), telemetry.clone())),
+        tokio::spawn(pump(config.clone(), inventory.clone(), last.clone(), reporter.clone(), telemetry.clone())),
         tokio::spawn(warnings(client.clone(), inventory.clone(), reporter.clone(), telemetry.clone())),
         tokio::spawn(scrape(config.clone(), inventory.clone(), reporter.clone(), telemetry.clone())),
     ];
-    Ok((handle, tasks))
+    Ok(Session { handle, tasks, last })
 }
 
 /// Debounced Deltas (changed pods, removed pods, changed facts) and proxy-restart events.
@@ -331,14 +342,16 @@ async fn scrape(config: AgentConfig, inventory: Arc<Inventory>, reporter: Report
         tick.tick().await;
         let end = crate::client::now_ms();
         let pods = inventory.pods().into_values().collect();
-        let (metrics, ok, failed) = scraper.round(pods, start, end).await;
-        telemetry.scrapes.with_label_values(&["ok"]).inc_by(ok);
-        telemetry.scrapes.with_label_values(&["error"]).inc_by(failed);
+        let round = scraper.round(pods, start, end).await;
+        telemetry.scrapes.with_label_values(&["ok"]).inc_by(round.ok);
+        telemetry.scrapes.with_label_values(&["error"]).inc_by(round.failed);
         start = end;
+        // Changed identities reach the service in the pump's next Delta.
+        inventory.set_proxy_identities(round.identities);
         super::release_freed_memory();
-        if !metrics.workloads.is_empty() {
+        if !round.metrics.workloads.is_empty() {
             telemetry.reports.with_label_values(&["metrics"]).inc();
-            reporter.report(Report::Metrics(metrics));
+            reporter.report(Report::Metrics(round.metrics));
         }
     }
 }

@@ -78,3 +78,18 @@ fn commands_ping_diagnose_and_refuse_what_they_do_not_simulate() {
     assert!(restart.message.starts_with("unsupported command kind \"restart-workloads\""), "{}", restart.message);
     assert_eq!(restart.output_json, r#"{"unsupported":"restart-workloads"}"#);
 }
+
+#[test]
+fn every_pod_trusts_the_clusters_anchor_and_presents_a_leaf_chaining_to_it() {
+    let mut c = synthetic_cluster(5);
+    let anchor = c.inventory().certificates.iter().find(|c| c.role == "trust-anchor").unwrap().sha256_fingerprint.clone();
+    let t0 = now_ms();
+    for i in 0..500 {
+        let _ = c.next_delta(t0 + i);
+    }
+    let now = now_ms();
+    for p in c.inventory().pods {
+        assert_eq!((p.bundle_fingerprints.as_slice(), p.leaf_anchor_fingerprint.as_str()), (std::slice::from_ref(&anchor), anchor.as_str()), "{p:?}");
+        assert!(p.leaf_not_after_unix_ms > now && p.leaf_not_after_unix_ms <= now + DAY_MS + 1000, "{p:?}");
+    }
+}
