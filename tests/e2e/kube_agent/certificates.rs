@@ -43,6 +43,44 @@ async fn leaf_anchors(mesh: &Mesh) -> Vec<Option<String>> {
     out
 }
 
+/// Requests through the mesh, one at a time, from an ingress proxy to every pod, until dropped:
+/// (sent, failed).
+struct Traffic {
+    sent: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+    _ingress: super::mesh::Process,
+}
+
+impl Traffic {
+    async fn start(mesh: &Mesh) -> Traffic {
+        let targets: Vec<(String, String)> = mesh.pods_of("web").into_iter().chain(mesh.pods_of("api")).map(|(_, inbound, id)| (inbound, id)).collect();
+        let ingress = mesh.ingress(&targets).await;
+        let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let outs: Vec<std::net::SocketAddr> = (0..targets.len()).map(|i| ingress.outbound(i)).collect();
+        let task = {
+            let (sent, failed) = (sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+                for i in 0.. {
+                    let ok = http.get(format!("http://{}/t", outs[i % outs.len()])).send().await.is_ok_and(|r| r.status().is_success());
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if !ok {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        };
+        Traffic { sent, failed, task, _ingress: ingress }
+    }
+
+    /// Stops it: (sent, failed).
+    fn stop(self) -> (u64, u64) {
+        self.task.abort();
+        (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+    }
+}
+
 fn pids(mesh: &Mesh) -> Vec<u32> {
     let mut p: Vec<u32> = mesh.sidecars.lock().unwrap().values().map(|s| s.process.pid()).collect();
     p.sort();
@@ -73,23 +111,7 @@ async fn the_service_signs_each_cluster_issuer_and_rotates_it_by_itself_with_no_
     assert!(!anchor.to_string().contains("PRIVATE KEY"));
 
     // Traffic through the mesh all along: the ingress proxy to every pod, one request at a time.
-    let targets: Vec<(String, String)> = mesh.pods_of("web").into_iter().chain(mesh.pods_of("api")).map(|(_, inbound, id)| (inbound, id)).collect();
-    let ingress = mesh.ingress(&targets).await;
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let traffic = {
-        let (sent, failed) = (sent.clone(), failed.clone());
-        let outs: Vec<std::net::SocketAddr> = (0..targets.len()).map(|i| ingress.outbound(i)).collect();
-        tokio::spawn(async move {
-            let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
-            for i in 0.. {
-                let ok = http.get(format!("http://{}/t", outs[i % outs.len()])).send().await.is_ok_and(|r| r.status().is_success());
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        })
-    };
+    let traffic = Traffic::start(&mesh).await;
 
     // An admin asks: the agent makes the key, the gateway signs it with the organization's anchor.
     let command = send_command(&s, "rotate-issuer", json!({})).await;
@@ -124,13 +146,83 @@ async fn the_service_signs_each_cluster_issuer_and_rotates_it_by_itself_with_no_
     .await;
     assert!(settled.is_some());
     tokio::time::sleep(Duration::from_millis(500)).await;
-    traffic.abort();
-
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = traffic.stop();
     eprintln!("{sent} requests through two issuer rotations, {failed} failed");
     assert!(sent > 100, "traffic flowed: {sent}");
     assert_eq!(failed, 0, "no request failed during the rotations");
     assert_eq!(pids(&mesh), before, "no proxy restarted");
+    assert_eq!(s.kube.denials(), Vec::<String>::new(), "within the install's RBAC");
+    a.shutdown().await;
+}
+
+/// Polls the rotation until its phase is `want`; returns it.
+async fn rotation_reaches(s: &Setup, id: &str, want: &str, limit: Duration) -> Value {
+    let path = format!("/api/v1/trust-anchors/rotations/{id}");
+    let got = within(limit, || async { s.app.get(&path, &s.owner.access).await.1["phase"] == want }).await;
+    let r = s.app.get(&path, &s.owner.access).await.1;
+    assert!(got.is_some(), "rotation never reached {want}: {r}");
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trust_anchor_rotation_and_an_aborted_one_fail_no_request_and_restart_no_proxy() {
+    let s = setup().await;
+    let mesh = Mesh::start_with(s.kube.clone(), &[("shop", "web"), ("shop", "api")], IssuerSource::Kubernetes).await;
+    mesh.wait_ready(3).await;
+    let before = pids(&mesh);
+    let a = start_connected_agent(&s).await;
+    // Started on the development bundle, the ingress proxy follows every change from here on.
+    let traffic = Traffic::start(&mesh).await;
+    // The cluster joins the organization's anchor first (its issuer signed by it).
+    let first = s.app.post("/api/v1/trust-anchors", &s.owner.access, json!({})).await.1["fingerprint"].as_str().unwrap().to_owned();
+    let command = send_command(&s, "rotate-issuer", json!({})).await;
+    assert_eq!(finish(&s, &command, Duration::from_secs(20)).await.0["state"], "succeeded");
+    let joined = within(Duration::from_secs(15), || async { leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(first.as_str())) }).await;
+    assert!(joined.is_some(), "{:?}", leaf_anchors(&mesh).await);
+
+    // A full rotation: distribute, reissue, retire, with the agent's reports as the gate.
+    let started = std::time::Instant::now();
+    let (status, r) = s.app.post("/api/v1/trust-anchors/rotations", &s.owner.access, json!({})).await;
+    assert_eq!(status.as_u16(), 201, "{r}");
+    let (id, second) = (r["id"].as_str().unwrap().to_owned(), r["new_anchor_fingerprint"].as_str().unwrap().to_owned());
+    let (status, busy) = s.app.post("/api/v1/trust-anchors/rotations", &s.owner.access, json!({})).await;
+    assert_eq!((status.as_u16(), busy["type"].as_str()), (409, Some("/problems/rotation-in-progress")));
+    let done = rotation_reaches(&s, &id, "done", Duration::from_secs(60)).await;
+    eprintln!("a full trust-anchor rotation took {:?}", started.elapsed());
+    assert_eq!(done["clusters"][0]["state"], "done", "{done}");
+    let (_, _, bundle) = in_cluster(&s.kube);
+    assert_eq!(bundle, [second.clone()], "the old anchor left the bundle");
+    assert!(leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(second.as_str())), "every leaf chains to the new anchor");
+    let anchors = s.app.get("/api/v1/trust-anchors", &s.owner.access).await.1;
+    let state_of = |fp: &str| anchors["anchors"].as_array().unwrap().iter().find(|a| a["fingerprint"] == fp).map(|a| a["state"].clone());
+    assert_eq!((state_of(&first), state_of(&second)), (Some(json!("inactive")), Some(json!("active"))), "the old anchor kept, inactive: {anchors}");
+
+    // Another one, aborted once issuers are moving: back to the anchor it came from.
+    let r = s.app.post("/api/v1/trust-anchors/rotations", &s.owner.access, json!({ "lifetime_days": 90 })).await.1;
+    let (id, third) = (r["id"].as_str().unwrap().to_owned(), r["new_anchor_fingerprint"].as_str().unwrap().to_owned());
+    rotation_reaches(&s, &id, "reissue", Duration::from_secs(30)).await;
+    let (status, aborted) = s.app.post(&format!("/api/v1/trust-anchors/rotations/{id}/abort"), &s.owner.access, json!({})).await;
+    assert_eq!(status.as_u16(), 200, "{aborted}");
+    let aborted = rotation_reaches(&s, &id, "aborted", Duration::from_secs(60)).await;
+    assert_eq!(aborted["paused"], false);
+    let (_, _, bundle) = in_cluster(&s.kube);
+    assert_eq!(bundle, [second.clone()], "the aborted anchor left the bundle");
+    let back = within(Duration::from_secs(10), || async { leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(second.as_str())) }).await;
+    assert!(back.is_some(), "every leaf chains to the anchor before the abort: {:?}", leaf_anchors(&mesh).await);
+    let anchors = s.app.get("/api/v1/trust-anchors", &s.owner.access).await.1;
+    let active: Vec<&Value> = anchors["anchors"].as_array().unwrap().iter().filter(|a| a["state"] == "active").collect();
+    assert_eq!(active.len(), 1);
+    assert_eq!(active[0]["fingerprint"], second.as_str());
+    assert!(anchors.to_string().contains(&third));
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (sent, failed) = traffic.stop();
+    eprintln!("{sent} requests through a trust-anchor rotation and an aborted one, {failed} failed");
+    assert!(sent > 100, "traffic flowed: {sent}");
+    assert_eq!(failed, 0, "no request failed");
+    assert_eq!(pids(&mesh), before, "no proxy restarted");
+    let audit = s.app.get("/api/v1/audit", &s.owner.access).await.1.to_string();
+    assert!(audit.contains("trust_anchor.rotation.start") && audit.contains("trust_anchor.rotation.abort") && audit.contains("trust_anchor.rotation.phase"));
     assert_eq!(s.kube.denials(), Vec::<String>::new(), "within the install's RBAC");
     a.shutdown().await;
 }
