@@ -272,6 +272,7 @@ async fn exclude_cluster(
     ApiPath(id): ApiPath<uuid::Uuid>,
     ApiJson(req): ApiJson<ExcludeRequest>,
 ) -> Result<Json<RotationView>, ApiError> {
+    auth.require(Role::Admin)?;
     let mut conn = state.db.pool.acquire().await?;
     store::clusters::get(&mut conn, auth.org_id, req.cluster_id).await?.ok_or(ApiError::NotFound("cluster"))?;
     drop(conn);

@@ -46,6 +46,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
         }
         ("POST", "/api/v1/trust-anchors/upload") => Some(json!({ "certificate_pem": "x", "private_key_pem": "y" })),
+        ("POST", "/api/v1/trust-anchors/rotations/{id}/exclude") => Some(json!({ "cluster_id": "0190a0b0-0000-7000-8000-000000000000" })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,
     }
@@ -67,6 +68,7 @@ struct Victim {
     silence_id: String,
     policy_id: String,
     metric_rule_id: String,
+    rotation_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -93,6 +95,8 @@ async fn victim(app: &TestApp) -> Victim {
     assert_eq!(status, StatusCode::CREATED, "{rule}");
     let (status, anchor) = app.post("/api/v1/trust-anchors", &owner.access, json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{anchor}");
+    let (status, rotation) = app.post("/api/v1/trust-anchors/rotations", &owner.access, json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{rotation}");
     Victim {
         owner,
         cluster_id,
@@ -104,6 +108,7 @@ async fn victim(app: &TestApp) -> Victim {
         silence_id: silence["id"].as_str().unwrap().to_owned(),
         policy_id: policy["id"].as_str().unwrap().to_owned(),
         metric_rule_id: rule["id"].as_str().unwrap().to_owned(),
+        rotation_id: rotation["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -114,6 +119,7 @@ fn fill(path: &str, v: &Victim) -> String {
         p if p.starts_with("/api/v1/silences/") => &v.silence_id,
         p if p.starts_with("/api/v1/notification-policies/") => &v.policy_id,
         p if p.starts_with("/api/v1/metric-rules/") => &v.metric_rule_id,
+        p if p.starts_with("/api/v1/trust-anchors/rotations/") => &v.rotation_id,
         _ => &v.token_id,
     };
     path.replace("{id}", id)
@@ -136,6 +142,7 @@ async fn snapshot(app: &TestApp, v: &Victim) -> Value {
         "/api/v1/silences",
         "/api/v1/notification-policies",
         "/api/v1/trust-anchors",
+        "/api/v1/trust-anchors/rotations",
         &commands,
     ];
     for path in paths {
@@ -144,6 +151,11 @@ async fn snapshot(app: &TestApp, v: &Victim) -> Value {
     // Last-use times move when the victim itself reads; they are not what the attacker changes.
     for token in state["/api/v1/tokens"].as_array_mut().unwrap() {
         token["last_used_at"] = Value::Null;
+    }
+    // So does a rotation's progress: its job looks at the clusters every half second.
+    for rotation in state["/api/v1/trust-anchors/rotations"].as_array_mut().unwrap() {
+        rotation["updated_at"] = Value::Null;
+        rotation["clusters"] = Value::Null;
     }
     // So do a channel's failures: its delivery job runs (hooks.example.com is unreachable here).
     for channel in state["/api/v1/alert-channels"].as_array_mut().unwrap() {

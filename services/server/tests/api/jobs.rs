@@ -39,6 +39,7 @@ async fn a_stopped_server_leaves_no_job_running(engine: Engine) {
     let mut expected = vec![
         "alert-delivery",
         "alert-evaluation",
+        "anchor-rotation",
         "certificate-recheck",
         "command-expiry",
         "command-poll",
