@@ -93,8 +93,9 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
             let g = golden.get(&cluster.id).copied().unwrap_or_default();
             let fact = facts.get(&cluster.id);
             let mesh_version = fact.map(|f| f.control_plane.version.clone()).unwrap_or_default();
-            let certificates: Vec<Certificate> =
-                fact.map(|f| f.certificates.iter().map(|c| Certificate { role: &c.role, not_after: c.not_after }).collect()).unwrap_or_default();
+            let certificates: Vec<Certificate> = fact
+                .map(|f| f.certificates.iter().map(|c| Certificate { role: &c.role, not_before: c.not_before, not_after: c.not_after }).collect())
+                .unwrap_or_default();
             let pods = versions.get(&cluster.id).map(Vec::as_slice).unwrap_or_default();
             let proxies = pods.iter().map(|(_, n)| n).sum();
             let outdated = pods.iter().filter(|(v, _)| !mesh_version.is_empty() && *v != mesh_version).map(|(_, n)| n).sum();

@@ -66,7 +66,9 @@ pub struct Thresholds {
     /// rate wanders around the threshold from flipping between healthy and degraded every few
     /// seconds.
     pub recovered_at: f64,
-    /// A certificate expiring sooner than this makes its cluster "expiring".
+    /// A certificate warns (and makes its cluster "expiring") once less than a third of its
+    /// lifetime or this much is left, whichever comes later: a 48-hour issuer warns 16 hours
+    /// before it expires, not all its life; a one-year anchor warns this long before.
     pub expiry_warning: Duration,
     /// A cluster clock further than this from the service's is a finding: certificates and
     /// tokens are checked against validity windows, so it breaks mTLS and agent sign-in.
@@ -98,8 +100,11 @@ impl Thresholds {
         Ok(())
     }
 
-    fn expiry_warning_ms(&self) -> i64 {
-        super::ms(self.expiry_warning)
+    /// When a certificate starts to warn (ms).
+    pub fn warns_from(&self, c: &Certificate<'_>) -> i64 {
+        let lifetime = c.not_after.saturating_sub(c.not_before);
+        let period = if lifetime > 0 { (lifetime / 3).min(super::ms(self.expiry_warning)) } else { super::ms(self.expiry_warning) };
+        c.not_after - period
     }
 
     /// Whether a success rate counts as degraded (or worse), given whether it did last time.
@@ -136,10 +141,12 @@ pub enum Finding {
         ready: u32,
         want: u32,
     },
-    /// The certificate of this role expires at `not_after` (ms), within the warning period.
+    /// The certificate of this role expires at `not_after` (ms), and has warned since
+    /// `warns_from` (`Thresholds::warns_from`).
     CertificateExpiring {
         role: String,
         not_after: i64,
+        warns_from: i64,
     },
     /// Proxies run another version than the control plane's.
     ProxiesOutdated {
@@ -214,7 +221,7 @@ impl Finding {
         match self {
             Finding::AgentAway { last_seen, .. } => *last_seen,
             Finding::CertificateExpired { not_after, .. } => Some(*not_after),
-            Finding::CertificateExpiring { not_after, .. } => Some(not_after - t.expiry_warning_ms()),
+            Finding::CertificateExpiring { warns_from, .. } => Some(*warns_from),
             _ => None,
         }
     }
@@ -231,7 +238,7 @@ impl Finding {
             Finding::CertificateExpired { role, not_after } => format!("the {role} certificate expired {} ago", span(now - not_after)),
             Finding::SuccessRate { rate, .. } => format!("success rate {:.1}%", rate * 100.0),
             Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
-            Finding::CertificateExpiring { role, not_after } => format!("the {role} certificate expires in {}", span(not_after - now)),
+            Finding::CertificateExpiring { role, not_after, .. } => format!("the {role} certificate expires in {}", span(not_after - now)),
             Finding::ProxiesOutdated { outdated, total, control_plane } => {
                 format!("{outdated} of {total} proxies are not at the control plane's {control_plane}")
             }
@@ -261,6 +268,7 @@ pub fn span(ms: i64) -> String {
 #[derive(Debug, Clone, Copy)]
 pub struct Certificate<'a> {
     pub role: &'a str,
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -310,7 +318,6 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
     };
     let mut certificates = s.certificates.to_vec();
     certificates.sort_by_key(|c| c.not_after);
-    let warn_before = s.now.saturating_add(t.expiry_warning_ms());
     for c in certificates.iter().filter(|c| c.not_after <= s.now) {
         findings.push(Finding::CertificateExpired { role: c.role.to_owned(), not_after: c.not_after });
     }
@@ -327,8 +334,8 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
             findings.push(Finding::ControlPlaneNotReady { ready, want });
         }
     }
-    for c in certificates.iter().filter(|c| c.not_after > s.now && c.not_after < warn_before) {
-        findings.push(Finding::CertificateExpiring { role: c.role.to_owned(), not_after: c.not_after });
+    for c in certificates.iter().filter(|c| c.not_after > s.now && s.now >= t.warns_from(c)) {
+        findings.push(Finding::CertificateExpiring { role: c.role.to_owned(), not_after: c.not_after, warns_from: t.warns_from(c) });
     }
     if connected && s.proxies.0 > 0 && !s.mesh_version.is_empty() {
         findings.push(Finding::ProxiesOutdated { outdated: s.proxies.0, total: s.proxies.1, control_plane: s.mesh_version.to_owned() });
@@ -427,12 +434,28 @@ mod tests {
     }
 
     #[test]
+    fn expiry_warns_relative_to_lifetime_or_a_week_whichever_comes_later() {
+        const H: i64 = 3_600_000;
+        let issuer = Certificate { role: "issuer", not_before: 0, not_after: 48 * H };
+        assert_eq!(T.warns_from(&issuer), 32 * H, "a 48-hour issuer warns with 16 hours left");
+        let anchor = Certificate { role: "anchor", not_before: 0, not_after: 365 * 24 * H };
+        assert_eq!(T.warns_from(&anchor), (365 - 7) * 24 * H, "a one-year anchor warns a week ahead");
+        let at = |now: i64, c: Certificate<'static>| assess(&Signals { now, control_plane: Some((1, 1)), ..signals("connected", &[c]) }, &T).health;
+        assert_eq!(at(30 * H, issuer), Health::Healthy, "18 hours left of 48: no warning yet");
+        assert_eq!(at(33 * H, issuer), Health::Expiring);
+        assert_eq!(at((365 - 8) * 24 * H, anchor), Health::Healthy);
+        assert_eq!(at((365 - 6) * 24 * H, anchor), Health::Expiring);
+    }
+
+    #[test]
     fn findings_come_worst_first_and_the_worst_decides() {
         let stale = assess(&signals("stale", &[]), &T);
         assert_eq!((stale.health, stale.findings[0].check()), (Health::Critical, "agent"));
         assert_eq!(stale.findings[0].began(&T), Some(900));
 
-        let certs = [Certificate { role: "issuer", not_after: 2_000 }, Certificate { role: "anchor", not_after: 500 }];
+        const LONG_AGO: i64 = -100 * 86_400_000;
+        let certs =
+            [Certificate { role: "issuer", not_before: LONG_AGO, not_after: 2_000 }, Certificate { role: "anchor", not_before: LONG_AGO, not_after: 500 }];
         let s = Signals { control_plane: Some((1, 2)), ..signals("connected", &certs) };
         let a = assess(&s, &T);
         assert_eq!(a.health, Health::Critical);
@@ -444,7 +467,7 @@ mod tests {
         assert_eq!(a.findings[0].message(1_000 + 3_600_000), "the anchor certificate expired 1 h ago");
         assert_eq!((span(7 * 86_400_000), span(90_061_000), span(59_000)), ("7 d".into(), "1 d 1 h".into(), "0 min".into()));
 
-        let certs = [Certificate { role: "issuer", not_after: 2_000 }];
+        let certs = [Certificate { role: "issuer", not_before: LONG_AGO, not_after: 2_000 }];
         let a = assess(&Signals { control_plane: Some((2, 2)), ..signals("connected", &certs) }, &T);
         assert_eq!(a.health, Health::Expiring);
         assert_eq!(a.findings[0].began(&T), Some(2_000 - 7 * 86_400_000));
