@@ -122,7 +122,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
                 .into_iter()
                 .map(|f| {
                     let key = (cluster.id, f.check(), f.object());
-                    let since = f.began(thresholds).unwrap_or_else(|| memory.first_seen.get(&key).copied().unwrap_or(now));
+                    let since = f.began().unwrap_or_else(|| memory.first_seen.get(&key).copied().unwrap_or(now));
                     next.first_seen.insert(key, since);
                     (f, since)
                 })

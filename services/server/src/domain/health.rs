@@ -217,7 +217,7 @@ impl Finding {
 
     /// When the condition began, where the signals tell; otherwise adapters use when they first
     /// saw the finding.
-    pub fn began(&self, t: &Thresholds) -> Option<i64> {
+    pub fn began(&self) -> Option<i64> {
         match self {
             Finding::AgentAway { last_seen, .. } => *last_seen,
             Finding::CertificateExpired { not_after, .. } => Some(*not_after),
@@ -451,7 +451,7 @@ mod tests {
     fn findings_come_worst_first_and_the_worst_decides() {
         let stale = assess(&signals("stale", &[]), &T);
         assert_eq!((stale.health, stale.findings[0].check()), (Health::Critical, "agent"));
-        assert_eq!(stale.findings[0].began(&T), Some(900));
+        assert_eq!(stale.findings[0].began(), Some(900));
 
         const LONG_AGO: i64 = -100 * 86_400_000;
         let certs =
@@ -470,7 +470,7 @@ mod tests {
         let certs = [Certificate { role: "issuer", not_before: LONG_AGO, not_after: 2_000 }];
         let a = assess(&Signals { control_plane: Some((2, 2)), ..signals("connected", &certs) }, &T);
         assert_eq!(a.health, Health::Expiring);
-        assert_eq!(a.findings[0].began(&T), Some(2_000 - 7 * 86_400_000));
+        assert_eq!(a.findings[0].began(), Some(2_000 - 7 * 86_400_000));
         assert_eq!(assess(&signals("pending", &[]), &T).health, Health::Pending);
         assert_eq!(assess(&signals("connected", &[]), &T), Assessment { health: Health::Healthy, findings: vec![] });
     }
