@@ -89,8 +89,11 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         for (finding, since) in &row.findings {
             let Some(rule) = builtin_rule(finding.check()) else { continue };
             let cfg = effective(rule, changes.get(rule.name));
-            // A cluster waiting for its first agent is not a problem to page anyone about.
-            if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || (held && rule.name != "agent") {
+            // A cluster waiting for its first agent is not a problem to page anyone about. A
+            // disconnected cluster's findings are old news, muted by its agent alert, except an
+            // issuer that will expire before anyone can rotate it: that one is the news.
+            let muted = held && rule.name != "agent" && !matches!(finding, Finding::IssuerStranded { .. });
+            if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || muted {
                 continue;
             }
             let severity = cfg.severity.unwrap_or_else(|| finding.severity());

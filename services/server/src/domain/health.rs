@@ -148,6 +148,12 @@ pub enum Finding {
         not_after: i64,
         warns_from: i64,
     },
+    /// The cluster's issuer warns (as `CertificateExpiring`) while its agent is away, so the
+    /// service cannot rotate it: critical, as the mesh stops at `not_after`.
+    IssuerStranded {
+        not_after: i64,
+        warns_from: i64,
+    },
     /// Proxies run another version than the control plane's.
     ProxiesOutdated {
         outdated: i64,
@@ -172,7 +178,7 @@ impl Finding {
     pub fn check(&self) -> &'static str {
         match self {
             Finding::AgentAway { .. } | Finding::NoAgentYet => "agent",
-            Finding::CertificateExpired { .. } | Finding::CertificateExpiring { .. } => "certificate_expiry",
+            Finding::CertificateExpired { .. } | Finding::CertificateExpiring { .. } | Finding::IssuerStranded { .. } => "certificate_expiry",
             Finding::SuccessRate { .. } => "success_rate",
             Finding::ControlPlaneNotReady { .. } => "control_plane",
             Finding::ProxiesOutdated { .. } => "proxy_versions",
@@ -184,9 +190,11 @@ impl Finding {
     /// The health the finding gives its cluster; `None`: it informs, the health stays.
     pub fn health(&self) -> Option<Health> {
         match self {
-            Finding::AgentAway { .. } | Finding::CertificateExpired { .. } | Finding::SuccessRate { critical: true, .. } | Finding::VersionSkew { .. } => {
-                Some(Health::Critical)
-            }
+            Finding::AgentAway { .. }
+            | Finding::CertificateExpired { .. }
+            | Finding::IssuerStranded { .. }
+            | Finding::SuccessRate { critical: true, .. }
+            | Finding::VersionSkew { .. } => Some(Health::Critical),
             Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } | Finding::ClockSkew { .. } => Some(Health::Degraded),
             Finding::CertificateExpiring { .. } => Some(Health::Expiring),
             Finding::NoAgentYet => Some(Health::Pending),
@@ -209,6 +217,7 @@ impl Finding {
             Finding::AgentAway { .. } | Finding::NoAgentYet => "Agent".into(),
             Finding::ClockSkew { .. } => "Clock".into(),
             Finding::CertificateExpired { role, .. } | Finding::CertificateExpiring { role, .. } => format!("Certificate/{role}"),
+            Finding::IssuerStranded { .. } => "Certificate/issuer".into(),
             Finding::SuccessRate { .. } => "Cluster".into(),
             Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
             Finding::ProxiesOutdated { .. } | Finding::VersionSkew { .. } => "Proxies".into(),
@@ -221,7 +230,7 @@ impl Finding {
         match self {
             Finding::AgentAway { last_seen, .. } => *last_seen,
             Finding::CertificateExpired { not_after, .. } => Some(*not_after),
-            Finding::CertificateExpiring { warns_from, .. } => Some(*warns_from),
+            Finding::CertificateExpiring { warns_from, .. } | Finding::IssuerStranded { warns_from, .. } => Some(*warns_from),
             _ => None,
         }
     }
@@ -239,6 +248,9 @@ impl Finding {
             Finding::SuccessRate { rate, .. } => format!("success rate {:.1}%", rate * 100.0),
             Finding::ControlPlaneNotReady { ready, want } => format!("control plane {ready}/{want} ready"),
             Finding::CertificateExpiring { role, not_after, .. } => format!("the {role} certificate expires in {}", span(not_after - now)),
+            Finding::IssuerStranded { not_after, .. } => {
+                format!("the issuer certificate expires in {} and the agent is away: the service cannot rotate it", span(not_after - now))
+            }
             Finding::ProxiesOutdated { outdated, total, control_plane } => {
                 format!("{outdated} of {total} proxies are not at the control plane's {control_plane}")
             }
@@ -335,7 +347,11 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
         }
     }
     for c in certificates.iter().filter(|c| c.not_after > s.now && s.now >= t.warns_from(c)) {
-        findings.push(Finding::CertificateExpiring { role: c.role.to_owned(), not_after: c.not_after, warns_from: t.warns_from(c) });
+        let (not_after, warns_from) = (c.not_after, t.warns_from(c));
+        findings.push(match c.role {
+            "issuer" if matches!(s.status, "disconnected" | "stale") => Finding::IssuerStranded { not_after, warns_from },
+            role => Finding::CertificateExpiring { role: role.to_owned(), not_after, warns_from },
+        });
     }
     if connected && s.proxies.0 > 0 && !s.mesh_version.is_empty() {
         findings.push(Finding::ProxiesOutdated { outdated: s.proxies.0, total: s.proxies.1, control_plane: s.mesh_version.to_owned() });
@@ -445,6 +461,11 @@ mod tests {
         assert_eq!(at(33 * H, issuer), Health::Expiring);
         assert_eq!(at((365 - 8) * 24 * H, anchor), Health::Healthy);
         assert_eq!(at((365 - 6) * 24 * H, anchor), Health::Expiring);
+        // While its agent is away, an issuer the service cannot rotate is critical on its own.
+        let away = assess(&Signals { now: 33 * H, ..signals("disconnected", &[issuer]) }, &T);
+        let stranded: Vec<(&str, Severity)> = away.findings.iter().map(|f| (f.check(), f.severity())).collect();
+        assert_eq!(stranded, [("agent", Severity::Critical), ("certificate_expiry", Severity::Critical)]);
+        assert!(away.findings[1].message(33 * H).contains("the service cannot rotate it"), "{:?}", away.findings[1]);
     }
 
     #[test]
