@@ -7,6 +7,7 @@ pub mod alerts;
 pub mod api_tokens;
 pub mod audit;
 pub mod auth;
+pub mod certificates;
 pub mod channels;
 pub mod clusters;
 pub mod commands;
@@ -85,6 +86,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(metric_rules::router())
         .merge(trust::router())
         .merge(rotations::router())
+        .merge(certificates::router())
         .split_for_parts()
 }
 

@@ -196,6 +196,20 @@ async fn a_trust_anchor_rotation_and_an_aborted_one_fail_no_request_and_restart_
     let anchors = s.app.get("/api/v1/trust-anchors", &s.owner.access).await.1;
     let state_of = |fp: &str| anchors["anchors"].as_array().unwrap().iter().find(|a| a["fingerprint"] == fp).map(|a| a["state"].clone());
     assert_eq!((state_of(&first), state_of(&second)), (Some(json!("inactive")), Some(json!("active"))), "the old anchor kept, inactive: {anchors}");
+    // What the cluster holds, as the API tells it once the agent has reported.
+    let path = format!("/api/v1/clusters/{}/certificates", s.cluster);
+    let settled = within(Duration::from_secs(10), || async {
+        let c = s.app.get(&path, &s.owner.access).await.1;
+        c["bundle"].as_array().is_some_and(|b| b.len() == 1 && b[0]["fingerprint"] == second.as_str())
+            && c["issuer"]["anchor_state"] == "active"
+            && c["proxies"]["reporting"] == 3
+            && c["proxies"]["leaf_not_on_active_anchor"] == 0
+            && c["proxies"]["bundle_without_active_anchor"] == 0
+    })
+    .await;
+    assert!(settled.is_some(), "{}", s.app.get(&path, &s.owner.access).await.1);
+    let next = s.app.get("/api/v1/certificates/next-expiry", &s.owner.access).await.1;
+    assert_eq!(next["next"]["kind"], "proxy-leaf", "day-long leaves expire first: {next}");
 
     // Another one, aborted once issuers are moving: back to the anchor it came from.
     let r = s.app.post("/api/v1/trust-anchors/rotations", &s.owner.access, json!({ "lifetime_days": 90 })).await.1;

@@ -228,7 +228,7 @@ pub struct IssuerView {
 }
 
 impl IssuerView {
-    fn new(i: SignedIssuer, renew_fraction: f64) -> Self {
+    pub(super) fn new(i: SignedIssuer, renew_fraction: f64) -> Self {
         IssuerView {
             rotation_due_at: to_rfc3339(trust::issuer_due_at(i.not_before, i.not_after, renew_fraction)),
             fingerprint: i.fingerprint,

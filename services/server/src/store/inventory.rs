@@ -176,3 +176,20 @@ pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec
         })
         .collect()
 }
+
+/// Every cluster's facts in the organization.
+pub async fn org_facts(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, Facts)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
+    rows.iter().map(|r| Ok((super::parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_inventory.cluster_id")?, super::json_col(r, "facts")?))).collect()
+}
+
+/// Per cluster of the organization, the earliest expiry of a proxy leaf its pods report (ms).
+pub async fn earliest_leaves(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, i64)>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT cluster_id, MIN(leaf_not_after) AS earliest FROM cluster_pods WHERE org_id = $1 AND leaf_not_after IS NOT NULL GROUP BY cluster_id",
+    )
+    .bind(org.to_string())
+    .fetch_all(conn)
+    .await?;
+    rows.iter().map(|r| Ok((super::parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_pods.cluster_id")?, r.try_get("earliest")?))).collect()
+}

@@ -33,6 +33,7 @@ async fn anchors_are_checked_sealed_and_never_show_their_key(engine: Engine) {
     let owner = app.owner("pki@example.com").await;
     let (_, empty) = app.get("/api/v1/trust-anchors", &owner.access).await;
     assert_eq!(empty, json!({ "trust_domain": "cluster.local", "anchors": [] }));
+    assert_eq!(app.get("/api/v1/certificates/next-expiry", &owner.access).await.1, json!({ "next": null }));
 
     // Every refusal names its reason and the input at fault.
     let good = mint::new_anchor(&CaProfile::new("ours", 365 * DAY)).unwrap();
@@ -89,6 +90,8 @@ async fn anchors_are_checked_sealed_and_never_show_their_key(engine: Engine) {
     assert!((cert.not_after_unix - cert.not_before_unix - 30 * 86_400 - 60).abs() <= 1, "30 days (and the backdated minute)");
     let (_, mine) = app.get("/api/v1/trust-anchors", &owner.access).await;
     assert_eq!(mine, listed, "each organization sees only its own anchors");
+    let (_, next) = app.get("/api/v1/certificates/next-expiry", &owner.access).await;
+    assert_eq!((next["next"]["kind"].as_str(), next["next"]["fingerprint"].as_str()), (Some("trust-anchor"), anchor["fingerprint"].as_str()), "{next}");
 }
 
 async fn rotate_issuer(app: &TestApp, access: &str, cluster: &str) -> String {
