@@ -97,8 +97,9 @@ fn pod_done(step: Step, pod: &store::inventory::Pod, old: &Anchor, new: &Anchor)
 /// read how far it got; once every cluster (but the excluded) is done, the next phase.
 async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
     let Some(step) = r.phase.step() else { return Ok(()) };
-    let read_phase = r.phase;
-    let now = state.clock.now_ms();
+    let read = (r.phase, r.updated_at);
+    // Strictly later than what it read, so a change saved in the same millisecond still shows.
+    let now = state.clock.now_ms().max(r.updated_at + 1);
     let live = state.liveness();
     let mut conn = state.db.pool.acquire().await?;
     let anchors = store::trust::anchors(&mut conn, r.org_id).await?;
@@ -179,8 +180,9 @@ async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
     for (_, command) in &sent {
         store::commands::insert(&mut tx, command).await?;
     }
-    if !store::trust::save_rotation(&mut tx, &r, read_phase).await? {
-        // An admin aborted (or another replica moved it) meanwhile: nothing of this look stands.
+    if !store::trust::save_rotation(&mut tx, &r, read).await? {
+        // An admin paused, aborted or excluded meanwhile: nothing of this look stands (not
+        // even its commands, in this transaction); the next look starts from theirs.
         return Ok(());
     }
     tx.commit().await?;

@@ -172,37 +172,42 @@ async fn get_rotation(State(state): State<AppState>, auth: Principal, ApiPath(id
 }
 
 /// Changes a rotation as an admin asked and records it; `change` refuses what does not apply.
+/// The job saves the rotation every look; a change that meets one of its saves is applied again
+/// to what the job saved, so it is neither lost nor refused.
 async fn change(
     state: &AppState,
     auth: &Principal,
     id: uuid::Uuid,
     action: &str,
-    change: impl FnOnce(&mut Rotation) -> Result<(), ApiError>,
+    change: impl Fn(&mut Rotation) -> Result<(), ApiError>,
 ) -> Result<Json<RotationView>, ApiError> {
     auth.require(Role::Admin)?;
-    let now = state.clock.now_ms();
-    let mut tx = state.db.begin().await?;
-    let mut r = find(&mut tx, auth, id).await?;
-    let read_phase = r.phase;
-    if r.phase.finished() {
-        return Err(ApiError::Conflict { kind: "rotation-finished", detail: format!("the rotation is {}", r.phase.as_str()), field: None });
-    }
-    change(&mut r)?;
-    r.updated_at = now;
-    if r.phase != read_phase {
-        if let Some((_, Some((old_state, new_state)))) = read_phase.abort() {
-            store::trust::set_anchor_state(&mut tx, auth.org_id, r.old_anchor, old_state).await?;
-            store::trust::set_anchor_state(&mut tx, auth.org_id, r.new_anchor, new_state).await?;
+    for _ in 0..5 {
+        let mut tx = state.db.begin().await?;
+        let mut r = find(&mut tx, auth, id).await?;
+        let read = (r.phase, r.updated_at);
+        if r.phase.finished() {
+            return Err(ApiError::Conflict { kind: "rotation-finished", detail: format!("the rotation is {}", r.phase.as_str()), field: None });
         }
+        change(&mut r)?;
+        let now = state.clock.now_ms().max(r.updated_at + 1);
+        r.updated_at = now;
+        if r.phase != read.0 {
+            if let Some((_, Some((old_state, new_state)))) = read.0.abort() {
+                store::trust::set_anchor_state(&mut tx, auth.org_id, r.old_anchor, old_state).await?;
+                store::trust::set_anchor_state(&mut tx, auth.org_id, r.new_anchor, new_state).await?;
+            }
+        }
+        if !store::trust::save_rotation(&mut tx, &r, read).await? {
+            continue;
+        }
+        let details = serde_json::json!({ "phase": r.phase, "paused": r.paused, "excluded": r.excluded });
+        audit::record(&mut tx, auth.org_id, now, &auth.actor, &format!("trust_anchor.rotation.{action}"), ("anchor_rotation", id.to_string()), details).await?;
+        let view = view(&mut tx, r).await?;
+        tx.commit().await?;
+        return Ok(Json(view));
     }
-    if !store::trust::save_rotation(&mut tx, &r, read_phase).await? {
-        return Err(ApiError::Conflict { kind: "rotation-moved", detail: "the rotation moved on meanwhile; read it and try again".into(), field: None });
-    }
-    let details = serde_json::json!({ "phase": r.phase, "paused": r.paused, "excluded": r.excluded });
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, &format!("trust_anchor.rotation.{action}"), ("anchor_rotation", id.to_string()), details).await?;
-    let view = view(&mut tx, r).await?;
-    tx.commit().await?;
-    Ok(Json(view))
+    Err(ApiError::Conflict { kind: "rotation-moved", detail: "the rotation kept moving; read it and try again".into(), field: None })
 }
 
 /// Pauses a rotation (admins): nothing more is sent until it is resumed.
@@ -276,7 +281,7 @@ async fn exclude_cluster(
     let mut conn = state.db.pool.acquire().await?;
     store::clusters::get(&mut conn, auth.org_id, req.cluster_id).await?.ok_or(ApiError::NotFound("cluster"))?;
     drop(conn);
-    change(&state, &auth, id, "exclude", |r| {
+    change(&state, &auth, id, "exclude", move |r| {
         if !r.excluded.contains(&req.cluster_id) {
             r.excluded.push(req.cluster_id);
         }

@@ -189,12 +189,13 @@ pub async fn insert_rotation(conn: &mut Conn, r: &Rotation) -> Result<(), sqlx::
     Ok(())
 }
 
-/// Saves a rotation's phase, pause, exclusions and progress, unless its phase moved on since it
-/// was read as `read_phase` (an abort by an admin, say): false then, and nothing is written.
-pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read_phase: RotationPhase) -> Result<bool, sqlx::Error> {
+/// Saves a rotation's phase, pause, exclusions and progress, unless it changed since it was
+/// read (`read`: its phase and `updated_at` then), by an admin or the job: false then, and
+/// nothing is written, so neither overwrites what the other did.
+pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read: (RotationPhase, i64)) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE anchor_rotations SET phase = $3, paused = $4, excluded = $5, clusters = $6, updated_at = $7
-         WHERE org_id = $1 AND id = $2 AND phase = $8",
+         WHERE org_id = $1 AND id = $2 AND phase = $8 AND updated_at = $9",
     )
     .bind(r.org_id.to_string())
     .bind(r.id.to_string())
@@ -203,7 +204,8 @@ pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read_phase: RotationPh
     .bind(serde_json::to_string(&r.excluded).unwrap_or_default())
     .bind(serde_json::to_string(&r.clusters).unwrap_or_default())
     .bind(r.updated_at)
-    .bind(read_phase.as_str())
+    .bind(read.0.as_str())
+    .bind(read.1)
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
