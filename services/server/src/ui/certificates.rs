@@ -13,7 +13,7 @@ use super::{countdown, layout, page_error, timestamp, PageResult, Viewer};
 use crate::app::AppState;
 use crate::domain::labels::Selector;
 use crate::domain::trust::{issuer_due_at, Anchor, AnchorState, Rotation, RotationPhase};
-use crate::domain::{ClusterId, OrgId};
+use crate::domain::{ClusterId, OrgId, UserId};
 use crate::http::error::ApiError;
 use crate::store;
 use crate::store::clusters::ListQuery;
@@ -61,6 +61,10 @@ pub async fn fragment(state: &AppState, viewer: &Viewer) -> Result<Markup, ApiEr
     let anchors = store::trust::anchors(&mut conn, org).await?;
     let latest = store::trust::rotations(&mut conn, org).await?.into_iter().next();
     let names: HashMap<ClusterId, String> = clusters(&mut conn, org).await?.into_iter().map(|c| (c.id, c.name)).collect();
+    let started_by = match &latest {
+        Some(r) => starter(&mut conn, &r.started_by).await?,
+        None => String::new(),
+    };
     drop(conn);
     let rotating = latest.as_ref().is_some_and(|r| !r.phase.finished());
     let has_active = anchors.iter().any(|a| a.state == AnchorState::Active);
@@ -78,13 +82,23 @@ pub async fn fragment(state: &AppState, viewer: &Viewer) -> Result<Markup, ApiEr
         section.card id="rotation" {
             h2 { "Trust-anchor rotation" }
             @match &latest {
-                Some(r) => { (rotation(r, &anchors, &names, admin)) }
+                Some(r) => { (rotation(r, &anchors, &names, &started_by, admin)) }
                 None => { p.muted { "No rotation yet." } }
             }
             @if admin && has_active && !rotating {
                 (action(ROTATIONS, "Start rotation", "Generate a new trust anchor and rotate every cluster to it?"))
             }
         }
+    })
+}
+
+/// Who started a rotation (`user:<id>` or `token:<id>`, as the API records it): a user's
+/// e-mail, else the record as it is.
+async fn starter(conn: &mut store::Conn, started_by: &str) -> Result<String, ApiError> {
+    let user = started_by.strip_prefix("user:").and_then(|id| id.parse::<UserId>().ok());
+    Ok(match user {
+        Some(id) => store::accounts::user_email(conn, id).await?.unwrap_or_else(|| started_by.to_owned()),
+        None => started_by.to_owned(),
     })
 }
 
@@ -139,7 +153,7 @@ fn stepper(phase: RotationPhase) -> Markup {
     }
 }
 
-fn rotation(r: &Rotation, anchors: &[Anchor], names: &HashMap<ClusterId, String>, admin: bool) -> Markup {
+fn rotation(r: &Rotation, anchors: &[Anchor], names: &HashMap<ClusterId, String>, started_by: &str, admin: bool) -> Markup {
     let fp = |id| anchors.iter().find(|a| a.id == id).map(|a| a.fingerprint.as_str()).unwrap_or("");
     let base = format!("{ROTATIONS}/{}", r.id);
     let open = !r.phase.finished();
@@ -147,7 +161,7 @@ fn rotation(r: &Rotation, anchors: &[Anchor], names: &HashMap<ClusterId, String>
         div data-rotation=(r.id) data-phase=(r.phase.as_str()) data-paused=(r.paused) {
             p {
                 "From " (fingerprint(fp(r.old_anchor))) " to " (fingerprint(fp(r.new_anchor)))
-                ", started " (timestamp(r.created_at)) " by " (r.started_by) ". "
+                ", started " (timestamp(r.created_at)) " by " (started_by) ". "
                 @if r.paused { span.badge.rotation-paused data-rotation-paused { "paused" } }
             }
             (stepper(r.phase))
