@@ -27,10 +27,11 @@ async fn confirm(b: &Browser, form: &str, want: &str) {
     panic!("{form} asked for no confirmation");
 }
 
-/// Confirms `form` until `css` shows `want`. A pause or an exclusion is now and then not kept
-/// (about one run in eight here; not seen through the API alone): most likely the
-/// `anchor-rotation` job writes back the rotation it read, and `store::trust::save_rotation`
-/// checks only that the phase did not move. Reported; the retry says when it happens.
+/// Confirms `form` until `css` shows `want`. A pause or an exclusion is now and then lost
+/// (about one run in eight here): the audit log records it, yet the rotation reads unpaused,
+/// because the `anchor-rotation` job writes back the rotation it read and
+/// `store::trust::save_rotation` checks only that the phase did not move. A bug of the job,
+/// reported; the retry says when it happens, with that evidence.
 async fn confirm_until(b: &Browser, form: &str, question: &str, css: &str, want: &str) {
     for attempt in 1..=3 {
         confirm(b, form, question).await;
@@ -42,7 +43,15 @@ async fn confirm_until(b: &Browser, form: &str, question: &str, css: &str, want:
             Ok(e) => e.text().await.unwrap_or_default(),
             Err(_) => String::new(),
         };
-        eprintln!("{form}: attempt {attempt} did not hold (form error: {error:?})");
+        let evidence = b
+            .client
+            .execute(
+                "return Promise.all(['/api/v1/trust-anchors/rotations', '/api/v1/audit'].map((u) => fetch(u).then((r) => r.json())))\
+                 .then(([r, a]) => [r[0].paused, r[0].excluded, (a.items || a).filter((e) => String(e.action).includes('rotation')).map((e) => e.action)])",
+                vec![],
+            )
+            .await;
+        eprintln!("{form}: attempt {attempt} did not hold (form error: {error:?}; paused, excluded, audit: {evidence:?})");
     }
     panic!("{css} never showed {want} after {form}");
 }
