@@ -139,15 +139,18 @@ fn anchor_table(anchors: &[Anchor], now: i64) -> Markup {
     }
 }
 
-/// The phases as steps: those passed, the current one, those to come.
+/// The phases as steps: those passed, the current one, those to come. A rollback is not
+/// marked passed: an abort during distribute skips rollback_reissue, and the phase alone does
+/// not tell whether it was.
 fn stepper(phase: RotationPhase) -> Markup {
-    let path: &[RotationPhase] = if FORWARD.contains(&phase) { &FORWARD } else { &ROLLBACK };
+    let forward = FORWARD.contains(&phase);
+    let path: &[RotationPhase] = if forward { &FORWARD } else { &ROLLBACK };
     let at = path.iter().position(|p| *p == phase).unwrap_or(0);
     html! {
         ol.stepper aria-label="Phases" {
             @for (i, p) in path.iter().enumerate() {
                 @let current = i == at;
-                li.passed[i < at].current[current] data-step=(p.as_str()) aria-current=[current.then_some("step")] { (p.as_str().replace('_', " ")) }
+                li.passed[forward && i < at].current[current] data-step=(p.as_str()) aria-current=[current.then_some("step")] { (p.as_str().replace('_', " ")) }
             }
         }
     }
