@@ -3,6 +3,7 @@
 //! Assets are served by the server itself; nothing needs a build step beyond cargo.
 
 pub mod alerts;
+pub mod certificates;
 pub mod channels;
 pub mod charts;
 pub mod cluster;
@@ -32,6 +33,7 @@ pub fn router() -> Router<AppState> {
         .route("/clusters/{id}", get(cluster::page))
         .route("/alerts", get(alerts::page))
         .route("/channels", get(channels::page))
+        .route("/certificates", get(certificates::page))
         .route("/settings", get(settings::page))
         .route("/ui/live", get(fleet::live))
         .route("/ui/app.css", get(|| async { asset("text/css", include_str!("ui/app.css")) }))
@@ -120,6 +122,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
                             a href="/fleet" { "Fleet" }
                             a href="/alerts" { "Alerts" }
                             a href="/channels" { "Channels" }
+                            a href="/certificates" { "Certificates" }
                             a href="/settings" { "Settings" }
                         }
                         span.who { (v.email) " · " (v.org_name) " (" (v.principal.role.as_str()) ")" }

@@ -219,7 +219,7 @@ pub fn live_url(query: &str, shown: &Markup) -> String {
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
 pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
-    if !matches!((q.view.as_str(), q.id), ("fleet" | "alerts" | "channels", _) | ("cluster", Some(_))) {
+    if !matches!((q.view.as_str(), q.id), ("fleet" | "alerts" | "channels" | "certificates", _) | ("cluster", Some(_))) {
         return page_error(ApiError::field("view", "unknown live view"));
     }
     Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
@@ -235,6 +235,7 @@ fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = 
                 ("cluster", Some(id)) => super::cluster::fragment(&state, &viewer, id).await,
                 ("alerts", _) => super::alerts::fragment(&state, &viewer).await,
                 ("channels", _) => super::channels::fragment(&state, &viewer).await,
+                ("certificates", _) => super::certificates::fragment(&state, &viewer).await,
                 _ => fragment(&state, &viewer, &q.filters).await,
             };
             let html = match rendered {

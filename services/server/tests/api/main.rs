@@ -16,6 +16,7 @@ mod clusters;
 mod conventions;
 mod dashboard;
 mod dashboard_alerts;
+mod dashboard_certificates;
 mod deploy;
 mod figures;
 mod fleet;
