@@ -21,30 +21,7 @@ async fn stale_updates_conflict_and_rbac_denies_what_is_not_granted() {
     let err = cms.replace("x", &PostParams::default(), &created).await.unwrap_err();
     assert!(matches!(err, kube::Error::Api(ref e) if e.code == 409), "{err}");
 
-    kube.apply_yaml(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: r, namespace: default}
-rules:
-- {apiGroups: [""], resources: [secrets], resourceNames: [mine], verbs: [get, list, watch]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: r, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
-subjects: [{kind: ServiceAccount, name: sa, namespace: default}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: mine, namespace: default}
-stringData: {k: v}
-"#,
-    )
-    .unwrap();
-    kube.enforce_rbac(true);
-    kube.add_token("sa-token", User::service_account("default", "sa"));
-    let secrets: Api<Secret> = Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default");
+    let secrets = secrets_of_one_name(&kube, "mine", "v").await;
     assert_eq!(secrets.get("mine").await.unwrap().data.unwrap()["k"].0, b"v");
     assert_eq!(secrets.list(&ListParams::default().fields("metadata.name=mine")).await.unwrap().items.len(), 1);
     assert!(matches!(secrets.list(&ListParams::default()).await, Err(kube::Error::Api(e)) if e.code == 403));
@@ -166,30 +143,7 @@ async fn a_watch_by_name_sees_only_that_object_with_rbac_for_that_name() {
     use futures::StreamExt;
     use kube::runtime::watcher::{self, watcher, Event};
     let kube = FakeKube::start().await.unwrap();
-    kube.apply_yaml(
-        r#"
-apiVersion: rbac.authorization.k8s.io/v1
-kind: Role
-metadata: {name: r, namespace: default}
-rules:
-- {apiGroups: [""], resources: [secrets], resourceNames: [mine], verbs: [get, list, watch]}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: RoleBinding
-metadata: {name: r, namespace: default}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}
-subjects: [{kind: ServiceAccount, name: sa, namespace: default}]
----
-apiVersion: v1
-kind: Secret
-metadata: {name: other, namespace: default}
-stringData: {k: other}
-"#,
-    )
-    .unwrap();
-    kube.enforce_rbac(true);
-    kube.add_token("sa-token", User::service_account("default", "sa"));
-    let secrets: Api<Secret> = Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default");
+    let secrets = secrets_of_one_name(&kube, "other", "other").await;
     let mut stream = watcher(secrets, watcher::Config::default().fields("metadata.name=mine")).boxed();
     let mut next = async || tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("an event").unwrap().unwrap();
     assert!(matches!(next().await, Event::Init));
@@ -210,4 +164,33 @@ stringData: {k: other}
     assert!(matches!(next().await, Event::Apply(s) if data(&s) == b"2"), "the change to `other` is not sent");
     assert!(matches!(next().await, Event::Delete(s) if s.metadata.name.as_deref() == Some("mine")));
     assert!(kube.denials().is_empty(), "{:?}", kube.denials());
+}
+
+/// With RBAC enforced, the Secrets API of a service account allowed get, list and watch on the
+/// Secret `mine` only; `present` is created beside it (holding `k: value`).
+async fn secrets_of_one_name(kube: &FakeKube, present: &str, value: &str) -> Api<Secret> {
+    kube.apply_yaml(&format!(
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: r, namespace: default}}
+rules:
+- {{apiGroups: [""], resources: [secrets], resourceNames: [mine], verbs: [get, list, watch]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: r, namespace: default}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: r}}
+subjects: [{{kind: ServiceAccount, name: sa, namespace: default}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: {present}, namespace: default}}
+stringData: {{k: {value}}}
+"#
+    ))
+    .unwrap();
+    kube.enforce_rbac(true);
+    kube.add_token("sa-token", User::service_account("default", "sa"));
+    Api::namespaced(kube.client_for("sa-token").await.unwrap(), "default")
 }

@@ -4,26 +4,10 @@ use prost::Message;
 use serde_json::json;
 
 use super::*;
-use crate::domain::{ClusterId, CommandId, OrgId};
+use crate::domain::{ClusterId, OrgId};
 
 fn stored(kind: &str, params: Value) -> Command {
-    Command {
-        id: CommandId::new(),
-        org_id: OrgId::new(),
-        cluster_id: ClusterId::new(),
-        kind: kind.into(),
-        params,
-        state: "pending".into(),
-        created_by: "user:test".into(),
-        created_at: 1_700_000_000_000,
-        deadline: 1_700_000_600_000,
-        attempts: 0,
-        delivered_at: None,
-        completed_at: None,
-        progress: 0,
-        message: String::new(),
-        output: None,
-    }
+    Command::pending(OrgId::new(), ClusterId::new(), kind.into(), params, "user:test".into(), 1_700_000_000_000, 600_000)
 }
 
 fn fields(kind: &str, params: Value) -> Vec<String> {
