@@ -43,6 +43,11 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
     let service =
         AgentGatewayServer::new(Gateway { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let streams = state.clone();
+    let shutdown = async move {
+        shutdown.await;
+        streams.agents.shut_down();
+    };
     Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))

@@ -240,3 +240,40 @@ async fn a_trust_anchor_rotation_and_an_aborted_one_fail_no_request_and_restart_
     assert_eq!(s.kube.denials(), Vec::<String>::new(), "within the install's RBAC");
     a.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_goes_on_where_it_was_after_the_server_restarts_during_distribute() {
+    let mut s = setup().await;
+    let mesh = Mesh::start_with(s.kube.clone(), &[("shop", "web"), ("shop", "api")], IssuerSource::Kubernetes).await;
+    mesh.wait_ready(3).await;
+    let before = pids(&mesh);
+    let a = start_connected_agent(&s).await;
+    let traffic = Traffic::start(&mesh).await;
+    s.app.post("/api/v1/trust-anchors", &s.owner.access, json!({})).await;
+    let command = send_command(&s, "rotate-issuer", json!({})).await;
+    assert_eq!(finish(&s, &command, Duration::from_secs(20)).await.0["state"], "succeeded");
+
+    // The server stops the moment the rotation is in distribute, and comes back on the same
+    // addresses with the same database and sealing key, as a restarted replica would.
+    let r = s.app.post("/api/v1/trust-anchors/rotations", &s.owner.access, json!({})).await.1;
+    let (id, new) = (r["id"].as_str().unwrap().to_owned(), r["new_anchor_fingerprint"].as_str().unwrap().to_owned());
+    assert_eq!(r["phase"], "distribute");
+    let stopped = std::time::Instant::now();
+    s.app = s.app.restart().await;
+    rotation_reaches(&s, &id, "done", Duration::from_secs(60)).await;
+    eprintln!("the rotation finished {:?} after the server stopped", stopped.elapsed());
+    let moved = within(Duration::from_secs(10), || async { leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(new.as_str())) }).await;
+    assert!(moved.is_some(), "every leaf chains to the new anchor: {:?}", leaf_anchors(&mesh).await);
+    assert_eq!(in_cluster(&s.kube).2, std::slice::from_ref(&new));
+    // One command per phase: nothing was sent twice across the restart.
+    let commands = s.app.get(&format!("/api/v1/clusters/{}/commands?limit=500", s.cluster), &s.owner.access).await.1;
+    let by_rotation: Vec<&str> =
+        commands["items"].as_array().unwrap().iter().filter(|c| c["created_by"] == "service:anchor-rotation").map(|c| c["kind"].as_str().unwrap()).collect();
+    assert_eq!(by_rotation, ["set-trust-bundle", "rotate-issuer", "set-trust-bundle"].iter().rev().copied().collect::<Vec<_>>(), "newest first");
+
+    let (sent, failed) = traffic.stop();
+    eprintln!("{sent} requests through a rotation with a server restart, {failed} failed");
+    assert_eq!(failed, 0, "no request failed");
+    assert_eq!(pids(&mesh), before, "no proxy restarted");
+    a.shutdown().await;
+}

@@ -140,6 +140,20 @@ impl TestApp {
         self.gateway.expect("the test server runs the gateway")
     }
 
+    /// Stops the server and starts it again on the same addresses, database and sealing key,
+    /// as a restarted replica comes back.
+    pub async fn restart(self) -> TestApp {
+        let listen = self.base.trim_start_matches("http://").parse().expect("the API address");
+        let (gateway, sealing_key) = (self.gateway, self.state.config.sealing_key.clone());
+        let db = self.stop().await;
+        Self::spawn_with(db, |c| {
+            c.listen = listen;
+            c.gateway_listen = gateway.unwrap_or(c.gateway_listen);
+            c.sealing_key = sealing_key;
+        })
+        .await
+    }
+
     pub async fn stop(mut self) -> TestDb {
         if let Some(s) = self.server.take() {
             s.stop().await.unwrap();

@@ -17,6 +17,9 @@ pub enum Cut {
     Revoked,
     /// The re-check found its certificate expired or revoked (a missed notification).
     CertificateInvalid,
+    /// This replica is stopping: the agent reconnects (to another replica, or to this one when
+    /// it is back) and resends what was not acknowledged.
+    ShuttingDown,
 }
 
 pub struct Session {
@@ -41,6 +44,8 @@ struct Entry {
 pub struct Registry {
     sessions: Mutex<HashMap<ClusterId, Entry>>,
     next_epoch: AtomicU64,
+    /// Set once the replica stops: a stream that opens after that is cut at once.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Registry {
@@ -55,7 +60,19 @@ impl Registry {
         if let Some(old) = old {
             let _ = old.cut.send(Cut::Superseded);
         }
+        if self.stopping.load(Ordering::SeqCst) {
+            self.shut_down();
+        }
         Session { epoch, id, wake, cut: cut_rx }
+    }
+
+    /// Ends every stream of this replica, now and from now on: the gateway's graceful stop
+    /// waits for open calls, and an agent's stream never ends by itself.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for entry in self.lock().values() {
+            let _ = entry.cut.send(Cut::ShuttingDown);
+        }
     }
 
     /// A stream of the cluster opened elsewhere (session `id`): cut ours if it is another one.

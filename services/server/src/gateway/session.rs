@@ -157,6 +157,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                     Cut::Superseded => return Err(Error::Superseded),
                     Cut::Revoked => return Err(Error::Revoked),
                     Cut::CertificateInvalid => return Err(Error::CertificateInvalid),
+                    Cut::ShuttingDown => return Err(Error::ShuttingDown),
                     Cut::Open => {}
                 }
             }

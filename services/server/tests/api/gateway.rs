@@ -177,7 +177,23 @@ on_both_engines!(
     an_agent_older_than_the_server_gets_kind_and_params,
     deleted_or_revoked_clusters_lose_their_stream_at_once,
     the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed,
+    stopping_the_server_ends_agent_streams_at_once,
 );
+
+/// A replica that stops (a rolling restart) tells its agents so and returns, rather than
+/// waiting for streams that never end by themselves.
+async fn stopping_the_server_ends_agent_streams_at_once(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ops@example.com").await;
+    let (_, id) = registered(&app, &owner, "prod").await;
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0")])).await;
+    stream.acked(seq).await;
+    let stopping = tokio::spawn(app.stop());
+    let status = stream.ended().await;
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stops within 10 s with an agent connected").unwrap();
+}
 
 async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {
     let app = TestApp::spawn(engine).await;
