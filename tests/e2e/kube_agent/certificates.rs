@@ -123,7 +123,7 @@ async fn the_service_signs_each_cluster_issuer_and_rotates_it_by_itself_with_no_
     assert_eq!(issuer, signed, "the Secret holds the issuer the service signed");
     assert_ne!(issuer, dev_issuer);
     assert!(dev_bundle.iter().chain([&org_anchor]).all(|f| bundle.contains(f)), "the bundle grew, it lost nothing: {bundle:?}");
-    let record = s.app.get(&format!("/api/v1/clusters/{}/issuer", s.cluster), &s.owner.access).await.1;
+    let record = s.app.get(&format!("/api/v1/clusters/{}/certificates", s.cluster), &s.owner.access).await.1["signed_by_service"].clone();
     assert_eq!((record["fingerprint"].as_str(), record["anchor_fingerprint"].as_str()), (Some(signed.as_str()), Some(org_anchor.as_str())), "{record}");
     assert_eq!(record["certificate_pem"].as_str(), Some(issuer_pem.as_str()));
 
@@ -140,7 +140,7 @@ async fn the_service_signs_each_cluster_issuer_and_rotates_it_by_itself_with_no_
     assert!(audit.contains("issuer-rotation") && audit.contains("issuer.sign") && audit.contains("trust_anchor.generated"), "{audit}");
     let (rotated, _, _) = in_cluster(&s.kube);
     let settled = within(Duration::from_secs(15), || async {
-        let record = s.app.get(&format!("/api/v1/clusters/{}/issuer", s.cluster), &s.owner.access).await.1;
+        let record = s.app.get(&format!("/api/v1/clusters/{}/certificates", s.cluster), &s.owner.access).await.1["signed_by_service"].clone();
         record["fingerprint"] == rotated.as_str() && leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(org_anchor.as_str()))
     })
     .await;

@@ -78,9 +78,9 @@ async fn view(conn: &mut store::Conn, r: Rotation) -> Result<RotationView, ApiEr
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRotationRequest {
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 16384)]
     pub certificate_pem: Option<String>,
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 16384)]
     pub private_key_pem: Option<String>,
     #[schema(min_length = 1, max_length = 64, pattern = "^[\\x20-\\x7e]+$")]
     pub common_name: Option<String>,

@@ -1,6 +1,7 @@
 //! The organization's trust anchors: the roots every cluster's mesh trusts and the service signs
 //! cluster issuers with. Admins generate or upload one; no route ever returns a private key.
-//! The issuer the service last signed for a cluster is under the cluster.
+//! The issuer the service last signed for a cluster is in the cluster's certificates
+//! (`http::certificates`).
 
 use std::time::Duration;
 
@@ -15,16 +16,16 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use super::auth::Principal;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiPath};
-use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
+use super::extract::ApiJson;
+use super::problems::{Conflict, Forbidden, Internal, Invalid, JsonBody, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::trust::{self, Anchor, AnchorSource, AnchorState, SignedIssuer};
-use crate::domain::{ClusterId, CommandId, Role};
+use crate::domain::{CommandId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_anchors, generate_anchor)).routes(routes!(upload_anchor)).routes(routes!(get_cluster_issuer))
+    OpenApiRouter::new().routes(routes!(list_anchors, generate_anchor)).routes(routes!(upload_anchor))
 }
 
 /// A trust anchor: its certificate (public) and where it stands; never its key.
@@ -86,9 +87,9 @@ pub struct GenerateAnchorRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadAnchorRequest {
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 16384)]
     pub certificate_pem: String,
-    #[schema(min_length = 1, max_length = 65536)]
+    #[schema(min_length = 1, max_length = 16384)]
     pub private_key_pem: String,
 }
 
@@ -140,8 +141,17 @@ pub(super) async fn generated(state: &AppState, auth: &Principal, req: &Generate
     mint::new_anchor(&profile).map_err(|e| ApiError::Internal(e.into()))
 }
 
+/// The most characters a PEM input may have: one certificate or key, with room to spare.
+const MAX_PEM_CHARS: usize = 16_384;
+
 /// An uploaded anchor, once it passes every check.
 pub(super) fn uploaded(state: &AppState, req: &UploadAnchorRequest) -> Result<CaMaterial, ApiError> {
+    let too_long = |v: &str| v.is_empty() || v.chars().count() > MAX_PEM_CHARS;
+    for (field, value) in [("certificate_pem", &req.certificate_pem), ("private_key_pem", &req.private_key_pem)] {
+        if too_long(value) {
+            return Err(ApiError::field(field, format!("must be 1 to {MAX_PEM_CHARS} characters")));
+        }
+    }
     check_upload(&req.certificate_pem, &req.private_key_pem, state.clock.now_system()).map_err(|e| ApiError::Refused {
         kind: e.reason(),
         detail: e.to_string(),
@@ -240,15 +250,4 @@ impl IssuerView {
             certificate_pem: i.cert_pem,
         }
     }
-}
-
-/// The issuer the service last signed for the cluster; 404 while it has signed none.
-#[utoipa::path(get, path = "/api/v1/clusters/{id}/issuer", tag = "certificates",
-    params(("id" = ClusterId, Path, description = "Cluster id")),
-    responses((status = 200, body = IssuerView), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
-#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, cluster_id = %id))]
-async fn get_cluster_issuer(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<ClusterId>) -> Result<Json<IssuerView>, ApiError> {
-    let mut conn = state.db.pool.acquire().await?;
-    let issuer = store::trust::issuer(&mut conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("issuer"))?;
-    Ok(Json(IssuerView::new(issuer, state.config.issuer_renew_fraction)))
 }

@@ -171,13 +171,14 @@ async fn issuers_are_signed_only_for_the_callers_own_open_rotation(engine: Engin
     let now = rustls_pki_types::UnixTime::now();
     assert!(meshfleet_pki::verify::verify_chain(&chain[0], &chain[1..], ours.roots(), now).is_err(), "path length 0 holds");
 
-    let (_, record) = app.get(&format!("/api/v1/clusters/{a_cluster}/issuer"), &alice.access).await;
+    let (_, held) = app.get(&format!("/api/v1/clusters/{a_cluster}/certificates"), &alice.access).await;
+    let record = &held["signed_by_service"];
     assert_eq!(
         (record["fingerprint"].as_str(), record["command_id"].as_str()),
         (Some(signed.issuer_fingerprint.as_str()), Some(a_command.as_str())),
         "{record}"
     );
-    let (status, _) = app.get(&format!("/api/v1/clusters/{a_cluster}/issuer"), &bob.access).await;
+    let (status, _) = app.get(&format!("/api/v1/clusters/{a_cluster}/certificates"), &bob.access).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, audit) = app.get("/api/v1/audit", &alice.access).await;
     assert!(audit.to_string().contains("issuer.sign"), "{audit}");
