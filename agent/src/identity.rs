@@ -143,7 +143,7 @@ pub async fn sign_issuer(gateway_url: &str, ca_pem: &str, identity: &Identity, c
     Ok(client.sign_issuer(req).await?.into_inner())
 }
 
-fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {
+pub(crate) fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {
     let key = meshfleet_pki::mint::new_key()?;
     // The gateway decides the subject and SAN; the CSR only proves possession of the key.
     let csr = meshfleet_pki::csr::new_csr(&key)?;

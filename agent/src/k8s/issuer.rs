@@ -44,8 +44,7 @@ impl Executor {
         }
         let identity = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.identity()).ok_or("the agent is not connected yet")?;
 
-        let key = meshfleet_pki::mint::new_key().map_err(|e| e.to_string())?;
-        let csr = meshfleet_pki::csr::new_csr(&key).map_err(|e| e.to_string())?;
+        let (key, csr) = crate::identity::new_key_and_csr().map_err(|e| e.to_string())?;
         let signed = crate::sign_issuer(&self.config.gateway_address, &self.config.gateway_ca_pem, &identity, id, csr)
             .await
             .map_err(|e| format!("the service did not sign the issuer: {e}"))?;

@@ -6,7 +6,7 @@
 
 use crate::app::AppState;
 use crate::domain::audit::AuditEntry;
-use crate::domain::trust::{issuer_due_at, Anchor, ClusterProgress, Rotation, Step};
+use crate::domain::trust::{issuer_due_at, Anchor, ClusterProgress, ProgressState, Rotation, Step};
 use crate::domain::ClusterId;
 use crate::jobs::{Job, Scope};
 use crate::store::{self, commands::Command, inventory::Facts};
@@ -111,25 +111,25 @@ async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
     for (cluster, status, last_seen) in &clusters {
         let progress = r.clusters.entry(*cluster).or_default();
         if r.excluded.contains(cluster) {
-            *progress = ClusterProgress { phase: Some(r.phase), state: "excluded".into(), message: "excluded by an admin".into(), ..Default::default() };
+            *progress = ClusterProgress { phase: Some(r.phase), state: ProgressState::Excluded, message: "excluded by an admin".into(), ..Default::default() };
             continue;
         }
         if progress.phase != Some(r.phase) {
             *progress = ClusterProgress { phase: Some(r.phase), ..Default::default() };
         }
-        if progress.state == "done" {
+        if progress.state == ProgressState::Done {
             continue;
         }
         let Some(command_id) = progress.command_id else {
             if live.status(status, *last_seen) != "connected" {
-                progress.state = "waiting_for_agent".into();
+                progress.state = ProgressState::WaitingForAgent;
                 progress.message = format!("the agent is {}: this phase waits for it (or exclude the cluster)", live.status(status, *last_seen));
                 continue;
             }
             let (kind, params) = command_for(step, old, new);
             let command = Command::pending(r.org_id, *cluster, kind.into(), params, "service:anchor-rotation".into(), now, ROTATE_DEADLINE_MS);
             progress.command_id = Some(command.id);
-            progress.state = "waiting_for_agent".into();
+            progress.state = ProgressState::WaitingForAgent;
             progress.message = format!("{kind} sent");
             sent.push((*cluster, command));
             continue;
@@ -141,25 +141,25 @@ async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
                 let done = pods.iter().filter(|p| pod_done(step, p, old, new)).count();
                 (progress.pods_done, progress.pods_total) = (done as u32, pods.len() as u32);
                 if done == pods.len() {
-                    progress.state = "done".into();
+                    progress.state = ProgressState::Done;
                     progress.message = format!("every proxy ({done}) has done its part");
                 } else {
-                    progress.state = "waiting_for_proxies".into();
+                    progress.state = ProgressState::WaitingForProxies;
                     progress.message = format!("{done} of {} proxies have done their part", pods.len());
                 }
             }
             "failed" | "expired" => {
-                progress.state = "failed".into();
+                progress.state = ProgressState::Failed;
                 progress.message = format!("{} {}: {} (resume to retry, or exclude the cluster)", command.kind, command.state, command.message);
             }
             other => {
-                progress.state = "waiting_for_agent".into();
+                progress.state = ProgressState::WaitingForAgent;
                 progress.message = format!("{} {other}", command.kind);
             }
         }
     }
     // Deleted clusters have no say; progress is kept for the record.
-    let moving = clusters.iter().all(|(id, ..)| r.clusters.get(id).is_some_and(|p| p.state == "done" || p.state == "excluded"));
+    let moving = clusters.iter().all(|(id, ..)| r.clusters.get(id).is_some_and(|p| p.state.settled()));
     let mut tx = state.db.begin().await?;
     if moving {
         let (next, states) = r.phase.next();

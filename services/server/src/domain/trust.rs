@@ -172,6 +172,38 @@ impl RotationPhase {
     }
 }
 
+/// Where one cluster stands in a rotation's current phase.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ProgressState {
+    /// Its command is not sent yet, or not answered.
+    #[default]
+    WaitingForAgent,
+    /// Its command succeeded; not every proxy has done its part yet.
+    WaitingForProxies,
+    Done,
+    /// Its command failed or expired: resume retries it.
+    Failed,
+    Excluded,
+}
+
+impl ProgressState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProgressState::WaitingForAgent => "waiting_for_agent",
+            ProgressState::WaitingForProxies => "waiting_for_proxies",
+            ProgressState::Done => "done",
+            ProgressState::Failed => "failed",
+            ProgressState::Excluded => "excluded",
+        }
+    }
+
+    /// Nothing more is asked of the cluster in this phase.
+    pub fn settled(self) -> bool {
+        matches!(self, ProgressState::Done | ProgressState::Excluded)
+    }
+}
+
 /// One cluster's part in a rotation's current phase.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterProgress {
@@ -179,8 +211,7 @@ pub struct ClusterProgress {
     pub phase: Option<RotationPhase>,
     /// The command sent for this phase.
     pub command_id: Option<super::CommandId>,
-    /// `waiting_for_agent`, `waiting_for_proxies`, `done`, `failed` or `excluded`.
-    pub state: String,
+    pub state: ProgressState,
     pub message: String,
     /// Pods whose proxies have done this phase's part, of all the cluster's meshed pods.
     pub pods_done: u32,

@@ -23,7 +23,7 @@ impl Gateway {
         let command_id: CommandId = req.command_id.parse().map_err(|_| not_open())?;
         let mut tx = state.db.begin().await?;
         let command = store::commands::get(&mut tx, peer.org_id, peer.cluster_id, command_id).await?;
-        if !command.is_some_and(|c| c.kind == "rotate-issuer" && ["pending", "delivered", "running"].contains(&c.state.as_str())) {
+        if !command.is_some_and(|c| c.kind == "rotate-issuer" && c.is_open(now)) {
             return Err(not_open());
         }
         let trust_domain = store::trust::trust_domain(&mut tx, peer.org_id).await?;

@@ -56,12 +56,16 @@ impl Registry {
         let (cut_tx, cut_rx) = watch::channel(Cut::Open);
         let wake = Arc::new(Notify::new());
         let id = uuid::Uuid::now_v7().to_string();
-        let old = self.lock().insert(cluster, Entry { epoch, id: id.clone(), org, serial: serial.to_owned(), wake: wake.clone(), cut: cut_tx });
+        let mut sessions = self.lock();
+        // Checked under the lock the insert holds: either this sees `shut_down`'s flag, or
+        // `shut_down` (which sets it before it locks) finds this stream once it is in.
+        if self.stopping.load(Ordering::SeqCst) {
+            let _ = cut_tx.send(Cut::ShuttingDown);
+        }
+        let old = sessions.insert(cluster, Entry { epoch, id: id.clone(), org, serial: serial.to_owned(), wake: wake.clone(), cut: cut_tx });
+        drop(sessions);
         if let Some(old) = old {
             let _ = old.cut.send(Cut::Superseded);
-        }
-        if self.stopping.load(Ordering::SeqCst) {
-            self.shut_down();
         }
         Session { epoch, id, wake, cut: cut_rx }
     }

@@ -18,7 +18,7 @@ use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBo
 use super::trust::{generated, insert, uploaded, GenerateAnchorRequest, UploadAnchorRequest};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::trust::{AnchorSource, AnchorState, ClusterProgress, Rotation, RotationPhase};
+use crate::domain::trust::{Anchor, AnchorSource, AnchorState, ClusterProgress, ProgressState, Rotation, RotationPhase};
 use crate::domain::{ClusterId, Role};
 use crate::store::{self, audit};
 
@@ -56,10 +56,11 @@ pub struct RotationView {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-async fn view(conn: &mut store::Conn, r: Rotation) -> Result<RotationView, ApiError> {
-    let anchors = store::trust::anchors(conn, r.org_id).await?;
+/// The rotation as the API shows it, naming its anchors by fingerprint from `anchors` (the
+/// organization's).
+fn view(r: Rotation, anchors: &[Anchor]) -> RotationView {
     let fp = |id| anchors.iter().find(|a| a.id == id).map(|a| a.fingerprint.clone()).unwrap_or_default();
-    Ok(RotationView {
+    RotationView {
         id: r.id,
         phase: r.phase,
         paused: r.paused,
@@ -70,7 +71,13 @@ async fn view(conn: &mut store::Conn, r: Rotation) -> Result<RotationView, ApiEr
         started_by: r.started_by,
         created_at: to_rfc3339(r.created_at),
         updated_at: to_rfc3339(r.updated_at),
-    })
+    }
+}
+
+/// `view`, reading the organization's anchors.
+async fn view_of(conn: &mut store::Conn, r: Rotation) -> Result<RotationView, ApiError> {
+    let anchors = store::trust::anchors(conn, r.org_id).await?;
+    Ok(view(r, &anchors))
 }
 
 /// A new anchor for the rotation: uploaded when `certificate_pem` is given (with
@@ -95,11 +102,8 @@ pub struct StartRotationRequest {
 #[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
 async fn list_rotations(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<RotationView>>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
-    let mut out = Vec::new();
-    for r in store::trust::rotations(&mut conn, auth.org_id).await? {
-        out.push(view(&mut conn, r).await?);
-    }
-    Ok(Json(out))
+    let anchors = store::trust::anchors(&mut conn, auth.org_id).await?;
+    Ok(Json(store::trust::rotations(&mut conn, auth.org_id).await?.into_iter().map(|r| view(r, &anchors)).collect()))
 }
 
 /// Starts a trust-anchor rotation (admins): the new anchor becomes `next` and every cluster's
@@ -151,13 +155,13 @@ async fn start_rotation(
     store::trust::insert_rotation(&mut tx, &rotation).await?;
     let details = serde_json::json!({ "old": old.fingerprint, "new": new.fingerprint });
     audit::record(&mut tx, auth.org_id, now, &auth.actor, "trust_anchor.rotation.start", ("anchor_rotation", rotation.id.to_string()), details).await?;
-    let view = view(&mut tx, rotation).await?;
+    let view = view_of(&mut tx, rotation).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 
 async fn find(conn: &mut store::Conn, auth: &Principal, id: uuid::Uuid) -> Result<Rotation, ApiError> {
-    store::trust::rotations(conn, auth.org_id).await?.into_iter().find(|r| r.id == id).ok_or(ApiError::NotFound("rotation"))
+    store::trust::rotation(conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("rotation"))
 }
 
 /// One rotation.
@@ -168,7 +172,7 @@ async fn find(conn: &mut store::Conn, auth: &Principal, id: uuid::Uuid) -> Resul
 async fn get_rotation(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<uuid::Uuid>) -> Result<Json<RotationView>, ApiError> {
     let mut conn = state.db.pool.acquire().await?;
     let r = find(&mut conn, &auth, id).await?;
-    Ok(Json(view(&mut conn, r).await?))
+    Ok(Json(view_of(&mut conn, r).await?))
 }
 
 /// Changes a rotation as an admin asked and records it; `change` refuses what does not apply.
@@ -203,7 +207,7 @@ async fn change(
         }
         let details = serde_json::json!({ "phase": r.phase, "paused": r.paused, "excluded": r.excluded });
         audit::record(&mut tx, auth.org_id, now, &auth.actor, &format!("trust_anchor.rotation.{action}"), ("anchor_rotation", id.to_string()), details).await?;
-        let view = view(&mut tx, r).await?;
+        let view = view_of(&mut tx, r).await?;
         tx.commit().await?;
         return Ok(Json(view));
     }
@@ -231,7 +235,7 @@ async fn pause_rotation(State(state): State<AppState>, auth: Principal, ApiPath(
 async fn resume_rotation(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<uuid::Uuid>) -> Result<Json<RotationView>, ApiError> {
     change(&state, &auth, id, "resume", |r| {
         r.paused = false;
-        for p in r.clusters.values_mut().filter(|p| p.state == "failed") {
+        for p in r.clusters.values_mut().filter(|p| p.state == ProgressState::Failed) {
             *p = ClusterProgress { phase: p.phase, ..Default::default() };
         }
         Ok(())

@@ -52,6 +52,14 @@ impl Command {
 /// States in which a command still waits for its agent.
 pub const OPEN_STATES: &str = "('pending', 'delivered', 'running')";
 
+impl Command {
+    /// Still waiting for its agent at `now` (ms): in an open state and before its deadline, as
+    /// `open_for_cluster` selects them.
+    pub fn is_open(&self, now: i64) -> bool {
+        OPEN_STATES.contains(&format!("'{}'", self.state)) && self.deadline > now
+    }
+}
+
 const COLUMNS: &str =
     "id, org_id, cluster_id, kind, params, state, created_by, created_at, deadline, attempts, delivered_at, completed_at, progress, message, output";
 

@@ -155,7 +155,7 @@ pub async fn set_anchor_state(conn: &mut Conn, org: OrgId, anchor: uuid::Uuid, s
 
 const ROTATION_COLUMNS: &str = "id, org_id, old_anchor, new_anchor, phase, paused, excluded, clusters, started_by, created_at, updated_at";
 
-fn rotation(r: &sqlx::any::AnyRow) -> Result<Rotation, sqlx::Error> {
+fn rotation_row(r: &sqlx::any::AnyRow) -> Result<Rotation, sqlx::Error> {
     Ok(Rotation {
         id: parse_col(&r.try_get::<String, _>("id")?, "anchor_rotations.id")?,
         org_id: parse_col(&r.try_get::<String, _>("org_id")?, "anchor_rotations.org_id")?,
@@ -217,14 +217,23 @@ pub async fn rotations(conn: &mut Conn, org: OrgId) -> Result<Vec<Rotation>, sql
         .bind(org.to_string())
         .fetch_all(conn)
         .await?;
-    rows.iter().map(rotation).collect()
+    rows.iter().map(rotation_row).collect()
+}
+
+pub async fn rotation(conn: &mut Conn, org: OrgId, id: uuid::Uuid) -> Result<Option<Rotation>, sqlx::Error> {
+    let row = sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE org_id = $1 AND id = $2"))
+        .bind(org.to_string())
+        .bind(id.to_string())
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(rotation_row).transpose()
 }
 
 /// Every organization's unfinished rotations that are not paused.
 pub async fn running_rotations(conn: &mut Conn) -> Result<Vec<Rotation>, sqlx::Error> {
     let rows =
         sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE paused = 0 AND phase NOT IN ('done', 'aborted')")).fetch_all(conn).await?;
-    rows.iter().map(rotation).collect()
+    rows.iter().map(rotation_row).collect()
 }
 
 /// The organization's clusters: id, status and when it was last seen.

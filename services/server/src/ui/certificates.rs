@@ -186,9 +186,9 @@ fn rotation(r: &Rotation, anchors: &[Anchor], names: &HashMap<ClusterId, String>
                     } }
                     tbody { @for (id, p) in &r.clusters {
                         @let name = names.get(id).cloned().unwrap_or_else(|| id.to_string());
-                        tr data-progress=(name) data-state=(p.state) {
+                        tr data-progress=(name) data-state=(p.state.as_str()) {
                             th scope="row" { a href=(format!("/clusters/{id}")) { (name) } }
-                            td { span class=(format!("badge progress-{}", p.state)) { (p.state.replace('_', " ")) } }
+                            td { span class=(format!("badge progress-{}", p.state.as_str())) { (p.state.as_str().replace('_', " ")) } }
                             td { (p.message) }
                             td { (p.pods_done) " / " (p.pods_total) }
                             @if admin && open { td { @if !r.excluded.contains(id) {
