@@ -36,26 +36,9 @@ struct IdentityFile {
 }
 
 impl Identity {
-    /// Writes the identity atomically (temp file + rename) with mode 0600, so a crash never
-    /// leaves a half-written key and no other user can read it.
+    /// Writes the identity with [`write_private`].
     pub fn save(&self, path: &Path) -> Result<()> {
-        let io = |source| Error::Io { path: path.to_owned(), source };
-        let json = self.to_json();
-        let tmp = temp_path(path);
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let write = || -> std::io::Result<()> {
-            let mut f = options.open(&tmp)?;
-            f.write_all(&json)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            io(e)
-        })
+        write_private(path, &self.to_json())
     }
 
     /// The identity as the JSON document `save` writes (for storing it in a Kubernetes Secret).
@@ -143,11 +126,32 @@ pub async fn sign_issuer(gateway_url: &str, ca_pem: &str, identity: &Identity, c
     Ok(client.sign_issuer(req).await?.into_inner())
 }
 
-pub(crate) fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {
+/// A fresh key and a CSR that only proves possession of it: the gateway sets every field of
+/// what it signs.
+pub fn new_key_and_csr() -> Result<(KeyPair, Vec<u8>)> {
     let key = meshfleet_pki::mint::new_key()?;
-    // The gateway decides the subject and SAN; the CSR only proves possession of the key.
     let csr = meshfleet_pki::csr::new_csr(&key)?;
     Ok((key, csr))
+}
+
+/// Writes a file that holds a private key atomically (temp file + rename) with mode 0600, so a
+/// crash never leaves half a key and no other user can read it.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = temp_path(path);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let write = || -> std::io::Result<()> {
+        let mut f = options.open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().map_err(|source| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::Io { path: path.to_owned(), source }
+    })
 }
 
 /// What the first certificate of a chain (the agent's own) says.

@@ -3,7 +3,7 @@
 //! for a seed, so tests and benchmarks can reproduce a fleet.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use futures::future::BoxFuture;
 use meshfleet_agent_protocol::v1::{self, command::Body, CommandResult, CommandState};
@@ -11,7 +11,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use meshfleet_agent::client::{now_ms, unsupported};
-use meshfleet_agent::Agent;
+use meshfleet_agent::{Agent, Report};
+
+use crate::pki::{GatewayLink, MeshPki};
 
 pub const CURRENT_PROXY_VERSION: &str = "0.1.0";
 const OUTDATED_PROXY_VERSIONS: &[&str] = &["0.0.9", "0.0.8"];
@@ -45,7 +47,9 @@ pub struct SyntheticCluster {
     namespaces: Vec<String>,
     workloads: Vec<Workload>,
     pods: Vec<v1::Pod>,
+    /// The made-up anchor and issuer a cluster starts with, until the service signs an issuer.
     certificates: Vec<v1::CertificateInfo>,
+    pki: MeshPki,
     last_metrics_ms: Option<i64>,
     started_ms: i64,
     events: u64,
@@ -111,7 +115,7 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
     ];
     let anchor = certificates[0].sha256_fingerprint.clone();
     for p in &mut pods {
-        present_leaf(&mut rng, p, &anchor, now);
+        present_leaf(&mut rng, p, std::slice::from_ref(&anchor), &anchor, now);
     }
     SyntheticCluster {
         kubernetes_version: KUBERNETES_VERSIONS[rng.gen_range(0..KUBERNETES_VERSIONS.len())].into(),
@@ -121,6 +125,7 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
         workloads,
         pods,
         certificates,
+        pki: MeshPki::default(),
         last_metrics_ms: None,
         started_ms: now,
         events: 0,
@@ -131,14 +136,35 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
 
 impl SyntheticCluster {
     pub fn inventory(&self) -> v1::Inventory {
+        v1::Inventory { pods: self.pods.clone(), ..self.facts() }
+    }
+
+    /// Everything but the pods: what a Delta's `facts` carries.
+    fn facts(&self) -> v1::Inventory {
         v1::Inventory {
             kubernetes_version: self.kubernetes_version.clone(),
             node_count: self.node_count,
             control_plane: Some(self.control_plane.clone()),
             namespaces: self.namespaces.iter().map(|n| v1::MeshedNamespace { name: n.clone() }).collect(),
-            pods: self.pods.clone(),
-            certificates: self.certificates.clone(),
+            pods: Vec::new(),
+            certificates: if self.pki.is_managed() { self.pki.certificates() } else { self.certificates.clone() },
         }
+    }
+
+    /// Takes on a PKI (signed by the service, or as saved before a restart): the proxies pick the
+    /// new bundle up and renew their leaves at once, as the controller asks them to. Returns the
+    /// Delta that reports it.
+    pub fn adopt(&mut self, pki: MeshPki, now_ms: i64) -> v1::Delta {
+        self.pki = pki;
+        let (bundle, anchor) = self.trust();
+        for p in &mut self.pods {
+            present_leaf(&mut self.rng, p, &bundle, &anchor, now_ms);
+        }
+        v1::Delta { upserted_pods: self.pods.clone(), removed_pods: Vec::new(), facts: Some(self.facts()) }
+    }
+
+    pub fn pki(&self) -> &MeshPki {
+        &self.pki
     }
 
     /// Golden metrics per workload for the window since the previous call (10 s the first
@@ -204,8 +230,8 @@ impl SyntheticCluster {
             let hash = old.name.rsplit('-').nth(1).unwrap_or("0").to_owned();
             let w = self.workloads.iter().find(|w| old.workload == format!("Deployment/{}", w.name)).cloned()?;
             let mut new = new_pod(&mut self.rng, &w, &hash, &old.proxy_version);
-            let anchor = self.trust_anchor();
-            present_leaf(&mut self.rng, &mut new, &anchor, now_ms);
+            let (bundle, anchor) = self.trust();
+            present_leaf(&mut self.rng, &mut new, &bundle, &anchor, now_ms);
             self.pods.push(new.clone());
             let event = self.event(now_ms, "Normal", &old.namespace, &format!("Pod/{}", old.name), "Killing", "replaced after node drain");
             let removed = vec![v1::PodRef { namespace: old.namespace, name: old.name }];
@@ -213,9 +239,14 @@ impl SyntheticCluster {
         }
     }
 
-    /// The fingerprint of the cluster's simulated trust anchor.
-    fn trust_anchor(&self) -> String {
-        self.certificates.iter().find(|c| c.role == "trust-anchor").map(|c| c.sha256_fingerprint.clone()).unwrap_or_default()
+    /// What the cluster's proxies trust (the bundle's fingerprints) and the anchor their leaves
+    /// chain to.
+    fn trust(&self) -> (Vec<String>, String) {
+        if self.pki.is_managed() {
+            return (self.pki.bundle_fingerprints(), self.pki.issuer_anchor().unwrap_or_default());
+        }
+        let anchor = self.certificates.iter().find(|c| c.role == "trust-anchor").map(|c| c.sha256_fingerprint.clone()).unwrap_or_default();
+        (vec![anchor.clone()], anchor)
     }
 
     /// Occasional Warning events (failed probes, back-off).
@@ -247,7 +278,8 @@ impl SyntheticCluster {
     }
 
     /// Answers `ping` and `collect-diagnostics`; the kinds that change a cluster are not
-    /// simulated and answered as unsupported.
+    /// simulated and answered as unsupported (the certificate commands need the gateway:
+    /// [`SharedCluster`] answers them).
     pub fn run_command(&self, id: &str, command: &Body) -> CommandResult {
         let output = match command {
             Body::Ping(_) => serde_json::json!({ "pong": true, "at": now_ms() }),
@@ -298,16 +330,70 @@ impl Agent for SyntheticCluster {
     }
 }
 
-/// A synthetic cluster that keeps evolving while a client reports for it.
-#[derive(Debug, Clone)]
-pub struct SharedCluster(pub Arc<Mutex<SyntheticCluster>>);
+/// A synthetic cluster that keeps evolving while a client reports for it; once linked to its
+/// client ([`SharedCluster::link`]) it also answers rotate-issuer and set-trust-bundle.
+#[derive(Clone)]
+pub struct SharedCluster {
+    cluster: Arc<Mutex<SyntheticCluster>>,
+    link: Arc<OnceLock<GatewayLink>>,
+}
 
 impl SharedCluster {
     pub fn new(cluster: SyntheticCluster) -> Self {
-        SharedCluster(Arc::new(Mutex::new(cluster)))
+        SharedCluster { cluster: Arc::new(Mutex::new(cluster)), link: Arc::default() }
     }
+
     pub fn lock(&self) -> std::sync::MutexGuard<'_, SyntheticCluster> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.cluster.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Lets the cluster reach the gateway through its client (set once, after `spawn`).
+    pub fn link(&self, link: GatewayLink) {
+        let _ = self.link.set(link);
+    }
+
+    /// rotate-issuer or set-trust-bundle, as the real agent runs them; the new PKI is saved
+    /// (when the link says where) and reported before the command's result.
+    async fn change_pki(&self, id: String, command: Body) -> CommandResult {
+        // The link is set right after the client is spawned, long before a command can arrive
+        // over its first session; a cluster never linked answers as an agent without the kind.
+        for _ in 0..100 {
+            if self.link.get().is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let Some(link) = self.link.get() else { return CommandResult { command_id: id, ..unsupported(command.kind()) } };
+        let current = self.lock().pki().clone();
+        let changed = match &command {
+            // Redelivered after the agent restarted: it was done, do not sign twice.
+            Body::RotateIssuer(_) if current.rotated_by() == id => Ok((current.clone(), current.issuer_output())),
+            Body::RotateIssuer(_) => current.rotate_issuer(link, &link.reporter.identity(), &id).await,
+            Body::SetTrustBundle(p) => current.set_trust_bundle(&p.bundle_pem).map(|pki| {
+                let output = serde_json::json!({ "bundle_fingerprints": pki.bundle_fingerprints() });
+                (pki, output)
+            }),
+            _ => return self.lock().run_command(&id, &command),
+        };
+        let saved = changed.and_then(|(pki, output)| match &link.state_path {
+            Some(path) => pki.save(path).map(|_| (pki, output)).map_err(|e| format!("saving the cluster's PKI: {e}")),
+            None => Ok((pki, output)),
+        });
+        match saved {
+            Ok((pki, output)) => {
+                let delta = self.lock().adopt(pki, now_ms());
+                link.reporter.report(Report::Delta(delta));
+                let message = if matches!(command, Body::RotateIssuer(_)) { "issuer rotated" } else { "trust bundle set" };
+                CommandResult {
+                    command_id: id,
+                    state: CommandState::Succeeded as i32,
+                    message: message.into(),
+                    output_json: output.to_string(),
+                    progress_percent: 100,
+                }
+            }
+            Err(message) => CommandResult { command_id: id, state: CommandState::Failed as i32, message, ..Default::default() },
+        }
     }
 }
 
@@ -319,7 +405,13 @@ impl Agent for SharedCluster {
         self.lock().inventory()
     }
     fn execute(&self, id: String, command: Body) -> BoxFuture<'static, CommandResult> {
-        self.lock().execute(id, command)
+        match command {
+            Body::RotateIssuer(_) | Body::SetTrustBundle(_) => {
+                let this = self.clone();
+                Box::pin(async move { this.change_pki(id, command).await })
+            }
+            other => self.lock().execute(id, other),
+        }
     }
 }
 
@@ -337,10 +429,10 @@ fn new_pod(rng: &mut StdRng, w: &Workload, hash: &str, version: &str) -> v1::Pod
     }
 }
 
-/// The pod's proxy trusts the cluster's one anchor and presents a 24-hour leaf chaining to it,
-/// renewed at some point of its life.
-fn present_leaf(rng: &mut StdRng, pod: &mut v1::Pod, anchor: &str, now_ms: i64) {
-    pod.bundle_fingerprints = vec![anchor.to_owned()];
+/// The pod's proxy trusts `bundle` and presents a 24-hour leaf chaining to `anchor`, renewed at
+/// some point of its life.
+fn present_leaf(rng: &mut StdRng, pod: &mut v1::Pod, bundle: &[String], anchor: &str, now_ms: i64) {
+    pod.bundle_fingerprints = bundle.to_vec();
     pod.leaf_anchor_fingerprint = anchor.to_owned();
     pod.leaf_not_after_unix_ms = now_ms + rng.gen_range(HOUR_MS..=DAY_MS);
 }

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 
 use meshfleet_client::{Client, Cluster};
 
+use super::pki::{GatewayLink, MeshPki};
 use super::{synthetic_cluster, SharedCluster, SimError};
 use meshfleet_agent::client::now_ms;
 use meshfleet_agent::{register, spawn, AgentHandle, ClientConfig, Identity, Report, Reporter};
@@ -116,13 +117,26 @@ pub async fn run(config: FleetConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut handles: Vec<AgentHandle> = Vec::new();
     let mut drivers = Vec::new();
     for (i, cluster_ref, identity) in prepared {
-        let cluster = SharedCluster::new(synthetic_cluster(seed_for(&cluster_ref.name)));
+        let name = format!("{}-{i:04}", config.prefix);
+        let mut synthetic = synthetic_cluster(seed_for(&cluster_ref.name));
+        // The issuer the service signed before a restart, as a real cluster keeps it.
+        let pki_path = config.state_dir.join(format!("{name}.pki.json"));
+        if let Some(pki) = MeshPki::load(&pki_path) {
+            synthetic.adopt(pki, now_ms());
+        }
+        let cluster = SharedCluster::new(synthetic);
         let client_config = ClientConfig {
             agent_version: config.agent_version.clone(),
-            identity_path: Some(identity_path(&config.state_dir, &format!("{}-{i:04}", config.prefix))),
+            identity_path: Some(identity_path(&config.state_dir, &name)),
             ..ClientConfig::new(&gw.gateway_address, &gw.ca_pem)
         };
         let handle = spawn(client_config, identity, Arc::new(cluster.clone()));
+        cluster.link(GatewayLink {
+            gateway_url: gw.gateway_address.clone(),
+            ca_pem: gw.ca_pem.clone(),
+            reporter: handle.reporter(),
+            state_path: Some(pki_path),
+        });
         drivers.push(tokio::spawn(drive(handle.reporter(), cluster, config.metrics_interval, stop_rx.clone())));
         handles.push(handle);
     }

@@ -4,6 +4,7 @@
 
 mod cluster;
 mod fleet;
+pub mod pki;
 
 pub use cluster::{synthetic_cluster, SharedCluster, SyntheticCluster};
 pub use fleet::{drive, run, Auth, FleetConfig, FleetStatus};

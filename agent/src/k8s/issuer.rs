@@ -10,7 +10,7 @@ use ::kube::api::{Api, PostParams};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::ByteString;
 use meshfleet_agent_protocol::v1::{CommandResult, CommandState};
-use meshfleet_pki::pem::{cert_to_pem, fingerprint, readable_certs};
+use meshfleet_pki::pem::{fingerprint, merged_bundle, readable_certs};
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
 use serde_json::json;
 
@@ -25,12 +25,6 @@ const KEY_KEY: &str = "tls.key";
 /// On the issuer Secret: the rotate-issuer command that wrote it, so a redelivered command
 /// does not sign and write a second issuer.
 pub const ROTATED_BY: &str = "meshfleet.io/rotated-by";
-
-/// Every certificate of `pems`, each once (by fingerprint), in order: the bundle as it grows.
-fn merged(pems: &[&str]) -> String {
-    let mut seen = std::collections::HashSet::new();
-    pems.iter().flat_map(|p| readable_certs(p.as_bytes())).filter(|c| seen.insert(fingerprint(c))).map(|c| cert_to_pem(&c)).collect()
-}
 
 impl Executor {
     pub(super) async fn rotate_issuer(&self, id: &str) -> Result<CommandResult, String> {
@@ -51,7 +45,7 @@ impl Executor {
 
         let current = maps.get(TRUST_BUNDLE).await.map_err(|e| missing("trust bundle ConfigMap", e))?;
         let had: Vec<&str> = current.data.iter().flatten().filter(|(k, _)| k.ends_with(".crt") || k.ends_with(".pem")).map(|(_, v)| v.as_str()).collect();
-        let bundle = merged(&[had.as_slice(), &[signed.trust_bundle_pem.as_str()]].concat());
+        let bundle = merged_bundle(&[had.as_slice(), &[signed.trust_bundle_pem.as_str()]].concat());
         let key_pem = key.serialize_pem();
         // What the controller will check before it switches: refuse here rather than there.
         let trust = TrustBundle::from_pem(bundle.as_bytes()).map_err(|e| format!("the bundle is unusable: {e}"))?;
@@ -96,7 +90,7 @@ impl Executor {
         let data = secret.data.unwrap_or_default();
         let (cert, key) = (data.get(CERT_KEY).map(|b| b.0.as_slice()).unwrap_or_default(), data.get(KEY_KEY).map(|b| b.0.as_slice()).unwrap_or_default());
         check_issuer(cert, key, &wanted, SystemTime::now()).map_err(|e| format!("refused: the current issuer would not verify under this bundle: {e}"))?;
-        let pem = merged(&[bundle_pem]);
+        let pem = merged_bundle(&[bundle_pem]);
         let output = json!({ "bundle_fingerprints": wanted.fingerprints() });
         retry_on_conflict("trust bundle", || async {
             let mut map = maps.get(TRUST_BUNDLE).await?;
@@ -120,20 +114,4 @@ fn already_rotated(secret: &Secret, id: &str) -> Option<CommandResult> {
     let cert = readable_certs(&pem.0).into_iter().next()?;
     let not_after = meshfleet_pki::inspect::inspect(&cert).ok()?.not_after_unix * 1000;
     Some(done(CommandState::Succeeded, "issuer rotated", json!({ "issuer_fingerprint": fingerprint(&cert), "not_after_unix_ms": not_after })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use meshfleet_pki::mint::{new_anchor, CaProfile};
-
-    #[test]
-    fn the_bundle_only_grows_and_keeps_each_anchor_once() {
-        let day = std::time::Duration::from_secs(86_400);
-        let (a, b) = (new_anchor(&CaProfile::new("a", day)).unwrap(), new_anchor(&CaProfile::new("b", day)).unwrap());
-        let both = merged(&[&a.cert_pem, &format!("{}{}", b.cert_pem, a.cert_pem)]);
-        let fps: Vec<String> = readable_certs(both.as_bytes()).iter().map(|c| fingerprint(c)).collect();
-        assert_eq!(fps, [fingerprint(&a.cert_der), fingerprint(&b.cert_der)]);
-        assert_eq!(merged(&["not pem", &a.cert_pem]), a.cert_pem);
-    }
 }

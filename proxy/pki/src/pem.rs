@@ -41,6 +41,13 @@ pub fn cert_to_pem(der: &[u8]) -> String {
     out
 }
 
+/// Every certificate of `pems`, each once (by fingerprint), in order, as one PEM bundle: how a
+/// cluster's trust bundle grows without repeating an anchor (unreadable input is skipped).
+pub fn merged_bundle(pems: &[&str]) -> String {
+    let mut seen = std::collections::HashSet::new();
+    pems.iter().flat_map(|p| readable_certs(p.as_bytes())).filter(|c| seen.insert(fingerprint(c))).map(|c| cert_to_pem(&c)).collect()
+}
+
 /// Hex SHA-256 of a DER blob.
 pub fn fingerprint(der: &[u8]) -> String {
     hex::encode(Sha256::digest(der))
@@ -49,6 +56,17 @@ pub fn fingerprint(der: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_merged_bundle_keeps_each_anchor_once_in_order() {
+        use crate::mint::{new_anchor, CaProfile};
+        let day = std::time::Duration::from_secs(86_400);
+        let (a, b) = (new_anchor(&CaProfile::new("a", day)).unwrap(), new_anchor(&CaProfile::new("b", day)).unwrap());
+        let both = merged_bundle(&[&a.cert_pem, &format!("{}{}", b.cert_pem, a.cert_pem)]);
+        let fps: Vec<String> = readable_certs(both.as_bytes()).iter().map(|c| fingerprint(c)).collect();
+        assert_eq!(fps, [fingerprint(&a.cert_der), fingerprint(&b.cert_der)]);
+        assert_eq!(merged_bundle(&["not pem", &a.cert_pem]), a.cert_pem);
+    }
 
     #[test]
     fn malformed_pem_is_an_error_not_a_panic() {

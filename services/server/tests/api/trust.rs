@@ -5,22 +5,29 @@
 
 use std::time::{Duration, SystemTime};
 
+use meshfleet_agent::ClientConfig;
 use meshfleet_agent_protocol::v1::SignIssuerRequest;
 use meshfleet_pki::inspect::inspect;
 use meshfleet_pki::mint::{self, CaProfile, LeafProfile};
 use meshfleet_pki::pem::{certs_from_pem, fingerprint};
 use meshfleet_pki::spiffe::WorkloadId;
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
+use meshfleet_sim::pki::GatewayLink;
+use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::Row;
 use tonic::Code;
 
 use crate::gateway::{client, registered};
-use crate::helpers::{assert_problem, Engine, TestApp};
+use crate::helpers::{assert_problem, Engine, Login, TestApp};
 use crate::on_both_engines;
 
-on_both_engines!(anchors_are_checked_sealed_and_never_show_their_key, issuers_are_signed_only_for_the_callers_own_open_rotation);
+on_both_engines!(
+    anchors_are_checked_sealed_and_never_show_their_key,
+    issuers_are_signed_only_for_the_callers_own_open_rotation,
+    a_rotation_runs_over_simulated_clusters_and_goes_on_without_one_excluded,
+);
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -182,4 +189,79 @@ async fn issuers_are_signed_only_for_the_callers_own_open_rotation(engine: Engin
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, audit) = app.get("/api/v1/audit", &alice.access).await;
     assert!(audit.to_string().contains("issuer.sign"), "{audit}");
+}
+
+/// A simulated cluster connected to `app` as `name`: its client runs, linked so it answers the
+/// certificate commands (it makes real keys and CSRs and checks what it gets back).
+async fn simulated(app: &TestApp, owner: &Login, name: &str, seed: u64) -> (String, SharedCluster, meshfleet_agent::AgentHandle) {
+    let created = app.create_cluster(owner, name, json!({})).await;
+    let gateway = format!("https://{}", app.state_gateway());
+    let ca = app.state.pki.gateway_ca_pem.clone();
+    let identity = meshfleet_agent::register(&gateway, &ca, created["bootstrap_token"]["token"].as_str().unwrap(), "0.1.0-test").await.unwrap();
+    let cluster = SharedCluster::new(synthetic_cluster(seed));
+    let handle = meshfleet_agent::spawn(ClientConfig::new(&gateway, &ca), identity, std::sync::Arc::new(cluster.clone()));
+    cluster.link(GatewayLink { gateway_url: gateway, ca_pem: ca, reporter: handle.reporter(), state_path: None });
+    assert!(handle.wait_until(Duration::from_secs(10), |s| s.connected && s.last_acked_seq > 0).await, "{name} connects");
+    (created["cluster"]["id"].as_str().unwrap().to_owned(), cluster, handle)
+}
+
+/// Polls `path` until `done` holds for what it answers (20 s at most); returns the last answer.
+async fn poll(app: &TestApp, access: &str, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..200 {
+        let (_, body) = app.get(path, access).await;
+        if done(&body) {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{path} never got there: {}", app.get(path, access).await.1);
+}
+
+/// The demo fleet answers rotate-issuer and set-trust-bundle as the real agent does, so a whole
+/// trust-anchor rotation runs over simulated clusters; one that never got an issuer from the
+/// service refuses a bundle its issuer would not verify under, says so, and once an admin
+/// excludes it the rotation finishes without it.
+async fn a_rotation_runs_over_simulated_clusters_and_goes_on_without_one_excluded(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ops@example.com").await;
+    let mut fleet = Vec::new();
+    for (i, name) in ["sim-a", "sim-b", "sim-c"].into_iter().enumerate() {
+        fleet.push(simulated(&app, &owner, name, i as u64 + 11).await);
+    }
+    let first = app.post("/api/v1/trust-anchors", &owner.access, json!({})).await.1["fingerprint"].as_str().unwrap().to_owned();
+    for (cluster, sim, _) in &fleet[..2] {
+        let id = rotate_issuer(&app, &owner.access, cluster).await;
+        let done = poll(&app, &owner.access, &format!("/api/v1/clusters/{cluster}/commands/{id}"), |c| {
+            ["succeeded", "failed", "expired"].iter().any(|s| c["state"] == *s)
+        })
+        .await;
+        assert_eq!((done["state"].as_str(), done["output"]["anchor_fingerprint"].as_str()), (Some("succeeded"), Some(first.as_str())), "{done}");
+        assert_eq!(sim.lock().pki().issuer_anchor().as_deref(), Some(first.as_str()));
+        // The simulated proxies moved to it, as the agent reports them.
+        let certs = poll(&app, &owner.access, &format!("/api/v1/clusters/{cluster}/certificates"), |c| c["issuer"]["anchor_state"] == "active").await;
+        assert_eq!(certs["signed_by_service"]["fingerprint"], done["output"]["issuer_fingerprint"], "{certs}");
+        assert_eq!(certs["proxies"]["leaf_not_on_active_anchor"], 0, "{certs}");
+    }
+
+    let r = app.post("/api/v1/trust-anchors/rotations", &owner.access, json!({})).await.1;
+    let (id, second) = (r["id"].as_str().unwrap().to_owned(), r["new_anchor_fingerprint"].as_str().unwrap().to_owned());
+    let path = format!("/api/v1/trust-anchors/rotations/{id}");
+    let unmanaged = fleet[2].0.clone();
+    let progress_of = |r: &Value, cluster: &str| r["clusters"].as_array().unwrap().iter().find(|c| c["cluster_id"] == cluster).cloned().unwrap_or_default();
+    let stuck = poll(&app, &owner.access, &path, |r| progress_of(r, &unmanaged)["state"] == "failed").await;
+    assert!(progress_of(&stuck, &unmanaged)["message"].as_str().unwrap().contains("no issuer signed by the service"), "{stuck}");
+    assert_eq!(stuck["phase"], "distribute", "a refusal holds the phase: {stuck}");
+    let (status, _) = app.post(&format!("{path}/exclude"), &owner.access, json!({ "cluster_id": unmanaged })).await;
+    assert_eq!(status, StatusCode::OK);
+    let done = poll(&app, &owner.access, &path, |r| r["phase"] == "done").await;
+    for (cluster, sim, _) in &fleet[..2] {
+        assert_eq!(progress_of(&done, cluster)["state"], "done", "{done}");
+        let pki = sim.lock().pki().clone();
+        assert_eq!((pki.bundle_fingerprints(), pki.issuer_anchor()), (vec![second.clone()], Some(second.clone())), "moved to the new anchor alone");
+    }
+    assert_eq!(progress_of(&done, &unmanaged)["state"], "excluded");
+    assert!(!fleet[2].1.lock().pki().is_managed(), "the excluded cluster was left as it was");
+    for (_, _, handle) in fleet {
+        handle.shutdown().await;
+    }
 }
