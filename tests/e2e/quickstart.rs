@@ -179,3 +179,45 @@ fn readme_alerts_walkthrough_delivers_signed_events_and_again() {
     running.child.kill().unwrap();
     let _ = running.child.wait();
 }
+
+/// The README's rotation walkthrough, after its quickstart, twice: the demo fleet (the real
+/// `meshfleet-sim` binary) gets issuers signed by the organization's anchor and goes through a
+/// whole trust-anchor rotation; the second run, a restarted simulator with the issuers it saved,
+/// through another.
+#[test]
+fn readme_rotation_walkthrough_rotates_the_demo_fleet_and_again() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim"]);
+    let mut cmd = server(dir.path());
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
+    let mut running = ServerProcess::start(cmd);
+    let script = format!("{}\n{}", readme_quickstart_script(), readme_block("rotation walkthrough")).replace("127.0.0.1:8080", &running.api);
+    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+
+    let mut active = Vec::new();
+    for run in ["first", "second"] {
+        let out = run_script(script.clone(), Command::new("bash").current_dir(dir.path()).env("PATH", &path).env("HOME", home.path()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let shown = format!(
+            "{stdout}\n{}\nsim.log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default()
+        );
+        assert!(out.status.success(), "{run} run failed ({}):\n{shown}", out.status);
+        assert!(stdout.contains("\ndone: 10 of 11 clusters done\n"), "{run} run: the rotation did not finish over the demo fleet:\n{shown}");
+        let anchors: Vec<&str> = stdout.lines().filter(|l| l.ends_with(" active") || l.ends_with(" inactive")).collect();
+        let now_active: Vec<&str> = anchors.iter().filter(|l| l.ends_with(" active")).copied().collect();
+        assert_eq!(now_active.len(), 1, "{run} run: one active anchor:\n{shown}");
+        assert_eq!(anchors.len(), if run == "first" { 2 } else { 3 }, "{run} run: each rotation leaves the old anchor inactive:\n{shown}");
+        active.push(now_active[0].to_owned());
+    }
+    assert_ne!(active[0], active[1], "the second run rotated again");
+    // The simulator kept each cluster's issuer key with mode 0600, as it keeps identities.
+    let state = home.path().join(".local/state/meshfleet-sim");
+    let saved: Vec<_> = std::fs::read_dir(&state).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".pki.json")).collect();
+    assert_eq!(saved.len(), 10, "{state:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert!(saved.iter().all(|e| e.metadata().unwrap().permissions().mode() & 0o777 == 0o600));
+    running.child.kill().unwrap();
+    let _ = running.child.wait();
+}
