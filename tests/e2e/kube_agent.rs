@@ -37,9 +37,24 @@ fn issuer_pem() -> (String, String) {
 struct Setup {
     app: TestApp,
     owner: Login,
+    /// The organization's first cluster; its fields read as the setup's own (`s.kube`).
+    home: Cluster,
+}
+
+/// One cluster of the test's organization: its id, the fake API server holding it (with the
+/// install manifest applied and its RBAC enforced) and its agent's settings.
+struct Cluster {
     cluster: String,
     kube: Arc<FakeKube>,
     vars: HashMap<String, String>,
+}
+
+impl std::ops::Deref for Setup {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.home
+    }
 }
 
 async fn setup() -> Setup {
@@ -49,13 +64,21 @@ async fn setup() -> Setup {
 async fn setup_with(tweak: impl FnOnce(&mut meshfleet_server::config::Config)) -> Setup {
     let app = TestApp::spawn_with(meshfleet_test_support::app::TestDb::new(Engine::Sqlite).await, tweak).await;
     let owner = app.owner("ops@example.com").await;
-    let created = app.create_cluster(&owner, "prod-1", json!({})).await;
+    let home = join_cluster(&app, &owner, "prod-1").await;
+    Setup { app, owner, home }
+}
+
+/// Creates a cluster of `owner`'s organization through the API and a fake API server for it
+/// holding a mesh (the controller Deployment, shop/web with two pods, shop/api with one), with
+/// the cluster's rendered install manifest applied and its RBAC enforced.
+async fn join_cluster(app: &TestApp, owner: &Login, name: &str) -> Cluster {
+    let created = app.create_cluster(owner, name, json!({})).await;
     let cluster = created["cluster"]["id"].as_str().unwrap().to_owned();
     let gateway = format!("https://{}", app.state_gateway());
     let ca = app.state.pki.gateway_ca_pem.clone();
     let manifest = install::render(&InstallParams {
         cluster_id: &cluster,
-        cluster_name: "prod-1",
+        cluster_name: name,
         org_id: &owner.org,
         bootstrap_token: created["bootstrap_token"]["token"].as_str().unwrap(),
         api_url: &app.base,
@@ -106,22 +129,27 @@ async fn setup_with(tweak: impl FnOnce(&mut meshfleet_server::config::Config)) -
     }
     kube.enforce_rbac(true);
     kube.add_token("agent-sa-token", User::service_account(install::AGENT_NAMESPACE, "meshfleet-agent"));
-    Setup { app, owner, cluster, kube, vars }
+    Cluster { cluster, kube, vars }
 }
 
-async fn start_agent(s: &Setup, pod: &str) -> k8s::Running {
-    let mut vars = s.vars.clone();
+async fn start_agent(c: &Cluster, pod: &str) -> k8s::Running {
+    let mut vars = c.vars.clone();
     vars.insert("MESHFLEET_POD_NAME".into(), pod.into());
     let config = AgentConfig::from_vars(&vars).expect("the install Secret configures the agent");
-    k8s::start(config, s.kube.client_for("agent-sa-token").await.unwrap()).await.unwrap()
+    k8s::start(config, c.kube.client_for("agent-sa-token").await.unwrap()).await.unwrap()
 }
 
 /// Starts the agent and waits until it is connected and the API shows every meshed pod.
 async fn start_connected_agent(s: &Setup) -> k8s::Running {
-    let a = start_agent(s, "meshfleet-agent-a").await;
-    let path = format!("/api/v1/clusters/{}/inventory", s.cluster);
+    start_connected_agent_in(s, s).await
+}
+
+/// `start_connected_agent` for another cluster `c` of the setup's organization.
+async fn start_connected_agent_in(s: &Setup, c: &Cluster) -> k8s::Running {
+    let a = start_agent(c, "meshfleet-agent-a").await;
+    let path = format!("/api/v1/clusters/{}/inventory", c.cluster);
     let shown = within(Duration::from_secs(10), || async {
-        a.stats().is_some_and(|st| st.connected) && pod_names(&s.app.get(&path, &s.owner.access).await.1) == fake_meshed(&s.kube)
+        a.stats().is_some_and(|st| st.connected) && pod_names(&s.app.get(&path, &s.owner.access).await.1) == fake_meshed(&c.kube)
     })
     .await;
     assert!(shown.is_some(), "agent connected and inventory shown: {}", s.app.get(&path, &s.owner.access).await.1);
@@ -138,9 +166,14 @@ fn fake_meshed(kube: &FakeKube) -> HashSet<String> {
 
 /// Creates a command through the API; returns its path.
 async fn send_command(s: &Setup, kind: &str, params: Value) -> String {
-    let (status, cmd) = s.app.post(&format!("/api/v1/clusters/{}/commands", s.cluster), &s.owner.access, json!({"kind": kind, "params": params})).await;
+    send_command_in(s, s, kind, params).await
+}
+
+/// `send_command` to another cluster `c` of the setup's organization.
+async fn send_command_in(s: &Setup, c: &Cluster, kind: &str, params: Value) -> String {
+    let (status, cmd) = s.app.post(&format!("/api/v1/clusters/{}/commands", c.cluster), &s.owner.access, json!({"kind": kind, "params": params})).await;
     assert_eq!(status.as_u16(), 201, "{cmd}");
-    format!("/api/v1/clusters/{}/commands/{}", s.cluster, cmd["id"].as_str().unwrap())
+    format!("/api/v1/clusters/{}/commands/{}", c.cluster, cmd["id"].as_str().unwrap())
 }
 
 /// Polls a command until it leaves pending/running; returns it and every progress value seen

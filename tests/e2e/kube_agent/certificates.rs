@@ -17,6 +17,8 @@ use serde_json::{json, Value};
 use super::mesh::{IssuerSource, Mesh};
 use super::*;
 
+mod two_clusters;
+
 fn decode(v: &Value) -> String {
     use base64::Engine as _;
     String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).unwrap()).unwrap()
@@ -32,51 +34,80 @@ fn in_cluster(kube: &FakeKube) -> (String, String, Vec<String>) {
     (issuer, pem, bundle.fingerprints())
 }
 
-/// The anchor each sidecar's leaf chains to, as its admin `/identity` says.
-async fn leaf_anchors(mesh: &Mesh) -> Vec<Option<String>> {
-    let admins: Vec<String> = mesh.sidecars.lock().unwrap().values().map(|s| s.process.addr("admin").to_string()).collect();
+/// What a proxy's admin `/identity` says of one field of its leaf (`anchor_fingerprint`,
+/// `issuer_fingerprint`); None without a leaf or, for the anchor, if it chains to none now.
+async fn leaf_field(admin: std::net::SocketAddr, field: &str) -> Option<String> {
+    let id: Value = reqwest::get(format!("http://{admin}/identity")).await.unwrap().json().await.unwrap();
+    id["leaf"][field].as_str().map(str::to_owned)
+}
+
+/// `leaf_field` of each sidecar of the mesh.
+async fn leaves(mesh: &Mesh, field: &str) -> Vec<Option<String>> {
+    let admins: Vec<std::net::SocketAddr> = mesh.sidecars.lock().unwrap().values().map(|s| s.process.addr("admin")).collect();
     let mut out = Vec::new();
     for a in admins {
-        let id: Value = reqwest::get(format!("http://{a}/identity")).await.unwrap().json().await.unwrap();
-        out.push(id["leaf"]["anchor_fingerprint"].as_str().map(str::to_owned));
+        out.push(leaf_field(a, field).await);
     }
     out
 }
 
-/// Requests through the mesh, one at a time, from an ingress proxy to every pod, until dropped:
-/// (sent, failed).
+/// The anchor each sidecar's leaf chains to, as its admin `/identity` says.
+async fn leaf_anchors(mesh: &Mesh) -> Vec<Option<String>> {
+    leaves(mesh, "anchor_fingerprint").await
+}
+
+/// Requests through the mesh from an ingress proxy to every pod, until stopped: (sent, failed).
 struct Traffic {
     sent: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<()>,
-    _ingress: super::mesh::Process,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    ingress: super::mesh::Process,
 }
 
 impl Traffic {
+    /// One request at a time, from an ingress proxy of the mesh to each of its pods in turn.
     async fn start(mesh: &Mesh) -> Traffic {
-        let targets: Vec<(String, String)> = mesh.pods_of("web").into_iter().chain(mesh.pods_of("api")).map(|(_, inbound, id)| (inbound, id)).collect();
-        let ingress = mesh.ingress(&targets).await;
+        Self::between(mesh, mesh, 1).await
+    }
+
+    /// `tasks` concurrent loops of requests, one at a time each, from an ingress proxy of `from`
+    /// to each pod of `to` in turn (over mTLS to the pod's identity): within one cluster, or
+    /// across two whose proxies trust the same anchors.
+    async fn between(from: &Mesh, to: &Mesh, tasks: usize) -> Traffic {
+        let targets: Vec<(String, String)> = to.pods_of("web").into_iter().chain(to.pods_of("api")).map(|(_, inbound, id)| (inbound, id)).collect();
+        let ingress = from.ingress(&targets).await;
         let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let outs: Vec<std::net::SocketAddr> = (0..targets.len()).map(|i| ingress.outbound(i)).collect();
-        let task = {
-            let (sent, failed) = (sent.clone(), failed.clone());
-            tokio::spawn(async move {
-                let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
-                for i in 0.. {
-                    let ok = http.get(format!("http://{}/t", outs[i % outs.len()])).send().await.is_ok_and(|r| r.status().is_success());
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if !ok {
-                        failed.fetch_add(1, Ordering::Relaxed);
+        let outs: Arc<Vec<std::net::SocketAddr>> = Arc::new((0..targets.len()).map(|i| ingress.outbound(i)).collect());
+        let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(5)).build().unwrap();
+        let tasks = (0..tasks)
+            .map(|t| {
+                let (sent, failed, outs, http) = (sent.clone(), failed.clone(), outs.clone(), http.clone());
+                tokio::spawn(async move {
+                    for i in t.. {
+                        let out = outs[i % outs.len()];
+                        let res = http.get(format!("http://{out}/t")).send().await;
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        let ok = res.as_ref().is_ok_and(|r| r.status().is_success());
+                        if !ok && failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                            eprintln!("a request through {out} failed: {:?}", res.map(|r| r.status()));
+                        }
                     }
-                }
+                })
             })
-        };
-        Traffic { sent, failed, task, _ingress: ingress }
+            .collect();
+        Traffic { sent, failed, tasks, ingress }
+    }
+
+    /// The requests sent so far.
+    fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Stops it: (sent, failed).
     fn stop(self) -> (u64, u64) {
-        self.task.abort();
+        for t in &self.tasks {
+            t.abort();
+        }
         (self.sent.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 }

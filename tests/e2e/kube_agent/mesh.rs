@@ -117,6 +117,9 @@ pub struct Mesh {
     pub dir: tempfile::TempDir,
     pub controller: Process,
     pub sidecars: Arc<Mutex<HashMap<String, Sidecar>>>,
+    /// With `IssuerSource::Kubernetes`, the fake cluster whose trust ConfigMap a new ingress
+    /// proxy starts from (as a pod mounting it would).
+    bundle_from: Option<Arc<FakeKube>>,
     stop: Arc<AtomicBool>,
     kubelet: Option<std::thread::JoinHandle<()>>,
 }
@@ -221,6 +224,7 @@ impl Mesh {
         let sidecars: Arc<Mutex<HashMap<String, Sidecar>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let base = SidecarArgs { dir: dir.path().to_owned(), controller: controller.addr("grpc"), app };
+        let bundle_from = matches!(source, IssuerSource::Kubernetes).then(|| kube.clone());
         let wanted: Vec<(String, String)> = workloads.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
         let kubelet = {
             let (sidecars, stop) = (sidecars.clone(), stop.clone());
@@ -231,7 +235,7 @@ impl Mesh {
                 }
             })
         };
-        Mesh { dir, controller, sidecars, stop, kubelet: Some(kubelet) }
+        Mesh { dir, controller, sidecars, bundle_from, stop, kubelet: Some(kubelet) }
     }
 
     /// Waits until exactly `pods` sidecars run and each holds a certificate (/ready is 200).
@@ -263,19 +267,30 @@ impl Mesh {
 
     /// A proxy outside the cluster's pods (an ingress gateway with its own identity), with one
     /// outbound route per target `(inbound address, expected identity)`; waits for its
-    /// certificate. Its outbound listeners are `outbound(i)`.
+    /// certificate. Its outbound listeners are `outbound(i)`. With `IssuerSource::Kubernetes`
+    /// it starts from the trust ConfigMap as it is now (it must trust the controller's current
+    /// issuer, which may no longer be the development one), then follows the controller.
     pub async fn ingress(&self, targets: &[(String, String)]) -> Process {
         let path = |f: &str| self.dir.path().join(f).display().to_string();
+        let name = format!("ingress-{:x}", rand::random::<u64>());
+        let bundle = match &self.bundle_from {
+            Some(kube) => {
+                let map = kube.get("v1", "ConfigMap", "meshfleet", "meshfleet-trust-bundle").expect("the trust ConfigMap");
+                std::fs::write(self.dir.path().join(format!("{name}.crt")), map["data"]["ca-bundle.crt"].as_str().unwrap()).unwrap();
+                path(&format!("{name}.crt"))
+            }
+            None => path("ca-bundle.crt"),
+        };
         let mut args = vec![
             "--admin-addr=127.0.0.1:0".to_string(),
             "--inbound-addr=127.0.0.1:0".to_string(),
             "--inbound-forward=127.0.0.1:1".to_string(),
             format!("--controller-addr={}", self.controller.addr("grpc")),
-            format!("--trust-anchors={}", path("ca-bundle.crt")),
+            format!("--trust-anchors={bundle}"),
             format!("--token-file={}", path(&token_of("ingress", "gateway"))),
         ];
         args.extend(targets.iter().map(|(addr, id)| format!("--outbound=127.0.0.1:0={addr}#{id}")));
-        let p = Process::spawn("meshfleet-proxy", &args, &self.dir.path().join(format!("ingress-{:x}.ready", rand::random::<u64>())));
+        let p = Process::spawn("meshfleet-proxy", &args, &self.dir.path().join(format!("{name}.ready")));
         let url = format!("http://{}/ready", p.addr("admin"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
