@@ -87,7 +87,7 @@ fn command_for(step: Step, old: &Anchor, new: &Anchor) -> (&'static str, serde_j
 fn pod_done(step: Step, pod: &store::inventory::Pod, old: &Anchor, new: &Anchor) -> bool {
     let target = |to_new: bool| if to_new { &new.fingerprint } else { &old.fingerprint };
     match step {
-        Step::Distribute => pod.bundle_fingerprints.contains(&new.fingerprint),
+        Step::Distribute => pod.bundle_fingerprints.contains(&new.fingerprint) && pod.bundle_fingerprints.contains(&old.fingerprint),
         Step::Reissue { to_new } => pod.leaf_anchor_fingerprint.as_ref() == Some(target(to_new)),
         Step::Narrow { to_new } => pod.bundle_fingerprints == [target(to_new).clone()],
     }

@@ -93,7 +93,7 @@ pub fn issuer_due_at(not_before: i64, not_after: i64, renew_fraction: f64) -> i6
 
 /// Where a trust-anchor rotation stands. Forward: every cluster's bundle gains the new anchor
 /// (`distribute`), its issuer is signed by the new anchor (`reissue`), the old anchor leaves its
-/// bundle (`retire`). Aborted before `retire`, it walks back the way it came.
+/// bundle (`retire`). Aborted, it walks back the way it came, from wherever it was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RotationPhase {
@@ -101,7 +101,10 @@ pub enum RotationPhase {
     Reissue,
     Retire,
     Done,
-    /// Aborted during `reissue`: issuers are signed by the old anchor again.
+    /// Aborted during `retire`: the old anchor returns to every bundle.
+    RollbackRetire,
+    /// Aborted during `reissue` (or after `rollback_retire`): issuers are signed by the old
+    /// anchor again.
     RollbackReissue,
     /// Aborted: the new anchor leaves every bundle.
     RollbackDistribute,
@@ -111,7 +114,7 @@ pub enum RotationPhase {
 /// What each cluster must do in a phase, and what shows it is done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// set-trust-bundle with these anchors; done when every pod's proxy trusts `new`.
+    /// set-trust-bundle with both anchors; done when every pod's proxy trusts both.
     Distribute,
     /// rotate-issuer; done when every pod's leaf chains to `anchor`.
     Reissue { to_new: bool },
@@ -126,6 +129,7 @@ impl RotationPhase {
             RotationPhase::Reissue => "reissue",
             RotationPhase::Retire => "retire",
             RotationPhase::Done => "done",
+            RotationPhase::RollbackRetire => "rollback_retire",
             RotationPhase::RollbackReissue => "rollback_reissue",
             RotationPhase::RollbackDistribute => "rollback_distribute",
             RotationPhase::Aborted => "aborted",
@@ -142,6 +146,7 @@ impl RotationPhase {
             RotationPhase::Distribute => Some(Step::Distribute),
             RotationPhase::Reissue => Some(Step::Reissue { to_new: true }),
             RotationPhase::Retire => Some(Step::Narrow { to_new: true }),
+            RotationPhase::RollbackRetire => Some(Step::Distribute),
             RotationPhase::RollbackReissue => Some(Step::Reissue { to_new: false }),
             RotationPhase::RollbackDistribute => Some(Step::Narrow { to_new: false }),
             RotationPhase::Done | RotationPhase::Aborted => None,
@@ -155,18 +160,21 @@ impl RotationPhase {
             RotationPhase::Distribute => (RotationPhase::Reissue, Some((AnchorState::Retiring, AnchorState::Active))),
             RotationPhase::Reissue => (RotationPhase::Retire, None),
             RotationPhase::Retire => (RotationPhase::Done, Some((AnchorState::Inactive, AnchorState::Active))),
+            RotationPhase::RollbackRetire => (RotationPhase::RollbackReissue, None),
             RotationPhase::RollbackReissue => (RotationPhase::RollbackDistribute, None),
             RotationPhase::RollbackDistribute => (RotationPhase::Aborted, Some((AnchorState::Active, AnchorState::Inactive))),
             done => (done, None),
         }
     }
 
-    /// Where an abort leads, and the anchor states it starts with; `None`: too late (the old
-    /// anchor is leaving bundles) or already finished.
+    /// Where an abort leads, and the anchor states it starts with (the old anchor active
+    /// again, so issuers are signed by it); `None`: finished, or already walking back.
     pub fn abort(self) -> Option<(RotationPhase, Option<(AnchorState, AnchorState)>)> {
+        let back = Some((AnchorState::Active, AnchorState::Next));
         match self {
             RotationPhase::Distribute => Some((RotationPhase::RollbackDistribute, None)),
-            RotationPhase::Reissue => Some((RotationPhase::RollbackReissue, Some((AnchorState::Active, AnchorState::Next)))),
+            RotationPhase::Reissue => Some((RotationPhase::RollbackReissue, back)),
+            RotationPhase::Retire => Some((RotationPhase::RollbackRetire, back)),
             _ => None,
         }
     }
@@ -256,7 +264,13 @@ mod tests {
             back.push(phase);
         }
         assert_eq!(back, [RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted]);
-        assert!(RotationPhase::Retire.abort().is_none(), "too late: the old anchor is leaving bundles");
+        // From retire the old anchor first returns to every bundle, then the rest as above.
+        let (phase, states) = RotationPhase::Retire.abort().unwrap();
+        assert_eq!((phase, states), (RotationPhase::RollbackRetire, Some((AnchorState::Active, AnchorState::Next))));
+        assert_eq!((phase.step(), phase.next().0), (Some(Step::Distribute), RotationPhase::RollbackReissue));
+        for p in [RotationPhase::Done, RotationPhase::RollbackRetire, RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted] {
+            assert!(p.abort().is_none(), "{p:?} is finished or already walking back");
+        }
         // Every phase's anchor states leave exactly one active anchor.
         for (from, to) in [RotationPhase::Distribute.next().1, RotationPhase::Retire.next().1, RotationPhase::RollbackDistribute.next().1].into_iter().flatten()
         {

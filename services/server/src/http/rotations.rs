@@ -1,7 +1,7 @@
 //! Trust-anchor rotations: an admin starts one with a new anchor (generated or uploaded), which
 //! becomes `next`; the `anchor-rotation` job (`certificates`) walks every cluster of the
 //! organization through distribute, reissue and retire, with no proxy restarted. Admins pause,
-//! resume (which also retries clusters whose step failed), abort before retire, and exclude a
+//! resume (which also retries clusters whose step failed), abort (in any phase), and exclude a
 //! cluster that cannot take part; everyone reads the progress per cluster.
 
 use axum::extract::State;
@@ -43,8 +43,8 @@ pub struct ClusterProgressView {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RotationView {
     pub id: uuid::Uuid,
-    /// distribute, reissue, retire, done; or, once aborted, rollback_reissue,
-    /// rollback_distribute, aborted.
+    /// distribute, reissue, retire, done; or, once aborted, rollback_retire, rollback_reissue,
+    /// rollback_distribute, aborted (starting from where it was).
     pub phase: RotationPhase,
     pub paused: bool,
     pub old_anchor_fingerprint: String,
@@ -243,9 +243,10 @@ async fn resume_rotation(State(state): State<AppState>, auth: Principal, ApiPath
     .await
 }
 
-/// Aborts a rotation (admins) before its retire phase: every cluster goes back to the old
-/// anchor in the reverse order (issuers first, then bundles), and the new anchor is set aside.
-/// Once the old anchor is leaving bundles it is too late (409 `too-late-to-abort`).
+/// Aborts a rotation (admins) in any phase before it is done: every cluster goes back to the old
+/// anchor in the reverse order (the old anchor back in every bundle if it was leaving them,
+/// then issuers, then bundles), and the new anchor is set aside. A rotation already walking
+/// back is refused (409 `already-aborted`).
 #[utoipa::path(post, path = "/api/v1/trust-anchors/rotations/{id}/abort", tag = "certificates",
     params(("id" = uuid::Uuid, Path, description = "Rotation id")),
     responses((status = 200, body = RotationView), BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Internal), security(("bearer" = [])))]
@@ -253,8 +254,8 @@ async fn resume_rotation(State(state): State<AppState>, auth: Principal, ApiPath
 async fn abort_rotation(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<uuid::Uuid>) -> Result<Json<RotationView>, ApiError> {
     change(&state, &auth, id, "abort", |r| {
         let Some((phase, _)) = r.phase.abort() else {
-            let detail = format!("the rotation is in {}: the old anchor is leaving bundles; let it finish", r.phase.as_str());
-            return Err(ApiError::Conflict { kind: "too-late-to-abort", detail, field: None });
+            let detail = format!("the rotation is in {}: it is already walking back to the old anchor", r.phase.as_str());
+            return Err(ApiError::Conflict { kind: "already-aborted", detail, field: None });
         };
         r.phase = phase;
         r.paused = false;

@@ -27,7 +27,7 @@ const ROTATIONS: &str = "/api/v1/trust-anchors/rotations";
 
 /// The way a rotation goes forward, and back once aborted.
 const FORWARD: [RotationPhase; 4] = [RotationPhase::Distribute, RotationPhase::Reissue, RotationPhase::Retire, RotationPhase::Done];
-const ROLLBACK: [RotationPhase; 3] = [RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted];
+const ROLLBACK: [RotationPhase; 4] = [RotationPhase::RollbackRetire, RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted];
 
 pub async fn page(State(state): State<AppState>, viewer: Viewer) -> PageResult {
     let org = viewer.principal.org_id;
@@ -140,8 +140,9 @@ fn anchor_table(anchors: &[Anchor], now: i64) -> Markup {
 }
 
 /// The phases as steps: those passed, the current one, those to come. A rollback is not
-/// marked passed: an abort during distribute skips rollback_reissue, and the phase alone does
-/// not tell whether it was.
+/// marked passed: an abort starts the way back where the rotation was (an abort during
+/// distribute skips rollback_retire and rollback_reissue), and the phase alone does not tell
+/// which were.
 fn stepper(phase: RotationPhase) -> Markup {
     let forward = FORWARD.contains(&phase);
     let path: &[RotationPhase] = if forward { &FORWARD } else { &ROLLBACK };

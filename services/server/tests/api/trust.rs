@@ -26,7 +26,7 @@ use crate::on_both_engines;
 on_both_engines!(
     anchors_are_checked_sealed_and_never_show_their_key,
     issuers_are_signed_only_for_the_callers_own_open_rotation,
-    a_rotation_runs_over_simulated_clusters_and_goes_on_without_one_excluded,
+    a_rotation_runs_over_simulated_clusters_goes_on_without_one_excluded_and_aborts_from_retire,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -221,7 +221,7 @@ async fn poll(app: &TestApp, access: &str, path: &str, done: impl Fn(&Value) -> 
 /// trust-anchor rotation runs over simulated clusters; one that never got an issuer from the
 /// service refuses a bundle its issuer would not verify under, says so, and once an admin
 /// excludes it the rotation finishes without it.
-async fn a_rotation_runs_over_simulated_clusters_and_goes_on_without_one_excluded(engine: Engine) {
+async fn a_rotation_runs_over_simulated_clusters_goes_on_without_one_excluded_and_aborts_from_retire(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let owner = app.owner("ops@example.com").await;
     let mut fleet = Vec::new();
@@ -261,6 +261,33 @@ async fn a_rotation_runs_over_simulated_clusters_and_goes_on_without_one_exclude
     }
     assert_eq!(progress_of(&done, &unmanaged)["state"], "excluded");
     assert!(!fleet[2].1.lock().pki().is_managed(), "the excluded cluster was left as it was");
+
+    // Aborted while the old anchor is leaving bundles: it comes back to every bundle first,
+    // then issuers and bundles walk back as from reissue.
+    let r = app.post("/api/v1/trust-anchors/rotations", &owner.access, json!({})).await.1;
+    let path = format!("/api/v1/trust-anchors/rotations/{}", r["id"].as_str().unwrap());
+    app.post(&format!("{path}/exclude"), &owner.access, json!({ "cluster_id": unmanaged })).await;
+    let mut phase = Value::Null;
+    for _ in 0..1000 {
+        phase = app.get(&path, &owner.access).await.1["phase"].clone();
+        if phase != "distribute" && phase != "reissue" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(phase, "retire", "caught in retire");
+    let (status, aborted) = app.post(&format!("{path}/abort"), &owner.access, json!({})).await;
+    assert_eq!((status, aborted["phase"].as_str()), (StatusCode::OK, Some("rollback_retire")), "{aborted}");
+    let (status, again) = app.post(&format!("{path}/abort"), &owner.access, json!({})).await;
+    assert_problem(status, &again, 409, "already-aborted", None);
+    poll(&app, &owner.access, &path, |r| r["phase"] == "aborted").await;
+    for (_, sim, _) in &fleet[..2] {
+        let pki = sim.lock().pki().clone();
+        assert_eq!((pki.bundle_fingerprints(), pki.issuer_anchor()), (vec![second.clone()], Some(second.clone())), "back on the anchor before the abort");
+    }
+    let anchors = app.get("/api/v1/trust-anchors", &owner.access).await.1;
+    let active: Vec<&Value> = anchors["anchors"].as_array().unwrap().iter().filter(|a| a["state"] == "active").collect();
+    assert_eq!((active.len(), active[0]["fingerprint"].as_str()), (1, Some(second.as_str())), "{anchors}");
     for (_, _, handle) in fleet {
         handle.shutdown().await;
     }
