@@ -25,80 +25,18 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
-use meshfleet_server::secrets::Sealer;
-use meshfleet_test_support::process::{clean_command, clock_ticks_per_sec, cpu_ticks, free_port, terminate, Output};
+use anyhow::bail;
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use secrecy::SecretString;
-use support::metric;
+use support::{metric, postgres_ticks, scrape, start_server};
 
 struct Knobs {
     clusters: usize,
     pairs: usize,
     warmup: Duration,
     window: Duration,
-}
-
-struct ServerProc {
-    child: Child,
-    pid: u32,
-    api: String,
-    _output: Output,
-}
-
-impl Drop for ServerProc {
-    fn drop(&mut self) {
-        terminate(&mut self.child, Duration::from_secs(15));
-    }
-}
-
-async fn start_server(url: &str, dir: &std::path::Path, evaluation: bool) -> anyhow::Result<ServerProc> {
-    let (api_port, gateway_port) = (free_port(), free_port());
-    let mut cmd = clean_command(env!("CARGO_BIN_EXE_meshfleet-server"));
-    cmd.env("MESHFLEET_LISTEN", format!("127.0.0.1:{api_port}"))
-        .env("MESHFLEET_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}"))
-        .env("MESHFLEET_DATA_DIR", dir)
-        .env("MESHFLEET_SEALING_KEY", Sealer::generate_key())
-        .env("MESHFLEET_LOG", std::env::var("MESHFLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env("MESHFLEET_DATABASE_URL", url);
-    if !evaluation {
-        cmd.env("MESHFLEET_ALERT_EVALUATION_MS", "3600000");
-    }
-    let mut child = cmd.spawn().context("starting meshfleet-server")?;
-    let pid = child.id();
-    let output = Output::capture(&mut child);
-    let server = ServerProc { child, pid, api: format!("http://127.0.0.1:{api_port}"), _output: output };
-    let http = reqwest::Client::new();
-    let started = Instant::now();
-    while http.get(format!("{}/healthz", server.api)).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("the server did not answer /healthz within 60 s:\n{}", server._output.tail());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(server)
-}
-
-async fn scrape(api: &str) -> String {
-    match reqwest::Client::new().get(format!("{api}/metrics")).timeout(Duration::from_secs(30)).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// utime+stime of every `postgres` process on the machine, in clock ticks.
-fn postgres_ticks() -> u64 {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
-    dir.filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
-        .map(cpu_ticks)
-        .sum()
 }
 
 struct Phase {
@@ -123,7 +61,8 @@ impl Phase {
 async fn phase(engine: &str, evaluation: bool, knobs: &Knobs) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let (url, pg) = support::database(engine, &dir.path().join("db")).await?;
-    let server = start_server(&url, dir.path(), evaluation).await?;
+    let off: &[(&str, &str)] = if evaluation { &[] } else { &[("MESHFLEET_ALERT_EVALUATION_MS", "3600000")] };
+    let server = start_server(&url, dir.path(), off).await?;
     let http = reqwest::Client::new();
     support::owner(&http, &server.api).await?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -4,12 +4,14 @@
 //! it.
 #![allow(dead_code)]
 
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use meshfleet_server::config::Config;
 use meshfleet_server::secrets::Sealer;
 use meshfleet_server::Server;
+use meshfleet_test_support::process::{clean_command, cpu_ticks, free_port, terminate, Output};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -183,5 +185,67 @@ pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
             let metric_name = series.split('{').next()?;
             (metric_name.ends_with(name) && labels.iter().all(|lab| series.contains(lab))).then(|| value.parse::<f64>().ok())?
         })
+        .sum()
+}
+
+/// The real `meshfleet-server` binary in its own process (so its CPU is its own), stopped
+/// (SIGTERM, then SIGKILL) when dropped.
+pub struct ServerProc {
+    child: Child,
+    pub pid: u32,
+    pub api: String,
+    pub output: Output,
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        terminate(&mut self.child, Duration::from_secs(15));
+    }
+}
+
+/// Starts the server binary on free ports with the database at `url`, data in `dir`, and
+/// `extra` settings (`MESHFLEET_…`); returns once `/healthz` answers.
+pub async fn start_server(url: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> anyhow::Result<ServerProc> {
+    let (api_port, gateway_port) = (free_port(), free_port());
+    let mut cmd = clean_command(env!("CARGO_BIN_EXE_meshfleet-server"));
+    cmd.env("MESHFLEET_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("MESHFLEET_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}"))
+        .env("MESHFLEET_DATA_DIR", dir)
+        .env("MESHFLEET_SEALING_KEY", Sealer::generate_key())
+        .env("MESHFLEET_LOG", std::env::var("MESHFLEET_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env("MESHFLEET_DATABASE_URL", url);
+    cmd.envs(extra.iter().copied());
+    let mut child = cmd.spawn().context("starting meshfleet-server")?;
+    let pid = child.id();
+    let output = Output::capture(&mut child);
+    let server = ServerProc { child, pid, api: format!("http://127.0.0.1:{api_port}"), output: output };
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while http.get(format!("{}/healthz", server.api)).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("the server did not answer /healthz within 60 s:\n{}", server.output.tail());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(server)
+}
+
+pub async fn scrape(api: &str) -> String {
+    match reqwest::Client::new().get(format!("{api}/metrics")).timeout(Duration::from_secs(30)).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// utime+stime of every `postgres` process on the machine, in clock ticks.
+pub fn postgres_ticks() -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
+        .map(cpu_ticks)
         .sum()
 }

@@ -268,7 +268,8 @@ mod tests {
         let (phase, states) = RotationPhase::Retire.abort().unwrap();
         assert_eq!((phase, states), (RotationPhase::RollbackRetire, Some((AnchorState::Active, AnchorState::Next))));
         assert_eq!((phase.step(), phase.next().0), (Some(Step::Distribute), RotationPhase::RollbackReissue));
-        for p in [RotationPhase::Done, RotationPhase::RollbackRetire, RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted] {
+        for p in [RotationPhase::Done, RotationPhase::RollbackRetire, RotationPhase::RollbackReissue, RotationPhase::RollbackDistribute, RotationPhase::Aborted]
+        {
             assert!(p.abort().is_none(), "{p:?} is finished or already walking back");
         }
         // Every phase's anchor states leave exactly one active anchor.

@@ -1,0 +1,343 @@
+//! The mesh's PKI at fleet scale: the issuers of 1,000 simulated clusters rotated, then a full
+//! trust-anchor rotation over them, on SQLite and (when configured) PostgreSQL; the signing rate
+//! next to a raw signing loop measured in the same run.
+//!
+//! Goal (issue 13, "Scale"): report the time, the server's CPU and the database's load; the
+//! service signs issuers at no less than half the raw loop's rate.
+//!
+//! Run:   cargo bench -p meshfleet-server --bench certificate_rotation
+//! With PostgreSQL: MESHFLEET_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres (or
+//! MESHFLEET_BENCH_POSTGRES_URL). Knobs: MESHFLEET_BENCH_CLUSTERS (default 1000),
+//! MESHFLEET_BENCH_RAW_SECS (the raw loop's seconds, default 3).
+//!
+//! Method. The real `meshfleet-server` binary runs in its own process with a fresh database; the
+//! demo fleet runs in this process with `meshfleet_sim::run` (the `meshfleet-sim` code: each
+//! cluster registered and connected as a real agent client; on rotate-issuer it makes a P-256
+//! key and CSR, calls `SignIssuer` over its own mTLS connection, checks the chain, saves its PKI
+//! to disk and reports the new certificates and pods; on set-trust-bundle it checks its issuer
+//! verifies under the bundle). Once every agent is connected an admin creates the organization's
+//! anchor, then:
+//! 1. Issuers: a rotate-issuer command for every cluster through the API (16 at a time), timed
+//!    until every one has succeeded (counted in the database every 200 ms).
+//! 2. Anchor rotation: `POST /api/v1/trust-anchors/rotations`, timed until its phase is `done`
+//!    (distribute, reissue, retire: three commands per cluster, each gated on the pods' reports).
+//! 3. SignIssuer alone: the fleet stopped, a rotate-issuer command opened per cluster, then each
+//!    cluster's saved identity calls `SignIssuer` once (its own mTLS connection, as an agent
+//!    does), 32 at a time, with the CSRs made beforehand: the gateway's signing path by itself.
+//! Server CPU is utime+stime of its process over each part; the database's load is, on
+//! PostgreSQL, the CPU of its processes and its committed transactions and rows written
+//! (`pg_stat_database`); on SQLite it is inside the server's process. The raw loop is what the
+//! gateway's signing itself costs, on one core of this process with nothing else: check a CSR
+//! (`csr::check_issuer_request`) and sign an issuer with an already parsed anchor
+//! (`mint::sign_ca`), over pre-made CSRs. The service's rate is issuers per second of wall
+//! time for parts 1 (including the API calls, the command deliveries, the agents' key
+//! generation, chain checks and reports, and the database) and 3, and issuers per second of
+//! server CPU.
+//!
+//! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use meshfleet_pki::mint::{self, CaProfile};
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use support::{http_json, metric, postgres_ticks, scrape, start_server};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+/// What one part cost.
+#[derive(Default)]
+struct Part {
+    secs: f64,
+    server_cpu_s: f64,
+    postgres_cpu_s: f64,
+    /// (transactions committed, rows inserted + updated + deleted) on PostgreSQL.
+    pg_writes: Option<(i64, i64)>,
+    load: (f64, f64),
+}
+
+/// A running measurement: the counters at its start.
+struct Meter {
+    started: Instant,
+    cpu: u64,
+    pg: u64,
+    stats: Option<(i64, i64)>,
+    load: f64,
+}
+
+struct Db {
+    pg: Option<sqlx::PgPool>,
+    sqlite: Option<sqlx::SqlitePool>,
+}
+
+impl Db {
+    async fn open(url: &str) -> anyhow::Result<Db> {
+        if url.starts_with("postgres") {
+            Ok(Db { pg: Some(sqlx::PgPool::connect(url).await?), sqlite: None })
+        } else {
+            Ok(Db { pg: None, sqlite: Some(sqlx::SqlitePool::connect(url).await?) })
+        }
+    }
+
+    async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(match (&self.pg, &self.sqlite) {
+            (Some(pg), _) => sqlx::query_scalar(sql).fetch_one(pg).await?,
+            (_, Some(lite)) => sqlx::query_scalar(sql).fetch_one(lite).await?,
+            _ => 0,
+        })
+    }
+
+    async fn pg_stats(&self) -> Option<(i64, i64)> {
+        let pg = self.pg.as_ref()?;
+        let sql = "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()";
+        // The statistics collector reports with a short delay; a snapshot is taken at once.
+        let _ = sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pg).await;
+        sqlx::query_as::<_, (i64, i64)>(sql).fetch_one(pg).await.ok()
+    }
+}
+
+impl Meter {
+    async fn start(pid: u32, db: &Db) -> Meter {
+        Meter { started: Instant::now(), cpu: cpu_ticks(pid), pg: postgres_ticks(), stats: db.pg_stats().await, load: support::loadavg() }
+    }
+
+    async fn stop(self, pid: u32, db: &Db) -> Part {
+        let tick = clock_ticks_per_sec();
+        let secs = self.started.elapsed().as_secs_f64();
+        let (cpu, pg) = (cpu_ticks(pid), postgres_ticks());
+        // Let the statistics collector catch up before the rows are read.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let stats = db.pg_stats().await;
+        Part {
+            secs,
+            server_cpu_s: cpu.saturating_sub(self.cpu) as f64 / tick,
+            postgres_cpu_s: if db.pg.is_some() { pg.saturating_sub(self.pg) as f64 / tick } else { 0.0 },
+            pg_writes: self.stats.zip(stats).map(|(a, b)| (b.0 - a.0, b.1 - a.1)),
+            load: (self.load, support::loadavg()),
+        }
+    }
+}
+
+struct EngineResult {
+    engine: &'static str,
+    clusters: usize,
+    setup: Duration,
+    issuers: Part,
+    rotation: Part,
+    sign_alone: Part,
+    pods: i64,
+}
+
+/// The raw signing loop: issuers signed per second on one core (CSR check + signature).
+fn raw_signing_rate(secs: f64) -> anyhow::Result<(f64, u64)> {
+    let anchor = mint::new_anchor(&CaProfile::new("bench anchor", 365 * DAY))?;
+    let csrs: Vec<Vec<u8>> = (0..64).map(|_| meshfleet_agent::identity::new_key_and_csr().map(|(_, csr)| csr)).collect::<Result<_, _>>()?;
+    let mut profile = CaProfile::new("meshfleet issuer bench", 30 * DAY);
+    profile.path_len = Some(0);
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed().as_secs_f64() < secs {
+        let key = meshfleet_pki::csr::check_issuer_request(&csrs[n as usize % csrs.len()], "cluster.local")?;
+        std::hint::black_box(mint::sign_ca(&anchor, &key, &profile)?);
+        n += 1;
+    }
+    Ok((n as f64 / started.elapsed().as_secs_f64(), n))
+}
+
+async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<EngineResult> {
+    let dir = tempfile::tempdir()?;
+    let (url, pg) = support::database(engine, &dir.path().join("db")).await?;
+    let result = async {
+        let server = start_server(&url, dir.path(), &[]).await?;
+        let db = Db::open(&url).await.context("opening the database to count")?;
+        let http = reqwest::Client::new();
+        let (token, _) = support::owner(&http, &server.api).await?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = meshfleet_sim::FleetConfig {
+            api_url: server.api.clone(),
+            auth: meshfleet_sim::Auth::Token(SecretString::from(token.clone())),
+            clusters,
+            prefix: "sim".into(),
+            state_dir: dir.path().join("sim"),
+            metrics_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(3600),
+            agent_version: "0.1.0".into(),
+            setup_concurrency: 16,
+        };
+        let fleet = tokio::spawn(meshfleet_sim::run(config, async move {
+            let _ = stop_rx.await;
+        }));
+        let setup = Instant::now();
+        loop {
+            let connected = metric(&scrape(&server.api).await, "gateway_connected_agents", &[]);
+            if connected as usize >= clusters {
+                break;
+            }
+            if fleet.is_finished() || setup.elapsed() > Duration::from_secs(600) {
+                bail!("{connected} of {clusters} agents connected after {:?}:\n{}", setup.elapsed(), server.output.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let setup = setup.elapsed();
+        let api = |path: &str| format!("{}{path}", server.api);
+        http_json(http.post(api("/api/v1/trust-anchors")).bearer_auth(&token).json(&json!({})), "create the anchor").await?;
+        let list = http_json(http.get(api("/api/v1/clusters?limit=500")).bearer_auth(&token), "list clusters").await?;
+        let mut ids: Vec<String> = ids_of(&list);
+        let mut cursor = list["next_cursor"].as_str().map(str::to_owned);
+        while let Some(c) = cursor {
+            let page = http_json(http.get(api(&format!("/api/v1/clusters?limit=500&cursor={c}"))).bearer_auth(&token), "list clusters").await?;
+            ids.extend(ids_of(&page));
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+        }
+        anyhow::ensure!(ids.len() == clusters, "{} clusters listed, {clusters} expected", ids.len());
+
+        // Part 1: every cluster's issuer signed by the anchor.
+        let meter = Meter::start(server.pid, &db).await;
+        let sent: Vec<anyhow::Result<Value>> = futures::stream::iter(ids.iter())
+            .map(|id| {
+                let req = http.post(api(&format!("/api/v1/clusters/{id}/commands"))).bearer_auth(&token).json(&json!({ "kind": "rotate-issuer" }));
+                http_json(req, "rotate-issuer")
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        sent.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+        let done_sql = "SELECT COUNT(*) FROM commands WHERE kind = 'rotate-issuer' AND state = 'succeeded'";
+        let failed_sql = "SELECT COUNT(*) FROM commands WHERE state IN ('failed', 'expired')";
+        loop {
+            let done = db.count(done_sql).await?;
+            if done as usize >= clusters {
+                break;
+            }
+            if db.count(failed_sql).await? > 0 || meter.started.elapsed() > Duration::from_secs(600) {
+                bail!("{done} of {clusters} issuers after {:?}; some failed:\n{}", meter.started.elapsed(), server.output.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let issuers = meter.stop(server.pid, &db).await;
+
+        // Part 2: a full trust-anchor rotation over the fleet.
+        let meter = Meter::start(server.pid, &db).await;
+        let r = http_json(http.post(api("/api/v1/trust-anchors/rotations")).bearer_auth(&token).json(&json!({})), "start the rotation").await?;
+        let path = api(&format!("/api/v1/trust-anchors/rotations/{}", r["id"].as_str().context("rotation id")?));
+        loop {
+            let r = http_json(http.get(&path).bearer_auth(&token), "read the rotation").await?;
+            if r["phase"] == "done" {
+                break;
+            }
+            let failed = r["clusters"].as_array().into_iter().flatten().find(|c| c["state"] == "failed");
+            if let Some(f) = failed {
+                bail!("a cluster failed in {}: {f}", r["phase"]);
+            }
+            if meter.started.elapsed() > Duration::from_secs(900) {
+                bail!("the rotation is still in {} after {:?}", r["phase"], meter.started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let rotation = meter.stop(server.pid, &db).await;
+        let pods = db.count("SELECT COUNT(*) FROM cluster_pods").await?;
+        let _ = stop_tx.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(30), fleet).await;
+
+        // Part 3: SignIssuer alone. With the agents gone, a rotate-issuer command per cluster
+        // stays open; each cluster's saved identity then calls SignIssuer once, as its agent
+        // would (its own mTLS connection), 32 at a time, with CSRs made beforehand.
+        for id in &ids {
+            let req = http.post(api(&format!("/api/v1/clusters/{id}/commands"))).bearer_auth(&token).json(&json!({ "kind": "rotate-issuer" }));
+            http_json(req, "rotate-issuer").await?;
+        }
+        let open_sql = "SELECT id, cluster_id FROM commands WHERE kind = 'rotate-issuer' AND state IN ('pending', 'delivered')";
+        let open: Vec<(String, String)> = match (&db.pg, &db.sqlite) {
+            (Some(pg), _) => sqlx::query_as(open_sql).fetch_all(pg).await?,
+            (_, Some(lite)) => sqlx::query_as(open_sql).fetch_all(lite).await?,
+            _ => Vec::new(),
+        };
+        anyhow::ensure!(open.len() == clusters, "{} open rotate-issuer commands, {clusters} expected", open.len());
+        let gateway: Value = serde_json::from_slice(&std::fs::read(dir.path().join("sim/gateway.json"))?)?;
+        let (gateway_url, ca_pem) = (gateway["gateway_address"].as_str().context("gateway")?.to_owned(), gateway["ca_pem"].as_str().context("ca")?.to_owned());
+        let identities: std::collections::HashMap<String, meshfleet_agent::Identity> = (0..clusters)
+            .map(|i| meshfleet_agent::Identity::load(&dir.path().join(format!("sim/sim-{i:04}.identity.json"))).map(|id| (id.cluster_id.clone(), id)))
+            .collect::<Result<_, _>>()?;
+        let calls: Vec<(meshfleet_agent::Identity, String, Vec<u8>)> = open
+            .into_iter()
+            .map(|(command, cluster)| {
+                let csr = meshfleet_agent::identity::new_key_and_csr()?.1;
+                Ok((identities.get(&cluster).context("no identity for a cluster")?.clone(), command, csr))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let meter = Meter::start(server.pid, &db).await;
+        let signed: Vec<_> = futures::stream::iter(calls)
+            .map(|(identity, command, csr)| {
+                let (url, ca) = (gateway_url.clone(), ca_pem.clone());
+                async move { meshfleet_agent::sign_issuer(&url, &ca, &identity, &command, csr).await }
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        let sign_alone = meter.stop(server.pid, &db).await;
+        let failed = signed.iter().filter(|r| r.is_err()).count();
+        anyhow::ensure!(failed == 0, "{failed} SignIssuer calls failed: {:?}", signed.iter().find_map(|r| r.as_ref().err().map(|e| e.to_string())));
+        if let Some(p) = &db.pg {
+            p.close().await;
+        }
+        anyhow::Ok(EngineResult { engine, clusters, setup, issuers, rotation, sign_alone, pods })
+    }
+    .await;
+    if let Some(pg) = pg {
+        support::drop_pg_db(&pg).await;
+    }
+    result
+}
+
+fn ids_of(page: &Value) -> Vec<String> {
+    page["items"].as_array().into_iter().flatten().filter_map(|c| c["id"].as_str().map(str::to_owned)).collect()
+}
+
+fn row(what: &str, p: &Part, per: f64, per_what: &str) {
+    let writes = p.pg_writes.map(|(x, r)| format!("{x} transactions, {r} rows written")).unwrap_or_else(|| "in the server process".into());
+    println!(
+        "  {what}: {:.1} s | server CPU {:.1} s ({:.2} ms per {per_what}) | PostgreSQL CPU {:.1} s | database: {writes} | load {:.1} -> {:.1}",
+        p.secs,
+        p.server_cpu_s,
+        1000.0 * p.server_cpu_s / per,
+        p.postgres_cpu_s,
+        p.load.0,
+        p.load.1
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let clusters = support::env_num("MESHFLEET_BENCH_CLUSTERS").unwrap_or(if bench { 1000 } else { 5 });
+    let raw_secs = support::env_num("MESHFLEET_BENCH_RAW_SECS").unwrap_or(if bench { 3.0 } else { 0.2 });
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("certificate_rotation: {clusters} simulated clusters; {cores} cores, load {:.2}", support::loadavg());
+    for engine in support::engines() {
+        let (raw_before, _) = raw_signing_rate(raw_secs)?;
+        let r = run_engine(engine, clusters).await?;
+        let (raw_after, _) = raw_signing_rate(raw_secs)?;
+        let raw = (raw_before + raw_after) / 2.0;
+        let rate = |p: &Part| (r.clusters as f64 / p.secs, r.clusters as f64 / p.server_cpu_s.max(1e-9));
+        println!("{} ({} clusters connected in {:.1} s, {} pods):", r.engine, r.clusters, r.setup.as_secs_f64(), r.pods);
+        row("1. issuers rotated through commands", &r.issuers, r.clusters as f64, "issuer");
+        row("2. anchor rotation (distribute, reissue, retire)", &r.rotation, r.clusters as f64, "cluster");
+        row("3. SignIssuer alone, 32 agents at a time", &r.sign_alone, r.clusters as f64, "issuer");
+        println!("  raw signing loop: {raw:.0} issuers/s on one core ({raw_before:.0} before, {raw_after:.0} after)");
+        for (what, p) in [("1. through commands", &r.issuers), ("3. SignIssuer alone", &r.sign_alone)] {
+            let (wall, cpu) = rate(p);
+            let verdict = if wall >= raw / 2.0 { "met" } else { "NOT met" };
+            println!(
+                "  {what}: {wall:.0} issuers/s ({:.0}% of raw; goal >= 50%: {verdict}), {cpu:.0} per server CPU second ({:.0}% of raw)",
+                100.0 * wall / raw,
+                100.0 * cpu / raw
+            );
+        }
+    }
+    Ok(())
+}
