@@ -144,6 +144,16 @@ fn an_address_in_use_is_named_in_the_error() {
     assert!(shown.contains(&format!("binding the gateway address {addr}")), "the error does not name {addr}:\n{shown}");
 }
 
+/// Runs a walkthrough with the tools on `path` and `home` as HOME; panics unless it succeeds,
+/// showing what it printed and the simulator's log. Returns its stdout, and that text.
+fn run_walkthrough(run: &str, script: &str, dir: &std::path::Path, path: &str, home: &std::path::Path) -> (String, String) {
+    let out = run_script(script.to_owned(), Command::new("bash").current_dir(dir).env("PATH", path).env("HOME", home));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let shown = format!("{stdout}\n{}\nsim.log:\n{}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(dir.join("sim.log")).unwrap_or_default());
+    assert!(out.status.success(), "{run} run failed ({}):\n{shown}", out.status);
+    (stdout, shown)
+}
+
 /// The README's alerts walkthrough, after its quickstart, twice: the demo fleet (the real
 /// `meshfleet-sim` binary) fires alerts that reach `meshfleet-receiver`, which verifies their
 /// signatures with another implementation than the server's.
@@ -161,14 +171,7 @@ fn readme_alerts_walkthrough_delivers_signed_events_and_again() {
     let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
 
     for run in ["first", "second"] {
-        let out = run_script(script.clone(), Command::new("bash").current_dir(dir.path()).env("PATH", &path).env("HOME", home.path()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let shown = format!(
-            "{stdout}\n{}\nsim.log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default()
-        );
-        assert!(out.status.success(), "{run} run failed ({}):\n{shown}", out.status);
+        let (stdout, shown) = run_walkthrough(run, &script, dir.path(), &path, home.path());
         let deliveries: Vec<&str> = stdout.lines().filter(|l| l.starts_with("verified msg_")).collect();
         assert!(deliveries.iter().any(|l| l.contains(" alert.test ")), "{run} run: no verified test event:\n{shown}");
         if run == "first" {
@@ -196,14 +199,7 @@ fn readme_rotation_walkthrough_rotates_the_demo_fleet_and_again() {
 
     let mut active = Vec::new();
     for run in ["first", "second"] {
-        let out = run_script(script.clone(), Command::new("bash").current_dir(dir.path()).env("PATH", &path).env("HOME", home.path()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let shown = format!(
-            "{stdout}\n{}\nsim.log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(dir.path().join("sim.log")).unwrap_or_default()
-        );
-        assert!(out.status.success(), "{run} run failed ({}):\n{shown}", out.status);
+        let (stdout, shown) = run_walkthrough(run, &script, dir.path(), &path, home.path());
         assert!(stdout.contains("\ndone: 10 of 11 clusters done\n"), "{run} run: the rotation did not finish over the demo fleet:\n{shown}");
         let anchors: Vec<&str> = stdout.lines().filter(|l| l.ends_with(" active") || l.ends_with(" inactive")).collect();
         let now_active: Vec<&str> = anchors.iter().filter(|l| l.ends_with(" active")).copied().collect();

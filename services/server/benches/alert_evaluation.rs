@@ -27,9 +27,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
-use secrecy::SecretString;
 use support::{metric, postgres_ticks, scrape, start_server};
 
 struct Knobs {
@@ -64,34 +62,9 @@ async fn phase(engine: &str, evaluation: bool, knobs: &Knobs) -> anyhow::Result<
     let off: &[(&str, &str)] = if evaluation { &[] } else { &[("MESHFLEET_ALERT_EVALUATION_MS", "3600000")] };
     let server = start_server(&url, dir.path(), off).await?;
     let http = reqwest::Client::new();
-    support::owner(&http, &server.api).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let config = meshfleet_sim::FleetConfig {
-        api_url: server.api.clone(),
-        auth: meshfleet_sim::Auth::Password { email: "bench@example.com".into(), password: SecretString::from(support::PASSWORD) },
-        clusters: knobs.clusters,
-        prefix: "sim".into(),
-        state_dir: dir.path().join("sim"),
-        metrics_interval: Duration::from_secs(10),
-        status_interval: Duration::from_secs(3600),
-        agent_version: "0.1.0".into(),
-        setup_concurrency: 16,
-    };
-    let fleet = tokio::spawn(meshfleet_sim::run(config, async move {
-        let _ = stop_rx.await;
-    }));
-    let setup = Instant::now();
-    loop {
-        let connected = metric(&scrape(&server.api).await, "gateway_connected_agents", &[]);
-        if connected as usize >= knobs.clusters {
-            break;
-        }
-        if fleet.is_finished() || setup.elapsed() > Duration::from_secs(300) {
-            bail!("{connected} of {} agents connected after {:?}", knobs.clusters, setup.elapsed());
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    let setup_time = setup.elapsed();
+    let (token, _) = support::owner(&http, &server.api).await?;
+    let fleet = support::DemoFleet::connected(&server, &token, knobs.clusters, dir.path().join("sim")).await?;
+    let setup_time = fleet.setup;
     tokio::time::sleep(knobs.warmup).await;
     let load0 = support::loadavg();
     let (before, cpu0, pg0, t0) = (scrape(&server.api).await, cpu_ticks(server.pid), postgres_ticks(), Instant::now());
@@ -109,8 +82,7 @@ async fn phase(engine: &str, evaluation: bool, knobs: &Knobs) -> anyhow::Result<
         load: (load0, support::loadavg()),
     };
     let firing = scrape(&server.api).await;
-    let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(30), fleet).await;
+    fleet.stop().await;
     drop(server);
     if let Some(pg) = pg {
         support::drop_pg_db(&pg).await;

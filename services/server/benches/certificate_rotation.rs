@@ -24,6 +24,7 @@
 //! 3. SignIssuer alone: the fleet stopped, a rotate-issuer command opened per cluster, then each
 //!    cluster's saved identity calls `SignIssuer` once (its own mTLS connection, as an agent
 //!    does), 32 at a time, with the CSRs made beforehand: the gateway's signing path by itself.
+//!
 //! Server CPU is utime+stime of its process over each part; the database's load is, on
 //! PostgreSQL, the CPU of its processes and its committed transactions and rows written
 //! (`pg_stat_database`); on SQLite it is inside the server's process. The raw loop is what the
@@ -44,9 +45,8 @@ use anyhow::{bail, Context};
 use futures::StreamExt;
 use meshfleet_pki::mint::{self, CaProfile};
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
-use secrecy::SecretString;
 use serde_json::{json, Value};
-use support::{http_json, metric, postgres_ticks, scrape, start_server};
+use support::{http_json, postgres_ticks, start_server};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -157,33 +157,8 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
         let db = Db::open(&url).await.context("opening the database to count")?;
         let http = reqwest::Client::new();
         let (token, _) = support::owner(&http, &server.api).await?;
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let config = meshfleet_sim::FleetConfig {
-            api_url: server.api.clone(),
-            auth: meshfleet_sim::Auth::Token(SecretString::from(token.clone())),
-            clusters,
-            prefix: "sim".into(),
-            state_dir: dir.path().join("sim"),
-            metrics_interval: Duration::from_secs(10),
-            status_interval: Duration::from_secs(3600),
-            agent_version: "0.1.0".into(),
-            setup_concurrency: 16,
-        };
-        let fleet = tokio::spawn(meshfleet_sim::run(config, async move {
-            let _ = stop_rx.await;
-        }));
-        let setup = Instant::now();
-        loop {
-            let connected = metric(&scrape(&server.api).await, "gateway_connected_agents", &[]);
-            if connected as usize >= clusters {
-                break;
-            }
-            if fleet.is_finished() || setup.elapsed() > Duration::from_secs(600) {
-                bail!("{connected} of {clusters} agents connected after {:?}:\n{}", setup.elapsed(), server.output.tail());
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        let setup = setup.elapsed();
+        let fleet = support::DemoFleet::connected(&server, &token, clusters, dir.path().join("sim")).await?;
+        let setup = fleet.setup;
         let api = |path: &str| format!("{}{path}", server.api);
         http_json(http.post(api("/api/v1/trust-anchors")).bearer_auth(&token).json(&json!({})), "create the anchor").await?;
         let list = http_json(http.get(api("/api/v1/clusters?limit=500")).bearer_auth(&token), "list clusters").await?;
@@ -241,8 +216,7 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
         }
         let rotation = meter.stop(server.pid, &db).await;
         let pods = db.count("SELECT COUNT(*) FROM cluster_pods").await?;
-        let _ = stop_tx.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(30), fleet).await;
+        fleet.stop().await;
 
         // Part 3: SignIssuer alone. With the agents gone, a rotate-issuer command per cluster
         // stays open; each cluster's saved identity then calls SignIssuer once, as its agent

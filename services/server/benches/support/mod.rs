@@ -221,7 +221,7 @@ pub async fn start_server(url: &str, dir: &std::path::Path, extra: &[(&str, &str
     let mut child = cmd.spawn().context("starting meshfleet-server")?;
     let pid = child.id();
     let output = Output::capture(&mut child);
-    let server = ServerProc { child, pid, api: format!("http://127.0.0.1:{api_port}"), output: output };
+    let server = ServerProc { child, pid, api: format!("http://127.0.0.1:{api_port}"), output };
     let http = reqwest::Client::new();
     let started = Instant::now();
     while http.get(format!("{}/healthz", server.api)).send().await.map(|r| r.status().is_success()).ok() != Some(true) {
@@ -248,4 +248,52 @@ pub fn postgres_ticks() -> u64 {
         .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "postgres"))
         .map(cpu_ticks)
         .sum()
+}
+
+/// The demo fleet (`meshfleet_sim::run`, the `meshfleet-sim` code) against a server, running in
+/// this process until stopped.
+pub struct DemoFleet {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<meshfleet_sim::FleetStatus, meshfleet_sim::SimError>>,
+    /// How long until every agent was connected.
+    pub setup: Duration,
+}
+
+impl DemoFleet {
+    /// Starts `clusters` clusters (`sim-NNNN`, reporting every 10 s, state in `state_dir`) as
+    /// the owner `token`, and returns once the server counts them all connected (300 s at most).
+    pub async fn connected(server: &ServerProc, token: &str, clusters: usize, state_dir: std::path::PathBuf) -> anyhow::Result<DemoFleet> {
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let config = meshfleet_sim::FleetConfig {
+            api_url: server.api.clone(),
+            auth: meshfleet_sim::Auth::Token(secrecy::SecretString::from(token.to_owned())),
+            clusters,
+            prefix: "sim".into(),
+            state_dir,
+            metrics_interval: Duration::from_secs(10),
+            status_interval: Duration::from_secs(3600),
+            agent_version: "0.1.0".into(),
+            setup_concurrency: 16,
+        };
+        let task = tokio::spawn(meshfleet_sim::run(config, async move {
+            let _ = stop_rx.await;
+        }));
+        let started = Instant::now();
+        loop {
+            let connected = metric(&scrape(&server.api).await, "gateway_connected_agents", &[]);
+            if connected as usize >= clusters {
+                return Ok(DemoFleet { stop, task, setup: started.elapsed() });
+            }
+            if task.is_finished() || started.elapsed() > Duration::from_secs(300) {
+                bail!("{connected} of {clusters} agents connected after {:?}:\n{}", started.elapsed(), server.output.tail());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Shuts every client down gracefully (30 s at most).
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
+    }
 }
