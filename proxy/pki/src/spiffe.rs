@@ -14,14 +14,17 @@ pub struct WorkloadId {
     service_account: String,
 }
 
+/// Whether `name` may be a trust domain, namespace or service account in a workload identity:
+/// 1 to 253 lowercase letters, digits, `-` and `.` (what Kubernetes names allow, and a subset of
+/// what SPIFFE allows in a trust domain).
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 253 && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 impl WorkloadId {
     pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self> {
-        let whole = || format!("{trust_domain}/{namespace}/{service_account}");
-        for part in [trust_domain, namespace, service_account] {
-            let ok = !part.is_empty() && part.len() <= 253 && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-            if !ok {
-                return Err(Error::Identity(whole()));
-            }
+        if ![trust_domain, namespace, service_account].into_iter().all(valid_name) {
+            return Err(Error::Identity(format!("{trust_domain}/{namespace}/{service_account}")));
         }
         Ok(Self { trust_domain: trust_domain.into(), namespace: namespace.into(), service_account: service_account.into() })
     }

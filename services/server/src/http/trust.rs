@@ -25,7 +25,7 @@ use crate::domain::{CommandId, Role};
 use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_anchors, generate_anchor)).routes(routes!(upload_anchor))
+    OpenApiRouter::new().routes(routes!(list_anchors, generate_anchor)).routes(routes!(upload_anchor)).routes(routes!(set_trust_domain))
 }
 
 /// A trust anchor: its certificate (public) and where it stands; never its key.
@@ -102,6 +102,40 @@ async fn list_anchors(State(state): State<AppState>, auth: Principal) -> Result<
     let trust_domain = store::trust::trust_domain(&mut conn, auth.org_id).await?;
     let anchors = store::trust::anchors(&mut conn, auth.org_id).await?.into_iter().map(Into::into).collect();
     Ok(Json(TrustView { trust_domain, anchors }))
+}
+
+/// The organization's SPIFFE trust domain: the one its clusters' controllers use.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomain {
+    /// 1 to 253 lowercase letters, digits, `-` and `.`.
+    #[schema(min_length = 1, max_length = 253, pattern = "^[a-z0-9.-]+$")]
+    pub trust_domain: String,
+}
+
+/// Sets the organization's trust domain (admins; default `cluster.local`), before its first
+/// trust anchor: anchors and issuers are made for it, so once one exists it is fixed (409
+/// `anchors-exist`).
+#[utoipa::path(put, path = "/api/v1/trust-domain", tag = "certificates", request_body = TrustDomain,
+    responses((status = 200, body = TrustDomain), JsonBody, Unauthenticated, Forbidden, Conflict, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn set_trust_domain(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<TrustDomain>) -> Result<Json<TrustDomain>, ApiError> {
+    auth.require(Role::Admin)?;
+    if !meshfleet_pki::spiffe::valid_name(&req.trust_domain) {
+        return Err(ApiError::field("trust_domain", "must be 1 to 253 lowercase letters, digits, '-' and '.'"));
+    }
+    let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    if !store::trust::anchors(&mut tx, auth.org_id).await?.is_empty() {
+        let detail = "the organization has trust anchors, made for its current trust domain".to_owned();
+        return Err(ApiError::Conflict { kind: "anchors-exist", detail, field: Some("trust_domain".into()) });
+    }
+    let before = store::trust::trust_domain(&mut tx, auth.org_id).await?;
+    store::trust::set_trust_domain(&mut tx, auth.org_id, &req.trust_domain).await?;
+    let details = serde_json::json!({ "from": before, "to": req.trust_domain });
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "trust_domain.update", ("organization", auth.org_id.to_string()), details).await?;
+    tx.commit().await?;
+    Ok(Json(req))
 }
 
 /// Generates the organization's trust anchor (admins). An organization has one active anchor;

@@ -25,6 +25,11 @@ fn anchor(r: &sqlx::any::AnyRow) -> Result<Anchor, sqlx::Error> {
     })
 }
 
+pub async fn set_trust_domain(conn: &mut Conn, org: OrgId, trust_domain: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE organizations SET trust_domain = $2 WHERE id = $1").bind(org.to_string()).bind(trust_domain).execute(conn).await?;
+    Ok(())
+}
+
 pub async fn trust_domain(conn: &mut Conn, org: OrgId) -> Result<String, sqlx::Error> {
     sqlx::query("SELECT trust_domain FROM organizations WHERE id = $1").bind(org.to_string()).fetch_one(conn).await?.try_get("trust_domain")
 }

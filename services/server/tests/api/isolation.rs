@@ -46,6 +46,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
         }
         ("POST", "/api/v1/trust-anchors/upload") => Some(json!({ "certificate_pem": "x", "private_key_pem": "y" })),
+        ("PUT", "/api/v1/trust-domain") => Some(json!({ "trust_domain": "intruder.example" })),
         ("POST", "/api/v1/trust-anchors/rotations/{id}/exclude") => Some(json!({ "cluster_id": "0190a0b0-0000-7000-8000-000000000000" })),
         ("POST", _) | ("PATCH", _) | ("PUT", _) => Some(json!({})),
         _ => None,

@@ -24,12 +24,43 @@ use crate::helpers::{assert_problem, Engine, Login, TestApp};
 use crate::on_both_engines;
 
 on_both_engines!(
+    the_trust_domain_is_chosen_before_the_first_anchor,
     anchors_are_checked_sealed_and_never_show_their_key,
     issuers_are_signed_only_for_the_callers_own_open_rotation,
     a_rotation_runs_over_simulated_clusters_goes_on_without_one_excluded_and_aborts_from_retire,
 );
 
 const DAY: Duration = Duration::from_secs(86_400);
+
+async fn set_trust_domain(app: &TestApp, access: &str, trust_domain: Value) -> (StatusCode, Value) {
+    app.call(reqwest::Method::PUT, "/api/v1/trust-domain", Some(access), Some(json!({ "trust_domain": trust_domain }))).await
+}
+
+async fn the_trust_domain_is_chosen_before_the_first_anchor(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ops@example.com").await;
+    let viewer = app.member(&owner, "viewer@example.com", "viewer").await;
+    assert_eq!(app.get("/api/v1/trust-anchors", &owner.access).await.1["trust_domain"], "cluster.local");
+    let (status, body) = set_trust_domain(&app, &viewer.access, json!("acme.example")).await;
+    assert_problem(status, &body, 403, "forbidden", None);
+    for bad in [json!(""), json!("Acme.example"), json!("acme example"), json!("acme/x"), json!("a".repeat(254)), json!(7)] {
+        let (status, body) = set_trust_domain(&app, &owner.access, bad.clone()).await;
+        assert!(status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST, "{bad}: {status} {body}");
+        assert_eq!(body["errors"][0]["field"], "trust_domain", "{bad}: {body}");
+    }
+    let (status, body) = set_trust_domain(&app, &owner.access, json!("prod.acme.example")).await;
+    assert_eq!((status, body["trust_domain"].as_str()), (StatusCode::OK, Some("prod.acme.example")), "{body}");
+    let (_, anchor) = app.post("/api/v1/trust-anchors", &owner.access, json!({})).await;
+    assert_eq!(anchor["subject"], "CN=meshfleet trust anchor prod.acme.example", "anchors are made for it: {anchor}");
+    let (status, body) = set_trust_domain(&app, &owner.access, json!("other.example")).await;
+    assert_problem(status, &body, 409, "anchors-exist", Some("trust_domain"));
+    assert_eq!(app.get("/api/v1/trust-anchors", &owner.access).await.1["trust_domain"], "prod.acme.example");
+    let audit = app.get("/api/v1/audit", &owner.access).await.1.to_string();
+    assert!(audit.contains("trust_domain.update"), "{audit}");
+    // Another organization keeps its own.
+    let other = app.owner("mallory@example.com").await;
+    assert_eq!(app.get("/api/v1/trust-anchors", &other.access).await.1["trust_domain"], "cluster.local");
+}
 
 async fn upload(app: &TestApp, access: &str, cert: &str, key: &str) -> (StatusCode, Value) {
     app.post("/api/v1/trust-anchors/upload", access, json!({ "certificate_pem": cert, "private_key_pem": key })).await
