@@ -6,6 +6,7 @@ pub mod admin;
 pub mod controller;
 pub mod drain;
 pub mod identity;
+pub mod init;
 pub mod proxy;
 pub mod ready;
 pub mod tls;

@@ -1,4 +1,5 @@
 //! meshfleet-proxy: parses configuration, sets up tracing and a small runtime, runs the proxy.
+//! `meshfleet-proxy init` instead writes the iptables rules for transparent interception.
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,6 +15,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // `meshfleet-proxy init ...` writes the interception rules and exits (an init container's job).
+    if std::env::args_os().nth(1).is_some_and(|a| a == "init") {
+        return init();
+    }
     let cli = Cli::try_parse().unwrap_or_else(|e| {
         let code = if e.use_stderr() { 64 } else { 0 };
         let _ = e.print();
@@ -35,6 +40,21 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("meshfleet-proxy: {e:#}");
             ExitCode::from(meshfleet_mesh::exit_code(&e))
+        }
+    }
+}
+
+fn init() -> ExitCode {
+    let config = meshfleet_mesh::init::InitConfig::try_parse_from(std::env::args_os().skip(1)).unwrap_or_else(|e| {
+        let code = if e.use_stderr() { 64 } else { 0 };
+        let _ = e.print();
+        std::process::exit(code);
+    });
+    match meshfleet_mesh::init::apply(&config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meshfleet-proxy init: {e}");
+            ExitCode::from(if matches!(e, meshfleet_mesh::init::InitError::Config(_)) { 64 } else { 1 })
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Inbound: mTLS from other proxies, authorized, then forwarded as plaintext to the local
-//! application. Plaintext and peers that do not chain to the trust bundle never reach the app;
-//! every refusal is counted in `inbound_tcp_authz_deny_total` with a reason.
+//! application (`--inbound-forward`, or when the connection was redirected here, the port it was
+//! first addressed to on that host). Plaintext and peers that do not chain to the trust bundle
+//! never reach the app; every refusal is counted in `inbound_tcp_authz_deny_total` with a reason.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,49 +36,51 @@ pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, drain: Drain) {
     }
 }
 
-fn deny(ctx: &Ctx, client_id: &str, reason: &str) {
-    ctx.metrics.authz_deny.with_label_values(&[&ctx.inbound_target, client_id, reason]).inc();
+fn deny(ctx: &Ctx, target: &str, client_id: &str, reason: &str) {
+    ctx.metrics.authz_deny.with_label_values(&[target, client_id, reason]).inc();
 }
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
     let _ = tcp.set_nodelay(true);
+    // Redirected here by `meshfleet-proxy init`: the app port the peer meant; else --inbound-forward.
+    let target = super::intercept::inbound_target(&tcp, ctx.inbound_forward);
+    let target_label = if target == ctx.inbound_forward { ctx.inbound_target.clone() } else { target.to_string() };
     // Refuse plaintext before it costs a handshake, and say why in the metrics.
     let mut first = [0u8; 1];
     match tokio::time::timeout(ctx.detect_timeout, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_RECORD_HANDSHAKE => {}
         Ok(Ok(1)) => {
             tracing::debug!(%peer, "refused inbound connection that did not start a TLS handshake");
-            return deny(&ctx, "", "plaintext");
+            return deny(&ctx, &target_label, "", "plaintext");
         }
         Ok(_) => return, // closed before sending anything
-        Err(_) => return deny(&ctx, "", "detect_timeout"),
+        Err(_) => return deny(&ctx, &target_label, "", "detect_timeout"),
     }
     let Some(config) = ctx.tls.server_config() else {
-        return deny(&ctx, "", "no_identity_yet");
+        return deny(&ctx, &target_label, "", "no_identity_yet");
     };
     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = handshake_failure(&e);
             tracing::info!(%peer, error = %e, reason, "inbound TLS handshake refused");
-            return deny(&ctx, "", reason);
+            return deny(&ctx, &target_label, "", reason);
         }
-        Err(_) => return deny(&ctx, "", "handshake_timeout"),
+        Err(_) => return deny(&ctx, &target_label, "", "handshake_timeout"),
     };
     let client_id = crate::tls::peer_identity(stream.get_ref().1.peer_certificates()).unwrap_or_default();
     if !ctx.allow.is_empty() && !ctx.allow.contains(&client_id) {
         tracing::info!(%peer, client_id, "inbound peer not in the allow-list");
-        return deny(&ctx, &client_id, "not_allowed");
+        return deny(&ctx, &target_label, &client_id, "not_allowed");
     }
-    ctx.metrics.authz_allow.with_label_values(&[&ctx.inbound_target, &client_id]).inc();
-    let labels = ConnLabels { direction: "inbound", target_addr: ctx.inbound_target.clone(), client_id, server_id: String::new() };
+    ctx.metrics.authz_allow.with_label_values(&[&target_label, &client_id]).inc();
+    let labels = ConnLabels { direction: "inbound", target_addr: target_label, client_id, server_id: String::new() };
     let mut src = CountingIo::new(stream, ctx.metrics.tcp(&labels, "src", true));
     let (protocol, prefix) = match detect::detect(&mut src, ctx.detect_timeout).await {
         Ok(x) => x,
         Err(e) => return tracing::debug!(error = %e, "inbound detection failed"),
     };
     let src: BoxIo = Box::new(PrefixedIo::new(prefix, src));
-    let target = ctx.inbound_forward;
     let metrics = ctx.metrics.clone();
     let dst_labels = labels.clone();
     let connect: http::Connect = Arc::new(move || {

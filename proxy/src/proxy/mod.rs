@@ -7,6 +7,7 @@ pub mod detect;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod intercept;
 pub mod metrics;
 pub mod outbound;
 pub mod tcp;
@@ -40,6 +41,17 @@ pub struct Config {
     /// Outbound route LISTEN=TARGET[#IDENTITY]; repeat for several destinations.
     #[arg(long = "outbound", env = "MESHFLEET_PROXY_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<Route>,
+    /// Listen here for outbound connections redirected by `meshfleet-proxy init` (its
+    /// --outbound-port); each is routed by its original destination (see --route, --unmeshed).
+    #[arg(long, env = "MESHFLEET_PROXY_OUTBOUND_INTERCEPT")]
+    pub outbound_intercept: Option<SocketAddr>,
+    /// Intercepted route ORIG_IP:PORT#IDENTITY: connections first addressed to ORIG go there over
+    /// mTLS and the far end must prove IDENTITY; repeat for several destinations.
+    #[arg(long = "route", env = "MESHFLEET_PROXY_ROUTE", value_delimiter = ',')]
+    pub routes: Vec<intercept::InterceptRoute>,
+    /// Intercepted connections whose destination has no --route: `forward` as plain TCP, or `refuse`.
+    #[arg(long, value_enum, default_value = "forward")]
+    pub unmeshed: intercept::Unmeshed,
     /// Controller identity service, HOST:PORT.
     #[arg(long, env = "MESHFLEET_PROXY_CONTROLLER_ADDR")]
     pub controller_addr: String,
@@ -121,10 +133,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let l = TcpListener::bind(route.listen).await.with_context(|| format!("binding the outbound address {}", route.listen))?;
         outbound.push((l, Arc::new(route.clone())));
     }
+    let intercept = match config.outbound_intercept {
+        Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding the outbound intercept address {addr}"))?),
+        None => None,
+    };
     let addrs = serde_json::json!({
         "admin": admin.local_addr()?.to_string(),
         "inbound": inbound.local_addr()?.to_string(),
         "outbound": outbound.iter().map(|(l, _)| l.local_addr().map(|a| a.to_string()).unwrap_or_default()).collect::<Vec<_>>(),
+        "outbound_intercept": intercept.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
     });
 
     let tls_source = {
@@ -157,6 +174,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(inbound::serve(inbound, ctx.clone(), drain.clone()));
     for (listener, route) in outbound {
         tokio::spawn(outbound::serve(listener, route, ctx.clone(), drain.clone()));
+    }
+    if let Some(listener) = intercept {
+        let table = Arc::new(intercept::Table::new(&config.routes, config.unmeshed));
+        tokio::spawn(intercept::serve(listener, table, ctx.clone(), drain.clone()));
     }
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;
     tracing::info!(%addrs, "proxy listening");

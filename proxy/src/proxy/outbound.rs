@@ -1,6 +1,6 @@
 //! Outbound: plaintext from the local application on a configured listener, forwarded over mTLS
-//! to one destination proxy. Destinations are explicit routes for now (see README for how
-//! transparent interception would replace them); the far end's identity is checked when known.
+//! to one destination proxy: an explicit `--outbound` route, or one chosen by `intercept` from an
+//! intercepted connection's original destination. The far end's identity is checked when known.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -68,7 +68,8 @@ async fn dial(ctx: &Ctx, route: &Route) -> std::io::Result<(tokio_rustls::client
     Ok((stream, id))
 }
 
-async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) {
+/// One connection from the app to `route` (a configured listener's, or an intercepted one's).
+pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) {
     let _ = tcp.set_nodelay(true);
     let server_id = route.identity.clone().unwrap_or_default();
     let labels = ConnLabels { direction: "outbound", target_addr: route.target.clone(), client_id: String::new(), server_id };

@@ -1,0 +1,243 @@
+//! Transparent interception for real: two network namespaces (a client pod and a server pod)
+//! joined by a veth pair, `meshfleet-proxy init` writing each one's nat rules, the controller and
+//! the server's app in the server pod, and the proxies running as uid 2102 (the uid the rules
+//! exempt, so a proxy's own dials leave the pod). The apps are plain TCP/HTTP in threads that
+//! entered the namespaces with setns(2): they know nothing of the mesh. Root only; skipped with a
+//! message elsewhere or when `ip`, `iptables` or `setpriv` is missing.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const PROXY_UID: &str = "2102";
+const CLIENT_IP: &str = "10.77.0.1";
+const SERVER_IP: &str = "10.77.0.2";
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/client";
+const SERVER_ID: &str = "spiffe://cluster.local/ns/api/sa/server";
+
+fn skip_reason() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?");
+    if uid != "0" {
+        return Some(format!("not root (uid {uid})"));
+    }
+    for tool in ["ip", "iptables", "setpriv"] {
+        let found = Command::new(tool).arg(if tool == "setpriv" { "--version" } else { "-V" }).output().is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` is not available"));
+        }
+    }
+    None
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(out.status.success(), "{args:?}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two namespaces and their veth pair; deleted on drop, also when the test panics.
+struct Pods {
+    client: String,
+    server: String,
+}
+
+impl Pods {
+    fn create() -> Self {
+        let tag = format!("{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let pods = Self { client: format!("mfc-{tag}"), server: format!("mfs-{tag}") };
+        let (va, vb) = (format!("mfa{tag}"), format!("mfb{tag}"));
+        sh(&["ip", "netns", "add", &pods.client]);
+        sh(&["ip", "netns", "add", &pods.server]);
+        sh(&["ip", "link", "add", &va, "type", "veth", "peer", "name", &vb]);
+        sh(&["ip", "link", "set", &va, "netns", &pods.client]);
+        sh(&["ip", "link", "set", &vb, "netns", &pods.server]);
+        for (ns, dev, ip) in [(&pods.client, &va, CLIENT_IP), (&pods.server, &vb, SERVER_IP)] {
+            sh(&["ip", "-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev]);
+            sh(&["ip", "-n", ns, "link", "set", dev, "up"]);
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"]);
+        }
+        pods
+    }
+
+    fn exec<'a>(ns: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        [&["ip", "netns", "exec", ns], rest].concat()
+    }
+}
+
+impl Drop for Pods {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.server] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `f` on a thread that entered network namespace `ns`.
+fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let file = std::fs::File::open(format!("/var/run/netns/{ns}")).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns on a valid namespace fd affects only this thread.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    })
+}
+
+/// A plain HTTP/1.1 server in `ns` on 0.0.0.0:`port` answering "hello from PORT".
+fn serve_app(ns: &str, port: u16) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    in_netns(ns, move || {
+        let listener = TcpListener::bind(("0.0.0.0", port)).unwrap();
+        tx.send(()).unwrap();
+        for mut conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!("hello from {port}");
+                let _ = write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            });
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("app listening");
+}
+
+/// GET `http://addr/path` from inside `ns` with a plain socket; the raw response, or the error.
+fn get(ns: &str, addr: &str, path: &str) -> Result<String, String> {
+    let (addr, path) = (addr.to_string(), path.to_string());
+    in_netns(ns, move || {
+        let mut tcp = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(tcp, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        match tcp.read_to_end(&mut out) {
+            Ok(_) if !out.is_empty() => Ok(String::from_utf8_lossy(&out).into_owned()),
+            Ok(_) => Err("closed without a response".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .join()
+    .unwrap()
+}
+
+fn wait_ready_in(ns: &str, admin: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !get(ns, admin, "/ready").is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+        assert!(Instant::now() < deadline, "proxy in {ns} never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn init(ns: &str, extra: &[&str]) -> String {
+    let bin = env!("CARGO_BIN_EXE_meshfleet-proxy");
+    sh(&Pods::exec(ns, &[&[bin, "init", "--proxy-uid", PROXY_UID, "--inbound-port=4143", "--outbound-port=4140"], extra].concat()))
+}
+
+fn spawn_proxy_in(pki: &Pki, ns: &str, token: &str, controller: &str, extra: &[&str]) -> Process {
+    let mut args: Vec<String> = ["netns", "exec", ns, "setpriv", &format!("--reuid={PROXY_UID}"), &format!("--regid={PROXY_UID}"), "--clear-groups"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(env!("CARGO_BIN_EXE_meshfleet-proxy").into());
+    args.extend([
+        "--admin-addr=127.0.0.1:4191".to_string(),
+        "--inbound-addr=0.0.0.0:4143".to_string(),
+        "--outbound-intercept=127.0.0.1:4140".to_string(),
+        format!("--controller-addr={controller}"),
+        format!("--trust-anchors={}", pki.path("bundle.crt").display()),
+        format!("--token-file={}", pki.path(token).display()),
+        "--detect-timeout-ms=300".to_string(),
+        "--drain-timeout-secs=1".to_string(),
+    ]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let proxy = spawn("ip", &args, &[], &pki.path(&format!("proxy-{ns}-{}.ready", rand::random::<u32>())));
+    wait_ready_in(ns, "127.0.0.1:4191");
+    proxy
+}
+
+fn metrics_in(ns: &str) -> String {
+    get(ns, "127.0.0.1:4191", "/metrics").unwrap()
+}
+
+#[test]
+fn unmodified_client_reaches_server_over_mtls_through_intercepting_proxies() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the transparent-interception test: {why}");
+        return;
+    }
+    let pods = Pods::create();
+    let (c, s) = (pods.client.as_str(), pods.server.as_str());
+    let pki = Pki::new();
+    // The proxies run as uid 2102: they read the bundle and tokens and write ready files here.
+    std::fs::set_permissions(pki.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+
+    // Init, twice on the client side: the second run leaves the same rule set.
+    init(s, &["--skip-inbound-ports=4190,4191,9090"]);
+    let out = init(c, &["--skip-outbound-ports=25"]);
+    assert!(out.contains("ran: iptables -t nat -A OUTPUT -p tcp -j MESHFLEET_OUTPUT"), "{out}");
+    let rules = sh(&Pods::exec(c, &["iptables", "-t", "nat", "-S"]));
+    let again = init(c, &["--skip-outbound-ports=25"]);
+    assert!(again.contains("exists: iptables -t nat -A OUTPUT -p tcp -j MESHFLEET_OUTPUT"), "{again}");
+    assert_eq!(sh(&Pods::exec(c, &["iptables", "-t", "nat", "-S"])), rules, "init is idempotent");
+    assert!(rules.contains("-A MESHFLEET_OUTPUT -m owner --uid-owner 2102 -j RETURN"), "{rules}");
+
+    // The server pod: its app on 8080 (meshed) and 9090 (skipped by its inbound rules), and the
+    // controller on 4190 (also skipped), reachable from the client pod.
+    serve_app(s, 8080);
+    serve_app(s, 9090);
+    let controller_args: Vec<String> =
+        ["netns", "exec", s, env!("CARGO_BIN_EXE_meshfleet-controller"), "--grpc-addr=0.0.0.0:4190", "--admin-addr=127.0.0.1:0", "--verifier=file"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(
+                [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
+                    .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
+            )
+            .collect();
+    let _controller = spawn("ip", &controller_args, &[], &pki.path("controller.ready"));
+
+    let _server = spawn_proxy_in(&pki, s, "tok-b", "127.0.0.1:4190", &[]);
+    let route = format!("--route={SERVER_IP}:8080#{SERVER_ID}");
+    let client = spawn_proxy_in(&pki, c, "tok-a", &format!("{SERVER_IP}:4190"), &[&route]);
+
+    // The unmodified client calls the server's address; both hops are intercepted.
+    let resp = get(c, &format!("{SERVER_IP}:8080"), "/").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("hello from 8080"), "{resp}");
+    let m = metrics_in(s);
+    let inbound = [("direction", "inbound"), ("tls", "true"), ("client_id", CLIENT_ID), ("target_addr", "127.0.0.1:8080")];
+    assert_eq!(metric(&m, "request_total", &inbound), 1.0, "the server proxy saw the request over mTLS from the client's identity:\n{m}");
+    assert_eq!(metric(&m, "inbound_tcp_authz_allow_total", &[("client_id", CLIENT_ID)]), 1.0, "{m}");
+    let m = metrics_in(c);
+    let outbound = [("direction", "outbound"), ("tls", "true"), ("server_id", SERVER_ID), ("target_addr", "10.77.0.2:8080")];
+    assert_eq!(metric(&m, "request_total", &outbound), 1.0, "{m}");
+
+    // No route for 9090: forwarded as plain TCP (the default), past the server's proxy.
+    let resp = get(c, &format!("{SERVER_IP}:9090"), "/").unwrap();
+    assert!(resp.ends_with("hello from 9090"), "{resp}");
+    let m = metrics_in(c);
+    assert_eq!(
+        metric(&m, "tcp_open_total", &[("direction", "outbound"), ("peer", "dst"), ("tls", "no_identity"), ("target_addr", "10.77.0.2:9090")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&metrics_in(s), "request_total", &[]), 1.0, "unmeshed traffic did not pass the server's proxy");
+
+    // With --unmeshed refuse the same call is closed; the meshed one still works.
+    drop(client);
+    let _client = spawn_proxy_in(&pki, c, "tok-a", &format!("{SERVER_IP}:4190"), &[&route, "--unmeshed=refuse"]);
+    let refused = get(c, &format!("{SERVER_IP}:9090"), "/");
+    assert!(refused.is_err(), "unmeshed destination answered: {refused:?}");
+    let resp = get(c, &format!("{SERVER_IP}:8080"), "/").unwrap();
+    assert!(resp.ends_with("hello from 8080"), "{resp}");
+    assert_eq!(metric(&metrics_in(s), "request_total", &inbound), 2.0);
+}
