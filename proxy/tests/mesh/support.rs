@@ -86,7 +86,7 @@ impl Process {
     }
 }
 
-fn spawn(bin: &str, args: &[String], envs: &[(&str, &Path)], ready: &Path) -> Process {
+pub fn spawn(bin: &str, args: &[String], envs: &[(&str, &Path)], ready: &Path) -> Process {
     let log = std::env::var_os("TEST_LOG").is_some();
     let mut cmd = Command::new(bin);
     cmd.args(args).envs(envs.iter().copied()).arg("--ready-file").arg(ready).stdout(Stdio::null());
