@@ -31,9 +31,10 @@ pub struct AgentConfig {
 pub const IDENTITY_SECRET: &str = "meshfleet-agent-identity";
 pub const IDENTITY_KEY: &str = "identity.json";
 pub const LEASE_NAME: &str = "meshfleet-agent";
-pub const CONTROLLER_DEPLOYMENT: &str = "meshfleet-controller";
-pub const ISSUER_SECRET: &str = "meshfleet-issuer";
-pub const TRUST_BUNDLE: &str = "meshfleet-trust-bundle";
+// The mesh's objects, named where the mesh's own install (`meshfleet-controller install`) reads them.
+pub const CONTROLLER_DEPLOYMENT: &str = meshfleet_pki::names::CONTROLLER_DEPLOYMENT;
+pub const ISSUER_SECRET: &str = meshfleet_pki::names::ISSUER_SECRET;
+pub const TRUST_BUNDLE: &str = meshfleet_pki::names::TRUST_BUNDLE;
 /// The Role in a meshed namespace that lets restart-workloads patch its Deployments (the
 /// install manifest renders it; see the README's RBAC section).
 pub const RESTART_ROLE: &str = "meshfleet-agent-restart";
@@ -85,7 +86,7 @@ impl AgentConfig {
             gateway_address,
             gateway_ca_pem,
             cluster_id: get("MESHFLEET_CLUSTER_ID"),
-            mesh_namespace: get("MESHFLEET_MESH_NAMESPACE").unwrap_or_else(|| "meshfleet".into()),
+            mesh_namespace: get("MESHFLEET_MESH_NAMESPACE").unwrap_or_else(|| meshfleet_pki::names::MESH_NAMESPACE.into()),
             pod_name,
             pod_namespace,
             listen,

@@ -1,7 +1,7 @@
 //! X.509 and SPIFFE for Meshfleet, in one place: checking uploaded anchors ([`anchor`]), minting anchors, issuers and leaves ([`mint`]),
 //! checking CSRs ([`csr`]), workload SPIFFE ids ([`spiffe`]), verifying chains exactly as proxies
 //! verify peers ([`verify`]), reading what a certificate says and when it expires ([`inspect`]),
-//! and PEM in and out ([`pem`]).
+//! PEM in and out ([`pem`]), and the names of the mesh's Kubernetes objects ([`names`]).
 //!
 //! It belongs to the open-source mesh: the service and the agent depend on it, never the other
 //! way round, so what the service signs is checked by the same code the controller and proxies
@@ -11,6 +11,7 @@ pub mod anchor;
 pub mod csr;
 pub mod inspect;
 pub mod mint;
+pub mod names;
 pub mod pem;
 pub mod spiffe;
 pub mod verify;

@@ -16,6 +16,8 @@ struct Cli {
 enum Command {
     /// Write a development trust anchor and issuer into DIR, then exit.
     DevCerts { dir: std::path::PathBuf },
+    /// Print the manifest that installs the controller in a cluster (YAML, to stdout), then exit.
+    Install(meshfleet_mesh::controller::install::InstallArgs),
 }
 
 #[tokio::main]
@@ -28,6 +30,7 @@ async fn main() -> ExitCode {
     meshfleet_mesh::init_tracing();
     let result = match cli.command {
         Some(Command::DevCerts { dir }) => meshfleet_mesh::controller::write_dev_certs(&dir),
+        Some(Command::Install(args)) => install(&args),
         None => meshfleet_mesh::controller::run(cli.config).await,
     };
     match result {
@@ -37,4 +40,18 @@ async fn main() -> ExitCode {
             ExitCode::from(meshfleet_mesh::exit_code(&e))
         }
     }
+}
+
+fn install(args: &meshfleet_mesh::controller::install::InstallArgs) -> anyhow::Result<()> {
+    use meshfleet_mesh::controller::install;
+    let material = args.material()?;
+    let missing = install::prerequisites(args, &material);
+    if !missing.is_empty() {
+        eprintln!("meshfleet-controller install: not rendered, must exist before the controller becomes ready (create them, or pass --trust-anchors-file and --issuer-cert-file/--issuer-key-file, or --dev-certs):");
+        for m in missing {
+            eprintln!("  {m}");
+        }
+    }
+    print!("{}", install::render(args, &material));
+    Ok(())
 }

@@ -1,8 +1,9 @@
 //! meshfleet-controller: the cluster's identity CA. Owns the current (issuer, bundle) pair,
 //! follows it from files or the Kubernetes API without a restart, signs proxy leaves over gRPC
 //! and streams the bundle. It never switches to a pair that fails validation, and writes key
-//! material only in `dev-certs`.
+//! material only in `dev-certs` (and prints it only in `install --dev-certs`).
 
+pub mod install;
 pub mod issuer;
 pub mod metrics;
 mod reload;
@@ -17,7 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use meshfleet_pki::mint::{self, CaProfile};
+use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
+use meshfleet_pki::names;
 use meshfleet_pki::spiffe::WorkloadId;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -44,10 +46,10 @@ pub struct Config {
     #[arg(long, env = "MESHFLEET_ISSUER_SOURCE", value_enum, default_value_t = IssuerSource::File)]
     pub issuer_source: IssuerSource,
     /// The issuer Secret (`tls.crt`, `tls.key`) for `--issuer-source kubernetes`.
-    #[arg(long, env = "MESHFLEET_ISSUER_SECRET", default_value = "meshfleet-issuer")]
+    #[arg(long, env = "MESHFLEET_ISSUER_SECRET", default_value = names::ISSUER_SECRET)]
     pub issuer_secret: String,
     /// The trust-bundle ConfigMap (`ca-bundle.crt`) for `--issuer-source kubernetes`.
-    #[arg(long, env = "MESHFLEET_TRUST_BUNDLE_CONFIGMAP", default_value = "meshfleet-trust-bundle")]
+    #[arg(long, env = "MESHFLEET_TRUST_BUNDLE_CONFIGMAP", default_value = names::TRUST_BUNDLE)]
     pub trust_bundle_configmap: String,
     /// Issuer certificate (PEM; extra certificates after the first are sent as its chain).
     #[arg(long, env = "MESHFLEET_ISSUER_CERT", default_value = "/var/run/meshfleet/issuer/tls.crt")]
@@ -73,9 +75,9 @@ pub struct Config {
     pub token_audience: String,
     /// The controller's own namespace and service account: its serving certificate's identity,
     /// and where the `kubernetes` source finds the issuer Secret and bundle ConfigMap.
-    #[arg(long, env = "MESHFLEET_CONTROLLER_NAMESPACE", default_value = "meshfleet")]
+    #[arg(long, env = "MESHFLEET_CONTROLLER_NAMESPACE", default_value = names::MESH_NAMESPACE)]
     pub namespace: String,
-    #[arg(long, default_value = "meshfleet-controller")]
+    #[arg(long, default_value = names::CONTROLLER_DEPLOYMENT)]
     pub service_account: String,
     /// Write {"grpc": addr, "admin": addr} here once listening.
     #[arg(long)]
@@ -226,9 +228,7 @@ fn admin_handler(shared: Arc<Shared>) -> crate::admin::Handler {
 
 /// Writes a development anchor + issuer (and the bundle) into `dir`, for local runs.
 pub fn write_dev_certs(dir: &std::path::Path) -> anyhow::Result<()> {
-    let year = Duration::from_secs(365 * 86400);
-    let anchor = mint::new_anchor(&CaProfile::new("meshfleet dev trust anchor", year))?;
-    let issuer = mint::new_issuer(&anchor, &CaProfile::new("meshfleet dev issuer", year / 2))?;
+    let (anchor, issuer) = dev_anchor_and_issuer()?;
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("anchor.crt"), &anchor.cert_pem)?;
     std::fs::write(dir.join("anchor.key"), &anchor.key_pem)?;
@@ -236,4 +236,13 @@ pub fn write_dev_certs(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::write(dir.join("issuer.crt"), &issuer.cert_pem)?;
     std::fs::write(dir.join("issuer.key"), &issuer.key_pem)?;
     Ok(())
+}
+
+/// A development trust anchor (a year) and an issuer it signed (half a year), for `dev-certs`
+/// and `install --dev-certs`.
+pub fn dev_anchor_and_issuer() -> anyhow::Result<(CaMaterial, CaMaterial)> {
+    let year = Duration::from_secs(365 * 86400);
+    let anchor = mint::new_anchor(&CaProfile::new("meshfleet dev trust anchor", year))?;
+    let issuer = mint::new_issuer(&anchor, &CaProfile::new("meshfleet dev issuer", year / 2))?;
+    Ok((anchor, issuer))
 }

@@ -192,7 +192,7 @@ impl Default for Config {
             public_url: None,
             gateway_address: None,
             agent_image: format!("meshfleet/meshfleet-agent:{}", env!("CARGO_PKG_VERSION")),
-            mesh_namespace: "meshfleet".into(),
+            mesh_namespace: meshfleet_pki::names::MESH_NAMESPACE.into(),
             sealing_key: None,
             log_format: LogFormat::Text,
             log: "info".into(),

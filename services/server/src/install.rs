@@ -42,10 +42,10 @@ const MESH_ROLE_NAME: &str = "meshfleet-agent-mesh";
 const BOOTSTRAP_SECRET: &str = "meshfleet-agent-bootstrap";
 const CLUSTER_ID_ANNOTATION: &str = "meshfleet.io/cluster-id";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
-// Names the agent uses (agent/src/k8s/config.rs).
-const CONTROLLER_DEPLOYMENT: &str = "meshfleet-controller";
-const ISSUER_SECRET: &str = "meshfleet-issuer";
-const TRUST_BUNDLE: &str = "meshfleet-trust-bundle";
+// The mesh's objects, as the agent and the mesh's own install name them.
+const CONTROLLER_DEPLOYMENT: &str = meshfleet_pki::names::CONTROLLER_DEPLOYMENT;
+const ISSUER_SECRET: &str = meshfleet_pki::names::ISSUER_SECRET;
+const TRUST_BUNDLE: &str = meshfleet_pki::names::TRUST_BUNDLE;
 const IDENTITY_SECRET: &str = "meshfleet-agent-identity";
 const LEASE_NAME: &str = "meshfleet-agent";
 

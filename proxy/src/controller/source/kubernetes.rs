@@ -19,9 +19,7 @@ use crate::controller::issuer::{IssuerError, Sources};
 use crate::controller::reload::Offer;
 use crate::controller::Config;
 
-const CERT_KEY: &str = "tls.crt";
-const KEY_KEY: &str = "tls.key";
-const BUNDLE_KEY: &str = "ca-bundle.crt";
+use meshfleet_pki::names::{ISSUER_CERT_KEY as CERT_KEY, ISSUER_KEY_KEY as KEY_KEY, TRUST_BUNDLE_KEY as BUNDLE_KEY};
 
 enum Seen {
     Secret(Option<Arc<Secret>>),
