@@ -13,6 +13,8 @@ pub mod inspect;
 pub mod mint;
 pub mod names;
 pub mod pem;
+#[cfg(feature = "rbac")]
+pub mod rbac;
 pub mod spiffe;
 pub mod verify;
 

@@ -17,13 +17,14 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 use meshfleet_pki::mint::CaMaterial;
 use meshfleet_pki::names::{self, CONTROLLER_DEPLOYMENT, ISSUER_CERT_KEY, ISSUER_KEY_KEY, ISSUER_SECRET, TRUST_BUNDLE, TRUST_BUNDLE_KEY};
+use meshfleet_pki::rbac::{role_ref, rule};
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
 use serde::Serialize;
 
@@ -33,8 +34,6 @@ pub const TOKEN_REVIEW_ROLE: &str = "meshfleet-controller-tokenreview";
 pub const ADMIN_SERVICE: &str = "meshfleet-controller-admin";
 pub const GRPC_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9990;
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// `meshfleet-controller install`'s flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -200,21 +199,6 @@ fn selector() -> BTreeMap<String, String> {
 
 fn meta(args: &InstallArgs, name: &str, namespace: Option<&str>) -> ObjectMeta {
     ObjectMeta { name: Some(name.into()), namespace: namespace.map(Into::into), labels: Some(labels(args)), ..Default::default() }
-}
-
-fn rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
-    let list = |items: &[&str]| items.iter().map(|&s| String::from(s)).collect::<Vec<_>>();
-    PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(list(resources)),
-        resource_names: Some(list(names)).filter(|n| !n.is_empty()),
-        verbs: list(verbs),
-        non_resource_urls: None,
-    }
-}
-
-fn role_ref(kind: &str, name: &str) -> RoleRef {
-    RoleRef { api_group: RBAC_GROUP.into(), kind: kind.into(), name: name.into() }
 }
 
 fn subject(namespace: &str) -> Subject {

@@ -10,10 +10,11 @@ use k8s_openapi::api::core::v1::{
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretEnvSource, SecurityContext, ServiceAccount,
     Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use meshfleet_pki::rbac::{role_ref, rule};
 use serde::Serialize;
 
 /// Inputs for one cluster's install manifest.
@@ -41,7 +42,6 @@ const AGENT_NAME: &str = "meshfleet-agent";
 const MESH_ROLE_NAME: &str = "meshfleet-agent-mesh";
 const BOOTSTRAP_SECRET: &str = "meshfleet-agent-bootstrap";
 const CLUSTER_ID_ANNOTATION: &str = "meshfleet.io/cluster-id";
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 // The mesh's objects, as the agent and the mesh's own install name them.
 const CONTROLLER_DEPLOYMENT: &str = meshfleet_pki::names::CONTROLLER_DEPLOYMENT;
 const ISSUER_SECRET: &str = meshfleet_pki::names::ISSUER_SECRET;
@@ -159,21 +159,6 @@ fn meta(name: &str, namespace: Option<&str>, cluster_id: Option<&str>) -> Object
         annotations: cluster_id.map(|id| string_map([(CLUSTER_ID_ANNOTATION, id)])),
         ..Default::default()
     }
-}
-
-fn rule(group: &str, resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
-    let list = |items: &[&str]| items.iter().map(|&s| String::from(s)).collect::<Vec<_>>();
-    PolicyRule {
-        api_groups: Some(vec![group.into()]),
-        resources: Some(list(resources)),
-        resource_names: Some(list(names)).filter(|n| !n.is_empty()),
-        verbs: list(verbs),
-        non_resource_urls: None,
-    }
-}
-
-fn role_ref(kind: &str, name: &str) -> RoleRef {
-    RoleRef { api_group: RBAC_GROUP.into(), kind: kind.into(), name: name.into() }
 }
 
 fn agent_subject() -> Subject {
@@ -435,7 +420,7 @@ mod tests {
         for b in bindings {
             assert_eq!(b["subjects"], subjects);
             assert_eq!(b["roleRef"]["name"], b["metadata"]["name"]);
-            assert_eq!(b["roleRef"]["apiGroup"], RBAC_GROUP);
+            assert_eq!(b["roleRef"]["apiGroup"], meshfleet_pki::rbac::RBAC_GROUP);
         }
     }
 
