@@ -3,6 +3,7 @@
 //! and streams the bundle. It never switches to a pair that fails validation, and writes key
 //! material only in `dev-certs` (and prints it only in `install --dev-certs`).
 
+pub mod inject;
 pub mod install;
 pub mod issuer;
 pub mod metrics;
