@@ -259,7 +259,8 @@ fn proxy_container(config: &InjectConfig, version: &str) -> Container {
         env("MESHFLEET_PROXY_TRUST_ANCHORS", format!("{TRUST_DIR}/{TRUST_BUNDLE_KEY}")),
         env("MESHFLEET_PROXY_ADMIN_ADDR", format!("0.0.0.0:{ADMIN_PORT}")),
         env("MESHFLEET_PROXY_INBOUND_ADDR", format!("0.0.0.0:{INBOUND_PORT}")),
-        env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT", format!("0.0.0.0:{OUTBOUND_PORT}")),
+        // Redirected connections arrive on loopback; nothing else should reach this port.
+        env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT", format!("127.0.0.1:{OUTBOUND_PORT}")),
     ];
     if let Some(identity) = &config.controller_identity {
         envs.push(env("MESHFLEET_PROXY_CONTROLLER_IDENTITY", identity.clone()));
@@ -404,7 +405,7 @@ mod tests {
         let env = |name: &str| proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
         assert_eq!(env("MESHFLEET_PROXY_CONTROLLER_ADDR"), Some(json!("https://meshfleet-controller.meshfleet.svc:8080")));
         assert_eq!(env("MESHFLEET_PROXY_TOKEN_FILE"), Some(json!("/var/run/secrets/tokens/meshfleet-identity")));
-        assert_eq!(env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT"), Some(json!("0.0.0.0:4140")));
+        assert_eq!(env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT"), Some(json!("127.0.0.1:4140")));
         assert_eq!(proxy["volumeMounts"][0], json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));
 
         let token = &patched["spec"]["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"];
