@@ -321,7 +321,7 @@ mod tests {
         InjectConfig {
             proxy_image: "meshfleet/proxy".into(),
             proxy_version: "1.2.3".into(),
-            controller_addr: "https://meshfleet-controller.meshfleet.svc:8080".into(),
+            controller_addr: "meshfleet-controller.meshfleet.svc:8080".into(),
             controller_identity: None,
             trust_domain: "cluster.local".into(),
             token_audience: "meshfleet-identity".into(),
@@ -403,7 +403,7 @@ mod tests {
         assert_eq!(ports, [4143, 4140, 4191]);
         assert_eq!(proxy["readinessProbe"]["httpGet"], json!({"path": "/ready", "port": 4191}));
         let env = |name: &str| proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
-        assert_eq!(env("MESHFLEET_PROXY_CONTROLLER_ADDR"), Some(json!("https://meshfleet-controller.meshfleet.svc:8080")));
+        assert_eq!(env("MESHFLEET_PROXY_CONTROLLER_ADDR"), Some(json!("meshfleet-controller.meshfleet.svc:8080")));
         assert_eq!(env("MESHFLEET_PROXY_TOKEN_FILE"), Some(json!("/var/run/secrets/tokens/meshfleet-identity")));
         assert_eq!(env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT"), Some(json!("127.0.0.1:4140")));
         assert_eq!(proxy["volumeMounts"][0], json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub issuer_expiry: IntGauge,
     pub reloads: IntCounterVec,
     pub bundle_anchors: IntGauge,
+    pub injector_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -21,6 +22,12 @@ impl Metrics {
         let reloads =
             IntCounterVec::new(Opts::new("identity_issuer_reload_total", "Issuer/trust-bundle reloads, by result and reason"), &["result", "reason"]).unwrap();
         let bundle_anchors = IntGauge::new("identity_trust_bundle_anchors", "Anchors in the served trust bundle").unwrap();
+        let injector_requests =
+            IntCounterVec::new(Opts::new("injector_requests_total", "Proxy injector admission requests, by result (injected, skipped, error)"), &["result"])
+                .unwrap();
+        for result in ["injected", "skipped", "error"] {
+            injector_requests.with_label_values(&[result]);
+        }
         let build = IntGaugeVec::new(Opts::new("controller_build_info", "Build information"), &["version"]).unwrap();
         build.with_label_values(&[crate::VERSION]).set(1);
         for c in [
@@ -29,11 +36,12 @@ impl Metrics {
             Box::new(issuer_expiry.clone()),
             Box::new(reloads.clone()),
             Box::new(bundle_anchors.clone()),
+            Box::new(injector_requests.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, issued, refused, issuer_expiry, reloads, bundle_anchors }
+        Self { registry, issued, refused, issuer_expiry, reloads, bundle_anchors, injector_requests }
     }
 }
 

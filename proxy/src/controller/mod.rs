@@ -12,6 +12,7 @@ pub mod service;
 pub mod source;
 pub mod tokenreview;
 pub mod verifier;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -80,7 +81,27 @@ pub struct Config {
     pub namespace: String,
     #[arg(long, default_value = names::CONTROLLER_DEPLOYMENT)]
     pub service_account: String,
-    /// Write {"grpc": addr, "admin": addr} here once listening.
+    /// The proxy injector's HTTPS listen address (`POST /inject`, AdmissionReview v1); no
+    /// injector without it.
+    #[arg(long, env = "MESHFLEET_INJECTOR_ADDR")]
+    pub injector_addr: Option<SocketAddr>,
+    /// The injector's serving certificate (PEM chain; the API server must trust its CA and it
+    /// must name the controller's Service) and key. Read at start.
+    #[arg(long, env = "MESHFLEET_INJECTOR_CERT", default_value = "/var/run/meshfleet/injector/tls.crt")]
+    pub injector_cert: PathBuf,
+    #[arg(long, env = "MESHFLEET_INJECTOR_KEY", default_value = "/var/run/meshfleet/injector/tls.key")]
+    pub injector_key: PathBuf,
+    /// The proxy image injected, without its tag.
+    #[arg(long, env = "MESHFLEET_PROXY_IMAGE", default_value = "meshfleet/proxy")]
+    pub proxy_image: String,
+    /// The control plane's current proxy version: the injected image's tag unless a pod pins one.
+    #[arg(long, env = "MESHFLEET_PROXY_VERSION", default_value = crate::VERSION)]
+    pub proxy_version: String,
+    /// The controller's gRPC address as injected proxies dial it
+    /// [default: meshfleet-controller.<--namespace>.svc:8080].
+    #[arg(long, env = "MESHFLEET_INJECTOR_CONTROLLER_ADDR")]
+    pub injector_controller_addr: Option<String>,
+    /// Write {"grpc": addr, "admin": addr[, "injector": addr]} here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
 }
@@ -134,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let own_lifetime = config.leaf_lifetime().max(Duration::from_secs(3600));
     let (current, _) = watch::channel(None);
     let shared = Arc::new(Shared { config: config.clone(), metrics, verifier, current, serving: Arc::new(ServingCert::default()) });
+    let own_identity = own_id.to_string();
     let mut switch = Switch::new(shared.clone(), own_id, own_lifetime);
     let (offers, offered) = mpsc::channel(16);
     let source = match config.issuer_source {
@@ -149,8 +171,36 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let grpc = TcpListener::bind(config.grpc_addr).await.with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
     let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding the admin address {}", config.admin_addr))?;
-    let addrs = serde_json::json!({"grpc": grpc.local_addr()?.to_string(), "admin": admin.local_addr()?.to_string()});
+    let mut addrs = serde_json::json!({"grpc": grpc.local_addr()?.to_string(), "admin": admin.local_addr()?.to_string()});
     let (drain_ctl, drain) = DrainController::new();
+    if let Some(addr) = config.injector_addr {
+        let tls = webhook::tls_config(&config.injector_cert, &config.injector_key)
+            .map_err(|e| crate::ConfigError(vec![format!("--injector-cert/--injector-key: {e:#}")]))?;
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the injector address {addr}"))?;
+        addrs["injector"] = listener.local_addr()?.to_string().into();
+        let controller_addr = config
+            .injector_controller_addr
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}.svc:{}", names::CONTROLLER_DEPLOYMENT, config.namespace, install::GRPC_PORT));
+        let inject_config = inject::InjectConfig {
+            proxy_image: config.proxy_image.clone(),
+            proxy_version: config.proxy_version.clone(),
+            controller_addr,
+            controller_identity: Some(own_identity),
+            trust_domain: config.trust_domain.clone(),
+            token_audience: config.token_audience.clone(),
+        };
+        // Namespace lookups need the API; without a client (local runs) only pod annotations count.
+        let kube = match kube_client().await {
+            Ok(client) => Some(client.clone()),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "injector: no Kubernetes client; namespace annotations are not looked up");
+                None
+            }
+        };
+        let injector = Arc::new(webhook::Injector { config: inject_config, requests: shared.metrics.injector_requests.clone(), kube });
+        tokio::spawn(webhook::serve(listener, tls, injector, drain.clone()));
+    }
 
     let switch = tokio::spawn(switch.run(offered));
     tokio::spawn(crate::admin::serve(admin, admin_handler(shared.clone()), drain.clone()));
