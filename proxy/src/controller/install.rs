@@ -6,23 +6,26 @@
 //! with the same object names (`meshfleet_pki::names`).
 //!
 //! It renders only what the controller runs today: identity gRPC (TokenReview verifier, the
-//! Kubernetes issuer source) and its admin port.
+//! Kubernetes issuer source), its admin port and, with `--injector` (only with `--dev-certs`
+//! for now), the proxy injector: its serving Secret, Service port and MutatingWebhookConfiguration.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use k8s_openapi::api::admissionregistration::v1::{MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference, WebhookClientConfig};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
-use meshfleet_pki::mint::CaMaterial;
+use meshfleet_pki::mint::{issue_leaf, new_key, CaMaterial, LeafProfile, Usage};
 use meshfleet_pki::names::{self, CONTROLLER_DEPLOYMENT, ISSUER_CERT_KEY, ISSUER_KEY_KEY, ISSUER_SECRET, TRUST_BUNDLE, TRUST_BUNDLE_KEY};
 use meshfleet_pki::rbac::{role_ref, rule};
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
@@ -34,6 +37,11 @@ pub const TOKEN_REVIEW_ROLE: &str = "meshfleet-controller-tokenreview";
 pub const ADMIN_SERVICE: &str = "meshfleet-controller-admin";
 pub const GRPC_PORT: i32 = 8080;
 pub const ADMIN_PORT: i32 = 9990;
+/// The proxy injector's HTTPS port (on the controller's Service) and its serving Secret.
+pub const INJECTOR_PORT: i32 = 8443;
+pub const INJECTOR_SECRET: &str = "meshfleet-injector-tls";
+pub const INJECTOR_WEBHOOK: &str = "meshfleet-proxy-injector";
+const INJECTOR_DIR: &str = "/var/run/meshfleet/injector";
 
 /// `meshfleet-controller install`'s flags.
 #[derive(Clone, Debug, clap::Args)]
@@ -66,6 +74,11 @@ pub struct InstallArgs {
     /// anchor's key is not kept, so this issuer can never be renewed from it).
     #[arg(long)]
     pub dev_certs: bool,
+    /// Also install the proxy injector: a serving certificate for the controller's Service
+    /// (signed by the dev issuer; only with --dev-certs for now), the injector port, a
+    /// namespaces `get` rule and the MutatingWebhookConfiguration (failure policy Ignore).
+    #[arg(long, requires = "dev_certs")]
+    pub injector: bool,
 }
 
 /// The PEM the manifest carries, checked.
@@ -74,6 +87,8 @@ pub struct Material {
     pub anchors_pem: Option<String>,
     /// The issuer Secret's (certificate chain, key).
     pub issuer: Option<(String, String)>,
+    /// The injector's serving (certificate chain, key, CA bundle for the webhook), with --injector.
+    pub injector: Option<(String, String, String)>,
 }
 
 impl InstallArgs {
@@ -87,7 +102,8 @@ impl InstallArgs {
     pub fn material(&self) -> anyhow::Result<Material> {
         if self.dev_certs {
             let (anchor, issuer): (CaMaterial, CaMaterial) = super::dev_anchor_and_issuer()?;
-            return Ok(Material { anchors_pem: Some(anchor.cert_pem), issuer: Some((issuer.cert_pem, issuer.key_pem)) });
+            let injector = if self.injector { Some(injector_cert(&self.namespace, &anchor, &issuer)?) } else { None };
+            return Ok(Material { anchors_pem: Some(anchor.cert_pem), issuer: Some((issuer.cert_pem, issuer.key_pem)), injector });
         }
         let read = |flag: &str, path: &PathBuf| std::fs::read_to_string(path).map_err(|e| crate::ConfigError(vec![format!("{flag} {}: {e}", path.display())]));
         let anchors_pem = self.trust_anchors_file.as_ref().map(|p| read("--trust-anchors-file", p)).transpose()?;
@@ -106,8 +122,27 @@ impl InstallArgs {
             }
             _ => None,
         };
-        Ok(Material { anchors_pem, issuer })
+        Ok(Material { anchors_pem, issuer, injector: None })
     }
+}
+
+/// The injector's serving certificate: the controller Service's DNS names, signed by `issuer`
+/// (chain: leaf, issuer), trusted through `anchor` (the webhook's caBundle).
+fn injector_cert(namespace: &str, anchor: &CaMaterial, issuer: &CaMaterial) -> anyhow::Result<(String, String, String)> {
+    let key = new_key()?;
+    let service = CONTROLLER_DEPLOYMENT;
+    let hosts = vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")];
+    let now = SystemTime::now();
+    let profile = LeafProfile {
+        common_name: hosts[0].clone(),
+        uris: Vec::new(),
+        hosts,
+        usage: Usage::Server,
+        not_before: now - std::time::Duration::from_secs(300),
+        not_after: now + std::time::Duration::from_secs(90 * 86400),
+    };
+    let leaf = issue_leaf(&issuer.signer()?, &key, &profile)?;
+    Ok((format!("{}{}", leaf.pem(), issuer.cert_pem), key.serialize_pem(), anchor.cert_pem.clone()))
 }
 
 /// What the manifest leaves to the operator, for stderr: the objects it references but does
@@ -132,7 +167,11 @@ pub fn prerequisites(args: &InstallArgs, m: &Material) -> Vec<String> {
 /// writes nothing.
 pub fn render(args: &InstallArgs, m: &Material) -> String {
     let ns = args.namespace.as_str();
-    let cluster_rules = vec![rule("authentication.k8s.io", &["tokenreviews"], &[], &["create"])];
+    let mut cluster_rules = vec![rule("authentication.k8s.io", &["tokenreviews"], &[], &["create"])];
+    if m.injector.is_some() {
+        // The injector reads a pod's namespace for its meshfleet.io/inject annotation.
+        cluster_rules.push(rule("", &["namespaces"], &[], &["get"]));
+    }
     let mesh_rules = vec![rule("", &["secrets"], &[ISSUER_SECRET], LIST_WATCH), rule("", &["configmaps"], &[TRUST_BUNDLE], LIST_WATCH)];
     let mut namespace = Namespace { metadata: meta(args, ns, None), ..Default::default() };
     // The controller's pod meets the restricted Pod Security Standard; nothing in the mesh's
@@ -164,11 +203,22 @@ pub fn render(args: &InstallArgs, m: &Material) -> String {
             Secret { metadata: meta(args, ISSUER_SECRET, Some(ns)), type_: Some("kubernetes.io/tls".into()), data: Some(data.into()), ..Default::default() };
         docs.push(yaml(&secret));
     }
-    docs.extend([
-        yaml(&service(args, CONTROLLER_DEPLOYMENT, "grpc", GRPC_PORT)),
-        yaml(&service(args, ADMIN_SERVICE, "admin", ADMIN_PORT)),
-        yaml(&deployment(args)),
-    ]);
+    if let Some((cert, key, _)) = &m.injector {
+        let data = [(ISSUER_CERT_KEY, cert), (ISSUER_KEY_KEY, key)].map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())));
+        let secret =
+            Secret { metadata: meta(args, INJECTOR_SECRET, Some(ns)), type_: Some("kubernetes.io/tls".into()), data: Some(data.into()), ..Default::default() };
+        docs.push(yaml(&secret));
+    }
+    let mut grpc = service(args, CONTROLLER_DEPLOYMENT, "grpc", GRPC_PORT);
+    if m.injector.is_some() {
+        if let Some(ports) = grpc.spec.as_mut().and_then(|s| s.ports.as_mut()) {
+            ports.push(service_port("injector", INJECTOR_PORT));
+        }
+    }
+    docs.extend([yaml(&grpc), yaml(&service(args, ADMIN_SERVICE, "admin", ADMIN_PORT)), yaml(&deployment(args, m.injector.is_some()))]);
+    if let Some((_, _, ca)) = &m.injector {
+        docs.push(yaml(&webhook(args, ca)));
+    }
     docs.join("---\n")
 }
 
@@ -205,14 +255,47 @@ fn subject(namespace: &str) -> Subject {
     Subject { api_group: None, kind: "ServiceAccount".into(), name: CONTROLLER_DEPLOYMENT.into(), namespace: Some(namespace.into()) }
 }
 
-fn service(args: &InstallArgs, name: &str, port_name: &str, port: i32) -> Service {
-    let port = ServicePort {
-        name: Some(port_name.into()),
-        port,
-        target_port: Some(IntOrString::String(port_name.into())),
-        protocol: Some("TCP".into()),
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort { name: Some(name.into()), port, target_port: Some(IntOrString::String(name.into())), protocol: Some("TCP".into()), ..Default::default() }
+}
+
+/// The injector's webhook: every Pod CREATE outside the mesh's and the system namespaces goes to
+/// the controller, which decides by annotation; an unreachable injector never blocks a pod.
+fn webhook(args: &InstallArgs, ca_pem: &str) -> MutatingWebhookConfiguration {
+    let excluded = vec![args.namespace.clone(), "kube-system".into(), "kube-public".into(), "kube-node-lease".into()];
+    let not_in = LabelSelectorRequirement { key: "kubernetes.io/metadata.name".into(), operator: "NotIn".into(), values: Some(excluded) };
+    let hook = MutatingWebhook {
+        name: "inject.meshfleet.io".into(),
+        admission_review_versions: vec!["v1".into()],
+        client_config: WebhookClientConfig {
+            ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+            service: Some(ServiceReference {
+                name: CONTROLLER_DEPLOYMENT.into(),
+                namespace: args.namespace.clone(),
+                path: Some("/inject".into()),
+                port: Some(INJECTOR_PORT),
+            }),
+            url: None,
+        },
+        failure_policy: Some("Ignore".into()),
+        side_effects: "None".into(),
+        timeout_seconds: Some(5),
+        reinvocation_policy: Some("Never".into()),
+        namespace_selector: Some(LabelSelector { match_expressions: Some(vec![not_in]), match_labels: None }),
+        rules: Some(vec![RuleWithOperations {
+            api_groups: Some(vec!["".into()]),
+            api_versions: Some(vec!["v1".into()]),
+            operations: Some(vec!["CREATE".into()]),
+            resources: Some(vec!["pods".into()]),
+            scope: Some("Namespaced".into()),
+        }]),
         ..Default::default()
     };
+    MutatingWebhookConfiguration { metadata: meta(args, INJECTOR_WEBHOOK, None), webhooks: Some(vec![hook]) }
+}
+
+fn service(args: &InstallArgs, name: &str, port_name: &str, port: i32) -> Service {
+    let port = service_port(port_name, port);
     let spec = ServiceSpec { type_: Some("ClusterIP".into()), selector: Some(selector()), ports: Some(vec![port]), ..Default::default() };
     Service { metadata: meta(args, name, Some(&args.namespace)), spec: Some(spec), status: None }
 }
@@ -241,8 +324,8 @@ fn port(name: &str, container_port: i32) -> ContainerPort {
 
 /// The controller. Its configuration is the environment its flags read; the agent's
 /// set-control-plane-version changes the first container's image tag.
-fn deployment(args: &InstallArgs) -> Deployment {
-    let container = Container {
+fn deployment(args: &InstallArgs, injector: bool) -> Deployment {
+    let mut container = Container {
         name: "controller".into(),
         image: Some(args.image()),
         image_pull_policy: Some("IfNotPresent".into()),
@@ -272,7 +355,22 @@ fn deployment(args: &InstallArgs) -> Deployment {
         readiness_probe: Some(http_probe("/ready")),
         ..Default::default()
     };
+    let mut volumes = None;
+    if injector {
+        container.env.get_or_insert_default().extend([
+            env("MESHFLEET_INJECTOR_ADDR", &format!("0.0.0.0:{INJECTOR_PORT}")),
+            env("MESHFLEET_INJECTOR_CERT", &format!("{INJECTOR_DIR}/{ISSUER_CERT_KEY}")),
+            env("MESHFLEET_INJECTOR_KEY", &format!("{INJECTOR_DIR}/{ISSUER_KEY_KEY}")),
+            env("MESHFLEET_PROXY_VERSION", &args.mesh_version),
+        ]);
+        container.ports.get_or_insert_default().push(port("injector", INJECTOR_PORT));
+        let mount = VolumeMount { name: "injector-tls".into(), mount_path: INJECTOR_DIR.into(), read_only: Some(true), ..Default::default() };
+        container.volume_mounts = Some(vec![mount]);
+        let secret = SecretVolumeSource { secret_name: Some(INJECTOR_SECRET.into()), ..Default::default() };
+        volumes = Some(vec![Volume { name: "injector-tls".into(), secret: Some(secret), ..Default::default() }]);
+    }
     let pod = PodSpec {
+        volumes,
         service_account_name: Some(CONTROLLER_DEPLOYMENT.into()),
         automount_service_account_token: Some(true),
         security_context: Some(PodSecurityContext {
