@@ -283,6 +283,7 @@ async fn installed_controller_runs_with_only_the_manifests_permissions() {
 async fn install_injector_renders_the_webhook_and_a_working_certificate() {
     let yaml = rendered(&["--dev-certs", "--injector", "--version=0.3.0"]);
     save_artifact("mesh-install-injector.yaml", &yaml);
+    save_artifact("mesh-install-injector.yaml", &yaml);
     let docs = parse(&yaml);
     let names_of = kinds_and_names(&docs);
     assert!(names_of.contains(&("Secret".into(), "meshfleet-injector-tls".into())), "{names_of:?}");
