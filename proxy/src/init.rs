@@ -16,10 +16,10 @@ pub struct InitConfig {
     #[arg(long)]
     pub proxy_uid: u32,
     /// The proxy's inbound (mTLS) port: inbound TCP is redirected here.
-    #[arg(long, default_value_t = 4143)]
+    #[arg(long, default_value_t = crate::proxy::INBOUND_PORT)]
     pub inbound_port: u16,
     /// The proxy's intercepted outbound port (`--outbound-intercept`): outbound TCP is redirected here.
-    #[arg(long, default_value_t = 4140)]
+    #[arg(long, default_value_t = crate::proxy::OUTBOUND_PORT)]
     pub outbound_port: u16,
     /// Inbound destination ports left alone (e.g. the proxy's admin port).
     #[arg(long, value_delimiter = ',')]

@@ -12,6 +12,8 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use meshfleet_pki::names::{TRUST_BUNDLE, TRUST_BUNDLE_KEY};
+
+use crate::proxy::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -29,10 +31,6 @@ pub const TOKEN_VOLUME: &str = "meshfleet-identity-token";
 pub const TRUST_VOLUME: &str = "meshfleet-trust-anchors";
 /// The uid the proxy runs as; the init step exempts its traffic from interception.
 pub const PROXY_UID: i64 = 2102;
-/// The proxy's defaults (see `meshfleet-proxy --help` and `meshfleet-proxy init --help`).
-pub const INBOUND_PORT: i32 = 4143;
-pub const OUTBOUND_PORT: i32 = 4140;
-pub const ADMIN_PORT: i32 = 4191;
 /// Where the token and anchors are mounted; the token path is the proxy's default token file.
 pub const TOKEN_DIR: &str = "/var/run/secrets/tokens";
 pub const TOKEN_FILE: &str = "meshfleet-identity";
@@ -272,9 +270,9 @@ fn proxy_container(config: &InjectConfig, version: &str) -> Container {
         // A native sidecar: started before the app containers, stopped after them.
         restart_policy: Some("Always".into()),
         env: Some(envs),
-        ports: Some(vec![port("proxy-inbound", INBOUND_PORT), port("proxy-outbound", OUTBOUND_PORT), port("proxy-admin", ADMIN_PORT)]),
+        ports: Some(vec![port("proxy-inbound", INBOUND_PORT.into()), port("proxy-outbound", OUTBOUND_PORT.into()), port("proxy-admin", ADMIN_PORT.into())]),
         readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction { path: Some("/ready".into()), port: IntOrString::Int(ADMIN_PORT), ..Default::default() }),
+            http_get: Some(HTTPGetAction { path: Some("/ready".into()), port: IntOrString::Int(ADMIN_PORT.into()), ..Default::default() }),
             period_seconds: Some(2),
             ..Default::default()
         }),

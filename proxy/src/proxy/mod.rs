@@ -28,12 +28,18 @@ use metrics::Metrics;
 use outbound::Route;
 use tls::{InboundAuth, TlsState};
 
+/// The proxy's ports: inbound (mTLS), intercepted outbound, admin. The init step's defaults and
+/// the injector's sidecar use the same.
+pub const INBOUND_PORT: u16 = 4143;
+pub const OUTBOUND_PORT: u16 = 4140;
+pub const ADMIN_PORT: u16 = 4191;
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
-    #[arg(long, env = "MESHFLEET_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    #[arg(long, env = "MESHFLEET_PROXY_ADMIN_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)))]
     pub admin_addr: SocketAddr,
     /// Inbound (mTLS) listen address.
-    #[arg(long, env = "MESHFLEET_PROXY_INBOUND_ADDR", default_value = "0.0.0.0:4143")]
+    #[arg(long, env = "MESHFLEET_PROXY_INBOUND_ADDR", default_value_t = SocketAddr::from(([0, 0, 0, 0], INBOUND_PORT)))]
     pub inbound_addr: SocketAddr,
     /// The local application's port that inbound traffic is forwarded to.
     #[arg(long, env = "MESHFLEET_PROXY_INBOUND_FORWARD", default_value = "127.0.0.1:8080")]

@@ -134,7 +134,7 @@ struct EngineResult {
 }
 
 /// The raw signing loop: issuers signed per second on one core (CSR check + signature).
-fn raw_signing_rate(secs: f64) -> anyhow::Result<(f64, u64)> {
+fn raw_signing_rate(secs: f64) -> anyhow::Result<f64> {
     let anchor = mint::new_anchor(&CaProfile::new("bench anchor", 365 * DAY))?;
     let csrs: Vec<Vec<u8>> = (0..64).map(|_| meshfleet_agent::identity::new_key_and_csr().map(|(_, csr)| csr)).collect::<Result<_, _>>()?;
     let mut profile = CaProfile::new("meshfleet issuer bench", 30 * DAY);
@@ -146,7 +146,7 @@ fn raw_signing_rate(secs: f64) -> anyhow::Result<(f64, u64)> {
         std::hint::black_box(mint::sign_ca(&anchor, &key, &profile)?);
         n += 1;
     }
-    Ok((n as f64 / started.elapsed().as_secs_f64(), n))
+    Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<EngineResult> {
@@ -293,9 +293,9 @@ async fn main() -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("certificate_rotation: {clusters} simulated clusters; {cores} cores, load {:.2}", support::loadavg());
     for engine in support::engines() {
-        let (raw_before, _) = raw_signing_rate(raw_secs)?;
+        let raw_before = raw_signing_rate(raw_secs)?;
         let r = run_engine(engine, clusters).await?;
-        let (raw_after, _) = raw_signing_rate(raw_secs)?;
+        let raw_after = raw_signing_rate(raw_secs)?;
         let raw = (raw_before + raw_after) / 2.0;
         let rate = |p: &Part| (r.clusters as f64 / p.secs, r.clusters as f64 / p.server_cpu_s.max(1e-9));
         println!("{} ({} clusters connected in {:.1} s, {} pods):", r.engine, r.clusters, r.setup.as_secs_f64(), r.pods);
