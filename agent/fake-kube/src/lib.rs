@@ -3,6 +3,7 @@
 //! a workload simulator. It exists so the agent runs the real kube-rs client against something
 //! honest; it must never be used as a production API server.
 
+pub mod endpoints;
 mod faults;
 mod http;
 mod patch;

@@ -35,6 +35,8 @@ pub static RESOURCES: &[ResourceDef] = &[
     r("", "configmaps", "ConfigMap", true),
     r("", "events", "Event", true),
     r("", "serviceaccounts", "ServiceAccount", true),
+    r("", "services", "Service", true),
+    r("discovery.k8s.io", "endpointslices", "EndpointSlice", true),
     r("apps", "deployments", "Deployment", true),
     r("apps", "replicasets", "ReplicaSet", true),
     r("apps", "daemonsets", "DaemonSet", true),

@@ -36,7 +36,7 @@ fn controller_uid(v: &Value) -> Option<&str> {
     v.pointer("/metadata/ownerReferences")?.as_array()?.iter().find(|o| o.get("controller") == Some(&json!(true)))?.get("uid")?.as_str()
 }
 
-fn is_ready(pod: &Value) -> bool {
+pub(crate) fn is_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
@@ -89,6 +89,7 @@ impl Simulator {
             self.replicaset(&rs);
         }
         self.collect_garbage();
+        crate::endpoints::reconcile(store);
         // The rv from before this pass: if the pass wrote anything, the next one runs again
         // and sees it (a pass that changes nothing ends the cascade).
         self.seen_rv = rv;

@@ -32,6 +32,8 @@ pub fn object(res: Res, v: &Value) -> Result<(), String> {
         "ReplicaSet" => check::<apps::v1::ReplicaSet>(&v),
         "DaemonSet" => check::<apps::v1::DaemonSet>(&v),
         "StatefulSet" => check::<apps::v1::StatefulSet>(&v),
+        "Service" => check::<core::v1::Service>(&v),
+        "EndpointSlice" => check::<k8s_openapi::api::discovery::v1::EndpointSlice>(&v),
         "Lease" => check::<coordination::v1::Lease>(&v),
         "Role" => check::<rbac::v1::Role>(&v),
         "RoleBinding" => check::<rbac::v1::RoleBinding>(&v),
