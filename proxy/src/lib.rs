@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod controller;
+pub mod destination;
 pub mod drain;
 pub mod identity;
 pub mod init;

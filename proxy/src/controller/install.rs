@@ -161,13 +161,19 @@ pub fn prerequisites(args: &InstallArgs, m: &Material) -> Vec<String> {
 
 /// The manifest: multi-document YAML ("---" separated).
 ///
-/// The controller's only API calls: TokenReview `create` (cluster-scoped, so a ClusterRole), and
-/// `list`/`watch` of the issuer Secret and trust-bundle ConfigMap, by name (its watchers select
+/// The controller's only API calls: TokenReview `create` (cluster-scoped, so a ClusterRole),
+/// `list`/`watch` of Services, Pods and EndpointSlices for discovery, and `list`/`watch` of the
+/// issuer Secret and trust-bundle ConfigMap, by name (its watchers select
 /// `metadata.name`, which RBAC authorizes against `resourceNames`). It reads no other Secret and
 /// writes nothing.
 pub fn render(args: &InstallArgs, m: &Material) -> String {
     let ns = args.namespace.as_str();
-    let mut cluster_rules = vec![rule("authentication.k8s.io", &["tokenreviews"], &[], &["create"])];
+    let mut cluster_rules = vec![
+        rule("authentication.k8s.io", &["tokenreviews"], &[], &["create"]),
+        // Discovery mirrors every Service, EndpointSlice and Pod it may be asked to resolve.
+        rule("", &["services", "pods"], &[], LIST_WATCH),
+        rule("discovery.k8s.io", &["endpointslices"], &[], LIST_WATCH),
+    ];
     if m.injector.is_some() {
         // The injector reads a pod's namespace for its meshfleet.io/inject annotation.
         cluster_rules.push(rule("", &["namespaces"], &[], &["get"]));

@@ -3,6 +3,7 @@
 //! and streams the bundle. It never switches to a pair that fails validation, and writes key
 //! material only in `dev-certs` (and prints it only in `install --dev-certs`).
 
+pub mod destination;
 pub mod inject;
 pub mod install;
 pub mod issuer;
@@ -202,9 +203,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(webhook::serve(listener, tls, injector, drain.clone()));
     }
 
+    // Discovery mirrors the cluster when there is an API to read; local runs answer Unavailable.
+    let (index, discovery) = match kube_client().await {
+        Ok(client) => {
+            let (index, driver) = destination::Index::start(client.clone(), config.trust_domain.clone());
+            (Some(index), Some(tokio::spawn(driver)))
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "discovery off: no Kubernetes client");
+            (None, None)
+        }
+    };
+
     let switch = tokio::spawn(switch.run(offered));
     tokio::spawn(crate::admin::serve(admin, admin_handler(shared.clone()), drain.clone()));
-    let server = tokio::spawn(serve_grpc(grpc, shared.clone(), drain.clone()));
+    let server = tokio::spawn(serve_grpc(grpc, shared.clone(), destination::DestinationService(index), drain.clone()));
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;
     tracing::info!(%addrs, source = ?config.issuer_source, "controller listening");
 
@@ -212,13 +225,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     source.abort();
     switch.abort();
+    discovery.iter().for_each(|d| d.abort());
     drop(drain);
     drain_ctl.drain(Duration::from_secs(5)).await;
     server.abort();
     Ok(())
 }
 
-async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, drain: crate::drain::Drain) {
+async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, destination: destination::DestinationService, drain: crate::drain::Drain) {
     let mut tls = match rustls::ServerConfig::builder_with_provider(crate::tls::provider()).with_protocol_versions(&[&rustls::version::TLS13]) {
         Ok(b) => b.with_no_client_auth().with_cert_resolver(shared.serving.clone()),
         Err(e) => return tracing::error!(error = %e, "TLS config"),
@@ -254,8 +268,9 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, drain: crate::dr
         }
     });
     let svc = crate::identity::pb::identity_server::IdentityServer::new(service::IdentityService(shared));
+    let destination = crate::destination::pb::destination_server::DestinationServer::new(destination);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let result = tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, async move { drain.signaled().await }).await;
+    let result = tonic::transport::Server::builder().add_service(svc).add_service(destination).serve_with_incoming_shutdown(incoming, async move { drain.signaled().await }).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }

@@ -121,8 +121,16 @@ fn install_renders_the_control_plane_with_least_privilege_rbac() {
         assert_eq!(labels["app.kubernetes.io/version"], meshfleet_mesh::VERSION);
     }
 
-    // RBAC: TokenReview create cluster-wide; list/watch of the two objects by name; no wildcard.
-    assert_eq!(one(&docs, "ClusterRole")["rules"], json!([{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]));
+    // RBAC: TokenReview create and discovery's list/watch cluster-wide; list/watch of the two
+    // objects by name; no wildcard.
+    assert_eq!(
+        one(&docs, "ClusterRole")["rules"],
+        json!([
+            {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["services", "pods"], "verbs": ["list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+        ])
+    );
     let rules = one(&docs, "Role")["rules"].as_array().unwrap().clone();
     assert_eq!(
         rules,
@@ -241,8 +249,8 @@ fn spawn_as_deployed(deployment: &Value, pki: &Pki, kubeconfig: &Path) -> Proces
 async fn installed_controller_runs_with_only_the_manifests_permissions() {
     let yaml = rendered(&["--dev-certs"]);
     let kube = FakeKube::start().await.unwrap();
-    // The fake API server serves no Services; everything else is applied as a cluster would.
-    let docs: Vec<Value> = parse(&yaml).into_iter().filter(|d| d["kind"] != "Service").collect();
+    // Applied as a cluster would; discovery then lists and watches with the manifest's RBAC.
+    let docs: Vec<Value> = parse(&yaml);
     for d in &docs {
         kube.apply_yaml(&serde_yaml_ng::to_string(d).unwrap()).unwrap();
     }

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -16,7 +15,6 @@ use meshfleet_mesh::identity::pb::{self, identity_client::IdentityClient};
 use meshfleet_pki::inspect::inspect;
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
 use meshfleet_pki::pem::fingerprint;
-use meshfleet_pki::verify::TrustBundle;
 use tonic::transport::Channel;
 
 use crate::support::*;
@@ -70,11 +68,7 @@ async fn wait_until(what: &str, within: Duration, mut check: impl AsyncFnMut() -
 
 /// A gRPC client of the controller that trusts `anchor`, as a proxy would.
 fn identity_client(controller: &Process, anchor: &CaMaterial) -> IdentityClient<Channel> {
-    let bundle = TrustBundle::from_pem(anchor.cert_pem.as_bytes()).unwrap();
-    let tls = meshfleet_mesh::tls::client_config(&bundle, Some("spiffe://cluster.local/ns/meshfleet/sa/meshfleet-controller".into()), None, &[b"h2"]).unwrap();
-    let tls = Arc::new(tls);
-    let channel = meshfleet_mesh::identity::channel(&controller.addr("grpc").to_string(), Arc::new(move || tls.clone())).unwrap();
-    IdentityClient::new(channel)
+    IdentityClient::new(controller_channel(controller, anchor))
 }
 
 /// A new leaf for "tok-a": the leaf's issuer name and the chain the controller sent with it.

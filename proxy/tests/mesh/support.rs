@@ -145,6 +145,15 @@ fn rand_suffix() -> u64 {
     rand::random()
 }
 
+/// A gRPC channel to the controller that trusts `anchor` and expects the controller's identity,
+/// as a proxy's does.
+pub fn controller_channel(controller: &Process, anchor: &CaMaterial) -> tonic::transport::Channel {
+    let bundle = meshfleet_pki::verify::TrustBundle::from_pem(anchor.cert_pem.as_bytes()).unwrap();
+    let tls = meshfleet_mesh::tls::client_config(&bundle, Some("spiffe://cluster.local/ns/meshfleet/sa/meshfleet-controller".into()), None, &[b"h2"]).unwrap();
+    let tls = Arc::new(tls);
+    meshfleet_mesh::identity::channel(&controller.addr("grpc").to_string(), Arc::new(move || tls.clone())).unwrap()
+}
+
 /// Polls /ready until 200.
 pub async fn wait_ready(proxy: &Process) {
     let url = format!("http://{}/ready", proxy.addr("admin"));
