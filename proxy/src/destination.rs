@@ -20,11 +20,7 @@ pub enum Target {
 /// A DNS-1123 label, as Service and namespace names are.
 fn label(s: &str) -> bool {
     let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
+    !b.is_empty() && b.len() <= 63 && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-') && b[0] != b'-' && b[b.len() - 1] != b'-'
 }
 
 impl FromStr for Target {
@@ -71,7 +67,20 @@ mod tests {
         assert_eq!(web.to_string().parse::<Target>(), Ok(web));
         assert_eq!("127.254.0.1:80".parse::<Target>(), Ok(Target::Addr("127.254.0.1:80".parse().unwrap())));
         assert_eq!("[::1]:80".parse::<Target>(), Ok(Target::Addr("[::1]:80".parse().unwrap())));
-        for bad in ["", "web", "web.apps", "web.apps:0", "web.apps:99999", "web:80", "a.b.c:80", "Web.apps:80", "-web.apps:80", "web..apps:80", "::1:80", "web.apps:8o"] {
+        for bad in [
+            "",
+            "web",
+            "web.apps",
+            "web.apps:0",
+            "web.apps:99999",
+            "web:80",
+            "a.b.c:80",
+            "Web.apps:80",
+            "-web.apps:80",
+            "web..apps:80",
+            "::1:80",
+            "web.apps:8o",
+        ] {
             assert!(bad.parse::<Target>().is_err(), "{bad:?} parsed");
         }
     }

@@ -127,7 +127,8 @@ fn slices_for<'a>(svc: &Value, pods: impl Iterator<Item = &'a Value>) -> Vec<Val
         group.1.push(endpoint);
     }
     let svc_name = name_of(svc);
-    let owner = json!([{"apiVersion": "v1", "kind": "Service", "name": svc_name, "uid": svc.pointer("/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]);
+    let owner =
+        json!([{"apiVersion": "v1", "kind": "Service", "name": svc_name, "uid": svc.pointer("/metadata/uid"), "controller": true, "blockOwnerDeletion": true}]);
     let mut out = Vec::new();
     for (key, (ports, mut endpoints)) in groups {
         endpoints.sort_by(|a, b| a["targetRef"]["name"].as_str().cmp(&b["targetRef"]["name"].as_str()));
@@ -202,9 +203,10 @@ mod tests {
         kube.apply(deployment("web", 2)).unwrap();
         kube.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "apps"},
             "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}))
-        .unwrap();
+            .unwrap();
         // A Service without a selector gets an IP but no slices (its endpoints are someone else's).
-        kube.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "external", "namespace": "apps"}, "spec": {"ports": [{"port": 443}]}})).unwrap();
+        kube.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "external", "namespace": "apps"}, "spec": {"ports": [{"port": 443}]}}))
+            .unwrap();
 
         let (reader, writer) = reflector::store();
         let slices = Api::<EndpointSlice>::all(client.clone());

@@ -44,22 +44,23 @@ impl Index {
         let (pods, pw) = reflector::store();
         let (changes, _) = watch::channel(0);
         let index = Arc::new(Index { services, slices, pods, trust_domain, changes });
-        let driver = {
-            let index = index.clone();
-            async move {
-                let events = mirror(Api::<Service>::all(client.clone()), sw, 0)
-                    .merge(mirror(Api::<EndpointSlice>::all(client.clone()), lw, 1))
-                    .merge(mirror(Api::<Pod>::all(client), pw, 2));
-                let mut events = pin!(events);
-                let mut listed = [false; 3];
-                while let Some((kind, listing_done)) = events.next().await {
-                    listed[kind] |= listing_done;
-                    if listed.iter().all(|l| *l) {
-                        index.changes.send_modify(|n| *n += 1);
+        let driver =
+            {
+                let index = index.clone();
+                async move {
+                    let events = mirror(Api::<Service>::all(client.clone()), sw, 0)
+                        .merge(mirror(Api::<EndpointSlice>::all(client.clone()), lw, 1))
+                        .merge(mirror(Api::<Pod>::all(client), pw, 2));
+                    let mut events = pin!(events);
+                    let mut listed = [false; 3];
+                    while let Some((kind, listing_done)) = events.next().await {
+                        listed[kind] |= listing_done;
+                        if listed.iter().all(|l| *l) {
+                            index.changes.send_modify(|n| *n += 1);
+                        }
                     }
                 }
-            }
-        };
+            };
         (index, driver)
     }
 
@@ -82,7 +83,9 @@ impl Index {
     pub fn resolve(&self, target: &Target) -> pb::Endpoints {
         let service = match target {
             Target::Service { name, namespace, .. } => self.services.get(&ObjectRef::new(name).within(namespace)),
-            Target::Addr(addr) => self.services.find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok()) == Some(addr.ip())),
+            Target::Addr(addr) => {
+                self.services.find(|s| s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok()) == Some(addr.ip()))
+            }
         };
         let port = match target {
             Target::Service { port, .. } => *port,

@@ -270,7 +270,11 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, destination: des
     let svc = crate::identity::pb::identity_server::IdentityServer::new(service::IdentityService(shared));
     let destination = crate::destination::pb::destination_server::DestinationServer::new(destination);
     let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let result = tonic::transport::Server::builder().add_service(svc).add_service(destination).serve_with_incoming_shutdown(incoming, async move { drain.signaled().await }).await;
+    let result = tonic::transport::Server::builder()
+        .add_service(svc)
+        .add_service(destination)
+        .serve_with_incoming_shutdown(incoming, async move { drain.signaled().await })
+        .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "gRPC server failed");
     }

@@ -91,16 +91,28 @@ impl Upstream {
         Ok(())
     }
 
+    async fn open(&self) -> Result<Sender, Error> {
+        let io = tokio::time::timeout(CONNECT_TIMEOUT, (self.connect)())
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        self.handshake(io).await
+    }
+
+    /// Opens the connection unless one is live, so a balancer can try another endpoint before
+    /// it hands over a request (which cannot be taken back once sent).
+    pub async fn connected(&self) -> Result<(), Error> {
+        let mut guard = self.sender.lock().await;
+        if !guard.as_ref().is_some_and(|s| !s.is_closed()) {
+            *guard = Some(self.open().await?);
+        }
+        Ok(())
+    }
+
     pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, Error> {
         let mut guard = self.sender.lock().await;
         let sender = match guard.take() {
             Some(s) if !s.is_closed() => s,
-            _ => {
-                let io = tokio::time::timeout(CONNECT_TIMEOUT, (self.connect)())
-                    .await
-                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-                self.handshake(io).await?
-            }
+            _ => self.open().await?,
         };
         match sender {
             Sender::H2(s) => {
@@ -123,12 +135,26 @@ impl Upstream {
     }
 }
 
+pub type ResponseFuture<'a> = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Error>> + Send + 'a>>;
+
+/// Where a connection's requests go: one upstream connection, or a balancer over the endpoints
+/// of a discovered destination (`discovery::Balanced`).
+pub trait Dispatch: Send + Sync {
+    fn dispatch(&self, req: Request<Incoming>) -> ResponseFuture<'_>;
+}
+
+impl Dispatch for Upstream {
+    fn dispatch(&self, req: Request<Incoming>) -> ResponseFuture<'_> {
+        Box::pin(self.send(req))
+    }
+}
+
 /// Per-connection forwarding context.
 pub struct Forward {
     pub metrics: Metrics,
     pub labels: ConnLabels,
     pub tls: &'static str,
-    pub upstream: Upstream,
+    pub upstream: Box<dyn Dispatch>,
 }
 
 impl Forward {
@@ -139,7 +165,7 @@ impl Forward {
         self.metrics.request_total.with_label_values(&base).inc();
         strip_hop_by_hop(req.headers_mut());
         let start = Instant::now();
-        let (status, resp) = match self.upstream.send(req).await {
+        let (status, resp) = match self.upstream.dispatch(req).await {
             Ok(resp) => {
                 let mut resp = resp.map(Either::Left);
                 strip_hop_by_hop(resp.headers_mut());

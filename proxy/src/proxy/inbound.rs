@@ -98,7 +98,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
             Err(e) => tracing::info!(error = %e, %target, "inbound target unreachable"),
         },
         p => {
-            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Upstream::new(p, connect) };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(Upstream::new(p, connect)) };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

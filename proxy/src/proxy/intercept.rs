@@ -14,10 +14,12 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
+use super::discovery::{self, Resolver};
 use super::metrics::ConnLabels;
 use super::outbound::{self, Route};
 use super::tcp::{self, CountingIo};
 use super::Ctx;
+use crate::destination::Target;
 use crate::drain::Drain;
 
 /// `ORIG_IP:PORT#IDENTITY`: connections first addressed to ORIG go there over mTLS, and the
@@ -50,11 +52,13 @@ pub enum Unmeshed {
 pub struct Table {
     pub routes: HashMap<SocketAddr, String>,
     pub unmeshed: Unmeshed,
+    /// With `--destination`: destinations without a route are looked up by their address.
+    pub resolver: Option<Arc<Resolver>>,
 }
 
 impl Table {
-    pub fn new(routes: &[InterceptRoute], unmeshed: Unmeshed) -> Self {
-        Self { routes: routes.iter().map(|r| (r.dst, r.identity.clone())).collect(), unmeshed }
+    pub fn new(routes: &[InterceptRoute], unmeshed: Unmeshed, resolver: Option<Arc<Resolver>>) -> Self {
+        Self { routes: routes.iter().map(|r| (r.dst, r.identity.clone())).collect(), unmeshed, resolver }
     }
 }
 
@@ -116,11 +120,25 @@ pub async fn serve(listener: TcpListener, table: Arc<Table>, ctx: Arc<Ctx>, drai
                 let route = Arc::new(Route { listen, target: orig.to_string(), identity: Some(id.clone()) });
                 tokio::spawn(outbound::handle(tcp, route, ctx.clone(), drain.clone()).instrument(span));
             }
-            None if table.unmeshed == Unmeshed::Forward => {
-                tokio::spawn(forward_plain(tcp, orig, ctx.clone()).instrument(span));
+            None => {
+                tokio::spawn(unrouted(tcp, orig, table.clone(), ctx.clone(), drain.clone()).instrument(span));
             }
-            None => tracing::info!(%peer, %orig, "refused unmeshed destination (--unmeshed refuse)"),
         }
+    }
+}
+
+/// A destination with no `--route`: discovered endpoints when the controller knows the address
+/// (a cluster IP or a pod IP), else `--unmeshed`.
+async fn unrouted(tcp: TcpStream, orig: SocketAddr, table: Arc<Table>, ctx: Arc<Ctx>, drain: Drain) {
+    if let Some(resolver) = &table.resolver {
+        let dest = resolver.destination(Target::Addr(orig));
+        if dest.current().await.is_some_and(|set| set.exists) {
+            return discovery::handle(tcp, dest, ctx, drain).await;
+        }
+    }
+    match table.unmeshed {
+        Unmeshed::Forward => forward_plain(tcp, orig, ctx).await,
+        Unmeshed::Refuse => tracing::info!(%orig, "refused unmeshed destination (--unmeshed refuse)"),
     }
 }
 

@@ -3,7 +3,9 @@
 //! Its key is generated in memory at start and never written; its leaf comes from the controller.
 
 pub mod admin;
+pub mod balance;
 pub mod detect;
+pub mod discovery;
 pub mod http;
 pub mod identity;
 pub mod inbound;
@@ -23,6 +25,7 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::destination::Target;
 use crate::drain::{self, DrainController};
 use metrics::Metrics;
 use outbound::Route;
@@ -44,7 +47,9 @@ pub struct Config {
     /// The local application's port that inbound traffic is forwarded to.
     #[arg(long, env = "MESHFLEET_PROXY_INBOUND_FORWARD", default_value = "127.0.0.1:8080")]
     pub inbound_forward: SocketAddr,
-    /// Outbound route LISTEN=TARGET[#IDENTITY]; repeat for several destinations.
+    /// Outbound route LISTEN=TARGET[#IDENTITY]; repeat for several destinations. With
+    /// --destination, a TARGET without IDENTITY (a Service name such as
+    /// web.apps.svc.cluster.local:80, or an IP) is resolved and balanced over its endpoints.
     #[arg(long = "outbound", env = "MESHFLEET_PROXY_OUTBOUND", value_delimiter = ',')]
     pub outbound: Vec<Route>,
     /// Listen here for outbound connections redirected by `meshfleet-proxy init` (its
@@ -58,6 +63,11 @@ pub struct Config {
     /// Intercepted connections whose destination has no --route: `forward` as plain TCP, or `refuse`.
     #[arg(long, value_enum, default_value = "forward")]
     pub unmeshed: intercept::Unmeshed,
+    /// The controller's destination service, HOST:PORT (usually the controller's address):
+    /// outbound targets without an identity and intercepted destinations without a --route are
+    /// resolved through it.
+    #[arg(long, env = "MESHFLEET_PROXY_DESTINATION_ADDR")]
+    pub destination: Option<String>,
     /// Controller identity service, HOST:PORT.
     #[arg(long, env = "MESHFLEET_PROXY_CONTROLLER_ADDR")]
     pub controller_addr: String,
@@ -154,7 +164,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let state = state.clone();
         Arc::new(move || state.controller_config()) as crate::identity::TlsSource
     };
-    let channel = crate::identity::channel(&config.controller_addr, tls_source)?;
+    let channel = crate::identity::channel(&config.controller_addr, tls_source.clone())?;
+    let resolver = match &config.destination {
+        Some(addr) => Some(Arc::new(discovery::Resolver::new(crate::identity::channel(addr, tls_source.clone())?))),
+        None => None,
+    };
     let (issuer_tx, announced_issuer) = tokio::sync::watch::channel(String::new());
     let certifier = identity::Certifier {
         state: state.clone(),
@@ -179,10 +193,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(crate::admin::serve(admin, admin::handler(state, metrics, shutdown.clone()), drain.clone()));
     tokio::spawn(inbound::serve(inbound, ctx.clone(), drain.clone()));
     for (listener, route) in outbound {
-        tokio::spawn(outbound::serve(listener, route, ctx.clone(), drain.clone()));
+        let discovered = match (&resolver, &route.identity) {
+            (Some(resolver), None) => route.target.parse::<Target>().ok().map(|t| resolver.destination(t)),
+            _ => None,
+        };
+        match discovered {
+            Some(dest) => tokio::spawn(discovery::serve(listener, dest, ctx.clone(), drain.clone())),
+            None => tokio::spawn(outbound::serve(listener, route, ctx.clone(), drain.clone())),
+        };
     }
     if let Some(listener) = intercept {
-        let table = Arc::new(intercept::Table::new(&config.routes, config.unmeshed));
+        let table = Arc::new(intercept::Table::new(&config.routes, config.unmeshed, resolver.clone()));
         tokio::spawn(intercept::serve(listener, table, ctx.clone(), drain.clone()));
     }
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;

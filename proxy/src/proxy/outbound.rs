@@ -58,10 +58,11 @@ pub async fn serve(listener: TcpListener, route: Arc<Route>, ctx: Arc<Ctx>, drai
     }
 }
 
-/// Dials the destination proxy with mTLS; returns the stream and the identity it proved.
-async fn dial(ctx: &Ctx, route: &Route) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, String)> {
-    let config = ctx.tls.client_config(route.identity.as_deref()).ok_or_else(|| std::io::Error::other("proxy has no certificate yet"))?;
-    let tcp = TcpStream::connect(&route.target).await?;
+/// Dials a destination proxy at `target` with mTLS (it must prove `identity` when given);
+/// returns the stream and the identity it proved.
+pub(super) async fn dial(ctx: &Ctx, target: &str, identity: Option<&str>) -> std::io::Result<(tokio_rustls::client::TlsStream<TcpStream>, String)> {
+    let config = ctx.tls.client_config(identity).ok_or_else(|| std::io::Error::other("proxy has no certificate yet"))?;
+    let tcp = TcpStream::connect(target).await?;
     let _ = tcp.set_nodelay(true);
     let stream = TlsConnector::from(config).connect(crate::tls::mesh_server_name(), tcp).await?;
     let id = crate::tls::peer_identity(stream.get_ref().1.peer_certificates()).unwrap_or_default();
@@ -81,7 +82,7 @@ pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, dra
     let src: BoxIo = Box::new(PrefixedIo::new(prefix, src));
     // Dial now, so the first request does not pay for the handshake and the metrics carry the
     // identity the destination actually proved.
-    let (first, proven) = match dial(&ctx, &route).await {
+    let (first, proven) = match dial(&ctx, &route.target, route.identity.as_deref()).await {
         Ok((s, id)) => (Some(s), id),
         Err(e) => {
             tracing::info!(error = %e, target = %route.target, "outbound mTLS connect failed");
@@ -108,7 +109,7 @@ pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, dra
             let connect: http::Connect = Arc::new(move || {
                 let (ctx, route, labels) = (c.clone(), r.clone(), l.clone());
                 Box::pin(async move {
-                    let (s, _) = dial(&ctx, &route).await?;
+                    let (s, _) = dial(&ctx, &route.target, route.identity.as_deref()).await?;
                     Ok(Box::new(CountingIo::new(s, ctx.metrics.tcp(&labels, "dst", true))) as BoxIo)
                 })
             });
@@ -118,7 +119,7 @@ pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, dra
                     tracing::debug!(error = %e, "outbound HTTP handshake failed; will redial per request");
                 }
             }
-            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(upstream) };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

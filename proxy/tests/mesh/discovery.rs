@@ -153,3 +153,80 @@ async fn a_malformed_target_is_an_invalid_argument() {
         assert_eq!(status.code(), tonic::Code::InvalidArgument, "{target:?}: {status:?}");
     }
 }
+
+const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/client";
+
+/// Requests each server proxy took from the client over mTLS.
+async fn served(servers: &[(String, Process)]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for (_, p) in servers {
+        out.push(metric(&metrics(p).await, "request_total", &[("direction", "inbound"), ("tls", "true"), ("client_id", CLIENT_ID)]));
+    }
+    out
+}
+
+/// A client proxy whose only route is a Service name reaches the Service's three pods (a server
+/// proxy on each pod IP, as the injector would run it), spreads requests over them, loses one
+/// endpoint mid-traffic without a failed request, and keeps routing with the controller gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_proxy_balances_over_discovered_endpoints_and_survives_removal_and_controller_loss() {
+    let (kube, pki, controller) = start().await;
+    kube.apply(deployment("api", "web", "server", 3, true)).unwrap();
+    kube.apply(service("api", "web")).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let ips = loop {
+        let ips = pod_ips(&kube, "api", "web", true);
+        if ips.len() == 3 {
+            break ips;
+        }
+        assert!(std::time::Instant::now() < deadline, "pods never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let app = spawn_app().await;
+    let mut servers: Vec<(String, Process)> =
+        ips.iter().map(|addr| (addr.clone(), spawn_proxy(&pki, &controller, "tok-b", app, &[], &[&format!("--inbound-addr={addr}")]))).collect();
+    let destination = format!("--destination={}", controller.addr("grpc"));
+    let client = spawn_proxy(&pki, &controller, "tok-a", "127.0.0.1:1".parse().unwrap(), &["127.0.0.1:0=web.api.svc.cluster.local:80".into()], &[&destination]);
+    wait_ready(&client).await;
+    for (_, s) in &servers {
+        wait_ready(s).await;
+    }
+    let url = format!("http://{}/", client.outbound(0));
+
+    // Every endpoint takes a share of keep-alive traffic (balanced per request), over mTLS with
+    // the client's identity.
+    let (ok, failed) = drive(url.clone(), Duration::from_secs(2), true, 4).await;
+    assert!(failed.is_empty() && ok > 20, "ok {ok}, failed {failed:?}");
+    let spread = served(&servers).await;
+    assert_eq!(spread.iter().sum::<f64>(), ok as f64, "every request reached a server proxy over mTLS as the client: {spread:?}");
+    assert!(spread.iter().all(|n| *n >= ok as f64 / 10.0), "spread over all three: {spread:?}");
+
+    // Mid-traffic, one pod stops being ready: its endpoint leaves, no request fails, and once
+    // the change has reached the client nothing more goes there; then its proxy stops.
+    let traffic = tokio::spawn(drive(url.clone(), Duration::from_secs(4), true, 4));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (gone_addr, _) = &servers[0];
+    let gone_ip = gone_addr.trim_end_matches(":8080");
+    let pod = kube.list("v1", "Pod", Some("api")).into_iter().find(|p| p["status"]["podIP"] == gone_ip).unwrap();
+    kube.modify("v1", "Pod", "api", pod["metadata"]["name"].as_str().unwrap(), |p| {
+        p["metadata"]["annotations"]["fake.meshfleet.io/never-ready"] = json!("true");
+        p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+    })
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = served(&servers[..1]).await[0];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(served(&servers[..1]).await[0], before, "no request went to the removed endpoint after the change");
+    drop(servers.remove(0));
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(failed.is_empty() && ok > 20, "ok {ok}, failed {failed:?}");
+
+    // The controller gone: the last view keeps routing, new connections included.
+    let remaining = served(&servers).await;
+    drop(controller);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = drive(url.clone(), Duration::from_secs(2), false, 2).await;
+    assert!(failed.is_empty() && ok > 10, "ok {ok}, failed {failed:?}");
+    let after = served(&servers).await;
+    assert!(after.iter().zip(&remaining).all(|(a, b)| a > b), "both remaining endpoints still serve: {remaining:?} -> {after:?}");
+}

@@ -127,7 +127,6 @@ pub fn spawn_controller_with_env(pki: &Pki, extra: &[&str], envs: &[(&str, &Path
 pub fn spawn_proxy(pki: &Pki, controller: &Process, token: &str, forward: SocketAddr, outbound: &[String], extra: &[&str]) -> Process {
     let mut args = vec![
         "--admin-addr=127.0.0.1:0".to_string(),
-        "--inbound-addr=127.0.0.1:0".to_string(),
         format!("--inbound-forward={forward}"),
         format!("--controller-addr={}", controller.addr("grpc")),
         format!("--trust-anchors={}", pki.path("bundle.crt").display()),
@@ -136,6 +135,10 @@ pub fn spawn_proxy(pki: &Pki, controller: &Process, token: &str, forward: Socket
         "--drain-timeout-secs=2".to_string(),
     ];
     args.extend(outbound.iter().map(|r| format!("--outbound={r}")));
+    // A pod's proxy listens on its pod IP; others on any free loopback port.
+    if !extra.iter().any(|a| a.starts_with("--inbound-addr")) {
+        args.push("--inbound-addr=127.0.0.1:0".to_string());
+    }
     args.extend(extra.iter().map(|s| s.to_string()));
     let ready = pki.path(&format!("proxy-{}.ready", rand_suffix()));
     spawn(env!("CARGO_BIN_EXE_meshfleet-proxy"), &args, &[], &ready)
