@@ -102,7 +102,7 @@ impl Upstream {
     /// it hands over a request (which cannot be taken back once sent).
     pub async fn connected(&self) -> Result<(), Error> {
         let mut guard = self.sender.lock().await;
-        if !guard.as_ref().is_some_and(|s| !s.is_closed()) {
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
             *guard = Some(self.open().await?);
         }
         Ok(())
