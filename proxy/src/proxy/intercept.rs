@@ -1,7 +1,9 @@
 //! Transparent interception: connections that `meshfleet-proxy init`'s nat rules redirected to
 //! the proxy carry their original destination (SO_ORIGINAL_DST). Outbound, it picks the route:
 //! a `--route ORIG#IDENTITY` goes over mTLS to ORIG itself (the peer pod's own rules hand it to
-//! the peer proxy's inbound), anything else is forwarded as plain TCP or refused (`--unmeshed`).
+//! the peer proxy's inbound); else, with `--destination`, an address the controller knows (a
+//! cluster IP or pod IP) goes to its discovered endpoints; anything else is forwarded as plain
+//! TCP or refused (`--unmeshed`).
 //! Inbound, it names the application port the peer meant.
 
 use std::collections::HashMap;

@@ -3,7 +3,8 @@
 //! the server's app in the server pod, and the proxies running as uid 2102 (the uid the rules
 //! exempt, so a proxy's own dials leave the pod). The apps are plain TCP/HTTP in threads that
 //! entered the namespaces with setns(2): they know nothing of the mesh. Root only; skipped with a
-//! message elsewhere or when `ip`, `iptables` or `setpriv` is missing.
+//! message elsewhere or when `ip`, `iptables` or `setpriv` is missing. A second test routes by
+//! discovery instead of `--route`: the fake API server runs inside the server pod's namespace.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -240,4 +241,87 @@ fn unmodified_client_reaches_server_over_mtls_through_intercepting_proxies() {
     let resp = get(c, &format!("{SERVER_IP}:8080"), "/").unwrap();
     assert!(resp.ends_with("hello from 8080"), "{resp}");
     assert_eq!(metric(&metrics_in(s), "request_total", &inbound), 2.0);
+}
+
+/// The fake API server bound inside network namespace `ns` (its own runtime on a thread there),
+/// so a controller in that namespace reaches it on loopback. Stops when the sender drops.
+fn fake_kube_in(ns: &str) -> (std::sync::Arc<meshfleet_fake_kube::FakeKube>, std::sync::mpsc::Sender<()>) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    in_netns(ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let kube = std::sync::Arc::new(rt.block_on(meshfleet_fake_kube::FakeKube::start()).unwrap());
+        tx.send(kube.clone()).unwrap();
+        // Drive the server until the test is done with it.
+        rt.block_on(async move {
+            while matches!(stopped.try_recv(), Err(std::sync::mpsc::TryRecvError::Empty)) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+    });
+    (rx.recv_timeout(Duration::from_secs(10)).expect("fake API server started"), stop)
+}
+
+/// With `--destination` and no `--route`, an unmodified client's call to a Service's cluster IP
+/// is resolved by the controller (watching the fake API server) to the server pod's endpoint
+/// and goes there over mTLS, checked against the pod's identity.
+#[test]
+fn an_intercepted_call_to_a_cluster_ip_is_resolved_and_sent_over_mtls() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipping the transparent-interception discovery test: {why}");
+        return;
+    }
+    const CLUSTER_IP: &str = "10.96.0.10";
+    let pods = Pods::create();
+    let (c, s) = (pods.client.as_str(), pods.server.as_str());
+    let pki = Pki::new();
+    std::fs::set_permissions(pki.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    init(s, &["--skip-inbound-ports=4190,4191"]);
+    init(c, &[]);
+    // Service IPs are routed out of the pod (kube-proxy would take them from there).
+    sh(&["ip", "-n", c, "route", "add", "10.96.0.0/16", "via", SERVER_IP]);
+    serve_app(s, 8080);
+
+    // The cluster: the server pod (its IP the server namespace's) behind a Service.
+    let (kube, _stop) = fake_kube_in(s);
+    kube.apply(serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "api", "labels": {"app": "web", "meshfleet.io/proxy-version": meshfleet_mesh::VERSION}},
+        "spec": {"serviceAccountName": "server", "containers": [{"name": "app", "image": "app"}]}, "status": {"podIP": SERVER_IP}}))
+    .unwrap();
+    kube.apply(serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "api"},
+        "spec": {"clusterIP": CLUSTER_IP, "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}))
+        .unwrap();
+    let kubeconfig = pki.path("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, &kube.admin_token).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !kube.list("discovery.k8s.io/v1", "EndpointSlice", Some("api")).iter().any(|s| s["endpoints"][0]["conditions"]["ready"] == true) {
+        assert!(Instant::now() < deadline, "the pod never became a ready endpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let controller_args: Vec<String> =
+        ["netns", "exec", s, env!("CARGO_BIN_EXE_meshfleet-controller"), "--grpc-addr=0.0.0.0:4190", "--admin-addr=127.0.0.1:0", "--verifier=file"]
+            .iter()
+            .map(|a| a.to_string())
+            .chain(
+                [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
+                    .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
+            )
+            .collect();
+    let _controller = spawn("ip", &controller_args, &[("KUBECONFIG", &kubeconfig)], &pki.path("controller.ready"));
+    let _server = spawn_proxy_in(&pki, s, "tok-b", "127.0.0.1:4190", &[]);
+    let controller = format!("{SERVER_IP}:4190");
+    let _client = spawn_proxy_in(&pki, c, "tok-a", &controller, &[&format!("--destination={controller}"), "--unmeshed=refuse"]);
+
+    let resp = get(c, &format!("{CLUSTER_IP}:80"), "/").unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("hello from 8080"), "{resp}");
+    let m = metrics_in(s);
+    let inbound = [("direction", "inbound"), ("tls", "true"), ("client_id", CLIENT_ID)];
+    assert_eq!(metric(&m, "request_total", &inbound), 1.0, "the server proxy saw the request over mTLS from the client's identity:\n{m}");
+    let m = metrics_in(c);
+    let outbound = [("direction", "outbound"), ("tls", "true"), ("target_addr", "10.96.0.10:80")];
+    assert_eq!(metric(&m, "request_total", &outbound), 1.0, "{m}");
+    assert_eq!(metric(&m, "tcp_open_total", &[("peer", "dst"), ("tls", "true"), ("server_id", SERVER_ID), ("target_addr", "10.77.0.2:8080")]), 1.0, "{m}");
+
+    // An IP discovery does not know is still `--unmeshed` (refused here).
+    assert!(get(c, "10.96.0.99:80", "/").is_err());
 }
