@@ -9,55 +9,23 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use meshfleet_pki::mint::{self, CaMaterial, CaProfile, LeafProfile};
+use meshfleet_pki::mint::{self, CaMaterial, LeafProfile};
 use meshfleet_pki::spiffe::WorkloadId;
 use tokio::net::{TcpListener, TcpStream};
+
+mod support;
+use support::*;
 
 const CONNS: usize = 16;
 const BODY: usize = 1024;
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_file(path: &Path) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(t) = std::fs::read_to_string(path) {
-            return serde_json::from_str(&t).unwrap();
-        }
-        assert!(Instant::now() < deadline, "{} never appeared", path.display());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn spawn(bin: &str, args: &[String]) -> Proc {
-    Proc(Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{bin}: {e}")))
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// (user+system CPU seconds, RSS KiB) of a process, from /proc.
-fn usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = f.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-    (ticks / 100.0, rss)
 }
 
 async fn backend() -> SocketAddr {
@@ -128,13 +96,6 @@ async fn load(target: SocketAddr, rate: u64, secs: f64) -> (Vec<u64>, usize) {
     (all, errors)
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[((sorted.len() - 1) as f64 * p) as usize] as f64 / 1000.0
-}
-
 fn haproxy_pair(dir: &Path, app: SocketAddr, issuer: &CaMaterial, anchor: &CaMaterial) -> (Vec<Proc>, SocketAddr) {
     let signer = issuer.signer().unwrap();
     for (name, sa) in [("a", "client"), ("b", "server")] {
@@ -176,35 +137,11 @@ async fn main() {
     let secs: f64 = std::env::var("MESH_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10.0);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let year = Duration::from_secs(365 * 86400);
-    let anchor = mint::new_anchor(&CaProfile::new("bench anchor", year)).unwrap();
-    let issuer = mint::new_issuer(&anchor, &CaProfile::new("bench issuer", year)).unwrap();
-    std::fs::write(d.join("bundle.crt"), &anchor.cert_pem).unwrap();
-    std::fs::write(d.join("issuer.crt"), &issuer.cert_pem).unwrap();
-    std::fs::write(d.join("issuer.key"), &issuer.key_pem).unwrap();
-    std::fs::write(
-        d.join("tokens.json"),
-        r#"{"tokens":{"a":{"namespace":"bench","serviceAccount":"client"},"b":{"namespace":"bench","serviceAccount":"server"}}}"#,
-    )
-    .unwrap();
-    std::fs::write(d.join("a"), "a").unwrap();
-    std::fs::write(d.join("b"), "b").unwrap();
+    let (anchor, issuer) = write_pki(d);
     let p = |n: &str| d.join(n).display().to_string();
 
     let app = backend().await;
-    let _controller = spawn(
-        env!("CARGO_BIN_EXE_meshfleet-controller"),
-        &[
-            "--grpc-addr=127.0.0.1:0".into(),
-            "--admin-addr=127.0.0.1:0".into(),
-            "--verifier=file".into(),
-            format!("--tokens-file={}", p("tokens.json")),
-            format!("--issuer-cert={}", p("issuer.crt")),
-            format!("--issuer-key={}", p("issuer.key")),
-            format!("--trust-bundle={}", p("bundle.crt")),
-            format!("--ready-file={}", p("controller.ready")),
-        ],
-    );
+    let _controller = spawn(env!("CARGO_BIN_EXE_meshfleet-controller"), &controller_args(d));
     let grpc = wait_file(&d.join("controller.ready"))["grpc"].as_str().unwrap().to_string();
     let proxy = |token: &str, extra: Vec<String>| {
         let mut args = vec![
@@ -227,10 +164,7 @@ async fn main() {
     let (proxy_a, a_addrs) = proxy("a", vec![format!("--outbound=127.0.0.1:0={b_in}#spiffe://cluster.local/ns/bench/sa/server")]);
     let mesh: SocketAddr = a_addrs["outbound"][0].as_str().unwrap().parse().unwrap();
     for admin in [&a_addrs["admin"], &b_addrs["admin"]] {
-        let url = format!("http://{}/ready", admin.as_str().unwrap());
-        while reqwest::get(&url).await.map(|r| r.status() != 200).unwrap_or(true) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_ready(admin.as_str().unwrap()).await;
     }
     let (haproxies, hap) = haproxy_pair(d, app, &issuer, &anchor);
     tokio::time::sleep(Duration::from_millis(500)).await;
