@@ -114,7 +114,9 @@ async fn main() {
         })
     };
 
-    let controller = spawn_env(env!("CARGO_BIN_EXE_meshfleet-controller"), &controller_args(d), &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
+    let mut args = controller_args(d);
+    args.push("--discovery".into());
+    let controller = spawn_env(env!("CARGO_BIN_EXE_meshfleet-controller"), &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     let grpc = wait_file(&d.join("controller.ready"))["grpc"].as_str().unwrap().to_string();
     let p = |n: &str| d.join(n).display().to_string();
     let mut args = vec![

@@ -180,7 +180,7 @@ where
 
 type EndpointsStream = Pin<Box<dyn Stream<Item = Result<pb::Endpoints, Status>> + Send>>;
 
-/// The gRPC service; without a Kubernetes API (local runs) every Resolve is Unavailable.
+/// The gRPC service; with discovery off (no `--discovery`) every Resolve is Unavailable.
 pub struct DestinationService(pub Option<Arc<Index>>);
 
 #[tonic::async_trait]
@@ -189,7 +189,7 @@ impl pb::destination_server::Destination for DestinationService {
 
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<EndpointsStream>, Status> {
         let target: Target = request.into_inner().target.parse().map_err(Status::invalid_argument)?;
-        let index = self.0.as_ref().ok_or_else(|| Status::unavailable("discovery needs the Kubernetes API"))?;
+        let index = self.0.as_ref().ok_or_else(|| Status::unavailable("discovery is off (--discovery)"))?;
         tracing::debug!(%target, "resolve");
         Ok(Response::new(Box::pin(index.follow(target).map(Ok))))
     }

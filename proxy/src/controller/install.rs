@@ -341,6 +341,7 @@ fn deployment(args: &InstallArgs, injector: bool) -> Deployment {
             env("MESHFLEET_TRUST_DOMAIN", &args.trust_domain),
             env("MESHFLEET_TOKEN_VERIFIER", "kubernetes"),
             env("MESHFLEET_ISSUER_SOURCE", "kubernetes"),
+            env("MESHFLEET_DISCOVERY", "true"),
             env("MESHFLEET_ISSUER_SECRET", ISSUER_SECRET),
             env("MESHFLEET_TRUST_BUNDLE_CONFIGMAP", TRUST_BUNDLE),
             env("MESHFLEET_CONTROLLER_GRPC_ADDR", &format!("0.0.0.0:{GRPC_PORT}")),

@@ -102,6 +102,10 @@ pub struct Config {
     /// [default: meshfleet-controller.<--namespace>.svc:8080].
     #[arg(long, env = "MESHFLEET_INJECTOR_CONTROLLER_ADDR")]
     pub injector_controller_addr: Option<String>,
+    /// Serve discovery (`Resolve`): mirror Services, EndpointSlices and Pods cluster-wide, which
+    /// needs list/watch on them (the install grants both). Off, `Resolve` is Unavailable.
+    #[arg(long, env = "MESHFLEET_DISCOVERY")]
+    pub discovery: bool,
     /// Write {"grpc": addr, "admin": addr[, "injector": addr]} here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
@@ -148,7 +152,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // One client for TokenReview and the issuer source, made only when either needs it.
     let kube = tokio::sync::OnceCell::new();
-    let kube_client = || kube.get_or_try_init(|| async { kube::Client::try_default().await.context("kubernetes client (TokenReview, issuer source)") });
+    let kube_client =
+        || kube.get_or_try_init(|| async { kube::Client::try_default().await.context("kubernetes client (TokenReview, issuer source, discovery)") });
     let verifier: Arc<dyn TokenVerifier> = match &config.tokens_file {
         Some(path) if config.verifier == "file" => Arc::new(verifier::FileVerifier::new(path.clone())),
         _ => Arc::new(tokenreview::TokenReviewVerifier::new(kube_client().await?.clone(), vec![config.token_audience.clone()])),
@@ -203,16 +208,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tokio::spawn(webhook::serve(listener, tls, injector, drain.clone()));
     }
 
-    // Discovery mirrors the cluster when there is an API to read; local runs answer Unavailable.
-    let (index, discovery) = match kube_client().await {
-        Ok(client) => {
-            let (index, driver) = destination::Index::start(client.clone(), config.trust_domain.clone());
-            (Some(index), Some(tokio::spawn(driver)))
-        }
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "discovery off: no Kubernetes client");
-            (None, None)
-        }
+    let (index, discovery) = if config.discovery {
+        let (index, driver) = destination::Index::start(kube_client().await?.clone(), config.trust_domain.clone());
+        (Some(index), Some(tokio::spawn(driver)))
+    } else {
+        (None, None)
     };
 
     let switch = tokio::spawn(switch.run(offered));

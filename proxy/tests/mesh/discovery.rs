@@ -44,7 +44,7 @@ pub async fn start() -> (FakeKube, Pki, Process) {
     let pki = Pki::new();
     let kubeconfig = pki.path("kubeconfig");
     kube.write_kubeconfig(&kubeconfig, &kube.admin_token).unwrap();
-    let controller = spawn_controller_with_env(&pki, &[], &[("KUBECONFIG", &kubeconfig)]);
+    let controller = spawn_controller_with_env(&pki, &["--discovery"], &[("KUBECONFIG", &kubeconfig)]);
     (kube, pki, controller)
 }
 

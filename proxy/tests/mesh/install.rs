@@ -14,6 +14,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use meshfleet_fake_kube::{FakeKube, User};
+use meshfleet_mesh::destination::pb::destination_client::DestinationClient;
 use meshfleet_mesh::identity::pb::{self, identity_client::IdentityClient};
 use meshfleet_pki::mint::{self, CaProfile};
 use meshfleet_pki::names;
@@ -152,7 +153,12 @@ fn install_renders_the_control_plane_with_least_privilege_rbac() {
     let c = &pod["containers"][0];
     assert_eq!(c["image"], format!("meshfleet/controller:{}", meshfleet_mesh::VERSION));
     let env: Vec<(String, Value)> = c["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone())).collect();
-    for (k, v) in [("MESHFLEET_TOKEN_VERIFIER", "kubernetes"), ("MESHFLEET_ISSUER_SOURCE", "kubernetes"), ("MESHFLEET_TRUST_DOMAIN", "cluster.local")] {
+    for (k, v) in [
+        ("MESHFLEET_TOKEN_VERIFIER", "kubernetes"),
+        ("MESHFLEET_ISSUER_SOURCE", "kubernetes"),
+        ("MESHFLEET_DISCOVERY", "true"),
+        ("MESHFLEET_TRUST_DOMAIN", "cluster.local"),
+    ] {
         assert!(env.contains(&(k.to_owned(), json!(v))), "{k}={v} in {env:?}");
     }
     let sc = &c["securityContext"];
@@ -279,8 +285,14 @@ async fn installed_controller_runs_with_only_the_manifests_permissions() {
     let channel = meshfleet_mesh::identity::channel(&controller.addr("grpc").to_string(), Arc::new(move || tls.clone())).unwrap();
     let key = mint::new_key().unwrap();
     let req = pb::CertifyRequest { token: "not-a-service-account-token".into(), csr_der: meshfleet_pki::csr::new_csr(&key).unwrap() };
-    let status = IdentityClient::new(channel).certify(req).await.unwrap_err();
+    let status = IdentityClient::new(channel.clone()).certify(req).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    // Discovery reads Services (and slices and pods) cluster-wide: it knows its own Service.
+    let target = format!("{}.{}.svc.cluster.local:{}", names::CONTROLLER_DEPLOYMENT, names::MESH_NAMESPACE, meshfleet_mesh::controller::install::GRPC_PORT);
+    let resolve = meshfleet_mesh::destination::pb::ResolveRequest { target };
+    let mut answers = DestinationClient::new(channel).resolve(resolve).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), answers.message()).await;
+    assert!(first.is_ok_and(|m| m.unwrap().unwrap().exists), "discovery lists Services with the manifest's RBAC; denials: {:?}", kube.denials());
     assert_eq!(kube.denials(), Vec::<String>::new(), "the manifest grants everything the controller asks for");
 }
 

@@ -298,15 +298,23 @@ fn an_intercepted_call_to_a_cluster_ip_is_resolved_and_sent_over_mtls() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let controller_args: Vec<String> =
-        ["netns", "exec", s, env!("CARGO_BIN_EXE_meshfleet-controller"), "--grpc-addr=0.0.0.0:4190", "--admin-addr=127.0.0.1:0", "--verifier=file"]
-            .iter()
-            .map(|a| a.to_string())
-            .chain(
-                [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
-                    .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
-            )
-            .collect();
+    let controller_args: Vec<String> = [
+        "netns",
+        "exec",
+        s,
+        env!("CARGO_BIN_EXE_meshfleet-controller"),
+        "--grpc-addr=0.0.0.0:4190",
+        "--admin-addr=127.0.0.1:0",
+        "--verifier=file",
+        "--discovery",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .chain(
+        [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
+            .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
+    )
+    .collect();
     let _controller = spawn("ip", &controller_args, &[("KUBECONFIG", &kubeconfig)], &pki.path("controller.ready"));
     let _server = spawn_proxy_in(&pki, s, "tok-b", "127.0.0.1:4190", &[]);
     let controller = format!("{SERVER_IP}:4190");
