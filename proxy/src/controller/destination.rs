@@ -15,12 +15,14 @@ use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use meshfleet_pki::spiffe::WorkloadId;
+use prometheus::IntGauge;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::inject::VERSION_LABEL;
+use super::metrics::Metrics;
 use crate::destination::{pb, Target};
 
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -181,7 +183,19 @@ where
 type EndpointsStream = Pin<Box<dyn Stream<Item = Result<pb::Endpoints, Status>> + Send>>;
 
 /// The gRPC service; with discovery off (no `--discovery`) every Resolve is Unavailable.
-pub struct DestinationService(pub Option<Arc<Index>>);
+pub struct DestinationService {
+    pub index: Option<Arc<Index>>,
+    pub metrics: Metrics,
+}
+
+/// Counts a Resolve stream as open until the stream drops.
+struct Open(IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 #[tonic::async_trait]
 impl pb::destination_server::Destination for DestinationService {
@@ -189,8 +203,14 @@ impl pb::destination_server::Destination for DestinationService {
 
     async fn resolve(&self, request: Request<pb::ResolveRequest>) -> Result<Response<EndpointsStream>, Status> {
         let target: Target = request.into_inner().target.parse().map_err(Status::invalid_argument)?;
-        let index = self.0.as_ref().ok_or_else(|| Status::unavailable("discovery is off (--discovery)"))?;
+        let index = self.index.as_ref().ok_or_else(|| Status::unavailable("discovery is off (--discovery)"))?;
         tracing::debug!(%target, "resolve");
-        Ok(Response::new(Box::pin(index.follow(target).map(Ok))))
+        self.metrics.destination_streams.inc();
+        let (open, updates) = (Open(self.metrics.destination_streams.clone()), self.metrics.destination_updates.clone());
+        Ok(Response::new(Box::pin(index.follow(target).map(move |msg| {
+            let _open = &open;
+            updates.inc();
+            Ok(msg)
+        }))))
     }
 }

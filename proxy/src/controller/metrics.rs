@@ -11,6 +11,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     pub bundle_anchors: IntGauge,
     pub injector_requests: IntCounterVec,
+    pub destination_streams: IntGauge,
+    pub destination_updates: IntCounter,
 }
 
 impl Metrics {
@@ -28,6 +30,8 @@ impl Metrics {
         for result in ["injected", "skipped", "error"] {
             injector_requests.with_label_values(&[result]);
         }
+        let destination_streams = IntGauge::new("destination_resolve_streams", "Open Resolve streams").unwrap();
+        let destination_updates = IntCounter::new("destination_updates_total", "Endpoint sets sent on Resolve streams").unwrap();
         let build = IntGaugeVec::new(Opts::new("controller_build_info", "Build information"), &["version"]).unwrap();
         build.with_label_values(&[crate::VERSION]).set(1);
         for c in [
@@ -37,11 +41,13 @@ impl Metrics {
             Box::new(reloads.clone()),
             Box::new(bundle_anchors.clone()),
             Box::new(injector_requests.clone()),
+            Box::new(destination_streams.clone()),
+            Box::new(destination_updates.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Self { registry, issued, refused, issuer_expiry, reloads, bundle_anchors, injector_requests }
+        Self { registry, issued, refused, issuer_expiry, reloads, bundle_anchors, injector_requests, destination_streams, destination_updates }
     }
 }
 

@@ -217,7 +217,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let switch = tokio::spawn(switch.run(offered));
     tokio::spawn(crate::admin::serve(admin, admin_handler(shared.clone()), drain.clone()));
-    let server = tokio::spawn(serve_grpc(grpc, shared.clone(), destination::DestinationService(index), drain.clone()));
+    let server = tokio::spawn(serve_grpc(grpc, shared.clone(), destination::DestinationService { index, metrics: shared.metrics.clone() }, drain.clone()));
     crate::ready::announce(config.ready_file.as_deref(), &addrs)?;
     tracing::info!(%addrs, source = ?config.issuer_source, "controller listening");
 

@@ -142,6 +142,12 @@ async fn resolve_streams_ready_endpoints_with_identities_by_name_and_cluster_ip(
     kube.delete("v1", "Service", "api", "web").unwrap();
     let gone = until(&mut by_name, |m| !m.exists).await;
     assert!(gone.endpoints.is_empty());
+
+    // Counted: the streams still open (by name, by pod IP, port 81 and db; the three of the
+    // loop were dropped) and the sets sent.
+    let m = metrics(&controller).await;
+    assert_eq!(metric(&m, "destination_resolve_streams", &[]), 4.0, "{m}");
+    assert!(metric(&m, "destination_updates_total", &[]) >= 10.0, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
