@@ -68,6 +68,14 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// Stops following `target` once nothing else holds it: for intercepted addresses the
+    /// controller does not know (outside the cluster), so they do not each keep a stream open.
+    pub fn forget(&self, target: &Target) {
+        self.destinations.lock().unwrap_or_else(|e| e.into_inner()).remove(target);
+    }
+}
+
 impl Destination {
     /// The current set, waiting for the first answer up to `FIRST_ANSWER`.
     pub async fn current(&self) -> Option<Arc<Set>> {

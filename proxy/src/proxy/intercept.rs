@@ -133,10 +133,12 @@ pub async fn serve(listener: TcpListener, table: Arc<Table>, ctx: Arc<Ctx>, drai
 /// (a cluster IP or a pod IP), else `--unmeshed`.
 async fn unrouted(tcp: TcpStream, orig: SocketAddr, table: Arc<Table>, ctx: Arc<Ctx>, drain: Drain) {
     if let Some(resolver) = &table.resolver {
-        let dest = resolver.destination(Target::Addr(orig));
+        let target = Target::Addr(orig);
+        let dest = resolver.destination(target.clone());
         if dest.current().await.is_some_and(|set| set.exists) {
             return discovery::handle(tcp, dest, ctx, drain).await;
         }
+        resolver.forget(&target);
     }
     match table.unmeshed {
         Unmeshed::Forward => forward_plain(tcp, orig, ctx).await,
