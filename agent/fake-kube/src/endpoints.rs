@@ -33,9 +33,12 @@ pub fn next_cluster_ip() -> String {
 /// are no-ops in the store, so a steady cluster produces no events.
 pub(crate) fn reconcile(store: &Store) {
     let (services, slices, pods) = (res("", "services"), res("discovery.k8s.io", "endpointslices"), res("", "pods"));
-    let all_pods = store.list(pods, None).0;
+    let services_now = store.list(services, None).0;
+    // Clusters without selecting Services (most tests, the agent's benches) pay no pod listing.
+    let selecting = services_now.iter().any(|s| s.pointer("/spec/selector").and_then(Value::as_object).is_some_and(|m| !m.is_empty()));
+    let all_pods = if selecting { store.list(pods, None).0 } else { Vec::new() };
     let mut wanted = HashSet::new();
-    for svc in store.list(services, None).0 {
+    for svc in services_now {
         let ns = namespace_of(&svc).to_owned();
         if svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
             let _ = store.write(services, &ns, name_of(&svc), |o| {
