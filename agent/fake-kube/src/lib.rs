@@ -1,7 +1,7 @@
 //! A fake Kubernetes API server for tests: real HTTP on 127.0.0.1, Kubernetes JSON, discovery,
-//! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection and
-//! a workload simulator. It exists so the agent runs the real kube-rs client against something
-//! honest; it must never be used as a production API server.
+//! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection,
+//! mutating admission webhooks and a workload simulator. It exists so the agent runs the real
+//! kube-rs client against something honest; it must never be used as a production API server.
 
 mod admission;
 mod faults;
