@@ -13,11 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
-use crate::rbac::{allowed, Attributes};
+use crate::rbac::{allowed, Attributes, User};
 use crate::resources::{self, def, Res};
 use crate::selectors::Selector;
 use crate::store::StoreError;
-use crate::{patch, validate, watch, Shared};
+use crate::{admission, patch, validate, watch, Shared};
 
 const MAX_BODY: usize = 8 * 1024 * 1024;
 
@@ -195,7 +195,9 @@ async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         Ok(b) => b,
         Err(_) => return status(413, "RequestEntityTooLarge", "request body too large"),
     };
-    serve(&shared, target, verb, &q, selector, &body, &content_type).await
+    // Who admission webhooks are told asked: the token's user even when RBAC is off.
+    let requester = user.or_else(|| bearer.and_then(|t| shared.rbac.user(&t))).unwrap_or_else(User::anonymous);
+    serve(&shared, target, verb, &q, selector, &body, &content_type, &requester).await
 }
 
 // The error is the response to send at once, so its size does not matter.
@@ -208,7 +210,17 @@ fn parse_body(body: &[u8]) -> Result<Value, Response> {
     }
 }
 
-async fn serve(shared: &Arc<Shared>, t: Target, verb: &str, q: &HashMap<String, String>, selector: Selector, body: &[u8], content_type: &str) -> Response {
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    shared: &Arc<Shared>,
+    t: Target,
+    verb: &str,
+    q: &HashMap<String, String>,
+    selector: Selector,
+    body: &[u8],
+    content_type: &str,
+    requester: &User,
+) -> Response {
     let d = def(t.res);
     let ns = t.namespace.as_str();
     let store = &shared.store;
@@ -255,6 +267,14 @@ async fn serve(shared: &Arc<Shared>, t: Target, verb: &str, q: &HashMap<String, 
             }
             if d.namespaced && obj["metadata"]["namespace"].as_str().is_some_and(|n| n != ns) {
                 return status(400, "BadRequest", "the namespace of the object does not match the namespace on the request");
+            }
+            let obj = match admission::admit(shared, t.res, ns, obj, requester).await {
+                Ok(v) => v,
+                Err(r) => return status(r.code, &r.reason, r.message),
+            };
+            // What the webhooks made of it must still be a valid object.
+            if let Err(e) = validate::object(t.res, &obj) {
+                return status(422, "Invalid", e);
             }
             match store.create(t.res, ns, obj) {
                 Ok(v) => ok(StatusCode::CREATED, &v),

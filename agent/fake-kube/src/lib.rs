@@ -1,8 +1,9 @@
 //! A fake Kubernetes API server for tests: real HTTP on 127.0.0.1, Kubernetes JSON, discovery,
-//! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection and
-//! a workload simulator. It exists so the agent runs the real kube-rs client against something
-//! honest; it must never be used as a production API server.
+//! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection,
+//! mutating admission webhooks and a workload simulator. It exists so the agent runs the real
+//! kube-rs client against something honest; it must never be used as a production API server.
 
+mod admission;
 pub mod endpoints;
 mod faults;
 mod http;
@@ -24,6 +25,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch as tokio_watch;
 use tokio::task::JoinHandle;
 
+pub use admission::FailOpen;
 pub use faults::Fault;
 pub use rbac::User;
 pub use store::StoreError;
@@ -71,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) store: store::Store,
     pub(crate) rbac: rbac::Rbac,
     pub(crate) faults: faults::Faults,
+    pub(crate) admission: admission::Admission,
     pub(crate) config: Config,
     pub(crate) drop_watches: tokio_watch::Sender<u64>,
 }
@@ -105,6 +108,7 @@ impl FakeKube {
             store: store::Store::new(config.history),
             rbac: rbac::Rbac::new(&admin_token),
             faults: Default::default(),
+            admission: Default::default(),
             config: config.clone(),
             drop_watches,
         });
@@ -184,7 +188,21 @@ impl FakeKube {
         self.shared.store.compact()
     }
 
-    // ---- objects (bypassing auth, as an operator with kubectl would) ----
+    // ---- admission webhooks ----
+
+    /// Routes a webhook's `clientConfig.service` (`<name>.<namespace>.svc:<port>`) to `addr`:
+    /// the fake has no Services or endpoints, so the test says where the Service's backend
+    /// listens (call again to move it, e.g. after a restart on a new port).
+    pub fn route_service(&self, namespace: &str, name: &str, port: i32, addr: SocketAddr) {
+        self.shared.admission.route_service(namespace, name, port, addr)
+    }
+
+    /// Every webhook call that failed and was skipped under failurePolicy Ignore, in order.
+    pub fn webhook_fail_open(&self) -> Vec<FailOpen> {
+        self.shared.admission.fail_open()
+    }
+
+    // ---- objects (bypassing auth and admission webhooks, as an operator with etcd access would) ----
 
     fn res_of(obj: &Value) -> Result<usize> {
         let api_version = obj.get("apiVersion").and_then(Value::as_str).unwrap_or("");
@@ -280,32 +298,11 @@ impl FakeKube {
 fn fold_string_data(mut v: Value) -> Value {
     if v.get("kind").and_then(Value::as_str) == Some("Secret") {
         if let Some(Value::Object(sd)) = v.as_object_mut().and_then(|m| m.remove("stringData")) {
-            use base64_lite::encode;
+            use base64::Engine;
             for (k, val) in sd {
-                v["data"][k] = json!(encode(val.as_str().unwrap_or("").as_bytes()));
+                v["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(val.as_str().unwrap_or("").as_bytes()));
             }
         }
     }
     v
-}
-
-/// Standard base64 without pulling in a crate for one call site.
-mod base64_lite {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub fn encode(input: &[u8]) -> String {
-        let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
-        for chunk in input.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
 }

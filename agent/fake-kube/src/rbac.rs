@@ -24,6 +24,10 @@ impl User {
         }
     }
 
+    pub fn anonymous() -> User {
+        User { name: "system:anonymous".into(), groups: vec!["system:unauthenticated".into()] }
+    }
+
     pub fn admin() -> User {
         User { name: "admin".into(), groups: vec!["system:masters".into(), "system:authenticated".into()] }
     }

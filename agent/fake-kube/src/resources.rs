@@ -47,6 +47,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     r("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", false),
     r("rbac.authorization.k8s.io", "clusterrolebindings", "ClusterRoleBinding", false),
     r("authentication.k8s.io", "tokenreviews", "TokenReview", false),
+    r("admissionregistration.k8s.io", "mutatingwebhookconfigurations", "MutatingWebhookConfiguration", false),
 ];
 
 pub type Res = usize;

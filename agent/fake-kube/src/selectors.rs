@@ -1,7 +1,9 @@
 //! Label selectors (`a=b`, `a!=b`, `a in (x,y)`, `a notin (x)`, `a`, `!a`) and field selectors
-//! (`path=value`, `path!=value` on any dotted JSON path, e.g. `metadata.name`, `status.phase`).
-//! Malformed selectors are an error (400), never a panic.
+//! (`path=value`, `path!=value` on any dotted JSON path, e.g. `metadata.name`, `status.phase`),
+//! and structured `LabelSelector`s (`matchLabels`, `matchExpressions`) as webhook configurations
+//! carry them. Malformed selectors are an error (400), never a panic.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde_json::Value;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -89,6 +91,25 @@ impl Selector {
         Ok(Selector { labels, fields })
     }
 
+    /// A structured label selector: every `matchLabels` pair and every `matchExpressions`
+    /// requirement must hold; an empty selector matches everything.
+    pub fn from_label_selector(selector: &LabelSelector) -> Result<Selector, String> {
+        let mut labels: Vec<Req> = selector.match_labels.iter().flatten().map(|(k, v)| Req::Eq(k.clone(), v.clone())).collect();
+        for e in selector.match_expressions.iter().flatten() {
+            let (key, values) = (e.key.clone(), e.values.clone().unwrap_or_default());
+            labels.push(match (e.operator.as_str(), values.is_empty()) {
+                ("In", false) => Req::In(key, values),
+                ("NotIn", false) => Req::NotIn(key, values),
+                ("Exists", true) => Req::Exists(key),
+                ("DoesNotExist", true) => Req::NotExists(key),
+                (op @ ("In" | "NotIn"), true) => return Err(format!("{op} on {key:?} needs values")),
+                (op @ ("Exists" | "DoesNotExist"), false) => return Err(format!("{op} on {key:?} takes no values")),
+                (op, _) => return Err(format!("{op:?} is not a valid label selector operator")),
+            });
+        }
+        Ok(Selector { labels, fields: Vec::new() })
+    }
+
     /// The name a list/watch is restricted to by `metadata.name=`, which RBAC treats as the
     /// request's resource name (as the real API server does).
     pub fn field_name(&self) -> Option<&str> {
@@ -133,5 +154,25 @@ mod tests {
         assert!(Selector::parse(Some("a in x"), None).is_err());
         assert!(Selector::parse(Some("=x"), None).is_err());
         assert_eq!(Selector::parse(None, Some("metadata.name=x")).unwrap().field_name(), Some("x"));
+    }
+
+    #[test]
+    fn structured_label_selectors() {
+        let pod = json!({"metadata": {"labels": {"app": "web", "tier": "front"}}});
+        let sel = |v: Value| Selector::from_label_selector(&serde_json::from_value(v).unwrap());
+        let ok = |v: Value| sel(v).unwrap().matches(&pod);
+        assert!(ok(json!({})));
+        assert!(ok(json!({"matchLabels": {"app": "web"}, "matchExpressions": [{"key": "tier", "operator": "In", "values": ["front", "back"]}]})));
+        assert!(ok(json!({"matchExpressions": [{"key": "env", "operator": "NotIn", "values": ["prod"]}, {"key": "env", "operator": "DoesNotExist"}]})));
+        assert!(!ok(json!({"matchLabels": {"app": "api"}})));
+        assert!(!ok(json!({"matchExpressions": [{"key": "app", "operator": "NotIn", "values": ["web"]}]})));
+        assert!(!ok(json!({"matchExpressions": [{"key": "env", "operator": "Exists"}]})));
+        for bad in [
+            json!({"key": "a", "operator": "In"}),
+            json!({"key": "a", "operator": "Exists", "values": ["x"]}),
+            json!({"key": "a", "operator": "Gt", "values": ["1"]}),
+        ] {
+            assert!(sel(json!({"matchExpressions": [bad]})).is_err());
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! The workload simulator: a Deployment controller (one ReplicaSet per pod template, rolling
 //! updates within maxSurge/maxUnavailable, or Recreate), a ReplicaSet controller, a "kubelet"
 //! that makes pods ready after a delay with a loopback pod IP, and owner-reference garbage
-//! collection. DaemonSets and StatefulSets are stored but not simulated.
+//! collection. Pods are created through the mutating admission webhooks, as the real
+//! ReplicaSet controller's are; a refused create is reported on the ReplicaSet and retried.
+//! DaemonSets and StatefulSets are stored but not simulated.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -11,14 +13,18 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::rbac::User;
 use crate::resources::find;
 use crate::store::{name_of, Store};
-use crate::Shared;
+use crate::{admission, validate, Shared};
 
 /// Pods with this annotation set to "true" never become ready (to simulate a broken rollout).
 pub const NEVER_READY: &str = "fake.meshfleet.io/never-ready";
 
 static POD_IPS: AtomicU32 = AtomicU32::new(0);
+
+/// How long the ReplicaSet controller waits before retrying a refused pod create.
+const CREATE_RETRY: Duration = Duration::from_secs(1);
 
 /// A loopback address per pod (all of 127/8 reaches this host on Linux), so tests can serve a
 /// pod's ports on its own IP. Spread by process id so parallel test binaries do not collide.
@@ -57,11 +63,13 @@ pub(crate) struct Simulator {
     shared: Arc<Shared>,
     born: HashMap<String, Instant>,
     seen_rv: u64,
+    /// When a refused pod create is due for a retry.
+    retry_at: Option<Instant>,
 }
 
 impl Simulator {
     pub fn new(shared: Arc<Shared>) -> Simulator {
-        Simulator { shared, born: HashMap::new(), seen_rv: 0 }
+        Simulator { shared, born: HashMap::new(), seen_rv: 0, retry_at: None }
     }
 
     pub async fn run(mut self, tick: Duration) {
@@ -69,24 +77,29 @@ impl Simulator {
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             t.tick().await;
-            self.step();
+            self.step().await;
         }
     }
 
-    /// One reconcile pass over everything; cheap when nothing changed and no pod is pending.
-    pub fn step(&mut self) {
+    /// One reconcile pass over everything; cheap when nothing changed, no pod is pending and no
+    /// refused create is due for a retry.
+    pub async fn step(&mut self) {
         let shared = self.shared.clone();
         let store = &shared.store;
         let rv = store.current_rv();
-        if rv == self.seen_rv && self.born.is_empty() {
+        let retry_due = self.retry_at.is_some_and(|t| t <= Instant::now());
+        if rv == self.seen_rv && self.born.is_empty() && !retry_due {
             return;
+        }
+        if retry_due {
+            self.retry_at = None;
         }
         self.kubelet();
         for d in store.list(find("apps", "v1", "deployments").expect("registered"), None).0 {
             self.deployment(&d);
         }
         for rs in store.list(find("apps", "v1", "replicasets").expect("registered"), None).0 {
-            self.replicaset(&rs);
+            self.replicaset(&rs).await;
         }
         self.collect_garbage();
         crate::endpoints::reconcile(store);
@@ -227,22 +240,40 @@ impl Simulator {
         });
     }
 
-    fn replicaset(&mut self, rs: &Value) {
-        let store = &self.shared.store;
+    async fn replicaset(&mut self, rs: &Value) {
+        let shared = self.shared.clone();
+        let store = &shared.store;
         let pods_res = find("", "v1", "pods").expect("registered");
         let ns = rs["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
         let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
         let mut pods = self.owned(pods_res, &ns, rs);
         let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
+        // The identity the real ReplicaSet controller creates pods as.
+        let controller = User::service_account("kube-system", "replicaset-controller");
+        let mut refused = None;
         for _ in pods.len()..want {
             let suffix: String = (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect();
             let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
             meta["name"] = json!(format!("{}-{suffix}", name_of(rs)));
             meta["ownerReferences"] = owner_ref("ReplicaSet", rs);
             let pod = json!({"metadata": meta, "spec": template.get("spec").cloned().unwrap_or(json!({"containers": []})), "status": {"phase": "Pending"}});
+            let pod = match admission::admit(&shared, pods_res, &ns, pod, &controller).await {
+                Ok(p) => p,
+                Err(r) => {
+                    refused = Some(r.message);
+                    break;
+                }
+            };
+            if let Err(e) = validate::object(pods_res, &pod) {
+                refused = Some(format!("Pod is invalid: {e}"));
+                break;
+            }
             if let Ok(p) = store.create(pods_res, &ns, pod) {
                 self.born.insert(uid(&p).to_owned(), Instant::now());
             }
+        }
+        if refused.is_some() {
+            self.retry_at = Some(Instant::now() + CREATE_RETRY);
         }
         if pods.len() > want {
             // Unready first, then the newest.
@@ -258,7 +289,17 @@ impl Simulator {
         }
         let pods = self.owned(pods_res, &ns, rs);
         let ready = pods.iter().filter(|p| is_ready(p)).count();
-        let status = json!({"replicas": pods.len(), "readyReplicas": ready, "availableReplicas": ready, "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1))});
+        let mut status = json!({"replicas": pods.len(), "readyReplicas": ready, "availableReplicas": ready, "observedGeneration": rs.pointer("/metadata/generation").cloned().unwrap_or(json!(1))});
+        // As the real controller reports a failed create: a ReplicaFailure condition, kept (with
+        // its first transition time) until a pass creates what it must.
+        if let Some(message) = refused {
+            let since = rs
+                .pointer("/status/conditions/0/lastTransitionTime")
+                .cloned()
+                .unwrap_or_else(|| json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            status["conditions"] =
+                json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": message, "lastTransitionTime": since}]);
+        }
         let _ = store.write(find("apps", "v1", "replicasets").expect("registered"), &ns, name_of(rs), |o| {
             let mut o = o.clone();
             o["status"] = status;

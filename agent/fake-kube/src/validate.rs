@@ -1,7 +1,7 @@
 //! Typed validation: every write must deserialize into its k8s-openapi type, so the fake
 //! accepts only objects a real API server could hold (schema-wise; not every field rule).
 
-use k8s_openapi::api::{apps, coordination, core, rbac};
+use k8s_openapi::api::{admissionregistration, apps, coordination, core, rbac};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -39,6 +39,7 @@ pub fn object(res: Res, v: &Value) -> Result<(), String> {
         "RoleBinding" => check::<rbac::v1::RoleBinding>(&v),
         "ClusterRole" => check::<rbac::v1::ClusterRole>(&v),
         "ClusterRoleBinding" => check::<rbac::v1::ClusterRoleBinding>(&v),
+        "MutatingWebhookConfiguration" => check::<admissionregistration::v1::MutatingWebhookConfiguration>(&v),
         _ => Ok(()),
     }
 }

@@ -22,9 +22,11 @@ use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, ISSUER_SECRET, TRUST_BUN
 use super::proxy_identity::ProxyIdentity;
 use super::telemetry::Telemetry;
 
-/// A pod is meshed when it carries a container with this name (the injected sidecar).
+/// A pod is meshed when it carries a container with this name: the injected native sidecar (an
+/// init container with `restartPolicy: Always`) or, added by hand, a regular container.
 pub const PROXY_CONTAINER: &str = "meshfleet-proxy";
-/// A namespace with this label set to "enabled" is meshed even before it has a meshed pod.
+/// A namespace with this annotation (as the injector reads it) or label (as the webhook's
+/// namespace selector can match it) set to "enabled" is meshed even before it has a meshed pod.
 pub const INJECT_LABEL: &str = "meshfleet.io/inject";
 /// The proxy's admin port when its container does not name a port "admin".
 pub const DEFAULT_ADMIN_PORT: u16 = 4191;
@@ -351,7 +353,7 @@ pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>,
             inv.clone(),
             t.clone(),
             Table::plain(|s| &mut s.namespaces),
-            |n: &Namespace| Some(n.labels().get(INJECT_LABEL).is_some_and(|v| v == "enabled")),
+            |n: &Namespace| Some(injected_namespace(n)),
         )),
         tokio::spawn(reflect(
             Api::<Node>::all(client.clone()),
@@ -419,9 +421,14 @@ pub fn workload_of(p: &Pod) -> String {
     format!("{}/{}", owner.kind, owner.name)
 }
 
+fn injected_namespace(n: &Namespace) -> bool {
+    [n.labels(), n.annotations()].iter().any(|m| m.get(INJECT_LABEL).is_some_and(|v| v == "enabled"))
+}
+
 fn meshed_pod(p: &Pod) -> Option<MeshedPod> {
     let spec = p.spec.as_ref()?;
-    let proxy = spec.containers.iter().find(|c| c.name == PROXY_CONTAINER)?;
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    let proxy = spec.containers.iter().chain(sidecars).find(|c| c.name == PROXY_CONTAINER)?;
     let version = proxy.image.as_deref().and_then(|i| i.rsplit_once(':')).map(|(_, t)| t.to_owned()).unwrap_or_default();
     let admin_port = proxy
         .ports
@@ -431,9 +438,10 @@ fn meshed_pod(p: &Pod) -> Option<MeshedPod> {
         .and_then(|p| u16::try_from(p.container_port).ok())
         .unwrap_or(DEFAULT_ADMIN_PORT);
     let status = p.status.as_ref();
-    let statuses = status.and_then(|s| s.container_statuses.as_ref());
-    let restarts: i32 = statuses.iter().flat_map(|s| s.iter()).map(|c| c.restart_count).sum();
-    let proxy_restarts = statuses.iter().flat_map(|s| s.iter()).find(|c| c.name == PROXY_CONTAINER).map_or(0, |c| c.restart_count);
+    // A native sidecar's status is among the init containers'.
+    let statuses = || status.into_iter().flat_map(|s| s.container_statuses.iter().chain(s.init_container_statuses.iter()).flatten());
+    let restarts: i32 = statuses().map(|c| c.restart_count).sum();
+    let proxy_restarts = statuses().find(|c| c.name == PROXY_CONTAINER).map_or(0, |c| c.restart_count);
     let ready = status.and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
     Some(MeshedPod {
         pod: v1::Pod {

@@ -31,7 +31,7 @@ fn install(args: &[&str]) -> Output {
     Command::new(BIN).arg("install").args(args).output().expect("run meshfleet-controller install")
 }
 
-fn rendered(args: &[&str]) -> String {
+pub fn rendered(args: &[&str]) -> String {
     let out = install(args);
     assert!(out.status.success(), "install {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
@@ -44,7 +44,7 @@ fn typed<T: DeserializeOwned + Serialize>(doc: serde_yaml_ng::Value) -> Value {
 }
 
 /// The manifest's documents, each checked against its kind's type; any other kind fails.
-fn parse(yaml: &str) -> Vec<Value> {
+pub fn parse(yaml: &str) -> Vec<Value> {
     serde_yaml_ng::Deserializer::from_str(yaml)
         .map(|de| {
             let doc = serde_yaml_ng::Value::deserialize(de).expect("valid YAML document");
@@ -70,7 +70,7 @@ fn kinds_and_names(docs: &[Value]) -> Vec<(String, String)> {
     docs.iter().map(|d| (d["kind"].as_str().unwrap().to_owned(), d["metadata"]["name"].as_str().unwrap().to_owned())).collect()
 }
 
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+pub fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
     let mut it = docs.iter().filter(|d| d["kind"] == kind);
     let first = it.next().unwrap_or_else(|| panic!("no {kind}"));
     assert!(it.next().is_none(), "more than one {kind}");
@@ -84,7 +84,7 @@ fn save_artifact(name: &str, contents: &str) {
 }
 
 /// A Secret's data value, decoded.
-fn secret_data(secret: &Value, key: &str) -> Vec<u8> {
+pub fn secret_data(secret: &Value, key: &str) -> Vec<u8> {
     let secret: Secret = serde_json::from_value(secret.clone()).unwrap();
     secret.data.unwrap().remove(key).unwrap_or_else(|| panic!("no {key}")).0
 }

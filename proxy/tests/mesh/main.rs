@@ -1,4 +1,5 @@
 //! Integration tests for the mesh: the real controller and proxy binaries on 127.0.0.1.
+mod admission;
 mod discovery;
 mod injector;
 mod install;

@@ -79,3 +79,48 @@ fn a_changed_proxy_identity_changes_its_pod_only_and_survives_the_pods_updates()
     assert_eq!(ProxyIdentity::of(&pods["shop/b"].pod), ProxyIdentity::default());
     assert_eq!(inv.snapshot().pods.iter().find(|p| p.name == "a").map(|p| p.bundle_fingerprints.clone()), Some(vec!["aa".to_owned()]));
 }
+
+/// What the injector makes: the proxy as a native sidecar (an init container that restarts
+/// always), its status among the init containers'. A plain init container of that name is not one.
+#[test]
+fn an_injected_native_sidecar_makes_a_meshed_pod() {
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": "web-1", "namespace": "shop" },
+        "spec": {
+            "initContainers": [
+                { "name": "meshfleet-init", "image": "ghcr.io/meshfleet/proxy:1.4.0" },
+                { "name": "meshfleet-proxy", "image": "ghcr.io/meshfleet/proxy:1.4.0", "restartPolicy": "Always",
+                  "ports": [{ "name": "admin", "containerPort": 4191 }] }
+            ],
+            "containers": [{ "name": "app", "image": "web:1" }]
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [{ "type": "Ready", "status": "True" }],
+            "initContainerStatuses": [{ "name": "meshfleet-proxy", "restartCount": 2, "ready": true, "image": "x", "imageID": "", "started": true }],
+            "containerStatuses": [{ "name": "app", "restartCount": 1, "ready": true, "image": "x", "imageID": "" }]
+        }
+    }))
+    .unwrap();
+    let meshed = meshed_pod(&pod).expect("a native sidecar is the proxy");
+    assert_eq!((meshed.pod.proxy_version.as_str(), meshed.pod.ready, meshed.pod.restarts, meshed.proxy_restarts), ("1.4.0", true, 3, 2));
+
+    let mut plain = pod.clone();
+    plain.spec.as_mut().unwrap().init_containers.as_mut().unwrap()[1].restart_policy = None;
+    assert!(meshed_pod(&plain).is_none(), "an init container that runs to completion is no sidecar");
+}
+
+#[test]
+fn a_namespace_is_meshed_by_its_inject_annotation_or_label() {
+    let ns = |labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+        let map = |kv: &[(&str, &str)]| Some(kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        Namespace {
+            metadata: ObjectMeta { name: Some("shop".into()), labels: map(labels), annotations: map(annotations), ..Default::default() },
+            ..Default::default()
+        }
+    };
+    assert!(injected_namespace(&ns(&[], &[(INJECT_LABEL, "enabled")])));
+    assert!(injected_namespace(&ns(&[(INJECT_LABEL, "enabled")], &[])));
+    assert!(!injected_namespace(&ns(&[], &[(INJECT_LABEL, "disabled")])));
+    assert!(!injected_namespace(&ns(&[], &[])));
+}

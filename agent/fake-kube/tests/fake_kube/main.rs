@@ -1,6 +1,9 @@
 //! The fake API server through the real kube-rs client: 409 on a stale update, RBAC 403 with
 //! named-resource list rules, a watch by name (what the mesh controller runs on its issuer
-//! Secret), and rolling updates within maxSurge/maxUnavailable.
+//! Secret), and rolling updates within maxSurge/maxUnavailable; mutating admission webhooks in
+//! `admission`.
+
+mod admission;
 
 use std::time::Duration;
 
