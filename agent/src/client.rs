@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::buffer::ReportBuffer;
-use crate::Identity;
+use crate::{GatewayConnection, Identity};
 
 /// Room left under the gRPC cap for framing, so a report that passes this check always encodes.
 const SIZE_SLACK: usize = 1024;
@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     identity: Mutex<Identity>,
     /// Woken when a report is buffered, so the session sends it at once.
     wake: Notify,
+    /// The open session's connection, for unary calls (SignIssuer) beside its stream.
+    live: Mutex<Option<GatewayConnection>>,
 }
 
 struct State {
@@ -152,6 +154,10 @@ impl Shared {
     fn record_error(&self, error: impl std::fmt::Display) {
         self.state().stats.last_error = Some(error.to_string());
     }
+
+    fn set_live(&self, connection: Option<GatewayConnection>) {
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) = connection;
+    }
 }
 
 /// The running client. Dropping it stops the client too, but `shutdown` waits for it.
@@ -167,6 +173,7 @@ pub fn spawn(config: ClientConfig, identity: Identity, agent: Arc<dyn Agent>) ->
         state: Mutex::new(State { buffer: ReportBuffer::new(config.buffer_limit), stats: Stats::default(), commands: commands::Commands::default() }),
         identity: Mutex::new(identity),
         wake: Notify::new(),
+        live: Mutex::new(None),
         config,
         agent,
     });
@@ -201,6 +208,17 @@ impl Reporter {
     pub fn stats(&self) -> Stats {
         let st = self.shared.state();
         Stats { buffered: st.buffer.len(), ..st.stats.clone() }
+    }
+
+    /// The mesh issuer for `csr_der` while rotate-issuer command `command_id` is open: over the
+    /// open session's connection, or a new one between sessions.
+    pub async fn sign_issuer(&self, command_id: &str, csr_der: Vec<u8>) -> crate::Result<v1::SignIssuerResponse> {
+        let live = self.shared.live.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let connection = match live {
+            Some(c) => c,
+            None => GatewayConnection::open(&self.shared.config.gateway_url, &self.shared.config.ca_pem, &self.identity()).await?,
+        };
+        connection.sign_issuer(command_id, csr_der).await
     }
 }
 

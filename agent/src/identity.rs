@@ -117,13 +117,27 @@ pub async fn renew(gateway_url: &str, ca_pem: &str, identity: &Identity) -> Resu
     Identity::from_issued(identity.org_id.clone(), identity.cluster_id.clone(), resp.certificate, &key)
 }
 
-/// The mesh issuer for `csr_der` (a key made in the cluster), while the gateway's rotate-issuer
-/// command `command_id` is open, requested over mTLS with the current identity.
-pub async fn sign_issuer(gateway_url: &str, ca_pem: &str, identity: &Identity, command_id: &str, csr_der: Vec<u8>) -> Result<SignIssuerResponse, Error> {
-    let mut client = tls::connect(gateway_url, ca_pem, Some(identity)).await?;
-    let mut req = tonic::Request::new(SignIssuerRequest { command_id: command_id.to_owned(), csr_der });
-    req.set_timeout(CALL_TIMEOUT);
-    Ok(client.sign_issuer(req).await?.into_inner())
+/// A connection to the gateway under the agent's identity, for unary calls beside the stream:
+/// the agent's client shares its live session's (one mTLS handshake per session, not per call).
+#[derive(Clone)]
+pub struct GatewayConnection(tls::GatewayClient);
+
+impl GatewayConnection {
+    pub async fn open(gateway_url: &str, ca_pem: &str, identity: &Identity) -> Result<GatewayConnection, Error> {
+        tls::connect(gateway_url, ca_pem, Some(identity)).await.map(GatewayConnection)
+    }
+
+    pub(crate) fn of(client: tls::GatewayClient) -> GatewayConnection {
+        GatewayConnection(client)
+    }
+
+    /// The mesh issuer for `csr_der` (a key made in the cluster), while the gateway's
+    /// rotate-issuer command `command_id` is open.
+    pub async fn sign_issuer(&self, command_id: &str, csr_der: Vec<u8>) -> Result<SignIssuerResponse, Error> {
+        let mut req = tonic::Request::new(SignIssuerRequest { command_id: command_id.to_owned(), csr_der });
+        req.set_timeout(CALL_TIMEOUT);
+        Ok(self.0.clone().sign_issuer(req).await?.into_inner())
+    }
 }
 
 /// A fresh key and a CSR that only proves possession of it: the gateway sets every field of

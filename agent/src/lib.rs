@@ -13,7 +13,7 @@ mod tls;
 
 pub use client::{spawn, Agent, AgentHandle, ClientConfig, Report, Reporter, Stats};
 pub use error::{Error, Result};
-pub use identity::{register, renew, sign_issuer, Identity};
+pub use identity::{register, renew, GatewayConnection, Identity};
 pub use meshfleet_agent_protocol::v1;
 
 /// Logging for the binaries: the filter from the environment variable `filter_var` (default

@@ -368,7 +368,7 @@ impl SharedCluster {
         let changed = match &command {
             // Redelivered after the agent restarted: it was done, do not sign twice.
             Body::RotateIssuer(_) if current.rotated_by() == id => Ok((current.clone(), current.issuer_output())),
-            Body::RotateIssuer(_) => current.rotate_issuer(link, &link.reporter.identity(), &id).await,
+            Body::RotateIssuer(_) => current.rotate_issuer(link, &id).await,
             Body::SetTrustBundle(p) => current.set_trust_bundle(&p.bundle_pem).map(|pki| {
                 let output = serde_json::json!({ "bundle_fingerprints": pki.bundle_fingerprints() });
                 (pki, output)

@@ -131,12 +131,7 @@ pub async fn run(config: FleetConfig, shutdown: impl Future<Output = ()>) -> Res
             ..ClientConfig::new(&gw.gateway_address, &gw.ca_pem)
         };
         let handle = spawn(client_config, identity, Arc::new(cluster.clone()));
-        cluster.link(GatewayLink {
-            gateway_url: gw.gateway_address.clone(),
-            ca_pem: gw.ca_pem.clone(),
-            reporter: handle.reporter(),
-            state_path: Some(pki_path),
-        });
+        cluster.link(GatewayLink { reporter: handle.reporter(), state_path: Some(pki_path) });
         drivers.push(tokio::spawn(drive(handle.reporter(), cluster, config.metrics_interval, stop_rx.clone())));
         handles.push(handle);
     }

@@ -9,18 +9,16 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use meshfleet_agent::k8s::certs::describe;
-use meshfleet_agent::{Identity, Reporter};
+use meshfleet_agent::Reporter;
 use meshfleet_agent_protocol::v1::CertificateInfo;
 use meshfleet_pki::pem::merged_bundle;
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
 use serde::{Deserialize, Serialize};
 
-/// What a simulated cluster needs to reach the gateway on its own (a rotate-issuer signs
-/// through its own RPC) and to report what a command changed.
+/// What a simulated cluster needs to reach the gateway (a rotate-issuer signs over its agent's
+/// connection) and to report what a command changed.
 #[derive(Clone)]
 pub struct GatewayLink {
-    pub gateway_url: String,
-    pub ca_pem: String,
     pub reporter: Reporter,
     /// Where the cluster's PKI is saved (none: kept in memory only).
     pub state_path: Option<std::path::PathBuf>,
@@ -83,11 +81,9 @@ impl MeshPki {
     /// rotate-issuer: a key and CSR made here, signed by the gateway for command `id`, checked
     /// against the bundle grown by what the gateway sent. Returns the new PKI and the command's
     /// output.
-    pub async fn rotate_issuer(&self, link: &GatewayLink, identity: &Identity, id: &str) -> Result<(MeshPki, serde_json::Value), String> {
+    pub async fn rotate_issuer(&self, link: &GatewayLink, id: &str) -> Result<(MeshPki, serde_json::Value), String> {
         let (key, csr) = meshfleet_agent::identity::new_key_and_csr().map_err(|e| e.to_string())?;
-        let signed = meshfleet_agent::sign_issuer(&link.gateway_url, &link.ca_pem, identity, id, csr)
-            .await
-            .map_err(|e| format!("the service did not sign the issuer: {e}"))?;
+        let signed = link.reporter.sign_issuer(id, csr).await.map_err(|e| format!("the service did not sign the issuer: {e}"))?;
         let next = MeshPki {
             issuer_pem: signed.issuer_pem,
             issuer_key_pem: key.serialize_pem(),

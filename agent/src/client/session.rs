@@ -116,6 +116,22 @@ fn stopping(shutdown: &watch::Receiver<bool>) -> bool {
     *shutdown.borrow() || shutdown.has_changed().is_err()
 }
 
+/// The session's connection, shared for unary calls while it lasts.
+struct Live<'a>(&'a Shared);
+
+impl<'a> Live<'a> {
+    fn open(shared: &'a Shared, client: &tls::GatewayClient) -> Live<'a> {
+        shared.set_live(Some(crate::GatewayConnection::of(client.clone())));
+        Live(shared)
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        self.0.set_live(None);
+    }
+}
+
 async fn session(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>, renew_at: Instant) -> End {
     let cfg = &shared.config;
     let id = shared.current_identity();
@@ -152,6 +168,7 @@ async fn session(shared: &Arc<Shared>, shutdown: &mut watch::Receiver<bool>, ren
         st.stats.connected = true;
     }
     tracing::debug!(cluster_id = %id.cluster_id, "gateway session open");
+    let _live = Live::open(shared, &client);
 
     let mut sent_upto = 0u64;
     let mut healthy = false;

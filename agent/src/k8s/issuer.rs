@@ -36,12 +36,10 @@ impl Executor {
         if let Some(done_before) = already_rotated(&secret, id) {
             return Ok(done_before);
         }
-        let identity = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(|r| r.identity()).ok_or("the agent is not connected yet")?;
+        let reporter = self.reporter.lock().unwrap_or_else(|e| e.into_inner()).clone().ok_or("the agent is not connected yet")?;
 
         let (key, csr) = crate::identity::new_key_and_csr().map_err(|e| e.to_string())?;
-        let signed = crate::sign_issuer(&self.config.gateway_address, &self.config.gateway_ca_pem, &identity, id, csr)
-            .await
-            .map_err(|e| format!("the service did not sign the issuer: {e}"))?;
+        let signed = reporter.sign_issuer(id, csr).await.map_err(|e| format!("the service did not sign the issuer: {e}"))?;
 
         let current = maps.get(TRUST_BUNDLE).await.map_err(|e| missing("trust bundle ConfigMap", e))?;
         let had: Vec<&str> = current.data.iter().flatten().filter(|(k, _)| k.ends_with(".crt") || k.ends_with(".pem")).map(|(_, v)| v.as_str()).collect();

@@ -13,7 +13,7 @@
 //! Method. The real `meshfleet-server` binary runs in its own process with a fresh database; the
 //! demo fleet runs in this process with `meshfleet_sim::run` (the `meshfleet-sim` code: each
 //! cluster registered and connected as a real agent client; on rotate-issuer it makes a P-256
-//! key and CSR, calls `SignIssuer` over its own mTLS connection, checks the chain, saves its PKI
+//! key and CSR, calls `SignIssuer` over its session's mTLS connection, checks the chain, saves its PKI
 //! to disk and reports the new certificates and pods; on set-trust-bundle it checks its issuer
 //! verifies under the bundle). Once every agent is connected an admin creates the organization's
 //! anchor, then:
@@ -22,8 +22,9 @@
 //! 2. Anchor rotation: `POST /api/v1/trust-anchors/rotations`, timed until its phase is `done`
 //!    (distribute, reissue, retire: three commands per cluster, each gated on the pods' reports).
 //! 3. SignIssuer alone: the fleet stopped, a rotate-issuer command opened per cluster, then each
-//!    cluster's saved identity calls `SignIssuer` once (its own mTLS connection, as an agent
-//!    does), 32 at a time, with the CSRs made beforehand: the gateway's signing path by itself.
+//!    cluster's saved identity opens its mTLS connection (as an agent's session holds one) and,
+//!    timed, calls `SignIssuer` once over it, 32 at a time, with the CSRs made beforehand: the
+//!    gateway's signing path by itself.
 //!
 //! Server CPU is utime+stime of its process over each part; the database's load is, on
 //! PostgreSQL, the CPU of its processes and its committed transactions and rows written
@@ -172,6 +173,7 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
         anyhow::ensure!(ids.len() == clusters, "{} clusters listed, {clusters} expected", ids.len());
 
         // Part 1: every cluster's issuer signed by the anchor.
+        eprintln!("{engine}: 1. issuers through commands (server pid {})", server.pid);
         let meter = Meter::start(server.pid, &db).await;
         let sent: Vec<anyhow::Result<Value>> = futures::stream::iter(ids.iter())
             .map(|id| {
@@ -197,6 +199,7 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
         let issuers = meter.stop(server.pid, &db).await;
 
         // Part 2: a full trust-anchor rotation over the fleet.
+        eprintln!("{engine}: 2. anchor rotation (server pid {})", server.pid);
         let meter = Meter::start(server.pid, &db).await;
         let r = http_json(http.post(api("/api/v1/trust-anchors/rotations")).bearer_auth(&token).json(&json!({})), "start the rotation").await?;
         let path = api(&format!("/api/v1/trust-anchors/rotations/{}", r["id"].as_str().context("rotation id")?));
@@ -220,7 +223,7 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
 
         // Part 3: SignIssuer alone. With the agents gone, a rotate-issuer command per cluster
         // stays open; each cluster's saved identity then calls SignIssuer once, as its agent
-        // would (its own mTLS connection), 32 at a time, with CSRs made beforehand.
+        // would over its session's connection, 32 at a time, with CSRs made beforehand.
         for id in &ids {
             let req = http.post(api(&format!("/api/v1/clusters/{id}/commands"))).bearer_auth(&token).json(&json!({ "kind": "rotate-issuer" }));
             http_json(req, "rotate-issuer").await?;
@@ -237,19 +240,25 @@ async fn run_engine(engine: &'static str, clusters: usize) -> anyhow::Result<Eng
         let identities: std::collections::HashMap<String, meshfleet_agent::Identity> = (0..clusters)
             .map(|i| meshfleet_agent::Identity::load(&dir.path().join(format!("sim/sim-{i:04}.identity.json"))).map(|id| (id.cluster_id.clone(), id)))
             .collect::<Result<_, _>>()?;
-        let calls: Vec<(meshfleet_agent::Identity, String, Vec<u8>)> = open
-            .into_iter()
+        // Each cluster's connection opened first, as an agent's session holds one: an agent
+        // signs over its open stream's connection (`Reporter::sign_issuer`).
+        let calls: Vec<(meshfleet_agent::GatewayConnection, String, Vec<u8>)> = futures::stream::iter(open)
             .map(|(command, cluster)| {
-                let csr = meshfleet_agent::identity::new_key_and_csr()?.1;
-                Ok((identities.get(&cluster).context("no identity for a cluster")?.clone(), command, csr))
+                let (url, ca, identity) = (&gateway_url, &ca_pem, identities.get(&cluster));
+                async move {
+                    let connection = meshfleet_agent::GatewayConnection::open(url, ca, identity.context("no identity for a cluster")?).await?;
+                    anyhow::Ok((connection, command, meshfleet_agent::identity::new_key_and_csr()?.1))
+                }
             })
+            .buffer_unordered(32)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
             .collect::<anyhow::Result<_>>()?;
+        eprintln!("{engine}: 3. SignIssuer alone (server pid {})", server.pid);
         let meter = Meter::start(server.pid, &db).await;
         let signed: Vec<_> = futures::stream::iter(calls)
-            .map(|(identity, command, csr)| {
-                let (url, ca) = (gateway_url.clone(), ca_pem.clone());
-                async move { meshfleet_agent::sign_issuer(&url, &ca, &identity, &command, csr).await }
-            })
+            .map(|(connection, command, csr)| async move { connection.sign_issuer(&command, csr).await })
             .buffer_unordered(32)
             .collect()
             .await;

@@ -42,6 +42,9 @@ pub struct Inner {
     pub deliveries: crate::alerting::delivery::InFlight,
     /// Workloads' golden metrics as alert evaluation last read them.
     pub workload_samples: crate::alerting::rules::SampleMemo,
+    /// Trust anchors ready to sign cluster issuers, and where signed issuers are recorded.
+    pub signers: crate::gateway::issuer::Signers,
+    pub issuer_log: crate::gateway::issuer::IssuerLog,
 }
 
 impl Deref for AppState {
@@ -83,6 +86,7 @@ impl AppState {
         let limits = Limits::new(&config);
         let read_cache = crate::cache::ReadCache::new(config.read_cache);
         let workload_samples = crate::alerting::rules::SampleMemo::new(config.alert_evaluation);
+        let issuer_log = crate::gateway::issuer::IssuerLog::start(db.clone());
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -98,6 +102,8 @@ impl AppState {
             read_cache,
             deliveries: Default::default(),
             workload_samples,
+            signers: Default::default(),
+            issuer_log,
         })))
     }
 }

@@ -6,7 +6,7 @@ pub mod convert;
 pub mod dispatch;
 pub mod error;
 pub mod ingest;
-mod issuer;
+pub mod issuer;
 pub mod limits;
 pub mod pki;
 pub mod recheck;

@@ -58,6 +58,8 @@ pub enum Error {
     NoIssuerRotation(String),
     #[error("the organization has no active trust anchor to sign issuers with")]
     NoAnchor,
+    #[error("the organization's active trust anchor changed while signing; ask again")]
+    AnchorMoved,
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     /// Minting for a key that passed the CSR check (or opening the anchor's sealed key): a
@@ -74,7 +76,7 @@ impl Error {
             Error::CertificateInvalid | Error::Revoked => Code::PermissionDenied,
             Error::Csr(_) | Error::NoHello | Error::EmptyMessage | Error::InvalidReport(_) | Error::SeqNotIncreasing { .. } => Code::InvalidArgument,
             Error::Reconnects { .. } | Error::RateLimited { .. } => Code::ResourceExhausted,
-            Error::Superseded => Code::Aborted,
+            Error::Superseded | Error::AnchorMoved => Code::Aborted,
             Error::NoIssuerRotation(_) | Error::NoAnchor => Code::FailedPrecondition,
             Error::ShuttingDown | Error::NotStored => Code::Unavailable,
             Error::AgentGone => Code::Cancelled,

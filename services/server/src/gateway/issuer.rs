@@ -3,44 +3,67 @@
 //! organization (both from its certificate), only while a rotate-issuer command is open for it,
 //! and only what an issuer needs: the service sets every field of the certificate.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use meshfleet_agent_protocol::v1::{SignIssuerRequest, SignIssuerResponse};
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
 use meshfleet_pki::pem::{cert_to_pem, fingerprint};
+use tokio::sync::{mpsc, oneshot};
 
 use super::pki::PeerAgent;
 use super::{Error, Gateway, Result};
 use crate::domain::audit::AuditEntry;
 use crate::domain::trust::{AnchorState, SignedIssuer};
-use crate::domain::CommandId;
+use crate::db::Db;
+use crate::domain::{CommandId, OrgId};
 use crate::store;
 
 impl Gateway {
     #[tracing::instrument(name = "sign_issuer", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]
     pub(super) async fn do_sign_issuer(&self, peer: PeerAgent, req: SignIssuerRequest) -> Result<SignIssuerResponse> {
+        let command_id: CommandId = req.command_id.parse().map_err(|_| Error::NoIssuerRotation(req.command_id.chars().take(64).collect()))?;
+        // A rotation may make another anchor active between the read and the record: sign
+        // again with the new one.
+        match self.sign_once(peer, command_id, &req.csr_der).await {
+            Err(Error::AnchorMoved) => self.sign_once(peer, command_id, &req.csr_der).await,
+            signed => signed,
+        }
+    }
+
+    /// Reads the anchors, signs (outside any transaction) and has the issuer recorded, which
+    /// checks the command is open and the anchor still active.
+    async fn sign_once(&self, peer: PeerAgent, command_id: CommandId, csr_der: &[u8]) -> Result<SignIssuerResponse> {
         let state = &self.state;
         let now = state.clock.now_ms();
-        let not_open = || Error::NoIssuerRotation(req.command_id.chars().take(64).collect());
-        let command_id: CommandId = req.command_id.parse().map_err(|_| not_open())?;
-        let mut tx = state.db.begin().await?;
-        let command = store::commands::get(&mut tx, peer.org_id, peer.cluster_id, command_id).await?;
-        if !command.is_some_and(|c| c.kind == "rotate-issuer" && c.is_open(now)) {
-            return Err(not_open());
-        }
-        let trust_domain = store::trust::trust_domain(&mut tx, peer.org_id).await?;
-        let public_key = meshfleet_pki::csr::check_issuer_request(&req.csr_der, &trust_domain)?;
-        let (anchor, key_sealed) = store::trust::anchor_in(&mut tx, peer.org_id, AnchorState::Active).await?.ok_or(Error::NoAnchor)?;
-        let key_pem = state.sealer.open(&key_sealed).map_err(|e| Error::Sign(meshfleet_pki::Error::Key(e.to_string())))?;
-        let signer = CaMaterial::from_pem(&anchor.cert_pem, &String::from_utf8_lossy(&key_pem))?;
+        let mut conn = state.db.pool.acquire().await?;
+        let anchors = store::trust::anchors(&mut conn, peer.org_id).await?;
+        let anchor = anchors.iter().find(|a| a.state == AnchorState::Active).ok_or(Error::NoAnchor)?;
+        let signer = match state.signers.get(peer.org_id, &anchor.fingerprint) {
+            Some(signer) => signer,
+            None => {
+                let trust_domain = store::trust::trust_domain(&mut conn, peer.org_id).await?;
+                let (sealed_for, key_sealed) = store::trust::anchor_in(&mut conn, peer.org_id, AnchorState::Active).await?.ok_or(Error::NoAnchor)?;
+                if sealed_for.fingerprint != anchor.fingerprint {
+                    return Err(Error::AnchorMoved);
+                }
+                let key_pem = state.sealer.open(&key_sealed).map_err(|e| Error::Sign(meshfleet_pki::Error::Key(e.to_string())))?;
+                let material = CaMaterial::from_pem(&anchor.cert_pem, &String::from_utf8_lossy(&key_pem))?;
+                state.signers.insert(peer.org_id, &anchor.fingerprint, Signer { material, trust_domain })
+            }
+        };
+        drop(conn);
+        let public_key = meshfleet_pki::csr::check_issuer_request(csr_der, &signer.trust_domain)?;
 
         let name = format!("meshfleet issuer {}", peer.cluster_id);
         let mut profile = CaProfile::new(&name, state.config.issuer_lifetime);
-        profile.organization = Some(&trust_domain);
+        profile.organization = Some(&signer.trust_domain);
         profile.path_len = Some(0);
         profile.not_before = state.clock.now_system() - mint::BACKDATE;
         // Never beyond the anchor: a chain is only as valid as its shortest-lived link.
         let anchor_end = std::time::UNIX_EPOCH + std::time::Duration::from_millis(anchor.not_after.max(0) as u64);
         profile.not_after = (state.clock.now_system() + state.config.issuer_lifetime).min(anchor_end);
-        let der = mint::sign_ca(&signer, &public_key, &profile)?;
+        let der = mint::sign_ca(&signer.material, &public_key, &profile)?;
 
         let issuer = SignedIssuer {
             cluster_id: peer.cluster_id,
@@ -53,22 +76,133 @@ impl Gateway {
             not_after: meshfleet_pki::unix(profile.not_after) * 1000,
             signed_at: now,
         };
-        store::trust::record_issuer(&mut tx, &issuer).await?;
-        let details = serde_json::json!({
-            "fingerprint": issuer.fingerprint, "anchor_fingerprint": issuer.anchor_fingerprint,
-            "not_after": issuer.not_after, "command_id": command_id,
-        });
-        let by = format!("agent:{}", peer.cluster_id);
-        store::audit::insert(&mut tx, &AuditEntry::by_service(peer.org_id, now, &by, "issuer.sign", ("cluster", peer.cluster_id.to_string()), details)).await?;
-        let bundle: String = store::trust::anchors(&mut tx, peer.org_id).await?.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect();
-        tx.commit().await?;
+        state.issuer_log.record(issuer.clone()).await?;
         tracing::info!(issuer = %issuer.fingerprint, anchor = %issuer.anchor_fingerprint, "cluster issuer signed");
         Ok(SignIssuerResponse {
             issuer_pem: issuer.cert_pem,
-            trust_bundle_pem: bundle,
+            trust_bundle_pem: anchors.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect(),
             not_after_unix_ms: issuer.not_after,
             issuer_fingerprint: issuer.fingerprint,
             anchor_fingerprint: issuer.anchor_fingerprint,
         })
+    }
+}
+
+/// Signed issuers on their way to the database. One writer stores everything queued in one
+/// transaction (group commit): concurrent signings would otherwise each take SQLite's single
+/// writer in turn, polling for it (BENCHMARKS.md, "certificate rotation"). An issuer goes back
+/// to its agent only once recorded.
+#[derive(Clone)]
+pub struct IssuerLog(mpsc::Sender<Entry>);
+
+struct Entry {
+    issuer: SignedIssuer,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// Issuers recorded per transaction at most.
+const BATCH: usize = 64;
+
+impl IssuerLog {
+    pub fn start(db: Db) -> IssuerLog {
+        let (tx, rx) = mpsc::channel(BATCH * 4);
+        tokio::spawn(write_issuers(db, rx));
+        IssuerLog(tx)
+    }
+
+    /// Records `issuer` (and its audit entry) if its command is still open and its anchor
+    /// still active.
+    async fn record(&self, issuer: SignedIssuer) -> Result<()> {
+        let (done, recorded) = oneshot::channel();
+        self.0.send(Entry { issuer, done }).await.map_err(|_| Error::ShuttingDown)?;
+        recorded.await.map_err(|_| Error::ShuttingDown)?
+    }
+}
+
+async fn write_issuers(db: Db, mut rx: mpsc::Receiver<Entry>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        match record_all(&db, &batch).await {
+            Ok(outcomes) => {
+                for (entry, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = entry.done.send(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, issuers = batch.len(), "recording signed issuers failed");
+                for entry in batch.drain(..) {
+                    let _ = entry.done.send(Err(Error::NotStored));
+                }
+            }
+        }
+    }
+}
+
+/// One transaction for the batch; each issuer's own refusal (command closed, anchor moved)
+/// leaves the others alone.
+async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<()>>, sqlx::Error> {
+    let mut tx = db.begin().await?;
+    let mut active: HashMap<OrgId, Option<String>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for Entry { issuer, .. } in batch {
+        let command = store::commands::get(&mut tx, issuer.org_id, issuer.cluster_id, issuer.command_id).await?;
+        if !command.is_some_and(|c| c.kind == "rotate-issuer" && c.is_open(issuer.signed_at)) {
+            outcomes.push(Err(Error::NoIssuerRotation(issuer.command_id.to_string())));
+            continue;
+        }
+        let anchor = match active.get(&issuer.org_id) {
+            Some(anchor) => anchor.clone(),
+            None => {
+                let anchor = store::trust::anchor_in(&mut tx, issuer.org_id, AnchorState::Active).await?.map(|(a, _)| a.fingerprint);
+                active.insert(issuer.org_id, anchor.clone());
+                anchor
+            }
+        };
+        if anchor.as_deref() != Some(issuer.anchor_fingerprint.as_str()) {
+            outcomes.push(Err(Error::AnchorMoved));
+            continue;
+        }
+        store::trust::record_issuer(&mut tx, issuer).await?;
+        let details = serde_json::json!({
+            "fingerprint": issuer.fingerprint, "anchor_fingerprint": issuer.anchor_fingerprint,
+            "not_after": issuer.not_after, "command_id": issuer.command_id,
+        });
+        let by = format!("agent:{}", issuer.cluster_id);
+        let entry = AuditEntry::by_service(issuer.org_id, issuer.signed_at, &by, "issuer.sign", ("cluster", issuer.cluster_id.to_string()), details);
+        store::audit::insert(&mut tx, &entry).await?;
+        outcomes.push(Ok(()));
+    }
+    tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// An active anchor ready to sign, with its organization's trust domain (fixed once the
+/// organization has an anchor: `PUT /api/v1/trust-domain` is refused then).
+pub struct Signer {
+    material: CaMaterial,
+    trust_domain: String,
+}
+
+/// Anchors unsealed and parsed, by organization and fingerprint: opening the sealed key and
+/// parsing it cost more than the signature. An anchor's key never changes under its
+/// fingerprint, so an entry cannot go stale; the map starts over when it grows past `LIMIT`.
+#[derive(Default)]
+pub struct Signers(Mutex<HashMap<(OrgId, String), Arc<Signer>>>);
+
+impl Signers {
+    const LIMIT: usize = 10_000;
+
+    fn get(&self, org: OrgId, fingerprint: &str) -> Option<Arc<Signer>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&(org, fingerprint.to_owned())).cloned()
+    }
+
+    fn insert(&self, org: OrgId, fingerprint: &str, signer: Signer) -> Arc<Signer> {
+        let signer = Arc::new(signer);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::LIMIT {
+            map.clear();
+        }
+        map.insert((org, fingerprint.to_owned()), signer.clone());
+        signer
     }
 }

@@ -231,7 +231,7 @@ async fn simulated(app: &TestApp, owner: &Login, name: &str, seed: u64) -> (Stri
     let identity = meshfleet_agent::register(&gateway, &ca, created["bootstrap_token"]["token"].as_str().unwrap(), "0.1.0-test").await.unwrap();
     let cluster = SharedCluster::new(synthetic_cluster(seed));
     let handle = meshfleet_agent::spawn(ClientConfig::new(&gateway, &ca), identity, std::sync::Arc::new(cluster.clone()));
-    cluster.link(GatewayLink { gateway_url: gateway, ca_pem: ca, reporter: handle.reporter(), state_path: None });
+    cluster.link(GatewayLink { reporter: handle.reporter(), state_path: None });
     assert!(handle.wait_until(Duration::from_secs(10), |s| s.connected && s.last_acked_seq > 0).await, "{name} connects");
     (created["cluster"]["id"].as_str().unwrap().to_owned(), cluster, handle)
 }
