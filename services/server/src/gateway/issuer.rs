@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use meshfleet_agent_protocol::v1::{SignIssuerRequest, SignIssuerResponse};
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::pki::PeerAgent;
 use super::{Error, Gateway, Result};
 use crate::domain::audit::AuditEntry;
-use crate::domain::trust::{AnchorState, SignedIssuer};
+use crate::domain::trust::{Anchor, AnchorState, SignedIssuer};
 use crate::db::Db;
 use crate::domain::{CommandId, OrgId};
 use crate::store;
@@ -23,25 +24,32 @@ impl Gateway {
     #[tracing::instrument(name = "sign_issuer", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]
     pub(super) async fn do_sign_issuer(&self, peer: PeerAgent, req: SignIssuerRequest) -> Result<SignIssuerResponse> {
         let command_id: CommandId = req.command_id.parse().map_err(|_| Error::NoIssuerRotation(req.command_id.chars().take(64).collect()))?;
-        // A rotation may make another anchor active between the read and the record: sign
-        // again with the new one.
-        match self.sign_once(peer, command_id, &req.csr_der).await {
-            Err(Error::AnchorMoved) => self.sign_once(peer, command_id, &req.csr_der).await,
+        // A rotation may have made another anchor active since the anchors were read (or
+        // remembered): read them again and sign with the new one.
+        match self.sign_once(peer, command_id, &req.csr_der, false).await {
+            Err(Error::AnchorMoved | Error::NoAnchor) => self.sign_once(peer, command_id, &req.csr_der, true).await,
             signed => signed,
         }
     }
 
     /// Reads the anchors, signs (outside any transaction) and has the issuer recorded, which
     /// checks the command is open and the anchor still active.
-    async fn sign_once(&self, peer: PeerAgent, command_id: CommandId, csr_der: &[u8]) -> Result<SignIssuerResponse> {
+    async fn sign_once(&self, peer: PeerAgent, command_id: CommandId, csr_der: &[u8], fresh: bool) -> Result<SignIssuerResponse> {
         let state = &self.state;
         let now = state.clock.now_ms();
-        let mut conn = state.db.pool.acquire().await?;
-        let anchors = store::trust::anchors(&mut conn, peer.org_id).await?;
+        let anchors = match state.signers.anchors(peer.org_id).filter(|_| !fresh) {
+            Some(anchors) => anchors,
+            None => {
+                let mut conn = state.db.pool.acquire().await?;
+                let anchors = store::trust::anchors(&mut conn, peer.org_id).await?;
+                state.signers.remember_anchors(peer.org_id, anchors)
+            }
+        };
         let anchor = anchors.iter().find(|a| a.state == AnchorState::Active).ok_or(Error::NoAnchor)?;
         let signer = match state.signers.get(peer.org_id, &anchor.fingerprint) {
             Some(signer) => signer,
             None => {
+                let mut conn = state.db.pool.acquire().await?;
                 let trust_domain = store::trust::trust_domain(&mut conn, peer.org_id).await?;
                 let (sealed_for, key_sealed) = store::trust::anchor_in(&mut conn, peer.org_id, AnchorState::Active).await?.ok_or(Error::NoAnchor)?;
                 if sealed_for.fingerprint != anchor.fingerprint {
@@ -52,7 +60,6 @@ impl Gateway {
                 state.signers.insert(peer.org_id, &anchor.fingerprint, Signer { material, trust_domain })
             }
         };
-        drop(conn);
         let public_key = meshfleet_pki::csr::check_issuer_request(csr_der, &signer.trust_domain)?;
 
         let name = format!("meshfleet issuer {}", peer.cluster_id);
@@ -76,11 +83,11 @@ impl Gateway {
             not_after: meshfleet_pki::unix(profile.not_after) * 1000,
             signed_at: now,
         };
-        state.issuer_log.record(issuer.clone()).await?;
+        let bundle = state.issuer_log.record(issuer.clone()).await?;
         tracing::info!(issuer = %issuer.fingerprint, anchor = %issuer.anchor_fingerprint, "cluster issuer signed");
         Ok(SignIssuerResponse {
             issuer_pem: issuer.cert_pem,
-            trust_bundle_pem: anchors.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect(),
+            trust_bundle_pem: bundle,
             not_after_unix_ms: issuer.not_after,
             issuer_fingerprint: issuer.fingerprint,
             anchor_fingerprint: issuer.anchor_fingerprint,
@@ -97,7 +104,7 @@ pub struct IssuerLog(mpsc::Sender<Entry>);
 
 struct Entry {
     issuer: SignedIssuer,
-    done: oneshot::Sender<Result<()>>,
+    done: oneshot::Sender<Result<String>>,
 }
 
 /// Issuers recorded per transaction at most.
@@ -111,8 +118,8 @@ impl IssuerLog {
     }
 
     /// Records `issuer` (and its audit entry) if its command is still open and its anchor
-    /// still active.
-    async fn record(&self, issuer: SignedIssuer) -> Result<()> {
+    /// still active; returns the organization's trust bundle as the transaction read it.
+    async fn record(&self, issuer: SignedIssuer) -> Result<String> {
         let (done, recorded) = oneshot::channel();
         self.0.send(Entry { issuer, done }).await.map_err(|_| Error::ShuttingDown)?;
         recorded.await.map_err(|_| Error::ShuttingDown)?
@@ -140,9 +147,10 @@ async fn write_issuers(db: Db, mut rx: mpsc::Receiver<Entry>) {
 
 /// One transaction for the batch; each issuer's own refusal (command closed, anchor moved)
 /// leaves the others alone.
-async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<()>>, sqlx::Error> {
+async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<String>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    let mut active: HashMap<OrgId, Option<String>> = HashMap::new();
+    // Per organization: its active anchor and its bundle.
+    let mut anchors: HashMap<OrgId, (Option<String>, String)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(batch.len());
     for Entry { issuer, .. } in batch {
         let command = store::commands::get(&mut tx, issuer.org_id, issuer.cluster_id, issuer.command_id).await?;
@@ -150,15 +158,13 @@ async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<
             outcomes.push(Err(Error::NoIssuerRotation(issuer.command_id.to_string())));
             continue;
         }
-        let anchor = match active.get(&issuer.org_id) {
-            Some(anchor) => anchor.clone(),
-            None => {
-                let anchor = store::trust::anchor_in(&mut tx, issuer.org_id, AnchorState::Active).await?.map(|(a, _)| a.fingerprint);
-                active.insert(issuer.org_id, anchor.clone());
-                anchor
-            }
-        };
-        if anchor.as_deref() != Some(issuer.anchor_fingerprint.as_str()) {
+        if !anchors.contains_key(&issuer.org_id) {
+            let all = store::trust::anchors(&mut tx, issuer.org_id).await?;
+            let active = all.iter().find(|a| a.state == AnchorState::Active).map(|a| a.fingerprint.clone());
+            anchors.insert(issuer.org_id, (active, all.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect()));
+        }
+        let (active, bundle) = &anchors[&issuer.org_id];
+        if active.as_deref() != Some(issuer.anchor_fingerprint.as_str()) {
             outcomes.push(Err(Error::AnchorMoved));
             continue;
         }
@@ -170,7 +176,7 @@ async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<
         let by = format!("agent:{}", issuer.cluster_id);
         let entry = AuditEntry::by_service(issuer.org_id, issuer.signed_at, &by, "issuer.sign", ("cluster", issuer.cluster_id.to_string()), details);
         store::audit::insert(&mut tx, &entry).await?;
-        outcomes.push(Ok(()));
+        outcomes.push(Ok(bundle.clone()));
     }
     tx.commit().await?;
     Ok(outcomes)
@@ -186,23 +192,43 @@ pub struct Signer {
 /// Anchors unsealed and parsed, by organization and fingerprint: opening the sealed key and
 /// parsing it cost more than the signature. An anchor's key never changes under its
 /// fingerprint, so an entry cannot go stale; the map starts over when it grows past `LIMIT`.
+/// Each organization's anchors are remembered for `ANCHORS_FOR` too: the issuer's record checks
+/// the anchor is still active (a signature by one that no longer is, or a missing anchor, is
+/// tried again from the database) and the bundle the agent gets is read there.
 #[derive(Default)]
-pub struct Signers(Mutex<HashMap<(OrgId, String), Arc<Signer>>>);
+pub struct Signers {
+    signers: Mutex<HashMap<(OrgId, String), Arc<Signer>>>,
+    anchors: Mutex<HashMap<OrgId, (Instant, Arc<Vec<Anchor>>)>>,
+}
 
 impl Signers {
     const LIMIT: usize = 10_000;
+    const ANCHORS_FOR: Duration = Duration::from_secs(1);
 
     fn get(&self, org: OrgId, fingerprint: &str) -> Option<Arc<Signer>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).get(&(org, fingerprint.to_owned())).cloned()
+        self.signers.lock().unwrap_or_else(|e| e.into_inner()).get(&(org, fingerprint.to_owned())).cloned()
     }
 
     fn insert(&self, org: OrgId, fingerprint: &str, signer: Signer) -> Arc<Signer> {
         let signer = Arc::new(signer);
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.signers.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= Self::LIMIT {
             map.clear();
         }
         map.insert((org, fingerprint.to_owned()), signer.clone());
         signer
+    }
+
+    fn anchors(&self, org: OrgId) -> Option<Arc<Vec<Anchor>>> {
+        let map = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&org).filter(|(at, _)| at.elapsed() < Self::ANCHORS_FOR).map(|(_, anchors)| anchors.clone())
+    }
+
+    fn remember_anchors(&self, org: OrgId, anchors: Vec<Anchor>) -> Arc<Vec<Anchor>> {
+        let anchors = Arc::new(anchors);
+        let mut map = self.anchors.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, (at, _)| at.elapsed() < Self::ANCHORS_FOR);
+        map.insert(org, (Instant::now(), anchors.clone()));
+        anchors
     }
 }
