@@ -218,6 +218,32 @@ async fn kube_agent_inventory_identity_and_failover_under_the_install_rbac() {
     assert!(text.contains("meshfleet issuer"), "certificate metadata: {inv}");
     assert!(!text.contains("PRIVATE KEY"), "no key material leaves the cluster");
     assert!(text.contains("Deployment/web"), "{inv}");
+    assert_eq!(inv["facts"]["pods_without_proxy"], json!([]), "every pod of shop is meshed: {inv}");
+
+    // Injection coverage: a pod without the proxy in a namespace with injection on is counted
+    // and named, and is a health finding; one opted out, or elsewhere, is not.
+    let bare = |ns: &str, name: &str, annotations: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "annotations": annotations},
+            "spec": {"containers": [{"name": "app", "image": "batch:1"}]}})
+    };
+    for pod in
+        [bare("shop", "batch-1", json!({})), bare("shop", "opted-out", json!({"meshfleet.io/inject": "disabled"})), bare("default", "elsewhere", json!({}))]
+    {
+        s.kube.apply(pod).unwrap();
+    }
+    let coverage = json!([{"namespace": "shop", "pods": 1, "examples": ["batch-1"]}]);
+    let covered = within(Duration::from_secs(5), || async { inventory().await["facts"]["pods_without_proxy"] == coverage }).await;
+    assert!(covered.is_some(), "coverage within 5 s: {}", inventory().await);
+    let (_, health) = s.app.get(&format!("/api/v1/clusters/{}/health", s.cluster), &s.owner.access).await;
+    let finding = health["findings"].as_array().and_then(|f| f.iter().find(|f| f["check"] == "injection").cloned());
+    assert_eq!(finding.as_ref().map(|f| (&f["object"], &f["severity"])), Some((&json!("Namespace/shop"), &json!("warning"))), "{health}");
+    for (ns, name) in [("shop", "batch-1"), ("shop", "opted-out"), ("default", "elsewhere")] {
+        s.kube.delete("v1", "Pod", ns, name).unwrap();
+    }
+    assert!(
+        within(Duration::from_secs(5), || async { inventory().await["facts"]["pods_without_proxy"] == json!([]) }).await.is_some(),
+        "a deleted pod leaves the count"
+    );
     let (_, c) = s.app.get(&format!("/api/v1/clusters/{}", s.cluster), &s.owner.access).await;
     assert_eq!(c["status"], "connected", "{c}");
     assert_eq!(c["kubernetes_version"], "v1.33.1");

@@ -45,6 +45,9 @@ pub struct SyntheticCluster {
     node_count: u32,
     control_plane: v1::ControlPlane,
     namespaces: Vec<String>,
+    /// Pods of a meshed namespace that run without the proxy (created while the injector was
+    /// down, say): (namespace, name).
+    uninjected: Vec<(String, String)>,
     workloads: Vec<Workload>,
     pods: Vec<v1::Pod>,
     /// The made-up anchor and issuer a cluster starts with, until the service signs an issuer.
@@ -117,11 +120,19 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
     for p in &mut pods {
         present_leaf(&mut rng, p, std::slice::from_ref(&anchor), &anchor, now);
     }
+    // From a generator of their own, so clusters without them are what they were before.
+    let mut extra = StdRng::seed_from_u64(seed ^ 0x1_0000_0000);
+    let uninjected = if extra.gen_bool(0.1) {
+        (0..extra.gen_range(1..=3)).map(|_| (namespaces[0].clone(), format!("batch-{}", random_hex(&mut extra, 5)))).collect()
+    } else {
+        Vec::new()
+    };
     SyntheticCluster {
         kubernetes_version: KUBERNETES_VERSIONS[rng.gen_range(0..KUBERNETES_VERSIONS.len())].into(),
         node_count: rng.gen_range(3..=12),
         control_plane,
         namespaces,
+        uninjected,
         workloads,
         pods,
         certificates,
@@ -145,7 +156,14 @@ impl SyntheticCluster {
             kubernetes_version: self.kubernetes_version.clone(),
             node_count: self.node_count,
             control_plane: Some(self.control_plane.clone()),
-            namespaces: self.namespaces.iter().map(|n| v1::MeshedNamespace { name: n.clone() }).collect(),
+            namespaces: self
+                .namespaces
+                .iter()
+                .map(|n| {
+                    let uninjected: Vec<String> = self.uninjected.iter().filter(|(ns, _)| ns == n).map(|(_, pod)| pod.clone()).collect();
+                    v1::MeshedNamespace { name: n.clone(), pods_without_proxy: uninjected.len() as u32, pods_without_proxy_examples: uninjected }
+                })
+                .collect(),
             pods: Vec::new(),
             certificates: if self.pki.is_managed() { self.pki.certificates() } else { self.certificates.clone() },
         }

@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ::kube::core::PartialObjectMeta;
 use ::kube::runtime::watcher::{self, watcher, Event};
 use ::kube::runtime::WatchStreamExt;
 use ::kube::{Api, Client, Resource, ResourceExt};
@@ -43,6 +44,9 @@ pub struct MeshedPod {
 #[derive(Default)]
 pub struct State {
     pub pods: HashMap<String, MeshedPod>,
+    /// Every pod not opted out of injection, meshed or not (metadata only): the meshed
+    /// namespaces' pods missing from `pods` run without the proxy.
+    pub pod_names: HashMap<String, ()>,
     /// Namespace name -> carries the inject label.
     pub namespaces: HashMap<String, bool>,
     pub nodes: HashMap<String, ()>,
@@ -97,7 +101,10 @@ pub struct Inventory {
     pub kubernetes_version: Mutex<String>,
 }
 
-pub const KINDS: &[&str] = &["pods", "namespaces", "nodes", "controller", "issuer", "trust"];
+pub const KINDS: &[&str] = &["pods", "pod_names", "namespaces", "nodes", "controller", "issuer", "trust"];
+
+/// Pods named per namespace without the proxy (the count covers them all).
+const UNINJECTED_EXAMPLES: usize = 10;
 
 impl Inventory {
     pub fn new() -> Arc<Inventory> {
@@ -120,6 +127,7 @@ impl Inventory {
     pub fn facts(&self) -> v1::Inventory {
         let st = self.lock();
         let mut namespaces: BTreeSet<&str> = st.namespaces.iter().filter(|(_, inject)| **inject).map(|(n, _)| n.as_str()).collect();
+        let uninjected = uninjected_pods(&st);
         namespaces.extend(st.pods.values().map(|p| p.pod.namespace.as_str()));
         let mut certificates: Vec<v1::CertificateInfo> = st.issuer.values().chain(st.trust.values()).flatten().cloned().collect();
         certificates.sort_by(|a, b| (&a.role, &a.sha256_fingerprint).cmp(&(&b.role, &b.sha256_fingerprint)));
@@ -127,7 +135,13 @@ impl Inventory {
             kubernetes_version: self.kubernetes_version(),
             node_count: st.nodes.len() as u32,
             control_plane: st.controller.values().next().cloned(),
-            namespaces: namespaces.into_iter().map(|n| v1::MeshedNamespace { name: n.to_owned() }).collect(),
+            namespaces: namespaces
+                .into_iter()
+                .map(|n| {
+                    let (count, examples) = uninjected.get(n).cloned().unwrap_or_default();
+                    v1::MeshedNamespace { name: n.to_owned(), pods_without_proxy: count, pods_without_proxy_examples: examples }
+                })
+                .collect(),
             pods: Vec::new(),
             certificates,
         }
@@ -199,6 +213,24 @@ impl Inventory {
         drop(st);
         self.changed.notify_one();
     }
+}
+
+/// Per namespace with injection on: its pods without the proxy, counted, and the first names.
+fn uninjected_pods(st: &State) -> HashMap<&str, (u32, Vec<String>)> {
+    let mut out: HashMap<&str, (u32, Vec<String>)> = HashMap::new();
+    for key in st.pod_names.keys().filter(|k| !st.pods.contains_key(*k)) {
+        let Some((ns, name)) = key.split_once('/') else { continue };
+        if st.namespaces.get(ns).copied().unwrap_or(false) {
+            let (count, examples) = out.entry(ns).or_default();
+            *count += 1;
+            examples.push(name.to_owned());
+        }
+    }
+    for (_, examples) in out.values_mut() {
+        examples.sort_unstable();
+        examples.truncate(UNINJECTED_EXAMPLES);
+    }
+    out
 }
 
 /// "namespace/name" for a namespaced object, the name alone for a cluster-scoped one: the
@@ -345,6 +377,16 @@ pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>,
             t.clone(),
             Table::pods(),
             meshed_pod,
+        )),
+        // Metadata only (names and annotations), so knowing every pod costs little.
+        tokio::spawn(reflect(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            watcher::Config::default().page_size(POD_PAGE),
+            "pod_names",
+            inv.clone(),
+            t.clone(),
+            Table::plain(|s| &mut s.pod_names),
+            |p: &PartialObjectMeta<Pod>| (p.annotations().get(INJECT_LABEL).map(String::as_str) != Some("disabled")).then_some(()),
         )),
         tokio::spawn(reflect(
             Api::<Namespace>::all(client.clone()),

@@ -63,6 +63,7 @@ async fn seed(state: &meshfleet_server::AppState, org: OrgId, n: usize) -> Clust
             control_plane: inventory::ControlPlane { version: "0.1.0".into(), replicas: 1, ready_replicas: 1, components: vec![] },
             namespaces: vec!["shop".into()],
             certificates: vec![inventory::CertificateInfo { role: "issuer".into(), not_after: now + (i as i64 % 30 + 1) * 86_400_000, ..Default::default() }],
+            pods_without_proxy: vec![],
         };
         let pods: Vec<inventory::Pod> = (0..10)
             .map(|p| inventory::Pod {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::app::AppState;
-use crate::domain::health::{self, Assessment, Certificate, Finding, Health, Signals};
+use crate::domain::health::{self, Assessment, Certificate, Finding, Health, Signals, Uninjected};
 use crate::domain::labels::Selector;
 use crate::domain::{ClusterId, OrgId};
 use crate::http::error::ApiError;
@@ -104,6 +104,9 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
             if success_degraded {
                 next.degraded.insert(cluster.id);
             }
+            let uninjected: Vec<Uninjected> = fact
+                .map(|f| f.pods_without_proxy.iter().map(|u| Uninjected { namespace: &u.namespace, pods: u.pods, examples: &u.examples }).collect())
+                .unwrap_or_default();
             let signals = Signals {
                 status: &status,
                 last_seen: cluster.last_seen_at,
@@ -115,6 +118,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
                 proxies: (outdated, proxies),
                 proxy_versions: pods,
                 clock_skew: skews.get(&cluster.id).copied(),
+                uninjected: &uninjected,
                 now,
             };
             let Assessment { health, findings } = health::assess(&signals, thresholds);

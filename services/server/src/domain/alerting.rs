@@ -113,7 +113,7 @@ pub struct BuiltinRule {
 }
 
 /// The built-in rules, on for every organization until it turns one off.
-pub const BUILTIN_RULES: [BuiltinRule; 9] = [
+pub const BUILTIN_RULES: [BuiltinRule; 10] = [
     BuiltinRule { name: "agent", description: "The cluster's agent is stale or disconnected", default_for_ms: 0 },
     BuiltinRule { name: "certificate_expiry", description: "A mesh certificate expired or expires within the warning period", default_for_ms: 0 },
     BuiltinRule { name: "success_rate", description: "The cluster's success rate is under the health thresholds", default_for_ms: 60_000 },
@@ -124,6 +124,11 @@ pub const BUILTIN_RULES: [BuiltinRule; 9] = [
         name: "version_skew",
         description: "Proxies run a version more than one major version from the control plane's, which the mesh does not support",
         default_for_ms: 0,
+    },
+    BuiltinRule {
+        name: "injection",
+        description: "Pods in a namespace with injection on run without the proxy (created while the injector was down, or before injection was on)",
+        default_for_ms: 60_000,
     },
     BuiltinRule {
         name: "workload_success_rate",

@@ -171,6 +171,13 @@ pub enum Finding {
         farthest: String,
         control_plane: String,
     },
+    /// `pods` pods of a namespace with injection on run without the proxy, so their traffic
+    /// is neither encrypted nor seen; `examples` names some of them.
+    PodsWithoutProxy {
+        namespace: String,
+        pods: u32,
+        examples: Vec<String>,
+    },
 }
 
 impl Finding {
@@ -184,6 +191,7 @@ impl Finding {
             Finding::ProxiesOutdated { .. } => "proxy_versions",
             Finding::VersionSkew { .. } => "version_skew",
             Finding::ClockSkew { .. } => "clock_skew",
+            Finding::PodsWithoutProxy { .. } => "injection",
         }
     }
 
@@ -198,12 +206,14 @@ impl Finding {
             Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } | Finding::ClockSkew { .. } => Some(Health::Degraded),
             Finding::CertificateExpiring { .. } => Some(Health::Expiring),
             Finding::NoAgentYet => Some(Health::Pending),
-            Finding::ProxiesOutdated { .. } => None,
+            Finding::ProxiesOutdated { .. } | Finding::PodsWithoutProxy { .. } => None,
         }
     }
 
     pub fn severity(&self) -> Severity {
         match self.health() {
+            // The mesh works, but not for these pods: worth acting on, not a degraded cluster.
+            None if matches!(self, Finding::PodsWithoutProxy { .. }) => Severity::Warning,
             Some(Health::Critical) => Severity::Critical,
             Some(Health::Degraded | Health::Expiring) => Severity::Warning,
             _ => Severity::Info,
@@ -221,6 +231,7 @@ impl Finding {
             Finding::SuccessRate { .. } => "Cluster".into(),
             Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
             Finding::ProxiesOutdated { .. } | Finding::VersionSkew { .. } => "Proxies".into(),
+            Finding::PodsWithoutProxy { namespace, .. } => format!("Namespace/{namespace}"),
         }
     }
 
@@ -258,6 +269,14 @@ impl Finding {
                 let run = if *proxies == 1 { "proxy runs a version" } else { "proxies run versions" };
                 format!("{proxies} {run} more than one major version from the control plane's {control_plane} (as far as {farthest})")
             }
+            Finding::PodsWithoutProxy { namespace, pods, examples } => {
+                let more = if (*pods as usize) > examples.len() { ", ..." } else { "" };
+                let (run, them) = if *pods == 1 { ("pod runs", "it") } else { ("pods run", "them") };
+                format!(
+                    "{pods} {run} without the proxy in namespace {namespace}, which has injection on ({}{more}): restart {them} to inject it, or opt {them} out with meshfleet.io/inject: disabled",
+                    examples.join(", ")
+                )
+            }
         }
     }
 }
@@ -284,6 +303,15 @@ pub struct Certificate<'a> {
     pub not_after: i64,
 }
 
+/// Pods of a namespace with injection on that run without the proxy, as the agent counted them.
+#[derive(Debug, Clone, Copy)]
+pub struct Uninjected<'a> {
+    pub namespace: &'a str,
+    pub pods: u32,
+    /// Some of their names.
+    pub examples: &'a [String],
+}
+
 /// What the rules look at.
 pub struct Signals<'a> {
     /// The agent's effective status: pending, connected, stale or disconnected.
@@ -303,6 +331,8 @@ pub struct Signals<'a> {
     pub proxy_versions: &'a [(String, i64)],
     /// The cluster's clock minus the service's (ms), as the agent last told.
     pub clock_skew: Option<i64>,
+    /// Injection coverage: namespaces with injection on whose pods run without the proxy.
+    pub uninjected: &'a [Uninjected<'a>],
     pub now: i64,
 }
 
@@ -344,6 +374,9 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
         }
         if let Some((ready, want)) = s.control_plane.filter(|(r, w)| r < w) {
             findings.push(Finding::ControlPlaneNotReady { ready, want });
+        }
+        for u in s.uninjected.iter().filter(|u| u.pods > 0) {
+            findings.push(Finding::PodsWithoutProxy { namespace: u.namespace.to_owned(), pods: u.pods, examples: u.examples.to_vec() });
         }
     }
     for c in certificates.iter().filter(|c| c.not_after > s.now && s.now >= t.warns_from(c)) {
@@ -414,8 +447,25 @@ mod tests {
             proxies: (0, 0),
             proxy_versions: &[],
             clock_skew: None,
+            uninjected: &[],
             now: 1_000,
         }
+    }
+
+    #[test]
+    fn pods_without_the_proxy_in_an_injected_namespace_warn_while_the_agent_is_connected() {
+        let examples = ["batch-1".to_owned(), "batch-2".to_owned()];
+        let uninjected = [Uninjected { namespace: "shop", pods: 3, examples: &examples }, Uninjected { namespace: "web", pods: 0, examples: &[] }];
+        let a = assess(&Signals { uninjected: &uninjected, ..signals("connected", &[]) }, &T);
+        assert_eq!(a.health, Health::Healthy, "the mesh works; these pods are outside it");
+        let [f] = a.findings.as_slice() else { panic!("one finding: {:?}", a.findings) };
+        assert_eq!((f.check(), f.object(), f.severity()), ("injection", "Namespace/shop".to_owned(), Severity::Warning));
+        assert_eq!(
+            f.message(0),
+            "3 pods run without the proxy in namespace shop, which has injection on (batch-1, batch-2, ...): restart them to inject it, or opt them out with meshfleet.io/inject: disabled"
+        );
+        let away = assess(&Signals { uninjected: &uninjected, ..signals("disconnected", &[]) }, &T);
+        assert!(away.findings.iter().all(|f| f.check() != "injection"), "old news from an agent that is away");
     }
 
     fn connected(rate: f64, was_degraded: bool) -> Health {

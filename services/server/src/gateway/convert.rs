@@ -4,7 +4,7 @@
 use meshfleet_agent_protocol::v1;
 
 use crate::domain::{ClusterId, CommandId, OrgId};
-use crate::store::inventory::{CertificateInfo, Component, ControlPlane, Facts, Pod};
+use crate::store::inventory::{CertificateInfo, Component, ControlPlane, Facts, Pod, UninjectedPods};
 use crate::store::rollups::{Event, Window};
 
 use super::ingest::Report;
@@ -116,6 +116,19 @@ fn facts(inv: &v1::Inventory) -> Result<Facts, Invalid> {
                     not_before: c.not_before_unix_ms,
                     not_after: c.not_after_unix_ms,
                     sha256_fingerprint: name("certificate.sha256_fingerprint", &c.sha256_fingerprint)?,
+                })
+            })
+            .collect::<Result<_, Invalid>>()?,
+        pods_without_proxy: inv
+            .namespaces
+            .iter()
+            .filter(|n| n.pods_without_proxy > 0)
+            .map(|n| {
+                count("namespace.pods_without_proxy_examples", &n.pods_without_proxy_examples, 10)?;
+                Ok(UninjectedPods {
+                    namespace: name("namespace", &n.name)?,
+                    pods: n.pods_without_proxy,
+                    examples: n.pods_without_proxy_examples.iter().map(|p| name("namespace.pods_without_proxy_examples", p)).collect::<Result<_, _>>()?,
                 })
             })
             .collect::<Result<_, Invalid>>()?,

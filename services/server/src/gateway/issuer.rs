@@ -3,7 +3,7 @@
 //! organization (both from its certificate), only while a rotate-issuer command is open for it,
 //! and only what an issuer needs: the service sets every field of the certificate.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{self, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::pki::PeerAgent;
 use super::{Error, Gateway, Result};
+use crate::db::Db;
 use crate::domain::audit::AuditEntry;
 use crate::domain::trust::{Anchor, AnchorState, SignedIssuer};
-use crate::db::Db;
 use crate::domain::{CommandId, OrgId};
 use crate::store;
 
@@ -158,12 +158,14 @@ async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<
             outcomes.push(Err(Error::NoIssuerRotation(issuer.command_id.to_string())));
             continue;
         }
-        if !anchors.contains_key(&issuer.org_id) {
-            let all = store::trust::anchors(&mut tx, issuer.org_id).await?;
-            let active = all.iter().find(|a| a.state == AnchorState::Active).map(|a| a.fingerprint.clone());
-            anchors.insert(issuer.org_id, (active, all.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect()));
-        }
-        let (active, bundle) = &anchors[&issuer.org_id];
+        let (active, bundle) = match anchors.entry(issuer.org_id) {
+            hash_map::Entry::Occupied(known) => known.into_mut(),
+            hash_map::Entry::Vacant(slot) => {
+                let all = store::trust::anchors(&mut tx, issuer.org_id).await?;
+                let active = all.iter().find(|a| a.state == AnchorState::Active).map(|a| a.fingerprint.clone());
+                slot.insert((active, all.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect()))
+            }
+        };
         if active.as_deref() != Some(issuer.anchor_fingerprint.as_str()) {
             outcomes.push(Err(Error::AnchorMoved));
             continue;
@@ -195,10 +197,13 @@ pub struct Signer {
 /// Each organization's anchors are remembered for `ANCHORS_FOR` too: the issuer's record checks
 /// the anchor is still active (a signature by one that no longer is, or a missing anchor, is
 /// tried again from the database) and the bundle the agent gets is read there.
+/// An organization's anchors and when they were read.
+type Remembered = (Instant, Arc<Vec<Anchor>>);
+
 #[derive(Default)]
 pub struct Signers {
     signers: Mutex<HashMap<(OrgId, String), Arc<Signer>>>,
-    anchors: Mutex<HashMap<OrgId, (Instant, Arc<Vec<Anchor>>)>>,
+    anchors: Mutex<HashMap<OrgId, Remembered>>,
 }
 
 impl Signers {

@@ -22,7 +22,7 @@ use crate::db::to_rfc3339;
 use crate::domain::{ClusterId, Role};
 use crate::store;
 use crate::store::audit;
-use crate::store::inventory::{CertificateInfo, ControlPlane, Facts, Pod};
+use crate::store::inventory::{CertificateInfo, ControlPlane, Facts, Pod, UninjectedPods};
 use crate::store::rollups::{Event, MinuteKey, MinuteRollup};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -73,6 +73,8 @@ pub struct FactsView {
     pub control_plane: ControlPlane,
     pub namespaces: Vec<String>,
     pub certificates: Vec<CertificateView>,
+    /// Injection coverage: namespaces with injection on whose pods run without the proxy.
+    pub pods_without_proxy: Vec<UninjectedPods>,
 }
 
 impl From<Facts> for FactsView {
@@ -83,6 +85,7 @@ impl From<Facts> for FactsView {
             control_plane: f.control_plane,
             namespaces: f.namespaces,
             certificates: f.certificates.into_iter().map(Into::into).collect(),
+            pods_without_proxy: f.pods_without_proxy,
         }
     }
 }

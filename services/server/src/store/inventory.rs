@@ -15,6 +15,18 @@ pub struct Facts {
     pub control_plane: ControlPlane,
     pub namespaces: Vec<String>,
     pub certificates: Vec<CertificateInfo>,
+    /// Injection coverage: the namespaces with injection on whose pods run without the proxy.
+    #[serde(default)]
+    pub pods_without_proxy: Vec<UninjectedPods>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UninjectedPods {
+    pub namespace: String,
+    /// How many pods run without the proxy.
+    pub pods: u32,
+    /// Some of their names (at most 10).
+    pub examples: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

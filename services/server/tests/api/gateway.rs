@@ -135,7 +135,7 @@ pub fn snapshot(pods: Vec<v1::Pod>) -> Body {
             kubernetes_version: "v1.33.1".into(),
             node_count: 3,
             control_plane: Some(v1::ControlPlane { version: "0.1.0".into(), replicas: 1, ready_replicas: 1, components: vec![] }),
-            namespaces: vec![v1::MeshedNamespace { name: "shop".into() }],
+            namespaces: vec![v1::MeshedNamespace { name: "shop".into(), ..Default::default() }],
             pods,
             certificates: vec![v1::CertificateInfo {
                 role: "issuer".into(),
