@@ -21,14 +21,7 @@ pub type Body = Full<Bytes>;
 pub type Handler = Arc<dyn Fn(&Method, &str, SocketAddr) -> Response<Body> + Send + Sync>;
 
 pub async fn serve(listener: TcpListener, handler: Handler, drain: Drain) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "admin accept failed"); crate::drain::accept_backoff().await; continue; }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, peer)) = drain.accept(&listener, "admin").await {
         let handler = handler.clone();
         let drain = drain.clone();
         tokio::spawn(async move {

@@ -2,8 +2,10 @@
 //! connections to wait for. Connection tasks hold a `Drain`; the process waits until all are
 //! dropped (or the drain deadline passes) before it exits.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 #[derive(Clone)]
@@ -45,6 +47,26 @@ impl Drain {
     pub fn is_draining(&self) -> bool {
         *self.signal.borrow()
     }
+
+    /// The next connection on `listener` (of `what`: inbound, outbound, ...), or `None` once
+    /// shutdown is signalled. An accept error (out of file descriptors, say) is logged and
+    /// retried after a pause, never fatal.
+    pub async fn accept(&self, listener: &TcpListener, what: &str) -> Option<(TcpStream, SocketAddr)> {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => return Some(x),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "{what} accept failed");
+                        // Errors such as running out of file descriptors would otherwise turn
+                        // the accept loop into a busy loop.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = self.signaled() => return None,
+            }
+        }
+    }
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
@@ -61,10 +83,4 @@ pub async fn os_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
-}
-
-/// A short pause after a failed accept: errors such as running out of file descriptors would
-/// otherwise turn an accept loop into a busy loop.
-pub async fn accept_backoff() {
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }

@@ -241,16 +241,9 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, destination: des
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     // Handshakes run in their own tasks so one slow client cannot stall the accept loop.
+    let accepting = drain.clone();
     tokio::spawn(async move {
-        loop {
-            let (tcp, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "identity accept failed");
-                    crate::drain::accept_backoff().await;
-                    continue;
-                }
-            };
+        while let Some((tcp, peer)) = accepting.accept(&listener, "identity").await {
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {

@@ -87,18 +87,7 @@ async fn namespace_injects(client: &kube::Client, name: &str) -> bool {
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, injector: Arc<Injector>, drain: crate::drain::Drain) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let service = TowerToHyperService::new(router(injector));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "injector accept failed");
-                    crate::drain::accept_backoff().await;
-                    continue;
-                }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, peer)) = drain.accept(&listener, "injector").await {
         let acceptor = acceptor.clone();
         let service = service.clone();
         tokio::spawn(async move {

@@ -231,14 +231,7 @@ pub(super) async fn handle(tcp: TcpStream, dest: Arc<Destination>, ctx: Arc<Ctx>
 
 /// An `--outbound` listener whose target is resolved rather than given.
 pub async fn serve(listener: TcpListener, dest: Arc<Destination>, ctx: Arc<Ctx>, drain: Drain) {
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); crate::drain::accept_backoff().await; continue; }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, _peer)) = drain.accept(&listener, "outbound").await {
         let span = tracing::debug_span!("outbound", target = %dest.target);
         tokio::spawn(handle(tcp, dest.clone(), ctx.clone(), drain.clone()).instrument(span));
     }

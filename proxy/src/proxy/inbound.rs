@@ -22,14 +22,7 @@ const TLS_RECORD_HANDSHAKE: u8 = 0x16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: TcpListener, ctx: Arc<Ctx>, drain: Drain) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "inbound accept failed"); crate::drain::accept_backoff().await; continue; }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, peer)) = drain.accept(&listener, "inbound").await {
         let ctx = ctx.clone();
         let drain = drain.clone();
         tokio::spawn(handle(tcp, peer, ctx, drain).instrument(tracing::debug_span!("inbound", %peer)));

@@ -100,14 +100,7 @@ pub fn inbound_target(tcp: &TcpStream, configured: SocketAddr) -> SocketAddr {
 
 pub async fn serve(listener: TcpListener, table: Arc<Table>, ctx: Arc<Ctx>, drain: Drain) {
     let listen = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "intercept accept failed"); crate::drain::accept_backoff().await; continue; }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, peer)) = drain.accept(&listener, "intercept").await {
         let orig = match (original_dst(&tcp), tcp.local_addr()) {
             (Ok(orig), Ok(local)) if orig != local => orig,
             (r, _) => {

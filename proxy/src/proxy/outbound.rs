@@ -45,14 +45,7 @@ impl FromStr for Route {
 }
 
 pub async fn serve(listener: TcpListener, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) {
-    loop {
-        let (tcp, _peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "outbound accept failed"); crate::drain::accept_backoff().await; continue; }
-            },
-            _ = drain.signaled() => return,
-        };
+    while let Some((tcp, _peer)) = drain.accept(&listener, "outbound").await {
         let span = tracing::debug_span!("outbound", target = %route.target);
         tokio::spawn(handle(tcp, route.clone(), ctx.clone(), drain.clone()).instrument(span));
     }

@@ -166,6 +166,19 @@ fn spawn_proxy_in(pki: &Pki, ns: &str, token: &str, controller: &str, extra: &[&
     proxy
 }
 
+/// `ip` arguments running the controller in `ns` on 4190 with the test PKI's issuer and tokens.
+fn controller_in(pki: &Pki, ns: &str, extra: &[&str]) -> Vec<String> {
+    ["netns", "exec", ns, env!("CARGO_BIN_EXE_meshfleet-controller"), "--grpc-addr=0.0.0.0:4190", "--admin-addr=127.0.0.1:0", "--verifier=file"]
+        .iter()
+        .chain(extra)
+        .map(|a| a.to_string())
+        .chain(
+            [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
+                .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
+        )
+        .collect()
+}
+
 fn metrics_in(ns: &str) -> String {
     get(ns, "127.0.0.1:4191", "/metrics").unwrap()
 }
@@ -196,16 +209,7 @@ fn unmodified_client_reaches_server_over_mtls_through_intercepting_proxies() {
     // controller on 4190 (also skipped), reachable from the client pod.
     serve_app(s, 8080);
     serve_app(s, 9090);
-    let controller_args: Vec<String> =
-        ["netns", "exec", s, env!("CARGO_BIN_EXE_meshfleet-controller"), "--grpc-addr=0.0.0.0:4190", "--admin-addr=127.0.0.1:0", "--verifier=file"]
-            .iter()
-            .map(|a| a.to_string())
-            .chain(
-                [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
-                    .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
-            )
-            .collect();
-    let _controller = spawn("ip", &controller_args, &[], &pki.path("controller.ready"));
+    let _controller = spawn("ip", &controller_in(&pki, s, &[]), &[], &pki.path("controller.ready"));
 
     let _server = spawn_proxy_in(&pki, s, "tok-b", "127.0.0.1:4190", &[]);
     let route = format!("--route={SERVER_IP}:8080#{SERVER_ID}");
@@ -298,24 +302,7 @@ fn an_intercepted_call_to_a_cluster_ip_is_resolved_and_sent_over_mtls() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
-    let controller_args: Vec<String> = [
-        "netns",
-        "exec",
-        s,
-        env!("CARGO_BIN_EXE_meshfleet-controller"),
-        "--grpc-addr=0.0.0.0:4190",
-        "--admin-addr=127.0.0.1:0",
-        "--verifier=file",
-        "--discovery",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .chain(
-        [("--issuer-cert", "issuer.crt"), ("--issuer-key", "issuer.key"), ("--trust-bundle", "bundle.crt"), ("--tokens-file", "tokens.json")]
-            .map(|(f, p)| format!("{f}={}", pki.path(p).display())),
-    )
-    .collect();
-    let _controller = spawn("ip", &controller_args, &[("KUBECONFIG", &kubeconfig)], &pki.path("controller.ready"));
+    let _controller = spawn("ip", &controller_in(&pki, s, &["--discovery"]), &[("KUBECONFIG", &kubeconfig)], &pki.path("controller.ready"));
     let _server = spawn_proxy_in(&pki, s, "tok-b", "127.0.0.1:4190", &[]);
     let controller = format!("{SERVER_IP}:4190");
     let _client = spawn_proxy_in(&pki, c, "tok-a", &controller, &[&format!("--destination={controller}"), "--unmeshed=refuse"]);
