@@ -85,6 +85,7 @@ async fn baseline_webhook(dir: &Path) -> std::net::SocketAddr {
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let _ = tcp.set_nodelay(true);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
