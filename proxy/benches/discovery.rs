@@ -20,34 +20,15 @@ use http_body_util::Full;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{watcher, WatchStreamExt};
 use meshfleet_fake_kube::FakeKube;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
 mod support;
 use support::*;
 
-const NS: &str = "bench";
-
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
-}
-
-fn pod(name: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
-        "spec": {"serviceAccountName": "server", "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
-}
-
-/// A slice of Service `svc` (written by hand, as for a Service without a selector, so the fake's
-/// EndpointSlice controller leaves it alone) with `(pod, ip)` endpoints on `port`.
-fn slice(name: &str, svc: &str, port: u16, endpoints: &[(String, String)]) -> Value {
-    let endpoints: Vec<Value> = endpoints
-        .iter()
-        .map(|(pod, ip)| json!({"addresses": [ip], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "namespace": NS, "name": pod}}))
-        .collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": svc}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
 }
 
 /// A plain HTTP server answering 200 on 127.0.0.1:0.

@@ -1,6 +1,8 @@
 //! Mesh benchmark: HTTP/1.1, 1 KiB request and response bodies, 16 keep-alive connections, open
-//! loop at 1,000 and 2,000 req/s; the same traffic direct, through a meshfleet-proxy pair (mTLS)
-//! and through an HAProxy pair doing the same mTLS hop, interleaved in one run. Prints added
+//! loop at 1,000 and 2,000 req/s; the same traffic direct, through a meshfleet-proxy pair (mTLS),
+//! through the same pair with the client proxy's route resolved by the controller's discovery
+//! (`Resolve`, from a Service in the fake API server) instead of written as a flag, and through
+//! an HAProxy pair doing the same mTLS hop, interleaved in one run. Prints added
 //! p50/p99 over direct, each proxy's RSS, and CPU per 1,000 req/s.
 //!
 //! Run: `cargo bench -p meshfleet-mesh --bench mesh` (needs `haproxy` on PATH; Debian package).
@@ -141,7 +143,19 @@ async fn main() {
     let p = |n: &str| d.join(n).display().to_string();
 
     let app = backend().await;
-    let _controller = spawn(env!("CARGO_BIN_EXE_meshfleet-controller"), &controller_args(d));
+    // Discovery's cluster: Service `server` whose one endpoint is proxy b's inbound, on a meshed
+    // pod (the injector's label) of service account `server`. Its slice is written once b listens.
+    let kube = meshfleet_fake_kube::FakeKube::start().await.unwrap();
+    let mut server_pod = pod("server-0", "127.0.0.1");
+    server_pod["metadata"]["labels"]["meshfleet.io/proxy-version"] = serde_json::json!("bench");
+    kube.apply(server_pod).unwrap();
+    kube.apply(serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "server", "namespace": NS}, "spec": {"ports": [{"name": "http", "port": 80}]}}))
+        .unwrap();
+    let kubeconfig = d.join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig, &kube.admin_token).unwrap();
+    let mut args = controller_args(d);
+    args.push("--discovery".into());
+    let _controller = spawn_env(env!("CARGO_BIN_EXE_meshfleet-controller"), &args, &[("KUBECONFIG", kubeconfig.to_str().unwrap())]);
     let grpc = wait_file(&d.join("controller.ready"))["grpc"].as_str().unwrap().to_string();
     let proxy = |token: &str, extra: Vec<String>| {
         let mut args = vec![
@@ -161,17 +175,28 @@ async fn main() {
     };
     let (proxy_b, b_addrs) = proxy("b", vec![]);
     let b_in = b_addrs["inbound"].as_str().unwrap().to_string();
-    let (proxy_a, a_addrs) = proxy("a", vec![format!("--outbound=127.0.0.1:0={b_in}#spiffe://cluster.local/ns/bench/sa/server")]);
+    let b_port: u16 = b_in.rsplit_once(':').unwrap().1.parse().unwrap();
+    kube.apply(slice("server", "server", b_port, &[("server-0".into(), "127.0.0.1".into())])).unwrap();
+    let (proxy_a, a_addrs) = proxy(
+        "a",
+        vec![
+            format!("--outbound=127.0.0.1:0={b_in}#spiffe://cluster.local/ns/bench/sa/server"),
+            format!("--destination={grpc}"),
+            format!("--outbound=127.0.0.1:0=server.{NS}.svc.cluster.local:80"),
+        ],
+    );
     let mesh: SocketAddr = a_addrs["outbound"][0].as_str().unwrap().parse().unwrap();
+    let discovered: SocketAddr = a_addrs["outbound"][1].as_str().unwrap().parse().unwrap();
     for admin in [&a_addrs["admin"], &b_addrs["admin"]] {
         wait_ready(admin.as_str().unwrap()).await;
     }
     let (haproxies, hap) = haproxy_pair(d, app, &issuer, &anchor);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let targets: [(&'static str, SocketAddr, Vec<u32>); 3] = [
+    let targets: [(&'static str, SocketAddr, Vec<u32>); 4] = [
         ("direct", app, vec![]),
         ("meshfleet-proxy pair", mesh, vec![proxy_a.0.id(), proxy_b.0.id()]),
+        ("meshfleet-proxy pair, discovery", discovered, vec![proxy_a.0.id(), proxy_b.0.id()]),
         ("haproxy pair", hap, haproxies.iter().map(|h| h.0.id()).collect()),
     ];
     let mut rows = Vec::new();

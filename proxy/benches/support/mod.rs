@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
+use serde_json::{json, Value};
 
 pub struct Proc(pub Child);
 impl Drop for Proc {
@@ -99,4 +100,25 @@ pub async fn wait_ready(admin: &str) {
         assert!(Instant::now() < deadline, "proxy at {admin} never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The namespace of the benches' workloads in the fake API server.
+pub const NS: &str = "bench";
+
+/// A ready pod of namespace `NS` at `ip`, with service account `server`.
+pub fn pod(name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+        "spec": {"serviceAccountName": "server", "containers": [{"name": "app", "image": "app"}]},
+        "status": {"phase": "Running", "podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}})
+}
+
+/// A slice of Service `svc` (written by hand, as for a Service without a selector, so the fake's
+/// EndpointSlice controller leaves it alone) with `(pod, ip)` endpoints on `port`.
+pub fn slice(name: &str, svc: &str, port: u16, endpoints: &[(String, String)]) -> Value {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(pod, ip)| json!({"addresses": [ip], "conditions": {"ready": true}, "targetRef": {"kind": "Pod", "namespace": NS, "name": pod}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": port}], "endpoints": endpoints})
 }
