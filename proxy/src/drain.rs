@@ -50,12 +50,17 @@ impl Drain {
 
     /// The next connection on `listener` (of `what`: inbound, outbound, ...), or `None` once
     /// shutdown is signalled. An accept error (out of file descriptors, say) is logged and
-    /// retried after a pause, never fatal.
+    /// retried after a pause, never fatal. Nagle's algorithm is off: every listener here answers
+    /// requests, and HTTP/2 writes a response's HEADERS and DATA apart, so with it on the second
+    /// waits for the peer's delayed ACK (40 ms per admission, BENCHMARKS.md).
     pub async fn accept(&self, listener: &TcpListener, what: &str) -> Option<(TcpStream, SocketAddr)> {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
-                    Ok(x) => return Some(x),
+                    Ok((tcp, peer)) => {
+                        let _ = tcp.set_nodelay(true);
+                        return Some((tcp, peer));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "{what} accept failed");
                         // Errors such as running out of file descriptors would otherwise turn

@@ -247,7 +247,6 @@ async fn serve_grpc(listener: TcpListener, shared: Arc<Shared>, destination: des
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok::<_, std::io::Error>(stream)).await;

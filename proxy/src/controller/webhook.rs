@@ -88,9 +88,6 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, inject
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let service = TowerToHyperService::new(router(injector));
     while let Some((tcp, peer)) = drain.accept(&listener, "injector").await {
-        // HTTP/2 writes a response's HEADERS and DATA separately: with Nagle the second waits
-        // for the API server's delayed ACK, 40 ms per admission.
-        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let service = service.clone();
         tokio::spawn(async move {
