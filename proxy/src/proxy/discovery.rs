@@ -204,7 +204,6 @@ async fn connect_any(ctx: &Ctx, dest: &Destination, labels: &ConnLabels) -> std:
 
 /// One connection from the app to a discovered destination.
 pub(super) async fn handle(tcp: TcpStream, dest: Arc<Destination>, ctx: Arc<Ctx>, drain: Drain) {
-    let _ = tcp.set_nodelay(true);
     let labels = ConnLabels { direction: "outbound", target_addr: dest.target.to_string(), client_id: String::new(), server_id: String::new() };
     let mut src = CountingIo::new(tcp, ctx.metrics.tcp(&labels, "src", false));
     let (protocol, prefix) = match detect::detect(&mut src, ctx.detect_timeout).await {

@@ -34,7 +34,6 @@ fn deny(ctx: &Ctx, target: &str, client_id: &str, reason: &str) {
 }
 
 async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
-    let _ = tcp.set_nodelay(true);
     // Redirected here by `meshfleet-proxy init`: the app port the peer meant; else --inbound-forward.
     let target = super::intercept::inbound_target(&tcp, ctx.inbound_forward);
     let target_label = if target == ctx.inbound_forward { ctx.inbound_target.clone() } else { target.to_string() };

@@ -141,7 +141,6 @@ async fn unrouted(tcp: TcpStream, orig: SocketAddr, table: Arc<Table>, ctx: Arc<
 
 /// Unmeshed: plain TCP to the original destination, counted with `tls="no_identity"`.
 async fn forward_plain(tcp: TcpStream, orig: SocketAddr, ctx: Arc<Ctx>) {
-    let _ = tcp.set_nodelay(true);
     let labels = ConnLabels { direction: "outbound", target_addr: orig.to_string(), client_id: String::new(), server_id: String::new() };
     let src = CountingIo::new(tcp, ctx.metrics.tcp(&labels, "src", false));
     match TcpStream::connect(orig).await {

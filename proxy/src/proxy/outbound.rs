@@ -64,7 +64,6 @@ pub(super) async fn dial(ctx: &Ctx, target: &str, identity: Option<&str>) -> std
 
 /// One connection from the app to `route` (a configured listener's, or an intercepted one's).
 pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, drain: Drain) {
-    let _ = tcp.set_nodelay(true);
     let server_id = route.identity.clone().unwrap_or_default();
     let labels = ConnLabels { direction: "outbound", target_addr: route.target.clone(), client_id: String::new(), server_id };
     let mut src = CountingIo::new(tcp, ctx.metrics.tcp(&labels, "src", false));
