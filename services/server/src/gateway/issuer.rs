@@ -129,20 +129,29 @@ impl IssuerLog {
 async fn write_issuers(db: Db, mut rx: mpsc::Receiver<Entry>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        match record_all(&db, &batch).await {
-            Ok(outcomes) => {
-                for (entry, outcome) in batch.drain(..).zip(outcomes) {
-                    let _ = entry.done.send(outcome);
+        let outcomes = match record_all(&db, &batch).await {
+            Ok(outcomes) => outcomes,
+            // One issuer that cannot be stored (its cluster deleted a moment ago, say) must not
+            // fail its neighbours: record them one by one, as ingest does.
+            Err(e) if batch.len() > 1 => {
+                tracing::warn!(error = %e, issuers = batch.len(), "recording signed issuers failed; retrying one at a time");
+                let mut outcomes = Vec::with_capacity(batch.len());
+                for entry in &batch {
+                    outcomes.push(record_all(&db, std::slice::from_ref(entry)).await.map_or_else(not_stored, |mut o| o.remove(0)));
                 }
+                outcomes
             }
-            Err(e) => {
-                tracing::error!(error = %e, issuers = batch.len(), "recording signed issuers failed");
-                for entry in batch.drain(..) {
-                    let _ = entry.done.send(Err(Error::NotStored));
-                }
-            }
+            Err(e) => vec![not_stored(e)],
+        };
+        for (entry, outcome) in batch.drain(..).zip(outcomes) {
+            let _ = entry.done.send(outcome);
         }
     }
+}
+
+fn not_stored(e: sqlx::Error) -> Result<String> {
+    tracing::error!(error = %e, "recording a signed issuer failed");
+    Err(Error::NotStored)
 }
 
 /// One transaction for the batch; each issuer's own refusal (command closed, anchor moved)
