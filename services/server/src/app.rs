@@ -45,6 +45,8 @@ pub struct Inner {
     /// Trust anchors ready to sign cluster issuers, and where signed issuers are recorded.
     pub signers: crate::gateway::issuer::Signers,
     pub issuer_log: crate::gateway::issuer::IssuerLog,
+    /// The release catalog as this replica last read it.
+    pub releases: crate::releases::ReleaseCache,
 }
 
 impl Deref for AppState {
@@ -75,6 +77,7 @@ impl AppState {
         if let (Some(cert), Some(key), Some(ca)) = (&config.gateway_tls_cert, &config.gateway_tls_key, &config.gateway_tls_ca) {
             pki.use_server_files(cert, key, ca).context("reading the gateway TLS files")?;
         }
+        crate::releases::prepare(&db, config.release_catalog.as_deref(), clock.now_ms()).await?;
         let metrics = Arc::new(Metrics::new());
         let writers = match (config.ingest_writers, db.engine) {
             (0, db::Engine::Sqlite) => 1,
@@ -104,6 +107,7 @@ impl AppState {
             workload_samples,
             signers: Default::default(),
             issuer_log,
+            releases: Default::default(),
         })))
     }
 }

@@ -101,6 +101,11 @@ pub struct Config {
     pub issuer_lifetime: Duration,
     pub issuer_renew_fraction: f64,
     pub issuer_rotation_check: Duration,
+    /// Release catalog entries (YAML, `releases: [...]`) written to the catalog at start.
+    pub release_catalog: Option<PathBuf>,
+    /// SHA-256 (hex) of the token that opens the operator-only API (the catalog's writes);
+    /// None: that API is closed. Only the hash is configured, so the setting reveals nothing.
+    pub operator_token_sha256: Option<[u8; 32]>,
 }
 
 /// The largest agent message accepted per kind, in bytes (bounded above by the gRPC cap).
@@ -237,6 +242,8 @@ impl Default for Config {
             issuer_lifetime: Duration::from_secs(30 * 24 * 3600),
             issuer_renew_fraction: 0.5,
             issuer_rotation_check: Duration::from_secs(30),
+            release_catalog: None,
+            operator_token_sha256: None,
         }
     }
 }
@@ -327,6 +334,12 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("issuer_lifetime_secs", |c, n, v| Ok(c.issuer_lifetime = secs(n, v)?)),
     ("issuer_renew_fraction", |c, _, v| Ok(c.issuer_renew_fraction = num(v)?)),
     ("issuer_rotation_check_ms", |c, _, v| Ok(c.issuer_rotation_check = Duration::from_millis(num(v)?))),
+    ("release_catalog", |c, _, v| Ok(c.release_catalog = Some(PathBuf::from(nonempty(v)?)))),
+    ("operator_token_sha256", |c, _, v| {
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(v.trim(), &mut hash).map_err(|_| "must be 64 hex digits (sha256sum of the operator token)".to_owned())?;
+        Ok(c.operator_token_sha256 = Some(hash))
+    }),
 ];
 
 /// Comma-separated durations with a unit each: `0s,5s,5m,30m,2h,250ms`.

@@ -11,9 +11,12 @@ pub mod liveness;
 pub mod metric_rules;
 pub mod objectives;
 pub mod policies;
+pub mod releases;
+pub mod rollouts;
 pub mod schema;
 pub mod silences;
 pub mod trust;
+pub mod upgrade_policies;
 
 use std::fmt;
 use std::str::FromStr;
@@ -85,6 +88,8 @@ id_type!(/// A notification policy: which channels the alerts it matches go to, 
     PolicyId);
 id_type!(/// A custom alert rule on the golden metrics of workloads.
     MetricRuleId);
+id_type!(/// An upgrade policy: channel, mode, windows and pin for the clusters it selects.
+    UpgradePolicyId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

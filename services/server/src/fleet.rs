@@ -85,6 +85,9 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
     let facts = store::fleet::facts_of_org(&mut conn, org).await?;
     let versions = store::fleet::proxy_versions_of_org(&mut conn, org).await?;
     let skews = store::fleet::clock_skews_of_org(&mut conn, org).await?;
+    drop(conn);
+    let catalog = state.releases.get(&state.db, now).await?;
+    let mut conn = state.db.pool.acquire().await?;
     let memory = state.fleet_cache.memory.lock().expect("fleet cache lock poisoned").get(&org).cloned().unwrap_or_default();
     let mut next = Memory::default();
     let mut rows: Vec<Row> = clusters
@@ -119,6 +122,7 @@ async fn compute(state: &AppState, org: OrgId, extent: Extent) -> Result<Snapsho
                 proxy_versions: pods,
                 clock_skew: skews.get(&cluster.id).copied(),
                 uninjected: &uninjected,
+                release: catalog.support(&mesh_version),
                 now,
             };
             let Assessment { health, findings } = health::assess(&signals, thresholds);

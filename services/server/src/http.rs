@@ -20,10 +20,13 @@ pub mod metric_rules;
 pub mod ops;
 pub mod policies;
 pub mod problems;
+pub mod releases;
+pub mod rollouts;
 pub mod rotations;
 pub mod silences;
 pub mod timestamp;
 pub mod trust;
+pub mod upgrade_policies;
 
 use std::sync::Arc;
 
@@ -64,6 +67,15 @@ impl Modify for BearerAuth {
                 HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("An access token from /api/v1/login, or an API token (mft_...)")).build(),
             ),
         );
+        components.add_security_scheme(
+            "operator",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The service operators' token, whose SHA-256 is the operator_token_sha256 setting"))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -78,6 +90,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(health::router())
         .merge(agents::router())
         .merge(commands::router())
+        .merge(releases::router())
+        .merge(rollouts::router())
+        .merge(upgrade_policies::router())
         .merge(audit::router())
         .merge(alerts::router())
         .merge(channels::router())

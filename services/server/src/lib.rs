@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod jwt;
 pub mod login;
 pub mod metrics;
+pub mod releases;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

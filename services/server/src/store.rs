@@ -20,6 +20,7 @@ pub mod metric_series;
 pub mod notifications;
 pub mod pki;
 pub mod policies;
+pub mod releases;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;
@@ -27,6 +28,7 @@ pub mod silences;
 pub mod throttles;
 pub mod trust;
 pub mod ui_sessions;
+pub mod upgrade_policies;
 
 pub type Conn = sqlx::AnyConnection;
 

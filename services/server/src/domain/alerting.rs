@@ -113,7 +113,7 @@ pub struct BuiltinRule {
 }
 
 /// The built-in rules, on for every organization until it turns one off.
-pub const BUILTIN_RULES: [BuiltinRule; 10] = [
+pub const BUILTIN_RULES: [BuiltinRule; 11] = [
     BuiltinRule { name: "agent", description: "The cluster's agent is stale or disconnected", default_for_ms: 0 },
     BuiltinRule { name: "certificate_expiry", description: "A mesh certificate expired or expires within the warning period", default_for_ms: 0 },
     BuiltinRule { name: "success_rate", description: "The cluster's success rate is under the health thresholds", default_for_ms: 60_000 },
@@ -123,6 +123,11 @@ pub const BUILTIN_RULES: [BuiltinRule; 10] = [
     BuiltinRule {
         name: "version_skew",
         description: "Proxies run a version more than one major version from the control plane's, which the mesh does not support",
+        default_for_ms: 0,
+    },
+    BuiltinRule {
+        name: "control_plane_version",
+        description: "The control plane runs a version the release catalog does not hold (the service cannot plan its upgrades) or has yanked",
         default_for_ms: 0,
     },
     BuiltinRule {

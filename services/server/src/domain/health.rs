@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::releases::Support;
+
 /// How worrying a cluster is; its worst finding decides, and the overview lists the worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +180,12 @@ pub enum Finding {
         pods: u32,
         examples: Vec<String>,
     },
+    /// The control plane runs a version the release catalog does not support: unknown to it
+    /// (nothing can plan an upgrade from it), or yanked (withdrawn; upgrade away from it).
+    ReleaseUnsupported {
+        version: String,
+        support: Support,
+    },
 }
 
 impl Finding {
@@ -192,6 +200,7 @@ impl Finding {
             Finding::VersionSkew { .. } => "version_skew",
             Finding::ClockSkew { .. } => "clock_skew",
             Finding::PodsWithoutProxy { .. } => "injection",
+            Finding::ReleaseUnsupported { .. } => "control_plane_version",
         }
     }
 
@@ -203,17 +212,21 @@ impl Finding {
             | Finding::IssuerStranded { .. }
             | Finding::SuccessRate { critical: true, .. }
             | Finding::VersionSkew { .. } => Some(Health::Critical),
-            Finding::SuccessRate { critical: false, .. } | Finding::ControlPlaneNotReady { .. } | Finding::ClockSkew { .. } => Some(Health::Degraded),
+            Finding::SuccessRate { critical: false, .. }
+            | Finding::ControlPlaneNotReady { .. }
+            | Finding::ClockSkew { .. }
+            | Finding::ReleaseUnsupported { support: Support::Yanked, .. } => Some(Health::Degraded),
             Finding::CertificateExpiring { .. } => Some(Health::Expiring),
             Finding::NoAgentYet => Some(Health::Pending),
-            Finding::ProxiesOutdated { .. } | Finding::PodsWithoutProxy { .. } => None,
+            Finding::ProxiesOutdated { .. } | Finding::PodsWithoutProxy { .. } | Finding::ReleaseUnsupported { .. } => None,
         }
     }
 
     pub fn severity(&self) -> Severity {
         match self.health() {
             // The mesh works, but not for these pods: worth acting on, not a degraded cluster.
-            None if matches!(self, Finding::PodsWithoutProxy { .. }) => Severity::Warning,
+            // An unknown version works today but cannot be upgraded by the service.
+            None if matches!(self, Finding::PodsWithoutProxy { .. } | Finding::ReleaseUnsupported { .. }) => Severity::Warning,
             Some(Health::Critical) => Severity::Critical,
             Some(Health::Degraded | Health::Expiring) => Severity::Warning,
             _ => Severity::Info,
@@ -229,7 +242,7 @@ impl Finding {
             Finding::CertificateExpired { role, .. } | Finding::CertificateExpiring { role, .. } => format!("Certificate/{role}"),
             Finding::IssuerStranded { .. } => "Certificate/issuer".into(),
             Finding::SuccessRate { .. } => "Cluster".into(),
-            Finding::ControlPlaneNotReady { .. } => "ControlPlane".into(),
+            Finding::ControlPlaneNotReady { .. } | Finding::ReleaseUnsupported { .. } => "ControlPlane".into(),
             Finding::ProxiesOutdated { .. } | Finding::VersionSkew { .. } => "Proxies".into(),
             Finding::PodsWithoutProxy { namespace, .. } => format!("Namespace/{namespace}"),
         }
@@ -277,6 +290,13 @@ impl Finding {
                     examples.join(", ")
                 )
             }
+            Finding::ReleaseUnsupported { version, support } => match support {
+                Support::Yanked => format!("the control plane runs {version}, which is yanked from the release catalog: upgrade away from it"),
+                Support::Unparseable => {
+                    format!("the control plane reports version {version:?}, which is not a semantic version: the service cannot plan its upgrades")
+                }
+                _ => format!("the control plane runs {version}, which is not in the release catalog: the service cannot plan its upgrades"),
+            },
         }
     }
 }
@@ -333,6 +353,8 @@ pub struct Signals<'a> {
     pub clock_skew: Option<i64>,
     /// Injection coverage: namespaces with injection on whose pods run without the proxy.
     pub uninjected: &'a [Uninjected<'a>],
+    /// How the release catalog sees `mesh_version` (None: not reported).
+    pub release: Option<Support>,
     pub now: i64,
 }
 
@@ -374,6 +396,9 @@ pub fn assess(s: &Signals, t: &Thresholds) -> Assessment {
         }
         if let Some((ready, want)) = s.control_plane.filter(|(r, w)| r < w) {
             findings.push(Finding::ControlPlaneNotReady { ready, want });
+        }
+        if let Some(support) = s.release.clone().filter(|r| *r != Support::Supported) {
+            findings.push(Finding::ReleaseUnsupported { version: s.mesh_version.to_owned(), support });
         }
         for u in s.uninjected.iter().filter(|u| u.pods > 0) {
             findings.push(Finding::PodsWithoutProxy { namespace: u.namespace.to_owned(), pods: u.pods, examples: u.examples.to_vec() });
@@ -447,6 +472,7 @@ mod tests {
             proxies: (0, 0),
             proxy_versions: &[],
             clock_skew: None,
+            release: None,
             uninjected: &[],
             now: 1_000,
         }
@@ -624,5 +650,19 @@ mod tests {
         assert_eq!(with_skew(Some(-61_000), "connected").findings[0].message(0), "the cluster's clock is 61 s behind the service's");
         // An agent away tells nothing new about its clock.
         assert!(!with_skew(Some(-61_000), "stale").findings.iter().any(|f| f.check() == "clock_skew"));
+    }
+
+    #[test]
+    fn a_control_plane_version_the_catalog_does_not_support_is_a_finding() {
+        let at = |support: Support, status: &str| assess(&Signals { mesh_version: "1.9.0", release: Some(support), ..signals(status, &[]) }, &T);
+        let unknown = at(Support::Unknown, "connected");
+        assert_eq!(unknown.health, Health::Healthy, "an unknown version works; it only cannot be upgraded by the service");
+        let f = &unknown.findings[0];
+        assert_eq!((f.check(), f.object(), f.severity()), ("control_plane_version", "ControlPlane".to_owned(), Severity::Warning));
+        assert!(f.message(0).contains("1.9.0, which is not in the release catalog"), "{}", f.message(0));
+        let yanked = at(Support::Yanked, "connected");
+        assert_eq!((yanked.health, yanked.findings[0].severity()), (Health::Degraded, Severity::Warning));
+        assert!(at(Support::Supported, "connected").findings.is_empty());
+        assert!(at(Support::Yanked, "disconnected").findings.iter().all(|f| f.check() != "control_plane_version"), "old news from an agent that is away");
     }
 }

@@ -205,3 +205,18 @@ pub async fn earliest_leaves(conn: &mut Conn, org: OrgId) -> Result<Vec<(Cluster
     .await?;
     rows.iter().map(|r| Ok((super::parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_pods.cluster_id")?, r.try_get("earliest")?))).collect()
 }
+
+/// Each cluster's control-plane version as its agent last reported it (reported ones only),
+/// read out of the facts by the database rather than by parsing every document here.
+pub async fn control_plane_versions(conn: &mut Conn, org: OrgId) -> Result<std::collections::HashMap<ClusterId, String>, sqlx::Error> {
+    let version = if conn.backend_name() == "SQLite" { "json_extract(facts, '$.control_plane.version')" } else { "(facts::json)->'control_plane'->>'version'" };
+    let rows =
+        sqlx::query(&format!("SELECT cluster_id, {version} AS version FROM cluster_inventory WHERE org_id = $1")).bind(org.to_string()).fetch_all(conn).await?;
+    let mut out = std::collections::HashMap::with_capacity(rows.len());
+    for r in &rows {
+        if let Some(v) = r.try_get::<Option<String>, _>("version")?.filter(|v| !v.is_empty()) {
+            out.insert(super::parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_inventory.cluster_id")?, v);
+        }
+    }
+    Ok(out)
+}

@@ -138,6 +138,7 @@ async fn rules_are_per_organization_and_admin_only(engine: Engine) {
             "proxy_versions",
             "clock_skew",
             "version_skew",
+            "control_plane_version",
             "injection",
             "workload_success_rate",
             "workload_latency"

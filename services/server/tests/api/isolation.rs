@@ -45,6 +45,8 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         ("POST", "/api/v1/metric-rules") | ("PUT", "/api/v1/metric-rules/{id}") => {
             Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
         }
+        ("POST", "/api/v1/upgrade-policies") | ("PUT", "/api/v1/upgrade-policies/{id}") => Some(json!({ "name": "intruder" })),
+        ("POST", "/api/v1/rollouts/plan") => Some(json!({ "target_version": "0.1.0" })),
         ("POST", "/api/v1/trust-anchors/upload") => Some(json!({ "certificate_pem": "x", "private_key_pem": "y" })),
         ("PUT", "/api/v1/trust-domain") => Some(json!({ "trust_domain": "intruder.example" })),
         ("POST", "/api/v1/trust-anchors/rotations/{id}/exclude") => Some(json!({ "cluster_id": "0190a0b0-0000-7000-8000-000000000000" })),
@@ -175,7 +177,9 @@ async fn another_organization_gets_404_and_changes_nothing(engine: Engine) {
     for (method, template) in operations(&app).await {
         // A rule's name is not the victim's object: the attacker changes its own organization's
         // rule, and the snapshot shows the victim's rules unchanged.
-        if !template.contains('{') || template.starts_with("/api/v1/alert-rules/") {
+        // The release catalog is no organization's: everyone reads it, operators write it.
+        let global = ["/api/v1/alert-rules/", "/api/v1/releases/", "/api/v1/operator/"];
+        if !template.contains('{') || global.iter().any(|g| template.starts_with(g)) {
             continue;
         }
         let path = fill(&template, &v);

@@ -31,6 +31,7 @@ mod migrations;
 mod openapi;
 mod policies;
 mod quotas;
+mod releases;
 mod rollups;
 mod secrets_at_rest;
 mod silences;
