@@ -56,7 +56,17 @@ pub struct SyntheticCluster {
     last_metrics_ms: Option<i64>,
     started_ms: i64,
     events: u64,
+    /// The control plane's version at start, and whether a move away from it goes badly: the
+    /// workloads whose proxies run another version fail a share of their requests.
+    first_version: String,
+    bad_upgrades: bool,
+    /// The restart command that last restarted each workload (namespace, name), so a
+    /// redelivered command restarts nothing twice.
+    restarted_by: BTreeMap<(String, String), String>,
 }
+
+/// The share of requests a workload fails while a bad upgrade has reached its proxies.
+pub const BAD_UPGRADE_FAILURES: f64 = 0.3;
 
 /// A synthetic cluster for `seed`: 1-3 meshed namespaces, 3-10 workloads of 2-5 pods each.
 pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
@@ -140,6 +150,9 @@ pub fn synthetic_cluster(seed: u64) -> SyntheticCluster {
         last_metrics_ms: None,
         started_ms: now,
         events: 0,
+        first_version: CURRENT_PROXY_VERSION.into(),
+        bad_upgrades: false,
+        restarted_by: BTreeMap::new(),
         seed,
         rng,
     }
@@ -194,6 +207,7 @@ impl SyntheticCluster {
         let secs = (now_ms - start) as f64 / 1000.0;
         let t = (now_ms - self.started_ms) as f64 / 1000.0;
         let rng = &mut self.rng;
+        let (pods, first_version, bad) = (&self.pods, &self.first_version, &self.bad_upgrades);
         let workloads = self
             .workloads
             .iter_mut()
@@ -210,7 +224,9 @@ impl SyntheticCluster {
                 let wave = 1.0 + 0.3 * (t / 600.0 + w.phase).sin();
                 let rps = w.base_rps * wave * rng.gen_range(0.9..1.1);
                 let requests = (rps * secs).round().max(0.0) as u64;
-                let failure_rate = rng.gen_range(0.0005..0.008) + dip;
+                let upgraded = |p: &&v1::Pod| p.namespace == w.namespace && p.workload == format!("Deployment/{}", w.name) && p.proxy_version != *first_version;
+                let broken = if *bad && pods.iter().any(|p| upgraded(&p)) { BAD_UPGRADE_FAILURES } else { 0.0 };
+                let failure_rate = rng.gen_range(0.0005..0.008) + dip + broken;
                 let failures = ((requests as f64) * failure_rate).round() as u64;
                 let slow = 1.0 + dip * 10.0;
                 let p50 = w.base_p50_ms * slow * rng.gen_range(0.85..1.15);
@@ -295,9 +311,63 @@ impl SyntheticCluster {
         }
     }
 
-    /// Answers `ping` and `collect-diagnostics`; the kinds that change a cluster are not
-    /// simulated and answered as unsupported (the certificate commands need the gateway:
-    /// [`SharedCluster`] answers them).
+    /// Makes moves away from the starting version go badly (see `BAD_UPGRADE_FAILURES`).
+    pub fn with_bad_upgrades(mut self, bad: bool) -> SyntheticCluster {
+        self.bad_upgrades = bad;
+        self
+    }
+
+    /// set-control-plane-version: the controller runs `version` (ready at once). Returns the
+    /// Delta that reports it and the command's output.
+    fn set_control_plane_version(&mut self, version: &str) -> (v1::Delta, serde_json::Value) {
+        let previous = std::mem::replace(&mut self.control_plane.version, version.to_owned());
+        for c in &mut self.control_plane.components {
+            c.version = version.to_owned();
+        }
+        let output = serde_json::json!({ "image": format!("meshfleet/controller:{version}"), "previous_image": format!("meshfleet/controller:{previous}") });
+        (v1::Delta { facts: Some(self.facts()), ..Default::default() }, output)
+    }
+
+    /// restart-workloads as the agent runs it: each selected Deployment's pods replaced by new
+    /// ones, which the injector gives the control plane's proxy version. `selector` matches
+    /// `app=<name>` only. Workloads this command restarted already are left alone.
+    fn restart_workloads(&mut self, id: &str, p: &v1::RestartWorkloads, now_ms: i64) -> (v1::Delta, serde_json::Value) {
+        let app = p.selector.as_deref().map(|s| s.trim().strip_prefix("app=").unwrap_or(s).to_owned());
+        let chosen: Vec<Workload> = self
+            .workloads
+            .iter()
+            .filter(|w| p.namespace.as_ref().is_none_or(|ns| *ns == w.namespace) && app.as_ref().is_none_or(|a| *a == w.name))
+            .cloned()
+            .collect();
+        let (mut delta, mut restarted, mut skipped) = (v1::Delta::default(), Vec::new(), Vec::new());
+        let (bundle, anchor) = self.trust();
+        for w in chosen {
+            let key = (w.namespace.clone(), w.name.clone());
+            if self.restarted_by.get(&key).is_some_and(|by| by == id) {
+                skipped.push(format!("{}/{}", w.namespace, w.name));
+                continue;
+            }
+            self.restarted_by.insert(key, id.to_owned());
+            let workload = format!("Deployment/{}", w.name);
+            let (old, kept): (Vec<v1::Pod>, Vec<v1::Pod>) =
+                std::mem::take(&mut self.pods).into_iter().partition(|p| p.namespace == w.namespace && p.workload == workload);
+            self.pods = kept;
+            let hash = random_hex(&mut self.rng, 10);
+            for gone in &old {
+                let mut new = new_pod(&mut self.rng, &w, &hash, &self.control_plane.version);
+                present_leaf(&mut self.rng, &mut new, &bundle, &anchor, now_ms);
+                delta.removed_pods.push(v1::PodRef { namespace: gone.namespace.clone(), name: gone.name.clone() });
+                delta.upserted_pods.push(new.clone());
+                self.pods.push(new);
+            }
+            restarted.push(format!("{}/{}", w.namespace, w.name));
+        }
+        let output = serde_json::json!({ "restarted": restarted, "skipped": skipped, "batch_size": p.batch_size.unwrap_or(1) });
+        (delta, output)
+    }
+
+    /// Answers `ping` and `collect-diagnostics`; the kinds that change a cluster need the
+    /// gateway to report what changed: [`SharedCluster`] answers them.
     pub fn run_command(&self, id: &str, command: &Body) -> CommandResult {
         let output = match command {
             Body::Ping(_) => serde_json::json!({ "pong": true, "at": now_ms() }),
@@ -370,18 +440,49 @@ impl SharedCluster {
         let _ = self.link.set(link);
     }
 
-    /// rotate-issuer or set-trust-bundle, as the real agent runs them; the new PKI is saved
-    /// (when the link says where) and reported before the command's result.
-    async fn change_pki(&self, id: String, command: Body) -> CommandResult {
-        // The link is set right after the client is spawned, long before a command can arrive
-        // over its first session; a cluster never linked answers as an agent without the kind.
+    /// The link to the gateway. It is set right after the client is spawned, long before a
+    /// command can arrive over its first session; a cluster never linked answers as an agent
+    /// without the command's kind.
+    async fn linked(&self) -> Option<&GatewayLink> {
         for _ in 0..100 {
             if self.link.get().is_some() {
                 break;
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        let Some(link) = self.link.get() else { return CommandResult { command_id: id, ..unsupported(command.kind()) } };
+        self.link.get()
+    }
+
+    /// set-control-plane-version or restart-workloads: the change is reported (a Delta) before
+    /// the command's result, as the real agent's inventory watch reports it.
+    async fn change_versions(&self, id: String, command: Body) -> CommandResult {
+        let Some(link) = self.linked().await else { return CommandResult { command_id: id, ..unsupported(command.kind()) } };
+        let (delta, message, output) = {
+            let mut cluster = self.lock();
+            match &command {
+                Body::SetControlPlaneVersion(p) if p.version.is_empty() => {
+                    return CommandResult { command_id: id, state: CommandState::Failed as i32, message: "invalid version \"\"".into(), ..Default::default() };
+                }
+                Body::SetControlPlaneVersion(p) => {
+                    let (delta, output) = cluster.set_control_plane_version(&p.version);
+                    (delta, format!("control plane at {}", p.version), output)
+                }
+                Body::RestartWorkloads(p) => {
+                    let (delta, output) = cluster.restart_workloads(&id, p, now_ms());
+                    let n = output["restarted"].as_array().map_or(0, Vec::len);
+                    (delta, format!("restarted {n} workloads"), output)
+                }
+                _ => return cluster.run_command(&id, &command),
+            }
+        };
+        link.reporter.report(Report::Delta(delta));
+        CommandResult { command_id: id, state: CommandState::Succeeded as i32, message, output_json: output.to_string(), progress_percent: 100 }
+    }
+
+    /// rotate-issuer or set-trust-bundle, as the real agent runs them; the new PKI is saved
+    /// (when the link says where) and reported before the command's result.
+    async fn change_pki(&self, id: String, command: Body) -> CommandResult {
+        let Some(link) = self.linked().await else { return CommandResult { command_id: id, ..unsupported(command.kind()) } };
         let current = self.lock().pki().clone();
         let changed = match &command {
             // Redelivered after the agent restarted: it was done, do not sign twice.
@@ -427,6 +528,10 @@ impl Agent for SharedCluster {
             Body::RotateIssuer(_) | Body::SetTrustBundle(_) => {
                 let this = self.clone();
                 Box::pin(async move { this.change_pki(id, command).await })
+            }
+            Body::SetControlPlaneVersion(_) | Body::RestartWorkloads(_) => {
+                let this = self.clone();
+                Box::pin(async move { this.change_versions(id, command).await })
             }
             other => self.lock().execute(id, other),
         }

@@ -37,6 +37,9 @@ pub struct FleetConfig {
     pub agent_version: String,
     /// Clusters prepared (created / registered) at once.
     pub setup_concurrency: usize,
+    /// The share of clusters (0 to 1, chosen by name) on which an upgrade goes badly: once
+    /// their workloads run another proxy version than at start, they fail 30% of requests.
+    pub bad_upgrade_share: f64,
 }
 
 /// Where the gateway is, remembered so restarts need no new install manifest.
@@ -118,7 +121,10 @@ pub async fn run(config: FleetConfig, shutdown: impl Future<Output = ()>) -> Res
     let mut drivers = Vec::new();
     for (i, cluster_ref, identity) in prepared {
         let name = format!("{}-{i:04}", config.prefix);
-        let mut synthetic = synthetic_cluster(seed_for(&cluster_ref.name));
+        let seed = seed_for(&cluster_ref.name);
+        // From a generator of its own, so the knob changes nothing else about a cluster.
+        let bad = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed ^ 0xBAD).gen_bool(config.bad_upgrade_share.clamp(0.0, 1.0));
+        let mut synthetic = synthetic_cluster(seed).with_bad_upgrades(bad);
         // The issuer the service signed before a restart, as a real cluster keeps it.
         let pki_path = config.state_dir.join(format!("{name}.pki.json"));
         if let Some(pki) = MeshPki::load(&pki_path) {

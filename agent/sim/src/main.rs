@@ -43,6 +43,14 @@ struct Args {
     /// Clusters created / registered concurrently at start-up.
     #[arg(long, env = "MESHFLEET_SIM_SETUP_CONCURRENCY", default_value_t = 16)]
     setup_concurrency: usize,
+    /// The share of clusters (0 to 1) on which an upgrade goes badly: once their workloads run
+    /// a proxy version other than the one they started with, they fail 30% of requests.
+    #[arg(long, env = "MESHFLEET_SIM_BAD_UPGRADE_SHARE", default_value_t = 0.0, value_parser = parse_share)]
+    bad_upgrade_share: f64,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    s.trim().parse::<f64>().ok().filter(|x| (0.0..=1.0).contains(x)).ok_or_else(|| format!("{s:?} is not a share from 0 to 1"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -82,6 +90,7 @@ async fn main() -> ExitCode {
         status_interval: args.status_interval,
         agent_version: format!("meshfleet-sim/{}", env!("CARGO_PKG_VERSION")),
         setup_concurrency: args.setup_concurrency,
+        bad_upgrade_share: args.bad_upgrade_share,
     };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,

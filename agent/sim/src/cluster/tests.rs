@@ -73,10 +73,56 @@ fn commands_ping_diagnose_and_refuse_what_they_do_not_simulate() {
     assert_eq!(serde_json::from_str::<serde_json::Value>(&ping.output_json).unwrap()["pong"], true);
     let diag: serde_json::Value = serde_json::from_str(&c.run_command("c", &Body::CollectDiagnostics(v1::CollectDiagnostics {})).output_json).unwrap();
     assert_eq!(diag["pods"], c.pods.len());
+    // Unlinked to a gateway, it cannot report what a restart changes.
     let restart = c.run_command("c", &Body::RestartWorkloads(v1::RestartWorkloads::default()));
     assert_eq!((restart.state(), restart.command_id.as_str()), (CommandState::Failed, "c"));
     assert!(restart.message.starts_with("unsupported command kind \"restart-workloads\""), "{}", restart.message);
     assert_eq!(restart.output_json, r#"{"unsupported":"restart-workloads"}"#);
+}
+
+#[test]
+fn an_upgrade_moves_the_control_plane_then_restarted_workloads_get_its_proxy() {
+    let mut c = synthetic_cluster(11);
+    let (delta, output) = c.set_control_plane_version("0.2.0");
+    let facts = delta.facts.unwrap();
+    assert_eq!(facts.control_plane.as_ref().unwrap().version, "0.2.0");
+    assert_eq!(output["previous_image"], "meshfleet/controller:0.1.0");
+    let ns = c.namespaces[0].clone();
+    let before: Vec<v1::Pod> = c.pods.iter().filter(|p| p.namespace == ns).cloned().collect();
+    let only_ns = v1::RestartWorkloads { namespace: Some(ns.clone()), ..Default::default() };
+    let (delta, output) = c.restart_workloads("cmd-1", &only_ns, now_ms());
+    assert_eq!(delta.removed_pods.len(), before.len());
+    assert_eq!(delta.upserted_pods.len(), before.len());
+    assert!(delta.upserted_pods.iter().all(|p| p.proxy_version == "0.2.0" && p.namespace == ns));
+    assert!(c.pods.iter().filter(|p| p.namespace != ns).all(|p| p.proxy_version != "0.2.0"), "other namespaces untouched");
+    assert!(!output["restarted"].as_array().unwrap().is_empty());
+    // Redelivered: nothing is restarted twice for the same command.
+    let (again, output) = c.restart_workloads("cmd-1", &only_ns, now_ms());
+    assert!(again.removed_pods.is_empty() && output["restarted"].as_array().unwrap().is_empty(), "{output}");
+    let (next, _) = c.restart_workloads("cmd-2", &only_ns, now_ms());
+    assert_eq!(next.removed_pods.len(), before.len(), "a new command restarts again");
+}
+
+#[test]
+fn a_bad_upgrade_fails_requests_of_the_upgraded_workloads_until_rolled_back() {
+    let failure_share = |c: &mut SyntheticCluster, t: i64| {
+        let m = c.next_metrics(t);
+        let (req, fail) = m.workloads.iter().fold((0, 0), |(r, f), w| (r + w.requests, f + w.failures));
+        fail as f64 / req.max(1) as f64
+    };
+    let t0 = now_ms();
+    let mut good = synthetic_cluster(12);
+    let mut bad = synthetic_cluster(12).with_bad_upgrades(true);
+    for c in [&mut good, &mut bad] {
+        c.set_control_plane_version("0.2.0");
+        c.restart_workloads("up", &v1::RestartWorkloads::default(), t0);
+    }
+    assert!(failure_share(&mut good, t0 + 10_000) < 0.2);
+    assert!(failure_share(&mut bad, t0 + 10_000) > 0.25);
+    // Rolled back: the control plane and the workloads at the first version again.
+    bad.set_control_plane_version("0.1.0");
+    bad.restart_workloads("back", &v1::RestartWorkloads::default(), t0);
+    assert!(failure_share(&mut bad, t0 + 20_000) < 0.2);
 }
 
 #[test]

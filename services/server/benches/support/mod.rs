@@ -274,6 +274,7 @@ impl DemoFleet {
             status_interval: Duration::from_secs(3600),
             agent_version: "0.1.0".into(),
             setup_concurrency: 16,
+            bad_upgrade_share: 0.0,
         };
         let task = tokio::spawn(meshfleet_sim::run(config, async move {
             let _ = stop_rx.await;

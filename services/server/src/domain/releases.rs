@@ -162,6 +162,11 @@ pub fn parse_version(s: &str) -> Result<Version, String> {
     Version::parse(s.trim().strip_prefix('v').unwrap_or(s.trim())).map_err(|e| format!("{s:?} is not a semantic version: {e}"))
 }
 
+/// An agent's version as it reports it: `0.1.0`, or with its program's name (`meshfleet-sim/0.1.0`).
+pub fn parse_agent_version(s: &str) -> Result<Version, String> {
+    parse_version(s.rsplit('/').next().unwrap_or(s))
+}
+
 /// How the catalog sees a version a cluster reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Support {
@@ -381,6 +386,7 @@ mod tests {
         assert_eq!(c.support("2.4.0"), Some(Support::Yanked));
         assert_eq!(c.support("1.5.0"), Some(Support::Unknown));
         assert_eq!(c.support("stable-2.14"), Some(Support::Unparseable));
+        assert_eq!(parse_agent_version("meshfleet-sim/0.1.0"), Ok(v("0.1.0")));
         assert_eq!(c.support(""), None);
     }
 }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::labels::{Labels, Selector};
-use super::releases::{parse_version, Catalog};
+use super::releases::{parse_agent_version, parse_version, Catalog};
 use super::upgrade_policies::{self, UpgradePolicy};
 use super::ClusterId;
 
@@ -142,7 +142,7 @@ fn route(catalog: &Catalog, target: &semver::Version, c: &Candidate, policy: Opt
     let channel = policy.map(|p| p.spec.channel).unwrap_or_default();
     let hops = catalog.path(&from, target, channel).map_err(|e| e.to_string())?;
     let needs = hops.iter().map(|h| &h.min_agent_version).max().expect("a path has a hop");
-    match c.agent_version.map(parse_version) {
+    match c.agent_version.map(parse_agent_version) {
         Some(Ok(agent)) if agent >= *needs => Ok(hops.iter().map(|h| h.version.to_string()).collect()),
         Some(Ok(agent)) => Err(format!("its agent runs {agent}; the upgrade needs agent {needs} or newer")),
         _ => Err("its agent's version is not known".into()),

@@ -13,7 +13,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
-use crate::domain::releases::{parse_version, Catalog, Channel, Release, ReleaseSpec, Support};
+use crate::domain::releases::{parse_agent_version, parse_version, Catalog, Channel, Release, ReleaseSpec, Support};
 use crate::domain::upgrade_policies::{self, Mode};
 use crate::domain::{ClusterId, UpgradePolicyId};
 use crate::store;
@@ -199,7 +199,7 @@ async fn cluster_upgrades(State(state): State<AppState>, auth: Principal, ApiPat
     let policy = upgrade_policies::effective(&policies, &cluster.labels);
     let channel = policy.map(|p| p.spec.channel).unwrap_or_default();
     let pinned = policy.and_then(|p| p.pinned.as_ref());
-    let agent = cluster.agent_version.as_deref().map(parse_version);
+    let agent = cluster.agent_version.as_deref().map(parse_agent_version);
     let available = match reported.as_deref().map(parse_version) {
         Some(Ok(from)) => catalog
             .upgrades(&from, channel)

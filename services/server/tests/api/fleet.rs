@@ -217,6 +217,7 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
         status_interval: Duration::from_secs(30),
         agent_version: "0.1.0-sim".into(),
         setup_concurrency: 3,
+        bad_upgrade_share: 0.0,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let fleet = tokio::spawn(meshfleet_sim::run(config, async move {
@@ -245,6 +246,29 @@ async fn the_demo_fleet_simulator_fills_the_dashboard_data() {
     let (_, ping) = app.post(&format!("/api/v1/clusters/{cluster}/commands"), &owner.access, json!({ "kind": "ping" })).await;
     let path = format!("/api/v1/clusters/{cluster}/commands/{}", ping["id"].as_str().unwrap());
     assert!(crate::gateway::eventually(|| async { app.get(&path, &owner.access).await.1["state"] == "succeeded" }).await);
+
+    // An upgrade as a rollout runs it: the control plane, then every workload restarted, which
+    // the simulated injector answers with the new proxy.
+    for command in [
+        json!({ "kind": "set-control-plane-version", "params": { "version": "0.2.0" } }),
+        json!({ "kind": "restart-workloads", "params": { "batch_size": 5 } }),
+    ] {
+        let (status, sent) = app.post(&format!("/api/v1/clusters/{cluster}/commands"), &owner.access, command).await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{sent}");
+        let path = format!("/api/v1/clusters/{cluster}/commands/{}", sent["id"].as_str().unwrap());
+        assert!(
+            crate::gateway::eventually(|| async { app.get(&path, &owner.access).await.1["state"] == "succeeded" }).await,
+            "{}",
+            app.get(&path, &owner.access).await.1
+        );
+    }
+    let upgraded = crate::gateway::eventually(|| async {
+        let up = app.get(&format!("/api/v1/clusters/{cluster}/upgrades"), &owner.access).await.1;
+        let inv = app.get(&format!("/api/v1/clusters/{cluster}/inventory"), &owner.access).await.1;
+        up["control_plane_version"] == "0.2.0" && inv["pods"].as_array().is_some_and(|p| p.iter().all(|p| p["proxy_version"] == "0.2.0"))
+    })
+    .await;
+    assert!(upgraded, "{}", app.get(&format!("/api/v1/clusters/{cluster}/inventory"), &owner.access).await.1);
 
     let _ = stop_tx.send(());
     let status = fleet.await.unwrap().unwrap();
