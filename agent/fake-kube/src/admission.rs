@@ -278,10 +278,11 @@ fn endpoint(shared: &Shared, hook: &MutatingWebhook, timeout: Duration) -> Resul
         (None, Some(service)) => {
             let port = service.port.unwrap_or(443);
             let host = format!("{}.{}.svc", service.name, service.namespace);
-            let addr = shared
-                .admission
-                .route(&service.namespace, &service.name, port)
-                .ok_or_else(|| format!("service \"{}/{}\" port {port}: no endpoints available for service", service.namespace, service.name))?;
+            let routed = shared.admission.route(&service.namespace, &service.name, port);
+            // With the kubelet on, Services have real endpoints to call.
+            let routed =
+                routed.or_else(|| shared.kubelet.as_ref().and_then(|_| crate::endpoints::backend(&shared.store, &service.namespace, &service.name, port)));
+            let addr = routed.ok_or_else(|| format!("service \"{}/{}\" port {port}: no endpoints available for service", service.namespace, service.name))?;
             builder = builder.resolve(&host, addr);
             // The connection goes to the routed address (the URL's port is what the client dials).
             format!("https://{host}:{}{}", addr.port(), service.path.as_deref().unwrap_or(""))

@@ -1,0 +1,191 @@
+//! The pod network of one kubelet, as a routed CNI and kube-proxy would make it: a host link
+//! holding the gateway address 10.P.Q.1, a network namespace per pod with a veth pair and the
+//! pod's /32 routed to it from the host, a Service range 10.(P+64).Q.0/24, and a nat chain of
+//! DNAT rules from cluster IPs to endpoints. P.Q is picked at random per instance (and
+//! retried if taken), so parallel test processes get separate networks.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+pub(crate) struct Net {
+    /// `mfkXXXX`: names the gateway link, the namespaces, the veths and the nat chain.
+    tag: String,
+    pub pods: [u8; 3],
+    pub services: [u8; 3],
+    /// Pod files (volumes, /etc/hosts), one directory per pod.
+    pub dir: PathBuf,
+    used: BTreeSet<u8>,
+    removed: bool,
+}
+
+fn run(args: &[&str]) -> std::io::Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!("{}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `prefix` followed by `rest`, run.
+fn run_rule(prefix: &[&str], rest: &[String]) -> std::io::Result<String> {
+    run(&prefix.iter().copied().chain(rest.iter().map(String::as_str)).collect::<Vec<_>>())
+}
+
+impl Net {
+    pub fn create() -> std::io::Result<Net> {
+        let mut last = None;
+        for _ in 0..8 {
+            let k = rand::random::<u16>() % (64 * 256);
+            let tag = format!("mfk{k:04x}");
+            // Taken by another instance: its gateway link exists.
+            // A veth pair stands in for a dummy link (not every kernel has the dummy module).
+            if let Err(e) = run(&["ip", "link", "add", &tag, "type", "veth", "peer", "name", &format!("{tag}g")]) {
+                last = Some(e);
+                continue;
+            }
+            let (p, q) = (64 + (k >> 8) as u8, (k & 0xff) as u8);
+            let dir = std::env::temp_dir().join(format!("meshfleet-kubelet-{tag}"));
+            let net = Net { tag, pods: [10, p, q], services: [10, p + 64, q], dir, used: BTreeSet::new(), removed: false };
+            net.setup().inspect_err(|_| net.teardown())?;
+            return Ok(net);
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no free pod network")))
+    }
+
+    fn setup(&self) -> std::io::Result<()> {
+        let (tag, chain) = (self.tag.as_str(), self.chain());
+        std::fs::create_dir_all(&self.dir)?;
+        run(&["ip", "addr", "add", &format!("{}/32", self.gateway()), "dev", tag])?;
+        run(&["ip", "link", "set", tag, "up"])?;
+        // Pods' packets cross the host between their veths (left on: other users may need it).
+        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        run(&["iptables", "-t", "nat", "-N", &chain])?;
+        for rule in self.jumps() {
+            run_rule(&["iptables", "-A"], &rule)?;
+        }
+        Ok(())
+    }
+
+    /// The rules that send traffic into this network's chains: pods' and the host's traffic to
+    /// cluster IPs to the DNAT chain, and forwarding for the pod range (hosts whose FORWARD
+    /// policy is DROP, as Docker leaves it, would drop it otherwise).
+    fn jumps(&self) -> Vec<Vec<String>> {
+        let (pods, services, chain) = (self.cidr(self.pods), self.cidr(self.services), self.chain());
+        let rule = |s: &str| s.split(' ').map(str::to_owned).collect();
+        vec![
+            rule(&format!("PREROUTING -t nat -d {services} -j {chain}")),
+            rule(&format!("OUTPUT -t nat -d {services} -j {chain}")),
+            rule(&format!("FORWARD -s {pods} -j ACCEPT")),
+            rule(&format!("FORWARD -d {pods} -j ACCEPT")),
+        ]
+    }
+
+    fn chain(&self) -> String {
+        format!("{}-SERVICES", self.tag.to_uppercase())
+    }
+
+    fn cidr(&self, [a, b, c]: [u8; 3]) -> String {
+        format!("{a}.{b}.{c}.0/24")
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        let [a, b, c] = self.pods;
+        Ipv4Addr::new(a, b, c, 1)
+    }
+
+    /// A network namespace with the next free pod IP; returns its name and the IP.
+    pub fn add_pod(&mut self) -> std::io::Result<(String, Ipv4Addr)> {
+        let n = (2..=254u8).find(|n| !self.used.contains(n)).ok_or_else(|| std::io::Error::other("the pod range is full"))?;
+        let [a, b, c] = self.pods;
+        let ip = Ipv4Addr::new(a, b, c, n);
+        let (netns, host, peer) = (format!("{}-{n}", self.tag), format!("{}h{n}", self.tag), format!("{}p{n}", self.tag));
+        let gw = self.gateway().to_string();
+        let steps: [&[&str]; 11] = [
+            &["ip", "netns", "add", &netns],
+            &["ip", "link", "add", &host, "type", "veth", "peer", "name", &peer],
+            &["ip", "link", "set", &peer, "netns", &netns],
+            &["ip", "-n", &netns, "link", "set", &peer, "name", "eth0"],
+            &["ip", "-n", &netns, "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+            &["ip", "-n", &netns, "link", "set", "eth0", "up"],
+            &["ip", "-n", &netns, "link", "set", "lo", "up"],
+            &["ip", "-n", &netns, "route", "add", &gw, "dev", "eth0"],
+            &["ip", "-n", &netns, "route", "add", "default", "via", &gw],
+            &["ip", "link", "set", &host, "up"],
+            &["ip", "route", "add", &format!("{ip}/32"), "dev", &host, "src", &gw],
+        ];
+        self.used.insert(n);
+        for step in steps {
+            if let Err(e) = run(step) {
+                self.remove_pod(&netns, ip);
+                let _ = run(&["ip", "link", "del", &host]);
+                return Err(e);
+            }
+        }
+        // The host answers the pod's ARP for the gateway on the veth.
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{host}/proxy_arp"), "1")?;
+        Ok((netns, ip))
+    }
+
+    /// Deleting the namespace deletes its veth, whose peer and route go with it.
+    pub fn remove_pod(&mut self, netns: &str, ip: Ipv4Addr) {
+        if let Err(e) = run(&["ip", "netns", "del", netns]) {
+            tracing::warn!("removing the pod network: {e}");
+        }
+        self.used.remove(&ip.octets()[3]);
+    }
+
+    /// Replaces the DNAT chain's rules.
+    pub fn set_service_rules(&self, rules: &[Vec<String>]) -> std::io::Result<()> {
+        let chain = self.chain();
+        run(&["iptables", "-t", "nat", "-F", &chain])?;
+        for rule in rules {
+            run_rule(&["iptables", "-t", "nat", "-A", &chain], rule)?;
+        }
+        Ok(())
+    }
+
+    fn teardown(&self) {
+        for rule in self.jumps() {
+            let _ = run_rule(&["iptables", "-D"], &rule);
+        }
+        let chain = self.chain();
+        let _ = run(&["iptables", "-t", "nat", "-F", &chain]);
+        let _ = run(&["iptables", "-t", "nat", "-X", &chain]);
+        let _ = run(&["ip", "link", "del", &self.tag]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    /// Removes the rules, the chain, the gateway link and the pod files (pods must be gone).
+    pub fn remove(&mut self) {
+        if !self.removed {
+            self.removed = true;
+            self.teardown();
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// DNAT rules (arguments after `-A CHAIN`) spreading `cluster_ip:port` over `backends`
+/// (`ip:port`) evenly, as kube-proxy's iptables mode does.
+pub(crate) fn dnat_rules(cluster_ip: &str, port: i64, backends: &[String]) -> Vec<Vec<String>> {
+    let n = backends.len();
+    backends
+        .iter()
+        .enumerate()
+        .map(|(i, to)| {
+            let mut rule: Vec<String> = ["-d", &format!("{cluster_ip}/32"), "-p", "tcp", "--dport", &port.to_string()].iter().map(|s| s.to_string()).collect();
+            if i + 1 < n {
+                rule.extend(["-m", "statistic", "--mode", "random", "--probability", &format!("{:.5}", 1.0 / (n - i) as f64)].map(String::from));
+            }
+            rule.extend(["-j", "DNAT", "--to-destination", to].map(String::from));
+            rule
+        })
+        .collect()
+}
