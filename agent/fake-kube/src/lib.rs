@@ -4,6 +4,7 @@
 //! kube-rs client against something honest; it must never be used as a production API server.
 
 mod admission;
+pub mod client;
 pub mod endpoints;
 mod faults;
 mod http;
