@@ -52,7 +52,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let kubelet = kubelet.then(|| KubeletConfig { images, log_dir: pod_logs });
+    let kubelet = kubelet.then_some(KubeletConfig { images, log_dir: pod_logs });
     let config = Config { addr: listen.parse().context("--listen")?, ready_delay: Duration::from_secs(1), kubelet, ..Config::default() };
     let kube = FakeKube::start_with(config).await.context("starting the fake API server (the kubelet needs root, `ip` and `iptables`)")?;
     for m in manifests {
