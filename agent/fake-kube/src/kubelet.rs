@@ -191,7 +191,7 @@ impl PodRun {
 
     fn status(&self, host_ip: Ipv4Addr) -> Value {
         let initialized = self.initialized == self.init.len();
-        let ready = initialized && self.containers().filter(|c| c.sidecar || self.main.iter().any(|m| m.name == c.name)).all(|c| c.ready);
+        let ready = initialized && self.init.iter().filter(|c| c.sidecar).chain(&self.main).all(|c| c.ready);
         let condition = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastTransitionTime": self.started_at});
         let ip = self.ip.to_string();
         json!({
@@ -209,6 +209,8 @@ struct State {
     pods: HashMap<String, PodRun>,
     /// Pods that could not start yet (a missing ConfigMap, ...): uid -> why.
     waiting: HashMap<String, String>,
+    /// Each pod's service-account token (uid -> token), minted once: a waiting pod retries.
+    tokens: HashMap<String, String>,
     /// What the Services look like in /etc/hosts and the DNAT rules, to rewrite on change only.
     hosts: String,
     rules: Vec<Vec<String>>,
@@ -227,7 +229,7 @@ impl Kubelet {
     pub fn new(config: KubeletConfig) -> std::io::Result<Kubelet> {
         std::fs::create_dir_all(&config.log_dir)?;
         let net = Net::create()?;
-        let state = State { net, pods: HashMap::new(), waiting: HashMap::new(), hosts: String::new(), rules: Vec::new() };
+        let state = State { net, pods: HashMap::new(), waiting: HashMap::new(), tokens: HashMap::new(), hosts: String::new(), rules: Vec::new() };
         Ok(Kubelet { config, state: Mutex::new(state), api: Mutex::new(None) })
     }
 
@@ -281,6 +283,8 @@ impl Kubelet {
             }
         }
         state.waiting.retain(|id, _| live.contains_key(id.as_str()));
+        let State { tokens, pods: runs, .. } = &mut *state;
+        tokens.retain(|id, _| live.contains_key(id.as_str()) || runs.contains_key(id));
         let new: Vec<&Value> = pods.iter().filter(|p| !state.pods.contains_key(uid(p)) && self.config.can_run(p)).collect();
         for pod in new {
             match self.start(shared, &mut state, pod) {
@@ -398,7 +402,8 @@ impl Kubelet {
     fn start(&self, shared: &Shared, state: &mut State, pod: &Value) -> Result<PodRun, String> {
         let api = self.api.lock().unwrap_or_else(|e| e.into_inner()).ok_or("the API server has no address for pods yet")?;
         let dir = state.net.dir.join(uid(pod));
-        volumes::prepare(shared, pod, &dir, api).inspect_err(|_| {
+        let token = state.tokens.entry(uid(pod).to_owned()).or_insert_with(|| volumes::mint_token(shared, pod)).clone();
+        volumes::prepare(shared, pod, &dir, api, &token).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&dir);
         })?;
         let (netns, ip) = state.net.add_pod().map_err(|e| format!("pod network: {e}"))?;

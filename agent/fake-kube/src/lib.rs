@@ -47,6 +47,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("kube client: {0}")]
     Client(String),
+    #[error("kubelet (it needs root, `ip` and `iptables`): {0}")]
+    Kubelet(std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -116,7 +118,7 @@ impl FakeKube {
         let admin_token = format!("admin-{:016x}", rand::random::<u64>());
         let (drop_watches, _) = tokio_watch::channel(0);
         let kubelet = match &config.kubelet {
-            Some(k) => Some(Arc::new(kubelet::Kubelet::new(k.clone())?)),
+            Some(k) => Some(Arc::new(kubelet::Kubelet::new(k.clone()).map_err(Error::Kubelet)?)),
             None => None,
         };
         let shared = Arc::new(Shared {

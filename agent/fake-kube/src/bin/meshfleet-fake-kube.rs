@@ -54,7 +54,7 @@ async fn serve(args: Vec<String>) -> anyhow::Result<()> {
     }
     let kubelet = kubelet.then_some(KubeletConfig { images, log_dir: pod_logs });
     let config = Config { addr: listen.parse().context("--listen")?, ready_delay: Duration::from_secs(1), kubelet, ..Config::default() };
-    let kube = FakeKube::start_with(config).await.context("starting the fake API server (the kubelet needs root, `ip` and `iptables`)")?;
+    let kube = FakeKube::start_with(config).await.context("starting the fake API server")?;
     for m in manifests {
         let yaml = std::fs::read_to_string(&m).with_context(|| m.clone())?;
         kube.apply_yaml(&yaml).with_context(|| m.clone())?;

@@ -38,13 +38,18 @@ fn write(path: &Path, contents: &[u8]) -> Result<(), String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).map_err(|e| e.to_string())
 }
 
-/// Writes the pod's volumes and service-account files under `dir`. A ConfigMap or Secret that
-/// does not exist (and is not optional) is an error: the pod waits, as on a node.
-pub fn prepare(shared: &Shared, pod: &Value, dir: &Path, api: SocketAddr) -> Result<(), String> {
-    let ns = namespace_of(pod);
+/// A random token the fake's TokenReview (and authentication) maps to the pod's service account.
+pub fn mint_token(shared: &Shared, pod: &Value) -> String {
     let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or("default");
     let token = format!("kubelet-{:032x}", rand::random::<u128>());
-    shared.rbac.add_token(&token, User::service_account(ns, sa));
+    shared.rbac.add_token(&token, User::service_account(namespace_of(pod), sa));
+    token
+}
+
+/// Writes the pod's volumes and service-account files under `dir`. A ConfigMap or Secret that
+/// does not exist (and is not optional) is an error: the pod waits, as on a node.
+pub fn prepare(shared: &Shared, pod: &Value, dir: &Path, api: SocketAddr, token: &str) -> Result<(), String> {
+    let ns = namespace_of(pod);
     if pod.pointer("/spec/automountServiceAccountToken") != Some(&json!(false)) {
         let sa_dir = dir.join("serviceaccount");
         write(&sa_dir.join("token"), token.as_bytes())?;
