@@ -62,10 +62,11 @@ enum HookError {
 
 #[derive(Default)]
 pub(crate) struct Admission {
-    /// Where `clientConfig.service` webhooks listen. The fake has no Services, endpoints or
-    /// kube-proxy, so a test routes `<name>.<namespace>.svc:<port>` to an address it controls
-    /// (`FakeKube::route_service`); TLS still verifies the Service's DNS name, as a real API
-    /// server does. An unrouted Service is a failed call ("no endpoints available").
+    /// Where `clientConfig.service` webhooks listen. Without the kubelet no pod really serves a
+    /// Service, so a test routes `<name>.<namespace>.svc:<port>` to an address it controls
+    /// (`FakeKube::route_service`); with it, an unrouted Service's ready endpoint is called. TLS
+    /// still verifies the Service's DNS name, as a real API server does. A Service with neither
+    /// is a failed call ("no endpoints available").
     routes: Mutex<HashMap<(String, String, i32), SocketAddr>>,
     fail_open: Mutex<Vec<FailOpen>>,
 }

@@ -142,15 +142,14 @@ impl Container {
     }
 
     fn status(&self) -> Value {
-        let state = match (&self.child, self.last_exit) {
-            (Some(_), _) => json!({"running": {"startedAt": self.started_at}}),
-            (None, Some(code)) => {
-                json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": self.message.as_deref().unwrap_or("")}})
-            }
-            (None, None) => json!({"waiting": {"reason": "PodInitializing"}}),
+        let terminated = |code: i32| json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": self.message.as_deref().unwrap_or("")}});
+        let (state, last) = match (&self.child, self.last_exit) {
+            (Some(_), last) => (json!({"running": {"startedAt": self.started_at}}), last.map(terminated)),
+            (None, Some(code)) => (terminated(code), None),
+            (None, None) => (json!({"waiting": {"reason": "PodInitializing"}}), None),
         };
         json!({"name": self.name, "image": self.spec["image"], "imageID": "", "ready": self.ready, "started": self.running(),
-            "restartCount": self.restarts, "state": state})
+            "restartCount": self.restarts, "state": state, "lastState": last.unwrap_or(json!({}))})
     }
 
     fn signal(&self, signal: i32) {

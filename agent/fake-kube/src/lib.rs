@@ -1,7 +1,9 @@
 //! A fake Kubernetes API server for tests: real HTTP on 127.0.0.1, Kubernetes JSON, discovery,
 //! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection,
-//! mutating admission webhooks and a workload simulator. It exists so the agent runs the real
-//! kube-rs client against something honest; it must never be used as a production API server.
+//! mutating admission webhooks and a workload simulator; opt-in (root), a kubelet that runs pods
+//! as real processes in network namespaces of their own (`kubelet.rs`), and a small kubectl
+//! (`client.rs`). It exists so the agent and the mesh run against something honest; it must
+//! never be used as a production API server.
 
 mod admission;
 pub mod client;

@@ -1,6 +1,7 @@
 //! The real kubelet (root only): a pod with an init step, a native sidecar, env and volumes
 //! runs as processes in its own network namespace with its own IP; deleting it stops them and
-//! removes the namespace; dropping the server removes the pod network. Skipped with a message
+//! removes the namespace; a failing init step is retried and reported; dropping the server
+//! removes the pod network. Skipped with a message
 //! when not root or `ip`, `iptables` or `python3` is missing.
 
 use std::io::{Read, Write};
@@ -166,6 +167,27 @@ async fn deleting_a_pod_stops_its_processes_and_dropping_the_server_removes_the_
         assert!(!alive(pid), "process {pid} of the deleted pod still runs");
     }
     assert_eq!(pids(&b).len(), 2, "the other pod runs on");
+
+    // A failing init step keeps its pod unready and is retried; a missing ConfigMap keeps a pod
+    // Pending with the reason.
+    kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "c", "namespace": "k"},
+        "spec": {"initContainers": [{"name": "fail", "image": "shell", "command": ["sh", "-c", "exit 3"]}],
+                 "containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"]}]}}))
+        .unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d", "namespace": "k"},
+        "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}],
+                 "volumes": [{"name": "v", "configMap": {"name": "absent"}}]}}))
+        .unwrap();
+    let c = wait_for("the init step retried", Duration::from_secs(10), || {
+        kube.get("v1", "Pod", "k", "c").filter(|p| p["status"]["initContainerStatuses"][0]["restartCount"].as_i64() >= Some(1))
+    })
+    .await;
+    let init = &c["status"]["initContainerStatuses"][0];
+    assert!([&init["state"], &init["lastState"]].iter().any(|s| s["terminated"]["exitCode"] == 3), "{c}");
+    assert_eq!(c["status"]["containerStatuses"][0]["state"]["waiting"]["reason"], "PodInitializing", "{c}");
+    assert!(!ready(&c) && c["status"]["phase"] == "Pending", "{c}");
+    let d = kube.get("v1", "Pod", "k", "d").unwrap();
+    assert!(d["status"]["conditions"][1]["message"].as_str().is_some_and(|m| m.contains("ConfigMap k/absent not found")), "{d}");
 
     let tag = b.split('-').next().unwrap().to_owned();
     let in_b = pids(&b);
