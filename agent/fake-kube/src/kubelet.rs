@@ -5,13 +5,13 @@
 //! plays kube-proxy (DNAT from cluster IPs to ready endpoints). Pods it cannot run stay with the
 //! simulator. Everything it creates on the host goes when the `FakeKube` is dropped.
 
+mod container;
 mod net;
 mod volumes;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::Child;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use crate::resources::find;
 use crate::store::{name_of, namespace_of};
 use crate::Shared;
+use container::{Container, Probe};
 pub(crate) use net::Net;
 
 /// How often processes are reaped, probes run and statuses written.
@@ -89,76 +90,6 @@ fn on_path(program: &str) -> Option<PathBuf> {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// One container of a running pod.
-struct Container {
-    name: String,
-    spec: Value,
-    /// An init container with `restartPolicy: Always` (a native sidecar).
-    sidecar: bool,
-    child: Option<Child>,
-    started_at: String,
-    restarts: u32,
-    last_exit: Option<i32>,
-    /// Why the last start failed, if it did.
-    message: Option<String>,
-    restart_at: Option<Instant>,
-    ready: bool,
-    probed_at: Option<Instant>,
-}
-
-impl Container {
-    fn new(spec: &Value, init: bool) -> Container {
-        Container {
-            name: spec["name"].as_str().unwrap_or("").to_owned(),
-            spec: spec.clone(),
-            sidecar: init && spec.get("restartPolicy").and_then(Value::as_str) == Some("Always"),
-            child: None,
-            started_at: String::new(),
-            restarts: 0,
-            last_exit: None,
-            message: None,
-            restart_at: None,
-            ready: false,
-            probed_at: None,
-        }
-    }
-
-    fn running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// Reaps the process if it exited.
-    fn reap(&mut self) {
-        if let Some(child) = &mut self.child {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.last_exit = Some(status.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)));
-                self.child = None;
-                self.ready = false;
-                self.restart_at = Some(Instant::now() + RESTART_DELAY);
-            }
-        }
-    }
-
-    fn status(&self) -> Value {
-        let terminated = |code: i32| json!({"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }, "message": self.message.as_deref().unwrap_or("")}});
-        let (state, last) = match (&self.child, self.last_exit) {
-            (Some(_), last) => (json!({"running": {"startedAt": self.started_at}}), last.map(terminated)),
-            (None, Some(code)) => (terminated(code), None),
-            (None, None) => (json!({"waiting": {"reason": "PodInitializing"}}), None),
-        };
-        json!({"name": self.name, "image": self.spec["image"], "imageID": "", "ready": self.ready, "started": self.running(),
-            "restartCount": self.restarts, "state": state, "lastState": last.unwrap_or(json!({}))})
-    }
-
-    fn signal(&self, signal: i32) {
-        if let Some(child) = &self.child {
-            // Each container leads a process group of its own: its children get the signal too.
-            // SAFETY: kill(2) on a process group this kubelet started.
-            unsafe { libc::kill(-(child.id() as i32), signal) };
-        }
-    }
 }
 
 /// A pod this kubelet runs.
@@ -432,22 +363,7 @@ impl Kubelet {
     fn sync_services(&self, shared: &Shared, state: &mut State) {
         let services = shared.store.list(find("", "v1", "services").expect("registered"), None).0;
         let slices = shared.store.list(find("discovery.k8s.io", "v1", "endpointslices").expect("registered"), None).0;
-        let mut hosts = String::new();
-        let mut rules = Vec::new();
-        for svc in &services {
-            let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None") else { continue };
-            let (name, ns) = (name_of(svc), namespace_of(svc));
-            hosts.push_str(&format!("{ip}\t{name}.{ns}.svc {name}.{ns}.svc.cluster.local\n"));
-            let mine = slices
-                .iter()
-                .filter(|s| namespace_of(s) == ns && s.pointer("/metadata/labels/kubernetes.io~1service-name").and_then(Value::as_str) == Some(name));
-            let mine: Vec<&Value> = mine.collect();
-            for port in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
-                let (port_name, number) = (port.get("name").and_then(Value::as_str).unwrap_or(""), port["port"].as_i64().unwrap_or(0));
-                let backends: Vec<String> = mine.iter().flat_map(|s| backends(s, port_name)).collect();
-                rules.extend(net::dnat_rules(ip, number, &backends));
-            }
-        }
+        let (hosts, rules) = net::service_view(&services, &slices);
         if hosts != state.hosts {
             for run in state.pods.values() {
                 let _ = volumes::write_hosts(&run.dir, &hosts, run.ip, &run.name);
@@ -534,55 +450,6 @@ fn stop(net: &mut Net, mut run: PodRun, grace: Duration) {
 
 fn uid(v: &Value) -> &str {
     v.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("")
-}
-
-/// `ip:port` of the slice's ready endpoints for the Service port named `port_name`.
-fn backends(slice: &Value, port_name: &str) -> Vec<String> {
-    let ports = slice.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
-    let Some(port) = ports.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name).and_then(|p| p["port"].as_i64()) else {
-        return Vec::new();
-    };
-    let ready = slice.get("endpoints").and_then(Value::as_array).into_iter().flatten().filter(|e| e.pointer("/conditions/ready") == Some(&json!(true)));
-    ready.flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default()).filter_map(|a| a.as_str().map(|a| format!("{a}:{port}"))).collect()
-}
-
-/// A readiness probe this kubelet can run: `httpGet` (2xx/3xx passes) or `tcpSocket` (a
-/// connection passes), at the pod's IP. Other kinds are not run (the container counts as ready).
-struct Probe {
-    addr: SocketAddr,
-    http_path: Option<String>,
-}
-
-impl Probe {
-    fn of(container: &Value, ip: Ipv4Addr) -> Option<Probe> {
-        let probe = container.get("readinessProbe")?;
-        let (action, http) = match (probe.get("httpGet"), probe.get("tcpSocket")) {
-            (Some(h), _) => (h, true),
-            (None, Some(t)) => (t, false),
-            _ => return None,
-        };
-        let port = match action.get("port")? {
-            Value::Number(n) => n.as_u64()? as u16,
-            Value::String(name) => {
-                container.get("ports")?.as_array()?.iter().find(|p| p.get("name").and_then(Value::as_str) == Some(name))?.get("containerPort")?.as_u64()? as u16
-            }
-            _ => return None,
-        };
-        let path = action.get("path").and_then(Value::as_str).unwrap_or("/").to_owned();
-        Some(Probe { addr: SocketAddr::from((ip, port)), http_path: http.then_some(path) })
-    }
-
-    async fn passes(&self) -> bool {
-        let timeout = Duration::from_secs(1);
-        match &self.http_path {
-            None => tokio::time::timeout(timeout, tokio::net::TcpStream::connect(self.addr)).await.is_ok_and(|r| r.is_ok()),
-            Some(path) => {
-                let client = reqwest::Client::builder().no_proxy().timeout(timeout).build();
-                let Ok(client) = client else { return false };
-                client.get(format!("http://{}{path}", self.addr)).send().await.is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
-            }
-        }
-    }
 }
 
 /// The log file of one container.

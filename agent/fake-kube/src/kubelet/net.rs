@@ -9,6 +9,11 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use serde_json::{json, Value};
+
+use crate::endpoints::SERVICE_NAME_LABEL;
+use crate::store::{name_of, namespace_of};
+
 pub(crate) struct Net {
     /// `mfkXXXX`: names the gateway link, the namespaces, the veths and the nat chain.
     tag: String,
@@ -172,9 +177,39 @@ impl Drop for Net {
     }
 }
 
+/// What the Services make of a pod's /etc/hosts (a line per cluster IP) and of the DNAT chain
+/// (rules from each cluster IP and port to the ready endpoints of the slices' same-named port).
+pub(crate) fn service_view(services: &[Value], slices: &[Value]) -> (String, Vec<Vec<String>>) {
+    let mut hosts = String::new();
+    let mut rules = Vec::new();
+    for svc in services {
+        let Some(ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None") else { continue };
+        let (name, ns) = (name_of(svc), namespace_of(svc));
+        hosts.push_str(&format!("{ip}\t{name}.{ns}.svc {name}.{ns}.svc.cluster.local\n"));
+        let label = format!("/metadata/labels/{}", SERVICE_NAME_LABEL.replace('/', "~1"));
+        let mine: Vec<&Value> = slices.iter().filter(|s| namespace_of(s) == ns && s.pointer(&label).and_then(Value::as_str) == Some(name)).collect();
+        for port in svc.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+            let (port_name, number) = (port.get("name").and_then(Value::as_str).unwrap_or(""), port["port"].as_i64().unwrap_or(0));
+            let backends: Vec<String> = mine.iter().flat_map(|s| backends(s, port_name)).collect();
+            rules.extend(dnat_rules(ip, number, &backends));
+        }
+    }
+    (hosts, rules)
+}
+
+/// `ip:port` of the slice's ready endpoints for the Service port named `port_name`.
+fn backends(slice: &Value, port_name: &str) -> Vec<String> {
+    let ports = slice.get("ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let Some(port) = ports.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name).and_then(|p| p["port"].as_i64()) else {
+        return Vec::new();
+    };
+    let ready = slice.get("endpoints").and_then(Value::as_array).into_iter().flatten().filter(|e| e.pointer("/conditions/ready") == Some(&json!(true)));
+    ready.flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default()).filter_map(|a| a.as_str().map(|a| format!("{a}:{port}"))).collect()
+}
+
 /// DNAT rules (arguments after `-A CHAIN`) spreading `cluster_ip:port` over `backends`
 /// (`ip:port`) evenly, as kube-proxy's iptables mode does.
-pub(crate) fn dnat_rules(cluster_ip: &str, port: i64, backends: &[String]) -> Vec<Vec<String>> {
+fn dnat_rules(cluster_ip: &str, port: i64, backends: &[String]) -> Vec<Vec<String>> {
     let n = backends.len();
     backends
         .iter()
