@@ -124,8 +124,17 @@ impl PodRun {
         let ready = initialized && self.init.iter().filter(|c| c.sidecar).chain(&self.main).all(|c| c.ready);
         let condition = |kind: &str, ok: bool| json!({"type": kind, "status": if ok { "True" } else { "False" }, "lastTransitionTime": self.started_at});
         let ip = self.ip.to_string();
+        // Every app container exited and none is restarted (restartPolicy Never or OnFailure).
+        let policy = self.pod.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always");
+        let exits: Option<Vec<i32>> = self.main.iter().map(|c| c.last_exit.filter(|_| !c.running())).collect();
+        let phase = match exits {
+            _ if !initialized => "Pending",
+            Some(codes) if codes.iter().all(|c| *c == 0) && policy != "Always" => "Succeeded",
+            Some(_) if policy == "Never" => "Failed",
+            _ => "Running",
+        };
         json!({
-            "phase": if initialized { "Running" } else { "Pending" },
+            "phase": phase,
             "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": host_ip.to_string(), "startTime": self.started_at,
             "conditions": [condition("PodScheduled", true), condition("Initialized", initialized), condition("ContainersReady", ready), condition("Ready", ready)],
             "initContainerStatuses": self.init.iter().map(Container::status).collect::<Vec<_>>(),

@@ -178,6 +178,10 @@ async fn deleting_a_pod_stops_its_processes_and_dropping_the_server_removes_the_
         "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}],
                  "volumes": [{"name": "v", "configMap": {"name": "absent"}}]}}))
         .unwrap();
+    kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "e", "namespace": "k"},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": "shell", "command": ["true"]}]}}))
+        .unwrap();
+    wait_for("a run-once pod to succeed", Duration::from_secs(10), || kube.get("v1", "Pod", "k", "e").filter(|p| p["status"]["phase"] == "Succeeded")).await;
     let c = wait_for("the init step retried", Duration::from_secs(10), || {
         kube.get("v1", "Pod", "k", "c").filter(|p| p["status"]["initContainerStatuses"][0]["restartCount"].as_i64() >= Some(1))
     })
