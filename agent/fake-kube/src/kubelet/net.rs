@@ -44,13 +44,20 @@ impl Net {
         for _ in 0..8 {
             let k = rand::random::<u16>() % (64 * 256);
             let tag = format!("mfk{k:04x}");
-            // Taken by another instance: its gateway link exists.
-            // A veth pair stands in for a dummy link (not every kernel has the dummy module).
+            let (p, q) = (64 + (k >> 8) as u8, (k & 0xff) as u8);
+            // Ranges this host already routes (another network, or a crashed instance's) are left alone.
+            let used = |[a, b, c]: [u8; 3]| {
+                run(&["ip", "-4", "route", "show", "table", "all", "root", &format!("{a}.{b}.{c}.0/24")]).map_or(true, |r| !r.trim().is_empty())
+            };
+            if used([10, p, q]) || used([10, p + 64, q]) {
+                continue;
+            }
+            // Taken by another instance: its gateway link exists. A veth pair stands in for a
+            // dummy link (not every kernel has the dummy module).
             if let Err(e) = run(&["ip", "link", "add", &tag, "type", "veth", "peer", "name", &format!("{tag}g")]) {
                 last = Some(e);
                 continue;
             }
-            let (p, q) = (64 + (k >> 8) as u8, (k & 0xff) as u8);
             let dir = std::env::temp_dir().join(format!("meshfleet-kubelet-{tag}"));
             let net = Net { tag, pods: [10, p, q], services: [10, p + 64, q], dir, used: BTreeSet::new(), removed: false };
             net.setup().inspect_err(|_| net.teardown())?;
