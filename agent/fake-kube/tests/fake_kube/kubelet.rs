@@ -98,6 +98,7 @@ async fn a_pod_with_a_sidecar_env_and_volumes_runs_in_its_own_network_namespace(
     }}))
     .unwrap();
 
+    // On a timeout, say where the pod stands and what its containers wrote.
     let deadline = Instant::now() + Duration::from_secs(20);
     let pod = wait_for("the pod to be ready", Duration::from_secs(21), || {
         let pod = kube.get("v1", "Pod", "k", "p").unwrap();
