@@ -33,6 +33,14 @@ fn run(args: &[&str]) -> std::io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Turns a sysctl on, unless it is (so a read-only /proc/sys that already allows it is fine).
+fn sysctl(path: &str) -> std::io::Result<()> {
+    if std::fs::read_to_string(path)?.trim() == "1" {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| std::io::Error::other(format!("{path}: {e}")))
+}
+
 /// `prefix` followed by `rest`, run.
 fn run_rule(prefix: &[&str], rest: &[String]) -> std::io::Result<String> {
     run(&prefix.iter().copied().chain(rest.iter().map(String::as_str)).collect::<Vec<_>>())
@@ -72,7 +80,7 @@ impl Net {
         run(&["ip", "addr", "add", &format!("{}/32", self.gateway()), "dev", tag])?;
         run(&["ip", "link", "set", tag, "up"])?;
         // Pods' packets cross the host between their veths (left on: other users may need it).
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+        sysctl("/proc/sys/net/ipv4/ip_forward")?;
         run(&["iptables", "-t", "nat", "-N", &chain])?;
         for rule in self.jumps() {
             run_rule(&["iptables", "-A"], &rule)?;
@@ -128,15 +136,13 @@ impl Net {
             &["ip", "route", "add", &format!("{ip}/32"), "dev", &host, "src", &gw],
         ];
         self.used.insert(n);
-        for step in steps {
-            if let Err(e) = run(step) {
-                self.remove_pod(&netns, ip);
-                let _ = run(&["ip", "link", "del", &host]);
-                return Err(e);
-            }
-        }
         // The host answers the pod's ARP for the gateway on the veth.
-        std::fs::write(format!("/proc/sys/net/ipv4/conf/{host}/proxy_arp"), "1")?;
+        let done = steps.into_iter().try_for_each(|step| run(step).map(drop)).and_then(|()| sysctl(&format!("/proc/sys/net/ipv4/conf/{host}/proxy_arp")));
+        if let Err(e) = done {
+            self.remove_pod(&netns, ip);
+            let _ = run(&["ip", "link", "del", &host]);
+            return Err(e);
+        }
         Ok((netns, ip))
     }
 
