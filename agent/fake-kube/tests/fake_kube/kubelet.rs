@@ -76,15 +76,16 @@ async fn a_pod_with_a_sidecar_env_and_volumes_runs_in_its_own_network_namespace(
     kube.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "k"}, "data": {"greeting": "hello"}})).unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": "k"}, "data": {"password": "czNjcjN0"}})).unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "k"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
+    // Mount points missing on the host are created there: under /var/run (a tmpfs), not /etc.
     let mount = |name: &str, path: &str| json!({"name": name, "mountPath": path});
     // The app prints what it sees once the init step wrote its file and the sidecar serves.
-    let report = "echo uid=$(id -u) name=$MY_NAME ip=$MY_IP ns=$MY_NS; for f in /work/prepared /etc/settings/greeting /etc/creds/password /var/run/tokens/t; \
+    let report = "echo uid=$(id -u) name=$MY_NAME ip=$MY_IP ns=$MY_NS; for f in /var/run/kubelet-test/work/prepared /var/run/kubelet-test/settings/greeting /var/run/kubelet-test/creds/password /var/run/kubelet-test/token/t; \
                   do cat $f; echo; done; grep web.k.svc.cluster.local /etc/hosts; exec sleep 600";
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "k"}, "spec": {
         "serviceAccountName": "robot",
         "securityContext": {"runAsUser": 1234},
         "initContainers": [
-            {"name": "prepare", "image": "shell", "command": ["sh", "-c", "echo prepared > /work/prepared"], "volumeMounts": [mount("work", "/work")],
+            {"name": "prepare", "image": "shell", "command": ["sh", "-c", "echo prepared > /var/run/kubelet-test/work/prepared"], "volumeMounts": [mount("work", "/var/run/kubelet-test/work")],
              "securityContext": {"runAsUser": 0}},
             {"name": "web", "image": "python", "restartPolicy": "Always", "command": ["python3", "-m", "http.server", "8000"], "securityContext": {"runAsUser": 0},
              "readinessProbe": {"httpGet": {"path": "/", "port": "http"}}, "ports": [{"name": "http", "containerPort": 8000}]},
@@ -92,7 +93,7 @@ async fn a_pod_with_a_sidecar_env_and_volumes_runs_in_its_own_network_namespace(
         "containers": [{"name": "app", "image": "shell", "command": ["sh", "-c", report],
             "env": [{"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-            "volumeMounts": [mount("work", "/work"), mount("settings", "/etc/settings"), mount("creds", "/etc/creds"), mount("token", "/var/run/tokens")]}],
+            "volumeMounts": [mount("work", "/var/run/kubelet-test/work"), mount("settings", "/var/run/kubelet-test/settings"), mount("creds", "/var/run/kubelet-test/creds"), mount("token", "/var/run/kubelet-test/token")]}],
         "volumes": [{"name": "work", "emptyDir": {}}, {"name": "settings", "configMap": {"name": "settings"}}, {"name": "creds", "secret": {"secretName": "creds"}},
                     {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "audience": "x"}}]}}],
     }}))
@@ -176,7 +177,7 @@ async fn deleting_a_pod_stops_its_processes_and_dropping_the_server_removes_the_
                  "containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"]}]}}))
         .unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d", "namespace": "k"},
-        "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/etc/v"}]}],
+        "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/var/run/kubelet-test/v"}]}],
                  "volumes": [{"name": "v", "configMap": {"name": "absent"}}]}}))
         .unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "e", "namespace": "k"},
