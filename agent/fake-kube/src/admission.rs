@@ -62,10 +62,11 @@ enum HookError {
 
 #[derive(Default)]
 pub(crate) struct Admission {
-    /// Where `clientConfig.service` webhooks listen. The fake has no Services, endpoints or
-    /// kube-proxy, so a test routes `<name>.<namespace>.svc:<port>` to an address it controls
-    /// (`FakeKube::route_service`); TLS still verifies the Service's DNS name, as a real API
-    /// server does. An unrouted Service is a failed call ("no endpoints available").
+    /// Where `clientConfig.service` webhooks listen. Without the kubelet no pod really serves a
+    /// Service, so a test routes `<name>.<namespace>.svc:<port>` to an address it controls
+    /// (`FakeKube::route_service`); with it, an unrouted Service's ready endpoint is called. TLS
+    /// still verifies the Service's DNS name, as a real API server does. A Service with neither
+    /// is a failed call ("no endpoints available").
     routes: Mutex<HashMap<(String, String, i32), SocketAddr>>,
     fail_open: Mutex<Vec<FailOpen>>,
 }
@@ -278,10 +279,11 @@ fn endpoint(shared: &Shared, hook: &MutatingWebhook, timeout: Duration) -> Resul
         (None, Some(service)) => {
             let port = service.port.unwrap_or(443);
             let host = format!("{}.{}.svc", service.name, service.namespace);
-            let addr = shared
-                .admission
-                .route(&service.namespace, &service.name, port)
-                .ok_or_else(|| format!("service \"{}/{}\" port {port}: no endpoints available for service", service.namespace, service.name))?;
+            let routed = shared.admission.route(&service.namespace, &service.name, port);
+            // With the kubelet on, Services have real endpoints to call.
+            let routed =
+                routed.or_else(|| shared.kubelet.as_ref().and_then(|_| crate::endpoints::backend(&shared.store, &service.namespace, &service.name, port)));
+            let addr = routed.ok_or_else(|| format!("service \"{}/{}\" port {port}: no endpoints available for service", service.namespace, service.name))?;
             builder = builder.resolve(&host, addr);
             // The connection goes to the routed address (the URL's port is what the client dials).
             format!("https://{host}:{}{}", addr.port(), service.path.as_deref().unwrap_or(""))

@@ -28,10 +28,50 @@ pub fn next_cluster_ip() -> String {
     format!("127.254.{}.{}", (n / 254) % 256, n % 254 + 1)
 }
 
+/// Where cluster IPs come from: 127.254/16 (`next_cluster_ip`), or with the kubelet on, its
+/// Service range, which pods route to the host and the kubelet's DNAT rules serve.
+pub(crate) struct ClusterIps {
+    prefix: Option<[u8; 3]>,
+    next: AtomicU32,
+}
+
+impl ClusterIps {
+    pub fn new(prefix: Option<[u8; 3]>) -> ClusterIps {
+        ClusterIps { prefix, next: AtomicU32::new(0) }
+    }
+
+    fn next(&self) -> String {
+        match self.prefix {
+            None => next_cluster_ip(),
+            Some([a, b, c]) => format!("{a}.{b}.{c}.{}", self.next.fetch_add(1, Ordering::Relaxed) % 254 + 1),
+        }
+    }
+}
+
+/// The address behind port `port` of a Service, as a real API server reaches a webhook's
+/// Service: a ready endpoint from its slices (the first one).
+pub(crate) fn backend(store: &Store, ns: &str, name: &str, port: i32) -> Option<std::net::SocketAddr> {
+    let svc = store.get(res("", "services"), ns, name)?;
+    let svc_port = svc.pointer("/spec/ports")?.as_array()?.iter().find(|p| p["port"].as_i64() == Some(port.into()))?;
+    let port_name = svc_port.get("name").and_then(Value::as_str).unwrap_or("");
+    store
+        .list(res("discovery.k8s.io", "endpointslices"), Some(ns))
+        .0
+        .iter()
+        .filter(|s| s.pointer("/metadata/labels").and_then(|l| l.get(SERVICE_NAME_LABEL)) == Some(&json!(name)))
+        .find_map(|s| {
+            let target =
+                s.get("ports")?.as_array()?.iter().find(|p| p.get("name").and_then(Value::as_str).unwrap_or("") == port_name)?.get("port")?.as_u64()?;
+            let ip =
+                s.get("endpoints")?.as_array()?.iter().find(|e| e.pointer("/conditions/ready") == Some(&json!(true)))?.pointer("/addresses/0")?.as_str()?;
+            Some(std::net::SocketAddr::new(ip.parse().ok()?, target as u16))
+        })
+}
+
 /// One pass: cluster IPs for Services that lack one, then the slices every selector implies;
 /// slices whose Service is gone or lost its selector are deleted. Writes that change nothing
 /// are no-ops in the store, so a steady cluster produces no events.
-pub(crate) fn reconcile(store: &Store) {
+pub(crate) fn reconcile(store: &Store, cluster_ips: &ClusterIps) {
     let (services, slices, pods) = (res("", "services"), res("discovery.k8s.io", "endpointslices"), res("", "pods"));
     let services_now = store.list(services, None).0;
     // Clusters without selecting Services (most tests, the agent's benches) pay no pod listing.
@@ -43,7 +83,7 @@ pub(crate) fn reconcile(store: &Store) {
         if svc.pointer("/spec/clusterIP").and_then(Value::as_str).is_none_or(str::is_empty) {
             let _ = store.write(services, &ns, name_of(&svc), |o| {
                 let mut o = o.clone();
-                let ip = next_cluster_ip();
+                let ip = cluster_ips.next();
                 o["spec"]["clusterIPs"] = json!([ip]);
                 o["spec"]["clusterIP"] = json!(ip);
                 Ok(o)

@@ -341,7 +341,10 @@ fn patch_object(shared: &Arc<Shared>, t: &Target, name: &str, content_type: &str
 fn token_review(shared: &Shared, mut review: Value) -> Value {
     let token = review.pointer("/spec/token").and_then(Value::as_str).unwrap_or("");
     review["status"] = match shared.rbac.user(token) {
-        Some(u) => json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}}),
+        // Tokens are not bound to audiences here: one is valid for whichever the caller asks.
+        Some(u) => {
+            json!({"authenticated": true, "user": {"username": u.name, "groups": u.groups}, "audiences": review.pointer("/spec/audiences").cloned().unwrap_or(json!([]))})
+        }
         None => json!({"authenticated": false, "error": "invalid bearer token"}),
     };
     review["apiVersion"] = json!("authentication.k8s.io/v1");

@@ -1,12 +1,16 @@
 //! A fake Kubernetes API server for tests: real HTTP on 127.0.0.1, Kubernetes JSON, discovery,
 //! list/watch with resourceVersions and bookmarks, 409/410 semantics, RBAC, fault injection,
-//! mutating admission webhooks and a workload simulator. It exists so the agent runs the real
-//! kube-rs client against something honest; it must never be used as a production API server.
+//! mutating admission webhooks and a workload simulator; opt-in (root), a kubelet that runs pods
+//! as real processes in network namespaces of their own (`kubelet.rs`), and a small kubectl
+//! (`client.rs`). It exists so the agent and the mesh run against something honest; it must
+//! never be used as a production API server.
 
 mod admission;
+pub mod client;
 pub mod endpoints;
 mod faults;
 mod http;
+mod kubelet;
 mod patch;
 pub mod rbac;
 pub mod resources;
@@ -27,6 +31,7 @@ use tokio::task::JoinHandle;
 
 pub use admission::FailOpen;
 pub use faults::Fault;
+pub use kubelet::KubeletConfig;
 pub use rbac::User;
 pub use store::StoreError;
 
@@ -44,6 +49,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error("kube client: {0}")]
     Client(String),
+    #[error("kubelet (it needs root, `ip` and `iptables`): {0}")]
+    Kubelet(std::io::Error),
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +62,8 @@ pub struct Config {
     /// Changes kept for resuming watches; older resourceVersions get 410 Gone.
     pub history: usize,
     pub addr: SocketAddr,
+    /// Run pods for real (root only; see `kubelet.rs`). Off: every pod is simulated.
+    pub kubelet: Option<KubeletConfig>,
 }
 
 impl Default for Config {
@@ -65,6 +74,7 @@ impl Default for Config {
             sim_tick: Duration::from_millis(50),
             history: 50_000,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            kubelet: None,
         }
     }
 }
@@ -76,6 +86,8 @@ pub(crate) struct Shared {
     pub(crate) admission: admission::Admission,
     pub(crate) config: Config,
     pub(crate) drop_watches: tokio_watch::Sender<u64>,
+    pub(crate) cluster_ips: endpoints::ClusterIps,
+    pub(crate) kubelet: Option<Arc<kubelet::Kubelet>>,
 }
 
 /// The running fake API server; stops when dropped.
@@ -93,6 +105,9 @@ impl Drop for FakeKube {
         for t in &self.tasks {
             t.abort();
         }
+        if let Some(k) = &self.shared.kubelet {
+            k.shutdown();
+        }
     }
 }
 
@@ -104,6 +119,10 @@ impl FakeKube {
     pub async fn start_with(config: Config) -> Result<FakeKube> {
         let admin_token = format!("admin-{:016x}", rand::random::<u64>());
         let (drop_watches, _) = tokio_watch::channel(0);
+        let kubelet = match &config.kubelet {
+            Some(k) => Some(Arc::new(kubelet::Kubelet::new(k.clone()).map_err(Error::Kubelet)?)),
+            None => None,
+        };
         let shared = Arc::new(Shared {
             store: store::Store::new(config.history),
             rbac: rbac::Rbac::new(&admin_token),
@@ -111,6 +130,8 @@ impl FakeKube {
             admission: Default::default(),
             config: config.clone(),
             drop_watches,
+            cluster_ips: endpoints::ClusterIps::new(kubelet.as_ref().map(|k| k.service_prefix())),
+            kubelet: kubelet.clone(),
         });
         let listener = tokio::net::TcpListener::bind(config.addr).await?;
         let addr = listener.local_addr()?;
@@ -121,7 +142,24 @@ impl FakeKube {
             }
         });
         let sim = tokio::spawn(sim::Simulator::new(shared.clone()).run(config.sim_tick));
-        Ok(FakeKube { url: format!("http://{addr}"), addr, admin_token, shared, tasks: vec![server, sim] })
+        let mut tasks = vec![server, sim];
+        if let Some(kubelet) = kubelet {
+            // Pods reach the API server at the host's address on their network, same port if free.
+            let gateway = kubelet.gateway();
+            let for_pods = match tokio::net::TcpListener::bind((gateway, addr.port())).await {
+                Ok(l) => l,
+                Err(_) => tokio::net::TcpListener::bind((gateway, 0)).await?,
+            };
+            kubelet.set_api(for_pods.local_addr()?);
+            let app = http::router(shared.clone());
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = axum::serve(for_pods, app).await {
+                    tracing::error!(error = %e, "fake kube server for pods stopped");
+                }
+            }));
+            tasks.push(tokio::spawn(kubelet.run(shared.clone())));
+        }
+        Ok(FakeKube { url: format!("http://{addr}"), addr, admin_token, shared, tasks })
     }
 
     /// A kubeconfig for this server that authenticates with `token`.
@@ -288,6 +326,12 @@ impl FakeKube {
                 }
             }
         })
+    }
+
+    /// The network namespace (under /var/run/netns) of a pod the kubelet runs.
+    pub fn pod_netns(&self, namespace: &str, name: &str) -> Option<String> {
+        let kubelet = self.shared.kubelet.as_ref()?;
+        kubelet.pod_netns(namespace, name)
     }
 
     pub fn resource_version(&self) -> u64 {

@@ -1,6 +1,7 @@
 //! The workload simulator: a Deployment controller (one ReplicaSet per pod template, rolling
 //! updates within maxSurge/maxUnavailable, or Recreate), a ReplicaSet controller, a "kubelet"
-//! that makes pods ready after a delay with a loopback pod IP, and owner-reference garbage
+//! that makes pods ready after a delay with a loopback pod IP (all pods but those the real
+//! kubelet runs, when it is on), and owner-reference garbage
 //! collection. Pods are created through the mutating admission webhooks, as the real
 //! ReplicaSet controller's are; a refused create is reported on the ReplicaSet and retried.
 //! DaemonSets and StatefulSets are stored but not simulated.
@@ -102,7 +103,7 @@ impl Simulator {
             self.replicaset(&rs).await;
         }
         self.collect_garbage();
-        crate::endpoints::reconcile(store);
+        crate::endpoints::reconcile(store, &shared.cluster_ips);
         // The rv from before this pass: if the pass wrote anything, the next one runs again
         // and sees it (a pass that changes nothing ends the cascade).
         self.seen_rv = rv;
@@ -114,7 +115,12 @@ impl Simulator {
         let delay = self.shared.config.ready_delay;
         let (all, _) = store.list(pods, None);
         let mut pending = HashMap::new();
+        let real = self.shared.kubelet.as_ref().map(|k| k.config());
         for p in all.iter().filter(|p| !is_ready(p)) {
+            // The real kubelet's pods: their status is what their processes do.
+            if real.is_some_and(|k| k.can_run(p)) {
+                continue;
+            }
             if p.pointer(&format!("/metadata/annotations/{}", NEVER_READY.replace('/', "~1"))).and_then(Value::as_str) == Some("true") {
                 continue;
             }

@@ -252,6 +252,8 @@ fn proxy_container(config: &InjectConfig, version: &str) -> Container {
     let env = |name: &str, value: String| EnvVar { name: name.into(), value: Some(value), ..Default::default() };
     let mut envs = vec![
         env("MESHFLEET_PROXY_CONTROLLER_ADDR", config.controller_addr.clone()),
+        // Discovery is served on the same port: intercepted destinations resolve through it.
+        env("MESHFLEET_PROXY_DESTINATION_ADDR", config.controller_addr.clone()),
         env("MESHFLEET_TRUST_DOMAIN", config.trust_domain.clone()),
         env("MESHFLEET_PROXY_TOKEN_FILE", format!("{TOKEN_DIR}/{TOKEN_FILE}")),
         env("MESHFLEET_PROXY_TRUST_ANCHORS", format!("{TRUST_DIR}/{TRUST_BUNDLE_KEY}")),
@@ -402,6 +404,7 @@ mod tests {
         assert_eq!(proxy["readinessProbe"]["httpGet"], json!({"path": "/ready", "port": 4191}));
         let env = |name: &str| proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == name).map(|e| e["value"].clone());
         assert_eq!(env("MESHFLEET_PROXY_CONTROLLER_ADDR"), Some(json!("meshfleet-controller.meshfleet.svc:8080")));
+        assert_eq!(env("MESHFLEET_PROXY_DESTINATION_ADDR"), Some(json!("meshfleet-controller.meshfleet.svc:8080")));
         assert_eq!(env("MESHFLEET_PROXY_TOKEN_FILE"), Some(json!("/var/run/secrets/tokens/meshfleet-identity")));
         assert_eq!(env("MESHFLEET_PROXY_OUTBOUND_INTERCEPT"), Some(json!("127.0.0.1:4140")));
         assert_eq!(proxy["volumeMounts"][0], json!({"name": TOKEN_VOLUME, "mountPath": TOKEN_DIR, "readOnly": true}));

@@ -79,6 +79,11 @@ pub struct InstallArgs {
     /// namespaces `get` rule and the MutatingWebhookConfiguration (failure policy Ignore).
     #[arg(long, requires = "dev_certs")]
     pub injector: bool,
+    /// Also render the trust-bundle ConfigMap into this namespace (repeatable): injected pods
+    /// mount it from their own namespace. The namespace must exist first; later changes to the
+    /// bundle are not copied there.
+    #[arg(long = "bundle-namespace", value_name = "NAMESPACE")]
+    pub bundle_namespaces: Vec<String>,
 }
 
 /// The PEM the manifest carries, checked.
@@ -201,7 +206,9 @@ pub fn render(args: &InstallArgs, m: &Material) -> String {
     ];
     if let Some(pem) = &m.anchors_pem {
         let data = string_map([(TRUST_BUNDLE_KEY, pem.as_str())]);
-        docs.push(yaml(&ConfigMap { metadata: meta(args, TRUST_BUNDLE, Some(ns)), data: Some(data), ..Default::default() }));
+        for ns in std::iter::once(ns).chain(args.bundle_namespaces.iter().map(String::as_str)) {
+            docs.push(yaml(&ConfigMap { metadata: meta(args, TRUST_BUNDLE, Some(ns)), data: Some(data.clone()), ..Default::default() }));
+        }
     }
     if let Some((cert, key)) = &m.issuer {
         let data = [(ISSUER_CERT_KEY, cert), (ISSUER_KEY_KEY, key)].map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())));

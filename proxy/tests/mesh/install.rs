@@ -198,6 +198,17 @@ fn install_flags_set_version_image_namespace_and_trust_domain() {
 }
 
 #[test]
+fn install_renders_the_trust_bundle_into_workload_namespaces_too() {
+    let docs = parse(&rendered(&["--dev-certs", "--bundle-namespace=shop", "--bundle-namespace=web"]));
+    let bundles: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "meshfleet-trust-bundle").collect();
+    let namespaces: Vec<&str> = bundles.iter().map(|d| d["metadata"]["namespace"].as_str().unwrap()).collect();
+    assert_eq!(namespaces, ["meshfleet", "shop", "web"]);
+    assert!(bundles.iter().all(|d| d["data"] == bundles[0]["data"] && d["data"]["ca-bundle.crt"].as_str().is_some_and(|p| p.contains("BEGIN CERTIFICATE"))));
+    // The controller's RBAC does not grow: it reads only its own namespace's copy.
+    assert_eq!(one(&docs, "Role")["metadata"]["namespace"], "meshfleet");
+}
+
+#[test]
 fn install_refuses_bad_pem_and_mismatched_keys_clearly() {
     let pki = Pki::new();
     let other = mint::new_anchor(&CaProfile::new("other", YEAR)).unwrap();

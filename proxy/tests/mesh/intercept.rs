@@ -21,18 +21,7 @@ const CLIENT_ID: &str = "spiffe://cluster.local/ns/web/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/api/sa/server";
 
 fn skip_reason() -> Option<String> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?");
-    if uid != "0" {
-        return Some(format!("not root (uid {uid})"));
-    }
-    for tool in ["ip", "iptables", "setpriv"] {
-        let found = Command::new(tool).arg(if tool == "setpriv" { "--version" } else { "-V" }).output().is_ok_and(|o| o.status.success());
-        if !found {
-            return Some(format!("`{tool}` is not available"));
-        }
-    }
-    None
+    root_skip_reason(&["ip", "iptables", "setpriv"])
 }
 
 fn sh(args: &[&str]) -> String {

@@ -5,6 +5,7 @@ mod injector;
 mod install;
 mod intercept;
 mod kube_source;
+mod kubelet_walkthrough;
 mod metrics;
 mod mtls;
 mod protocols;

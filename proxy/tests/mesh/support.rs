@@ -1,6 +1,7 @@
 //! Test support: a PKI in a temp dir, the real controller and proxy binaries spawned on
 //! 127.0.0.1 port 0 (addresses read from their ready files), an in-process echo app, a TCP tap,
-//! and a Prometheus text reader. Processes are killed on drop; logs show with TEST_LOG=1.
+//! a Prometheus text reader, and why a root-only test must skip. Processes are killed on drop;
+//! logs show with TEST_LOG=1.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +17,22 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 pub const YEAR: Duration = Duration::from_secs(365 * 86400);
+
+/// Why a test that needs root and these programs cannot run here, if it cannot.
+pub fn root_skip_reason(tools: &[&str]) -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let uid = status.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).unwrap_or("?");
+    if uid != "0" {
+        return Some(format!("not root (uid {uid})"));
+    }
+    for tool in tools {
+        let found = Command::new(tool).arg(if *tool == "ip" { "-V" } else { "--version" }).output().is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("`{tool}` is not available"));
+        }
+    }
+    None
+}
 
 /// Anchor + issuer + token files for one controller.
 pub struct Pki {

@@ -10,16 +10,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::Pki;
 
-/// The shell block after the README's `<!-- walkthrough` marker.
-fn readme_walkthrough() -> String {
+/// The shell block after the README's `marker` (e.g. `<!-- walkthrough`).
+pub(crate) fn readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let after = readme.split("<!-- walkthrough").nth(1).expect("README marks its walkthrough block");
+    let after = readme.split(marker).nth(1).expect("README marks its walkthrough block");
     let block = after.split("```sh\n").nth(1).and_then(|b| b.split("\n```").next());
     block.expect("a sh block follows the marker").to_owned()
 }
 
 /// Every port the walkthrough listens on or dials (`127.0.0.1:P`, `localhost:P`).
-fn ports(script: &str) -> Vec<u16> {
+pub(crate) fn ports(script: &str) -> Vec<u16> {
     let mut found: Vec<u16> = ["127.0.0.1:", "localhost:"]
         .iter()
         .flat_map(|host| script.split(host).skip(1))
@@ -32,7 +32,7 @@ fn ports(script: &str) -> Vec<u16> {
 
 /// The script with each port in `map` replaced wherever it stands as a number after `:` or a
 /// space (one pass, so a new port is never rewritten again).
-fn rewrite_ports(script: &str, map: &HashMap<u16, u16>) -> String {
+pub(crate) fn rewrite_ports(script: &str, map: &HashMap<u16, u16>) -> String {
     let mut out = String::with_capacity(script.len());
     let mut rest = script;
     while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
@@ -50,13 +50,13 @@ fn rewrite_ports(script: &str, map: &HashMap<u16, u16>) -> String {
     out
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Runs `script` with `bash -euo pipefail` in `dir`, in a process group of its own so that
 /// whatever it started can be stopped if it hangs.
-fn run_bash(script: &str, dir: &Path, limit: Duration) -> (bool, String) {
+pub(crate) fn run_bash(script: &str, dir: &Path, limit: Duration) -> (bool, String) {
     let out_path = dir.join("walkthrough.out");
     let out = std::fs::File::create(&out_path).unwrap();
     let mut child = Command::new("bash")
@@ -93,7 +93,7 @@ fn run_bash(script: &str, dir: &Path, limit: Duration) -> (bool, String) {
 
 #[test]
 fn readme_walkthrough_runs_as_written_twice() {
-    let script = readme_walkthrough();
+    let script = readme_block("<!-- walkthrough");
     let readme_ports = ports(&script);
     for taken in [8080, 8443] {
         assert!(!readme_ports.contains(&taken), "the walkthrough uses {taken}, a meshfleet-server default: {readme_ports:?}");

@@ -4,6 +4,7 @@
 //! `admission`.
 
 mod admission;
+mod kubelet;
 
 use std::time::Duration;
 
