@@ -26,3 +26,17 @@ CREATE TABLE upgrade_policies (
     updated_at  BIGINT NOT NULL
 );
 CREATE INDEX upgrade_policies_org ON upgrade_policies (org_id, position);
+
+-- Rollouts (`domain::rollouts::Rollout`): the whole state machine, each cluster's phase and
+-- command included, as one JSON document; `state` and `updated_at` beside it for the job's
+-- queries and for optimistic concurrency (a save names the `updated_at` it read).
+CREATE TABLE rollouts (
+    id          TEXT PRIMARY KEY,
+    org_id      TEXT NOT NULL REFERENCES organizations(id) ON DELETE CASCADE,
+    state       TEXT NOT NULL,
+    document    TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    updated_at  BIGINT NOT NULL
+);
+CREATE INDEX rollouts_org ON rollouts (org_id, id);
+CREATE INDEX rollouts_state ON rollouts (state);

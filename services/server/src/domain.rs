@@ -90,6 +90,8 @@ id_type!(/// A custom alert rule on the golden metrics of workloads.
     MetricRuleId);
 id_type!(/// An upgrade policy: channel, mode, windows and pin for the clusters it selects.
     UpgradePolicyId);
+id_type!(/// A rollout of a mesh version over clusters, in waves.
+    RolloutId);
 
 /// What a member or API token may do in an organization. Ordered: viewer < admin < owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]

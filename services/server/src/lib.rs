@@ -17,6 +17,7 @@ pub mod jwt;
 pub mod login;
 pub mod metrics;
 pub mod releases;
+pub mod rollouts;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

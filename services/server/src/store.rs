@@ -21,6 +21,7 @@ pub mod notifications;
 pub mod pki;
 pub mod policies;
 pub mod releases;
+pub mod rollouts;
 pub mod rollups;
 pub mod sessions;
 pub mod signing_keys;

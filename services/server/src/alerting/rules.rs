@@ -10,7 +10,8 @@
 //!
 //! Inhibition: while a cluster's agent is disconnected, its other alerts are held as they are
 //! (neither raised nor resolved): the data they would be judged on is stale, and the one alert
-//! that matters is the agent's.
+//! that matters is the agent's. While a rollout upgrades a cluster, its version-skew alert is
+//! held the same way: proxies and control plane part on purpose until the workloads restart.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -64,6 +65,10 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
         let silences = store::silences::active(&mut conn, org, now).await?;
         (changes, open, silences)
     };
+    let upgrading = {
+        let mut conn = state.db.pool.acquire().await?;
+        crate::rollouts::upgrading(&store::rollouts::open(&mut conn, org).await?)
+    };
     let (metric_rules, objectives) = {
         let mut conn = state.db.pool.acquire().await?;
         let rules: Vec<MetricRule> = store::metric_rules::list(&mut conn, org).await?.into_iter().filter(|r| r.enabled).collect();
@@ -82,9 +87,13 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     let mut eval = Evaluation { state, org, now, resolve_delay, open, seen: HashSet::new(), judged: Vec::new() };
     for row in &snapshot.rows {
         let held = row.status == "disconnected";
+        let cluster = row.cluster.id;
         if held {
-            let cluster = row.cluster.id;
             eval.seen.extend(eval.open.values().filter(|a| a.cluster_id == cluster && a.rule != "agent").map(|a| a.fingerprint.clone()));
+        }
+        let upgrading = upgrading.contains(&cluster);
+        if upgrading {
+            eval.seen.extend(eval.open.values().filter(|a| a.cluster_id == cluster && a.rule == "version_skew").map(|a| a.fingerprint.clone()));
         }
         for (finding, since) in &row.findings {
             let Some(rule) = builtin_rule(finding.check()) else { continue };
@@ -92,7 +101,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
             // A cluster waiting for its first agent is not a problem to page anyone about. A
             // disconnected cluster's findings are old news, muted by its agent alert, except an
             // issuer that will expire before anyone can rotate it: that one is the news.
-            let muted = held && rule.name != "agent" && !matches!(finding, Finding::IssuerStranded { .. });
+            let muted = (held && rule.name != "agent" && !matches!(finding, Finding::IssuerStranded { .. })) || (upgrading && rule.name == "version_skew");
             if !cfg.enabled || matches!(finding, Finding::NoAgentYet) || muted {
                 continue;
             }
@@ -130,7 +139,7 @@ pub async fn evaluate(state: &AppState, org: OrgId) -> anyhow::Result<()> {
     let Evaluation { open, seen, mut judged, .. } = eval;
     for (fingerprint, alert) in open {
         if seen.contains(&fingerprint) {
-            // Held as it is (its cluster's agent is disconnected).
+            // Held as it is (its cluster's agent is disconnected, or it is being upgraded).
             judged.push(alert);
             continue;
         }

@@ -182,6 +182,294 @@ pub fn plan(catalog: &Catalog, target: &semver::Version, candidates: &[Candidate
     Plan { target_version: target.to_string(), waves: out, skipped }
 }
 
+/// Health gates of a rollout, judged on each cluster after its upgrade against its own
+/// baseline from before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Gates {
+    /// The success rate may fall by at most this many percentage points (default 1).
+    #[serde(default = "one_point")]
+    pub max_success_rate_drop_points: f64,
+    /// The p99 latency may rise by at most this share, in percent (default 25).
+    #[serde(default = "quarter_f")]
+    pub max_p99_increase_percent: f64,
+}
+
+fn one_point() -> f64 {
+    1.0
+}
+
+fn quarter_f() -> f64 {
+    25.0
+}
+
+impl Default for Gates {
+    fn default() -> Self {
+        Gates { max_success_rate_drop_points: one_point(), max_p99_increase_percent: quarter_f() }
+    }
+}
+
+/// Golden metrics of a cluster over a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Measured {
+    pub requests: i64,
+    /// In [0, 1]; none without requests.
+    pub success_rate: Option<f64>,
+    /// The worst workload's p99 over the window.
+    pub p99_ms: Option<f64>,
+}
+
+/// Why a cluster's gate failed, with what was measured; `None`: it passed. `new_findings` are
+/// the health checks failing now that were not failing before the cluster started.
+pub fn judge(g: &Gates, before: &Measured, after: &Measured, new_findings: &[String]) -> Option<String> {
+    if let (Some(b), Some(a)) = (before.success_rate, after.success_rate) {
+        let drop = (b - a) * 100.0;
+        if drop > g.max_success_rate_drop_points {
+            return Some(format!(
+                "success rate fell {drop:.2} points ({:.2}% -> {:.2}%), more than the {} allowed",
+                b * 100.0,
+                a * 100.0,
+                g.max_success_rate_drop_points
+            ));
+        }
+    }
+    if let (Some(b), Some(a)) = (before.p99_ms, after.p99_ms) {
+        let rise = if b > 0.0 { (a - b) / b * 100.0 } else { 0.0 };
+        if rise > g.max_p99_increase_percent {
+            return Some(format!("p99 rose {rise:.0}% ({b:.1} ms -> {a:.1} ms), more than the {}% allowed", g.max_p99_increase_percent));
+        }
+    }
+    new_findings.first().map(|f| format!("health check failing since the upgrade: {f}"))
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub waves: WaveSpec,
+    #[serde(default)]
+    pub gates: Gates,
+    /// How long after its workloads are restarted a cluster is watched before its gates are
+    /// judged, 1 to 86,400 (default 300).
+    #[serde(default = "five_minutes")]
+    #[schema(minimum = 1, maximum = 86400)]
+    pub verify_seconds: u32,
+    /// The pause after each wave before the next starts (none after the last), 0 to 604,800
+    /// (default 600).
+    #[serde(default = "ten_minutes")]
+    #[schema(minimum = 0, maximum = 604800)]
+    pub soak_seconds: u32,
+    /// The most clusters upgrading at once, 1 to 1,000 (default 10).
+    #[serde(default = "ten")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub max_concurrent: u32,
+    /// Deployments restarted at once per cluster, 1 to 100 (default 1).
+    #[serde(default = "one")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub restart_batch: u32,
+}
+
+fn five_minutes() -> u32 {
+    300
+}
+
+fn ten_minutes() -> u32 {
+    600
+}
+
+fn ten() -> u32 {
+    10
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            waves: WaveSpec::default(),
+            gates: Gates::default(),
+            verify_seconds: five_minutes(),
+            soak_seconds: ten_minutes(),
+            max_concurrent: ten(),
+            restart_batch: one(),
+        }
+    }
+}
+
+impl Settings {
+    /// Each field that is out of bounds, and why (the waves are checked by `Waves::new`).
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut errors = Vec::new();
+        let g = &self.gates;
+        if !(0.0..=100.0).contains(&g.max_success_rate_drop_points) {
+            errors.push(("gates.max_success_rate_drop_points".into(), "must be 0 to 100".into()));
+        }
+        if !(0.0..=10_000.0).contains(&g.max_p99_increase_percent) {
+            errors.push(("gates.max_p99_increase_percent".into(), "must be 0 to 10000".into()));
+        }
+        for (field, value, range) in [
+            ("verify_seconds", self.verify_seconds, 1..=86_400),
+            ("soak_seconds", self.soak_seconds, 0..=604_800),
+            ("max_concurrent", self.max_concurrent, 1..=1000),
+            ("restart_batch", self.restart_batch, 1..=100),
+        ] {
+            if !range.contains(&value) {
+                errors.push((field.into(), format!("must be {} to {}", range.start(), range.end())));
+            }
+        }
+        errors
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    /// By an admin, or by a failed gate (then `reason` says which, with the measured values).
+    Paused,
+    Completed,
+    Aborted,
+}
+
+/// Where one cluster of a rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Its wave has not reached it yet.
+    Pending,
+    /// The controller moves to the hop's version (set-control-plane-version).
+    ControlPlane,
+    /// Its workloads restart in batches and come back with the new proxy (restart-workloads).
+    DataPlane,
+    /// Watched for `verify_seconds` before its gates are judged.
+    Verifying,
+    Done,
+    /// A gate failed: the controller goes back to the version it ran.
+    RollingBack,
+    /// ... and its workloads restart again to get the old proxy back.
+    RestoringWorkloads,
+    RolledBack,
+    /// Skipped by an admin.
+    Skipped,
+}
+
+impl Phase {
+    /// Nothing more happens to the cluster in this rollout (unless an admin retries it).
+    pub fn settled(self) -> bool {
+        matches!(self, Phase::Done | Phase::RolledBack | Phase::Skipped)
+    }
+
+    pub fn in_progress(self) -> bool {
+        self != Phase::Pending && !self.settled()
+    }
+}
+
+/// One cluster's run through a rollout.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterRun {
+    pub id: ClusterId,
+    pub name: String,
+    /// Its wave, from 0.
+    pub wave: u32,
+    /// The version it ran when planned.
+    pub from: String,
+    pub hops: Vec<String>,
+    /// The hop it is on (index into `hops`).
+    pub hop: u32,
+    pub phase: Phase,
+    /// The command this phase waits for.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub command_id: Option<super::CommandId>,
+    /// When the phase began.
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// Golden metrics before it started, and the health checks failing then.
+    pub baseline: Option<Measured>,
+    pub baseline_findings: Vec<String>,
+    /// Requests and failures already counted in the minute verifying began, left out of
+    /// `measured` (rollups are per minute; this keeps the minute's earlier traffic out).
+    pub counted_before: (i64, i64),
+    /// Golden metrics while verifying, as its gates judged them.
+    pub measured: Option<Measured>,
+    pub message: String,
+}
+
+/// A rollout as it is kept and shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Rollout {
+    pub id: super::RolloutId,
+    pub org_id: super::OrgId,
+    pub target_version: String,
+    pub selector: String,
+    pub settings: Settings,
+    pub state: RolloutState,
+    /// Why it is paused or aborted.
+    pub reason: Option<String>,
+    /// The wave running (from 0), and when it finished, while it soaks.
+    pub wave: u32,
+    pub waves: u32,
+    pub wave_done_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub clusters: Vec<ClusterRun>,
+    /// Selected clusters left out when it was planned, and why.
+    pub skipped: Vec<Skipped>,
+    pub created_by: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl Rollout {
+    /// A rollout of `plan`, running from `now`.
+    pub fn start(
+        id: super::RolloutId,
+        org_id: super::OrgId,
+        plan: Plan,
+        selector: String,
+        settings: Settings,
+        created_by: String,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Rollout {
+        let waves = plan.waves.len() as u32;
+        let clusters = plan
+            .waves
+            .into_iter()
+            .enumerate()
+            .flat_map(|(w, wave)| {
+                wave.clusters.into_iter().map(move |c| ClusterRun {
+                    id: c.id,
+                    name: c.name,
+                    wave: w as u32,
+                    from: c.from,
+                    hops: c.hops,
+                    hop: 0,
+                    phase: Phase::Pending,
+                    command_id: None,
+                    since: now,
+                    baseline: None,
+                    baseline_findings: Vec::new(),
+                    counted_before: (0, 0),
+                    measured: None,
+                    message: String::new(),
+                })
+            })
+            .collect();
+        let state = if waves == 0 { RolloutState::Completed } else { RolloutState::Running };
+        Rollout {
+            id,
+            org_id,
+            target_version: plan.target_version,
+            selector,
+            settings,
+            state,
+            reason: None,
+            wave: 0,
+            waves,
+            wave_done_at: None,
+            clusters,
+            skipped: plan.skipped,
+            created_by,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +585,20 @@ mod tests {
         let errors = Waves::new(WaveSpec { canary_selector: Some("a in (".into()), canary_count: 5000, batch_percent: 0 }).err().unwrap();
         let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(fields, ["waves.canary_selector", "waves.canary_count", "waves.batch_percent"]);
+    }
+
+    #[test]
+    fn gates_compare_each_cluster_with_its_own_baseline() {
+        let g = Gates::default();
+        let before = Measured { requests: 1000, success_rate: Some(0.995), p99_ms: Some(40.0) };
+        assert_eq!(judge(&g, &before, &Measured { success_rate: Some(0.99), p99_ms: Some(48.0), ..before }, &[]), None);
+        let worse = judge(&g, &before, &Measured { success_rate: Some(0.7), ..before }, &[]).unwrap();
+        assert_eq!(worse, "success rate fell 29.50 points (99.50% -> 70.00%), more than the 1 allowed");
+        let slower = judge(&g, &before, &Measured { p99_ms: Some(80.0), ..before }, &[]).unwrap();
+        assert!(slower.starts_with("p99 rose 100% (40.0 ms -> 80.0 ms)"), "{slower}");
+        let finding = judge(&g, &before, &before, &["control_plane: control plane 0/1 ready".into()]).unwrap();
+        assert!(finding.contains("control plane 0/1 ready"));
+        // No traffic before or after: nothing to compare, the metric gates pass.
+        assert_eq!(judge(&g, &Measured::default(), &Measured::default(), &[]), None);
     }
 }

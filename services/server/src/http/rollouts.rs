@@ -1,7 +1,10 @@
-//! Rollouts of a mesh version over the organization's clusters. Today: the plan preview, the
-//! waves a rollout would run and the clusters it would leave alone, without starting anything.
+//! Rollouts of a mesh version over the organization's clusters: the plan preview (the waves a
+//! rollout would run and the clusters it would leave alone), starting one, and steering it
+//! (pause, resume, abort; skip or retry a cluster). The `rollouts` job runs them
+//! (`crate::rollouts`).
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -10,16 +13,23 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use super::auth::Principal;
 use super::error::{ApiError, FieldError};
 use super::extract::ApiJson;
-use super::problems::{Forbidden, Internal, Invalid, JsonBody, Unauthenticated};
+use super::extract::ApiPath;
+use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
+use crate::db::to_rfc3339;
 use crate::domain::labels::{LabelError, Selector};
 use crate::domain::releases::parse_version;
-use crate::domain::rollouts::{self, Candidate, Plan, WaveSpec, Waves};
-use crate::domain::Role;
-use crate::store::{self, clusters::ListQuery};
+use crate::domain::rollouts::{self, Candidate, Phase, Plan, Rollout, RolloutState, Settings, Waves};
+use crate::domain::{ClusterId, Role, RolloutId};
+use crate::store::{self, audit, clusters::ListQuery};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(plan_rollout))
+    OpenApiRouter::new()
+        .routes(routes!(plan_rollout))
+        .routes(routes!(list_rollouts, start_rollout))
+        .routes(routes!(get_rollout))
+        .routes(routes!(act_on_rollout))
+        .routes(routes!(act_on_cluster))
 }
 
 /// A rollout as people ask for it.
@@ -33,19 +43,16 @@ pub struct RolloutRequest {
     #[serde(default)]
     pub selector: String,
     #[serde(default)]
-    pub waves: WaveSpec,
+    pub settings: Settings,
 }
 
-/// The waves a rollout would run, without starting it (admins).
-#[utoipa::path(post, path = "/api/v1/rollouts/plan", tag = "upgrades", request_body = RolloutRequest,
-    responses((status = 200, body = Plan), JsonBody, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
-#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
-async fn plan_rollout(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<RolloutRequest>) -> Result<Json<Plan>, ApiError> {
-    auth.require(Role::Admin)?;
+/// Checks the request and plans it against the catalog, the policies and the clusters now.
+async fn plan_for(state: &AppState, auth: &Principal, req: &RolloutRequest) -> Result<Plan, ApiError> {
     let mut errors = Vec::new();
     let target = parse_version(&req.target_version).map_err(|e| errors.push(FieldError::new("target_version", e))).ok();
     let selector: Option<Selector> = req.selector.parse().map_err(|e: LabelError| errors.push(FieldError::new("selector", e.message))).ok();
-    let waves = Waves::new(req.waves).map_err(|e| errors.extend(e.into_iter().map(|(f, m)| FieldError::new(f, m)))).ok();
+    let waves = Waves::new(req.settings.waves.clone()).map_err(|e| errors.extend(e.into_iter().map(|(f, m)| FieldError::new(format!("settings.{f}"), m)))).ok();
+    errors.extend(req.settings.check().into_iter().map(|(f, m)| FieldError::new(format!("settings.{f}"), m)));
     let catalog = state.releases.get(&state.db, state.clock.now_ms()).await?;
     if let Some(t) = target.as_ref().filter(|t| catalog.get(t).is_none()) {
         errors.push(FieldError::new("target_version", format!("{t} is not in the release catalog")));
@@ -68,5 +75,197 @@ async fn plan_rollout(State(state): State<AppState>, auth: Principal, ApiJson(re
             agent_version: c.agent_version.as_deref(),
         })
         .collect();
-    Ok(Json(rollouts::plan(&catalog, &target, &candidates, &policies, &waves)))
+    Ok(rollouts::plan(&catalog, &target, &candidates, &policies, &waves))
+}
+
+/// The waves a rollout would run, without starting it (admins).
+#[utoipa::path(post, path = "/api/v1/rollouts/plan", tag = "upgrades", request_body = RolloutRequest,
+    responses((status = 200, body = Plan), JsonBody, Unauthenticated, Forbidden, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn plan_rollout(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<RolloutRequest>) -> Result<Json<Plan>, ApiError> {
+    auth.require(Role::Admin)?;
+    Ok(Json(plan_for(&state, &auth, &req).await?))
+}
+
+async fn find(conn: &mut store::Conn, auth: &Principal, id: RolloutId) -> Result<Rollout, ApiError> {
+    store::rollouts::get(conn, auth.org_id, id).await?.ok_or(ApiError::NotFound("rollout"))
+}
+
+/// Starts a rollout (admins): planned as the preview shows, then run by the service. A
+/// cluster already in a running or paused rollout cannot be in a second one.
+#[utoipa::path(post, path = "/api/v1/rollouts", tag = "upgrades", request_body = RolloutRequest,
+    responses((status = 201, body = Rollout), JsonBody, Unauthenticated, Forbidden, Conflict, Invalid, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn start_rollout(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<RolloutRequest>) -> Result<(StatusCode, Json<Rollout>), ApiError> {
+    auth.require(Role::Admin)?;
+    let plan = plan_for(&state, &auth, &req).await?;
+    let now = state.clock.now_ms();
+    let mut tx = state.db.begin().await?;
+    let open = store::rollouts::open(&mut tx, auth.org_id).await?;
+    let busy: Vec<&str> = plan
+        .waves
+        .iter()
+        .flat_map(|w| &w.clusters)
+        .filter(|c| open.iter().any(|r| r.clusters.iter().any(|o| o.id == c.id && !o.phase.settled())))
+        .map(|c| c.name.as_str())
+        .collect();
+    if !busy.is_empty() {
+        return Err(ApiError::Conflict {
+            kind: "cluster-in-rollout",
+            detail: format!("already in an unfinished rollout: {}", busy.join(", ")),
+            field: Some("selector".into()),
+        });
+    }
+    let rollout = Rollout::start(RolloutId::new(), auth.org_id, plan, req.selector.clone(), req.settings.clone(), auth.actor.id(), to_rfc3339(now));
+    store::rollouts::insert(&mut tx, &rollout).await?;
+    let details = serde_json::json!({ "target_version": rollout.target_version, "selector": rollout.selector, "clusters": rollout.clusters.len(), "waves": rollout.waves });
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, "rollout.start", ("rollout", rollout.id.to_string()), details).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(rollout)))
+}
+
+/// The organization's rollouts, newest first (the latest 100).
+#[utoipa::path(get, path = "/api/v1/rollouts", tag = "upgrades",
+    responses((status = 200, body = Vec<Rollout>), Unauthenticated, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id))]
+async fn list_rollouts(State(state): State<AppState>, auth: Principal) -> Result<Json<Vec<Rollout>>, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(Json(store::rollouts::list(&mut conn, auth.org_id, 100).await?))
+}
+
+/// One rollout: its waves, each cluster's phase, step message, and the gates' measured values.
+#[utoipa::path(get, path = "/api/v1/rollouts/{id}", tag = "upgrades",
+    params(("id" = RolloutId, Path, description = "Rollout id")),
+    responses((status = 200, body = Rollout), BadRequest, Unauthenticated, NotFound, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rollout_id = %id))]
+async fn get_rollout(State(state): State<AppState>, auth: Principal, ApiPath(id): ApiPath<RolloutId>) -> Result<Json<Rollout>, ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    Ok(Json(find(&mut conn, &auth, id).await?))
+}
+
+/// What an admin can do to a rollout.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Abort,
+}
+
+/// What an admin can do to one cluster of a rollout.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ClusterAction {
+    /// Leave it out of the rest of the rollout (not while a step of it runs).
+    Skip,
+    /// Run it again from its first hop, after a rollback.
+    Retry,
+}
+
+/// Saves an admin's change to a rollout; the job's next look starts from it.
+async fn save_change(
+    state: &AppState,
+    auth: &Principal,
+    mut r: Rollout,
+    read: i64,
+    action: &str,
+    details: serde_json::Value,
+) -> Result<Json<Rollout>, ApiError> {
+    let now = state.clock.now_ms().max(read + 1);
+    r.updated_at = to_rfc3339(now);
+    let mut tx = state.db.begin().await?;
+    if !store::rollouts::save(&mut tx, &r, read).await? {
+        return Err(ApiError::Conflict { kind: "rollout-changed", detail: "the rollout moved on meanwhile; read it and try again".into(), field: None });
+    }
+    audit::record(&mut tx, auth.org_id, now, &auth.actor, action, ("rollout", r.id.to_string()), details).await?;
+    tx.commit().await?;
+    Ok(Json(r))
+}
+
+/// Pauses, resumes or aborts a rollout (admins). Paused, a cluster being rolled back still
+/// finishes its rollback; aborted, nothing more is sent (steps under way finish in the
+/// cluster, and clusters keep the version they reached).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/{action}", tag = "upgrades",
+    params(("id" = RolloutId, Path, description = "Rollout id"), ("action" = RolloutAction, Path, description = "pause, resume or abort")),
+    responses((status = 200, body = Rollout), BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rollout_id = %id))]
+async fn act_on_rollout(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath((id, action)): ApiPath<(RolloutId, RolloutAction)>,
+) -> Result<Json<Rollout>, ApiError> {
+    auth.require(Role::Admin)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut r = find(&mut conn, &auth, id).await?;
+    drop(conn);
+    let read = r.updated_at.timestamp_millis();
+    let from = r.state;
+    r.state = match (action, r.state) {
+        (RolloutAction::Pause, RolloutState::Running) => RolloutState::Paused,
+        (RolloutAction::Resume, RolloutState::Paused) => RolloutState::Running,
+        (RolloutAction::Abort, RolloutState::Running | RolloutState::Paused) => RolloutState::Aborted,
+        (_, state) => {
+            return Err(ApiError::Conflict {
+                kind: "rollout-state",
+                detail: format!("the rollout is {state:?}, so it cannot be {action:?}d").to_lowercase(),
+                field: None,
+            });
+        }
+    };
+    r.reason = match action {
+        RolloutAction::Pause => Some(format!("paused by {}", auth.actor.id())),
+        RolloutAction::Abort => Some(format!("aborted by {}", auth.actor.id())),
+        RolloutAction::Resume => None,
+    };
+    let details = serde_json::json!({ "from": from, "to": r.state });
+    save_change(&state, &auth, r, read, &format!("rollout.{}", format!("{action:?}").to_lowercase()), details).await
+}
+
+/// Skips a cluster, or retries one that was rolled back (admins).
+#[utoipa::path(post, path = "/api/v1/rollouts/{id}/clusters/{cluster_id}/{action}", tag = "upgrades",
+    params(("id" = RolloutId, Path, description = "Rollout id"), ("cluster_id" = ClusterId, Path, description = "Cluster id"),
+        ("action" = ClusterAction, Path, description = "skip or retry")),
+    responses((status = 200, body = Rollout), BadRequest, Unauthenticated, Forbidden, NotFound, Conflict, Internal), security(("bearer" = [])))]
+#[tracing::instrument(skip_all, fields(org_id = %auth.org_id, rollout_id = %id, cluster_id = %cluster))]
+async fn act_on_cluster(
+    State(state): State<AppState>,
+    auth: Principal,
+    ApiPath((id, cluster, action)): ApiPath<(RolloutId, ClusterId, ClusterAction)>,
+) -> Result<Json<Rollout>, ApiError> {
+    auth.require(Role::Admin)?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut r = find(&mut conn, &auth, id).await?;
+    drop(conn);
+    let read = r.updated_at.timestamp_millis();
+    let now = to_rfc3339(state.clock.now_ms());
+    if matches!(r.state, RolloutState::Completed | RolloutState::Aborted) {
+        return Err(ApiError::Conflict { kind: "rollout-state", detail: "the rollout is over".into(), field: None });
+    }
+    let c = r.clusters.iter_mut().find(|c| c.id == cluster).ok_or(ApiError::NotFound("cluster in this rollout"))?;
+    let from = c.phase;
+    match (action, c.phase) {
+        (ClusterAction::Skip, Phase::Pending | Phase::RolledBack) => {
+            c.phase = Phase::Skipped;
+            c.message = format!("skipped by {}", auth.actor.id());
+        }
+        (ClusterAction::Retry, Phase::RolledBack | Phase::Skipped) => {
+            c.phase = Phase::Pending;
+            c.hop = 0;
+            c.command_id = None;
+            c.measured = None;
+            c.message = format!("retried by {}", auth.actor.id());
+        }
+        (_, phase) => {
+            let detail = format!("the cluster is {phase:?}: skip a pending or rolled-back cluster, retry a rolled-back or skipped one").to_lowercase();
+            return Err(ApiError::Conflict { kind: "cluster-phase", detail, field: None });
+        }
+    }
+    c.since = now;
+    // A retried cluster of an earlier wave runs again in the current one.
+    if matches!(action, ClusterAction::Retry) {
+        c.wave = c.wave.max(r.wave);
+        r.wave_done_at = None;
+    }
+    let details = serde_json::json!({ "cluster": cluster, "from": from, "to": r.clusters.iter().find(|c| c.id == cluster).map(|c| c.phase) });
+    save_change(&state, &auth, r, read, &format!("rollout.cluster.{}", format!("{action:?}").to_lowercase()), details).await
 }

@@ -76,6 +76,23 @@ pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, s
         .collect()
 }
 
+/// One cluster's totals over the minutes that start from `from` to `to` (ms, both inclusive).
+pub async fn golden_between(conn: &mut Conn, org: OrgId, cluster: ClusterId, from: i64, to: i64) -> Result<Golden, sqlx::Error> {
+    roll_up(conn, Scope::Cluster(org, cluster)).await?;
+    let r = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(requests), 0) AS BIGINT) AS requests, CAST(COALESCE(SUM(failures), 0) AS BIGINT) AS failures,
+                COALESCE(MAX(latency_p99_ms), 0.0) AS p99_ms, COALESCE(MIN(minute), 0) AS first_minute
+         FROM metric_rollups WHERE org_id = $1 AND cluster_id = $2 AND minute >= $3 AND minute <= $4",
+    )
+    .bind(org.to_string())
+    .bind(cluster.to_string())
+    .bind(from)
+    .bind(to)
+    .fetch_one(conn)
+    .await?;
+    Ok(Golden { requests: r.try_get("requests")?, failures: r.try_get("failures")?, p99_ms: r.try_get("p99_ms")?, first_minute: r.try_get("first_minute")? })
+}
+
 /// Per-minute totals of several clusters since `since`, oldest first, in one query.
 pub async fn golden_by_minute_of(
     conn: &mut Conn,

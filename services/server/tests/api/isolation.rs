@@ -46,7 +46,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             Some(json!({ "name": "intruder", "metric": "success_rate", "comparison": "<", "threshold": 0.5 }))
         }
         ("POST", "/api/v1/upgrade-policies") | ("PUT", "/api/v1/upgrade-policies/{id}") => Some(json!({ "name": "intruder" })),
-        ("POST", "/api/v1/rollouts/plan") => Some(json!({ "target_version": "0.1.0" })),
+        ("POST", "/api/v1/rollouts/plan") | ("POST", "/api/v1/rollouts") => Some(json!({ "target_version": "0.1.0" })),
         ("POST", "/api/v1/trust-anchors/upload") => Some(json!({ "certificate_pem": "x", "private_key_pem": "y" })),
         ("PUT", "/api/v1/trust-domain") => Some(json!({ "trust_domain": "intruder.example" })),
         ("POST", "/api/v1/trust-anchors/rotations/{id}/exclude") => Some(json!({ "cluster_id": "0190a0b0-0000-7000-8000-000000000000" })),
@@ -72,6 +72,8 @@ struct Victim {
     policy_id: String,
     metric_rule_id: String,
     rotation_id: String,
+    upgrade_policy_id: String,
+    rollout_id: String,
 }
 
 async fn victim(app: &TestApp) -> Victim {
@@ -100,6 +102,11 @@ async fn victim(app: &TestApp) -> Victim {
     assert_eq!(status, StatusCode::CREATED, "{anchor}");
     let (status, rotation) = app.post("/api/v1/trust-anchors/rotations", &owner.access, json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{rotation}");
+    let (status, upgrade_policy) = app.post("/api/v1/upgrade-policies", &owner.access, json!({ "name": "prod nights", "selector": "env=prod" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{upgrade_policy}");
+    // Its cluster never reported a version, so the rollout skips it (and is over at once).
+    let (status, rollout) = app.post("/api/v1/rollouts", &owner.access, json!({ "target_version": env!("CARGO_PKG_VERSION") })).await;
+    assert_eq!(status, StatusCode::CREATED, "{rollout}");
     Victim {
         owner,
         cluster_id,
@@ -112,6 +119,8 @@ async fn victim(app: &TestApp) -> Victim {
         policy_id: policy["id"].as_str().unwrap().to_owned(),
         metric_rule_id: rule["id"].as_str().unwrap().to_owned(),
         rotation_id: rotation["id"].as_str().unwrap().to_owned(),
+        upgrade_policy_id: upgrade_policy["id"].as_str().unwrap().to_owned(),
+        rollout_id: rollout["id"].as_str().unwrap().to_owned(),
     }
 }
 
@@ -123,6 +132,8 @@ fn fill(path: &str, v: &Victim) -> String {
         p if p.starts_with("/api/v1/notification-policies/") => &v.policy_id,
         p if p.starts_with("/api/v1/metric-rules/") => &v.metric_rule_id,
         p if p.starts_with("/api/v1/trust-anchors/rotations/") => &v.rotation_id,
+        p if p.starts_with("/api/v1/upgrade-policies/") => &v.upgrade_policy_id,
+        p if p.starts_with("/api/v1/rollouts/") => &v.rollout_id,
         _ => &v.token_id,
     };
     path.replace("{id}", id)
@@ -130,6 +141,8 @@ fn fill(path: &str, v: &Victim) -> String {
         .replace("{user_id}", &v.user_id)
         .replace("{command_id}", &v.command_id)
         .replace("{message_id}", &v.message_id)
+        .replace("{cluster_id}", &v.cluster_id)
+        .replace("{action}", if path.contains("/clusters/") { "skip" } else { "pause" })
 }
 
 /// Everything the victim organization can see about itself, to compare before and after.
@@ -146,6 +159,8 @@ async fn snapshot(app: &TestApp, v: &Victim) -> Value {
         "/api/v1/notification-policies",
         "/api/v1/trust-anchors",
         "/api/v1/trust-anchors/rotations",
+        "/api/v1/upgrade-policies",
+        "/api/v1/rollouts",
         &commands,
     ];
     for path in paths {

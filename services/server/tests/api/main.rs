@@ -32,6 +32,7 @@ mod openapi;
 mod policies;
 mod quotas;
 mod releases;
+mod rollouts;
 mod rollups;
 mod secrets_at_rest;
 mod silences;

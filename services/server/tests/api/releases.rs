@@ -277,7 +277,7 @@ async fn a_rollout_plan_previews_its_waves_and_who_stays_out(engine: Engine) {
     let other = app.owner("eve@example.com").await;
     registered(&app, &other, "not-yours").await;
 
-    let request = json!({ "target_version": "0.2.0", "waves": { "canary_selector": "region=eu", "batch_percent": 50 } });
+    let request = json!({ "target_version": "0.2.0", "settings": { "waves": { "canary_selector": "region=eu", "batch_percent": 50 } } });
     let (status, body) = app.post("/api/v1/rollouts/plan", &viewer.access, request.clone()).await;
     assert_problem(status, &body, 403, "forbidden", None);
     let (status, plan) = app.post("/api/v1/rollouts/plan", &owner.access, request).await;
@@ -296,9 +296,9 @@ async fn a_rollout_plan_previews_its_waves_and_who_stays_out(engine: Engine) {
     // A selector narrows it; the target must be in the catalog; every wrong field is named.
     let (_, plan) = app.post("/api/v1/rollouts/plan", &owner.access, json!({ "target_version": "0.2.0", "selector": "region=eu" })).await;
     assert_eq!(plan["waves"].as_array().map(Vec::len), Some(2), "{plan}");
-    let bad = json!({ "target_version": "9.9.9", "selector": "region in (", "waves": { "batch_percent": 0 } });
+    let bad = json!({ "target_version": "9.9.9", "selector": "region in (", "settings": { "waves": { "batch_percent": 0 }, "verify_seconds": 0 } });
     let (status, body) = app.post("/api/v1/rollouts/plan", &owner.access, bad).await;
     assert_problem(status, &body, 422, "validation", None);
     let fields: Vec<&str> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["selector", "waves.batch_percent", "target_version"], "{body}");
+    assert_eq!(fields, ["selector", "settings.waves.batch_percent", "settings.verify_seconds", "target_version"], "{body}");
 }

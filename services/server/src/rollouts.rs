@@ -1,0 +1,251 @@
+//! Rollouts run by the service: the leased `rollouts` job looks at each running rollout twice a
+//! second and moves each cluster of its current wave along (`domain::rollouts::Phase`): the
+//! control plane to the hop's version (set-control-plane-version), then its workloads
+//! restarted so the injector gives them the new proxy (restart-workloads), then
+//! `verify_seconds` of watching before its gates are judged against its own baseline. A failed
+//! gate rolls that cluster back (the control plane to the version it ran, its workloads
+//! restarted again) and pauses the rollout with the measured values. A wave is followed by
+//! `soak_seconds` before the next (the last by none). Each step is saved with its command in one transaction,
+//! written only if the rollout did not change meanwhile, so a restarted or newly leasing
+//! replica continues from the saved step and never sends a step's command twice.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::app::AppState;
+use crate::db::to_rfc3339;
+use crate::domain::audit::AuditEntry;
+use crate::domain::health::Health;
+use crate::domain::rollouts::{judge, ClusterRun, Measured, Phase, Rollout, RolloutState};
+use crate::domain::ClusterId;
+use crate::jobs::{Job, Scope};
+use crate::store::{self, commands::Command, fleet::Golden};
+
+const TICK: Duration = Duration::from_millis(500);
+/// How long an agent has for one step before its command expires (the step then fails).
+const STEP_DEADLINE_MS: i64 = 30 * 60 * 1000;
+const BY: &str = "rollouts";
+
+pub fn job() -> Job {
+    Job::new("rollouts", TICK, Scope::Leased, advance_all)
+}
+
+async fn advance_all(state: AppState) -> anyhow::Result<()> {
+    let mut conn = state.db.pool.acquire().await?;
+    let unfinished = store::rollouts::unfinished(&mut conn).await?;
+    drop(conn);
+    for r in unfinished {
+        // One rollout that cannot move (its data unreadable, say) does not hold the others up.
+        let (org, id) = (r.org_id, r.id);
+        if let Err(e) = advance(&state, r).await {
+            tracing::warn!(%org, rollout = %id, error = %format!("{e:#}"), "rollout step failed; retried on the next look");
+        }
+    }
+    Ok(())
+}
+
+fn measured(g: &Golden) -> Measured {
+    Measured { requests: g.requests, success_rate: g.success_rate(), p99_ms: (g.requests > 0).then_some(g.p99_ms) }
+}
+
+fn minute(ms: i64) -> i64 {
+    ms - ms.rem_euclid(60_000)
+}
+
+/// The health checks failing on a cluster now (`check/object: message`), as the fleet view
+/// assessed them; version skew is expected while it upgrades and not held against it.
+fn failing(snapshot: &crate::fleet::Snapshot, cluster: ClusterId, now: i64) -> Vec<String> {
+    let Some(row) = snapshot.rows.iter().find(|r| r.cluster.id == cluster) else { return Vec::new() };
+    row.findings
+        .iter()
+        .filter(|(f, _)| matches!(f.health(), Some(Health::Critical | Health::Degraded)) && f.check() != "version_skew")
+        .map(|(f, _)| format!("{}/{}: {}", f.check(), f.object(), f.message(now)))
+        .collect()
+}
+
+/// The command that moves `c` on from its phase, or none when it waits or is settled.
+fn command_for(c: &ClusterRun, restart_batch: u32) -> Option<(&'static str, serde_json::Value)> {
+    match c.phase {
+        Phase::ControlPlane => Some(("set-control-plane-version", serde_json::json!({ "version": c.hops[c.hop as usize] }))),
+        Phase::RollingBack => Some(("set-control-plane-version", serde_json::json!({ "version": c.from }))),
+        Phase::DataPlane | Phase::RestoringWorkloads => Some(("restart-workloads", serde_json::json!({ "batch_size": restart_batch }))),
+        _ => None,
+    }
+}
+
+/// Enters `phase`; its command (if any) is queued in `sent`.
+fn enter(r: &Rollout, c: &mut ClusterRun, phase: Phase, now: i64, message: String, sent: &mut Vec<Command>) {
+    c.phase = phase;
+    c.since = to_rfc3339(now);
+    c.message = message;
+    c.command_id = None;
+    if let Some((kind, params)) = command_for(c, r.settings.restart_batch) {
+        let command = Command::pending(r.org_id, c.id, kind.into(), params, format!("service:rollout:{}", r.id), now, STEP_DEADLINE_MS);
+        c.command_id = Some(command.id);
+        sent.push(command);
+    }
+}
+
+/// One look at a rollout.
+async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
+    let read = r.updated_at.timestamp_millis();
+    let original = r.clone();
+    // Strictly later than what it read, so a change saved in the same millisecond still shows.
+    let now = state.clock.now_ms().max(read + 1);
+    let live = state.liveness();
+    let snapshot = crate::fleet::FleetCache::snapshot(state, r.org_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut conn = state.db.pool.acquire().await?;
+    let mut sent: Vec<Command> = Vec::new();
+    let mut steps: Vec<(ClusterId, Phase, Phase, String)> = Vec::new();
+    let wave = r.wave;
+    let busy = r.clusters.iter().filter(|c| c.wave == wave && c.phase.in_progress()).count() as u32;
+    let mut slots = r.settings.max_concurrent.saturating_sub(busy);
+    let verify_ms = i64::from(r.settings.verify_seconds) * 1000;
+    let mut pause: Option<String> = None;
+    let mut clusters = std::mem::take(&mut r.clusters);
+    let paused = r.state == RolloutState::Paused;
+    for c in clusters.iter_mut().filter(|c| c.wave == wave && !c.phase.settled()) {
+        // Paused, only a rollback under way goes on.
+        if paused && !matches!(c.phase, Phase::RollingBack | Phase::RestoringWorkloads) {
+            continue;
+        }
+        let before = c.phase;
+        match c.phase {
+            Phase::Pending => {
+                if slots == 0 {
+                    continue;
+                }
+                let Some(cluster) = store::clusters::get(&mut conn, r.org_id, c.id).await? else {
+                    enter(&r, c, Phase::Skipped, now, "the cluster was deleted".into(), &mut sent);
+                    steps.push((c.id, before, c.phase, c.message.clone()));
+                    continue;
+                };
+                let status = cluster.effective_status(&live);
+                if status != "connected" {
+                    c.message = format!("waiting for its agent ({status})");
+                    continue;
+                }
+                slots -= 1;
+                let base = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now - verify_ms), now).await?;
+                c.baseline = Some(measured(&base));
+                c.baseline_findings = failing(&snapshot, c.id, now);
+                let hop = &c.hops[c.hop as usize];
+                enter(&r, c, Phase::ControlPlane, now, format!("control plane to {hop}"), &mut sent);
+            }
+            Phase::ControlPlane | Phase::DataPlane | Phase::RollingBack | Phase::RestoringWorkloads => {
+                let Some(id) = c.command_id else { continue };
+                let Some(command) = store::commands::get(&mut conn, r.org_id, c.id, id).await? else { continue };
+                match (command.state.as_str(), c.phase) {
+                    ("succeeded", Phase::ControlPlane) => enter(&r, c, Phase::DataPlane, now, "restarting workloads".into(), &mut sent),
+                    ("succeeded", Phase::DataPlane) => {
+                        let so_far = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now), now).await?;
+                        c.counted_before = (so_far.requests, so_far.failures);
+                        enter(&r, c, Phase::Verifying, now, format!("watching for {} s", r.settings.verify_seconds), &mut sent);
+                    }
+                    ("succeeded", Phase::RollingBack) => {
+                        enter(&r, c, Phase::RestoringWorkloads, now, "restarting workloads on the old proxy".into(), &mut sent)
+                    }
+                    ("succeeded", _) => enter(&r, c, Phase::RolledBack, now, format!("back at {}", c.from), &mut sent),
+                    ("failed" | "expired", Phase::ControlPlane | Phase::DataPlane) => {
+                        let why = format!("{} {}: {}", command.kind, command.state, command.message);
+                        pause.get_or_insert_with(|| format!("{}: {why}; rolled back", c.name));
+                        enter(&r, c, Phase::RollingBack, now, why, &mut sent);
+                    }
+                    ("failed" | "expired", _) => {
+                        c.message = format!("rollback {} {}: {} (retry the cluster, or act on it by hand)", command.kind, command.state, command.message);
+                        pause.get_or_insert_with(|| format!("{}: {}", c.name, c.message));
+                    }
+                    (other, _) => c.message = format!("{} {other}", command.kind),
+                }
+            }
+            Phase::Verifying => {
+                let since = c.since.timestamp_millis();
+                if now - since < verify_ms {
+                    continue;
+                }
+                let g = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(since), now).await?;
+                let after = Golden { requests: g.requests - c.counted_before.0, failures: g.failures - c.counted_before.1, ..g };
+                let after = measured(&after);
+                c.measured = Some(after);
+                let known: HashSet<&String> = c.baseline_findings.iter().collect();
+                let new: Vec<String> = failing(&snapshot, c.id, now).into_iter().filter(|f| !known.contains(f)).collect();
+                match judge(&r.settings.gates, &c.baseline.unwrap_or_default(), &after, &new) {
+                    Some(why) => {
+                        pause.get_or_insert_with(|| format!("{}: gate failed: {why}; rolled back", c.name));
+                        enter(&r, c, Phase::RollingBack, now, format!("gate failed: {why}"), &mut sent);
+                    }
+                    None if (c.hop as usize) + 1 < c.hops.len() => {
+                        c.hop += 1;
+                        let hop = c.hops[c.hop as usize].clone();
+                        enter(&r, c, Phase::ControlPlane, now, format!("gates passed; control plane to {hop}"), &mut sent);
+                    }
+                    None => enter(&r, c, Phase::Done, now, format!("at {}; gates passed", r.target_version), &mut sent),
+                }
+            }
+            Phase::Done | Phase::RolledBack | Phase::Skipped => {}
+        }
+        if c.phase != before {
+            steps.push((c.id, before, c.phase, c.message.clone()));
+        }
+    }
+    r.clusters = clusters;
+    if let Some(reason) = pause {
+        r.state = RolloutState::Paused;
+        r.reason = Some(reason);
+    } else if !paused && r.clusters.iter().filter(|c| c.wave == wave).all(|c| c.phase.settled()) {
+        // The soak guards the next wave; after the last there is none to guard.
+        let soaked = |done: chrono::DateTime<chrono::Utc>| now - done.timestamp_millis() >= i64::from(r.settings.soak_seconds) * 1000;
+        match r.wave_done_at {
+            _ if r.wave + 1 >= r.waves => {
+                r.wave = r.waves;
+                r.wave_done_at = None;
+                r.state = RolloutState::Completed;
+            }
+            None => r.wave_done_at = Some(to_rfc3339(now)),
+            Some(done) if soaked(done) => {
+                r.wave += 1;
+                r.wave_done_at = None;
+            }
+            Some(_) => {}
+        }
+    }
+    // Nothing moved (a step still waits): nothing to write.
+    if r == original {
+        return Ok(());
+    }
+    drop(conn);
+    r.updated_at = to_rfc3339(now);
+    let mut tx = state.db.begin().await?;
+    for command in &sent {
+        store::commands::insert(&mut tx, command).await?;
+    }
+    for (cluster, from, to, message) in &steps {
+        let details = serde_json::json!({ "cluster": cluster, "from": from, "to": to, "message": message, "target_version": r.target_version });
+        store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.step", ("rollout", r.id.to_string()), details)).await?;
+    }
+    if r.state != RolloutState::Running || r.wave != wave {
+        let details = serde_json::json!({ "state": r.state, "wave": r.wave, "reason": r.reason });
+        store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.progress", ("rollout", r.id.to_string()), details)).await?;
+    }
+    if !store::rollouts::save(&mut tx, &r, read).await? {
+        // An admin paused, aborted or skipped meanwhile: nothing of this look stands (not even
+        // its commands, in this transaction); the next look starts from theirs.
+        return Ok(());
+    }
+    tx.commit().await?;
+    for command in sent {
+        tracing::info!(org = %r.org_id, rollout = %r.id, cluster = %command.cluster_id, kind = %command.kind, "rollout step sent");
+        crate::gateway::dispatch::command_created(state, command.cluster_id).await;
+    }
+    Ok(())
+}
+
+/// The clusters these rollouts are upgrading now (a step under way, a rollback included):
+/// their version-skew alerts are muted meanwhile, as proxies and control plane part for a while.
+pub fn upgrading(rollouts: &[Rollout]) -> HashSet<ClusterId> {
+    rollouts
+        .iter()
+        .filter(|r| matches!(r.state, RolloutState::Running | RolloutState::Paused))
+        .flat_map(|r| r.clusters.iter().filter(|c| c.phase.in_progress()).map(|c| c.id))
+        .collect()
+}
