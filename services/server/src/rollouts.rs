@@ -16,7 +16,7 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::audit::AuditEntry;
 use crate::domain::health::Health;
-use crate::domain::rollouts::{judge, ClusterRun, Measured, Phase, Rollout, RolloutState};
+use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, Phase, Rollout, RolloutState};
 use crate::domain::ClusterId;
 use crate::jobs::{Job, Scope};
 use crate::store::{self, commands::Command, fleet::Golden};
@@ -139,7 +139,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                     ("succeeded", Phase::ControlPlane) => enter(&r, c, Phase::DataPlane, now, "restarting workloads".into(), &mut sent),
                     ("succeeded", Phase::DataPlane) => {
                         let so_far = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now), now).await?;
-                        c.counted_before = (so_far.requests, so_far.failures);
+                        c.counted_before = Counted { requests: so_far.requests, failures: so_far.failures };
                         enter(&r, c, Phase::Verifying, now, format!("watching for {} s", r.settings.verify_seconds), &mut sent);
                     }
                     ("succeeded", Phase::RollingBack) => {
@@ -164,7 +164,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                     continue;
                 }
                 let g = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(since), now).await?;
-                let after = Golden { requests: g.requests - c.counted_before.0, failures: g.failures - c.counted_before.1, ..g };
+                let after = Golden { requests: g.requests - c.counted_before.requests, failures: g.failures - c.counted_before.failures, ..g };
                 let after = measured(&after);
                 c.measured = Some(after);
                 let known: HashSet<&String> = c.baseline_findings.iter().collect();

@@ -362,6 +362,13 @@ impl Phase {
     }
 }
 
+/// Requests and failures counted so far in a minute.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Counted {
+    pub requests: i64,
+    pub failures: i64,
+}
+
 /// One cluster's run through a rollout.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ClusterRun {
@@ -385,7 +392,7 @@ pub struct ClusterRun {
     pub baseline_findings: Vec<String>,
     /// Requests and failures already counted in the minute verifying began, left out of
     /// `measured` (rollups are per minute; this keeps the minute's earlier traffic out).
-    pub counted_before: (i64, i64),
+    pub counted_before: Counted,
     /// Golden metrics while verifying, as its gates judged them.
     pub measured: Option<Measured>,
     pub message: String,
@@ -443,7 +450,7 @@ impl Rollout {
                     since: now,
                     baseline: None,
                     baseline_findings: Vec::new(),
-                    counted_before: (0, 0),
+                    counted_before: Counted::default(),
                     measured: None,
                     message: String::new(),
                 })
