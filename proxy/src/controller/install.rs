@@ -6,8 +6,8 @@
 //! with the same object names (`meshfleet_pki::names`).
 //!
 //! It renders only what the controller runs today: identity gRPC (TokenReview verifier, the
-//! Kubernetes issuer source), its admin port and, with `--injector` (only with `--dev-certs`
-//! for now), the proxy injector: its serving Secret, Service port and MutatingWebhookConfiguration.
+//! Kubernetes issuer source), its admin port and, with `--injector`, the proxy injector: its
+//! serving Secret, Service port and MutatingWebhookConfiguration.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
-use meshfleet_pki::mint::{issue_leaf, new_key, CaMaterial, LeafProfile, Usage};
+use meshfleet_pki::mint::{self, issue_leaf, new_key, CaMaterial, CaProfile, LeafProfile, Usage};
 use meshfleet_pki::names::{self, CONTROLLER_DEPLOYMENT, ISSUER_CERT_KEY, ISSUER_KEY_KEY, ISSUER_SECRET, TRUST_BUNDLE, TRUST_BUNDLE_KEY};
 use meshfleet_pki::rbac::{role_ref, rule};
 use meshfleet_pki::verify::{check_issuer, TrustBundle};
@@ -75,9 +75,10 @@ pub struct InstallArgs {
     #[arg(long)]
     pub dev_certs: bool,
     /// Also install the proxy injector: a serving certificate for the controller's Service
-    /// (signed by the dev issuer; only with --dev-certs for now), the injector port, a
-    /// namespaces `get` rule and the MutatingWebhookConfiguration (failure policy Ignore).
-    #[arg(long, requires = "dev_certs")]
+    /// signed by a webhook CA made for it here (the API server's trust, not the mesh's: the
+    /// webhook's caBundle), the injector port, a namespaces `get` rule and the
+    /// MutatingWebhookConfiguration (failure policy Ignore).
+    #[arg(long)]
     pub injector: bool,
     /// Also render the trust-bundle ConfigMap into this namespace (repeatable): injected pods
     /// mount it from their own namespace. The namespace must exist first; later changes to the
@@ -105,9 +106,9 @@ impl InstallArgs {
     /// parse, an issuer must match its key and chain to them. Every problem is a
     /// [`crate::ConfigError`].
     pub fn material(&self) -> anyhow::Result<Material> {
+        let injector = if self.injector { Some(injector_cert(&self.namespace)?) } else { None };
         if self.dev_certs {
             let (anchor, issuer): (CaMaterial, CaMaterial) = super::dev_anchor_and_issuer()?;
-            let injector = if self.injector { Some(injector_cert(&self.namespace, &anchor, &issuer)?) } else { None };
             return Ok(Material { anchors_pem: Some(anchor.cert_pem), issuer: Some((issuer.cert_pem, issuer.key_pem)), injector });
         }
         let read = |flag: &str, path: &PathBuf| std::fs::read_to_string(path).map_err(|e| crate::ConfigError(vec![format!("{flag} {}: {e}", path.display())]));
@@ -127,13 +128,15 @@ impl InstallArgs {
             }
             _ => None,
         };
-        Ok(Material { anchors_pem, issuer, injector: None })
+        Ok(Material { anchors_pem, issuer, injector })
     }
 }
 
-/// The injector's serving certificate: the controller Service's DNS names, signed by `issuer`
-/// (chain: leaf, issuer), trusted through `anchor` (the webhook's caBundle).
-fn injector_cert(namespace: &str, anchor: &CaMaterial, issuer: &CaMaterial) -> anyhow::Result<(String, String, String)> {
+/// The injector's serving certificate: the controller Service's DNS names, signed by a webhook
+/// CA made for it (as `linkerd install` makes its injector's), which is the webhook's caBundle.
+/// Whoever renders the manifest again gets a new pair; the CA's key is not kept.
+fn injector_cert(namespace: &str) -> anyhow::Result<(String, String, String)> {
+    let ca = mint::new_anchor(&CaProfile::new("meshfleet proxy injector CA", std::time::Duration::from_secs(365 * 86400)))?;
     let key = new_key()?;
     let service = CONTROLLER_DEPLOYMENT;
     let hosts = vec![format!("{service}.{namespace}.svc"), format!("{service}.{namespace}.svc.cluster.local")];
@@ -146,8 +149,8 @@ fn injector_cert(namespace: &str, anchor: &CaMaterial, issuer: &CaMaterial) -> a
         not_before: now - std::time::Duration::from_secs(300),
         not_after: now + std::time::Duration::from_secs(90 * 86400),
     };
-    let leaf = issue_leaf(&issuer.signer()?, &key, &profile)?;
-    Ok((format!("{}{}", leaf.pem(), issuer.cert_pem), key.serialize_pem(), anchor.cert_pem.clone()))
+    let leaf = issue_leaf(&ca.signer()?, &key, &profile)?;
+    Ok((leaf.pem(), key.serialize_pem(), ca.cert_pem))
 }
 
 /// What the manifest leaves to the operator, for stderr: the objects it references but does

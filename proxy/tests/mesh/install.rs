@@ -363,6 +363,15 @@ async fn install_injector_renders_the_webhook_and_a_working_certificate() {
     assert_eq!(answer["response"]["uid"], "u1");
     assert_eq!(answer["response"]["allowed"], true);
 
-    // Only with --dev-certs for now.
-    assert!(!install(&["--injector"]).status.success());
+    // Without --dev-certs too: the webhook's CA is made for it, whatever the mesh's anchors are.
+    let out = install(&["--injector"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let docs = parse(&String::from_utf8(out.stdout).unwrap());
+    let secret = docs.iter().find(|d| d["kind"] == "Secret" && d["metadata"]["name"] == "meshfleet-injector-tls").expect("the serving Secret");
+    let hook = one(&docs, "MutatingWebhookConfiguration");
+    let ca: k8s_openapi::ByteString = serde_json::from_value(hook["webhooks"][0]["clientConfig"]["caBundle"].clone()).unwrap();
+    let leaf = meshfleet_pki::pem::certs_from_pem(&secret_data(secret, "tls.crt")).unwrap().remove(0);
+    let roots = meshfleet_pki::verify::TrustBundle::from_pem(&ca.0).unwrap();
+    let now = rustls::pki_types::UnixTime::now();
+    assert!(meshfleet_pki::verify::verify_chain(&leaf, &[], roots.roots(), now).is_ok(), "the serving certificate chains to the caBundle");
 }

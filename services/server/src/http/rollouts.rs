@@ -162,6 +162,14 @@ pub enum ClusterAction {
     Retry,
 }
 
+/// The rollout an admin is about to change, and the `updated_at` (ms) its save must find.
+async fn for_change(state: &AppState, auth: &Principal, id: RolloutId) -> Result<(Rollout, i64), ApiError> {
+    let mut conn = state.db.pool.acquire().await?;
+    let r = find(&mut conn, auth, id).await?;
+    let read = r.updated_at.timestamp_millis();
+    Ok((r, read))
+}
+
 /// Saves an admin's change to a rollout; the job's next look starts from it.
 async fn save_change(
     state: &AppState,
@@ -195,10 +203,7 @@ async fn act_on_rollout(
     ApiPath((id, action)): ApiPath<(RolloutId, RolloutAction)>,
 ) -> Result<Json<Rollout>, ApiError> {
     auth.require(Role::Admin)?;
-    let mut conn = state.db.pool.acquire().await?;
-    let mut r = find(&mut conn, &auth, id).await?;
-    drop(conn);
-    let read = r.updated_at.timestamp_millis();
+    let (mut r, read) = for_change(&state, &auth, id).await?;
     let from = r.state;
     r.state = match (action, r.state) {
         (RolloutAction::Pause, RolloutState::Running) => RolloutState::Paused,
@@ -233,10 +238,7 @@ async fn act_on_cluster(
     ApiPath((id, cluster, action)): ApiPath<(RolloutId, ClusterId, ClusterAction)>,
 ) -> Result<Json<Rollout>, ApiError> {
     auth.require(Role::Admin)?;
-    let mut conn = state.db.pool.acquire().await?;
-    let mut r = find(&mut conn, &auth, id).await?;
-    drop(conn);
-    let read = r.updated_at.timestamp_millis();
+    let (mut r, read) = for_change(&state, &auth, id).await?;
     let now = to_rfc3339(state.clock.now_ms());
     if matches!(r.state, RolloutState::Completed | RolloutState::Aborted) {
         return Err(ApiError::Conflict { kind: "rollout-state", detail: "the rollout is over".into(), field: None });

@@ -46,6 +46,7 @@ async fn a_stopped_server_leaves_no_job_running(engine: Engine) {
         "fleet-overview",
         "issuer-rotation",
         "retention",
+        "rollouts",
         "rollups",
     ];
     if engine == Engine::Postgres {

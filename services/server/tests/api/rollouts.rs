@@ -113,11 +113,12 @@ async fn a_rollout_upgrades_good_clusters_in_waves_and_rolls_a_bad_canary_back(e
     let _bad = fleet(&app, "bad", 2, true, dir.path());
     let good = connected(&app, &owner, "good", 2).await;
     let bad = connected(&app, &owner, "bad", 2).await;
-    // The sim's latency noise is not what these runs test; the success rate is.
+    // The sim's latency noise is not what these runs test; the success rate is. Its short dips
+    // (up to 15% of one workload's requests) stay well under 10 points; a bad upgrade fails 30%.
     let settings = |fleet: &str| {
         json!({ "target_version": "0.2.0", "selector": format!("fleet={fleet}"), "settings": {
-            "waves": { "canary_count": 1, "batch_percent": 100 }, "verify_seconds": 2, "soak_seconds": 1,
-            "gates": { "max_success_rate_drop_points": 5, "max_p99_increase_percent": 10000 } } })
+            "waves": { "canary_count": 1, "batch_percent": 100 }, "verify_seconds": 3, "soak_seconds": 1,
+            "gates": { "max_success_rate_drop_points": 10, "max_p99_increase_percent": 10000 } } })
     };
 
     // Only admins start one.
@@ -266,7 +267,7 @@ async fn a_server_restarted_mid_rollout_continues_without_repeating_a_step(engin
     let owner = app.owner("ada@example.com").await;
     let _fleet = fleet(&app, "one", 1, false, dir.path());
     let cluster = connected(&app, &owner, "one", 1).await.remove(0);
-    let request = json!({ "target_version": "0.2.0", "settings": { "verify_seconds": 3, "gates": { "max_success_rate_drop_points": 5, "max_p99_increase_percent": 10000 } } });
+    let request = json!({ "target_version": "0.2.0", "settings": { "verify_seconds": 3, "gates": { "max_success_rate_drop_points": 10, "max_p99_increase_percent": 10000 } } });
     let (status, started) = app.post("/api/v1/rollouts", &owner.access, request).await;
     assert_eq!(status, StatusCode::CREATED, "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
