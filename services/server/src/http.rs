@@ -52,7 +52,8 @@ pub const OPENAPI_PATH: &str = "/api/openapi.json";
     info(title = "Meshfleet API", description = "Managed operations for service meshes across Kubernetes clusters."),
     modifiers(&BearerAuth),
     // AlertEvent is no route's body: it is what webhook channels receive, documented here.
-    components(schemas(error::Problem, error::FieldError, crate::domain::alerting::AlertEvent))
+    // The rollout actions are path parameters only, which utoipa does not collect.
+    components(schemas(error::Problem, error::FieldError, crate::domain::alerting::AlertEvent, rollouts::RolloutAction, rollouts::ClusterAction))
 )]
 struct ApiDoc;
 

@@ -14,7 +14,8 @@ use super::extract::{ApiJson, ApiPath};
 use super::problems::{BadRequest, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::db::to_rfc3339;
-use crate::domain::upgrade_policies::{UpgradePolicy, UpgradePolicySpec, MAX_POLICIES};
+use crate::domain::releases::Channel;
+use crate::domain::upgrade_policies::{Mode, UpgradePolicy, UpgradePolicySpec, WindowSpec, MAX_POLICIES};
 use crate::domain::{Role, UpgradePolicyId};
 use crate::store::{self, audit};
 
@@ -26,18 +27,40 @@ pub fn router() -> OpenApiRouter<AppState> {
     ))
 }
 
+/// An upgrade policy: its spec as written (trimmed), with its id and times.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UpgradePolicyView {
     pub id: UpgradePolicyId,
-    #[serde(flatten)]
-    pub spec: UpgradePolicySpec,
+    pub name: String,
+    pub selector: String,
+    pub position: i64,
+    pub channel: Channel,
+    pub mode: Mode,
+    pub windows: Vec<WindowSpec>,
+    pub time_zone: String,
+    pub pinned_version: Option<String>,
+    pub excluded: bool,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 impl From<UpgradePolicy> for UpgradePolicyView {
     fn from(p: UpgradePolicy) -> UpgradePolicyView {
-        UpgradePolicyView { id: p.id, spec: p.spec, created_at: to_rfc3339(p.created_at), updated_at: to_rfc3339(p.updated_at) }
+        let UpgradePolicySpec { name, selector, position, channel, mode, windows, time_zone, pinned_version, excluded } = p.spec;
+        UpgradePolicyView {
+            id: p.id,
+            name,
+            selector,
+            position,
+            channel,
+            mode,
+            windows,
+            time_zone,
+            pinned_version,
+            excluded,
+            created_at: to_rfc3339(p.created_at),
+            updated_at: to_rfc3339(p.updated_at),
+        }
     }
 }
 
