@@ -217,3 +217,32 @@ fn readme_rotation_walkthrough_rotates_the_demo_fleet_and_again() {
     running.child.kill().unwrap();
     let _ = running.child.wait();
 }
+
+/// The README's rollout walkthrough, after its quickstart, twice: two demo fleets (the real
+/// `meshfleet-sim` binary), one healthy and one on which the new version fails requests; the
+/// healthy one is upgraded in waves, the bad one's canary fails its gate, is rolled back, and
+/// its rollout pauses with the other cluster untouched.
+#[test]
+fn readme_rollout_walkthrough_upgrades_the_demo_fleet_and_rolls_a_bad_canary_back_and_again() {
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim"]);
+    std::fs::write(dir.path().join("releases.yaml"), "releases:\n- {version: 0.2.0, released_on: 2026-12-01}\n").unwrap();
+    let mut cmd = server(dir.path());
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").env("MESHFLEET_RELEASE_CATALOG", "releases.yaml");
+    let mut running = ServerProcess::start(cmd);
+    let script = format!("{}\n{}", readme_quickstart_script(), readme_block("rollout walkthrough")).replace("127.0.0.1:8080", &running.api);
+    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+
+    for run in ["first", "second"] {
+        let (stdout, shown) = run_walkthrough(run, &script, dir.path(), &path, home.path());
+        let last_state = |prefix: &str| stdout.lines().rev().find(|l| l.contains(&format!(" {prefix}-0000="))).unwrap_or_default().to_owned();
+        let good = last_state("good");
+        assert!(good.starts_with("completed: ") && good.matches("=done").count() == 4, "{run} run: the healthy fleet was not upgraded:\n{shown}");
+        let bad = last_state("bad");
+        assert_eq!(bad, "paused: bad-0000=rolled_back bad-0001=pending", "{run} run: the bad canary was not rolled back alone:\n{shown}");
+        assert!(stdout.contains("bad-0000: gate failed: success rate fell"), "{run} run: no failed gate with its values:\n{shown}");
+        assert!(stdout.contains("\nno gate failed\n") && stdout.trim_end().ends_with("rollout aborted"), "{run} run:\n{shown}");
+    }
+    running.child.kill().unwrap();
+    let _ = running.child.wait();
+}

@@ -53,12 +53,14 @@ fn minute(ms: i64) -> i64 {
 }
 
 /// The health checks failing on a cluster now (`check/object: message`), as the fleet view
-/// assessed them; version skew is expected while it upgrades and not held against it.
+/// assessed them. Version skew is expected while it upgrades and not held against it; the
+/// success rate is judged by the rollout's own gate, against the cluster's baseline, rather
+/// than by the fleet's fixed thresholds.
 fn failing(snapshot: &crate::fleet::Snapshot, cluster: ClusterId, now: i64) -> Vec<String> {
     let Some(row) = snapshot.rows.iter().find(|r| r.cluster.id == cluster) else { return Vec::new() };
     row.findings
         .iter()
-        .filter(|(f, _)| matches!(f.health(), Some(Health::Critical | Health::Degraded)) && f.check() != "version_skew")
+        .filter(|(f, _)| matches!(f.health(), Some(Health::Critical | Health::Degraded)) && !matches!(f.check(), "version_skew" | "success_rate"))
         .map(|(f, _)| format!("{}/{}: {}", f.check(), f.object(), f.message(now)))
         .collect()
 }
