@@ -17,6 +17,7 @@ use crate::db::to_rfc3339;
 use crate::domain::audit::AuditEntry;
 use crate::domain::health::Health;
 use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, Phase, Rollout, RolloutState};
+use crate::domain::upgrade_policies;
 use crate::domain::ClusterId;
 use crate::jobs::{Job, Scope};
 use crate::store::{self, commands::Command, fleet::Golden};
@@ -97,6 +98,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     let live = state.liveness();
     let snapshot = crate::fleet::FleetCache::snapshot(state, r.org_id).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut conn = state.db.pool.acquire().await?;
+    let policies = store::upgrade_policies::list(&mut conn, r.org_id).await?;
     let mut sent: Vec<Command> = Vec::new();
     let mut steps: Vec<(ClusterId, Phase, Phase, String)> = Vec::new();
     let wave = r.wave;
@@ -125,6 +127,12 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                 let status = cluster.effective_status(&live);
                 if status != "connected" {
                     c.message = format!("waiting for its agent ({status})");
+                    continue;
+                }
+                // Nothing starts outside the cluster's maintenance windows.
+                if let Some(p) = upgrade_policies::effective(&policies, &cluster.labels).filter(|p| !p.open_at(now)) {
+                    let next = p.next_opening(now).map_or_else(|| "none in the next week".to_owned(), |t| to_rfc3339(t).to_rfc3339());
+                    c.message = format!("waiting for a maintenance window of policy {:?} (next: {next})", p.spec.name);
                     continue;
                 }
                 slots -= 1;

@@ -17,6 +17,7 @@ on_both_engines!(
     a_rollout_upgrades_good_clusters_in_waves_and_rolls_a_bad_canary_back,
     a_cluster_being_upgraded_raises_no_version_skew_alert,
     a_server_restarted_mid_rollout_continues_without_repeating_a_step,
+    nothing_starts_outside_a_maintenance_window,
 );
 
 /// A simulated fleet of `n` clusters named `<prefix>-NNNN`; a bad one fails 30% of requests
@@ -278,4 +279,46 @@ async fn a_server_restarted_mid_rollout_continues_without_repeating_a_step(engin
     assert_eq!(phases(&done), [("one-0000".to_owned(), "done".to_owned())], "{done}");
     assert_eq!(commands_of(&app, &owner, &cluster).await, ["restart-workloads", "set-control-plane-version"], "no step sent twice");
     assert_eq!(control_plane(&app, &owner, &cluster).await, "0.2.0");
+}
+
+/// A cluster whose upgrade policy's window is closed stays pending, saying when the window
+/// opens; with the window gone, its upgrade starts.
+async fn nothing_starts_outside_a_maintenance_window(engine: Engine) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.yaml");
+    std::fs::write(&catalog, "releases:\n- {version: 2.0.0, released_on: 2026-11-01}\n- {version: 2.1.0, released_on: 2026-12-01}\n").unwrap();
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| {
+        c.release_catalog = Some(catalog.clone());
+        c.stale_after = Duration::from_secs(600);
+        c.disconnected_after = Duration::from_secs(1200);
+    })
+    .await;
+    let owner = app.owner("ada@example.com").await;
+    let (id, agent) = crate::gateway::registered(&app, &owner, "nightly").await;
+    let mut stream = crate::gateway::Stream::open(&app, &agent).await.unwrap();
+    report(&mut stream, "2.0.0", "2.0.0").await;
+    let (status, _) = app.call(Method::PATCH, &format!("/api/v1/clusters/{id}"), Some(&owner.access), Some(json!({ "labels": { "ring": "nightly" } }))).await;
+    assert_eq!(status, StatusCode::OK);
+    // A whole-day window two days from now (UTC): closed today.
+    use chrono::Datelike;
+    let day = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][(chrono::Utc::now().weekday().num_days_from_monday() as usize + 2) % 7];
+    let policy = json!({ "name": "nights", "selector": "ring=nightly", "windows": [{ "days": [day], "start": "00:00", "end": "00:00" }] });
+    let (status, policy) = app.post("/api/v1/upgrade-policies", &owner.access, policy).await;
+    assert_eq!(status, StatusCode::CREATED, "{policy}");
+    let (status, started) = app.post("/api/v1/rollouts", &owner.access, json!({ "target_version": "2.1.0", "selector": "ring=nightly" })).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let rollout = started["id"].as_str().unwrap();
+    let waiting = rollout_until(&app, &owner, rollout, "waiting for the window", |r| r["clusters"][0]["message"].as_str().is_some_and(|m| !m.is_empty())).await;
+    let message = waiting["clusters"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("waiting for a maintenance window of policy \"nights\" (next: "), "{message}");
+    assert_eq!(waiting["clusters"][0]["phase"], "pending");
+    assert!(commands_of(&app, &owner, &id).await.is_empty(), "nothing sent outside the window");
+    // No window: any time.
+    let pid = policy["id"].as_str().unwrap();
+    let (status, body) = app
+        .call(Method::PUT, &format!("/api/v1/upgrade-policies/{pid}"), Some(&owner.access), Some(json!({ "name": "nights", "selector": "ring=nightly" })))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    rollout_until(&app, &owner, rollout, "the upgrade starts", |r| r["clusters"][0]["phase"] == "control_plane").await;
+    assert_eq!(commands_of(&app, &owner, &id).await, ["set-control-plane-version"]);
 }
