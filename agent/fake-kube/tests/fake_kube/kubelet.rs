@@ -76,16 +76,23 @@ async fn a_pod_with_a_sidecar_env_and_volumes_runs_in_its_own_network_namespace(
     kube.apply(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings", "namespace": "k"}, "data": {"greeting": "hello"}})).unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": "k"}, "data": {"password": "czNjcjN0"}})).unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": "k"}, "spec": {"ports": [{"port": 80}]}})).unwrap();
-    // Mount points missing on the host are created there: under /var/run (a tmpfs), not /etc.
-    let mount = |name: &str, path: &str| json!({"name": name, "mountPath": path});
+    // Mount points missing on the host are created there: under a directory of the test's own,
+    // which the pod's uid 1234 may traverse.
+    let mnt = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(mnt.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let at = |dir: &str| mnt.path().join(dir).display().to_string();
+    let mount = |name: &str, dir: &str| json!({"name": name, "mountPath": at(dir)});
     // The app prints what it sees once the init step wrote its file and the sidecar serves.
-    let report = "echo uid=$(id -u) name=$MY_NAME ip=$MY_IP ns=$MY_NS; for f in /var/run/kubelet-test/work/prepared /var/run/kubelet-test/settings/greeting /var/run/kubelet-test/creds/password /var/run/kubelet-test/token/t; \
-                  do cat $f; echo; done; grep web.k.svc.cluster.local /etc/hosts; exec sleep 600";
+    let files = [at("work/prepared"), at("settings/greeting"), at("creds/password"), at("token/t")].join(" ");
+    let report = format!(
+        "echo uid=$(id -u) name=$MY_NAME ip=$MY_IP ns=$MY_NS; for f in {files}; do cat $f; echo; done; grep web.k.svc.cluster.local /etc/hosts; exec sleep 600"
+    );
+    let prepare = format!("echo prepared > {}", at("work/prepared"));
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "k"}, "spec": {
         "serviceAccountName": "robot",
         "securityContext": {"runAsUser": 1234},
         "initContainers": [
-            {"name": "prepare", "image": "shell", "command": ["sh", "-c", "echo prepared > /var/run/kubelet-test/work/prepared"], "volumeMounts": [mount("work", "/var/run/kubelet-test/work")],
+            {"name": "prepare", "image": "shell", "command": ["sh", "-c", prepare], "volumeMounts": [mount("work", "work")],
              "securityContext": {"runAsUser": 0}},
             {"name": "web", "image": "python", "restartPolicy": "Always", "command": ["python3", "-m", "http.server", "8000"], "securityContext": {"runAsUser": 0},
              "readinessProbe": {"httpGet": {"path": "/", "port": "http"}}, "ports": [{"name": "http", "containerPort": 8000}]},
@@ -93,7 +100,7 @@ async fn a_pod_with_a_sidecar_env_and_volumes_runs_in_its_own_network_namespace(
         "containers": [{"name": "app", "image": "shell", "command": ["sh", "-c", report],
             "env": [{"name": "MY_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                     {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-            "volumeMounts": [mount("work", "/var/run/kubelet-test/work"), mount("settings", "/var/run/kubelet-test/settings"), mount("creds", "/var/run/kubelet-test/creds"), mount("token", "/var/run/kubelet-test/token")]}],
+            "volumeMounts": [mount("work", "work"), mount("settings", "settings"), mount("creds", "creds"), mount("token", "token")]}],
         "volumes": [{"name": "work", "emptyDir": {}}, {"name": "settings", "configMap": {"name": "settings"}}, {"name": "creds", "secret": {"secretName": "creds"}},
                     {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "audience": "x"}}]}}],
     }}))
@@ -177,7 +184,7 @@ async fn deleting_a_pod_stops_its_processes_and_dropping_the_server_removes_the_
                  "containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"]}]}}))
         .unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "d", "namespace": "k"},
-        "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/var/run/kubelet-test/v"}]}],
+        "spec": {"containers": [{"name": "app", "image": "shell", "command": ["sleep", "600"], "volumeMounts": [{"name": "v", "mountPath": "/config"}]}],
                  "volumes": [{"name": "v", "configMap": {"name": "absent"}}]}}))
         .unwrap();
     kube.apply(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "e", "namespace": "k"},
