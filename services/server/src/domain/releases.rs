@@ -167,6 +167,17 @@ pub fn parse_agent_version(s: &str) -> Result<Version, String> {
     parse_version(s.rsplit('/').next().unwrap_or(s))
 }
 
+/// Why an agent reporting `agent` cannot carry out the `hops` (each needs its release's
+/// minimum agent version); `None` when it can.
+pub fn agent_blocks(hops: &[&Release], agent: Option<&str>) -> Option<String> {
+    let needs = hops.iter().map(|h| &h.min_agent_version).max()?;
+    match agent.map(parse_agent_version) {
+        Some(Ok(a)) if a >= *needs => None,
+        Some(Ok(a)) => Some(format!("its agent runs {a}; the upgrade needs agent {needs} or newer")),
+        _ => Some("its agent's version is not known".into()),
+    }
+}
+
 /// How the catalog sees a version a cluster reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Support {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::labels::{Labels, Selector};
-use super::releases::{parse_agent_version, parse_version, Catalog};
+use super::releases::{agent_blocks, parse_version, Catalog};
 use super::upgrade_policies::{self, UpgradePolicy};
 use super::ClusterId;
 
@@ -141,11 +141,9 @@ fn route(catalog: &Catalog, target: &semver::Version, c: &Candidate, policy: Opt
     }
     let channel = policy.map(|p| p.spec.channel).unwrap_or_default();
     let hops = catalog.path(&from, target, channel).map_err(|e| e.to_string())?;
-    let needs = hops.iter().map(|h| &h.min_agent_version).max().expect("a path has a hop");
-    match c.agent_version.map(parse_agent_version) {
-        Some(Ok(agent)) if agent >= *needs => Ok(hops.iter().map(|h| h.version.to_string()).collect()),
-        Some(Ok(agent)) => Err(format!("its agent runs {agent}; the upgrade needs agent {needs} or newer")),
-        _ => Err("its agent's version is not known".into()),
+    match agent_blocks(&hops, c.agent_version) {
+        Some(why) => Err(why),
+        None => Ok(hops.iter().map(|h| h.version.to_string()).collect()),
     }
 }
 

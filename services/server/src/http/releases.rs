@@ -13,7 +13,7 @@ use super::error::{ApiError, FieldError};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
-use crate::domain::releases::{parse_agent_version, parse_version, Catalog, Channel, Release, ReleaseSpec, Support};
+use crate::domain::releases::{agent_blocks, parse_version, Catalog, Channel, Release, ReleaseSpec, Support};
 use crate::domain::upgrade_policies::{self, Mode};
 use crate::domain::{ClusterId, UpgradePolicyId};
 use crate::store;
@@ -199,19 +199,13 @@ async fn cluster_upgrades(State(state): State<AppState>, auth: Principal, ApiPat
     let policy = upgrade_policies::effective(&policies, &cluster.labels);
     let channel = policy.map(|p| p.spec.channel).unwrap_or_default();
     let pinned = policy.and_then(|p| p.pinned.as_ref());
-    let agent = cluster.agent_version.as_deref().map(parse_agent_version);
     let available = match reported.as_deref().map(parse_version) {
         Some(Ok(from)) => catalog
             .upgrades(&from, channel)
             .into_iter()
             .filter(|(target, _)| pinned.is_none_or(|pin| target.version == *pin))
             .map(|(target, hops)| {
-                let needs = hops.iter().map(|h| &h.min_agent_version).max().expect("a plan has a hop");
-                let blocked = match &agent {
-                    Some(Ok(a)) if a >= needs => None,
-                    Some(Ok(a)) => Some(format!("the agent runs {a}; this upgrade needs agent {needs} or newer")),
-                    _ => Some("the agent's version is not known; reconnect the agent".to_owned()),
-                };
+                let blocked = agent_blocks(&hops, cluster.agent_version.as_deref());
                 AvailableUpgrade {
                     release: target.into(),
                     hops: hops.iter().map(|h| h.version.to_string()).collect(),
