@@ -92,6 +92,25 @@ impl Receiver {
         tokio::time::sleep(Duration::from_millis(300)).await;
         self.got.lock().unwrap().clone()
     }
+
+    /// The events received so far, parsed.
+    pub(crate) fn events(&self) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().iter().map(|(_, body)| serde_json::from_str(body).unwrap()).collect()
+    }
+
+    /// Waits until an event about `rule` has arrived (others may come first: channels send in
+    /// parallel) and returns it with its headers.
+    pub(crate) async fn event_about(&self, rule: &str) -> (HeaderMap, String) {
+        let start = Instant::now();
+        loop {
+            let got = self.got.lock().unwrap().clone();
+            if let Some(e) = got.into_iter().find(|(_, body)| serde_json::from_str::<serde_json::Value>(body).is_ok_and(|e| e["alert"]["rule"] == rule)) {
+                return e;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "no event about {rule}; got {:?}", self.events());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// A server that may deliver to 127.0.0.1, retrying on `schedule`.
