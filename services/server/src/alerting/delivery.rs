@@ -40,18 +40,53 @@ pub fn job() -> Job {
     Job::new("alert-delivery", EVERY, Scope::EveryReplica, run)
 }
 
-/// Sends in flight on this replica, per channel.
-#[derive(Default, Clone)]
-pub struct InFlight(Arc<Mutex<HashMap<ChannelId, usize>>>);
+/// Sends in flight on this replica, per channel, and the HTTP clients that make them.
+#[derive(Clone)]
+pub struct InFlight {
+    sends: Arc<Mutex<HashMap<ChannelId, usize>>>,
+    clients: Clients,
+}
+
+impl Default for InFlight {
+    fn default() -> Self {
+        InFlight { sends: Default::default(), clients: Clients(moka::sync::Cache::builder().max_capacity(10_000).time_to_idle(CLIENT_IDLE).build()) }
+    }
+}
+
+/// A client per (host, address the SSRF guard approved), so sends to one receiver reuse their
+/// connections (no TCP or TLS handshake per message) while a host that resolves elsewhere gets
+/// a client pinned to its new address: the check after resolution still decides every send.
+#[derive(Clone)]
+struct Clients(moka::sync::Cache<(String, std::net::SocketAddr), reqwest::Client>);
+
+/// How long an unused client (and its idle connections) is kept.
+const CLIENT_IDLE: Duration = Duration::from_secs(300);
+
+impl Clients {
+    fn get(&self, host: &str, addr: std::net::SocketAddr, timeout: Duration) -> anyhow::Result<reqwest::Client> {
+        let key = (host.to_owned(), addr);
+        if let Some(client) = self.0.get(&key) {
+            return Ok(client);
+        }
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .resolve(host, addr)
+            .build()
+            .context("building the webhook client")?;
+        self.0.insert(key, client.clone());
+        Ok(client)
+    }
+}
 
 impl InFlight {
     fn busy(&self) -> Vec<ChannelId> {
-        self.0.lock().expect("in-flight lock poisoned").iter().filter(|(_, n)| **n >= PER_CHANNEL).map(|(c, _)| *c).collect()
+        self.sends.lock().expect("in-flight lock poisoned").iter().filter(|(_, n)| **n >= PER_CHANNEL).map(|(c, _)| *c).collect()
     }
 
     /// A slot for one send to `channel`, or None when it has `PER_CHANNEL` already.
     fn take(&self, channel: ChannelId) -> Option<Slot> {
-        let mut map = self.0.lock().expect("in-flight lock poisoned");
+        let mut map = self.sends.lock().expect("in-flight lock poisoned");
         let n = map.entry(channel).or_default();
         if *n >= PER_CHANNEL {
             return None;
@@ -65,7 +100,7 @@ struct Slot(InFlight, ChannelId);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut map = (self.0).0.lock().expect("in-flight lock poisoned");
+        let mut map = self.0.sends.lock().expect("in-flight lock poisoned");
         if let Some(n) = map.get_mut(&self.1) {
             *n -= 1;
             if *n == 0 {
@@ -200,12 +235,7 @@ async fn send(state: &AppState, channel: &Channel, n: &Claimed, at: i64) -> anyh
         Err(refused) => return Ok(failed(format!("refused: {refused}"))),
     };
     let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(state.config.alert_delivery_timeout)
-        .resolve(&host, addr)
-        .build()
-        .context("building the webhook client")?;
+    let client = state.deliveries.clients.get(&host, addr, state.config.alert_delivery_timeout)?;
     let secret_refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let mut request = client.post(url).header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in signing::headers(&secret_refs, &n.id, at / 1000, body.as_bytes()) {

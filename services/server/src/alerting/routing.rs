@@ -94,25 +94,24 @@ pub async fn notify(state: &AppState, org: OrgId, alerts: &[Alert], silences: &[
                 let resolved_events: Vec<AlertEvent> = resolved.iter().map(|a| super::rules::event(state, a, EventType::Resolved, now)).collect();
                 // Slack and Alertmanager get the whole group: all its alerts firing now.
                 let whole: Vec<AlertEvent> = events(&members.notifiable).into_iter().chain(resolved_events.iter().cloned()).collect();
+                let mut outbox = store::notifications::Outbox::new(now);
                 for channel in targets {
                     let receiver = channel.name.as_str();
                     match channel.kind {
                         crate::alerting::channels::ChannelKind::Webhook | crate::alerting::channels::ChannelKind::Pagerduty => {
                             for event in told_events.iter().chain(&resolved_events) {
-                                store::notifications::enqueue_for(&mut tx, channel, event, now).await?;
+                                outbox.push_event(channel, event);
                             }
                         }
                         kind if !whole.is_empty() => {
                             let event_type = if whole.iter().any(|e| e.event_type == EventType::Firing) { EventType::Firing } else { EventType::Resolved };
                             let message = crate::alerting::channels::Group { key: group_key(&group), labels: &group.labels, alerts: &whole };
-                            store::notifications::enqueue_rendered(&mut tx, channel, event_type.as_str(), now, |_| {
-                                crate::alerting::channels::render_group(kind, receiver, &message)
-                            })
-                            .await?;
+                            outbox.push(channel, event_type.as_str(), |_| crate::alerting::channels::render_group(kind, receiver, &message));
                         }
                         _ => {}
                     }
                 }
+                outbox.insert(&mut tx).await?;
                 if !repeat {
                     let ids: Vec<_> = told.iter().filter_map(|f| firing.get(f.as_str())).map(|a| a.id).collect();
                     store::alerts::mark_notified(&mut tx, org, &ids, now).await?;

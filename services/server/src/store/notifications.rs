@@ -21,39 +21,72 @@ pub fn new_message_id() -> String {
 /// rendered now: every attempt sends the same bytes.
 pub async fn enqueue(conn: &mut Conn, org: OrgId, event: &AlertEvent, now: i64) -> Result<usize, sqlx::Error> {
     let targets = super::alert_channels::list_enabled(&mut *conn, org).await?;
+    let mut outbox = Outbox::new(now);
     for channel in &targets {
-        enqueue_for(&mut *conn, channel, event, now).await?;
+        outbox.push_event(channel, event);
     }
+    outbox.insert(conn).await?;
     Ok(targets.len())
 }
 
 /// Queues `event` for one channel; returns the message id.
 pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent, now: i64) -> Result<String, sqlx::Error> {
-    enqueue_rendered(conn, channel, event.event_type.as_str(), now, |id| channels::render(channel.kind, &channel.name, event, id)).await
+    let mut outbox = Outbox::new(now);
+    let id = outbox.push_event(channel, event);
+    outbox.insert(conn).await?;
+    Ok(id)
 }
 
-/// Queues for one channel the body `render` makes for the new message id; returns the id.
-pub async fn enqueue_rendered(
-    conn: &mut Conn,
-    channel: &Channel,
-    event_type: &str,
+/// Notifications to queue together: one multi-row INSERT per `CHUNK`, so an event for a
+/// hundred channels costs one round trip, not a hundred.
+pub struct Outbox {
     now: i64,
-    render: impl FnOnce(&str) -> String,
-) -> Result<String, sqlx::Error> {
-    let id = new_message_id();
-    sqlx::query(
-        "INSERT INTO notifications (id, org_id, channel_id, event_type, body, created_at, status, attempts, next_attempt_at, claimed_until)
-         VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $6, 0)",
-    )
-    .bind(&id)
-    .bind(channel.org_id.to_string())
-    .bind(channel.id.to_string())
-    .bind(event_type)
-    .bind(render(&id))
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(id)
+    /// (message id, organization, channel, event type, body)
+    rows: Vec<(String, String, String, &'static str, String)>,
+}
+
+impl Outbox {
+    /// Rows per statement: 5 parameters each stays far below SQLite's 32,766 and PostgreSQL's 65,535.
+    const CHUNK: usize = 500;
+
+    pub fn new(now: i64) -> Outbox {
+        Outbox { now, rows: Vec::new() }
+    }
+
+    /// Adds `event` for `channel`, its body rendered by the channel's kind; returns the message id.
+    pub fn push_event(&mut self, channel: &Channel, event: &AlertEvent) -> String {
+        self.push(channel, event.event_type.as_str(), |id| channels::render(channel.kind, &channel.name, event, id))
+    }
+
+    /// Adds the body `render` makes for the new message id; returns the id.
+    pub fn push(&mut self, channel: &Channel, event_type: &'static str, render: impl FnOnce(&str) -> String) -> String {
+        let id = new_message_id();
+        let body = render(&id);
+        self.rows.push((id.clone(), channel.org_id.to_string(), channel.id.to_string(), event_type, body));
+        id
+    }
+
+    /// Writes every added notification, due now, in the caller's transaction.
+    pub async fn insert(self, conn: &mut Conn) -> Result<(), sqlx::Error> {
+        for chunk in self.rows.chunks(Self::CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 2 + i * 5;
+                    format!("(${}, ${}, ${}, ${}, ${}, $1, 'pending', 0, $1, 0)", p, p + 1, p + 2, p + 3, p + 4)
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO notifications (id, org_id, channel_id, event_type, body, created_at, status, attempts, next_attempt_at, claimed_until) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql).bind(self.now);
+            for (id, org, channel, event_type, body) in chunk {
+                q = q.bind(id).bind(org).bind(channel).bind(*event_type).bind(body);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A notification claimed for sending.
