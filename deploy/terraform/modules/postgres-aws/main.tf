@@ -62,8 +62,10 @@ resource "aws_vpc_security_group_ingress_rule" "db" {
   tags              = local.tags
 }
 
+# A prefix, not a name: a new major version needs a new group, created before the old one
+# goes.
 resource "aws_db_parameter_group" "db" {
-  name        = "${var.identifier}-postgres${var.engine_version}"
+  name_prefix = "${var.identifier}-postgres${var.engine_version}-"
   family      = "postgres${var.engine_version}"
   description = "meshfleet ${var.identifier}: TLS required, slow statements and DDL logged"
 
