@@ -65,8 +65,8 @@ variable "image_tag" {
   default     = "0.1.0"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
-    error_message = "image_tag must be a release tag, not latest."
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a release tag of at most 63 characters, not latest."
   }
 }
 

@@ -36,11 +36,11 @@ locals {
   secrets_dir        = "/etc/meshfleet/secrets"
   gateway_tls_dir    = "/etc/meshfleet/gateway-tls"
   secrets_file       = "secrets.toml"
-  gateway_tls_config = var.gateway_tls_secret_name == null ? {} : {
+  gateway_tls_config = var.gateway_tls_secret_name == null ? tomap({}) : tomap({
     MESHFLEET_GATEWAY_TLS_CERT = "${local.gateway_tls_dir}/tls.crt"
     MESHFLEET_GATEWAY_TLS_KEY  = "${local.gateway_tls_dir}/tls.key"
     MESHFLEET_GATEWAY_TLS_CA   = "${local.gateway_tls_dir}/ca.crt"
-  }
+  })
 
   # Every role gets the same settings (the API renders install manifests naming the gateway,
   # and every role loads the gateway PKI); only MESHFLEET_ROLES differs.

@@ -46,8 +46,8 @@ variable "image_tag" {
   default     = "0.1.0"
 
   validation {
-    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
-    error_message = "image_tag must be a valid image tag other than latest."
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,62}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be an image tag of at most 63 characters (it is also the version label) other than latest."
   }
 }
 
