@@ -259,7 +259,7 @@ pub async fn fragment(state: &AppState, viewer: &Viewer) -> Result<Markup, ApiEr
     let starters = names(&mut conn, &rollouts).await?;
     drop(conn);
     let admin = viewer.can_change();
-    let (full, earlier): (Vec<(usize, &Rollout)>, Vec<(usize, &Rollout)>) = rollouts.iter().enumerate().partition(|(i, r)| *i == 0 || open(r));
+    let (full, earlier): (Vec<_>, Vec<_>) = rollouts.iter().enumerate().partition(|(i, r)| *i == 0 || open(r));
     Ok(html! {
         (versions_card(&rows, now))
         section.card id="rollouts" {
