@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod fleet;
 pub mod session;
 pub mod settings;
+pub mod upgrades;
 
 use axum::extract::FromRequestParts;
 use axum::http::{header, request::Parts, StatusCode};
@@ -34,6 +35,8 @@ pub fn router() -> Router<AppState> {
         .route("/alerts", get(alerts::page))
         .route("/channels", get(channels::page))
         .route("/certificates", get(certificates::page))
+        .route("/upgrades", get(upgrades::page))
+        .route("/upgrades/rollouts/{id}", get(upgrades::rollout_page))
         .route("/settings", get(settings::page))
         .route("/ui/live", get(fleet::live))
         .route("/ui/app.css", get(|| async { asset("text/css", include_str!("ui/app.css")) }))
@@ -123,6 +126,7 @@ pub fn layout(title: &str, viewer: Option<&Viewer>, content: Markup) -> Markup {
                             a href="/alerts" { "Alerts" }
                             a href="/channels" { "Channels" }
                             a href="/certificates" { "Certificates" }
+                            a href="/upgrades" { "Upgrades" }
                             a href="/settings" { "Settings" }
                         }
                         span.who { (v.email) " · " (v.org_name) " (" (v.principal.role.as_str()) ")" }

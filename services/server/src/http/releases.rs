@@ -14,9 +14,10 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::problems::{BadRequest, Conflict, Forbidden, Internal, Invalid, JsonBody, NotFound, Unauthenticated};
 use crate::app::AppState;
 use crate::domain::releases::{agent_blocks, parse_version, Catalog, Channel, Release, ReleaseSpec, Support};
-use crate::domain::upgrade_policies::{self, Mode};
+use crate::domain::upgrade_policies::{self, Mode, UpgradePolicy};
 use crate::domain::{ClusterId, UpgradePolicyId};
 use crate::store;
+use crate::store::clusters::Cluster;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -196,7 +197,13 @@ async fn cluster_upgrades(State(state): State<AppState>, auth: Principal, ApiPat
     drop(conn);
     let catalog = catalog(&state).await?;
     let reported = facts.map(|f| f.control_plane.version).filter(|v| !v.is_empty());
-    let policy = upgrade_policies::effective(&policies, &cluster.labels);
+    Ok(Json(upgrades_of(&catalog, &cluster, reported, &policies, now)))
+}
+
+/// The upgrades open to `cluster`, whose control plane reported `reported`, under the
+/// organization's `policies` at `now`: what the API answers and the dashboard's Upgrades page shows.
+pub fn upgrades_of(catalog: &Catalog, cluster: &Cluster, reported: Option<String>, policies: &[UpgradePolicy], now: i64) -> ClusterUpgrades {
+    let policy = upgrade_policies::effective(policies, &cluster.labels);
     let channel = policy.map(|p| p.spec.channel).unwrap_or_default();
     let pinned = policy.and_then(|p| p.pinned.as_ref());
     let available = match reported.as_deref().map(parse_version) {
@@ -216,11 +223,11 @@ async fn cluster_upgrades(State(state): State<AppState>, auth: Principal, ApiPat
             .collect(),
         _ => Vec::new(),
     };
-    Ok(Json(ClusterUpgrades {
-        cluster_id: id,
+    ClusterUpgrades {
+        cluster_id: cluster.id,
         support: reported.as_deref().and_then(|v| catalog.support(v)).as_ref().map(SupportView::from),
         control_plane_version: reported,
-        agent_version: cluster.agent_version,
+        agent_version: cluster.agent_version.clone(),
         policy: policy.map(|p| PolicyRef { id: p.id, name: p.spec.name.clone() }),
         channel,
         mode: policy.map(|p| p.spec.mode).unwrap_or_default(),
@@ -228,7 +235,7 @@ async fn cluster_upgrades(State(state): State<AppState>, auth: Principal, ApiPat
         excluded: policy.is_some_and(|p| p.spec.excluded),
         next_window: policy.map_or(Some(now), |p| p.next_opening(now)).map(crate::db::to_rfc3339),
         available,
-    }))
+    }
 }
 
 /// Adds a release to the catalog (service operators).

@@ -1,6 +1,6 @@
 // Meshfleet dashboard behaviour: live fragments over server-sent events, forms that call the
-// JSON API with the session's CSRF token (the silence form shaped as the API takes it), copy
-// buttons and certificate countdowns.
+// JSON API with the session's CSRF token (the silence and rollout forms shaped as the API takes
+// them, a rollout's plan preview shown before it starts), copy buttons and certificate countdowns.
 "use strict";
 window.__mfErrors = [];
 window.addEventListener("error", (e) => window.__mfErrors.push(String(e.message)));
@@ -56,6 +56,40 @@ function silenceBody(form) {
   return { matchers, ends_at: ends.toISOString(), comment: form.elements.comment.value };
 }
 
+// A rollout's body as POST /api/v1/rollouts (and /plan) take it: the wave settings nested, numbers as numbers.
+function rolloutBody(form) {
+  const value = (name) => form.elements[name].value.trim();
+  const number = (name) => (value(name) === "" ? undefined : Number(value(name)));
+  const waves = { canary_count: number("canary_count"), batch_percent: number("batch_percent") };
+  if (value("canary_selector")) waves.canary_selector = value("canary_selector");
+  const gates = { max_success_rate_drop_points: number("max_success_rate_drop_points"), max_p99_increase_percent: number("max_p99_increase_percent") };
+  const settings = { waves, gates, max_concurrent: number("max_concurrent"), verify_seconds: number("verify_seconds"), soak_seconds: number("soak_seconds") };
+  return { target_version: value("target_version"), selector: value("selector"), settings };
+}
+
+// A plan preview: each wave's clusters with their path, and the clusters left out with why.
+function showPlan(out, plan) {
+  const node = (tag, text, attrs = {}) => {
+    const el = document.createElement(tag);
+    if (text !== undefined) el.textContent = text;
+    for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+    return el;
+  };
+  const total = plan.waves.reduce((n, w) => n + w.clusters.length, 0);
+  out.replaceChildren(node("p", `${total} cluster${total === 1 ? "" : "s"} to ${plan.target_version} in ${plan.waves.length} wave${plan.waves.length === 1 ? "" : "s"}; ${plan.skipped.length} left out.`, { "data-plan-total": total }));
+  const waves = node("ol");
+  plan.waves.forEach((w, i) => {
+    const paths = w.clusters.map((c) => `${c.name} (${[c.from, ...c.hops].join(" → ")})`).join(", ");
+    waves.append(node("li", `${w.kind}: ${paths}`, { "data-plan-wave": i }));
+  });
+  if (plan.waves.length) out.append(waves);
+  if (plan.skipped.length) {
+    const left = node("ul");
+    for (const s of plan.skipped) left.append(node("li", `${s.name}: ${s.reason}`, { "data-plan-skipped": s.name }));
+    out.append(node("p", "Left out:"), left);
+  }
+}
+
 function showError(form, message) {
   const out = form.querySelector(".form-error") || form.parentElement.querySelector(".form-error");
   if (out) out.textContent = message;
@@ -75,13 +109,19 @@ document.addEventListener("submit", async (event) => {
   }
   if (!form.dataset.api) return;
   event.preventDefault();
-  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+  // A form's buttons may each post elsewhere (a preview and a start of the same rollout).
+  const by = event.submitter ? event.submitter.dataset : {};
+  const confirmation = by.confirm || form.dataset.confirm;
+  if (confirmation && !window.confirm(confirmation)) return;
   const method = form.dataset.method || "POST";
   try {
-    const body = method === "DELETE" ? undefined : form.dataset.shape === "silence" ? silenceBody(form) : formBody(form);
-    const result = await api(method, form.dataset.api, body);
-    const then = form.dataset.then;
-    if (then === "cluster") window.location.assign(`/clusters/${result.cluster.id}`);
+    const shapes = { silence: silenceBody, rollout: rolloutBody };
+    const body = method === "DELETE" ? undefined : (shapes[form.dataset.shape] || formBody)(form);
+    const result = await api(method, by.api || form.dataset.api, body);
+    const then = by.then || form.dataset.then;
+    showError(form, "");
+    if (then === "plan") showPlan(form.querySelector("output.plan"), result);
+    else if (then === "cluster") window.location.assign(`/clusters/${result.cluster.id}`);
     else if (then === "token") form.querySelector("output.secret").textContent = `Copy this token now, it is shown only once: ${result.token}`;
     else window.location.reload();
   } catch (e) { showError(form, e.message); }

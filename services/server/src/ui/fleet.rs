@@ -19,7 +19,7 @@ use super::{countdown, layout, page_error, OnPage, PageResult, Viewer};
 use crate::app::AppState;
 use crate::domain::health::{self, Health};
 use crate::domain::labels::Selector;
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, RolloutId};
 use crate::fleet::{rates, FleetCache, Row, Snapshot, RECENT_MS};
 use crate::http::error::ApiError;
 use crate::http::extract::ApiQuery;
@@ -196,6 +196,7 @@ fn first_run(state: &AppState, viewer: &Viewer) -> Markup {
 pub struct LiveQuery {
     view: String,
     id: Option<ClusterId>,
+    rollout: Option<RolloutId>,
     /// The digest of the fragment the page was rendered with (a string: numbers do not survive
     /// `flatten` in a query string).
     #[serde(default)]
@@ -219,7 +220,10 @@ pub fn live_url(query: &str, shown: &Markup) -> String {
 
 /// Server-sent events: the view's fragment, re-rendered every second and sent when it changed.
 pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery(q)): OnPage<ApiQuery<LiveQuery>>) -> Response {
-    if !matches!((q.view.as_str(), q.id), ("fleet" | "alerts" | "channels" | "certificates", _) | ("cluster", Some(_))) {
+    if !matches!(
+        (q.view.as_str(), q.id, q.rollout),
+        ("fleet" | "alerts" | "channels" | "certificates" | "upgrades", _, _) | ("cluster", Some(_), _) | ("rollout", _, Some(_))
+    ) {
         return page_error(ApiError::field("view", "unknown live view"));
     }
     Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
@@ -231,11 +235,13 @@ fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = 
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let rendered = match (q.view.as_str(), q.id) {
-                ("cluster", Some(id)) => super::cluster::fragment(&state, &viewer, id).await,
-                ("alerts", _) => super::alerts::fragment(&state, &viewer).await,
-                ("channels", _) => super::channels::fragment(&state, &viewer).await,
-                ("certificates", _) => super::certificates::fragment(&state, &viewer).await,
+            let rendered = match (q.view.as_str(), q.id, q.rollout) {
+                ("cluster", Some(id), _) => super::cluster::fragment(&state, &viewer, id).await,
+                ("rollout", _, Some(id)) => super::upgrades::rollout_fragment(&state, &viewer, id).await,
+                ("upgrades", _, _) => super::upgrades::fragment(&state, &viewer).await,
+                ("alerts", _, _) => super::alerts::fragment(&state, &viewer).await,
+                ("channels", _, _) => super::channels::fragment(&state, &viewer).await,
+                ("certificates", _, _) => super::certificates::fragment(&state, &viewer).await,
                 _ => fragment(&state, &viewer, &q.filters).await,
             };
             let html = match rendered {

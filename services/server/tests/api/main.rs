@@ -17,6 +17,7 @@ mod conventions;
 mod dashboard;
 mod dashboard_alerts;
 mod dashboard_certificates;
+mod dashboard_upgrades;
 mod deploy;
 mod figures;
 mod fleet;

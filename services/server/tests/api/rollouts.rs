@@ -22,7 +22,7 @@ on_both_engines!(
 
 /// A simulated fleet of `n` clusters named `<prefix>-NNNN`; a bad one fails 30% of requests
 /// once its workloads run another proxy.
-fn fleet(app: &TestApp, prefix: &str, n: usize, bad: bool, dir: &std::path::Path) -> tokio::sync::oneshot::Sender<()> {
+pub(crate) fn fleet(app: &TestApp, prefix: &str, n: usize, bad: bool, dir: &std::path::Path) -> tokio::sync::oneshot::Sender<()> {
     let config = meshfleet_sim::FleetConfig {
         api_url: app.base.clone(),
         auth: meshfleet_sim::Auth::Password { email: "ada@example.com".into(), password: SecretString::from(PASSWORD.to_owned()) },
@@ -56,7 +56,7 @@ async fn until(what: &str, secs: u64, mut check: impl AsyncFnMut() -> Option<Val
 }
 
 /// The ids of the clusters whose name starts with `prefix`, once all `n` report traffic.
-async fn connected(app: &TestApp, owner: &Login, prefix: &str, n: usize) -> Vec<String> {
+pub(crate) async fn connected(app: &TestApp, owner: &Login, prefix: &str, n: usize) -> Vec<String> {
     let page = until(&format!("{n} {prefix} clusters reporting"), 60, async || {
         let (_, page) = app.get("/api/v1/clusters?limit=100", &owner.access).await;
         let ours: Vec<&Value> = page["items"].as_array()?.iter().filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with(prefix))).collect();
@@ -204,7 +204,7 @@ async fn a_rollout_upgrades_good_clusters_in_waves_and_rolls_a_bad_canary_back(e
 }
 
 /// Reports a control plane at `cp` with proxies at `proxies` (acknowledged: stored).
-async fn report(stream: &mut crate::gateway::Stream, cp: &str, proxies: &str) {
+pub(crate) async fn report(stream: &mut crate::gateway::Stream, cp: &str, proxies: &str) {
     use meshfleet_agent_protocol::v1::{self, agent_message::Body};
     let pods = vec![crate::gateway::pod("shop", "web-1", "Deployment/web", proxies), crate::gateway::pod("shop", "web-2", "Deployment/web", proxies)];
     let Body::Snapshot(mut s) = crate::gateway::snapshot(pods) else { unreachable!() };
