@@ -162,32 +162,33 @@ pub enum ClusterAction {
     Retry,
 }
 
-/// The rollout an admin is about to change, and the `updated_at` (ms) its save must find.
-async fn for_change(state: &AppState, auth: &Principal, id: RolloutId) -> Result<(Rollout, i64), ApiError> {
-    let mut conn = state.db.pool.acquire().await?;
-    let r = find(&mut conn, auth, id).await?;
-    let read = r.updated_at.timestamp_millis();
-    Ok((r, read))
-}
-
-/// Saves an admin's change to a rollout; the job's next look starts from it.
-async fn save_change(
+/// Applies an admin's change to a rollout and saves it; the job's next look starts from it.
+/// `change` returns the audit action and details, or refuses. The save succeeds only if the
+/// rollout did not move meanwhile; if the job saved a step in between, the change is applied
+/// again to the rollout as it is now (and may then be refused), so an admin never sees a
+/// conflict that is only the job's.
+async fn apply_change(
     state: &AppState,
     auth: &Principal,
-    mut r: Rollout,
-    read: i64,
-    action: &str,
-    details: serde_json::Value,
+    id: RolloutId,
+    mut change: impl FnMut(&mut Rollout) -> Result<(String, serde_json::Value), ApiError>,
 ) -> Result<Json<Rollout>, ApiError> {
-    let now = state.clock.now_ms().max(read + 1);
-    r.updated_at = to_rfc3339(now);
-    let mut tx = state.db.begin().await?;
-    if !store::rollouts::save(&mut tx, &r, read).await? {
-        return Err(ApiError::Conflict { kind: "rollout-changed", detail: "the rollout moved on meanwhile; read it and try again".into(), field: None });
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let mut r = find(&mut *state.db.pool.acquire().await?, auth, id).await?;
+        let read = r.updated_at.timestamp_millis();
+        let (action, details) = change(&mut r)?;
+        let now = state.clock.now_ms().max(read + 1);
+        r.updated_at = to_rfc3339(now);
+        let mut tx = state.db.begin().await?;
+        if !store::rollouts::save(&mut tx, &r, read).await? {
+            continue;
+        }
+        audit::record(&mut tx, auth.org_id, now, &auth.actor, &action, ("rollout", r.id.to_string()), details).await?;
+        tx.commit().await?;
+        return Ok(Json(r));
     }
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, action, ("rollout", r.id.to_string()), details).await?;
-    tx.commit().await?;
-    Ok(Json(r))
+    Err(ApiError::Conflict { kind: "rollout-changed", detail: "the rollout kept moving on meanwhile; read it and try again".into(), field: None })
 }
 
 /// Pauses, resumes or aborts a rollout (admins). Paused, a cluster being rolled back still
@@ -203,27 +204,29 @@ async fn act_on_rollout(
     ApiPath((id, action)): ApiPath<(RolloutId, RolloutAction)>,
 ) -> Result<Json<Rollout>, ApiError> {
     auth.require(Role::Admin)?;
-    let (mut r, read) = for_change(&state, &auth, id).await?;
-    let from = r.state;
-    r.state = match (action, r.state) {
-        (RolloutAction::Pause, RolloutState::Running) => RolloutState::Paused,
-        (RolloutAction::Resume, RolloutState::Paused) => RolloutState::Running,
-        (RolloutAction::Abort, RolloutState::Running | RolloutState::Paused) => RolloutState::Aborted,
-        (_, state) => {
-            return Err(ApiError::Conflict {
-                kind: "rollout-state",
-                detail: format!("the rollout is {state:?}, so it cannot be {action:?}d").to_lowercase(),
-                field: None,
-            });
-        }
-    };
-    r.reason = match action {
-        RolloutAction::Pause => Some(format!("paused by {}", auth.actor.id())),
-        RolloutAction::Abort => Some(format!("aborted by {}", auth.actor.id())),
-        RolloutAction::Resume => None,
-    };
-    let details = serde_json::json!({ "from": from, "to": r.state });
-    save_change(&state, &auth, r, read, &format!("rollout.{}", format!("{action:?}").to_lowercase()), details).await
+    apply_change(&state, &auth, id, |r| {
+        let from = r.state;
+        r.state = match (action, r.state) {
+            (RolloutAction::Pause, RolloutState::Running) => RolloutState::Paused,
+            (RolloutAction::Resume, RolloutState::Paused) => RolloutState::Running,
+            (RolloutAction::Abort, RolloutState::Running | RolloutState::Paused) => RolloutState::Aborted,
+            (_, state) => {
+                return Err(ApiError::Conflict {
+                    kind: "rollout-state",
+                    detail: format!("the rollout is {state:?}, so it cannot be {action:?}d").to_lowercase(),
+                    field: None,
+                });
+            }
+        };
+        r.reason = match action {
+            RolloutAction::Pause => Some(format!("paused by {}", auth.actor.id())),
+            RolloutAction::Abort => Some(format!("aborted by {}", auth.actor.id())),
+            RolloutAction::Resume => None,
+        };
+        let details = serde_json::json!({ "from": from, "to": r.state });
+        Ok((format!("rollout.{}", format!("{action:?}").to_lowercase()), details))
+    })
+    .await
 }
 
 /// Skips a cluster, or retries one that was rolled back (admins).
@@ -238,36 +241,38 @@ async fn act_on_cluster(
     ApiPath((id, cluster, action)): ApiPath<(RolloutId, ClusterId, ClusterAction)>,
 ) -> Result<Json<Rollout>, ApiError> {
     auth.require(Role::Admin)?;
-    let (mut r, read) = for_change(&state, &auth, id).await?;
-    let now = to_rfc3339(state.clock.now_ms());
-    if matches!(r.state, RolloutState::Completed | RolloutState::Aborted) {
-        return Err(ApiError::Conflict { kind: "rollout-state", detail: "the rollout is over".into(), field: None });
-    }
-    let c = r.clusters.iter_mut().find(|c| c.id == cluster).ok_or(ApiError::NotFound("cluster in this rollout"))?;
-    let from = c.phase;
-    match (action, c.phase) {
-        (ClusterAction::Skip, Phase::Pending | Phase::RolledBack) => {
-            c.phase = Phase::Skipped;
-            c.message = format!("skipped by {}", auth.actor.id());
+    apply_change(&state, &auth, id, |r| {
+        let now = to_rfc3339(state.clock.now_ms());
+        if matches!(r.state, RolloutState::Completed | RolloutState::Aborted) {
+            return Err(ApiError::Conflict { kind: "rollout-state", detail: "the rollout is over".into(), field: None });
         }
-        (ClusterAction::Retry, Phase::RolledBack | Phase::Skipped) => {
-            c.phase = Phase::Pending;
-            c.hop = 0;
-            c.command_id = None;
-            c.measured = None;
-            c.message = format!("retried by {}", auth.actor.id());
+        let c = r.clusters.iter_mut().find(|c| c.id == cluster).ok_or(ApiError::NotFound("cluster in this rollout"))?;
+        let from = c.phase;
+        match (action, c.phase) {
+            (ClusterAction::Skip, Phase::Pending | Phase::RolledBack) => {
+                c.phase = Phase::Skipped;
+                c.message = format!("skipped by {}", auth.actor.id());
+            }
+            (ClusterAction::Retry, Phase::RolledBack | Phase::Skipped) => {
+                c.phase = Phase::Pending;
+                c.hop = 0;
+                c.command_id = None;
+                c.measured = None;
+                c.message = format!("retried by {}", auth.actor.id());
+            }
+            (_, phase) => {
+                let detail = format!("the cluster is {phase:?}: skip a pending or rolled-back cluster, retry a rolled-back or skipped one").to_lowercase();
+                return Err(ApiError::Conflict { kind: "cluster-phase", detail, field: None });
+            }
         }
-        (_, phase) => {
-            let detail = format!("the cluster is {phase:?}: skip a pending or rolled-back cluster, retry a rolled-back or skipped one").to_lowercase();
-            return Err(ApiError::Conflict { kind: "cluster-phase", detail, field: None });
+        c.since = now;
+        // A retried cluster of an earlier wave runs again in the current one.
+        if matches!(action, ClusterAction::Retry) {
+            c.wave = c.wave.max(r.wave);
+            r.wave_done_at = None;
         }
-    }
-    c.since = now;
-    // A retried cluster of an earlier wave runs again in the current one.
-    if matches!(action, ClusterAction::Retry) {
-        c.wave = c.wave.max(r.wave);
-        r.wave_done_at = None;
-    }
-    let details = serde_json::json!({ "cluster": cluster, "from": from, "to": r.clusters.iter().find(|c| c.id == cluster).map(|c| c.phase) });
-    save_change(&state, &auth, r, read, &format!("rollout.cluster.{}", format!("{action:?}").to_lowercase()), details).await
+        let details = serde_json::json!({ "cluster": cluster, "from": from, "to": r.clusters.iter().find(|c| c.id == cluster).map(|c| c.phase) });
+        Ok((format!("rollout.cluster.{}", format!("{action:?}").to_lowercase()), details))
+    })
+    .await
 }
