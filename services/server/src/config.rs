@@ -87,6 +87,9 @@ pub struct Config {
     /// on every flap).
     pub alert_evaluation: Duration,
     pub alert_resolve_delay: Duration,
+    /// How often clusters under an automatic upgrade policy are looked at for a newer release
+    /// to propose into a rollout.
+    pub upgrade_proposals: Duration,
     /// Alert delivery: the delay before each attempt of a notification (the first is usually
     /// 0s; after the last, it has failed), hosts and networks admitted despite the SSRF guard,
     /// how long a receiver has to answer, and how long a rotated-out secret keeps signing.
@@ -234,6 +237,7 @@ impl Default for Config {
             health: Default::default(),
             alert_evaluation: Duration::from_secs(1),
             alert_resolve_delay: Duration::from_secs(10),
+            upgrade_proposals: Duration::from_secs(30),
             alert_retry_schedule: schedule("0s,5s,5m,30m,2h,5h,10h,10h").expect("valid default"),
             alert_webhook_allow: Default::default(),
             alert_delivery_timeout: Duration::from_millis(15_000),
@@ -325,6 +329,7 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("health_expiry_warning_secs", |c, n, v| Ok(c.health.expiry_warning = secs(n, v)?)),
     ("health_clock_skew_secs", |c, n, v| Ok(c.health.clock_skew = secs(n, v)?)),
     ("alert_evaluation_ms", |c, _, v| Ok(c.alert_evaluation = Duration::from_millis(num(v)?))),
+    ("upgrade_proposals_ms", |c, _, v| Ok(c.upgrade_proposals = Duration::from_millis(num(v)?))),
     ("alert_resolve_delay_ms", |c, _, v| Ok(c.alert_resolve_delay = Duration::from_millis(num(v)?))),
     ("alert_retry_schedule", |c, _, v| Ok(c.alert_retry_schedule = schedule(v)?)),
     ("alert_webhook_allow", |c, _, v| Ok(c.alert_webhook_allow = v.parse()?)),
@@ -504,6 +509,9 @@ impl Config {
         }
         if self.job_lease_renew.is_zero() || self.job_lease_renew >= self.job_lease {
             errors.push("job_lease_renew_ms: must be positive and below job_lease_ms".to_owned());
+        }
+        if self.upgrade_proposals.is_zero() {
+            errors.push("upgrade_proposals_ms: must be positive".to_owned());
         }
         if self.alert_evaluation.is_zero() {
             errors.push("alert_evaluation_ms: must be positive".to_owned());

@@ -66,6 +66,7 @@ pub fn registered(state: &AppState) -> Vec<Job> {
         jobs.push(crate::certificates::issuer_rotation_job(state));
         jobs.push(crate::certificates::anchor_rotation_job());
         jobs.push(crate::rollouts::job());
+        jobs.push(crate::rollouts::proposals::job(state));
     }
     jobs
 }

@@ -9,6 +9,9 @@
 //! written only if the rollout did not change meanwhile, so a restarted or newly leasing
 //! replica continues from the saved step and never sends a step's command twice.
 
+pub mod proposals;
+pub mod start;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -18,9 +21,9 @@ use crate::domain::audit::AuditEntry;
 use crate::domain::health::Health;
 use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, Phase, Rollout, RolloutState};
 use crate::domain::upgrade_policies;
-use crate::domain::ClusterId;
+use crate::domain::{ClusterId, CommandId};
 use crate::jobs::{Job, Scope};
-use crate::store::{self, commands::Command, fleet::Golden};
+use crate::store::{self, commands::Command, fleet::Golden, rollups::Event};
 
 const TICK: Duration = Duration::from_millis(500);
 /// How long an agent has for one step before its command expires (the step then fails).
@@ -108,6 +111,9 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     let mut pause: Option<String> = None;
     let mut clusters = std::mem::take(&mut r.clusters);
     let paused = r.state == RolloutState::Paused;
+    // Every command this look waits on, in one query rather than one per cluster.
+    let waited: Vec<CommandId> = clusters.iter().filter(|c| c.wave == wave && c.phase.in_progress()).filter_map(|c| c.command_id).collect();
+    let mut commands = if waited.is_empty() { Default::default() } else { store::commands::get_many(&mut conn, r.org_id, &waited).await? };
     for c in clusters.iter_mut().filter(|c| c.wave == wave && !c.phase.settled()) {
         // Paused, only a rollback under way goes on.
         if paused && !matches!(c.phase, Phase::RollingBack | Phase::RestoringWorkloads) {
@@ -144,7 +150,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
             }
             Phase::ControlPlane | Phase::DataPlane | Phase::RollingBack | Phase::RestoringWorkloads => {
                 let Some(id) = c.command_id else { continue };
-                let Some(command) = store::commands::get(&mut conn, r.org_id, c.id, id).await? else { continue };
+                let Some(command) = commands.remove(&id).filter(|command| command.cluster_id == c.id) else { continue };
                 match (command.state.as_str(), c.phase) {
                     ("succeeded", Phase::ControlPlane) => enter(&r, c, Phase::DataPlane, now, "restarting workloads".into(), &mut sent),
                     ("succeeded", Phase::DataPlane) => {
@@ -229,10 +235,19 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     for command in &sent {
         store::commands::insert(&mut tx, command).await?;
     }
+    let mut events = Vec::with_capacity(steps.len());
     for (cluster, from, to, message) in &steps {
         let details = serde_json::json!({ "cluster": cluster, "from": from, "to": to, "message": message, "target_version": r.target_version });
         store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.step", ("rollout", r.id.to_string()), details)).await?;
+        let mut message = message.clone();
+        // A cluster rolled back is not proposed this version again by its automatic policy.
+        if *to == Phase::RollingBack {
+            store::upgrade_declines::record(&mut tx, r.org_id, *cluster, &r.target_version, r.id, &message, now).await?;
+            message.push_str(&not_again(&r.target_version));
+        }
+        events.push((r.org_id, *cluster, step_event(&r, *from, *to, &message, now)));
     }
+    store::rollups::add_events(&mut tx, &events).await?;
     if r.state != RolloutState::Running || r.wave != wave {
         let details = serde_json::json!({ "state": r.state, "wave": r.wave, "reason": r.reason });
         store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.progress", ("rollout", r.id.to_string()), details)).await?;
@@ -248,6 +263,30 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
         crate::gateway::dispatch::command_created(state, command.cluster_id).await;
     }
     Ok(())
+}
+
+/// A step of a rollout as an event of the cluster it moved (shown with the cluster's own).
+fn step_event(r: &Rollout, from: Phase, to: Phase, message: &str, now: i64) -> Event {
+    event(r, Phase::step_reason(from, to), message, now)
+}
+
+/// What a cluster's events say when an upgrade is declined (`store::upgrade_declines`).
+pub fn not_again(version: &str) -> String {
+    format!("; {version} will not be proposed to it again automatically")
+}
+
+/// An event of a cluster in rollout `r`: its type (`Normal`, `Warning`) and reason, and what
+/// happened.
+pub fn event(r: &Rollout, (kind, reason): (&str, &str), message: &str, now: i64) -> Event {
+    Event {
+        id: uuid::Uuid::now_v7().to_string(),
+        at: now,
+        kind: kind.into(),
+        namespace: String::new(),
+        object: format!("rollout/{}", r.id),
+        reason: reason.into(),
+        message: format!("{message} (rollout to {})", r.target_version),
+    }
 }
 
 /// The clusters these rollouts are upgrading now (a step under way, a rollback included):

@@ -29,6 +29,7 @@ pub mod silences;
 pub mod throttles;
 pub mod trust;
 pub mod ui_sessions;
+pub mod upgrade_declines;
 pub mod upgrade_policies;
 
 pub type Conn = sqlx::AnyConnection;

@@ -358,6 +358,24 @@ impl Phase {
     pub fn in_progress(self) -> bool {
         self != Phase::Pending && !self.settled()
     }
+
+    /// The event type (`Normal` or `Warning`, as Kubernetes has them) and reason of a cluster's
+    /// step from `from` to `to`.
+    pub fn step_reason(from: Phase, to: Phase) -> (&'static str, &'static str) {
+        match (from, to) {
+            (Phase::Verifying, Phase::RollingBack) => ("Warning", "RolloutGateFailed"),
+            (Phase::Verifying, Phase::ControlPlane | Phase::Done) => ("Normal", "RolloutGatesPassed"),
+            (_, Phase::RollingBack) => ("Warning", "RolloutStepFailed"),
+            (_, Phase::RestoringWorkloads) => ("Warning", "RolloutRollingBack"),
+            (_, Phase::RolledBack) => ("Warning", "RolloutRolledBack"),
+            (_, Phase::Skipped) => ("Warning", "RolloutSkipped"),
+            (_, Phase::ControlPlane) => ("Normal", "RolloutControlPlane"),
+            (_, Phase::DataPlane) => ("Normal", "RolloutDataPlane"),
+            (_, Phase::Verifying) => ("Normal", "RolloutVerifying"),
+            (_, Phase::Done) => ("Normal", "RolloutDone"),
+            (_, Phase::Pending) => ("Normal", "RolloutPending"),
+        }
+    }
 }
 
 /// Requests and failures counted so far in a minute.

@@ -19,9 +19,10 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::labels::{LabelError, Selector};
 use crate::domain::releases::parse_version;
-use crate::domain::rollouts::{self, Candidate, Phase, Plan, Rollout, RolloutState, Settings, Waves};
+use crate::domain::rollouts::{Phase, Plan, Rollout, RolloutState, Settings, Waves};
 use crate::domain::{ClusterId, Role, RolloutId};
-use crate::store::{self, audit, clusters::ListQuery};
+use crate::rollouts::start::{self, StartError, StartedBy};
+use crate::store::{self, audit};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -60,22 +61,7 @@ async fn plan_for(state: &AppState, auth: &Principal, req: &RolloutRequest) -> R
     let (Some(target), Some(selector), Some(waves), true) = (target, selector, waves, errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
-    let mut conn = state.db.pool.acquire().await?;
-    let clusters = store::clusters::list(&mut conn, auth.org_id, &ListQuery { selector: &selector, status: None, after_name: None, limit: 100_000 }).await?;
-    let versions = store::inventory::control_plane_versions(&mut conn, auth.org_id).await?;
-    let policies = store::upgrade_policies::list(&mut conn, auth.org_id).await?;
-    drop(conn);
-    let candidates: Vec<Candidate> = clusters
-        .iter()
-        .map(|c| Candidate {
-            id: c.id,
-            name: &c.name,
-            labels: &c.labels,
-            control_plane: versions.get(&c.id).map(String::as_str).unwrap_or_default(),
-            agent_version: c.agent_version.as_deref(),
-        })
-        .collect();
-    Ok(rollouts::plan(&catalog, &target, &candidates, &policies, &waves))
+    Ok(start::plan(state, auth.org_id, &catalog, &target, &selector, &waves, |_| true).await?)
 }
 
 /// The waves a rollout would run, without starting it (admins).
@@ -99,28 +85,11 @@ async fn find(conn: &mut store::Conn, auth: &Principal, id: RolloutId) -> Result
 async fn start_rollout(State(state): State<AppState>, auth: Principal, ApiJson(req): ApiJson<RolloutRequest>) -> Result<(StatusCode, Json<Rollout>), ApiError> {
     auth.require(Role::Admin)?;
     let plan = plan_for(&state, &auth, &req).await?;
-    let now = state.clock.now_ms();
-    let mut tx = state.db.begin().await?;
-    let open = store::rollouts::open(&mut tx, auth.org_id).await?;
-    let busy: Vec<&str> = plan
-        .waves
-        .iter()
-        .flat_map(|w| &w.clusters)
-        .filter(|c| open.iter().any(|r| r.clusters.iter().any(|o| o.id == c.id && !o.phase.settled())))
-        .map(|c| c.name.as_str())
-        .collect();
-    if !busy.is_empty() {
-        return Err(ApiError::Conflict {
-            kind: "cluster-in-rollout",
-            detail: format!("already in an unfinished rollout: {}", busy.join(", ")),
-            field: Some("selector".into()),
-        });
-    }
-    let rollout = Rollout::start(RolloutId::new(), auth.org_id, plan, req.selector.clone(), req.settings.clone(), auth.actor.id(), to_rfc3339(now));
-    store::rollouts::insert(&mut tx, &rollout).await?;
-    let details = serde_json::json!({ "target_version": rollout.target_version, "selector": rollout.selector, "clusters": rollout.clusters.len(), "waves": rollout.waves });
-    audit::record(&mut tx, auth.org_id, now, &auth.actor, "rollout.start", ("rollout", rollout.id.to_string()), details).await?;
-    tx.commit().await?;
+    let rollout =
+        start::start(&state, auth.org_id, plan, req.selector.clone(), req.settings.clone(), StartedBy::Person(&auth.actor)).await.map_err(|e| match e {
+            StartError::Busy(_) => ApiError::Conflict { kind: "cluster-in-rollout", detail: e.to_string(), field: Some("selector".into()) },
+            StartError::Db(e) => e.into(),
+        })?;
     Ok((StatusCode::CREATED, Json(rollout)))
 }
 
@@ -162,22 +131,38 @@ pub enum ClusterAction {
     Retry,
 }
 
+/// A cluster whose upgrade an admin gave up (skipped, or its rollout aborted): its automatic
+/// policy does not propose that version to it again, and its events say so.
+struct GivenUp {
+    cluster: ClusterId,
+    reason: &'static str,
+    message: String,
+}
+
+/// What an admin's change to a rollout did: its audit action and details, and the clusters
+/// it gave up.
+struct Change {
+    action: String,
+    details: serde_json::Value,
+    given_up: Vec<GivenUp>,
+}
+
 /// Applies an admin's change to a rollout and saves it; the job's next look starts from it.
-/// `change` returns the audit action and details, or refuses. The save succeeds only if the
-/// rollout did not move meanwhile; if the job saved a step in between, the change is applied
-/// again to the rollout as it is now (and may then be refused), so an admin never sees a
-/// conflict that is only the job's.
+/// `change` refuses, or says what it did. The save succeeds only if the rollout did not move
+/// meanwhile; if the job saved a step in between, the change is applied again to the rollout
+/// as it is now (and may then be refused), so an admin never sees a conflict that is only the
+/// job's.
 async fn apply_change(
     state: &AppState,
     auth: &Principal,
     id: RolloutId,
-    mut change: impl FnMut(&mut Rollout) -> Result<(String, serde_json::Value), ApiError>,
+    mut change: impl FnMut(&mut Rollout) -> Result<Change, ApiError>,
 ) -> Result<Json<Rollout>, ApiError> {
     const ATTEMPTS: usize = 5;
     for _ in 0..ATTEMPTS {
         let mut r = find(&mut *state.db.pool.acquire().await?, auth, id).await?;
         let read = r.updated_at.timestamp_millis();
-        let (action, details) = change(&mut r)?;
+        let Change { action, details, given_up } = change(&mut r)?;
         let now = state.clock.now_ms().max(read + 1);
         r.updated_at = to_rfc3339(now);
         let mut tx = state.db.begin().await?;
@@ -185,6 +170,13 @@ async fn apply_change(
             continue;
         }
         audit::record(&mut tx, auth.org_id, now, &auth.actor, &action, ("rollout", r.id.to_string()), details).await?;
+        let mut events = Vec::with_capacity(given_up.len());
+        for g in &given_up {
+            store::upgrade_declines::record(&mut tx, auth.org_id, g.cluster, &r.target_version, r.id, &g.message, now).await?;
+            let message = format!("{}{}", g.message, crate::rollouts::not_again(&r.target_version));
+            events.push((auth.org_id, g.cluster, crate::rollouts::event(&r, ("Warning", g.reason), &message, now)));
+        }
+        store::rollups::add_events(&mut tx, &events).await?;
         tx.commit().await?;
         return Ok(Json(r));
     }
@@ -224,7 +216,17 @@ async fn act_on_rollout(
             RolloutAction::Resume => None,
         };
         let details = serde_json::json!({ "from": from, "to": r.state });
-        Ok((format!("rollout.{}", format!("{action:?}").to_lowercase()), details))
+        // Aborted, the clusters it had not finished are given up.
+        let given_up = match action {
+            RolloutAction::Abort => r
+                .clusters
+                .iter()
+                .filter(|c| !c.phase.settled())
+                .map(|c| GivenUp { cluster: c.id, reason: "RolloutAborted", message: format!("the rollout was aborted by {}", auth.actor.id()) })
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Change { action: format!("rollout.{}", format!("{action:?}").to_lowercase()), details, given_up })
     })
     .await
 }
@@ -272,7 +274,11 @@ async fn act_on_cluster(
             r.wave_done_at = None;
         }
         let details = serde_json::json!({ "cluster": cluster, "from": from, "to": r.clusters.iter().find(|c| c.id == cluster).map(|c| c.phase) });
-        Ok((format!("rollout.cluster.{}", format!("{action:?}").to_lowercase()), details))
+        let given_up = match action {
+            ClusterAction::Skip => vec![GivenUp { cluster, reason: "RolloutSkipped", message: format!("skipped by {}", auth.actor.id()) }],
+            ClusterAction::Retry => Vec::new(),
+        };
+        Ok(Change { action: format!("rollout.cluster.{}", format!("{action:?}").to_lowercase()), details, given_up })
     })
     .await
 }

@@ -51,3 +51,11 @@ pub async fn delete(conn: &mut Conn, org: OrgId, id: UpgradePolicyId) -> Result<
 pub async fn count(conn: &mut Conn, org: OrgId) -> Result<i64, sqlx::Error> {
     sqlx::query("SELECT COUNT(*) AS n FROM upgrade_policies WHERE org_id = $1").bind(org.to_string()).fetch_one(conn).await?.try_get("n")
 }
+
+/// The organizations with at least one automatic policy, for the proposals job. The spec is
+/// stored as serde writes it (compact), so the word is found as written; the job checks each
+/// policy again once parsed.
+pub async fn orgs_with_automatic(conn: &mut Conn) -> Result<Vec<OrgId>, sqlx::Error> {
+    let rows = sqlx::query("SELECT DISTINCT org_id FROM upgrade_policies WHERE spec LIKE '%\"mode\":\"automatic\"%' ORDER BY org_id").fetch_all(conn).await?;
+    rows.iter().map(|r| parse_col(&r.try_get::<String, _>("org_id")?, "upgrade_policies.org_id")).collect()
+}

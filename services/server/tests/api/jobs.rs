@@ -48,6 +48,7 @@ async fn a_stopped_server_leaves_no_job_running(engine: Engine) {
         "retention",
         "rollouts",
         "rollups",
+        "upgrade-proposals",
     ];
     if engine == Engine::Postgres {
         expected.push("notifications");

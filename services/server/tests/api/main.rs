@@ -31,6 +31,7 @@ mod metric_rules;
 mod migrations;
 mod openapi;
 mod policies;
+mod proposals;
 mod quotas;
 mod releases;
 mod rollouts;

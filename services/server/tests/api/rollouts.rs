@@ -42,7 +42,7 @@ pub(crate) fn fleet(app: &TestApp, prefix: &str, n: usize, bad: bool, dir: &std:
     stop
 }
 
-async fn until(what: &str, secs: u64, mut check: impl AsyncFnMut() -> Option<Value>) -> Value {
+pub(crate) async fn until(what: &str, secs: u64, mut check: impl AsyncFnMut() -> Option<Value>) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut last = None;
     while Instant::now() < deadline {
@@ -78,11 +78,11 @@ pub(crate) async fn connected(app: &TestApp, owner: &Login, prefix: &str, n: usi
     ids
 }
 
-fn phases(r: &Value) -> Vec<(String, String)> {
+pub(crate) fn phases(r: &Value) -> Vec<(String, String)> {
     r["clusters"].as_array().unwrap().iter().map(|c| (c["name"].as_str().unwrap().to_owned(), c["phase"].as_str().unwrap().to_owned())).collect()
 }
 
-async fn rollout_until(app: &TestApp, owner: &Login, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn rollout_until(app: &TestApp, owner: &Login, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let (_, r) = app.get(&format!("/api/v1/rollouts/{id}"), &owner.access).await;
@@ -98,7 +98,13 @@ async fn control_plane(app: &TestApp, owner: &Login, cluster: &str) -> String {
     app.get(&format!("/api/v1/clusters/{cluster}/upgrades"), &owner.access).await.1["control_plane_version"].as_str().unwrap_or_default().to_owned()
 }
 
-async fn commands_of(app: &TestApp, owner: &Login, cluster: &str) -> Vec<String> {
+/// The reasons of the cluster's rollout events, newest first.
+async fn rollout_events(app: &TestApp, owner: &Login, cluster: &str) -> Vec<String> {
+    let (_, ev) = app.get(&format!("/api/v1/clusters/{cluster}/events?limit=100"), &owner.access).await;
+    ev["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str().filter(|r| r.starts_with("Rollout")).map(str::to_owned)).collect()
+}
+
+pub(crate) async fn commands_of(app: &TestApp, owner: &Login, cluster: &str) -> Vec<String> {
     let (_, page) = app.get(&format!("/api/v1/clusters/{cluster}/commands"), &owner.access).await;
     page["items"].as_array().unwrap().iter().map(|c| c["kind"].as_str().unwrap().to_owned()).collect()
 }
@@ -146,6 +152,12 @@ async fn a_rollout_upgrades_good_clusters_in_waves_and_rolls_a_bad_canary_back(e
         assert!(inv["pods"].as_array().unwrap().iter().all(|p| p["proxy_version"] == "0.2.0"), "{inv}");
         let kinds = commands_of(&app, &owner, cluster).await;
         assert_eq!(kinds, ["restart-workloads", "set-control-plane-version"], "one command per step, newest first");
+        // Each step is in the cluster's events too, newest first.
+        assert_eq!(
+            rollout_events(&app, &owner, cluster).await,
+            ["RolloutGatesPassed", "RolloutVerifying", "RolloutDataPlane", "RolloutControlPlane"],
+            "{cluster}"
+        );
     }
     let (_, audit) = app.get("/api/v1/audit?limit=200", &owner.access).await;
     let audit = audit.to_string();
@@ -163,6 +175,14 @@ async fn a_rollout_upgrades_good_clusters_in_waves_and_rolls_a_bad_canary_back(e
     assert!(reason.contains("gate failed: success rate fell") && reason.contains("rolled back"), "{reason}");
     assert_eq!(phases(&paused)[1].1, "pending", "{paused}");
     assert_eq!(control_plane(&app, &owner, &canary).await, "0.1.0", "the canary's control plane is back");
+    assert_eq!(
+        rollout_events(&app, &owner, &canary).await,
+        ["RolloutRolledBack", "RolloutRollingBack", "RolloutGateFailed", "RolloutVerifying", "RolloutDataPlane", "RolloutControlPlane"]
+    );
+    let (_, ev) = app.get(&format!("/api/v1/clusters/{canary}/events"), &owner.access).await;
+    let failed = ev["items"].as_array().unwrap().iter().find(|e| e["reason"] == "RolloutGateFailed").unwrap().clone();
+    let message = failed["message"].as_str().unwrap();
+    assert!(failed["type"] == "Warning" && message.contains("gate failed: success rate fell") && message.contains("(rollout to 0.2.0)"), "{failed}");
     let canary_pods = until("the canary's proxies back at 0.1.0", 30, async || {
         let inv = app.get(&format!("/api/v1/clusters/{canary}/inventory"), &owner.access).await.1;
         inv["pods"].as_array()?.iter().all(|p| p["proxy_version"] == "0.1.0").then_some(inv)
