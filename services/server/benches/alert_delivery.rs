@@ -12,18 +12,20 @@
 //! MESHFLEET_BENCH_CHANNELS (default 100), MESHFLEET_BENCH_HANGING (hanging channels in the
 //! second run, default 1), MESHFLEET_BENCH_SECS (seconds of queueing per run, default 30).
 //!
-//! Method. The server runs in this process (`Server::start`), with its defaults but
-//! `alert_webhook_allow=127.0.0.1`: delivery job every 250 ms, 15 s delivery timeout, retry
-//! schedule 0 s, 5 s, 5 min, ... One organization has C webhook channels (created through the
-//! API), each its own axum receiver on 127.0.0.1:0, which timestamps a request as soon as its
-//! body is read and answers 200; a hanging receiver never answers, so every send to it lasts the
-//! whole delivery timeout. Notifications are queued the way the rule evaluation queues them:
-//! `store::notifications::enqueue` of one `alert.firing` event in its own transaction, which
-//! queues one message per enabled channel, so RATE/C events a second, evenly spaced. Latency is
-//! from the commit of that transaction to the receipt at a healthy receiver (the event carries
-//! its sequence number). Deliveries/s counts healthy receipts during the queueing window. RSS is
-//! this process's `VmRSS` (server, receivers and load generator), sampled every second. After
-//! the window the bench waits up to 60 s for the healthy backlog to drain.
+//! Method. The server is the real `meshfleet-server` binary in its own process, with its
+//! defaults but `alert_webhook_allow=127.0.0.1`: delivery job every 250 ms, 15 s delivery
+//! timeout, retry schedule 0 s, 5 s, 5 min, ... One organization has C webhook channels (created
+//! through the API), each its own axum receiver on 127.0.0.1:0 in this process, which timestamps
+//! a request as soon as its body is read and answers 200; a hanging receiver never answers, so
+//! every send to it lasts the whole delivery timeout. The load is generated in this process too,
+//! out of the server's: notifications are queued the way the rule evaluation queues them,
+//! `store::notifications::enqueue` of one `alert.firing` event in its own transaction on this
+//! process's own connection to the database, which queues one message per enabled channel, so
+//! RATE/C events a second, evenly spaced. Latency is from the commit of that transaction to the
+//! receipt at a healthy receiver (the event carries its sequence number). Deliveries/s counts
+//! healthy receipts during the queueing window. RSS is the server process's `VmRSS`, sampled
+//! every second, and its CPU is utime+stime over the window. After the window the bench waits up
+//! to 60 s for the healthy backlog to drain.
 
 mod support;
 
@@ -31,9 +33,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use meshfleet_server::db::Db;
 use meshfleet_server::domain::alerting::EventType;
 use meshfleet_server::domain::OrgId;
 use meshfleet_server::store;
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use serde_json::Value;
 use support::{ms, pct, Receipt};
 use tokio::sync::mpsc;
@@ -58,14 +62,18 @@ struct Outcome {
     drained_after: Option<Duration>,
     per_5s: Vec<usize>,
     rss_mb: Vec<f64>,
+    /// The server process's CPU over the queueing window, % of one core.
+    cpu_pct: f64,
     load: (f64, f64),
 }
 
 async fn run(engine: &str, knobs: &Knobs, hanging: usize) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let (url, pg) = support::database(engine, dir.path()).await?;
-    let server = support::start_in_process(&url, dir.path(), &[("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1")]).await?;
-    let base = format!("http://{}", server.addr);
+    let server = support::start_server(&url, dir.path(), &[("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1")]).await?;
+    let base = server.api.clone();
+    // The load generator's own connection, as a second replica's would be.
+    let db = Db::connect(&url, 4).await?;
     let http = reqwest::Client::new();
     let (token, org) = support::owner(&http, &base).await?;
     let org: OrgId = org.parse().map_err(|e| anyhow::anyhow!("org id: {e:?}"))?;
@@ -101,11 +109,12 @@ async fn run(engine: &str, knobs: &Knobs, hanging: usize) -> anyhow::Result<Outc
     let rss_samples: Arc<Mutex<Vec<f64>>> = Default::default();
     let sampler = {
         let samples = rss_samples.clone();
+        let pid = server.pid.to_string();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tick.tick().await;
-                samples.lock().unwrap().push(support::rss_kb("self") as f64 / 1024.0);
+                samples.lock().unwrap().push(support::rss_kb(&pid) as f64 / 1024.0);
             }
         })
     };
@@ -113,7 +122,7 @@ async fn run(engine: &str, knobs: &Knobs, hanging: usize) -> anyhow::Result<Outc
     let load_start = support::loadavg();
     let events_per_sec = (knobs.rate as f64 / knobs.channels as f64).max(0.1);
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / events_per_sec));
-    let started = Instant::now();
+    let (started, cpu_start) = (Instant::now(), cpu_ticks(server.pid));
     let window_end = started + Duration::from_secs(knobs.secs);
     let mut queued_at: Vec<Instant> = Vec::new();
     let mut queued = 0;
@@ -123,12 +132,13 @@ async fn run(engine: &str, knobs: &Knobs, hanging: usize) -> anyhow::Result<Outc
         let mut event = meshfleet_server::alerting::channels::test_event(org, chrono::Utc::now());
         event.event_type = EventType::Firing;
         event.alert.fingerprint = seq.to_string();
-        let now = server.state.clock.now_ms();
-        let mut tx = server.state.db.begin().await?;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut tx = db.begin().await?;
         queued += store::notifications::enqueue(&mut tx, org, &event, now).await.context("enqueue")?;
         tx.commit().await?;
         queued_at.push(Instant::now());
     }
+    let cpu_pct = (cpu_ticks(server.pid) - cpu_start) as f64 / clock_ticks_per_sec() / started.elapsed().as_secs_f64() * 100.0;
     let healthy = knobs.channels - hanging;
     let expected = queued_at.len() * healthy;
     let drain_from = Instant::now();
@@ -164,9 +174,11 @@ async fn run(engine: &str, knobs: &Knobs, hanging: usize) -> anyhow::Result<Outc
         drained_after,
         per_5s,
         rss_mb: rss_samples.lock().unwrap().clone(),
+        cpu_pct,
         load: (load_start, load_end),
     };
-    server.stop().await?;
+    drop(server);
+    db.pool.close().await;
     collector.abort();
     hanging_counter.abort();
     if let Some(pg) = pg {
@@ -206,14 +218,14 @@ async fn main() -> anyhow::Result<()> {
             results.push((engine, o));
         }
     }
-    println!("| engine | run | queued | healthy delivered in window (/s) | p50 ms | p99 ms | max ms | all healthy delivered | to hanging | RSS MB first / 10 s / end / max | load avg |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| engine | run | queued | healthy delivered in window (/s) | p50 ms | p99 ms | max ms | all healthy delivered | to hanging | server CPU % | server RSS MB first / 10 s / end / max | load avg |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (engine, o) in &results {
         let rss = &o.rss_mb;
         let at = |i: usize| rss.get(i).or(rss.last()).copied().unwrap_or(0.0);
         let max = rss.iter().copied().fold(0.0, f64::max);
         println!(
-            "| {engine} | {} | {} | {} ({:.0}/s) | {} | {} | {} | {} | {} | {:.1} / {:.1} / {:.1} / {:.1} | {:.2} -> {:.2} |",
+            "| {engine} | {} | {} | {} ({:.0}/s) | {} | {} | {} | {} | {} | {:.0} | {:.1} / {:.1} / {:.1} / {:.1} | {:.2} -> {:.2} |",
             o.label,
             o.queued,
             o.in_window,
@@ -226,6 +238,7 @@ async fn main() -> anyhow::Result<()> {
                 None => format!("{} of {} ({} s after the window)", o.delivered, o.expected, DRAIN.as_secs()),
             },
             o.hanging_got,
+            o.cpu_pct,
             at(0),
             at(10),
             at(rss.len().saturating_sub(1)),
