@@ -183,3 +183,34 @@ async fn a_budget_that_never_allows_a_disruption_fails_the_restart_naming_it() {
     assert!(result.message.contains("PodDisruptionBudget shop/db allows no disruption (1 of 1 pods healthy, 1 required)"), "{}", result.message);
     assert_eq!(kube.get("apps/v1", "StatefulSet", "shop", "db").unwrap()["spec"]["template"]["metadata"].get("annotations"), None);
 }
+
+/// set-control-plane-version moves the controller's image and the proxy version its injector
+/// injects together, so the data plane's restart that follows brings the new proxy; asked again,
+/// it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_version_moves_the_injected_proxy_version_with_it() {
+    let kube = FakeKube::start_with(Config { ready_delay: Duration::from_millis(50), ..Config::default() }).await.unwrap();
+    let agent = shop(&kube).await;
+    kube.apply(json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "meshfleet-controller", "namespace": "meshfleet"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "controller"}}, "template": {"metadata": {"labels": {"app": "controller"}},
+            "spec": {"containers": [{"name": "controller", "image": "meshfleet/controller:0.1.0",
+                "env": [{"name": "MESHFLEET_INJECTOR_ADDR", "value": "0.0.0.0:8443"}, {"name": "MESHFLEET_PROXY_VERSION", "value": "0.1.0"}]}]}}}}))
+        .unwrap();
+    let command = Body::SetControlPlaneVersion(v1::SetControlPlaneVersion { version: "0.2.0".into(), timeout_secs: Some(20) });
+    let out = output(&agent.exec.execute("cmd-cp".into(), command.clone()).await);
+    assert_eq!(
+        out,
+        json!({"image": "meshfleet/controller:0.2.0", "previous_image": "meshfleet/controller:0.1.0", "proxy_version": "0.2.0", "previous_proxy_version": "0.1.0"})
+    );
+    let d = kube.get("apps/v1", "Deployment", "meshfleet", "meshfleet-controller").unwrap();
+    let container = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "meshfleet/controller:0.2.0");
+    assert_eq!(
+        container["env"],
+        json!([{"name": "MESHFLEET_INJECTOR_ADDR", "value": "0.0.0.0:8443"}, {"name": "MESHFLEET_PROXY_VERSION", "value": "0.2.0"}]),
+        "other settings kept"
+    );
+    let generation = d["metadata"]["generation"].clone();
+    output(&agent.exec.execute("cmd-cp-again".into(), command).await);
+    assert_eq!(kube.get("apps/v1", "Deployment", "meshfleet", "meshfleet-controller").unwrap()["metadata"]["generation"], generation, "nothing changed");
+}
