@@ -42,6 +42,7 @@ pub static RESOURCES: &[ResourceDef] = &[
     r("apps", "daemonsets", "DaemonSet", true),
     r("apps", "statefulsets", "StatefulSet", true),
     r("coordination.k8s.io", "leases", "Lease", true),
+    r("policy", "poddisruptionbudgets", "PodDisruptionBudget", true),
     r("rbac.authorization.k8s.io", "roles", "Role", true),
     r("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", true),
     r("rbac.authorization.k8s.io", "clusterroles", "ClusterRole", false),

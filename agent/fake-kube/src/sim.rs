@@ -4,7 +4,8 @@
 //! kubelet runs, when it is on), and owner-reference garbage
 //! collection. Pods are created through the mutating admission webhooks, as the real
 //! ReplicaSet controller's are; a refused create is reported on the ReplicaSet and retried.
-//! DaemonSets and StatefulSets are stored but not simulated.
+//! StatefulSets and DaemonSets roll out as their controllers do (`sim/sets.rs`), and
+//! PodDisruptionBudgets get the disruption controller's status (`sim/disruption.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +19,9 @@ use crate::rbac::User;
 use crate::resources::find;
 use crate::store::{name_of, Store};
 use crate::{admission, validate, Shared};
+
+mod disruption;
+mod sets;
 
 /// Pods with this annotation set to "true" never become ready (to simulate a broken rollout).
 pub const NEVER_READY: &str = "fake.meshfleet.io/never-ready";
@@ -54,6 +58,10 @@ fn int_or_percent(v: Option<&Value>, total: i64, default_pct: i64, round_up: boo
         Some(Value::String(s)) => s.trim_end_matches('%').parse::<i64>().map(pct).unwrap_or(0).max(0),
         _ => pct(default_pct),
     }
+}
+
+fn random_suffix() -> String {
+    (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect()
 }
 
 fn owner_ref(kind: &str, owner: &Value) -> Value {
@@ -102,6 +110,13 @@ impl Simulator {
         for rs in store.list(find("apps", "v1", "replicasets").expect("registered"), None).0 {
             self.replicaset(&rs).await;
         }
+        for s in store.list(find("apps", "v1", "statefulsets").expect("registered"), None).0 {
+            self.statefulset(&s).await;
+        }
+        for ds in store.list(find("apps", "v1", "daemonsets").expect("registered"), None).0 {
+            self.daemonset(&ds).await;
+        }
+        disruption::reconcile(store);
         self.collect_garbage();
         crate::endpoints::reconcile(store, &shared.cluster_ips);
         // The rv from before this pass: if the pass wrote anything, the next one runs again
@@ -258,24 +273,13 @@ impl Simulator {
         let controller = User::service_account("kube-system", "replicaset-controller");
         let mut refused = None;
         for _ in pods.len()..want {
-            let suffix: String = (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect();
             let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
-            meta["name"] = json!(format!("{}-{suffix}", name_of(rs)));
+            meta["name"] = json!(format!("{}-{}", name_of(rs), random_suffix()));
             meta["ownerReferences"] = owner_ref("ReplicaSet", rs);
             let pod = json!({"metadata": meta, "spec": template.get("spec").cloned().unwrap_or(json!({"containers": []})), "status": {"phase": "Pending"}});
-            let pod = match admission::admit(&shared, pods_res, &ns, pod, &controller).await {
-                Ok(p) => p,
-                Err(r) => {
-                    refused = Some(r.message);
-                    break;
-                }
-            };
-            if let Err(e) = validate::object(pods_res, &pod) {
-                refused = Some(format!("Pod is invalid: {e}"));
+            if let Err(message) = self.create_pod(&ns, pod, &controller).await {
+                refused = Some(message);
                 break;
-            }
-            if let Ok(p) = store.create(pods_res, &ns, pod) {
-                self.born.insert(uid(&p).to_owned(), Instant::now());
             }
         }
         if refused.is_some() {
@@ -313,17 +317,34 @@ impl Simulator {
         });
     }
 
+    /// Creates a pod as a workload controller (`controller`) does: through the mutating
+    /// admission webhooks and validation; the refusal's message when it is not created.
+    pub(crate) async fn create_pod(&mut self, ns: &str, pod: Value, controller: &User) -> Result<(), String> {
+        let shared = self.shared.clone();
+        let pods_res = find("", "v1", "pods").expect("registered");
+        let pod = admission::admit(&shared, pods_res, ns, pod, controller).await.map_err(|r| r.message)?;
+        validate::object(pods_res, &pod).map_err(|e| format!("Pod is invalid: {e}"))?;
+        if let Ok(p) = shared.store.create(pods_res, ns, pod) {
+            self.born.insert(uid(&p).to_owned(), Instant::now());
+        }
+        Ok(())
+    }
+
     /// Deletes ReplicaSets and pods whose controlling owner is gone (cascading delete).
     fn collect_garbage(&mut self) {
         let store = &self.shared.store;
         let kinds = [find("apps", "v1", "replicasets").expect("registered"), find("", "v1", "pods").expect("registered")];
-        let owners = [(find("apps", "v1", "deployments").expect("registered"), "Deployment"), (kinds[0], "ReplicaSet")];
-        for (res, (owner_res, owner_kind)) in kinds.into_iter().zip(owners) {
-            let live: std::collections::HashSet<String> = store.list(owner_res, None).0.iter().map(|o| uid(o).to_owned()).collect();
+        let owners: [&[&str]; 2] = [&["deployments"], &["replicasets", "statefulsets", "daemonsets"]];
+        for (res, owner_plurals) in kinds.into_iter().zip(owners) {
+            let mut live: HashMap<&str, std::collections::HashSet<String>> = HashMap::new();
+            for plural in owner_plurals {
+                let owner_res = find("apps", "v1", plural).expect("registered");
+                live.insert(crate::resources::def(owner_res).kind, store.list(owner_res, None).0.iter().map(|o| uid(o).to_owned()).collect());
+            }
             for o in store.list(res, None).0 {
                 let kind = o.pointer("/metadata/ownerReferences/0/kind").and_then(Value::as_str);
-                if let (Some(owner), Some(k)) = (controller_uid(&o), kind) {
-                    if k == owner_kind && !live.contains(owner) {
+                if let (Some(owner), Some(uids)) = (controller_uid(&o), kind.and_then(|k| live.get(k))) {
+                    if !uids.contains(owner) {
                         let _ = store.delete(res, o["metadata"]["namespace"].as_str().unwrap_or(""), name_of(&o));
                     }
                 }

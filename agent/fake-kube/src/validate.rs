@@ -34,6 +34,7 @@ pub fn object(res: Res, v: &Value) -> Result<(), String> {
         "StatefulSet" => check::<apps::v1::StatefulSet>(&v),
         "Service" => check::<core::v1::Service>(&v),
         "EndpointSlice" => check::<k8s_openapi::api::discovery::v1::EndpointSlice>(&v),
+        "PodDisruptionBudget" => check::<k8s_openapi::api::policy::v1::PodDisruptionBudget>(&v),
         "Lease" => check::<coordination::v1::Lease>(&v),
         "Role" => check::<rbac::v1::Role>(&v),
         "RoleBinding" => check::<rbac::v1::RoleBinding>(&v),

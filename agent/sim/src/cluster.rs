@@ -344,7 +344,7 @@ impl SyntheticCluster {
         for w in chosen {
             let key = (w.namespace.clone(), w.name.clone());
             if self.restarted_by.get(&key).is_some_and(|by| by == id) {
-                skipped.push(format!("{}/{}", w.namespace, w.name));
+                skipped.push(format!("{}/deployment/{}", w.namespace, w.name));
                 continue;
             }
             self.restarted_by.insert(key, id.to_owned());
@@ -360,9 +360,10 @@ impl SyntheticCluster {
                 delta.upserted_pods.push(new.clone());
                 self.pods.push(new);
             }
-            restarted.push(format!("{}/{}", w.namespace, w.name));
+            restarted.push(format!("{}/deployment/{}", w.namespace, w.name));
         }
-        let output = serde_json::json!({ "restarted": restarted, "skipped": skipped, "batch_size": p.batch_size.unwrap_or(1) });
+        // Its workloads are all Deployments: no pod needs attention.
+        let output = serde_json::json!({ "restarted": restarted, "skipped": skipped, "batch_size": p.batch_size.unwrap_or(1), "needs_attention": [] });
         (delta, output)
     }
 

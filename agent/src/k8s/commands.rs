@@ -1,23 +1,30 @@
 //! Command execution against the cluster. Every command is idempotent by its id, also across
 //! agent restarts and leader failover: a restarted workload carries the command id in its pod
-//! template, and a version change that is already in place is not applied again. A write that
+//! template (`restart`), and a version change that is already in place is not applied again. A write that
 //! meets a 409 Conflict is re-read and retried (`conflict`).
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ::kube::api::{Api, ListParams, Patch, PatchParams};
-use ::kube::{Client, ResourceExt};
+use ::kube::api::{Api, Patch, PatchParams};
+use ::kube::Client;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use meshfleet_agent_protocol::v1::{self, command::Body, CommandResult, CommandState};
 use serde_json::json;
 
-use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT, RESTART_ROLE};
+use super::config::{AgentConfig, CONTROLLER_DEPLOYMENT};
 use super::conflict::retry_on_conflict;
 use super::inventory::Inventory;
 use crate::{Report, Reporter};
+
+mod restart;
+
+pub use restart::{NeedsAttention, WorkloadKind};
+
+/// The controller's setting of the proxy version its injector injects (`meshfleet-controller
+/// --proxy-version`).
+pub const PROXY_VERSION_ENV: &str = "MESHFLEET_PROXY_VERSION";
 
 /// The pod-template annotation naming the restart-workloads command that last restarted it.
 pub const RESTARTED_BY: &str = "meshfleet.io/restarted-by";
@@ -27,27 +34,6 @@ pub struct Executor {
     pub config: AgentConfig,
     pub inventory: Arc<Inventory>,
     pub reporter: Mutex<Option<Reporter>>,
-}
-
-/// `RestartWorkloads` with its defaults applied.
-struct RestartParams {
-    namespace: Option<String>,
-    selector: Option<String>,
-    batch_size: usize,
-    max_unavailable: usize,
-    timeout_secs: u64,
-}
-
-impl From<v1::RestartWorkloads> for RestartParams {
-    fn from(p: v1::RestartWorkloads) -> Self {
-        RestartParams {
-            namespace: p.namespace,
-            selector: p.selector,
-            batch_size: p.batch_size.unwrap_or(1).max(1) as usize,
-            max_unavailable: p.max_unavailable.unwrap_or(0) as usize,
-            timeout_secs: p.timeout_secs.map_or(DEFAULT_TIMEOUT_SECS, u64::from),
-        }
-    }
 }
 
 /// How long a command waits for a rollout unless told otherwise.
@@ -89,7 +75,7 @@ impl Executor {
             match command {
                 Body::Ping(_) => done(CommandState::Succeeded, "pong", json!({"pong": true})),
                 Body::CollectDiagnostics(_) => this.diagnostics(),
-                Body::RestartWorkloads(p) => this.restart(&id, p.into()).await.unwrap_or_else(|e| failed(e.to_string())),
+                Body::RestartWorkloads(p) => this.restart(&id, restart::RestartParams::from(p)).await.unwrap_or_else(|e| failed(e.to_string())),
                 Body::SetControlPlaneVersion(p) => this.set_version(p).await.unwrap_or_else(|e| failed(e.to_string())),
                 Body::RotateIssuer(_) => this.rotate_issuer(&id).await.unwrap_or_else(failed),
                 Body::SetTrustBundle(p) => this.set_trust_bundle(&p.bundle_pem).await.unwrap_or_else(failed),
@@ -144,89 +130,6 @@ impl Executor {
         }
     }
 
-    async fn restart(&self, id: &str, p: RestartParams) -> Result<CommandResult, String> {
-        let api: Api<Deployment> = match &p.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        };
-        let lp = match &p.selector {
-            Some(s) => ListParams::default().labels(s),
-            None => ListParams::default(),
-        };
-        let mut targets: Vec<Deployment> = api.list(&lp).await.map_err(|e| format!("listing Deployments: {e}"))?.items;
-        targets.retain(|d| self.inventory.is_meshed_namespace(&d.namespace().unwrap_or_default()));
-        targets.sort_by_key(|d| (d.namespace(), d.name_any()));
-        let total = targets.len().max(1);
-        let timeout = Duration::from_secs(p.timeout_secs);
-        let (mut restarted, mut skipped) = (Vec::new(), Vec::new());
-        let mut by_ns: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for d in &targets {
-            by_ns.entry(d.namespace().unwrap_or_default()).or_default().push(d.name_any());
-        }
-        for (i, batch) in targets.chunks(p.batch_size).enumerate() {
-            // Health gate: do not make things worse while other selected workloads are down.
-            for (ns, names) in &by_ns {
-                let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-                let unavailable = |d: &Deployment| d.status.as_ref().and_then(|s| s.unavailable_replicas).unwrap_or(0) > 0;
-                let mut down = 0;
-                for n in names {
-                    if nsapi.get(n).await.map(|d| unavailable(&d)).unwrap_or(true) {
-                        down += 1;
-                    }
-                }
-                if down > p.max_unavailable {
-                    let finished = i * p.batch_size;
-                    self.progress(
-                        id,
-                        (finished * 100 / total) as u32,
-                        format!("waiting: {down} selected workloads in {ns} unavailable (max_unavailable {})", p.max_unavailable),
-                    );
-                    self.wait_until(&nsapi, names, timeout, |d| !unavailable(d)).await?;
-                }
-            }
-            let mut waiting: BTreeMap<String, Vec<String>> = BTreeMap::new();
-            for d in batch {
-                let (ns, name) = (d.namespace().unwrap_or_default(), d.name_any());
-                let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
-                let (nsapi, name_ref) = (&nsapi, &name);
-                // Read again before each attempt: the stamp check and a retry after a 409 both
-                // need the Deployment as it is now.
-                let patched = retry_on_conflict("Deployment", || async move {
-                    let current = nsapi.get(name_ref).await?;
-                    if restarted_by(&current) == Some(id) {
-                        // This command already restarted it (a redelivery, or a new leader).
-                        return Ok(false);
-                    }
-                    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-                    let patch = json!({"spec": {"template": {"metadata": {"annotations": {RESTARTED_BY: id, "kubectl.kubernetes.io/restartedAt": now}}}}});
-                    nsapi.patch(name_ref, &PatchParams::default(), &Patch::Strategic(&patch)).await.map(|_| true)
-                })
-                .await
-                .map_err(|e| match &e {
-                    // RBAC confines restarts to namespaces opted in with the restart Role.
-                    ::kube::Error::Api(s) if s.code == 403 => {
-                        format!("may not restart Deployment {ns}/{name}: namespace {ns} has no Role {RESTART_ROLE} binding the agent ({e})")
-                    }
-                    _ => format!("patching Deployment {ns}/{name}: {e}"),
-                })?;
-                if patched {
-                    restarted.push(format!("{ns}/{name}"));
-                } else {
-                    skipped.push(format!("{ns}/{name}"));
-                }
-                waiting.entry(ns).or_default().push(name);
-            }
-            for (ns, names) in &waiting {
-                let nsapi: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
-                self.wait_until(&nsapi, names, timeout, rolled_out).await?;
-            }
-            let finished = ((i + 1) * p.batch_size).min(total);
-            self.progress(id, (finished * 100 / total) as u32, format!("batch {} done: {finished}/{} workloads", i + 1, targets.len()));
-        }
-        let message = format!("restarted {} workloads ({} already restarted by this command)", restarted.len(), skipped.len());
-        Ok(done(CommandState::Succeeded, message, json!({"restarted": restarted, "skipped": skipped, "batch_size": p.batch_size})))
-    }
-
     async fn set_version(&self, p: v1::SetControlPlaneVersion) -> Result<CommandResult, String> {
         if p.version.is_empty() || !p.version.chars().all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c)) {
             return Err(format!("invalid version {:?}", p.version));
@@ -241,8 +144,13 @@ impl Executor {
             _ => current.clone(),
         };
         let image = format!("{repo}:{}", p.version);
-        if current != image {
-            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container.name, "image": image}]}}}});
+        // The injector gives new pods the proxy of this version: moving it with the controller
+        // is what makes the data plane's restart bring the new proxy.
+        let proxy_env = |c: &k8s_openapi::api::core::v1::Container| c.env.iter().flatten().find(|e| e.name == PROXY_VERSION_ENV).and_then(|e| e.value.clone());
+        let previous_proxy = proxy_env(container);
+        if current != image || previous_proxy.as_deref() != Some(p.version.as_str()) {
+            let env = [json!({"name": PROXY_VERSION_ENV, "value": p.version})];
+            let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": container.name, "image": image, "env": env}]}}}});
             let (api, patch) = (&api, &patch);
             retry_on_conflict("controller Deployment", || async move {
                 api.patch(CONTROLLER_DEPLOYMENT, &PatchParams::default(), &Patch::Strategic(patch)).await.map(|_| ())
@@ -252,6 +160,7 @@ impl Executor {
         }
         let timeout = Duration::from_secs(p.timeout_secs.map_or(DEFAULT_TIMEOUT_SECS, u64::from));
         self.wait_until(&api, &[CONTROLLER_DEPLOYMENT.to_owned()], timeout, rolled_out).await?;
-        Ok(done(CommandState::Succeeded, format!("control plane at {}", p.version), json!({"image": image, "previous_image": current})))
+        let output = json!({"image": image, "previous_image": current, "proxy_version": p.version, "previous_proxy_version": previous_proxy});
+        Ok(done(CommandState::Succeeded, format!("control plane at {}", p.version), output))
     }
 }

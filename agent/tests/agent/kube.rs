@@ -33,7 +33,7 @@ pub fn meshed_deployment(ns: &str, name: &str, replicas: i32) -> Value {
                 {"name": "meshfleet-proxy", "image": "meshfleet/proxy:0.1.0", "ports": [{"name": "admin", "containerPort": 4191}]}]}}}})
 }
 
-async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
+pub async fn eventually(timeout: Duration, f: impl Fn() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if f() {
@@ -190,7 +190,7 @@ async fn conflicting_writes_are_read_again_and_retried() {
     let result = exec.execute("cmd-409".into(), command).await;
     assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
     let out: Value = serde_json::from_str(&result.output_json).unwrap();
-    assert_eq!(out["restarted"], json!(["shop/web"]), "{out}");
+    assert_eq!(out["restarted"], json!(["shop/deployment/web"]), "{out}");
     assert_eq!(kube.faults_fired().iter().filter(|f| f.0 == "patch" && f.2 == 409).count(), 2);
 }
 
@@ -221,7 +221,7 @@ async fn a_namespace_labelled_for_injection_is_meshed_before_its_first_meshed_po
         let result = exec.execute(format!("cmd-{ns}"), command).await;
         assert_eq!(result.state, v1::CommandState::Succeeded as i32, "{}", result.message);
         let out: Value = serde_json::from_str(&result.output_json).unwrap();
-        let want = if ns == "payments" { json!(["payments/ledger"]) } else { json!([]) };
+        let want = if ns == "payments" { json!(["payments/deployment/ledger"]) } else { json!([]) };
         assert_eq!(out["restarted"], want, "{ns}: {out}");
     }
     let restarted = kube.get("apps/v1", "Deployment", "payments", "ledger").unwrap();

@@ -6,3 +6,4 @@ mod client;
 mod gateway;
 mod kube;
 mod replicas;
+mod restarts;

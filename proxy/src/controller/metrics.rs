@@ -16,7 +16,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    /// `version`: what `controller_build_info` reports.
+    pub fn new(version: &str) -> Self {
         let registry = Registry::new();
         let issued = IntCounter::new("identity_cert_issued_total", "Leaf certificates signed").unwrap();
         let refused = IntCounterVec::new(Opts::new("identity_cert_refused_total", "Certificate requests refused, by reason"), &["reason"]).unwrap();
@@ -33,7 +34,7 @@ impl Metrics {
         let destination_streams = IntGauge::new("destination_resolve_streams", "Open Resolve streams").unwrap();
         let destination_updates = IntCounter::new("destination_updates_total", "Endpoint sets sent on Resolve streams").unwrap();
         let build = IntGaugeVec::new(Opts::new("controller_build_info", "Build information"), &["version"]).unwrap();
-        build.with_label_values(&[crate::VERSION]).set(1);
+        build.with_label_values(&[version]).set(1);
         for c in [
             Box::new(issued.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(refused.clone()),
@@ -53,6 +54,6 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(crate::VERSION)
     }
 }

@@ -95,9 +95,15 @@ pub struct Config {
     /// The proxy image injected, without its tag.
     #[arg(long, env = "MESHFLEET_PROXY_IMAGE", default_value = "meshfleet/proxy")]
     pub proxy_image: String,
-    /// The control plane's current proxy version: the injected image's tag unless a pod pins one.
-    #[arg(long, env = "MESHFLEET_PROXY_VERSION", default_value = crate::VERSION)]
-    pub proxy_version: String,
+    /// The control plane's current proxy version: the injected image's tag unless a pod pins one
+    /// [default: the version the controller reports].
+    #[arg(long, env = "MESHFLEET_PROXY_VERSION")]
+    pub proxy_version: Option<String>,
+    /// The version the controller reports (admin `/version`, `controller_build_info`)
+    /// [default: the build's]. Lets one binary play several releases (an upgrade's "current"
+    /// and "next").
+    #[arg(long, env = "MESHFLEET_VERSION_OVERRIDE")]
+    pub version_override: Option<String>,
     /// The controller's gRPC address as injected proxies dial it
     /// [default: meshfleet-controller.<--namespace>.svc:8080].
     #[arg(long, env = "MESHFLEET_INJECTOR_CONTROLLER_ADDR")]
@@ -112,6 +118,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The version the controller reports.
+    pub fn version(&self) -> &str {
+        self.version_override.as_deref().unwrap_or(crate::VERSION)
+    }
+
+    /// The proxy version its injector injects.
+    pub fn proxy_version(&self) -> &str {
+        self.proxy_version.as_deref().unwrap_or(self.version())
+    }
+
     pub fn leaf_lifetime(&self) -> Duration {
         Duration::from_secs(self.leaf_lifetime_secs.max(1))
     }
@@ -137,7 +153,7 @@ impl Shared {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(config.version());
     let mut problems = Vec::new();
     let own_id = WorkloadId::new(&config.trust_domain, &config.namespace, &config.service_account)
         .map_err(|e| problems.push(format!("--trust-domain/--namespace/--service-account: {e}")));
@@ -190,7 +206,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{}.{}.svc:{}", names::CONTROLLER_DEPLOYMENT, config.namespace, install::GRPC_PORT));
         let inject_config = inject::InjectConfig {
             proxy_image: config.proxy_image.clone(),
-            proxy_version: config.proxy_version.clone(),
+            proxy_version: config.proxy_version().to_owned(),
             controller_addr,
             controller_identity: Some(own_identity),
             trust_domain: config.trust_domain.clone(),
@@ -283,7 +299,7 @@ fn admin_handler(shared: Arc<Shared>) -> crate::admin::Handler {
             None => admin::text(StatusCode::SERVICE_UNAVAILABLE, "no valid issuer and trust bundle yet\n"),
         },
         (&Method::GET, "/live") => admin::text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{}\n", crate::VERSION)),
+        (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{}\n", shared.config.version())),
         _ => admin::not_found(),
     })
 }

@@ -14,15 +14,17 @@ use super::metrics::Metrics;
 use super::tls::TlsState;
 use crate::admin::{self, Handler};
 
-pub fn handler(tls: Arc<TlsState>, metrics: Metrics, shutdown: Arc<Notify>) -> Handler {
+/// `version` is the version it reports; `fail_readiness` (a test knob) makes it never ready.
+pub fn handler(tls: Arc<TlsState>, metrics: Metrics, shutdown: Arc<Notify>, version: String, fail_readiness: bool) -> Handler {
     Arc::new(move |method: &Method, path: &str, peer: SocketAddr| match (method, path) {
         (&Method::GET, "/metrics") => admin::metrics(&metrics.registry),
+        (&Method::GET, "/ready") if fail_readiness => admin::text(StatusCode::SERVICE_UNAVAILABLE, "never ready (--test-fail-readiness)\n"),
         (&Method::GET, "/ready") => match tls.leaf() {
             Some(_) => admin::text(StatusCode::OK, "ready\n"),
             None => admin::text(StatusCode::SERVICE_UNAVAILABLE, "no certificate yet\n"),
         },
         (&Method::GET, "/live") => admin::text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{}\n", crate::VERSION)),
+        (&Method::GET, "/version") => admin::text(StatusCode::OK, format!("{version}\n")),
         (&Method::GET, "/identity") => admin::json(StatusCode::OK, &identity(&tls)),
         (&Method::POST, "/shutdown") if peer.ip().is_loopback() => {
             shutdown.notify_one();

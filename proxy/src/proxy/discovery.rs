@@ -222,7 +222,7 @@ pub(super) async fn handle(tcp: TcpStream, dest: Arc<Destination>, ctx: Arc<Ctx>
             let meshed = dest.current().await.is_some_and(|set| set.endpoints.iter().all(|e| e.identity.is_some()));
             let tls = if meshed { "true" } else { "no_identity" };
             let upstream = Balanced { dest, protocol: p, ctx: ctx.clone(), labels: labels.clone(), upstreams: Mutex::new(HashMap::new()) };
-            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls, upstream: Box::new(upstream) };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls, upstream: Box::new(upstream), fail_share: 0.0 };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

@@ -155,6 +155,9 @@ pub struct Forward {
     pub labels: ConnLabels,
     pub tls: &'static str,
     pub upstream: Box<dyn Dispatch>,
+    /// The share of requests answered 503 without forwarding (the `--test-fail-share` test
+    /// knob; 0 in production).
+    pub fail_share: f64,
 }
 
 impl Forward {
@@ -165,17 +168,23 @@ impl Forward {
         self.metrics.request_total.with_label_values(&base).inc();
         strip_hop_by_hop(req.headers_mut());
         let start = Instant::now();
-        let (status, resp) = match self.upstream.dispatch(req).await {
-            Ok(resp) => {
-                let mut resp = resp.map(Either::Left);
-                strip_hop_by_hop(resp.headers_mut());
-                (resp.status(), resp)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, target = %l.target_addr, "forwarding failed");
-                let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream unavailable\n"))));
-                *resp.status_mut() = StatusCode::BAD_GATEWAY;
-                (StatusCode::BAD_GATEWAY, resp)
+        let (status, resp) = if self.fail_share > 0.0 && rand::random::<f64>() < self.fail_share {
+            let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"failed on purpose (--test-fail-share)\n"))));
+            *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            (StatusCode::SERVICE_UNAVAILABLE, resp)
+        } else {
+            match self.upstream.dispatch(req).await {
+                Ok(resp) => {
+                    let mut resp = resp.map(Either::Left);
+                    strip_hop_by_hop(resp.headers_mut());
+                    (resp.status(), resp)
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, target = %l.target_addr, "forwarding failed");
+                    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(b"upstream unavailable\n"))));
+                    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+                    (StatusCode::BAD_GATEWAY, resp)
+                }
             }
         };
         let ms = start.elapsed().as_secs_f64() * 1000.0;

@@ -90,7 +90,7 @@ async fn handle(tcp: TcpStream, peer: SocketAddr, ctx: Arc<Ctx>, drain: Drain) {
             Err(e) => tracing::info!(error = %e, %target, "inbound target unreachable"),
         },
         p => {
-            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(Upstream::new(p, connect)) };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(Upstream::new(p, connect)), fail_share: ctx.fail_share };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

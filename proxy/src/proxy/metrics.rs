@@ -36,7 +36,7 @@ fn with(labels: &[&str], extra: &[&'static str]) -> Vec<String> {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub fn new(version: &str) -> Self {
         let r = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
             r.register(Box::new(c.clone())).expect("metric names are unique");
@@ -71,7 +71,7 @@ impl Metrics {
             registry: r.clone(),
         };
         let build = reg(&r, IntGaugeVec::new(Opts::new("proxy_build_info", "Build information"), &["version"]).unwrap());
-        build.with_label_values(&[crate::VERSION]).set(1);
+        build.with_label_values(&[version]).set(1);
         m
     }
 
@@ -92,7 +92,7 @@ impl Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        Self::new()
+        Self::new(crate::VERSION)
     }
 }
 

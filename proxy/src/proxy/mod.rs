@@ -97,6 +97,25 @@ pub struct Config {
     /// Write {"admin", "inbound", "outbound": [..]} addresses here once listening.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// The version this proxy reports (admin `/version`, `proxy_build_info`) [default: the
+    /// build's]. Lets one binary play several releases (an upgrade's "current" and "next").
+    #[arg(long, env = "MESHFLEET_VERSION_OVERRIDE")]
+    pub version_override: Option<String>,
+    /// TEST KNOB, never for production: answer this share (0 to 1) of inbound HTTP requests
+    /// with 503 instead of forwarding them, to play a bad release. 0 (the default) is off.
+    #[arg(long, env = "MESHFLEET_TEST_FAIL_SHARE", default_value_t = 0.0)]
+    pub test_fail_share: f64,
+    /// TEST KNOB, never for production: never report ready, to play a release that fails
+    /// readiness.
+    #[arg(long, env = "MESHFLEET_TEST_FAIL_READINESS")]
+    pub test_fail_readiness: bool,
+}
+
+impl Config {
+    /// The version the proxy reports.
+    pub fn version(&self) -> &str {
+        self.version_override.as_deref().unwrap_or(crate::VERSION)
+    }
 }
 
 /// What every connection task shares.
@@ -107,10 +126,18 @@ pub struct Ctx {
     pub inbound_forward: SocketAddr,
     pub inbound_target: String,
     pub allow: Vec<String>,
+    /// The share of inbound HTTP requests failed on purpose (`--test-fail-share`).
+    pub fail_share: f64,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut problems = Vec::new();
+    if !(0.0..=1.0).contains(&config.test_fail_share) {
+        problems.push(format!("--test-fail-share {}: expected a share from 0 to 1", config.test_fail_share));
+    }
+    if config.test_fail_share > 0.0 || config.test_fail_readiness {
+        tracing::warn!(fail_share = config.test_fail_share, fail_readiness = config.test_fail_readiness, "test knobs on: this proxy fails on purpose");
+    }
     let auth = match config.inbound_auth.as_str() {
         "authenticated" => InboundAuth::Authenticated,
         "unauthenticated" => InboundAuth::Unauthenticated,
@@ -140,7 +167,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let key = meshfleet_pki::mint::new_key()?;
     let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let state = Arc::new(TlsState::new(key_der, bundle, auth, controller_id)?);
-    let metrics = Metrics::new();
+    let metrics = Metrics::new(config.version());
 
     let admin = TcpListener::bind(config.admin_addr).await.with_context(|| format!("binding the admin address {}", config.admin_addr))?;
     let inbound = TcpListener::bind(config.inbound_addr).await.with_context(|| format!("binding the inbound address {}", config.inbound_addr))?;
@@ -187,10 +214,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         inbound_forward: config.inbound_forward,
         inbound_target: config.inbound_forward.to_string(),
         allow: config.allow_identities.clone(),
+        fail_share: config.test_fail_share,
     });
     let (drain_ctl, drain) = DrainController::new();
     let shutdown = Arc::new(Notify::new());
-    tokio::spawn(crate::admin::serve(admin, admin::handler(state, metrics, shutdown.clone()), drain.clone()));
+    tokio::spawn(crate::admin::serve(
+        admin,
+        admin::handler(state, metrics, shutdown.clone(), config.version().to_owned(), config.test_fail_readiness),
+        drain.clone(),
+    ));
     tokio::spawn(inbound::serve(inbound, ctx.clone(), drain.clone()));
     for (listener, route) in outbound {
         let discovered = match (&resolver, &route.identity) {

@@ -111,7 +111,7 @@ pub(super) async fn handle(tcp: TcpStream, route: Arc<Route>, ctx: Arc<Ctx>, dra
                     tracing::debug!(error = %e, "outbound HTTP handshake failed; will redial per request");
                 }
             }
-            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(upstream) };
+            let fwd = Forward { metrics: ctx.metrics.clone(), labels, tls: "true", upstream: Box::new(upstream), fail_share: 0.0 };
             http::serve(src, p, Arc::new(fwd), drain).await
         }
     }

@@ -11,7 +11,7 @@ use crate::support::*;
 
 /// A serving certificate for 127.0.0.1 and localhost from the test anchor, written as
 /// injector.crt/injector.key.
-fn injector_cert(pki: &Pki) {
+pub fn injector_cert(pki: &Pki) {
     let key = new_key().unwrap();
     let profile = LeafProfile {
         common_name: String::new(),
@@ -26,7 +26,7 @@ fn injector_cert(pki: &Pki) {
     std::fs::write(pki.path("injector.key"), key.serialize_pem()).unwrap();
 }
 
-fn review(uid: &str, annotations: Value) -> Value {
+pub fn review(uid: &str, annotations: Value) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",

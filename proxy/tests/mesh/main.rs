@@ -12,4 +12,5 @@ mod protocols;
 mod robustness;
 mod rotation;
 mod support;
+mod versions;
 mod walkthrough;

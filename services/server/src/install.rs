@@ -73,11 +73,15 @@ pub fn render(p: &InstallParams) -> String {
         rule("", &["pods", "namespaces", "nodes"], &[], LIST_WATCH),
         // Events: Warning events of meshed namespaces.
         rule("", &["events"], &[], LIST_WATCH),
-        // restart-workloads: selects Deployments (in every meshed namespace when it names
-        // none), gates each batch on their availability and waits for the rollout;
-        // set-control-plane-version reads the controller and waits for its rollout. Read
-        // only: the Deployments' pod templates are readable in the pods anyway.
-        rule("apps", &["deployments"], &[], &["get", "list"]),
+        // restart-workloads: selects the workloads it restarts (in every meshed namespace
+        // when it names none), gates each batch on their availability and waits for their
+        // rollouts; set-control-plane-version reads the controller and waits for its rollout.
+        // Read only: their pod templates are readable in the pods anyway.
+        rule("apps", RESTARTED_KINDS, &[], &["get", "list"]),
+        // restart-workloads: holds a workload's restart while a PodDisruptionBudget of its
+        // pods allows no disruption (the pods it lists as needing attention come from the
+        // pods list above).
+        rule("policy", &["poddisruptionbudgets"], &[], &["list"]),
     ];
     let mesh_rules = vec![
         // Inventory: the control plane's version (a watch by name; the list is above).
@@ -125,14 +129,17 @@ pub fn render(p: &InstallParams) -> String {
 }
 
 /// The Role and RoleBinding that let restart-workloads work in one meshed namespace: a restart
-/// patches the pod template's annotations, and RBAC cannot narrow `patch` to fields, so the
-/// grant is confined to namespaces their owners opted into the mesh.
+/// patches the pod template's annotations of the kinds it restarts, and RBAC cannot narrow
+/// `patch` to fields, so the grant is confined to namespaces their owners opted into the mesh.
 pub fn restart_rbac(namespace: &str) -> (Role, RoleBinding) {
-    let role = Role { metadata: meta(RESTART_ROLE, Some(namespace), None), rules: Some(vec![rule("apps", &["deployments"], &[], &["patch"])]) };
+    let role = Role { metadata: meta(RESTART_ROLE, Some(namespace), None), rules: Some(vec![rule("apps", RESTARTED_KINDS, &[], &["patch"])]) };
     (role, role_binding(RESTART_ROLE, namespace))
 }
 
 const LIST_WATCH: &[&str] = &["list", "watch"];
+
+/// The workload kinds restart-workloads restarts.
+const RESTARTED_KINDS: &[&str] = &["deployments", "statefulsets", "daemonsets"];
 
 fn yaml<T: Serialize>(obj: &T) -> String {
     serde_yaml_ng::to_string(obj).expect("k8s-openapi objects always serialize to YAML")
@@ -376,7 +383,8 @@ mod tests {
             json!([
                 rule("", &["pods", "namespaces", "nodes"], &[], &lw),
                 rule("", &["events"], &[], &lw),
-                rule("apps", &["deployments"], &[], &["get", "list"]),
+                rule("apps", &["deployments", "statefulsets", "daemonsets"], &[], &["get", "list"]),
+                rule("policy", &["poddisruptionbudgets"], &[], &["list"]),
             ])
         );
         // The mesh's namespace: the controller Deployment (by name) is the one patched there.
@@ -403,7 +411,7 @@ mod tests {
         );
         // Each namespace opted in: the restart's patch, and only there.
         for ns in ["shop", "payments"] {
-            assert_eq!(rules_of(&docs, RESTART_ROLE, Some(ns)), json!([rule("apps", &["deployments"], &[], &["patch"])]));
+            assert_eq!(rules_of(&docs, RESTART_ROLE, Some(ns)), json!([rule("apps", &["deployments", "statefulsets", "daemonsets"], &[], &["patch"])]));
         }
         let patch_anywhere = docs
             .iter()

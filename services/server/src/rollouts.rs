@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::audit::AuditEntry;
 use crate::domain::health::Health;
-use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, Phase, Rollout, RolloutState};
+use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, NeedsAttention, Phase, Rollout, RolloutState};
 use crate::domain::upgrade_policies;
 use crate::domain::{ClusterId, CommandId};
 use crate::jobs::{Job, Scope};
@@ -154,6 +154,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                 match (command.state.as_str(), c.phase) {
                     ("succeeded", Phase::ControlPlane) => enter(&r, c, Phase::DataPlane, now, "restarting workloads".into(), &mut sent),
                     ("succeeded", Phase::DataPlane) => {
+                        c.needs_attention = NeedsAttention::from_restart_output(command.output.as_ref());
                         let so_far = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now), now).await?;
                         c.counted_before = Counted { requests: so_far.requests, failures: so_far.failures };
                         enter(&r, c, Phase::Verifying, now, format!("watching for {} s", r.settings.verify_seconds), &mut sent);

@@ -75,7 +75,11 @@ async fn restart_workloads_rolls_in_batches_within_max_unavailable_and_reports_p
     monitor.await.unwrap();
     assert_eq!(cmd["state"], "succeeded", "{cmd}");
     assert_eq!((cmd["progress"].as_i64(), cmd["message"].as_str()), (Some(100), Some("restarted 5 workloads (0 already restarted by this command)")), "{cmd}");
-    assert_eq!(cmd["output"]["restarted"], json!(["shop/api", "shop/auth", "shop/cart", "shop/search", "shop/web"]), "{cmd}");
+    assert_eq!(
+        cmd["output"]["restarted"],
+        json!(["shop/deployment/api", "shop/deployment/auth", "shop/deployment/cart", "shop/deployment/search", "shop/deployment/web"]),
+        "{cmd}"
+    );
     // Batches of 2 of 5 workloads: progress 40 %, 80 %, then 100 % when done.
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress only grows: {progress:?}");
     assert_eq!(progress.iter().copied().filter(|p| *p > 0 && *p < 99).collect::<Vec<_>>(), vec![40, 80], "progress seen while running: {progress:?}");
@@ -103,10 +107,15 @@ async fn set_control_plane_version_rolls_the_controller_and_reports_through_the_
     let path = send_command(&s, "set-control-plane-version", json!({"version": "0.2.0", "timeout_secs": 20})).await;
     let (cmd, _) = finish(&s, &path, Duration::from_secs(15)).await;
     assert_eq!((&cmd["state"], &cmd["message"]), (&json!("succeeded"), &json!("control plane at 0.2.0")), "{cmd}");
-    assert_eq!(cmd["output"], json!({"image": "meshfleet/controller:0.2.0", "previous_image": "meshfleet/controller:0.1.0"}));
+    assert_eq!(
+        cmd["output"],
+        json!({"image": "meshfleet/controller:0.2.0", "previous_image": "meshfleet/controller:0.1.0", "proxy_version": "0.2.0", "previous_proxy_version": "0.1.0"})
+    );
     // Done means rolled out: the Deployment runs the new image on fresh, ready pods.
     let d = s.kube.get("apps/v1", "Deployment", "meshfleet", "meshfleet-controller").unwrap();
     assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["image"], "meshfleet/controller:0.2.0");
+    // The injector the controller runs now injects the new proxy into restarted pods.
+    assert_eq!(d["spec"]["template"]["spec"]["containers"][0]["env"], json!([{"name": "MESHFLEET_PROXY_VERSION", "value": "0.2.0"}]));
     let pods = controller_pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
     assert!(!before.contains(pods[0]["metadata"]["name"].as_str().unwrap()), "the controller pod was replaced");

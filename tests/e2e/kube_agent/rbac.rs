@@ -79,7 +79,7 @@ async fn the_agent_changes_only_opted_in_namespaces_and_the_controller() {
     s.kube.apply_typed(&binding).unwrap();
     let path = send_command(&s, "restart-workloads", json!({"namespace": "payments", "timeout_secs": 20})).await;
     let (cmd, _) = finish(&s, &path, Duration::from_secs(20)).await;
-    assert_eq!((&cmd["state"], &cmd["output"]["restarted"]), (&json!("succeeded"), &json!(["payments/ledger"])), "{cmd}");
+    assert_eq!((&cmd["state"], &cmd["output"]["restarted"]), (&json!("succeeded"), &json!(["payments/deployment/ledger"])), "{cmd}");
 
     // Its Warning events are reported, as a meshed namespace's.
     s.kube.apply(event("payments", "w1", "Warning", "FailedScheduling", "ledger-1")).unwrap();

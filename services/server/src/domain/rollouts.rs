@@ -261,7 +261,7 @@ pub struct Settings {
     #[serde(default = "ten")]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_concurrent: u32,
-    /// Deployments restarted at once per cluster, 1 to 100 (default 1).
+    /// Workloads restarted at once in each namespace of a cluster, 1 to 100 (default 1).
     #[serde(default = "one")]
     #[schema(minimum = 1, maximum = 100)]
     pub restart_batch: u32,
@@ -412,6 +412,29 @@ pub struct ClusterRun {
     /// Golden metrics while verifying, as its gates judged them.
     pub measured: Option<Measured>,
     pub message: String,
+    /// Pods its data-plane restart could not restart safely (bare pods, pods of Jobs,
+    /// StatefulSets updated `OnDelete`), as the agent listed them; left for someone to act on,
+    /// they do not fail the step.
+    #[serde(default)]
+    pub needs_attention: Vec<NeedsAttention>,
+}
+
+/// A pod the agent left alone in a data-plane restart, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NeedsAttention {
+    pub namespace: String,
+    pub pod: String,
+    /// What holds the pod: `Pod` (no controller), `Job` or `StatefulSet`.
+    pub kind: String,
+    pub reason: String,
+}
+
+impl NeedsAttention {
+    /// The pods listed in a restart-workloads command's output (none when it lists none, or an
+    /// older agent did not list them).
+    pub fn from_restart_output(output: Option<&serde_json::Value>) -> Vec<NeedsAttention> {
+        output.and_then(|o| o.get("needs_attention")).and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default()
+    }
 }
 
 /// A rollout as it is kept and shown.
@@ -469,6 +492,7 @@ impl Rollout {
                     counted_before: Counted::default(),
                     measured: None,
                     message: String::new(),
+                    needs_attention: Vec::new(),
                 })
             })
             .collect();

@@ -18,6 +18,7 @@ on_both_engines!(
     a_cluster_being_upgraded_raises_no_version_skew_alert,
     a_server_restarted_mid_rollout_continues_without_repeating_a_step,
     nothing_starts_outside_a_maintenance_window,
+    pods_the_restart_left_alone_are_shown_on_the_clusters_run,
 );
 
 /// A simulated fleet of `n` clusters named `<prefix>-NNNN`; a bad one fails 30% of requests
@@ -341,4 +342,49 @@ async fn nothing_starts_outside_a_maintenance_window(engine: Engine) {
     assert_eq!(status, StatusCode::OK, "{body}");
     rollout_until(&app, &owner, rollout, "the upgrade starts", |r| r["clusters"][0]["phase"] == "control_plane").await;
     assert_eq!(commands_of(&app, &owner, &id).await, ["set-control-plane-version"]);
+}
+
+/// The pods an agent's data-plane restart could not restart safely are shown on the cluster's
+/// run as it listed them, and the step goes on (they do not fail it).
+async fn pods_the_restart_left_alone_are_shown_on_the_clusters_run(engine: Engine) {
+    use meshfleet_agent_protocol::v1::{self, agent_message::Body};
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.yaml");
+    std::fs::write(&catalog, "releases:\n- {version: 2.0.0, released_on: 2026-11-01}\n- {version: 2.1.0, released_on: 2026-12-01}\n").unwrap();
+    let app = TestApp::spawn_with(TestDb::new(engine).await, |c| c.release_catalog = Some(catalog.clone())).await;
+    let owner = app.owner("ada@example.com").await;
+    let (_, agent) = crate::gateway::registered(&app, &owner, "one").await;
+    let mut stream = crate::gateway::Stream::open(&app, &agent).await.unwrap();
+    report(&mut stream, "2.0.0", "2.0.0").await;
+    let request = json!({ "target_version": "2.1.0", "settings": { "verify_seconds": 1 } });
+    let (status, started) = app.post("/api/v1/rollouts", &owner.access, request).await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id = started["id"].as_str().unwrap().to_owned();
+    let attention = json!([
+        { "namespace": "shop", "pod": "debug", "kind": "Pod", "reason": "a bare pod (no controller): recreate it to get the new proxy" },
+        { "namespace": "shop", "pod": "db-0", "kind": "StatefulSet", "reason": "StatefulSet db updates OnDelete: delete its pods one at a time" },
+    ]);
+    // Commands that arrive while the stream waits for an acknowledgement are kept for their turn.
+    let mut arrived = std::collections::VecDeque::new();
+    for (kind, output) in
+        [("set-control-plane-version", json!({})), ("restart-workloads", json!({ "restarted": [], "skipped": [], "needs_attention": attention }))]
+    {
+        let command = match arrived.pop_front() {
+            Some(c) => c,
+            None => stream.command().await,
+        };
+        assert_eq!(command.kind, kind);
+        let result = v1::CommandResult {
+            command_id: command.id,
+            state: v1::CommandState::Succeeded as i32,
+            message: "done".into(),
+            output_json: output.to_string(),
+            progress_percent: 100,
+        };
+        let seq = stream.report(Body::CommandResult(result)).await;
+        arrived.extend(stream.acked(seq).await);
+    }
+    let done = rollout_until(&app, &owner, &id, "the rollout completes", |r| r["state"] == "completed").await;
+    assert_eq!(phases(&done), [("one".to_owned(), "done".to_owned())], "{done}");
+    assert_eq!(done["clusters"][0]["needs_attention"], attention, "{done}");
 }
