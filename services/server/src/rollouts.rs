@@ -12,7 +12,7 @@
 pub mod proposals;
 pub mod start;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use crate::app::AppState;
@@ -21,7 +21,7 @@ use crate::domain::audit::AuditEntry;
 use crate::domain::health::Health;
 use crate::domain::rollouts::{judge, ClusterRun, Counted, Measured, NeedsAttention, Phase, Rollout, RolloutState};
 use crate::domain::upgrade_policies;
-use crate::domain::{ClusterId, CommandId};
+use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::jobs::{Job, Scope};
 use crate::store::{self, commands::Command, fleet::Golden, rollups::Event};
 
@@ -92,6 +92,27 @@ fn enter(r: &Rollout, c: &mut ClusterRun, phase: Phase, now: i64, message: Strin
     }
 }
 
+/// The golden metrics a look judges clusters on, up to its `now`: read for all the wave's
+/// unsettled clusters at once per window start, since clusters that move together (a wave
+/// started in one look) ask for the same windows; one query, not one per cluster.
+struct Windows {
+    org: OrgId,
+    to: i64,
+    clusters: Vec<ClusterId>,
+    /// By window start (ms).
+    read: HashMap<i64, HashMap<ClusterId, Golden>>,
+}
+
+impl Windows {
+    async fn golden(&mut self, conn: &mut store::Conn, cluster: ClusterId, from: i64) -> Result<Golden, sqlx::Error> {
+        if !self.read.contains_key(&from) {
+            let read = store::fleet::golden_between_of(conn, self.org, &self.clusters, from, self.to).await?;
+            self.read.insert(from, read);
+        }
+        Ok(self.read[&from].get(&cluster).copied().unwrap_or_default())
+    }
+}
+
 /// One look at a rollout.
 async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     let read = r.updated_at.timestamp_millis();
@@ -114,6 +135,10 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     // Every command this look waits on, in one query rather than one per cluster.
     let waited: Vec<CommandId> = clusters.iter().filter(|c| c.wave == wave && c.phase.in_progress()).filter_map(|c| c.command_id).collect();
     let mut commands = if waited.is_empty() { Default::default() } else { store::commands::get_many(&mut conn, r.org_id, &waited).await? };
+    // The clusters that may start in this look, in one query.
+    let waiting: Vec<ClusterId> = clusters.iter().filter(|c| c.wave == wave && c.phase == Phase::Pending).map(|c| c.id).collect();
+    let starting = if slots == 0 || waiting.is_empty() || paused { HashMap::new() } else { store::clusters::get_many(&mut conn, r.org_id, &waiting).await? };
+    let mut windows = Windows { org: r.org_id, to: now, clusters: clusters.iter().filter(|c| c.wave == wave && !c.phase.settled()).map(|c| c.id).collect(), read: HashMap::new() };
     for c in clusters.iter_mut().filter(|c| c.wave == wave && !c.phase.settled()) {
         // Paused, only a rollback under way goes on.
         if paused && !matches!(c.phase, Phase::RollingBack | Phase::RestoringWorkloads) {
@@ -125,7 +150,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                 if slots == 0 {
                     continue;
                 }
-                let Some(cluster) = store::clusters::get(&mut conn, r.org_id, c.id).await? else {
+                let Some(cluster) = starting.get(&c.id) else {
                     enter(&r, c, Phase::Skipped, now, "the cluster was deleted".into(), &mut sent);
                     steps.push((c.id, before, c.phase, c.message.clone()));
                     continue;
@@ -142,7 +167,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                     continue;
                 }
                 slots -= 1;
-                let base = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now - verify_ms), now).await?;
+                let base = windows.golden(&mut conn, c.id, minute(now - verify_ms)).await?;
                 c.baseline = Some(measured(&base));
                 c.baseline_findings = failing(&snapshot, c.id, now);
                 let hop = &c.hops[c.hop as usize];
@@ -155,7 +180,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                     ("succeeded", Phase::ControlPlane) => enter(&r, c, Phase::DataPlane, now, "restarting workloads".into(), &mut sent),
                     ("succeeded", Phase::DataPlane) => {
                         c.needs_attention = NeedsAttention::from_restart_output(command.output.as_ref());
-                        let so_far = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(now), now).await?;
+                        let so_far = windows.golden(&mut conn, c.id, minute(now)).await?;
                         c.counted_before = Counted { requests: so_far.requests, failures: so_far.failures };
                         enter(&r, c, Phase::Verifying, now, format!("watching for {} s", r.settings.verify_seconds), &mut sent);
                     }
@@ -180,7 +205,7 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
                 if now - since < verify_ms {
                     continue;
                 }
-                let g = store::fleet::golden_between(&mut conn, r.org_id, c.id, minute(since), now).await?;
+                let g = windows.golden(&mut conn, c.id, minute(since)).await?;
                 let after = Golden { requests: g.requests - c.counted_before.requests, failures: g.failures - c.counted_before.failures, ..g };
                 let after = measured(&after);
                 c.measured = Some(after);
@@ -233,13 +258,12 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     drop(conn);
     r.updated_at = to_rfc3339(now);
     let mut tx = state.db.begin().await?;
-    for command in &sent {
-        store::commands::insert(&mut tx, command).await?;
-    }
+    store::commands::insert_many(&mut tx, &sent).await?;
     let mut events = Vec::with_capacity(steps.len());
+    let mut entries = Vec::with_capacity(steps.len() + 1);
     for (cluster, from, to, message) in &steps {
         let details = serde_json::json!({ "cluster": cluster, "from": from, "to": to, "message": message, "target_version": r.target_version });
-        store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.step", ("rollout", r.id.to_string()), details)).await?;
+        entries.push(AuditEntry::by_service(r.org_id, now, BY, "rollout.step", ("rollout", r.id.to_string()), details));
         let mut message = message.clone();
         // A cluster rolled back is not proposed this version again by its automatic policy.
         if *to == Phase::RollingBack {
@@ -251,8 +275,9 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     store::rollups::add_events(&mut tx, &events).await?;
     if r.state != RolloutState::Running || r.wave != wave {
         let details = serde_json::json!({ "state": r.state, "wave": r.wave, "reason": r.reason });
-        store::audit::insert(&mut tx, &AuditEntry::by_service(r.org_id, now, BY, "rollout.progress", ("rollout", r.id.to_string()), details)).await?;
+        entries.push(AuditEntry::by_service(r.org_id, now, BY, "rollout.progress", ("rollout", r.id.to_string()), details));
     }
+    store::audit::insert_many(&mut tx, &entries).await?;
     if !store::rollouts::save(&mut tx, &r, read).await? {
         // An admin paused, aborted or skipped meanwhile: nothing of this look stands (not even
         // its commands, in this transaction); the next look starts from theirs.

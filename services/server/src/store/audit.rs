@@ -22,21 +22,32 @@ pub async fn record(
 }
 
 pub async fn insert(conn: &mut Conn, e: &AuditEntry) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, org_id, at, actor_kind, actor_id, action, target_kind, target_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(e.id.to_string())
-    .bind(e.org_id.to_string())
-    .bind(e.at)
-    .bind(&e.actor_kind)
-    .bind(&e.actor_id)
-    .bind(&e.action)
-    .bind(&e.target_kind)
-    .bind(&e.target_id)
-    .bind(e.details.to_string())
-    .execute(conn)
-    .await?;
+    insert_many(conn, std::slice::from_ref(e)).await
+}
+
+/// Inserts entries by multi-row statements (a rollout's look may record a thousand steps).
+pub async fn insert_many(conn: &mut Conn, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
+    const COLS: usize = 9;
+    for chunk in entries.chunks(super::rows_per_statement(conn, COLS)) {
+        let sql = format!(
+            "INSERT INTO audit_log (id, org_id, at, actor_kind, actor_id, action, target_kind, target_id, details) VALUES {}",
+            super::values_clause(chunk.len(), COLS)
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q
+                .bind(e.id.to_string())
+                .bind(e.org_id.to_string())
+                .bind(e.at)
+                .bind(&e.actor_kind)
+                .bind(&e.actor_id)
+                .bind(&e.action)
+                .bind(&e.target_kind)
+                .bind(&e.target_id)
+                .bind(e.details.to_string());
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

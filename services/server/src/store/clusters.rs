@@ -2,6 +2,7 @@
 //! their bootstrap tokens.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 
 use serde_json::value::RawValue;
 use sqlx::Row;
@@ -95,6 +96,25 @@ pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cl
         .fetch_optional(conn)
         .await?;
     row.as_ref().map(from_row).transpose()
+}
+
+/// The clusters of `org` among `ids` (those that still exist), by id, a query per
+/// `rows_per_statement` ids.
+pub async fn get_many(conn: &mut Conn, org: OrgId, ids: &[ClusterId]) -> Result<HashMap<ClusterId, Cluster>, sqlx::Error> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::rows_per_statement(conn, 1)) {
+        let params: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+        let sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1 AND c.id IN ({})", params.join(", "));
+        let mut q = sqlx::query(&sql).bind(org.to_string());
+        for id in chunk {
+            q = q.bind(id.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let cluster = from_row(&row)?;
+            out.insert(cluster.id, cluster);
+        }
+    }
+    Ok(out)
 }
 
 pub struct ListQuery<'a> {

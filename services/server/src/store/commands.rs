@@ -88,24 +88,35 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Command, sqlx::Error> {
 }
 
 pub async fn insert(conn: &mut Conn, c: &Command) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!("INSERT INTO commands ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
-        .bind(c.id.to_string())
-        .bind(c.org_id.to_string())
-        .bind(c.cluster_id.to_string())
-        .bind(&c.kind)
-        .bind(c.params.to_string())
-        .bind(&c.state)
-        .bind(&c.created_by)
-        .bind(c.created_at)
-        .bind(c.deadline)
-        .bind(c.attempts)
-        .bind(c.delivered_at)
-        .bind(c.completed_at)
-        .bind(c.progress)
-        .bind(&c.message)
-        .bind(c.output.as_ref().map(|o| o.to_string()))
-        .execute(conn)
-        .await?;
+    insert_many(conn, std::slice::from_ref(c)).await
+}
+
+/// Inserts commands by multi-row statements (a rollout's look may send a thousand).
+pub async fn insert_many(conn: &mut Conn, commands: &[Command]) -> Result<(), sqlx::Error> {
+    const COLS: usize = 15;
+    for chunk in commands.chunks(super::rows_per_statement(conn, COLS)) {
+        let sql = format!("INSERT INTO commands ({COLUMNS}) VALUES {}", super::values_clause(chunk.len(), COLS));
+        let mut q = sqlx::query(&sql);
+        for c in chunk {
+            q = q
+                .bind(c.id.to_string())
+                .bind(c.org_id.to_string())
+                .bind(c.cluster_id.to_string())
+                .bind(&c.kind)
+                .bind(c.params.to_string())
+                .bind(&c.state)
+                .bind(&c.created_by)
+                .bind(c.created_at)
+                .bind(c.deadline)
+                .bind(c.attempts)
+                .bind(c.delivered_at)
+                .bind(c.completed_at)
+                .bind(c.progress)
+                .bind(&c.message)
+                .bind(c.output.as_ref().map(|o| o.to_string()));
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

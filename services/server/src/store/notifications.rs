@@ -5,7 +5,7 @@
 use sqlx::Row;
 
 use super::alert_channels::Channel;
-use super::{parse_col, Conn};
+use super::{parse_col, rows_per_statement, values_clause, Conn};
 use crate::alerting::channels;
 use crate::domain::alerting::AlertEvent;
 use crate::domain::{ChannelId, OrgId};
@@ -37,8 +37,8 @@ pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent,
     Ok(id)
 }
 
-/// Notifications to queue together: one multi-row INSERT per `CHUNK`, so an event for a
-/// hundred channels costs one round trip, not a hundred.
+/// Notifications to queue together, written by multi-row INSERTs (`values_clause`), so an
+/// event for a hundred channels costs a few round trips, not a hundred.
 pub struct Outbox {
     now: i64,
     /// (message id, organization, channel, event type, body)
@@ -46,9 +46,6 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    /// Rows per statement: 5 parameters each stays far below SQLite's 32,766 and PostgreSQL's 65,535.
-    const CHUNK: usize = 500;
-
     pub fn new(now: i64) -> Outbox {
         Outbox { now, rows: Vec::new() }
     }
@@ -68,20 +65,15 @@ impl Outbox {
 
     /// Writes every added notification, due now, in the caller's transaction.
     pub async fn insert(self, conn: &mut Conn) -> Result<(), sqlx::Error> {
-        for chunk in self.rows.chunks(Self::CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 2 + i * 5;
-                    format!("(${}, ${}, ${}, ${}, ${}, $1, 'pending', 0, $1, 0)", p, p + 1, p + 2, p + 3, p + 4)
-                })
-                .collect();
+        const COLS: usize = 10;
+        for chunk in self.rows.chunks(rows_per_statement(conn, COLS)) {
             let sql = format!(
                 "INSERT INTO notifications (id, org_id, channel_id, event_type, body, created_at, status, attempts, next_attempt_at, claimed_until) VALUES {}",
-                values.join(", ")
+                values_clause(chunk.len(), COLS)
             );
-            let mut q = sqlx::query(&sql).bind(self.now);
+            let mut q = sqlx::query(&sql);
             for (id, org, channel, event_type, body) in chunk {
-                q = q.bind(id).bind(org).bind(channel).bind(*event_type).bind(body);
+                q = q.bind(id).bind(org).bind(channel).bind(*event_type).bind(body).bind(self.now).bind("pending").bind(0_i64).bind(self.now).bind(0_i64);
             }
             q.execute(&mut *conn).await?;
         }
