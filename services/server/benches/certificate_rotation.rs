@@ -47,7 +47,7 @@ use futures::StreamExt;
 use meshfleet_pki::mint::{self, CaProfile};
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use serde_json::{json, Value};
-use support::{http_json, postgres_ticks, start_server};
+use support::{http_json, postgres_ticks, start_server, Db};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
@@ -71,34 +71,13 @@ struct Meter {
     load: f64,
 }
 
-struct Db {
-    pg: Option<sqlx::PgPool>,
-    sqlite: Option<sqlx::SqlitePool>,
-}
-
 impl Db {
-    async fn open(url: &str) -> anyhow::Result<Db> {
-        if url.starts_with("postgres") {
-            Ok(Db { pg: Some(sqlx::PgPool::connect(url).await?), sqlite: None })
-        } else {
-            Ok(Db { pg: None, sqlite: Some(sqlx::SqlitePool::connect(url).await?) })
-        }
-    }
-
     async fn count(&self, sql: &str) -> anyhow::Result<i64> {
         Ok(match (&self.pg, &self.sqlite) {
             (Some(pg), _) => sqlx::query_scalar(sql).fetch_one(pg).await?,
             (_, Some(lite)) => sqlx::query_scalar(sql).fetch_one(lite).await?,
             _ => 0,
         })
-    }
-
-    async fn pg_stats(&self) -> Option<(i64, i64)> {
-        let pg = self.pg.as_ref()?;
-        let sql = "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()";
-        // The statistics collector reports with a short delay; a snapshot is taken at once.
-        let _ = sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pg).await;
-        sqlx::query_as::<_, (i64, i64)>(sql).fetch_one(pg).await.ok()
     }
 }
 

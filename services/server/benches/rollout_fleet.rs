@@ -31,25 +31,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use serde_json::{json, Value};
-use support::{http_json, ms, pct, postgres_ticks, start_server};
+use support::{http_json, ms, pct, postgres_ticks, start_server, Db};
 
 const GOAL: Duration = Duration::from_secs(1);
 const BASE: usize = 10;
 
-struct Db {
-    pg: Option<sqlx::PgPool>,
-    sqlite: Option<sqlx::SqlitePool>,
-}
-
 impl Db {
-    async fn open(url: &str) -> anyhow::Result<Db> {
-        if url.starts_with("postgres") {
-            Ok(Db { pg: Some(sqlx::PgPool::connect(url).await?), sqlite: None })
-        } else {
-            Ok(Db { pg: None, sqlite: Some(sqlx::SqlitePool::connect(url).await?) })
-        }
-    }
-
     async fn state(&self, rollout: &str) -> anyhow::Result<String> {
         let sql = "SELECT state FROM rollouts WHERE id = $1";
         Ok(match (&self.pg, &self.sqlite) {
@@ -68,13 +55,6 @@ impl Db {
             (_, Some(lite)) => sqlx::query_as(sql).bind(by).fetch_all(lite).await?,
             _ => unreachable!("one of them is open"),
         })
-    }
-
-    async fn pg_stats(&self) -> Option<(i64, i64)> {
-        let pg = self.pg.as_ref()?;
-        let sql = "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()";
-        let _ = sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pg).await;
-        sqlx::query_as::<_, (i64, i64)>(sql).fetch_one(pg).await.ok()
     }
 }
 

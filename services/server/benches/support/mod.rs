@@ -298,3 +298,29 @@ impl DemoFleet {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
     }
 }
+
+/// The bench's own connection to the server's database (with the engine's own driver), for
+/// reading what the server wrote; each bench adds the queries it needs.
+pub struct Db {
+    pub pg: Option<sqlx::PgPool>,
+    pub sqlite: Option<sqlx::SqlitePool>,
+}
+
+impl Db {
+    pub async fn open(url: &str) -> anyhow::Result<Db> {
+        if url.starts_with("postgres") {
+            Ok(Db { pg: Some(sqlx::PgPool::connect(url).await?), sqlite: None })
+        } else {
+            Ok(Db { pg: None, sqlite: Some(sqlx::SqlitePool::connect(url).await?) })
+        }
+    }
+
+    /// PostgreSQL's committed transactions and rows written in this database so far.
+    pub async fn pg_stats(&self) -> Option<(i64, i64)> {
+        let pg = self.pg.as_ref()?;
+        let sql = "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted FROM pg_stat_database WHERE datname = current_database()";
+        // The statistics collector reports with a short delay; a snapshot is taken at once.
+        let _ = sqlx::query("SELECT pg_stat_clear_snapshot()").execute(pg).await;
+        sqlx::query_as::<_, (i64, i64)>(sql).fetch_one(pg).await.ok()
+    }
+}
