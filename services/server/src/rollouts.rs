@@ -138,7 +138,12 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     // The clusters that may start in this look, in one query.
     let waiting: Vec<ClusterId> = clusters.iter().filter(|c| c.wave == wave && c.phase == Phase::Pending).map(|c| c.id).collect();
     let starting = if slots == 0 || waiting.is_empty() || paused { HashMap::new() } else { store::clusters::get_many(&mut conn, r.org_id, &waiting).await? };
-    let mut windows = Windows { org: r.org_id, to: now, clusters: clusters.iter().filter(|c| c.wave == wave && !c.phase.settled()).map(|c| c.id).collect(), read: HashMap::new() };
+    let mut windows = Windows {
+        org: r.org_id,
+        to: now,
+        clusters: clusters.iter().filter(|c| c.wave == wave && !c.phase.settled()).map(|c| c.id).collect(),
+        read: HashMap::new(),
+    };
     for c in clusters.iter_mut().filter(|c| c.wave == wave && !c.phase.settled()) {
         // Paused, only a rollback under way goes on.
         if paused && !matches!(c.phase, Phase::RollingBack | Phase::RestoringWorkloads) {

@@ -96,7 +96,12 @@ pub async fn golden_between_of(conn: &mut Conn, org: OrgId, clusters: &[ClusterI
         }
         for r in q.fetch_all(&mut *conn).await? {
             let id = parse_col(&r.try_get::<String, _>("cluster_id")?, "metric_rollups.cluster_id")?;
-            let golden = Golden { requests: r.try_get("requests")?, failures: r.try_get("failures")?, p99_ms: r.try_get("p99_ms")?, first_minute: r.try_get("first_minute")? };
+            let golden = Golden {
+                requests: r.try_get("requests")?,
+                failures: r.try_get("failures")?,
+                p99_ms: r.try_get("p99_ms")?,
+                first_minute: r.try_get("first_minute")?,
+            };
             out.insert(id, golden);
         }
     }
