@@ -81,7 +81,8 @@ impl Switch {
     }
 
     /// Puts a validated pair in service: bundle streams, signing and the serving certificate
-    /// all follow it. Replacing a pair counts as a reload; the first pair does not.
+    /// all follow it. Replacing a pair counts as a reload; the first pair does not. The serving
+    /// certificate comes first, so a controller that says it is ready also completes handshakes.
     pub(super) fn install(&mut self, src: Sources, pair: Pair) {
         let m = &self.shared.metrics;
         let previous = self.shared.pair();
@@ -97,10 +98,10 @@ impl Switch {
         );
         m.issuer_expiry.set(pair.issuer.info.not_after_unix);
         m.bundle_anchors.set(pair.bundle.anchors().len() as i64);
+        self.renew_serving(&pair);
         self.shared.current.send_replace(Some(Arc::new(pair)));
         self.accepted = Some(src);
         self.last_error = None;
-        self.renew_serving();
     }
 
     fn refuse(&mut self, e: &IssuerError, what: &str) {
@@ -112,9 +113,8 @@ impl Switch {
         }
     }
 
-    fn renew_serving(&self) {
-        let Some(pair) = self.shared.pair() else { return };
-        match serving_cert(&pair, &self.own_id, self.own_lifetime) {
+    fn renew_serving(&self, pair: &Pair) {
+        match serving_cert(pair, &self.own_id, self.own_lifetime) {
             Ok(cert) => *self.shared.serving.current.write().unwrap_or_else(|e| e.into_inner()) = Some(cert),
             Err(e) => tracing::error!(error = %e, "cannot renew the controller's serving certificate"),
         }
@@ -124,8 +124,8 @@ impl Switch {
     fn renew_serving_if_due(&self) {
         let validity = self.shared.serving.current.read().unwrap_or_else(|e| e.into_inner()).as_ref().map(|(_, v)| *v);
         if let Some((from, until)) = validity {
-            if unix(SystemTime::now()) >= from + (until - from) * 7 / 10 {
-                self.renew_serving();
+            if let Some(pair) = self.shared.pair().filter(|_| unix(SystemTime::now()) >= from + (until - from) * 7 / 10) {
+                self.renew_serving(&pair);
             }
         }
     }
