@@ -6,5 +6,6 @@ pub mod channels;
 pub mod delivery;
 pub mod routing;
 pub mod rules;
+mod settling;
 pub mod signing;
 pub mod ssrf;

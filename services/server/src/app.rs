@@ -90,6 +90,7 @@ impl AppState {
         let read_cache = crate::cache::ReadCache::new(config.read_cache);
         let workload_samples = crate::alerting::rules::SampleMemo::new(config.alert_evaluation);
         let issuer_log = crate::gateway::issuer::IssuerLog::start(db.clone());
+        let deliveries = crate::alerting::delivery::InFlight::start(db.clone());
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -103,7 +104,7 @@ impl AppState {
             ingest,
             fleet_cache: Default::default(),
             read_cache,
-            deliveries: Default::default(),
+            deliveries,
             workload_samples,
             signers: Default::default(),
             issuer_log,

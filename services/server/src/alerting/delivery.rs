@@ -12,9 +12,11 @@ use anyhow::Context;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 
+use super::settling::{Settled, Settler};
 use super::{channels, signing, ssrf};
 use crate::app::AppState;
-use crate::domain::ChannelId;
+use crate::db::Db;
+use crate::domain::{ChannelId, OrgId};
 use crate::jobs::{Job, Scope};
 use crate::store::alert_channels::{self, Channel};
 use crate::store::notifications::{self, Attempt, Claimed, Next};
@@ -40,16 +42,19 @@ pub fn job() -> Job {
     Job::new("alert-delivery", EVERY, Scope::EveryReplica, run)
 }
 
-/// Sends in flight on this replica, per channel, and the HTTP clients that make them.
+/// Sends in flight on this replica, per channel, the HTTP clients that make them and the
+/// writer that records their attempts.
 #[derive(Clone)]
 pub struct InFlight {
     sends: Arc<Mutex<HashMap<ChannelId, usize>>>,
     clients: Clients,
+    settler: Settler,
 }
 
-impl Default for InFlight {
-    fn default() -> Self {
-        InFlight { sends: Default::default(), clients: Clients(moka::sync::Cache::builder().max_capacity(10_000).time_to_idle(CLIENT_IDLE).build()) }
+impl InFlight {
+    pub fn start(db: Db) -> Self {
+        let clients = Clients(moka::sync::Cache::builder().max_capacity(10_000).time_to_idle(CLIENT_IDLE).build());
+        InFlight { sends: Default::default(), clients, settler: Settler::start(db) }
     }
 }
 
@@ -131,25 +136,35 @@ async fn claim_and_send(state: &AppState) -> anyhow::Result<usize> {
     let claimed = notifications::claim(&mut tx, now, claim_until, &state.deliveries.busy(), PER_CHANNEL, BATCH).await.context("claiming notifications")?;
     tx.commit().await?;
     let count = claimed.len();
+    if count == 0 {
+        return Ok(0);
+    }
+    let mut conn = state.db.pool.acquire().await?;
+    let mut wanted: Vec<(OrgId, ChannelId)> = claimed.iter().map(|n| (n.org_id, n.channel_id)).collect();
+    wanted.sort();
+    wanted.dedup();
+    let channels: HashMap<ChannelId, Arc<Channel>> = alert_channels::get_many(&mut conn, &wanted).await?.into_iter().map(|(id, c)| (id, Arc::new(c))).collect();
     let mut over = Vec::new();
     for n in claimed {
+        // A deleted channel takes its notifications with it (ON DELETE CASCADE).
+        let Some(channel) = channels.get(&n.channel_id).filter(|c| c.org_id == n.org_id).cloned() else { continue };
         match state.deliveries.take(n.channel_id) {
             // Bounded by the delivery timeout; a stop of the server cannot strand the message,
             // whose claim expires.
-            Some(slot) => drop(tokio::spawn(deliver(state.clone(), n, slot))),
+            Some(slot) => drop(tokio::spawn(deliver(state.clone(), channel, n, slot))),
             None => over.push(n.id),
         }
     }
     if !over.is_empty() {
-        let mut conn = state.db.pool.acquire().await?;
         notifications::release(&mut conn, &over).await.context("releasing notifications over a channel's limit")?;
     }
     Ok(count)
 }
 
-async fn deliver(state: AppState, n: Claimed, _slot: Slot) {
-    if let Err(e) = try_deliver(&state, &n).await {
-        tracing::warn!(message_id = %n.id, channel_id = %n.channel_id, error = %format!("{e:#}"), "delivering an alert notification failed; its claim will expire and it will be retried");
+async fn deliver(state: AppState, channel: Arc<Channel>, n: Claimed, _slot: Slot) {
+    let (id, channel_id) = (n.id.clone(), n.channel_id);
+    if let Err(e) = try_deliver(&state, &channel, n).await {
+        tracing::warn!(message_id = %id, channel_id = %channel_id, error = %format!("{e:#}"), "delivering an alert notification failed; its claim will expire and it will be retried");
     }
 }
 
@@ -161,14 +176,10 @@ struct Answer {
     error: Option<String>,
 }
 
-async fn try_deliver(state: &AppState, n: &Claimed) -> anyhow::Result<()> {
-    let mut conn = state.db.pool.acquire().await?;
-    // A deleted channel takes its notifications with it (ON DELETE CASCADE).
-    let Some(channel) = alert_channels::get(&mut conn, n.org_id, n.channel_id).await? else { return Ok(()) };
-    drop(conn);
+async fn try_deliver(state: &AppState, channel: &Channel, n: Claimed) -> anyhow::Result<()> {
     let at = state.clock.now_ms();
     let started = Instant::now();
-    let answer = send(state, &channel, n, at).await?;
+    let answer = send(state, channel, &n, at).await?;
     let attempt = Attempt {
         id: uuid::Uuid::now_v7(),
         message_id: n.id.clone(),
@@ -178,17 +189,15 @@ async fn try_deliver(state: &AppState, n: &Claimed) -> anyhow::Result<()> {
         latency_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
         response_excerpt: answer.excerpt.clone(),
     };
-    let next = next_step(state, n, &answer, at);
-    let mut tx = state.db.begin().await?;
-    notifications::settle(&mut tx, n, &attempt, next).await?;
-    let ok = next == Next::Delivered;
-    alert_channels::record_outcome(&mut tx, n.org_id, n.channel_id, ok, at).await?;
-    if answer.status == Some(StatusCode::GONE) {
-        alert_channels::disable(&mut tx, n.org_id, n.channel_id, "the receiver answered 410 Gone").await?;
-    } else if !ok && channel.failing_since.is_some_and(|since| at - since >= FAILING_FOR) {
-        alert_channels::disable(&mut tx, n.org_id, n.channel_id, "every delivery failed for 5 days").await?;
-    }
-    tx.commit().await?;
+    let next = next_step(state, &n, &answer, at);
+    let disable = if answer.status == Some(StatusCode::GONE) {
+        Some("the receiver answered 410 Gone")
+    } else if next != Next::Delivered && channel.failing_since.is_some_and(|since| at - since >= FAILING_FOR) {
+        Some("every delivery failed for 5 days")
+    } else {
+        None
+    };
+    state.deliveries.settler.record(Settled { notification: n, attempt, next, disable }).await?;
     let outcome = match next {
         Next::Delivered => "delivered",
         Next::RetryAt(_) => "retry",

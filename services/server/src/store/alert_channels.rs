@@ -102,15 +102,49 @@ pub async fn rotate_secret(conn: &mut Conn, org: OrgId, id: ChannelId, secret_se
 
 /// Records the outcome of a delivery for the channel's health: a success clears the run of
 /// failures; a failure starts one (if none is running).
-pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, ok: bool, now: i64) -> Result<(), sqlx::Error> {
-    let q = match ok {
-        true => sqlx::query("UPDATE alert_channels SET failing_since = NULL WHERE org_id = $1 AND id = $2"),
-        false => sqlx::query("UPDATE alert_channels SET failing_since = COALESCE(failing_since, $3) WHERE org_id = $1 AND id = $2"),
+/// What a channel's deliveries settled together came to, in order: the last one succeeded, or
+/// the last ones failed, the first of those failures at `since` (`after_success`: a success
+/// settled in the same group came before them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Failing { since: i64, after_success: bool },
+}
+
+impl Outcome {
+    /// The outcome after `self` followed by one more delivery's.
+    pub fn then(self, ok: bool, at: i64) -> Outcome {
+        match (self, ok) {
+            (_, true) => Outcome::Succeeded,
+            (Outcome::Succeeded, false) => Outcome::Failing { since: at, after_success: true },
+            (failing, false) => failing,
+        }
+    }
+
+    /// The outcome of one delivery alone.
+    pub fn of(ok: bool, at: i64) -> Outcome {
+        match ok {
+            true => Outcome::Succeeded,
+            false => Outcome::Failing { since: at, after_success: false },
+        }
+    }
+}
+
+/// Records when the channel started failing (kept through further failures, cleared by a
+/// success). Writes only when that changes: a healthy channel's row is not rewritten (nor
+/// locked) by every delivery.
+pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, outcome: Outcome) -> Result<(), sqlx::Error> {
+    let q = match outcome {
+        Outcome::Succeeded => sqlx::query("UPDATE alert_channels SET failing_since = NULL WHERE org_id = $1 AND id = $2 AND failing_since IS NOT NULL"),
+        Outcome::Failing { after_success: true, .. } => sqlx::query("UPDATE alert_channels SET failing_since = $3 WHERE org_id = $1 AND id = $2"),
+        Outcome::Failing { after_success: false, .. } => {
+            sqlx::query("UPDATE alert_channels SET failing_since = $3 WHERE org_id = $1 AND id = $2 AND failing_since IS NULL")
+        }
     };
     let q = q.bind(org.to_string()).bind(id.to_string());
-    match ok {
-        true => q.execute(conn).await?,
-        false => q.bind(now).execute(conn).await?,
+    match outcome {
+        Outcome::Succeeded => q.execute(conn).await?,
+        Outcome::Failing { since, .. } => q.bind(since).execute(conn).await?,
     };
     Ok(())
 }
@@ -144,4 +178,39 @@ pub async fn disable(conn: &mut Conn, org: OrgId, id: ChannelId, reason: &str) -
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// The channels of (organization, channel) pairs, for the delivery job's claims, which span
+/// organizations; each is found only within its own organization.
+pub async fn get_many(conn: &mut Conn, ids: &[(OrgId, ChannelId)]) -> Result<std::collections::HashMap<ChannelId, Channel>, sqlx::Error> {
+    let mut out = std::collections::HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(super::rows_per_statement(conn, 2)) {
+        let pairs: Vec<String> = (0..chunk.len()).map(|i| format!("(org_id = ${} AND id = ${})", 2 * i + 1, 2 * i + 2)).collect();
+        let sql = format!("SELECT {COLUMNS} FROM alert_channels WHERE {}", pairs.join(" OR "));
+        let mut q = sqlx::query(&sql);
+        for (org, id) in chunk {
+            q = q.bind(org.to_string()).bind(id.to_string());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let c = from_row(&row)?;
+            out.insert(c.id, c);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Outcome;
+
+    /// A group of deliveries comes to what they would have written one by one: a success
+    /// clears, the first failure after it is when the channel started failing.
+    #[test]
+    fn a_group_of_outcomes_comes_to_the_last_success_or_the_first_failure_after_it() {
+        let fold = |seq: &[(bool, i64)]| seq[1..].iter().fold(Outcome::of(seq[0].0, seq[0].1), |o, &(ok, at)| o.then(ok, at));
+        assert_eq!(fold(&[(false, 1), (false, 2)]), Outcome::Failing { since: 1, after_success: false });
+        assert_eq!(fold(&[(false, 1), (true, 2)]), Outcome::Succeeded);
+        assert_eq!(fold(&[(false, 1), (true, 2), (false, 3), (false, 4)]), Outcome::Failing { since: 3, after_success: true });
+        assert_eq!(fold(&[(true, 1)]), Outcome::Succeeded);
+    }
 }

@@ -152,34 +152,43 @@ pub struct Attempt {
     pub response_excerpt: String,
 }
 
-/// Logs the attempt and settles the notification (releasing its claim).
-pub async fn settle(conn: &mut Conn, n: &Claimed, attempt: &Attempt, next: Next) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO delivery_attempts (id, org_id, channel_id, message_id, at, status_code, error, latency_ms, response_excerpt)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(attempt.id.to_string())
-    .bind(n.org_id.to_string())
-    .bind(n.channel_id.to_string())
-    .bind(&n.id)
-    .bind(attempt.at)
-    .bind(attempt.status_code.map(i64::from))
-    .bind(attempt.error.clone())
-    .bind(attempt.latency_ms)
-    .bind(&attempt.response_excerpt)
-    .execute(&mut *conn)
-    .await?;
-    let (status, next_at) = match next {
-        Next::Delivered => ("delivered", attempt.at),
-        Next::RetryAt(at) => ("pending", at),
-        Next::Failed => ("failed", attempt.at),
-    };
-    sqlx::query("UPDATE notifications SET status = $2, next_attempt_at = $3, attempts = attempts + 1, claimed_until = 0 WHERE id = $1")
-        .bind(&n.id)
-        .bind(status)
-        .bind(next_at)
-        .execute(conn)
-        .await?;
+/// Logs each attempt and settles its notification (releasing its claim): the attempts in
+/// multi-row INSERTs, in the caller's transaction.
+pub async fn settle(conn: &mut Conn, settled: &[(&Claimed, &Attempt, Next)]) -> Result<(), sqlx::Error> {
+    const COLS: usize = 9;
+    for chunk in settled.chunks(rows_per_statement(conn, COLS)) {
+        let sql = format!(
+            "INSERT INTO delivery_attempts (id, org_id, channel_id, message_id, at, status_code, error, latency_ms, response_excerpt) VALUES {}",
+            values_clause(chunk.len(), COLS)
+        );
+        let mut q = sqlx::query(&sql);
+        for (n, attempt, _) in chunk {
+            q = q
+                .bind(attempt.id.to_string())
+                .bind(n.org_id.to_string())
+                .bind(n.channel_id.to_string())
+                .bind(&n.id)
+                .bind(attempt.at)
+                .bind(attempt.status_code.map(i64::from))
+                .bind(attempt.error.clone())
+                .bind(attempt.latency_ms)
+                .bind(&attempt.response_excerpt);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for (n, attempt, next) in settled {
+        let (status, next_at) = match next {
+            Next::Delivered => ("delivered", attempt.at),
+            Next::RetryAt(at) => ("pending", *at),
+            Next::Failed => ("failed", attempt.at),
+        };
+        sqlx::query("UPDATE notifications SET status = $2, next_attempt_at = $3, attempts = attempts + 1, claimed_until = 0 WHERE id = $1")
+            .bind(&n.id)
+            .bind(status)
+            .bind(next_at)
+            .execute(&mut *conn)
+            .await?;
+    }
     Ok(())
 }
 
