@@ -30,7 +30,7 @@ async fn organization(ctx: &Ctx) -> Result<(), Error> {
     }
     let mut text = format!("Trust domain: {}\n\n", trust.trust_domain);
     if trust.anchors.is_empty() {
-        text.push_str("No trust anchor yet: an admin generates or uploads one in the dashboard or the API.\n");
+        text.push_str("No trust anchor yet.\n");
     } else {
         let rows: Vec<Vec<String>> =
             trust.anchors.iter().map(|a| vec![short(&a.fingerprint), a.state.clone(), a.source.clone(), a.not_after.clone(), a.subject.clone()]).collect();

@@ -12,7 +12,7 @@ pub enum Error {
     Api(#[from] meshfleet_client::Error),
     #[error("not logged in: run `meshfleet login` first (or set MESHFLEET_TOKEN and MESHFLEET_URL)")]
     NotLoggedIn,
-    #[error("the session has ended ({0}): run `meshfleet login` again")]
+    #[error("the session cannot be renewed ({0}): run `meshfleet login` again")]
     SessionEnded(String),
     #[error("MESHFLEET_TOKEN is set without MESHFLEET_URL, the API to use it with")]
     TokenWithoutUrl,

@@ -142,6 +142,28 @@ async fn login_keeps_a_private_session_read_from_stdin_and_logout_forgets_it() {
     ci.run(&["clusters", "list"]).await.ok();
 }
 
+/// A password log-in's session outlives its access token: the CLI renews it with the refresh
+/// token (here on every run: the token lives 1 s, less than the CLI's margin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_access_token_is_renewed_with_the_refresh_token() {
+    let app = TestApp::spawn_with(TestDb::new(Engine::Sqlite).await, |c| c.access_token_ttl = Duration::from_secs(1)).await;
+    let (_, cli) = logged_in(&app).await;
+    let session = || serde_json::from_str::<Value>(&std::fs::read_to_string(cli.session_file()).unwrap()).unwrap();
+    let before = session();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    cli.run(&["clusters", "list"]).await.ok();
+    let after = session();
+    assert_ne!(before["refresh_token"], after["refresh_token"], "rotated");
+    assert_ne!(before["access_token"], after["access_token"]);
+    assert_eq!(std::fs::metadata(cli.session_file()).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // A session the server ended cannot be renewed: the CLI says to log in again.
+    let (status, _) = app.post("/api/v1/logout", after["access_token"].as_str().unwrap(), json!({})).await;
+    assert_eq!(status.as_u16(), 204);
+    let ended = cli.run(&["clusters", "list"]).await;
+    assert!(ended.code == 3 && ended.stderr.contains("log in"), "{ended:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_are_created_listed_shown_and_deleted_in_tables_and_json() {
     let app = TestApp::spawn(Engine::Sqlite).await;
