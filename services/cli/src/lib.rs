@@ -25,7 +25,7 @@ use secrecy::SecretString;
 use args::{Cli, Command};
 use error::Error;
 use output::Output;
-use session::Session;
+use session::{RefreshLock, Session};
 
 /// The exit codes, as `meshfleet --help` lists them.
 pub mod exit {
@@ -99,9 +99,12 @@ async fn acting(output: Output) -> Result<Ctx, Error> {
     }
     let dir = config_dir()?;
     let mut session = Session::load(&dir)?.ok_or(Error::NotLoggedIn)?;
-    if let (Some(refresh), Some(expires)) = (&session.refresh_token, session.access_expires_at) {
-        // A margin, so the token does not expire between this check and the request.
-        if expires <= chrono::Utc::now().timestamp() + 30 {
+    let now = || chrono::Utc::now().timestamp();
+    if session.expiring(now()) {
+        let _lock = RefreshLock::acquire(&dir).await?;
+        // Another `meshfleet` may have renewed it while this one waited for the lock.
+        session = Session::load(&dir)?.ok_or(Error::NotLoggedIn)?;
+        if let (true, Some(refresh)) = (session.expiring(now()), &session.refresh_token) {
             let tokens = Client::refresh(&session.url, refresh).await.map_err(|e| match e {
                 meshfleet_client::Error::Api { status: 401, problem, .. } => {
                     Error::SessionEnded(problem.and_then(|p| p.detail).unwrap_or_else(|| "the refresh token was refused".into()))

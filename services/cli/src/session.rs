@@ -6,6 +6,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -75,6 +76,12 @@ impl Session {
         std::fs::rename(&temp, &path).map_err(io(&path))
     }
 
+    /// Whether the access token should be renewed first: it is a log-in's, and expires within
+    /// a margin (so it does not expire between this check and the request).
+    pub fn expiring(&self, now: i64) -> bool {
+        self.refresh_token.is_some() && self.access_expires_at.is_some_and(|at| at <= now + 30)
+    }
+
     /// Forgets the session; false when there was none.
     pub fn remove(dir: &Path) -> Result<bool, Error> {
         let path = dir.join(FILE);
@@ -83,6 +90,40 @@ impl Session {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(source) => Err(Error::Io { path, source }),
         }
+    }
+}
+
+/// Held while a session is renewed: refresh tokens are single use, and a second `meshfleet`
+/// running at once must not present the one the first just used (the server would take it for
+/// a replay and end the session). The lock file is removed on drop; one left by a killed
+/// process is taken over after `STALE`.
+pub struct RefreshLock(PathBuf);
+
+impl RefreshLock {
+    const STALE: Duration = Duration::from_secs(30);
+
+    pub async fn acquire(dir: &Path) -> Result<RefreshLock, Error> {
+        let path = dir.join(format!(".{FILE}.lock"));
+        let deadline = Instant::now() + Self::STALE;
+        loop {
+            match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(_) => return Ok(RefreshLock(path)),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                    if age.is_some_and(|a| a > Self::STALE) || Instant::now() > deadline {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(source) => return Err(Error::Io { path, source }),
+            }
+        }
+    }
+}
+
+impl Drop for RefreshLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
