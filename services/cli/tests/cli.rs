@@ -262,6 +262,30 @@ fn fake_kubectl(dir: &Path, record: &Path, code: i32) -> PathBuf {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certs_show_the_trust_anchors_next_expiry_and_a_clusters_certificates() {
+    let app = TestApp::spawn(Engine::Sqlite).await;
+    let (owner, cli) = logged_in(&app).await;
+    let none = cli.run(&["certs"]).await.ok().stdout;
+    assert!(none.starts_with("Trust domain: cluster.local") && none.contains("No trust anchor yet.") && none.contains("Next expiry: none known"), "{none}");
+
+    let (status, anchor) = app.post("/api/v1/trust-anchors", &owner.access, json!({ "common_name": "acme root" })).await;
+    assert_eq!(status.as_u16(), 201, "{anchor}");
+    let fingerprint = anchor["fingerprint"].as_str().unwrap();
+    let table = cli.run(&["certs"]).await.ok().stdout;
+    let row = table.lines().find(|l| l.starts_with(&fingerprint[..16])).unwrap_or_else(|| panic!("{table}"));
+    assert!(row.contains("active") && row.contains("generated") && row.ends_with("CN=acme root"), "{table}");
+    assert!(table.contains("Next expiry: trust-anchor of the organization, "), "{table}");
+    let json = cli.run(&["certs", "--output", "json"]).await.ok().json();
+    assert_eq!(json["trust_anchors"]["anchors"][0]["fingerprint"], fingerprint, "{json}");
+    assert_eq!(json["next_expiry"]["next"]["kind"], "trust-anchor", "{json}");
+
+    cli.run(&["clusters", "create", "prod-eu-1"]).await.ok();
+    let cluster = cli.run(&["certs", "prod-eu-1"]).await.ok().stdout;
+    assert!(cluster.starts_with("Cluster prod-eu-1") && cluster.contains("no certificate yet") && cluster.contains("Proxies: 0 pods"), "{cluster}");
+    assert_eq!(cli.run(&["certs", "prod-eu-1", "--output", "json"]).await.ok().json()["bundle"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerts_are_listed_and_a_silence_is_created_with_its_matchers() {
     let app = TestApp::spawn(Engine::Sqlite).await;
     let (owner, cli) = logged_in(&app).await;
