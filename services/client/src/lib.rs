@@ -3,7 +3,12 @@
 //! wherever the API is: by the fleet simulator, by end-to-end tests, by the CLI. Tokens are kept
 //! in `SecretString` and never logged; errors carry the API's problem+json.
 
+mod accounts;
+mod alerts;
+mod certificates;
 mod manifest;
+mod reply;
+mod rollouts;
 mod types;
 
 use std::collections::BTreeMap;
@@ -12,7 +17,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
+pub use accounts::{Me, Organization, Tokens};
+pub use alerts::{Alert, AlertFilter, AlertPage, MatchOp, Matcher, NewSilence, Silence};
+pub use certificates::{Anchor, ClusterCertificates, HeldCertificate, NextExpiry, NextExpiryView, ProxyLeaves, SignedIssuer, Trust};
 pub use manifest::{parse_bootstrap, Bootstrap};
+pub use reply::Reply;
+pub use rollouts::{ClusterRun, Plan, PlannedCluster, Rollout, RolloutAction, RolloutRequest, Skipped, Wave};
 pub use types::{Cluster, ClusterHealth, Created, CreatedToken, Finding, FleetHealth, HealthSummary, Problem, ProblemField};
 
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +34,9 @@ pub enum Error {
     Api { what: String, status: u16, problem: Option<Box<Problem>>, body: String },
     #[error("install manifest: {0}")]
     Manifest(String),
+    /// The API answered with JSON this client cannot read (a server of another version).
+    #[error("the API's answer has an unexpected shape: {0}")]
+    Decode(#[from] serde_json::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -44,17 +57,15 @@ impl Client {
 
     /// Logs in with e-mail and password (`POST /api/v1/login`).
     pub async fn login(base: &str, email: &str, password: &SecretString) -> Result<Self> {
-        let c = Self::with_token(base, String::new().into());
-        let body = serde_json::json!({ "email": email, "password": password.expose_secret() });
-        let t: Token = c.send("log in", c.http.post(c.url("/api/v1/login")).json(&body)).await?;
-        Ok(Client { token: t.access_token, ..c })
+        let tokens = Self::login_tokens(base, email, password).await?;
+        Ok(Self::with_token(base, tokens.access_token))
     }
 
     /// Signs up a user with a new organization (`POST /api/v1/signup`), then logs them in.
     pub async fn signup(base: &str, email: &str, password: &SecretString, organization: &str) -> Result<Self> {
         let c = Self::with_token(base, String::new().into());
         let body = serde_json::json!({ "email": email, "password": password.expose_secret(), "organization": organization });
-        let _: serde_json::Value = c.send("sign up", c.http.post(c.url("/api/v1/signup")).json(&body)).await?;
+        let _: Reply<serde_json::Value> = c.send("sign up", c.http.post(c.url("/api/v1/signup")).json(&body)).await?;
         Self::login(base, email, password).await
     }
 
@@ -65,35 +76,64 @@ impl Client {
 
     /// Every cluster of the organization, following cursors (`GET /api/v1/clusters`).
     pub async fn list_clusters(&self) -> Result<Vec<Cluster>> {
+        Ok(self.clusters().await?.value)
+    }
+
+    /// Every cluster of the organization, with the API's JSON of them all as one array.
+    pub async fn clusters(&self) -> Result<Reply<Vec<Cluster>>> {
         #[derive(Deserialize)]
         struct Page {
-            items: Vec<Cluster>,
+            items: Vec<serde_json::Value>,
             next_cursor: Option<String>,
         }
-        let mut out = Vec::new();
+        let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
             let mut query = vec![("limit", "500".to_owned())];
             query.extend(cursor.take().map(|c| ("cursor", c)));
             let page: Page = self.get("list clusters", "/api/v1/clusters", &query).await?;
-            out.extend(page.items);
+            items.extend(page.items);
             match page.next_cursor {
                 Some(c) => cursor = Some(c),
-                None => return Ok(out),
+                None => return Reply::from_json(serde_json::Value::Array(items)),
             }
         }
     }
 
+    /// One cluster (`GET /api/v1/clusters/{id}`).
+    pub async fn cluster(&self, cluster_id: &str) -> Result<Reply<Cluster>> {
+        self.get_reply("get cluster", &format!("/api/v1/clusters/{cluster_id}"), &[]).await
+    }
+
+    /// Deletes a cluster (`DELETE /api/v1/clusters/{id}`).
+    pub async fn delete_cluster(&self, cluster_id: &str) -> Result<()> {
+        let resp = self.authed(self.http.delete(self.url(&format!("/api/v1/clusters/{cluster_id}")))).send().await?;
+        checked("delete cluster", resp).await.map(drop)
+    }
+
     /// Creates a cluster; the answer carries its one-time bootstrap token.
     pub async fn create_cluster(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<Created> {
+        Ok(self.create_cluster_reply(name, labels).await?.value)
+    }
+
+    /// Creates a cluster, with the API's JSON of it (which holds the bootstrap token).
+    pub async fn create_cluster_reply(&self, name: &str, labels: &BTreeMap<String, String>) -> Result<Reply<Created>> {
         let body = serde_json::json!({ "name": name, "labels": labels });
         self.send(&format!("create cluster {name}"), self.authed(self.http.post(self.url("/api/v1/clusters"))).json(&body)).await
     }
 
     /// The install manifest of a cluster (which issues a fresh bootstrap token), as YAML.
     pub async fn install_manifest(&self, cluster_id: &str) -> Result<String> {
-        let resp = self.authed(self.http.get(self.url(&format!("/api/v1/clusters/{cluster_id}/install.yaml")))).send().await?;
-        Ok(checked("install manifest", resp).await?.text().await?)
+        self.install_manifest_for(cluster_id, &[]).await
+    }
+
+    /// The install manifest, with the namespaces opted into the mesh (`meshed_namespaces`).
+    pub async fn install_manifest_for(&self, cluster_id: &str, meshed_namespaces: &[String]) -> Result<String> {
+        let mut request = self.authed(self.http.get(self.url(&format!("/api/v1/clusters/{cluster_id}/install.yaml"))));
+        if !meshed_namespaces.is_empty() {
+            request = request.query(&[("meshed_namespaces", meshed_namespaces.join(","))]);
+        }
+        Ok(checked("install manifest", request.send().await?).await?.text().await?)
     }
 
     /// The bootstrap Secret's values from a fresh install manifest of the cluster.
@@ -103,20 +143,35 @@ impl Client {
 
     /// A cluster's health and findings (`GET /api/v1/clusters/{id}/health`).
     pub async fn cluster_health(&self, cluster_id: &str) -> Result<ClusterHealth> {
-        self.get("cluster health", &format!("/api/v1/clusters/{cluster_id}/health"), &[]).await
+        Ok(self.cluster_health_reply(cluster_id).await?.value)
+    }
+
+    /// A cluster's health, with the API's JSON of it.
+    pub async fn cluster_health_reply(&self, cluster_id: &str) -> Result<Reply<ClusterHealth>> {
+        self.get_reply("cluster health", &format!("/api/v1/clusters/{cluster_id}/health"), &[]).await
     }
 
     /// The organization's fleet health (`GET /api/v1/fleet/health`).
     pub async fn fleet_health(&self) -> Result<FleetHealth> {
-        self.get("fleet health", "/api/v1/fleet/health", &[]).await
+        Ok(self.fleet_health_reply().await?.value)
+    }
+
+    /// The fleet health, with the API's JSON of it.
+    pub async fn fleet_health_reply(&self) -> Result<Reply<FleetHealth>> {
+        self.get_reply("fleet health", "/api/v1/fleet/health", &[]).await
     }
 
     async fn get<T: DeserializeOwned>(&self, what: &str, path: &str, query: &[(&str, String)]) -> Result<T> {
+        Ok(self.get_reply(what, path, query).await?.value)
+    }
+
+    async fn get_reply<T: DeserializeOwned>(&self, what: &str, path: &str, query: &[(&str, String)]) -> Result<Reply<T>> {
         self.send(what, self.authed(self.http.get(self.url(path))).query(query)).await
     }
 
-    async fn send<T: DeserializeOwned>(&self, what: &str, request: reqwest::RequestBuilder) -> Result<T> {
-        Ok(checked(what, request.send().await?).await?.json().await?)
+    /// Sends the request; a success's body is read as `T` and kept as the API's JSON.
+    async fn send<T: DeserializeOwned>(&self, what: &str, request: reqwest::RequestBuilder) -> Result<Reply<T>> {
+        Reply::from_json(checked(what, request.send().await?).await?.json().await?)
     }
 
     fn authed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -126,11 +181,6 @@ impl Client {
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
-}
-
-#[derive(Deserialize)]
-struct Token {
-    access_token: SecretString,
 }
 
 /// The response if it succeeded; otherwise an `Error::Api` with the problem the API sent.

@@ -32,6 +32,12 @@ pub struct Cluster {
     pub labels: BTreeMap<String, String>,
     /// pending, connected, stale or disconnected.
     pub status: String,
+    #[serde(default)]
+    pub agent_version: Option<String>,
+    #[serde(default)]
+    pub kubernetes_version: Option<String>,
+    #[serde(default)]
+    pub last_seen_at: Option<String>,
 }
 
 /// A created cluster and its one-time bootstrap token.
