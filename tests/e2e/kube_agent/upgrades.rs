@@ -2,7 +2,10 @@
 //! agent against the fake API server, on a mesh of real controller and proxy processes that play
 //! the version Kubernetes gives them (`Mesh::upgradable`): 0.1.0 runs, 0.2.0 is a good next and
 //! 0.3.0 a bad one whose proxies fail half of their requests. Traffic flows through the proxies
-//! the whole time; the gates judge what the agent scraped from them.
+//! the whole time; the gates judge what the agent scraped from them. A request that fails other
+//! than by 0.3.0's design must have gone to a pod that was replaced since (its restart caused
+//! it); each scenario prints its count. Run: `cargo test -p meshfleet-e2e --test e2e --
+//! kube_agent::upgrades --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -314,6 +317,9 @@ async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_tra
     eprintln!("good upgrade of two clusters took {:?}", started.elapsed());
 }
 
+/// The server is stopped and started again on the same addresses and database
+/// (`TestApp::restart`, in process: its listeners and jobs end without a crash's abruptness)
+/// while the cluster's workloads restart; the agent reconnects and reports the step's result.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_the_server_restarted_during_a_data_plane_phase_finishes_without_restarting_a_workload_twice() {
     let started = Instant::now();
