@@ -9,6 +9,7 @@ mod commands;
 mod mesh;
 mod proxy_identity;
 mod rbac;
+mod upgrades;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -43,6 +44,7 @@ struct Setup {
 
 /// One cluster of the test's organization: its id, the fake API server holding it (with the
 /// install manifest applied and its RBAC enforced) and its agent's settings.
+#[derive(Clone)]
 struct Cluster {
     cluster: String,
     kube: Arc<FakeKube>,

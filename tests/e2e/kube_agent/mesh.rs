@@ -3,6 +3,17 @@
 //! admin endpoint on the pod's own loopback IP and admin port (where the agent scrapes it), its
 //! inbound listener on the pod IP forwarding to an in-test app. An ingress proxy (not a pod)
 //! sends traffic into the pods over mTLS. Processes are killed by their own pid on drop.
+//! Started `upgradable`, the mesh follows Kubernetes the way versions move in a cluster: the
+//! controller plays the version of its Deployment's image (restarted when it changes) and
+//! injects its proxy version into new pods through the fake API server's admission, and each
+//! sidecar plays its pod's proxy image tag (`Releases` can make one a deliberately bad one).
+
+mod traffic;
+mod versions;
+
+pub use traffic::{Failure, Tally, Traffic};
+use versions::{deployed, install_injector, proxy_of, tag, Launch};
+pub use versions::{proxy_version, Controller, Releases};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -75,6 +86,11 @@ impl Process {
         self.child.id()
     }
 
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn addr(&self, key: &str) -> SocketAddr {
         self.addrs[key].as_str().unwrap().parse().unwrap()
     }
@@ -86,8 +102,7 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -98,6 +113,8 @@ pub struct Sidecar {
     /// The Deployment's `app` label, which is also its service account here.
     pub app: String,
     pub ip: String,
+    /// The tag of its pod's proxy image: the version it plays.
+    pub version: String,
     pub process: Process,
 }
 
@@ -115,7 +132,9 @@ impl Sidecar {
 /// background thread, like a kubelet starting and stopping containers) and the app behind them.
 pub struct Mesh {
     pub dir: tempfile::TempDir,
-    pub controller: Process,
+    /// The controller's gRPC address, kept when its process is restarted at another version.
+    grpc: SocketAddr,
+    pub controller: Arc<Mutex<Controller>>,
     pub sidecars: Arc<Mutex<HashMap<String, Sidecar>>>,
     /// With `IssuerSource::Kubernetes`, the fake cluster whose trust ConfigMap a new ingress
     /// proxy starts from (as a pod mounting it would).
@@ -173,6 +192,18 @@ impl Mesh {
     }
 
     pub async fn start_with(kube: Arc<FakeKube>, workloads: &[(&str, &str)], source: IssuerSource) -> Mesh {
+        Self::launch(kube, workloads, source, None).await
+    }
+
+    /// A mesh whose versions follow the fake cluster (see the module's documentation): the
+    /// controller plays its Deployment's version and injects the proxy into new pods of
+    /// `workloads` that ask for it (`meshfleet.io/inject: enabled` on the pod), and `releases`
+    /// says what a version's proxies do beyond reporting it.
+    pub async fn upgradable(kube: Arc<FakeKube>, workloads: &[(&str, &str)], releases: Releases) -> Mesh {
+        Self::launch(kube, workloads, IssuerSource::Files, Some(releases)).await
+    }
+
+    async fn launch(kube: Arc<FakeKube>, workloads: &[(&str, &str)], source: IssuerSource, releases: Option<Releases>) -> Mesh {
         // The first call may build the binaries: off the runtime's worker threads.
         tokio::task::spawn_blocking(|| mesh_bin("meshfleet-proxy")).await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -201,6 +232,7 @@ impl Mesh {
             format!("--trust-bundle={}", path("ca-bundle.crt")),
         ];
         let kubeconfig = dir.path().join("kubeconfig");
+        let mut env = Vec::new();
         if let IssuerSource::Kubernetes = source {
             let token = "controller-sa-token";
             kube.add_token(token, meshfleet_fake_kube::User::service_account("meshfleet", "meshfleet-controller"));
@@ -216,26 +248,44 @@ impl Mesh {
             .unwrap();
             kube.write_kubeconfig(&kubeconfig, token).unwrap();
             args.extend(["--issuer-source=kubernetes".into(), "--namespace=meshfleet".into()]);
+            env.push(("KUBECONFIG", kubeconfig));
         }
-        let env: &[(&str, &Path)] = if matches!(source, IssuerSource::Kubernetes) { &[("KUBECONFIG", &kubeconfig)] } else { &[] };
-        let controller = Process::spawn_with_env("meshfleet-controller", &args, env, &dir.path().join("controller.ready"));
+        if releases.is_some() {
+            install_injector(&kube, dir.path());
+            args.extend([
+                "--injector-addr=127.0.0.1:0".into(),
+                format!("--injector-cert={}", path("injector.crt")),
+                format!("--injector-key={}", path("injector.key")),
+            ]);
+            // No API access: pods ask for the proxy by their own annotation.
+            env.push(("KUBECONFIG", dir.path().join("no-kubeconfig")));
+        }
+        let mut launch = Launch { args, env, dir: dir.path().to_owned(), starts: 0 };
+        let playing = releases.as_ref().and_then(|_| deployed(&kube));
+        let process = launch.spawn(&kube, playing.as_ref());
+        let grpc = process.addr("grpc");
+        let controller = Arc::new(Mutex::new(Controller { process, playing, launch }));
 
         let app = spawn_app().await;
         let sidecars: Arc<Mutex<HashMap<String, Sidecar>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let base = SidecarArgs { dir: dir.path().to_owned(), controller: controller.addr("grpc"), app };
+        let follows = releases.is_some();
+        let base = SidecarArgs { dir: dir.path().to_owned(), controller: grpc, app, releases: releases.unwrap_or_default() };
         let bundle_from = matches!(source, IssuerSource::Kubernetes).then(|| kube.clone());
         let wanted: Vec<(String, String)> = workloads.iter().map(|(n, a)| (n.to_string(), a.to_string())).collect();
         let kubelet = {
-            let (sidecars, stop) = (sidecars.clone(), stop.clone());
+            let (sidecars, stop, controller) = (sidecars.clone(), stop.clone(), controller.clone());
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    if follows {
+                        controller.lock().unwrap_or_else(|e| e.into_inner()).follow(&kube);
+                    }
                     sync_sidecars(&kube, &wanted, &base, &sidecars);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             })
         };
-        Mesh { dir, controller, sidecars, bundle_from, stop, kubelet: Some(kubelet) }
+        Mesh { dir, grpc, controller, sidecars, bundle_from, stop, kubelet: Some(kubelet) }
     }
 
     /// Waits until exactly `pods` sidecars run and each holds a certificate (/ready is 200).
@@ -271,26 +321,65 @@ impl Mesh {
     /// it starts from the trust ConfigMap as it is now (it must trust the controller's current
     /// issuer, which may no longer be the development one), then follows the controller.
     pub async fn ingress(&self, targets: &[(String, String)]) -> Process {
-        let path = |f: &str| self.dir.path().join(f).display().to_string();
-        let name = format!("ingress-{:x}", rand::random::<u64>());
         let bundle = match &self.bundle_from {
             Some(kube) => {
                 let map = kube.get("v1", "ConfigMap", "meshfleet", "meshfleet-trust-bundle").expect("the trust ConfigMap");
-                std::fs::write(self.dir.path().join(format!("{name}.crt")), map["data"]["ca-bundle.crt"].as_str().unwrap()).unwrap();
-                path(&format!("{name}.crt"))
+                let file = self.dir.path().join(format!("ingress-{:x}.crt", rand::random::<u64>()));
+                std::fs::write(&file, map["data"]["ca-bundle.crt"].as_str().unwrap()).unwrap();
+                file
             }
-            None => path("ca-bundle.crt"),
+            None => self.dir.path().join("ca-bundle.crt"),
         };
+        self.gate().start(&bundle, targets).await
+    }
+
+    /// What starts ingress proxies, apart from the mesh (for traffic that outlives a borrow).
+    fn gate(&self) -> Gate {
+        Gate { dir: self.dir.path().to_owned(), grpc: self.grpc }
+    }
+
+    /// Continuous traffic into the mesh's pods: see `Traffic`.
+    pub fn traffic(&self, kube: Arc<FakeKube>) -> Traffic {
+        Traffic::start(kube, self.gate(), self.sidecars.clone())
+    }
+
+    /// The version the controller process reports (its admin `/version`).
+    pub async fn controller_version(&self) -> String {
+        let admin = self.controller.lock().unwrap().process.addr("admin");
+        version_at(admin).await
+    }
+}
+
+/// What an admin endpoint's `/version` says.
+pub async fn version_at(admin: SocketAddr) -> String {
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(2)).build().unwrap();
+    http.get(format!("http://{admin}/version")).send().await.unwrap().text().await.unwrap().trim().to_owned()
+}
+
+/// Starts ingress proxies: a proxy outside the cluster's pods (an ingress gateway with its own
+/// identity) trusting the mesh's bundle.
+#[derive(Clone)]
+pub struct Gate {
+    dir: PathBuf,
+    grpc: SocketAddr,
+}
+
+impl Gate {
+    /// An ingress with one outbound route per target `(inbound address, expected identity)`,
+    /// trusting `bundle`; waits for its certificate. Its outbound listeners are `outbound(i)`.
+    pub async fn start(&self, bundle: &Path, targets: &[(String, String)]) -> Process {
+        let path = |f: &str| self.dir.join(f).display().to_string();
         let mut args = vec![
             "--admin-addr=127.0.0.1:0".to_string(),
             "--inbound-addr=127.0.0.1:0".to_string(),
             "--inbound-forward=127.0.0.1:1".to_string(),
-            format!("--controller-addr={}", self.controller.addr("grpc")),
-            format!("--trust-anchors={bundle}"),
+            format!("--controller-addr={}", self.grpc),
+            format!("--trust-anchors={}", bundle.display()),
             format!("--token-file={}", path(&token_of("ingress", "gateway"))),
         ];
         args.extend(targets.iter().map(|(addr, id)| format!("--outbound=127.0.0.1:0={addr}#{id}")));
-        let p = Process::spawn("meshfleet-proxy", &args, &self.dir.path().join(format!("{name}.ready")));
+        let ready = self.dir.join(format!("ingress-{:x}.ready", rand::random::<u64>()));
+        let p = Process::spawn("meshfleet-proxy", &args, &ready);
         let url = format!("http://{}/ready", p.addr("admin"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -306,33 +395,35 @@ struct SidecarArgs {
     dir: PathBuf,
     controller: SocketAddr,
     app: SocketAddr,
+    releases: Releases,
 }
 
 /// Starts a sidecar for each running pod of the wanted workloads that has none, and stops the
 /// sidecars of pods that are gone or were given another IP.
 fn sync_sidecars(kube: &FakeKube, wanted: &[(String, String)], base: &SidecarArgs, sidecars: &Mutex<HashMap<String, Sidecar>>) {
-    let mut live: HashMap<String, (String, String, String, String)> = HashMap::new();
+    // By pod uid: (namespace, pod, app, IP, proxy version).
+    let mut live: HashMap<String, (String, String, String, String, String)> = HashMap::new();
     for (ns, app) in wanted {
         for p in kube.list("v1", "Pod", Some(ns)) {
             let labels_app = p.pointer("/metadata/labels/app").and_then(Value::as_str);
             let ip = p.pointer("/status/podIP").and_then(Value::as_str);
-            let meshed = p.pointer("/spec/containers").and_then(Value::as_array).is_some_and(|c| c.iter().any(|c| c["name"] == "meshfleet-proxy"));
-            if let (Some(a), Some(ip), true) = (labels_app, ip, meshed) {
+            if let (Some(a), Some(ip), Some(proxy)) = (labels_app, ip, proxy_of(&p)) {
                 if a == app {
                     let uid = p.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
-                    live.insert(uid, (ns.clone(), p["metadata"]["name"].as_str().unwrap_or_default().to_owned(), app.clone(), ip.to_owned()));
+                    let version = proxy["image"].as_str().and_then(tag).unwrap_or_default();
+                    live.insert(uid, (ns.clone(), p["metadata"]["name"].as_str().unwrap_or_default().to_owned(), app.clone(), ip.to_owned(), version));
                 }
             }
         }
     }
     let mut map = sidecars.lock().unwrap_or_else(|e| e.into_inner());
     map.retain(|uid, s| live.get(uid).is_some_and(|l| l.3 == s.ip));
-    for (uid, (ns, pod, app, ip)) in live {
+    for (uid, (ns, pod, app, ip, version)) in live {
         if map.contains_key(&uid) {
             continue;
         }
         let path = |f: &str| base.dir.join(f).display().to_string();
-        let args = vec![
+        let mut args = vec![
             format!("--admin-addr={ip}:{ADMIN_PORT}"),
             format!("--inbound-addr={ip}:{INBOUND_PORT}"),
             format!("--inbound-forward={}", base.app),
@@ -341,8 +432,12 @@ fn sync_sidecars(kube: &FakeKube, wanted: &[(String, String)], base: &SidecarArg
             format!("--token-file={}", path(&token_of(&ns, &app))),
             "--drain-timeout-secs=1".into(),
         ];
+        if !version.is_empty() {
+            args.push(format!("--version-override={version}"));
+        }
+        args.extend(base.releases.args(&version).iter().cloned());
         let process = Process::spawn("meshfleet-proxy", &args, &base.dir.join(format!("{uid}.ready")));
-        map.insert(uid, Sidecar { namespace: ns, pod, app, ip, process });
+        map.insert(uid, Sidecar { namespace: ns, pod, app, ip, version, process });
     }
 }
 
