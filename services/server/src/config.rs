@@ -30,6 +30,8 @@ pub struct Config {
     pub sealing_key: Option<SecretString>,
     pub log_format: LogFormat,
     pub log: String,
+    /// An OpenTelemetry collector's OTLP/gRPC address (`http://collector:4317`); None: no trace export.
+    pub otlp_endpoint: Option<String>,
     pub db_max_connections: u32,
     pub access_token_ttl: Duration,
     pub refresh_token_ttl: Duration,
@@ -204,6 +206,7 @@ impl Default for Config {
             sealing_key: None,
             log_format: LogFormat::Text,
             log: "info".into(),
+            otlp_endpoint: None,
             db_max_connections: 16,
             access_token_ttl: Duration::from_secs(15 * 60),
             refresh_token_ttl: Duration::from_secs(30 * 24 * 3600),
@@ -287,6 +290,13 @@ pub const SETTINGS: &[(&str, Setter)] = &[
         Ok(())
     }),
     ("log", |c, _, v| Ok(c.log = nonempty(v)?)),
+    ("otlp_endpoint", |c, _, v| {
+        let url: reqwest::Url = v.trim().parse().map_err(|e| format!("{e}: expected a URL such as http://collector:4317"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err("expected an http:// or https:// URL such as http://collector:4317".into());
+        }
+        Ok(c.otlp_endpoint = Some(v.trim().to_owned()))
+    }),
     ("db_max_connections", |c, _, v| Ok(c.db_max_connections = num(v)?)),
     ("access_token_ttl_secs", |c, n, v| Ok(c.access_token_ttl = secs(n, v)?)),
     ("refresh_token_ttl_secs", |c, n, v| Ok(c.refresh_token_ttl = secs(n, v)?)),

@@ -120,8 +120,33 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn(hardening::own_errors))
         .layer(middleware::from_fn(hardening::security_headers))
         .layer(middleware::from_fn_with_state(state.clone(), crate::metrics::track))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span).on_response(record_status))
         .with_state(state)
+}
+
+/// The span of one request, named by its route (OpenTelemetry's HTTP server conventions), in
+/// the trace its client started (`traceparent`), if any.
+fn request_span(req: &axum::extract::Request) -> tracing::Span {
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = %format!("{} {route}", req.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %req.method(),
+        http.route = route,
+        url.path = req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::continue_trace(&span, req.headers());
+    span
+}
+
+fn record_status(res: &axum::response::Response, _latency: std::time::Duration, span: &tracing::Span) {
+    span.record("http.response.status_code", i64::from(res.status().as_u16()));
+    if res.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// A validated page size.

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::app::AppState;
 use crate::store;
@@ -46,7 +47,13 @@ impl Job {
         F: Fn(AppState) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
-        Job { name, every, scope, run: Arc::new(move |state| Box::pin(run(state))) }
+        // Each run is a span of its own (a root: a job is no request's child).
+        Job {
+            name,
+            every,
+            scope,
+            run: Arc::new(move |state| Box::pin(run(state).instrument(tracing::info_span!(parent: None, "job", otel.name = name, job.name = name)))),
+        }
     }
 }
 

@@ -37,7 +37,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init(&config);
+    // Kept to the end: dropping it flushes the spans still queued for the collector.
+    let _telemetry = match telemetry::init(&config) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

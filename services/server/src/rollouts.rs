@@ -15,6 +15,8 @@ pub mod start;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::audit::AuditEntry;
@@ -289,9 +291,13 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
         return Ok(());
     }
     tx.commit().await?;
-    for command in sent {
-        tracing::info!(org = %r.org_id, rollout = %r.id, cluster = %command.cluster_id, kind = %command.kind, "rollout step sent");
-        crate::gateway::dispatch::command_created(state, command.cluster_id).await;
+    for (cluster, from, to, _) in &steps {
+        let span = tracing::info_span!("rollout step", rollout_id = %r.id, cluster_id = %cluster, from = ?from, to = ?to, command = tracing::field::Empty);
+        if let Some(command) = sent.iter().find(|c| c.cluster_id == *cluster) {
+            span.record("command", command.kind.as_str());
+            tracing::info!(parent: &span, org = %r.org_id, rollout = %r.id, cluster = %command.cluster_id, kind = %command.kind, "rollout step sent");
+            crate::gateway::dispatch::command_created(state, command.cluster_id).instrument(span).await;
+        }
     }
     Ok(())
 }

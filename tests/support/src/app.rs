@@ -122,7 +122,7 @@ impl TestApp {
         let mut config = test_config(&db);
         tweak(&mut config);
         if std::env::var_os("TEST_LOG").is_some() {
-            meshfleet_server::telemetry::init(&config);
+            let _ = meshfleet_server::telemetry::init(&config);
         }
         let server = Server::start(config).await.expect("server starts");
         TestApp {

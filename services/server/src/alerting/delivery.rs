@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use reqwest::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
+use tracing::Instrument;
 
 use super::settling::{Settled, Settler};
 use super::{channels, signing, ssrf};
@@ -151,7 +152,10 @@ async fn claim_and_send(state: &AppState) -> anyhow::Result<usize> {
         match state.deliveries.take(n.channel_id) {
             // Bounded by the delivery timeout; a stop of the server cannot strand the message,
             // whose claim expires.
-            Some(slot) => drop(tokio::spawn(deliver(state.clone(), channel, n, slot))),
+            Some(slot) => {
+                let span = tracing::info_span!("alert delivery", message_id = %n.id, channel_id = %n.channel_id, attempt = n.attempts + 1);
+                drop(tokio::spawn(deliver(state.clone(), channel, n, slot).instrument(span)))
+            }
             None => over.push(n.id),
         }
     }

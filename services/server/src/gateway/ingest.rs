@@ -12,7 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use opentelemetry::trace::TraceContextExt;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::db::{Clock, Db};
 use crate::domain::{ClusterId, CommandId, OrgId};
@@ -69,6 +72,9 @@ pub struct Job {
     pub cluster: ClusterId,
     pub report: Report,
     pub done: oneshot::Sender<Outcome>,
+    /// The agent stream's span: the batch that stores the report links to it (a batch holds
+    /// many streams' reports, so it is no one stream's child).
+    pub from: tracing::Span,
 }
 
 /// The quotas the writers check (against the database).
@@ -148,7 +154,11 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refus
         let now = clock.now_ms();
         metrics.ingest_batch_size.observe(batch.len() as f64);
         known.expire();
-        match write(&db, &batch, now, quotas, &mut known).await {
+        let span = tracing::info_span!("ingest batch", reports = batch.len());
+        for job in &batch {
+            span.add_link(job.from.context().span().span_context().clone());
+        }
+        match write(&db, &batch, now, quotas, &mut known).instrument(span).await {
             Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
             Err(e) if batch.len() > 1 => {
                 // One bad report (say, for a cluster deleted a moment ago) must not fail its

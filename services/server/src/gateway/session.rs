@@ -124,7 +124,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
                     Quota::Within => None,
                 };
                 let (done, stored) = oneshot::channel();
-                let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done };
+                let job = Job { org: peer.org_id, cluster: peer.cluster_id, report, done, from: tracing::Span::current() };
                 state.ingest.submit(job).await.map_err(|_| Error::ShuttingDown)?;
                 acks.push_back(Either::Right(async move {
                     let outcome = match stored.await.unwrap_or(Outcome::Failed) {

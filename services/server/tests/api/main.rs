@@ -39,4 +39,5 @@ mod rollups;
 mod secrets_at_rest;
 mod silences;
 mod store;
+mod traces;
 mod trust;
