@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::app::TestDb;
-use crate::process::{build_bins, clean_command};
+use crate::process::{build_bins, clean_command, terminate};
 
 /// Where the server binary is. The server's own tests pass Cargo's `CARGO_BIN_EXE_meshfleet-server`
 /// (no second build); tests in other packages build it with [`ServerBin::built`].
@@ -96,6 +96,11 @@ impl ServerProcess {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.api)
+    }
+
+    /// SIGTERM, the graceful stop; SIGKILL if it has not exited after `grace`.
+    pub fn terminate(&mut self, grace: Duration) {
+        terminate(&mut self.child, grace);
     }
 
     /// SIGKILL: no graceful anything.

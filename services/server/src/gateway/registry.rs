@@ -79,6 +79,11 @@ impl Registry {
         }
     }
 
+    /// Whether this replica is stopping (`shut_down` was called).
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
     /// A stream of the cluster opened elsewhere (session `id`): cut ours if it is another one.
     pub fn superseded_elsewhere(&self, cluster: ClusterId, id: &str) {
         let mut map = self.lock();

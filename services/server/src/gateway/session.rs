@@ -238,6 +238,13 @@ impl Drop for Guard {
         let state = self.gw.state.clone();
         state.metrics.gateway_connected.dec();
         state.agents.close(self.peer.cluster_id, self.epoch);
+        // A replica that stops leaves its agents shown connected: they reconnect to another
+        // replica within moments, and one that does not turns stale, then disconnected, by
+        // liveness, as after a crash. Marked disconnected here, each raised an "agent" alert
+        // on every rolling restart and failed the health gate of a rollout it was in.
+        if state.agents.is_stopping() {
+            return;
+        }
         let (org, cluster, id) = (self.peer.org_id, self.peer.cluster_id, std::mem::take(&mut self.id));
         tokio::spawn(async move {
             let now = state.clock.now_ms();

@@ -61,7 +61,7 @@ async fn start_agent(api: &Api, name: &str, gateway: Option<&str>) -> (String, A
     (cluster, handle, agent)
 }
 
-fn window(start: i64, requests: u64) -> Report {
+pub(crate) fn window(start: i64, requests: u64) -> Report {
     Report::Metrics(v1::Metrics {
         window_start_unix_ms: start,
         window_end_unix_ms: start + 10_000,
@@ -75,7 +75,7 @@ fn window(start: i64, requests: u64) -> Report {
     })
 }
 
-async fn requests_stored(api: &Api, cluster: &str) -> i64 {
+pub(crate) async fn requests_stored(api: &Api, cluster: &str) -> i64 {
     let rollups = api.get(&format!("/api/v1/clusters/{cluster}/metrics?minutes=1440")).await;
     assert!(rollups["next_cursor"].is_null(), "one page holds them: {rollups}");
     rollups["items"].as_array().unwrap().iter().map(|r| r["requests"].as_i64().unwrap()).sum()

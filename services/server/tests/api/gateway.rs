@@ -178,6 +178,7 @@ on_both_engines!(
     deleted_or_revoked_clusters_lose_their_stream_at_once,
     the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed,
     stopping_the_server_ends_agent_streams_at_once,
+    a_stopping_server_leaves_its_agents_shown_connected,
 );
 
 /// A replica that stops (a rolling restart) tells its agents so and returns, rather than
@@ -193,6 +194,25 @@ async fn stopping_the_server_ends_agent_streams_at_once(engine: Engine) {
     let status = stream.ended().await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("the server stops within 10 s with an agent connected").unwrap();
+}
+
+/// A replica stopping is not the agent going away: the agent reconnects elsewhere within
+/// moments, so the cluster stays connected (unless it stays unheard past `stale_after_secs`)
+/// and no "agent disconnected" alert fires on a rolling restart.
+async fn a_stopping_server_leaves_its_agents_shown_connected(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ops@example.com").await;
+    let (cluster, id) = registered(&app, &owner, "prod").await;
+    let mut stream = Stream::open(&app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0")])).await;
+    stream.acked(seq).await;
+    let app = app.restart().await;
+    assert_eq!(stream.ended().await.code(), Code::Unavailable);
+    // Room for the stream's bookkeeping, which runs after the stream ends.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let owner = app.login("ops@example.com").await;
+    let (_, c) = app.get(&format!("/api/v1/clusters/{cluster}"), &owner.access).await;
+    assert_eq!(c["status"], "connected", "{c}");
 }
 
 async fn register_connect_report_and_see_it_in_the_api(engine: Engine) {

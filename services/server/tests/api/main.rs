@@ -34,6 +34,7 @@ mod policies;
 mod proposals;
 mod quotas;
 mod releases;
+mod rolling_restart;
 mod rollouts;
 mod rollups;
 mod secrets_at_rest;
