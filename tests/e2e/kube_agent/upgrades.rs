@@ -180,6 +180,17 @@ async fn stop_traffic(f: &mut Fleet, name: &str) -> Tally {
     tally
 }
 
+/// The end of a scenario: no agent was refused anything its RBAC does not grant, and the
+/// agents stop.
+async fn finish(fleet: Vec<Fleet>) {
+    for f in &fleet {
+        assert_eq!(f.cluster.kube.denials(), Vec::<String>::new());
+    }
+    for f in fleet {
+        f.agent.shutdown().await;
+    }
+}
+
 /// Watches the shop Deployments' `restartedAt` stamps while it runs: each stamp is one restart.
 struct Stamps {
     stop: Arc<AtomicBool>,
@@ -269,12 +280,7 @@ async fn upgrades_a_bad_next_version_is_rolled_back_on_its_canary_and_the_second
     assert!(requests > 20 && failed * 10 > requests * 3, "0.3.0 failed about half of its requests: {failed} of {requests}");
     let second_tally = stop_traffic(&mut fleet[1], "untouched prod-2").await;
     assert!(second_tally.sent > 100 && second_tally.failed.is_empty(), "{second_tally:?}");
-    for f in &fleet {
-        assert_eq!(f.cluster.kube.denials(), Vec::<String>::new());
-    }
-    for f in fleet {
-        f.agent.shutdown().await;
-    }
+    finish(fleet).await;
     eprintln!("bad next version scenario took {:?}", started.elapsed());
 }
 
@@ -308,12 +314,7 @@ async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_tra
         assert!(tally.failed.len() <= 3, "failed requests beyond the restarts: {tally:?}");
         eprintln!("prod-{}: {} failed of {} requests during the upgrade", i + 1, tally.failed.len(), tally.sent);
     }
-    for f in &fleet {
-        assert_eq!(f.cluster.kube.denials(), Vec::<String>::new());
-    }
-    for f in fleet {
-        f.agent.shutdown().await;
-    }
+    finish(fleet).await;
     eprintln!("good upgrade of two clusters took {:?}", started.elapsed());
 }
 
@@ -348,8 +349,5 @@ async fn upgrades_the_server_restarted_during_a_data_plane_phase_finishes_withou
     }
     let tally = stop_traffic(&mut fleet[0], "prod-1 (server restarted)").await;
     eprintln!("server restart scenario: {} failed of {} requests; took {:?}", tally.failed.len(), tally.sent, started.elapsed());
-    assert_eq!(fleet[0].cluster.kube.denials(), Vec::<String>::new());
-    for f in fleet {
-        f.agent.shutdown().await;
-    }
+    finish(fleet).await;
 }
