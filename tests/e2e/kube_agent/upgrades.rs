@@ -39,9 +39,13 @@ struct Fleet {
 
 /// The setup's organization with `clusters` clusters (prod-1, prod-2, ...) at 0.1.0, each with
 /// its mesh's pods injected by its controller, its agent connected, traffic flowing and its
-/// golden metrics already in the API (a gate's baseline).
-async fn fleet(clusters: usize, catalog: &std::path::Path) -> (Setup, Vec<Fleet>) {
-    let s = setup_with(|c| c.release_catalog = Some(catalog.to_owned())).await;
+/// golden metrics already in the API (a gate's baseline); the server reads `CATALOG` from the
+/// directory returned, kept for the test's length.
+async fn fleet(clusters: usize) -> (Setup, Vec<Fleet>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.yaml");
+    std::fs::write(&catalog, CATALOG).unwrap();
+    let s = setup_with(|c| c.release_catalog = Some(catalog)).await;
     let mut fleet = Vec::new();
     for i in 0..clusters {
         let cluster = if i == 0 { s.home.clone() } else { join_cluster(&s.app, &s.owner, &format!("prod-{}", i + 1)).await };
@@ -71,7 +75,7 @@ async fn fleet(clusters: usize, catalog: &std::path::Path) -> (Setup, Vec<Fleet>
         .await;
         assert!(seen.is_some(), "traffic in the golden metrics: {}", s.app.get(&path, &s.owner.access).await.1);
     }
-    (s, fleet)
+    (s, fleet, dir)
 }
 
 /// The meshed pods of `shop` by name with their proxy version, once all three run `version` in
@@ -227,9 +231,7 @@ impl Stamps {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_a_bad_next_version_is_rolled_back_on_its_canary_and_the_second_cluster_is_never_touched() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("catalog.yaml"), CATALOG).unwrap();
-    let (s, mut fleet) = fleet(2, &dir.path().join("catalog.yaml")).await;
+    let (s, mut fleet, _catalog) = fleet(2).await;
     let second_pods: BTreeSet<String> =
         fleet[1].cluster.kube.list("v1", "Pod", Some("shop")).iter().map(|p| p["metadata"]["uid"].as_str().unwrap().to_owned()).collect();
     let second_controller = fleet[1].cluster.kube.get("apps/v1", "Deployment", "meshfleet", "meshfleet-controller").unwrap();
@@ -287,9 +289,7 @@ async fn upgrades_a_bad_next_version_is_rolled_back_on_its_canary_and_the_second
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_traffic() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("catalog.yaml"), CATALOG).unwrap();
-    let (s, mut fleet) = fleet(2, &dir.path().join("catalog.yaml")).await;
+    let (s, mut fleet, _catalog) = fleet(2).await;
     let id = start_rollout(&s.app, &s.owner, "0.2.0").await;
     let (done, phases) = rollout_until(&s.app, &s.owner, &id, "the rollout completes", |r| r["state"] == "completed").await;
     assert_eq!((done["clusters"][0]["name"].as_str(), done["clusters"][0]["wave"].as_u64()), (Some("prod-1"), Some(0)), "{done}");
@@ -324,9 +324,7 @@ async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_tra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_the_server_restarted_during_a_data_plane_phase_finishes_without_restarting_a_workload_twice() {
     let started = Instant::now();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("catalog.yaml"), CATALOG).unwrap();
-    let (s, mut fleet) = fleet(1, &dir.path().join("catalog.yaml")).await;
+    let (s, mut fleet, _catalog) = fleet(1).await;
     let stamps = Stamps::watch(fleet[0].cluster.kube.clone());
     let id = start_rollout(&s.app, &s.owner, "0.2.0").await;
     rollout_until(&s.app, &s.owner, &id, "the data-plane phase", |r| r["clusters"][0]["phase"] == "data_plane").await;
