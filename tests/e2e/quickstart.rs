@@ -246,3 +246,26 @@ fn readme_rollout_walkthrough_upgrades_the_demo_fleet_and_rolls_a_bad_canary_bac
     running.child.kill().unwrap();
     let _ = running.child.wait();
 }
+
+/// The README's command-line walkthrough, after its quickstart, twice, with the real `meshfleet`
+/// binary (its session under the test's HOME).
+#[test]
+fn readme_cli_walkthrough_runs_as_written_and_again() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let bins = meshfleet_test_support::process::build_bins("meshfleet-cli", &["meshfleet"]);
+    let mut cmd = server(dir.path());
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
+    let mut running = ServerProcess::start(cmd);
+    let script = format!("{}\n{}", readme_quickstart_script(), readme_block("cli walkthrough")).replace("127.0.0.1:8080", &running.api);
+    let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
+    for run in ["first", "second"] {
+        let (stdout, shown) = run_walkthrough(run, &script, dir.path(), &path, home.path());
+        assert!(stdout.contains("staging-1") && stdout.contains("prod-eu-1"), "{run} run lists no clusters:\n{shown}");
+        let mode = std::fs::metadata(dir.path().join("staging-1.yaml")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{run} run: the manifest holds a bootstrap token");
+        assert!(std::fs::read_to_string(dir.path().join("meshfleet.bash")).unwrap().contains("meshfleet"), "{run} run: no completions");
+    }
+    running.child.kill().unwrap();
+    let _ = running.child.wait();
+}
