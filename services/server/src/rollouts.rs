@@ -291,13 +291,19 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
         return Ok(());
     }
     tx.commit().await?;
+    // A step's command, if it sent one (dispatched once, with the step that sent it).
+    let mut sent: HashMap<ClusterId, Command> = sent.into_iter().map(|c| (c.cluster_id, c)).collect();
     for (cluster, from, to, _) in &steps {
-        let span = tracing::info_span!("rollout step", rollout_id = %r.id, cluster_id = %cluster, from = ?from, to = ?to, command = tracing::field::Empty);
-        if let Some(command) = sent.iter().find(|c| c.cluster_id == *cluster) {
+        let span = tracing::info_span!(target: crate::telemetry::TRACES, "rollout step", rollout_id = %r.id, cluster_id = %cluster, from = ?from, to = ?to, command = tracing::field::Empty);
+        if let Some(command) = sent.remove(cluster) {
             span.record("command", command.kind.as_str());
             tracing::info!(parent: &span, org = %r.org_id, rollout = %r.id, cluster = %command.cluster_id, kind = %command.kind, "rollout step sent");
             crate::gateway::dispatch::command_created(state, command.cluster_id).instrument(span).await;
         }
+    }
+    // Every step changes a phase, so none should be left; a command is never left unannounced.
+    for command in sent.into_values() {
+        crate::gateway::dispatch::command_created(state, command.cluster_id).await;
     }
     Ok(())
 }
