@@ -129,6 +129,7 @@ pub fn router(state: AppState) -> Router {
 fn request_span(req: &axum::extract::Request) -> tracing::Span {
     let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched", |p| p.as_str());
     let span = tracing::info_span!(
+        target: crate::telemetry::TRACES,
         "HTTP request",
         otel.name = %format!("{} {route}", req.method()),
         otel.kind = "server",

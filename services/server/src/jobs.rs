@@ -52,7 +52,9 @@ impl Job {
             name,
             every,
             scope,
-            run: Arc::new(move |state| Box::pin(run(state).instrument(tracing::info_span!(parent: None, "job", otel.name = name, job.name = name)))),
+            run: Arc::new(move |state| {
+                Box::pin(run(state).instrument(tracing::info_span!(target: crate::telemetry::TRACES, parent: None, "job", otel.name = name, job.name = name)))
+            }),
         }
     }
 }

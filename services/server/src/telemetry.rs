@@ -19,6 +19,12 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Config, LogFormat};
 
+/// The target of the spans made for trace export (requests, store calls, job runs, ...). Only the
+/// exporter's filter enables them: log lines keep their shape, and with no collector no layer
+/// wants them, so they cost nothing on the hot paths. (The store's `#[instrument]` attributes
+/// spell it as a literal.)
+pub const TRACES: &str = "meshfleet_traces";
+
 /// What `init` set up; dropping it flushes the spans still queued for the collector.
 #[derive(Default)]
 pub struct Telemetry {
@@ -38,16 +44,16 @@ impl Drop for Telemetry {
 /// Sets up logging and, with `otlp_endpoint`, trace export. Must run inside the Tokio runtime
 /// (the exporter's gRPC channel lives there). Keep the result until the process ends.
 pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
-    let filter = || EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = |extra: &str| EnvFilter::try_new(format!("{},{extra}", config.log)).unwrap_or_else(|_| EnvFilter::new(format!("info,{extra}")));
     let fmt = tracing_subscriber::fmt::layer().with_target(true).with_writer(std::io::stdout).with_ansi(colour(&std::io::stdout()));
     let fmt = match config.log_format {
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
         LogFormat::Text => fmt.boxed(),
     };
     let traces = config.otlp_endpoint.as_deref().map(provider).transpose()?;
-    let otel = traces.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("meshfleet-server")).with_filter(filter()));
+    let otel = traces.as_ref().map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("meshfleet-server")).with_filter(filter(&format!("{TRACES}=info"))));
     // try_init: a second call (tests) keeps the first subscriber.
-    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter())).with(otel).try_init();
+    let _ = tracing_subscriber::registry().with(fmt.with_filter(filter(&format!("{TRACES}=off")))).with(otel).try_init();
     Ok(Telemetry { traces })
 }
 

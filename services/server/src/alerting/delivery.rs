@@ -153,7 +153,7 @@ async fn claim_and_send(state: &AppState) -> anyhow::Result<usize> {
             // Bounded by the delivery timeout; a stop of the server cannot strand the message,
             // whose claim expires.
             Some(slot) => {
-                let span = tracing::info_span!("alert delivery", message_id = %n.id, channel_id = %n.channel_id, attempt = n.attempts + 1);
+                let span = tracing::info_span!(target: crate::telemetry::TRACES, "alert delivery", message_id = %n.id, channel_id = %n.channel_id, attempt = n.attempts + 1);
                 drop(tokio::spawn(deliver(state.clone(), channel, n, slot).instrument(span)))
             }
             None => over.push(n.id),

@@ -154,9 +154,12 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refus
         let now = clock.now_ms();
         metrics.ingest_batch_size.observe(batch.len() as f64);
         known.expire();
-        let span = tracing::info_span!("ingest batch", reports = batch.len());
-        for job in &batch {
-            span.add_link(job.from.context().span().span_context().clone());
+        let span = tracing::info_span!(target: crate::telemetry::TRACES, "ingest batch", reports = batch.len());
+        // Disabled without a collector: then the links are not worth reading.
+        if !span.is_disabled() {
+            for job in &batch {
+                span.add_link(job.from.context().span().span_context().clone());
+            }
         }
         match write(&db, &batch, now, quotas, &mut known).instrument(span).await {
             Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),

@@ -5,14 +5,14 @@ use sqlx::Row;
 use super::{parse_col, Conn};
 use crate::domain::{Email, OrgId, Role, UserId};
 
-#[tracing::instrument(name = "store.accounts.create_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.create_org", skip_all)]
 pub async fn create_org(conn: &mut Conn, id: OrgId, name: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO organizations (id, name, created_at) VALUES ($1, $2, $3)").bind(id.to_string()).bind(name).bind(now).execute(conn).await?;
     Ok(())
 }
 
 /// Fails with a unique violation when the e-mail is taken.
-#[tracing::instrument(name = "store.accounts.create_user", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.create_user", skip_all)]
 pub async fn create_user(conn: &mut Conn, id: UserId, email: &Email, password_hash: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO users (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)")
         .bind(id.to_string())
@@ -25,7 +25,7 @@ pub async fn create_user(conn: &mut Conn, id: UserId, email: &Email, password_ha
 }
 
 /// Fails with a unique violation when the user is already a member.
-#[tracing::instrument(name = "store.accounts.add_member", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.add_member", skip_all)]
 pub async fn add_member(conn: &mut Conn, org: OrgId, user: UserId, role: Role, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO memberships (org_id, user_id, role, created_at) VALUES ($1, $2, $3, $4)")
         .bind(org.to_string())
@@ -42,18 +42,18 @@ pub struct UserCredentials {
     pub password_hash: String,
 }
 
-#[tracing::instrument(name = "store.accounts.find_user_by_email", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.find_user_by_email", skip_all)]
 pub async fn find_user_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserCredentials>, sqlx::Error> {
     let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1").bind(email.as_str()).fetch_optional(conn).await?;
     row.map(|r| Ok(UserCredentials { id: parse_col(&r.try_get::<String, _>("id")?, "users.id")?, password_hash: r.try_get("password_hash")? })).transpose()
 }
 
-#[tracing::instrument(name = "store.accounts.user_id_by_email", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.user_id_by_email", skip_all)]
 pub async fn user_id_by_email(conn: &mut Conn, email: &Email) -> Result<Option<UserId>, sqlx::Error> {
     Ok(find_user_by_email(conn, email).await?.map(|u| u.id))
 }
 
-#[tracing::instrument(name = "store.accounts.user_email", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.user_email", skip_all)]
 pub async fn user_email(conn: &mut Conn, user: UserId) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT email FROM users WHERE id = $1").bind(user.to_string()).fetch_optional(conn).await
 }
@@ -68,7 +68,7 @@ pub struct OrgMembership {
 }
 
 /// The user's organizations, oldest membership first (the default one to log into).
-#[tracing::instrument(name = "store.accounts.memberships_of", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.memberships_of", skip_all)]
 pub async fn memberships_of(conn: &mut Conn, user: UserId) -> Result<Vec<OrgMembership>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT o.id AS org_id, o.name AS org_name, m.role AS role, m.created_at AS since FROM memberships m JOIN organizations o ON o.id = m.org_id
@@ -97,7 +97,7 @@ pub struct Member {
     pub since: i64,
 }
 
-#[tracing::instrument(name = "store.accounts.list_members", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.list_members", skip_all)]
 pub async fn list_members(conn: &mut Conn, org: OrgId) -> Result<Vec<Member>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT u.id AS user_id, u.email AS email, m.role AS role, m.created_at AS since FROM memberships m JOIN users u ON u.id = m.user_id
@@ -109,7 +109,7 @@ pub async fn list_members(conn: &mut Conn, org: OrgId) -> Result<Vec<Member>, sq
     rows.iter().map(member_from_row).collect()
 }
 
-#[tracing::instrument(name = "store.accounts.get_member", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.get_member", skip_all)]
 pub async fn get_member(conn: &mut Conn, org: OrgId, user: UserId) -> Result<Option<Member>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT u.id AS user_id, u.email AS email, m.role AS role, m.created_at AS since FROM memberships m JOIN users u ON u.id = m.user_id
@@ -131,7 +131,7 @@ fn member_from_row(r: &sqlx::any::AnyRow) -> Result<Member, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.accounts.set_role", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.set_role", skip_all)]
 pub async fn set_role(conn: &mut Conn, org: OrgId, user: UserId, role: Role) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE memberships SET role = $3 WHERE org_id = $1 AND user_id = $2")
         .bind(org.to_string())
@@ -142,13 +142,13 @@ pub async fn set_role(conn: &mut Conn, org: OrgId, user: UserId, role: Role) -> 
     Ok(done.rows_affected() == 1)
 }
 
-#[tracing::instrument(name = "store.accounts.remove_member", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.remove_member", skip_all)]
 pub async fn remove_member(conn: &mut Conn, org: OrgId, user: UserId) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM memberships WHERE org_id = $1 AND user_id = $2").bind(org.to_string()).bind(user.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
-#[tracing::instrument(name = "store.accounts.count_owners", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.count_owners", skip_all)]
 pub async fn count_owners(conn: &mut Conn, org: OrgId) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT COUNT(*) FROM memberships WHERE org_id = $1 AND role = 'owner'").bind(org.to_string()).fetch_one(conn).await
 }
@@ -156,13 +156,13 @@ pub async fn count_owners(conn: &mut Conn, org: OrgId) -> Result<i64, sqlx::Erro
 /// Serialises membership changes within one organization for the rest of the transaction
 /// (a no-op write takes the row lock on PostgreSQL and the write lock on SQLite), so two
 /// concurrent demotions cannot both pass the last-owner check.
-#[tracing::instrument(name = "store.accounts.lock_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.lock_org", skip_all)]
 pub async fn lock_org(conn: &mut Conn, org: OrgId) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE organizations SET name = name WHERE id = $1").bind(org.to_string()).execute(conn).await?;
     Ok(())
 }
 
-#[tracing::instrument(name = "store.accounts.org_name", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.accounts.org_name", skip_all)]
 pub async fn org_name(conn: &mut Conn, org: OrgId) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT name FROM organizations WHERE id = $1").bind(org.to_string()).fetch_optional(conn).await
 }

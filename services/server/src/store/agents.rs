@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::Conn;
 use crate::domain::{ClusterId, OrgId};
 
-#[tracing::instrument(name = "store.agents.insert_certificate", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.insert_certificate", skip_all)]
 pub async fn insert_certificate(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, not_after: i64, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO agent_certificates (serial, org_id, cluster_id, not_after, created_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(serial)
@@ -20,7 +20,7 @@ pub async fn insert_certificate(conn: &mut Conn, serial: &str, org: OrgId, clust
 
 /// True when the certificate was issued to this cluster, is unrevoked and unexpired, and the
 /// cluster still exists.
-#[tracing::instrument(name = "store.agents.certificate_is_valid", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.certificate_is_valid", skip_all)]
 pub async fn certificate_is_valid(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, now: i64) -> Result<bool, sqlx::Error> {
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
@@ -37,7 +37,7 @@ pub async fn certificate_is_valid(conn: &mut Conn, serial: &str, org: OrgId, clu
 
 /// Of the streams' (org, cluster, serial), those whose certificate is no longer valid (see
 /// `certificate_is_valid`), in a few statements however many streams there are.
-#[tracing::instrument(name = "store.agents.invalid_certificates", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.invalid_certificates", skip_all)]
 pub async fn invalid_certificates(conn: &mut Conn, open: &[(OrgId, ClusterId, String)], now: i64) -> Result<Vec<(ClusterId, String)>, sqlx::Error> {
     let mut valid = std::collections::HashSet::new();
     for chunk in open.chunks(super::rows_per_statement(conn, 1)) {
@@ -62,7 +62,7 @@ pub async fn invalid_certificates(conn: &mut Conn, open: &[(OrgId, ClusterId, St
 }
 
 /// Revokes every certificate of the cluster's agent; it must register again.
-#[tracing::instrument(name = "store.agents.revoke_all", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.revoke_all", skip_all)]
 pub async fn revoke_all(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("UPDATE agent_certificates SET revoked_at = $3 WHERE org_id = $1 AND cluster_id = $2 AND revoked_at IS NULL")
         .bind(org.to_string())
@@ -75,7 +75,7 @@ pub async fn revoke_all(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i6
 
 /// `clock_skew`: the agent's clock minus ours (ms), when its Hello told; an agent that does not
 /// tell leaves none.
-#[tracing::instrument(name = "store.agents.mark_connected", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.mark_connected", skip_all)]
 pub async fn mark_connected(
     conn: &mut Conn,
     cluster: ClusterId,
@@ -101,7 +101,7 @@ pub async fn mark_connected(
 }
 
 /// Marks the agent gone, unless a newer stream (perhaps on another replica) took over.
-#[tracing::instrument(name = "store.agents.mark_disconnected", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.mark_disconnected", skip_all)]
 pub async fn mark_disconnected(conn: &mut Conn, cluster: ClusterId, session: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE clusters SET status = 'disconnected', last_seen_at = $3 WHERE id = $1 AND agent_session = $2")
         .bind(cluster.to_string())
@@ -122,7 +122,7 @@ pub struct Seen {
 /// Records when each cluster's agent was last heard from, and its clock skew when told, in
 /// multi-row statements; a time never moves backwards (a late flush must not undo a newer
 /// connect or disconnect).
-#[tracing::instrument(name = "store.agents.touch_each", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.touch_each", skip_all)]
 pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, Seen)]) -> Result<(), sqlx::Error> {
     for chunk in seen.chunks(super::rows_per_statement(conn, 3)) {
         // VALUES columns are column1, column2, ... on both engines; a NULL's type is stated.

@@ -46,7 +46,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Channel, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.alert_channels.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, c: &Channel) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("INSERT INTO alert_channels ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"))
         .bind(c.id.to_string())
@@ -68,31 +68,31 @@ pub async fn insert(conn: &mut Conn, c: &Channel) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-#[tracing::instrument(name = "store.alert_channels.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<Channel>, sqlx::Error> {
     let rows =
         sqlx::query(&format!("SELECT {COLUMNS} FROM alert_channels WHERE org_id = $1 ORDER BY created_at, id")).bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
 }
 
-#[tracing::instrument(name = "store.alert_channels.list_enabled", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.list_enabled", skip_all)]
 pub async fn list_enabled(conn: &mut Conn, org: OrgId) -> Result<Vec<Channel>, sqlx::Error> {
     Ok(list(conn, org).await?.into_iter().filter(|c| c.enabled).collect())
 }
 
-#[tracing::instrument(name = "store.alert_channels.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<Option<Channel>, sqlx::Error> {
     super::one_of_org(conn, "alert_channels", COLUMNS, org, id, from_row).await
 }
 
-#[tracing::instrument(name = "store.alert_channels.delete", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.delete", skip_all)]
 pub async fn delete(conn: &mut Conn, org: OrgId, id: ChannelId) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM alert_channels WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Makes `secret_sealed` the signing secret; the current one keeps signing until `until`.
-#[tracing::instrument(name = "store.alert_channels.rotate_secret", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.rotate_secret", skip_all)]
 pub async fn rotate_secret(conn: &mut Conn, org: OrgId, id: ChannelId, secret_sealed: &str, until: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE alert_channels SET previous_secret_sealed = secret_sealed, previous_secret_until = $3, secret_sealed = $4 WHERE org_id = $1 AND id = $2",
@@ -139,7 +139,7 @@ impl Outcome {
 /// Records when the channel started failing (kept through further failures, cleared by a
 /// success). Writes only when that changes: a healthy channel's row is not rewritten (nor
 /// locked) by every delivery.
-#[tracing::instrument(name = "store.alert_channels.record_outcome", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.record_outcome", skip_all)]
 pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, outcome: Outcome) -> Result<(), sqlx::Error> {
     let q = match outcome {
         Outcome::Succeeded => sqlx::query("UPDATE alert_channels SET failing_since = NULL WHERE org_id = $1 AND id = $2 AND failing_since IS NOT NULL"),
@@ -157,7 +157,7 @@ pub async fn record_outcome(conn: &mut Conn, org: OrgId, id: ChannelId, outcome:
 }
 
 /// Writes what an admin can change of a channel: its name, receiver and whether it is enabled.
-#[tracing::instrument(name = "store.alert_channels.update", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.update", skip_all)]
 pub async fn update(conn: &mut Conn, c: &Channel) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE alert_channels SET name = $3, url_sealed = $4, url_display = $5, routing_key_sealed = $6, enabled = $7, disabled_reason = $8, \
@@ -178,7 +178,7 @@ pub async fn update(conn: &mut Conn, c: &Channel) -> Result<bool, sqlx::Error> {
 }
 
 /// Stops deliveries to the channel, saying why (shown in the API).
-#[tracing::instrument(name = "store.alert_channels.disable", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.disable", skip_all)]
 pub async fn disable(conn: &mut Conn, org: OrgId, id: ChannelId, reason: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE alert_channels SET enabled = 0, disabled_reason = $3 WHERE org_id = $1 AND id = $2")
         .bind(org.to_string())
@@ -191,7 +191,7 @@ pub async fn disable(conn: &mut Conn, org: OrgId, id: ChannelId, reason: &str) -
 
 /// The channels of (organization, channel) pairs, for the delivery job's claims, which span
 /// organizations; each is found only within its own organization.
-#[tracing::instrument(name = "store.alert_channels.get_many", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alert_channels.get_many", skip_all)]
 pub async fn get_many(conn: &mut Conn, ids: &[(OrgId, ChannelId)]) -> Result<std::collections::HashMap<ChannelId, Channel>, sqlx::Error> {
     let mut out = std::collections::HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(super::rows_per_statement(conn, 2)) {

@@ -65,7 +65,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Alert, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.alerts.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("INSERT INTO alerts ({COLUMNS}, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"))
         .bind(a.id.to_string())
@@ -90,7 +90,7 @@ pub async fn insert(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Er
 }
 
 /// Writes an alert's changed state, summary and times.
-#[tracing::instrument(name = "store.alerts.update", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.update", skip_all)]
 pub async fn update(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE alerts SET state = $3, severity = $4, summary = $5, fired_at = $6, cleared_at = $7, ends_at = $8, notified_at = $9, updated_at = $10
@@ -112,19 +112,19 @@ pub async fn update(conn: &mut Conn, a: &Alert, now: i64) -> Result<(), sqlx::Er
 }
 
 /// The organization's pending and firing alerts.
-#[tracing::instrument(name = "store.alerts.open_of_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.open_of_org", skip_all)]
 pub async fn open_of_org(conn: &mut Conn, org: OrgId) -> Result<Vec<Alert>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM alerts WHERE org_id = $1 AND state <> 'resolved'")).bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
 }
 
-#[tracing::instrument(name = "store.alerts.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: AlertId) -> Result<Option<Alert>, sqlx::Error> {
     super::one_of_org(conn, "alerts", COLUMNS, org, id, from_row).await
 }
 
 /// Newest first (ids are time-ordered); `before` is the last id of the previous page.
-#[tracing::instrument(name = "store.alerts.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.list", skip_all)]
 pub async fn list(
     conn: &mut Conn,
     org: OrgId,
@@ -148,7 +148,7 @@ pub async fn list(
 }
 
 /// Organizations with at least one cluster: those evaluation looks at.
-#[tracing::instrument(name = "store.alerts.orgs_with_clusters", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.orgs_with_clusters", skip_all)]
 pub async fn orgs_with_clusters(conn: &mut Conn) -> Result<Vec<OrgId>, sqlx::Error> {
     let rows = sqlx::query("SELECT DISTINCT org_id FROM clusters").fetch_all(conn).await?;
     rows.iter().map(|r| parse_col(&r.try_get::<String, _>("org_id")?, "clusters.org_id")).collect()
@@ -162,7 +162,7 @@ pub struct RuleChange {
     pub for_ms: Option<i64>,
 }
 
-#[tracing::instrument(name = "store.alerts.rule_changes", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.rule_changes", skip_all)]
 pub async fn rule_changes(conn: &mut Conn, org: OrgId) -> Result<HashMap<String, RuleChange>, sqlx::Error> {
     let rows = sqlx::query("SELECT rule, disabled_at, severity, for_ms FROM alert_rules WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter()
@@ -178,7 +178,7 @@ pub async fn rule_changes(conn: &mut Conn, org: OrgId) -> Result<HashMap<String,
         .collect()
 }
 
-#[tracing::instrument(name = "store.alerts.set_rule", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.set_rule", skip_all)]
 pub async fn set_rule(conn: &mut Conn, org: OrgId, rule: &str, change: &RuleChange, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO alert_rules (org_id, rule, disabled_at, severity, for_ms, updated_at) VALUES ($1, $2, $3, $4, $5, $6)
@@ -196,14 +196,14 @@ pub async fn set_rule(conn: &mut Conn, org: OrgId, rule: &str, change: &RuleChan
 }
 
 /// Deletes alerts that resolved before `cutoff`; returns how many.
-#[tracing::instrument(name = "store.alerts.delete_resolved_before", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.delete_resolved_before", skip_all)]
 pub async fn delete_resolved_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM alerts WHERE state = 'resolved' AND ends_at < $1").bind(cutoff).execute(conn).await?;
     Ok(done.rows_affected())
 }
 
 /// The last alert of each fingerprint that resolved: what a group tells its channels resolved.
-#[tracing::instrument(name = "store.alerts.last_resolved", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.last_resolved", skip_all)]
 pub async fn last_resolved(conn: &mut Conn, org: OrgId, fingerprints: &[&str]) -> Result<Vec<Alert>, sqlx::Error> {
     let mut found = Vec::new();
     for fingerprint in fingerprints {
@@ -220,7 +220,7 @@ pub async fn last_resolved(conn: &mut Conn, org: OrgId, fingerprints: &[&str]) -
 }
 
 /// Records that the firing of these open alerts was sent (the first time only).
-#[tracing::instrument(name = "store.alerts.mark_notified", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.alerts.mark_notified", skip_all)]
 pub async fn mark_notified(conn: &mut Conn, org: OrgId, ids: &[AlertId], now: i64) -> Result<(), sqlx::Error> {
     for id in ids {
         sqlx::query("UPDATE alerts SET notified_at = $3 WHERE org_id = $1 AND id = $2 AND notified_at IS NULL")

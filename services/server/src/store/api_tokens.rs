@@ -33,7 +33,7 @@ pub struct NewApiToken<'a> {
     pub expires_at: i64,
 }
 
-#[tracing::instrument(name = "store.api_tokens.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, t: &NewApiToken<'_>) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO api_tokens (id, org_id, name, role, prefix, token_hash, created_by, created_at, expires_at)
@@ -69,19 +69,19 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<ApiToken, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.api_tokens.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<ApiToken>, sqlx::Error> {
     let rows =
         sqlx::query(&format!("SELECT {COLUMNS} FROM api_tokens WHERE org_id = $1 ORDER BY created_at DESC, id")).bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
 }
 
-#[tracing::instrument(name = "store.api_tokens.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: TokenId) -> Result<Option<ApiToken>, sqlx::Error> {
     super::one_of_org(conn, "api_tokens", COLUMNS, org, id, from_row).await
 }
 
-#[tracing::instrument(name = "store.api_tokens.revoke", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.revoke", skip_all)]
 pub async fn revoke(conn: &mut Conn, org: OrgId, id: TokenId, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE org_id = $1 AND id = $2 AND revoked_at IS NULL")
         .bind(org.to_string())
@@ -102,7 +102,7 @@ pub struct Authenticated {
 }
 
 /// A live (unrevoked, unexpired) token by its hash, whose creator is still a member.
-#[tracing::instrument(name = "store.api_tokens.authenticate", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.authenticate", skip_all)]
 pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<Authenticated>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT t.id AS id, t.org_id AS org_id, t.role AS own_role, m.role AS creator_role, t.last_used_at AS last_used_at, t.expires_at AS expires_at
@@ -129,7 +129,7 @@ pub async fn authenticate(conn: &mut Conn, token_hash: &str, now: i64) -> Result
 }
 
 /// The member a token acts for: a token made by a token acts for the same member.
-#[tracing::instrument(name = "store.api_tokens.creator", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.creator", skip_all)]
 pub async fn creator(conn: &mut Conn, org: OrgId, id: TokenId) -> Result<Option<UserId>, sqlx::Error> {
     let creator: Option<Option<String>> = sqlx::query_scalar("SELECT created_by FROM api_tokens WHERE org_id = $1 AND id = $2")
         .bind(org.to_string())
@@ -140,7 +140,7 @@ pub async fn creator(conn: &mut Conn, org: OrgId, id: TokenId) -> Result<Option<
 }
 
 /// Revokes every live token the member created in the organization; returns how many.
-#[tracing::instrument(name = "store.api_tokens.revoke_created_by", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.revoke_created_by", skip_all)]
 pub async fn revoke_created_by(conn: &mut Conn, org: OrgId, user: UserId, now: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("UPDATE api_tokens SET revoked_at = $3 WHERE org_id = $1 AND created_by = $2 AND revoked_at IS NULL")
         .bind(org.to_string())
@@ -151,7 +151,7 @@ pub async fn revoke_created_by(conn: &mut Conn, org: OrgId, user: UserId, now: i
     Ok(done.rows_affected())
 }
 
-#[tracing::instrument(name = "store.api_tokens.touch", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.api_tokens.touch", skip_all)]
 pub async fn touch(conn: &mut Conn, id: TokenId, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1").bind(id.to_string()).bind(now).execute(conn).await?;
     Ok(())

@@ -9,7 +9,7 @@ use crate::domain::audit::{Actor, AuditEntry};
 use crate::domain::OrgId;
 
 /// Appends that `actor` did `action` to `target`; call it in the transaction of the mutation.
-#[tracing::instrument(name = "store.audit.record", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.audit.record", skip_all)]
 pub async fn record(
     conn: &mut Conn,
     org: OrgId,
@@ -22,13 +22,13 @@ pub async fn record(
     insert(conn, &AuditEntry::new(org, now, actor, action, target, details)).await
 }
 
-#[tracing::instrument(name = "store.audit.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.audit.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, e: &AuditEntry) -> Result<(), sqlx::Error> {
     insert_many(conn, std::slice::from_ref(e)).await
 }
 
 /// Inserts entries by multi-row statements (a rollout's look may record a thousand steps).
-#[tracing::instrument(name = "store.audit.insert_many", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.audit.insert_many", skip_all)]
 pub async fn insert_many(conn: &mut Conn, entries: &[AuditEntry]) -> Result<(), sqlx::Error> {
     const COLS: usize = 9;
     for chunk in entries.chunks(super::rows_per_statement(conn, COLS)) {
@@ -55,7 +55,7 @@ pub async fn insert_many(conn: &mut Conn, entries: &[AuditEntry]) -> Result<(), 
 }
 
 /// Newest first; `before` is the id of the last entry of the previous page.
-#[tracing::instrument(name = "store.audit.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.audit.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId, before: Option<uuid::Uuid>, limit: u32) -> Result<Vec<AuditEntry>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT id, org_id, at, actor_kind, actor_id, action, target_kind, target_id, details FROM audit_log
@@ -85,7 +85,7 @@ pub async fn list(conn: &mut Conn, org: OrgId, before: Option<uuid::Uuid>, limit
 
 /// What people call the actors and targets of `entries`: users' e-mails and the names of
 /// clusters and API tokens, keyed by (kind, id). Deleted things are missing from the map.
-#[tracing::instrument(name = "store.audit.names", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.audit.names", skip_all)]
 pub async fn names(conn: &mut Conn, org: OrgId, entries: &[AuditEntry]) -> Result<HashMap<(String, String), String>, sqlx::Error> {
     let mut ids: HashMap<&str, BTreeSet<&str>> = HashMap::new();
     for e in entries {

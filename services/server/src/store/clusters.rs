@@ -54,7 +54,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Cluster, sqlx::Error> {
 }
 
 /// Fails with a unique violation when the name is taken in the organization.
-#[tracing::instrument(name = "store.clusters.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, cluster: &Cluster) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO clusters (id, org_id, name, labels, status, created_at, updated_at, last_seen_at)
@@ -90,7 +90,7 @@ async fn insert_label_rows(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &
     Ok(())
 }
 
-#[tracing::instrument(name = "store.clusters.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cluster>, sqlx::Error> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1 AND c.id = $2"))
         .bind(org.to_string())
@@ -102,7 +102,7 @@ pub async fn get(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<Option<Cl
 
 /// The clusters of `org` among `ids` (those that still exist), by id, a query per
 /// `rows_per_statement` ids.
-#[tracing::instrument(name = "store.clusters.get_many", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.get_many", skip_all)]
 pub async fn get_many(conn: &mut Conn, org: OrgId, ids: &[ClusterId]) -> Result<HashMap<ClusterId, Cluster>, sqlx::Error> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(super::rows_per_statement(conn, 1)) {
@@ -130,7 +130,7 @@ pub struct ListQuery<'a> {
 }
 
 /// A page of clusters ordered by name, filtered by label selector and status.
-#[tracing::instrument(name = "store.clusters.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Vec<Cluster>, sqlx::Error> {
     let page = page(conn, org, q).await?;
     let decode = |e: serde_json::Error| sqlx::Error::Decode(e.into());
@@ -191,7 +191,7 @@ impl Page {
     }
 }
 
-#[tracing::instrument(name = "store.clusters.page", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.page", skip_all)]
 pub async fn page(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Page, sqlx::Error> {
     let mut sql = format!("SELECT {COLUMNS} FROM clusters c WHERE c.org_id = $1");
     let mut binds: Vec<String> = vec![org.to_string()];
@@ -251,7 +251,7 @@ pub async fn page(conn: &mut Conn, org: OrgId, q: &ListQuery<'_>) -> Result<Page
     Ok(Page(query.fetch_one(conn).await?.try_get(0)?))
 }
 
-#[tracing::instrument(name = "store.clusters.update_labels", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.update_labels", skip_all)]
 pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &Labels, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("UPDATE clusters SET labels = $3, updated_at = $4 WHERE org_id = $1 AND id = $2")
         .bind(org.to_string())
@@ -268,20 +268,20 @@ pub async fn update_labels(conn: &mut Conn, org: OrgId, id: ClusterId, labels: &
     Ok(true)
 }
 
-#[tracing::instrument(name = "store.clusters.delete", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.delete", skip_all)]
 pub async fn delete(conn: &mut Conn, org: OrgId, id: ClusterId) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM clusters WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
 
-#[tracing::instrument(name = "store.clusters.name_taken", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.name_taken", skip_all)]
 pub async fn name_taken(conn: &mut Conn, org: OrgId, name: &ClusterName) -> Result<bool, sqlx::Error> {
     let n: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM clusters WHERE org_id = $1 AND name = $2").bind(org.to_string()).bind(name.as_str()).fetch_one(conn).await?;
     Ok(n > 0)
 }
 
-#[tracing::instrument(name = "store.clusters.insert_bootstrap_token", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.insert_bootstrap_token", skip_all)]
 pub async fn insert_bootstrap_token(conn: &mut Conn, token_hash: &str, org: OrgId, cluster: ClusterId, now: i64, expires_at: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO bootstrap_tokens (token_hash, org_id, cluster_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
         .bind(token_hash)
@@ -295,7 +295,7 @@ pub async fn insert_bootstrap_token(conn: &mut Conn, token_hash: &str, org: OrgI
 }
 
 /// Re-issuing a token retires the cluster's earlier unused ones.
-#[tracing::instrument(name = "store.clusters.expire_bootstrap_tokens", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.expire_bootstrap_tokens", skip_all)]
 pub async fn expire_bootstrap_tokens(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE bootstrap_tokens SET expires_at = $3 WHERE org_id = $1 AND cluster_id = $2 AND used_at IS NULL AND expires_at > $3")
         .bind(org.to_string())
@@ -308,7 +308,7 @@ pub async fn expire_bootstrap_tokens(conn: &mut Conn, org: OrgId, cluster: Clust
 
 /// Spends a bootstrap token: returns its cluster once, and never again; None when the token
 /// is unknown, expired or already used.
-#[tracing::instrument(name = "store.clusters.consume_bootstrap_token", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.consume_bootstrap_token", skip_all)]
 pub async fn consume_bootstrap_token(conn: &mut Conn, token_hash: &str, now: i64) -> Result<Option<(OrgId, ClusterId)>, sqlx::Error> {
     let done = sqlx::query("UPDATE bootstrap_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL AND expires_at > $2")
         .bind(token_hash)
@@ -333,7 +333,7 @@ pub enum TokenState {
 }
 
 /// What became of a bootstrap token, so a refused agent is told why.
-#[tracing::instrument(name = "store.clusters.bootstrap_token_state", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.clusters.bootstrap_token_state", skip_all)]
 pub async fn bootstrap_token_state(conn: &mut Conn, token_hash: &str, now: i64) -> Result<TokenState, sqlx::Error> {
     let row = sqlx::query("SELECT used_at, expires_at FROM bootstrap_tokens WHERE token_hash = $1").bind(token_hash).fetch_optional(conn).await?;
     Ok(match row {

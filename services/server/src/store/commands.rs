@@ -87,13 +87,13 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Command, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.commands.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, c: &Command) -> Result<(), sqlx::Error> {
     insert_many(conn, std::slice::from_ref(c)).await
 }
 
 /// Inserts commands by multi-row statements (a rollout's look may send a thousand).
-#[tracing::instrument(name = "store.commands.insert_many", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.insert_many", skip_all)]
 pub async fn insert_many(conn: &mut Conn, commands: &[Command]) -> Result<(), sqlx::Error> {
     const COLS: usize = 15;
     for chunk in commands.chunks(super::rows_per_statement(conn, COLS)) {
@@ -122,7 +122,7 @@ pub async fn insert_many(conn: &mut Conn, commands: &[Command]) -> Result<(), sq
     Ok(())
 }
 
-#[tracing::instrument(name = "store.commands.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, cluster: ClusterId, id: CommandId) -> Result<Option<Command>, sqlx::Error> {
     let row = sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND id = $3"))
         .bind(org.to_string())
@@ -135,7 +135,7 @@ pub async fn get(conn: &mut Conn, org: OrgId, cluster: ClusterId, id: CommandId)
 
 /// The organization's commands with these ids, in as few queries as the engine allows (one
 /// for up to 500): what the rollouts job reads of every cluster it moves along in one look.
-#[tracing::instrument(name = "store.commands.get_many", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.get_many", skip_all)]
 pub async fn get_many(conn: &mut Conn, org: OrgId, ids: &[CommandId]) -> Result<std::collections::HashMap<CommandId, Command>, sqlx::Error> {
     let mut out = std::collections::HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
@@ -154,7 +154,7 @@ pub async fn get_many(conn: &mut Conn, org: OrgId, ids: &[CommandId]) -> Result<
 }
 
 /// Newest first; `before` is the last id of the previous page.
-#[tracing::instrument(name = "store.commands.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Option<CommandId>, limit: u32) -> Result<Vec<Command>, sqlx::Error> {
     let rows =
         sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE org_id = $1 AND cluster_id = $2 AND ($3 = '' OR id < $3) ORDER BY id DESC LIMIT {limit}"))
@@ -167,7 +167,7 @@ pub async fn list(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Optio
 }
 
 /// Commands the agent has not finished, oldest first: what a (re)connected agent is sent.
-#[tracing::instrument(name = "store.commands.open_for_cluster", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.open_for_cluster", skip_all)]
 pub async fn open_for_cluster(conn: &mut Conn, cluster: ClusterId, now: i64) -> Result<Vec<Command>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM commands WHERE cluster_id = $1 AND state IN {OPEN_STATES} AND deadline > $2 ORDER BY id"))
         .bind(cluster.to_string())
@@ -178,13 +178,13 @@ pub async fn open_for_cluster(conn: &mut Conn, cluster: ClusterId, now: i64) -> 
 }
 
 /// Clusters with commands never delivered: the polling fallback for cross-replica routing.
-#[tracing::instrument(name = "store.commands.clusters_with_pending", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.clusters_with_pending", skip_all)]
 pub async fn clusters_with_pending(conn: &mut Conn, now: i64) -> Result<Vec<ClusterId>, sqlx::Error> {
     let rows = sqlx::query("SELECT DISTINCT cluster_id FROM commands WHERE state = 'pending' AND deadline > $1").bind(now).fetch_all(conn).await?;
     rows.iter().map(|r| parse_col(&r.try_get::<String, _>("cluster_id")?, "commands.cluster_id")).collect()
 }
 
-#[tracing::instrument(name = "store.commands.mark_delivered", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.mark_delivered", skip_all)]
 pub async fn mark_delivered(conn: &mut Conn, id: CommandId, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE commands SET attempts = attempts + 1, delivered_at = $2,
@@ -207,7 +207,7 @@ pub struct Outcome<'a> {
 
 /// Applies a result from the cluster's own agent; a final state is never overwritten, so a
 /// resent result is a no-op.
-#[tracing::instrument(name = "store.commands.record_result", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.record_result", skip_all)]
 pub async fn record_result(conn: &mut Conn, cluster: ClusterId, id: CommandId, outcome: &Outcome<'_>, now: i64) -> Result<bool, sqlx::Error> {
     let Outcome { state, progress, message, output } = *outcome;
     let final_state = matches!(state, "succeeded" | "failed");
@@ -229,7 +229,7 @@ pub async fn record_result(conn: &mut Conn, cluster: ClusterId, id: CommandId, o
     Ok(done.rows_affected() == 1)
 }
 
-#[tracing::instrument(name = "store.commands.expire_overdue", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.expire_overdue", skip_all)]
 pub async fn expire_overdue(conn: &mut Conn, now: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(&format!(
         "UPDATE commands SET state = 'expired', completed_at = $1, message = 'the agent did not finish before the deadline'

@@ -29,7 +29,7 @@ impl Golden {
 }
 
 /// Per-cluster totals of every cluster in the organization since `since` (ms).
-#[tracing::instrument(name = "store.fleet.golden_since", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.golden_since", skip_all)]
 pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
     roll_up(conn, Scope::Org(org)).await?;
     let rows = sqlx::query(
@@ -58,7 +58,7 @@ pub async fn golden_since(conn: &mut Conn, org: OrgId, since: i64) -> Result<Has
 }
 
 /// Per-minute totals of one cluster since `since`, oldest first.
-#[tracing::instrument(name = "store.fleet.golden_by_minute", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.golden_by_minute", skip_all)]
 pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<(i64, Golden)>, sqlx::Error> {
     roll_up(conn, Scope::Cluster(org, cluster)).await?;
     let rows = sqlx::query(
@@ -81,7 +81,7 @@ pub async fn golden_by_minute(conn: &mut Conn, org: OrgId, cluster: ClusterId, s
 /// Totals of each of `clusters` over the minutes `from..=to`, in one roll-up and a query per
 /// `rows_per_statement` clusters (a rollout's look asks for a whole wave at once); a cluster
 /// without traffic gets zeros.
-#[tracing::instrument(name = "store.fleet.golden_between_of", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.golden_between_of", skip_all)]
 pub async fn golden_between_of(conn: &mut Conn, org: OrgId, clusters: &[ClusterId], from: i64, to: i64) -> Result<HashMap<ClusterId, Golden>, sqlx::Error> {
     roll_up(conn, Scope::Org(org)).await?;
     let mut out: HashMap<ClusterId, Golden> = clusters.iter().map(|c| (*c, Golden::default())).collect();
@@ -112,7 +112,7 @@ pub async fn golden_between_of(conn: &mut Conn, org: OrgId, clusters: &[ClusterI
 }
 
 /// Per-minute totals of several clusters since `since`, oldest first, in one query.
-#[tracing::instrument(name = "store.fleet.golden_by_minute_of", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.golden_by_minute_of", skip_all)]
 pub async fn golden_by_minute_of(
     conn: &mut Conn,
     org: OrgId,
@@ -146,7 +146,7 @@ pub async fn golden_by_minute_of(
 }
 
 /// Cluster-wide facts of every cluster in the organization that reported an inventory.
-#[tracing::instrument(name = "store.fleet.facts_of_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.facts_of_org", skip_all)]
 pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Facts>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter()
@@ -160,14 +160,14 @@ pub async fn facts_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<Cluster
 
 /// Pods per proxy version, per cluster, for the whole organization.
 /// Each cluster's clock skew (ms), where its agent told.
-#[tracing::instrument(name = "store.fleet.clock_skews_of_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.clock_skews_of_org", skip_all)]
 pub async fn clock_skews_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, i64>, sqlx::Error> {
     let rows =
         sqlx::query("SELECT id, clock_skew_ms FROM clusters WHERE org_id = $1 AND clock_skew_ms IS NOT NULL").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(|r| Ok((parse_col(&r.try_get::<String, _>("id")?, "clusters.id")?, r.try_get("clock_skew_ms")?))).collect()
 }
 
-#[tracing::instrument(name = "store.fleet.proxy_versions_of_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.fleet.proxy_versions_of_org", skip_all)]
 pub async fn proxy_versions_of_org(conn: &mut Conn, org: OrgId) -> Result<HashMap<ClusterId, Vec<(String, i64)>>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, proxy_version, COUNT(*) AS pods FROM cluster_pods WHERE org_id = $1 GROUP BY cluster_id, proxy_version")
         .bind(org.to_string())

@@ -76,14 +76,14 @@ pub struct Pod {
 }
 
 /// Replaces the cluster's whole inventory.
-#[tracing::instrument(name = "store.inventory.replace", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.replace", skip_all)]
 pub async fn replace(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &Facts, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM cluster_pods WHERE cluster_id = $1").bind(cluster.to_string()).execute(&mut *conn).await?;
     set_facts(conn, org, cluster, facts, now).await?;
     upsert_pods(conn, org, cluster, pods, now).await
 }
 
-#[tracing::instrument(name = "store.inventory.set_facts", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.set_facts", skip_all)]
 pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &Facts, now: i64) -> Result<(), sqlx::Error> {
     let json = serde_json::to_string(facts).expect("facts always serialize");
     sqlx::query(
@@ -106,7 +106,7 @@ pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &
     Ok(())
 }
 
-#[tracing::instrument(name = "store.inventory.upsert_pods", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.upsert_pods", skip_all)]
 pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: &[Pod], now: i64) -> Result<(), sqlx::Error> {
     for chunk in pods.chunks(super::rows_per_statement(conn, 13)) {
         let sql = format!(
@@ -140,7 +140,7 @@ pub async fn upsert_pods(conn: &mut Conn, org: OrgId, cluster: ClusterId, pods: 
     Ok(())
 }
 
-#[tracing::instrument(name = "store.inventory.remove_pods", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.remove_pods", skip_all)]
 pub async fn remove_pods(conn: &mut Conn, cluster: ClusterId, pods: &[(String, String)]) -> Result<(), sqlx::Error> {
     for (namespace, name) in pods {
         sqlx::query("DELETE FROM cluster_pods WHERE cluster_id = $1 AND namespace = $2 AND name = $3")
@@ -153,7 +153,7 @@ pub async fn remove_pods(conn: &mut Conn, cluster: ClusterId, pods: &[(String, S
     Ok(())
 }
 
-#[tracing::instrument(name = "store.inventory.facts", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.facts", skip_all)]
 pub async fn facts(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Option<(Facts, i64)>, sqlx::Error> {
     let row = sqlx::query("SELECT facts, updated_at FROM cluster_inventory WHERE org_id = $1 AND cluster_id = $2")
         .bind(org.to_string())
@@ -167,7 +167,7 @@ pub async fn facts(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Op
     .transpose()
 }
 
-#[tracing::instrument(name = "store.inventory.pods", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.pods", skip_all)]
 pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec<Pod>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT namespace, name, workload, proxy_version, ready, restarts, phase, bundle_fingerprints, leaf_anchor, leaf_not_after FROM cluster_pods
@@ -196,14 +196,14 @@ pub async fn pods(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Vec
 }
 
 /// Every cluster's facts in the organization.
-#[tracing::instrument(name = "store.inventory.org_facts", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.org_facts", skip_all)]
 pub async fn org_facts(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, Facts)>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, facts FROM cluster_inventory WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(|r| Ok((super::parse_col(&r.try_get::<String, _>("cluster_id")?, "cluster_inventory.cluster_id")?, super::json_col(r, "facts")?))).collect()
 }
 
 /// Per cluster of the organization, the earliest expiry of a proxy leaf its pods report (ms).
-#[tracing::instrument(name = "store.inventory.earliest_leaves", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.earliest_leaves", skip_all)]
 pub async fn earliest_leaves(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, i64)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT cluster_id, MIN(leaf_not_after) AS earliest FROM cluster_pods WHERE org_id = $1 AND leaf_not_after IS NOT NULL GROUP BY cluster_id",
@@ -216,7 +216,7 @@ pub async fn earliest_leaves(conn: &mut Conn, org: OrgId) -> Result<Vec<(Cluster
 
 /// Each cluster's control-plane version as its agent last reported it (reported ones only),
 /// read out of the facts by the database rather than by parsing every document here.
-#[tracing::instrument(name = "store.inventory.control_plane_versions", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.inventory.control_plane_versions", skip_all)]
 pub async fn control_plane_versions(conn: &mut Conn, org: OrgId) -> Result<std::collections::HashMap<ClusterId, String>, sqlx::Error> {
     let version = if conn.backend_name() == "SQLite" { "json_extract(facts, '$.control_plane.version')" } else { "(facts::json)->'control_plane'->>'version'" };
     let rows =

@@ -8,7 +8,7 @@ use super::Conn;
 
 /// Counts one attempt for `subject` and returns (attempts in its window, window start). A
 /// window that ended at or before `now - window_ms` starts afresh with this attempt.
-#[tracing::instrument(name = "store.login_throttle.count_attempt", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.login_throttle.count_attempt", skip_all)]
 pub async fn count_attempt(conn: &mut Conn, subject: &str, now: i64, window_ms: i64) -> Result<(i64, i64), sqlx::Error> {
     let row = sqlx::query(
         "INSERT INTO login_throttle (subject, window_start, attempts) VALUES ($1, $2, 1)
@@ -27,7 +27,7 @@ pub async fn count_attempt(conn: &mut Conn, subject: &str, now: i64, window_ms: 
 
 /// Takes back one attempt counted in the window that started at `window_start` (a later
 /// window is left alone).
-#[tracing::instrument(name = "store.login_throttle.uncount_attempt", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.login_throttle.uncount_attempt", skip_all)]
 pub async fn uncount_attempt(conn: &mut Conn, subject: &str, window_start: i64) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE login_throttle SET attempts = attempts - 1 WHERE subject = $1 AND window_start = $2 AND attempts > 0")
         .bind(subject)
@@ -38,7 +38,7 @@ pub async fn uncount_attempt(conn: &mut Conn, subject: &str, window_start: i64) 
 }
 
 /// Deletes the rows of windows that ended, so the table holds only recent subjects.
-#[tracing::instrument(name = "store.login_throttle.forget_ended", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.login_throttle.forget_ended", skip_all)]
 pub async fn forget_ended(conn: &mut Conn, now: i64, window_ms: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM login_throttle WHERE window_start <= $1").bind(now - window_ms).execute(conn).await?;
     Ok(done.rows_affected())

@@ -48,7 +48,7 @@ fn decode(org_id: OrgId, cluster_id: ClusterId, json: &str) -> Result<Vec<Window
 
 /// Appends one row per report (the windows of one Metrics report, all of one cluster), in
 /// multi-row statements. Reports without windows store nothing.
-#[tracing::instrument(name = "store.metric_reports.append", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_reports.append", skip_all)]
 pub async fn append(conn: &mut Conn, reports: &[(OrgId, ClusterId, &[Window])]) -> Result<(), sqlx::Error> {
     let reports: Vec<_> = reports.iter().filter(|(_, _, w)| !w.is_empty()).collect();
     for chunk in reports.chunks(super::rows_per_statement(conn, 3)) {
@@ -150,7 +150,7 @@ async fn pending(conn: &mut Conn, scope: Scope) -> Result<bool, sqlx::Error> {
 /// Moves the scope's pending reports into metric_rollups: takes them (deleting them),
 /// folds their windows in arrival order into the minutes they touch, and writes those
 /// minutes back, all in one transaction. Returns how many reports it consumed.
-#[tracing::instrument(name = "store.metric_reports.roll_up", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_reports.roll_up", skip_all)]
 pub async fn roll_up(conn: &mut Conn, scope: Scope) -> Result<usize, sqlx::Error> {
     if !pending(conn, scope).await? {
         return Ok(0);

@@ -38,7 +38,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<MetricRule, sqlx::Error> {
 
 /// Inserts the rule, or replaces the one with its id. A name taken by another rule of the
 /// organization fails on the unique index.
-#[tracing::instrument(name = "store.metric_rules.upsert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.upsert", skip_all)]
 pub async fn upsert(conn: &mut Conn, rule: &MetricRule) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM metric_rules WHERE org_id = $1 AND id = $2").bind(rule.org_id.to_string()).bind(rule.id.to_string()).execute(&mut *conn).await?;
     sqlx::query(&format!("INSERT INTO metric_rules ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"))
@@ -63,18 +63,18 @@ pub async fn upsert(conn: &mut Conn, rule: &MetricRule) -> Result<(), sqlx::Erro
 }
 
 /// By name.
-#[tracing::instrument(name = "store.metric_rules.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<MetricRule>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM metric_rules WHERE org_id = $1 ORDER BY name")).bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
 }
 
-#[tracing::instrument(name = "store.metric_rules.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: MetricRuleId) -> Result<Option<MetricRule>, sqlx::Error> {
     super::one_of_org(conn, "metric_rules", COLUMNS, org, id, from_row).await
 }
 
-#[tracing::instrument(name = "store.metric_rules.delete", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.delete", skip_all)]
 pub async fn delete(conn: &mut Conn, org: OrgId, id: MetricRuleId) -> Result<bool, sqlx::Error> {
     let done = sqlx::query("DELETE FROM metric_rules WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
     Ok(done.rows_affected() == 1)
@@ -82,7 +82,7 @@ pub async fn delete(conn: &mut Conn, org: OrgId, id: MetricRuleId) -> Result<boo
 
 /// Each workload of the organization over the complete minutes in `[from, to)`: traffic summed,
 /// latency percentiles as requests-weighted means of the minutes' (as the rollups merge them).
-#[tracing::instrument(name = "store.metric_rules.samples", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.samples", skip_all)]
 pub async fn samples(conn: &mut Conn, org: OrgId, from: i64, to: i64) -> Result<HashMap<(ClusterId, String, String), Sample>, sqlx::Error> {
     roll_up(conn, Scope::Org(org)).await?;
     let weighted = |col: &str| format!("CASE WHEN SUM(requests) = 0 THEN 0.0 ELSE SUM({col} * requests) / SUM(requests) END AS {col}");
@@ -115,13 +115,13 @@ pub async fn samples(conn: &mut Conn, org: OrgId, from: i64, to: i64) -> Result<
 }
 
 /// The organization's workload objectives; the defaults until it sets its own.
-#[tracing::instrument(name = "store.metric_rules.objectives", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.objectives", skip_all)]
 pub async fn objectives(conn: &mut Conn, org: OrgId) -> Result<Objectives, sqlx::Error> {
     let row = sqlx::query("SELECT document FROM workload_objectives WHERE org_id = $1").bind(org.to_string()).fetch_optional(conn).await?;
     Ok(row.as_ref().map(|r| super::json_col(r, "document")).transpose()?.unwrap_or_default())
 }
 
-#[tracing::instrument(name = "store.metric_rules.set_objectives", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_rules.set_objectives", skip_all)]
 pub async fn set_objectives(conn: &mut Conn, org: OrgId, objectives: &Objectives, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO workload_objectives (org_id, document, updated_at) VALUES ($1, $2, $3)

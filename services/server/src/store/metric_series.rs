@@ -81,7 +81,7 @@ impl<'a> Admitted<'a> {
 /// Keeps the windows of series the cluster already has, and of new series while the cluster
 /// stays within `quota` series (registering them). Call inside the transaction that stores
 /// the windows.
-#[tracing::instrument(name = "store.metric_series.admit", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_series.admit", skip_all)]
 pub async fn admit<'a>(
     conn: &mut Conn,
     org: OrgId,
@@ -141,7 +141,7 @@ pub async fn admit<'a>(
 }
 
 /// Forgets series first seen before `cutoff` that have no rollups left (retention removed them).
-#[tracing::instrument(name = "store.metric_series.delete_unused", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.metric_series.delete_unused", skip_all)]
 pub async fn delete_unused(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "DELETE FROM metric_series WHERE first_seen < $1 AND NOT EXISTS (SELECT 1 FROM metric_rollups r

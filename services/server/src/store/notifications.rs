@@ -19,7 +19,7 @@ pub fn new_message_id() -> String {
 /// how many notifications were queued. Each gets its own message id (`msg_…`, the
 /// `webhook-id`, also the `id` inside its body, so `event.id` itself is not sent) and its body
 /// rendered now: every attempt sends the same bytes.
-#[tracing::instrument(name = "store.notifications.enqueue", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.enqueue", skip_all)]
 pub async fn enqueue(conn: &mut Conn, org: OrgId, event: &AlertEvent, now: i64) -> Result<usize, sqlx::Error> {
     let targets = super::alert_channels::list_enabled(&mut *conn, org).await?;
     let mut outbox = Outbox::new(now);
@@ -31,7 +31,7 @@ pub async fn enqueue(conn: &mut Conn, org: OrgId, event: &AlertEvent, now: i64) 
 }
 
 /// Queues `event` for one channel; returns the message id.
-#[tracing::instrument(name = "store.notifications.enqueue_for", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.enqueue_for", skip_all)]
 pub async fn enqueue_for(conn: &mut Conn, channel: &Channel, event: &AlertEvent, now: i64) -> Result<String, sqlx::Error> {
     let mut outbox = Outbox::new(now);
     let id = outbox.push_event(channel, event);
@@ -98,7 +98,7 @@ pub struct Claimed {
 /// concurrency limit on this replica). The cap keeps one channel's backlog from filling a
 /// claim that other channels' messages are waiting for. A claim that is not settled by then
 /// (the replica died) makes the notification due again.
-#[tracing::instrument(name = "store.notifications.claim", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.claim", skip_all)]
 pub async fn claim(conn: &mut Conn, now: i64, claim_until: i64, busy: &[ChannelId], per_channel: usize, limit: u32) -> Result<Vec<Claimed>, sqlx::Error> {
     let busy_list: Vec<String> = (0..busy.len()).map(|i| format!("${}", i + 3)).collect();
     let not_busy = if busy.is_empty() { String::new() } else { format!("AND c.id NOT IN ({})", busy_list.join(", ")) };
@@ -173,7 +173,7 @@ pub struct Attempt {
 
 /// Logs each attempt and settles its notification (releasing its claim): the attempts in
 /// multi-row INSERTs, in the caller's transaction.
-#[tracing::instrument(name = "store.notifications.settle", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.settle", skip_all)]
 pub async fn settle(conn: &mut Conn, settled: &[(&Claimed, &Attempt, Next)]) -> Result<(), sqlx::Error> {
     const COLS: usize = 9;
     for chunk in settled.chunks(rows_per_statement(conn, COLS)) {
@@ -213,7 +213,7 @@ pub async fn settle(conn: &mut Conn, settled: &[(&Claimed, &Attempt, Next)]) -> 
 }
 
 /// The channel's attempts, newest first; `before` is the last attempt id of the previous page.
-#[tracing::instrument(name = "store.notifications.attempts", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.attempts", skip_all)]
 pub async fn attempts(conn: &mut Conn, org: OrgId, channel: ChannelId, before: Option<uuid::Uuid>, limit: u32) -> Result<Vec<Attempt>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT id, message_id, at, status_code, error, latency_ms, response_excerpt FROM delivery_attempts
@@ -240,7 +240,7 @@ pub async fn attempts(conn: &mut Conn, org: OrgId, channel: ChannelId, before: O
 }
 
 /// Sends a message again, from the start of the retry schedule, with the same id and body.
-#[tracing::instrument(name = "store.notifications.redeliver", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.redeliver", skip_all)]
 pub async fn redeliver(conn: &mut Conn, org: OrgId, channel: ChannelId, message_id: &str, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE notifications SET status = 'pending', attempts = 0, next_attempt_at = $4, claimed_until = 0
@@ -256,7 +256,7 @@ pub async fn redeliver(conn: &mut Conn, org: OrgId, channel: ChannelId, message_
 }
 
 /// Gives claimed notifications back at once (this replica will not send them now).
-#[tracing::instrument(name = "store.notifications.release", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.release", skip_all)]
 pub async fn release(conn: &mut Conn, ids: &[String]) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(100) {
         let list: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
@@ -272,7 +272,7 @@ pub async fn release(conn: &mut Conn, ids: &[String]) -> Result<(), sqlx::Error>
 
 /// Deletes notifications created before `cutoff` that are no longer pending (delivered, or
 /// failed after the whole schedule), with their delivery log; returns how many.
-#[tracing::instrument(name = "store.notifications.delete_settled_before", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.notifications.delete_settled_before", skip_all)]
 pub async fn delete_settled_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     const SETTLED: &str = "SELECT id FROM notifications WHERE status <> 'pending' AND created_at < $1";
     sqlx::query(&format!("DELETE FROM delivery_attempts WHERE message_id IN ({SETTLED})")).bind(cutoff).execute(&mut *conn).await?;

@@ -36,7 +36,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Policy, sqlx::Error> {
 }
 
 /// Inserts the policy, or replaces the one with its id.
-#[tracing::instrument(name = "store.policies.upsert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.upsert", skip_all)]
 pub async fn upsert(conn: &mut Conn, p: &Policy) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM notification_policies WHERE org_id = $1 AND id = $2")
         .bind(p.org_id.to_string())
@@ -63,7 +63,7 @@ pub async fn upsert(conn: &mut Conn, p: &Policy) -> Result<(), sqlx::Error> {
 }
 
 /// In routing order.
-#[tracing::instrument(name = "store.policies.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.list", skip_all)]
 pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<Policy>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM notification_policies WHERE org_id = $1 ORDER BY position, id"))
         .bind(org.to_string())
@@ -72,14 +72,14 @@ pub async fn list(conn: &mut Conn, org: OrgId) -> Result<Vec<Policy>, sqlx::Erro
     rows.iter().map(from_row).collect()
 }
 
-#[tracing::instrument(name = "store.policies.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: PolicyId) -> Result<Option<Policy>, sqlx::Error> {
     super::one_of_org(conn, "notification_policies", COLUMNS, org, id, from_row).await
 }
 
 /// Deletes the policy and what its groups remember: alerts it routed are notified afresh by
 /// the routes that take them now.
-#[tracing::instrument(name = "store.policies.delete", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.delete", skip_all)]
 pub async fn delete(conn: &mut Conn, org: OrgId, id: PolicyId) -> Result<bool, sqlx::Error> {
     forget_groups_of(&mut *conn, org, &id.to_string()).await?;
     let done = sqlx::query("DELETE FROM notification_policies WHERE org_id = $1 AND id = $2").bind(org.to_string()).bind(id.to_string()).execute(conn).await?;
@@ -87,14 +87,14 @@ pub async fn delete(conn: &mut Conn, org: OrgId, id: PolicyId) -> Result<bool, s
 }
 
 /// Forgets the groups of a route (a policy whose grouping or channels changed).
-#[tracing::instrument(name = "store.policies.forget_groups_of", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.forget_groups_of", skip_all)]
 pub async fn forget_groups_of(conn: &mut Conn, org: OrgId, route: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM alert_groups WHERE org_id = $1 AND route = $2").bind(org.to_string()).bind(route).execute(conn).await?;
     Ok(())
 }
 
 /// Removes a deleted channel from every policy naming it.
-#[tracing::instrument(name = "store.policies.drop_channel", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.drop_channel", skip_all)]
 pub async fn drop_channel(conn: &mut Conn, org: OrgId, channel: ChannelId) -> Result<(), sqlx::Error> {
     for mut p in list(&mut *conn, org).await? {
         if p.channels.contains(&channel) {
@@ -114,7 +114,7 @@ pub struct StoredGroup {
     pub notified: Notified,
 }
 
-#[tracing::instrument(name = "store.policies.groups", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.groups", skip_all)]
 pub async fn groups(conn: &mut Conn, org: OrgId) -> Result<Vec<StoredGroup>, sqlx::Error> {
     let rows = sqlx::query("SELECT route, group_key, labels, sent, created_at, flushed_at FROM alert_groups WHERE org_id = $1")
         .bind(org.to_string())
@@ -137,7 +137,7 @@ pub async fn groups(conn: &mut Conn, org: OrgId) -> Result<Vec<StoredGroup>, sql
 }
 
 /// Records a group as it is now (created, or just notified).
-#[tracing::instrument(name = "store.policies.save_group", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.save_group", skip_all)]
 pub async fn save_group(conn: &mut Conn, org: OrgId, g: &StoredGroup) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO alert_groups (org_id, route, group_key, labels, sent, created_at, flushed_at) VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -155,7 +155,7 @@ pub async fn save_group(conn: &mut Conn, org: OrgId, g: &StoredGroup) -> Result<
     Ok(())
 }
 
-#[tracing::instrument(name = "store.policies.forget_group", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.policies.forget_group", skip_all)]
 pub async fn forget_group(conn: &mut Conn, org: OrgId, route: &str, key: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM alert_groups WHERE org_id = $1 AND route = $2 AND group_key = $3")
         .bind(org.to_string())

@@ -27,7 +27,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Release, sqlx::Error> {
 }
 
 /// Every release; `Catalog::new` orders them by version.
-#[tracing::instrument(name = "store.releases.all", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.releases.all", skip_all)]
 pub async fn all(conn: &mut Conn) -> Result<Vec<Release>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM mesh_releases")).fetch_all(conn).await?;
     rows.iter().map(from_row).collect()
@@ -36,7 +36,7 @@ pub async fn all(conn: &mut Conn) -> Result<Vec<Release>, sqlx::Error> {
 /// Adds the release; one with its version already there is replaced when `replace`, else
 /// left as it is. `source` says who wrote it (`seed`, `file` or `api`). Returns whether the
 /// version was new.
-#[tracing::instrument(name = "store.releases.save", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.releases.save", skip_all)]
 pub async fn save(conn: &mut Conn, r: &Release, source: &str, now: i64, replace: bool) -> Result<bool, sqlx::Error> {
     let existed = sqlx::query("SELECT 1 FROM mesh_releases WHERE version = $1").bind(r.version.to_string()).fetch_optional(&mut *conn).await?.is_some();
     let on_conflict = if replace {

@@ -47,7 +47,7 @@ fn merged(col: &str) -> String {
 /// nothing. A key may appear once per statement, so callers pass windows with distinct keys.
 /// (Writes rollups directly, e.g. to seed a benchmark; agents' reports go through
 /// `metric_reports`.)
-#[tracing::instrument(name = "store.rollups.add_windows", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.add_windows", skip_all)]
 pub async fn add_windows(conn: &mut Conn, windows: &[Window]) -> Result<(), sqlx::Error> {
     for chunk in windows.chunks(super::rows_per_statement(conn, 11)) {
         let sql = format!(
@@ -96,7 +96,7 @@ pub struct MinuteRollup {
     pub latency_p99_ms: f64,
 }
 
-#[tracing::instrument(name = "store.rollups.minutes_since", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.minutes_since", skip_all)]
 pub async fn minutes_since(conn: &mut Conn, org: OrgId, cluster: ClusterId, since: i64) -> Result<Vec<MinuteRollup>, sqlx::Error> {
     minutes_page(conn, org, cluster, since, None, None).await
 }
@@ -106,7 +106,7 @@ pub type MinuteKey = (String, String, i64);
 
 /// The cluster's minutes since `since` in (namespace, workload, minute) order, those after
 /// `after` only, at most `limit` of them (keyset pagination).
-#[tracing::instrument(name = "store.rollups.minutes_page", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.minutes_page", skip_all)]
 pub async fn minutes_page(
     conn: &mut Conn,
     org: OrgId,
@@ -143,7 +143,7 @@ pub async fn minutes_page(
         .collect()
 }
 
-#[tracing::instrument(name = "store.rollups.delete_older_than", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.delete_older_than", skip_all)]
 pub async fn delete_older_than(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let metrics = sqlx::query("DELETE FROM metric_rollups WHERE minute < $1").bind(cutoff).execute(&mut *conn).await?;
     let events = sqlx::query("DELETE FROM cluster_events WHERE at < $1").bind(cutoff).execute(&mut *conn).await?;
@@ -167,7 +167,7 @@ pub struct Event {
 }
 
 /// Stores events once each: a resent event (same id) is ignored.
-#[tracing::instrument(name = "store.rollups.add_events", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.add_events", skip_all)]
 pub async fn add_events(conn: &mut Conn, events: &[(OrgId, ClusterId, Event)]) -> Result<(), sqlx::Error> {
     for chunk in events.chunks(super::rows_per_statement(conn, 9)) {
         let sql = format!(
@@ -193,14 +193,14 @@ pub async fn add_events(conn: &mut Conn, events: &[(OrgId, ClusterId, Event)]) -
     Ok(())
 }
 
-#[tracing::instrument(name = "store.rollups.recent_events", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.recent_events", skip_all)]
 pub async fn recent_events(conn: &mut Conn, org: OrgId, cluster: ClusterId, limit: u32) -> Result<Vec<Event>, sqlx::Error> {
     events_page(conn, org, cluster, None, limit).await
 }
 
 /// The cluster's events newest first, those after `before` = (at, id) in that order only, at
 /// most `limit` of them (keyset pagination).
-#[tracing::instrument(name = "store.rollups.events_page", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.rollups.events_page", skip_all)]
 pub async fn events_page(conn: &mut Conn, org: OrgId, cluster: ClusterId, before: Option<(i64, &str)>, limit: u32) -> Result<Vec<Event>, sqlx::Error> {
     let sql = format!(
         "SELECT id, at, type, namespace, object, reason, message FROM cluster_events

@@ -11,7 +11,7 @@ pub struct SigningKey {
     pub created_at: i64,
 }
 
-#[tracing::instrument(name = "store.signing_keys.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.signing_keys.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, key: &SigningKey) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO signing_keys (kid, private_key_sealed, public_key, created_at) VALUES ($1, $2, $3, $4)")
         .bind(&key.kid)
@@ -24,7 +24,7 @@ pub async fn insert(conn: &mut Conn, key: &SigningKey) -> Result<(), sqlx::Error
 }
 
 /// All keys, newest first: the newest signs, every one still verifies.
-#[tracing::instrument(name = "store.signing_keys.all", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.signing_keys.all", skip_all)]
 pub async fn all(conn: &mut Conn) -> Result<Vec<SigningKey>, sqlx::Error> {
     let rows = sqlx::query("SELECT kid, private_key_sealed, public_key, created_at FROM signing_keys ORDER BY created_at DESC, kid").fetch_all(conn).await?;
     rows.iter()

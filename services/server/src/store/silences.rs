@@ -25,7 +25,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<Silence, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.silences.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("INSERT INTO silences ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
         .bind(s.id.to_string())
@@ -44,14 +44,14 @@ pub async fn insert(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-#[tracing::instrument(name = "store.silences.get", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.get", skip_all)]
 pub async fn get(conn: &mut Conn, org: OrgId, id: SilenceId) -> Result<Option<Silence>, sqlx::Error> {
     super::one_of_org(conn, "silences", COLUMNS, org, id, from_row).await
 }
 
 /// Newest first (ids are time-ordered), those in `state` at `now` (all when None); `before` is
 /// the last id of the previous page.
-#[tracing::instrument(name = "store.silences.list", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.list", skip_all)]
 pub async fn list(
     conn: &mut Conn,
     org: OrgId,
@@ -86,7 +86,7 @@ pub async fn list(
 }
 
 /// The organization's silences active at `now`.
-#[tracing::instrument(name = "store.silences.active", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.active", skip_all)]
 pub async fn active(conn: &mut Conn, org: OrgId, now: i64) -> Result<Vec<Silence>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM silences WHERE org_id = $1 AND ends_at > $2 AND starts_at <= $2 ORDER BY id"))
         .bind(org.to_string())
@@ -98,7 +98,7 @@ pub async fn active(conn: &mut Conn, org: OrgId, now: i64) -> Result<Vec<Silence
 
 /// Ends the silence now, if it has not ended (a pending one ends before it began: its start
 /// moves to now too). Returns whether it changed.
-#[tracing::instrument(name = "store.silences.expire", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.expire", skip_all)]
 pub async fn expire(conn: &mut Conn, org: OrgId, id: SilenceId, now: i64) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE silences SET ends_at = $3, starts_at = CASE WHEN starts_at > $3 THEN $3 ELSE starts_at END, updated_at = $3
@@ -113,7 +113,7 @@ pub async fn expire(conn: &mut Conn, org: OrgId, id: SilenceId, now: i64) -> Res
 }
 
 /// Replaces what a silence mutes, when, and why (who made it stays).
-#[tracing::instrument(name = "store.silences.update", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.update", skip_all)]
 pub async fn update(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE silences SET matchers = $3, starts_at = $4, ends_at = $5, comment = $6, updated_at = $7 WHERE org_id = $1 AND id = $2")
         .bind(s.org_id.to_string())
@@ -129,7 +129,7 @@ pub async fn update(conn: &mut Conn, s: &Silence) -> Result<(), sqlx::Error> {
 }
 
 /// Deletes silences that ended before `cutoff`; returns how many.
-#[tracing::instrument(name = "store.silences.delete_ended_before", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.silences.delete_ended_before", skip_all)]
 pub async fn delete_ended_before(conn: &mut Conn, cutoff: i64) -> Result<u64, sqlx::Error> {
     let done = sqlx::query("DELETE FROM silences WHERE ends_at < $1").bind(cutoff).execute(conn).await?;
     Ok(done.rows_affected())

@@ -24,7 +24,7 @@ pub struct Noted {
 }
 
 /// Adds noted refusals to their findings.
-#[tracing::instrument(name = "store.throttles.record", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.throttles.record", skip_all)]
 pub async fn record(conn: &mut Conn, noted: &[Noted]) -> Result<(), sqlx::Error> {
     for n in noted {
         sqlx::query(
@@ -61,7 +61,7 @@ pub struct Throttle {
 }
 
 /// The cluster's episodes still going on at `now` (a refusal within the episode gap).
-#[tracing::instrument(name = "store.throttles.current", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.throttles.current", skip_all)]
 pub async fn current(conn: &mut Conn, org: OrgId, cluster: ClusterId, now: i64) -> Result<Vec<Throttle>, sqlx::Error> {
     let rows =
         sqlx::query("SELECT reason, since, last_at, refused FROM cluster_throttles WHERE org_id = $1 AND cluster_id = $2 AND last_at >= $3 ORDER BY reason")

@@ -25,19 +25,19 @@ fn anchor(r: &sqlx::any::AnyRow) -> Result<Anchor, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.trust.set_trust_domain", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.set_trust_domain", skip_all)]
 pub async fn set_trust_domain(conn: &mut Conn, org: OrgId, trust_domain: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE organizations SET trust_domain = $2 WHERE id = $1").bind(org.to_string()).bind(trust_domain).execute(conn).await?;
     Ok(())
 }
 
-#[tracing::instrument(name = "store.trust.trust_domain", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.trust_domain", skip_all)]
 pub async fn trust_domain(conn: &mut Conn, org: OrgId) -> Result<String, sqlx::Error> {
     sqlx::query("SELECT trust_domain FROM organizations WHERE id = $1").bind(org.to_string()).fetch_one(conn).await?.try_get("trust_domain")
 }
 
 /// The organization's anchors, oldest first.
-#[tracing::instrument(name = "store.trust.anchors", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.anchors", skip_all)]
 pub async fn anchors(conn: &mut Conn, org: OrgId) -> Result<Vec<Anchor>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {ANCHOR_COLUMNS} FROM trust_anchors WHERE org_id = $1 ORDER BY created_at, id"))
         .bind(org.to_string())
@@ -47,7 +47,7 @@ pub async fn anchors(conn: &mut Conn, org: OrgId) -> Result<Vec<Anchor>, sqlx::E
 }
 
 /// The anchor in `state` and its sealed key (at most one is active, one next).
-#[tracing::instrument(name = "store.trust.anchor_in", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.anchor_in", skip_all)]
 pub async fn anchor_in(conn: &mut Conn, org: OrgId, state: AnchorState) -> Result<Option<(Anchor, String)>, sqlx::Error> {
     let row = sqlx::query(&format!("SELECT {ANCHOR_COLUMNS}, key_sealed FROM trust_anchors WHERE org_id = $1 AND state = $2"))
         .bind(org.to_string())
@@ -57,7 +57,7 @@ pub async fn anchor_in(conn: &mut Conn, org: OrgId, state: AnchorState) -> Resul
     row.map(|r| Ok((anchor(&r)?, r.try_get("key_sealed")?))).transpose()
 }
 
-#[tracing::instrument(name = "store.trust.insert_anchor", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.insert_anchor", skip_all)]
 pub async fn insert_anchor(conn: &mut Conn, a: &Anchor, key_sealed: &str) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("INSERT INTO trust_anchors ({ANCHOR_COLUMNS}, key_sealed) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"))
         .bind(a.id.to_string())
@@ -80,7 +80,7 @@ pub async fn insert_anchor(conn: &mut Conn, a: &Anchor, key_sealed: &str) -> Res
 const ISSUER_COLUMNS: &str = "cluster_id, org_id, command_id, fingerprint, anchor_fingerprint, cert_pem, not_before, not_after, signed_at";
 
 /// Replaces the cluster's record of its last signed issuer.
-#[tracing::instrument(name = "store.trust.record_issuer", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.record_issuer", skip_all)]
 pub async fn record_issuer(conn: &mut Conn, i: &SignedIssuer) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM cluster_issuers WHERE cluster_id = $1").bind(i.cluster_id.to_string()).execute(&mut *conn).await?;
     sqlx::query(&format!("INSERT INTO cluster_issuers ({ISSUER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
@@ -98,7 +98,7 @@ pub async fn record_issuer(conn: &mut Conn, i: &SignedIssuer) -> Result<(), sqlx
     Ok(())
 }
 
-#[tracing::instrument(name = "store.trust.issuer", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.issuer", skip_all)]
 pub async fn issuer(conn: &mut Conn, org: OrgId, cluster: ClusterId) -> Result<Option<SignedIssuer>, sqlx::Error> {
     let row = sqlx::query(&format!("SELECT {ISSUER_COLUMNS} FROM cluster_issuers WHERE org_id = $1 AND cluster_id = $2"))
         .bind(org.to_string())
@@ -130,7 +130,7 @@ pub struct RotationCandidate {
     pub active_fingerprint: String,
 }
 
-#[tracing::instrument(name = "store.trust.rotation_candidates", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.rotation_candidates", skip_all)]
 pub async fn rotation_candidates(conn: &mut Conn) -> Result<Vec<RotationCandidate>, sqlx::Error> {
     let rows = sqlx::query(&format!(
         "SELECT c.org_id AS org_id, c.id AS cluster_id, i.facts AS facts, a.fingerprint AS active
@@ -156,7 +156,7 @@ pub async fn rotation_candidates(conn: &mut Conn) -> Result<Vec<RotationCandidat
 }
 
 /// Moves an anchor to `state`.
-#[tracing::instrument(name = "store.trust.set_anchor_state", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.set_anchor_state", skip_all)]
 pub async fn set_anchor_state(conn: &mut Conn, org: OrgId, anchor: uuid::Uuid, state: AnchorState) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE trust_anchors SET state = $3 WHERE org_id = $1 AND id = $2")
         .bind(org.to_string())
@@ -185,7 +185,7 @@ fn rotation_row(r: &sqlx::any::AnyRow) -> Result<Rotation, sqlx::Error> {
     })
 }
 
-#[tracing::instrument(name = "store.trust.insert_rotation", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.insert_rotation", skip_all)]
 pub async fn insert_rotation(conn: &mut Conn, r: &Rotation) -> Result<(), sqlx::Error> {
     sqlx::query(&format!("INSERT INTO anchor_rotations ({ROTATION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
         .bind(r.id.to_string())
@@ -207,7 +207,7 @@ pub async fn insert_rotation(conn: &mut Conn, r: &Rotation) -> Result<(), sqlx::
 /// Saves a rotation's phase, pause, exclusions and progress, unless it changed since it was
 /// read (`read`: its phase and `updated_at` then), by an admin or the job: false then, and
 /// nothing is written, so neither overwrites what the other did.
-#[tracing::instrument(name = "store.trust.save_rotation", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.save_rotation", skip_all)]
 pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read: (RotationPhase, i64)) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE anchor_rotations SET phase = $3, paused = $4, excluded = $5, clusters = $6, updated_at = $7
@@ -228,7 +228,7 @@ pub async fn save_rotation(conn: &mut Conn, r: &Rotation, read: (RotationPhase, 
 }
 
 /// The organization's rotations, newest first.
-#[tracing::instrument(name = "store.trust.rotations", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.rotations", skip_all)]
 pub async fn rotations(conn: &mut Conn, org: OrgId) -> Result<Vec<Rotation>, sqlx::Error> {
     let rows = sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE org_id = $1 ORDER BY created_at DESC, id DESC"))
         .bind(org.to_string())
@@ -237,7 +237,7 @@ pub async fn rotations(conn: &mut Conn, org: OrgId) -> Result<Vec<Rotation>, sql
     rows.iter().map(rotation_row).collect()
 }
 
-#[tracing::instrument(name = "store.trust.rotation", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.rotation", skip_all)]
 pub async fn rotation(conn: &mut Conn, org: OrgId, id: uuid::Uuid) -> Result<Option<Rotation>, sqlx::Error> {
     let row = sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE org_id = $1 AND id = $2"))
         .bind(org.to_string())
@@ -248,7 +248,7 @@ pub async fn rotation(conn: &mut Conn, org: OrgId, id: uuid::Uuid) -> Result<Opt
 }
 
 /// Every organization's unfinished rotations that are not paused.
-#[tracing::instrument(name = "store.trust.running_rotations", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.running_rotations", skip_all)]
 pub async fn running_rotations(conn: &mut Conn) -> Result<Vec<Rotation>, sqlx::Error> {
     let rows =
         sqlx::query(&format!("SELECT {ROTATION_COLUMNS} FROM anchor_rotations WHERE paused = 0 AND phase NOT IN ('done', 'aborted')")).fetch_all(conn).await?;
@@ -256,7 +256,7 @@ pub async fn running_rotations(conn: &mut Conn) -> Result<Vec<Rotation>, sqlx::E
 }
 
 /// The organization's clusters: id, status and when it was last seen.
-#[tracing::instrument(name = "store.trust.org_clusters", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.org_clusters", skip_all)]
 pub async fn org_clusters(conn: &mut Conn, org: OrgId) -> Result<Vec<(ClusterId, String, Option<i64>)>, sqlx::Error> {
     let rows = sqlx::query("SELECT id, status, last_seen_at FROM clusters WHERE org_id = $1 ORDER BY id").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(|r| Ok((parse_col(&r.try_get::<String, _>("id")?, "clusters.id")?, r.try_get("status")?, r.try_get("last_seen_at")?))).collect()

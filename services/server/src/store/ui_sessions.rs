@@ -5,7 +5,7 @@ use sqlx::Row;
 use super::{parse_col, Conn};
 use crate::domain::{OrgId, SessionId, UserId};
 
-#[tracing::instrument(name = "store.ui_sessions.insert", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.ui_sessions.insert", skip_all)]
 pub async fn insert(conn: &mut Conn, token_hash: &str, session: SessionId, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("INSERT INTO ui_sessions (token_hash, session_id, created_at) VALUES ($1, $2, $3)")
         .bind(token_hash)
@@ -17,7 +17,7 @@ pub async fn insert(conn: &mut Conn, token_hash: &str, session: SessionId, now: 
 }
 
 /// The login session behind a cookie token (whether it is still live is checked by the caller).
-#[tracing::instrument(name = "store.ui_sessions.find", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.ui_sessions.find", skip_all)]
 pub async fn find(conn: &mut Conn, token_hash: &str) -> Result<Option<(SessionId, UserId, OrgId)>, sqlx::Error> {
     let row = sqlx::query(
         "SELECT s.id AS session_id, s.user_id AS user_id, s.org_id AS org_id FROM ui_sessions u JOIN sessions s ON s.id = u.session_id WHERE u.token_hash = $1",

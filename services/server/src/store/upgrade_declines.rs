@@ -10,7 +10,7 @@ use crate::domain::{ClusterId, OrgId, RolloutId};
 
 /// Remembers that `cluster`'s upgrade to `version` was given up in `rollout`; a later decline
 /// of the same upgrade replaces the reason.
-#[tracing::instrument(name = "store.upgrade_declines.record", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.upgrade_declines.record", skip_all)]
 pub async fn record(conn: &mut Conn, org: OrgId, cluster: ClusterId, version: &str, rollout: RolloutId, reason: &str, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO upgrade_declines (cluster_id, org_id, version, rollout_id, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6)
@@ -28,7 +28,7 @@ pub async fn record(conn: &mut Conn, org: OrgId, cluster: ClusterId, version: &s
 }
 
 /// The organization's declined upgrades, as (cluster, version).
-#[tracing::instrument(name = "store.upgrade_declines.of_org", skip_all)]
+#[tracing::instrument(target = "meshfleet_traces", name = "store.upgrade_declines.of_org", skip_all)]
 pub async fn of_org(conn: &mut Conn, org: OrgId) -> Result<HashSet<(ClusterId, String)>, sqlx::Error> {
     let rows = sqlx::query("SELECT cluster_id, version FROM upgrade_declines WHERE org_id = $1").bind(org.to_string()).fetch_all(conn).await?;
     rows.iter().map(|r| Ok((parse_col(&r.try_get::<String, _>("cluster_id")?, "upgrade_declines.cluster_id")?, r.try_get::<String, _>("version")?))).collect()
