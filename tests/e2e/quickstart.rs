@@ -11,6 +11,13 @@ fn server(dir: &std::path::Path) -> Command {
     ServerBin::built().command(dir)
 }
 
+/// The server binary in `dir` on new local ports, with extra MESHFLEET_* settings.
+fn start_server(dir: &std::path::Path, env: &[(&str, &str)]) -> ServerProcess {
+    let mut cmd = server(dir);
+    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").envs(env.iter().copied());
+    ServerProcess::start(cmd)
+}
+
 /// The README's sh block after `<!-- {marker}`.
 fn readme_block(marker: &str) -> String {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
@@ -53,9 +60,7 @@ fn bootstrap_token(docs: &[serde_yaml_ng::Value]) -> String {
 #[test]
 fn readme_quickstart_works_against_the_real_binary_and_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut cmd = server(dir.path());
-    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
-    let mut running = ServerProcess::start(cmd);
+    let mut running = start_server(dir.path(), &[]);
     let address = running.api.clone();
     let script = readme_quickstart_script();
 
@@ -161,9 +166,7 @@ fn run_walkthrough(run: &str, script: &str, dir: &std::path::Path, path: &str, h
 fn readme_alerts_walkthrough_delivers_signed_events_and_again() {
     let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim", "meshfleet-receiver"]);
-    let mut cmd = server(dir.path());
-    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").env("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1");
-    let mut running = ServerProcess::start(cmd);
+    let mut running = start_server(dir.path(), &[("MESHFLEET_ALERT_WEBHOOK_ALLOW", "127.0.0.1")]);
     let receiver = format!("127.0.0.1:{}", meshfleet_test_support::process::free_port());
     let script = format!("{}\n{}", readme_quickstart_script(), readme_block("alerts walkthrough"))
         .replace("127.0.0.1:8080", &running.api)
@@ -191,9 +194,7 @@ fn readme_alerts_walkthrough_delivers_signed_events_and_again() {
 fn readme_rotation_walkthrough_rotates_the_demo_fleet_and_again() {
     let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim"]);
-    let mut cmd = server(dir.path());
-    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
-    let mut running = ServerProcess::start(cmd);
+    let mut running = start_server(dir.path(), &[]);
     let script = format!("{}\n{}", readme_quickstart_script(), readme_block("rotation walkthrough")).replace("127.0.0.1:8080", &running.api);
     let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
 
@@ -227,9 +228,7 @@ fn readme_rollout_walkthrough_upgrades_the_demo_fleet_and_rolls_a_bad_canary_bac
     let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bins = meshfleet_test_support::process::build_bins("meshfleet-sim", &["meshfleet-sim"]);
     std::fs::write(dir.path().join("releases.yaml"), "releases:\n- {version: 0.2.0, released_on: 2026-12-01}\n").unwrap();
-    let mut cmd = server(dir.path());
-    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0").env("MESHFLEET_RELEASE_CATALOG", "releases.yaml");
-    let mut running = ServerProcess::start(cmd);
+    let mut running = start_server(dir.path(), &[("MESHFLEET_RELEASE_CATALOG", "releases.yaml")]);
     let script = format!("{}\n{}", readme_quickstart_script(), readme_block("rollout walkthrough")).replace("127.0.0.1:8080", &running.api);
     let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
 
@@ -254,9 +253,7 @@ fn readme_cli_walkthrough_runs_as_written_and_again() {
     use std::os::unix::fs::PermissionsExt;
     let (dir, home) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let bins = meshfleet_test_support::process::build_bins("meshfleet-cli", &["meshfleet"]);
-    let mut cmd = server(dir.path());
-    cmd.env("MESHFLEET_LISTEN", "127.0.0.1:0").env("MESHFLEET_GATEWAY_LISTEN", "127.0.0.1:0");
-    let mut running = ServerProcess::start(cmd);
+    let mut running = start_server(dir.path(), &[]);
     let script = format!("{}\n{}", readme_quickstart_script(), readme_block("cli walkthrough")).replace("127.0.0.1:8080", &running.api);
     let path = format!("{}:{}", bins.display(), std::env::var("PATH").unwrap_or_default());
     for run in ["first", "second"] {

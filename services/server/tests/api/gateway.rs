@@ -181,15 +181,21 @@ on_both_engines!(
     a_stopping_server_leaves_its_agents_shown_connected,
 );
 
+/// The cluster "prod", its agent's stream open with a snapshot stored and acknowledged.
+async fn reporting(app: &TestApp, owner: &Login) -> (String, Stream) {
+    let (cluster, id) = registered(app, owner, "prod").await;
+    let mut stream = Stream::open(app, &id).await.unwrap();
+    let seq = stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0")])).await;
+    stream.acked(seq).await;
+    (cluster, stream)
+}
+
 /// A replica that stops (a rolling restart) tells its agents so and returns, rather than
 /// waiting for streams that never end by themselves.
 async fn stopping_the_server_ends_agent_streams_at_once(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let owner = app.owner("ops@example.com").await;
-    let (_, id) = registered(&app, &owner, "prod").await;
-    let mut stream = Stream::open(&app, &id).await.unwrap();
-    let seq = stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0")])).await;
-    stream.acked(seq).await;
+    let (_, mut stream) = reporting(&app, &owner).await;
     let stopping = tokio::spawn(app.stop());
     let status = stream.ended().await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
@@ -202,10 +208,7 @@ async fn stopping_the_server_ends_agent_streams_at_once(engine: Engine) {
 async fn a_stopping_server_leaves_its_agents_shown_connected(engine: Engine) {
     let app = TestApp::spawn(engine).await;
     let owner = app.owner("ops@example.com").await;
-    let (cluster, id) = registered(&app, &owner, "prod").await;
-    let mut stream = Stream::open(&app, &id).await.unwrap();
-    let seq = stream.report(snapshot(vec![pod("shop", "web-1", "Deployment/web", "0.1.0")])).await;
-    stream.acked(seq).await;
+    let (cluster, mut stream) = reporting(&app, &owner).await;
     let app = app.restart().await;
     assert_eq!(stream.ended().await.code(), Code::Unavailable);
     // Room for the stream's bookkeeping, which runs after the stream ends.
