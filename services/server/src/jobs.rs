@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ pub struct Job {
     pub every: Duration,
     pub scope: Scope,
     run: RunFn,
+    /// Runs it before its next tick when notified (see [`Job::woken_by`]).
+    wake: Option<Arc<Notify>>,
 }
 
 impl Job {
@@ -55,6 +57,26 @@ impl Job {
             run: Arc::new(move |state| {
                 Box::pin(run(state).instrument(tracing::info_span!(target: crate::telemetry::TRACES, parent: None, "job", otel.name = name, job.name = name)))
             }),
+            wake: None,
+        }
+    }
+
+    /// Also runs the job as soon as `wake` is notified (a notification during a run makes
+    /// another run follow it), for work that waits on an event this replica sees: the tick
+    /// remains for events seen elsewhere.
+    pub fn woken_by(self, wake: Arc<Notify>) -> Job {
+        Job { wake: Some(wake), ..self }
+    }
+
+    /// Waits for the job's next run: its tick, or a wake-up (after which the tick starts over).
+    async fn next(&self, tick: &mut tokio::time::Interval) {
+        let Some(wake) = &self.wake else {
+            tick.tick().await;
+            return;
+        };
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => tick.reset(),
         }
     }
 }
@@ -74,7 +96,7 @@ pub fn registered(state: &AppState) -> Vec<Job> {
         jobs.push(crate::alerting::delivery::job());
         jobs.push(crate::certificates::issuer_rotation_job(state));
         jobs.push(crate::certificates::anchor_rotation_job());
-        jobs.push(crate::rollouts::job());
+        jobs.push(crate::rollouts::job().woken_by(state.ingest.commands_finished.clone()));
         jobs.push(crate::rollouts::proposals::job(state));
     }
     jobs
@@ -151,7 +173,13 @@ fn ticker(every: Duration) -> tokio::time::Interval {
     tick
 }
 
-fn record(state: &AppState, job: &Job, result: anyhow::Result<()>) {
+/// One run of `job`, counted and timed (a run cut short by a stop or a lost lease is counted,
+/// not timed).
+async fn run(state: &AppState, job: &Job) {
+    state.metrics.job_runs.with_label_values(&[job.name]).inc();
+    let started = Instant::now();
+    let result = (job.run)(state.clone()).await;
+    state.metrics.job_duration.with_label_values(&[job.name]).observe(started.elapsed().as_secs_f64());
     if let Err(e) = result {
         state.metrics.job_failures.with_label_values(&[job.name]).inc();
         tracing::warn!(job = job.name, error = %format!("{e:#}"), "background job failed");
@@ -163,12 +191,11 @@ async fn every_replica(state: &AppState, job: &Job, stop: &CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = job.next(&mut tick) => {}
         }
-        state.metrics.job_runs.with_label_values(&[job.name]).inc();
         tokio::select! {
             _ = stop.cancelled() => return,
-            result = (job.run)(state.clone()) => record(state, job, result),
+            _ = run(state, job) => {}
         }
     }
 }
@@ -195,13 +222,12 @@ async fn leased(state: &AppState, job: &Job, stop: &CancellationToken, holder: &
         let mut held = held.clone();
         loop {
             let _ = held.wait_for(|h| *h).await;
-            tick.tick().await;
+            job.next(&mut tick).await;
             if !*held.borrow() {
                 continue;
             }
-            state.metrics.job_runs.with_label_values(&[job.name]).inc();
             tokio::select! {
-                result = (job.run)(state.clone()) => record(state, job, result),
+                _ = run(state, job) => {}
                 _ = held.wait_for(|h| !*h) => {}
             }
         }
@@ -269,5 +295,31 @@ impl Lease<'_> {
 
     fn changed(&self, change: &str) {
         self.state.metrics.job_lease_changes.with_label_values(&[self.job, change]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_woken_job_runs_before_its_tick_which_then_starts_over() {
+        let wake = Arc::new(Notify::new());
+        let job = Job::new("test", Duration::from_secs(3600), Scope::EveryReplica, |_| async { Ok(()) }).woken_by(wake.clone());
+        let mut tick = ticker(job.every);
+        job.next(&mut tick).await;
+        let soon = Duration::from_secs(1);
+        assert!(tokio::time::timeout(soon, job.next(&mut tick)).await.is_err(), "no run before the tick unless woken");
+        // Woken while running (no one waiting yet): the next wait returns at once.
+        wake.notify_one();
+        tokio::time::timeout(soon, job.next(&mut tick)).await.expect("a wake-up runs the job");
+        let started = tokio::time::Instant::now();
+        job.next(&mut tick).await;
+        assert_eq!(started.elapsed(), Duration::from_secs(3600), "the tick starts over after a wake-up");
+        let plain = Job::new("test", Duration::from_secs(3600), Scope::EveryReplica, |_| async { Ok(()) });
+        let mut tick = ticker(plain.every);
+        plain.next(&mut tick).await;
+        wake.notify_one();
+        assert!(tokio::time::timeout(soon, plain.next(&mut tick)).await.is_err(), "a job with no wake waits for its tick");
     }
 }

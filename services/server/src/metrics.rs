@@ -25,6 +25,7 @@ pub struct Metrics {
     /// Background jobs (`jobs`), by job name.
     pub job_runs: IntCounterVec,
     pub job_failures: IntCounterVec,
+    pub job_duration: HistogramVec,
     pub job_lease_changes: IntCounterVec,
     /// Alert notification attempts by outcome (delivered, retry, failed).
     pub alert_deliveries: IntCounterVec,
@@ -74,6 +75,12 @@ impl Metrics {
         let job_runs = IntCounterVec::new(Opts::new("job_runs_total", "Runs of background jobs on this replica, by job"), &["job"]).expect("valid metric");
         let job_failures =
             IntCounterVec::new(Opts::new("job_failures_total", "Failed runs of background jobs on this replica, by job"), &["job"]).expect("valid metric");
+        let job_duration = HistogramVec::new(
+            HistogramOpts::new("job_run_duration_seconds", "How long runs of background jobs took on this replica, by job")
+                .buckets(vec![0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["job"],
+        )
+        .expect("valid metric");
         let job_lease_changes = IntCounterVec::new(
             Opts::new("job_lease_changes_total", "Leases of background jobs this replica acquired or lost (or released), by job"),
             &["job", "change"],
@@ -101,6 +108,7 @@ impl Metrics {
             Box::new(ingest_batch_size.clone()),
             Box::new(job_runs.clone()),
             Box::new(job_failures.clone()),
+            Box::new(job_duration.clone()),
             Box::new(job_lease_changes.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -119,6 +127,7 @@ impl Metrics {
             ingest_batch_size,
             job_runs,
             job_failures,
+            job_duration,
             job_lease_changes,
             alert_deliveries,
         }

@@ -65,11 +65,21 @@ fn forget_clusters(state: &AppState, org: OrgId) {
     state.fleet_cache.invalidate(org);
 }
 
+/// Payload of the notice that an agent's final command result was stored (sent by the ingest
+/// writer in the transaction that stores it): the rollouts job, wherever it runs, looks at once.
+pub const COMMANDS_FINISHED: &str = "finished";
+
+/// Notifies every replica with `payload` when the transaction on `conn` commits (PostgreSQL).
+pub async fn publish_in(conn: &mut store::Conn, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(conn).await.map(drop)
+}
+
 async fn publish(state: &AppState, payload: &str) {
     if state.db.engine != Engine::Postgres {
         return;
     }
-    if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(&state.db.pool).await {
+    let published = async { publish_in(&mut *state.db.pool.acquire().await?, payload).await };
+    if let Err(e) = published.await {
         // The polling fallback and stream revalidation still deliver, only later.
         tracing::warn!(error = %e, "pg_notify failed");
     }
@@ -80,6 +90,9 @@ fn apply(state: &AppState, payload: &str) {
     let (kind, id, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     if kind == "access" {
         return state.read_cache.access_changed();
+    }
+    if kind == COMMANDS_FINISHED {
+        return state.ingest.commands_finished.notify_one();
     }
     if kind == "clusters" || kind == "status" {
         let Some(org) = id.and_then(|org| org.parse().ok()) else { return };

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry::trace::TraceContextExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::db::{Clock, Db};
+use crate::db::{Clock, Db, Engine};
 use crate::domain::{ClusterId, CommandId, OrgId};
 use crate::metrics::Metrics;
 use crate::store;
@@ -77,6 +77,13 @@ pub struct Job {
     pub from: tracing::Span,
 }
 
+impl Job {
+    /// Whether the report is an agent's final result of a command.
+    fn finishes_command(&self) -> bool {
+        matches!(&self.report, Report::CommandResult { state, .. } if store::commands::is_final(state))
+    }
+}
+
 /// The quotas the writers check (against the database).
 #[derive(Debug, Clone, Copy)]
 pub struct Quotas {
@@ -96,21 +103,26 @@ pub struct Ingest {
     /// Refusals since the last flush, per cluster and reason.
     refused: Refusals,
     metrics: Arc<Metrics>,
+    /// Notified when an agent's final command result is stored, here or (over PostgreSQL) on
+    /// another replica: the rollouts job waits on it.
+    pub commands_finished: Arc<Notify>,
 }
 
 impl Ingest {
     pub fn start(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, shards: usize, batch_max: usize, quotas: Quotas) -> Ingest {
         let refused = Refusals::default();
+        let commands_finished = Arc::new(Notify::new());
         let senders = (0..shards.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(batch_max.max(1) * 4);
-                tokio::spawn(writer(db.clone(), clock.clone(), metrics.clone(), refused.clone(), rx, batch_max.max(1), quotas));
+                let written = Written { metrics: metrics.clone(), refused: refused.clone(), commands_finished: commands_finished.clone() };
+                tokio::spawn(writer(db.clone(), clock.clone(), written, rx, batch_max.max(1), quotas));
                 tx
             })
             .collect();
         let seen = Arc::new(Mutex::new(HashMap::new()));
         tokio::spawn(flush_seen(db, seen.clone(), refused.clone()));
-        Ingest { shards: Arc::new(senders), seen, refused, metrics }
+        Ingest { shards: Arc::new(senders), seen, refused, metrics, commands_finished }
     }
 
     /// Counts a refusal in `/metrics` and (written within `SEEN_EVERY`) in the cluster's
@@ -146,7 +158,15 @@ impl Ingest {
     }
 }
 
-async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refusals, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
+/// Where a writer tells what it stored.
+struct Written {
+    metrics: Arc<Metrics>,
+    refused: Refusals,
+    commands_finished: Arc<Notify>,
+}
+
+async fn writer(db: Db, clock: Arc<Clock>, written: Written, mut rx: mpsc::Receiver<Job>, batch_max: usize, quotas: Quotas) {
+    let metrics = &written.metrics;
     let mut batch = Vec::with_capacity(batch_max);
     // This shard's clusters' series seen in the database (a cluster always maps to one shard).
     let mut known = Known::default();
@@ -162,7 +182,7 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refus
             }
         }
         match write(&db, &batch, now, quotas, &mut known).instrument(span).await {
-            Ok(refusals) => finish(&metrics, &refused, now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
+            Ok(refusals) => written.finish(now, batch.drain(..).zip(refusals.into_iter().map(Outcome::Stored))),
             Err(e) if batch.len() > 1 => {
                 // One bad report (say, for a cluster deleted a moment ago) must not fail its
                 // neighbours: store them one by one.
@@ -175,12 +195,12 @@ async fn writer(db: Db, clock: Arc<Clock>, metrics: Arc<Metrics>, refused: Refus
                             Outcome::Failed
                         }
                     };
-                    finish(&metrics, &refused, now, std::iter::once((job, outcome)));
+                    written.finish(now, std::iter::once((job, outcome)));
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "report not stored");
-                finish(&metrics, &refused, now, batch.drain(..).map(|job| (job, Outcome::Failed)));
+                written.finish(now, batch.drain(..).map(|job| (job, Outcome::Failed)));
             }
         }
     }
@@ -249,14 +269,23 @@ async fn flush_refused(db: &Db, refused: &Refusals) {
     }
 }
 
-fn finish(metrics: &Metrics, refused: &Refusals, now: i64, jobs: impl Iterator<Item = (Job, Outcome)>) {
-    for (job, outcome) in jobs {
-        if let Outcome::Stored(Some(r)) = &outcome {
-            note(metrics, refused, job.org, job.cluster, r.reason, r.items.max(1), now);
+impl Written {
+    fn finish(&self, now: i64, jobs: impl Iterator<Item = (Job, Outcome)>) {
+        let mut finished_command = false;
+        for (job, outcome) in jobs {
+            if let Outcome::Stored(r) = &outcome {
+                if let Some(r) = r {
+                    note(&self.metrics, &self.refused, job.org, job.cluster, r.reason, r.items.max(1), now);
+                }
+                finished_command |= job.finishes_command();
+            }
+            let label = if outcome == Outcome::Failed { "failed" } else { "stored" };
+            self.metrics.gateway_reports.with_label_values(&[job.report.kind(), label]).inc();
+            let _ = job.done.send(outcome);
         }
-        let label = if outcome == Outcome::Failed { "failed" } else { "stored" };
-        metrics.gateway_reports.with_label_values(&[job.report.kind(), label]).inc();
-        let _ = job.done.send(outcome);
+        if finished_command {
+            self.commands_finished.notify_one();
+        }
     }
 }
 
@@ -305,6 +334,9 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Know
     let reports: Vec<(OrgId, ClusterId, &[Window])> = admitted.iter().map(|(o, c, w)| (*o, *c, w.as_ref())).collect();
     store::metric_reports::append(&mut tx, &reports).await?;
     store::rollups::add_events(&mut tx, &events).await?;
+    if db.engine == Engine::Postgres && jobs.iter().any(Job::finishes_command) {
+        crate::gateway::dispatch::publish_in(&mut tx, crate::gateway::dispatch::COMMANDS_FINISHED).await?;
+    }
     tx.commit().await?;
     for (cluster, series) in learned {
         known.learn(cluster, series);

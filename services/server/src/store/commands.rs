@@ -205,12 +205,17 @@ pub struct Outcome<'a> {
     pub output: Option<&'a serde_json::Value>,
 }
 
+/// Whether an agent's result in this state ends its command.
+pub fn is_final(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed")
+}
+
 /// Applies a result from the cluster's own agent; a final state is never overwritten, so a
 /// resent result is a no-op.
 #[tracing::instrument(target = "meshfleet_traces", name = "store.commands.record_result", skip_all)]
 pub async fn record_result(conn: &mut Conn, cluster: ClusterId, id: CommandId, outcome: &Outcome<'_>, now: i64) -> Result<bool, sqlx::Error> {
     let Outcome { state, progress, message, output } = *outcome;
-    let final_state = matches!(state, "succeeded" | "failed");
+    let final_state = is_final(state);
     let done = sqlx::query(&format!(
         "UPDATE commands SET state = $3, progress = $4, message = $5, output = COALESCE($6, output),
          completed_at = CASE WHEN $7 = 1 THEN $8 ELSE completed_at END
