@@ -20,7 +20,9 @@
 //! measures) and is timed until it is completed. The gap is read afterwards from the commands
 //! table: for each cluster, the `restart-workloads` command's `created_at` minus its
 //! `set-control-plane-version` command's `completed_at`, both stamped by the server. The rollouts
-//! job looks every 500 ms, so half a tick (250 ms) on average is the floor of that gap.
+//! job looks every 500 ms and as soon as a command's final result is stored, so the gap is
+//! bounded by how long a look takes; the looks' count and durations (the server's
+//! `job_run_duration_seconds`) are reported beside it.
 //!
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version.
 
@@ -66,12 +68,48 @@ struct Run {
     pg_writes: Option<(i64, i64)>,
     load: (f64, f64),
     gaps: Vec<Duration>,
+    looks: Looks,
+}
+
+/// The rollouts job's runs (looks) during a rollout, from the server's
+/// `job_run_duration_seconds` histogram.
+#[derive(Default, Clone, Copy)]
+struct Looks {
+    count: f64,
+    secs: f64,
+    over_half_s: f64,
+    over_1_s: f64,
+}
+
+impl Looks {
+    async fn read(api: &str) -> Looks {
+        let text = support::scrape(api).await;
+        let job = r#"job="rollouts""#;
+        let under = |le: &str| support::metric(&text, "job_run_duration_seconds_bucket", &[job, le]);
+        let count = support::metric(&text, "job_run_duration_seconds_count", &[job]);
+        Looks {
+            count,
+            secs: support::metric(&text, "job_run_duration_seconds_sum", &[job]),
+            over_half_s: count - under(r#"le="0.5""#),
+            over_1_s: count - under(r#"le="1""#),
+        }
+    }
+
+    fn since(self, before: Looks) -> Looks {
+        Looks {
+            count: self.count - before.count,
+            secs: self.secs - before.secs,
+            over_half_s: self.over_half_s - before.over_half_s,
+            over_1_s: self.over_1_s - before.over_1_s,
+        }
+    }
 }
 
 /// Starts `request` and times it until completed, with the server's and PostgreSQL's CPU.
 async fn rollout(http: &reqwest::Client, api: &str, token: &str, pid: u32, db: &Db, request: Value, clusters: usize) -> anyhow::Result<Run> {
     let tick = clock_ticks_per_sec();
     let (cpu, pg, stats, load) = (cpu_ticks(pid), postgres_ticks(), db.pg_stats().await, support::loadavg());
+    let looks = Looks::read(api).await;
     let started = Instant::now();
     let r = http_json(http.post(format!("{api}/api/v1/rollouts")).bearer_auth(token).json(&request), "start the rollout").await?;
     let id = r["id"].as_str().context("rollout id")?.to_owned();
@@ -88,6 +126,7 @@ async fn rollout(http: &reqwest::Client, api: &str, token: &str, pid: u32, db: &
     }
     let secs = started.elapsed().as_secs_f64();
     let (cpu_after, pg_after) = (cpu_ticks(pid), postgres_ticks());
+    let looks = Looks::read(api).await.since(looks);
     // Let the statistics collector catch up before the rows are read.
     tokio::time::sleep(Duration::from_millis(600)).await;
     let stats_after = db.pg_stats().await;
@@ -114,6 +153,7 @@ async fn rollout(http: &reqwest::Client, api: &str, token: &str, pid: u32, db: &
         pg_writes: stats.zip(stats_after).map(|(a, b)| (b.0 - a.0, b.1 - a.1)),
         load: (load, support::loadavg()),
         gaps,
+        looks,
     })
 }
 
@@ -178,8 +218,9 @@ fn row(what: &str, r: &Run) {
     let writes = r.pg_writes.map(|(x, w)| format!("{x} transactions, {w} rows written")).unwrap_or_else(|| "in the server process".into());
     let (p50, p99, max) = (pct(&r.gaps, 50.0), pct(&r.gaps, 99.0), r.gaps.last().copied().unwrap_or_default());
     let verdict = if p99 < GOAL { "met" } else { "NOT met" };
+    let l = r.looks;
     println!(
-        "  {what}: {:.1} s | server CPU {:.1} s ({:.0}% of a core) | PostgreSQL CPU {:.1} s ({:.0}%) | database: {writes} | step done -> next command p50 {} p99 {} max {} ms (goal p99 < 1 s: {verdict}) | load {:.1} -> {:.1}",
+        "  {what}: {:.1} s | server CPU {:.1} s ({:.0}% of a core) | PostgreSQL CPU {:.1} s ({:.0}%) | database: {writes} | step done -> next command p50 {} p99 {} max {} ms (goal p99 < 1 s: {verdict}) | {} looks, mean {:.0} ms, {} over 0.5 s, {} over 1 s | load {:.1} -> {:.1}",
         r.secs,
         r.server_cpu_s,
         100.0 * r.server_cpu_s / r.secs,
@@ -188,6 +229,10 @@ fn row(what: &str, r: &Run) {
         ms(p50),
         ms(p99),
         ms(max),
+        l.count,
+        1000.0 * l.secs / l.count.max(1.0),
+        l.over_half_s,
+        l.over_1_s,
         r.load.0,
         r.load.1
     );

@@ -186,9 +186,8 @@ async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
         return Ok(());
     }
     tx.commit().await?;
-    for (cluster, _) in sent {
-        crate::gateway::dispatch::command_created(state, cluster).await;
-    }
+    let clusters: Vec<ClusterId> = sent.iter().map(|(cluster, _)| *cluster).collect();
+    crate::gateway::dispatch::commands_created(state, &clusters).await;
     Ok(())
 }
 

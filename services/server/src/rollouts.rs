@@ -16,8 +16,6 @@ pub mod start;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use crate::app::AppState;
 use crate::db::to_rfc3339;
 use crate::domain::audit::AuditEntry;
@@ -292,20 +290,17 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
         return Ok(());
     }
     tx.commit().await?;
-    // A step's command, if it sent one (dispatched once, with the step that sent it).
-    let mut sent: HashMap<ClusterId, Command> = sent.into_iter().map(|c| (c.cluster_id, c)).collect();
+    // A step's command, if it sent one, named on the step's span; the agents are woken in one go.
+    let kinds: HashMap<ClusterId, &str> = sent.iter().map(|c| (c.cluster_id, c.kind.as_str())).collect();
     for (cluster, from, to, _) in &steps {
         let span = tracing::info_span!(target: crate::telemetry::TRACES, "rollout step", rollout_id = %r.id, cluster_id = %cluster, from = ?from, to = ?to, command = tracing::field::Empty);
-        if let Some(command) = sent.remove(cluster) {
-            span.record("command", command.kind.as_str());
-            tracing::info!(parent: &span, org = %r.org_id, rollout = %r.id, cluster = %command.cluster_id, kind = %command.kind, "rollout step sent");
-            crate::gateway::dispatch::command_created(state, command.cluster_id).instrument(span).await;
+        if let Some(kind) = kinds.get(cluster) {
+            span.record("command", kind);
+            tracing::info!(parent: &span, org = %r.org_id, rollout = %r.id, cluster = %cluster, kind = %kind, "rollout step sent");
         }
     }
-    // Every step changes a phase, so none should be left; a command is never left unannounced.
-    for command in sent.into_values() {
-        crate::gateway::dispatch::command_created(state, command.cluster_id).await;
-    }
+    let clusters: Vec<ClusterId> = sent.iter().map(|c| c.cluster_id).collect();
+    crate::gateway::dispatch::commands_created(state, &clusters).await;
     Ok(())
 }
 

@@ -21,10 +21,22 @@ const POLL_EVERY: Duration = Duration::from_secs(1);
 /// How soon a broken LISTEN connection is opened again.
 const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
+/// How many clusters one wake-up notice names (a NOTIFY payload must stay under 8,000 bytes).
+const WAKE_CHUNK: usize = 150;
+
 /// A command was created for the cluster.
 pub async fn command_created(state: &AppState, cluster: ClusterId) {
-    state.agents.wake(cluster);
-    publish(state, &format!("wake:{cluster}")).await;
+    commands_created(state, &[cluster]).await;
+}
+
+/// Commands were created for these clusters (a job's batch): one notice per 150 of them, not
+/// one per cluster.
+pub async fn commands_created(state: &AppState, clusters: &[ClusterId]) {
+    for chunk in clusters.chunks(WAKE_CHUNK) {
+        chunk.iter().for_each(|c| state.agents.wake(*c));
+        let ids: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+        publish(state, &format!("wake:{}", ids.join(","))).await;
+    }
 }
 
 /// The cluster was deleted or its agent revoked: cut its stream wherever it is.
@@ -98,11 +110,13 @@ fn apply(state: &AppState, payload: &str) {
         let Some(org) = id.and_then(|org| org.parse().ok()) else { return };
         return if kind == "clusters" { forget_clusters(state, org) } else { state.read_cache.clusters_changed(org) };
     }
+    if kind == "wake" {
+        return id.unwrap_or_default().split(',').filter_map(|c| c.parse().ok()).for_each(|c| state.agents.wake(c));
+    }
     let Some(cluster) = id.and_then(|c| c.parse().ok()) else {
         return;
     };
     match (kind, rest) {
-        ("wake", _) => state.agents.wake(cluster),
         ("revoke", _) => state.agents.revoke(cluster),
         ("open", Some(session)) => state.agents.superseded_elsewhere(cluster, session),
         _ => {}
