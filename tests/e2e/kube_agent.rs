@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use meshfleet_agent::k8s::{self, AgentConfig};
 use meshfleet_fake_kube::{Config, FakeKube, User};
-use meshfleet_server::install::{self, InstallParams};
-use meshfleet_test_support::app::{Engine, Login, TestApp};
+use meshfleet_server::install;
+use meshfleet_test_support::app::{ApiClient, Engine, Login, TestApp, TestDb};
 use meshfleet_test_support::process::within;
+use meshfleet_test_support::server::{Restartable, ServerBin};
 use serde_json::{json, Value};
 
 fn deployment(ns: &str, name: &str, replicas: i32) -> Value {
@@ -36,10 +37,39 @@ fn issuer_pem() -> (String, String) {
 }
 
 struct Setup {
-    app: TestApp,
+    /// The server's API, at the same address across restarts.
+    app: ApiClient,
     owner: Login,
     /// The organization's first cluster; its fields read as the setup's own (`s.kube`).
     home: Cluster,
+    server: Server,
+}
+
+/// The server under test: in this process (`None` only while it restarts), or its binary as a
+/// child process, which a test can kill.
+enum Server {
+    InProcess(Option<TestApp>),
+    Binary(Restartable),
+}
+
+impl Setup {
+    /// Stops the in-process server and starts it again on the same addresses, database and
+    /// sealing key, as a restarted replica comes back (`TestApp::restart`).
+    async fn restart(&mut self) {
+        let Server::InProcess(app) = &mut self.server else { panic!("a graceful restart of the in-process server") };
+        let restarted = app.take().expect("the server runs").restart().await;
+        *app = Some(restarted);
+    }
+
+    /// The server binary: SIGKILL now (it ends mid-whatever, its leases held), then the same
+    /// server again after `down`. Returns once the new process announces its addresses.
+    async fn kill_and_start(&mut self, down: Duration) {
+        let Server::Binary(server) = &mut self.server else { panic!("a kill needs the server binary") };
+        server.kill();
+        tokio::time::sleep(down).await;
+        // Starting blocks until it announces itself; the agents and the traffic run on meanwhile.
+        tokio::task::block_in_place(|| server.start());
+    }
 }
 
 /// One cluster of the test's organization: its id, the fake API server holding it (with the
@@ -64,32 +94,33 @@ async fn setup() -> Setup {
 }
 
 async fn setup_with(tweak: impl FnOnce(&mut meshfleet_server::config::Config)) -> Setup {
-    let app = TestApp::spawn_with(meshfleet_test_support::app::TestDb::new(Engine::Sqlite).await, tweak).await;
+    let app = TestApp::spawn_with(TestDb::new(Engine::Sqlite).await, tweak).await;
+    setup_on(app.api.clone(), Server::InProcess(Some(app))).await
+}
+
+/// The setup with the `meshfleet-server` binary over `engine`, with extra MESHFLEET_* settings.
+async fn setup_binary(engine: Engine, env: &[(&str, &str)]) -> Setup {
+    let bin = tokio::task::spawn_blocking(ServerBin::built).await.unwrap();
+    let mut server = bin.restartable(TestDb::new(engine).await, env);
+    tokio::task::block_in_place(|| server.start());
+    setup_on(ApiClient::new(server.url()), Server::Binary(server)).await
+}
+
+async fn setup_on(app: ApiClient, server: Server) -> Setup {
     let owner = app.owner("ops@example.com").await;
     let home = join_cluster(&app, &owner, "prod-1").await;
-    Setup { app, owner, home }
+    Setup { app, owner, home, server }
 }
 
 /// Creates a cluster of `owner`'s organization through the API and a fake API server for it
 /// holding a mesh (the controller Deployment, shop/web with two pods, shop/api with one), with
-/// the cluster's rendered install manifest applied and its RBAC enforced.
-async fn join_cluster(app: &TestApp, owner: &Login, name: &str) -> Cluster {
+/// the cluster's install manifest from the API (shop meshed) applied and its RBAC enforced.
+async fn join_cluster(app: &ApiClient, owner: &Login, name: &str) -> Cluster {
     let created = app.create_cluster(owner, name, json!({})).await;
     let cluster = created["cluster"]["id"].as_str().unwrap().to_owned();
-    let gateway = format!("https://{}", app.state_gateway());
-    let ca = app.state.pki.gateway_ca_pem.clone();
-    let manifest = install::render(&InstallParams {
-        cluster_id: &cluster,
-        cluster_name: name,
-        org_id: &owner.org,
-        bootstrap_token: created["bootstrap_token"]["token"].as_str().unwrap(),
-        api_url: &app.base,
-        gateway_address: &gateway,
-        gateway_ca_pem: &ca,
-        agent_image: "meshfleet/meshfleet-agent:test",
-        mesh_namespace: "meshfleet",
-        meshed_namespaces: &["shop"],
-    });
+    let (status, manifest) = app.get(&format!("/api/v1/clusters/{cluster}/install.yaml?meshed_namespaces=shop"), &owner.access).await;
+    let Value::String(manifest) = manifest else { panic!("install.yaml: {status} {manifest}") };
+    assert_eq!(status.as_u16(), 200, "{manifest}");
     let kube = Arc::new(
         FakeKube::start_with(Config { ready_delay: Duration::from_millis(200), bookmark_interval: Duration::from_secs(1), ..Config::default() }).await.unwrap(),
     );

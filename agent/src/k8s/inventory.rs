@@ -15,6 +15,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret};
 use meshfleet_agent_protocol::v1;
+use meshfleet_pki::names::{namespace_injects, pod_injects};
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
@@ -26,9 +27,10 @@ use super::telemetry::Telemetry;
 /// A pod is meshed when it carries a container with this name: the injected native sidecar (an
 /// init container with `restartPolicy: Always`) or, added by hand, a regular container.
 pub const PROXY_CONTAINER: &str = "meshfleet-proxy";
-/// A namespace with this annotation (as the injector reads it) or label (as the webhook's
-/// namespace selector can match it) set to "enabled" is meshed even before it has a meshed pod.
-pub const INJECT_LABEL: &str = "meshfleet.io/inject";
+/// A namespace with this label or annotation set to "enabled" is meshed even before it has a
+/// meshed pod; a pod annotated "disabled" is left without the proxy. The injector's own rule
+/// (`meshfleet_pki::names::namespace_injects`, `pod_injects`).
+pub use meshfleet_pki::names::INJECT as INJECT_LABEL;
 /// The proxy's admin port when its container does not name a port "admin".
 pub const DEFAULT_ADMIN_PORT: u16 = 4191;
 
@@ -386,7 +388,8 @@ pub fn spawn_watchers(client: Client, config: &AgentConfig, inv: Arc<Inventory>,
             inv.clone(),
             t.clone(),
             Table::plain(|s| &mut s.pod_names),
-            |p: &PartialObjectMeta<Pod>| (p.annotations().get(INJECT_LABEL).map(String::as_str) != Some("disabled")).then_some(()),
+            // The pods the injector would mesh if their namespace is meshed (those that count).
+            |p: &PartialObjectMeta<Pod>| pod_injects(p.annotations().get(INJECT_LABEL).map(String::as_str), true).then_some(()),
         )),
         tokio::spawn(reflect(
             Api::<Namespace>::all(client.clone()),
@@ -464,7 +467,7 @@ pub fn workload_of(p: &Pod) -> String {
 }
 
 fn injected_namespace(n: &Namespace) -> bool {
-    [n.labels(), n.annotations()].iter().any(|m| m.get(INJECT_LABEL).is_some_and(|v| v == "enabled"))
+    namespace_injects(n.metadata.labels.as_ref(), n.metadata.annotations.as_ref())
 }
 
 fn meshed_pod(p: &Pod) -> Option<MeshedPod> {

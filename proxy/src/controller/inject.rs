@@ -17,8 +17,9 @@ use crate::proxy::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Pod (or namespace) annotation: `enabled` injects, `disabled` opts a pod out.
-pub const INJECT_ANNOTATION: &str = "meshfleet.io/inject";
+/// Pod annotation (and namespace label or annotation): `enabled` injects, `disabled` opts a pod
+/// out. The rule is `meshfleet_pki::names`' own, shared with the agent.
+pub const INJECT_ANNOTATION: &str = meshfleet_pki::names::INJECT;
 /// Pod annotation pinning the proxy version (an image tag).
 pub const VERSION_ANNOTATION: &str = "meshfleet.io/proxy-version";
 /// Annotation the injector sets: the injected proxy version.
@@ -109,8 +110,9 @@ impl Outcome {
     }
 }
 
-/// Answers one AdmissionReview body. `namespace_injects` is whether the pod's namespace carries
-/// `meshfleet.io/inject: enabled`: the server looks the namespace up, this function only decides.
+/// Answers one AdmissionReview body. `namespace_injects` is whether the pod's namespace is
+/// meshed (`meshfleet_pki::names::namespace_injects`): the server looks the namespace up, this
+/// function only decides.
 pub fn review(body: &[u8], config: &InjectConfig, namespace_injects: bool) -> (AdmissionReview, Outcome) {
     let (uid, result) = match serde_json::from_slice::<AdmissionReview>(body) {
         Err(e) => (String::new(), Err(format!("meshfleet injector: unreadable AdmissionReview: {e}"))),
@@ -148,11 +150,7 @@ fn decide(request: &AdmissionRequest, config: &InjectConfig, namespace_injects: 
     let pod: Pod = serde_json::from_value(object.clone()).map_err(|e| format!("meshfleet injector: unreadable Pod: {e}"))?;
     let annotations = pod.metadata.annotations.as_ref();
     let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
-    let wanted = match annotation(INJECT_ANNOTATION) {
-        Some("disabled") => false,
-        Some("enabled") => true,
-        _ => namespace_injects,
-    };
+    let wanted = meshfleet_pki::names::pod_injects(annotation(INJECT_ANNOTATION), namespace_injects);
     let Some(spec) = pod.spec.as_ref() else { return Err("meshfleet injector: Pod without a spec".into()) };
     let present = spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| c.name == PROXY_CONTAINER);
     if !wanted || present {

@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Namespace;
 use prometheus::IntCounterVec;
 use tokio::net::TcpListener;
 
-use super::inject::{self, AdmissionReview, InjectConfig, INJECT_ANNOTATION};
+use super::inject::{self, AdmissionReview, InjectConfig};
 
 /// AdmissionReview bodies carry one Pod; the API server's own limit is 3 MiB per object.
 const BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -68,11 +68,12 @@ async fn handle(State(injector): State<Arc<Injector>>, body: Bytes) -> Json<Admi
     Json(review)
 }
 
-/// Whether the namespace says `meshfleet.io/inject: enabled`; a failed lookup says no.
+/// Whether the namespace is meshed, by label or annotation (the rule the agent applies too); a
+/// failed lookup says no.
 async fn namespace_injects(client: &kube::Client, name: &str) -> bool {
     let api: kube::Api<Namespace> = kube::Api::all(client.clone());
     match tokio::time::timeout(NAMESPACE_LOOKUP_TIMEOUT, api.get(name)).await {
-        Ok(Ok(ns)) => ns.metadata.annotations.as_ref().and_then(|a| a.get(INJECT_ANNOTATION)).is_some_and(|v| v == "enabled"),
+        Ok(Ok(ns)) => meshfleet_pki::names::namespace_injects(ns.metadata.labels.as_ref(), ns.metadata.annotations.as_ref()),
         Ok(Err(e)) => {
             tracing::warn!(namespace = name, error = %e, "injector: namespace lookup failed");
             false

@@ -103,6 +103,23 @@ async fn deployments_in_an_injected_namespace_get_the_control_planes_proxy() {
     assert_eq!(metric(&m, "injector_requests_total", &[("result", "injected")]), 2.0, "{m}");
     assert_eq!(metric(&m, "injector_requests_total", &[("result", "skipped")]), 0.0, "{m}");
 
+    // A namespace is meshed by the label as well as the annotation (the agent's rule too,
+    // `meshfleet_pki::names::namespace_injects`); one with neither is not.
+    for (name, meta) in [("labelled", json!({"labels": {INJECT_ANNOTATION: "enabled"}})), ("plain", json!({"labels": {"team": "shop"}}))] {
+        let mut meta = meta;
+        meta["name"] = json!(name);
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(json!({"metadata": meta})).unwrap()).await.unwrap();
+    }
+    let bare =
+        || serde_json::from_value::<Pod>(json!({"metadata": {"name": "bare"}, "spec": {"containers": [{"name": "app", "image": "shop/bare:1"}]}})).unwrap();
+    let labelled = Api::<Pod>::namespaced(client.clone(), "labelled").create(&PostParams::default(), &bare()).await.unwrap();
+    assert_injected(&labelled, "1.0.0");
+    let plain = Api::<Pod>::namespaced(client.clone(), "plain").create(&PostParams::default(), &bare()).await.unwrap();
+    assert!(plain.spec.as_ref().unwrap().init_containers.is_none() && version_label(&plain).is_none(), "{plain:?}");
+    let m = metrics(&controller).await;
+    assert_eq!(metric(&m, "injector_requests_total", &[("result", "injected")]), 3.0, "{m}");
+    assert_eq!(metric(&m, "injector_requests_total", &[("result", "skipped")]), 1.0, "{m}");
+
     // A new control-plane version, then `kubectl rollout restart`: the new pods get it.
     drop(controller);
     let controller = controller_at(&pki, &kube, "2.0.0");

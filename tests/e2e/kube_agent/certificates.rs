@@ -290,7 +290,7 @@ async fn a_rotation_goes_on_where_it_was_after_the_server_restarts_during_distri
     let (id, new) = (r["id"].as_str().unwrap().to_owned(), r["new_anchor_fingerprint"].as_str().unwrap().to_owned());
     assert_eq!(r["phase"], "distribute");
     let stopped = std::time::Instant::now();
-    s.app = s.app.restart().await;
+    s.restart().await;
     rotation_reaches(&s, &id, "done", Duration::from_secs(60)).await;
     eprintln!("the rotation finished {:?} after the server stopped", stopped.elapsed());
     let moved = within(Duration::from_secs(10), || async { leaf_anchors(&mesh).await.iter().all(|f| f.as_deref() == Some(new.as_str())) }).await;

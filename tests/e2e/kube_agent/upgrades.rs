@@ -1,5 +1,5 @@
-//! Mesh upgrades end to end (issue 15): rollouts run by the real server, carried out by the real
-//! agent against the fake API server, on a mesh of real controller and proxy processes that play
+//! Mesh upgrades end to end (issue 15): rollouts run by the `meshfleet-server` binary (a child
+//! process, which one scenario kills mid-rollout), carried out by the real agent against the fake API server, on a mesh of real controller and proxy processes that play
 //! the version Kubernetes gives them (`Mesh::upgradable`): 0.1.0 runs, 0.2.0 is a good next and
 //! 0.3.0 a bad one whose proxies fail half of their requests. Traffic flows through the proxies
 //! the whole time; the gates judge what the agent scraped from them. A request that fails other
@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use meshfleet_agent::k8s;
 use meshfleet_fake_kube::FakeKube;
-use meshfleet_test_support::app::{Login, TestApp};
+use meshfleet_test_support::app::{ApiClient, Engine, Login};
 use serde_json::{json, Value};
 
 use super::mesh::{self, Mesh, Releases, Tally, Traffic};
-use super::{join_cluster, setup_with, start_connected_agent_in, within, Cluster, Setup};
+use super::{join_cluster, setup_binary, start_connected_agent_in, within, Cluster, Setup};
 
 const CATALOG: &str = "releases:\n- {version: 0.2.0, released_on: 2026-12-01}\n- {version: 0.3.0, released_on: 2026-12-02}\n";
 const WORKLOADS: &[(&str, &str)] = &[("shop", "web"), ("shop", "api")];
@@ -37,15 +37,17 @@ struct Fleet {
     agent: k8s::Running,
 }
 
-/// The setup's organization with `clusters` clusters (prod-1, prod-2, ...) at 0.1.0, each with
-/// its mesh's pods injected by its controller, its agent connected, traffic flowing and its
-/// golden metrics already in the API (a gate's baseline); the server reads `CATALOG` from the
-/// directory returned, kept for the test's length.
-async fn fleet(clusters: usize) -> (Setup, Vec<Fleet>, tempfile::TempDir) {
+/// The setup's organization, on the server binary over `engine` with extra settings `env`, with
+/// `clusters` clusters (prod-1, prod-2, ...) at 0.1.0, each with its mesh's pods injected by its
+/// controller, its agent connected, traffic flowing and its golden metrics already in the API (a
+/// gate's baseline); the server reads `CATALOG` from the directory returned, kept for the test's
+/// length.
+async fn fleet(clusters: usize, engine: Engine, env: &[(&str, &str)]) -> (Setup, Vec<Fleet>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let catalog = dir.path().join("catalog.yaml");
     std::fs::write(&catalog, CATALOG).unwrap();
-    let s = setup_with(|c| c.release_catalog = Some(catalog)).await;
+    let catalog = catalog.display().to_string();
+    let s = setup_binary(engine, &[&[("MESHFLEET_RELEASE_CATALOG", catalog.as_str())], env].concat()).await;
     let mut fleet = Vec::new();
     for i in 0..clusters {
         let cluster = if i == 0 { s.home.clone() } else { join_cluster(&s.app, &s.owner, &format!("prod-{}", i + 1)).await };
@@ -120,21 +122,22 @@ async fn assert_at(s: &Setup, f: &Fleet, version: &str) {
     assert!(shown.is_some(), "the API shows {id} at {version}: {}", s.app.get(&format!("/api/v1/clusters/{id}/inventory"), &s.owner.access).await.1);
 }
 
-fn rollout_request(version: &str) -> Value {
+/// A rollout to `version` restarting `restart_batch` Deployments of a namespace at once.
+fn rollout_request(version: &str, restart_batch: u32) -> Value {
     json!({ "target_version": version, "settings": {
-        "waves": { "canary_count": 1, "batch_percent": 100 }, "verify_seconds": 3, "soak_seconds": 1, "restart_batch": 2,
+        "waves": { "canary_count": 1, "batch_percent": 100 }, "verify_seconds": 3, "soak_seconds": 1, "restart_batch": restart_batch,
         // The gates judge the success rate; latency on a shared test machine is noise.
         "gates": { "max_success_rate_drop_points": 10, "max_p99_increase_percent": 10000 } } })
 }
 
-async fn start_rollout(app: &TestApp, owner: &Login, version: &str) -> String {
-    let (status, started) = app.post("/api/v1/rollouts", &owner.access, rollout_request(version)).await;
+async fn start_rollout(app: &ApiClient, owner: &Login, version: &str, restart_batch: u32) -> String {
+    let (status, started) = app.post("/api/v1/rollouts", &owner.access, rollout_request(version, restart_batch)).await;
     assert_eq!(status.as_u16(), 201, "{started}");
     started["id"].as_str().unwrap().to_owned()
 }
 
 /// Polls the rollout until `done`; returns it and every distinct list of cluster phases seen.
-async fn rollout_until(app: &TestApp, owner: &Login, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<Vec<String>>) {
+async fn rollout_until(app: &ApiClient, owner: &Login, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> (Value, Vec<Vec<String>>) {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut seen: Vec<Vec<String>> = Vec::new();
     loop {
@@ -152,7 +155,7 @@ async fn rollout_until(app: &TestApp, owner: &Login, id: &str, what: &str, done:
 }
 
 /// The kinds of a cluster's commands, newest first.
-async fn commands_of(app: &TestApp, owner: &Login, cluster: &str) -> Vec<(String, String)> {
+async fn commands_of(app: &ApiClient, owner: &Login, cluster: &str) -> Vec<(String, String)> {
     let (_, page) = app.get(&format!("/api/v1/clusters/{cluster}/commands"), &owner.access).await;
     page["items"].as_array().unwrap().iter().map(|c| (c["kind"].as_str().unwrap().to_owned(), c["id"].as_str().unwrap().to_owned())).collect()
 }
@@ -162,7 +165,7 @@ fn kinds(commands: &[(String, String)]) -> Vec<&str> {
 }
 
 /// The reasons of the cluster's rollout events, newest first.
-async fn rollout_events(app: &TestApp, owner: &Login, cluster: &str) -> Vec<String> {
+async fn rollout_events(app: &ApiClient, owner: &Login, cluster: &str) -> Vec<String> {
     let (_, ev) = app.get(&format!("/api/v1/clusters/{cluster}/events?limit=100"), &owner.access).await;
     ev["items"].as_array().unwrap().iter().filter_map(|e| e["reason"].as_str().filter(|r| r.starts_with("Rollout")).map(str::to_owned)).collect()
 }
@@ -193,6 +196,16 @@ async fn finish(fleet: Vec<Fleet>) {
     for f in fleet {
         f.agent.shutdown().await;
     }
+}
+
+/// The shop Deployments whose pod template carries a restart stamp (none does before the
+/// rollout).
+fn restarted(kube: &FakeKube) -> BTreeSet<String> {
+    kube.list("apps/v1", "Deployment", Some("shop"))
+        .iter()
+        .filter(|d| d.pointer("/spec/template/metadata/annotations/kubectl.kubernetes.io~1restartedAt").is_some())
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Watches the shop Deployments' `restartedAt` stamps while it runs: each stamp is one restart.
@@ -231,12 +244,12 @@ impl Stamps {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_a_bad_next_version_is_rolled_back_on_its_canary_and_the_second_cluster_is_never_touched() {
     let started = Instant::now();
-    let (s, mut fleet, _catalog) = fleet(2).await;
+    let (s, mut fleet, _catalog) = fleet(2, Engine::Sqlite, &[]).await;
     let second_pods: BTreeSet<String> =
         fleet[1].cluster.kube.list("v1", "Pod", Some("shop")).iter().map(|p| p["metadata"]["uid"].as_str().unwrap().to_owned()).collect();
     let second_controller = fleet[1].cluster.kube.get("apps/v1", "Deployment", "meshfleet", "meshfleet-controller").unwrap();
 
-    let id = start_rollout(&s.app, &s.owner, "0.3.0").await;
+    let id = start_rollout(&s.app, &s.owner, "0.3.0", 2).await;
     let (paused, phases) = rollout_until(&s.app, &s.owner, &id, "the bad canary rolled back", |r| r["clusters"][0]["phase"] == "rolled_back").await;
     let (canary, second) = (&paused["clusters"][0], &paused["clusters"][1]);
     assert_eq!((canary["wave"].as_u64(), second["wave"].as_u64()), (Some(0), Some(1)), "{paused}");
@@ -289,8 +302,8 @@ async fn upgrades_a_bad_next_version_is_rolled_back_on_its_canary_and_the_second
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_traffic() {
     let started = Instant::now();
-    let (s, mut fleet, _catalog) = fleet(2).await;
-    let id = start_rollout(&s.app, &s.owner, "0.2.0").await;
+    let (s, mut fleet, _catalog) = fleet(2, Engine::Sqlite, &[]).await;
+    let id = start_rollout(&s.app, &s.owner, "0.2.0", 2).await;
     let (done, phases) = rollout_until(&s.app, &s.owner, &id, "the rollout completes", |r| r["state"] == "completed").await;
     assert_eq!((done["clusters"][0]["name"].as_str(), done["clusters"][0]["wave"].as_u64()), (Some("prod-1"), Some(0)), "{done}");
     // Waves: the second cluster starts only once the canary is done.
@@ -318,34 +331,53 @@ async fn upgrades_a_good_next_version_upgrades_two_clusters_under_continuous_tra
     eprintln!("good upgrade of two clusters took {:?}", started.elapsed());
 }
 
-/// The server is stopped and started again on the same addresses and database
-/// (`TestApp::restart`, in process: its listeners and jobs end without a crash's abruptness)
-/// while the cluster's workloads restart; the agent reconnects and reports the step's result.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upgrades_the_server_restarted_during_a_data_plane_phase_finishes_without_restarting_a_workload_twice() {
+meshfleet_test_support::on_both_engines!(upgrades_the_server_killed_during_a_data_plane_phase_finishes_without_restarting_a_workload_twice);
+
+/// The server binary is killed (SIGKILL) while the cluster's restart-workloads command runs, its
+/// first batch (one Deployment) under way and its second not begun, and started again on the
+/// same addresses, database and sealing key. The agent reconnects by itself and reports the
+/// step's result; the restarted server takes the rollout's job over once the dead process's
+/// lease lapses and carries on where it was.
+async fn upgrades_the_server_killed_during_a_data_plane_phase_finishes_without_restarting_a_workload_twice(engine: Engine) {
     let started = Instant::now();
-    let (s, mut fleet, _catalog) = fleet(1).await;
-    let stamps = Stamps::watch(fleet[0].cluster.kube.clone());
-    let id = start_rollout(&s.app, &s.owner, "0.2.0").await;
+    // A 3 s job lease (15 s by default): the restarted server takes the rollout over sooner.
+    let (mut s, mut fleet, _catalog) = fleet(1, engine, &[("MESHFLEET_JOB_LEASE_MS", "3000"), ("MESHFLEET_JOB_LEASE_RENEW_MS", "1000")]).await;
+    let kube = fleet[0].cluster.kube.clone();
+    let stamps = Stamps::watch(kube.clone());
+    // One Deployment at a time: the command's second batch waits for its first to roll out.
+    let id = start_rollout(&s.app, &s.owner, "0.2.0", 1).await;
     rollout_until(&s.app, &s.owner, &id, "the data-plane phase", |r| r["clusters"][0]["phase"] == "data_plane").await;
-    let Setup { app, home, .. } = s;
-    let app = app.restart().await;
-    let owner = app.login("ops@example.com").await;
-    let s = Setup { app, owner, home };
-    let (done, phases) = rollout_until(&s.app, &s.owner, &id, "the rollout finishes after the restart", |r| r["state"] == "completed").await;
+    let begun = within(Duration::from_secs(60), || async { !restarted(&kube).is_empty() }).await;
+    assert!(begun.is_some(), "the restart-workloads command never restarted a Deployment");
+    let at_kill = restarted(&kube);
+    let killed = Instant::now();
+    s.kill_and_start(Duration::from_millis(500)).await;
+    assert_eq!(at_kill.len(), 1, "killed between the batches: one Deployment restarting, the other not yet: {at_kill:?}");
+    eprintln!("killed {:?} into the scenario with {at_kill:?} restarting; the new server announced itself {:?} later", killed - started, killed.elapsed());
+
+    let (done, phases) = rollout_until(&s.app, &s.owner, &id, "the rollout finishes after the kill", |r| r["state"] == "completed").await;
+    eprintln!("the rollout completed {:?} after the kill", killed.elapsed());
     assert_eq!(done["clusters"][0]["phase"], "done", "{done}");
     assert!(phases.iter().all(|p| p[0] != "rolling_back"), "{phases:?}");
-    let commands = commands_of(&s.app, &s.owner, &fleet[0].cluster.cluster).await;
-    assert_eq!(kinds(&commands), ["restart-workloads", "set-control-plane-version"], "no step sent twice");
+    let cluster = &fleet[0].cluster.cluster;
+    let commands = commands_of(&s.app, &s.owner, cluster).await;
+    assert_eq!(kinds(&commands), ["restart-workloads", "set-control-plane-version"], "each step sent once");
+    let (_, restart) = s.app.get(&format!("/api/v1/clusters/{cluster}/commands/{}", commands[0].1), &s.owner.access).await;
+    assert_eq!(restart["state"], "succeeded", "the agent's result reached the restarted server: {restart}");
+    assert_eq!(rollout_events(&s.app, &s.owner, cluster).await, ["RolloutGatesPassed", "RolloutVerifying", "RolloutDataPlane", "RolloutControlPlane"]);
+    let agent = fleet[0].agent.stats();
+    assert!(agent.as_ref().is_some_and(|st| st.connected && st.sessions >= 2), "the agent reconnected by itself: {agent:?}");
     assert_at(&s, &fleet[0], "0.2.0").await;
     // Each workload restarted once, by the step's one command.
     let restarts = stamps.stop();
     assert_eq!(restarts.iter().map(|(d, at)| (d.as_str(), at.len())).collect::<Vec<_>>(), [("api", 1), ("web", 1)], "{restarts:?}");
     for name in ["api", "web"] {
-        let d = fleet[0].cluster.kube.get("apps/v1", "Deployment", "shop", name).unwrap();
+        let d = kube.get("apps/v1", "Deployment", "shop", name).unwrap();
         assert_eq!(d["spec"]["template"]["metadata"]["annotations"]["meshfleet.io/restarted-by"], commands[0].1.as_str(), "{d}");
     }
-    let tally = stop_traffic(&mut fleet[0], "prod-1 (server restarted)").await;
-    eprintln!("server restart scenario: {} failed of {} requests; took {:?}", tally.failed.len(), tally.sent, started.elapsed());
+    let tally = stop_traffic(&mut fleet[0], "prod-1 (server killed)").await;
+    // Three pods replaced; a request in flight on one when it goes is all that may fail.
+    assert!(tally.failed.len() <= 3, "failed requests beyond the restarts: {tally:?}");
+    eprintln!("server killed scenario: {} failed of {} requests; took {:?}", tally.failed.len(), tally.sent, started.elapsed());
     finish(fleet).await;
 }

@@ -1,5 +1,6 @@
 //! TestApp: a real server on 127.0.0.1:0 over its own database (a temporary SQLite file, or
-//! a fresh PostgreSQL database when MESHFLEET_TEST_POSTGRES_URL is set), and a client.
+//! a fresh PostgreSQL database when MESHFLEET_TEST_POSTGRES_URL is set), and a client of its
+//! API (`ApiClient`, which also serves a server run as a process).
 
 use std::io::Write;
 use std::sync::Once;
@@ -89,9 +90,9 @@ impl Drop for TestDb {
 }
 
 pub struct TestApp {
-    pub base: String,
+    /// Its API's client; the app derefs to it (`app.get(...)`, `app.base`).
+    pub api: ApiClient,
     pub gateway: Option<std::net::SocketAddr>,
-    pub client: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
     server: Option<Server>,
@@ -125,14 +126,7 @@ impl TestApp {
             let _ = meshfleet_server::telemetry::init(&config);
         }
         let server = Server::start(config).await.expect("server starts");
-        TestApp {
-            base: format!("http://{}", server.addr),
-            gateway: server.gateway_addr,
-            client: reqwest::Client::new(),
-            state: server.state.clone(),
-            db,
-            server: Some(server),
-        }
+        TestApp { api: ApiClient::new(format!("http://{}", server.addr)), gateway: server.gateway_addr, state: server.state.clone(), db, server: Some(server) }
     }
 
     /// The gateway's address (the test configuration always runs the gateway).
@@ -159,6 +153,27 @@ impl TestApp {
             s.stop().await.unwrap();
         }
         self.db
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
+
+/// A client of one server's API at `base` (`http://127.0.0.1:PORT`), with the calls tests make.
+#[derive(Clone)]
+pub struct ApiClient {
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: impl Into<String>) -> ApiClient {
+        ApiClient { base: base.into(), client: reqwest::Client::new() }
     }
 
     /// Sends a request; `body` as JSON when given. Returns the status and the parsed body

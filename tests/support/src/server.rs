@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::app::TestDb;
-use crate::process::{build_bins, clean_command, terminate};
+use crate::process::{build_bins, clean_command, free_port, terminate};
 
 /// Where the server binary is. The server's own tests pass Cargo's `CARGO_BIN_EXE_meshfleet-server`
 /// (no second build); tests in other packages build it with [`ServerBin::built`].
@@ -53,10 +53,61 @@ impl ServerBin {
         ServerProcess::start(cmd)
     }
 
+    /// A server over `db` that a test can kill and start again as the same server (see
+    /// [`Restartable`]), with extra MESHFLEET_* settings; not started yet.
+    pub fn restartable(&self, db: TestDb, env: &[(&str, &str)]) -> Restartable {
+        let dir = db.dir.path().display().to_string();
+        let mut settings = vec![
+            ("MESHFLEET_LISTEN".to_owned(), format!("127.0.0.1:{}", free_port())),
+            ("MESHFLEET_GATEWAY_LISTEN".to_owned(), format!("127.0.0.1:{}", free_port())),
+            ("MESHFLEET_DATABASE_URL".to_owned(), db.url.clone()),
+            ("MESHFLEET_SEALING_KEY".to_owned(), meshfleet_server::secrets::Sealer::generate_key()),
+            ("MESHFLEET_DATA_DIR".to_owned(), dir),
+        ];
+        settings.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Restartable { bin: self.clone(), db, settings, process: None }
+    }
+
     /// Two replicas `a` and `b` on the test PostgreSQL database `db`, sharing a new sealing key.
     pub fn two_replicas(&self, db: &TestDb, env: &[(&str, &str)]) -> (ServerProcess, ServerProcess) {
         let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
         (self.replica(db, &sealing_key, "a", env), self.replica(db, &sealing_key, "b", env))
+    }
+}
+
+/// One server, started again after a kill as a restarted pod comes back: the same database,
+/// sealing key, data directory and addresses (agents redial the gateway address they were
+/// given; clients keep their URL and tokens).
+pub struct Restartable {
+    bin: ServerBin,
+    pub db: TestDb,
+    /// Every MESHFLEET_* setting, the fixed ports among them.
+    settings: Vec<(String, String)>,
+    process: Option<ServerProcess>,
+}
+
+impl Restartable {
+    /// Starts the binary (it must not be running) and waits for it to announce its addresses.
+    /// This blocks: from a runtime's worker, wrap it in `tokio::task::block_in_place`.
+    pub fn start(&mut self) -> &ServerProcess {
+        assert!(self.process.is_none(), "the server is running already");
+        let mut cmd = self.bin.command(self.db.dir.path());
+        cmd.envs(self.settings.iter().map(|(k, v)| (k, v)));
+        self.process.insert(ServerProcess::start(cmd))
+    }
+
+    /// SIGKILL: the process ends at once, mid-whatever, as a crashed or evicted one does.
+    pub fn kill(&mut self) {
+        self.process.take().expect("the server runs").kill();
+    }
+
+    fn setting(&self, key: &str) -> &str {
+        self.settings.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).expect("set by `restartable`")
+    }
+
+    /// The API's base URL, the same across restarts.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.setting("MESHFLEET_LISTEN"))
     }
 }
 

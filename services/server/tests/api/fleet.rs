@@ -9,9 +9,6 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use meshfleet_agent::{v1, Agent, AgentHandle, ClientConfig, Report};
 use meshfleet_client::Client;
-use meshfleet_server::secrets::Sealer;
-use meshfleet_test_support::process::free_port;
-use meshfleet_test_support::server::ServerProcess;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -84,19 +81,8 @@ pub(crate) async fn requests_stored(api: &Api, cluster: &str) -> i64 {
 crate::on_both_engines!(a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once);
 
 async fn a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once(engine: Engine) {
-    let db = TestDb::new(engine).await;
-    let sealing_key = Sealer::generate_key();
-    let (api_port, gateway_port) = (free_port(), free_port());
-    let start = || {
-        let mut cmd = server().command(db.dir.path());
-        cmd.env("MESHFLEET_LISTEN", format!("127.0.0.1:{api_port}"))
-            .env("MESHFLEET_GATEWAY_LISTEN", format!("127.0.0.1:{gateway_port}"))
-            .env("MESHFLEET_DATABASE_URL", &db.url)
-            .env("MESHFLEET_SEALING_KEY", &sealing_key)
-            .env("MESHFLEET_DATA_DIR", db.dir.path());
-        ServerProcess::start(cmd)
-    };
-    let mut server = start();
+    let mut server = server().restartable(TestDb::new(engine).await, &[]);
+    server.start();
     let api = Api::signup(&server.url(), "ada@example.com").await;
     let mut agents = Vec::new();
     for i in 0..3 {
@@ -136,7 +122,7 @@ async fn a_killed_server_loses_no_acknowledged_report_and_runs_each_command_once
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let server = start();
+    server.start();
     tokio::time::sleep(Duration::from_millis(800)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for d in drivers {
