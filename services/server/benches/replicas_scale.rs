@@ -9,14 +9,15 @@
 //! Knobs: MESHFLEET_BENCH_AGENTS (30000), MESHFLEET_BENCH_BASELINE_AGENTS (agents / 3),
 //! MESHFLEET_BENCH_RAMP (agents started per ramp, 1000), MESHFLEET_BENCH_REPORT_SECS (each
 //! agent's report interval, 30), MESHFLEET_BENCH_SECS (measured window, 60),
-//! MESHFLEET_BENCH_PER_PORT (agents per balancer listen port, 10000).
+//! MESHFLEET_BENCH_PER_PORT (agents per balancer process, 8000).
 //!
 //! Method. The replicas are the real server binary (`ServerBin::replica`, fixed ports so a
-//! restarted one comes back where the balancer expects it). The balancer is the tests' TCP
-//! balancer (`meshfleet_test_support::balancer`) run in a process of its own (this binary again,
-//! with `MESHFLEET_BENCH_BALANCER` set) so that its memory and CPU are its own; it listens on
-//! several ports of 127.0.0.1, because one client address reaches one destination port through
-//! at most ~28,000 ephemeral ports. The agents are real `meshfleet_agent` clients (mTLS stream,
+//! restarted one comes back where the balancers expect it). A balancer is the tests' TCP
+//! balancer (`meshfleet_test_support::balancer`) in a process of its own (this binary again,
+//! with `MESHFLEET_BENCH_BALANCER` set), so that its memory and CPU are its own; there is one
+//! per MESHFLEET_BENCH_PER_PORT agents, each on its own port of 127.0.0.1, because a balancer
+//! holds two sockets per agent (a process may open 20,000 files here) and one client address
+//! reaches one destination port through at most ~28,000 ephemeral ports. The agents are real `meshfleet_agent` clients (mTLS stream,
 //! snapshot on connect, heartbeat every 10 s, default backoff), each registered with its own key
 //! and certificate (`support::agents`), all in this process; an agent counts as connected once
 //! its snapshot is acknowledged. Each agent sends a Metrics report of one 10-second window with
@@ -52,7 +53,7 @@ use meshfleet_test_support::server::{ServerBin, ServerProcess};
 use support::agents::{raise_nofile, seed, setup_fleet, Fleet};
 use support::{loadavg, metric, ms, pct, postgres_ticks, rss_kb, scrape};
 
-/// Set in the balancer's process: "<listeners>/<backend>,<backend>,...".
+/// Set in a balancer's process: its backends, "<addr>,<addr>,...".
 const BALANCER_ROLE: &str = "MESHFLEET_BENCH_BALANCER";
 const RAMP_TIMEOUT: Duration = Duration::from_secs(120);
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -98,7 +99,7 @@ impl Knobs {
             report_every: Duration::from_secs_f64(env_num("MESHFLEET_BENCH_REPORT_SECS").unwrap_or(30.0f64).max(0.1)),
             window: Duration::from_secs_f64(env_num("MESHFLEET_BENCH_SECS").unwrap_or(60.0f64).max(1.0)),
             settle: Duration::from_secs(10),
-            per_port: env_num("MESHFLEET_BENCH_PER_PORT").unwrap_or(10_000usize).clamp(1, 28_000),
+            per_port: env_num("MESHFLEET_BENCH_PER_PORT").unwrap_or(8_000usize).clamp(1, 28_000),
         }
     }
 }
@@ -145,17 +146,17 @@ impl Replica {
     }
 }
 
-/// The balancer in its own process, listening on `ports` of 127.0.0.1; stopped when dropped.
+/// A balancer in its own process, listening on 127.0.0.1:`port`; stopped when dropped.
 struct BalancerProc {
     child: Child,
-    ports: Vec<u16>,
+    port: u16,
 }
 
 impl BalancerProc {
-    fn start(listeners: usize, backends: &[u16]) -> anyhow::Result<BalancerProc> {
+    fn start(backends: &[u16]) -> anyhow::Result<BalancerProc> {
         let backends: Vec<String> = backends.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut child = Command::new(std::env::current_exe()?)
-            .env(BALANCER_ROLE, format!("{listeners}/{}", backends.join(",")))
+            .env(BALANCER_ROLE, backends.join(","))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -163,11 +164,10 @@ impl BalancerProc {
             .context("starting the balancer process")?;
         let output = Output::capture(&mut child);
         let line = output.stdout.recv_timeout(Duration::from_secs(30)).with_context(|| format!("the balancer did not start: {}", output.tail()))?;
-        let ports = line.trim_start_matches("balancing on ").split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u16>>();
-        if ports.len() != listeners {
+        let Some(port) = line.strip_prefix("balancing on ").and_then(|p| p.trim().parse().ok()) else {
             bail!("the balancer announced {line:?}");
-        }
-        Ok(BalancerProc { child, ports })
+        };
+        Ok(BalancerProc { child, port })
     }
 
     fn rss_kb(&self) -> u64 {
@@ -181,16 +181,11 @@ impl Drop for BalancerProc {
     }
 }
 
-/// The balancer process's life: listeners over the backends until the bench closes stdin.
+/// A balancer process's life: balancing over the backends until the bench closes its stdin.
 async fn serve_balancer(spec: &str) -> anyhow::Result<()> {
-    let (listeners, backends) = spec.split_once('/').context("balancer spec: <listeners>/<backends>")?;
-    let backends: Vec<SocketAddr> = backends.split(',').map(str::parse).collect::<Result<_, _>>()?;
-    let mut balancers = Vec::new();
-    for _ in 0..listeners.parse::<usize>()? {
-        balancers.push(Balancer::start(backends.clone()).await);
-    }
-    let ports: Vec<String> = balancers.iter().map(|b| b.addr.port().to_string()).collect();
-    println!("balancing on {}", ports.join(","));
+    let backends: Vec<SocketAddr> = spec.split(',').map(str::parse).collect::<Result<_, _>>()?;
+    let balancer = Balancer::start(backends).await;
+    println!("balancing on {}", balancer.addr.port());
     tokio::task::spawn_blocking(|| {
         let mut buf = [0u8; 64];
         while std::io::stdin().read(&mut buf).is_ok_and(|n| n > 0) {}
@@ -279,6 +274,8 @@ struct Restart {
     down_for: Duration,
     times: Vec<Duration>,
     all_back: bool,
+    /// Why the agents' attempts failed meanwhile (each agent's last error while disconnected).
+    errors: BTreeMap<String, usize>,
 }
 
 #[derive(Default)]
@@ -325,17 +322,19 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     for r in &mut replicas {
         r.start(&db, &sealing_key);
     }
-    let balancer = if replica_count > 1 {
-        let gateways: Vec<u16> = replicas.iter().map(|r| r.gateway).collect();
-        Some(BalancerProc::start(target.div_ceil(knobs.per_port), &gateways)?)
+    // Balancers of `per_port` agents each (ephemeral ports and open files bound one), or none.
+    let gateways: Vec<u16> = replicas.iter().map(|r| r.gateway).collect();
+    let balancers = if replica_count > 1 {
+        (0..target.div_ceil(knobs.per_port)).map(|_| BalancerProc::start(&gateways)).collect::<anyhow::Result<Vec<_>>>()?
     } else {
-        None
+        Vec::new()
     };
-    // Agents dial the balancer's ports in turn, or the one replica directly.
-    let gateway_urls: Vec<String> = match &balancer {
-        Some(b) => b.ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect(),
-        None => vec![format!("https://127.0.0.1:{}", replicas[0].gateway)],
+    // Agents dial the balancers in turn, or the one replica directly.
+    let gateway_urls: Vec<String> = match balancers.is_empty() {
+        false => balancers.iter().map(|b| format!("https://127.0.0.1:{}", b.port)).collect(),
+        true => vec![format!("https://127.0.0.1:{}", replicas[0].gateway)],
     };
+    let balancers_kb = |b: &[BalancerProc]| b.iter().map(BalancerProc::rss_kb).sum::<u64>();
 
     let t = Instant::now();
     let Fleet { ca_pem, identities } =
@@ -344,7 +343,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     eprintln!("    {target} clusters created and agents registered in {:.1} s", out.register_secs);
     tokio::time::sleep(knobs.settle).await;
     let before: Vec<u64> = replicas.iter().map(Replica::rss_kb).collect();
-    let balancer_before = balancer.as_ref().map(BalancerProc::rss_kb);
+    let balancer_before = balancers_kb(&balancers);
     let bench_before = rss_kb("self");
 
     // Ramps: start `ramp` agents, wait for every snapshot to be acknowledged, go on.
@@ -394,7 +393,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     for (r, before) in replicas.iter().zip(before) {
         out.replicas.push(ReplicaFigures { name: r.name, rss_before_kb: before, rss_with_kb: r.rss_kb(), agents: r.connected_agents().await });
     }
-    out.balancer_kb = balancer.as_ref().map(|b| (balancer_before.unwrap_or(0), b.rss_kb()));
+    out.balancer_kb = (!balancers.is_empty()).then(|| (balancer_before, balancers_kb(&balancers)));
     out.bench_kb = (bench_before, rss_kb("self"));
     out.load.push(loadavg());
 
@@ -406,7 +405,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     let pids: Vec<(String, u32)> = replicas
         .iter()
         .map(|r| (format!("replica {}", r.name), r.pid()))
-        .chain(balancer.as_ref().map(|b| ("balancer".to_owned(), b.child.id())))
+        .chain(balancers.iter().enumerate().map(|(i, b)| (format!("balancer {}", i + 1), b.child.id())))
         .chain([("bench (agents)".to_owned(), std::process::id())])
         .collect();
     let ticks = |pids: &[(String, u32)]| -> Vec<u64> { pids.iter().map(|(_, pid)| cpu_ticks(*pid)).chain([postgres_ticks()]).collect() };
@@ -454,7 +453,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     out.stored_final = stored(&pool).await?;
     eprintln!("    {} reports sent, {} unacknowledged, {} stored", out.sent, out.unacked, out.stored_final);
     let _ = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(handles.into_iter().map(AgentHandle::shutdown))).await;
-    drop(balancer);
+    drop(balancers);
     for r in &mut replicas {
         r.stop();
     }
@@ -473,12 +472,16 @@ async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, reporter
         let (reporters, done) = (reporters.clone(), done.clone());
         tokio::spawn(async move {
             let mut back: Vec<Option<Duration>> = vec![None; reporters.len()];
+            let mut failed: Vec<Option<String>> = vec![None; reporters.len()];
             let mut count = 0;
             loop {
                 let mut all_connected = true;
                 for (j, r) in reporters.iter().enumerate() {
                     let s = r.stats();
                     all_connected &= s.connected;
+                    if !s.connected && s.last_error.is_some() {
+                        failed[j] = s.last_error;
+                    }
                     if back[j].is_none() && s.connected && s.sessions > sessions[j] {
                         back[j] = Some(signal.elapsed());
                         count += 1;
@@ -488,7 +491,11 @@ async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, reporter
                 if finished || signal.elapsed() > RECONNECT_TIMEOUT {
                     let mut times: Vec<Duration> = back.into_iter().flatten().collect();
                     times.sort();
-                    return (times, finished);
+                    let mut errors = BTreeMap::new();
+                    for e in failed.into_iter().flatten() {
+                        *errors.entry(e.chars().take(120).collect()).or_default() += 1;
+                    }
+                    return (times, finished, errors);
                 }
                 tokio::time::sleep(SWEEP).await;
             }
@@ -498,8 +505,8 @@ async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, reporter
     replica.start(db, sealing_key);
     let down_for = signal.elapsed();
     done.store(true, Ordering::Relaxed);
-    let (times, all_back) = watcher.await.unwrap_or_default();
-    Restart { name: replica.name, held, stop_took, down_for, times, all_back }
+    let (times, all_back, errors) = watcher.await.unwrap_or_default();
+    Restart { name: replica.name, held, stop_took, down_for, times, all_back, errors }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +541,7 @@ fn print_report(knobs: &Knobs, nofile: (u64, u64), runs: &[Outcome]) {
         }
         println!("   server memory per connected agent, all replicas: {:.1} KB", o.kb_per_agent());
         if let Some((a, b)) = o.balancer_kb {
-            println!("   balancer RSS {} -> {} ({:.1} KB per agent)", mb(a), mb(b), (b as f64 - a as f64) / o.reached.max(1) as f64);
+            println!("   balancers' RSS, all together: {} -> {} ({:.1} KB per agent)", mb(a), mb(b), (b as f64 - a as f64) / o.reached.max(1) as f64);
         }
         println!(
             "   bench process (agents) RSS {} -> {} ({:.1} KB per agent)",
@@ -565,6 +572,11 @@ fn print_report(knobs: &Knobs, nofile: (u64, u64), runs: &[Outcome]) {
                 ms(pct(t, 99.0)),
                 ms(t.last().copied().unwrap_or_default())
             );
+            let mut errors: Vec<_> = r.errors.iter().collect();
+            errors.sort_by(|a, b| b.1.cmp(a.1));
+            for (e, n) in errors.iter().take(4) {
+                println!("      {n} agents last failed with: {e}");
+            }
         }
         let lost = (o.sent - o.unacked) as i64 - o.stored_final;
         println!(
@@ -584,19 +596,27 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(spec) = std::env::var(BALANCER_ROLE) {
         return serve_balancer(&spec).await;
     }
-    let knobs = Knobs::from_env();
+    let mut knobs = Knobs::from_env();
     if postgres_url().is_none() {
         println!("replicas_scale: SKIPPED (PostgreSQL only): set MESHFLEET_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres");
         return Ok(());
     }
     let started = Instant::now();
-    // Each agent is a socket here and in a replica, and two in the balancer.
-    let nofile = raise_nofile(2 * knobs.agents as u64 + 8192);
-    let fit = (nofile.0 as usize).saturating_sub(2048) / 2;
+    // Each agent is a socket in this process and in a replica, and two in a balancer (hence
+    // several balancers); all its agents' sockets in this one process bound N.
+    let nofile = raise_nofile(knobs.agents as u64 + 4096);
+    let fit = (nofile.0 as usize).saturating_sub(2048);
+    knobs.per_port = knobs.per_port.min((nofile.0 as usize).saturating_sub(1024) / 2);
+    if knobs.agents > fit && std::env::var("MESHFLEET_BENCH_BASELINE_AGENTS").is_err() {
+        knobs.baseline_agents = fit / 3;
+    }
     let mut runs = vec![measure("baseline: one replica, no balancer", 1, knobs.baseline_agents.min(fit), &knobs).await?];
     let mut scaled = measure("three replicas behind the balancer", 3, knobs.agents.min(fit), &knobs).await?;
     if knobs.agents > fit {
-        scaled.why_stopped.get_or_insert(format!("open-files limit {} (hard {}) fits {fit} agents", nofile.0, nofile.1));
+        scaled.why_stopped.get_or_insert(format!(
+            "{} agents asked for; this process holds every agent's socket and may open {} files (hard limit {}, not raisable here): {fit} fit",
+            knobs.agents, nofile.0, nofile.1
+        ));
     }
     runs.push(scaled);
     print_report(&knobs, nofile, &runs);
