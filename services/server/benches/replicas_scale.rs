@@ -26,6 +26,9 @@
 //! rolled up (one window each), read in one statement. Memory is VmRSS. Everything shares the
 //! machine's 2 cores (and other builds), which the printed load average shows.
 //!
+//! N is capped at what this process's open-files limit holds (one socket per agent, 2,048
+//! kept for the rest), and the run says so: here 17,952 of 30,000 (hard limit 20,000).
+//!
 //! Baseline, same run: one replica without a balancer and MESHFLEET_BENCH_BASELINE_AGENTS
 //! agents (by default as many as each of the three replicas holds), same method; its "rolling
 //! restart" is the one replica restarted, so its agents wait for it to come back.
