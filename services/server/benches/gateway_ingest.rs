@@ -50,7 +50,7 @@ mod support;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,22 +58,18 @@ use anyhow::{anyhow, bail, Context};
 use futures::{StreamExt, TryStreamExt};
 use meshfleet_agent::{AgentHandle, ClientConfig, Identity};
 use meshfleet_agent_protocol::v1::agent_gateway_client::AgentGatewayClient;
-use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message, AgentMessage, RegisterRequest, ServerMessage};
+use meshfleet_agent_protocol::v1::{self, agent_message::Body, server_message, AgentMessage, ServerMessage};
 use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
-use meshfleet_client::Client;
 use meshfleet_server::db::Engine;
 use meshfleet_server::secrets::Sealer;
 use meshfleet_sim::{synthetic_cluster, SharedCluster, SyntheticCluster};
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks};
 use rand::Rng;
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::{json, Value};
+use support::agents::{raise_nofile, seed, setup_fleet, tls_endpoint, Fleet};
 use support::{create_pg_db, drop_pg_db, metric, PgDb};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
-const PASSWORD: &str = "correct horse battery staple";
 const GOAL_AGENTS: usize = 10_000;
 const GOAL_KB_PER_AGENT: f64 = 150.0;
 const GOAL_PG_RPS: f64 = 5_000.0;
@@ -248,118 +244,8 @@ fn loadavg() -> f64 {
     std::fs::read_to_string("/proc/loadavg").ok().and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok())).unwrap_or(f64::NAN)
 }
 
-/// (soft, hard) open-file limits of this process; the server inherits them.
-fn nofile_limits() -> (u64, u64) {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap_or("");
-    let nums: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
-    (nums.first().copied().unwrap_or(1024), nums.get(1).copied().unwrap_or(1024))
-}
-
-/// Raises the soft open-files limit to the hard one (with `prlimit`, so no libc dependency).
-fn raise_nofile() -> (u64, u64) {
-    let (soft, hard) = nofile_limits();
-    if soft < hard {
-        let pid = std::process::id().to_string();
-        let _ = Command::new("prlimit").args(["--pid", &pid, &format!("--nofile={hard}:{hard}")]).status();
-    }
-    nofile_limits()
-}
-
 // ---------------------------------------------------------------------------------------------
-// The API and registration
-
-struct Fleet {
-    ca_pem: String,
-    identities: Vec<Identity>,
-}
-
-async fn http_json(req: reqwest::RequestBuilder, what: &str) -> anyhow::Result<Value> {
-    let resp = req.timeout(CALL_TIMEOUT).send().await.with_context(|| what.to_owned())?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("{what}: {status} {text}");
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn tls_endpoint(gateway: SocketAddr, ca_pem: &str, id: Option<&Identity>) -> anyhow::Result<Endpoint> {
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
-    if let Some(id) = id {
-        tls = tls.identity(tonic::transport::Identity::from_pem(&id.chain_pem, id.key_pem.expose_secret()));
-    }
-    Ok(Endpoint::from_shared(format!("https://{gateway}"))?.tls_config(tls)?.connect_timeout(Duration::from_secs(10)).tcp_nodelay(true))
-}
-
-/// Signs up, creates `n` clusters through the API and registers an agent for each through the
-/// gateway (own P-256 key, CSR, certificate), `SETUP_CONCURRENCY` at a time.
-async fn setup_fleet(server: &ServerProc, n: usize) -> anyhow::Result<Fleet> {
-    let http = reqwest::Client::new();
-    let base = &server.api;
-    http_json(
-        http.post(format!("{base}/api/v1/signup")).json(&json!({ "email": "bench@example.com", "password": PASSWORD, "organization": "Bench" })),
-        "sign up",
-    )
-    .await?;
-    let login = http_json(http.post(format!("{base}/api/v1/login")).json(&json!({ "email": "bench@example.com", "password": PASSWORD })), "log in").await?;
-    let token = login["access_token"].as_str().ok_or_else(|| anyhow!("no access token in {login}"))?.to_owned();
-    // The CA bundle, the way an agent gets it: from a cluster's install manifest.
-    let probe =
-        http_json(http.post(format!("{base}/api/v1/clusters")).bearer_auth(&token).json(&json!({ "name": "bench-ca-probe", "labels": {} })), "create cluster")
-            .await?;
-    let probe_id = probe["cluster"]["id"].as_str().ok_or_else(|| anyhow!("no cluster id in {probe}"))?;
-    let boot = Client::with_token(base, SecretString::from(token.clone())).bootstrap(probe_id).await.map_err(|e| anyhow!("install manifest: {e}"))?;
-    let ca_pem = boot.ca_pem.clone();
-    let channel = tls_endpoint(server.gateway, &ca_pem, None)?.connect().await.context("TLS connection to the gateway")?;
-    let started = Instant::now();
-    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let identities: Vec<Identity> = futures::stream::iter(0..n)
-        .map(|i| {
-            let (http, token, channel, done) = (http.clone(), token.clone(), channel.clone(), done.clone());
-            let base = base.clone();
-            async move {
-                let created = http_json(
-                    http.post(format!("{base}/api/v1/clusters"))
-                        .bearer_auth(&token)
-                        .json(&json!({ "name": format!("bench-{i:05}"), "labels": { "env": "bench" } })),
-                    "create cluster",
-                )
-                .await?;
-                let bootstrap = created["bootstrap_token"]["token"].as_str().ok_or_else(|| anyhow!("no bootstrap token in {created}"))?.to_owned();
-                let id = register(channel, &bootstrap).await?;
-                let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if d % 1000 == 0 {
-                    eprintln!("    registered {d}/{n} agents ({:.0}/s)", d as f64 / started.elapsed().as_secs_f64());
-                }
-                anyhow::Ok(id)
-            }
-        })
-        .buffered(SETUP_CONCURRENCY)
-        .try_collect()
-        .await?;
-    Ok(Fleet { ca_pem, identities })
-}
-
-async fn register(channel: Channel, bootstrap_token: &str) -> anyhow::Result<Identity> {
-    let key = meshfleet_pki::mint::new_key()?;
-    let csr_der = meshfleet_pki::csr::new_csr(&key)?;
-    let mut req = tonic::Request::new(RegisterRequest { bootstrap_token: bootstrap_token.to_owned(), csr_der, agent_version: "0.1.0-bench".into() });
-    req.set_timeout(CALL_TIMEOUT);
-    let resp = AgentGatewayClient::new(channel).register(req).await.map_err(|s| anyhow!("register: {s}"))?.into_inner();
-    let cert = resp.certificate.ok_or_else(|| anyhow!("register: no certificate"))?;
-    Ok(Identity {
-        org_id: resp.organization_id,
-        cluster_id: resp.cluster_id,
-        chain_pem: cert.chain_pem,
-        key_pem: SecretString::from(key.serialize_pem()),
-        not_after_unix_ms: cert.not_after_unix_ms,
-    })
-}
-
-fn seed(i: usize) -> u64 {
-    0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1)
-}
+// The API
 
 async fn scrape(server: &ServerProc) -> String {
     let http = reqwest::Client::new();
@@ -399,7 +285,7 @@ impl Capacity {
 }
 
 async fn capacity(knobs: &Knobs) -> anyhow::Result<Capacity> {
-    let nofile = raise_nofile();
+    let nofile = raise_nofile(0);
     // Each agent is one socket in each process; leave room for the rest.
     let fit = (nofile.0 as usize).saturating_sub(512);
     let mut target = knobs.agents;
@@ -413,7 +299,7 @@ async fn capacity(knobs: &Knobs) -> anyhow::Result<Capacity> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_start_kb = server.rss_kb();
     let t = Instant::now();
-    let fleet = setup_fleet(&server, target).await?;
+    let fleet = setup_fleet(&server.api, server.gateway, target).await?;
     let register_secs = t.elapsed().as_secs_f64();
     eprintln!("    {target} clusters created and agents registered in {register_secs:.1} s");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -765,7 +651,7 @@ async fn ingest_engine(engine: Engine, knobs: &Knobs) -> anyhow::Result<EngineRe
         }
         eprintln!("== part 2: {} / {}: {} agents, window {}", engine.title(), path.name(), knobs.ingest_agents, knobs.window);
         let server = ServerProc::start(engine, knobs, &env).await?;
-        let fleet = setup_fleet(&server, knobs.ingest_agents).await?;
+        let fleet = setup_fleet(&server.api, server.gateway, knobs.ingest_agents).await?;
         let r = ingest_run(&server, &fleet, knobs, Load::Saturate).await?;
         eprintln!("    saturated: {:.0} reports/s, p50 {:?}, p99 {:?}", r.rps, r.p50, r.p99);
         results.push(r);

@@ -1,8 +1,10 @@
 //! What the benchmarks share: the machine's load, percentiles, a fresh PostgreSQL database per
-//! run, sums over the Prometheus text format, a signed-up owner, local webhook receivers, and an
-//! in-process server started the way the dashboard benchmark starts it. Each bench uses part of
-//! it.
+//! run, sums over the Prometheus text format, a signed-up owner, local webhook receivers, an
+//! in-process server started the way the dashboard benchmark starts it, and a fleet of
+//! registered agents (`agents`). Each bench uses part of it.
 #![allow(dead_code)]
+
+pub mod agents;
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
