@@ -180,14 +180,15 @@ async fn advance(state: &AppState, mut r: Rotation) -> anyhow::Result<()> {
     for (_, command) in &sent {
         store::commands::insert(&mut tx, command).await?;
     }
+    let clusters: Vec<ClusterId> = sent.iter().map(|(cluster, _)| *cluster).collect();
+    crate::gateway::dispatch::announce_commands(&mut tx, state.db.engine, &clusters).await?;
     if !store::trust::save_rotation(&mut tx, &r, read).await? {
         // An admin paused, aborted or excluded meanwhile: nothing of this look stands (not
         // even its commands, in this transaction); the next look starts from theirs.
         return Ok(());
     }
     tx.commit().await?;
-    let clusters: Vec<ClusterId> = sent.iter().map(|(cluster, _)| *cluster).collect();
-    crate::gateway::dispatch::commands_created(state, &clusters).await;
+    crate::gateway::dispatch::wake_here(state, &clusters);
     Ok(())
 }
 

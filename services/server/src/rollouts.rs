@@ -265,6 +265,8 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
     r.updated_at = to_rfc3339(now);
     let mut tx = state.db.begin().await?;
     store::commands::insert_many(&mut tx, &sent).await?;
+    let woken: Vec<ClusterId> = sent.iter().map(|c| c.cluster_id).collect();
+    crate::gateway::dispatch::announce_commands(&mut tx, state.db.engine, &woken).await?;
     let mut events = Vec::with_capacity(steps.len());
     let mut entries = Vec::with_capacity(steps.len() + 1);
     for (cluster, from, to, message) in &steps {
@@ -290,7 +292,8 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
         return Ok(());
     }
     tx.commit().await?;
-    // A step's command, if it sent one, named on the step's span; the agents are woken in one go.
+    crate::gateway::dispatch::wake_here(state, &woken);
+    // A step's command, if it sent one, named on the step's span.
     let kinds: HashMap<ClusterId, &str> = sent.iter().map(|c| (c.cluster_id, c.kind.as_str())).collect();
     for (cluster, from, to, _) in &steps {
         let span = tracing::info_span!(target: crate::telemetry::TRACES, "rollout step", rollout_id = %r.id, cluster_id = %cluster, from = ?from, to = ?to, command = tracing::field::Empty);
@@ -299,8 +302,6 @@ async fn advance(state: &AppState, mut r: Rollout) -> anyhow::Result<()> {
             tracing::info!(parent: &span, org = %r.org_id, rollout = %r.id, cluster = %cluster, kind = %kind, "rollout step sent");
         }
     }
-    let clusters: Vec<ClusterId> = sent.iter().map(|c| c.cluster_id).collect();
-    crate::gateway::dispatch::commands_created(state, &clusters).await;
     Ok(())
 }
 
