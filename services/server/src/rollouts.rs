@@ -1,6 +1,6 @@
 //! Rollouts run by the service: the leased `rollouts` job looks at each running rollout twice a
-//! second, and at once when this replica stores a command's final result (so a finished step
-//! is followed without waiting for the tick), and moves each cluster of its current wave along (`domain::rollouts::Phase`): the
+//! second, and at once when this replica's gateway stores a command's final result (so a
+//! finished step is followed without waiting for the tick), and moves each cluster of its current wave along (`domain::rollouts::Phase`): the
 //! control plane to the hop's version (set-control-plane-version), then its workloads
 //! restarted so the injector gives them the new proxy (restart-workloads), then
 //! `verify_seconds` of watching before its gates are judged against its own baseline. A failed

@@ -87,10 +87,6 @@ fn forget_clusters(state: &AppState, org: OrgId) {
     state.fleet_cache.invalidate(org);
 }
 
-/// Payload of the notice that an agent's final command result was stored (sent by the ingest
-/// writer in the transaction that stores it): the rollouts job, wherever it runs, looks at once.
-pub const COMMANDS_FINISHED: &str = "finished";
-
 /// Notifies every replica with `payload` when the transaction on `conn` commits (PostgreSQL).
 pub async fn publish_in(conn: &mut store::Conn, payload: &str) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(conn).await.map(drop)
@@ -112,9 +108,6 @@ fn apply(state: &AppState, payload: &str) {
     let (kind, id, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     if kind == "access" {
         return state.read_cache.access_changed();
-    }
-    if kind == COMMANDS_FINISHED {
-        return state.ingest.commands_finished.notify_one();
     }
     if kind == "clusters" || kind == "status" {
         let Some(org) = id.and_then(|org| org.parse().ok()) else { return };
