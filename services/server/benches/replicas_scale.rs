@@ -9,7 +9,8 @@
 //! Knobs: MESHFLEET_BENCH_AGENTS (30000), MESHFLEET_BENCH_BASELINE_AGENTS (agents / 3),
 //! MESHFLEET_BENCH_RAMP (agents started per ramp, 1000), MESHFLEET_BENCH_REPORT_SECS (each
 //! agent's report interval, 30), MESHFLEET_BENCH_SECS (measured window, 60),
-//! MESHFLEET_BENCH_PER_PORT (agents per balancer process, 8000).
+//! MESHFLEET_BENCH_PER_PORT (agents per balancer process, 8000), MESHFLEET_BENCH_PER_PROC
+//! (agents per agents process, 9000).
 //!
 //! Method. The replicas are the real server binary (`ServerBin::replica`, fixed ports so a
 //! restarted one comes back where the balancers expect it). A balancer is the tests' TCP
@@ -17,17 +18,16 @@
 //! with `MESHFLEET_BENCH_BALANCER` set), so that its memory and CPU are its own; there is one
 //! per MESHFLEET_BENCH_PER_PORT agents, each on its own port of 127.0.0.1, because a balancer
 //! holds two sockets per agent (a process may open 20,000 files here) and one client address
-//! reaches one destination port through at most ~28,000 ephemeral ports. The agents are real `meshfleet_agent` clients (mTLS stream,
-//! snapshot on connect, heartbeat every 10 s, default backoff), each registered with its own key
-//! and certificate (`support::agents`), all in this process; an agent counts as connected once
-//! its snapshot is acknowledged. Each agent sends a Metrics report of one 10-second window with
+//! reaches one destination port through at most ~28,000 ephemeral ports. The agents are real
+//! `meshfleet_agent` clients (mTLS stream, snapshot on connect, heartbeat every 10 s, default
+//! backoff), each registered with its own key and certificate (`support::agents`), run in
+//! processes of their own (`agent_procs`: this binary again, MESHFLEET_BENCH_PER_PROC agents
+//! each at most, since each agent is a socket in its process); an agent counts as connected
+//! once its snapshot is acknowledged. Each agent sends a Metrics report of one 10-second window with
 //! one request every MESHFLEET_BENCH_REPORT_SECS (phases spread evenly), so the database holds
 //! an exact count of what was stored: SUM(requests) of the rollups plus the report rows not yet
 //! rolled up (one window each), read in one statement. Memory is VmRSS. Everything shares the
 //! machine's 2 cores (and other builds), which the printed load average shows.
-//!
-//! N is capped at what this process's open-files limit holds (one socket per agent, 2,048
-//! kept for the rest), and the run says so: here 17,952 of 30,000 (hard limit 20,000).
 //!
 //! Baseline, same run: one replica without a balancer and MESHFLEET_BENCH_BASELINE_AGENTS
 //! agents (by default as many as each of the three replicas holds), same method; its "rolling
