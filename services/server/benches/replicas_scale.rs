@@ -9,7 +9,8 @@
 //! Knobs: MESHFLEET_BENCH_AGENTS (30000), MESHFLEET_BENCH_BASELINE_AGENTS (agents / 3),
 //! MESHFLEET_BENCH_RAMP (agents started per ramp, 1000), MESHFLEET_BENCH_REPORT_SECS (each
 //! agent's report interval, 30), MESHFLEET_BENCH_SECS (measured window, 60),
-//! MESHFLEET_BENCH_PER_PORT (agents per balancer process, 8000).
+//! MESHFLEET_BENCH_PER_PORT (agents per balancer process, 8000), MESHFLEET_BENCH_PER_PROC
+//! (agents per agents process, 9000).
 //!
 //! Method. The replicas are the real server binary (`ServerBin::replica`, fixed ports so a
 //! restarted one comes back where the balancers expect it). A balancer is the tests' TCP
@@ -17,17 +18,16 @@
 //! with `MESHFLEET_BENCH_BALANCER` set), so that its memory and CPU are its own; there is one
 //! per MESHFLEET_BENCH_PER_PORT agents, each on its own port of 127.0.0.1, because a balancer
 //! holds two sockets per agent (a process may open 20,000 files here) and one client address
-//! reaches one destination port through at most ~28,000 ephemeral ports. The agents are real `meshfleet_agent` clients (mTLS stream,
-//! snapshot on connect, heartbeat every 10 s, default backoff), each registered with its own key
-//! and certificate (`support::agents`), all in this process; an agent counts as connected once
-//! its snapshot is acknowledged. Each agent sends a Metrics report of one 10-second window with
+//! reaches one destination port through at most ~28,000 ephemeral ports. The agents are real
+//! `meshfleet_agent` clients (mTLS stream, snapshot on connect, heartbeat every 10 s, default
+//! backoff), each registered with its own key and certificate (`support::agents`), run in
+//! processes of their own (`agent_procs`: this binary again, MESHFLEET_BENCH_PER_PROC agents
+//! each at most, since each agent is a socket in its process); an agent counts as connected
+//! once its snapshot is acknowledged. Each agent sends a Metrics report of one 10-second window with
 //! one request every MESHFLEET_BENCH_REPORT_SECS (phases spread evenly), so the database holds
 //! an exact count of what was stored: SUM(requests) of the rollups plus the report rows not yet
 //! rolled up (one window each), read in one statement. Memory is VmRSS. Everything shares the
 //! machine's 2 cores (and other builds), which the printed load average shows.
-//!
-//! N is capped at what this process's open-files limit holds (one socket per agent, 2,048
-//! kept for the rest), and the run says so: here 17,952 of 30,000 (hard limit 20,000).
 //!
 //! Baseline, same run: one replica without a balancer and MESHFLEET_BENCH_BASELINE_AGENTS
 //! agents (by default as many as each of the three replicas holds), same method; its "rolling
@@ -36,24 +36,23 @@
 //! Without `--bench` (e.g. `cargo test --all-targets`) it runs a seconds-long smoke version; it
 //! skips (with a notice) without MESHFLEET_TEST_POSTGRES_URL.
 
+#[path = "replicas_scale/agent_procs.rs"]
+mod agent_procs;
 mod support;
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use agent_procs::{serve_agents, total, AgentsProc, Spec, AGENTS_ROLE};
 use anyhow::{bail, Context};
-use meshfleet_agent::{v1, AgentHandle, ClientConfig, Report, Reporter};
-use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use meshfleet_test_support::app::{postgres_url, Engine, TestDb};
 use meshfleet_test_support::balancer::Balancer;
 use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks, free_port, terminate, Output};
 use meshfleet_test_support::server::{ServerBin, ServerProcess};
-use support::agents::{raise_nofile, seed, setup_fleet, Fleet};
+use support::agents::{raise_nofile, setup_fleet, Fleet};
 use support::{loadavg, metric, ms, pct, postgres_ticks, rss_kb, scrape};
 
 /// Set in a balancer's process: its backends, "<addr>,<addr>,...".
@@ -61,7 +60,6 @@ const BALANCER_ROLE: &str = "MESHFLEET_BENCH_BALANCER";
 const RAMP_TIMEOUT: Duration = Duration::from_secs(120);
 const RECONNECT_TIMEOUT: Duration = Duration::from_secs(180);
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(120);
-const SWEEP: Duration = Duration::from_millis(50);
 /// Below this much available memory no further ramp is started.
 const MIN_AVAILABLE_KB: u64 = 1024 * 1024;
 
@@ -74,6 +72,7 @@ struct Knobs {
     window: Duration,
     settle: Duration,
     per_port: usize,
+    per_proc: usize,
 }
 
 impl Knobs {
@@ -91,6 +90,7 @@ impl Knobs {
                 window: millis(2000),
                 settle: millis(500),
                 per_port: 5,
+                per_proc: 5,
             };
         }
         let agents = env_num("MESHFLEET_BENCH_AGENTS").unwrap_or(30_000usize).max(3);
@@ -103,6 +103,7 @@ impl Knobs {
             window: Duration::from_secs_f64(env_num("MESHFLEET_BENCH_SECS").unwrap_or(60.0f64).max(1.0)),
             settle: Duration::from_secs(10),
             per_port: env_num("MESHFLEET_BENCH_PER_PORT").unwrap_or(8_000usize).clamp(1, 28_000),
+            per_proc: env_num("MESHFLEET_BENCH_PER_PROC").unwrap_or(9_000usize).max(1),
         }
     }
 }
@@ -200,48 +201,6 @@ async fn serve_balancer(spec: &str) -> anyhow::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The agents
 
-/// One Metrics report: a 10-second window with one request, so stored reports can be counted.
-fn one_request(window_start_ms: i64) -> Report {
-    Report::Metrics(v1::Metrics {
-        window_start_unix_ms: window_start_ms,
-        window_end_unix_ms: window_start_ms + 10_000,
-        workloads: vec![v1::WorkloadMetrics {
-            namespace: "bench".into(),
-            workload: "Deployment/bench".into(),
-            requests: 1,
-            latency_p99_ms: 5.0,
-            ..Default::default()
-        }],
-    })
-}
-
-/// Reports from every agent once per `every`, spread evenly (a tick every 100 ms), each agent's
-/// windows consecutive from `base_ms`; counts them in `sent` until `stop`.
-fn drive_reports(reporters: Arc<Vec<Reporter>>, every: Duration, sent: Arc<AtomicU64>, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
-    // An hour back: every window is in the past however long the run, and older than none kept.
-    let base_ms = (chrono::Utc::now().timestamp_millis() / 60_000 - 60) * 60_000;
-    tokio::spawn(async move {
-        let n = reporters.len();
-        let tick = Duration::from_millis(100);
-        let per_tick = n as f64 * tick.as_secs_f64() / every.as_secs_f64();
-        let mut windows = vec![0i64; n];
-        let (mut due, mut next) = (0.0f64, 0usize);
-        let mut interval = tokio::time::interval(tick);
-        while !stop.load(Ordering::Relaxed) {
-            interval.tick().await;
-            due += per_tick;
-            while due >= 1.0 {
-                let j = next % n;
-                reporters[j].report(one_request(base_ms + windows[j] * 10_000));
-                windows[j] += 1;
-                sent.fetch_add(1, Ordering::Relaxed);
-                next += 1;
-                due -= 1.0;
-            }
-        }
-    })
-}
-
 /// Reports stored in the database: the rollups' requests plus the rows not yet rolled up (one
 /// window of one request each), in one statement so a rollup pass in between is seen whole.
 async fn stored(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
@@ -292,7 +251,8 @@ struct Outcome {
     slowest_ramp_secs: f64,
     replicas: Vec<ReplicaFigures>,
     balancer_kb: Option<(u64, u64)>,
-    bench_kb: (u64, u64),
+    procs: usize,
+    agents_kb: (u64, u64),
     window_secs: f64,
     sent_in_window: u64,
     stored_in_window: i64,
@@ -338,86 +298,102 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
         true => vec![format!("https://127.0.0.1:{}", replicas[0].gateway)],
     };
     let balancers_kb = |b: &[BalancerProc]| b.iter().map(BalancerProc::rss_kb).sum::<u64>();
+    let procs_kb = |p: &[AgentsProc]| p.iter().map(AgentsProc::rss_kb).sum::<u64>();
 
     let t = Instant::now();
     let Fleet { ca_pem, identities } =
         setup_fleet(&format!("http://127.0.0.1:{}", replicas[0].api), ([127, 0, 0, 1], replicas[0].gateway).into(), target).await?;
     out.register_secs = t.elapsed().as_secs_f64();
     eprintln!("    {target} clusters created and agents registered in {:.1} s", out.register_secs);
+    // The agents processes, `per_proc` agents each at most, in equal shares.
+    let share = target.div_ceil(target.div_ceil(knobs.per_proc));
+    let mut procs = identities
+        .chunks(share)
+        .enumerate()
+        .map(|(k, ids)| {
+            AgentsProc::start(&Spec {
+                first: k * share,
+                ca_pem: ca_pem.clone(),
+                urls: gateway_urls.clone(),
+                identities: ids.iter().map(|id| serde_json::from_slice(&id.to_json())).collect::<Result<_, _>>()?,
+                report_every_ms: knobs.report_every.as_millis() as u64,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    drop(identities);
+    out.procs = procs.len();
     tokio::time::sleep(knobs.settle).await;
     let before: Vec<u64> = replicas.iter().map(Replica::rss_kb).collect();
     let balancer_before = balancers_kb(&balancers);
-    let bench_before = rss_kb("self");
+    let procs_before = procs_kb(&procs);
 
-    // Ramps: start `ramp` agents, wait for every snapshot to be acknowledged, go on.
-    let mut handles: Vec<AgentHandle> = Vec::with_capacity(target);
-    let t = Instant::now();
-    for (r, ramp) in identities.chunks(knobs.ramp).enumerate() {
+    // Ramps: start `ramp` agents (the processes' in turn), wait for every snapshot to be
+    // acknowledged, go on.
+    let (t, mut started) = (Instant::now(), 0usize);
+    for r in 0..target.div_ceil(knobs.ramp) {
         if mem_available_kb() < MIN_AVAILABLE_KB {
             out.why_stopped = Some(format!("only {} MB of memory left available before ramp {r}", mem_available_kb() / 1024));
             break;
         }
-        let (first, ramp_started) = (handles.len(), Instant::now());
-        for (j, id) in ramp.iter().enumerate() {
-            let i = first + j;
-            let config = ClientConfig { agent_version: "0.1.0-bench".into(), ..ClientConfig::new(&gateway_urls[i % gateway_urls.len()], &ca_pem) };
-            handles.push(meshfleet_agent::spawn(config, id.clone(), Arc::new(SharedCluster::new(synthetic_cluster(seed(i))))));
-        }
-        loop {
-            let up = handles.iter().filter(|h| h.stats().last_acked_seq >= 1).count();
-            if up == handles.len() {
-                break;
+        let (ramp_started, mut left) = (Instant::now(), knobs.ramp);
+        for p in &mut procs {
+            let n = (p.held - p.started).min(left);
+            if n > 0 {
+                p.send(&format!("ramp {n}"))?;
+                (p.started, left, started) = (p.started + n, left - n, started + n);
             }
-            if ramp_started.elapsed() > RAMP_TIMEOUT {
-                let mut errors: BTreeMap<String, usize> = BTreeMap::new();
-                for h in &handles[first..] {
-                    if let Some(e) = h.stats().last_error {
-                        *errors.entry(e).or_default() += 1;
-                    }
-                }
-                out.why_stopped =
-                    Some(format!("ramp {r}: {up}/{} snapshots acknowledged after {} s; agent errors: {errors:?}", handles.len(), RAMP_TIMEOUT.as_secs()));
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let all_up = AgentsProc::wait(&mut procs, RAMP_TIMEOUT, |p| total(p, |s| s.up) == started).await?;
         out.slowest_ramp_secs = out.slowest_ramp_secs.max(ramp_started.elapsed().as_secs_f64());
-        if (r + 1) % 5 == 0 || handles.len() == target || out.why_stopped.is_some() {
+        if !all_up {
+            let mut errors: BTreeMap<String, usize> = BTreeMap::new();
+            for p in &procs {
+                for (e, n) in &p.status.errors {
+                    *errors.entry(e.clone()).or_default() += n;
+                }
+            }
+            let up = total(&procs, |s| s.up);
+            out.why_stopped = Some(format!("ramp {r}: {up}/{started} snapshots acknowledged after {} s; agent errors: {errors:?}", RAMP_TIMEOUT.as_secs()));
+        }
+        if (r + 1) % 5 == 0 || started == target || out.why_stopped.is_some() {
             let rss: Vec<String> = replicas.iter().map(|r| format!("{} {} MB", r.name, r.rss_kb() / 1024)).collect();
-            eprintln!("    {} agents connected ({:.1} s); RSS {}", handles.len(), t.elapsed().as_secs_f64(), rss.join(", "));
+            eprintln!("    {started} agents connected ({:.1} s); RSS {}", t.elapsed().as_secs_f64(), rss.join(", "));
         }
         if out.why_stopped.is_some() {
             break;
         }
     }
     out.connect_secs = t.elapsed().as_secs_f64();
-    out.reached = handles.iter().filter(|h| h.stats().last_acked_seq >= 1).count();
     tokio::time::sleep(knobs.settle).await;
+    AgentsProc::wait(&mut procs, Duration::ZERO, |_| true).await?;
+    out.reached = total(&procs, |s| s.up);
     for (r, before) in replicas.iter().zip(before) {
         out.replicas.push(ReplicaFigures { name: r.name, rss_before_kb: before, rss_with_kb: r.rss_kb(), agents: r.connected_agents().await });
     }
     out.balancer_kb = (!balancers.is_empty()).then(|| (balancer_before, balancers_kb(&balancers)));
-    out.bench_kb = (bench_before, rss_kb("self"));
+    out.agents_kb = (procs_before, procs_kb(&procs));
     out.load.push(loadavg());
 
     // Reports: a warm-up of one interval (every agent reports once), then the measured window.
-    let reporters: Arc<Vec<Reporter>> = Arc::new(handles.iter().map(AgentHandle::reporter).collect());
-    let (sent, stop) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicBool::new(false)));
-    let driver = drive_reports(reporters.clone(), knobs.report_every, sent.clone(), stop.clone());
+    for p in &mut procs {
+        p.send("report")?;
+    }
     tokio::time::sleep(knobs.report_every).await;
-    let pids: Vec<(String, u32)> = replicas
+    let pids: Vec<(String, Vec<u32>)> = replicas
         .iter()
-        .map(|r| (format!("replica {}", r.name), r.pid()))
-        .chain(balancers.iter().enumerate().map(|(i, b)| (format!("balancer {}", i + 1), b.child.id())))
-        .chain([("bench (agents)".to_owned(), std::process::id())])
+        .map(|r| (format!("replica {}", r.name), vec![r.pid()]))
+        .chain(balancers.iter().enumerate().map(|(i, b)| (format!("balancer {}", i + 1), vec![b.child.id()])))
+        .chain([(format!("agents ({} processes)", procs.len()), procs.iter().map(AgentsProc::pid).collect())])
         .collect();
-    let ticks = |pids: &[(String, u32)]| -> Vec<u64> { pids.iter().map(|(_, pid)| cpu_ticks(*pid)).chain([postgres_ticks()]).collect() };
-    let (s0, c0, t0) = (stored(&pool).await?, ticks(&pids), Instant::now());
-    let sent0 = sent.load(Ordering::Relaxed);
+    let ticks =
+        |pids: &[(String, Vec<u32>)]| -> Vec<u64> { pids.iter().map(|(_, p)| p.iter().map(|p| cpu_ticks(*p)).sum()).chain([postgres_ticks()]).collect() };
+    AgentsProc::wait(&mut procs, Duration::ZERO, |_| true).await?;
+    let (s0, c0, t0, sent0) = (stored(&pool).await?, ticks(&pids), Instant::now(), total(&procs, |s| s.sent));
     tokio::time::sleep(knobs.window).await;
+    AgentsProc::wait(&mut procs, Duration::ZERO, |_| true).await?;
     let (s1, c1) = (stored(&pool).await?, ticks(&pids));
     out.window_secs = t0.elapsed().as_secs_f64();
-    out.sent_in_window = sent.load(Ordering::Relaxed) - sent0;
+    out.sent_in_window = total(&procs, |s| s.sent) - sent0;
     out.stored_in_window = s1 - s0;
     let hz = clock_ticks_per_sec();
     let names = pids.iter().map(|(n, _)| n.clone()).chain(["PostgreSQL".to_owned()]);
@@ -427,7 +403,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
 
     // Rolling restart: each replica in turn SIGTERMed and started again at once, reports going on.
     for replica in &mut replicas {
-        out.restarts.push(restart(replica, &db, &sealing_key, &reporters).await);
+        out.restarts.push(restart(replica, &db, &sealing_key, &mut procs).await?);
         let last = out.restarts.last().unwrap();
         eprintln!("    replica {}: {}/{} agents back, max {:?}", last.name, last.times.len(), last.held, last.times.last());
         tokio::time::sleep(knobs.settle).await;
@@ -435,27 +411,19 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     out.load.push(loadavg());
 
     // Nothing acknowledged lost: every report sent is acknowledged, then stored exactly once.
-    stop.store(true, Ordering::Relaxed);
-    driver.await?;
-    out.sent = sent.load(Ordering::Relaxed);
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let stats: Vec<_> = reporters.iter().map(Reporter::stats).collect();
-        out.unacked = stats.iter().map(|s| s.buffered as u64).sum();
-        out.dropped = stats.iter().map(|s| s.dropped).sum();
-        out.refused = stats.iter().map(|s| s.refused).sum();
-        if out.unacked == 0 || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    for p in &mut procs {
+        p.send("stop")?;
     }
+    AgentsProc::wait(&mut procs, SETTLE_TIMEOUT, |p| p.iter().all(|p| !p.status.reporting) && total(p, |s| s.unacked) == 0).await?;
+    (out.sent, out.unacked) = (total(&procs, |s| s.sent), total(&procs, |s| s.unacked));
+    (out.dropped, out.refused) = (total(&procs, |s| s.dropped), total(&procs, |s| s.refused));
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     while pending_rows(&pool).await != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     out.stored_final = stored(&pool).await?;
     eprintln!("    {} reports sent, {} unacknowledged, {} stored", out.sent, out.unacked, out.stored_final);
-    let _ = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(handles.into_iter().map(AgentHandle::shutdown))).await;
+    futures::future::join_all(procs.into_iter().map(AgentsProc::exit)).await;
     drop(balancers);
     for r in &mut replicas {
         r.stop();
@@ -465,51 +433,29 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
 }
 
 /// SIGTERM to one replica, started again at once on its ports; for each agent that lost its
-/// stream, the time from the signal to its next one, sampled every `SWEEP`.
-async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, reporters: &Arc<Vec<Reporter>>) -> Restart {
+/// stream, the time from the signal to its next one (each agents process sweeps its agents
+/// every 50 ms), until as many came back as the replica held and all are connected.
+async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, procs: &mut [AgentsProc]) -> anyhow::Result<Restart> {
     let held = replica.connected_agents().await;
-    let sessions: Vec<u64> = reporters.iter().map(|r| r.stats().sessions).collect();
+    for p in procs.iter_mut() {
+        p.send("restart")?;
+    }
     let signal = Instant::now();
-    let done = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (reporters, done) = (reporters.clone(), done.clone());
-        tokio::spawn(async move {
-            let mut back: Vec<Option<Duration>> = vec![None; reporters.len()];
-            let mut failed: Vec<Option<String>> = vec![None; reporters.len()];
-            let mut count = 0;
-            loop {
-                let mut all_connected = true;
-                for (j, r) in reporters.iter().enumerate() {
-                    let s = r.stats();
-                    all_connected &= s.connected;
-                    if !s.connected && s.last_error.is_some() {
-                        failed[j] = s.last_error;
-                    }
-                    if back[j].is_none() && s.connected && s.sessions > sessions[j] {
-                        back[j] = Some(signal.elapsed());
-                        count += 1;
-                    }
-                }
-                let finished = done.load(Ordering::Relaxed) && count >= held && all_connected;
-                if finished || signal.elapsed() > RECONNECT_TIMEOUT {
-                    let mut times: Vec<Duration> = back.into_iter().flatten().collect();
-                    times.sort();
-                    let mut errors = BTreeMap::new();
-                    for e in failed.into_iter().flatten() {
-                        *errors.entry(e.chars().take(120).collect()).or_default() += 1;
-                    }
-                    return (times, finished, errors);
-                }
-                tokio::time::sleep(SWEEP).await;
-            }
-        })
-    };
     let stop_took = replica.stop();
     replica.start(db, sealing_key);
     let down_for = signal.elapsed();
-    done.store(true, Ordering::Relaxed);
-    let (times, all_back, errors) = watcher.await.unwrap_or_default();
-    Restart { name: replica.name, held, stop_took, down_for, times, all_back, errors }
+    let timeout = RECONNECT_TIMEOUT.saturating_sub(signal.elapsed());
+    let all_back = AgentsProc::wait(procs, timeout, |p| total(p, |s| s.back) >= held && p.iter().all(|p| p.status.connected == p.status.spawned)).await?;
+    let (mut times, mut errors) = (Vec::new(), BTreeMap::new());
+    for p in procs.iter_mut() {
+        let r = p.returned().await?;
+        times.extend(r.times_ms.into_iter().map(|ms| Duration::from_secs_f64(ms / 1000.0)));
+        for (e, n) in r.errors {
+            *errors.entry(e).or_default() += n;
+        }
+    }
+    times.sort();
+    Ok(Restart { name: replica.name, held, stop_took, down_for, times, all_back, errors })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,10 +493,11 @@ fn print_report(knobs: &Knobs, nofile: (u64, u64), runs: &[Outcome]) {
             println!("   balancers' RSS, all together: {} -> {} ({:.1} KB per agent)", mb(a), mb(b), (b as f64 - a as f64) / o.reached.max(1) as f64);
         }
         println!(
-            "   bench process (agents) RSS {} -> {} ({:.1} KB per agent)",
-            mb(o.bench_kb.0),
-            mb(o.bench_kb.1),
-            (o.bench_kb.1 as f64 - o.bench_kb.0 as f64) / o.reached.max(1) as f64
+            "   agents' RSS ({} processes): {} -> {} ({:.1} KB per agent)",
+            o.procs,
+            mb(o.agents_kb.0),
+            mb(o.agents_kb.1),
+            (o.agents_kb.1 as f64 - o.agents_kb.0 as f64) / o.reached.max(1) as f64
         );
         println!(
             "   reports: {:.0}/s sent, {:.0}/s stored over {:.1} s ({} sent, {} stored)",
@@ -599,28 +546,23 @@ async fn main() -> anyhow::Result<()> {
     if let Ok(spec) = std::env::var(BALANCER_ROLE) {
         return serve_balancer(&spec).await;
     }
+    if std::env::var(AGENTS_ROLE).is_ok() {
+        return serve_agents().await;
+    }
     let mut knobs = Knobs::from_env();
     if postgres_url().is_none() {
         println!("replicas_scale: SKIPPED (PostgreSQL only): set MESHFLEET_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres");
         return Ok(());
     }
     let started = Instant::now();
-    // Each agent is a socket in this process and in a replica, and two in a balancer (hence
-    // several balancers); all its agents' sockets in this one process bound N.
+    // Each agent is a socket in its agents process and in a replica, and two in a balancer
+    // (hence several of each); 1,024 kept for the rest of a process.
     let nofile = raise_nofile(knobs.agents as u64 + 4096);
-    let fit = (nofile.0 as usize).saturating_sub(2048);
-    knobs.per_port = knobs.per_port.min((nofile.0 as usize).saturating_sub(1024) / 2);
-    if knobs.agents > fit && std::env::var("MESHFLEET_BENCH_BASELINE_AGENTS").is_err() {
-        knobs.baseline_agents = fit / 3;
-    }
-    let mut runs = vec![measure("baseline: one replica, no balancer", 1, knobs.baseline_agents.min(fit), &knobs).await?];
-    let mut scaled = measure("three replicas behind the balancer", 3, knobs.agents.min(fit), &knobs).await?;
-    if knobs.agents > fit {
-        scaled.why_stopped.get_or_insert(format!(
-            "{} agents asked for; this process holds every agent's socket and may open {} files (hard limit {}, not raisable here): {fit} fit",
-            knobs.agents, nofile.0, nofile.1
-        ));
-    }
+    let room = (nofile.0 as usize).saturating_sub(1024).max(1);
+    knobs.per_port = knobs.per_port.min(room / 2);
+    knobs.per_proc = knobs.per_proc.min(room);
+    let mut runs = vec![measure("baseline: one replica, no balancer", 1, knobs.baseline_agents, &knobs).await?];
+    let scaled = measure("three replicas behind the balancer", 3, knobs.agents, &knobs).await?;
     runs.push(scaled);
     print_report(&knobs, nofile, &runs);
     println!("\n(total bench time {:.0} s)", started.elapsed().as_secs_f64());
