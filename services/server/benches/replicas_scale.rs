@@ -50,8 +50,8 @@ use agent_procs::{serve_agents, total, AgentsProc, Spec, AGENTS_ROLE};
 use anyhow::{bail, Context};
 use meshfleet_test_support::app::{postgres_url, Engine, TestDb};
 use meshfleet_test_support::balancer::Balancer;
-use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks, free_port, terminate, Output};
-use meshfleet_test_support::server::{ServerBin, ServerProcess};
+use meshfleet_test_support::process::{clock_ticks_per_sec, cpu_ticks, terminate, Output};
+use meshfleet_test_support::server::{FixedReplica, ServerBin};
 use support::agents::{raise_nofile, setup_fleet, Fleet};
 use support::{loadavg, metric, ms, pct, postgres_ticks, rss_kb, scrape};
 
@@ -111,43 +111,20 @@ impl Knobs {
 // ---------------------------------------------------------------------------------------------
 // The processes: replicas and the balancer
 
-/// One replica on fixed ports (the balancer's backends), and its process while it runs.
-struct Replica {
-    name: &'static str,
-    api: u16,
-    gateway: u16,
-    process: Option<ServerProcess>,
+/// SIGTERM, then SIGKILL after this long.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+
+fn replica_rss_kb(r: &FixedReplica) -> u64 {
+    rss_kb(&r.pid().to_string())
 }
 
-impl Replica {
-    fn start(&mut self, db: &TestDb, sealing_key: &str) {
-        let (listen, gateway) = (format!("127.0.0.1:{}", self.api), format!("127.0.0.1:{}", self.gateway));
-        let env = [("MESHFLEET_LISTEN", listen.as_str()), ("MESHFLEET_GATEWAY_LISTEN", gateway.as_str()), ("MESHFLEET_LOG", "warn")];
-        let bin = ServerBin::at(env!("CARGO_BIN_EXE_meshfleet-server"));
-        // Waiting for its announcement blocks; the agents run on meanwhile.
-        self.process = Some(tokio::task::block_in_place(|| bin.replica(db, sealing_key, self.name, &env)));
-    }
+async fn connected_agents(r: &FixedReplica) -> usize {
+    metric(&scrape(&format!("http://127.0.0.1:{}", r.api)).await, "gateway_connected_agents", &[]) as usize
+}
 
-    /// SIGTERM, SIGKILL after 30 s; how long it took to exit.
-    fn stop(&mut self) -> Duration {
-        let t = Instant::now();
-        if let Some(mut p) = self.process.take() {
-            tokio::task::block_in_place(|| p.terminate(Duration::from_secs(30)));
-        }
-        t.elapsed()
-    }
-
-    fn pid(&self) -> u32 {
-        self.process.as_ref().map_or(0, |p| p.child.id())
-    }
-
-    fn rss_kb(&self) -> u64 {
-        rss_kb(&self.pid().to_string())
-    }
-
-    async fn connected_agents(&self) -> usize {
-        metric(&scrape(&format!("http://127.0.0.1:{}", self.api)).await, "gateway_connected_agents", &[]) as usize
-    }
+/// Starts `r` logging warnings only.
+fn start_replica(r: &mut FixedReplica, db: &TestDb, sealing_key: &str) {
+    r.start(&ServerBin::at(env!("CARGO_BIN_EXE_meshfleet-server")), db, sealing_key, &[("MESHFLEET_LOG", "warn")]);
 }
 
 /// A balancer in its own process, listening on 127.0.0.1:`port`; stopped when dropped.
@@ -280,10 +257,9 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     let db = TestDb::new(Engine::Postgres).await;
     let pool = sqlx::PgPool::connect(&db.url).await.context("the bench's connection to the database")?;
     let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
-    let mut replicas: Vec<Replica> =
-        ["a", "b", "c"].into_iter().take(replica_count).map(|name| Replica { name, api: free_port(), gateway: free_port(), process: None }).collect();
+    let mut replicas: Vec<FixedReplica> = ["a", "b", "c"].into_iter().take(replica_count).map(FixedReplica::new).collect();
     for r in &mut replicas {
-        r.start(&db, &sealing_key);
+        start_replica(r, &db, &sealing_key);
     }
     // Balancers of `per_port` agents each (ephemeral ports and open files bound one), or none.
     let gateways: Vec<u16> = replicas.iter().map(|r| r.gateway).collect();
@@ -323,7 +299,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     drop(identities);
     out.procs = procs.len();
     tokio::time::sleep(knobs.settle).await;
-    let before: Vec<u64> = replicas.iter().map(Replica::rss_kb).collect();
+    let before: Vec<u64> = replicas.iter().map(replica_rss_kb).collect();
     let balancer_before = balancers_kb(&balancers);
     let procs_before = procs_kb(&procs);
 
@@ -356,7 +332,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
             out.why_stopped = Some(format!("ramp {r}: {up}/{started} snapshots acknowledged after {} s; agent errors: {errors:?}", RAMP_TIMEOUT.as_secs()));
         }
         if (r + 1) % 5 == 0 || started == target || out.why_stopped.is_some() {
-            let rss: Vec<String> = replicas.iter().map(|r| format!("{} {} MB", r.name, r.rss_kb() / 1024)).collect();
+            let rss: Vec<String> = replicas.iter().map(|r| format!("{} {} MB", r.name, replica_rss_kb(r) / 1024)).collect();
             eprintln!("    {started} agents connected ({:.1} s); RSS {}", t.elapsed().as_secs_f64(), rss.join(", "));
         }
         if out.why_stopped.is_some() {
@@ -368,7 +344,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     AgentsProc::wait(&mut procs, Duration::ZERO, |_| true).await?;
     out.reached = total(&procs, |s| s.up);
     for (r, before) in replicas.iter().zip(before) {
-        out.replicas.push(ReplicaFigures { name: r.name, rss_before_kb: before, rss_with_kb: r.rss_kb(), agents: r.connected_agents().await });
+        out.replicas.push(ReplicaFigures { name: r.name, rss_before_kb: before, rss_with_kb: replica_rss_kb(r), agents: connected_agents(r).await });
     }
     out.balancer_kb = (!balancers.is_empty()).then(|| (balancer_before, balancers_kb(&balancers)));
     out.agents_kb = (procs_before, procs_kb(&procs));
@@ -426,7 +402,7 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
     futures::future::join_all(procs.into_iter().map(AgentsProc::exit)).await;
     drop(balancers);
     for r in &mut replicas {
-        r.stop();
+        r.stop(Some(STOP_GRACE));
     }
     pool.close().await;
     Ok(out)
@@ -435,14 +411,14 @@ async fn measure(label: &str, replica_count: usize, target: usize, knobs: &Knobs
 /// SIGTERM to one replica, started again at once on its ports; for each agent that lost its
 /// stream, the time from the signal to its next one (each agents process sweeps its agents
 /// every 50 ms), until as many came back as the replica held and all are connected.
-async fn restart(replica: &mut Replica, db: &TestDb, sealing_key: &str, procs: &mut [AgentsProc]) -> anyhow::Result<Restart> {
-    let held = replica.connected_agents().await;
+async fn restart(replica: &mut FixedReplica, db: &TestDb, sealing_key: &str, procs: &mut [AgentsProc]) -> anyhow::Result<Restart> {
+    let held = connected_agents(replica).await;
     for p in procs.iter_mut() {
         p.send("restart")?;
     }
     let signal = Instant::now();
-    let stop_took = replica.stop();
-    replica.start(db, sealing_key);
+    let stop_took = replica.stop(Some(STOP_GRACE));
+    start_replica(replica, db, sealing_key);
     let down_for = signal.elapsed();
     let timeout = RECONNECT_TIMEOUT.saturating_sub(signal.elapsed());
     let all_back = AgentsProc::wait(procs, timeout, |p| total(p, |s| s.back) >= held && p.iter().all(|p| p.status.connected == p.status.spawned)).await?;

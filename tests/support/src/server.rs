@@ -166,3 +166,44 @@ impl Drop for ServerProcess {
         self.kill();
     }
 }
+
+/// A replica on fixed ports (a balancer's backends), and its process while it runs: stopped
+/// and started again, it serves the same addresses.
+pub struct FixedReplica {
+    pub name: &'static str,
+    pub api: u16,
+    pub gateway: u16,
+    pub process: Option<ServerProcess>,
+}
+
+impl FixedReplica {
+    pub fn new(name: &'static str) -> FixedReplica {
+        FixedReplica { name, api: free_port(), gateway: free_port(), process: None }
+    }
+
+    /// Starts it with extra MESHFLEET_* settings; waiting for its announcement blocks, while
+    /// the test's agents and balancer run on.
+    pub fn start(&mut self, bin: &ServerBin, db: &TestDb, sealing_key: &str, env: &[(&str, &str)]) {
+        let (listen, gateway) = (format!("127.0.0.1:{}", self.api), format!("127.0.0.1:{}", self.gateway));
+        let mut env = env.to_vec();
+        env.extend([("MESHFLEET_LISTEN", listen.as_str()), ("MESHFLEET_GATEWAY_LISTEN", gateway.as_str())]);
+        self.process = Some(tokio::task::block_in_place(|| bin.replica(db, sealing_key, self.name, &env)));
+    }
+
+    /// Stops it with SIGTERM (SIGKILL after `grace`), or at once with SIGKILL when `grace` is
+    /// None; returns how long it took.
+    pub fn stop(&mut self, grace: Option<Duration>) -> Duration {
+        let started = std::time::Instant::now();
+        if let Some(mut p) = self.process.take() {
+            tokio::task::block_in_place(|| match grace {
+                Some(grace) => p.terminate(grace),
+                None => p.kill(),
+            });
+        }
+        started.elapsed()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().map_or(0, |p| p.child.id())
+    }
+}

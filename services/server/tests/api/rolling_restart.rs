@@ -14,8 +14,8 @@ use meshfleet_client::Client;
 use meshfleet_sim::pki::GatewayLink;
 use meshfleet_sim::{synthetic_cluster, SharedCluster};
 use meshfleet_test_support::balancer::Balancer;
-use meshfleet_test_support::process::{free_port, within};
-use meshfleet_test_support::server::ServerProcess;
+use meshfleet_test_support::process::within;
+use meshfleet_test_support::server::FixedReplica;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 
@@ -78,29 +78,6 @@ async fn start_agent(api: &Api, gateway: &str, name: String, labels: Value, seed
     agent.cluster.link(GatewayLink { reporter: handle.reporter(), state_path: None });
     assert!(handle.wait_until(Duration::from_secs(20), |s| s.connected).await, "{name} connects: {:?}", handle.stats());
     SimAgent { id, name, handle, agent }
-}
-
-/// One replica: its fixed ports (the balancer's backends) and its process while it runs.
-struct Replica {
-    name: &'static str,
-    api: u16,
-    gateway: u16,
-    process: Option<ServerProcess>,
-}
-
-impl Replica {
-    fn start(&mut self, db: &TestDb, sealing_key: &str, env: &[(&str, &str)]) {
-        let (listen, gateway) = (format!("127.0.0.1:{}", self.api), format!("127.0.0.1:{}", self.gateway));
-        let mut env = env.to_vec();
-        env.extend([("MESHFLEET_LISTEN", listen.as_str()), ("MESHFLEET_GATEWAY_LISTEN", gateway.as_str())]);
-        // Waiting for the announcement blocks; the agents and the balancer run on meanwhile.
-        self.process = Some(tokio::task::block_in_place(|| server().replica(db, sealing_key, self.name, &env)));
-    }
-
-    fn stop(&mut self, graceful: bool) {
-        let mut process = self.process.take().expect("the replica runs");
-        tokio::task::block_in_place(|| if graceful { process.terminate(Duration::from_secs(10)) } else { process.kill() });
-    }
 }
 
 /// An API call through the balancer that may meet a replica going down: Err instead of a panic.
@@ -177,7 +154,7 @@ async fn rolling_restart_of_three_replicas_loses_nothing() {
     let sealing_key = meshfleet_server::secrets::Sealer::generate_key();
     let catalog = db.dir.path().join("catalog.yaml");
     std::fs::write(&catalog, "releases:\n- {version: 0.2.0, released_on: 2026-12-01}\n").unwrap();
-    let mut replicas: Vec<Replica> = ["a", "b", "c"].into_iter().map(|name| Replica { name, api: free_port(), gateway: free_port(), process: None }).collect();
+    let mut replicas: Vec<FixedReplica> = ["a", "b", "c"].into_iter().map(FixedReplica::new).collect();
     let api_lb = Balancer::start(replicas.iter().map(|r| ([127, 0, 0, 1], r.api).into()).collect()).await;
     let gateway_lb = Balancer::start(replicas.iter().map(|r| ([127, 0, 0, 1], r.gateway).into()).collect()).await;
     let (public_url, gateway_address) = (format!("http://{}", api_lb.addr), format!("https://{}", gateway_lb.addr));
@@ -196,7 +173,7 @@ async fn rolling_restart_of_three_replicas_loses_nothing() {
         ("MESHFLEET_RELEASE_CATALOG", catalog.as_str()),
     ];
     for r in &mut replicas {
-        r.start(&db, &sealing_key, &env);
+        r.start(&server(), &db, &sealing_key, &env);
     }
 
     let api = Api::signup(&public_url, "ada@example.com").await;
@@ -294,10 +271,10 @@ async fn rolling_restart_of_three_replicas_loses_nothing() {
     let mut stops = Vec::new();
     for (i, graceful) in [(0, true), (1, false), (2, true)] {
         let at = Instant::now();
-        replicas[i].stop(graceful);
+        replicas[i].stop(graceful.then_some(Duration::from_secs(10)));
         stops.push((at, replicas[i].name, if graceful { "SIGTERM" } else { "SIGKILL" }));
         tokio::time::sleep(Duration::from_millis(500)).await;
-        replicas[i].start(&db, &sealing_key, &env);
+        replicas[i].start(&server(), &db, &sealing_key, &env);
         tokio::time::sleep(Duration::from_secs(4)).await;
     }
     stop.store(true, Ordering::Relaxed);
