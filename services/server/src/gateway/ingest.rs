@@ -291,8 +291,9 @@ impl Written {
 }
 
 /// Stores the jobs in one transaction: inventory changes in arrival order, metrics (one raw
-/// row per report, without the windows of series over the cluster's quota) and events as
-/// multi-row statements. Returns each job's refusal, if any; once committed, `known` learns
+/// row per report, without the windows of series over the cluster's quota), events and
+/// command results as multi-row statements (a statement per report made a batch of a
+/// 1,000-cluster rollout's results commit seconds after it started on PostgreSQL). Returns each job's refusal, if any; once committed, `known` learns
 /// the series the transaction found or registered.
 async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Known) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
     let mut tx = db.begin().await?;
@@ -300,6 +301,7 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Know
     let mut learned = Vec::new();
     let mut refusals = Vec::with_capacity(jobs.len());
     let mut events = Vec::new();
+    let mut results = Vec::new();
     for job in jobs {
         let mut refusal = None;
         let (org, cluster) = (job.org, job.cluster);
@@ -327,7 +329,7 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Know
             Report::Events(e) => events.extend(e.iter().map(|e| (org, cluster, e.clone()))),
             Report::CommandResult { id, state, progress, message, output } => {
                 let outcome = store::commands::Outcome { state, progress: *progress, message, output: output.as_ref() };
-                store::commands::record_result(&mut tx, cluster, *id, &outcome, now).await?;
+                results.push(store::commands::Reported { cluster, id: *id, outcome });
             }
         }
         refusals.push(refusal);
@@ -335,6 +337,7 @@ async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Know
     let reports: Vec<(OrgId, ClusterId, &[Window])> = admitted.iter().map(|(o, c, w)| (*o, *c, w.as_ref())).collect();
     store::metric_reports::append(&mut tx, &reports).await?;
     store::rollups::add_events(&mut tx, &events).await?;
+    store::commands::record_results(&mut tx, &results, now).await?;
     tx.commit().await?;
     for (cluster, series) in learned {
         known.learn(cluster, series);

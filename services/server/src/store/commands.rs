@@ -198,6 +198,7 @@ pub async fn mark_delivered(conn: &mut Conn, id: CommandId, now: i64) -> Result<
 }
 
 /// What an agent reports about a command it runs.
+#[derive(Clone, Copy)]
 pub struct Outcome<'a> {
     pub state: &'a str,
     pub progress: i64,
@@ -210,28 +211,66 @@ pub fn is_final(state: &str) -> bool {
     matches!(state, "succeeded" | "failed")
 }
 
-/// Applies a result from the cluster's own agent; a final state is never overwritten, so a
-/// resent result is a no-op.
-#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.record_result", skip_all)]
-pub async fn record_result(conn: &mut Conn, cluster: ClusterId, id: CommandId, outcome: &Outcome<'_>, now: i64) -> Result<bool, sqlx::Error> {
-    let Outcome { state, progress, message, output } = *outcome;
-    let final_state = is_final(state);
-    let done = sqlx::query(&format!(
-        "UPDATE commands SET state = $3, progress = $4, message = $5, output = COALESCE($6, output),
-         completed_at = CASE WHEN $7 = 1 THEN $8 ELSE completed_at END
-         WHERE id = $1 AND cluster_id = $2 AND state IN {OPEN_STATES}"
-    ))
-    .bind(id.to_string())
-    .bind(cluster.to_string())
-    .bind(state)
-    .bind(progress)
-    .bind(message)
-    .bind(output.map(|o| o.to_string()))
-    .bind(i64::from(final_state))
-    .bind(now)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// A result reported by the agent of the command's cluster.
+#[derive(Clone, Copy)]
+pub struct Reported<'a> {
+    pub cluster: ClusterId,
+    pub id: CommandId,
+    pub outcome: Outcome<'a>,
+}
+
+/// Applies results from the commands' own agents, in the order given, as multi-row statements:
+/// a final state is never overwritten, so a resent result is a no-op. Results of one command
+/// are folded first (up to its first final one), as if applied one by one.
+#[tracing::instrument(target = "meshfleet_traces", name = "store.commands.record_results", skip_all)]
+pub async fn record_results(conn: &mut Conn, results: &[Reported<'_>], now: i64) -> Result<(), sqlx::Error> {
+    let folded = fold(results);
+    for chunk in folded.chunks(super::rows_per_statement(conn, 7)) {
+        // VALUES columns are column1, column2, ... on both engines; a NULL's type is stated.
+        let sql = format!(
+            "UPDATE commands SET state = v.column3, progress = v.column4, message = v.column5,
+             output = COALESCE(CAST(v.column6 AS TEXT), commands.output),
+             completed_at = CASE WHEN v.column7 = 1 THEN ${} ELSE commands.completed_at END
+             FROM (VALUES {}) AS v
+             WHERE commands.id = v.column1 AND commands.cluster_id = v.column2 AND commands.state IN {OPEN_STATES}",
+            chunk.len() * 7 + 1,
+            super::values_clause(chunk.len(), 7)
+        );
+        let mut q = sqlx::query(&sql);
+        for r in chunk {
+            let Outcome { state, progress, message, output } = r.outcome;
+            q = q
+                .bind(r.id.to_string())
+                .bind(r.cluster.to_string())
+                .bind(state)
+                .bind(progress)
+                .bind(message)
+                .bind(output.map(|o| o.to_string()))
+                .bind(i64::from(is_final(state)));
+        }
+        q.bind(now).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// One result per command (and cluster): what applying them in order would leave.
+fn fold<'a>(results: &[Reported<'a>]) -> Vec<Reported<'a>> {
+    let mut folded: Vec<Reported<'a>> = Vec::with_capacity(results.len());
+    let mut at = std::collections::HashMap::new();
+    for r in results {
+        match at.get(&(r.cluster, r.id)) {
+            None => {
+                at.insert((r.cluster, r.id), folded.len());
+                folded.push(*r);
+            }
+            Some(&i) if !is_final(folded[i].outcome.state) => {
+                let output = r.outcome.output.or(folded[i].outcome.output);
+                folded[i].outcome = Outcome { output, ..r.outcome };
+            }
+            Some(_) => {}
+        }
+    }
+    folded
 }
 
 #[tracing::instrument(target = "meshfleet_traces", name = "store.commands.expire_overdue", skip_all)]
@@ -244,4 +283,32 @@ pub async fn expire_overdue(conn: &mut Conn, now: i64) -> Result<u64, sqlx::Erro
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reported(cluster: ClusterId, id: CommandId, state: &'static str, output: Option<&'static serde_json::Value>) -> Reported<'static> {
+        Reported { cluster, id, outcome: Outcome { state, progress: 0, message: state, output } }
+    }
+
+    #[test]
+    fn a_commands_results_fold_as_if_applied_one_by_one() {
+        static OUT: std::sync::LazyLock<serde_json::Value> = std::sync::LazyLock::new(|| serde_json::json!({"restarted": 3}));
+        let (a, b) = (ClusterId::new(), ClusterId::new());
+        let (x, y) = (CommandId::new(), CommandId::new());
+        let folded = fold(&[
+            reported(a, x, "running", Some(&OUT)),
+            reported(a, y, "running", None),
+            reported(a, x, "succeeded", None),
+            reported(a, x, "running", None),
+            // The same id from another cluster's agent is its own row (and matches nothing).
+            reported(b, x, "failed", None),
+        ]);
+        let seen: Vec<_> = folded.iter().map(|r| (r.cluster, r.id, r.outcome.state, r.outcome.output.is_some())).collect();
+        // A later result without output keeps the earlier one's, as COALESCE did per statement;
+        // nothing after a final state counts.
+        assert_eq!(seen, vec![(a, x, "succeeded", true), (a, y, "running", false), (b, x, "failed", false)]);
+    }
 }

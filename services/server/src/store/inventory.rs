@@ -97,7 +97,9 @@ pub async fn set_facts(conn: &mut Conn, org: OrgId, cluster: ClusterId, facts: &
     .execute(&mut *conn)
     .await?;
     if !facts.kubernetes_version.is_empty() {
-        sqlx::query("UPDATE clusters SET kubernetes_version = $2 WHERE id = $1")
+        // Only when it changed: an unchanged row is not locked, so ingest transactions do not
+        // queue behind each other (and the last-seen flush) on the `clusters` rows.
+        sqlx::query("UPDATE clusters SET kubernetes_version = $2 WHERE id = $1 AND (kubernetes_version IS NULL OR kubernetes_version <> $2)")
             .bind(cluster.to_string())
             .bind(&facts.kubernetes_version)
             .execute(conn)

@@ -442,6 +442,24 @@ async fn commands_reach_the_agent_and_results_come_back(engine: Engine) {
     }
     let (status, body) = app.post(&commands, &owner.access, json!({ "kind": "restart-workloads", "params": { "selector": "app=web", "batch_size": 2 } })).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Another cluster's agent cannot settle this cluster's command, even in the same batch as
+    // the rightful agent's progress report.
+    let third = stream.command().await;
+    let (_, other) = registered(&app, &owner, "c2").await;
+    let mut intruder = Stream::open(&app, &other).await.unwrap();
+    let forged = intruder.report(result(&third, r#"{"forged":true}"#));
+    let running = Body::CommandResult(v1::CommandResult {
+        command_id: third.id.clone(),
+        state: v1::CommandState::Running as i32,
+        progress_percent: 40,
+        ..Default::default()
+    });
+    let (forged, own) = tokio::join!(forged, stream.report(running));
+    intruder.acked(forged).await;
+    stream.acked(own).await;
+    let (_, got) = app.get(&format!("{commands}/{}", third.id), &owner.access).await;
+    assert_eq!((got["state"].as_str(), got["progress"].as_i64(), got["output"].is_null()), (Some("running"), Some(40), true), "{got}");
 }
 
 /// A stream of an agent that predates typed commands: the frozen protocol's own client.
