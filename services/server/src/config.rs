@@ -53,6 +53,9 @@ pub struct Config {
     /// A connected agent unheard for this long is shown stale; for `disconnected_after_secs`, disconnected.
     pub stale_after: Duration,
     pub disconnected_after: Duration,
+    /// After SIGTERM, how long open streams and requests may take to finish before the
+    /// process exits anyway (everything acknowledged is already stored).
+    pub shutdown_grace: Duration,
     /// How long per-minute metrics and events are kept (`metric_retention_hours`).
     pub metric_retention: Duration,
     /// How long resolved alerts, sent notifications with their delivery log, and expired
@@ -223,6 +226,7 @@ impl Default for Config {
             agent_cert_ttl: Duration::from_secs(7 * 24 * 3600),
             stale_after: Duration::from_secs(30),
             disconnected_after: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(20),
             metric_retention: Duration::from_secs(7 * 24 * 3600),
             alert_retention: Duration::from_secs(90 * 24 * 3600),
             ingest_batch_max: 500,
@@ -319,6 +323,7 @@ pub const SETTINGS: &[(&str, Setter)] = &[
     ("agent_cert_ttl_secs", |c, n, v| Ok(c.agent_cert_ttl = secs(n, v)?)),
     ("stale_after_secs", |c, n, v| Ok(c.stale_after = secs(n, v)?)),
     ("disconnected_after_secs", |c, n, v| Ok(c.disconnected_after = secs(n, v)?)),
+    ("shutdown_grace_secs", |c, n, v| Ok(c.shutdown_grace = secs(n, v)?)),
     ("metric_retention_hours", |c, n, v| Ok(c.metric_retention = Duration::from_secs(3600) * positive(n, v)?)),
     ("alert_retention_days", |c, n, v| Ok(c.alert_retention = Duration::from_secs(86_400) * positive(n, v)?)),
     ("ingest_batch_max", |c, _, v| Ok(c.ingest_batch_max = num(v)?)),

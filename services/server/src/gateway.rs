@@ -14,11 +14,14 @@ pub mod registry;
 pub mod session;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use meshfleet_agent_protocol::v1::agent_gateway_server::{AgentGateway, AgentGatewayServer};
 use meshfleet_agent_protocol::v1::{Certificate, RegisterRequest, RegisterResponse, RenewRequest, RenewResponse, SignIssuerRequest, SignIssuerResponse};
 use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use secrecy::ExposeSecret;
+use tokio::sync::Semaphore;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -31,7 +34,14 @@ use pki::PeerAgent;
 #[derive(Clone)]
 pub struct Gateway {
     state: AppState,
+    /// Streams being opened (certificate check, connection record, open commands): at most
+    /// half the database pool's connections, so a storm of reconnecting agents (a replica
+    /// restarted under 10,000 of them) leaves the other half to the streams already open.
+    opening: Arc<Semaphore>,
 }
+
+/// How long a new stream waits to be opened before the agent is told to come back later.
+const OPENING_WAIT: Duration = Duration::from_secs(5);
 
 /// Serves the gateway on `listener` until `shutdown` resolves.
 pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -41,7 +51,7 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
         // Register comes without a client certificate; the other calls check for one.
         .client_auth_optional(true);
     let service =
-        AgentGatewayServer::new(Gateway { state: state.clone() }).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
+        AgentGatewayServer::new(Gateway::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let streams = state.clone();
     let shutdown = async move {
@@ -50,9 +60,9 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
     };
     Server::builder()
         .tls_config(tls)?
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .tcp_keepalive(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -65,6 +75,11 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 }
 
 impl Gateway {
+    fn new(state: AppState) -> Gateway {
+        let opening = Arc::new(Semaphore::new((state.config.db_max_connections as usize / 2).max(1)));
+        Gateway { state, opening }
+    }
+
     /// The agent behind the request's client certificate, if that certificate is still valid:
     /// issued to this cluster, unrevoked, and the cluster not deleted.
     pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<PeerAgent> {
@@ -141,6 +156,13 @@ impl Gateway {
 
     #[tracing::instrument(name = "connect", skip_all)]
     async fn do_connect(&self, request: Request<tonic::Streaming<meshfleet_agent_protocol::v1::AgentMessage>>) -> Result<session::ServerStream> {
+        let opening = match tokio::time::timeout(OPENING_WAIT, self.opening.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            _ => {
+                self.state.metrics.gateway_rejected.with_label_values(&["busy"]).inc();
+                return Err(Error::Busy);
+            }
+        };
         let peer = self.authenticate(&request).await?;
         // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
         if let Err(retry_in) = self.state.limits.connect(peer.cluster_id) {
@@ -148,7 +170,7 @@ impl Gateway {
             return Err(Error::Reconnects { per_min: self.state.config.gateway_connects_per_min, retry_in });
         }
         let serial = request.peer_certs().and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s)).unwrap_or_default();
-        Ok(session::start(self.clone(), peer, serial, request.into_inner()))
+        Ok(session::start(self.clone(), peer, serial, request.into_inner(), opening))
     }
 
     #[tracing::instrument(name = "renew", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]

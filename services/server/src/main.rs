@@ -64,14 +64,32 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("  agent gateway (gRPC, mTLS) on {gateway}");
     }
     let stop = server.stop_signal();
+    let grace = server.state.config.shutdown_grace;
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         if let Some(stop) = stop {
             let _ = stop.send(true);
         }
+        let _ = stopping_tx.send(());
     });
-    server.wait().await
+    // A drain that outlasts the grace is cut short: thousands of agent streams ending at once
+    // kept a loaded replica alive for half a minute, past Kubernetes' grace period.
+    let overdue = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server.wait() => result,
+        () = overdue => {
+            tracing::warn!(grace_secs = grace.as_secs(), "still draining after the shutdown grace; exiting");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {

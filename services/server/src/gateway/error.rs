@@ -47,6 +47,10 @@ pub enum Error {
     Superseded,
     #[error("the service is shutting down")]
     ShuttingDown,
+    /// Too many streams being opened, or no database connection free in time: the agent
+    /// comes back after its jittered backoff, which spreads a reconnecting fleet out.
+    #[error("the service is busy; retry after a pause")]
+    Busy,
     #[error("a report could not be stored; reconnect and resend")]
     NotStored,
     #[error("the agent went away")]
@@ -78,7 +82,7 @@ impl Error {
             Error::Reconnects { .. } | Error::RateLimited { .. } => Code::ResourceExhausted,
             Error::Superseded | Error::AnchorMoved => Code::Aborted,
             Error::NoIssuerRotation(_) | Error::NoAnchor => Code::FailedPrecondition,
-            Error::ShuttingDown | Error::NotStored => Code::Unavailable,
+            Error::ShuttingDown | Error::NotStored | Error::Busy => Code::Unavailable,
             Error::AgentGone => Code::Cancelled,
             Error::Transport(status) => status.code(),
             Error::Database(_) | Error::Sign(_) => Code::Internal,
@@ -90,6 +94,10 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::Transport(status) => status,
+            Error::Database(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("gateway call found no free database connection in time");
+                Status::unavailable(Error::Busy.to_string())
+            }
             Error::Database(_) | Error::Sign(_) => {
                 tracing::error!(error = %e, "gateway call failed");
                 Status::internal("internal error; it has been logged")
@@ -108,6 +116,12 @@ mod tests {
         let status = Status::from(Error::Database(sqlx::Error::Protocol("password authentication failed for user admin".into())));
         assert_eq!(status.code(), tonic::Code::Internal);
         assert_eq!(status.message(), "internal error; it has been logged");
+    }
+
+    #[test]
+    fn an_exhausted_pool_says_busy_not_internal() {
+        let status = Status::from(Error::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!((status.code(), status.message()), (tonic::Code::Unavailable, "the service is busy; retry after a pause"));
     }
 
     #[test]

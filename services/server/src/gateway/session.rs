@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::future::Either;
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use meshfleet_agent_protocol::v1::{agent_message::Body, server_message, Ack, AgentMessage, Refused, ServerMessage};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
@@ -26,11 +26,12 @@ pub type ServerStream = Pin<Box<dyn Stream<Item = Result<ServerMessage, Status>>
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>) -> ServerStream {
+/// `opening`: held until the stream is open (`Gateway::opening`).
+pub fn start(gw: Gateway, peer: PeerAgent, serial: String, inbound: Streaming<AgentMessage>, opening: OwnedSemaphorePermit) -> ServerStream {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(
         async move {
-            if let Err(e) = run(&gw, peer, &serial, inbound, &tx).await {
+            if let Err(e) = run(&gw, peer, &serial, inbound, &tx, opening).await {
                 let status = Status::from(e);
                 tracing::info!(cluster = %peer.cluster_id, code = ?status.code(), message = status.message(), "agent stream ended");
                 let _ = tx.send(Err(status)).await;
@@ -48,7 +49,7 @@ async fn send(tx: &Out, body: server_message::Body) -> Result<()> {
     tx.send(Ok(ServerMessage { body: Some(body) })).await.map_err(|_| Error::AgentGone)
 }
 
-async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming<AgentMessage>, tx: &Out) -> Result<()> {
+async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming<AgentMessage>, tx: &Out, opening: OwnedSemaphorePermit) -> Result<()> {
     let state = &gw.state;
     let reject = |reason: &str| state.metrics.gateway_rejected.with_label_values(&[reason]).inc();
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
@@ -77,6 +78,7 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
     let cfg = &state.config;
     let mut sent: HashSet<CommandId> = HashSet::new();
     send_open_commands(gw, peer, tx, &mut sent).await?;
+    drop(opening);
     let mut acks = FuturesOrdered::new();
     let mut last_seq = 0u64;
 
