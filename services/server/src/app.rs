@@ -35,6 +35,8 @@ pub struct Inner {
     /// Per-cluster rate limits and quotas of the gateway on this replica.
     pub limits: Limits,
     pub ingest: Ingest,
+    /// Notices to the other replicas (PostgreSQL).
+    pub notifier: crate::gateway::dispatch::Notifier,
     /// The dashboard's per-organization fleet overview.
     pub fleet_cache: crate::fleet::FleetCache,
     pub read_cache: crate::cache::ReadCache,
@@ -91,6 +93,7 @@ impl AppState {
         let workload_samples = crate::alerting::rules::SampleMemo::new(config.alert_evaluation);
         let issuer_log = crate::gateway::issuer::IssuerLog::start(db.clone());
         let deliveries = crate::alerting::delivery::InFlight::start(db.clone());
+        let notifier = crate::gateway::dispatch::Notifier::start(db.clone());
         Ok(AppState(Arc::new(Inner {
             config,
             db,
@@ -102,6 +105,7 @@ impl AppState {
             agents: Registry::default(),
             limits,
             ingest,
+            notifier,
             fleet_cache: Default::default(),
             read_cache,
             deliveries,

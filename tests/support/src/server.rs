@@ -124,7 +124,7 @@ impl ServerProcess {
         // A process without the gateway role (MESHFLEET_ROLES) announces no gateway address.
         let roles = cmd.get_envs().find(|(k, _)| *k == "MESHFLEET_ROLES").and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
         let expects_gateway = roles.is_none_or(|roles| roles.contains("gateway"));
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("server starts");
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr()).spawn().expect("server starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -159,6 +159,15 @@ impl ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Where a server's log goes: nowhere, or a new file in the directory
+/// `MESHFLEET_TEST_SERVER_LOGS` names (to read what a benchmark's replicas said).
+fn stderr() -> Stdio {
+    let Some(dir) = std::env::var_os("MESHFLEET_TEST_SERVER_LOGS") else { return Stdio::null() };
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let path = std::path::Path::new(&dir).join(format!("meshfleet-server-{at}.log"));
+    std::fs::File::create(&path).map_or_else(|_| Stdio::null(), Stdio::from)
 }
 
 impl Drop for ServerProcess {

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::ExposeSecret;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::app::AppState;
-use crate::db::Engine;
+use crate::db::{Db, Engine};
 use crate::domain::{ClusterId, OrgId};
 use crate::jobs::{Job, Scope};
 use crate::store;
@@ -92,18 +93,80 @@ pub async fn publish_in(conn: &mut store::Conn, payload: &str) -> Result<(), sql
     sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(payload).execute(conn).await.map(drop)
 }
 
+/// Returns once the notice is sent (or failed: the polling fallback and stream revalidation
+/// still deliver, only later).
 async fn publish(state: &AppState, payload: &str) {
     if state.db.engine != Engine::Postgres {
         return;
     }
-    let published = async { publish_in(&mut *state.db.pool.acquire().await?, payload).await };
-    if let Err(e) = published.await {
-        // The polling fallback and stream revalidation still deliver, only later.
-        tracing::warn!(error = %e, "pg_notify failed");
+    state.notifier.send(payload.to_owned()).await;
+}
+
+/// Sends this replica's notices (PostgreSQL) from one task: those queued while a statement
+/// runs go together in the next one, as lines of as few payloads as fit. A replica restarted
+/// under 10,000 agents had them make two notifying commits each as they came back, and
+/// PostgreSQL serializes those commits.
+#[derive(Clone)]
+pub struct Notifier(mpsc::UnboundedSender<(String, oneshot::Sender<()>)>);
+
+/// A NOTIFY payload must stay under 8,000 bytes.
+const PAYLOAD_MAX: usize = 7_900;
+
+impl Notifier {
+    pub fn start(db: Db) -> Notifier {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(String, oneshot::Sender<()>)>();
+        tokio::spawn(async move {
+            let mut queued = Vec::new();
+            while rx.recv_many(&mut queued, 4096).await > 0 {
+                let (notices, senders): (Vec<String>, Vec<_>) = queued.drain(..).unzip();
+                let payloads = pack(&notices);
+                let sent = async {
+                    let calls: Vec<String> = (2..payloads.len() + 2).map(|n| format!("pg_notify($1, ${n})")).collect();
+                    let sql = format!("SELECT {}", calls.join(", "));
+                    let query = payloads.iter().fold(sqlx::query(&sql).bind(CHANNEL), |q, p| q.bind(p));
+                    query.execute(&mut *db.pool.acquire().await?).await
+                };
+                if let Err(e) = sent.await {
+                    tracing::warn!(error = %e, notices = notices.len(), "pg_notify failed");
+                }
+                for done in senders {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Notifier(tx)
+    }
+
+    async fn send(&self, notice: String) {
+        let (done, sent) = oneshot::channel();
+        if self.0.send((notice, done)).is_ok() {
+            let _ = sent.await;
+        }
     }
 }
 
+/// The notices, each once and in order, as newline-separated payloads of at most `PAYLOAD_MAX`
+/// bytes (a longer notice goes alone).
+fn pack(notices: &[String]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut payloads: Vec<String> = Vec::new();
+    for notice in notices.iter().filter(|n| seen.insert(n.as_str())) {
+        match payloads.last_mut() {
+            Some(last) if last.len() + 1 + notice.len() <= PAYLOAD_MAX => {
+                last.push('\n');
+                last.push_str(notice);
+            }
+            _ => payloads.push(notice.clone()),
+        }
+    }
+    payloads
+}
+
 fn apply(state: &AppState, payload: &str) {
+    payload.lines().for_each(|notice| apply_one(state, notice));
+}
+
+fn apply_one(state: &AppState, payload: &str) {
     let mut parts = payload.splitn(3, ':');
     let (kind, id, rest) = (parts.next().unwrap_or_default(), parts.next(), parts.next());
     if kind == "access" {
@@ -161,4 +224,18 @@ async fn poll(state: AppState) -> anyhow::Result<()> {
     let clusters = store::commands::clusters_with_pending(&mut conn, state.clock.now_ms()).await.context("polling for commands")?;
     clusters.into_iter().for_each(|c| state.agents.wake(c));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_packed_once_each_in_order_within_the_payload_limit() {
+        let long = "w".repeat(PAYLOAD_MAX - 3);
+        let notices: Vec<String> = ["status:o1", "open:c1:s1", "status:o1", "open:c1:s2", &long, "access"].map(String::from).to_vec();
+        let payloads = pack(&notices);
+        assert_eq!(payloads, vec!["status:o1\nopen:c1:s1\nopen:c1:s2".to_owned(), long.clone(), "access".to_owned()]);
+        assert!(payloads.iter().all(|p| p.len() <= PAYLOAD_MAX));
+    }
 }
