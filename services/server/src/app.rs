@@ -49,6 +49,9 @@ pub struct Inner {
     pub issuer_log: crate::gateway::issuer::IssuerLog,
     /// The release catalog as this replica last read it.
     pub releases: crate::releases::ReleaseCache,
+    /// Cancelled when the server starts to stop: responses that never end by themselves (the
+    /// dashboard's live updates) end then, or a graceful stop would wait for them forever.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Deref for AppState {
@@ -113,6 +116,7 @@ impl AppState {
             signers: Default::default(),
             issuer_log,
             releases: Default::default(),
+            stopping: Default::default(),
         })))
     }
 }
@@ -187,6 +191,11 @@ impl Server {
             }
         };
         let mut tasks = Vec::new();
+        let stopping = (stopped(), state.stopping.clone());
+        tokio::spawn(async move {
+            stopping.0.await;
+            stopping.1.cancel();
+        });
         let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let http_stopped = stopped();
         tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
@@ -209,9 +218,11 @@ impl Server {
                 break;
             }
         }
+        let stopping = std::time::Instant::now();
         if let Some(jobs) = self.jobs.take() {
             jobs.stop().await;
         }
+        tracing::info!(target: "meshfleet_server::shutdown", jobs_ms = stopping.elapsed().as_millis() as u64, "listeners closed, background jobs stopped");
         result
     }
 

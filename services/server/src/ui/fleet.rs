@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::stream::Stream;
+use futures::stream::{Stream, StreamExt};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -226,7 +226,8 @@ pub async fn live(State(state): State<AppState>, viewer: Viewer, OnPage(ApiQuery
     ) {
         return page_error(ApiError::field("view", "unknown live view"));
     }
-    Sse::new(updates(state, viewer, q)).keep_alive(KeepAlive::default()).into_response()
+    let stopping = state.stopping.clone().cancelled_owned();
+    Sse::new(updates(state, viewer, q).take_until(stopping)).keep_alive(KeepAlive::default()).into_response()
 }
 
 fn updates(state: AppState, viewer: Viewer, q: LiveQuery) -> impl Stream<Item = Result<Event, Infallible>> {

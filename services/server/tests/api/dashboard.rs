@@ -381,3 +381,20 @@ async fn settings_name_people_and_things_and_page_the_audit_log(engine: Engine) 
     assert!(members.contains(&format!("data-api=\"/api/v1/members/{grace_id}\" data-method=\"DELETE\"")), "{members}");
     assert!(!members.contains(&format!("data-api=\"/api/v1/members/{me}\" data-method=\"DELETE\"")), "{members}");
 }
+
+/// A dashboard left open does not hold a stopping server: its live updates end when the stop
+/// begins (a graceful stop waited for them, so a replica with a dashboard open never exited on
+/// SIGTERM by itself).
+#[tokio::test]
+async fn an_open_dashboard_does_not_hold_a_stopping_server() {
+    let app = TestApp::spawn(Engine::Sqlite).await;
+    app.owner("ada@example.com").await;
+    let session = app.dashboard_session("ada@example.com").await;
+    let mut live = app.client.get(format!("{}/ui/live?view=fleet&shown=0", app.base)).header("cookie", &session.cookie).send().await.unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+    assert!(live.chunk().await.unwrap().is_some(), "the first update arrives");
+    let stopped = tokio::time::timeout(Duration::from_secs(10), app.stop()).await;
+    assert!(stopped.is_ok(), "the stop waited for the dashboard's live updates");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async { while let Ok(Some(_)) = live.chunk().await {} }).await;
+    assert!(ended.is_ok(), "the live updates did not end");
+}
