@@ -124,7 +124,7 @@ async fn connected_agents(r: &FixedReplica) -> usize {
 
 /// Starts `r` logging warnings only.
 fn start_replica(r: &mut FixedReplica, db: &TestDb, sealing_key: &str) {
-    r.start(&ServerBin::at(env!("CARGO_BIN_EXE_meshfleet-server")), db, sealing_key, &[("MESHFLEET_LOG", "warn")]);
+    r.start(&ServerBin::at(env!("CARGO_BIN_EXE_meshfleet-server")), db, sealing_key, &[("MESHFLEET_LOG", "warn,meshfleet_server::shutdown=info")]);
 }
 
 /// A balancer in its own process, listening on 127.0.0.1:`port`; stopped when dropped.

@@ -68,28 +68,34 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!("shutting down");
+        tracing::info!(target: "meshfleet_server::shutdown", "shutting down");
         if let Some(stop) = stop {
             let _ = stop.send(true);
         }
-        let _ = stopping_tx.send(());
+        let _ = stopping_tx.send(std::time::Instant::now());
     });
+    let signalled = std::sync::OnceLock::new();
     // A drain that outlasts the grace is cut short: thousands of agent streams ending at once
     // kept a loaded replica alive for half a minute, past Kubernetes' grace period.
     let overdue = async {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
+        match stopping.await {
+            Ok(at) => {
+                let _ = signalled.set(at);
+                tokio::time::sleep(grace).await;
+            }
+            Err(_) => std::future::pending::<()>().await,
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = server.wait() => result,
         () = overdue => {
-            tracing::warn!(grace_secs = grace.as_secs(), "still draining after the shutdown grace; exiting");
+            tracing::warn!(target: "meshfleet_server::shutdown", grace_secs = grace.as_secs(), "still draining after the shutdown grace; exiting");
             Ok(())
         }
-    }
+    };
+    let ms = signalled.get().map(|at| at.elapsed().as_millis() as u64);
+    tracing::info!(target: "meshfleet_server::shutdown", ms_since_signal = ?ms, "stopped");
+    result
 }
 
 async fn shutdown_signal() {

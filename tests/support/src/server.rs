@@ -1,7 +1,7 @@
 //! The real `meshfleet-server` binary as a child process, for tests that kill and restart it
 //! or run several replicas.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -124,11 +124,16 @@ impl ServerProcess {
         // A process without the gateway role (MESHFLEET_ROLES) announces no gateway address.
         let roles = cmd.get_envs().find(|(k, _)| *k == "MESHFLEET_ROLES").and_then(|(_, v)| v.map(|v| v.to_string_lossy().into_owned()));
         let expects_gateway = roles.is_none_or(|roles| roles.contains("gateway"));
-        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr()).spawn().expect("server starts");
+        let mut log = log_file();
+        let stderr = log.as_ref().and_then(|f| f.try_clone().ok()).map_or_else(Stdio::null, Stdio::from);
+        let mut child = cmd.stdout(Stdio::piped()).stderr(stderr).spawn().expect("server starts");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(log) = log.as_mut() {
+                    let _ = writeln!(log, "{line}");
+                }
                 let _ = tx.send(line);
             }
         });
@@ -161,13 +166,12 @@ impl ServerProcess {
     }
 }
 
-/// Where a server's log goes: nowhere, or a new file in the directory
+/// Where a server's output (its log) is kept: nowhere, or a new file in the directory
 /// `MESHFLEET_TEST_SERVER_LOGS` names (to read what a benchmark's replicas said).
-fn stderr() -> Stdio {
-    let Some(dir) = std::env::var_os("MESHFLEET_TEST_SERVER_LOGS") else { return Stdio::null() };
+fn log_file() -> Option<std::fs::File> {
+    let dir = std::env::var_os("MESHFLEET_TEST_SERVER_LOGS")?;
     let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let path = std::path::Path::new(&dir).join(format!("meshfleet-server-{at}.log"));
-    std::fs::File::create(&path).map_or_else(|_| Stdio::null(), Stdio::from)
+    std::fs::File::create(std::path::Path::new(&dir).join(format!("meshfleet-server-{at}.log"))).ok()
 }
 
 impl Drop for ServerProcess {
