@@ -57,8 +57,8 @@ pub async fn agent_revoked(state: &AppState, cluster: ClusterId) {
 }
 
 /// A stream opened here: streams of the same cluster on other replicas are superseded.
-pub async fn session_opened(state: &AppState, cluster: ClusterId, session: &str) {
-    publish(state, &format!("open:{cluster}:{session}")).await;
+pub fn session_opened(state: &AppState, cluster: ClusterId, session: &str) {
+    publish_soon(state, format!("open:{cluster}:{session}"));
 }
 
 /// The organization's clusters were created, relabelled or deleted: listings and the fleet
@@ -71,9 +71,9 @@ pub async fn clusters_changed(state: &AppState, org: OrgId) {
 /// An agent of the organization connected or disconnected: its listings are rebuilt, here and
 /// on every replica. The fleet overview is not dropped: a storm of reconnections would make
 /// every dashboard request recompute it; its own one-second refresh shows the change.
-pub async fn agent_status_changed(state: &AppState, org: OrgId) {
+pub fn agent_status_changed(state: &AppState, org: OrgId) {
     state.read_cache.clusters_changed(org);
-    publish(state, &format!("status:{org}")).await;
+    publish_soon(state, format!("status:{org}"));
 }
 
 /// A session ended, or a token or membership was revoked or changed: every replica checks
@@ -100,6 +100,14 @@ async fn publish(state: &AppState, payload: &str) {
         return;
     }
     state.notifier.send(payload.to_owned()).await;
+}
+
+/// Queues the notice without waiting for it to be sent: for those nothing here waits on (each
+/// stream opening sends two, and 10,000 reconnecting agents queued behind them).
+fn publish_soon(state: &AppState, payload: String) {
+    if state.db.engine == Engine::Postgres {
+        state.notifier.post(payload);
+    }
 }
 
 /// Sends this replica's notices (PostgreSQL) from one task: those queued while a statement
@@ -142,6 +150,10 @@ impl Notifier {
         if self.0.send((notice, done)).is_ok() {
             let _ = sent.await;
         }
+    }
+
+    fn post(&self, notice: String) {
+        let _ = self.0.send((notice, oneshot::channel().0));
     }
 }
 

@@ -70,8 +70,8 @@ async fn run(gw: &Gateway, peer: PeerAgent, serial: &str, mut inbound: Streaming
         let skew = clock_skew(hello.sent_at_unix_ms, now);
         store::agents::mark_connected(&mut conn, peer.cluster_id, &session.id, &agent_version, &k8s_version, skew, now).await?;
     }
-    dispatch::session_opened(state, peer.cluster_id, &session.id).await;
-    dispatch::agent_status_changed(state, peer.org_id).await;
+    dispatch::session_opened(state, peer.cluster_id, &session.id);
+    dispatch::agent_status_changed(state, peer.org_id);
     state.metrics.gateway_connected.inc();
     tracing::info!(org = %peer.org_id, cluster = %peer.cluster_id, agent_version = %hello.agent_version, "agent connected");
 
@@ -253,7 +253,7 @@ impl Drop for Guard {
             if let Ok(mut conn) = state.db.pool.acquire().await {
                 let _ = store::agents::mark_disconnected(&mut conn, cluster, &id, now).await;
             }
-            dispatch::agent_status_changed(&state, org).await;
+            dispatch::agent_status_changed(&state, org);
         });
     }
 }
