@@ -169,8 +169,7 @@ impl Server {
         let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding the API address {} (listen)", config.listen))?;
         let gateway = match config.roles.gateway {
             true => Some(
-                TcpListener::bind(config.gateway_listen)
-                    .await
+                crate::gateway::bind(config.gateway_listen)
                     .with_context(|| format!("binding the gateway address {} (gateway_listen)", config.gateway_listen))?,
             ),
             false => None,

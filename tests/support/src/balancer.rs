@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::{JoinHandle, JoinSet};
 
 /// Listens on 127.0.0.1 until dropped; dropping it also closes every connection it carries.
@@ -26,7 +26,12 @@ impl Balancer {
     /// Balances over `backends` on 127.0.0.1:`port` (0: a new one).
     pub async fn start_on(port: u16, backends: Vec<SocketAddr>) -> Balancer {
         assert!(!backends.is_empty(), "a balancer needs a backend");
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind the balancer");
+        // The backlog a production balancer has (HAProxy's is its maxconn): the default of 128
+        // drops the handshakes of thousands of agents reconnecting at once.
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], port))).expect("bind the balancer");
+        let listener = socket.listen(4096).expect("listen");
         let addr = listener.local_addr().unwrap();
         let backends = Arc::new(backends);
         let next = Arc::new(AtomicUsize::new(0));
