@@ -148,3 +148,18 @@ pub fn clean_command(bin: impl AsRef<std::ffi::OsStr>) -> Command {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// A port free right now below the kernel's ephemeral ports (32,768 and up by default), for a
+/// server that is stopped and started again on it: no outgoing connection can take it
+/// meanwhile (a replica restarted among 30,000 agents' connections found its port taken).
+pub fn stable_port() -> u16 {
+    let mut seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos() ^ std::process::id();
+    for _ in 0..1000 {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        let port = 20_000 + (seed >> 16) as u16 % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}

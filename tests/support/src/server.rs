@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::app::TestDb;
-use crate::process::{build_bins, clean_command, free_port, terminate};
+use crate::process::{build_bins, clean_command, stable_port, terminate};
 
 /// Where the server binary is. The server's own tests pass Cargo's `CARGO_BIN_EXE_meshfleet-server`
 /// (no second build); tests in other packages build it with [`ServerBin::built`].
@@ -58,8 +58,8 @@ impl ServerBin {
     pub fn restartable(&self, db: TestDb, env: &[(&str, &str)]) -> Restartable {
         let dir = db.dir.path().display().to_string();
         let mut settings = vec![
-            ("MESHFLEET_LISTEN".to_owned(), format!("127.0.0.1:{}", free_port())),
-            ("MESHFLEET_GATEWAY_LISTEN".to_owned(), format!("127.0.0.1:{}", free_port())),
+            ("MESHFLEET_LISTEN".to_owned(), format!("127.0.0.1:{}", stable_port())),
+            ("MESHFLEET_GATEWAY_LISTEN".to_owned(), format!("127.0.0.1:{}", stable_port())),
             ("MESHFLEET_DATABASE_URL".to_owned(), db.url.clone()),
             ("MESHFLEET_SEALING_KEY".to_owned(), meshfleet_server::secrets::Sealer::generate_key()),
             ("MESHFLEET_DATA_DIR".to_owned(), dir),
@@ -191,7 +191,7 @@ pub struct FixedReplica {
 
 impl FixedReplica {
     pub fn new(name: &'static str) -> FixedReplica {
-        FixedReplica { name, api: free_port(), gateway: free_port(), process: None }
+        FixedReplica { name, api: stable_port(), gateway: stable_port(), process: None }
     }
 
     /// Starts it with extra MESHFLEET_* settings; waiting for its announcement blocks, while
