@@ -49,8 +49,9 @@ pub struct Inner {
     pub issuer_log: crate::gateway::issuer::IssuerLog,
     /// The release catalog as this replica last read it.
     pub releases: crate::releases::ReleaseCache,
-    /// Cancelled when the server starts to stop: responses that never end by themselves (the
-    /// dashboard's live updates) end then, or a graceful stop would wait for them forever.
+    /// Cancelled when the server starts to stop: the listeners stop accepting, and responses
+    /// that never end by themselves (the dashboard's live updates) end, or a graceful stop
+    /// would wait for them forever.
     pub stopping: tokio_util::sync::CancellationToken,
 }
 
@@ -157,7 +158,8 @@ pub struct Server {
     /// The agent gateway, with the `gateway` role.
     pub gateway_addr: Option<SocketAddr>,
     pub state: AppState,
-    shutdown: Option<tokio::sync::watch::Sender<bool>>,
+    /// Dropped (by `stop`, or by whoever took it with `stop_signal`), it stops the server.
+    stop: Option<tokio_util::sync::DropGuard>,
     tasks: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
     jobs: Option<crate::jobs::Jobs>,
 }
@@ -182,19 +184,9 @@ impl Server {
             config.gateway_listen = gateway_addr;
         }
         let state = AppState::build(config).await?;
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let stopped = move || {
-            let mut rx = rx.clone();
-            async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            }
-        };
+        let stop = state.stopping.clone().drop_guard();
+        let stopped = || state.stopping.clone().cancelled_owned();
         let mut tasks = Vec::new();
-        let stopping = (stopped(), state.stopping.clone());
-        tokio::spawn(async move {
-            stopping.0.await;
-            stopping.1.cancel();
-        });
         let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let http_stopped = stopped();
         tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
@@ -204,7 +196,7 @@ impl Server {
         // Every role keeps caches that other replicas' changes make stale, so every replica
         // runs the notification listener (`jobs::registered`), not only the gateway.
         let jobs = crate::jobs::Jobs::start(&state, crate::jobs::registered(&state));
-        Ok(Server { addr, gateway_addr, state, shutdown: Some(tx), tasks, jobs: Some(jobs) })
+        Ok(Server { addr, gateway_addr, state, stop: Some(stop), tasks, jobs: Some(jobs) })
     }
 
     /// Waits until the server stops (after `stop` or a fatal error).
@@ -231,14 +223,12 @@ impl Server {
     }
 
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
+        drop(self.stop.take());
         self.wait().await
     }
 
-    /// Send `true` to stop the server.
-    pub fn stop_signal(&mut self) -> Option<tokio::sync::watch::Sender<bool>> {
-        self.shutdown.take()
+    /// Drop it to stop the server.
+    pub fn stop_signal(&mut self) -> Option<tokio_util::sync::DropGuard> {
+        self.stop.take()
     }
 }

@@ -71,12 +71,12 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
     Ok(())
 }
 
-/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`).
-/// Tokio's default of 1,024 overflowed when 10,000 agents came back to a restarted replica:
-/// the dropped handshakes were retried by the agents' kernels after 1, 3, 7, 15, 31 s...
+/// Connections waiting to be accepted (the kernel caps it at `net.core.somaxconn`). The 128
+/// that `TcpListener::bind` asks for overflowed when 10,000 agents came back to a restarted
+/// replica: the dropped handshakes were retried by the agents' kernels after 1, 3, 7, 15 s...
 const BACKLOG: u32 = 4096;
 
-/// Binds the gateway's address (port 0 picks one).
+/// Binds the gateway's address (port 0 picks one) with room for a fleet reconnecting at once.
 pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
     // As `TcpListener::bind` does: a restarted replica binds its port again at once.

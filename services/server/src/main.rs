@@ -64,38 +64,30 @@ async fn run(config: Config) -> anyhow::Result<()> {
         println!("  agent gateway (gRPC, mTLS) on {gateway}");
     }
     let stop = server.stop_signal();
-    let grace = server.state.config.shutdown_grace;
-    let (stopping_tx, stopping) = tokio::sync::oneshot::channel();
+    let (signalled_tx, signalled) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         shutdown_signal().await;
         tracing::info!(target: "meshfleet_server::shutdown", "shutting down");
-        if let Some(stop) = stop {
-            let _ = stop.send(true);
-        }
-        let _ = stopping_tx.send(std::time::Instant::now());
+        drop(stop);
+        let _ = signalled_tx.send(std::time::Instant::now());
     });
-    let signalled = std::sync::OnceLock::new();
-    // A drain that outlasts the grace is cut short: thousands of agent streams ending at once
-    // kept a loaded replica alive for half a minute, past Kubernetes' grace period.
-    let overdue = async {
-        match stopping.await {
-            Ok(at) => {
-                let _ = signalled.set(at);
-                tokio::time::sleep(grace).await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let grace = server.state.config.shutdown_grace;
+    let drained = server.wait();
+    tokio::pin!(drained);
+    tokio::select! {
+        // Stopped by a fatal error.
+        result = &mut drained => result,
+        Ok(at) = signalled => {
+            // A drain that outlasts the grace is cut short: thousands of agent streams ending
+            // at once kept a loaded replica alive for half a minute, past Kubernetes' grace.
+            let result = tokio::time::timeout(grace, &mut drained).await.unwrap_or_else(|_| {
+                tracing::warn!(target: "meshfleet_server::shutdown", grace_secs = grace.as_secs(), "still draining after the shutdown grace; exiting");
+                Ok(())
+            });
+            tracing::info!(target: "meshfleet_server::shutdown", ms_since_signal = at.elapsed().as_millis() as u64, "stopped");
+            result
         }
-    };
-    let result = tokio::select! {
-        result = server.wait() => result,
-        () = overdue => {
-            tracing::warn!(target: "meshfleet_server::shutdown", grace_secs = grace.as_secs(), "still draining after the shutdown grace; exiting");
-            Ok(())
-        }
-    };
-    let ms = signalled.get().map(|at| at.elapsed().as_millis() as u64);
-    tracing::info!(target: "meshfleet_server::shutdown", ms_since_signal = ?ms, "stopped");
-    result
+    }
 }
 
 async fn shutdown_signal() {

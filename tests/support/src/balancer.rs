@@ -26,8 +26,9 @@ impl Balancer {
     /// Balances over `backends` on 127.0.0.1:`port` (0: a new one).
     pub async fn start_on(port: u16, backends: Vec<SocketAddr>) -> Balancer {
         assert!(!backends.is_empty(), "a balancer needs a backend");
-        // The backlog a production balancer has (HAProxy's is its maxconn): the default of 128
-        // drops the handshakes of thousands of agents reconnecting at once.
+        // The backlog of the gateway (`meshfleet_server::gateway::bind`, not a dependency here)
+        // and of a production balancer (HAProxy's is its maxconn): the default of 128 drops the
+        // handshakes of thousands of agents reconnecting at once.
         let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
         socket.set_reuseaddr(true).expect("SO_REUSEADDR");
         socket.bind(SocketAddr::from(([127, 0, 0, 1], port))).expect("bind the balancer");

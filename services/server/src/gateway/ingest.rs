@@ -292,9 +292,10 @@ impl Written {
 
 /// Stores the jobs in one transaction: inventory changes in arrival order, metrics (one raw
 /// row per report, without the windows of series over the cluster's quota), events and
-/// command results as multi-row statements (a statement per report made a batch of a
-/// 1,000-cluster rollout's results commit seconds after it started on PostgreSQL). Returns each job's refusal, if any; once committed, `known` learns
-/// the series the transaction found or registered.
+/// command results as multi-row statements (a statement per result made a batch of a
+/// 1,000-cluster rollout's results commit seconds after it started on PostgreSQL). Returns
+/// each job's refusal, if any; once committed, `known` learns the series the transaction
+/// found or registered.
 async fn write(db: &Db, jobs: &[Job], now: i64, quotas: Quotas, known: &mut Known) -> Result<Vec<Option<Refusal>>, sqlx::Error> {
     let mut tx = db.begin().await?;
     let mut admitted: Vec<(OrgId, ClusterId, Cow<[Window]>)> = Vec::new();
