@@ -22,6 +22,7 @@ use meshfleet_agent_protocol::v1::{Certificate, RegisterRequest, RegisterRespons
 use meshfleet_agent_protocol::MAX_MESSAGE_BYTES;
 use secrecy::ExposeSecret;
 use tokio::sync::Semaphore;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
@@ -54,7 +55,9 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
         .client_auth_optional(true);
     let service =
         AgentGatewayServer::new(Gateway::new(state.clone())).max_decoding_message_size(MAX_MESSAGE_BYTES).max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Set here, not on the builder: `serve_with_incoming` leaves accepted sockets as they come.
+    // Without TCP_NODELAY a call's response could wait out the client's delayed ACK (40 ms).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true)).with_keepalive(Some(Duration::from_secs(60)));
     let streams = state.clone();
     let shutdown = async move {
         shutdown.await;
@@ -64,7 +67,6 @@ pub async fn serve(state: AppState, listener: tokio::net::TcpListener, shutdown:
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
         .add_service(service)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
@@ -101,14 +103,19 @@ impl Gateway {
         Ok(peer)
     }
 
-    pub(crate) async fn check_certificate(&self, peer: PeerAgent, serial: &str) -> Result<()> {
-        let mut conn = self.state.db.pool.acquire().await?;
+    /// Asks the database, unless this replica found the certificate valid lately (see
+    /// `Registry::verified`).
+    async fn check_certificate(&self, peer: PeerAgent, serial: &str) -> Result<()> {
+        let agents = &self.state.agents;
         let now = self.state.clock.now_ms();
-        if store::agents::certificate_is_valid(&mut conn, serial, peer.org_id, peer.cluster_id, now).await? {
-            Ok(())
-        } else {
-            Err(Error::CertificateInvalid)
+        if agents.verified(peer.cluster_id, serial, now) {
+            return Ok(());
         }
+        let started = agents.check_started();
+        let mut conn = self.state.db.pool.acquire().await?;
+        let not_after = store::agents::certificate_valid_until(&mut conn, serial, peer.org_id, peer.cluster_id, now).await?.ok_or(Error::CertificateInvalid)?;
+        agents.remember_verified(peer.cluster_id, serial, recheck::trusted_until(now, not_after), started);
+        Ok(())
     }
 
     fn certificate_ttl_ms(&self) -> i64 {

@@ -17,17 +17,32 @@ pub fn job() -> Job {
     Job::new("certificate-recheck", RECHECK_EVERY, Scope::EveryReplica, recheck)
 }
 
-/// Cuts every stream on this replica whose certificate is no longer valid.
+/// Cuts every stream on this replica whose certificate is no longer valid, and remembers the
+/// others as valid for another interval (the agents' calls beside their streams skip the
+/// database then).
 pub async fn recheck(state: AppState) -> anyhow::Result<()> {
     let open = state.agents.certificates();
     if open.is_empty() {
         return Ok(());
     }
+    let now = state.clock.now_ms();
+    let started = state.agents.check_started();
     let mut conn = state.db.pool.acquire().await?;
-    let invalid = store::agents::invalid_certificates(&mut conn, &open, state.clock.now_ms()).await.context("re-checking agent certificates")?;
-    for (cluster, serial) in invalid {
-        tracing::info!(cluster_id = %cluster, serial, "agent certificate no longer valid; ending its stream");
-        state.agents.certificate_invalid(cluster, &serial);
+    let valid = store::agents::valid_certificates(&mut conn, &open, now).await.context("re-checking agent certificates")?;
+    for key in open {
+        let (_, cluster, serial) = &key;
+        match valid.get(&key) {
+            Some(&not_after) => state.agents.remember_verified(*cluster, serial, trusted_until(now, not_after), started),
+            None => {
+                tracing::info!(cluster_id = %cluster, serial, "agent certificate no longer valid; ending its stream");
+                state.agents.certificate_invalid(*cluster, serial);
+            }
+        }
     }
     Ok(())
+}
+
+/// How long a certificate found valid at `now` may be trusted without asking again.
+pub fn trusted_until(now: i64, not_after: i64) -> i64 {
+    (now + crate::domain::ms(RECHECK_EVERY)).min(not_after)
 }

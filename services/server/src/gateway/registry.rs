@@ -1,5 +1,6 @@
 //! The agent streams open on this replica: one per cluster (a newer one supersedes the older),
-//! each with a wake-up for new commands and a way to cut it (cluster deleted, agent revoked).
+//! each with a wake-up for new commands and a way to cut it (cluster deleted, agent revoked);
+//! and the agent certificates this replica found valid lately, forgotten at the same moments.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +47,25 @@ pub struct Registry {
     next_epoch: AtomicU64,
     /// Set once the replica stops: a stream that opens after that is cut at once.
     stopping: std::sync::atomic::AtomicBool,
+    verified: Mutex<Verified>,
 }
+
+/// Agent certificates found valid in the database, so that the calls an agent makes beside its
+/// open stream (`SignIssuer`, `Renew`) and its reconnections skip the query. A revocation
+/// forgets the cluster's entry exactly where it cuts its stream, and an entry is trusted no
+/// longer than the streams' re-check interval, so a missed revocation goes unnoticed no longer
+/// than it does for a stream.
+#[derive(Default)]
+struct Verified {
+    /// The serial last found valid per cluster, and until when (ms) it may be trusted.
+    by_cluster: HashMap<ClusterId, (String, i64)>,
+    /// Revocations seen so far: a check that a revocation overtook must not be remembered.
+    revocations: u64,
+}
+
+/// A check's ticket: the revocations seen when it started.
+#[derive(Clone, Copy)]
+pub struct CheckStarted(u64);
 
 impl Registry {
     /// Registers a new stream for the cluster, opened with the certificate `serial`,
@@ -112,9 +131,47 @@ impl Registry {
         }
     }
 
-    /// Cuts the cluster's stream, if open here.
+    /// Cuts the cluster's stream, if open here, and forgets its certificate was valid.
     pub fn revoke(&self, cluster: ClusterId) {
+        self.forget_verified(cluster, None);
         self.cut(cluster, None, Cut::Revoked);
+    }
+
+    /// Whether `serial` was found valid for the cluster lately (and may still be trusted).
+    pub fn verified(&self, cluster: ClusterId, serial: &str, now: i64) -> bool {
+        self.verified_lock().by_cluster.get(&cluster).is_some_and(|(s, until)| s == serial && now < *until)
+    }
+
+    /// Call before reading a certificate's validity from the database; hand the ticket to
+    /// `remember_verified`.
+    pub fn check_started(&self) -> CheckStarted {
+        CheckStarted(self.verified_lock().revocations)
+    }
+
+    /// Remembers `serial` as valid for the cluster until `until` (ms), unless a revocation came
+    /// in since `started`.
+    pub fn remember_verified(&self, cluster: ClusterId, serial: &str, until: i64, started: CheckStarted) {
+        const LIMIT: usize = 200_000;
+        let mut v = self.verified_lock();
+        if v.revocations != started.0 {
+            return;
+        }
+        if v.by_cluster.len() >= LIMIT {
+            v.by_cluster.clear();
+        }
+        v.by_cluster.insert(cluster, (serial.to_owned(), until));
+    }
+
+    fn forget_verified(&self, cluster: ClusterId, serial: Option<&str>) {
+        let mut v = self.verified_lock();
+        v.revocations += 1;
+        if v.by_cluster.get(&cluster).is_some_and(|(s, _)| serial.is_none_or(|serial| serial == s)) {
+            v.by_cluster.remove(&cluster);
+        }
+    }
+
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, Verified> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The open streams' (org, cluster, certificate serial).
@@ -125,6 +182,7 @@ impl Registry {
     /// Cuts the cluster's stream if it is still the one opened with `serial`: its certificate
     /// was found invalid.
     pub fn certificate_invalid(&self, cluster: ClusterId, serial: &str) {
+        self.forget_verified(cluster, Some(serial));
         self.cut(cluster, Some(serial), Cut::CertificateInvalid);
     }
 
@@ -147,5 +205,35 @@ impl Registry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClusterId, Entry>> {
         self.sessions.lock().expect("registry lock poisoned")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_verified_certificate_is_forgotten_on_revocation_and_expiry() {
+        let registry = Registry::default();
+        let (one, two) = (ClusterId::new(), ClusterId::new());
+        registry.remember_verified(one, "aa", 1_000, registry.check_started());
+        registry.remember_verified(two, "bb", 1_000, registry.check_started());
+        assert!(registry.verified(one, "aa", 999));
+        assert!(!registry.verified(one, "aa", 1_000), "trusted only until its time");
+        assert!(!registry.verified(one, "cc", 10), "another certificate of the cluster");
+
+        // Found invalid with another serial (an older certificate): this one stands.
+        registry.certificate_invalid(one, "zz");
+        assert!(registry.verified(one, "aa", 10));
+        registry.certificate_invalid(one, "aa");
+        assert!(!registry.verified(one, "aa", 10));
+        registry.revoke(two);
+        assert!(!registry.verified(two, "bb", 10));
+
+        // A check that a revocation overtook is not remembered.
+        let started = registry.check_started();
+        registry.revoke(ClusterId::new());
+        registry.remember_verified(one, "aa", 1_000, started);
+        assert!(!registry.verified(one, "aa", 10));
     }
 }

@@ -1,8 +1,10 @@
 //! Agent certificates and the connection state of each cluster's agent.
 
+use std::collections::{HashMap, HashSet};
+
 use sqlx::Row;
 
-use super::Conn;
+use super::{parse_col, Conn};
 use crate::domain::{ClusterId, OrgId};
 
 #[tracing::instrument(target = "meshfleet_traces", name = "store.agents.insert_certificate", skip_all)]
@@ -18,32 +20,36 @@ pub async fn insert_certificate(conn: &mut Conn, serial: &str, org: OrgId, clust
     Ok(())
 }
 
-/// True when the certificate was issued to this cluster, is unrevoked and unexpired, and the
-/// cluster still exists.
-#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.certificate_is_valid", skip_all)]
-pub async fn certificate_is_valid(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, now: i64) -> Result<bool, sqlx::Error> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
+/// Until when (ms) the certificate is valid, if it is now: issued to this cluster, unrevoked
+/// and unexpired, and the cluster still exists.
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.certificate_valid_until", skip_all)]
+pub async fn certificate_valid_until(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, now: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT a.not_after FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
          WHERE a.serial = $1 AND a.org_id = $2 AND a.cluster_id = $3 AND a.revoked_at IS NULL AND a.not_after > $4",
     )
     .bind(serial)
     .bind(org.to_string())
     .bind(cluster.to_string())
     .bind(now)
-    .fetch_one(conn)
-    .await?;
-    Ok(n > 0)
+    .fetch_optional(conn)
+    .await
 }
 
-/// Of the streams' (org, cluster, serial), those whose certificate is no longer valid (see
-/// `certificate_is_valid`), in a few statements however many streams there are.
-#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.invalid_certificates", skip_all)]
-pub async fn invalid_certificates(conn: &mut Conn, open: &[(OrgId, ClusterId, String)], now: i64) -> Result<Vec<(ClusterId, String)>, sqlx::Error> {
-    let mut valid = std::collections::HashSet::new();
+/// Of the streams' (org, cluster, serial), those whose certificate is still valid (see
+/// `certificate_valid_until`) with its expiry, in a few statements however many streams there are.
+#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.valid_certificates", skip_all)]
+pub async fn valid_certificates(
+    conn: &mut Conn,
+    open: &[(OrgId, ClusterId, String)],
+    now: i64,
+) -> Result<HashMap<(OrgId, ClusterId, String), i64>, sqlx::Error> {
+    let asked: HashSet<&(OrgId, ClusterId, String)> = open.iter().collect();
+    let mut valid = HashMap::new();
     for chunk in open.chunks(super::rows_per_statement(conn, 1)) {
         let serials = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect::<Vec<_>>().join(", ");
         let sql = format!(
-            "SELECT a.serial, a.org_id, a.cluster_id FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
+            "SELECT a.serial, a.org_id, a.cluster_id, a.not_after FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
              WHERE a.revoked_at IS NULL AND a.not_after > $1 AND a.serial IN ({serials})"
         );
         let mut q = sqlx::query(&sql).bind(now);
@@ -51,14 +57,16 @@ pub async fn invalid_certificates(conn: &mut Conn, open: &[(OrgId, ClusterId, St
             q = q.bind(serial);
         }
         for r in q.fetch_all(&mut *conn).await? {
-            valid.insert((r.try_get::<String, _>("org_id")?, r.try_get::<String, _>("cluster_id")?, r.try_get::<String, _>("serial")?));
+            let org = parse_col(&r.try_get::<String, _>("org_id")?, "agent_certificates.org_id")?;
+            let cluster = parse_col(&r.try_get::<String, _>("cluster_id")?, "agent_certificates.cluster_id")?;
+            let key = (org, cluster, r.try_get::<String, _>("serial")?);
+            // A serial is only valid for the organization and cluster it was issued to.
+            if asked.contains(&key) {
+                valid.insert(key, r.try_get::<i64, _>("not_after")?);
+            }
         }
     }
-    Ok(open
-        .iter()
-        .filter(|(org, cluster, serial)| !valid.contains(&(org.to_string(), cluster.to_string(), serial.clone())))
-        .map(|(_, cluster, serial)| (*cluster, serial.clone()))
-        .collect())
+    Ok(valid)
 }
 
 /// Revokes every certificate of the cluster's agent; it must register again.

@@ -562,6 +562,8 @@ async fn the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed(eng
     meshfleet_server::gateway::recheck::recheck(app.state.clone()).await.unwrap();
     let ended = first.ended().await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    // Its certificate was remembered as valid when the stream opened; the re-check forgot it.
+    assert_eq!(Stream::open(&app, &id1).await.err().map(|s| s.code()), Some(Code::PermissionDenied));
     // The other stream is untouched.
     let seq = second.report(snapshot(vec![])).await;
     second.acked(seq).await;
