@@ -19,6 +19,7 @@ use crate::domain::audit::AuditEntry;
 use crate::domain::trust::{Anchor, AnchorState, SignedIssuer};
 use crate::domain::{CommandId, OrgId};
 use crate::store;
+use crate::store::commands::Command;
 
 impl Gateway {
     #[tracing::instrument(name = "sign_issuer", skip_all, fields(org_id = %peer.org_id, cluster_id = %peer.cluster_id))]
@@ -154,41 +155,48 @@ fn not_stored(e: sqlx::Error) -> Result<String> {
     Err(Error::NotStored)
 }
 
-/// One transaction for the batch; each issuer's own refusal (command closed, anchor moved)
-/// leaves the others alone.
+/// What a batch's record needs of an organization, as its transaction reads it: the commands
+/// the batch names, the active anchor's fingerprint and the trust bundle.
+type OrgNow = (HashMap<CommandId, Command>, Option<String>, String);
+
+/// One transaction for the batch, a few statements however many issuers it holds; each
+/// issuer's own refusal (command closed, anchor moved) leaves the others alone.
 async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<String>>, sqlx::Error> {
     let mut tx = db.begin().await?;
-    // Per organization: its active anchor and its bundle.
-    let mut anchors: HashMap<OrgId, (Option<String>, String)> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut orgs: HashMap<OrgId, OrgNow> = HashMap::new();
     for Entry { issuer, .. } in batch {
-        let command = store::commands::get(&mut tx, issuer.org_id, issuer.cluster_id, issuer.command_id).await?;
+        if let hash_map::Entry::Vacant(slot) = orgs.entry(issuer.org_id) {
+            let ids: Vec<CommandId> = batch.iter().filter(|e| e.issuer.org_id == issuer.org_id).map(|e| e.issuer.command_id).collect();
+            let commands = store::commands::get_many(&mut tx, issuer.org_id, &ids).await?;
+            let all = store::trust::anchors(&mut tx, issuer.org_id).await?;
+            let active = all.iter().find(|a| a.state == AnchorState::Active).map(|a| a.fingerprint.clone());
+            slot.insert((commands, active, all.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect()));
+        }
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let (mut recorded, mut audit) = (Vec::with_capacity(batch.len()), Vec::with_capacity(batch.len()));
+    for Entry { issuer, .. } in batch {
+        let (commands, active, bundle) = &orgs[&issuer.org_id];
+        let command = commands.get(&issuer.command_id).filter(|c| c.cluster_id == issuer.cluster_id);
         if !command.is_some_and(|c| c.kind == "rotate-issuer" && c.is_open(issuer.signed_at)) {
             outcomes.push(Err(Error::NoIssuerRotation(issuer.command_id.to_string())));
             continue;
         }
-        let (active, bundle) = match anchors.entry(issuer.org_id) {
-            hash_map::Entry::Occupied(known) => known.into_mut(),
-            hash_map::Entry::Vacant(slot) => {
-                let all = store::trust::anchors(&mut tx, issuer.org_id).await?;
-                let active = all.iter().find(|a| a.state == AnchorState::Active).map(|a| a.fingerprint.clone());
-                slot.insert((active, all.into_iter().filter(|a| a.state.trusted()).map(|a| a.cert_pem).collect()))
-            }
-        };
         if active.as_deref() != Some(issuer.anchor_fingerprint.as_str()) {
             outcomes.push(Err(Error::AnchorMoved));
             continue;
         }
-        store::trust::record_issuer(&mut tx, issuer).await?;
         let details = serde_json::json!({
             "fingerprint": issuer.fingerprint, "anchor_fingerprint": issuer.anchor_fingerprint,
             "not_after": issuer.not_after, "command_id": issuer.command_id,
         });
         let by = format!("agent:{}", issuer.cluster_id);
-        let entry = AuditEntry::by_service(issuer.org_id, issuer.signed_at, &by, "issuer.sign", ("cluster", issuer.cluster_id.to_string()), details);
-        store::audit::insert(&mut tx, &entry).await?;
+        audit.push(AuditEntry::by_service(issuer.org_id, issuer.signed_at, &by, "issuer.sign", ("cluster", issuer.cluster_id.to_string()), details));
+        recorded.push(issuer);
         outcomes.push(Ok(bundle.clone()));
     }
+    store::trust::record_issuers(&mut tx, &recorded).await?;
+    store::audit::insert_many(&mut tx, &audit).await?;
     tx.commit().await?;
     Ok(outcomes)
 }

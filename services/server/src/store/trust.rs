@@ -79,22 +79,39 @@ pub async fn insert_anchor(conn: &mut Conn, a: &Anchor, key_sealed: &str) -> Res
 
 const ISSUER_COLUMNS: &str = "cluster_id, org_id, command_id, fingerprint, anchor_fingerprint, cert_pem, not_before, not_after, signed_at";
 
-/// Replaces the cluster's record of its last signed issuer.
-#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.record_issuer", skip_all)]
-pub async fn record_issuer(conn: &mut Conn, i: &SignedIssuer) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM cluster_issuers WHERE cluster_id = $1").bind(i.cluster_id.to_string()).execute(&mut *conn).await?;
-    sqlx::query(&format!("INSERT INTO cluster_issuers ({ISSUER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"))
-        .bind(i.cluster_id.to_string())
-        .bind(i.org_id.to_string())
-        .bind(i.command_id.to_string())
-        .bind(&i.fingerprint)
-        .bind(&i.anchor_fingerprint)
-        .bind(&i.cert_pem)
-        .bind(i.not_before)
-        .bind(i.not_after)
-        .bind(i.signed_at)
-        .execute(conn)
-        .await?;
+/// Records the clusters' new issuers, each replacing its cluster's last one (of two for one
+/// cluster, the later stands: a statement may not upsert a row twice), by multi-row upserts.
+#[tracing::instrument(target = "meshfleet_traces", name = "store.trust.record_issuers", skip_all)]
+pub async fn record_issuers(conn: &mut Conn, issuers: &[&SignedIssuer]) -> Result<(), sqlx::Error> {
+    const COLS: usize = 9;
+    let mut latest: Vec<&SignedIssuer> = Vec::with_capacity(issuers.len());
+    for i in issuers.iter().rev() {
+        if !latest.iter().any(|l| l.cluster_id == i.cluster_id) {
+            latest.push(i);
+        }
+    }
+    for chunk in latest.chunks(super::rows_per_statement(conn, COLS)) {
+        let sql = format!(
+            "INSERT INTO cluster_issuers ({ISSUER_COLUMNS}) VALUES {} ON CONFLICT (cluster_id) DO UPDATE SET org_id = excluded.org_id,
+             command_id = excluded.command_id, fingerprint = excluded.fingerprint, anchor_fingerprint = excluded.anchor_fingerprint,
+             cert_pem = excluded.cert_pem, not_before = excluded.not_before, not_after = excluded.not_after, signed_at = excluded.signed_at",
+            super::values_clause(chunk.len(), COLS)
+        );
+        let mut q = sqlx::query(&sql);
+        for i in chunk {
+            q = q
+                .bind(i.cluster_id.to_string())
+                .bind(i.org_id.to_string())
+                .bind(i.command_id.to_string())
+                .bind(&i.fingerprint)
+                .bind(&i.anchor_fingerprint)
+                .bind(&i.cert_pem)
+                .bind(i.not_before)
+                .bind(i.not_after)
+                .bind(i.signed_at);
+        }
+        q.execute(&mut *conn).await?;
+    }
     Ok(())
 }
 

@@ -220,6 +220,27 @@ async fn issuers_are_signed_only_for_the_callers_own_open_rotation(engine: Engin
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, audit) = app.get("/api/v1/audit", &alice.access).await;
     assert!(audit.to_string().contains("issuer.sign"), "{audit}");
+
+    // Signed at once, issuers are recorded together (one transaction of a few statements):
+    // a refusal stays its own, and of two issuers for one cluster one record stands.
+    let b_command = rotate_issuer(&app, &bob.access, &b_cluster).await;
+    let b_csr = meshfleet_pki::csr::new_csr(&mint::new_key().unwrap()).unwrap();
+    let (mut a2, mut b2) = (a.clone(), b.clone());
+    let (first, second, bobs, stolen) = tokio::join!(
+        a.sign_issuer(sign(&a_command, good_csr.clone())),
+        a2.sign_issuer(sign(&a_command, good_csr.clone())),
+        b.sign_issuer(sign(&b_command, b_csr)),
+        b2.sign_issuer(sign(&a_command, good_csr.clone())),
+    );
+    let alices = [first.unwrap().into_inner().issuer_fingerprint, second.unwrap().into_inner().issuer_fingerprint];
+    let bobs = bobs.unwrap().into_inner();
+    assert_eq!(bobs.anchor_fingerprint, b_anchor["fingerprint"].as_str().unwrap());
+    assert_eq!(stolen.unwrap_err().code(), Code::FailedPrecondition);
+    let (_, held) = app.get(&format!("/api/v1/clusters/{a_cluster}/certificates"), &alice.access).await;
+    let stands = held["signed_by_service"]["fingerprint"].as_str().unwrap_or_default().to_owned();
+    assert!(alices.contains(&stands), "{stands} is one of {alices:?}");
+    let (_, held) = app.get(&format!("/api/v1/clusters/{b_cluster}/certificates"), &bob.access).await;
+    assert_eq!(held["signed_by_service"]["fingerprint"].as_str(), Some(bobs.issuer_fingerprint.as_str()), "{held}");
 }
 
 /// A simulated cluster connected to `app` as `name`: its client runs, linked so it answers the
