@@ -10,7 +10,7 @@
 //! MESHFLEET_BENCH_POSTGRES_URL). Knobs: MESHFLEET_BENCH_CLUSTERS (default 1000),
 //! MESHFLEET_BENCH_RAW_SECS (the raw loop's seconds, default 3), MESHFLEET_BENCH_SIGN_ROUNDS
 //! (part 3b's calls per cluster, default 4), MESHFLEET_BENCH_SIGN_CONCURRENCY (part 3's calls
-//! in flight, default 32).
+//! in flight, default: one per cluster).
 //!
 //! Method. The real `meshfleet-server` binary runs in its own process with a fresh database; the
 //! demo fleet runs in this process with `meshfleet_sim::run` (the `meshfleet-sim` code: each
@@ -25,8 +25,9 @@
 //!    (distribute, reissue, retire: three commands per cluster, each gated on the pods' reports).
 //! 3. SignIssuer alone: the fleet stopped, a rotate-issuer command opened per cluster, then each
 //!    cluster's saved identity opens its mTLS connection (as an agent's session holds one) and
-//!    calls `SignIssuer` over it, 32 calls in flight, with the CSRs made before the clock
-//!    starts: the gateway's signing path by itself. 3a times each connection's first call (its
+//!    calls `SignIssuer` over it, every cluster at once (as when a rotation sends every cluster
+//!    its command), with the CSRs made before the clock starts: the gateway's signing path by
+//!    itself. 3a times each connection's first call (its
 //!    certificate checked in the database), 3b four more rounds (the certificate remembered as
 //!    valid, as for an agent whose stream is open; the command stays open until its agent
 //!    reports, so each call signs a new issuer under it, as a retry would).
@@ -149,7 +150,7 @@ fn raw_signing_rate(secs: f64) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn run_engine(engine: &'static str, clusters: usize, rounds: usize) -> anyhow::Result<EngineResult> {
+async fn run_engine(engine: &'static str, clusters: usize, rounds: usize, in_flight: usize) -> anyhow::Result<EngineResult> {
     let dir = tempfile::tempdir()?;
     let (url, pg) = support::database(engine, &dir.path().join("db")).await?;
     let result = async {
@@ -256,8 +257,8 @@ async fn run_engine(engine: &'static str, clusters: usize, rounds: usize) -> any
         // so the rounds after it are the path an agent's SignIssuer takes. A command stays open
         // until its agent reports: each round signs a new issuer under it, as a retry would.
         eprintln!("{engine}: 3. SignIssuer alone, 1 + {rounds} rounds (server pid {})", server.pid);
-        let sign_first = sign_round(&connections, 1, server.pid, &db).await?;
-        let sign_alone = sign_round(&connections, rounds, server.pid, &db).await?;
+        let sign_first = sign_round(&connections, 1, in_flight, server.pid, &db).await?;
+        let sign_alone = sign_round(&connections, rounds, in_flight, server.pid, &db).await?;
         if let Some(p) = &db.pg {
             p.close().await;
         }
@@ -270,9 +271,9 @@ async fn run_engine(engine: &'static str, clusters: usize, rounds: usize) -> any
     result
 }
 
-/// Calls `SignIssuer` `rounds` times over each connection, 32 calls at a time, CSRs made before
-/// the clock starts; what it cost.
-async fn sign_round(connections: &[(meshfleet_agent::GatewayConnection, String)], rounds: usize, pid: u32, db: &Db) -> anyhow::Result<Part> {
+/// Calls `SignIssuer` `rounds` times over each connection, `in_flight` calls at once, CSRs made
+/// before the clock starts; what it cost.
+async fn sign_round(connections: &[(meshfleet_agent::GatewayConnection, String)], rounds: usize, in_flight: usize, pid: u32, db: &Db) -> anyhow::Result<Part> {
     let mut calls = Vec::with_capacity(connections.len() * rounds);
     for _ in 0..rounds {
         for (connection, command) in connections {
@@ -280,11 +281,8 @@ async fn sign_round(connections: &[(meshfleet_agent::GatewayConnection, String)]
         }
     }
     let meter = Meter::start(pid, db).await;
-    let signed: Vec<_> = futures::stream::iter(calls)
-        .map(|(connection, command, csr)| connection.sign_issuer(command, csr))
-        .buffer_unordered(support::env_num("MESHFLEET_BENCH_SIGN_CONCURRENCY").unwrap_or(32))
-        .collect()
-        .await;
+    let signed: Vec<_> =
+        futures::stream::iter(calls).map(|(connection, command, csr)| connection.sign_issuer(command, csr)).buffer_unordered(in_flight).collect().await;
     let part = meter.stop(pid, db).await;
     let failed = signed.iter().filter(|r| r.is_err()).count();
     anyhow::ensure!(failed == 0, "{failed} SignIssuer calls failed: {:?}", signed.iter().find_map(|r| r.as_ref().err().map(|e| e.to_string())));
@@ -315,11 +313,12 @@ async fn main() -> anyhow::Result<()> {
     let clusters = support::env_num("MESHFLEET_BENCH_CLUSTERS").unwrap_or(if bench { 1000 } else { 5 });
     let raw_secs = support::env_num("MESHFLEET_BENCH_RAW_SECS").unwrap_or(if bench { 3.0 } else { 0.2 });
     let rounds = support::env_num("MESHFLEET_BENCH_SIGN_ROUNDS").unwrap_or(if bench { 4 } else { 2 });
+    let in_flight = support::env_num("MESHFLEET_BENCH_SIGN_CONCURRENCY").unwrap_or(clusters);
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("certificate_rotation: {clusters} simulated clusters; {cores} cores, load {:.2}", support::loadavg());
+    println!("certificate_rotation: {clusters} simulated clusters; part 3 with {in_flight} calls in flight; {cores} cores, load {:.2}", support::loadavg());
     for engine in support::engines() {
         let raw_before = raw_signing_rate(raw_secs)?;
-        let r = run_engine(engine, clusters, rounds).await?;
+        let r = run_engine(engine, clusters, rounds, in_flight).await?;
         let raw_after = raw_signing_rate(raw_secs)?;
         let raw = (raw_before + raw_after) / 2.0;
         let signed_alone = (r.clusters * rounds) as f64;
