@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
@@ -189,6 +190,13 @@ impl Server {
         let mut tasks = Vec::new();
         let app = crate::http::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let http_stopped = stopped();
+        // As on the gateway: a response written in parts (a streamed page, server-sent events)
+        // must not wait out the client's delayed ACK.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY not set");
+            }
+        });
         tasks.push(tokio::spawn(async move { Ok(axum::serve(listener, app).with_graceful_shutdown(http_stopped).await?) }));
         if let Some(listener) = gateway {
             tasks.push(tokio::spawn(crate::gateway::serve(state.clone(), listener, stopped())));
