@@ -113,7 +113,9 @@ impl Gateway {
         }
         let started = agents.check_started();
         let mut conn = self.state.db.pool.acquire().await?;
-        let not_after = store::agents::certificate_valid_until(&mut conn, serial, peer.org_id, peer.cluster_id, now).await?.ok_or(Error::CertificateInvalid)?;
+        let key = (peer.org_id, peer.cluster_id, serial.to_owned());
+        let valid = store::agents::valid_certificates(&mut conn, std::slice::from_ref(&key), now).await?;
+        let not_after = *valid.get(&key).ok_or(Error::CertificateInvalid)?;
         agents.remember_verified(peer.cluster_id, serial, recheck::trusted_until(now, not_after), started);
         Ok(())
     }

@@ -29,15 +29,14 @@ pub async fn recheck(state: AppState) -> anyhow::Result<()> {
     let started = state.agents.check_started();
     let mut conn = state.db.pool.acquire().await?;
     let valid = store::agents::valid_certificates(&mut conn, &open, now).await.context("re-checking agent certificates")?;
-    for key in open {
-        let (_, cluster, serial) = &key;
-        match valid.get(&key) {
-            Some(&not_after) => state.agents.remember_verified(*cluster, serial, trusted_until(now, not_after), started),
-            None => {
-                tracing::info!(cluster_id = %cluster, serial, "agent certificate no longer valid; ending its stream");
-                state.agents.certificate_invalid(*cluster, serial);
-            }
-        }
+    // The valid first: cutting a stream counts as a revocation, after which `started` no
+    // longer lets anything be remembered.
+    for ((_, cluster, serial), &not_after) in &valid {
+        state.agents.remember_verified(*cluster, serial, trusted_until(now, not_after), started);
+    }
+    for (_, cluster, serial) in open.into_iter().filter(|key| !valid.contains_key(key)) {
+        tracing::info!(cluster_id = %cluster, serial, "agent certificate no longer valid; ending its stream");
+        state.agents.certificate_invalid(cluster, &serial);
     }
     Ok(())
 }

@@ -20,24 +20,9 @@ pub async fn insert_certificate(conn: &mut Conn, serial: &str, org: OrgId, clust
     Ok(())
 }
 
-/// Until when (ms) the certificate is valid, if it is now: issued to this cluster, unrevoked
-/// and unexpired, and the cluster still exists.
-#[tracing::instrument(target = "meshfleet_traces", name = "store.agents.certificate_valid_until", skip_all)]
-pub async fn certificate_valid_until(conn: &mut Conn, serial: &str, org: OrgId, cluster: ClusterId, now: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT a.not_after FROM agent_certificates a JOIN clusters c ON c.id = a.cluster_id
-         WHERE a.serial = $1 AND a.org_id = $2 AND a.cluster_id = $3 AND a.revoked_at IS NULL AND a.not_after > $4",
-    )
-    .bind(serial)
-    .bind(org.to_string())
-    .bind(cluster.to_string())
-    .bind(now)
-    .fetch_optional(conn)
-    .await
-}
-
-/// Of the streams' (org, cluster, serial), those whose certificate is still valid (see
-/// `certificate_valid_until`) with its expiry, in a few statements however many streams there are.
+/// Of these (org, cluster, serial), those whose certificate is valid now (issued to that
+/// cluster, unrevoked and unexpired, and the cluster still exists) with its expiry, in a few
+/// statements however many there are.
 #[tracing::instrument(target = "meshfleet_traces", name = "store.agents.valid_certificates", skip_all)]
 pub async fn valid_certificates(
     conn: &mut Conn,
