@@ -114,7 +114,8 @@ pub struct Seen {
 
 /// Records when each cluster's agent was last heard from, and its clock skew when told, in
 /// multi-row statements; a time never moves backwards (a late flush must not undo a newer
-/// connect or disconnect).
+/// connect or disconnect), but a message heard in the very millisecond of the connect still
+/// tells its skew.
 #[tracing::instrument(target = "meshfleet_traces", name = "store.agents.touch_each", skip_all)]
 pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, Seen)]) -> Result<(), sqlx::Error> {
     for chunk in seen.chunks(super::rows_per_statement(conn, 3)) {
@@ -122,7 +123,7 @@ pub async fn touch_each(conn: &mut Conn, seen: &[(ClusterId, Seen)]) -> Result<(
         let sql = format!(
             "UPDATE clusters SET last_seen_at = v.column2, clock_skew_ms = COALESCE(CAST(v.column3 AS BIGINT), clusters.clock_skew_ms)
              FROM (VALUES {}) AS v
-             WHERE clusters.id = v.column1 AND (clusters.last_seen_at IS NULL OR clusters.last_seen_at < v.column2)",
+             WHERE clusters.id = v.column1 AND (clusters.last_seen_at IS NULL OR clusters.last_seen_at <= v.column2)",
             super::values_clause(chunk.len(), 3)
         );
         let mut q = sqlx::query(&sql);
