@@ -107,8 +107,8 @@ pub fn new_issuer(parent: &CaMaterial, profile: &CaProfile<'_>) -> Result<CaMate
 
 /// A CA certificate for a key held elsewhere (a cluster's issuer, whose key never leaves the
 /// cluster: `public_key` comes from a checked CSR), signed by `parent`.
-pub fn sign_ca(parent: &CaMaterial, public_key: &impl PublicKeyData, profile: &CaProfile<'_>) -> Result<CertificateDer<'static>> {
-    Ok(profile.params().signed_by(public_key, &parent.signer()?)?.der().clone())
+pub fn sign_ca(parent: &Issuer<'_, impl rcgen::SigningKey>, public_key: &impl PublicKeyData, profile: &CaProfile<'_>) -> Result<CertificateDer<'static>> {
+    Ok(profile.params().signed_by(public_key, parent)?.der().clone())
 }
 
 /// Which end of a TLS connection a leaf may be.

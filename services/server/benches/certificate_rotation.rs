@@ -136,7 +136,7 @@ struct EngineResult {
 
 /// The raw signing loop: issuers signed per second on one core (CSR check + signature).
 fn raw_signing_rate(secs: f64) -> anyhow::Result<f64> {
-    let anchor = mint::new_anchor(&CaProfile::new("bench anchor", 365 * DAY))?;
+    let anchor = mint::new_anchor(&CaProfile::new("bench anchor", 365 * DAY))?.signer()?;
     let csrs: Vec<Vec<u8>> = (0..64).map(|_| meshfleet_agent::identity::new_key_and_csr().map(|(_, csr)| csr)).collect::<Result<_, _>>()?;
     let mut profile = CaProfile::new("meshfleet issuer bench", 30 * DAY);
     profile.path_len = Some(0);

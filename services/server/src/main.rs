@@ -7,6 +7,11 @@ use clap::Parser;
 use meshfleet_server::config::{Config, ProcessEnv};
 use meshfleet_server::{telemetry, Server};
 
+// glibc's allocator was a fifth of the gateway's CPU when every cluster signed at once
+// (BENCHMARKS.md, "the mesh's PKI at fleet scale").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Meshfleet: managed operations for service meshes.
 #[derive(Parser)]
 #[command(version)]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use meshfleet_agent_protocol::v1::{SignIssuerRequest, SignIssuerResponse};
 use meshfleet_pki::mint::{self, CaMaterial, CaProfile};
 use meshfleet_pki::pem::{cert_to_pem, fingerprint};
+use meshfleet_pki::{Issuer, KeyPair};
 use tokio::sync::{mpsc, oneshot};
 
 use super::pki::PeerAgent;
@@ -58,7 +59,7 @@ impl Gateway {
                 }
                 let key_pem = state.sealer.open(&key_sealed).map_err(|e| Error::Sign(meshfleet_pki::Error::Key(e.to_string())))?;
                 let material = CaMaterial::from_pem(&anchor.cert_pem, &String::from_utf8_lossy(&key_pem))?;
-                state.signers.insert(peer.org_id, &anchor.fingerprint, Signer { material, trust_domain })
+                state.signers.insert(peer.org_id, &anchor.fingerprint, Signer { issuer: material.signer()?, trust_domain })
             }
         };
         let public_key = meshfleet_pki::csr::check_issuer_request(csr_der, &signer.trust_domain)?;
@@ -71,7 +72,7 @@ impl Gateway {
         // Never beyond the anchor: a chain is only as valid as its shortest-lived link.
         let anchor_end = std::time::UNIX_EPOCH + std::time::Duration::from_millis(anchor.not_after.max(0) as u64);
         profile.not_after = (state.clock.now_system() + state.config.issuer_lifetime).min(anchor_end);
-        let der = mint::sign_ca(&signer.material, &public_key, &profile)?;
+        let der = mint::sign_ca(&signer.issuer, &public_key, &profile)?;
 
         let issuer = SignedIssuer {
             cluster_id: peer.cluster_id,
@@ -204,7 +205,8 @@ async fn record_all(db: &Db, batch: &[Entry]) -> std::result::Result<Vec<Result<
 /// An active anchor ready to sign, with its organization's trust domain (fixed once the
 /// organization has an anchor: `PUT /api/v1/trust-domain` is refused then).
 pub struct Signer {
-    material: CaMaterial,
+    /// Parsed once: reading a P-256 key back checks it, which costs about a signature.
+    issuer: Issuer<'static, KeyPair>,
     trust_domain: String,
 }
 
