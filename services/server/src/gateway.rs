@@ -12,6 +12,7 @@ pub mod pki;
 pub mod recheck;
 pub mod registry;
 pub mod session;
+pub mod validity;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct Gateway {
     /// half the database pool's connections, so a storm of reconnecting agents (a replica
     /// restarted under 10,000 of them) leaves the other half to the streams already open.
     opening: Arc<Semaphore>,
+    checks: validity::CertificateChecks,
+    peers: Arc<pki::KnownPeers>,
 }
 
 /// How long a new stream waits (in order of arrival) to be opened before the agent is told to
@@ -90,21 +93,23 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
 impl Gateway {
     fn new(state: AppState) -> Gateway {
         let opening = Arc::new(Semaphore::new((state.config.db_max_connections as usize / 2).max(1)));
-        Gateway { state, opening }
+        let checks = validity::CertificateChecks::start(state.db.clone(), state.clock.clone());
+        Gateway { state, opening, checks, peers: Arc::default() }
     }
 
     /// The agent behind the request's client certificate, if that certificate is still valid:
     /// issued to this cluster, unrevoked, and the cluster not deleted.
-    pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<PeerAgent> {
+    /// The agent and its certificate's serial.
+    pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<(PeerAgent, String)> {
         let certs = request.peer_certs().ok_or(Error::NoClientCertificate)?;
         let leaf = certs.first().ok_or(Error::NoClientCertificate)?;
-        let (peer, serial) = pki::peer_agent(leaf.as_ref()).ok_or(Error::NotAnAgent)?;
+        let (peer, serial) = self.peers.peer_agent(leaf.as_ref()).ok_or(Error::NotAnAgent)?;
         self.check_certificate(peer, &serial).await?;
-        Ok(peer)
+        Ok((peer, serial))
     }
 
-    /// Asks the database, unless this replica found the certificate valid lately (see
-    /// `Registry::verified`).
+    /// Asks the database (with the other calls checking at the same time), unless this replica
+    /// found the certificate valid lately (see `Registry::verified`).
     async fn check_certificate(&self, peer: PeerAgent, serial: &str) -> Result<()> {
         let agents = &self.state.agents;
         let now = self.state.clock.now_ms();
@@ -112,10 +117,7 @@ impl Gateway {
             return Ok(());
         }
         let started = agents.check_started();
-        let mut conn = self.state.db.pool.acquire().await?;
-        let key = (peer.org_id, peer.cluster_id, serial.to_owned());
-        let valid = store::agents::valid_certificates(&mut conn, std::slice::from_ref(&key), now).await?;
-        let not_after = *valid.get(&key).ok_or(Error::CertificateInvalid)?;
+        let not_after = self.checks.valid_until((peer.org_id, peer.cluster_id, serial.to_owned())).await?.ok_or(Error::CertificateInvalid)?;
         agents.remember_verified(peer.cluster_id, serial, recheck::trusted_until(now, not_after), started);
         Ok(())
     }
@@ -138,12 +140,12 @@ impl AgentGateway for Gateway {
     }
 
     async fn renew(&self, request: Request<RenewRequest>) -> Result<Response<RenewResponse>, Status> {
-        let peer = self.authenticate(&request).await?;
+        let (peer, _) = self.authenticate(&request).await?;
         Ok(Response::new(self.do_renew(peer, request.into_inner()).await?))
     }
 
     async fn sign_issuer(&self, request: Request<SignIssuerRequest>) -> Result<Response<SignIssuerResponse>, Status> {
-        let peer = self.authenticate(&request).await?;
+        let (peer, _) = self.authenticate(&request).await?;
         Ok(Response::new(self.do_sign_issuer(peer, request.into_inner()).await?))
     }
 }
@@ -183,13 +185,12 @@ impl Gateway {
                 return Err(Error::Busy);
             }
         };
-        let peer = self.authenticate(&request).await?;
+        let (peer, serial) = self.authenticate(&request).await?;
         // Per cluster, so an agent cannot refill its message bucket by reconnecting in a loop.
         if let Err(retry_in) = self.state.limits.connect(peer.cluster_id) {
             self.state.ingest.refused(peer.org_id, peer.cluster_id, "reconnects", 1, self.state.clock.now_ms());
             return Err(Error::Reconnects { per_min: self.state.config.gateway_connects_per_min, retry_in });
         }
-        let serial = request.peer_certs().and_then(|c| c.first().and_then(|leaf| pki::peer_agent(leaf.as_ref())).map(|(_, s)| s)).unwrap_or_default();
         Ok(session::start(self.clone(), peer, serial, request.into_inner(), opening))
     }
 

@@ -3,6 +3,8 @@
 //! sealed keys so every replica serves the same ones. Minting, CSR checks and reading
 //! certificates are `meshfleet_pki`'s; what is here is which certificates and where they live.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use meshfleet_pki::inspect::inspect;
@@ -177,6 +179,31 @@ fn server_cert_fits(pem: &str, hostnames: &[String], now: i64) -> Option<bool> {
 pub struct PeerAgent {
     pub org_id: OrgId,
     pub cluster_id: ClusterId,
+}
+
+/// Client certificates already read, by their DER: an agent makes every call on its session's
+/// connection with the same one, and reading an X.509 certificate costs far more than hashing
+/// it. What a certificate names never changes; whether it is still valid is checked apart.
+#[derive(Default)]
+pub struct KnownPeers(Mutex<HashMap<Box<[u8]>, (PeerAgent, String)>>);
+
+impl KnownPeers {
+    /// Starts over past this many (a replica holds a few tens of thousands of agents).
+    const LIMIT: usize = 50_000;
+
+    /// `peer_agent`, remembered.
+    pub fn peer_agent(&self, cert_der: &[u8]) -> Option<(PeerAgent, String)> {
+        if let Some(known) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(cert_der) {
+            return Some(known.clone());
+        }
+        let read = peer_agent(cert_der)?;
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= Self::LIMIT {
+            known.clear();
+        }
+        known.insert(cert_der.into(), read.clone());
+        Some(read)
+    }
 }
 
 /// The org, cluster and serial of a client certificate the TLS layer already verified

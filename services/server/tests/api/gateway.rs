@@ -177,6 +177,7 @@ on_both_engines!(
     an_agent_older_than_the_server_gets_kind_and_params,
     deleted_or_revoked_clusters_lose_their_stream_at_once,
     the_recheck_ends_streams_whose_certificate_became_invalid_unnoticed,
+    agents_connecting_together_are_each_judged_by_their_own_certificate,
     stopping_the_server_ends_agent_streams_at_once,
     a_stopping_server_leaves_its_agents_shown_connected,
 );
@@ -545,6 +546,37 @@ async fn deleted_or_revoked_clusters_lose_their_stream_at_once(engine: Engine) {
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(stream.ended().await.code(), Code::PermissionDenied);
     assert!(Stream::open(&app, &id).await.is_err());
+}
+
+/// New connections' certificates are checked in one query when they arrive together (a
+/// rotation's calls, a fleet reconnecting): each still gets the answer for its own.
+async fn agents_connecting_together_are_each_judged_by_their_own_certificate(engine: Engine) {
+    let app = TestApp::spawn(engine).await;
+    let owner = app.owner("ada@example.com").await;
+    let mut agents = Vec::new();
+    for i in 0..9 {
+        let (cluster, id) = registered(&app, &owner, &format!("c{i}")).await;
+        // Every third revoked, every third after that deleted, before it ever connects.
+        let (method, path) = match i % 3 {
+            1 => (Method::POST, format!("/api/v1/clusters/{cluster}/agent/revoke")),
+            2 => (Method::DELETE, format!("/api/v1/clusters/{cluster}")),
+            _ => (Method::GET, format!("/api/v1/clusters/{cluster}")),
+        };
+        let (status, _) = app.call(method, &path, Some(&owner.access), None).await;
+        assert!(status.is_success(), "{status}");
+        agents.push((i % 3 == 0, id));
+    }
+    let opened = futures::future::join_all(agents.iter().map(|(_, id)| Stream::open(&app, id))).await;
+    for ((valid, _), opened) in agents.iter().zip(opened) {
+        match opened {
+            Ok(mut stream) if *valid => {
+                let seq = stream.report(snapshot(vec![])).await;
+                stream.acked(seq).await;
+            }
+            Err(status) if !*valid => assert_eq!(status.code(), Code::PermissionDenied, "{status:?}"),
+            other => panic!("valid: {valid}, opened: {:?}", other.map(|_| ())),
+        }
+    }
 }
 
 /// The fallback for a missed notification and for certificates that expire while connected:
