@@ -110,7 +110,7 @@ struct Entry {
 }
 
 /// Issuers recorded per transaction at most.
-const BATCH: usize = 64;
+const BATCH: usize = 256;
 
 impl IssuerLog {
     pub fn start(db: Db) -> IssuerLog {

@@ -185,14 +185,17 @@ pub struct PeerAgent {
 /// connection with the same one, and reading an X.509 certificate costs far more than hashing
 /// it. What a certificate names never changes; whether it is still valid is checked apart.
 #[derive(Default)]
-pub struct KnownPeers(Mutex<HashMap<Box<[u8]>, (PeerAgent, String)>>);
+pub struct KnownPeers(Mutex<HashMap<Box<[u8]>, PeerWithSerial>>);
+
+/// The agent a certificate names, and the certificate's serial.
+type PeerWithSerial = (PeerAgent, String);
 
 impl KnownPeers {
     /// Starts over past this many (a replica holds a few tens of thousands of agents).
     const LIMIT: usize = 50_000;
 
     /// `peer_agent`, remembered.
-    pub fn peer_agent(&self, cert_der: &[u8]) -> Option<(PeerAgent, String)> {
+    pub fn peer_agent(&self, cert_der: &[u8]) -> Option<PeerWithSerial> {
         if let Some(known) = self.0.lock().unwrap_or_else(|e| e.into_inner()).get(cert_der) {
             return Some(known.clone());
         }
@@ -208,7 +211,7 @@ impl KnownPeers {
 
 /// The org, cluster and serial of a client certificate the TLS layer already verified
 /// against the agent CA.
-pub fn peer_agent(cert_der: &[u8]) -> Option<(PeerAgent, String)> {
+pub fn peer_agent(cert_der: &[u8]) -> Option<PeerWithSerial> {
     let cert = inspect(cert_der).ok()?;
     let peer = cert.uris().find_map(|uri| {
         let (org, cluster) = meshfleet_agent_protocol::parse_agent_spiffe_id(uri)?;

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Error, Result};
 use crate::db::{Clock, Db};
@@ -17,6 +17,8 @@ pub type CertificateKey = (OrgId, ClusterId, String);
 
 /// Checks at most per query (a few statements on SQLite, whose statements take fewer values).
 const BATCH: usize = 512;
+/// Queries under way at most.
+const QUERIES: usize = 4;
 
 #[derive(Clone)]
 pub struct CertificateChecks(mpsc::Sender<Check>);
@@ -43,30 +45,45 @@ impl CertificateChecks {
 }
 
 async fn check_all(db: Db, clock: Arc<Clock>, mut rx: mpsc::Receiver<Check>) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let keys: Vec<CertificateKey> = batch.iter().map(|c| c.key.clone()).collect();
-        let valid = async {
-            let mut conn = db.pool.acquire().await?;
-            store::agents::valid_certificates(&mut conn, &keys, clock.now_ms()).await
-        };
-        match valid.await {
-            Ok(valid) => {
-                for Check { key, done } in batch.drain(..) {
-                    let _ = done.send(Ok(valid.get(&key).copied()));
-                }
+    // A few queries at a time: one alone made each check wait out the round trips of those
+    // before it, while the calls that arrive meanwhile make the next batches larger.
+    let in_flight = Arc::new(Semaphore::new(QUERIES));
+    loop {
+        let permit = in_flight.clone().acquire_owned().await.expect("the semaphore is never closed");
+        let mut batch = Vec::with_capacity(BATCH);
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
+        }
+        let (db, clock) = (db.clone(), clock.clone());
+        tokio::spawn(async move {
+            answer(&db, &clock, batch).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn answer(db: &Db, clock: &Clock, batch: Vec<Check>) {
+    let keys: Vec<CertificateKey> = batch.iter().map(|c| c.key.clone()).collect();
+    let valid = async {
+        let mut conn = db.pool.acquire().await?;
+        store::agents::valid_certificates(&mut conn, &keys, clock.now_ms()).await
+    };
+    match valid.await {
+        Ok(valid) => {
+            for Check { key, done } in batch {
+                let _ = done.send(Ok(valid.get(&key).copied()));
             }
-            Err(e) => {
-                // Each caller gets the failure: a full pool still reads as busy, anything else
-                // is logged here once.
-                let pool_timed_out = matches!(e, sqlx::Error::PoolTimedOut);
-                if !pool_timed_out {
-                    tracing::error!(error = %e, checks = batch.len(), "checking agent certificates failed");
-                }
-                for Check { done, .. } in batch.drain(..) {
-                    let e = if pool_timed_out { sqlx::Error::PoolTimedOut } else { sqlx::Error::Protocol(e.to_string()) };
-                    let _ = done.send(Err(Error::Database(e)));
-                }
+        }
+        Err(e) => {
+            // Each caller gets the failure: a full pool still reads as busy, anything else
+            // is logged here once.
+            let pool_timed_out = matches!(e, sqlx::Error::PoolTimedOut);
+            if !pool_timed_out {
+                tracing::error!(error = %e, checks = batch.len(), "checking agent certificates failed");
+            }
+            for Check { done, .. } in batch {
+                let e = if pool_timed_out { sqlx::Error::PoolTimedOut } else { sqlx::Error::Protocol(e.to_string()) };
+                let _ = done.send(Err(Error::Database(e)));
             }
         }
     }
