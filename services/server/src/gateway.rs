@@ -97,9 +97,9 @@ impl Gateway {
         Gateway { state, opening, checks, peers: Arc::default() }
     }
 
-    /// The agent behind the request's client certificate, if that certificate is still valid:
-    /// issued to this cluster, unrevoked, and the cluster not deleted.
-    /// The agent and its certificate's serial.
+    /// The agent behind the request's client certificate, with the certificate's serial, if
+    /// that certificate is still valid: issued to this cluster, unrevoked, and the cluster not
+    /// deleted.
     pub(crate) async fn authenticate<T>(&self, request: &Request<T>) -> Result<(PeerAgent, String)> {
         let certs = request.peer_certs().ok_or(Error::NoClientCertificate)?;
         let leaf = certs.first().ok_or(Error::NoClientCertificate)?;
