@@ -143,11 +143,10 @@ async fn login_keeps_a_private_session_read_from_stdin_and_logout_forgets_it() {
 }
 
 /// A password log-in's session outlives its access token: the CLI renews it with the refresh
-/// token (here on every run: the token lives 2 s, less than the CLI's margin; not 1 s, as a
-/// token's expiry is in whole seconds, so one issued late in a second lived a few milliseconds).
+/// token (here on every run: the token lives 1 s, less than the CLI's margin).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expiring_access_token_is_renewed_with_the_refresh_token() {
-    let app = TestApp::spawn_with(TestDb::new(Engine::Sqlite).await, |c| c.access_token_ttl = Duration::from_secs(2)).await;
+    let app = TestApp::spawn_with(TestDb::new(Engine::Sqlite).await, |c| c.access_token_ttl = Duration::from_secs(1)).await;
     let (_, cli) = logged_in(&app).await;
     let session = || serde_json::from_str::<Value>(&std::fs::read_to_string(cli.session_file()).unwrap()).unwrap();
     let before = session();

@@ -31,9 +31,12 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// Expires no sooner than `ttl` from `now_ms` (the `expires_in` a log-in answers): `exp` is
+    /// in whole seconds, rounded up, or a token issued late in a second would lose most of one.
     pub fn new(user: UserId, org: OrgId, session: SessionId, now_ms: i64, ttl: std::time::Duration) -> Claims {
-        let iat = now_ms / 1000;
-        Claims { sub: user, org, sid: session, iat, exp: iat + i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX), iss: ISSUER.into(), aud: AUDIENCE.into() }
+        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let exp = now_ms.saturating_add(ttl_ms).saturating_add(999) / 1000;
+        Claims { sub: user, org, sid: session, iat: now_ms / 1000, exp, iss: ISSUER.into(), aud: AUDIENCE.into() }
     }
 }
 
@@ -202,4 +205,19 @@ async fn read_keys(conn: &mut store::Conn, sealer: &Sealer) -> Result<Keys, KeyE
         verifying.insert(row.kid.clone(), DecodingKey::from_ed_der(&public));
     }
     Ok(Keys { signing_kid: newest.kid.clone(), signing: EncodingKey::from_ed_der(&pkcs8), verifying })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_lives_at_least_its_ttl() {
+        let ids = (UserId::new(), OrgId::new(), SessionId::new());
+        for now_ms in [10_000, 10_001, 10_950, 10_999] {
+            let claims = Claims::new(ids.0, ids.1, ids.2, now_ms, std::time::Duration::from_secs(1));
+            assert!(claims.exp * 1000 >= now_ms + 1000 && claims.exp * 1000 < now_ms + 2000, "{now_ms}: exp {}", claims.exp);
+            assert_eq!(claims.iat, 10);
+        }
+    }
 }
