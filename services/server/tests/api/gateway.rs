@@ -566,6 +566,25 @@ async fn agents_connecting_together_are_each_judged_by_their_own_certificate(eng
         assert!(status.is_success(), "{status}");
         agents.push((i % 3 == 0, id));
     }
+    // The checks themselves, queued at once so they share queries: a valid serial presented
+    // for another cluster of the organization is not valid there.
+    let keys: Vec<_> = agents
+        .iter()
+        .map(|(_, id)| {
+            let der = meshfleet_pki::pem::certs_from_pem(id.chain_pem.as_bytes()).unwrap().swap_remove(0);
+            let (peer, serial) = meshfleet_server::gateway::pki::peer_agent(der.as_ref()).unwrap();
+            (peer.org_id, peer.cluster_id, serial)
+        })
+        .collect();
+    let mut asked = keys.clone();
+    let (org, _, serial) = keys[0].clone();
+    asked.push((org, keys[3].1, serial));
+    let checks = meshfleet_server::gateway::validity::CertificateChecks::start(app.state.db.clone(), app.state.clock.clone());
+    let answers = futures::future::join_all(asked.into_iter().map(|key| checks.valid_until(key))).await;
+    let valid: Vec<bool> = answers.into_iter().map(|a| a.unwrap().is_some()).collect();
+    let expected: Vec<bool> = agents.iter().map(|(valid, _)| *valid).chain([false]).collect();
+    assert_eq!(valid, expected);
+
     let opened = futures::future::join_all(agents.iter().map(|(_, id)| Stream::open(&app, id))).await;
     for ((valid, _), opened) in agents.iter().zip(opened) {
         match opened {
